@@ -1,0 +1,253 @@
+"""The ``emdiffuse`` command: train, predict, presets (and the data commands).
+
+Every error a user can cause ends in a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import EMDiffuseError, InputError
+
+log = logging.getLogger("napari_emdiffuse")
+
+
+def _roi(text: str | None):
+    if not text:
+        return None
+    from .variants.base import Roi
+
+    try:
+        ys, xs = text.split(",")
+        y0, y1 = (int(v) for v in ys.split(":"))
+        x0, x1 = (int(v) for v in xs.split(":"))
+    except ValueError:
+        raise InputError(f"--roi {text!r}: expected Y0:Y1,X0:X1 in pixels, e.g. 0:256,128:512") from None
+    return Roi(y0, y1, x0, x1)
+
+
+def _read(path: str, what: str):
+    from .data.io import read_image
+
+    img = read_image(path)
+    log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
+    return img
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import builtin_presets, load_preset
+
+    if args.show:
+        print(load_preset(args.show).to_json())
+        return 0
+    for name in sorted(builtin_presets()):
+        p = load_preset(name)
+        print(f"{name:<22} {p.variant:<10} {p.description.split('.')[0]}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import load_preset
+    from .jobs.events import Kind
+    from .jobs.train import train
+    from .model_file import Model
+    from .variants import get_variant
+
+    overrides: dict[str, Any] = {"train": {}}
+    if args.iterations is not None:
+        overrides["train"]["iterations"] = args.iterations
+    if args.minutes is not None:
+        overrides["train"]["minutes"] = args.minutes
+    if args.seed is not None:
+        overrides["train"]["seed"] = args.seed
+    if args.batch_size is not None:
+        overrides["train"]["batch_size"] = args.batch_size
+    if args.variant_option:
+        overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
+    preset = load_preset(args.config or args.preset, overrides)
+    variant = get_variant(preset.variant)
+    options = variant.options(preset.variant_options)
+    arrays: dict[str, Any] = {}
+    notes = []
+    if args.clean:
+        img = _read(args.clean, "clean images")
+        arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
+        notes.append(f"clean {args.clean} with simulated degradation (dose {args.dose}, read noise {args.read_noise})")
+    for name in ("input", "target", "volume"):
+        value = getattr(args, name)
+        if value:
+            arrays[name] = _read(value, name).data
+            notes.append(f"{name} {value}")
+    init = Model.load(args.from_model) if args.from_model else None
+    bar = tqdm(total=preset.train.iterations, unit="step", dynamic_ncols=True, disable=args.quiet)
+    result = None
+    for ev in train(preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume, roi=_roi(args.roi), data_note="; ".join(notes)):
+        if ev.kind is Kind.PROGRESS:
+            bar.total = ev.total
+            bar.n = ev.done
+            bar.refresh()
+        elif ev.kind is Kind.LOSS:
+            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+        elif ev.kind is Kind.VALIDATION:
+            bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB (input {ev.input_psnr:.2f} dB)")
+        elif ev.kind is Kind.MESSAGE:
+            bar.write(ev.text)
+        elif ev.kind is Kind.RESULT:
+            result = ev
+    bar.close()
+    print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
+    return 0
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _output_paths(out: Path) -> tuple[Path, Path]:
+    suffix = out.suffix if out.suffix.lower() in (".tif", ".tiff") else ".tif"
+    stem = out.with_suffix("") if out.suffix.lower() in (".tif", ".tiff") else out
+    return stem.with_suffix(suffix), stem.parent / f"{stem.name}_uncertainty{suffix}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.io import write_tiff
+    from .jobs.events import Kind
+    from .jobs.predict import predict
+    from .models import resolve_model
+
+    model = resolve_model(args.model)
+    img = _read(args.input, "input")
+    over: dict[str, Any] = {}
+    for key in ("sampler", "steps", "samples", "tile_size", "overlap", "tile_batch", "seed"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    sample = model.preset.with_overrides({"sample": over}).sample
+    out = Path(args.output)
+    zarr_out = out.suffix.lower() == ".zarr"
+    if not zarr_out:
+        for p in _output_paths(out):
+            if img.path is not None and p.resolve() == img.path.resolve():
+                raise InputError(f"{p}: the output would overwrite the input; choose another name")
+    bar = tqdm(unit="step", dynamic_ncols=True, disable=args.quiet)
+    result = None
+    for ev in predict(
+        model,
+        img.data,
+        sample=sample,
+        voxel=img.voxel,
+        device=args.device,
+        out_dtype="input" if args.keep_dtype else "float32",
+        output=out if zarr_out else None,
+        input_paths=[img.path] if img.path else [],
+        keep_samples=args.save_samples,
+    ):
+        if ev.kind is Kind.PROGRESS:
+            bar.total = ev.total
+            bar.n = ev.done
+            bar.refresh()
+        elif ev.kind is Kind.MESSAGE:
+            bar.write(ev.text)
+        elif ev.kind is Kind.RESULT:
+            result = ev
+    bar.close()
+    if zarr_out:
+        print(f"wrote {out} (arrays mean, std{', samples' if args.save_samples else ''})")
+        return 0
+    mean_path, std_path = _output_paths(out)
+    write_tiff(mean_path, result.mean, result.voxel, protect=[img.path])
+    write_tiff(std_path, result.std, result.voxel, protect=[img.path])
+    print(f"wrote {mean_path} and {std_path}")
+    if result.samples is not None:
+        for k, s in enumerate(result.samples):
+            write_tiff(mean_path.with_name(f"{mean_path.stem}_sample{k}{mean_path.suffix}"), s, result.voxel)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .engine.samplers import SAMPLERS
+
+    p = argparse.ArgumentParser(prog="emdiffuse", description="Diffusion-model enhancement of electron microscopy images.")
+    p.add_argument("-v", "--verbose", action="store_true", help="more messages, and tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train or fine-tune a model")
+    t.add_argument("--preset", default="emdiffuse-n-cpu", help="built-in preset name (see `emdiffuse presets`)")
+    t.add_argument("--config", help="JSON preset file (may name a built-in preset as \"base\")")
+    t.add_argument("--input", help="degraded images (noisy / low resolution), paired with --target")
+    t.add_argument("--target", help="clean / high-resolution images, registered to --input")
+    t.add_argument("--volume", help="a volume (vEM variants)")
+    t.add_argument("--clean", help="clean images only: the degradation is simulated")
+    t.add_argument("--dose", type=float, default=20.0, help="simulated dose: counts at full scale (with --clean)")
+    t.add_argument("--read-noise", type=float, default=0.03, help="simulated read noise, fraction of range (with --clean)")
+    t.add_argument("--out", required=True, help="run folder: model.json, weights and checkpoint go here")
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--minutes", type=float, help="stop after this many minutes")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--from-model", help="fine-tune this model folder")
+    t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels)")
+    t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("predict", help="enhance an image or volume with a model")
+    r.add_argument("--model", required=True, help="model folder, or the name of a bundled model")
+    r.add_argument("--input", required=True)
+    r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written) or OUT.zarr")
+    r.add_argument("--sampler", choices=sorted(SAMPLERS))
+    r.add_argument("--steps", type=int, help="sampler steps (network evaluations per sample)")
+    r.add_argument("--samples", type=int, help="samples averaged; their spread is the uncertainty")
+    r.add_argument("--tile-size", type=int)
+    r.add_argument("--overlap", type=int)
+    r.add_argument("--tile-batch", type=int, help="tiles x samples evaluated at once")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
+    r.add_argument("--save-samples", action="store_true", help="also write every sample")
+    r.add_argument("--device", default="auto")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("presets", help="list the built-in presets, or show one")
+    s.add_argument("--show", metavar="NAME", help="print a preset as JSON (a starting point for your own)")
+    s.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("emdiffuse: interrupted", file=sys.stderr)
+        return 130
+    except (EMDiffuseError, ValueError, OSError) as err:
+        if args.verbose:
+            raise
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"emdiffuse {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

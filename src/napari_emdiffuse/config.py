@@ -1,0 +1,216 @@
+"""Validated configuration: pydantic models that round-trip to JSON presets.
+
+A preset is a complete :class:`Preset`; a user's JSON file may override any subset of keys
+(``load_preset(path_or_name, overrides)``). Unknown keys are rejected (``extra="forbid"``) and
+every error names the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import EMDiffuseError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FORMAT_VERSION = 1
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
+DeviceName = str  # "auto", "cpu", "cuda", "cuda:N", "mps"
+
+
+class ConfigError(EMDiffuseError, ValueError):
+    """A preset or configuration value that cannot be used; the message says which and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class NetworkConfig(_Strict):
+    """Shape of the conditional UNet."""
+
+    base_channels: int = Field(32, ge=4, le=512, description="width of the first level")
+    channel_mults: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1, max_length=6)
+    num_res_blocks: int = Field(2, ge=1, le=8)
+    attention_levels: tuple[int, ...] = Field((), description="levels (0 = full resolution) with self-attention")
+    bottleneck_attention: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _levels_exist(self) -> "NetworkConfig":
+        bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mults)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} do not exist; levels are 0..{len(self.channel_mults) - 1}")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """Noise schedule and training target (see README, 'Diffusion parameterisation')."""
+
+    timesteps: int = Field(2000, ge=10, le=10000)
+    beta_start: float = Field(1e-6, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.01, gt=0.0, lt=1.0)
+    prediction: Literal["v", "eps"] = "v"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DiffusionConfig":
+        if self.beta_end <= self.beta_start:
+            raise ValueError("beta_end must be larger than beta_start")
+        return self
+
+
+class TrainConfig(_Strict):
+    patch_size: int = Field(128, ge=16, le=1024)
+    batch_size: int = Field(8, ge=1, le=512)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_warmup: int = Field(100, ge=0, description="steps over which EMA decay ramps up")
+    grad_clip: float = Field(1.0, gt=0.0)
+    iterations: int = Field(10000, ge=1)
+    minutes: float | None = Field(None, gt=0.0, description="stop after this wall-clock budget")
+    val_every: int = Field(500, ge=1)
+    val_patches: int = Field(8, ge=1, le=256)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the data held out, by region")
+    val_steps: int = Field(4, ge=1, le=1000, description="fast-sampler steps for validation PSNR")
+    checkpoint_every: int = Field(250, ge=1)
+    seed: int = 0
+    min_foreground_std: float = Field(0.02, ge=0.0, description="reject patches whose target is flatter than this")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError("patch_size must be a multiple of 16")
+        return v
+
+
+class SampleConfig(_Strict):
+    sampler: SamplerName = "dpmpp_2m"
+    steps: int = Field(10, ge=1, le=2000)
+    samples: int = Field(4, ge=1, le=64, description="K samples per tile: mean is the output, std the uncertainty")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="ancestral noise for ddim (0 = deterministic)")
+    tile_size: int = Field(256, ge=32, le=4096)
+    overlap: int = Field(32, ge=0, le=1024)
+    tile_batch: int = Field(8, ge=1, le=1024, description="tiles x samples evaluated together")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "SampleConfig":
+        if self.overlap * 2 >= self.tile_size:
+            raise ValueError(f"overlap ({self.overlap}) must be less than half the tile size ({self.tile_size})")
+        return self
+
+
+class Preset(_Strict):
+    """Everything needed to train and run one model."""
+
+    format_version: int = FORMAT_VERSION
+    name: str = "custom"
+    description: str = ""
+    variant: str = "denoise"
+    variant_options: dict[str, Any] = Field(default_factory=dict)
+    network: NetworkConfig = NetworkConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, v: str) -> str:
+        from .variants import VARIANTS
+
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; choose one of {sorted(VARIANTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _variant_options(self) -> "Preset":
+        from .variants import get_variant
+
+        get_variant(self.variant).options_model(**self.variant_options)  # raises with the bad key
+        return self
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
+        """A copy with nested keys replaced (``{"train": {"iterations": 100}}``)."""
+        return parse_preset(_deep_merge(self.model_dump(mode="json"), overrides))
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "variant_options":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `emdiffuse presets --show NAME` lists the keys)"
+        lines.append(f"{key}: {msg}")
+    return f"{source}: invalid preset: " + "; ".join(lines)
+
+
+def parse_preset(data: dict[str, Any], source: str = "preset") -> Preset:
+    """Validate a dict as a :class:`Preset`, raising :class:`ConfigError` with readable messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a preset must be a JSON object, not {type(data).__name__}")
+    version = data.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"{source}: format_version {version} is not supported (this version reads {FORMAT_VERSION})")
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def builtin_presets() -> dict[str, Path]:
+    """Names and paths of the presets shipped with the package."""
+    folder = resources.files("napari_emdiffuse") / "presets"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".json")}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read preset ({err.strerror or err})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+
+
+def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Preset:
+    """Load a built-in preset by name, or a JSON file.
+
+    A user file may be partial: if it has a ``"base"`` key naming another preset, its keys
+    override that one; otherwise they override the defaults.
+    """
+    presets = builtin_presets()
+    key = str(name_or_path)
+    if key in presets:
+        path = presets[key]
+    else:
+        path = Path(key)
+        if not path.exists():
+            raise ConfigError(f"no preset called {key!r} and no such file; built-in presets: {sorted(presets)}")
+    data = _read_json(path)
+    base_name = data.pop("base", None) if isinstance(data, dict) else None
+    if base_name is not None:
+        if base_name not in presets:
+            raise ConfigError(f"{path}: base {base_name!r} is not a built-in preset; choose one of {sorted(presets)}")
+        data = _deep_merge(_read_json(presets[base_name]), data)
+    preset = parse_preset(data, source=str(path))
+    return preset.with_overrides(overrides) if overrides else preset

@@ -1,0 +1,1 @@
+"""Data preparation and I/O: reading, normalisation, degradation, registration, patches."""

@@ -1,0 +1,102 @@
+"""Percentile normalisation for any dtype, and its inverse.
+
+Statistics are computed once per image or volume (from a bounded random subset of pixels for
+large or lazy arrays), never per tile, so tiles share one intensity mapping and no brightness
+jump appears between them. The same statistics map the output back to the input's range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+MAX_SAMPLE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """``x -> (x - low) / (high - low) * 2 - 1``: the percentiles map to -1 and 1."""
+
+    low: float
+    high: float
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        a = np.asarray(x, np.float32)
+        if not np.isfinite(a).all():
+            raise InputError("the image contains NaN or infinite values; replace them before enhancing")
+        return ((a - self.low) / (self.high - self.low) * 2 - 1).astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y, np.float32) + 1) / 2 * (self.high - self.low) + self.low).astype(np.float32)
+
+    def scale_std(self, s: np.ndarray) -> np.ndarray:
+        """A standard deviation in normalised units, in the input's units."""
+        return (np.asarray(s, np.float32) * (self.high - self.low) / 2).astype(np.float32)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _pixel_sample(image, max_pixels: int, seed: int = 0) -> np.ndarray:
+    """All pixels of a small array; for a large (or dask) one, whole planes/rows chosen at random."""
+    if image.size <= max_pixels:
+        return np.asarray(image).ravel()
+    rng = np.random.default_rng(seed)
+    if image.ndim >= 3:
+        plane = int(np.prod(image.shape[-2:]))
+        n = max(1, min(image.shape[0], max_pixels // max(plane, 1)))
+        idx = np.sort(rng.choice(image.shape[0], n, replace=False))
+        sub = np.asarray(image[idx.tolist()] if hasattr(image, "dask") or hasattr(image, "chunks") else image[idx])
+        if sub.size > max_pixels:
+            sub = sub.ravel()[rng.choice(sub.size, max_pixels, replace=False)]
+        return sub.ravel()
+    rows = max(1, min(image.shape[0], max_pixels // max(image.shape[-1], 1)))
+    idx = np.sort(rng.choice(image.shape[0], rows, replace=False))
+    return np.asarray(image[idx.tolist()] if hasattr(image, "dask") else image[idx]).ravel()
+
+
+def fit_normaliser(
+    image, low: float = 0.1, high: float = 99.9, max_pixels: int = MAX_SAMPLE_PIXELS, name: str = "image"
+) -> Normaliser:
+    """Percentile statistics of ``image`` (numpy, dask or zarr), robust to empty and saturated areas.
+
+    Pixels at the dtype's extremes (saturated or zero-padded borders) are left out when enough
+    others remain; NaN or infinite values are refused with a message.
+    """
+    if image.size == 0:
+        raise InputError(f"{name} is empty (shape {tuple(image.shape)})")
+    vals = _pixel_sample(image, max_pixels).astype(np.float64, copy=False)
+    if not np.all(np.isfinite(vals)):
+        raise InputError(f"{name} contains NaN or infinite values; replace them before enhancing")
+    dtype = np.dtype(image.dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        inner = vals[(vals > info.min) & (vals < info.max)]
+        if inner.size >= 0.5 * vals.size:
+            vals = inner
+    lo, hi = np.percentile(vals, [low, high])
+    if not hi > lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    if not hi > lo:
+        raise InputError(f"{name} is constant (every pixel is {lo:g}): there is nothing to enhance")
+    return Normaliser(float(lo), float(hi))
+
+
+def check_image(image, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> None:
+    """Refuse what no variant can use: wrong dimensionality, empty, RGB, complex or non-numeric data."""
+    shape = tuple(image.shape)
+    dtype = np.dtype(image.dtype)
+    if dtype.kind not in "uifb":
+        raise InputError(f"{name} has data type {dtype}, expected integer or floating-point grey values")
+    if dtype.kind == "b":
+        raise InputError(f"{name} is a boolean mask, not an image")
+    if len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[:-1]) > 4:
+        raise InputError(f"{name} looks like an RGB image (shape {shape}); convert it to grey values first")
+    if len(shape) not in ndims:
+        want = " or ".join(f"{d}D" for d in ndims)
+        raise InputError(f"{name} has {len(shape)} dimensions (shape {shape}); expected {want}")
+    if 0 in shape:
+        raise InputError(f"{name} is empty (shape {shape})")

@@ -1,0 +1,1 @@
+"""The diffusion engine: network, diffusion process, samplers, tiling. Torch only: no files, no Qt."""

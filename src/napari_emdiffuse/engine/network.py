@@ -1,0 +1,157 @@
+"""Conditional UNet for grey-scale EM (the SR3/EMDiffuse network shape).
+
+The noisy image and the condition (the noisy input, an upsampled low-resolution image, or
+neighbouring slices) are concatenated as channels; the noise level enters every residual block
+through a FiLM (scale and shift) embedding. Self-attention is used only at the levels listed in
+``attention_levels``; the bottleneck always has one attention block when ``bottleneck_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import NetworkConfig
+
+
+def _groups(channels: int) -> int:
+    """Largest of 32, 16, 8, 4, 2, 1 that divides ``channels`` (GroupNorm needs a divisor)."""
+    for g in (32, 16, 8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def noise_embedding(c_noise: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of a continuous noise level (one value per batch item)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=c_noise.device) / half)
+    args = c_noise.float()[:, None] * 1000.0 * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all pixels of a feature map (uses fused SDPA kernels)."""
+
+    def __init__(self, channels: int, head_dim: int = 32) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        o = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.out(o.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """Noise-conditional UNet: ``forward(x_noisy, cond, c_noise) -> prediction``.
+
+    ``x_noisy`` has ``out_channels`` channels, ``cond`` has ``cond_channels``; spatial size must
+    be a multiple of :attr:`size_multiple` (tiling pads to it).
+    """
+
+    def __init__(self, cfg: NetworkConfig, out_channels: int = 1, cond_channels: int = 1) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.out_channels = out_channels
+        self.cond_channels = cond_channels
+        base = cfg.base_channels
+        emb_dim = 4 * base
+        self.emb_dim = emb_dim
+        self.embed = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.stem = nn.Conv2d(out_channels + cond_channels, base, 3, padding=1)
+
+        widths = [base * m for m in cfg.channel_mults]
+        self.down = nn.ModuleList()
+        skips = [base]
+        ch = base
+        for level, width in enumerate(widths):
+            for _ in range(cfg.num_res_blocks):
+                blocks = [ResBlock(ch, width, emb_dim, cfg.dropout)]
+                ch = width
+                if level in cfg.attention_levels:
+                    blocks.append(Attention(ch))
+                self.down.append(nn.ModuleList(blocks))
+                skips.append(ch)
+            if level < len(widths) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                skips.append(ch)
+
+        mid = [ResBlock(ch, ch, emb_dim, cfg.dropout)]
+        if cfg.bottleneck_attention:
+            mid.append(Attention(ch))
+        mid.append(ResBlock(ch, ch, emb_dim, cfg.dropout))
+        self.mid = nn.ModuleList(mid)
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width = widths[level]
+            for i in range(cfg.num_res_blocks + 1):
+                blocks = [ResBlock(ch + skips.pop(), width, emb_dim, cfg.dropout)]
+                ch = width
+                if level in cfg.attention_levels:
+                    blocks.append(Attention(ch))
+                if level > 0 and i == cfg.num_res_blocks:
+                    blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    blocks.append(nn.Conv2d(ch, ch, 3, padding=1))
+                self.up.append(nn.ModuleList(blocks))
+
+        self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.cfg.channel_mults) - 1)
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            h = block(h, emb) if isinstance(block, (ResBlock, Attention)) else block(h)
+        return h
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(noise_embedding(c_noise, self.cfg.base_channels).to(x.dtype))
+        h = self.stem(torch.cat([x, cond], dim=1))
+        hs = [h]
+        for blocks in self.down:
+            h = self._run(blocks, h, emb)
+            hs.append(h)
+        h = self._run(self.mid, h, emb)
+        for blocks in self.up:
+            h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), emb)
+        return self.head(h)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

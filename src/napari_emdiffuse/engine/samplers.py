@@ -1,0 +1,131 @@
+"""Samplers: one signature, one short body each (after k-diffusion's ``sampling.py``).
+
+``sampler(denoise, x, sigmas, noise=..., callback=...)``
+
+- ``denoise(x, sigma) -> x0`` is the model (condition already bound);
+- ``x`` starts as ``sigmas[0] * eps``; ``sigmas`` decrease to 0;
+- ``noise(i, like)`` gives fresh Gaussian noise for step ``i`` (ancestral samplers only), so
+  tiling can key the noise to image position and stay seamless;
+- ``callback(i, x, x0)`` runs after every step: progress, previews, and cancel (it may raise).
+
+Arithmetic is float32 whatever precision the network runs in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+class Sampler(Protocol):
+    def __call__(
+        self,
+        denoise: Denoise,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        noise: NoiseFn | None = None,
+        callback: Callback | None = None,
+        eta: float = 0.0,
+    ) -> torch.Tensor: ...
+
+
+def _default_noise(i: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn_like(like)
+
+
+def _euler_ancestral(
+    denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseFn | None, callback: Callback | None, eta: float
+) -> torch.Tensor:
+    """Step from sigma to sigma' as an Euler step to ``sigma_down`` plus fresh noise ``sigma_up``,
+    ``sigma_up^2 = eta^2 sigma'^2 (sigma^2 - sigma'^2) / sigma^2`` (Song et al. 2021, eq. 16 in sigma form)."""
+    noise = noise or _default_noise
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, s)
+        s_up = (eta * (s_next**2 * (s**2 - s_next**2) / s**2).sqrt()).clamp(max=s_next)
+        s_down = (s_next**2 - s_up**2).sqrt()
+        x = x0 + (x - x0) * (s_down / s)  # Euler step along d = (x - x0) / sigma
+        if s_next > 0:
+            x = x + noise(i, x) * s_up
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def ddpm(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: NoiseFn | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), the reference EMDiffuse uses.
+
+    The DDPM posterior step is DDIM with eta = 1 (Song et al. 2021, sec. 4.1); ``eta`` is ignored.
+    """
+    return _euler_ancestral(denoise, x, sigmas, noise, callback, eta=1.0)
+
+
+@torch.no_grad()
+def ddim(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: NoiseFn | None = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): deterministic at ``eta = 0``; ``eta = 1`` is DDPM."""
+    return _euler_ancestral(denoise, x, sigmas, noise, callback, eta=eta)
+
+
+@torch.no_grad()
+def dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: NoiseFn | None = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second order, one evaluation a step.
+
+    Works in ``lambda = -log sigma``; the last step to sigma = 0 is first order.
+    """
+    old_x0 = None
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, s)
+        if s_next == 0:
+            x = x0
+        else:
+            t, t_next = -s.log(), -s_next.log()
+            h = t_next - t
+            if old_x0 is None:
+                d = x0
+            else:
+                h_last = t - (-sigmas[i - 1].log())
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
+            x = (s_next / s) * x - torch.expm1(-h) * d
+        old_x0 = x0
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
+
+
+def get_sampler(name: str) -> Sampler:
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None

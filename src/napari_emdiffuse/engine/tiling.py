@@ -1,0 +1,277 @@
+"""Tiled sampling of a whole 2D plane, of any size, with K samples per tile.
+
+- Tiles overlap and are blended with a smooth window (raised cosine over the overlap), the sum of
+  weights normalised away, so there is no seam and no dropped edge.
+- A plane smaller than a tile, or not a multiple of the network's size, is padded by reflection
+  inside the tile and cropped back.
+- The starting noise (and the fresh noise of ancestral samplers) is keyed to *image position*,
+  sample index and step: neighbouring tiles see the same noise where they overlap, so a tiled
+  result agrees with an untiled one and sample ``k`` is one coherent image across tiles.
+- Rows are read in strips and written out as soon as no pending tile covers them, so memory is
+  bounded by about two tile rows, whatever the plane's height; outputs may be zarr arrays.
+- Tiles and samples are evaluated together in batches; a GPU out-of-memory halves the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from .samplers import Sampler
+
+log = logging.getLogger(__name__)
+
+NOISE_BLOCK = 64
+
+
+class ArrayLike(Protocol):
+    shape: tuple[int, ...]
+
+    def __setitem__(self, key, value) -> None: ...
+
+
+ReadFn = Callable[[int, int], np.ndarray]
+"""``read(y0, y1) -> (C, y1 - y0, W)`` float32 rows of the (already normalised) condition."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    y0: int
+    x0: int
+    h: int  # valid height inside the image (<= tile size)
+    w: int
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread tile starts covering ``[0, length)`` with at least ``overlap`` shared pixels."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def make_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    return [
+        Tile(y, x, min(tile, height - y), min(tile, width - x))
+        for y in tile_starts(height, tile, overlap)
+        for x in tile_starts(width, tile, overlap)
+    ]
+
+
+def ramp(n: int, overlap: int) -> np.ndarray:
+    """1D blending weights: raised-cosine ramps over ``overlap`` pixels at both ends, 1 between."""
+    w = np.ones(n, np.float32)
+    if overlap > 0:
+        r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
+        k = min(overlap, n // 2)
+        w[:k] = r[:k]
+        w[n - k :] = np.minimum(w[n - k :], r[:k][::-1])
+    return np.maximum(w, 1e-3)  # never zero: an image edge has only one tile
+
+
+def _splitmix(*keys: int) -> int:
+    """A 63-bit hash of integers (splitmix64 steps), used to seed position-keyed noise."""
+    z = 0x9E3779B97F4A7C15
+    for k in keys:
+        z = (z ^ (k & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+    return z & 0x7FFFFFFFFFFFFFFF
+
+
+def keyed_noise(seed: int, sample: int, step: int, channels: int, y0: int, x0: int, h: int, w: int) -> torch.Tensor:
+    """Gaussian noise for the image region ``[y0:y0+h, x0:x0+w]``, the same whichever tile asks."""
+    b = NOISE_BLOCK
+    by0, bx0 = y0 // b, x0 // b
+    by1, bx1 = -(-(y0 + h) // b), -(-(x0 + w) // b)
+    out = torch.empty(channels, (by1 - by0) * b, (bx1 - bx0) * b)
+    g = torch.Generator()
+    for by in range(by0, by1):
+        for bx in range(bx0, bx1):
+            g.manual_seed(_splitmix(seed, sample, step, by, bx))
+            yy, xx = (by - by0) * b, (bx - bx0) * b
+            out[:, yy : yy + b, xx : xx + b] = torch.randn(channels, b, b, generator=g)
+    oy, ox = y0 - by0 * b, x0 - bx0 * b
+    return out[:, oy : oy + h, ox : ox + w]
+
+
+def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = h - a.shape[-2], w - a.shape[-1]
+    if ph == 0 and pw == 0:
+        return a
+    mode = "reflect" if ph < a.shape[-2] and pw < a.shape[-1] else "symmetric"
+    if ph >= a.shape[-2] * 2 or pw >= a.shape[-1] * 2:
+        mode = "edge"
+    return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)], mode=mode)
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+class TiledSampler:
+    """Runs a sampler over a plane tile by tile; see the module docstring.
+
+    ``denoise(x, sigma, cond)`` is the model on ``device``; ``step_callback(done, total)`` is
+    called after every sampler step (raise from it to cancel).
+    """
+
+    def __init__(
+        self,
+        denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        sampler: Sampler,
+        sigmas: torch.Tensor,
+        out_channels: int,
+        size_multiple: int,
+        tile_size: int,
+        overlap: int,
+        samples: int,
+        tile_batch: int,
+        device: torch.device,
+        seed: int = 0,
+        eta: float = 0.0,
+        step_callback: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.denoise = denoise
+        self.sampler = sampler
+        self.sigmas = sigmas.to(device)
+        self.out_channels = out_channels
+        self.m = size_multiple
+        self.tile = max(self.m, tile_size // self.m * self.m)
+        self.overlap = min(overlap, self.tile // 2 - 1) if overlap else 0
+        self.samples = samples
+        self.batch = max(1, tile_batch)
+        self.device = device
+        self.seed = seed
+        self.eta = eta
+        self.step_callback = step_callback
+
+    def count_steps(self, height: int, width: int) -> int:
+        """Sampler steps :meth:`run` will report for a plane (for progress totals)."""
+        n_items = len(make_tiles(height, width, self.tile, self.overlap)) * self.samples
+        return math.ceil(n_items / self.batch) * (len(self.sigmas) - 1)
+
+    def _tile_shape(self, height: int, width: int) -> tuple[int, int]:
+        th = min(self.tile, -(-height // self.m) * self.m)
+        tw = min(self.tile, -(-width // self.m) * self.m)
+        return th, tw
+
+    def run(
+        self,
+        read: ReadFn,
+        height: int,
+        width: int,
+        out_mean: ArrayLike,
+        out_std: ArrayLike | None = None,
+        out_samples: ArrayLike | None = None,
+        plane_key: int = 0,
+        progress_offset: int = 0,
+        progress_total: int | None = None,
+    ) -> None:
+        """Sample the plane; write mean ``(C, H, W)``, std and samples ``(K, C, H, W)``.
+
+        ``plane_key`` separates the noise of different planes of a stack.
+        """
+        th, tw = self._tile_shape(height, width)
+        tiles = make_tiles(height, width, self.tile, self.overlap)
+        wy, wx = ramp(th, self.overlap), ramp(tw, self.overlap)
+        window = wy[:, None] * wx[None, :]
+        k_, c_ = self.samples, self.out_channels
+        band_h = min(height, 2 * th)
+        n_acc = 2 + (k_ if out_samples is not None else 0)  # mean, variance, samples...
+        acc = np.zeros((n_acc, c_, band_h, width), np.float32)
+        wsum = np.zeros((band_h, width), np.float32)
+        top = 0  # image row of acc[..., 0, :]
+        strip_y, strip = -1, None
+        items = [(ti, k) for ti in range(len(tiles)) for k in range(k_)]
+        pending: dict[int, list[torch.Tensor]] = {}
+        total = progress_total if progress_total is not None else self.count_steps(height, width)
+        done = progress_offset
+        batch = self.batch
+        pos = 0
+        plane_seed = _splitmix(self.seed, plane_key)
+
+        def ensure_rows(rows: int) -> None:
+            nonlocal acc, wsum
+            if rows > wsum.shape[0]:
+                extra = rows - wsum.shape[0]
+                acc = np.concatenate([acc, np.zeros((n_acc, c_, extra, width), np.float32)], axis=2)
+                wsum = np.concatenate([wsum, np.zeros((extra, width), np.float32)], axis=0)
+
+        def flush(upto: int) -> None:
+            nonlocal top
+            if upto <= top:
+                return
+            n = upto - top
+            wv = wsum[:n]
+            out_mean[:, top:upto] = acc[0, :, :n] / wv
+            if out_std is not None:
+                out_std[:, top:upto] = np.sqrt(np.maximum(acc[1, :, :n] / wv, 0.0))
+            if out_samples is not None:
+                out_samples[:, :, top:upto] = acc[2:, :, :n] / wv
+            acc[:, :, :-n] = acc[:, :, n:].copy()
+            acc[:, :, -n:] = 0
+            wsum[:-n] = wsum[n:].copy()
+            wsum[-n:] = 0
+            top = upto
+
+        while pos < len(items):
+            chunk = items[pos : pos + batch]
+            conds, noises = [], []
+            for ti, k in chunk:
+                t = tiles[ti]
+                if t.y0 != strip_y:
+                    strip_y, strip = t.y0, np.asarray(read(t.y0, t.y0 + t.h), dtype=np.float32)
+                conds.append(_pad_to(strip[:, :, t.x0 : t.x0 + t.w], th, tw))
+                noises.append((t, k))
+            cond = torch.from_numpy(np.stack(conds)).to(self.device)
+
+            def noise_fn(step: int, like: torch.Tensor, _items=noises) -> torch.Tensor:
+                n = [keyed_noise(plane_seed, k, step, c_, t.y0, t.x0, th, tw) for t, k in _items]
+                return torch.stack(n).to(like.device, like.dtype)
+
+            def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+                if self.step_callback is not None:
+                    self.step_callback(done + i + 1, total)
+
+            x = noise_fn(-1, cond) * self.sigmas[0]
+            try:
+                out = self.sampler(
+                    lambda xx, s: self.denoise(xx, s, cond), x, self.sigmas, noise=noise_fn, callback=callback, eta=self.eta
+                )
+            except RuntimeError as err:
+                if not _is_oom(err) or batch == 1:
+                    raise
+                batch = max(1, batch // 2)
+                log.warning("out of memory with %d tiles at once; retrying with %d", len(chunk), batch)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            done += len(self.sigmas) - 1
+            out_np = out.float().cpu()
+            for (ti, k), o in zip(chunk, out_np):
+                pending.setdefault(ti, [None] * k_)[k] = o
+            for ti in sorted(pending):
+                if any(s is None for s in pending[ti]):
+                    continue
+                t = tiles[ti]
+                stack = torch.stack(pending.pop(ti))[:, :, : t.h, : t.w].numpy()  # (K, C, h, w)
+                w = window[: t.h, : t.w]
+                r0, r1 = t.y0 - top, t.y0 - top + t.h
+                ensure_rows(r1)
+                cols = slice(t.x0, t.x0 + t.w)
+                acc[0, :, r0:r1, cols] += stack.mean(0) * w
+                acc[1, :, r0:r1, cols] += (stack.var(0, ddof=1) if k_ > 1 else 0 * stack[0]) * w
+                if out_samples is not None:
+                    acc[2:, :, r0:r1, cols] += stack * w
+                wsum[r0:r1, cols] += w
+            pos += len(chunk)
+            next_y = tiles[items[pos][0]].y0 if pos < len(items) else height
+            first_pending = min((tiles[ti].y0 for ti in pending), default=next_y)
+            flush(min(next_y, first_pending))
+        flush(height)

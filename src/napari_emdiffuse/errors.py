@@ -1,0 +1,21 @@
+"""Exceptions a user can cause; the CLI prints their message on one line, the widgets notify it."""
+
+
+class EMDiffuseError(Exception):
+    """Base class: something the user can fix, with a message that says how."""
+
+
+class InputError(EMDiffuseError, ValueError):
+    """Input data that cannot be used (shape, dtype, NaN, empty, mismatched pair, unreadable file)."""
+
+
+class ModelFileError(EMDiffuseError):
+    """A model or checkpoint folder that is missing, incomplete or from an unknown format."""
+
+
+class DeviceError(EMDiffuseError):
+    """A requested device that is not available."""
+
+
+class Cancelled(EMDiffuseError):
+    """Raised inside a job when the user cancelled it; partial results are kept."""

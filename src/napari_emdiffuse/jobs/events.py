@@ -1,0 +1,103 @@
+"""Typed events the train and predict jobs yield; the CLI and the widgets turn them into
+progress bars, plots and layers. Each event is a small frozen dataclass with a ``kind``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Kind(str, Enum):
+    PROGRESS = "progress"
+    LOSS = "loss"
+    VALIDATION = "validation"
+    PREVIEW = "preview"
+    CHECKPOINT = "checkpoint"
+    MESSAGE = "message"
+    RESULT = "result"
+
+
+class CancelToken(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def new_cancel_token() -> threading.Event:
+    """A token to pass as ``cancel=``; call ``.set()`` to stop a job at its next step."""
+    return threading.Event()
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    what: str = ""
+    kind: Kind = field(default=Kind.PROGRESS, init=False)
+
+
+@dataclass(frozen=True)
+class Loss:
+    step: int
+    loss: float
+    lr: float
+    kind: Kind = field(default=Kind.LOSS, init=False)
+
+
+@dataclass(frozen=True)
+class Validation:
+    step: int
+    psnr: float
+    input_psnr: float
+    kind: Kind = field(default=Kind.VALIDATION, init=False)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A validation patch: condition, prediction and target, in normalised units (-1..1)."""
+
+    step: int
+    cond: np.ndarray
+    prediction: np.ndarray
+    target: np.ndarray
+    kind: Kind = field(default=Kind.PREVIEW, init=False)
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+    kind: Kind = field(default=Kind.CHECKPOINT, init=False)
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+    level: str = "info"  # info | warning
+    kind: Kind = field(default=Kind.MESSAGE, init=False)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    steps: int
+    reason: str  # "finished" | "time budget" | "cancelled"
+    best_psnr: float | None
+    kind: Kind = field(default=Kind.RESULT, init=False)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
+    Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
+    cancel (planes not reached are zero)."""
+
+    mean: Any
+    std: Any | None
+    samples: Any | None
+    voxel: tuple[float, ...]
+    complete: bool = True
+    kind: Kind = field(default=Kind.RESULT, init=False)

@@ -1,0 +1,198 @@
+"""The predict job: a trained model over a whole image or volume, with an uncertainty map.
+
+``predict(...)`` is a generator of events (progress after every sampler step, messages, and a
+final :class:`PredictResult`). The computation runs in one helper thread so that progress can be
+reported from inside the sampler loop; cancelling (the token, or closing the generator) stops
+it within one sampler step and keeps what was finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import SampleConfig
+from ..data.normalise import Normaliser, fit_normaliser
+from ..engine.device import autocast, configure_backends, select_device
+from ..engine.diffusion import Denoiser, Schedule
+from ..engine.samplers import get_sampler
+from ..engine.tiling import TiledSampler
+from ..errors import Cancelled, InputError
+from ..model_file import Model
+from ..variants import get_variant
+from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
+
+log = logging.getLogger(__name__)
+
+
+class _Cast:
+    """Output wrapper converting float results to an integer dtype (clipped and rounded)."""
+
+    def __init__(self, target: Any, dtype: np.dtype) -> None:
+        self.target, self.dtype, self.shape = target, np.dtype(dtype), target.shape
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        if self.dtype.kind in "ui":
+            info = np.iinfo(self.dtype)
+            value = np.clip(np.rint(value), info.min, info.max)
+        self.target[key] = value.astype(self.dtype)
+
+
+def _allocate(shape: tuple[int, ...], dtype: np.dtype, store: Any, name: str, chunks: tuple[int, ...]) -> Any:
+    if store is None:
+        return np.zeros(shape, dtype)
+    return store.zeros(name=name, shape=shape, dtype=dtype, chunks=chunks)  # zarr 2 and 3 alike
+
+
+def _open_store(output: str | Path, inputs: Sequence[Path]) -> Any:
+    import zarr
+
+    path = Path(output).resolve()
+    if any(path == Path(p).resolve() for p in inputs):
+        raise InputError(f"{output}: the output would overwrite the input; choose another path")
+    return zarr.open_group(str(path), mode="w")
+
+
+def predict(
+    model: Model,
+    image: Any,
+    sample: SampleConfig | None = None,
+    voxel: Sequence[float] | None = None,
+    device: str = "auto",
+    out_dtype: str | np.dtype = "float32",
+    output: str | Path | None = None,
+    input_paths: Sequence[Path] = (),
+    keep_samples: bool = False,
+    normaliser: Normaliser | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[Any]:
+    """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``.
+
+    ``sample`` overrides the model's sampling settings (sampler, steps, samples, tiles).
+    ``out_dtype`` is "float32" or "input" (the input's dtype, clipped and rounded).
+    ``output`` writes into a zarr group (arrays ``mean``, ``std``, ``samples``) tile by tile,
+    for results larger than memory. ``normaliser`` fixes the intensity statistics (otherwise
+    they are measured on the whole input).
+    """
+    cancel = cancel or new_cancel_token()
+    cfg = sample or model.preset.sample
+    variant = get_variant(model.variant)
+    options = variant.options(model.preset.variant_options)
+    variant.check_input(image, options)
+    voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
+    geometry = variant.output_geometry(image.shape, voxel, options)
+    normaliser = normaliser or fit_normaliser(image, name="image")
+    dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
+
+    dev = select_device(device)
+    if device not in ("auto", "cpu") and dev.type == "cpu":
+        yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
+    configure_backends(dev)
+    network = model.network.to(dev).eval()
+    if dev.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)
+    denoiser = Denoiser(network, model.preset.diffusion.prediction)
+    sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps)
+
+    store = _open_store(output, input_paths) if output is not None else None
+    shape = geometry.shape
+    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 512) for s in shape[-2:])
+    out_mean = _allocate(shape, dtype, store, "mean", chunks)
+    out_std = _allocate(shape, np.float32, store, "std", chunks)
+    out_samples = (
+        _allocate((cfg.samples, *shape), dtype, store, "samples", (1, *chunks)) if keep_samples else None
+    )
+    if store is not None:
+        store.attrs.update({"voxel_size": list(geometry.voxel), "variant": model.variant, "complete": False})
+    mean_w = _Cast(out_mean, dtype) if dtype != np.float32 else out_mean
+    samples_w = _Cast(out_samples, dtype) if out_samples is not None and dtype != np.float32 else out_samples
+
+    events: queue.Queue = queue.Queue()
+
+    def on_step(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise Cancelled("prediction cancelled")
+        events.put(Progress(done, total, "sampling"))
+
+    tiler = TiledSampler(
+        denoiser,
+        get_sampler(cfg.sampler),
+        sigmas,
+        out_channels=model.info.out_channels,
+        size_multiple=network.size_multiple,
+        tile_size=cfg.tile_size,
+        overlap=cfg.overlap,
+        samples=cfg.samples,
+        tile_batch=cfg.tile_batch,
+        device=dev,
+        seed=cfg.seed,
+        eta=cfg.eta,
+        step_callback=on_step,
+    )
+    total = sum(tiler.count_steps(h, w) for h, w in variant.plan(image.shape, options))
+    progress = {"offset": 0}
+
+    def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
+        with torch.inference_mode(), autocast(dev):
+            tiler.run(read, h, w, mean, std, samples, plane_key, progress["offset"], total)
+        progress["offset"] += tiler.count_steps(h, w)
+
+    def work() -> None:
+        variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
+
+    yield Progress(0, total, "sampling")
+    complete = True
+    try:
+        yield from _in_thread(work, events, cancel)
+    except Cancelled:
+        complete = False
+        yield Message("cancelled: planes finished so far are kept", "warning")
+    if store is not None:
+        store.attrs["complete"] = complete
+    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete)
+
+
+def _in_thread(work: Callable[[], None], events: queue.Queue, cancel: CancelToken) -> Iterator[Any]:
+    """Run ``work`` in a thread, yielding what it puts in ``events``; re-raise its exception."""
+    done = object()
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as err:  # handed to the generator's thread
+            error.append(err)
+        finally:
+            events.put(done)
+
+    thread = threading.Thread(target=target, name="emdiffuse-predict", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = events.get()
+            if item is done:
+                break
+            yield item
+    finally:
+        if thread.is_alive():  # the consumer stopped early: cancel and wait for the step to end
+            if hasattr(cancel, "set"):
+                cancel.set()
+            thread.join()
+    if error:
+        raise error[0]
+
+
+def run_predict(model: Model, image: Any, **kwargs: Any) -> PredictResult:
+    """:func:`predict` without the events: the final result (for scripts and tests)."""
+    result = None
+    for ev in predict(model, image, **kwargs):
+        if isinstance(ev, PredictResult):
+            result = ev
+    assert result is not None
+    return result

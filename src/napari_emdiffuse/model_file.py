@@ -1,0 +1,176 @@
+"""Model folders: ``model.json`` (what the model is) + ``weights.safetensors`` (EMA weights).
+
+No pickle: a model file is data, not code. Loading checks that every weight is present with the
+right shape and fails with a clear message otherwise (the original warned and carried on).
+Writes are atomic: files are written beside their target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import ConfigError, Preset, parse_preset
+from .engine.network import UNet
+from .errors import ModelFileError
+
+MODEL_FORMAT = 1
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a kill at any moment leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: cannot read weights ({err}); the file may be truncated or not a safetensors file") from None
+
+
+@dataclass
+class ModelInfo:
+    """Everything in ``model.json`` beside the preset."""
+
+    out_channels: int = 1
+    cond_channels: int = 1
+    normalisation: dict[str, Any] = field(default_factory=lambda: {"method": "percentile", "low": 0.1, "high": 99.9})
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    card: str = ""
+
+
+class Model:
+    """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
+
+    def __init__(self, preset: Preset, info: ModelInfo, network: UNet | None = None) -> None:
+        self.preset = preset
+        self.info = info
+        self.network = network or UNet(preset.network, info.out_channels, info.cond_channels)
+
+    @property
+    def variant(self) -> str:
+        return self.preset.variant
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "napari-emdiffuse-model",
+            "format_version": MODEL_FORMAT,
+            "software_version": __version__,
+            "variant": self.preset.variant,
+            "preset": self.preset.model_dump(mode="json"),
+            "out_channels": self.info.out_channels,
+            "cond_channels": self.info.cond_channels,
+            "normalisation": self.info.normalisation,
+            "training": self.info.training,
+            "metrics": self.info.metrics,
+            "card": self.info.card,
+        }
+
+    def save(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the folder; ``state`` replaces the network's own weights (e.g. the EMA copy)."""
+        folder = Path(folder)
+        weights = state if state is not None else self.network.state_dict()
+        atomic_save_tensors(weights, folder / WEIGHTS, metadata={"format": "napari-emdiffuse"})
+        atomic_write_bytes(folder / MODEL_JSON, json.dumps(self.to_json(), indent=2).encode())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Model":
+        folder = Path(folder)
+        meta = read_model_json(folder)
+        weights = folder / WEIGHTS
+        if not weights.is_file():
+            raise ModelFileError(f"{folder}: {WEIGHTS} is missing")
+        model = cls.from_json(meta, source=str(folder))
+        load_state_strict(model.network, load_tensors(weights), str(weights))
+        return model
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any], source: str = "model.json") -> "Model":
+        try:
+            preset = parse_preset(meta["preset"], source=f"{source} (preset)")
+            info = ModelInfo(
+                out_channels=int(meta["out_channels"]),
+                cond_channels=int(meta["cond_channels"]),
+                normalisation=dict(meta.get("normalisation") or {}),
+                training=dict(meta.get("training") or {}),
+                metrics=dict(meta.get("metrics") or {}),
+                card=str(meta.get("card", "")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise ModelFileError(str(err)) from None
+            raise ModelFileError(f"{source}: {MODEL_JSON} is incomplete ({err!r})") from None
+        return cls(preset, info)
+
+
+def read_model_json(folder: Path) -> dict[str, Any]:
+    path = folder / MODEL_JSON
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: no such model folder")
+    if not path.is_file():
+        raise ModelFileError(f"{folder}: not a model folder ({MODEL_JSON} is missing)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: cannot read ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "napari-emdiffuse-model":
+        raise ModelFileError(f"{path}: not a napari-emdiffuse model description")
+    if meta.get("format_version") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: model format {meta.get('format_version')} is not supported (expected {MODEL_FORMAT})")
+    return meta
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, failing loudly on any missing, extra or mis-shaped tensor."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} with the wrong shape (e.g. {shapes[0]})")
+        raise ModelFileError(f"{source}: weights do not match the network in model.json: " + ", ".join(parts))
+    module.load_state_dict(state)

@@ -1,0 +1,29 @@
+"""Bundled default models (shipped inside the package) and looking a model up by name or path."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .errors import ModelFileError
+from .model_file import MODEL_JSON, Model
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names and folders of the models shipped with the package."""
+    root = resources.files("napari_emdiffuse") / "models"
+    if not root.is_dir():
+        return {}
+    return {p.name: Path(str(p)) for p in root.iterdir() if (Path(str(p)) / MODEL_JSON).is_file()}
+
+
+def resolve_model(name_or_path: str | Path) -> Model:
+    """Load a bundled model by name, or a model folder by path."""
+    bundled = bundled_models()
+    if str(name_or_path) in bundled:
+        return Model.load(bundled[str(name_or_path)])
+    path = Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(bundled)) or "none installed"
+        raise ModelFileError(f"{name_or_path}: no such model folder, and no bundled model of that name (bundled: {names})")
+    return Model.load(path)

@@ -1,0 +1,159 @@
+"""What every variant answers, and the pieces they share.
+
+A variant answers three questions (DESIGN.md): how training pairs are made from what the user
+has (:meth:`Variant.training_pairs`); how a trained model runs over a whole image or volume
+(:meth:`Variant.predict`); and how the output's shape and voxel size follow from the input's
+(:meth:`Variant.output_geometry`). The jobs do everything else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ..data.normalise import Normaliser
+from ..errors import InputError
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Output shape (same number of axes as the input) and voxel size (same order as the axes)."""
+
+    shape: tuple[int, ...]
+    voxel: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A rectangle ``[y0, y1) x [x0, x1)`` in input pixels (e.g. drawn in a Shapes layer)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    def clip(self, height: int, width: int) -> "Roi":
+        r = Roi(max(0, self.y0), min(height, self.y1), max(0, self.x0), min(width, self.x1))
+        if r.y1 <= r.y0 or r.x1 <= r.x0:
+            raise InputError(f"the region {self} lies outside the image ({height} x {width})")
+        return r
+
+
+class PairSource(ABC):
+    """Training pairs for one split: ``sample(rng, n, patch) -> (cond, target)`` as float32
+    arrays of shape ``(n, C, patch, patch)``, already normalised and augmented. ``patch`` is
+    the patch size that fits the split's region (at most the one asked for)."""
+
+    summary: dict[str, Any]
+    patch: int
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class PlaneWriter:
+    """Lets the tiler write ``(C, rows, W)`` blocks into ``C`` consecutive planes of a 3D output
+    (numpy or zarr), mapped through ``transform`` (the inverse normalisation)."""
+
+    def __init__(self, target, start: int, transform: Callable[[np.ndarray], np.ndarray], samples: bool = False):
+        self.target, self.start, self.transform, self.samples = target, start, transform, samples
+
+    def __setitem__(self, key: tuple, value: np.ndarray) -> None:
+        rows = key[-1]
+        c = value.shape[-3]
+        v = self.transform(value)
+        if len(self.target.shape) == (3 if self.samples else 2):  # a 2D output (or 2D samples)
+            self.target[(slice(None),) * self.samples + (rows,)] = v[..., 0, :, :]
+        else:
+            self.target[(slice(None),) * self.samples + (slice(self.start, self.start + c), rows)] = v
+
+
+def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same random flip and 90-degree rotation of both arrays (last two axes)."""
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    out = []
+    for a in (cond, target):
+        a = np.rot90(a, k, axes=(-2, -1))
+        out.append(np.ascontiguousarray(a[..., ::-1] if flip else a))
+    return out[0], out[1]
+
+
+def split_rows(height: int, val_fraction: float, patch: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Train and validation row ranges: validation is a strip at the bottom, never overlapping."""
+    val_h = max(round(val_fraction * height), min(patch, height // 3))
+    val_h = min(val_h, height // 2)
+    return (0, height - val_h), (height - val_h, height)
+
+
+class Variant(ABC):
+    """One EMDiffuse variant; subclasses are small and stateless."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    #: the arrays training needs, e.g. ("input", "target") for paired variants or ("volume",)
+    training_inputs: ClassVar[tuple[str, ...]]
+    #: dimensionality of images :meth:`predict` accepts
+    input_ndims: ClassVar[tuple[int, ...]] = (2, 3)
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+
+    def options(self, raw: dict[str, Any] | BaseModel | None) -> BaseModel:
+        if isinstance(raw, self.options_model):
+            return raw
+        return self.options_model(**(raw or {}))
+
+    @abstractmethod
+    def channels(self, options: BaseModel) -> tuple[int, int]:
+        """``(out_channels, cond_channels)`` of the network."""
+
+    @abstractmethod
+    def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry: ...
+
+    @abstractmethod
+    def training_pairs(
+        self,
+        arrays: dict[str, Any],
+        options: BaseModel,
+        split: str,
+        val_fraction: float,
+        patch: int,
+        roi: Roi | None = None,
+        min_std: float = 0.0,
+    ) -> PairSource:
+        """Pairs for ``split`` ("train" or "val") from the user's arrays (numpy or dask)."""
+
+    @abstractmethod
+    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+        """``(height, width)`` of every plane :meth:`predict` samples, in order (for progress totals)."""
+
+    @abstractmethod
+    def predict(
+        self,
+        image: Any,
+        options: BaseModel,
+        normaliser: Normaliser,
+        run_plane: Callable[..., None],
+        out_mean: Any,
+        out_std: Any | None,
+        out_samples: Any | None,
+    ) -> None:
+        """Sample every plane through ``run_plane(read, height, width, mean, std, samples, plane_key)``
+        and write the results (in the input's intensity units) into the outputs."""
+
+    def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
+        """Training arrays simulated from clean data alone (the degradation's parameters vary by variant)."""
+        raise InputError(f"{self.title} cannot be trained from clean images alone")
+
+    def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
+        from ..data.normalise import check_image
+
+        check_image(image, name, self.input_ndims)

@@ -1,0 +1,170 @@
+"""EMDiffuse-n: denoising of 2D images and stacks (slice by slice).
+
+Training pairs are registered noisy/clean images (or clean images with simulated noise, made by
+the caller); the condition is the noisy image; output and input share shape and voxel size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from ..data.degrade import poisson_gaussian, to_unit
+from ..data.normalise import Normaliser, check_image, fit_normaliser
+from ..errors import InputError
+from .base import Geometry, PairSource, PlaneWriter, Roi, Variant, augment, split_rows
+
+
+def as_stack(a: Any) -> Any:
+    """A 2D image as a one-slice stack; stacks unchanged (works lazily on dask arrays)."""
+    return a[None] if a.ndim == 2 else a
+
+
+class AlignedPairs(PairSource):
+    """Random patches at the same place in a condition stack and a target stack.
+
+    ``scale`` > 1 means the target is ``scale`` times larger in y and x (super-resolution); the
+    condition is then upsampled by ``upsample`` before it is returned.
+    """
+
+    def __init__(
+        self,
+        cond: np.ndarray,
+        target: np.ndarray,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        min_std: float,
+        scale: int = 1,
+        upsample: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    ) -> None:
+        self.cond, self.target = cond, target
+        self.rows, self.cols = rows, cols
+        self.min_std, self.scale, self.upsample = min_std, scale, upsample
+        self.summary = {"slices": int(cond.shape[0]), "rows": list(rows), "cols": list(cols)}
+
+    def _one(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.scale
+        p_lo = patch // s
+        y_hi = self.rows[1] - p_lo
+        x_hi = self.cols[1] - p_lo
+        best = None
+        for _ in range(10):  # prefer patches with structure (skip resin, empty borders)
+            z = int(rng.integers(self.cond.shape[0]))
+            y = int(rng.integers(self.rows[0], y_hi + 1))
+            x = int(rng.integers(self.cols[0], x_hi + 1))
+            c = self.cond[z, y : y + p_lo, x : x + p_lo]
+            t = self.target[z, y * s : y * s + patch, x * s : x * s + patch]
+            std = float(t.std())
+            if best is None or std > best[0]:
+                best = (std, c, t)
+            if std >= self.min_std:
+                break
+        _, c, t = best
+        if self.upsample is not None:
+            c = self.upsample(c, s)
+        return augment(c[None], t[None], rng)
+
+    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self._one(rng, patch) for _ in range(n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def fit_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], scale: int = 1) -> int:
+    """The largest multiple of 16 not above ``patch`` that fits the region (in target pixels)."""
+    room = min(rows[1] - rows[0], cols[1] - cols[0]) * scale
+    fitted = min(patch, room // 16 * 16)
+    if fitted < 16:
+        raise InputError(f"the training region ({rows[1] - rows[0]} x {cols[1] - cols[0]} px) is too small for 16 px patches")
+    return fitted
+
+
+def paired_region(
+    cond: Any, target: Any, split: str, val_fraction: float, patch: int, roi: Roi | None, scale: int = 1
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Load a pair (in memory), crop it to the ROI, and give the split's rows and columns."""
+    cond, target = as_stack(cond), as_stack(target)
+    h, w = cond.shape[-2:]
+    r = (roi or Roi(0, h, 0, w)).clip(h, w)
+    cond = np.asarray(cond[:, r.y0 : r.y1, r.x0 : r.x1])
+    target = np.asarray(target[:, r.y0 * scale : r.y1 * scale, r.x0 * scale : r.x1 * scale])
+    train_rows, val_rows = split_rows(cond.shape[1], val_fraction, patch // scale)
+    return cond, target, (train_rows if split == "train" else val_rows), (0, cond.shape[2])
+
+
+class Denoise(Variant):
+    name = "denoise"
+    title = "EMDiffuse-n (denoising)"
+    description = "Removes noise from EM images and stacks, slice by slice, with an uncertainty map."
+    training_inputs = ("input", "target")
+
+    def channels(self, options: BaseModel) -> tuple[int, int]:
+        return 1, 1
+
+    def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
+        return Geometry(tuple(shape), tuple(voxel))
+
+    def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
+        """Poisson-Gaussian noise (``dose`` counts at full scale, ``read_noise``) on the clean images."""
+        check_image(clean, "clean images", self.input_ndims)
+        unit = to_unit(clean)
+        noisy = poisson_gaussian(unit, degradation.get("dose", 20.0), degradation.get("read_noise", 0.03), degradation.get("seed", 0))
+        return {"input": noisy, "target": unit}
+
+    def check_pair(self, cond: Any, target: Any) -> None:
+        check_image(cond, "input", self.input_ndims)
+        check_image(target, "target", self.input_ndims)
+        if tuple(cond.shape) != tuple(target.shape):
+            raise InputError(f"input and target differ in shape ({tuple(cond.shape)} vs {tuple(target.shape)}); register them first")
+
+    def training_pairs(
+        self,
+        arrays: dict[str, Any],
+        options: BaseModel,
+        split: str,
+        val_fraction: float,
+        patch: int,
+        roi: Roi | None = None,
+        min_std: float = 0.0,
+    ) -> PairSource:
+        cond, target = arrays["input"], arrays["target"]
+        self.check_pair(cond, target)
+        cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi)
+        nc = fit_normaliser(cond, name="input")
+        nt = fit_normaliser(target, name="target")
+        src = AlignedPairs(nc.forward(cond), nt.forward(target), rows, cols, min_std)
+        src.patch = fit_patch(patch, rows, cols)
+        src.summary.update(input_normaliser=nc.to_dict(), target_normaliser=nt.to_dict())
+        return src
+
+    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+        planes = 1 if len(shape) == 2 else shape[0]
+        return [tuple(shape[-2:])] * planes
+
+    def predict(
+        self,
+        image: Any,
+        options: BaseModel,
+        normaliser: Normaliser,
+        run_plane: Callable[..., None],
+        out_mean: Any,
+        out_std: Any | None,
+        out_samples: Any | None,
+    ) -> None:
+        stack = as_stack(image)
+        h, w = stack.shape[-2:]
+        for z in range(stack.shape[0]):
+
+            def read(y0: int, y1: int, _z: int = z) -> np.ndarray:
+                return normaliser.forward(np.asarray(stack[_z, y0:y1]))[None]
+
+            run_plane(
+                read,
+                h,
+                w,
+                PlaneWriter(out_mean, z, normaliser.inverse),
+                PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
+                PlaneWriter(out_samples, z, normaliser.inverse, samples=True) if out_samples is not None else None,
+                plane_key=z,
+            )
