@@ -90,6 +90,7 @@ class TrainConfig(_Strict):
 class SampleConfig(_Strict):
     sampler: SamplerName = "dpmpp_2m"
     steps: int = Field(10, ge=1, le=2000)
+    spacing: Literal["karras", "uniform"] = Field("karras", description="noise levels: karras (fast samplers) or uniform in t (DDPM)")
     samples: int = Field(4, ge=1, le=64, description="K samples per tile: mean is the output, std the uncertainty")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="ancestral noise for ddim (0 = deterministic)")
     tile_size: int = Field(256, ge=32, le=4096)

@@ -63,15 +63,20 @@ def make_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
     ]
 
 
-def ramp(n: int, overlap: int) -> np.ndarray:
-    """1D blending weights: raised-cosine ramps over ``overlap`` pixels at both ends, 1 between."""
+def ramp(n: int, overlap: int, start: bool = True, end: bool = True) -> np.ndarray:
+    """1D blending weights: 1, with raised-cosine ramps from 0 over ``overlap`` pixels at the ends
+    that face a neighbouring tile (``start``/``end``). A tile's outermost pixels, where the
+    network sees the least context, then count for nothing next to a neighbour; at an image
+    edge there is no neighbour and no ramp."""
     w = np.ones(n, np.float32)
-    if overlap > 0:
-        r = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
-        k = min(overlap, n // 2)
-        w[:k] = r[:k]
-        w[n - k :] = np.minimum(w[n - k :], r[:k][::-1])
-    return np.maximum(w, 1e-3)  # never zero: an image edge has only one tile
+    k = min(overlap, n // 2)
+    if k > 0:
+        r = (0.5 - 0.5 * np.cos(np.pi * np.arange(k) / k)).astype(np.float32)
+        if start:
+            w[:k] = r
+        if end:
+            w[n - k :] = np.minimum(w[n - k :], r[::-1])
+    return w
 
 
 def _splitmix(*keys: int) -> int:
@@ -179,8 +184,11 @@ class TiledSampler:
         """
         th, tw = self._tile_shape(height, width)
         tiles = make_tiles(height, width, self.tile, self.overlap)
-        wy, wx = ramp(th, self.overlap), ramp(tw, self.overlap)
-        window = wy[:, None] * wx[None, :]
+
+        def window(t: Tile) -> np.ndarray:
+            wy = ramp(t.h, self.overlap, t.y0 > 0, t.y0 + t.h < height)
+            wx = ramp(t.w, self.overlap, t.x0 > 0, t.x0 + t.w < width)
+            return wy[:, None] * wx[None, :]
         k_, c_ = self.samples, self.out_channels
         band_h = min(height, 2 * th)
         n_acc = 2 + (k_ if out_samples is not None else 0)  # mean, variance, samples...
@@ -261,7 +269,7 @@ class TiledSampler:
                     continue
                 t = tiles[ti]
                 stack = torch.stack(pending.pop(ti))[:, :, : t.h, : t.w].numpy()  # (K, C, h, w)
-                w = window[: t.h, : t.w]
+                w = window(t)
                 r0, r1 = t.y0 - top, t.y0 - top + t.h
                 ensure_rows(r1)
                 cols = slice(t.x0, t.x0 + t.w)

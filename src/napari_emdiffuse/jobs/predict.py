@@ -98,7 +98,7 @@ def predict(
     if dev.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
     denoiser = Denoiser(network, model.preset.diffusion.prediction)
-    sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps)
+    sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
     store = _open_store(output, input_paths) if output is not None else None
     shape = geometry.shape

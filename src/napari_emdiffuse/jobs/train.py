@@ -162,7 +162,9 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
     variant = get_variant(preset.variant)
     out_c, cond_c = variant.channels(variant.options(preset.variant_options))
     if init is None:
-        return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(preset.train.seed)  # the initial weights are part of the run's seed
+            return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c))
     if init.variant != preset.variant:
         raise ModelFileError(f"cannot fine-tune a {init.variant} model as {preset.variant}")
     if (init.info.out_channels, init.info.cond_channels) != (out_c, cond_c):

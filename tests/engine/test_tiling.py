@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_emdiffuse.config import DiffusionConfig
+from napari_emdiffuse.engine.diffusion import Schedule
+from napari_emdiffuse.engine.samplers import get_sampler
+from napari_emdiffuse.engine.tiling import TiledSampler, keyed_noise, make_tiles, ramp, tile_starts
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(10, 64, 16), (64, 64, 16), (65, 64, 16), (1000, 128, 32), (131, 64, 8)])
+def test_tiles_cover_everything_with_the_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and min(starts[-1] + tile, length) == length
+    for a, b in zip(starts, starts[1:]):
+        assert a + tile - b >= overlap
+
+
+def test_ramp_is_smooth_and_only_faces_neighbours():
+    w = ramp(64, 16)
+    assert w[0] == 0 and w[-1] == 0 and w[16:48].min() == 1
+    assert np.all(np.diff(w[:16]) > 0)
+    edge = ramp(64, 16, start=False)
+    assert edge[0] == 1 and edge[-1] == 0
+
+
+def test_keyed_noise_depends_only_on_position():
+    a = keyed_noise(7, 0, 3, 1, 10, 20, 100, 90)
+    b = keyed_noise(7, 0, 3, 1, 50, 70, 40, 40)
+    assert torch.equal(a[:, 40:80, 50:90], b)
+    assert not torch.equal(keyed_noise(7, 1, 3, 1, 50, 70, 40, 40), b)  # another sample
+    assert not torch.equal(keyed_noise(7, 0, 4, 1, 50, 70, 40, 40), b)  # another step
+    assert abs(a.std().item() - 1) < 0.05
+
+
+def _blur_denoiser(x, sigma, cond):
+    """A local, deterministic 'model' (a 3x3 mean of the condition) to test the tiling mechanics."""
+    return torch.nn.functional.avg_pool2d(cond, 3, stride=1, padding=1, count_include_pad=False).expand_as(x)
+
+
+def _run(img, tile, overlap, samples=1, tile_batch=4, sampler="ddim"):
+    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(3)
+    ts = TiledSampler(_blur_denoiser, get_sampler(sampler), sig, 1, 4, tile, overlap, samples, tile_batch, torch.device("cpu"))
+    mean = np.zeros((1, *img.shape), np.float32)
+    std = np.zeros_like(mean)
+    ts.run(lambda y0, y1: img[None, y0:y1], img.shape[0], img.shape[1], mean, std)
+    return mean[0], std[0]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (37, 53), (64, 64), (200, 61), (130, 300)])
+def test_any_size_is_covered_without_dropped_edges(shape):
+    img = np.random.default_rng(0).random(shape, dtype=np.float32)
+    out, _ = _run(img, 64, 16)
+    ref, _ = _run(img, 512, 16)  # one tile
+    assert out.shape == shape and np.all(np.isfinite(out))
+    # identical everywhere but the outermost pixels, where the single tile is padded to the
+    # network's size multiple and the small tiles are not
+    np.testing.assert_allclose(out[1:-1, 1:-1], ref[1:-1, 1:-1], atol=1e-5)
+
+
+def test_memory_band_streams_rows_for_tall_planes():
+    img = np.random.default_rng(1).random((700, 40), dtype=np.float32)
+    out, _ = _run(img, 64, 16, tile_batch=64)  # batches span many tile rows
+    ref, _ = _run(img, 1024, 16)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_uncertainty_is_the_spread_of_samples():
+    img = np.zeros((40, 40), np.float32)
+    # ancestral sampling with a model that ignores x: every sample is the same (std 0)
+    mean, std = _run(img, 32, 8, samples=3, sampler="ddpm")
+    assert np.allclose(std, 0, atol=1e-6)
+
+    def noisy_model(x, sigma, cond):  # the estimate follows the noise: samples differ
+        return x * 0.5
+
+    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(2)
+    ts = TiledSampler(noisy_model, get_sampler("ddim"), sig, 1, 4, 32, 8, 4, 8, torch.device("cpu"))
+    m, s, k = np.zeros((1, 40, 40), np.float32), np.zeros((1, 40, 40), np.float32), np.zeros((4, 1, 40, 40), np.float32)
+    ts.run(lambda y0, y1: img[None, y0:y1], 40, 40, m, s, k)
+    assert s.min() > 0
+    np.testing.assert_allclose(m, k.mean(0), atol=1e-4)
+    np.testing.assert_allclose(s, k.std(0, ddof=1), rtol=0.05, atol=1e-3)
+
+
+def test_oom_halves_the_batch(monkeypatch):
+    calls = []
+
+    def flaky(x, sigma, cond):
+        calls.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return _blur_denoiser(x, sigma, cond)
+
+    img = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(2)
+    ts = TiledSampler(flaky, get_sampler("ddim"), sig, 1, 4, 32, 8, 1, 8, torch.device("cpu"))
+    out = np.zeros((1, 64, 64), np.float32)
+    ts.run(lambda y0, y1: img[None, y0:y1], 64, 64, out)
+    assert calls[:2] == [8, 4] and max(calls[2:]) <= 2
+    ref, _ = _run(img, 32, 8)
+    np.testing.assert_allclose(out[0], ref, atol=1e-5)
+
+
+def test_tile_grid_counts():
+    assert len(make_tiles(100, 100, 64, 16)) == 4
+    assert len(make_tiles(10, 10, 64, 16)) == 1

@@ -1,0 +1,189 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_emdiffuse.config import load_preset
+from napari_emdiffuse.errors import ModelFileError
+from napari_emdiffuse.jobs.events import Kind, new_cancel_token
+from napari_emdiffuse.jobs.train import CHECKPOINT, train
+from napari_emdiffuse.model_file import Model
+from napari_emdiffuse.variants.base import Roi
+
+
+def _run(gen):
+    return list(gen)
+
+
+def _tiny(**train):
+    return load_preset("tiny", {"train": train})
+
+
+def test_events_checkpoint_and_model(tmp_path, isbi_pair):
+    noisy, clean = isbi_pair
+    events = _run(train(_tiny(iterations=12, val_every=6, checkpoint_every=6), {"input": noisy, "target": clean}, tmp_path))
+    kinds = [e.kind for e in events]
+    assert kinds.count(Kind.LOSS) == 12 and kinds.count(Kind.VALIDATION) == 2
+    assert Kind.PREVIEW in kinds and kinds.count(Kind.CHECKPOINT) == 2
+    assert events[-1].kind is Kind.RESULT and events[-1].steps == 12 and events[-1].reason == "finished"
+    preview = next(e for e in events if e.kind is Kind.PREVIEW)
+    assert preview.prediction.shape == preview.target.shape == (1, 32, 32)
+    model = Model.load(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["training"]["steps"] == 12 and "val_psnr" in meta["metrics"]
+    assert model.variant == "denoise"
+    assert all(np.isfinite(e.loss) for e in events if e.kind is Kind.LOSS)
+
+
+def test_training_lowers_the_loss_on_real_em(tiny_model_dir, isbi_pair):
+    """The trained EMA weights beat the initial weights on one fixed batch and fixed noise."""
+    from napari_emdiffuse.engine.diffusion import DiffusionProcess
+    from napari_emdiffuse.engine.network import UNet
+
+    noisy, clean = isbi_pair
+    trained = Model.load(tiny_model_dir)
+    proc = DiffusionProcess(trained.preset.diffusion)
+    x0 = torch.from_numpy(clean[:, None, 200:264, 200:264] * 2 - 1).repeat(8, 1, 1, 1)
+    cond = torch.from_numpy(noisy[:, None, 200:264, 200:264] * 2 - 1).repeat(8, 1, 1, 1)
+    torch.manual_seed(0)
+    fresh = UNet(trained.preset.network)
+
+    def loss(net):
+        with torch.no_grad():
+            return proc.loss(net, x0, cond, generator=torch.Generator().manual_seed(3)).item()
+
+    assert loss(trained.network) < 0.8 * loss(fresh)
+
+
+def test_time_budget_and_cancel(tmp_path, isbi_pair):
+    noisy, clean = isbi_pair
+    ev = _run(train(_tiny(iterations=100000, minutes=0.02, checkpoint_every=100000, val_every=100000), {"input": noisy, "target": clean}, tmp_path / "a"))
+    assert ev[-1].reason == "time budget" and 0 < ev[-1].steps < 100000
+    assert (tmp_path / "a" / "model.json").is_file()
+
+    token = new_cancel_token()
+    results = []
+    for e in train(_tiny(iterations=100000, checkpoint_every=100000, val_every=100000), {"input": noisy, "target": clean}, tmp_path / "b", cancel=token):
+        if e.kind is Kind.LOSS and e.step == 5:
+            token.set()
+        results.append(e)
+    assert results[-1].reason == "cancelled" and results[-1].steps == 5
+    assert Model.load(tmp_path / "b").info.training["stopped"] == "cancelled"
+
+
+def test_roi_restricts_training_data(tmp_path, isbi_pair):
+    noisy, clean = isbi_pair
+    ev = _run(train(_tiny(iterations=2), {"input": noisy, "target": clean}, tmp_path, roi=Roi(100, 200, 300, 420)))
+    meta = Model.load(tmp_path).info.training
+    # the split lives inside the 100 x 120 region: train rows + validation rows = its height
+    assert meta["train_region"]["cols"] == [0, 120]
+    assert meta["train_region"]["rows"][0] == 0 and meta["val_region"]["rows"][1] == 100
+    with pytest.raises(Exception, match="outside"):
+        _run(train(_tiny(iterations=2), {"input": noisy, "target": clean}, tmp_path / "x", roi=Roi(600, 700, 0, 10)))
+    assert ev[-1].steps == 2
+
+
+def test_fine_tune_starts_from_the_model(tmp_path, isbi_pair, tiny_model_dir):
+    noisy, clean = isbi_pair
+    base = Model.load(tiny_model_dir)
+    preset = load_preset("tiny", {"train": {"iterations": 1, "lr": 1e-12}})
+    _run(train(preset, {"input": noisy, "target": clean}, tmp_path, init_model=base))
+    tuned = Model.load(tmp_path)
+    for (k, a), b in zip(base.network.state_dict().items(), tuned.network.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
+    assert "fine_tuned_from" in tuned.info.training
+
+
+_KILLED_RUN = """
+import sys, numpy as np
+from napari_emdiffuse.config import load_preset
+from napari_emdiffuse.jobs.train import train
+d = np.load(sys.argv[1])
+p = load_preset("tiny", {"train": {"iterations": 100000, "checkpoint_every": 10, "val_every": 100000}})
+for _ in train(p, {"input": d["noisy"], "target": d["clean"]}, sys.argv[2], device="cpu"):
+    pass
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_weights(tmp_path, isbi_pair):
+    noisy, clean = isbi_pair
+    data = tmp_path / "data.npz"
+    np.savez(data, noisy=noisy[:2, :128, :128], clean=clean[:2, :128, :128])
+    arrays = {"input": noisy[:2, :128, :128], "target": clean[:2, :128, :128]}
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(data), str(run)], env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    deadline = time.monotonic() + 120
+    while not (run / CHECKPOINT).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the training subprocess ended early"
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it run past the checkpoint, into the middle of later steps
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = json.loads(load_file_metadata(run / CHECKPOINT)["state"])["step"]
+    assert step_at_kill % 10 == 0 and step_at_kill < 40
+
+    preset = load_preset("tiny", {"train": {"iterations": 40, "checkpoint_every": 10, "val_every": 100000}})
+    resumed = _run(train(preset, arrays, run, device="cpu", resume=True))
+    assert resumed[0].text.startswith(f"resumed at step {step_at_kill}")
+    _run(train(preset, arrays, tmp_path / "straight", device="cpu"))
+    a = load_file(str(run / "weights.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def load_file_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def test_interrupted_checkpoint_write_keeps_the_last_good_one(tmp_path, isbi_pair, monkeypatch):
+    noisy, clean = isbi_pair
+    arrays = {"input": noisy, "target": clean}
+    _run(train(_tiny(iterations=4, checkpoint_every=2, val_every=100), arrays, tmp_path))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+
+    import napari_emdiffuse.model_file as mf
+
+    def dying_save(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(mf, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _run(train(_tiny(iterations=8, checkpoint_every=2, val_every=100), arrays, tmp_path, resume=True))
+    assert (tmp_path / CHECKPOINT).read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    monkeypatch.undo()
+    ev = _run(train(_tiny(iterations=6, checkpoint_every=2, val_every=100), arrays, tmp_path, resume=True))
+    assert ev[-1].steps == 6
+
+
+def test_resume_without_checkpoint_and_bad_inputs(tmp_path, isbi_pair):
+    noisy, clean = isbi_pair
+    with pytest.raises(ModelFileError, match="nothing to resume"):
+        _run(train(_tiny(), {"input": noisy, "target": clean}, tmp_path, resume=True))
+    with pytest.raises(ValueError, match="missing target"):
+        _run(train(_tiny(), {"input": noisy}, tmp_path))
+    with pytest.raises(ValueError, match="differ in shape"):
+        _run(train(_tiny(), {"input": noisy[:, :100], "target": clean}, tmp_path))
+    bad = noisy.copy()
+    bad[0, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _run(train(_tiny(), {"input": bad, "target": clean}, tmp_path))
+    with pytest.raises(ValueError, match="constant"):
+        _run(train(_tiny(), {"input": np.zeros_like(noisy), "target": clean}, tmp_path))
+    with pytest.raises(ValueError, match="dimensions"):
+        _run(train(_tiny(), {"input": noisy[0, 0], "target": clean[0, 0]}, tmp_path))
