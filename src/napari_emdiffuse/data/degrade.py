@@ -33,3 +33,33 @@ def poisson_gaussian(
     if read_noise:
         noisy += rng.normal(0.0, read_noise, size=c.shape).astype(np.float32)
     return noisy
+
+
+def psf_bin(image: np.ndarray, factor: int, psf_sigma: float | None = None) -> np.ndarray:
+    """A point-scanning acquisition at ``factor`` times the pixel size, simulated from ``image``.
+
+    The beam's point-spread function (a Gaussian of ``psf_sigma`` fine pixels; by default a
+    full width at half maximum of one coarse pixel, ``factor / 2.355``) blurs the image, and
+    each coarse pixel is the mean of the ``factor x factor`` fine pixels it covers. The last two
+    axes are binned; rows and columns beyond a multiple of ``factor`` are dropped.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if int(factor) != factor or factor < 1:
+        raise ValueError("factor must be a positive whole number")
+    a = np.asarray(image, np.float32)
+    sigma = factor / 2.355 if psf_sigma is None else float(psf_sigma)
+    if sigma > 0:
+        a = gaussian_filter(a, [0.0] * (a.ndim - 2) + [sigma, sigma], mode="reflect")
+    h, w = a.shape[-2] // factor * factor, a.shape[-1] // factor * factor
+    a = a[..., :h, :w]
+    return a.reshape(*a.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+
+
+def decimate_z(volume: np.ndarray, factor: int, offset: int = 0) -> np.ndarray:
+    """Every ``factor``-th slice of a volume from ``offset`` on: an anisotropic acquisition
+    simulated from an isotropic one (the slices in between are the ground truth). Lazy for
+    dask arrays."""
+    if int(factor) != factor or factor < 1:
+        raise ValueError("factor must be a positive whole number")
+    return volume[offset::factor]

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from .base import Variant
 from .denoise import Denoise
+from .iso_a import IsoA
+from .iso_i import IsoI
+from .superres import SuperRes
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (Denoise(),)}
+VARIANTS: dict[str, Variant] = {v.name: v for v in (Denoise(), SuperRes(), IsoI(), IsoA())}
 
 
 def get_variant(name: str) -> Variant:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..data.normalise import Normaliser
 from ..errors import InputError
@@ -107,9 +107,22 @@ class Variant(ABC):
     options_model: ClassVar[type[BaseModel]] = NoOptions
 
     def options(self, raw: dict[str, Any] | BaseModel | None) -> BaseModel:
+        """Validated options; a bad one raises :class:`ConfigError` naming the option and the fix."""
+        from ..config import ConfigError
+
         if isinstance(raw, self.options_model):
             return raw
-        return self.options_model(**(raw or {}))
+        try:
+            return self.options_model(**(raw or {}))
+        except ValidationError as err:
+            parts = []
+            for e in err.errors():
+                key = ".".join(str(p) for p in e["loc"]) or "options"
+                msg = e["msg"].removeprefix("Value error, ")
+                if e["type"] == "extra_forbidden":
+                    msg = f"unknown option; {self.title} takes {', '.join(self.options_model.model_fields) or 'no options'}"
+                parts.append(f"{key}: {msg}")
+            raise ConfigError(f"{self.title}: " + "; ".join(parts)) from None
 
     @abstractmethod
     def channels(self, options: BaseModel) -> tuple[int, int]:

@@ -1,0 +1,42 @@
+"""Checking a variant's ``factor`` option, with messages that say what to change.
+
+The factor arrives from a JSON preset, a ``--option factor=...`` on the command line or a
+widget, so it may be any JSON value; each check names the allowed values in its message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number ({what}), not {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number ({what}), not {value!r}")
+    return float(value)
+
+
+def whole_factor(value: Any, low: int, high: int, what: str) -> int:
+    """``value`` as an integer in ``[low, high]``; ``what`` says what the factor means."""
+    v = _number(value, what)
+    if v != int(v):
+        raise ValueError(f"must be a whole number from {low} to {high} ({what}), not {value}")
+    if v <= 1:
+        hint = "1 would leave the data as it is" if v == 1 else f"{int(v)} is meaningless"
+        raise ValueError(f"must be from {low} to {high} ({what}); {hint}")
+    if not low <= v <= high:
+        raise ValueError(f"{int(v)} is not supported; use a whole number from {low} to {high} ({what})")
+    return int(v)
+
+
+def ratio_factor(value: Any, high: float, what: str) -> float:
+    """``value`` as a number larger than 1 and at most ``high`` (fractions allowed)."""
+    v = _number(value, what)
+    if v <= 1:
+        hint = "1 would leave the data as it is" if v == 1 else f"{value} is meaningless"
+        raise ValueError(f"must be larger than 1 and at most {high:g} ({what}); {hint}")
+    if v > high:
+        raise ValueError(f"{value} is not supported; use a number larger than 1 and at most {high:g} ({what})")
+    return v

@@ -1,0 +1,270 @@
+"""vEMDiffuse-a: isotropic reconstruction learnt from the anisotropic volume itself.
+
+There is no isotropic data to learn from, but within each slice the resolution is high. So a
+lateral axis stands in for z: in training, an xy patch keeps only every ``r``-th row (or, at
+random, column), the rows between are linearly interpolated, and the network learns to restore
+the full patch. In prediction the same degradation is met along z: each xz plane of the volume
+(slices as rows) is linearly interpolated onto a grid ``r`` times finer, and the network
+restores it. The assumption is that the sample's structure is statistically the same along z
+as along y and x (roughly isotropic tissue); see docs/variants/iso-a.md for its limits.
+
+Because the network works on planes that contain the z axis, all the slices between two input
+slices, and the gaps on both sides of an input slice, are generated together in one image:
+nothing can jump at a gap boundary. Neighbouring xz planes get the same starting noise, so a
+feature that continues in y is generated alike in both and the xy view does not flicker.
+``r`` (the factor) may be fractional, e.g. 12.5 for a 4 x 4 x 50 nm stack, so the output's z
+voxel can equal the lateral one exactly; input slices that fall on the output grid are kept
+unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ..data.normalise import Normaliser, fit_normaliser
+from ..errors import InputError
+from .base import Geometry, PairSource, Roi, Variant
+from .denoise import fit_patch
+from .factor import ratio_factor
+from .volume import check_volume, volume_region
+
+MAX_FACTOR = 16.0
+#: memory for the output planes of one block of rows during prediction
+BUFFER_BYTES = 256 * 2**20
+
+
+class IsoAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factor: float = 4.0
+
+    @field_validator("factor", mode="before")
+    @classmethod
+    def _factor(cls, v: Any) -> float:
+        return ratio_factor(v, MAX_FACTOR, "z voxel size divided by the xy voxel size, e.g. 12.5 for 4 x 4 x 50 nm")
+
+
+def output_slices(n: int, factor: float) -> int:
+    """Planes of the output grid from the first input slice to (at most) the last."""
+    return int(math.floor((n - 1) * factor + 1e-6)) + 1
+
+
+def kept_slices(n: int, factor: float) -> list[tuple[int, int]]:
+    """``(input slice, output plane)`` for every input slice that falls on the output grid."""
+    return [(i, round(i * factor)) for i in range(n) if abs(i * factor - round(i * factor)) < 1e-6]
+
+
+def interpolate_lines(lines: np.ndarray, positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The network's condition for ``rows`` of a plane whose lines ``lines`` (m, W) were measured
+    at ``positions`` (m, increasing, same units as ``rows``).
+
+    Channel 0 is the linear interpolation between the measured lines; channel 1 says where
+    each row lies between them: -1 on a measured line, 1 half-way, so the network knows which
+    rows are measurements without having to guess it from the image.
+    """
+    rows = np.asarray(rows, np.float64)
+    if len(positions) == 1:
+        image = np.repeat(lines[:1], len(rows), axis=0)
+        where = np.zeros(len(rows))
+    else:
+        j = np.clip(np.searchsorted(positions, rows, side="right") - 1, 0, len(positions) - 2)
+        p0, p1 = positions[j], positions[j + 1]
+        t = np.clip((rows - p0) / (p1 - p0), 0.0, 1.0)
+        image = lines[j] * (1 - t)[:, None] + lines[j + 1] * t[:, None]
+        where = 1 - np.abs(2 * t - 1)
+    pos = np.broadcast_to((2 * where - 1)[:, None], image.shape)
+    return np.stack([image, pos]).astype(np.float32)
+
+
+def min_patch(factor: float) -> int:
+    """Patches must hold at least two whole gaps, so the network sees lines on both sides."""
+    return 16 * math.ceil((2 * factor + 1) / 16)
+
+
+class LateralPairs(PairSource):
+    """xy patches with every ``factor``-th row (or column) kept and the rest interpolated
+    (condition), and the full patch (target)."""
+
+    def __init__(
+        self,
+        volume: np.ndarray,
+        normaliser: Normaliser,
+        factor: float,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        min_std: float,
+    ) -> None:
+        self.volume, self.normaliser, self.r = volume, normaliser, factor
+        self.rows, self.cols, self.min_std = rows, cols, min_std
+        self.summary = {"slices": int(volume.shape[0]), "rows": list(rows), "cols": list(cols), "factor": factor}
+
+    def _lines(self, rng: np.random.Generator, a0: int, patch: int, a_lo: int, a_hi: int) -> np.ndarray:
+        """Measured rows ``factor`` apart (rounded to whole rows) covering ``[a0, a0 + patch)``,
+        at a random phase, within ``[a_lo, a_hi)``."""
+        start = max(a_lo, a0 - rng.uniform(0, self.r))
+        out = []
+        i = 0
+        while True:
+            q = int(math.floor(start + i * self.r + 0.5))
+            if q > a_hi - 1:
+                if out[-1] < a0 + patch - 1:
+                    out.append(a_hi - 1)  # the region ends: a shorter last gap
+                break
+            out.append(q)
+            if q >= a0 + patch - 1:
+                break
+            i += 1
+        return np.array(out)
+
+    def _one(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        best = None
+        for _ in range(10):  # prefer patches with structure
+            z = int(rng.integers(self.volume.shape[0]))
+            across = bool(rng.integers(2))  # x stands in for z instead of y
+            view = self.volume[z].T if across else self.volume[z]
+            (a_lo, a_hi), (b_lo, b_hi) = (self.cols, self.rows) if across else (self.rows, self.cols)
+            a0 = int(rng.integers(a_lo, a_hi - patch + 1))
+            b0 = int(rng.integers(b_lo, b_hi - patch + 1))
+            target = self.normaliser.forward(view[a0 : a0 + patch, b0 : b0 + patch])
+            std = float(target.std())
+            if best is None or std > best[0]:
+                best = (std, view, a0, b0, a_lo, a_hi, target)
+            if std >= self.min_std:
+                break
+        _, view, a0, b0, a_lo, a_hi, target = best
+        lines = self._lines(rng, a0, patch, a_lo, a_hi)
+        measured = self.normaliser.forward(view[lines, b0 : b0 + patch])
+        cond = interpolate_lines(measured, (lines - a0).astype(np.float64), np.arange(patch))
+        target = target[None]
+        if rng.integers(2):  # no preferred direction along the stand-in axis
+            cond, target = cond[:, ::-1], target[:, ::-1]
+        if rng.integers(2):
+            cond, target = cond[:, :, ::-1], target[:, :, ::-1]
+        return np.ascontiguousarray(cond), np.ascontiguousarray(target)
+
+    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self._one(rng, patch) for _ in range(n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class AxialPlaneWriter:
+    """Lets the tiler write one xz plane, ``(1, rows, W)`` blocks, into row ``y`` of a
+    ``(z, y, x)`` buffer (``(K, z, y, x)`` for samples), through ``transform``."""
+
+    def __init__(self, buffer: np.ndarray, y: int, transform: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.buffer, self.y, self.transform = buffer, y, transform
+
+    def __setitem__(self, key: tuple, value: np.ndarray) -> None:
+        self.buffer[..., key[-1], self.y, :] = self.transform(value)[..., 0, :, :]
+
+
+class IsoA(Variant):
+    name = "iso_a"
+    title = "vEMDiffuse-a (isotropic reconstruction from the anisotropic volume alone)"
+    description = (
+        "Generates the missing slices of an anisotropic volume, learnt from its own xy planes "
+        "(assumes roughly isotropic structure); z voxel size divided by the factor."
+    )
+    training_inputs = ("volume",)
+    input_ndims = (3,)
+    options_model = IsoAOptions
+
+    def channels(self, options: BaseModel) -> tuple[int, int]:
+        return 1, 2
+
+    def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
+        r = options.factor
+        return Geometry((output_slices(shape[0], r), *shape[1:]), (voxel[0] / r, *voxel[1:]))
+
+    def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
+        check_volume(image, self.title, name, 2, "(two slices bound each gap it fills)")
+
+    def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
+        raise InputError(f"{self.title} learns from the anisotropic volume itself: give it as the volume (--volume)")
+
+    def training_pairs(
+        self,
+        arrays: dict[str, Any],
+        options: BaseModel,
+        split: str,
+        val_fraction: float,
+        patch: int,
+        roi: Roi | None = None,
+        min_std: float = 0.0,
+    ) -> PairSource:
+        r = options.factor
+        volume = arrays["volume"]
+        check_volume(volume, self.title, "training volume", 1)
+        vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
+        need = min_patch(r)
+        fitted = fit_patch(patch, rows, cols)
+        if fitted < need:
+            raise InputError(
+                f"factor {r:g} needs training patches of at least {need} px (two gaps of {r:g} rows); "
+                f"{'the patch size is ' + str(patch) if patch < need else 'the training region is too small'}"
+            )
+        norm = fit_normaliser(vol, name="volume")
+        src = LateralPairs(vol, norm, r, rows, cols, min_std)
+        src.patch = fitted
+        src.summary["normaliser"] = norm.to_dict()
+        return src
+
+    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+        return [(output_slices(shape[0], options.factor), shape[2])] * shape[1]
+
+    def predict(
+        self,
+        image: Any,
+        options: BaseModel,
+        normaliser: Normaliser,
+        run_plane: Callable[..., None],
+        out_mean: Any,
+        out_std: Any | None,
+        out_samples: Any | None,
+    ) -> None:
+        r = options.factor
+        n, h, w = image.shape
+        n_out = output_slices(n, r)
+        positions = np.arange(n) * r
+        kept = kept_slices(n, r)
+        k = out_samples.shape[0] if out_samples is not None else 0
+        per_row = n_out * w * 4 * (2 + k) + n * w * 8
+        step = int(np.clip(BUFFER_BYTES // per_row, 1, h))
+        for yb in range(0, h, step):
+            raw = np.asarray(image[:, yb : yb + step])
+            block = normaliser.forward(raw)
+            b = block.shape[1]
+            mean = np.zeros((n_out, b, w), np.float32)
+            std = np.zeros_like(mean) if out_std is not None else None
+            samples = np.zeros((k, n_out, b, w), np.float32) if k else None
+            for j in range(b):
+
+                def read(r0: int, r1: int, _j: int = j) -> np.ndarray:
+                    i0 = min(int(r0 // r), n - 2)
+                    i1 = min(n - 1, max(i0 + 1, math.ceil((r1 - 1) / r)))
+                    return interpolate_lines(block[i0 : i1 + 1, _j], positions[i0 : i1 + 1], np.arange(r0, r1))
+
+                run_plane(
+                    read,
+                    n_out,
+                    w,
+                    AxialPlaneWriter(mean, j, normaliser.inverse),
+                    AxialPlaneWriter(std, j, normaliser.scale_std) if std is not None else None,
+                    AxialPlaneWriter(samples, j, normaliser.inverse) if samples is not None else None,
+                    plane_key=0,  # the same noise for every xz plane: see the module docstring
+                )
+            for i, z in kept:
+                mean[z] = raw[i]
+                if std is not None:
+                    std[z] = 0
+                if samples is not None:
+                    samples[:, z] = raw[i]
+            out_mean[:, yb : yb + b] = mean
+            if out_std is not None:
+                out_std[:, yb : yb + b] = std
+            if out_samples is not None:
+                out_samples[:, :, yb : yb + b] = samples

@@ -1,0 +1,171 @@
+"""vEMDiffuse-i: isotropic reconstruction learnt from an isotropic volume (e.g. FIB-SEM).
+
+From slices ``k`` apart the network generates the ``k - 1`` slices between them *jointly*, as
+``k - 1`` output channels of one sample, so the slices of one gap are one coherent piece of
+volume rather than independent guesses that flicker. Its condition is four input slices: the
+two that bound the gap and the next one on each side, so the gaps on either side of an input
+slice see the same context and join without a jump (at the volume's ends the bounding slice
+stands in for the missing neighbour, in training as in prediction).
+
+Training pairs come from the isotropic volume itself: every ``k``-th slice is the condition,
+the slices between are the target. Prediction keeps the input slices unchanged, interleaves the
+generated ones, and divides the z voxel size by ``k``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ..data.normalise import Normaliser, fit_normaliser
+from ..errors import InputError
+from .base import Geometry, PairSource, PlaneWriter, Roi, Variant, augment
+from .denoise import fit_patch
+from .factor import whole_factor
+from .volume import check_volume, copy_slice, volume_region
+
+MAX_FACTOR = 12
+#: chance, in training, that an outer context slice is replaced by the bounding one, as happens
+#: at the first and last gap of a volume
+EDGE_CHANCE = 0.1
+
+
+class IsoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factor: int = 4
+
+    @field_validator("factor", mode="before")
+    @classmethod
+    def _factor(cls, v: Any) -> int:
+        return whole_factor(v, 2, MAX_FACTOR, "z spacing of the input divided by the output's")
+
+
+def context_slices(g: int, n: int) -> list[int]:
+    """Input slices the network sees for the gap between slices ``g`` and ``g + 1`` of ``n``."""
+    return [g - 1 if g >= 1 else g, g, g + 1, g + 2 if g + 2 < n else g + 1]
+
+
+class GapPairs(PairSource):
+    """Random gaps of an isotropic volume: four slices ``k`` apart around the gap as the condition,
+    the ``k - 1`` slices inside it as the target, the same patch of each."""
+
+    def __init__(
+        self,
+        volume: np.ndarray,
+        normaliser: Normaliser,
+        factor: int,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        min_std: float,
+    ) -> None:
+        self.volume, self.normaliser, self.k = volume, normaliser, factor
+        self.rows, self.cols, self.min_std = rows, cols, min_std
+        self.summary = {"slices": int(volume.shape[0]), "rows": list(rows), "cols": list(cols), "factor": factor}
+
+    def _one(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        k, depth = self.k, self.volume.shape[0]
+        best = None
+        for _ in range(10):  # prefer patches with structure
+            z0 = int(rng.integers(depth - k))
+            y = int(rng.integers(self.rows[0], self.rows[1] - patch + 1))
+            x = int(rng.integers(self.cols[0], self.cols[1] - patch + 1))
+            before = z0 - k if z0 - k >= 0 and rng.random() >= EDGE_CHANCE else z0
+            after = z0 + 2 * k if z0 + 2 * k < depth and rng.random() >= EDGE_CHANCE else z0 + k
+            block = self.volume[:, y : y + patch, x : x + patch]
+            target = block[z0 + 1 : z0 + k]
+            std = float(self.normaliser.forward(target).std())
+            if best is None or std > best[0]:
+                best = (std, block[[before, z0, z0 + k, after]], target)
+            if std >= self.min_std:
+                break
+        _, cond, target = best
+        cond, target = self.normaliser.forward(cond), self.normaliser.forward(target)
+        if rng.integers(2):  # structure has no preferred z direction
+            cond, target = cond[::-1], target[::-1]
+        return augment(cond, target, rng)
+
+    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self._one(rng, patch) for _ in range(n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class IsoI(Variant):
+    name = "iso_i"
+    title = "vEMDiffuse-i (isotropic reconstruction, isotropic training data)"
+    description = (
+        "Generates the missing slices of an anisotropic volume, learnt from an isotropic volume; "
+        "z voxel size divided by the factor, with an uncertainty map."
+    )
+    training_inputs = ("volume",)
+    input_ndims = (3,)
+    options_model = IsoOptions
+
+    def channels(self, options: BaseModel) -> tuple[int, int]:
+        return options.factor - 1, 4
+
+    def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
+        k = options.factor
+        return Geometry(((shape[0] - 1) * k + 1, *shape[1:]), (voxel[0] / k, *voxel[1:]))
+
+    def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
+        check_volume(image, self.title, name, 2, "(two slices bound each gap it fills)")
+
+    def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
+        raise InputError(f"{self.title} learns from an isotropic volume as it is: give it as the volume (--volume)")
+
+    def training_pairs(
+        self,
+        arrays: dict[str, Any],
+        options: BaseModel,
+        split: str,
+        val_fraction: float,
+        patch: int,
+        roi: Roi | None = None,
+        min_std: float = 0.0,
+    ) -> PairSource:
+        k = options.factor
+        volume = arrays["volume"]
+        check_volume(volume, self.title, "isotropic training volume", k + 1, f"at factor {k} (two slices {k} apart)")
+        vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
+        norm = fit_normaliser(vol, name="volume")
+        src = GapPairs(vol, norm, k, rows, cols, min_std)
+        src.patch = fit_patch(patch, rows, cols)
+        src.summary["normaliser"] = norm.to_dict()
+        return src
+
+    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+        return [tuple(shape[-2:])] * (shape[0] - 1)
+
+    def predict(
+        self,
+        image: Any,
+        options: BaseModel,
+        normaliser: Normaliser,
+        run_plane: Callable[..., None],
+        out_mean: Any,
+        out_std: Any | None,
+        out_samples: Any | None,
+    ) -> None:
+        k = options.factor
+        n, h, w = image.shape
+        copy_slice(image, 0, 0, out_mean, out_samples)
+        for g in range(n - 1):
+            idx = context_slices(g, n)
+
+            def read(y0: int, y1: int, _idx: list[int] = idx) -> np.ndarray:
+                return normaliser.forward(np.stack([np.asarray(image[i, y0:y1]) for i in _idx]))
+
+            first = g * k + 1
+            run_plane(
+                read,
+                h,
+                w,
+                PlaneWriter(out_mean, first, normaliser.inverse),
+                PlaneWriter(out_std, first, normaliser.scale_std) if out_std is not None else None,
+                PlaneWriter(out_samples, first, normaliser.inverse, samples=True) if out_samples is not None else None,
+                plane_key=g,
+            )
+            copy_slice(image, g + 1, (g + 1) * k, out_mean, out_samples)

@@ -1,0 +1,177 @@
+"""EMDiffuse-r: super-resolution of 2D images and stacks at 2, 3 or 4 times finer pixels.
+
+Training pairs are registered low/high-resolution acquisitions, or high-resolution images alone
+with the low-resolution ones simulated as a point-scanning microscope would record them (beam
+PSF blur, then binning: :func:`~napari_emdiffuse.data.degrade.psf_bin`). The network's
+condition is the low-resolution image upsampled (bicubic) onto the output grid, so it sees the
+output's geometry and only has to add what interpolation cannot. Stacks are done slice by
+slice; the output's pixel size is the input's divided by the factor (z unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ..data.degrade import poisson_gaussian, psf_bin, to_unit
+from ..data.normalise import Normaliser, check_image, fit_normaliser
+from ..errors import InputError
+from .base import Geometry, PairSource, PlaneWriter, Roi, Variant
+from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
+from .factor import whole_factor
+
+#: low-resolution rows read beyond a band, so a band upsamples exactly as the whole image does
+#: (the cubic kernel reaches two source pixels either side)
+BAND_MARGIN = 3
+
+
+class SuperResOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factor: int = 2
+
+    @field_validator("factor", mode="before")
+    @classmethod
+    def _factor(cls, v: Any) -> int:
+        return whole_factor(v, 2, 4, "how many times finer the output pixels are: 2, 3 or 4")
+
+
+def upsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic upsampling of the last two axes by ``factor``, pixel centres aligned.
+
+    This is the network's condition and the benchmark's baseline. Pixel ``i`` of the output
+    samples the input at ``(i + 0.5) / factor - 0.5``, so a band of rows read with
+    :data:`BAND_MARGIN` extra rows gives exactly the rows of the whole image's upsampling.
+    """
+    a = np.asarray(image, np.float32)
+    h, w = a.shape[-2:]
+    flat = a.reshape(-1, h, w)
+    out = np.empty((flat.shape[0], h * factor, w * factor), np.float32)
+    for i, plane in enumerate(flat):
+        out[i] = cv2.resize(plane, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(*a.shape[:-2], h * factor, w * factor)
+
+
+def upsampled_rows(plane: Any, factor: int, y0: int, y1: int, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Rows ``[y0, y1)`` of ``upsample(transform(plane))``, reading only the low-resolution rows they need."""
+    h = plane.shape[0]
+    a = max(0, y0 // factor - BAND_MARGIN)
+    b = min(h, -(-y1 // factor) + BAND_MARGIN)
+    band = upsample(transform(np.asarray(plane[a:b])), factor)
+    return band[y0 - a * factor : y1 - a * factor]
+
+
+def sr_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], factor: int) -> int:
+    """The largest patch (output pixels) not above ``patch`` that fits the region and is a
+    multiple of both 16 (the networks' size multiple) and the factor."""
+    step = 16 * factor // math.gcd(16, factor)
+    fitted = fit_patch(patch, rows, cols, factor) // step * step
+    if fitted < step:
+        raise InputError(
+            f"the training region ({rows[1] - rows[0]} x {cols[1] - cols[0]} px) is too small for "
+            f"{step} px patches at factor {factor}"
+        )
+    return fitted
+
+
+class SuperRes(Variant):
+    name = "superres"
+    title = "EMDiffuse-r (super-resolution)"
+    description = "Makes images and stacks 2, 3 or 4 times finer in x and y, with an uncertainty map."
+    training_inputs = ("input", "target")
+    options_model = SuperResOptions
+
+    def channels(self, options: BaseModel) -> tuple[int, int]:
+        return 1, 1
+
+    def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
+        f = options.factor
+        return Geometry(
+            tuple(shape[:-2]) + (shape[-2] * f, shape[-1] * f),
+            tuple(voxel[:-2]) + (voxel[-2] / f, voxel[-1] / f),
+        )
+
+    def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
+        """Low-resolution images simulated from high-resolution ones: PSF blur and binning
+        (``psf_sigma`` in fine pixels; default FWHM of one coarse pixel), then shot and read
+        noise if a ``dose`` is given (as the command line does with ``--dose``)."""
+        check_image(clean, "clean images", self.input_ndims)
+        f = options.factor
+        unit = to_unit(clean)
+        h, w = unit.shape[-2] // f * f, unit.shape[-1] // f * f
+        if h == 0 or w == 0:
+            raise InputError(f"clean images of {unit.shape[-2]} x {unit.shape[-1]} px are smaller than the factor {f}")
+        target = np.ascontiguousarray(unit[..., :h, :w])
+        low = psf_bin(target, f, degradation.get("psf_sigma"))
+        if degradation.get("dose") is not None:
+            low = poisson_gaussian(low, degradation["dose"], degradation.get("read_noise", 0.0), degradation.get("seed", 0))
+        return {"input": low, "target": target}
+
+    def check_pair(self, cond: Any, target: Any, factor: int) -> None:
+        check_image(cond, "input", self.input_ndims)
+        check_image(target, "target", self.input_ndims)
+        want = tuple(cond.shape[:-2]) + (cond.shape[-2] * factor, cond.shape[-1] * factor)
+        if tuple(target.shape) != want:
+            raise InputError(
+                f"the target must be {factor} times the input in y and x: input {tuple(cond.shape)} "
+                f"needs a target of {want}, got {tuple(target.shape)} (register and crop them first)"
+            )
+
+    def training_pairs(
+        self,
+        arrays: dict[str, Any],
+        options: BaseModel,
+        split: str,
+        val_fraction: float,
+        patch: int,
+        roi: Roi | None = None,
+        min_std: float = 0.0,
+    ) -> PairSource:
+        f = options.factor
+        cond, target = arrays["input"], arrays["target"]
+        self.check_pair(cond, target, f)
+        cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi, scale=f)
+        # One intensity mapping for both, fitted on the input as prediction will be: binning and
+        # blur narrow the percentiles, and separate mappings would change the output's contrast.
+        norm = fit_normaliser(cond, name="input")
+        src = AlignedPairs(norm.forward(cond), norm.forward(target), rows, cols, min_std, scale=f, upsample=upsample)
+        src.patch = sr_patch(patch, rows, cols, f)
+        src.summary.update(normaliser=norm.to_dict(), factor=f)
+        return src
+
+    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+        f = options.factor
+        planes = 1 if len(shape) == 2 else shape[0]
+        return [(shape[-2] * f, shape[-1] * f)] * planes
+
+    def predict(
+        self,
+        image: Any,
+        options: BaseModel,
+        normaliser: Normaliser,
+        run_plane: Callable[..., None],
+        out_mean: Any,
+        out_std: Any | None,
+        out_samples: Any | None,
+    ) -> None:
+        f = options.factor
+        stack = as_stack(image)
+        h, w = stack.shape[-2:]
+        for z in range(stack.shape[0]):
+
+            def read(y0: int, y1: int, _z: int = z) -> np.ndarray:
+                return upsampled_rows(stack[_z], f, y0, y1, normaliser.forward)[None]
+
+            run_plane(
+                read,
+                h * f,
+                w * f,
+                PlaneWriter(out_mean, z, normaliser.inverse),
+                PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
+                PlaneWriter(out_samples, z, normaliser.inverse, samples=True) if out_samples is not None else None,
+                plane_key=z,
+            )

@@ -1,0 +1,57 @@
+"""What the two isotropic-reconstruction variants share: checking a volume, loading a training
+region, and writing the original slices into the interleaved output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..data.normalise import check_image
+from ..errors import InputError
+from .base import Roi, split_rows
+
+#: rows written at a time when copying original slices, so a huge plane needs little memory
+COPY_ROWS = 1024
+
+
+def check_volume(image: Any, title: str, name: str = "image", min_slices: int = 2, why: str = "") -> None:
+    """Refuse anything but a volume ``(z, y, x)`` with at least ``min_slices`` slices."""
+    if len(image.shape) == 2:
+        raise InputError(
+            f"{title} works on volumes (z, y, x), but the {name} is a single 2D image {tuple(image.shape)}; "
+            "open the whole stack, or use EMDiffuse-n / EMDiffuse-r for single images"
+        )
+    check_image(image, name, (3,))
+    if image.shape[0] < min_slices:
+        raise InputError(
+            f"the {name} has {image.shape[0]} slice(s); {title} needs at least {min_slices}{' ' + why if why else ''}"
+        )
+
+
+def volume_region(
+    volume: Any, split: str, val_fraction: float, patch: int, roi: Roi | None
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The volume cropped to the ROI (in memory, in its own dtype) and the split's rows and columns.
+
+    Validation is a strip of rows at the bottom of every slice, as for the 2D variants.
+    """
+    h, w = volume.shape[-2:]
+    r = (roi or Roi(0, h, 0, w)).clip(h, w)
+    vol = np.asarray(volume[:, r.y0 : r.y1, r.x0 : r.x1])
+    train_rows, val_rows = split_rows(vol.shape[1], val_fraction, patch)
+    return vol, (train_rows if split == "train" else val_rows), (0, vol.shape[2])
+
+
+def copy_slice(stack: Any, z_in: int, z_out: int, out_mean: Any, out_samples: Any | None) -> None:
+    """Put input slice ``z_in`` unchanged into output plane ``z_out`` (and into every sample).
+
+    The uncertainty of an original slice is zero, which the zero-filled output already holds.
+    """
+    h = stack.shape[1]
+    for r0 in range(0, h, COPY_ROWS):
+        rows = np.asarray(stack[z_in, r0 : r0 + COPY_ROWS])
+        out_mean[z_out, r0 : r0 + rows.shape[0]] = rows
+        if out_samples is not None:
+            k = out_samples.shape[0]
+            out_samples[:, z_out, r0 : r0 + rows.shape[0]] = np.broadcast_to(rows, (k, *rows.shape))
