@@ -1,0 +1,138 @@
+"""Running a job from a widget, and telling the user what went wrong in words they can act on.
+
+A job (``jobs.train.train`` or ``jobs.predict.predict``) is a generator of events. :class:`JobRunner`
+runs it in a napari worker thread and hands every event to the widget in the GUI thread, so the
+viewer stays responsive; a failure inside the job comes back as an event too (never as a raw
+traceback dialog), and the widget turns it into a notification with :func:`notify_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from ..errors import EMDiffuseError
+
+log = logging.getLogger(__name__)
+
+#: Run jobs in the calling (GUI) thread instead of a worker thread: makes widget tests
+#: deterministic (stardist-napari and empanada-napari offer the same switch).
+SYNCHRONOUS = False
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A job's exception, carried to the GUI thread as its last event."""
+
+    error: BaseException
+
+
+def _guarded(make_job: Callable[[Any], Iterator[Any]], cancel: Any) -> Iterator[Any]:
+    try:
+        yield from make_job(cancel)
+    except BaseException as err:  # noqa: BLE001 - every failure is reported to the user
+        yield Failed(err)
+
+
+class JobRunner:
+    """One job at a time for one widget: start, cancel, and events delivered in the GUI thread.
+
+    ``on_event(event)`` receives each job event; ``on_done(error)`` is called once at the end,
+    with the job's exception or None (also after a cancel, which the jobs report as events).
+    """
+
+    def __init__(self, on_event: Callable[[Any], None], on_done: Callable[[BaseException | None], None]) -> None:
+        self._on_event, self._on_done = on_event, on_done
+        self._worker: Any = None
+        self._cancel: Any = None
+        self._error: BaseException | None = None
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self, make_job: Callable[[Any], Iterator[Any]]) -> None:
+        """Run ``make_job(cancel_token)`` (a generator of events) in a worker thread."""
+        from ..jobs.events import new_cancel_token
+
+        if self._running:
+            raise EMDiffuseError("a job is already running in this widget; cancel it or wait for it to finish")
+        self._cancel, self._error, self._running = new_cancel_token(), None, True
+        if SYNCHRONOUS:
+            for event in _guarded(make_job, self._cancel):
+                self._dispatch(event)
+            self._finish()
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_guarded, make_job, self._cancel, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._dispatch)
+        worker.finished.connect(self._finish)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next step (the jobs check the token at every step)."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, Failed):
+            self._error = event.error
+            return
+        if self._error is not None:
+            return
+        try:
+            self._on_event(event)
+        except Exception as err:  # noqa: BLE001 - a GUI-side failure stops the job, and is reported
+            self._error = err
+            self.cancel()
+
+    def _finish(self) -> None:
+        self._worker = None
+        self._running = False
+        self._on_done(self._error)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def user_message(err: BaseException, tile_size: int | None = None) -> str:
+    """What went wrong, for a biologist: the message of a user error, a hint for memory trouble."""
+    if isinstance(err, EMDiffuseError):
+        return str(err)
+    if is_out_of_memory(err):
+        now = f" (now {tile_size} px)" if tile_size else ""
+        return (
+            f"The GPU ran out of memory. Reduce the tile size{now}, the number of samples or the "
+            "tile batch, or run on the CPU."
+        )
+    if isinstance(err, MemoryError):
+        return (
+            "Not enough memory (RAM) for this. Enhance the current slice or a rectangle first, or "
+            "choose a zarr file for the result so it is written tile by tile."
+        )
+    if isinstance(err, ValueError):  # the jobs and pydantic raise ValueError with readable messages
+        return str(err).splitlines()[0]
+    return f"Unexpected error ({type(err).__name__}: {err}). Details are in the terminal; please report it."
+
+
+def notify_error(err: BaseException, tile_size: int | None = None) -> str:
+    """Show :func:`user_message` as a napari error notification (and log unexpected errors)."""
+    from napari.utils.notifications import show_error
+
+    message = user_message(err, tile_size)
+    if not isinstance(err, (EMDiffuseError, ValueError, MemoryError)) and not is_out_of_memory(err):
+        log.error("unexpected error in a napari-emdiffuse job", exc_info=err)
+    show_error(message)
+    return message
+
+
+def notify(text: str, level: str = "info") -> None:
+    """A job's message (or the widget's own) as a napari notification."""
+    from napari.utils.notifications import show_info, show_warning
+
+    (show_warning if level == "warning" else show_info)(text)

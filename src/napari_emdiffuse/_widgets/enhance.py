@@ -1,0 +1,437 @@
+"""Enhance widget: run a model over a slice, a drawn rectangle or a whole volume.
+
+It drives :func:`napari_emdiffuse.jobs.predict.predict` in a worker thread and adds two layers:
+the enhanced image (the mean of the samples) and its uncertainty map (their standard deviation),
+placed exactly over the input (scale, translate and units from the input layer, adjusted for
+super-resolution and isotropic output). Results too large for memory are written to zarr and
+opened lazily.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import InputError
+from . import _common
+from .layers import Geometry, current_plane, image_array, output_geometry, rectangle_roi, sample_percentile
+from .options_form import OptionsForm
+from .pickers import LayerPicker
+from .qt_helpers import disconnect, image_type, row, row_layout, shapes_type, spin
+from .registry import MODELS, ModelEntry
+
+SCOPES = {
+    "slice": "Current slice",
+    "rectangle": "Rectangle on the current slice",
+    "rectangle_stack": "Rectangle, all slices",
+    "whole": "Whole image / volume",
+}
+#: Results larger than this (bytes of enhanced + uncertainty) go to a zarr file; None means a
+#: quarter of the memory available when the job starts.
+IN_MEMORY_LIMIT: int | None = None
+UNCERTAINTY_COLORMAP = "inferno"
+
+
+def _memory_limit() -> int:
+    if IN_MEMORY_LIMIT is not None:
+        return IN_MEMORY_LIMIT
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available // 4)
+    except ImportError:
+        return 2 << 30
+
+
+@dataclass
+class _Plan:
+    """Everything one run needs, checked before it starts."""
+
+    layer: Any
+    entry: ModelEntry
+    model: Any
+    array: Any
+    voxel: tuple[float, ...]
+    geometry: Geometry
+    add_axis: bool
+    sample: Any
+    device: str
+    output: Path | None
+    input_paths: list[Path]
+
+
+class EnhanceWidget(QWidget):
+    """Enhance an image layer with a trained model; results come back as new layers."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from ..config import SamplerName
+        from ..engine.device import available_devices
+        from ..variants import VARIANTS
+
+        self.viewer = napari_viewer
+        self.runner = _common.JobRunner(self._on_event, self._on_done)
+        self._plan: _Plan | None = None
+        self._started = 0.0
+        self.result_layers: list[Any] = []
+
+        self.image = LayerPicker(napari_viewer, image_type())
+        self.variant = QComboBox()
+        for name, variant in VARIANTS.items():
+            self.variant.addItem(variant.title, name)
+        self.model = QComboBox()
+        self.load_model = QPushButton("Load…")
+        self.load_model.setToolTip("Add a model folder (model.json + weights.safetensors) from disk")
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        self.options_box = QVBoxLayout()
+        self.options: OptionsForm | None = None
+        self.sampler = QComboBox()
+        self.sampler.addItems(list(typing.get_args(SamplerName)))
+        self.steps = spin(1, 2000, "Sampler steps: network evaluations per sample (more is slower and a little sharper)")
+        self.samples = spin(1, 64, "Samples averaged per pixel; their spread is the uncertainty map (2 or more)")
+        self.tile_size = spin(32, 4096, "Tile size in pixels: smaller tiles need less GPU memory", step=32)
+        self.overlap = spin(0, 1024, "Overlap between tiles in pixels (blended, so no seams)", step=8)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.scope = QComboBox()
+        for key, label in SCOPES.items():
+            self.scope.addItem(label, key)
+        self.shapes = LayerPicker(napari_viewer, shapes_type(), optional=True)
+        self.zarr_path = QLineEdit()
+        self.zarr_path.setPlaceholderText("in memory (large results go to a temporary zarr)")
+        self.browse = QPushButton("…")
+        self.output_info = QLabel()
+        self.output_info.setWordWrap(True)
+        self.run_button = QPushButton("Enhance")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m sampler steps")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image layer", self.image)
+        form.addRow("Variant", self.variant)
+        form.addRow("Model", row(self.model, self.load_model))
+        form.addRow("", self.model_info)
+        form.addRow(self.options_box)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Sampler steps", self.steps)
+        form.addRow("Samples", self.samples)
+        form.addRow("Tile size", self.tile_size)
+        form.addRow("Tile overlap", self.overlap)
+        form.addRow("Device", self.device)
+        form.addRow("Scope", self.scope)
+        form.addRow("Rectangle from", self.shapes)
+        form.addRow("Save to zarr", row(self.zarr_path, self.browse))
+        form.addRow("", self.output_info)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row_layout(self.run_button, self.cancel_button))
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.variant.currentIndexChanged.connect(self.refresh_models)
+        self.model.currentIndexChanged.connect(self._model_changed)
+        self.image.currentIndexChanged.connect(self._update_output_info)
+        self.scope.currentIndexChanged.connect(self._scope_changed)
+        self.load_model.clicked.connect(self._load_model_dialog)
+        self.browse.clicked.connect(self._browse_zarr)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        MODELS.changed.connect(self.refresh_models)
+        self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
+        self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
+        self.refresh_models()
+        self._scope_changed()
+
+    # ---- choices -------------------------------------------------------------------------
+
+    def variant_name(self) -> str:
+        return self.variant.currentData()
+
+    def select_model(self, folder: str | Path) -> None:
+        """Choose a registered model by folder (also switches the variant to the model's)."""
+        folder = Path(folder).resolve()
+        for entry in MODELS.entries():
+            if entry.path == folder:
+                self.variant.setCurrentIndex(self.variant.findData(entry.variant))
+                for i in range(self.model.count()):
+                    if self.model.itemData(i) == entry:
+                        self.model.setCurrentIndex(i)
+                return
+        raise InputError(f"{folder}: not a known model; load it first")
+
+    def refresh_models(self, *_: Any) -> None:
+        try:
+            current = self.model.currentData()
+        except RuntimeError:  # deleted with the viewer
+            return
+        entries = MODELS.entries(self.variant_name())
+        self.model.blockSignals(True)
+        self.model.clear()
+        for entry in entries:
+            self.model.addItem(entry.label, entry)
+        index = next((i for i, e in enumerate(entries) if e == current), len(entries) - 1)
+        self.model.setCurrentIndex(max(index, 0))
+        self.model.blockSignals(False)
+        self._model_changed()
+
+    def _model_changed(self, *_: Any) -> None:
+        from ..config import load_preset
+        from ..model_file import read_model_json
+        from ..variants import get_variant
+
+        entry = self.model.currentData()
+        variant = get_variant(self.variant_name())
+        if entry is None:
+            self.model_info.setText(
+                f"No {variant.title} model yet: train one in 'Train / fine-tune', or Load… a model folder."
+            )
+            preset_sample = load_preset("tiny").sample.model_dump()
+            options: dict[str, Any] = {}
+        else:
+            meta = read_model_json(entry.path)
+            self.model_info.setText(entry.description or variant.description)
+            preset_sample = meta["preset"]["sample"]
+            options = meta["preset"].get("variant_options") or {}
+        self.sampler.setCurrentText(preset_sample["sampler"])
+        self.steps.setValue(preset_sample["steps"])
+        self.samples.setValue(max(2, preset_sample["samples"]))
+        self.tile_size.setValue(preset_sample["tile_size"])
+        self.overlap.setValue(preset_sample["overlap"])
+        if self.options is not None:
+            self.options.setParent(None)
+            self.options.deleteLater()
+            self.options = None
+        if variant.options_model.model_fields:
+            self.options = OptionsForm(variant.options_model, values=options)
+            self.options.set_read_only(True)
+            self.options.setToolTip("Set when the model was trained; train another model for other values")
+            self.options_box.addWidget(self.options)
+        self._update_output_info()
+
+    def _scope_changed(self, *_: Any) -> None:
+        self.shapes.setEnabled(self.scope.currentData() in ("rectangle", "rectangle_stack"))
+        self._update_output_info()
+
+    def _update_output_info(self, *_: Any) -> None:
+        from ..variants import get_variant
+
+        layer = self.image.layer()
+        entry = self.model.currentData()
+        if layer is None or entry is None:
+            self.output_info.setText("")
+            return
+        try:
+            data = image_array(layer)
+            variant = get_variant(entry.variant)
+            options = variant.options(self.options.values() if self.options else {})
+            out = variant.output_geometry(data.shape, tuple(layer.scale), options)
+        except (InputError, ValueError) as err:
+            self.output_info.setText(str(err))
+            return
+        unit = str(layer.units[-1])
+        self.output_info.setText(
+            f"Whole layer: {' × '.join(map(str, data.shape))} px → {' × '.join(map(str, out.shape))} px, "
+            f"voxel {' × '.join(f'{v:.4g}' for v in out.voxel)} {unit}"
+        )
+
+    def _load_model_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder (with model.json)")
+        if folder:
+            try:
+                entry = MODELS.add(folder, "disk")
+                self.select_model(entry.path)
+            except Exception as err:  # noqa: BLE001 - shown to the user
+                _common.notify_error(err)
+
+    def _browse_zarr(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Write the result to", "", "zarr (*.zarr)")
+        if path:
+            self.zarr_path.setText(path if path.endswith(".zarr") else path + ".zarr")
+
+    # ---- running -------------------------------------------------------------------------
+
+    def plan(self) -> _Plan:
+        """Check every choice and build the run; raises a user error with what to change."""
+        from ..model_file import Model
+        from ..variants import get_variant
+
+        layer = self.image.layer()
+        data = image_array(layer)
+        entry: ModelEntry | None = self.model.currentData()
+        if entry is None:
+            raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
+        model = Model.load(entry.path)
+        variant = get_variant(model.variant)
+        options = variant.options(model.preset.variant_options)
+        sample = model.preset.with_overrides(
+            {
+                "sample": {
+                    "sampler": self.sampler.currentText(),
+                    "steps": self.steps.value(),
+                    "samples": self.samples.value(),
+                    "tile_size": self.tile_size.value(),
+                    "overlap": self.overlap.value(),
+                }
+            }
+        ).sample
+        source = Geometry.of(layer)
+        array, offset, add_axis = self._crop(layer, data)
+        variant.check_input(array, options, name=f"layer {layer.name!r}")
+        voxel = source.scale[-array.ndim :]
+        out = variant.output_geometry(array.shape, voxel, options)
+        out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
+        geometry = output_geometry(source, offset, out_voxel)
+        output = self._output_path(layer, int(np.prod(out.shape)) * 8)
+        paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
+        return _Plan(layer, entry, model, array, voxel, geometry, add_axis, sample, self.device.currentText(), output, paths)
+
+    def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...], bool]:
+        """The part of the data the scope asks for, its offset in the layer, and whether a
+        z axis must be put back on the result (a single slice taken from a stack)."""
+        scope = self.scope.currentData()
+        if scope == "whole" or (data.ndim == 2 and scope == "slice"):
+            return data, (0,) * data.ndim, False
+        if scope in ("rectangle", "rectangle_stack"):
+            h, w = data.shape[-2:]
+            r = rectangle_roi(self.shapes.layer(), layer).clip(h, w)
+            if data.ndim == 2:
+                return data[r.y0 : r.y1, r.x0 : r.x1], (r.y0, r.x0), False
+            if scope == "rectangle_stack":
+                return data[:, r.y0 : r.y1, r.x0 : r.x1], (0, r.y0, r.x0), False
+            z = current_plane(self.viewer, layer)
+            return data[z, r.y0 : r.y1, r.x0 : r.x1], (z, r.y0, r.x0), True
+        z = current_plane(self.viewer, layer)
+        return data[z], (z, 0, 0), True
+
+    def _output_path(self, layer: Any, nbytes: int) -> Path | None:
+        text = self.zarr_path.text().strip()
+        if text:
+            return Path(text).expanduser()
+        if nbytes <= _memory_limit():
+            return None
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
+        path = Path(tempfile.mkdtemp(prefix="emdiffuse-")) / f"{safe}_enhanced.zarr"
+        _common.notify(f"The result ({nbytes / 2**30:.1f} GB) is larger than memory allows; it is written to {path}")
+        return path
+
+    def run(self) -> None:
+        """Start enhancing (the Enhance button); problems are shown as notifications."""
+        if self.runner.running:
+            return
+        try:
+            plan = self.plan()
+        except Exception as err:  # noqa: BLE001 - every problem becomes a notification
+            _common.notify_error(err, self.tile_size.value())
+            self.status.setText(_common.user_message(err, self.tile_size.value()))
+            return
+        from ..jobs.predict import predict
+
+        self._plan = plan
+        self._started = time.monotonic()
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(f"Enhancing {plan.layer.name!r} with {plan.entry.name}…")
+
+        def job(cancel: Any):
+            return predict(
+                plan.model,
+                plan.array,
+                sample=plan.sample,
+                voxel=plan.voxel,
+                device=plan.device,
+                output=plan.output,
+                input_paths=plan.input_paths,
+                cancel=cancel,
+            )
+
+        self.runner.start(job)
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+        self.status.setText("Cancelling after the current sampler step…")
+
+    def _on_event(self, event: Any) -> None:
+        kind = getattr(event, "kind", None)
+        if kind is None:
+            return
+        if kind.value == "progress":
+            self.progress.setMaximum(max(event.total, 1))
+            self.progress.setValue(event.done)
+            if event.done:
+                left = (time.monotonic() - self._started) * (event.total - event.done) / event.done
+                self.status.setText(f"Enhancing… about {left:.0f} s left")
+        elif kind.value == "message":
+            _common.notify(event.text, event.level)
+        elif kind.value == "result":
+            if event.complete:
+                self._add_results(event)
+            else:
+                where = f" (partial result kept in {self._plan.output})" if self._plan and self._plan.output else ""
+                self.status.setText(f"Cancelled{where}.")
+
+    def _on_done(self, error: BaseException | None) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if error is not None:
+            self.status.setText(_common.notify_error(error, self.tile_size.value()))
+        self._plan = None
+
+    def _add_results(self, result: Any) -> None:
+        plan = self._plan
+        mean, std = result.mean, result.std
+        if not isinstance(mean, np.ndarray):  # written to zarr: open lazily
+            import dask.array as da
+
+            mean, std = da.from_zarr(mean), da.from_zarr(std)
+        if plan.add_axis:
+            mean, std = mean[None], std[None]
+        name = f"{plan.layer.name} {plan.model.variant}"
+        info = {"model": str(plan.entry.path), "source_layer": plan.layer.name, "samples": plan.sample.samples}
+        kwargs = plan.geometry.kwargs()
+        enhanced = self.viewer.add_image(
+            mean,
+            name=name,
+            colormap="gray",
+            contrast_limits=tuple(plan.layer.contrast_limits),
+            metadata={"emdiffuse": {**info, "role": "enhanced"}},
+            **kwargs,
+        )
+        top = max(sample_percentile(std, 99.5), 1e-6)
+        uncertainty = self.viewer.add_image(
+            std,
+            name=f"{name} uncertainty",
+            colormap=UNCERTAINTY_COLORMAP,
+            contrast_limits=(0.0, top),
+            blending="additive",
+            metadata={"emdiffuse": {**info, "role": "uncertainty"}},
+            **kwargs,
+        )
+        self.result_layers = [enhanced, uncertainty]
+        seconds = time.monotonic() - self._started
+        where = f", written to {plan.output}" if plan.output else ""
+        self.status.setText(f"Done in {seconds:.0f} s{where}: '{enhanced.name}' and its uncertainty map.")

@@ -1,0 +1,133 @@
+"""From napari layers to arrays, regions and output geometry, and back (no Qt here).
+
+The widgets never modify a user's layer: they read its data (level 0 of a multiscale layer,
+lazily for dask and zarr), its ``scale``/``translate``/``units``, the slice the viewer shows
+and rectangles drawn in a Shapes layer, and they build new layers from what the jobs return.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..variants.base import Roi
+
+
+def image_array(layer: Any) -> Any:
+    """The full-resolution data of an image layer, refusing what no variant can use."""
+    if layer is None:
+        raise InputError("no image layer selected: open an image (drag a TIFF into napari) and pick it in the list")
+    if getattr(layer, "rgb", False):
+        raise InputError(f"layer {layer.name!r} is an RGB image; EM images are grey-scale (convert it first)")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if data.ndim not in (2, 3):
+        raise InputError(
+            f"layer {layer.name!r} has {data.ndim} dimensions (shape {tuple(data.shape)}); "
+            "EMDiffuse works on 2D images and 3D stacks (z, y, x)"
+        )
+    if not isinstance(data, np.ndarray) and not hasattr(data, "dask"):
+        import dask.array as da
+
+        data = da.from_array(data, chunks=(1,) * (data.ndim - 2) + tuple(data.shape[-2:]))
+    return data
+
+
+def current_plane(viewer: Any, layer: Any) -> int:
+    """Index (in the layer's data) of the slice the viewer shows, for a 3D layer."""
+    point = viewer.dims.point[-layer.ndim :]
+    z = int(round(float(layer.world_to_data(point)[0])))
+    return min(max(z, 0), layer.data[0].shape[0] - 1 if getattr(layer, "multiscale", False) else layer.data.shape[0] - 1)
+
+
+def rectangle_roi(shapes: Any, image: Any) -> Roi:
+    """The rectangle drawn in ``shapes`` (the selected one, else the last), in ``image`` pixels.
+
+    Shape vertices go from the Shapes layer's data coordinates to world coordinates and then to
+    the image's data coordinates, so layers with different scales and offsets line up.
+    """
+    if shapes is None:
+        raise InputError("no Shapes layer selected: add one (Layers > New Shapes Layer) and draw a rectangle")
+    kinds = list(shapes.shape_type)
+    candidates = [i for i, k in enumerate(kinds) if k == "rectangle"]
+    if not candidates:
+        raise InputError(f"Shapes layer {shapes.name!r} has no rectangle: draw one with the rectangle tool")
+    selected = [i for i in sorted(shapes.selected_data) if kinds[i] == "rectangle"]
+    verts = np.asarray(shapes.data[(selected or candidates)[-1]], dtype=float)
+    world = np.array([shapes.data_to_world(v) for v in verts])
+    pix = np.array([image.world_to_data(w) for w in world])[:, -2:]
+    y0, x0 = np.floor(pix.min(axis=0) + 0.5).astype(int)
+    y1, x1 = np.ceil(pix.max(axis=0) + 0.5).astype(int)
+    return Roi(int(y0), int(y1), int(x0), int(x1))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a layer sits in the world: per-axis ``scale``, ``translate`` and ``units``."""
+
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    units: tuple[str, ...]
+
+    @classmethod
+    def of(cls, layer: Any) -> "Geometry":
+        return cls(
+            tuple(float(s) for s in layer.scale),
+            tuple(float(t) for t in layer.translate),
+            tuple(str(u) for u in layer.units),
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"scale": self.scale, "translate": self.translate, "units": self.units}
+
+
+def output_geometry(
+    source: Geometry, offset: Sequence[int], out_voxel: Sequence[float], in_voxel: Sequence[float] | None = None
+) -> Geometry:
+    """Geometry of a result computed from the source's pixels starting at ``offset``.
+
+    ``out_voxel`` is the result's voxel size on the same axes (the variant's output geometry:
+    smaller for super-resolution and isotropic output). The result covers the same physical
+    region as its input, so pixel centres shift by half the change of pixel size:
+    ``translate + offset * scale + (out_voxel - in_voxel) / 2``.
+    """
+    in_voxel = tuple(in_voxel) if in_voxel is not None else source.scale
+    translate = tuple(
+        t + o * s + (vo - vi) / 2
+        for t, o, s, vo, vi in zip(source.translate, offset, source.scale, out_voxel, in_voxel)
+    )
+    return Geometry(tuple(float(v) for v in out_voxel), translate, source.units)
+
+
+def sample_percentile(data: Any, q: float, max_pixels: int = 2_000_000) -> float:
+    """A percentile of a (possibly lazy, large) array from a bounded subset of whole planes."""
+    if data.size <= max_pixels or data.ndim < 3:
+        values = np.asarray(data)
+    else:
+        plane = int(np.prod(data.shape[-2:]))
+        n = max(1, min(data.shape[0], max_pixels // plane))
+        idx = np.linspace(0, data.shape[0] - 1, n).round().astype(int)
+        values = np.stack([np.asarray(data[int(i)]) for i in idx])
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, q)) if values.size else 0.0
+
+
+def physical_extent(shape: Sequence[int], scale: Sequence[float]) -> tuple[float, ...]:
+    """Size of an array in world units along each axis (for checks and messages)."""
+    return tuple(n * s for n, s in zip(shape, scale))
+
+
+def same_grid(a: Geometry, b: Geometry, tol: float = 1e-6) -> bool:
+    """Whether two layers have equal pixel sizes and offsets that differ by whole pixels."""
+    if len(a.scale) != len(b.scale):
+        return False
+    for sa, sb, ta, tb in zip(a.scale, b.scale, a.translate, b.translate):
+        if not math.isclose(sa, sb, rel_tol=tol):
+            return False
+        shift = (ta - tb) / sa
+        if abs(shift - round(shift)) > 1e-3:
+            return False
+    return True

@@ -1,0 +1,437 @@
+"""Train / fine-tune widget: train a model on layers, optionally only inside a drawn rectangle.
+
+It drives :func:`napari_emdiffuse.jobs.train.train` in a worker thread, plots the loss as it
+falls, shows a validation patch (input | prediction | target) as a layer, and registers the
+model as soon as it is saved, so the Enhance widget offers it at once. The training data follow
+the variant: registered input and target layers (paired variants), one volume (vEM variants),
+or clean images with simulated degradation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import InputError
+from . import _common
+from .layers import image_array, rectangle_roi
+from .loss_plot import LossPlot
+from .options_form import OptionsForm
+from .pickers import LayerPicker
+from .qt_helpers import disconnect, image_type, row_layout, shapes_type, spin
+from .registry import MODELS, PRESETS
+
+PREVIEW_LAYER = "training preview"
+INPUT_LABELS = {"input": "Degraded (input)", "target": "Clean (target)", "volume": "Volume"}
+#: Previews per run (a one-patch validation every iterations / PREVIEWS steps).
+PREVIEWS = 20
+
+
+def _can_simulate(variant: Any) -> bool:
+    from ..variants.base import Variant
+
+    return type(variant).from_clean is not Variant.from_clean
+
+
+@dataclass
+class _Run:
+    preset: Any
+    arrays: dict[str, Any]
+    roi: Any
+    init_model: Any
+    run_dir: Path
+    device: str
+    note: str
+    preview_geometry: dict[str, Any]
+
+
+class TrainWidget(QWidget):
+    """Train a new model, or fine-tune one, on layers in the viewer."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from ..engine.device import available_devices
+        from ..variants import VARIANTS
+
+        self.viewer = napari_viewer
+        self.runner = _common.JobRunner(self._on_event, self._on_done)
+        self.run_dir: Path | None = None
+        self.last_model: Path | None = None
+        self.preview_layer: Any = None
+        self._run: _Run | None = None
+        self._started = 0.0
+
+        self.variant = QComboBox()
+        for name, variant in VARIANTS.items():
+            self.variant.addItem(variant.title, name)
+        self.source = QComboBox()
+        self.data_box = QFormLayout()
+        self.pickers: dict[str, LayerPicker] = {}
+        self.clean = LayerPicker(napari_viewer, image_type(), parent=self)
+        self.dose = QDoubleSpinBox(self)
+        self.dose.setRange(0.5, 10000.0)
+        self.dose.setValue(20.0)
+        self.dose.setToolTip("Simulated dose: electron counts for a full-scale pixel (lower is noisier)")
+        self.read_noise = QDoubleSpinBox(self)
+        self.read_noise.setRange(0.0, 1.0)
+        self.read_noise.setDecimals(3)
+        self.read_noise.setSingleStep(0.01)
+        self.read_noise.setValue(0.03)
+        self.read_noise.setToolTip("Simulated detector read noise, as a fraction of the grey-value range")
+        self.options_box = QVBoxLayout()
+        self.options: OptionsForm | None = None
+        self.region = LayerPicker(napari_viewer, shapes_type(), optional=True)
+        self.region.setToolTip("Train only inside a rectangle drawn in this Shapes layer (fine-tuning on a region you trust)")
+        self.start_from = QComboBox()
+        self.iterations = spin(1, 10_000_000, "Training steps")
+        self.minutes = QDoubleSpinBox()
+        self.minutes.setRange(0.0, 100_000.0)
+        self.minutes.setSpecialValueText("no limit")
+        self.minutes.setToolTip("Stop after this many minutes, even before all iterations are done")
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.train_button = QPushButton("Train")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setFormat("step %v / %m")
+        self.plot = LossPlot()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.save_button = QPushButton("Save model…")
+        self.save_button.setEnabled(False)
+        self.load_button = QPushButton("Load model…")
+
+        form = QFormLayout()
+        form.addRow("Variant", self.variant)
+        form.addRow("Training data", self.source)
+        form.addRow(self.data_box)
+        form.addRow(self.options_box)
+        form.addRow("Only inside", self.region)
+        form.addRow("Start from", self.start_from)
+        form.addRow("Iterations", self.iterations)
+        form.addRow("Time limit (min)", self.minutes)
+        form.addRow("Device", self.device)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row_layout(self.train_button, self.cancel_button))
+        layout.addWidget(self.progress)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+        layout.addLayout(row_layout(self.save_button, self.load_button))
+        layout.addStretch(1)
+
+        self.variant.currentIndexChanged.connect(self._variant_changed)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self.start_from.currentIndexChanged.connect(self._start_changed)
+        self.train_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self._save_dialog)
+        self.load_button.clicked.connect(self._load_dialog)
+        for signal in (MODELS.changed, PRESETS.changed):
+            signal.connect(self.refresh_start)
+            self.destroyed.connect(lambda *_, s=signal: disconnect(s, self.refresh_start))
+        self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
+        self._variant_changed()
+
+    # ---- choices -------------------------------------------------------------------------
+
+    def variant_name(self) -> str:
+        return self.variant.currentData()
+
+    def _variant_changed(self, *_: Any) -> None:
+        from ..variants import get_variant
+
+        variant = get_variant(self.variant_name())
+        names = variant.training_inputs
+        label = {("input", "target"): "Paired layers (input + target)", ("volume",): "One volume"}.get(
+            tuple(names), "Layers: " + ", ".join(names)
+        )
+        self.source.blockSignals(True)
+        self.source.clear()
+        self.source.addItem(label, "layers")
+        if _can_simulate(variant):
+            self.source.addItem("Clean layer + simulated noise", "simulate")
+        self.source.blockSignals(False)
+        if self.options is not None:
+            self.options.setParent(None)
+            self.options.deleteLater()
+            self.options = None
+        if variant.options_model.model_fields:
+            self.options = OptionsForm(variant.options_model)
+            self.options_box.addWidget(self.options)
+        self._source_changed()
+        self.refresh_start()
+
+    def _source_changed(self, *_: Any) -> None:
+        from ..variants import get_variant
+
+        while self.data_box.rowCount():
+            self.data_box.takeRow(0)
+        for w in (*self.pickers.values(), self.clean, self.dose, self.read_noise):
+            w.setVisible(False)
+        if self.source.currentData() == "simulate":
+            for label, w in (("Clean images", self.clean), ("Dose (counts)", self.dose), ("Read noise", self.read_noise)):
+                self.data_box.addRow(label, w)
+                w.setVisible(True)
+            return
+        for name in get_variant(self.variant_name()).training_inputs:
+            if name not in self.pickers:
+                self.pickers[name] = LayerPicker(self.viewer, image_type(), parent=self)
+            self.data_box.addRow(INPUT_LABELS.get(name, name.capitalize()), self.pickers[name])
+            self.pickers[name].setVisible(True)
+
+    def refresh_start(self, *_: Any) -> None:
+        """Presets of the chosen variant (built-in and from the Presets widget), then its models."""
+        from ..config import builtin_presets, load_preset
+
+        try:
+            current = self.start_from.currentData()
+        except RuntimeError:  # deleted with the viewer
+            return
+        variant = self.variant_name()
+        builtin = {name: load_preset(name) for name in sorted(builtin_presets())}
+        own = {n: p for n, p in builtin.items() if p.variant == variant}
+        if not own:  # a variant without presets yet: the built-in settings, adapted to it
+            own = {n: p.with_overrides({"variant": variant, "variant_options": {}}) for n, p in builtin.items()}
+        items: list[tuple[str, Any]] = [(f"preset: {n}", ("preset", p)) for n, p in own.items()]
+        items += [(f"preset: {n} (edited)", ("preset", p)) for n, p in PRESETS.items().items() if p.variant == variant]
+        items += [(f"fine-tune: {e.label}", ("model", e)) for e in MODELS.entries(variant)]
+        self.start_from.blockSignals(True)
+        self.start_from.clear()
+        for label, data in items:
+            self.start_from.addItem(label, data)
+        keep = next((i for i, (_, d) in enumerate(items) if current is not None and d[1] == current[1]), None)
+        if keep is None:
+            keep = next((i for i, (label, _) in enumerate(items) if label.endswith("-cpu")), 0)
+        self.start_from.setCurrentIndex(keep)
+        self.start_from.blockSignals(False)
+        self._start_changed()
+
+    def _start_changed(self, *_: Any) -> None:
+        data = self.start_from.currentData()
+        if data is None:
+            return
+        kind, value = data
+        if kind == "preset":
+            self.iterations.setValue(value.train.iterations)
+            self.minutes.setValue(value.train.minutes or 0.0)
+            if self.options is not None:
+                self.options.set_from(value.variant_options)
+                self.options.set_read_only(False)
+        else:
+            from ..model_file import read_model_json
+
+            meta = read_model_json(value.path)
+            self.iterations.setValue(max(1, meta["preset"]["train"]["iterations"] // 10))
+            if self.options is not None:  # a fine-tuned model keeps its options
+                self.options.set_from(meta["preset"].get("variant_options") or {})
+                self.options.set_read_only(True)
+
+    def select_start(self, label_prefix: str) -> None:
+        """Choose the first "Start from" entry whose label starts with ``label_prefix``."""
+        for i in range(self.start_from.count()):
+            if self.start_from.itemText(i).startswith(label_prefix):
+                self.start_from.setCurrentIndex(i)
+                return
+        raise InputError(f"no starting point {label_prefix!r}")
+
+    # ---- running -------------------------------------------------------------------------
+
+    def plan(self) -> _Run:
+        """Check the choices and gather the arrays; raises a user error with what to change."""
+        from ..model_file import Model
+        from ..variants import get_variant
+
+        variant = get_variant(self.variant_name())
+        kind, start = self.start_from.currentData()
+        train_over: dict[str, Any] = {"iterations": self.iterations.value(), "minutes": self.minutes.value() or None}
+        init = None
+        if kind == "model":
+            init = Model.load(start.path)
+            preset = init.preset.with_overrides({"train": train_over})
+        else:
+            over: dict[str, Any] = {"train": train_over}
+            if self.options is not None:
+                over["variant_options"] = self.options.values()
+            preset = start.with_overrides(over)
+        options = variant.options(preset.variant_options)
+        if self.source.currentData() == "simulate":
+            layer = self.clean.layer()
+            clean = np.asarray(image_array(layer))
+            arrays = variant.from_clean(
+                clean, options, dose=self.dose.value(), read_noise=self.read_noise.value(), seed=preset.train.seed
+            )
+            note = f"layer {layer.name!r} with simulated noise (dose {self.dose.value():g}, read noise {self.read_noise.value():g})"
+            grid_shape = clean.shape
+        else:
+            arrays, names = {}, []
+            for name in variant.training_inputs:
+                layer = self.pickers[name].layer()
+                if layer is None:
+                    raise InputError(f"choose a layer for '{INPUT_LABELS.get(name, name)}'")
+                arrays[name] = image_array(layer)
+                names.append(f"{name} {layer.name!r}")
+            layer = self.pickers[variant.training_inputs[0]].layer()
+            note = "layers " + ", ".join(names)
+            grid_shape = arrays[variant.training_inputs[0]].shape
+        roi = None
+        if self.region.layer() is not None:
+            roi = rectangle_roi(self.region.layer(), layer)
+            first = arrays[variant.training_inputs[0]]
+            ry, rx = first.shape[-2] / grid_shape[-2], first.shape[-1] / grid_shape[-1]
+            if (ry, rx) != (1.0, 1.0):  # simulated input on another grid (e.g. downsampled)
+                roi = type(roi)(int(roi.y0 * ry), int(np.ceil(roi.y1 * ry)), int(roi.x0 * rx), int(np.ceil(roi.x1 * rx)))
+            roi = roi.clip(*first.shape[-2:])
+            note += f", region y {roi.y0}:{roi.y1}, x {roi.x0}:{roi.x1}"
+        run_dir = Path(tempfile.mkdtemp(prefix=f"emdiffuse-{variant.name}-"))
+        scale = tuple(layer.scale[-2:])
+        right = float(layer.translate[-1] + layer.scale[-1] * (layer.data.shape[-1] if not layer.multiscale else layer.data[0].shape[-1]))
+        geometry = {"scale": scale, "translate": (float(layer.translate[-2]), right + 8 * scale[-1]), "units": tuple(layer.units[-2:])}
+        return _Run(preset, arrays, roi, init, run_dir, self.device.currentText(), note, geometry)
+
+    def run(self) -> None:
+        """Start training (the Train button); problems are shown as notifications."""
+        if self.runner.running:
+            return
+        try:
+            plan = self.plan()
+        except Exception as err:  # noqa: BLE001 - every problem becomes a notification
+            self.status.setText(_common.notify_error(err))
+            return
+        from ..jobs.train import train
+
+        self._run, self.run_dir = plan, plan.run_dir
+        self._started = time.monotonic()
+        self.plot.clear()
+        self.progress.setMaximum(plan.preset.train.iterations)
+        self.progress.setValue(0)
+        self.train_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"Training in {plan.run_dir}…")
+
+        def job(cancel: Any):
+            return train(
+                plan.preset,
+                plan.arrays,
+                plan.run_dir,
+                device=plan.device,
+                init_model=plan.init_model,
+                roi=plan.roi,
+                preview_every=max(1, plan.preset.train.iterations // PREVIEWS),
+                data_note=plan.note,
+                cancel=cancel,
+            )
+
+        self.runner.start(job)
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+        self.status.setText("Stopping after the current step; the model so far is kept…")
+
+    def _on_event(self, event: Any) -> None:
+        kind = getattr(event, "kind", None)
+        if kind is None:
+            return
+        k = kind.value
+        if k == "loss":
+            self.plot.add(event.step, event.loss)
+        elif k == "progress":
+            self.progress.setMaximum(max(event.total, 1))
+            self.progress.setValue(event.done)
+        elif k == "validation":
+            self.plot.add_validation(event.step, event.psnr)
+        elif k == "preview":
+            self._show_preview(event)
+        elif k == "message":
+            _common.notify(event.text, event.level)
+        elif k == "checkpoint":
+            self.status.setText(f"Step {event.step}: model saved in {event.path.parent}")
+        elif k == "result":
+            name = f"{self.variant_name()}-{time.strftime('%H%M%S')}"
+            MODELS.add(event.model_dir, "trained", name=name)
+            self.last_model = Path(event.model_dir)
+            self.save_button.setEnabled(True)
+            psnr = f", validation PSNR {event.best_psnr:.2f} dB" if event.best_psnr is not None else ""
+            self.status.setText(
+                f"{event.reason.capitalize()} after {event.steps} steps{psnr}. Model '{name}' is ready in Enhance."
+            )
+
+    def _show_preview(self, event: Any) -> None:
+        """Input | prediction | target of a validation patch, side by side, in one layer."""
+        panels = [np.asarray(a, np.float32)[0] for a in (event.cond, event.prediction, event.target)]
+        h = max(p.shape[0] for p in panels)
+        gap = np.full((h, 2), -1.0, np.float32)
+        padded = [np.pad(p, ((0, h - p.shape[0]), (0, 0)), constant_values=-1.0) for p in panels]
+        image = np.concatenate([padded[0], gap, padded[1], gap, padded[2]], axis=1)
+        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+            self.preview_layer = self.viewer.add_image(
+                image, name=PREVIEW_LAYER, contrast_limits=(-1.0, 1.0), **(self._run.preview_geometry if self._run else {})
+            )
+        else:
+            self.preview_layer.data = image
+        self.preview_layer.metadata["step"] = event.step
+
+    def _on_done(self, error: BaseException | None) -> None:
+        self.train_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if error is not None:
+            self.status.setText(_common.notify_error(error))
+        self._run = None
+
+    # ---- saving and loading --------------------------------------------------------------
+
+    def save_model(self, folder: str | Path) -> Path:
+        """Copy the last trained model (model.json + weights) to ``folder`` and register it there."""
+        from ..model_file import MODEL_JSON, WEIGHTS
+
+        if self.last_model is None:
+            raise InputError("there is no trained model to save yet: train one first")
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()) and not (folder / MODEL_JSON).is_file():
+            raise InputError(f"{folder} is not empty; choose an empty folder for the model")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_JSON, WEIGHTS):
+            shutil.copy2(self.last_model / name, folder / name)
+        MODELS.add(folder, "disk")
+        return folder
+
+    def load_model(self, folder: str | Path) -> None:
+        """Register a model folder and choose it as the starting point for fine-tuning."""
+        entry = MODELS.add(folder, "disk")
+        self.variant.setCurrentIndex(self.variant.findData(entry.variant))
+        self.select_start(f"fine-tune: {entry.label}")
+
+    def _save_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Save the model into this (empty) folder")
+        if folder:
+            try:
+                path = self.save_model(folder)
+                self.status.setText(f"Model saved to {path}")
+            except Exception as err:  # noqa: BLE001 - shown to the user
+                _common.notify_error(err)
+
+    def _load_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder (with model.json)")
+        if folder:
+            try:
+                self.load_model(folder)
+            except Exception as err:  # noqa: BLE001 - shown to the user
+                _common.notify_error(err)

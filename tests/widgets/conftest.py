@@ -1,0 +1,60 @@
+"""Fixtures for the widget tests: real EM crops, tiny models trained on them, clean registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = (Path(__file__).resolve().parents[2] / "../shared/data").resolve()
+ISBI = DATA / "isbi2012_sstem_train.tif"
+# ISBI 2012 ssTEM: 4 x 4 nm pixels, 50 nm sections, in micrometres as the reader gives them
+ISBI_VOXEL = (0.05, 0.004, 0.004)
+
+
+@pytest.fixture(scope="session")
+def isbi() -> np.ndarray:
+    """Six slices, 128 x 128 px, of the real ssTEM stack (uint8)."""
+    if not ISBI.is_file():
+        pytest.skip(f"real EM data not found at {ISBI} (see ../shared/data/PROVENANCE.md)")
+    import tifffile
+
+    return tifffile.imread(ISBI, key=range(6))[:, 192:320, 192:320].copy()
+
+
+@pytest.fixture(scope="session")
+def voxel() -> tuple[float, float, float]:
+    return ISBI_VOXEL
+
+
+@pytest.fixture(scope="session")
+def tiny_model(isbi, tmp_path_factory) -> Path:
+    """A tiny denoiser trained for a few steps on the real crop (simulated noise): a real model
+    folder the widgets can load; its quality does not matter to these tests."""
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.jobs.train import train
+    from napari_emdiffuse.variants import get_variant
+
+    variant = get_variant("denoise")
+    arrays = variant.from_clean(isbi, variant.options({}))
+    preset = load_preset("tiny", {"train": {"iterations": 3, "val_every": 3, "val_patches": 1}})
+    run = tmp_path_factory.mktemp("tiny_model")
+    for _ in train(preset, arrays, run, device="cpu"):
+        pass
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(monkeypatch):
+    """Each test starts with no session models or presets and runs jobs synchronously unless
+    it switches threads on itself."""
+    from napari_emdiffuse._widgets import _common
+    from napari_emdiffuse._widgets.registry import MODELS, PRESETS
+
+    monkeypatch.setattr(_common, "SYNCHRONOUS", True)
+    MODELS.clear()
+    PRESETS.clear()
+    yield
+    MODELS.clear()
+    PRESETS.clear()

@@ -1,0 +1,114 @@
+"""Reader, writers and sample data: voxel size in, voxel size out, nothing lost on the way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse import _reader, _writer
+from napari_emdiffuse._sample_data import sample_path, sstem_clean, sstem_noisy
+from napari_emdiffuse.errors import InputError
+
+
+def test_reader_opens_the_real_tiff_with_its_voxel_size():
+    from pathlib import Path
+
+    path = (Path(__file__).resolve().parents[2] / "../shared/data/isbi2012_sstem_train.tif").resolve()
+    if not path.is_file():
+        pytest.skip(f"real EM data not found at {path}")
+    reader = _reader.get_reader(str(path))
+    assert reader is not None
+    [(data, kwargs, kind)] = reader(str(path))
+    assert kind == "image" and data.shape == (30, 512, 512) and hasattr(data, "dask")  # lazy
+    assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))  # 50 x 4 x 4 nm, in µm
+    assert kwargs["units"] == ("micrometer",) * 3
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert _reader.get_reader(str(tmp_path / "notes.txt")) is None
+    assert _reader.get_reader(str(tmp_path / "missing.tif")) is None
+
+
+def test_drag_and_drop_into_napari_uses_the_plugin(make_napari_viewer):
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(sample_path()), plugin="napari-emdiffuse")
+    assert layer.data.shape == (8, 256, 256)
+    assert tuple(layer.scale) == pytest.approx((0.05, 0.004, 0.004))
+    assert [str(u) for u in layer.units] == ["micrometer"] * 3
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".tif"])
+def test_writers_round_trip_data_scale_and_units(tmp_path, suffix):
+    data = np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    meta = {"name": "em", "scale": [0.05, 0.004, 0.004], "translate": [0.1, 0.2, 0.3], "units": ["micrometer"] * 3}
+    path = tmp_path / f"out{suffix}"
+    write = _writer.write_ome_zarr if suffix == ".ome.zarr" else _writer.write_tiff
+    assert write(str(path), data, meta) == [str(path)]
+    [(back, kwargs, _)] = _reader.read_paths(str(path))
+    np.testing.assert_array_equal(np.asarray(back), data)
+    assert kwargs["scale"] == pytest.approx(meta["scale"])
+    assert [str(u) for u in kwargs["units"]] == ["micrometer"] * 3
+    if suffix == ".ome.zarr":  # TIFF has no place for an offset
+        assert kwargs["translate"] == pytest.approx(meta["translate"])
+
+
+def test_tiff_writer_converts_nanometres(tmp_path):
+    data = np.zeros((2, 16, 16), np.float32)
+    _writer.write_tiff(str(tmp_path / "a.tif"), data, {"scale": [50, 4, 4], "units": ["nanometer"] * 3})
+    [(_, kwargs, _)] = _reader.read_paths(str(tmp_path / "a.tif"))
+    assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))
+
+
+def test_pixel_layers_stay_in_pixels(tmp_path):
+    data = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16)
+    _writer.write_tiff(str(tmp_path / "p.tif"), data, {"scale": [1, 1], "units": ["pixel"] * 2})
+    [(back, kwargs, _)] = _reader.read_paths(str(tmp_path / "p.tif"))
+    np.testing.assert_array_equal(np.asarray(back), data)
+    assert "scale" not in kwargs and "units" not in kwargs
+
+
+def test_ome_zarr_writer_refuses_to_replace_a_non_zarr_folder(tmp_path):
+    folder = tmp_path / "precious.zarr"
+    folder.mkdir()
+    (folder / "thesis.docx").write_text("do not delete")
+    with pytest.raises(InputError, match="not a zarr store"):
+        _writer.write_ome_zarr(str(folder), np.zeros((8, 8), np.uint8), {"scale": [1, 1]})
+    assert (folder / "thesis.docx").is_file()
+
+
+def test_reader_opens_a_prediction_zarr_with_its_uncertainty(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "pred.zarr"), mode="w")
+    group.zeros(name="mean", shape=(2, 8, 8), dtype="float32", chunks=(1, 8, 8))
+    group.zeros(name="std", shape=(2, 8, 8), dtype="float32", chunks=(1, 8, 8))
+    group.attrs["voxel_size"] = [0.05, 0.002, 0.002]
+    layers = {kw["name"]: kw for _, kw, _ in _reader.read_paths(str(tmp_path / "pred.zarr"))}
+    assert set(layers) == {"pred mean", "pred uncertainty"}
+    assert layers["pred uncertainty"]["colormap"] == "inferno"
+    assert layers["pred mean"]["scale"] == pytest.approx((0.05, 0.002, 0.002))
+
+
+def test_mrc_voxel_size_in_angstrom_becomes_micrometres(tmp_path):
+    import mrcfile
+
+    data = np.arange(2 * 12 * 10, dtype=np.float32).reshape(2, 12, 10)
+    with mrcfile.new(str(tmp_path / "v.mrc")) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = (40.0, 40.0, 500.0)  # x, y, z in Å: 4 x 4 x 50 nm
+    [(back, kwargs, _)] = _reader.read_paths(str(tmp_path / "v.mrc"))
+    np.testing.assert_array_equal(np.asarray(back), data)
+    assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))
+
+
+def test_sample_data_is_real_em_with_its_voxel_size():
+    [(clean, kw, _)] = sstem_clean()
+    [(noisy, kw_noisy, _)] = sstem_noisy()
+    assert clean.shape == noisy.shape == (8, 256, 256) and clean.dtype == np.uint8
+    assert kw["scale"] == pytest.approx((0.05, 0.004, 0.004)) and "Cardona" in kw["metadata"]["citation"]
+    assert sample_path().stat().st_size < 600_000
+    # simulated low dose: noisy, but the same image
+    corr = np.corrcoef(clean.ravel().astype(float), noisy.ravel())[0, 1]
+    assert 0.3 < corr < 0.98
+    assert abs(float(noisy.mean()) - float(clean.mean())) < 10
