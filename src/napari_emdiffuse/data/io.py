@@ -1,20 +1,35 @@
 """Reading and writing EM images with their voxel size.
 
-Every reader returns an :class:`Image`: a lazy (dask) or in-memory array and its voxel size in
-the array's axis order, in micrometres. Writers never overwrite an input file.
+Every reader returns an :class:`Image`: a lazy (dask) array and its voxel size in the array's
+axis order, in micrometres. :func:`read_image` recognises a file by its content first (the magic
+bytes of TIFF, HDF5, PNG and MRC) and by its name second, so a mis-named file still opens, and a
+corrupt or truncated one is refused with a message naming the file and what is wrong. Writers
+go plane by plane or tile by tile, so outputs larger than memory are fine, and never overwrite
+an input file.
 """
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import InputError
 
 UNIT = "um"
+#: TIFFs larger than this are written as BigTIFF (classic TIFF offsets end at 4 GiB)
+BIGTIFF_BYTES = 3_900_000_000
+#: micrometres per unit, for the spellings found in ImageJ, OME and NGFF metadata
+UNITS_UM = {
+    "um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "a": 1e-4, "å": 1e-4, "angstrom": 1e-4,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "pm": 1e-6, "picometer": 1e-6,
+}  # fmt: skip
 
 
 @dataclass
@@ -30,6 +45,13 @@ class Image:
         return tuple(self.data.shape)
 
 
+def unit_to_um(unit: str | None) -> float | None:
+    """Micrometres per ``unit`` (None when the unit is unknown or 'pixel')."""
+    if unit is None:
+        return None
+    return UNITS_UM.get(str(unit).strip().lower().replace("\u00b5", "µ"))
+
+
 def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     """Voxel size from ImageJ metadata ('spacing') and the XY resolution tags (pixels per unit)."""
     page = tf.pages[0]
@@ -40,14 +62,9 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
         xy.append(den / num if num else 1.0)
     unit_scale = 1.0
     ij = tf.imagej_metadata or {}
-    unit = str(ij.get("unit", "um")).replace("\\u00B5", "u").replace("µ", "u").lower()
-    if unit in ("nm", "nanometer"):
-        unit_scale = 1e-3
-    elif unit in ("mm", "millimeter"):
-        unit_scale = 1e3
-    elif unit in ("pixel", "") and "unit" in ij:
-        unit_scale = 1.0
-    if not ij:  # no ImageJ unit: resolution tags in inches/cm give no micrometres we can trust
+    if ij:
+        unit_scale = unit_to_um(ij.get("unit", "um")) or 1.0
+    else:  # no ImageJ unit: resolution tags in inches/cm give no micrometres we can trust
         res_unit = page.tags.get("ResolutionUnit")
         if res_unit is not None and int(res_unit.value) == 3:  # centimetre
             unit_scale = 1e4
@@ -60,62 +77,219 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     return (z,) + yx
 
 
+def _ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
+    """Physical sizes of the spatial axes from OME-XML (first image), in micrometres."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    out = []
+    for ax in axes:
+        size = pixels.get(f"PhysicalSize{ax}")
+        scale = unit_to_um(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+        out.append(float(size) * scale if size and scale else 1.0)
+    return tuple(out)
+
+
+def _squeeze_axes(data: Any, axes: str, path: Path) -> tuple[Any, str]:
+    """Drop length-one channel/time axes; keep everything else for :func:`check_image` to judge."""
+    index, kept = [], ""
+    for ax, n in zip(axes, data.shape):
+        if ax in "CTQIS" and n == 1 and len(axes) > 2:
+            index.append(0)
+        else:
+            index.append(slice(None))
+            kept += ax
+    return data[tuple(index)], kept
+
+
+def _check_tiff_complete(tf: Any, path: Path) -> None:
+    """Refuse a truncated TIFF now, rather than failing half-way through a lazy read."""
+    size = path.stat().st_size
+    pages = tf.pages
+    for idx in {0, len(pages) - 1}:
+        page = pages[idx]
+        offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+        if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size:
+            raise InputError(f"{path}: the TIFF file is truncated (page {idx + 1} of {len(pages)} ends past the end of the file)")
+
+
 def read_tiff(path: Path) -> Image:
+    """A TIFF or OME-TIFF stack, lazily (one chunk per page or tile)."""
     import dask.array as da
     import tifffile
+    import zarr
 
+    path = Path(path)
     try:
         tf = tifffile.TiffFile(path)
+        _check_tiff_complete(tf, path)
         series = tf.series[0]
-        store = series.aszarr()
-        import zarr
-
-        arr = zarr.open(store, mode="r")
-        if hasattr(arr, "shape") is False or isinstance(arr, zarr.Group):
+        arr = zarr.open(series.aszarr(), mode="r")
+        if isinstance(arr, zarr.Group):
             arr = arr["0"]
-        data = da.from_zarr(arr)
-        voxel = _tiff_voxel(tf, data.ndim)
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        data, axes = _squeeze_axes(da.from_zarr(arr), series.axes, path)
+        voxel = None
+        if tf.is_ome and tf.ome_metadata:
+            spatial = "".join(a for a in axes if a in "ZYX")
+            voxel = _ome_voxel(tf.ome_metadata, spatial) if len(spatial) == data.ndim else None
+        if voxel is None:
+            voxel = _tiff_voxel(tf, data.ndim) if data.ndim in (2, 3) else (1.0,) * data.ndim
+    except InputError:
+        raise
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, TypeError) as err:
         raise InputError(f"{path}: not a readable TIFF file ({err})") from None
-    return Image(data, voxel, Path(path))
+    return Image(data, tuple(float(v) for v in voxel), path, meta={"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes})
 
 
-def read_image(path: str | Path) -> Image:
-    """Open an image file lazily (TIFF here; other formats in :mod:`.formats` where available)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() in (".tif", ".tiff") else path.suffix.lower()
-    if suffix.endswith((".tif", ".tiff")):
-        return read_tiff(path)
-    raise InputError(f"{path}: unsupported file type {path.suffix!r} (use TIFF)")
+def sniff(path: Path) -> str | None:
+    """The format a file's first bytes say it is: 'tiff', 'hdf5', 'png', 'mrc', or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(224)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "hdf5"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[208:211] == b"MAP":
+        return "mrc"
+    return None
+
+
+_BY_SUFFIX = {
+    ".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+    ".mrc": "mrc", ".rec": "mrc", ".st": "mrc", ".ali": "mrc", ".map": "mrc", ".mrcs": "mrc", ".png": "png",
+}  # fmt: skip
+
+
+def split_dataset(path: str | Path) -> tuple[Path, str | None]:
+    """``file.h5:/dataset`` or ``volume.n5:/dataset`` -> (file, dataset); a plain path -> (path, None)."""
+    text = str(path)
+    p = Path(text)
+    if p.exists():
+        return p, None
+    m = re.match(r"^(.+?\.(?:h5|hdf5|hdf|n5|zarr)):/?(.*)$", text, re.IGNORECASE)
+    if m and Path(m.group(1)).exists():
+        return Path(m.group(1)), m.group(2) or None
+    return p, None
+
+
+def read_image(path: str | Path, dataset: str | None = None, level: int = 0) -> Image:
+    """Open an image lazily: TIFF/OME-TIFF, a folder of TIFF/PNG slices, zarr v2/v3 and
+    OME-Zarr (``path`` or ``path.zarr/dataset``; ``level`` of a multiscale pyramid), N5, MRC,
+    HDF5 (``file.h5:/dataset`` or ``dataset=``), PNG.
+    """
+    from . import containers, volume_files
+
+    file, inner = split_dataset(path)
+    dataset = dataset or inner
+    if not file.exists():
+        raise InputError(f"{file}: no such file or folder")
+    if file.is_dir():
+        kind = containers.container_kind(file)
+        if kind == "zarr":
+            return containers.read_zarr(file, dataset, level)
+        if kind == "n5":
+            return containers.read_n5(file, dataset)
+        return volume_files.read_slices(file)
+    kind = sniff(file)
+    named = _BY_SUFFIX.get(file.suffix.lower())
+    if kind is None and named is not None:
+        raise InputError(f"{file}: not a valid {named.upper()} file (its first bytes are not those of any format this tool reads); the file may be corrupt")
+    if kind is None:
+        raise InputError(f"{file}: unsupported file type {file.suffix!r} (use TIFF, OME-Zarr/zarr, N5, MRC, HDF5, PNG or a folder of slices)")
+    if kind == "tiff":
+        return read_tiff(file)
+    if kind == "hdf5":
+        return volume_files.read_hdf5(file, dataset)
+    if kind == "mrc":
+        return volume_files.read_mrc(file)
+    return volume_files.read_png(file)
+
+
+def refuse_overwrite(path: Path, protect: Sequence[Path | None]) -> None:
+    """Raise when ``path`` is (or lies inside) one of the input paths."""
+    target = Path(path).resolve()
+    for p in protect:
+        if p is None:
+            continue
+        src = Path(p).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise InputError(f"{path}: refusing to overwrite the input {p}; choose another output name")
+
+
+def iter_planes(data: Any) -> Iterator[np.ndarray]:
+    """Planes of a 2D or 3D (lazy) array, one at a time."""
+    if data.ndim == 2:
+        yield np.asarray(data)
+        return
+    for z in range(data.shape[0]):
+        yield np.asarray(data[z])
 
 
 def write_tiff(path: str | Path, data: Any, voxel: Sequence[float], protect: Sequence[Path] = ()) -> Path:
-    """Write a 2D/3D array as an ImageJ TIFF with its voxel size (µm); BigTIFF when large."""
+    """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm).
+
+    ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
+    OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
+    """
     import tifffile
 
     path = Path(path)
-    for p in protect:
-        if p is not None and path.resolve() == Path(p).resolve():
-            raise InputError(f"{path}: refusing to overwrite the input file")
-    arr = np.asarray(data)
+    refuse_overwrite(path, protect)
+    dtype = np.dtype(data.dtype)
+    if dtype == np.float64:
+        dtype = np.dtype(np.float32)
+    if data.ndim not in (2, 3):
+        raise InputError(f"{path}: can only write 2D or 3D images as TIFF, got shape {tuple(data.shape)}")
     voxel = tuple(float(v) for v in voxel)
-    meta: dict[str, Any] = {"unit": "um"}
-    if arr.ndim == 3:
-        meta["spacing"] = voxel[0]
-        meta["axes"] = "ZYX"
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
-    big = arr.nbytes > 3_900_000_000
+    shape = tuple(int(s) for s in data.shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    big = nbytes > BIGTIFF_BYTES
+    planes = (p.astype(dtype, copy=False) for p in iter_planes(data))
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not big and dtype in (np.uint8, np.uint16, np.float32):
+        meta: dict[str, Any] = {"unit": "um"}
+        if len(shape) == 3:
+            meta.update(spacing=voxel[0], axes="ZYX")
+        resolution = (1.0 / voxel[-1], 1.0 / voxel[-2])
+        tifffile.imwrite(path, planes, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=meta, compression="zlib")
+        return path
+    axes = "ZYX"[-len(shape) :]
+    meta = {"axes": axes}
+    for ax, v in zip(axes, voxel):
+        meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm"})
+    resolution = (1e4 / voxel[-1], 1e4 / voxel[-2])  # pixels per centimetre, for readers without OME
     tifffile.imwrite(
-        path,
-        arr,
-        imagej=not big and arr.dtype in (np.uint8, np.uint16, np.float32),
-        bigtiff=big,
-        resolution=(1.0 / voxel[-1], 1.0 / voxel[-2]),
-        metadata=meta,
-        compression="zlib" if not big else None,
-    )
+        path, planes, shape=shape, dtype=dtype, ome=True, bigtiff=big, metadata=meta,
+        resolution=resolution, resolutionunit="CENTIMETER", compression=None if big else "zlib",
+    )  # fmt: skip
     return path
+
+
+def write_image(path: str | Path, data: Any, voxel: Sequence[float], protect: Sequence[Path] = (), chunks: Sequence[int] | None = None) -> Path:
+    """Write by extension: ``.tif``/``.tiff`` (TIFF), ``.zarr`` (OME-Zarr), ``.mrc``, ``.h5``/``.hdf5``
+    (``file.h5:/dataset`` picks the dataset name)."""
+    from . import containers, volume_files
+
+    file, dataset = Path(str(path)), None
+    m = re.match(r"^(.+?\.(?:h5|hdf5)):/?(.*)$", str(path), re.IGNORECASE)
+    if m:
+        file, dataset = Path(m.group(1)), m.group(2) or None
+    suffix = file.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return write_tiff(file, data, voxel, protect)
+    if suffix == ".zarr":
+        return containers.write_ome_zarr(file, data, voxel, chunks=chunks, protect=protect)
+    if suffix in (".mrc", ".rec", ".map"):
+        return volume_files.write_mrc(file, data, voxel, protect)
+    if suffix in (".h5", ".hdf5"):
+        return volume_files.write_hdf5(file, data, voxel, dataset=dataset or "data", chunks=chunks, protect=protect)
+    raise InputError(f"{path}: cannot write {suffix or 'files without an extension'} (use .tif, .zarr, .mrc or .h5)")

@@ -1,0 +1,219 @@
+"""Single-file volume formats (MRC, HDF5), single PNG images and folders of slices.
+
+MRC is what FIB-SEM and tomography software writes (voxel size in Å in the header); HDF5 is
+what ilastik, CREMI and many acquisition tools write (voxel size in dataset attributes, under
+several conventions). Folders of numbered slices are how many microscopes export a run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .io import Image, iter_planes, refuse_overwrite, sniff
+
+IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
+_IMOD_AT = 40  # the stamp and flags are header bytes 152-159, i.e. offset 40 of mrcfile's ``extra2``
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def read_mrc(path: Path) -> Image:
+    """An MRC file, memory-mapped (lazy), voxel size from the header (Å -> µm)."""
+    import dask.array as da
+    import mrcfile
+
+    try:
+        mrc = mrcfile.mmap(str(path), mode="r", permissive=False)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path}: not a readable MRC file ({err})") from None
+    data = mrc.data
+    header = mrc.header
+    stamp, flags = _imod_fields(header)
+    if int(header.mode) == 0 and stamp == IMOD_STAMP and not flags & 1:
+        data = data.view(np.uint8)  # IMOD's unsigned bytes
+    vs = mrc.voxel_size
+    xyz = [float(vs.x), float(vs.y), float(vs.z)]
+    um = [v * 1e-4 if v > 0 else 1.0 for v in xyz]  # 0 means "not set"
+    voxel = (um[2], um[1], um[0]) if data.ndim == 3 else (um[1], um[0])
+    chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
+    return Image(da.from_array(data, chunks=chunks), voxel, path, meta={"format": "mrc", "mode": int(header.mode), "chunks": chunks})
+
+
+def _order(header: Any) -> str:
+    """The header's byte order as a numpy prefix (MRC files come in both)."""
+    order = header.mode.dtype.byteorder
+    return {"=": "<" if np.little_endian else ">", "|": "<"}.get(order, order)
+
+
+def _imod_fields(header: Any) -> tuple[int, int]:
+    stamp, flags = np.frombuffer(header.extra2.tobytes()[_IMOD_AT : _IMOD_AT + 8], dtype=_order(header) + "i4")
+    return int(stamp), int(flags)
+
+
+def write_mrc(path: str | Path, data: Any, voxel: Sequence[float], protect: Sequence[Path | None] = ()) -> Path:
+    """Write an MRC file plane by plane, voxel size in the header (µm -> Å).
+
+    8-bit data is written as mode 0 with IMOD's unsigned-byte flag (what IMOD and Fiji expect);
+    float64 as float32; other types MRC cannot hold are refused.
+    """
+    import mrcfile
+
+    path = Path(path)
+    refuse_overwrite(path, protect)
+    dtype = np.dtype(data.dtype)
+    store = {np.dtype(np.uint8): np.int8, np.dtype(np.float64): np.float32}.get(dtype, dtype)
+    if np.dtype(store) not in (np.int8, np.int16, np.uint16, np.float32, np.float16):
+        raise InputError(f"{path}: MRC cannot hold {dtype} data (use uint8, int16, uint16 or float32)")
+    if data.ndim not in (2, 3):
+        raise InputError(f"{path}: MRC holds 2D or 3D images, got shape {tuple(data.shape)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(int(s) for s in data.shape)
+    with mrcfile.new_mmap(str(path), shape=shape, mrc_mode=mrcfile.utils.mode_from_dtype(np.dtype(store)), overwrite=True) as mrc:
+        out = mrc.data if data.ndim == 3 else mrc.data[None]
+        for z, plane in enumerate(iter_planes(data)):
+            out[z] = plane.view(np.int8) if dtype == np.uint8 else plane.astype(store, copy=False)
+        zyx = [float(v) for v in voxel] if data.ndim == 3 else [1.0, *map(float, voxel)]
+        mrc.voxel_size = (zyx[2] * 1e4, zyx[1] * 1e4, zyx[0] * 1e4)  # Å, in MRC's x, y, z order
+        if dtype == np.uint8:
+            extra = bytearray(mrc.header.extra2.tobytes())
+            extra[_IMOD_AT : _IMOD_AT + 8] = np.array([IMOD_STAMP, 0], _order(mrc.header) + "i4").tobytes()
+            mrc.header.extra2 = np.frombuffer(bytes(extra), dtype=mrc.header.extra2.dtype)
+        mrc.update_header_stats()
+    return path
+
+
+def _h5_datasets(f: Any) -> list[str]:
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append(name) if hasattr(obj, "shape") and len(obj.shape) >= 2 else None)
+    return found
+
+
+def _h5_voxel(ds: Any) -> tuple[float, ...]:
+    """``element_size_um`` (Fiji, ilastik), ``voxel_size`` (µm, ours) or ``resolution`` (CREMI, nm)."""
+    n = ds.ndim
+    for key, scale in (("element_size_um", 1.0), ("voxel_size", 1.0), ("resolution", 1e-3)):
+        v = ds.attrs.get(key)
+        if v is not None and len(np.atleast_1d(v)) == n:
+            return tuple(float(x) * scale for x in np.atleast_1d(v))
+    return (1.0,) * n
+
+
+def read_hdf5(path: Path, dataset: str | None = None) -> Image:
+    """An HDF5 dataset (``file.h5:/dataset``), lazily over its own chunks."""
+    import dask.array as da
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
+    names = _h5_datasets(f)
+    if dataset is None:
+        if len(names) != 1:
+            listing = ", ".join(f"{path}:/{n}" for n in names[:8]) or "none"
+            raise InputError(f"{path}: name the dataset to read ({len(names)} image datasets: {listing})")
+        dataset = names[0]
+    if dataset.strip("/") not in f or not hasattr(f[dataset.strip("/")], "shape"):
+        raise InputError(f"{path}: no dataset {dataset!r} (image datasets: {', '.join(names[:8]) or 'none'})")
+    ds = f[dataset.strip("/")]
+    chunks = ds.chunks or ((1, *ds.shape[1:]) if ds.ndim == 3 else ds.shape)
+    meta = {"format": "hdf5", "dataset": ds.name, "chunks": chunks}
+    return Image(da.from_array(ds, chunks=chunks), _h5_voxel(ds), path, meta=meta)
+
+
+def write_hdf5(
+    path: str | Path,
+    data: Any,
+    voxel: Sequence[float],
+    dataset: str = "data",
+    chunks: Sequence[int] | None = None,
+    protect: Sequence[Path | None] = (),
+) -> Path:
+    """Write a dataset chunk by chunk (gzip), voxel size as ``element_size_um`` (Fiji, ilastik)."""
+    import dask.array as da
+    import h5py
+
+    from .containers import default_chunks
+
+    path = Path(path)
+    refuse_overwrite(path, protect)
+    dtype = np.float32 if np.dtype(data.dtype) == np.float64 else np.dtype(data.dtype)
+    chunks = tuple(chunks) if chunks is not None else default_chunks(data.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "a") as f:
+        if dataset in f:
+            del f[dataset]
+        ds = f.create_dataset(dataset, shape=data.shape, dtype=dtype, chunks=chunks, compression="gzip")
+        src = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=chunks)
+        da.store(src.astype(dtype).rechunk(chunks), ds, lock=True)
+        ds.attrs["element_size_um"] = np.asarray(voxel, np.float64)
+    return path
+
+
+def read_png(path: Path) -> Image:
+    """A single PNG (8- or 16-bit grey, or RGB for :func:`check_image` to refuse)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            a = np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable PNG file ({err})") from None
+    return Image(a, (1.0, 1.0), path, meta={"format": "png"})
+
+
+def natural_key(name: str) -> list[Any]:
+    """``slice_2`` before ``slice_10``: digits compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _plane_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    if sniff(path) == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            s = tf.series[0]
+            return tuple(s.shape), np.dtype(s.dtype)
+    a = read_png(path).data
+    return a.shape, a.dtype
+
+
+def read_slices(folder: Path) -> Image:
+    """A folder of TIFF/PNG slices as a (z, y, x) stack in natural order, read slice by slice.
+
+    Every slice must have the first one's shape and type; the voxel size in y and x comes from
+    the first slice's TIFF metadata (z is unknown and set to 1).
+    """
+    import dask
+    import dask.array as da
+
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES and p.is_file()), key=lambda p: natural_key(p.name))
+    if not files:
+        raise InputError(f"{folder}: a folder with no TIFF or PNG slices (and not a zarr or N5 container)")
+    try:
+        first = _plane_header(files[0])
+        headers = [first] + [_plane_header(p) for p in files[1:]]
+    except Exception as err:  # noqa: BLE001 - a broken slice: say which
+        raise InputError(f"{folder}: cannot read a slice ({err})") from None
+    for p, h in zip(files, headers):
+        if h != first:
+            raise InputError(f"{p}: shape {h[0]} {h[1]} differs from the first slice {files[0].name} ({first[0]} {first[1]})")
+
+    def load(p: Path) -> np.ndarray:
+        if sniff(p) == "tiff":
+            import tifffile
+
+            return tifffile.imread(p)
+        return read_png(p).data
+
+    planes = [da.from_delayed(dask.delayed(load)(p), shape=first[0], dtype=first[1]) for p in files]
+    voxel: tuple[float, ...] = (1.0, 1.0)
+    if sniff(files[0]) == "tiff":
+        from .io import read_tiff
+
+        voxel = read_tiff(files[0]).voxel[-2:]
+    return Image(da.stack(planes), (1.0, *voxel), folder, meta={"format": f"folder of {len(files)} slices", "chunks": (1, *first[0])})
