@@ -33,3 +33,67 @@ def test_enhance_current_slice_of_a_stack(make_napari_viewer, isbi, voxel, tiny_
     assert uncertainty.colormap.name == "inferno"
     assert float(np.asarray(uncertainty.data).max()) > 0
     np.testing.assert_array_equal(layer.data, before)  # the input is never modified
+
+
+def _untrained_model(variant_name, folder):
+    """A model of ``variant_name`` with the tiny network and initial weights: enough to check
+    shapes and geometry, and it works for variants added later without changing this test."""
+    from napari_emdiffuse.config import builtin_presets, load_preset
+    from napari_emdiffuse.model_file import Model, ModelInfo
+    from napari_emdiffuse.variants import get_variant
+
+    presets = [load_preset(n) for n in sorted(builtin_presets())]
+    tiny = [p for p in presets if p.variant == variant_name and "tiny" in p.name]
+    preset = tiny[0] if tiny else load_preset("tiny").with_overrides({"variant": variant_name})
+    variant = get_variant(variant_name)
+    out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+    return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(folder)
+
+
+# output (shape, scale) for the 4 x 64 x 64 test volume at 50 x 4 x 4 nm, for the variants we know
+KNOWN = {
+    "denoise": ((4, 64, 64), (0.05, 0.004, 0.004)),
+    "superres": ((4, 128, 128), (0.05, 0.002, 0.002)),  # factor 2
+    "iso_i": ((13, 64, 64), (0.0125, 0.004, 0.004)),  # factor 4: 3 gaps of 3 new planes
+    "iso_a": ((13, 64, 64), (0.0125, 0.004, 0.004)),
+}
+
+
+def _variants():
+    from napari_emdiffuse.variants import VARIANTS
+
+    return sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("variant_name", _variants())
+def test_enhance_every_variant_places_its_output_over_the_input(make_napari_viewer, isbi, voxel, tmp_path, variant_name):
+    viewer = make_napari_viewer()
+    translate = (1.0, 0.5, 0.25)
+    volume = isbi[:4, :64, :64]
+    layer = viewer.add_image(volume, name="em", scale=voxel, translate=translate, units=("micrometer",) * 3)
+    MODELS.add(_untrained_model(variant_name, tmp_path / variant_name), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData(variant_name))
+    assert w.model.count() == 1
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.run()
+    assert len(w.result_layers) == 2, w.status.text()
+    enhanced, uncertainty = w.result_layers
+    shape, scale = enhanced.data.shape, tuple(enhanced.scale)
+    assert uncertainty.data.shape == shape and tuple(uncertainty.scale) == scale
+    assert [str(u) for u in enhanced.units] == ["micrometer"] * 3
+    if variant_name in KNOWN:
+        assert shape == KNOWN[variant_name][0]
+        assert scale == pytest.approx(KNOWN[variant_name][1])
+    for a in range(3):  # the output covers the input: the same first edge, or the same first centre
+        n_in, s_in, t_in = volume.shape[a], voxel[a], translate[a]
+        n_out, s_out, t_out = shape[a], scale[a], enhanced.translate[a]
+        assert s_out <= s_in + 1e-12
+        if n_out * s_out == pytest.approx(n_in * s_in):
+            assert t_out - s_out / 2 == pytest.approx(t_in - s_in / 2)
+        else:
+            assert t_out == pytest.approx(t_in) and (n_out - 1) * s_out <= (n_in - 1) * s_in + 1e-9
+    np.testing.assert_array_equal(layer.data, isbi[:4, :64, :64])

@@ -303,8 +303,9 @@ class EnhanceWidget(QWidget):
         variant.check_input(array, options, name=f"layer {layer.name!r}")
         voxel = source.scale[-array.ndim :]
         out = variant.output_geometry(array.shape, voxel, options)
+        lead = (1,) if add_axis else ()
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
-        geometry = output_geometry(source, offset, out_voxel)
+        geometry = output_geometry(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
         output = self._output_path(layer, int(np.prod(out.shape)) * 8)
         paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
         return _Plan(layer, entry, model, array, voxel, geometry, add_axis, sample, self.device.currentText(), output, paths)

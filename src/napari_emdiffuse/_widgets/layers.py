@@ -85,21 +85,21 @@ class Geometry:
 
 
 def output_geometry(
-    source: Geometry, offset: Sequence[int], out_voxel: Sequence[float], in_voxel: Sequence[float] | None = None
+    source: Geometry, offset: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int], out_voxel: Sequence[float]
 ) -> Geometry:
-    """Geometry of a result computed from the source's pixels starting at ``offset``.
+    """Geometry of a result computed from the source's pixels ``offset : offset + in_shape``.
 
-    ``out_voxel`` is the result's voxel size on the same axes (the variant's output geometry:
-    smaller for super-resolution and isotropic output). The result covers the same physical
-    region as its input, so pixel centres shift by half the change of pixel size:
-    ``translate + offset * scale + (out_voxel - in_voxel) / 2``.
+    ``out_shape`` and ``out_voxel`` are the variant's output geometry on the same axes. Where
+    pixels get finer, the variant's output either tiles the input's extent edge to edge
+    (super-resolution: ``out_n * out_voxel == in_n * in_voxel``), and pixel centres move by half
+    the change of pixel size; or it resamples between the input's first and last pixel centres
+    (isotropic output in z: the first output plane is the first input slice), and they do not.
     """
-    in_voxel = tuple(in_voxel) if in_voxel is not None else source.scale
-    translate = tuple(
-        t + o * s + (vo - vi) / 2
-        for t, o, s, vo, vi in zip(source.translate, offset, source.scale, out_voxel, in_voxel)
-    )
-    return Geometry(tuple(float(v) for v in out_voxel), translate, source.units)
+    translate = []
+    for t, o, s, n_in, n_out, vo in zip(source.translate, offset, source.scale, in_shape, out_shape, out_voxel):
+        tiles_extent = math.isclose(n_out * vo, n_in * s, rel_tol=1e-6)
+        translate.append(t + o * s + ((vo - s) / 2 if tiles_extent else 0.0))
+    return Geometry(tuple(float(v) for v in out_voxel), tuple(translate), source.units)
 
 
 def sample_percentile(data: Any, q: float, max_pixels: int = 2_000_000) -> float:
@@ -113,21 +113,3 @@ def sample_percentile(data: Any, q: float, max_pixels: int = 2_000_000) -> float
         values = np.stack([np.asarray(data[int(i)]) for i in idx])
     values = values[np.isfinite(values)]
     return float(np.percentile(values, q)) if values.size else 0.0
-
-
-def physical_extent(shape: Sequence[int], scale: Sequence[float]) -> tuple[float, ...]:
-    """Size of an array in world units along each axis (for checks and messages)."""
-    return tuple(n * s for n, s in zip(shape, scale))
-
-
-def same_grid(a: Geometry, b: Geometry, tol: float = 1e-6) -> bool:
-    """Whether two layers have equal pixel sizes and offsets that differ by whole pixels."""
-    if len(a.scale) != len(b.scale):
-        return False
-    for sa, sb, ta, tb in zip(a.scale, b.scale, a.translate, b.translate):
-        if not math.isclose(sa, sb, rel_tol=tol):
-            return False
-        shift = (ta - tb) / sa
-        if abs(shift - round(shift)) > 1e-3:
-            return False
-    return True

@@ -44,10 +44,18 @@ INPUT_LABELS = {"input": "Degraded (input)", "target": "Clean (target)", "volume
 PREVIEWS = 20
 
 
-def _can_simulate(variant: Any) -> bool:
-    from ..variants.base import Variant
+def can_simulate(variant: Any) -> bool:
+    """Whether the variant can make its training data from clean images alone.
 
-    return type(variant).from_clean is not Variant.from_clean
+    Asked by trying it on a small synthetic stack: variants that cannot (the vEM ones learn
+    from a real volume) refuse with an InputError, whichever way they are written.
+    """
+    probe = np.linspace(0.0, 1.0, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
+    try:
+        variant.from_clean(probe, variant.options({}), dose=20.0, read_noise=0.0, seed=0)
+    except InputError:
+        return False
+    return True
 
 
 @dataclass
@@ -167,8 +175,8 @@ class TrainWidget(QWidget):
         self.source.blockSignals(True)
         self.source.clear()
         self.source.addItem(label, "layers")
-        if _can_simulate(variant):
-            self.source.addItem("Clean layer + simulated noise", "simulate")
+        if can_simulate(variant):
+            self.source.addItem("Clean layer + simulated degradation", "simulate")
         self.source.blockSignals(False)
         if self.options is not None:
             self.options.setParent(None)

@@ -1,0 +1,362 @@
+"""Compare widget: layers side by side or as a swipe, metrics against a reference, and the
+regions where the model is unsure.
+
+Side by side uses napari's grid mode (one camera for all cells, so pan and zoom stay linked);
+the layers' visibility and the grid settings are saved first and restored by "Back to one
+view". The swipe is a new, lazy layer that shows one image left of a split and the other right
+of it. Metrics (PSNR, SSIM, FRC resolution; :mod:`napari_emdiffuse.metrics`) are computed in a
+worker thread on the slice shown, or on the whole volume. No user layer is ever modified.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import InputError
+from . import _common
+from .layers import Geometry, current_plane, image_array, sample_percentile
+from .pickers import LayerPicker
+from .qt_helpers import disconnect, image_type, row_layout
+
+COLUMNS = ("layer", "PSNR (dB)", "SSIM", "FRC resolution")
+HIGHLIGHT_COLOR = "magenta"
+
+
+def _grid_region(layer: Any, reference: Any, axes: int) -> tuple[slice, ...]:
+    """The part of ``reference`` (last ``axes`` axes) under ``layer``: both must share a pixel grid."""
+    ls, rs = np.asarray(layer.scale[-axes:], float), np.asarray(reference.scale[-axes:], float)
+    if not np.allclose(ls, rs, rtol=1e-6):
+        raise InputError(
+            f"{layer.name!r} and the reference have different pixel sizes; compare layers on the same grid "
+            "(e.g. a super-resolution result against a high-resolution reference)"
+        )
+    shift = (np.asarray(layer.translate[-axes:], float) - np.asarray(reference.translate[-axes:], float)) / rs
+    if not np.allclose(shift, np.round(shift), atol=1e-3):
+        raise InputError(f"{layer.name!r} is offset from the reference by a fraction of a pixel")
+    return tuple(slice(int(round(o)), int(round(o)) + n) for o, n in zip(shift, image_array(layer).shape[-axes:]))
+
+
+class CompareWidget(QWidget):
+    """Two to four layers: side by side, swipe, metrics, uncertainty above a threshold."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.runner = _common.JobRunner(self._on_metrics, self._on_done)
+        self._saved_view: dict[str, Any] | None = None
+        self.swipe_layer: Any = None
+        self.highlight_layer: Any = None
+        self.rows: list[dict[str, Any]] = []
+
+        self.layer_list = QListWidget()
+        self.layer_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.layer_list.setToolTip("Tick two to four layers, e.g. raw, enhanced, uncertainty and reference")
+        self.layer_list.setMaximumHeight(120)
+        self.side_button = QPushButton("Side by side")
+        self.restore_button = QPushButton("Back to one view")
+        self.restore_button.setEnabled(False)
+        self.swipe_button = QPushButton("Swipe first two")
+        self.swipe = QSlider(Qt.Orientation.Horizontal)
+        self.swipe.setRange(0, 100)
+        self.swipe.setValue(50)
+        self.swipe.setEnabled(False)
+        self.reference = LayerPicker(napari_viewer, image_type(), optional=True)
+        self.whole_volume = QCheckBox("whole volume (else the slice shown)")
+        self.metrics_button = QPushButton("Compute metrics")
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.uncertainty = LayerPicker(napari_viewer, image_type(), optional=True)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setDecimals(4)
+        self.threshold.setRange(0.0, 1e9)
+        self.threshold.setToolTip("Pixels whose uncertainty (standard deviation of the samples) is above this are marked")
+        self.highlight_button = QPushButton("Highlight")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        view_box = QGroupBox("View")
+        v = QVBoxLayout(view_box)
+        v.addWidget(self.layer_list)
+        v.addLayout(row_layout(self.side_button, self.restore_button))
+        v.addLayout(row_layout(self.swipe_button, self.swipe))
+        metrics_box = QGroupBox("Metrics against a reference")
+        m = QFormLayout(metrics_box)
+        m.addRow("Reference", self.reference)
+        m.addRow(self.whole_volume)
+        m.addRow(self.metrics_button)
+        m.addRow(self.table)
+        unc_box = QGroupBox("Unreliable regions")
+        u = QFormLayout(unc_box)
+        u.addRow("Uncertainty map", self.uncertainty)
+        u.addRow("Threshold", self.threshold)
+        u.addRow(self.highlight_button)
+        layout = QVBoxLayout(self)
+        for box in (view_box, metrics_box, unc_box):
+            layout.addWidget(box)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        events = napari_viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self.refresh_layers)
+            self.destroyed.connect(lambda *_, e=ev: disconnect(e, self.refresh_layers))
+        self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
+        self.side_button.clicked.connect(lambda: self._guard(self.side_by_side))
+        self.restore_button.clicked.connect(self.restore_view)
+        self.swipe_button.clicked.connect(lambda: self._guard(self.start_swipe))
+        self.swipe.valueChanged.connect(self._update_swipe)
+        self.metrics_button.clicked.connect(lambda: self._guard(self.compute_metrics))
+        self.highlight_button.clicked.connect(lambda: self._guard(self.highlight))
+        self.uncertainty.currentIndexChanged.connect(self._default_threshold)
+        self.refresh_layers()
+
+    def _guard(self, action: Any) -> None:
+        """Run a button's action; a problem becomes a notification and the status line."""
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - every problem becomes a notification
+            self.status.setText(_common.notify_error(err))
+
+    # ---- choosing layers -----------------------------------------------------------------
+
+    def refresh_layers(self, *_: Any) -> None:
+        try:
+            ticked = set(id(layer) for layer in self.chosen_layers())
+        except RuntimeError:  # deleted with the viewer
+            return
+        own = (self.swipe_layer, self.highlight_layer)
+        self.layer_list.clear()
+        for layer in self.viewer.layers:
+            if isinstance(layer, image_type()) and layer not in own:
+                item = QListWidgetItem(layer.name)
+                item.setData(Qt.ItemDataRole.UserRole, layer)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked if id(layer) in ticked else Qt.CheckState.Unchecked)
+                self.layer_list.addItem(item)
+        if self.uncertainty.layer() is None:  # offer the newest uncertainty map
+            maps = [lyr for lyr in self.uncertainty.layers() if lyr.metadata.get("emdiffuse", {}).get("role") == "uncertainty"]
+            if maps:
+                self.uncertainty.select(maps[-1])
+
+    def choose(self, layers: list[Any]) -> None:
+        """Tick exactly ``layers`` (in the list of layers to compare)."""
+        for i in range(self.layer_list.count()):
+            item = self.layer_list.item(i)
+            chosen = any(item.data(Qt.ItemDataRole.UserRole) is lyr for lyr in layers)
+            item.setCheckState(Qt.CheckState.Checked if chosen else Qt.CheckState.Unchecked)
+
+    def chosen_layers(self) -> list[Any]:
+        out = []
+        for i in range(self.layer_list.count()):
+            item = self.layer_list.item(i)
+            layer = item.data(Qt.ItemDataRole.UserRole)
+            if item.checkState() == Qt.CheckState.Checked and layer in self.viewer.layers:
+                out.append(layer)
+        return out
+
+    def _chosen(self, low: int, high: int) -> list[Any]:
+        chosen = self.chosen_layers()
+        if not low <= len(chosen) <= high:
+            raise InputError(f"tick {low} to {high} layers in the list (now {len(chosen)})")
+        return chosen
+
+    # ---- side by side and swipe ----------------------------------------------------------
+
+    def side_by_side(self) -> None:
+        """Show the chosen layers in a grid, one per cell, with one shared (linked) camera."""
+        chosen = self._chosen(2, 4)
+        if self._saved_view is None:
+            grid = self.viewer.grid
+            self._saved_view = {
+                "visible": [(layer, layer.visible) for layer in self.viewer.layers],
+                "grid": (grid.enabled, tuple(grid.shape), grid.stride),
+            }
+        for layer in self.viewer.layers:
+            layer.visible = any(layer is c for c in chosen)
+        grid = self.viewer.grid
+        grid.stride = 1
+        grid.shape = (1, len(chosen)) if len(chosen) < 4 else (2, 2)
+        grid.enabled = True
+        self.viewer.reset_view()
+        self.restore_button.setEnabled(True)
+        self.status.setText("Side by side: pan and zoom move all views together.")
+
+    def restore_view(self) -> None:
+        """Layer visibility and grid settings as they were before "Side by side"."""
+        if self._saved_view is None:
+            return
+        for layer, visible in self._saved_view["visible"]:
+            if layer in self.viewer.layers:
+                layer.visible = visible
+        enabled, shape, stride = self._saved_view["grid"]
+        grid = self.viewer.grid
+        grid.shape, grid.stride, grid.enabled = shape, stride, enabled
+        self._saved_view = None
+        self.restore_button.setEnabled(False)
+        self.viewer.reset_view()
+
+    def start_swipe(self) -> None:
+        """A layer showing the first chosen layer left of the split and the second right of it."""
+        left, right = self._chosen(2, 4)[:2]
+        a, b = image_array(left), image_array(right)
+        if tuple(a.shape) != tuple(b.shape) or tuple(left.scale) != tuple(right.scale):
+            raise InputError(f"swipe needs two layers of the same shape and pixel size ({left.name!r}: {tuple(a.shape)}, {right.name!r}: {tuple(b.shape)})")
+        self._swipe_pair = (left, right)
+        if self.swipe_layer is None or self.swipe_layer not in self.viewer.layers:
+            self.swipe_layer = self.viewer.add_image(
+                self._composite(),
+                name=f"swipe: {left.name} | {right.name}",
+                contrast_limits=tuple(left.contrast_limits),
+                **Geometry.of(left).kwargs(),
+            )
+        else:
+            self.swipe_layer.data = self._composite()
+        self.swipe.setEnabled(True)
+        self.status.setText(f"Left of the split: {left.name!r}; right: {right.name!r}. Move the slider.")
+
+    def _composite(self) -> Any:
+        import dask.array as da
+
+        left, right = self._swipe_pair
+        a, b = da.asarray(image_array(left)), da.asarray(image_array(right))
+        split = int(round(a.shape[-1] * self.swipe.value() / 100))
+        columns = da.arange(a.shape[-1], chunks=a.chunks[-1]) < split
+        return da.where(columns, a, b)
+
+    def _update_swipe(self, *_: Any) -> None:
+        if self.swipe_layer is not None and self.swipe_layer in self.viewer.layers:
+            self.swipe_layer.data = self._composite()
+
+    # ---- metrics -------------------------------------------------------------------------
+
+    def compute_metrics(self) -> None:
+        """PSNR, SSIM and FRC resolution of each chosen layer against the reference (in a worker)."""
+        reference = self.reference.layer()
+        if reference is None:
+            raise InputError("choose a reference layer (e.g. the clean or high-dose image) to compute metrics")
+        layers = [lyr for lyr in self._chosen(1, 4) if lyr is not reference]
+        if not layers:
+            raise InputError("tick at least one layer besides the reference")
+        pairs = [(layer.name, *self._pair(layer, reference)) for layer in layers]
+        pixel, unit = float(reference.scale[-1]), str(reference.units[-1])
+        self.rows = []
+        self.table.setRowCount(0)
+        self.metrics_button.setEnabled(False)
+        self.status.setText("Computing metrics…")
+
+        def job(cancel: Any):
+            from .. import metrics
+
+            for name, a, b in pairs:
+                if cancel.is_set():
+                    return
+                try:
+                    yield {"layer": name, **metrics.compare(np.asarray(a), np.asarray(b), pixel), "unit": unit}
+                except InputError as err:
+                    yield {"layer": name, "error": str(err)}
+
+        self.runner.start(job)
+
+    def _pair(self, layer: Any, reference: Any) -> tuple[Any, Any]:
+        """The layer's data and the matching part of the reference: the slice shown, or all of it."""
+        a, r = image_array(layer), image_array(reference)
+        if self.whole_volume.isChecked() or a.ndim == 2 and r.ndim == 2:
+            if a.ndim != r.ndim:
+                raise InputError(f"{layer.name!r} is {a.ndim}D and the reference {r.ndim}D")
+            return a, r[_grid_region(layer, reference, a.ndim)]
+        a2 = a[current_plane(self.viewer, layer)] if a.ndim == 3 else a
+        r2 = r[current_plane(self.viewer, reference)] if r.ndim == 3 else r
+        return a2, r2[_grid_region(layer, reference, 2)]
+
+    def _on_metrics(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        i = self.table.rowCount()
+        self.table.insertRow(i)
+        if "error" in row:
+            cells = [row["layer"], row["error"], "", ""]
+        else:
+            cells = [row["layer"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", _length(row["frc_resolution"], row["unit"])]
+        for j, text in enumerate(cells):
+            self.table.setItem(i, j, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+
+    def _on_done(self, error: BaseException | None) -> None:
+        self.metrics_button.setEnabled(True)
+        if error is not None:
+            self.status.setText(_common.notify_error(error))
+        else:
+            self.status.setText("FRC resolution: where the Fourier ring correlation with the reference falls below 1/7.")
+
+    # ---- uncertainty ---------------------------------------------------------------------
+
+    def _default_threshold(self, *_: Any) -> None:
+        layer = self.uncertainty.layer()
+        if layer is not None:
+            self.threshold.setValue(sample_percentile(image_array(layer), 95.0))
+
+    def highlight(self) -> float:
+        """Mark the pixels above the threshold in a Labels layer; returns their share (0 to 1)."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer = self.uncertainty.layer()
+        if layer is None:
+            raise InputError("choose an uncertainty map (the '… uncertainty' layer made by Enhance)")
+        data = image_array(layer)
+        threshold = self.threshold.value()
+        mask = (data > threshold).astype(np.uint8)
+        share = _share(mask)
+        name = f"{layer.name} above {threshold:g}"
+        if self.highlight_layer is None or self.highlight_layer not in self.viewer.layers:
+            self.highlight_layer = self.viewer.add_labels(
+                mask,
+                name=name,
+                opacity=0.6,
+                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: HIGHLIGHT_COLOR}),
+                **Geometry.of(layer).kwargs(),
+            )
+        else:
+            self.highlight_layer.data = mask
+            self.highlight_layer.name = name
+            for key, value in Geometry.of(layer).kwargs().items():
+                setattr(self.highlight_layer, key, value)
+        self.status.setText(f"{share:.1%} of the pixels have an uncertainty above {threshold:g} (marked in {HIGHLIGHT_COLOR}).")
+        return share
+
+
+def _share(mask: Any) -> float:
+    """Fraction of ones in a (possibly lazy) mask, from at most a few million pixels."""
+    if mask.ndim == 3 and mask.size > 4_000_000:
+        idx = np.linspace(0, mask.shape[0] - 1, max(1, 4_000_000 // int(np.prod(mask.shape[-2:])))).round().astype(int)
+        return float(np.mean([np.asarray(mask[int(i)]).mean() for i in idx]))
+    return float(np.asarray(mask).mean())
+
+
+def _length(value: float, unit: str) -> str:
+    """A length in nm when the unit allows it (EM resolutions are read in nm), else as given."""
+    import pint
+
+    try:
+        nm = (value * pint.get_application_registry()(unit)).to("nanometer").magnitude
+        return f"{nm:.1f} nm"
+    except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError, AttributeError):
+        return f"{value:.3g} {unit}"
