@@ -1,8 +1,10 @@
-"""napari reader: TIFF stacks, zarr / OME-Zarr and MRC files open lazily, with their voxel size.
+"""napari reader: TIFF stacks, zarr / OME-Zarr, N5, MRC and HDF5 open lazily, with their voxel size.
 
-The voxel size goes into the layer's ``scale`` and ``units``, so the scale bar, measurements and
-the Enhance widget's output geometry are right from the start. Arrays stay lazy (dask), so a
-volume larger than memory can be opened and browsed.
+The formats themselves are read by :func:`napari_emdiffuse.data.io.read_image`; this module
+turns what it returns into layers: the voxel size (µm) into ``scale`` and ``units``, an OME-Zarr
+pyramid into a multiscale layer, an OME-Zarr translation into ``translate``, and a zarr group of
+several arrays (such as a prediction written by ``emdiffuse predict``: ``mean``, ``std``) into one
+layer each, the standard deviation shown as an uncertainty map.
 """
 
 from __future__ import annotations
@@ -10,39 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from .errors import InputError
 
 LayerData = tuple[Any, dict[str, Any], str]
-TIFF_SUFFIXES = (".tif", ".tiff")
-MRC_SUFFIXES = (".mrc", ".rec", ".st", ".ali", ".map")
-#: OME-NGFF length units napari (pint) understands; anything else opens in pixels.
-LENGTH_UNITS = {
-    "angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter",
-    "picometer", "femtometer", "attometer", "kilometer", "inch", "foot", "mile", "yard",
-}  # fmt: skip
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and (
-        path.suffix.lower() == ".zarr" or any((path / m).is_file() for m in (".zgroup", ".zarray", "zarr.json"))
-    )
+FILE_SUFFIXES = (".tif", ".tiff", ".btf", ".mrc", ".rec", ".st", ".ali", ".map", ".mrcs", ".h5", ".hdf5", ".hdf")
+UNCERTAINTY_NAMES = ("std", "uncertainty")
 
 
 def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if _is_zarr(path):
-        return "zarr"
-    if path.is_file() and name.endswith(TIFF_SUFFIXES):
-        return "tiff"
-    if path.is_file() and name.endswith(MRC_SUFFIXES):
-        return "mrc"
+    from .data.containers import container_kind
+
+    if path.is_dir():
+        return container_kind(path) or ("zarr" if path.suffix.lower() == ".zarr" else None)
+    if path.is_file() and path.name.lower().endswith(FILE_SUFFIXES):
+        return "file"
     return None
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
-    """npe2 reader hook: a reader function if every path is a TIFF, zarr or MRC file, else None."""
+    """npe2 reader hook: :func:`read_paths` if every path is a file or container we read, else None."""
     paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
     if not paths or any(_kind(p) is None for p in paths):
         return None
@@ -50,143 +38,89 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
 
 
 def read_paths(path: str | Sequence[str]) -> list[LayerData]:
-    """Layers for one path or several (one or more layers per file)."""
+    """Layers for one path or several (a zarr group of several images gives several layers)."""
     paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
     layers: list[LayerData] = []
     for p in paths:
-        kind = _kind(p)
-        if kind == "tiff":
-            layers.append(read_tiff_layer(p))
-        elif kind == "mrc":
-            layers.append(read_mrc_layer(p))
-        elif kind == "zarr":
-            layers.extend(read_zarr_layers(p))
-        else:
-            raise InputError(f"{p}: not a TIFF, zarr or MRC file")
+        layers.extend(_zarr_group_layers(p) if _is_plain_group(p) else [_image_layer(p)])
     return layers
 
 
-def geometry_kwargs(voxel: Sequence[float] | None, unit: str = "micrometer", translate: Sequence[float] | None = None) -> dict[str, Any]:
-    """Layer keyword arguments for a voxel size; no voxel size means pixel units."""
-    if voxel is None:
+def geometry_kwargs(voxel: Sequence[float], translate: Sequence[float] | None = None) -> dict[str, Any]:
+    """Layer keyword arguments for a voxel size in µm; an uncalibrated one (all 1) stays in pixels."""
+    if all(v == 1.0 for v in voxel):
         return {}
-    out: dict[str, Any] = {"scale": tuple(float(v) for v in voxel), "units": (unit,) * len(voxel)}
-    if translate is not None:
+    out: dict[str, Any] = {"scale": tuple(float(v) for v in voxel), "units": ("micrometer",) * len(voxel)}
+    if translate is not None and any(translate):
         out["translate"] = tuple(float(t) for t in translate)
     return out
 
 
-def read_tiff_layer(path: Path) -> LayerData:
-    """A TIFF stack as a lazy layer; uncalibrated files (voxel 1 in every axis) open in pixels."""
-    from .data.io import read_tiff
+def _image_layer(path: Path, dataset: str | None = None, name: str | None = None) -> LayerData:
+    from .data.io import read_image
 
-    image = read_tiff(path)
-    voxel = image.voxel if any(v != 1.0 for v in image.voxel) else None
-    kwargs = {"name": path.name.split(".")[0], **geometry_kwargs(voxel)}
-    return image.data, kwargs, "image"
-
-
-def read_mrc_layer(path: Path) -> LayerData:
-    """An MRC file memory-mapped read-only; the voxel size in its header (Å) becomes micrometres."""
-    import dask.array as da
-    import mrcfile
-
-    try:
-        with mrcfile.mmap(str(path), mode="r", permissive=True) as mrc:
-            if mrc.data is None:
-                raise InputError(f"{path}: the MRC file holds no image data")
-            dtype, shape, offset = mrc.data.dtype, mrc.data.shape, mrc.data.offset
-            vs = mrc.voxel_size
-            voxel_xyz = (float(vs.x), float(vs.y), float(vs.z))
-    except (ValueError, OSError) as err:
-        raise InputError(f"{path}: not a readable MRC file ({err})") from None
-    data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    zyx = voxel_xyz[::-1][-len(shape) :]
-    voxel = tuple(v * 1e-4 for v in zyx) if all(v > 0 for v in zyx) else None
-    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
-    return da.from_array(data, chunks=chunks), {"name": path.stem, **geometry_kwargs(voxel)}, "image"
+    image = read_image(path, dataset)
+    levels = int(image.meta.get("levels", 1))
+    data: Any = image.data
+    if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
+        data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
+    translate = _ngff_translation(path / dataset if dataset else path, image.data.ndim) if image.meta.get("format") == "ome-zarr" else None
+    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(image.voxel, translate)}
+    if levels > 1:
+        kwargs["multiscale"] = True
+    return data, kwargs, "image"
 
 
-def _ngff_geometry(transforms: list[dict[str, Any]] | None, ndim: int) -> tuple[list[float], list[float]]:
-    scale, translate = [1.0] * ndim, [0.0] * ndim
-    for t in transforms or []:
-        if t.get("type") == "scale":
-            scale = [a * float(b) for a, b in zip(scale, t["scale"])]
-        elif t.get("type") == "translation":
-            translate = [a + float(b) for a, b in zip(translate, t["translation"])]
-    return scale, translate
+def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:
+    """The first dataset's translation (µm) of an OME-Zarr image, when it has one."""
+    import zarr
+
+    from .data.io import unit_to_um
+
+    attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
+    ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]
+    axes = ms[0].get("axes") or []
+    for t in (ms[0].get("datasets") or [{}])[0].get("coordinateTransformations", []):
+        if t.get("type") == "translation" and len(t["translation"]) == len(axes):
+            spatial = [(v, a) for v, a in zip(t["translation"], axes) if isinstance(a, dict) and a.get("type") == "space"]
+            if len(spatial) == ndim:
+                return tuple(float(v) * (unit_to_um(a.get("unit")) or 1.0) for v, a in spatial)
+    return None
 
 
-def _read_ome(root: Any, path: Path, multiscales: dict[str, Any]) -> list[LayerData]:
-    """The first multiscale image of an OME-Zarr group (NGFF 0.4 or 0.5), as one (pyramid) layer."""
-    import dask.array as da
-
-    datasets = multiscales["datasets"]
-    levels = [da.from_zarr(root[d["path"]]) for d in datasets]
-    ndim = levels[0].ndim
-    axes = multiscales.get("axes") or [{"name": n} for n in "tczyx"[-ndim:]]
-    axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
-    scale, translate = _ngff_geometry(datasets[0].get("coordinateTransformations"), ndim)
-    outer_scale, outer_translate = _ngff_geometry(multiscales.get("coordinateTransformations"), ndim)
-    scale = [a * b for a, b in zip(scale, outer_scale)]
-    translate = [a * s + b for a, s, b in zip(translate, outer_scale, outer_translate)]
-    units = [a.get("unit") if a.get("unit") in LENGTH_UNITS else "pixel" for a in axes]
-    kwargs: dict[str, Any] = {
-        "name": multiscales.get("name") or path.name.split(".")[0],
-        "scale": tuple(scale),
-        "translate": tuple(translate),
-        "units": tuple(units),
-        "axis_labels": tuple(a.get("name", f"axis {i}") for i, a in enumerate(axes)),
-    }
-    channel = [i for i, a in enumerate(axes) if a.get("type") == "channel"]
-    if channel and levels[0].shape[channel[0]] > 1:
-        c = channel[0]
-        kwargs["channel_axis"] = c
-        for key in ("scale", "translate", "units", "axis_labels"):
-            kwargs[key] = tuple(v for i, v in enumerate(kwargs[key]) if i != c)
-    elif channel:
-        c = channel[0]
-        levels = [lv.squeeze(axis=c) for lv in levels]
-        for key in ("scale", "translate", "units", "axis_labels"):
-            kwargs[key] = tuple(v for i, v in enumerate(kwargs[key]) if i != c)
-    kwargs["multiscale"] = len(levels) > 1
-    return [(levels if len(levels) > 1 else levels[0], kwargs, "image")]
-
-
-def read_zarr_layers(path: Path) -> list[LayerData]:
-    """OME-Zarr (first image), a single zarr array, or every array of a plain zarr group.
-
-    A plain group written by ``emdiffuse predict`` (arrays ``mean``, ``std``, ``samples``) keeps
-    its voxel size in the ``voxel_size`` attribute (µm); ``std`` opens as an uncertainty map.
-    """
-    import dask.array as da
+def _is_plain_group(path: Path) -> bool:
+    """A zarr group that is not itself an image (no OME multiscales): a container of images."""
+    if _kind(path) != "zarr":
+        return False
     import zarr
 
     try:
-        root = zarr.open(str(path), mode="r")
-    except Exception as err:  # noqa: BLE001 - zarr raises many types for an unreadable store
-        raise InputError(f"{path}: not a readable zarr store ({err})") from None
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - let read_image report the problem
+        return False
+    attrs = dict(node.attrs)
+    return isinstance(node, zarr.Group) and not (attrs.get("ome") or attrs).get("multiscales")
+
+
+def _zarr_group_layers(path: Path) -> list[LayerData]:
+    """One layer per array or image in the group; the group's ``voxel_size`` (µm, as the predict
+    job writes it) calibrates arrays that carry none of their own."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    group_voxel = group.attrs.get("voxel_size")
     stem = path.name.split(".")[0]
-    if not hasattr(root, "members"):  # a bare array
-        attrs = dict(root.attrs)
-        return [(da.from_zarr(root), {"name": stem, **geometry_kwargs(attrs.get("voxel_size"))}, "image")]
-    attrs = dict(root.attrs)
-    ome = attrs.get("ome", attrs)
-    if ome.get("multiscales"):
-        return _read_ome(root, path, ome["multiscales"][0])
-    voxel = attrs.get("voxel_size")
-    layers: list[LayerData] = []
-    for name, arr in sorted(root.arrays()):
-        data = da.from_zarr(arr)
-        v = voxel if voxel is not None and len(voxel) == data.ndim else None
-        if name == "samples" and v is not None:
-            v = [1.0, *v]
-        kwargs = {"name": f"{stem} {name}", **geometry_kwargs(v)}
-        if name == "samples" and v is not None:
-            kwargs["units"] = ("pixel", *kwargs["units"][1:])
-        if name == "std":
+    layers = []
+    for name in sorted([n for n, _ in group.arrays()] + [n for n, _ in group.groups()]):
+        data, kwargs, kind = _image_layer(path, name, name=f"{stem} {name}")
+        ndim = data[0].ndim if isinstance(data, list) else data.ndim
+        if "scale" not in kwargs and group_voxel and len(group_voxel) <= ndim:
+            lead = ndim - len(group_voxel)  # e.g. the sample axis of ``samples``
+            kwargs["scale"] = (1.0,) * lead + tuple(float(v) for v in group_voxel)
+            kwargs["units"] = ("pixel",) * lead + ("micrometer",) * len(group_voxel)
+        if name in UNCERTAINTY_NAMES:
             kwargs.update(name=f"{stem} uncertainty", colormap="inferno")
-        layers.append((data, kwargs, "image"))
+        layers.append((data, kwargs, kind))
     if not layers:
-        raise InputError(f"{path}: the zarr group holds no arrays")
+        raise InputError(f"{path}: the zarr group holds no images")
     return layers

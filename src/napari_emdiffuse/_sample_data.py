@@ -24,9 +24,9 @@ def sample_path() -> Path:
 
 
 def _clean() -> tuple[np.ndarray, dict[str, Any]]:
-    from ._reader import read_tiff_layer
+    from ._reader import read_paths
 
-    data, kwargs, _ = read_tiff_layer(sample_path())
+    [(data, kwargs, _)] = read_paths(str(sample_path()))
     kwargs["metadata"] = {"citation": CITATION, "source": SAMPLE}
     return np.asarray(data), kwargs
 

@@ -112,3 +112,24 @@ def test_sample_data_is_real_em_with_its_voxel_size():
     corr = np.corrcoef(clean.ravel().astype(float), noisy.ravel())[0, 1]
     assert 0.3 < corr < 0.98
     assert abs(float(noisy.mean()) - float(clean.mean())) < 10
+
+
+def test_large_layers_get_a_pyramid_that_opens_as_a_multiscale_layer(tmp_path, monkeypatch):
+    monkeypatch.setattr(_writer, "PYRAMID_MIN_SIDE", 16)  # a pyramid for a small test image
+    data = np.random.default_rng(1).integers(0, 255, (2, 64, 64), dtype=np.uint8)
+    meta = {"name": "em", "scale": [0.05, 0.004, 0.004], "translate": [0, 0, 0], "units": ["micrometer"] * 3}
+    _writer.write_ome_zarr(str(tmp_path / "p.ome.zarr"), data, meta)
+    [(levels, kwargs, _)] = _reader.read_paths(str(tmp_path / "p.ome.zarr"))
+    assert kwargs["multiscale"] and [lv.shape for lv in levels] == [(2, 64, 64), (2, 32, 32), (2, 16, 16)]
+    np.testing.assert_array_equal(np.asarray(levels[0]), data)
+    assert kwargs["scale"] == pytest.approx(meta["scale"])  # the layer's scale is level 0's
+
+
+def test_pixel_layers_are_not_labelled_micrometres_in_ome_zarr(tmp_path):
+    import zarr
+
+    _writer.write_ome_zarr(str(tmp_path / "px.zarr"), np.zeros((16, 16), np.uint8), {"scale": [1, 1], "units": ["pixel"] * 2})
+    axes = zarr.open_group(str(tmp_path / "px.zarr"), mode="r").attrs["multiscales"][0]["axes"]
+    assert all("unit" not in a for a in axes)
+    [(_, kwargs, _)] = _reader.read_paths(str(tmp_path / "px.zarr"))
+    assert "scale" not in kwargs
