@@ -82,6 +82,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         img = _read(args.clean, "clean images")
         arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
         notes.append(f"clean {args.clean} with simulated degradation (dose {args.dose}, read noise {args.read_noise})")
+    if args.data:
+        from .data.prepare import load_training_set
+
+        arrays.update(load_training_set(args.data, preset.variant, preset.variant_options))
+        notes.append(f"prepared set {args.data}")
     for name in ("input", "target", "volume"):
         value = getattr(args, name)
         if value:
@@ -193,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input", help="degraded images (noisy / low resolution), paired with --target")
     t.add_argument("--target", help="clean / high-resolution images, registered to --input")
     t.add_argument("--volume", help="a volume (vEM variants)")
+    t.add_argument("--data", help="a training set made by `emdiffuse prepare` (zarr)")
     t.add_argument("--clean", help="clean images only: the degradation is simulated")
     t.add_argument("--dose", type=float, default=20.0, help="simulated dose: counts at full scale (with --clean)")
     t.add_argument("--read-noise", type=float, default=0.03, help="simulated read noise, fraction of range (with --clean)")
@@ -229,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("presets", help="list the built-in presets, or show one")
     s.add_argument("--show", metavar="NAME", help="print a preset as JSON (a starting point for your own)")
     s.set_defaults(func=cmd_presets)
+    from .data.cli_commands import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -63,3 +63,29 @@ def decimate_z(volume: np.ndarray, factor: int, offset: int = 0) -> np.ndarray:
     if int(factor) != factor or factor < 1:
         raise ValueError("factor must be a positive whole number")
     return volume[offset::factor]
+
+
+def scan_line_jitter(image: np.ndarray, amplitude: float = 0.5, correlation: float = 0.0, seed: int | np.random.Generator | None = 0) -> np.ndarray:
+    """Each scan line shifted sideways by a random sub-pixel offset, as an unsteady beam or stage
+    does in point-scanning SEM/STEM.
+
+    ``amplitude`` is the offsets' standard deviation in pixels; ``correlation`` (0 to <1) makes
+    neighbouring lines move together (an AR(1) process, as slow vibrations do). The last two
+    axes are (lines, pixels along the line); values are interpolated linearly, edges repeated.
+    """
+    if amplitude < 0:
+        raise ValueError("amplitude must be zero or positive")
+    if not 0.0 <= correlation < 1.0:
+        raise ValueError("correlation must be in [0, 1)")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    a = np.asarray(image, np.float32)
+    lines = a.reshape(-1, a.shape[-1])
+    n = lines.shape[0]
+    noise = rng.normal(0.0, amplitude * np.sqrt(1 - correlation**2), n)
+    offsets = np.empty(n)
+    offsets[0] = rng.normal(0.0, amplitude)  # the stationary spread, from the first line on
+    for i in range(1, n):
+        offsets[i] = correlation * offsets[i - 1] + noise[i]
+    x = np.arange(lines.shape[1], dtype=np.float64)
+    out = np.stack([np.interp(x + d, x, line) for line, d in zip(lines, offsets)])
+    return out.reshape(a.shape).astype(np.float32)

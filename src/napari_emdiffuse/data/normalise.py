@@ -39,6 +39,21 @@ class Normaliser:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, stats: dict[str, float]) -> "Normaliser":
+        """The statistics stored with a training set or model (:meth:`to_dict`)."""
+        try:
+            return cls(float(stats["low"]), float(stats["high"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"normalisation statistics {stats!r} need numbers 'low' and 'high'") from None
+
+    def forward_lazy(self, data):
+        """:meth:`forward` block by block on a dask array (any size, bounded memory)."""
+        import dask.array as da
+
+        src = data if isinstance(data, da.Array) else da.from_array(data)
+        return src.map_blocks(self.forward, dtype=np.float32)
+
 
 def _pixel_sample(image, max_pixels: int, seed: int = 0) -> np.ndarray:
     """All pixels of a small array; for a large (or dask) one, whole planes/rows chosen at random."""

@@ -1,0 +1,202 @@
+"""``emdiffuse prepare`` (a training set from raw files) and ``emdiffuse info`` (what a file holds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def _voxel_text(voxel: tuple[float, ...]) -> str:
+    """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``."""
+    if all(v < 1.0 for v in voxel):
+        return " x ".join(f"{v * 1e3:g}" for v in voxel) + " nm"
+    return " x ".join(f"{v:g}" for v in voxel) + " µm"
+
+
+def _parse_voxel(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--voxel {text!r}: expected numbers in µm separated by commas, e.g. 0.05,0.004,0.004 (z,y,x)") from None
+    if any(v <= 0 for v in values):
+        raise InputError(f"--voxel {text!r}: voxel sizes must be positive")
+    return values
+
+
+def _open(path: str, voxel: tuple[float, ...] | None, what: str):
+    from .io import read_image
+
+    img = read_image(path)
+    if voxel is not None:
+        if len(voxel) != img.data.ndim:
+            raise InputError(f"--voxel has {len(voxel)} values but the {what} has {img.data.ndim} axes {img.shape}")
+        img.voxel = voxel
+    return img
+
+
+def _options(args: argparse.Namespace) -> tuple[str, dict[str, Any], int | None]:
+    """Variant, its options and the preset's training patch size (when a preset is named)."""
+    options: dict[str, Any] = {}
+    patch = None
+    variant = args.variant
+    if args.preset:
+        from ..config import load_preset
+
+        preset = load_preset(args.preset)
+        variant, options, patch = preset.variant, dict(preset.variant_options), preset.train.patch_size
+    for text in args.variant_option or []:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return variant or "denoise", options, patch
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .prepare import PrepareOptions, prepare_clean, prepare_pairs, prepare_volume, report_paths
+
+    given = [n for n in ("input", "clean", "volume") if getattr(args, n)]
+    if len(given) != 1 or (args.input is None) != (args.target is None):
+        raise InputError("give --input with --target (pairs), or --clean (clean images only), or --volume (vEM)")
+    variant, options, train_patch = _options(args)
+    patch = args.patch or max(64, (int(train_patch * 1.5) + 15) // 16 * 16 if train_patch else 256)
+    opts = PrepareOptions(
+        patch=patch,
+        min_ncc=args.min_ncc,
+        min_std=args.min_std,
+        val_fraction=args.val_fraction,
+        register=not args.no_register,
+        local=not args.rigid,
+        smooth=args.smooth,
+        seed=args.seed,
+    )
+    voxel = _parse_voxel(args.voxel)
+    bar = tqdm(unit="slice", dynamic_ncols=True, disable=args.quiet)
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.total, bar.n = total, done
+        bar.set_description(what)
+        bar.refresh()
+
+    out = Path(args.out)
+    if args.input:
+        report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress)
+    elif args.clean:
+        degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
+        report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress)
+    else:
+        report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress)
+    bar.close()
+    report_json, overlay = report_paths(out)
+    if "patches_kept" in report:
+        k, r = report["patches_kept"], report["patches_rejected"]
+        print(f"kept {k['train']} training and {k['val']} validation patches; rejected {r['misaligned']} misaligned, {r['not covered']} not covered, {r['flat']} flat")
+        reg = report.get("registration")
+        if reg:
+            print(f"registration: {reg['slices_registered']} slice(s) aligned, {reg['slices_failed']} failed; median NCC {reg['median_ncc_before']} -> {reg['median_ncc_after']}")
+    else:
+        p = report["patches"]
+        print(f"volume {report['shape']}: {p['with_structure']} of {p['total']} sampled {p['patch']} px patches have structure")
+        if "drift" in report:
+            d = report["drift"]
+            print(f"drift corrected: range {d['drift_range_px']} px; neighbour NCC {d['neighbour_ncc_before']} -> {d['neighbour_ncc_after']}")
+    print(f"wrote {out} (train with: emdiffuse train --data {out} ...), {report_json.name}" + (f", {overlay.name}" if "overlay" in report else ""))
+    return 0
+
+
+def _set_info(path: Path) -> bool:
+    """Describe a training set made by ``prepare``; False when ``path`` is not one."""
+    import zarr
+
+    from .prepare import SET_FORMAT
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - not a zarr group: an image, handled by the caller
+        return False
+    attrs = dict(group.attrs)
+    if attrs.get("format") != SET_FORMAT:
+        return False
+    print(f"training set: {path}  (variant {attrs.get('variant')}, options {attrs.get('variant_options')})")
+    print(f"voxel:    {_voxel_text(tuple(attrs.get('voxel_size', ())))}" if attrs.get("voxel_size") else "voxel:    unknown")
+    for name, arr in sorted(group.arrays()):
+        print(f"  {name:<11} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
+    report = attrs.get("report", {})
+    if "patches_kept" in report:
+        print(f"patches:  kept {report['patches_kept']}, rejected {report['patches_rejected']}")
+    if not attrs.get("complete"):
+        print("warning:  incomplete (preparation was interrupted)")
+    return True
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .io import read_image
+
+    if Path(args.file).is_dir() and args.dataset is None and _set_info(Path(args.file)):
+        return 0
+    img = read_image(args.file, dataset=args.dataset, level=args.level)
+    data = img.data
+    nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+    chunks = img.meta.get("chunks") or (tuple(c[0] for c in data.chunks) if hasattr(data, "chunks") else None)
+    lines = [
+        f"file:     {img.path}",
+        f"format:   {img.meta.get('format', '?')}" + (f" (level {img.meta['level']} of {img.meta['levels']})" if "levels" in img.meta else ""),
+        f"shape:    {tuple(data.shape)}" + (f"  axes {img.meta['axes']}" if img.meta.get("axes") else ""),
+        f"dtype:    {data.dtype}",
+        f"voxel:    {_voxel_text(tuple(img.voxel))}" + ("  (not recorded in the file: 1 per pixel)" if all(v == 1.0 for v in img.voxel) else ""),
+        f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",
+        f"size:     {nbytes / 2**20:.1f} MiB uncompressed",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``prepare`` and ``info`` on the ``emdiffuse`` command's sub-parsers."""
+    p = subparsers.add_parser("prepare", help="build a training set (zarr) from raw files, with registration and a report")
+    src = p.add_argument_group("what you have (one of)")
+    src.add_argument("--input", help="degraded images (noisy / low resolution); with --target")
+    src.add_argument("--target", help="clean / high-resolution images of the same place (registered onto --input)")
+    src.add_argument("--clean", help="clean images only: the degraded input is simulated")
+    src.add_argument("--volume", help="a volume for the vEM variants")
+    p.add_argument("--out", required=True, help="the training set to write, e.g. train_set.zarr")
+    p.add_argument("--preset", help="take variant, options and patch size from this preset (as for train)")
+    p.add_argument("--variant", help="denoise (default), superres, iso_i or iso_a")
+    p.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
+    p.add_argument("--voxel", help="voxel size in µm, z,y,x (or y,x), when the files do not record it")
+    p.add_argument("--patch", type=int, help="patch size stored (target pixels); default 1.5 x the preset's, or 256")
+    p.add_argument("--min-ncc", type=float, default=0.6, help="reject patches that correlate less after registration (default 0.6)")
+    p.add_argument("--min-std", type=float, default=0.05, help="reject patches with less contrast, in units of the 0.1-99.9 %% range / 2 (default 0.05)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of slices (or rows) held out for validation")
+    p.add_argument("--no-register", action="store_true", help="the pairs are already aligned")
+    p.add_argument("--rigid", action="store_true", help="global (affine) registration only, no optical flow")
+    p.add_argument("--smooth", type=float, default=2.0, help="Gaussian sigma (px) for registration; raise for very noisy input")
+    p.add_argument("--drift", action="store_true", help="correct slice-to-slice drift of --volume (FIB-SEM, SBEM)")
+    sim = p.add_argument_group("simulated degradation (with --clean)")
+    sim.add_argument("--dose", type=float, default=20.0, help="counts at full scale (shot noise); lower is noisier")
+    sim.add_argument("--read-noise", type=float, default=0.03, help="Gaussian read noise, fraction of the range")
+    sim.add_argument("--psf-sigma", type=float, help="beam PSF sigma in fine pixels (superres; default FWHM of one coarse pixel)")
+    sim.add_argument("--jitter", type=float, default=0.0, help="scan-line jitter, standard deviation in pixels")
+    sim.add_argument("--jitter-correlation", type=float, default=0.0, help="how much neighbouring lines jitter together (0-1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    i = subparsers.add_parser("info", help="shape, dtype, voxel size and chunking of an image file")
+    i.add_argument("file", help="TIFF, zarr/OME-Zarr, N5, MRC, HDF5 (file.h5:/dataset), PNG or a folder of slices")
+    i.add_argument("--dataset", help="dataset inside an HDF5/N5/zarr container")
+    i.add_argument("--level", type=int, default=0, help="pyramid level of an OME-Zarr image")
+    i.set_defaults(func=cmd_info)

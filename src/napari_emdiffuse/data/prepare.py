@@ -1,0 +1,402 @@
+"""Building a training set (zarr) from raw files: pairs, clean-only data, or a volume.
+
+The set is a zarr group that ``emdiffuse train --data SET.zarr`` reads directly. Its arrays are
+named as the variant's ``training_inputs``:
+
+- pairs (EMDiffuse-n, -r): ``input`` and ``target`` are stacks of registered, kept training
+  patches; ``val_input`` and ``val_target`` the held-out validation patches, from slices (or,
+  for a single image, rows) that share no pixel with the training patches;
+- a volume (vEMDiffuse-i, -a): ``volume``, drift-corrected if asked.
+
+Its attributes hold the variant, the voxel sizes, the normalisation statistics of input and
+target (so outputs can be mapped back to the input's range) and the report; the report is also
+written beside the set as ``NAME_report.json`` with a picture, ``NAME_overlay.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from .io import Image, refuse_overwrite
+from .normalise import check_image, fit_normaliser
+from .overlay import green_magenta, grey_rgb, pair_panel, save_png, stack_panels
+from .patches import PatchGeometry, grid, has_structure, split_rows_of_grid, split_slices
+from .register import RegistrationError, correct_drift, estimate_drift, register_pair
+
+SET_FORMAT = "napari-emdiffuse-training-set"
+SET_VERSION = 1
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How pairs are turned into patches (the command line's ``emdiffuse prepare`` flags)."""
+
+    patch: int = 256  # stored patch size in target pixels: at least 1.5 x the training patch
+    min_ncc: float = 0.6  # patches that correlate less after registration are rejected
+    min_std: float = 0.05  # ... and those with less contrast (normalised units, -1..1)
+    val_fraction: float = 0.1
+    register: bool = True
+    local: bool = True  # the non-rigid (optical flow) step
+    smooth: float = 2.0  # Gaussian sigma for registration, raise for very noisy inputs
+    overlay: int = 4  # pairs shown in the overlay picture
+    seed: int = 0
+
+
+def _stack(a: Any) -> Any:
+    return a[None] if a.ndim == 2 else a
+
+
+def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(a), info.min, info.max).astype(dtype)
+    return a.astype(dtype)
+
+
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """``SET.zarr`` -> ``SET_report.json``, ``SET_overlay.png`` beside it."""
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out.parent / f"{stem}_report.json", out.parent / f"{stem}_overlay.png"
+
+
+def _open_set(out: Path, protect: list[Path | None]) -> Any:
+    import zarr
+
+    refuse_overwrite(out, protect)
+    for p in report_paths(out):
+        refuse_overwrite(p, protect)
+    return zarr.open_group(str(out), mode="w", zarr_format=2)
+
+
+def _variant(name: str, raw_options: dict[str, Any] | None) -> tuple[Any, Any]:
+    from ..variants import get_variant
+
+    try:
+        variant = get_variant(name)
+        return variant, variant.options(raw_options or {})
+    except ValueError as err:
+        raise InputError(str(err).splitlines()[0]) from None
+
+
+def _finish(group: Any, out: Path, report: dict[str, Any], panels: list[np.ndarray]) -> dict[str, Any]:
+    report_json, overlay_png = report_paths(out)
+    if panels:
+        save_png(overlay_png, stack_panels(panels))
+        report["overlay"] = overlay_png.name
+    group.attrs["report"] = report
+    report_json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _pairs_to_set(
+    cond: Any,
+    target: Any,
+    out: Path,
+    variant: Any,
+    options: Any,
+    opts: PrepareOptions,
+    voxel: tuple[float, ...],
+    sources: dict[str, Any],
+    protect: list[Path | None],
+    register: bool,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The shared path of :func:`prepare_pairs` and :func:`prepare_clean`."""
+    geom = PatchGeometry.for_variant(variant, options, opts.patch)
+    f = geom.factor
+    cond, target = _stack(cond), _stack(target)
+    depth, h, w = cond.shape
+    want = (depth, h * f, w * f)
+    if tuple(target.shape) != want:
+        raise InputError(
+            f"input {tuple(cond.shape)} and target {tuple(target.shape)} do not pair up: "
+            f"the target should be {want}{f' (factor {f})' if f > 1 else ''}; crop or resample them first"
+        )
+    n_in = fit_normaliser(cond, name="input")
+    n_tg = fit_normaliser(target, name="target")
+    corners = grid(h, w, geom.input)
+    if depth >= 3:
+        train_z, val_z = split_slices(depth, opts.val_fraction)
+        plan = {z: (corners if z in train_z else [], corners if z in val_z else []) for z in range(depth)}
+        split_by = "slices"
+    else:
+        train_c, val_c = split_rows_of_grid(corners, geom.input, opts.val_fraction)
+        plan = {z: (train_c, val_c) for z in range(depth)}
+        split_by = "rows"
+
+    group = _open_set(out, protect)
+    dt_in = np.dtype(np.float32) if cond.dtype == np.float64 else np.dtype(cond.dtype)
+    dt_tg = np.dtype(np.float32) if target.dtype == np.float64 else np.dtype(target.dtype)
+    arrays = {}
+    for prefix in ("", "val_"):
+        arrays[prefix + "input"] = group.create_array(prefix + "input", shape=(0, geom.input, geom.input), dtype=dt_in, chunks=(1, geom.input, geom.input))
+        arrays[prefix + "target"] = group.create_array(prefix + "target", shape=(0, geom.target, geom.target), dtype=dt_tg, chunks=(1, geom.target, geom.target))
+    group.attrs.update(
+        {
+            "format": SET_FORMAT,
+            "format_version": SET_VERSION,
+            "variant": variant.name,
+            "variant_options": options.model_dump(mode="json"),
+            "voxel_size": list(voxel),
+            "target_voxel_size": list(voxel[:-2]) + [voxel[-2] / f, voxel[-1] / f],
+            "normalisation": {"input": n_in.to_dict(), "target": n_tg.to_dict()},
+            "complete": False,
+        }
+    )
+
+    shown = set(np.linspace(0, depth - 1, min(opts.overlay, depth)).round().astype(int).tolist()) if opts.overlay else set()
+    panels: list[np.ndarray] = []
+    slices: list[dict[str, Any]] = []
+    rejected = {"misaligned": 0, "not covered": 0, "flat": 0}
+    kept = {"train": 0, "val": 0}
+    for z in range(depth):
+        if progress is not None:
+            progress(z, depth, "registering" if register else "cutting patches")
+        train_c, val_c = plan[z]
+        if not train_c and not val_c:
+            slices.append({"slice": z, "role": "gap between training and validation slices"})
+            continue
+        c_plane = np.asarray(cond[z])
+        t_plane = np.asarray(target[z])
+        entry: dict[str, Any] = {"slice": z, "role": "validation" if val_c else "training"}
+        if register:
+            try:
+                reg = register_pair(c_plane, t_plane, factor=f, smooth=opts.smooth, local=opts.local, patch=geom.input, min_ncc=opts.min_ncc)
+            except RegistrationError as err:
+                entry["failed"] = str(err)
+                slices.append(entry)
+                rejected["misaligned"] += len(train_c) + len(val_c)
+                continue
+            warped, scores = reg.warped, reg.patch_ncc
+            entry.update(reg.summary())
+        else:
+            warped, scores = t_plane.astype(np.float32), None
+        bad: list[tuple[int, int]] = []
+        for split, chosen in (("train", train_c), ("val", val_c)):
+            ins, tgs = [], []
+            for y, x in chosen:
+                score = scores[y // geom.input, x // geom.input] if scores is not None else np.inf
+                tpatch = warped[y * f : y * f + geom.target, x * f : x * f + geom.target]
+                if not np.isfinite(score):
+                    reason = "not covered"
+                elif score < opts.min_ncc:
+                    reason = "misaligned"
+                elif not has_structure(tpatch, n_tg, opts.min_std):
+                    reason = "flat"
+                else:
+                    ins.append(c_plane[y : y + geom.input, x : x + geom.input].astype(dt_in))
+                    tgs.append(_cast(tpatch, dt_tg))
+                    continue
+                rejected[reason] += 1
+                bad.append((y, x))
+            if ins:
+                prefix = "val_" if split == "val" else ""
+                arrays[prefix + "input"].append(np.stack(ins))
+                arrays[prefix + "target"].append(np.stack(tgs))
+                kept[split] += len(ins)
+        entry["kept"] = len(train_c) + len(val_c) - len(bad)
+        slices.append(entry)
+        if z in shown and register:
+            before = t_plane if f == 1 else t_plane[f // 2 :: f, f // 2 :: f]
+            after = warped if f == 1 else warped[f // 2 :: f, f // 2 :: f]
+            panels.append(pair_panel(c_plane, before, after, bad, geom.input))
+        elif z in shown:
+            panels.append(green_magenta(c_plane, t_plane if f == 1 else t_plane[f // 2 :: f, f // 2 :: f]))
+    if progress is not None:
+        progress(depth, depth, "done")
+    if kept["train"] == 0 or kept["val"] == 0:
+        reasons = ", ".join(f"{n} {k}" for k, n in rejected.items() if n)
+        raise InputError(
+            f"no usable {'training' if kept['train'] == 0 else 'validation'} patches ({reasons or 'none to cut'}); "
+            "check that input and target show the same place, or lower --min-ncc / --min-std / --patch"
+        )
+    ok = [s for s in slices if "ncc_local" in s]
+    report = {
+        "kind": "pairs" if register else "simulated pairs",
+        "variant": variant.name,
+        "sources": sources,
+        "settings": asdict(opts),
+        "patch": {"input": geom.input, "target": geom.target},
+        "split_by": split_by,
+        "patches_kept": kept,
+        "patches_rejected": rejected,
+        "registration": (
+            {
+                "slices_registered": len(ok),
+                "slices_failed": sum("failed" in s for s in slices),
+                "median_ncc_before": round(float(np.median([s["ncc_before"] for s in ok])), 4) if ok else None,
+                "median_ncc_after": round(float(np.median([s["ncc_local"] for s in ok])), 4) if ok else None,
+            }
+            if register
+            else None
+        ),
+        "slices": slices,
+    }
+    group.attrs.update({"split": kept, "complete": True})
+    return _finish(group, out, report, panels)
+
+
+def prepare_pairs(
+    input: Image,
+    target: Image,
+    out: str | Path,
+    variant: str = "denoise",
+    variant_options: dict[str, Any] | None = None,
+    opts: PrepareOptions = PrepareOptions(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Register ``target`` onto ``input`` slice by slice and keep the well-aligned, structured
+    patches; returns the report. The inputs are only read."""
+    v, options = _variant(variant, variant_options)
+    if tuple(v.training_inputs) != ("input", "target"):
+        raise InputError(f"{v.title} learns from a single volume, not from pairs: prepare it with --volume")
+    check_image(input.data, "input", v.input_ndims)
+    check_image(target.data, "target", v.input_ndims)
+    sources = {
+        "input": {"path": str(input.path), "shape": list(input.shape), "dtype": str(input.data.dtype), "voxel_um": list(input.voxel)},
+        "target": {"path": str(target.path), "shape": list(target.shape), "dtype": str(target.data.dtype), "voxel_um": list(target.voxel)},
+    }
+    return _pairs_to_set(input.data, target.data, Path(out), v, options, opts, tuple(input.voxel), sources, [input.path, target.path], opts.register, progress)
+
+
+def prepare_clean(
+    clean: Image,
+    out: str | Path,
+    variant: str = "denoise",
+    variant_options: dict[str, Any] | None = None,
+    degradation: dict[str, Any] | None = None,
+    opts: PrepareOptions = PrepareOptions(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Simulate the degraded input from clean images (the variant's own degradation: noise for
+    EMDiffuse-n, PSF blur and binning for EMDiffuse-r), optionally with scan-line jitter, and cut
+    patches as for real pairs (no registration: the pair is aligned by construction).
+
+    ``degradation``: ``dose``, ``read_noise``, ``psf_sigma``, ``jitter`` (px), ``jitter_correlation``.
+    """
+    from .degrade import scan_line_jitter
+
+    v, options = _variant(variant, variant_options)
+    if tuple(v.training_inputs) != ("input", "target"):
+        raise InputError(f"{v.title} learns from a volume as it is: prepare it with --volume")
+    check_image(clean.data, "clean images", v.input_ndims)
+    deg = dict(degradation or {})
+    jitter = float(deg.pop("jitter", 0.0) or 0.0)
+    correlation = float(deg.pop("jitter_correlation", 0.0) or 0.0)
+    deg.setdefault("seed", opts.seed)
+    arrays = v.from_clean(np.asarray(clean.data), options, **deg)
+    cond = arrays["input"]
+    if jitter:
+        cond = scan_line_jitter(cond, jitter, correlation, seed=opts.seed + 1)
+    f = int(getattr(options, "factor", 1)) if v.name == "superres" else 1
+    voxel = tuple(clean.voxel[:-2]) + (clean.voxel[-2] * f, clean.voxel[-1] * f)
+    sources = {
+        "clean": {"path": str(clean.path), "shape": list(clean.shape), "dtype": str(clean.data.dtype), "voxel_um": list(clean.voxel)},
+        "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},
+    }
+    return _pairs_to_set(cond, arrays["target"], Path(out), v, options, opts, voxel, sources, [clean.path], False, progress)
+
+
+def prepare_volume(
+    volume: Image,
+    out: str | Path,
+    variant: str = "iso_i",
+    variant_options: dict[str, Any] | None = None,
+    drift: bool = False,
+    opts: PrepareOptions = PrepareOptions(),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """A volume for the vEM variants, slice-to-slice drift corrected if ``drift``, written chunk
+    by chunk (any size); the report counts the patches with structure per slice."""
+    import dask.array as da
+
+    from .containers import default_chunks
+
+    v, options = _variant(variant, variant_options)
+    if tuple(v.training_inputs) != ("volume",):
+        raise InputError(f"{v.title} learns from pairs (--input/--target) or clean images (--clean), not from a volume")
+    v.check_input(volume.data, options, "volume")
+    out = Path(out)
+    data = volume.data if isinstance(volume.data, da.Array) else da.from_array(volume.data, chunks=default_chunks(volume.shape))
+    normaliser = fit_normaliser(data, name="volume")
+    report: dict[str, Any] = {
+        "kind": "volume",
+        "variant": v.name,
+        "sources": {"volume": {"path": str(volume.path), "shape": list(volume.shape), "dtype": str(data.dtype), "voxel_um": list(volume.voxel)}},
+        "settings": {"drift": drift, "patch": opts.patch, "min_std": opts.min_std},
+    }
+    panels: list[np.ndarray] = []
+    if drift:
+        if progress is not None:
+            progress(0, 2, "estimating drift")
+        est = estimate_drift(data)
+        corrected = correct_drift(data, est.shifts)
+        report["drift"] = {**est.summary(), "shifts_px": np.round(est.shifts, 3).tolist()}
+        y = data.shape[1] // 2
+        before = np.asarray(data[:, y, :])
+        after = np.asarray(corrected[:, min(y, corrected.shape[1] - 1), :])
+        zoom = max(1, int(round(volume.voxel[0] / volume.voxel[-1]))) if volume.voxel[-1] > 0 else 1
+        panels = [grey_rgb(np.repeat(before, zoom, 0)), grey_rgb(np.repeat(after, zoom, 0))]  # xz: before, after
+        data = corrected
+    group = _open_set(out, [volume.path])
+    dtype = np.dtype(np.float32) if data.dtype == np.float64 else np.dtype(data.dtype)
+    arr = group.create_array("volume", shape=data.shape, dtype=dtype, chunks=default_chunks(data.shape))
+    group.attrs.update(
+        {
+            "format": SET_FORMAT,
+            "format_version": SET_VERSION,
+            "variant": v.name,
+            "variant_options": options.model_dump(mode="json"),
+            "voxel_size": list(volume.voxel),
+            "normalisation": {"volume": normaliser.to_dict()},
+            "complete": False,
+        }
+    )
+    if progress is not None:
+        progress(1, 2, "writing")
+    da.store(data.astype(dtype).rechunk(arr.chunks), arr, lock=False)
+    patch = min(opts.patch, data.shape[1], data.shape[2])
+    sample = np.linspace(0, data.shape[0] - 1, min(64, data.shape[0])).round().astype(int)
+    with_structure = total = 0
+    for z in sorted(set(sample.tolist())):
+        plane = np.asarray(arr[z])
+        for y, x in grid(plane.shape[0], plane.shape[1], patch):
+            total += 1
+            with_structure += has_structure(plane[y : y + patch, x : x + patch], normaliser, opts.min_std)
+    report["patches"] = {"patch": patch, "slices_sampled": int(len(set(sample.tolist()))), "with_structure": with_structure, "total": total}
+    report["shape"] = list(data.shape)
+    group.attrs["complete"] = True
+    if progress is not None:
+        progress(2, 2, "done")
+    return _finish(group, out, report, panels)
+
+
+def load_training_set(path: str | Path, variant: str, variant_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arrays of a prepared set that ``variant`` trains on (lazy), after checking that the
+    set was prepared for that variant and its options (e.g. the same factor)."""
+    import dask.array as da
+    import zarr
+
+    path = Path(path)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as err:  # noqa: BLE001 - zarr raises many types for a missing or broken store
+        raise InputError(f"{path}: not a prepared training set ({err})") from None
+    attrs = dict(group.attrs)
+    if attrs.get("format") != SET_FORMAT:
+        raise InputError(f"{path}: not a training set made by `emdiffuse prepare`")
+    if not attrs.get("complete"):
+        raise InputError(f"{path}: the training set is incomplete (its preparation was interrupted); prepare it again")
+    v, options = _variant(variant, variant_options)
+    if attrs.get("variant") != v.name:
+        raise InputError(f"{path} was prepared for the {attrs.get('variant')} variant, but the preset trains {v.name}")
+    if attrs.get("variant_options", {}) != options.model_dump(mode="json"):
+        raise InputError(f"{path} was prepared with variant options {attrs.get('variant_options')}, the preset has {options.model_dump(mode='json')}")
+    return {name: da.from_zarr(group[name]) for name in v.training_inputs}
