@@ -1,0 +1,236 @@
+"""Reading and writing every supported format: round trips, voxel sizes, laziness, bad files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.data import io
+from napari_emdiffuse.data.containers import create_ome_zarr, write_ome_zarr
+from napari_emdiffuse.data.io import read_image, write_image, write_tiff
+from napari_emdiffuse.errors import InputError
+
+VOXEL = (0.05, 0.004, 0.0041)
+
+
+def _stack(dtype, shape=(4, 70, 90), seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.random(shape) * (60000 if np.dtype(dtype) == np.uint16 else 250)
+    return a.astype(dtype)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".zarr", ".mrc", ".h5"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_round_trip_keeps_data_and_voxel(tmp_path, ext, dtype):
+    a = _stack(dtype)
+    path = write_image(tmp_path / f"a{ext}", da.from_array(a, chunks=(1, 32, 32)), VOXEL)
+    img = read_image(path)
+    assert isinstance(img.data, da.Array)
+    assert img.data.dtype == a.dtype
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_allclose(img.voxel, VOXEL, rtol=1e-5)
+    # and once more through the reader's own output
+    again = read_image(write_image(tmp_path / f"b{ext}", img.data, img.voxel))
+    np.testing.assert_array_equal(np.asarray(again.data), a)
+    np.testing.assert_allclose(again.voxel, VOXEL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ext", [".tif", ".zarr", ".mrc", ".h5"])
+def test_round_trip_2d(tmp_path, ext):
+    a = _stack(np.uint16, (70, 90))
+    img = read_image(write_image(tmp_path / f"a{ext}", a, VOXEL[1:]))
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_allclose(img.voxel, VOXEL[1:], rtol=1e-5)
+
+
+def test_real_ssTEM_stack_is_read_lazily_with_its_voxel(isbi_path):
+    img = read_image(isbi_path)
+    assert img.shape == (30, 512, 512) and img.data.dtype == np.uint8
+    assert isinstance(img.data, da.Array) and img.data.chunksize[0] == 1
+    np.testing.assert_allclose(img.voxel, (0.05, 0.004, 0.004))
+    np.testing.assert_array_equal(np.asarray(img.data[3]), tifffile.imread(isbi_path, key=3))
+
+
+def test_large_or_unusual_tiffs_are_written_as_ome_tiff(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "BIGTIFF_BYTES", 1000)  # pretend 60 kB is more than classic TIFF holds
+    a = _stack(np.uint16)
+    img = read_image(write_tiff(tmp_path / "big.tif", a, VOXEL))
+    assert img.meta["format"] == "ome-tiff"
+    with tifffile.TiffFile(tmp_path / "big.tif") as tf:
+        assert tf.is_bigtiff
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_allclose(img.voxel, VOXEL, rtol=1e-6)
+    monkeypatch.undo()
+    signed = read_image(write_tiff(tmp_path / "int32.tif", a.astype(np.int32), VOXEL))  # not an ImageJ type
+    assert signed.data.dtype == np.int32
+    np.testing.assert_allclose(signed.voxel, VOXEL, rtol=1e-6)
+
+
+def test_ome_tiff_with_singleton_channel_and_nanometres(tmp_path):
+    a = _stack(np.uint8, (3, 1, 40, 50))
+    meta = {"axes": "ZCYX", "PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 4.0, "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 30.0, "PhysicalSizeZUnit": "nm"}
+    tifffile.imwrite(tmp_path / "x.ome.tif", a, ome=True, metadata=meta)
+    img = read_image(tmp_path / "x.ome.tif")
+    assert img.shape == (3, 40, 50)
+    np.testing.assert_allclose(img.voxel, (0.03, 0.004, 0.004))
+
+
+def test_ome_zarr_pyramid_levels_and_tile_by_tile_filling(tmp_path):
+    a = _stack(np.uint16, (2, 64, 96))
+    write_ome_zarr(tmp_path / "p.zarr", a, VOXEL, chunks=(1, 32, 32), levels=3)
+    top = read_image(tmp_path / "p.zarr")
+    assert top.meta["levels"] == 3
+    np.testing.assert_array_equal(np.asarray(top.data), a)
+    low = read_image(tmp_path / "p.zarr", level=2)
+    assert low.shape == (2, 16, 24)
+    np.testing.assert_allclose(low.voxel, (0.05, 0.016, 0.0164))
+    np.testing.assert_allclose(np.asarray(low.data[0, 0, 0]), a[0, :4, :4].mean(), atol=1.0)  # rounded at each level
+    # a sub-array path finds its scale in the parent's metadata
+    np.testing.assert_allclose(read_image(tmp_path / "p.zarr" / "1").voxel, (0.05, 0.008, 0.0082))
+    with pytest.raises(InputError, match="level 5 does not exist"):
+        read_image(tmp_path / "p.zarr", level=5)
+
+    arr = create_ome_zarr(tmp_path / "pred.zarr", (2, 64, 96), np.float32, VOXEL, image="mean")
+    for y in range(0, 64, 32):
+        arr[:, y : y + 32] = a[:, y : y + 32]
+    create_ome_zarr(tmp_path / "pred.zarr", (2, 64, 96), np.float32, VOXEL, image="std")
+    mean = read_image(tmp_path / "pred.zarr" / "mean")
+    np.testing.assert_array_equal(np.asarray(mean.data), a.astype(np.float32))
+    np.testing.assert_allclose(mean.voxel, VOXEL)
+    with pytest.raises(InputError, match="pred.zarr/mean"):
+        read_image(tmp_path / "pred.zarr")  # a group of images: the message names them
+
+
+def test_zarr_v3_array_and_ngff_05_group(tmp_path):
+    import zarr
+
+    a = _stack(np.float32, (3, 20, 30))
+    z3 = zarr.create_array(str(tmp_path / "v3.zarr"), shape=a.shape, dtype=a.dtype, chunks=(1, 20, 30), zarr_format=3)
+    z3[:] = a
+    z3.attrs["voxel_size"] = list(VOXEL)
+    img = read_image(tmp_path / "v3.zarr")
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_allclose(img.voxel, VOXEL)
+
+    g = zarr.open_group(str(tmp_path / "ngff05.zarr"), mode="w", zarr_format=3)
+    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 50, 4, 4]}]}]}]}
+    g.create_array("s0", shape=(1, *a.shape), dtype=a.dtype, chunks=(1, 1, 20, 30))[:] = a[None]
+    img = read_image(tmp_path / "ngff05.zarr")
+    assert img.shape == a.shape
+    np.testing.assert_allclose(img.voxel, (0.05, 0.004, 0.004))
+
+
+def _write_n5(root, a, block=(16, 8, 2)):
+    """A minimal N5 dataset (gzip, big-endian blocks, x-y-z order) as the N5 spec describes it."""
+    (root / "vol").mkdir(parents=True)
+    (root / "attributes.json").write_text(json.dumps({"n5": "2.5.0"}))
+    dims = list(a.shape[::-1])
+    meta = {"dimensions": dims, "blockSize": list(block), "dataType": "uint16", "compression": {"type": "gzip"}, "resolution": [4, 4, 50], "units": ["nm", "nm", "nm"]}
+    (root / "vol" / "attributes.json").write_text(json.dumps(meta))
+    bx, by, bz = block
+    for z in range(0, a.shape[0], bz):
+        for y in range(0, a.shape[1], by):
+            for x in range(0, a.shape[2], bx):
+                blk = a[z : z + bz, y : y + by, x : x + bx]
+                header = struct.pack(">HH", 0, 3) + struct.pack(">3I", blk.shape[2], blk.shape[1], blk.shape[0])
+                d = root / "vol" / str(x // bx) / str(y // by)
+                d.mkdir(parents=True, exist_ok=True)
+                (d / str(z // bz)).write_bytes(header + gzip.compress(blk.astype(">u2").tobytes()))
+
+
+def test_n5_dataset_by_path(tmp_path):
+    pytest.importorskip("zarr_n5")
+    a = _stack(np.uint16, (5, 20, 37))
+    _write_n5(tmp_path / "v.n5", a)
+    img = read_image(f"{tmp_path / 'v.n5'}:/vol")
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_allclose(img.voxel, (0.05, 0.004, 0.004))
+    with pytest.raises(InputError, match="v.n5:/vol"):
+        read_image(tmp_path / "v.n5")  # the root group: names the dataset to use
+
+
+def test_hdf5_dataset_by_path_and_conventions(tmp_path):
+    import h5py
+
+    a = _stack(np.uint8)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("volumes/raw", data=a, chunks=(1, 35, 45)).attrs["resolution"] = [50.0, 4.0, 4.0]  # CREMI: nm
+        f.create_dataset("volumes/labels", data=a)
+    img = read_image(f"{tmp_path / 'c.h5'}:/volumes/raw")
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_allclose(img.voxel, (0.05, 0.004, 0.004))
+    assert img.data.chunksize == (1, 35, 45)
+    assert read_image(tmp_path / "c.h5", dataset="volumes/labels").shape == a.shape
+    with pytest.raises(InputError, match="name the dataset"):
+        read_image(tmp_path / "c.h5")
+
+
+def test_folder_of_slices_in_natural_order(tmp_path):
+    from PIL import Image as PILImage
+
+    a = _stack(np.uint16, (12, 30, 40))
+    for z in range(12):
+        PILImage.fromarray(a[z]).save(tmp_path / f"slice_{z}.png")  # slice_2 must come before slice_10
+    img = read_image(tmp_path)
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    tif_dir = tmp_path / "tifs"
+    tif_dir.mkdir()
+    for z in range(3):
+        tifffile.imwrite(tif_dir / f"s{z:03d}.tif", a[z], resolution=(250, 250), imagej=True, metadata={"unit": "um"})
+    np.testing.assert_allclose(read_image(tif_dir).voxel[1:], (0.004, 0.004))
+    tifffile.imwrite(tif_dir / "s003.tif", a[0, :10])
+    with pytest.raises(InputError, match="s003.tif"):
+        read_image(tif_dir)
+
+
+def test_bad_files_are_refused_with_the_file_and_the_reason(tmp_path):
+    a = _stack(np.uint8)
+    good = write_tiff(tmp_path / "good.tif", a, VOXEL)
+    (tmp_path / "truncated.tif").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "noise.tif").write_bytes(np.random.default_rng(0).bytes(5000))
+    (tmp_path / "empty.mrc").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "half.mrc").write_bytes(write_image(tmp_path / "ok.mrc", a, VOXEL).read_bytes()[:3000])
+    (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    cases = {
+        "truncated.tif": "truncated",
+        "noise.tif": "not a valid TIFF",
+        "empty.mrc": "not a valid MRC",
+        "notes.txt": "unsupported file type",
+        "half.mrc": "not a readable MRC",
+        "broken.h5": "not a readable HDF5",
+        "missing.tif": "no such file",
+    }
+    for name, reason in cases.items():
+        with pytest.raises(InputError, match=reason) as err:
+            read_image(tmp_path / name)
+        assert name in str(err.value)
+
+
+def test_a_misnamed_file_is_read_by_its_content(tmp_path):
+    a = _stack(np.uint16)
+    write_tiff(tmp_path / "stack.tif", a, VOXEL)
+    (tmp_path / "stack.mrc").write_bytes((tmp_path / "stack.tif").read_bytes())
+    img = read_image(tmp_path / "stack.mrc")
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+
+
+def test_writers_never_overwrite_an_input(tmp_path):
+    a = _stack(np.uint8)
+    src = write_tiff(tmp_path / "in.tif", a, VOXEL)
+    before = src.read_bytes()
+    for target in (src, tmp_path / "in.tif"):
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            write_image(target, a[:1], VOXEL, protect=[src])
+    zsrc = write_image(tmp_path / "in.zarr", a, VOXEL)
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        create_ome_zarr(zsrc, a.shape, a.dtype, VOXEL, protect=[zsrc])
+    assert src.read_bytes() == before
+    np.testing.assert_array_equal(np.asarray(read_image(zsrc).data), a)
