@@ -45,6 +45,25 @@ def tiny_model(isbi, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
+def untrained_model(tmp_path):
+    """A factory: a model folder of a variant with the tiny network and initial weights, enough
+    to check shapes and geometry, and working for variants added later."""
+    from napari_emdiffuse.config import builtin_presets, load_preset
+    from napari_emdiffuse.model_file import Model, ModelInfo
+    from napari_emdiffuse.variants import get_variant
+
+    def make(variant_name: str) -> Path:
+        presets = [load_preset(n) for n in sorted(builtin_presets())]
+        tiny = [p for p in presets if p.variant == variant_name and "tiny" in p.name]
+        preset = tiny[0] if tiny else load_preset("tiny").with_overrides({"variant": variant_name})
+        variant = get_variant(variant_name)
+        out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+        return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / f"untrained-{variant_name}")
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _clean_state(monkeypatch):
     """Each test starts with no session models or presets and runs jobs synchronously unless

@@ -35,21 +35,6 @@ def test_enhance_current_slice_of_a_stack(make_napari_viewer, isbi, voxel, tiny_
     np.testing.assert_array_equal(layer.data, before)  # the input is never modified
 
 
-def _untrained_model(variant_name, folder):
-    """A model of ``variant_name`` with the tiny network and initial weights: enough to check
-    shapes and geometry, and it works for variants added later without changing this test."""
-    from napari_emdiffuse.config import builtin_presets, load_preset
-    from napari_emdiffuse.model_file import Model, ModelInfo
-    from napari_emdiffuse.variants import get_variant
-
-    presets = [load_preset(n) for n in sorted(builtin_presets())]
-    tiny = [p for p in presets if p.variant == variant_name and "tiny" in p.name]
-    preset = tiny[0] if tiny else load_preset("tiny").with_overrides({"variant": variant_name})
-    variant = get_variant(variant_name)
-    out_c, cond_c = variant.channels(variant.options(preset.variant_options))
-    return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(folder)
-
-
 # output (shape, scale) for the 4 x 64 x 64 test volume at 50 x 4 x 4 nm, for the variants we know
 KNOWN = {
     "denoise": ((4, 64, 64), (0.05, 0.004, 0.004)),
@@ -66,12 +51,12 @@ def _variants():
 
 
 @pytest.mark.parametrize("variant_name", _variants())
-def test_enhance_every_variant_places_its_output_over_the_input(make_napari_viewer, isbi, voxel, tmp_path, variant_name):
+def test_enhance_every_variant_places_its_output_over_the_input(make_napari_viewer, isbi, voxel, untrained_model, variant_name):
     viewer = make_napari_viewer()
     translate = (1.0, 0.5, 0.25)
     volume = isbi[:4, :64, :64]
     layer = viewer.add_image(volume, name="em", scale=voxel, translate=translate, units=("micrometer",) * 3)
-    MODELS.add(_untrained_model(variant_name, tmp_path / variant_name), "disk")
+    MODELS.add(untrained_model(variant_name), "disk")
     w = _open(viewer)
     w.variant.setCurrentIndex(w.variant.findData(variant_name))
     assert w.model.count() == 1

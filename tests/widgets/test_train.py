@@ -40,3 +40,35 @@ def test_train_plots_previews_saves_and_offers_the_model_to_enhance(make_napari_
 
     assert Model.load(saved).variant == "denoise"
     assert any(e.path == saved.resolve() for e in MODELS.entries())
+
+
+def test_fine_tuning_on_a_drawn_rectangle_uses_only_that_region(make_napari_viewer, isbi, voxel, tiny_model):
+    """Outside the rectangle both layers are NaN, which training refuses: the run succeeds only
+    if nothing outside the rectangle (drawn in world units on scaled, offset layers) is read."""
+    viewer = make_napari_viewer()
+    translate = (0.0, 0.3, 0.1)
+    rows, cols = slice(30, 110), slice(20, 100)
+    clean = np.full(isbi[:3].shape, np.nan, np.float32)
+    clean[:, rows, cols] = isbi[:3, rows, cols]
+    noisy = clean + np.random.default_rng(0).normal(0, 20, clean.shape).astype(np.float32)
+    kw = {"scale": voxel, "translate": translate, "units": ("micrometer",) * 3}
+    viewer.add_image(noisy, name="noisy", **kw)
+    viewer.add_image(clean, name="clean", **kw)
+    corner = lambda y, x: (translate[1] + y * voxel[1], translate[2] + x * voxel[2])  # noqa: E731 - pixel centre, world
+    (y0, x0), (y1, x1) = corner(30, 20), corner(109, 99)
+    viewer.add_shapes([[[y0, x0], [y0, x1], [y1, x1], [y1, x0]]], shape_type="rectangle", name="trusted region")
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.pickers["input"].select(viewer.layers["noisy"])
+    w.pickers["target"].select(viewer.layers["clean"])
+    w.region.select(viewer.layers["trusted region"])
+    w.select_start("fine-tune:")
+    w.iterations.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.run()
+    assert w.last_model is not None, w.status.text()
+    from napari_emdiffuse.model_file import Model
+
+    training = Model.load(w.last_model).info.training
+    assert "region y 30:110, x 20:100" in training["data"]
+    assert training["fine_tuned_from"]  # started from the chosen model

@@ -1,0 +1,111 @@
+"""Problems reach the user as napari notifications in plain words; nothing freezes or is lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse._widgets.registry import MODELS
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    seen: list = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def _messages(notes, severity):
+    return [str(n.message) for n in notes if str(n.severity).lower().endswith(severity)]
+
+
+def _enhance(viewer):
+    _, w = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
+    return w
+
+
+def test_no_layer_and_no_model_are_explained(make_napari_viewer, notes, tiny_model):
+    viewer = make_napari_viewer()
+    w = _enhance(viewer)
+    w.run()
+    assert "no image layer selected" in _messages(notes, "error")[-1]
+    viewer.add_image(np.zeros((32, 32), np.float32) + np.arange(32), name="em")
+    w.run()
+    assert "no model chosen" in _messages(notes, "error")[-1]
+    assert not w.runner.running and w.run_button.isEnabled()
+
+
+def test_wrong_dimensionality_is_explained(make_napari_viewer, notes, tiny_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="4d")
+    MODELS.add(tiny_model, "trained")
+    w = _enhance(viewer)
+    w.run()
+    assert "2D images and 3D stacks" in _messages(notes, "error")[-1]
+
+
+def _volume_only():
+    from napari_emdiffuse.variants import VARIANTS
+
+    return [name for name, v in VARIANTS.items() if 2 not in v.input_ndims]
+
+
+@pytest.mark.parametrize("variant_name", _volume_only())
+def test_a_volume_variant_on_a_single_image_is_explained(make_napari_viewer, notes, untrained_model, variant_name):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="single image")
+    MODELS.add(untrained_model(variant_name), "disk")
+    w = _enhance(viewer)
+    w.variant.setCurrentIndex(w.variant.findData(variant_name))
+    w.run()
+    assert "volume" in _messages(notes, "error")[-1] and w.result_layers == []
+    _, train = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Train / fine-tune")
+    train.variant.setCurrentIndex(train.variant.findData(variant_name))
+    # it learns from a real volume: no "simulated degradation" is offered for it
+    assert [train.source.itemData(i) for i in range(train.source.count())] == ["layers"]
+
+
+def test_a_missing_gpu_falls_back_to_the_cpu_with_a_warning(make_napari_viewer, notes, isbi, tiny_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[0, :64, :64], name="em")
+    MODELS.add(tiny_model, "trained")
+    w = _enhance(viewer)
+    w.device.addItem("cuda:7")  # a GPU this machine does not have
+    w.device.setCurrentText("cuda:7")
+    w.steps.setValue(1)
+    w.run()
+    assert any("running on the CPU" in m for m in _messages(notes, "warning"))
+    assert len(w.result_layers) == 2
+
+
+def test_out_of_memory_suggests_a_smaller_tile(make_napari_viewer, notes, isbi, tiny_model, monkeypatch):
+    import napari_emdiffuse.jobs.predict as predict_job
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator, like the real job
+
+    monkeypatch.setattr(predict_job, "predict", out_of_memory)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(isbi[0], name="em")
+    MODELS.add(tiny_model, "trained")
+    w = _enhance(viewer)
+    w.tile_size.setValue(256)
+    w.run()
+    message = _messages(notes, "error")[-1]
+    assert "ran out of memory" in message and "tile size (now 256 px)" in message
+    assert w.run_button.isEnabled() and list(viewer.layers) == [layer]
+
+
+def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, isbi, tiny_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[0], name="em")
+    MODELS.add(tiny_model, "trained")
+    w = _enhance(viewer)
+    w.tile_size.setValue(64)
+    w.overlap.setValue(48)
+    w.run()
+    assert "overlap" in _messages(notes, "error")[-1] and not w.runner.running

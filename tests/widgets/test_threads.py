@@ -1,0 +1,88 @@
+"""Jobs run in worker threads: the Qt event loop keeps running while they are busy, and Cancel
+stops them within a few seconds and leaves the viewer usable."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_emdiffuse._widgets import _common
+from napari_emdiffuse._widgets.registry import MODELS
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    monkeypatch.setattr(_common, "SYNCHRONOUS", False)
+
+
+class Ticker:
+    """Counts QTimer ticks: they only happen while the Qt event loop runs."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+        self.timer.start(20)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+
+
+def _cancel_and_time(qtbot, widget) -> float:
+    start = time.monotonic()
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=20_000)
+    return time.monotonic() - start
+
+
+def test_enhance_keeps_the_viewer_responsive_and_cancels(make_napari_viewer, qtbot, threaded, isbi, voxel, tiny_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi, name="em", scale=voxel)
+    MODELS.add(tiny_model, "trained")
+    _, w = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(500)  # far longer than the test waits
+    w.samples.setValue(4)
+    w.device.setCurrentText("cpu")
+    ticker = Ticker()
+    w.run_button.click()
+    assert w.runner.running and not w.run_button.isEnabled()
+    qtbot.waitUntil(lambda: w.progress.value() >= 2, timeout=30_000)  # sampling has started
+    ticks, progress = ticker.ticks, w.progress.value()
+    qtbot.wait(1000)
+    assert w.runner.running  # still busy with the job...
+    assert ticker.ticks - ticks >= 10  # ...yet the event loop ran (about 50 ticks a second when idle)
+    assert w.progress.value() > progress  # and progress reached the bar while it did
+    assert _cancel_and_time(qtbot, w) < 5.0
+    assert w.result_layers == [] and "Cancelled" in w.status.text()
+    assert [lyr.name for lyr in viewer.layers] == ["em"]
+    # the viewer and the widget are usable again
+    w.steps.setValue(1)
+    w.scope.setCurrentIndex(w.scope.findData("slice"))
+    w.run_button.click()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=30_000)
+    assert len(w.result_layers) == 2
+
+
+def test_training_keeps_the_viewer_responsive_and_cancels_keeping_the_model(make_napari_viewer, qtbot, threaded, isbi, voxel):
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi, name="clean", scale=voxel)
+    _, w = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Train / fine-tune")
+    w.source.setCurrentIndex(w.source.findData("simulate"))
+    w.select_start("preset: tiny")
+    w.iterations.setValue(100_000)
+    w.device.setCurrentText("cpu")
+    ticker = Ticker()
+    w.train_button.click()
+    qtbot.waitUntil(lambda: len(w.plot.steps) >= 2, timeout=60_000)
+    ticks, steps = ticker.ticks, len(w.plot.steps)
+    qtbot.wait(1000)
+    assert w.runner.running and ticker.ticks - ticks >= 10
+    assert len(w.plot.steps) >= steps  # the loss curve grows while training runs
+    assert _cancel_and_time(qtbot, w) < 5.0
+    assert "Cancelled" in w.status.text() and w.last_model is not None  # the model so far is kept
+    assert any(e.path == w.last_model.resolve() for e in MODELS.entries())
+    assert np.isfinite(w.plot.losses).all()
