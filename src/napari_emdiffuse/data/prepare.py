@@ -174,19 +174,19 @@ def _pairs_to_set(
                 slices.append(entry)
                 rejected["misaligned"] += len(train_c) + len(val_c)
                 continue
-            warped, scores = reg.warped, reg.patch_ncc
+            warped, scores, covered = reg.warped, reg.patch_ncc, reg.valid
             entry.update(reg.summary())
         else:
-            warped, scores = t_plane.astype(np.float32), None
+            warped, scores, covered = t_plane.astype(np.float32), None, None
         bad: list[tuple[int, int]] = []
         for split, chosen in (("train", train_c), ("val", val_c)):
             ins, tgs = [], []
             for y, x in chosen:
-                score = scores[y // geom.input, x // geom.input] if scores is not None else np.inf
-                tpatch = warped[y * f : y * f + geom.target, x * f : x * f + geom.target]
-                if not np.isfinite(score):
+                tsl = (slice(y * f, y * f + geom.target), slice(x * f, x * f + geom.target))
+                tpatch = warped[tsl]
+                if covered is not None and not covered[tsl].all():  # the target does not reach here
                     reason = "not covered"
-                elif score < opts.min_ncc:
+                elif scores is not None and not scores[y // geom.input, x // geom.input] >= opts.min_ncc:
                     reason = "misaligned"
                 elif not has_structure(tpatch, n_tg, opts.min_std):
                     reason = "flat"

@@ -1,0 +1,73 @@
+"""Normalisation for any dtype and the simulated degradations, on real EM."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari_emdiffuse.data.degrade import poisson_gaussian, scan_line_jitter
+from napari_emdiffuse.data.normalise import Normaliser, check_image, fit_normaliser
+from napari_emdiffuse.errors import InputError
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.uint8, 1), (np.uint16, 250), (np.float32, 1 / 255)])
+def test_percentiles_do_not_depend_on_dtype(isbi_slice, dtype, scale):
+    raw = (isbi_slice * 255 * scale).astype(dtype)
+    n = fit_normaliser(raw)
+    y = n.forward(raw)
+    assert -1.2 < np.percentile(y, 1) < -0.7 and 0.7 < np.percentile(y, 99) < 1.2
+    np.testing.assert_allclose(n.inverse(y), raw.astype(np.float32), rtol=1e-4, atol=1e-3 * scale)
+
+
+def test_saturated_and_empty_regions_do_not_squash_the_range(isbi_slice):
+    raw = (isbi_slice * 200 + 20).astype(np.uint8)
+    clean = fit_normaliser(raw)
+    spoilt = raw.copy()
+    spoilt[:200] = 255  # a saturated band (charging) and an empty border
+    spoilt[:, :60] = 0
+    robust = fit_normaliser(spoilt)
+    assert abs(robust.low - clean.low) < 6 and abs(robust.high - clean.high) < 6
+
+
+def test_statistics_round_trip_and_lazy_application(isbi_slice):
+    n = fit_normaliser(isbi_slice)
+    again = Normaliser.from_dict(n.to_dict())
+    assert again == n
+    lazy = again.forward_lazy(da.from_array(isbi_slice, chunks=128))
+    np.testing.assert_allclose(lazy.compute(), n.forward(isbi_slice))
+    with pytest.raises(InputError, match="low"):
+        Normaliser.from_dict({"lo": 1})
+
+
+def test_unusable_images_are_refused(isbi_slice):
+    with pytest.raises(InputError, match="constant"):
+        fit_normaliser(np.full((64, 64), 7, np.uint16))
+    bad = isbi_slice.copy()
+    bad[3, 4] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        fit_normaliser(bad)
+    with pytest.raises(InputError, match="RGB"):
+        check_image(np.stack([isbi_slice] * 3, axis=-1))
+
+
+def test_poisson_gaussian_noise_follows_the_dose(isbi_slice):
+    flat = np.full((256, 256), 0.5, np.float32)
+    for peak in (5.0, 50.0):
+        noisy = poisson_gaussian(flat, peak, 0.02, seed=1)
+        assert abs(noisy.mean() - 0.5) < 0.01
+        assert abs(noisy.var() - (0.5 / peak + 0.02**2)) < 0.1 * (0.5 / peak)
+
+
+def test_scan_line_jitter_shifts_whole_lines_by_the_given_amount(isbi_slice):
+    ramp = np.tile(np.arange(300, dtype=np.float32), (400, 1))
+    out = scan_line_jitter(ramp, amplitude=0.7, seed=2)
+    offsets = (out - ramp)[:, 50:250].mean(axis=1)  # each line moved as a whole
+    assert np.allclose((out - ramp)[:, 50:250], offsets[:, None], atol=1e-3)
+    assert 0.6 < offsets.std() < 0.8
+    assert abs(np.corrcoef(offsets[:-1], offsets[1:])[0, 1]) < 0.15
+    smooth = (scan_line_jitter(ramp, 0.7, correlation=0.9, seed=2) - ramp)[:, 50:250].mean(axis=1)
+    assert np.corrcoef(smooth[:-1], smooth[1:])[0, 1] > 0.8
+    img = isbi_slice[:64, :64].copy()
+    scan_line_jitter(img, 1.0)
+    assert np.array_equal(img, isbi_slice[:64, :64])  # the input is left alone

@@ -1,0 +1,148 @@
+"""`emdiffuse prepare` and `info`: training sets from pairs, clean images and volumes, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.data.io import Image, read_image
+from napari_emdiffuse.data.prepare import PrepareOptions, load_training_set, prepare_clean, prepare_pairs, prepare_volume
+from napari_emdiffuse.errors import InputError
+
+from em_distort import apply_warp, drifted, heavy_noise, known_warp
+
+VOXEL = (0.05, 0.004, 0.004)
+OPTS = PrepareOptions(patch=64, overlay=2)
+
+
+@pytest.fixture(scope="module")
+def pair(isbi_path):
+    """Five 256 x 256 ssTEM slices (clean, uint8) and noisy 16-bit versions of them, each shifted,
+    rotated and warped differently, with the maps that did it."""
+    clean = tifffile.imread(isbi_path, key=range(5))[:, 128:384, 128:384].copy()
+    noisy, maps = [], []
+    for z in range(5):
+        qy, qx = known_warp(clean.shape[1:], (4.0 + z, -3.0 * z), 2.0 * (-1) ** z, elastic=2.0, smooth=32, seed=z)
+        warped = apply_warp(clean[z].astype(np.float32) / 255, qy, qx)
+        noisy.append(np.clip(heavy_noise(warped, seed=z) * 30000 + 1000, 0, 65535).astype(np.uint16))
+        maps.append((qy, qx))
+    return np.stack(noisy), clean, maps
+
+
+def test_pairs_are_registered_filtered_and_split(tmp_path, pair):
+    noisy, clean, maps = pair
+    noisy0, clean0 = noisy.copy(), clean.copy()
+    report = prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "set.zarr", opts=OPTS)
+    assert np.array_equal(noisy, noisy0) and np.array_equal(clean, clean0)
+
+    g = zarr.open_group(str(tmp_path / "set.zarr"), mode="r")
+    assert g["input"].dtype == np.uint16 and g["target"].dtype == np.uint8
+    assert g["input"].shape[1:] == (64, 64) and g["input"].shape[0] == g["target"].shape[0] == report["patches_kept"]["train"]
+    assert g["val_input"].shape[0] == report["patches_kept"]["val"] > 0
+    roles = {s["slice"]: s["role"] for s in report["slices"]}
+    assert roles == {0: "training", 1: "training", 2: "training", 3: "gap between training and validation slices", 4: "validation"}
+    assert report["registration"]["median_ncc_after"] > report["registration"]["median_ncc_before"] + 0.3
+    assert g.attrs["voxel_size"] == list(VOXEL) and set(g.attrs["normalisation"]) == {"input", "target"}
+    assert (tmp_path / "set_overlay.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "set_report.json").read_text())["patches_kept"] == report["patches_kept"]
+
+    # every kept target patch shows what the noisy patch shows: the clean slice, registered
+    arrays = load_training_set(tmp_path / "set.zarr", "denoise")
+    first = np.asarray(arrays["target"][0], np.float32)
+    z0 = report["slices"][0]
+    assert z0["kept"] > 0
+    truth = apply_warp(clean[0].astype(np.float32), *maps[0])
+    scores = [np.corrcoef(first.ravel(), truth[y : y + 64, x : x + 64].ravel())[0, 1] for y in range(0, 256, 64) for x in range(0, 256, 64)]
+    assert max(scores) > 0.97  # registered to within a fraction of a pixel
+
+
+def test_unrelated_pairs_yield_no_training_set(tmp_path, pair, fibsem_path):
+    noisy, _, _ = pair
+    other = tifffile.imread(fibsem_path, key=range(5))[:, :256, :256]
+    with pytest.raises(InputError, match="no usable training patches"):
+        prepare_pairs(Image(noisy, VOXEL), Image(other, VOXEL), tmp_path / "bad.zarr", opts=OPTS)
+
+
+def test_mismatched_and_unsuitable_inputs(tmp_path, pair):
+    noisy, clean, _ = pair
+    with pytest.raises(InputError, match="do not pair up"):
+        prepare_pairs(Image(noisy, VOXEL), Image(clean[:, :200], VOXEL), tmp_path / "a.zarr", opts=OPTS)
+    with pytest.raises(InputError, match="RGB"):
+        prepare_pairs(Image(np.stack([clean[0]] * 3, -1), VOXEL[1:]), Image(clean[0], VOXEL[1:]), tmp_path / "b.zarr", opts=OPTS)
+    with pytest.raises(InputError, match="learns from a single volume"):
+        prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "c.zarr", variant="iso_i", variant_options={"factor": 2}, opts=OPTS)
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        src = tmp_path / "in.zarr"
+        zarr.open_group(str(src), mode="w")
+        prepare_pairs(Image(noisy, VOXEL, path=src), Image(clean, VOXEL), src, opts=OPTS)
+
+
+def test_clean_only_data_with_simulated_degradation(tmp_path, pair):
+    _, clean, _ = pair
+    rep = prepare_clean(Image(clean, VOXEL), tmp_path / "n.zarr", degradation={"dose": 10, "read_noise": 0.03, "jitter": 0.5}, opts=OPTS)
+    assert rep["kind"] == "simulated pairs" and rep["registration"] is None
+    g = zarr.open_group(str(tmp_path / "n.zarr"), mode="r")
+    assert g["input"].dtype == np.float32 and g["input"].shape[1:] == (64, 64)
+    rep = prepare_clean(Image(clean, VOXEL), tmp_path / "r.zarr", "superres", {"factor": 2}, {"dose": 20}, opts=OPTS)
+    g = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    assert g["input"].shape[1:] == (32, 32) and g["target"].shape[1:] == (64, 64)
+    assert g.attrs["voxel_size"] == [0.05, 0.008, 0.008] and g.attrs["target_voxel_size"] == list(VOXEL)
+    arrays = load_training_set(tmp_path / "r.zarr", "superres", {"factor": 2})
+    assert set(arrays) == {"input", "target"}
+    with pytest.raises(InputError, match="factor"):
+        load_training_set(tmp_path / "r.zarr", "superres", {"factor": 3})
+    with pytest.raises(InputError, match="prepared for the superres variant"):
+        load_training_set(tmp_path / "r.zarr", "denoise")
+
+
+def test_volume_with_drift_correction(tmp_path, fibsem_crop):
+    stack, _ = drifted(fibsem_crop[:8], seed=1)
+    rep = prepare_volume(Image(stack, (0.005, 0.005, 0.005)), tmp_path / "v.zarr", "iso_i", {"factor": 2}, drift=True, opts=OPTS)
+    g = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
+    assert g["volume"].shape[0] == 8 and g["volume"].shape[1] < 256 and g["volume"].dtype == np.uint8
+    assert rep["drift"]["neighbour_ncc_after"] > rep["drift"]["neighbour_ncc_before"]
+    assert rep["patches"]["with_structure"] > 0
+    with pytest.raises(InputError, match="not from a volume"):
+        prepare_volume(Image(stack, (0.005,) * 3), tmp_path / "w.zarr", "denoise", opts=OPTS)
+
+
+@pytest.mark.parametrize("kind", ["uint16", "float32"])
+def test_cli_prepare_info_train_predict_end_to_end(tmp_path, pair, capsys, kind):
+    """16-bit and float data from files, through prepare, train --data and predict."""
+    noisy, clean, _ = pair
+    data = noisy if kind == "uint16" else (noisy.astype(np.float32) / 65535 - 0.2)
+    meta = {"spacing": 0.05, "unit": "um", "axes": "ZYX"}
+    tifffile.imwrite(tmp_path / "noisy.tif", data, imagej=True, resolution=(250, 250), metadata=meta)
+    tifffile.imwrite(tmp_path / "clean.tif", clean, imagej=True, resolution=(250, 250), metadata=meta)
+    s = str(tmp_path / "set.zarr")
+    assert main(["prepare", "--input", str(tmp_path / "noisy.tif"), "--target", str(tmp_path / "clean.tif"), "--out", s, "--patch", "64", "-q"]) == 0
+    assert "training" in capsys.readouterr().out
+    assert main(["info", s]) == 0
+    assert "val_input" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "noisy.tif")]) == 0
+    out = capsys.readouterr().out
+    assert "50 x 4 x 4 nm" in out and kind in out
+    run = str(tmp_path / "run")
+    assert main(["train", "--preset", "tiny", "--data", s, "--out", run, "--iterations", "2", "--device", "cpu", "-q"]) == 0
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, data[4, :64, :64], imagej=True, resolution=(250, 250), metadata={"unit": "um"})
+    res = str(tmp_path / "den.tif")
+    assert main(["predict", "--model", run, "--input", str(small), "--output", res, "--steps", "1", "--samples", "1", "--device", "cpu", "--keep-dtype", "-q"]) == 0
+    den = read_image(res)
+    assert den.data.dtype == data.dtype and den.shape == (64, 64)
+    np.testing.assert_allclose(den.voxel, (0.004, 0.004))
+    lo, hi = np.percentile(data, [0.1, 99.9])
+    assert lo - (hi - lo) < float(np.asarray(den.data).mean()) < hi + (hi - lo)  # back in the input's range
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["prepare", "--clean", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["prepare", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "--input with --target" in capsys.readouterr().err
+    assert main(["info", str(tmp_path)]) == 2
