@@ -56,9 +56,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .config import load_preset
+    from .config import load_preset, parse_preset
     from .jobs.events import Kind
-    from .jobs.train import train
+    from .jobs.train import checkpoint_state, train
     from .model_file import Model
     from .variants import get_variant
 
@@ -73,7 +73,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train"]["batch_size"] = args.batch_size
     if args.variant_option:
         overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
-    preset = load_preset(args.config or args.preset, overrides)
+    if args.resume:  # the run's own settings, so that simulated data is made the same way again
+        preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
+    else:
+        preset = load_preset(args.config or args.preset, overrides)
     variant = get_variant(preset.variant)
     options = variant.options(preset.variant_options)
     arrays: dict[str, Any] = {}
@@ -92,10 +95,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value:
             arrays[name] = _read(value, name).data
             notes.append(f"{name} {value}")
+    if not arrays:
+        needs = " and ".join(f"--{n}" for n in variant.training_inputs)
+        raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
     init = Model.load(args.from_model) if args.from_model else None
-    bar = tqdm(total=preset.train.iterations, unit="step", dynamic_ncols=True, disable=args.quiet)
+    bar = None
     result = None
     for ev in train(preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume, roi=_roi(args.roi), data_note="; ".join(notes)):
+        if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
+            bar = tqdm(total=preset.train.iterations, unit="step", dynamic_ncols=True, disable=args.quiet)
         if ev.kind is Kind.PROGRESS:
             bar.total = ev.total
             bar.n = ev.done
@@ -108,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.write(ev.text)
         elif ev.kind is Kind.RESULT:
             result = ev
-    bar.close()
+    if bar is not None:
+        bar.close()
     print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return 0
 
@@ -150,7 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for p in _output_paths(out):
             if img.path is not None and p.resolve() == img.path.resolve():
                 raise InputError(f"{p}: the output would overwrite the input; choose another name")
-    bar = tqdm(unit="step", dynamic_ncols=True, disable=args.quiet)
+    bar = None
     result = None
     for ev in predict(
         model,
@@ -163,6 +172,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         input_paths=[img.path] if img.path else [],
         keep_samples=args.save_samples,
     ):
+        if bar is None:
+            bar = tqdm(unit="step", dynamic_ncols=True, disable=args.quiet)
         if ev.kind is Kind.PROGRESS:
             bar.total = ev.total
             bar.n = ev.done
@@ -171,7 +182,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.write(ev.text)
         elif ev.kind is Kind.RESULT:
             result = ev
-    bar.close()
+    if bar is not None:
+        bar.close()
     if zarr_out:
         print(f"wrote {out} (arrays mean, std{', samples' if args.save_samples else ''})")
         return 0

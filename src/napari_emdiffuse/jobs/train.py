@@ -104,13 +104,7 @@ class _Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                state = json.loads((f.metadata() or {})["state"])
-        except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
-            raise ModelFileError(f"{path}: not a readable checkpoint ({err})") from None
+        state = checkpoint_state(path.parent)
         tensors = load_tensors(path)
         load_state_strict(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(path))
         load_state_strict(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(path))
@@ -176,6 +170,20 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
     return model
 
 
+def checkpoint_state(run_dir: str | Path) -> dict[str, Any]:
+    """The JSON state of a run's checkpoint (step, preset, model description, history)."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ModelFileError(f"{run_dir}: nothing to resume ({CHECKPOINT} is missing)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["state"])
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise ModelFileError(f"{path}: not a readable checkpoint ({err})") from None
+
+
 def train(
     preset: Preset,
     arrays: dict[str, Any],
@@ -197,12 +205,7 @@ def train(
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
     if resume:
-        if not ckpt.is_file():
-            raise ModelFileError(f"{run_dir}: nothing to resume ({CHECKPOINT} is missing)")
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt), framework="pt") as f:
-            saved = json.loads((f.metadata() or {}).get("state", "{}"))
+        saved = checkpoint_state(run_dir)
         old = parse_preset(saved["preset"], source=str(ckpt))
         # Only the stopping rule may change on resume; everything else must match to stay exact.
         preset = old.with_overrides({"train": {"iterations": preset.train.iterations, "minutes": preset.train.minutes}})

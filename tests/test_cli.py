@@ -1,0 +1,73 @@
+"""The command line as a user meets it: end to end on real EM, and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.cli import main
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, isbi_pair):
+    """A noisy 2-slice ssTEM crop as an ImageJ TIFF with its voxel size."""
+    d = tmp_path_factory.mktemp("cli")
+    noisy, clean = isbi_pair
+    path = d / "noisy.tif"
+    tifffile.imwrite(path, (np.clip(noisy[:2, :96, :96], 0, 1) * 255).astype(np.uint8), imagej=True, resolution=(250, 250), metadata={"spacing": 0.05, "unit": "um"})
+    clean_path = d / "clean.tif"
+    tifffile.imwrite(clean_path, (clean[:, :128, :128] * 255).astype(np.uint8), imagej=True, resolution=(250, 250), metadata={"spacing": 0.05, "unit": "um"})
+    return path, clean_path
+
+
+def test_train_then_predict(tmp_path, stack, capsys):
+    noisy, clean = stack
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(run), "--iterations", "4", "-q"]) == 0
+    assert "model saved" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--clean", str(clean), "--iterations", "6", "-q"]) == 0
+    assert json.loads((run / "model.json").read_text())["training"]["steps"] == 6
+    out = tmp_path / "den.tif"
+    assert main(["predict", "--model", str(run), "--input", str(noisy), "--output", str(out), "--steps", "2", "--samples", "2", "-q"]) == 0
+    mean, unc = tifffile.TiffFile(out), tifffile.TiffFile(tmp_path / "den_uncertainty.tif")
+    assert mean.series[0].shape == unc.series[0].shape == (2, 96, 96)
+    assert mean.imagej_metadata["spacing"] == pytest.approx(0.05)
+    assert mean.pages[0].tags["XResolution"].value[0] / mean.pages[0].tags["XResolution"].value[1] == pytest.approx(250)
+
+
+def test_presets_command(capsys):
+    assert main(["presets"]) == 0
+    assert "emdiffuse-n" in capsys.readouterr().out
+    assert main(["presets", "--show", "tiny"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "tiny"
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_user_errors_are_one_line(tmp_path, stack, capsys, tiny_model_dir):
+    noisy, clean = stack
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00garbage" * 10)
+    bad_preset = tmp_path / "p.json"
+    bad_preset.write_text('{"base": "tiny", "train": {"bacth_size": 2}}')
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, np.zeros((2, 50, 50), np.uint8))
+    out = str(tmp_path / "o.tif")
+    assert "no such file" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "nope.tif"), "--output", out])
+    assert "not a readable TIFF" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(corrupt), "--output", out])
+    assert "not a model folder" in _error(capsys, ["predict", "--model", str(tmp_path), "--input", str(noisy), "--output", out])
+    assert "no training data" in _error(capsys, ["train", "--preset", "tiny", "--out", str(tmp_path / "r")])
+    assert "unknown key" in _error(capsys, ["train", "--config", str(bad_preset), "--clean", str(clean), "--out", str(tmp_path / "r")])
+    assert "differ in shape" in _error(capsys, ["train", "--preset", "tiny", "--input", str(other), "--target", str(clean), "--out", str(tmp_path / "r")])
+    assert "overwrite the input" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(noisy), "--output", str(noisy)])
+    assert "nothing to resume" in _error(capsys, ["train", "--preset", "tiny", "--out", str(tmp_path / "empty"), "--resume"])
+    txt = tmp_path / "x.txt"
+    txt.write_text("hello")
+    assert "unsupported" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(txt), "--output", out])

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from napari_emdiffuse.config import load_preset
+from napari_emdiffuse.errors import ModelFileError
+from napari_emdiffuse.model_file import Model, ModelInfo
+from napari_emdiffuse.models import resolve_model
+
+
+def _model():
+    return Model(load_preset("tiny"), ModelInfo(training={"steps": 3}, metrics={"val_psnr": 20.0}))
+
+
+def test_round_trip(tmp_path):
+    m = _model()
+    m.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "weights.safetensors"]
+    back = Model.load(tmp_path / "m")
+    assert back.preset == m.preset and back.info.metrics == {"val_psnr": 20.0}
+    for a, b in zip(m.network.state_dict().values(), back.network.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resolve_model(tmp_path / "m").preset == m.preset
+
+
+def test_truncated_weights_fail_loudly(tmp_path):
+    _model().save(tmp_path)
+    w = tmp_path / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="truncated"):
+        Model.load(tmp_path)
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    _model().save(tmp_path)
+    other = Model(load_preset("emdiffuse-n-cpu"), ModelInfo())
+    other.save(tmp_path / "other")
+    (tmp_path / "weights.safetensors").write_bytes((tmp_path / "other" / "weights.safetensors").read_bytes())
+    with pytest.raises(ModelFileError, match="do not match the network"):
+        Model.load(tmp_path)
+
+
+def test_bad_model_json(tmp_path):
+    _model().save(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "format_version": 42}))
+    with pytest.raises(ModelFileError, match="format 42"):
+        Model.load(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="cannot read"):
+        Model.load(tmp_path)
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(ModelFileError, match="not a model folder"):
+        Model.load(tmp_path)
+    with pytest.raises(ModelFileError, match="no such model folder"):
+        resolve_model(tmp_path / "missing")
+
+
+def test_no_pickle_anywhere():
+    """Model files are safetensors + JSON; torch.load is never called without weights_only=True."""
+    import pathlib
+    import re
+
+    src = pathlib.Path(__file__).resolve().parents[1] / "src"
+    for f in src.rglob("*.py"):
+        text = f.read_text()
+        assert not re.search(r"import pickle|pickle\.load|torch\.save\(", text), f
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f
