@@ -1,9 +1,53 @@
-"""Fixtures for the data tests: real EM slices from ../shared/data."""
+"""Fixtures for the data tests: real EM from ../shared/data and known distortions of it, to
+measure registration and drift correction against (``distort.known_warp`` etc.)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import cv2
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+
+
+def known_warp(shape, shift=(7.3, -11.6), angle=3.0, elastic=3.0, smooth=48.0, seed=0):
+    """For every pixel p of a distorted image, the position in the original it shows: a rotation
+    by ``angle`` degrees about the centre, a ``shift`` (y, x) and a smooth random displacement of
+    at most ``elastic`` pixels (section warping). Returns (qy, qx) float32 maps."""
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx, a = (h - 1) / 2, (w - 1) / 2, np.deg2rad(angle)
+    qy = cy + np.cos(a) * (yy - cy) - np.sin(a) * (xx - cx) + shift[0]
+    qx = cx + np.sin(a) * (yy - cy) + np.cos(a) * (xx - cx) + shift[1]
+    dy, dx = (ndi.gaussian_filter(rng.normal(size=shape), smooth) for _ in range(2))
+    s = elastic / max(np.abs(dy).max(), np.abs(dx).max())
+    return (qy + dy * s).astype(np.float32), (qx + dx * s).astype(np.float32)
+
+
+def apply_warp(image, qy, qx):
+    return cv2.remap(np.asarray(image, np.float32), qx, qy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def heavy_noise(image01, seed=0, peak=5.0, read=0.05):
+    """5 counts at full scale (SNR about 1.5 at mid grey) plus read noise: a very low dose."""
+    rng = np.random.default_rng(seed)
+    return (rng.poisson(np.clip(image01, 0, None) * peak) / peak + rng.normal(0, read, image01.shape)).astype(np.float32)
+
+
+def drifted(volume, seed=0, step=1.5):
+    """The stack with a random-walk drift (std ``step`` px per slice) applied; slice z's content
+    moves by ``d[z]``, so sampling it at ``p + d[z]`` undoes it. Returns (stack, d)."""
+    rng = np.random.default_rng(seed)
+    d = np.cumsum(rng.normal(0, step, (volume.shape[0], 2)), axis=0)
+    d -= d[0]
+    out = np.empty_like(volume)
+    for z in range(volume.shape[0]):
+        m = np.array([[1, 0, d[z, 1]], [0, 1, d[z, 0]]])
+        moved = cv2.warpAffine(volume[z].astype(np.float32), m, volume.shape[:0:-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        out[z] = np.clip(np.rint(moved), 0, 255).astype(volume.dtype)
+    return out, d
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +64,9 @@ def fibsem_crop(fibsem_path) -> np.ndarray:
     import tifffile
 
     return tifffile.imread(fibsem_path, key=range(40, 56))[:, 128:384, 128:384].copy()
+
+
+@pytest.fixture(scope="session")
+def distort() -> SimpleNamespace:
+    """The distortion helpers above (test modules cannot import this file under importlib mode)."""
+    return SimpleNamespace(known_warp=known_warp, apply_warp=apply_warp, heavy_noise=heavy_noise, drifted=drifted)

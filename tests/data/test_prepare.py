@@ -14,27 +14,26 @@ from napari_emdiffuse.data.io import Image, read_image
 from napari_emdiffuse.data.prepare import PrepareOptions, load_training_set, prepare_clean, prepare_pairs, prepare_volume
 from napari_emdiffuse.errors import InputError
 
-from em_distort import apply_warp, drifted, heavy_noise, known_warp
 
 VOXEL = (0.05, 0.004, 0.004)
 OPTS = PrepareOptions(patch=64, overlay=2)
 
 
 @pytest.fixture(scope="module")
-def pair(isbi_path):
+def pair(isbi_path, distort):
     """Five 256 x 256 ssTEM slices (clean, uint8) and noisy 16-bit versions of them, each shifted,
     rotated and warped differently, with the maps that did it."""
     clean = tifffile.imread(isbi_path, key=range(5))[:, 128:384, 128:384].copy()
     noisy, maps = [], []
     for z in range(5):
-        qy, qx = known_warp(clean.shape[1:], (4.0 + z, -3.0 * z), 2.0 * (-1) ** z, elastic=2.0, smooth=32, seed=z)
-        warped = apply_warp(clean[z].astype(np.float32) / 255, qy, qx)
-        noisy.append(np.clip(heavy_noise(warped, seed=z) * 30000 + 1000, 0, 65535).astype(np.uint16))
+        qy, qx = distort.known_warp(clean.shape[1:], (4.0 + z, -3.0 * z), 2.0 * (-1) ** z, elastic=2.0, smooth=32, seed=z)
+        warped = distort.apply_warp(clean[z].astype(np.float32) / 255, qy, qx)
+        noisy.append(np.clip(distort.heavy_noise(warped, seed=z) * 30000 + 1000, 0, 65535).astype(np.uint16))
         maps.append((qy, qx))
     return np.stack(noisy), clean, maps
 
 
-def test_pairs_are_registered_filtered_and_split(tmp_path, pair):
+def test_pairs_are_registered_filtered_and_split(tmp_path, pair, distort):
     noisy, clean, maps = pair
     noisy0, clean0 = noisy.copy(), clean.copy()
     report = prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "set.zarr", opts=OPTS)
@@ -56,7 +55,7 @@ def test_pairs_are_registered_filtered_and_split(tmp_path, pair):
     first = np.asarray(arrays["target"][0], np.float32)
     z0 = report["slices"][0]
     assert z0["kept"] > 0
-    truth = apply_warp(clean[0].astype(np.float32), *maps[0])
+    truth = distort.apply_warp(clean[0].astype(np.float32), *maps[0])
     scores = [np.corrcoef(first.ravel(), truth[y : y + 64, x : x + 64].ravel())[0, 1] for y in range(0, 256, 64) for x in range(0, 256, 64)]
     assert max(scores) > 0.97  # registered to within a fraction of a pixel
 
@@ -100,8 +99,8 @@ def test_clean_only_data_with_simulated_degradation(tmp_path, pair):
         load_training_set(tmp_path / "r.zarr", "denoise")
 
 
-def test_volume_with_drift_correction(tmp_path, fibsem_crop):
-    stack, _ = drifted(fibsem_crop[:8], seed=1)
+def test_volume_with_drift_correction(tmp_path, fibsem_crop, distort):
+    stack, _ = distort.drifted(fibsem_crop[:8], seed=1)
     rep = prepare_volume(Image(stack, (0.005, 0.005, 0.005)), tmp_path / "v.zarr", "iso_i", {"factor": 2}, drift=True, opts=OPTS)
     g = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
     assert g["volume"].shape[0] == 8 and g["volume"].shape[1] < 256 and g["volume"].dtype == np.uint8

@@ -8,7 +8,6 @@ import pytest
 from napari_emdiffuse.data.register import RegistrationError, correct_drift, estimate_drift, register_pair
 from napari_emdiffuse.errors import InputError
 
-from em_distort import apply_warp, drifted, heavy_noise, known_warp
 
 
 def _median_error(coords, qy, qx, margin=32):
@@ -17,9 +16,9 @@ def _median_error(coords, qy, qx, margin=32):
 
 
 @pytest.mark.parametrize("seed,angle,shift", [(0, 3.0, (7.3, -11.6)), (1, -4.0, (-15.2, 9.7))])
-def test_noisy_rotated_warped_pair_registered_to_half_a_pixel(isbi_slice, seed, angle, shift):
-    qy, qx = known_warp(isbi_slice.shape, shift, angle, elastic=3.0, seed=seed)
-    noisy = heavy_noise(apply_warp(isbi_slice, qy, qx), seed=seed)
+def test_noisy_rotated_warped_pair_registered_to_half_a_pixel(isbi_slice, seed, angle, shift, distort):
+    qy, qx = distort.known_warp(isbi_slice.shape, shift, angle, elastic=3.0, seed=seed)
+    noisy = distort.heavy_noise(distort.apply_warp(isbi_slice, qy, qx), seed=seed)
     reg = register_pair(noisy, isbi_slice)
     rigid = register_pair(noisy, isbi_slice, local=False)
     assert _median_error(reg.coords, qy, qx) < 0.5
@@ -28,26 +27,26 @@ def test_noisy_rotated_warped_pair_registered_to_half_a_pixel(isbi_slice, seed, 
     assert reg.ncc_local > reg.ncc_before + 0.3
     assert reg.kept.sum() >= reg.kept.size // 2
     # the warped target lines up with the input's content
-    assert np.corrcoef(reg.warped[64:-64, 64:-64].ravel(), apply_warp(isbi_slice, qy, qx)[64:-64, 64:-64].ravel())[0, 1] > 0.97
+    assert np.corrcoef(reg.warped[64:-64, 64:-64].ravel(), distort.apply_warp(isbi_slice, qy, qx)[64:-64, 64:-64].ravel())[0, 1] > 0.97
 
 
-def test_super_resolution_pair_registered_at_the_fine_grid(isbi_slice):
+def test_super_resolution_pair_registered_at_the_fine_grid(isbi_slice, distort):
     """A 2x pair: the low-resolution input is the binned, shifted high-resolution image."""
     from napari_emdiffuse.data.degrade import psf_bin
 
-    qy, qx = known_warp(isbi_slice.shape, (6.0, -4.0), 2.0, elastic=0.0)
-    low = heavy_noise(psf_bin(apply_warp(isbi_slice, qy, qx), 2), peak=20)
+    qy, qx = distort.known_warp(isbi_slice.shape, (6.0, -4.0), 2.0, elastic=0.0)
+    low = distort.heavy_noise(psf_bin(distort.apply_warp(isbi_slice, qy, qx), 2), peak=20)
     reg = register_pair(low, isbi_slice, factor=2, patch=64)
     assert reg.warped.shape == isbi_slice.shape
     assert _median_error(reg.coords, qy, qx) < 1.0  # fine pixels: half a coarse pixel
 
 
-def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path):
+def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path, distort):
     import tifffile
 
     other = tifffile.imread(fibsem_path, key=100).astype(np.float32)
     with pytest.raises(RegistrationError, match="same place"):
-        register_pair(heavy_noise(isbi_slice), other)
+        register_pair(distort.heavy_noise(isbi_slice), other)
     with pytest.raises(RegistrationError):
         register_pair(isbi_slice, np.random.default_rng(0).random(isbi_slice.shape).astype(np.float32))
 
@@ -65,18 +64,18 @@ def test_bad_pairs_give_clear_errors(isbi_slice):
         register_pair(np.stack([isbi_slice] * 3, -1), isbi_slice)
 
 
-def test_inputs_are_not_modified(isbi_slice):
-    a = heavy_noise(isbi_slice)
+def test_inputs_are_not_modified(isbi_slice, distort):
+    a = distort.heavy_noise(isbi_slice)
     a0, b0 = a.copy(), isbi_slice.copy()
     register_pair(a, isbi_slice)
     assert np.array_equal(a, a0) and np.array_equal(isbi_slice, b0)
 
 
-def test_drift_of_a_fibsem_stack_is_corrected_to_half_a_pixel(fibsem_crop):
+def test_drift_of_a_fibsem_stack_is_corrected_to_half_a_pixel(fibsem_crop, distort):
     # Structures oblique to z look like drift to any slice-to-slice method, so the stack as
     # published has an apparent drift of its own; the known drift added on top must be found.
     baseline = estimate_drift(fibsem_crop).shifts
-    stack, truth = drifted(fibsem_crop, seed=3)
+    stack, truth = distort.drifted(fibsem_crop, seed=3)
     est = estimate_drift(stack)
     err = np.hypot(*(est.shifts - baseline - truth).T)
     assert np.median(err) < 0.5

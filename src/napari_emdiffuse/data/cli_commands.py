@@ -81,6 +81,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         register=not args.no_register,
         local=not args.rigid,
         smooth=args.smooth,
+        overlay=args.overlay,
         seed=args.seed,
     )
     voxel = _parse_voxel(args.voxel)
@@ -191,6 +192,7 @@ def add_parsers(subparsers: Any) -> None:
     sim.add_argument("--psf-sigma", type=float, help="beam PSF sigma in fine pixels (superres; default FWHM of one coarse pixel)")
     sim.add_argument("--jitter", type=float, default=0.0, help="scan-line jitter, standard deviation in pixels")
     sim.add_argument("--jitter-correlation", type=float, default=0.0, help="how much neighbouring lines jitter together (0-1)")
+    p.add_argument("--overlay", type=int, default=4, help="pairs (slices) shown in NAME_overlay.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)

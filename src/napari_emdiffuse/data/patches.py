@@ -42,12 +42,14 @@ class PatchGeometry:
 
 
 def grid(height: int, width: int, patch: int) -> list[tuple[int, int]]:
-    """Top-left corners of the non-overlapping ``patch`` squares that fit a plane, from its top
-    left corner (the same squares :func:`~.register.patch_ncc` scores)."""
+    """Top-left corners of the non-overlapping ``patch`` squares that fit a plane, centred so
+    that the leftover margin (where a registered target often does not reach) is split between
+    both sides. :func:`~.register.patch_ncc` scores the same squares."""
     rows, cols = height // patch, width // patch
     if rows == 0 or cols == 0:
         raise InputError(f"a plane of {height} x {width} px is smaller than the patch size {patch}; use a smaller --patch")
-    return [(i * patch, j * patch) for i in range(rows) for j in range(cols)]
+    y0, x0 = (height - rows * patch) // 2, (width - cols * patch) // 2
+    return [(y0 + i * patch, x0 + j * patch) for i in range(rows) for j in range(cols)]
 
 
 def contrast(patch: np.ndarray, normaliser: Normaliser) -> tuple[float, float]:

@@ -179,6 +179,7 @@ def _pairs_to_set(
         else:
             warped, scores, covered = t_plane.astype(np.float32), None, None
         bad: list[tuple[int, int]] = []
+        index = {c: divmod(k, w // geom.input) for k, c in enumerate(corners)}  # corner -> score cell
         for split, chosen in (("train", train_c), ("val", val_c)):
             ins, tgs = [], []
             for y, x in chosen:
@@ -186,7 +187,7 @@ def _pairs_to_set(
                 tpatch = warped[tsl]
                 if covered is not None and not covered[tsl].all():  # the target does not reach here
                     reason = "not covered"
-                elif scores is not None and not scores[y // geom.input, x // geom.input] >= opts.min_ncc:
+                elif scores is not None and not scores[index[(y, x)]] >= opts.min_ncc:
                     reason = "misaligned"
                 elif not has_structure(tpatch, n_tg, opts.min_std):
                     reason = "flat"

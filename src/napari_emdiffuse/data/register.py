@@ -55,7 +55,7 @@ class PairRegistration:
 
     @property
     def kept(self) -> np.ndarray:
-        """Patches good enough to train on (grid of ``patch``-sized squares from the top left)."""
+        """Patches good enough to train on (the squares of :func:`~.patches.grid`)."""
         return np.nan_to_num(self.patch_ncc, nan=-1.0) >= self.min_ncc
 
     def summary(self) -> dict[str, Any]:
@@ -108,14 +108,16 @@ def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
 
 
 def patch_ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray, patch: int) -> np.ndarray:
-    """NCC in every ``patch`` x ``patch`` square (NaN where less than 90 % of it is covered)."""
+    """NCC in every square of :func:`~.patches.grid`, as a (rows, cols) array (NaN where less
+    than 90 % of the square is covered)."""
+    from .patches import grid
+
     rows, cols = a.shape[0] // patch, a.shape[1] // patch
     out = np.full((rows, cols), np.nan, np.float32)
-    for i in range(rows):
-        for j in range(cols):
-            sl = (slice(i * patch, (i + 1) * patch), slice(j * patch, (j + 1) * patch))
-            if valid[sl].mean() >= 0.9:
-                out[i, j] = ncc(a[sl], b[sl], valid[sl])
+    for k, (y, x) in enumerate(grid(a.shape[0], a.shape[1], patch)):
+        sl = (slice(y, y + patch), slice(x, x + patch))
+        if valid[sl].mean() >= 0.9:
+            out[k // cols, k % cols] = ncc(a[sl], b[sl], valid[sl])
     return out
 
 
