@@ -16,7 +16,7 @@ written beside the set as ``NAME_report.json`` with a picture, ``NAME_overlay.pn
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,10 +105,10 @@ def _pairs_to_set(
     voxel: tuple[float, ...],
     sources: dict[str, Any],
     protect: list[Path | None],
-    register: bool,
     progress: Progress | None,
 ) -> dict[str, Any]:
     """The shared path of :func:`prepare_pairs` and :func:`prepare_clean`."""
+    register = opts.register
     geom = PatchGeometry.for_variant(variant, options, opts.patch)
     f = geom.factor
     cond, target = _stack(cond), _stack(target)
@@ -264,7 +264,7 @@ def prepare_pairs(
         "input": {"path": str(input.path), "shape": list(input.shape), "dtype": str(input.data.dtype), "voxel_um": list(input.voxel)},
         "target": {"path": str(target.path), "shape": list(target.shape), "dtype": str(target.data.dtype), "voxel_um": list(target.voxel)},
     }
-    return _pairs_to_set(input.data, target.data, Path(out), v, options, opts, tuple(input.voxel), sources, [input.path, target.path], opts.register, progress)
+    return _pairs_to_set(input.data, target.data, Path(out), v, options, opts, tuple(input.voxel), sources, [input.path, target.path], progress)
 
 
 def prepare_clean(
@@ -302,7 +302,8 @@ def prepare_clean(
         "clean": {"path": str(clean.path), "shape": list(clean.shape), "dtype": str(clean.data.dtype), "voxel_um": list(clean.voxel)},
         "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},
     }
-    return _pairs_to_set(cond, arrays["target"], Path(out), v, options, opts, voxel, sources, [clean.path], False, progress)
+    opts = replace(opts, register=False, local=False)  # aligned by construction
+    return _pairs_to_set(cond, arrays["target"], Path(out), v, options, opts, voxel, sources, [clean.path], progress)
 
 
 def prepare_volume(
