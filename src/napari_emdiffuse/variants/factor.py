@@ -10,17 +10,15 @@ import math
 from typing import Any
 
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"must be a number ({what}), not {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number ({what}), not {value!r}")
+def _number(value: Any, expected: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"must be {expected} ({what}), not {value!r}")
     return float(value)
 
 
 def whole_factor(value: Any, low: int, high: int, what: str) -> int:
     """``value`` as an integer in ``[low, high]``; ``what`` says what the factor means."""
-    v = _number(value, what)
+    v = _number(value, f"a whole number from {low} to {high}", what)
     if v != int(v):
         raise ValueError(f"must be a whole number from {low} to {high} ({what}), not {value}")
     if v <= 1:
@@ -33,7 +31,7 @@ def whole_factor(value: Any, low: int, high: int, what: str) -> int:
 
 def ratio_factor(value: Any, high: float, what: str) -> float:
     """``value`` as a number larger than 1 and at most ``high`` (fractions allowed)."""
-    v = _number(value, what)
+    v = _number(value, f"a number larger than 1 and at most {high:g}", what)
     if v <= 1:
         hint = "1 would leave the data as it is" if v == 1 else f"{value} is meaningless"
         raise ValueError(f"must be larger than 1 and at most {high:g} ({what}); {hint}")

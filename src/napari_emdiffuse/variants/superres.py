@@ -69,6 +69,11 @@ def sr_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], factor: i
     """The largest patch (output pixels) not above ``patch`` that fits the region and is a
     multiple of both 16 (the networks' size multiple) and the factor."""
     step = 16 * factor // math.gcd(16, factor)
+    if patch < step:
+        raise InputError(
+            f"patch size {patch} px is too small at factor {factor}: super-resolution patches must be a "
+            f"multiple of {step} px; set train.patch_size to {step} or more"
+        )
     fitted = fit_patch(patch, rows, cols, factor) // step * step
     if fitted < step:
         raise InputError(
@@ -135,11 +140,12 @@ class SuperRes(Variant):
         cond, target = arrays["input"], arrays["target"]
         self.check_pair(cond, target, f)
         cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi, scale=f)
+        fitted = sr_patch(patch, rows, cols, f)
         # One intensity mapping for both, fitted on the input as prediction will be: binning and
         # blur narrow the percentiles, and separate mappings would change the output's contrast.
         norm = fit_normaliser(cond, name="input")
         src = AlignedPairs(norm.forward(cond), norm.forward(target), rows, cols, min_std, scale=f, upsample=upsample)
-        src.patch = sr_patch(patch, rows, cols, f)
+        src.patch = fitted
         src.summary.update(normaliser=norm.to_dict(), factor=f)
         return src
 

@@ -1,0 +1,94 @@
+"""`emdiffuse train` and `emdiffuse predict` end to end for the three variants, on tiny presets
+and real EM: output files, shapes, voxel sizes, options and one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.data.io import read_image, write_tiff
+
+
+def run(*args: str) -> int:
+    return main([*args])
+
+
+def train_args(preset: str, out, *extra: str) -> list[str]:
+    return ["train", "--preset", preset, "--out", str(out), "--iterations", "3", "-q", "--device", "cpu", *extra]
+
+
+def test_superres_from_clean_images_at_factor_3(tmp_path, isbi_clean, capsys):
+    clean = write_tiff(tmp_path / "clean.tif", (isbi_clean[:2, :240, :240] * 255).astype(np.uint8), (0.05, 0.004, 0.004))
+    assert run(*train_args("emdiffuse-r-tiny", tmp_path / "m", "--clean", str(clean), "--option", "factor=3")) == 0
+    low = write_tiff(tmp_path / "low.tif", (isbi_clean[2, :20, :30] * 255).astype(np.uint8), (0.012, 0.012))
+    assert run("predict", "--model", str(tmp_path / "m"), "--input", str(low), "--output", str(tmp_path / "sr.tif"), "-q") == 0
+    out = read_image(tmp_path / "sr.tif")
+    assert out.shape == (60, 90)
+    assert out.voxel == pytest.approx((0.004, 0.004))
+    assert read_image(tmp_path / "sr_uncertainty.tif").shape == (60, 90)
+
+
+def test_superres_from_registered_pair(tmp_path, isbi_clean):
+    from napari_emdiffuse.data.degrade import psf_bin
+
+    high = isbi_clean[:2, :96, :96]
+    t = write_tiff(tmp_path / "high.tif", high, (0.05, 0.004, 0.004))
+    i = write_tiff(tmp_path / "low.tif", psf_bin(high, 2), (0.05, 0.008, 0.008))
+    assert run(*train_args("emdiffuse-r-tiny", tmp_path / "m", "--input", str(i), "--target", str(t))) == 0
+    assert run("predict", "--model", str(tmp_path / "m"), "--input", str(i), "--output", str(tmp_path / "sr.tif"), "-q") == 0
+    out = read_image(tmp_path / "sr.tif")
+    assert out.shape == (2, 96, 96)
+    assert out.voxel == pytest.approx((0.05, 0.004, 0.004))
+
+
+def test_iso_i_volume_train_and_predict(tmp_path, fib_small):
+    vol = write_tiff(tmp_path / "iso.tif", fib_small, (0.005, 0.005, 0.005))
+    assert run(*train_args("vemdiffuse-i-tiny", tmp_path / "m", "--volume", str(vol), "--option", "factor=2")) == 0
+    aniso = write_tiff(tmp_path / "aniso.tif", fib_small[::2, :40, :48], (0.01, 0.005, 0.005))
+    assert run("predict", "--model", str(tmp_path / "m"), "--input", str(aniso), "--output", str(tmp_path / "o.zarr"), "-q") == 0
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert group["mean"].shape == group["std"].shape == (33, 40, 48)
+    assert group.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
+    assert group.attrs["complete"] is True
+    np.testing.assert_array_equal(np.asarray(group["mean"][::2]), fib_small[::2, :40, :48])
+
+
+def test_iso_a_sstem_becomes_isotropic(tmp_path, sstem_small, capsys):
+    vol = write_tiff(tmp_path / "sstem.tif", sstem_small, (0.05, 0.004, 0.004))
+    assert run(*train_args("vemdiffuse-a-tiny", tmp_path / "m", "--volume", str(vol), "--option", "factor=12.5")) == 0
+    crop = write_tiff(tmp_path / "crop.tif", sstem_small[:3, :6, :40], (0.05, 0.004, 0.004))
+    out_path = tmp_path / "iso.tif"
+    assert run("predict", "--model", str(tmp_path / "m"), "--input", str(crop), "--output", str(out_path), "--keep-dtype", "-q") == 0
+    out = read_image(out_path)
+    assert out.shape == (26, 6, 40)
+    assert out.voxel == pytest.approx((0.004, 0.004, 0.004))
+    data = np.asarray(out.data)
+    assert data.dtype == np.uint8
+    np.testing.assert_array_equal(data[[0, 25]], sstem_small[[0, 2], :6, :40])  # slices on the grid kept
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--option", "factor=1"], "1 would leave the data as it is"),
+        (["--option", "factor=2.5"], "whole number from 2 to 12"),
+        (["--option", "factor=0"], "meaningless"),
+    ],
+)
+def test_bad_factor_on_the_command_line(tmp_path, fib_small, capsys, args, message):
+    vol = write_tiff(tmp_path / "iso.tif", fib_small[:5], (0.005, 0.005, 0.005))
+    assert run(*train_args("vemdiffuse-i-tiny", tmp_path / "m", "--volume", str(vol), *args)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_volume_variants_refuse_2d_and_short_inputs(tmp_path, fib_small, capsys):
+    vol = write_tiff(tmp_path / "v.tif", fib_small[:4], (0.005, 0.005, 0.005))
+    assert run(*train_args("vemdiffuse-i-tiny", tmp_path / "m", "--volume", str(vol))) == 2
+    assert "has 4 slice(s)" in capsys.readouterr().err
+    image = write_tiff(tmp_path / "2d.tif", fib_small[0], (0.005, 0.005))
+    assert run(*train_args("vemdiffuse-a-tiny", tmp_path / "m", "--volume", str(image))) == 2
+    assert "works on volumes" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""vEMDiffuse-a: geometry (fractional factors included), lateral training pairs, xz-plane
+prediction, interleaving, continuity across gaps and along y, and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emdiffuse.config import ConfigError
+from napari_emdiffuse.errors import InputError
+from napari_emdiffuse.jobs.predict import run_predict
+from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants.iso_a import interpolate_lines, kept_slices, output_slices
+
+ISO = get_variant("iso_a")
+
+
+def linear_along_z(vol: np.ndarray, factor: float) -> np.ndarray:
+    n = vol.shape[0]
+    z = np.arange(output_slices(n, factor)) / factor
+    i0 = np.minimum(np.floor(z + 1e-9).astype(int), n - 2)
+    t = (z - i0)[:, None, None]
+    return vol[i0] * (1 - t) + vol[i0 + 1] * t
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 2.5, 12.5, 16])
+def test_geometry_for_every_factor(factor):
+    opts = ISO.options({"factor": factor})
+    g = ISO.output_geometry((30, 40, 50), (0.05, 0.004, 0.004), opts)
+    assert g.shape[1:] == (40, 50)
+    assert g.shape[0] == int(np.floor(29 * factor + 1e-6)) + 1
+    assert g.voxel == pytest.approx((0.05 / factor, 0.004, 0.004))
+    assert ISO.plan((30, 40, 50), opts) == [(g.shape[0], 50)] * 40
+
+
+def test_sstem_voxel_becomes_isotropic():
+    """4 x 4 x 50 nm at factor 12.5: the output's z voxel equals the lateral one."""
+    g = ISO.output_geometry((30, 512, 512), (0.05, 0.004, 0.004), ISO.options({"factor": 12.5}))
+    assert g.voxel == pytest.approx((0.004, 0.004, 0.004))
+    assert g.shape == (363, 512, 512)
+    assert kept_slices(5, 12.5) == [(0, 0), (2, 25), (4, 50)]  # odd slices fall between output planes
+
+
+@pytest.mark.parametrize("bad", [0, 1, -3, 0.5, 16.5, "12.5nm", None])
+def test_bad_factors_are_refused(bad):
+    with pytest.raises(ConfigError, match="factor: .*larger than 1 and at most 16"):
+        ISO.options({"factor": bad})
+
+
+def test_interpolate_lines_marks_measured_rows():
+    lines = np.array([[0.0, 10.0], [4.0, 30.0]], np.float32)
+    out = interpolate_lines(lines, np.array([0.0, 4.0]), np.arange(5))
+    np.testing.assert_allclose(out[0, :, 0], [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(out[0, :, 1], [10, 15, 20, 25, 30])
+    np.testing.assert_allclose(out[1, :, 0], [-1, 0, 1, 0, -1])
+
+
+def test_lateral_pairs_keep_every_kth_row(sstem_small):
+    opts = ISO.options({"factor": 4})
+    src = ISO.training_pairs({"volume": sstem_small}, opts, "train", 0.25, 32)
+    assert src.patch == 32
+    cond, target = src.sample(np.random.default_rng(0), 8, 32)
+    assert cond.shape == (8, 2, 32, 32) and target.shape == (8, 1, 32, 32)
+    for c, t in zip(cond, target):
+        # rows (or columns, after a flip) marked as measured hold the target's values exactly
+        on = c[1] == -1
+        assert on.any(axis=1).sum() >= 32 // 4 - 1
+        np.testing.assert_allclose(c[0][on], t[0][on], atol=1e-6)
+        gaps = np.diff(np.flatnonzero(on[:, 0]))
+        assert np.all(gaps[:-1] == 4) and gaps[-1] <= 4  # the last is shorter where the region ends
+
+
+def test_fractional_factor_training_pairs(sstem_small):
+    opts = ISO.options({"factor": 12.5})
+    with pytest.raises(InputError, match="at least 32 px"):
+        ISO.training_pairs({"volume": sstem_small}, opts, "train", 0.25, 16)
+    src = ISO.training_pairs({"volume": sstem_small}, opts, "train", 0.1, 48)
+    cond, target = src.sample(np.random.default_rng(1), 4, src.patch)
+    for c in cond:
+        gaps = np.diff(np.flatnonzero(c[1][:, 0] == -1))
+        assert set(gaps[:-1]) <= {12, 13} and gaps[-1] <= 13
+
+
+def test_interleaving_and_gap_boundaries_with_an_oracle(oracle_model):
+    """An oracle that returns its linear-interpolation channel must reproduce linear
+    interpolation along z exactly, planes of several tiles included; the input slices that
+    fall on the grid are kept bit for bit."""
+    rng = np.random.default_rng(4)
+    vol = (rng.random((5, 9, 70)) * 200 + 20).astype(np.uint8)
+    before = vol.copy()
+    for factor in (4, 2.5):
+        model = oracle_model("vemdiffuse-a-tiny", {"factor": factor}, lambda c, x: c[:, :1], 1, 2)
+        res = run_predict(model, vol, voxel=(0.02, 0.005, 0.005), device="cpu", keep_samples=True)
+        n_out = output_slices(5, factor)
+        assert res.mean.shape == (n_out, 9, 70) and res.samples.shape == (2, n_out, 9, 70)
+        assert res.voxel == pytest.approx((0.02 / factor, 0.005, 0.005))
+        np.testing.assert_allclose(res.mean, linear_along_z(vol.astype(np.float64), factor), atol=0.02)
+        for i, z in kept_slices(5, factor):
+            np.testing.assert_array_equal(res.mean[z], vol[i])
+            assert np.all(res.std[z] == 0)
+    np.testing.assert_array_equal(vol, before)
+
+
+def test_row_blocks_give_the_same_volume(oracle_model, monkeypatch):
+    """Prediction buffers a few y rows at a time; the block size must not change the result."""
+    import napari_emdiffuse.variants.iso_a as iso_a
+
+    model = oracle_model("vemdiffuse-a-tiny", {"factor": 3}, lambda c, x: c[:, :1] + 0.1 * c[:, 1:], 1, 2)
+    vol = (np.random.default_rng(5).random((4, 11, 40)) * 255).astype(np.uint8)
+    whole = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu").mean
+    monkeypatch.setattr(iso_a, "BUFFER_BYTES", 1)  # one row per block
+    rows = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu").mean
+    np.testing.assert_allclose(rows, whole, atol=1e-4)
+
+
+def test_neighbouring_xz_planes_share_their_noise(oracle_model):
+    """A volume that does not change along y must come out unchanged along y even from a model
+    whose result depends on the noise: every xz plane starts from the same noise, so the xy
+    view of generated slices does not flicker from row to row. (Keyed by y, it would.)"""
+    noisy = oracle_model("vemdiffuse-a-tiny", {"factor": 4}, lambda c, x: c[:, :1] + 0.3 * torch.tanh(x), 1, 2)
+    column = np.random.default_rng(6).random((3, 1, 36)) * 200
+    vol = np.broadcast_to(column, (3, 10, 36)).astype(np.float32)
+    res = run_predict(noisy, vol, voxel=(0.02, 0.005, 0.005), device="cpu")
+    np.testing.assert_allclose(res.mean, np.broadcast_to(res.mean[:, :1], res.mean.shape), atol=1e-3)
+    other = noisy.preset.with_overrides({"sample": {"seed": 1}}).sample
+    reseeded = run_predict(noisy, vol, sample=other, voxel=(0.02, 0.005, 0.005), device="cpu")
+    assert np.abs(reseeded.mean - res.mean).max() > 1  # the noise does reach the result
+    assert np.abs(res.std[1]).mean() > 0.1  # and samples differ: a real uncertainty map
+
+
+def test_a_2d_image_or_single_slice_is_refused(sstem_small):
+    opts = ISO.options({"factor": 4})
+    with pytest.raises(InputError, match="works on volumes"):
+        ISO.check_input(sstem_small[0], opts)
+    with pytest.raises(InputError, match="works on volumes"):
+        ISO.training_pairs({"volume": sstem_small[0]}, opts, "train", 0.1, 32)
+    with pytest.raises(InputError, match="1 slice.*at least 2"):
+        ISO.check_input(sstem_small[:1], opts)

@@ -1,0 +1,128 @@
+"""EMDiffuse-r: geometry, degradation, training pairs, whole-image prediction and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdiffuse.config import ConfigError, load_preset
+from napari_emdiffuse.data.degrade import psf_bin
+from napari_emdiffuse.errors import InputError
+from napari_emdiffuse.jobs.predict import run_predict
+from napari_emdiffuse.jobs.train import train
+from napari_emdiffuse.model_file import Model
+from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants.superres import upsample, upsampled_rows
+
+SR = get_variant("superres")
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_geometry_divides_pixel_size_for_2d_and_stacks(factor):
+    opts = SR.options({"factor": factor})
+    g2 = SR.output_geometry((50, 70), (0.008, 0.006), opts)
+    assert g2.shape == (50 * factor, 70 * factor)
+    assert g2.voxel == pytest.approx((0.008 / factor, 0.006 / factor))
+    g3 = SR.output_geometry((3, 50, 70), (0.05, 0.008, 0.006), opts)
+    assert g3.shape == (3, 50 * factor, 70 * factor)
+    assert g3.voxel == pytest.approx((0.05, 0.008 / factor, 0.006 / factor))  # z untouched
+    assert SR.plan((3, 50, 70), opts) == [(50 * factor, 70 * factor)] * 3
+
+
+@pytest.mark.parametrize("bad", [0, 1, -2, 2.5, 5, "2x", True, None])
+def test_bad_factors_are_refused_with_the_allowed_values(bad):
+    with pytest.raises(ConfigError, match="factor: .*2 to 4"):
+        SR.options({"factor": bad})
+    with pytest.raises(ConfigError, match="factor"):
+        load_preset("emdiffuse-r-tiny", {"variant_options": {"factor": bad}})
+
+
+def test_whole_float_factor_is_accepted():
+    assert SR.options({"factor": 3.0}).factor == 3
+
+
+def test_psf_bin_keeps_mean_and_bins_by_the_factor():
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 37, 50)).astype(np.float32)
+    low = psf_bin(img, 3)
+    assert low.shape == (2, 12, 16)
+    assert low.mean() == pytest.approx(img[:, :36, :48].mean(), abs=0.01)
+    assert low.std() < img.std()  # blurred and averaged
+    flat = psf_bin(np.full((8, 8), 0.25, np.float32), 4)
+    np.testing.assert_allclose(flat, 0.25, atol=1e-6)
+
+
+def test_band_upsampling_equals_whole_image_upsampling():
+    rng = np.random.default_rng(1)
+    low = rng.random((23, 31)).astype(np.float32)
+    for f in (2, 3, 4):
+        whole = upsample(low, f)
+        for y0, y1 in [(0, 5), (7, 30), (f * 23 - 9, f * 23), (13, 14)]:
+            band = upsampled_rows(low, f, y0, y1, lambda a: a)
+            np.testing.assert_allclose(band, whole[y0:y1], atol=1e-6)
+
+
+def test_from_clean_simulates_low_resolution_and_crops_to_the_factor(isbi_clean):
+    opts = SR.options({"factor": 3})
+    clean = (isbi_clean[:2, :100, :101] * 255).astype(np.uint8)
+    arrays = SR.from_clean(clean, opts)
+    assert arrays["target"].shape == (2, 99, 99)
+    assert arrays["input"].shape == (2, 33, 33)
+    noisy = SR.from_clean(clean, opts, dose=20, read_noise=0.03, seed=0)["input"]
+    assert np.abs(noisy - arrays["input"]).mean() > 0.01
+    assert clean.shape == (2, 100, 101)  # the user's array is untouched
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_training_pairs_condition_is_the_upsampled_input(isbi_clean, factor):
+    opts = SR.options({"factor": factor})
+    arrays = SR.from_clean(isbi_clean[:2, :192, :192], opts)
+    src = SR.training_pairs(arrays, opts, "train", 0.1, 64, min_std=0.0)
+    assert src.patch % factor == 0 and src.patch % 16 == 0
+    cond, target = src.sample(np.random.default_rng(0), 3, src.patch)
+    assert cond.shape == target.shape == (3, 1, src.patch, src.patch)
+    # the condition is an interpolation of the same place: strongly correlated with the target
+    assert np.corrcoef(cond.ravel(), target.ravel())[0, 1] > 0.5
+
+
+def test_mismatched_pair_is_refused():
+    opts = SR.options({"factor": 2})
+    low = np.zeros((2, 30, 40), np.float32)
+    with pytest.raises(InputError, match="2 times the input"):
+        SR.training_pairs({"input": low, "target": np.zeros((2, 60, 79), np.float32)}, opts, "train", 0.1, 32)
+    with pytest.raises(InputError, match="patch size 32 px is too small at factor 3.*48"):
+        SR.training_pairs({"input": low, "target": upsample(low, 3)}, SR.options({"factor": 3}), "train", 0.1, 32)
+    with pytest.raises(InputError, match="too small for 48 px patches at factor 3"):
+        small = np.random.default_rng(0).random((1, 12, 12)).astype(np.float32)
+        SR.training_pairs({"input": small, "target": upsample(small, 3)}, SR.options({"factor": 3}), "train", 0.1, 64)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_prediction_over_tiles_reads_the_right_rows(factor, oracle_model):
+    """With an oracle returning its condition, prediction must equal bicubic upsampling exactly,
+    across many tiles and the band boundaries of the row reader."""
+    model = oracle_model("emdiffuse-r-tiny", {"factor": factor}, lambda c, x: c, 1, 1)
+    rng = np.random.default_rng(2)
+    image = (rng.random((2, 29, 41)) * 200 + 20).astype(np.uint8)
+    before = image.copy()
+    res = run_predict(model, image, voxel=(0.05, 0.01, 0.01), device="cpu")
+    assert res.mean.shape == (2, 29 * factor, 41 * factor)
+    assert res.voxel == pytest.approx((0.05, 0.01 / factor, 0.01 / factor))
+    np.testing.assert_allclose(res.mean, upsample(image, factor), atol=0.02)
+    assert np.abs(res.std).max() < 0.02  # every sample agrees
+    np.testing.assert_array_equal(image, before)
+
+
+def test_tiny_model_trains_and_predicts_2d(isbi_clean, tmp_path):
+    preset = load_preset("emdiffuse-r-tiny", {"train": {"iterations": 6, "val_every": 6, "checkpoint_every": 6}})
+    arrays = SR.from_clean(isbi_clean[:2, :128, :128], SR.options(preset.variant_options))
+    for _ in train(preset, arrays, tmp_path / "m", device="cpu"):
+        pass
+    model = Model.load(tmp_path / "m")
+    assert (model.info.out_channels, model.info.cond_channels) == (1, 1)
+    low = arrays["input"][0, :24, :40]
+    res = run_predict(model, low, voxel=(0.008, 0.008), device="cpu", keep_samples=True)
+    assert res.mean.shape == res.std.shape == (48, 80)
+    assert res.samples.shape == (2, 48, 80)
+    assert res.voxel == pytest.approx((0.004, 0.004))
+    assert np.isfinite(res.mean).all() and (res.std >= 0).all()
