@@ -94,7 +94,7 @@ def _ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
     return tuple(out)
 
 
-def _squeeze_axes(data: Any, axes: str, path: Path) -> tuple[Any, str]:
+def _squeeze_axes(data: Any, axes: str) -> tuple[Any, str]:
     """Drop length-one channel/time axes; keep everything else for :func:`check_image` to judge."""
     index, kept = [], ""
     for ax, n in zip(axes, data.shape):
@@ -131,7 +131,7 @@ def read_tiff(path: Path) -> Image:
         arr = zarr.open(series.aszarr(), mode="r")
         if isinstance(arr, zarr.Group):
             arr = arr["0"]
-        data, axes = _squeeze_axes(da.from_zarr(arr), series.axes, path)
+        data, axes = _squeeze_axes(da.from_zarr(arr), series.axes)
         voxel = None
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
