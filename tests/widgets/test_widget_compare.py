@@ -32,7 +32,9 @@ def layers(make_napari_viewer, isbi, voxel):
 def test_side_by_side_puts_each_chosen_layer_in_its_own_cell_and_restores(layers):
     viewer, raw, smooth, ref, other = layers
     w = _open(viewer)
-    w.choose([raw, smooth, ref])
+    from napari.utils._proxies import PublicOnlyProxy
+
+    w.choose([PublicOnlyProxy(raw), smooth, ref])  # what a plugin's viewer hands out is a proxy
     w.side_by_side()
     assert viewer.grid.enabled and not other.visible
     cells = {viewer.grid.position(viewer.layers.index(lyr), viewer.layers) for lyr in (raw, smooth, ref)}

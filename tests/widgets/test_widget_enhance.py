@@ -82,3 +82,44 @@ def test_enhance_every_variant_places_its_output_over_the_input(make_napari_view
         else:
             assert t_out == pytest.approx(t_in) and (n_out - 1) * s_out <= (n_in - 1) * s_in + 1e-9
     np.testing.assert_array_equal(layer.data, isbi[:4, :64, :64])
+
+
+def test_enhance_reads_dask_and_multiscale_layers_at_full_resolution(make_napari_viewer, isbi, voxel, tiny_model):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    pyramid = [isbi[:2], isbi[:2, ::2, ::2]]
+    viewer.add_image(pyramid, multiscale=True, name="pyramid", scale=voxel)
+    viewer.add_image(da.from_array(isbi[:2], chunks=(1, 64, 64)), name="lazy", scale=voxel)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    for name in ("pyramid", "lazy"):
+        w.image.select(viewer.layers[name])
+        w.run()
+        enhanced, _ = w.result_layers
+        assert enhanced.data.shape == (2, 128, 128), name
+        assert enhanced.name == f"{name} denoise"
+
+
+def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, monkeypatch):
+    from napari_emdiffuse._widgets import enhance
+
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:2], name="em", scale=voxel)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    monkeypatch.setattr(enhance, "IN_MEMORY_LIMIT", 1000)  # every result is "too large"
+    w.run()
+    enhanced, uncertainty = w.result_layers
+    assert hasattr(enhanced.data, "dask") and hasattr(uncertainty.data, "dask")  # lazy, from disk
+    assert ".zarr" in w.status.text()
+    # a chosen zarr path is used as it is, and reopens through the plugin's reader with its voxel size
+    w.zarr_path.setText(str(tmp_path / "out.zarr"))
+    w.run()
+    layers = viewer.open(str(tmp_path / "out.zarr"), plugin="napari-emdiffuse")
+    assert {lyr.name for lyr in layers} == {"out mean", "out uncertainty"}
+    assert all(tuple(lyr.scale) == pytest.approx(voxel) for lyr in layers)

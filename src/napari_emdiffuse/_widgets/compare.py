@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import Geometry, current_plane, image_array, sample_percentile
+from .layers import Geometry, current_plane, image_array, sample_percentile, unwrap
 from .pickers import LayerPicker
 from .qt_helpers import disconnect, image_type, row_layout
 
@@ -149,7 +149,7 @@ class CompareWidget(QWidget):
         for layer in self.viewer.layers:
             if isinstance(layer, image_type()) and layer not in own:
                 item = QListWidgetItem(layer.name)
-                item.setData(Qt.ItemDataRole.UserRole, layer)
+                item.setData(Qt.ItemDataRole.UserRole, unwrap(layer))
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(Qt.CheckState.Checked if id(layer) in ticked else Qt.CheckState.Unchecked)
                 self.layer_list.addItem(item)
@@ -162,7 +162,7 @@ class CompareWidget(QWidget):
         """Tick exactly ``layers`` (in the list of layers to compare)."""
         for i in range(self.layer_list.count()):
             item = self.layer_list.item(i)
-            chosen = any(item.data(Qt.ItemDataRole.UserRole) is lyr for lyr in layers)
+            chosen = any(item.data(Qt.ItemDataRole.UserRole) is unwrap(lyr) for lyr in layers)
             item.setCheckState(Qt.CheckState.Checked if chosen else Qt.CheckState.Unchecked)
 
     def chosen_layers(self) -> list[Any]:
@@ -192,7 +192,7 @@ class CompareWidget(QWidget):
                 "grid": (grid.enabled, tuple(grid.shape), grid.stride),
             }
         for layer in self.viewer.layers:
-            layer.visible = any(layer is c for c in chosen)
+            layer.visible = any(unwrap(layer) is c for c in chosen)
         grid = self.viewer.grid
         grid.stride = 1
         grid.shape = (1, len(chosen)) if len(chosen) < 4 else (2, 2)
@@ -223,11 +223,13 @@ class CompareWidget(QWidget):
             raise InputError(f"swipe needs two layers of the same shape and pixel size ({left.name!r}: {tuple(a.shape)}, {right.name!r}: {tuple(b.shape)})")
         self._swipe_pair = (left, right)
         if self.swipe_layer is None or self.swipe_layer not in self.viewer.layers:
-            self.swipe_layer = self.viewer.add_image(
-                self._composite(),
-                name=f"swipe: {left.name} | {right.name}",
-                contrast_limits=tuple(left.contrast_limits),
-                **Geometry.of(left).kwargs(),
+            self.swipe_layer = unwrap(
+                self.viewer.add_image(
+                    self._composite(),
+                    name=f"swipe: {left.name} | {right.name}",
+                    contrast_limits=tuple(left.contrast_limits),
+                    **Geometry.of(left).kwargs(),
+                )
             )
         else:
             self.swipe_layer.data = self._composite()
@@ -327,12 +329,14 @@ class CompareWidget(QWidget):
         share = _share(mask)
         name = f"{layer.name} above {threshold:g}"
         if self.highlight_layer is None or self.highlight_layer not in self.viewer.layers:
-            self.highlight_layer = self.viewer.add_labels(
-                mask,
-                name=name,
-                opacity=0.6,
-                colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: HIGHLIGHT_COLOR}),
-                **Geometry.of(layer).kwargs(),
+            self.highlight_layer = unwrap(
+                self.viewer.add_labels(
+                    mask,
+                    name=name,
+                    opacity=0.6,
+                    colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: HIGHLIGHT_COLOR}),
+                    **Geometry.of(layer).kwargs(),
+                )
             )
         else:
             self.highlight_layer.data = mask

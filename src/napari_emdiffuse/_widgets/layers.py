@@ -17,6 +17,15 @@ from ..errors import InputError
 from ..variants.base import Roi
 
 
+def unwrap(layer: Any) -> Any:
+    """The layer itself, not napari's ``PublicOnlyProxy`` around it.
+
+    A dock widget's viewer is such a proxy, and every layer it returns is a new proxy object, so
+    layers are unwrapped before they are kept or compared by identity.
+    """
+    return getattr(layer, "__wrapped__", layer)
+
+
 def image_array(layer: Any) -> Any:
     """The full-resolution data of an image layer, refusing what no variant can use."""
     if layer is None:

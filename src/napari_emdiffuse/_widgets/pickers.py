@@ -6,6 +6,8 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QWidget
 
+from .layers import unwrap
+
 NONE_LABEL = "(none)"
 
 
@@ -48,7 +50,7 @@ class LayerPicker(QComboBox):
         if self.optional:
             self.addItem(NONE_LABEL, None)
         for layer in self.layers():
-            self.addItem(layer.name, layer)
+            self.addItem(layer.name, unwrap(layer))
             layer.events.name.connect(self._renamed)
         index = self.index_of(current) if current is not None else -1
         if index < 0 and not self.optional and self.count():
@@ -72,6 +74,7 @@ class LayerPicker(QComboBox):
 
     def index_of(self, layer: Any) -> int:
         """Position of ``layer`` in the list (by identity), or -1."""
+        layer = unwrap(layer)
         return next((i for i in range(self.count()) if self.itemData(i) is layer), -1)
 
     def select(self, layer: Any) -> None:

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import image_array, rectangle_roi
+from .layers import image_array, rectangle_roi, unwrap
 from .loss_plot import LossPlot
 from .options_form import OptionsForm
 from .pickers import LayerPicker
@@ -227,11 +227,10 @@ class TrainWidget(QWidget):
         for label, data in items:
             self.start_from.addItem(label, data)
         keep = next((i for i, (_, d) in enumerate(items) if current is not None and d[1] == current[1]), None)
-        if keep is None:
-            keep = next((i for i, (label, _) in enumerate(items) if label.endswith("-cpu")), 0)
-        self.start_from.setCurrentIndex(keep)
+        self.start_from.setCurrentIndex(keep if keep is not None else next((i for i, (label, _) in enumerate(items) if label.endswith("-cpu")), 0))
         self.start_from.blockSignals(False)
-        self._start_changed()
+        if keep is None:  # a new starting point: show its settings (an unchanged one keeps the user's edits)
+            self._start_changed()
 
     def _start_changed(self, *_: Any) -> None:
         data = self.start_from.currentData()
@@ -390,8 +389,10 @@ class TrainWidget(QWidget):
         padded = [np.pad(p, ((0, h - p.shape[0]), (0, 0)), constant_values=-1.0) for p in panels]
         image = np.concatenate([padded[0], gap, padded[1], gap, padded[2]], axis=1)
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
-            self.preview_layer = self.viewer.add_image(
-                image, name=PREVIEW_LAYER, contrast_limits=(-1.0, 1.0), **(self._run.preview_geometry if self._run else {})
+            self.preview_layer = unwrap(
+                self.viewer.add_image(
+                    image, name=PREVIEW_LAYER, contrast_limits=(-1.0, 1.0), **(self._run.preview_geometry if self._run else {})
+                )
             )
         else:
             self.preview_layer.data = image
