@@ -41,6 +41,10 @@ def test_train_plots_previews_saves_and_offers_the_model_to_enhance(make_napari_
 
     assert Model.load(saved).variant == "denoise"
     assert any(e.path == saved.resolve() for e in MODELS.entries())
+    # Load model: a saved folder becomes the starting point for fine-tuning
+    w.load_model(saved)
+    kind, entry = w.start_from.currentData()
+    assert kind == "model" and entry.path == saved.resolve()
 
 
 def test_fine_tuning_on_a_drawn_rectangle_uses_only_that_region(make_napari_viewer, isbi, voxel, tiny_model):

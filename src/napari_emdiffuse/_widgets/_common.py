@@ -93,7 +93,10 @@ class JobRunner:
     def _finish(self) -> None:
         self._worker = None
         self._running = False
-        self._on_done(self._error)
+        try:
+            self._on_done(self._error)
+        except RuntimeError:  # the widget was closed (deleted) while its job was stopping
+            log.debug("job finished after its widget was closed")
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -282,7 +282,7 @@ class CompareWidget(QWidget):
     def _pair(self, layer: Any, reference: Any) -> tuple[Any, Any]:
         """The layer's data and the matching part of the reference: the slice shown, or all of it."""
         a, r = image_array(layer), image_array(reference)
-        if self.whole_volume.isChecked() or a.ndim == 2 and r.ndim == 2:
+        if self.whole_volume.isChecked() or (a.ndim == 2 and r.ndim == 2):
             if a.ndim != r.ndim:
                 raise InputError(f"{layer.name!r} is {a.ndim}D and the reference {r.ndim}D")
             return a, r[_grid_region(layer, reference, a.ndim)]

@@ -249,8 +249,8 @@ class EnhanceWidget(QWidget):
             variant = get_variant(entry.variant)
             options = variant.options(self.options.values() if self.options else {})
             out = variant.output_geometry(data.shape, tuple(layer.scale), options)
-        except (InputError, ValueError) as err:
-            self.output_info.setText(str(err))
+        except Exception as err:  # noqa: BLE001 - an informative line only; Enhance reports it properly
+            self.output_info.setText(_common.user_message(err))
             return
         unit = str(layer.units[-1])
         self.output_info.setText(
