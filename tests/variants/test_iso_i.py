@@ -13,7 +13,7 @@ from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.jobs.train import train
 from napari_emdiffuse.model_file import Model
 from napari_emdiffuse.variants import get_variant
-from napari_emdiffuse.variants.iso_i import context_slices
+from napari_emdiffuse.variants.iso_i import context_slices, linear_gap
 
 ISO = get_variant("iso_i")
 
@@ -24,10 +24,12 @@ def catmull_rom(p0, p1, p2, p3, t):
 
 
 def spline_gaps(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The oracle's answer: Catmull-Rom interpolation through the four context slices."""
+    """The oracle's answer: Catmull-Rom interpolation through the four context slices, as the
+    difference from linear interpolation between the middle two (the residual the network makes)."""
     k = x.shape[1] + 1
     t = torch.arange(1, k, dtype=cond.dtype)[None, :, None, None] / k
-    return catmull_rom(*(cond[:, i : i + 1] for i in range(4)), t)
+    linear = cond[:, 1:2] * (1 - t) + cond[:, 2:3] * t
+    return catmull_rom(*(cond[:, i : i + 1] for i in range(4)), t) - linear
 
 
 @pytest.mark.parametrize("k", range(2, 13))
@@ -56,15 +58,19 @@ def test_context_repeats_the_bounding_slice_at_the_ends():
 def test_training_gaps_are_slices_k_apart(fib_small):
     opts = ISO.options({"factor": 4})
     src = ISO.training_pairs({"volume": fib_small}, opts, "train", 0.2, 32)
-    cond, target = src.sample(np.random.default_rng(0), 6, 32)
-    assert cond.shape == (6, 4, 32, 32) and target.shape == (6, 3, 32, 32)
-    assert cond.dtype == target.dtype == np.float32
+    cond, residual = src.sample(np.random.default_rng(0), 6, 32)
+    assert cond.shape == (6, 4, 32, 32) and residual.shape == (6, 3, 32, 32)
+    assert cond.dtype == residual.dtype == np.float32
+    cond2, target = src.source.sample(np.random.default_rng(0), 6, 32)  # the same draw, before the baseline
+    np.testing.assert_array_equal(cond, cond2)
+    np.testing.assert_allclose(residual, target - linear_gap(cond, 4), atol=1e-6)
     # in FIB-SEM, a slice resembles its neighbour 1 apart more than the bounding slice 4 apart
     near = np.mean([np.corrcoef(c[1].ravel(), t[0].ravel())[0, 1] for c, t in zip(cond, target)])
     far = np.mean([np.corrcoef(c[1].ravel(), c[2].ravel())[0, 1] for c in cond])
     assert near > far
+    assert residual.std() < target.std()  # interpolation already explains most of it
     val = ISO.training_pairs({"volume": fib_small}, opts, "val", 0.2, 32)
-    assert val.rows[0] >= src.rows[1]  # validation rows never seen in training
+    assert val.source.rows[0] >= src.source.rows[1]  # validation rows never seen in training
 
 
 def test_interleaving_and_gap_boundaries(oracle_model):

@@ -7,7 +7,9 @@ import pytest
 
 from napari_emdiffuse.config import ConfigError, load_preset
 from napari_emdiffuse.data.degrade import psf_bin
+from napari_emdiffuse.data.normalise import Normaliser
 from napari_emdiffuse.errors import InputError
+from napari_emdiffuse.jobs.events import Kind
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.jobs.train import train
 from napari_emdiffuse.model_file import Model
@@ -79,10 +81,14 @@ def test_training_pairs_condition_is_the_upsampled_input(isbi_clean, factor):
     arrays = SR.from_clean(isbi_clean[:2, :192, :192], opts)
     src = SR.training_pairs(arrays, opts, "train", 0.1, 64, min_std=0.0)
     assert src.patch % factor == 0 and src.patch % 16 == 0
-    cond, target = src.sample(np.random.default_rng(0), 3, src.patch)
-    assert cond.shape == target.shape == (3, 1, src.patch, src.patch)
+    cond, residual = src.sample(np.random.default_rng(0), 3, src.patch)
+    assert cond.shape == residual.shape == (3, 1, src.patch, src.patch)
+    cond2, target = src.source.sample(np.random.default_rng(0), 3, src.patch)  # the same draw, whole target
+    np.testing.assert_array_equal(cond, cond2)
+    np.testing.assert_allclose(residual, target - cond, atol=1e-6)
     # the condition is an interpolation of the same place: strongly correlated with the target
     assert np.corrcoef(cond.ravel(), target.ravel())[0, 1] > 0.5
+    assert residual.std() < target.std()
 
 
 def test_mismatched_pair_is_refused():
@@ -99,16 +105,19 @@ def test_mismatched_pair_is_refused():
 
 @pytest.mark.parametrize("factor", [2, 3])
 def test_prediction_over_tiles_reads_the_right_rows(factor, oracle_model):
-    """With an oracle returning its condition, prediction must equal bicubic upsampling exactly,
-    across many tiles and the band boundaries of the row reader."""
-    model = oracle_model("emdiffuse-r-tiny", {"factor": factor}, lambda c, x: c, 1, 1)
+    """With an oracle answering half its condition (the network's share, added to the bicubic
+    baseline), prediction must equal 1.5 x the normalised bicubic upsampling exactly, across
+    many tiles and the band boundaries of the row reader."""
+    model = oracle_model("emdiffuse-r-tiny", {"factor": factor}, lambda c, x: 0.5 * c, 1, 1)
     rng = np.random.default_rng(2)
     image = (rng.random((2, 29, 41)) * 200 + 20).astype(np.uint8)
     before = image.copy()
-    res = run_predict(model, image, voxel=(0.05, 0.01, 0.01), device="cpu")
+    norm = Normaliser(20.0, 220.0)
+    res = run_predict(model, image, voxel=(0.05, 0.01, 0.01), device="cpu", normaliser=norm)
     assert res.mean.shape == (2, 29 * factor, 41 * factor)
     assert res.voxel == pytest.approx((0.05, 0.01 / factor, 0.01 / factor))
-    np.testing.assert_allclose(res.mean, upsample(image, factor), atol=0.02)
+    expect = norm.inverse(1.5 * norm.forward(upsample(image, factor)))
+    np.testing.assert_allclose(res.mean, expect, atol=0.02)
     assert np.abs(res.std).max() < 0.02  # every sample agrees
     np.testing.assert_array_equal(image, before)
 
@@ -116,8 +125,13 @@ def test_prediction_over_tiles_reads_the_right_rows(factor, oracle_model):
 def test_tiny_model_trains_and_predicts_2d(isbi_clean, tmp_path):
     preset = load_preset("emdiffuse-r-tiny", {"train": {"iterations": 6, "val_every": 6, "checkpoint_every": 6}})
     arrays = SR.from_clean(isbi_clean[:2, :128, :128], SR.options(preset.variant_options))
-    for _ in train(preset, arrays, tmp_path / "m", device="cpu"):
-        pass
+    events = list(train(preset, arrays, tmp_path / "m", device="cpu"))
+    # previews and the "input" PSNR are in image terms, not in the network's residual terms
+    preview = next(e for e in events if e.kind is Kind.PREVIEW)
+    assert np.corrcoef(preview.cond.ravel(), preview.target.ravel())[0, 1] > 0.8
+    assert preview.prediction.shape == preview.target.shape == preview.cond.shape
+    val = next(e for e in events if e.kind is Kind.VALIDATION)
+    assert 15 < val.input_psnr < 45  # bicubic against the truth, on the normalised scale
     model = Model.load(tmp_path / "m")
     assert (model.info.out_channels, model.info.cond_channels) == (1, 1)
     low = arrays["input"][0, :24, :40]

@@ -232,7 +232,11 @@ def train(
     if resume:
         trainer.load_checkpoint(ckpt)
         yield Message(f"resumed at step {trainer.step}")
-    input_psnr = psnr(val_cond[:, : val_target.shape[1]], val_target) if val_cond.shape == val_target.shape else float("nan")
+    val_base = val_src.baseline(val_cond)
+    if val_base is not None:
+        input_psnr = psnr(val_base, val_src.as_image(val_cond, val_target))
+    else:
+        input_psnr = psnr(val_cond[:, : val_target.shape[1]], val_target) if val_cond.shape == val_target.shape else float("nan")
     model.info.training.update(
         {
             "data": data_note,
@@ -275,10 +279,10 @@ def train(
                 trainer.history.append({"step": trainer.step, "val_psnr": value})
                 yield Validation(trainer.step, value, input_psnr)
                 if preview_every is None:
-                    yield Preview(trainer.step, val_cond[0], pred[0], val_target[0])
+                    yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred[:1])[0], val_src.as_image(val_cond[:1], val_target[:1])[0])
             if preview_every and trainer.step % preview_every == 0:
                 _, pred = trainer.validate(val_cond[:1], val_target[:1])
-                yield Preview(trainer.step, val_cond[0], pred[0], val_target[0])
+                yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred[:1])[0], val_src.as_image(val_cond[:1], val_target[:1])[0])
             if trainer.step % tc.checkpoint_every == 0 and trainer.step < tc.iterations:
                 yield checkpoint("periodic")
     except Cancelled:

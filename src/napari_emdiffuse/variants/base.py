@@ -58,17 +58,60 @@ class PairSource(ABC):
     @abstractmethod
     def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def as_image(self, cond: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """A target-shaped array (a target, or what the network made of ``cond``) as the image it
+        stands for, e.g. for previews."""
+        return target
+
+    def baseline(self, cond: np.ndarray) -> np.ndarray | None:
+        """The image a method without the network gives for ``cond`` (e.g. interpolation), scored
+        as the "input" PSNR beside validation; None where the job's default applies."""
+        return None
+
+
+class ResidualPairs(PairSource):
+    """Pairs whose target is the difference between the true target and an interpolation
+    ``baseline(cond)`` (bicubic upsampling, linear interpolation between slices).
+
+    The network then generates only what interpolation misses: an untrained model already gives
+    the baseline, and training time goes into the detail. Prediction adds the baseline back
+    (``PlaneWriter(..., base=...)``).
+    """
+
+    def __init__(self, source: PairSource, baseline: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.source, self._baseline = source, baseline
+        self.patch, self.summary = source.patch, {**source.summary, "target": "difference from the interpolation baseline"}
+
+    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        cond, target = self.source.sample(rng, n, patch)
+        return cond, np.ascontiguousarray(target - self._baseline(cond), dtype=np.float32)
+
+    def as_image(self, cond: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return target + self._baseline(cond)
+
+    def baseline(self, cond: np.ndarray) -> np.ndarray:
+        return self._baseline(cond)
+
+
+Base = Callable[[int, int], np.ndarray]
+"""``base(y0, y1) -> (C, y1 - y0, W)``: rows of a residual model's baseline, normalised."""
+
 
 class PlaneWriter:
     """Lets the tiler write ``(C, rows, W)`` blocks into ``C`` consecutive planes of a 3D output
-    (numpy or zarr), mapped through ``transform`` (the inverse normalisation)."""
+    (numpy or zarr), mapped through ``transform`` (the inverse normalisation); ``base`` adds
+    the baseline of a residual model (:class:`ResidualPairs`) first."""
 
-    def __init__(self, target, start: int, transform: Callable[[np.ndarray], np.ndarray], samples: bool = False):
-        self.target, self.start, self.transform, self.samples = target, start, transform, samples
+    def __init__(
+        self, target, start: int, transform: Callable[[np.ndarray], np.ndarray], samples: bool = False, base: Base | None = None
+    ):
+        self.target, self.start, self.transform, self.samples, self.base = target, start, transform, samples, base
 
     def __setitem__(self, key: tuple, value: np.ndarray) -> None:
         rows = key[-1]
         c = value.shape[-3]
+        if self.base is not None:
+            value = value + self.base(rows.start, rows.stop)
         v = self.transform(value)
         if len(self.target.shape) == (3 if self.samples else 2):  # a 2D output (or 2D samples)
             self.target[(slice(None),) * self.samples + (rows,)] = v[..., 0, :, :]

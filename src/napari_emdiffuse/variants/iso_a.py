@@ -2,8 +2,8 @@
 
 There is no isotropic data to learn from, but within each slice the resolution is high. So a
 lateral axis stands in for z: in training, an xy patch keeps only every ``r``-th row (or, at
-random, column), the rows between are linearly interpolated, and the network learns to restore
-the full patch. In prediction the same degradation is met along z: each xz plane of the volume
+random, column), the rows between are linearly interpolated, and the network learns what that
+interpolation misses (:class:`~.base.ResidualPairs`). In prediction the same degradation is met along z: each xz plane of the volume
 (slices as rows) is linearly interpolated onto a grid ``r`` times finer, and the network
 restores it. The assumption is that the sample's structure is statistically the same along z
 as along y and x (roughly isotropic tissue); see docs/variants/iso-a.md for its limits.
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Geometry, PairSource, Roi, Variant
+from .base import Base, Geometry, PairSource, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
 from .factor import ratio_factor
 from .volume import check_volume, volume_region
@@ -153,13 +153,17 @@ class LateralPairs(PairSource):
 
 class AxialPlaneWriter:
     """Lets the tiler write one xz plane, ``(1, rows, W)`` blocks, into row ``y`` of a
-    ``(z, y, x)`` buffer (``(K, z, y, x)`` for samples), through ``transform``."""
+    ``(z, y, x)`` buffer (``(K, z, y, x)`` for samples), through ``transform`` after adding
+    the ``base`` rows of a residual model."""
 
-    def __init__(self, buffer: np.ndarray, y: int, transform: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.buffer, self.y, self.transform = buffer, y, transform
+    def __init__(self, buffer: np.ndarray, y: int, transform: Callable[[np.ndarray], np.ndarray], base: Base | None = None) -> None:
+        self.buffer, self.y, self.transform, self.base = buffer, y, transform, base
 
     def __setitem__(self, key: tuple, value: np.ndarray) -> None:
-        self.buffer[..., key[-1], self.y, :] = self.transform(value)[..., 0, :, :]
+        rows = key[-1]
+        if self.base is not None:
+            value = value + self.base(rows.start, rows.stop)
+        self.buffer[..., rows, self.y, :] = self.transform(value)[..., 0, :, :]
 
 
 class IsoA(Variant):
@@ -208,10 +212,10 @@ class IsoA(Variant):
                 f"{'the patch size is ' + str(patch) if patch < need else 'the training region is too small'}"
             )
         norm = fit_normaliser(vol, name="volume")
-        src = LateralPairs(vol, norm, r, rows, cols, min_std)
-        src.patch = fitted
-        src.summary["normaliser"] = norm.to_dict()
-        return src
+        pairs = LateralPairs(vol, norm, r, rows, cols, min_std)
+        pairs.patch = fitted
+        pairs.summary["normaliser"] = norm.to_dict()
+        return ResidualPairs(pairs, lambda c: c[:, :1])  # channel 0 is the linear interpolation
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
         return [(output_slices(shape[0], options.factor), shape[2])] * shape[1]
@@ -248,13 +252,16 @@ class IsoA(Variant):
                     i1 = min(n - 1, max(i0 + 1, math.ceil((r1 - 1) / r)))
                     return interpolate_lines(block[i0 : i1 + 1, _j], positions[i0 : i1 + 1], np.arange(r0, r1))
 
+                def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
+                    return _read(r0, r1)[:1]
+
                 run_plane(
                     read,
                     n_out,
                     w,
-                    AxialPlaneWriter(mean, j, normaliser.inverse),
+                    AxialPlaneWriter(mean, j, normaliser.inverse, base),
                     AxialPlaneWriter(std, j, normaliser.scale_std) if std is not None else None,
-                    AxialPlaneWriter(samples, j, normaliser.inverse) if samples is not None else None,
+                    AxialPlaneWriter(samples, j, normaliser.inverse, base) if samples is not None else None,
                     plane_key=0,  # the same noise for every xz plane: see the module docstring
                 )
             for i, z in kept:

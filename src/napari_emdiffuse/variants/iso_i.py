@@ -8,8 +8,9 @@ slice see the same context and join without a jump (at the volume's ends the bou
 stands in for the missing neighbour, in training as in prediction).
 
 Training pairs come from the isotropic volume itself: every ``k``-th slice is the condition,
-the slices between are the target. Prediction keeps the input slices unchanged, interleaves the
-generated ones, and divides the z voxel size by ``k``.
+the slices between are the target, which the network learns as its difference from linear
+interpolation (:class:`~.base.ResidualPairs`). Prediction keeps the input slices unchanged,
+interleaves the generated ones, and divides the z voxel size by ``k``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Geometry, PairSource, PlaneWriter, Roi, Variant, augment
+from .base import Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
 from .factor import whole_factor
 from .volume import check_volume, copy_slice, volume_region
@@ -46,6 +47,13 @@ class IsoOptions(BaseModel):
 def context_slices(g: int, n: int) -> list[int]:
     """Input slices the network sees for the gap between slices ``g`` and ``g + 1`` of ``n``."""
     return [g - 1 if g >= 1 else g, g, g + 1, g + 2 if g + 2 < n else g + 1]
+
+
+def linear_gap(cond: np.ndarray, k: int) -> np.ndarray:
+    """The baseline the network improves on: linear interpolation between the bounding slices
+    (channels 1 and 2 of ``(n, 4, h, w)``) at the ``k - 1`` positions inside the gap."""
+    t = (np.arange(1, k, dtype=np.float32) / k)[None, :, None, None]
+    return cond[:, 1:2] * (1 - t) + cond[:, 2:3] * t
 
 
 class GapPairs(PairSource):
@@ -131,10 +139,10 @@ class IsoI(Variant):
         check_volume(volume, self.title, "isotropic training volume", k + 1, f"at factor {k} (two slices {k} apart)")
         vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
         norm = fit_normaliser(vol, name="volume")
-        src = GapPairs(vol, norm, k, rows, cols, min_std)
-        src.patch = fit_patch(patch, rows, cols)
-        src.summary["normaliser"] = norm.to_dict()
-        return src
+        pairs = GapPairs(vol, norm, k, rows, cols, min_std)
+        pairs.patch = fit_patch(patch, rows, cols)
+        pairs.summary["normaliser"] = norm.to_dict()
+        return ResidualPairs(pairs, lambda c: linear_gap(c, k))
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
         return [tuple(shape[-2:])] * (shape[0] - 1)
@@ -158,14 +166,18 @@ class IsoI(Variant):
             def read(y0: int, y1: int, _idx: list[int] = idx) -> np.ndarray:
                 return normaliser.forward(np.stack([np.asarray(image[i, y0:y1]) for i in _idx]))
 
+            def base(y0: int, y1: int, _g: int = g) -> np.ndarray:
+                lo, hi = (normaliser.forward(np.asarray(image[i, y0:y1])) for i in (_g, _g + 1))
+                return linear_gap(np.stack([lo, lo, hi, hi])[None], k)[0]
+
             first = g * k + 1
             run_plane(
                 read,
                 h,
                 w,
-                PlaneWriter(out_mean, first, normaliser.inverse),
+                PlaneWriter(out_mean, first, normaliser.inverse, base=base),
                 PlaneWriter(out_std, first, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, first, normaliser.inverse, samples=True) if out_samples is not None else None,
+                PlaneWriter(out_samples, first, normaliser.inverse, samples=True, base=base) if out_samples is not None else None,
                 plane_key=g,
             )
             copy_slice(image, g + 1, (g + 1) * k, out_mean, out_samples)

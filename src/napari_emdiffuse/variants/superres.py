@@ -3,9 +3,10 @@
 Training pairs are registered low/high-resolution acquisitions, or high-resolution images alone
 with the low-resolution ones simulated as a point-scanning microscope would record them (beam
 PSF blur, then binning: :func:`~napari_emdiffuse.data.degrade.psf_bin`). The network's
-condition is the low-resolution image upsampled (bicubic) onto the output grid, so it sees the
-output's geometry and only has to add what interpolation cannot. Stacks are done slice by
-slice; the output's pixel size is the input's divided by the factor (z unchanged).
+condition is the low-resolution image upsampled (bicubic) onto the output grid, and it generates
+the difference between that and the high-resolution image (:class:`~.base.ResidualPairs`):
+only what interpolation cannot give. Stacks are done slice by slice; the output's pixel size
+is the input's divided by the factor (z unchanged).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser
 from ..errors import InputError
-from .base import Geometry, PairSource, PlaneWriter, Roi, Variant
+from .base import Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant
 from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
 from .factor import whole_factor
 
@@ -144,10 +145,10 @@ class SuperRes(Variant):
         # One intensity mapping for both, fitted on the input as prediction will be: binning and
         # blur narrow the percentiles, and separate mappings would change the output's contrast.
         norm = fit_normaliser(cond, name="input")
-        src = AlignedPairs(norm.forward(cond), norm.forward(target), rows, cols, min_std, scale=f, upsample=upsample)
-        src.patch = fitted
-        src.summary.update(normaliser=norm.to_dict(), factor=f)
-        return src
+        pairs = AlignedPairs(norm.forward(cond), norm.forward(target), rows, cols, min_std, scale=f, upsample=upsample)
+        pairs.patch = fitted
+        pairs.summary.update(normaliser=norm.to_dict(), factor=f)
+        return ResidualPairs(pairs, lambda c: c)  # the condition is the bicubic baseline
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
         f = options.factor
@@ -176,8 +177,8 @@ class SuperRes(Variant):
                 read,
                 h * f,
                 w * f,
-                PlaneWriter(out_mean, z, normaliser.inverse),
+                PlaneWriter(out_mean, z, normaliser.inverse, base=read),
                 PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, z, normaliser.inverse, samples=True) if out_samples is not None else None,
+                PlaneWriter(out_samples, z, normaliser.inverse, samples=True, base=read) if out_samples is not None else None,
                 plane_key=z,
             )
