@@ -65,7 +65,7 @@ def test_enhance_every_variant_places_its_output_over_the_input(make_napari_view
     w.samples.setValue(2)
     w.device.setCurrentText("cpu")
     w.run()
-    assert len(w.result_layers) == 2, w.status.text()
+    assert len(w.result_layers) == 2, w.controls.status.text()
     enhanced, uncertainty = w.result_layers
     shape, scale = enhanced.data.shape, tuple(enhanced.scale)
     assert uncertainty.data.shape == shape and tuple(uncertainty.scale) == scale
@@ -116,7 +116,7 @@ def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_vie
     w.run()
     enhanced, uncertainty = w.result_layers
     assert hasattr(enhanced.data, "dask") and hasattr(uncertainty.data, "dask")  # lazy, from disk
-    assert ".zarr" in w.status.text()
+    assert ".zarr" in w.controls.status.text()
     # a chosen zarr path is used as it is, and reopens through the plugin's reader with its voxel size
     w.zarr_path.setText(str(tmp_path / "out.zarr"))
     w.run()

@@ -35,7 +35,7 @@ def test_no_layer_and_no_model_are_explained(make_napari_viewer, notes, tiny_mod
     viewer.add_image(np.zeros((32, 32), np.float32) + np.arange(32), name="em")
     w.run()
     assert "no model chosen" in _messages(notes, "error")[-1]
-    assert not w.runner.running and w.run_button.isEnabled()
+    assert not w.controls.runner.running and w.controls.run_button.isEnabled()
 
 
 def test_wrong_dimensionality_is_explained(make_napari_viewer, notes, tiny_model):
@@ -97,7 +97,7 @@ def test_out_of_memory_suggests_a_smaller_tile(make_napari_viewer, notes, isbi, 
     w.run()
     message = _messages(notes, "error")[-1]
     assert "ran out of memory" in message and "tile size (now 256 px)" in message
-    assert w.run_button.isEnabled() and list(viewer.layers) == [layer]
+    assert w.controls.run_button.isEnabled() and list(viewer.layers) == [layer]
 
 
 def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, isbi, tiny_model):
@@ -108,4 +108,4 @@ def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, i
     w.tile_size.setValue(64)
     w.overlap.setValue(48)
     w.run()
-    assert "overlap" in _messages(notes, "error")[-1] and not w.runner.running
+    assert "overlap" in _messages(notes, "error")[-1] and not w.controls.runner.running

@@ -33,8 +33,8 @@ class Ticker:
 
 def _cancel_and_time(qtbot, widget) -> float:
     start = time.monotonic()
-    widget.cancel_button.click()
-    qtbot.waitUntil(lambda: not widget.runner.running, timeout=20_000)
+    widget.controls.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.controls.runner.running, timeout=20_000)
     return time.monotonic() - start
 
 
@@ -48,22 +48,22 @@ def test_enhance_keeps_the_viewer_responsive_and_cancels(make_napari_viewer, qtb
     w.samples.setValue(4)
     w.device.setCurrentText("cpu")
     ticker = Ticker()
-    w.run_button.click()
-    assert w.runner.running and not w.run_button.isEnabled()
-    qtbot.waitUntil(lambda: w.progress.value() >= 2, timeout=30_000)  # sampling has started
-    ticks, progress = ticker.ticks, w.progress.value()
+    w.controls.run_button.click()
+    assert w.controls.runner.running and not w.controls.run_button.isEnabled()
+    qtbot.waitUntil(lambda: w.controls.progress.value() >= 2, timeout=30_000)  # sampling has started
+    ticks, progress = ticker.ticks, w.controls.progress.value()
     qtbot.wait(1000)
-    assert w.runner.running  # still busy with the job...
+    assert w.controls.runner.running  # still busy with the job...
     assert ticker.ticks - ticks >= 10  # ...yet the event loop ran (about 50 ticks a second when idle)
-    assert w.progress.value() > progress  # and progress reached the bar while it did
+    assert w.controls.progress.value() > progress  # and progress reached the bar while it did
     assert _cancel_and_time(qtbot, w) < 5.0
-    assert w.result_layers == [] and "Cancelled" in w.status.text()
+    assert w.result_layers == [] and "Cancelled" in w.controls.status.text()
     assert [lyr.name for lyr in viewer.layers] == ["em"]
     # the viewer and the widget are usable again
     w.steps.setValue(1)
     w.scope.setCurrentIndex(w.scope.findData("slice"))
-    w.run_button.click()
-    qtbot.waitUntil(lambda: not w.runner.running, timeout=30_000)
+    w.controls.run_button.click()
+    qtbot.waitUntil(lambda: not w.controls.runner.running, timeout=30_000)
     assert len(w.result_layers) == 2
 
 
@@ -76,13 +76,13 @@ def test_training_keeps_the_viewer_responsive_and_cancels_keeping_the_model(make
     w.iterations.setValue(100_000)
     w.device.setCurrentText("cpu")
     ticker = Ticker()
-    w.train_button.click()
+    w.controls.run_button.click()
     qtbot.waitUntil(lambda: len(w.plot.steps) >= 2, timeout=60_000)
     ticks, steps = ticker.ticks, len(w.plot.steps)
     qtbot.wait(1000)
-    assert w.runner.running and ticker.ticks - ticks >= 10
+    assert w.controls.runner.running and ticker.ticks - ticks >= 10
     assert len(w.plot.steps) >= steps  # the loss curve grows while training runs
     assert _cancel_and_time(qtbot, w) < 5.0
-    assert "Cancelled" in w.status.text() and w.last_model is not None  # the model so far is kept
+    assert "Cancelled" in w.controls.status.text() and w.last_model is not None  # the model so far is kept
     assert any(e.path == w.last_model.resolve() for e in MODELS.entries())
     assert np.isfinite(w.plot.losses).all()

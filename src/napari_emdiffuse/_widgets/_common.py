@@ -3,14 +3,18 @@
 A job (``jobs.train.train`` or ``jobs.predict.predict``) is a generator of events. :class:`JobRunner`
 runs it in a napari worker thread and hands every event to the widget in the GUI thread, so the
 viewer stays responsive; a failure inside the job comes back as an event too (never as a raw
-traceback dialog), and the widget turns it into a notification with :func:`notify_error`.
+traceback dialog), and is shown as a notification by :func:`notify_error`. :class:`JobControls`
+is the Run / Cancel / progress / status strip the Enhance and Train widgets share.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
+
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import EMDiffuseError
 
@@ -139,3 +143,86 @@ def notify(text: str, level: str = "info") -> None:
     from napari.utils.notifications import show_info, show_warning
 
     (show_warning if level == "warning" else show_info)(text)
+
+
+class JobControls(QWidget):
+    """Run and Cancel buttons, a progress bar and a status line around one :class:`JobRunner`.
+
+    Progress and message events are shown here (with an estimate of the time left); every other
+    event goes to ``on_event``. A failure, before or during the job, becomes a notification and
+    the status line; ``tile_size()`` feeds the out-of-memory hint.
+    """
+
+    def __init__(
+        self,
+        run_label: str,
+        progress_format: str,
+        cancel_note: str,
+        on_run: Callable[[], None],
+        on_event: Callable[[Any], None],
+        on_done: Callable[[BaseException | None], None] | None = None,
+        tile_size: Callable[[], int | None] = lambda: None,
+    ) -> None:
+        super().__init__()
+        self._on_event, self._on_done, self._tile_size = on_event, on_done, tile_size
+        self._cancel_note = cancel_note
+        self.started = 0.0  # time.monotonic() when the job started
+        self._cancelled = False
+        self.runner = JobRunner(self._event, self._done)
+        self.run_button = QPushButton(run_label)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setFormat(progress_format)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        self.run_button.clicked.connect(on_run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
+
+    def start(self, make_job: Callable[[Any], Iterator[Any]], status: str) -> None:
+        self.started = time.monotonic()
+        self._cancelled = False
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(status)
+        self.runner.start(make_job)
+
+    def fail(self, err: BaseException) -> None:
+        """A problem found before the job could start."""
+        self.status.setText(notify_error(err, self._tile_size()))
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+        self._cancelled = True
+        self.status.setText(self._cancel_note)
+
+    def _event(self, event: Any) -> None:
+        kind = getattr(getattr(event, "kind", None), "value", None)
+        if kind == "progress":
+            self.progress.setMaximum(max(event.total, 1))
+            self.progress.setValue(event.done)
+            if 0 < event.done < event.total and not self._cancelled:
+                left = (time.monotonic() - self.started) * (event.total - event.done) / event.done
+                self.status.setText(f"{event.what.capitalize() or 'Working'}… about {left:.0f} s left")
+        elif kind == "message":
+            notify(event.text, event.level)
+        elif kind is not None:
+            self._on_event(event)
+
+    def _done(self, error: BaseException | None) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if error is not None:
+            self.status.setText(notify_error(error, self._tile_size()))
+        if self._on_done is not None:
+            self._on_done(error)

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import Geometry, current_plane, image_array, sample_percentile, unwrap
+from .layers import Placement, current_plane, image_array, sample_percentile, sample_values, unwrap
 from .pickers import LayerPicker
 from .qt_helpers import disconnect, image_type, row_layout
 
@@ -228,7 +228,7 @@ class CompareWidget(QWidget):
                     self._composite(),
                     name=f"swipe: {left.name} | {right.name}",
                     contrast_limits=tuple(left.contrast_limits),
-                    **Geometry.of(left).kwargs(),
+                    **Placement.of(left).kwargs(),
                 )
             )
         else:
@@ -326,7 +326,7 @@ class CompareWidget(QWidget):
         data = image_array(layer)
         threshold = self.threshold.value()
         mask = (data > threshold).astype(np.uint8)
-        share = _share(mask)
+        share = float(sample_values(mask).mean())
         name = f"{layer.name} above {threshold:g}"
         if self.highlight_layer is None or self.highlight_layer not in self.viewer.layers:
             self.highlight_layer = unwrap(
@@ -335,24 +335,16 @@ class CompareWidget(QWidget):
                     name=name,
                     opacity=0.6,
                     colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: HIGHLIGHT_COLOR}),
-                    **Geometry.of(layer).kwargs(),
+                    **Placement.of(layer).kwargs(),
                 )
             )
         else:
             self.highlight_layer.data = mask
             self.highlight_layer.name = name
-            for key, value in Geometry.of(layer).kwargs().items():
+            for key, value in Placement.of(layer).kwargs().items():
                 setattr(self.highlight_layer, key, value)
         self.status.setText(f"{share:.1%} of the pixels have an uncertainty above {threshold:g} (marked in {HIGHLIGHT_COLOR}).")
         return share
-
-
-def _share(mask: Any) -> float:
-    """Fraction of ones in a (possibly lazy) mask, from at most a few million pixels."""
-    if mask.ndim == 3 and mask.size > 4_000_000:
-        idx = np.linspace(0, mask.shape[0] - 1, max(1, 4_000_000 // int(np.prod(mask.shape[-2:])))).round().astype(int)
-        return float(np.mean([np.asarray(mask[int(i)]).mean() for i in idx]))
-    return float(np.asarray(mask).mean())
 
 
 def _length(value: float, unit: str) -> str:

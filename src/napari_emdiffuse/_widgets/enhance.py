@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -32,10 +31,10 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import Geometry, current_plane, image_array, output_geometry, rectangle_roi, sample_percentile, unwrap
+from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap
 from .options_form import OptionsForm
 from .pickers import LayerPicker
-from .qt_helpers import disconnect, image_type, row, row_layout, shapes_type, spin
+from .qt_helpers import disconnect, image_type, row, shapes_type, spin
 from .registry import MODELS, ModelEntry
 
 SCOPES = {
@@ -70,7 +69,7 @@ class _Plan:
     model: Any
     array: Any
     voxel: tuple[float, ...]
-    geometry: Geometry
+    placement: Placement
     add_axis: bool
     sample: Any
     device: str
@@ -88,9 +87,7 @@ class EnhanceWidget(QWidget):
         from ..variants import VARIANTS
 
         self.viewer = napari_viewer
-        self.runner = _common.JobRunner(self._on_event, self._on_done)
         self._plan: _Plan | None = None
-        self._started = 0.0
         self.result_layers: list[Any] = []
 
         self.image = LayerPicker(napari_viewer, image_type())
@@ -121,13 +118,15 @@ class EnhanceWidget(QWidget):
         self.browse = QPushButton("…")
         self.output_info = QLabel()
         self.output_info.setWordWrap(True)
-        self.run_button = QPushButton("Enhance")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m sampler steps")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.controls = _common.JobControls(
+            "Enhance",
+            "%v / %m sampler steps",
+            "Cancelling after the current sampler step…",
+            on_run=self.run,
+            on_event=self._on_event,
+            on_done=self._on_done,
+            tile_size=self.tile_size.value,
+        )
 
         form = QFormLayout()
         form.addRow("Image layer", self.image)
@@ -147,9 +146,7 @@ class EnhanceWidget(QWidget):
         form.addRow("", self.output_info)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(row_layout(self.run_button, self.cancel_button))
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(self.controls)
         layout.addStretch(1)
 
         self.variant.currentIndexChanged.connect(self.refresh_models)
@@ -158,11 +155,8 @@ class EnhanceWidget(QWidget):
         self.scope.currentIndexChanged.connect(self._scope_changed)
         self.load_model.clicked.connect(self._load_model_dialog)
         self.browse.clicked.connect(self._browse_zarr)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         MODELS.changed.connect(self.refresh_models)
         self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
-        self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
         self.refresh_models()
         self._scope_changed()
 
@@ -298,17 +292,17 @@ class EnhanceWidget(QWidget):
                 }
             }
         ).sample
-        source = Geometry.of(layer)
+        source = Placement.of(layer)
         array, offset, add_axis = self._crop(layer, data)
         variant.check_input(array, options, name=f"layer {layer.name!r}")
         voxel = source.scale[-array.ndim :]
         out = variant.output_geometry(array.shape, voxel, options)
         lead = (1,) if add_axis else ()
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
-        geometry = output_geometry(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
+        placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
         output = self._output_path(layer, int(np.prod(out.shape)) * 8)
         paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
-        return _Plan(layer, entry, model, array, voxel, geometry, add_axis, sample, self.device.currentText(), output, paths)
+        return _Plan(layer, entry, model, array, voxel, placement, add_axis, sample, self.device.currentText(), output, paths)
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...], bool]:
         """The part of the data the scope asks for, its offset in the layer, and whether a
@@ -341,22 +335,16 @@ class EnhanceWidget(QWidget):
 
     def run(self) -> None:
         """Start enhancing (the Enhance button); problems are shown as notifications."""
-        if self.runner.running:
+        if self.controls.runner.running:
             return
         try:
             plan = self.plan()
         except Exception as err:  # noqa: BLE001 - every problem becomes a notification
-            _common.notify_error(err, self.tile_size.value())
-            self.status.setText(_common.user_message(err, self.tile_size.value()))
+            self.controls.fail(err)
             return
         from ..jobs.predict import predict
 
         self._plan = plan
-        self._started = time.monotonic()
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status.setText(f"Enhancing {plan.layer.name!r} with {plan.entry.name}…")
 
         def job(cancel: Any):
             return predict(
@@ -370,36 +358,18 @@ class EnhanceWidget(QWidget):
                 cancel=cancel,
             )
 
-        self.runner.start(job)
-
-    def cancel(self) -> None:
-        self.runner.cancel()
-        self.status.setText("Cancelling after the current sampler step…")
+        self.controls.start(job, f"Enhancing {plan.layer.name!r} with {plan.entry.name}…")
 
     def _on_event(self, event: Any) -> None:
-        kind = getattr(event, "kind", None)
-        if kind is None:
+        if event.kind.value != "result":
             return
-        if kind.value == "progress":
-            self.progress.setMaximum(max(event.total, 1))
-            self.progress.setValue(event.done)
-            if event.done:
-                left = (time.monotonic() - self._started) * (event.total - event.done) / event.done
-                self.status.setText(f"Enhancing… about {left:.0f} s left")
-        elif kind.value == "message":
-            _common.notify(event.text, event.level)
-        elif kind.value == "result":
-            if event.complete:
-                self._add_results(event)
-            else:
-                where = f" (partial result kept in {self._plan.output})" if self._plan and self._plan.output else ""
-                self.status.setText(f"Cancelled{where}.")
+        if event.complete:
+            self._add_results(event)
+        else:
+            where = f" (partial result kept in {self._plan.output})" if self._plan.output else ""
+            self.controls.status.setText(f"Cancelled{where}.")
 
     def _on_done(self, error: BaseException | None) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if error is not None:
-            self.status.setText(_common.notify_error(error, self.tile_size.value()))
         self._plan = None
 
     def _add_results(self, result: Any) -> None:
@@ -413,7 +383,7 @@ class EnhanceWidget(QWidget):
             mean, std = mean[None], std[None]
         name = f"{plan.layer.name} {plan.model.variant}"
         info = {"model": str(plan.entry.path), "source_layer": plan.layer.name, "samples": plan.sample.samples}
-        kwargs = plan.geometry.kwargs()
+        kwargs = plan.placement.kwargs()
         enhanced = self.viewer.add_image(
             mean,
             name=name,
@@ -436,6 +406,6 @@ class EnhanceWidget(QWidget):
             **kwargs,
         )
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
-        seconds = time.monotonic() - self._started
+        seconds = time.monotonic() - self.controls.started
         where = f", written to {plan.output}" if plan.output else ""
-        self.status.setText(f"Done in {seconds:.0f} s{where}: '{enhanced.name}' and its uncertainty map.")
+        self.controls.status.setText(f"Done in {seconds:.0f} s{where}: '{enhanced.name}' and its uncertainty map.")

@@ -74,7 +74,7 @@ def rectangle_roi(shapes: Any, image: Any) -> Roi:
 
 
 @dataclass(frozen=True)
-class Geometry:
+class Placement:
     """Where a layer sits in the world: per-axis ``scale``, ``translate`` and ``units``."""
 
     scale: tuple[float, ...]
@@ -82,7 +82,7 @@ class Geometry:
     units: tuple[str, ...]
 
     @classmethod
-    def of(cls, layer: Any) -> "Geometry":
+    def of(cls, layer: Any) -> "Placement":
         return cls(
             tuple(float(s) for s in layer.scale),
             tuple(float(t) for t in layer.translate),
@@ -93,10 +93,10 @@ class Geometry:
         return {"scale": self.scale, "translate": self.translate, "units": self.units}
 
 
-def output_geometry(
-    source: Geometry, offset: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int], out_voxel: Sequence[float]
-) -> Geometry:
-    """Geometry of a result computed from the source's pixels ``offset : offset + in_shape``.
+def output_placement(
+    source: Placement, offset: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int], out_voxel: Sequence[float]
+) -> Placement:
+    """Placement of a result computed from the source's pixels ``offset : offset + in_shape``.
 
     ``out_shape`` and ``out_voxel`` are the variant's output geometry on the same axes. Where
     pixels get finer, the variant's output either tiles the input's extent edge to edge
@@ -108,17 +108,21 @@ def output_geometry(
     for t, o, s, n_in, n_out, vo in zip(source.translate, offset, source.scale, in_shape, out_shape, out_voxel):
         tiles_extent = math.isclose(n_out * vo, n_in * s, rel_tol=1e-6)
         translate.append(t + o * s + ((vo - s) / 2 if tiles_extent else 0.0))
-    return Geometry(tuple(float(v) for v in out_voxel), tuple(translate), source.units)
+    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units)
 
 
-def sample_percentile(data: Any, q: float, max_pixels: int = 2_000_000) -> float:
-    """A percentile of a (possibly lazy, large) array from a bounded subset of whole planes."""
+def sample_values(data: Any, max_pixels: int = 2_000_000) -> np.ndarray:
+    """The finite values of a (possibly lazy, large) array, or of whole planes spread through it."""
     if data.size <= max_pixels or data.ndim < 3:
         values = np.asarray(data)
     else:
-        plane = int(np.prod(data.shape[-2:]))
-        n = max(1, min(data.shape[0], max_pixels // plane))
-        idx = np.linspace(0, data.shape[0] - 1, n).round().astype(int)
-        values = np.stack([np.asarray(data[int(i)]) for i in idx])
-    values = values[np.isfinite(values)]
+        n = max(1, min(data.shape[0], max_pixels // int(np.prod(data.shape[-2:]))))
+        values = np.stack([np.asarray(data[int(i)]) for i in np.linspace(0, data.shape[0] - 1, n).round()])
+    values = values.ravel()
+    return values[np.isfinite(values)]
+
+
+def sample_percentile(data: Any, q: float) -> float:
+    """A percentile of :func:`sample_values` (0 for an array with no finite value)."""
+    values = sample_values(data)
     return float(np.percentile(values, q)) if values.size else 0.0

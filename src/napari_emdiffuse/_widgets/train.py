@@ -22,8 +22,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QLabel,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -79,12 +77,10 @@ class TrainWidget(QWidget):
         from ..variants import VARIANTS
 
         self.viewer = napari_viewer
-        self.runner = _common.JobRunner(self._on_event, self._on_done)
         self.run_dir: Path | None = None
         self.last_model: Path | None = None
         self.preview_layer: Any = None
         self._run: _Run | None = None
-        self._started = 0.0
 
         self.variant = QComboBox()
         for name, variant in VARIANTS.items():
@@ -115,14 +111,15 @@ class TrainWidget(QWidget):
         self.minutes.setToolTip("Stop after this many minutes, even before all iterations are done")
         self.device = QComboBox()
         self.device.addItems(available_devices())
-        self.train_button = QPushButton("Train")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setFormat("step %v / %m")
+        self.controls = _common.JobControls(
+            "Train",
+            "step %v / %m",
+            "Stopping after the current step; the model so far is kept…",
+            on_run=self.run,
+            on_event=self._on_event,
+            on_done=self._on_done,
+        )
         self.plot = LossPlot()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.save_button = QPushButton("Save model…")
         self.save_button.setEnabled(False)
         self.load_button = QPushButton("Load model…")
@@ -139,24 +136,19 @@ class TrainWidget(QWidget):
         form.addRow("Device", self.device)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(row_layout(self.train_button, self.cancel_button))
-        layout.addWidget(self.progress)
+        layout.addWidget(self.controls)
         layout.addWidget(self.plot)
-        layout.addWidget(self.status)
         layout.addLayout(row_layout(self.save_button, self.load_button))
         layout.addStretch(1)
 
         self.variant.currentIndexChanged.connect(self._variant_changed)
         self.source.currentIndexChanged.connect(self._source_changed)
         self.start_from.currentIndexChanged.connect(self._start_changed)
-        self.train_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
         for signal in (MODELS.changed, PRESETS.changed):
             signal.connect(self.refresh_start)
             self.destroyed.connect(lambda *_, s=signal: disconnect(s, self.refresh_start))
-        self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
         self._variant_changed()
 
     # ---- choices -------------------------------------------------------------------------
@@ -316,23 +308,18 @@ class TrainWidget(QWidget):
 
     def run(self) -> None:
         """Start training (the Train button); problems are shown as notifications."""
-        if self.runner.running:
+        if self.controls.runner.running:
             return
         try:
             plan = self.plan()
         except Exception as err:  # noqa: BLE001 - every problem becomes a notification
-            self.status.setText(_common.notify_error(err))
+            self.controls.fail(err)
             return
         from ..jobs.train import train
 
         self._run, self.run_dir = plan, plan.run_dir
-        self._started = time.monotonic()
         self.plot.clear()
-        self.progress.setMaximum(plan.preset.train.iterations)
-        self.progress.setValue(0)
-        self.train_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText(f"Training in {plan.run_dir}…")
+        self.controls.progress.setMaximum(plan.preset.train.iterations)
 
         def job(cancel: Any):
             return train(
@@ -347,37 +334,25 @@ class TrainWidget(QWidget):
                 cancel=cancel,
             )
 
-        self.runner.start(job)
-
-    def cancel(self) -> None:
-        self.runner.cancel()
-        self.status.setText("Stopping after the current step; the model so far is kept…")
+        self.controls.start(job, f"Training in {plan.run_dir}…")
 
     def _on_event(self, event: Any) -> None:
-        kind = getattr(event, "kind", None)
-        if kind is None:
-            return
-        k = kind.value
+        k = event.kind.value
         if k == "loss":
             self.plot.add(event.step, event.loss)
-        elif k == "progress":
-            self.progress.setMaximum(max(event.total, 1))
-            self.progress.setValue(event.done)
         elif k == "validation":
             self.plot.add_validation(event.step, event.psnr)
         elif k == "preview":
             self._show_preview(event)
-        elif k == "message":
-            _common.notify(event.text, event.level)
         elif k == "checkpoint":
-            self.status.setText(f"Step {event.step}: model saved in {event.path.parent}")
+            self.controls.status.setText(f"Step {event.step}: model saved in {event.path.parent}")
         elif k == "result":
             name = f"{self.variant_name()}-{time.strftime('%H%M%S')}"
             MODELS.add(event.model_dir, "trained", name=name)
             self.last_model = Path(event.model_dir)
             self.save_button.setEnabled(True)
             psnr = f", validation PSNR {event.best_psnr:.2f} dB" if event.best_psnr is not None else ""
-            self.status.setText(
+            self.controls.status.setText(
                 f"{event.reason.capitalize()} after {event.steps} steps{psnr}. Model '{name}' is ready in Enhance."
             )
 
@@ -399,10 +374,6 @@ class TrainWidget(QWidget):
         self.preview_layer.metadata["step"] = event.step
 
     def _on_done(self, error: BaseException | None) -> None:
-        self.train_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if error is not None:
-            self.status.setText(_common.notify_error(error))
         self._run = None
 
     # ---- saving and loading --------------------------------------------------------------
@@ -433,7 +404,7 @@ class TrainWidget(QWidget):
         if folder:
             try:
                 path = self.save_model(folder)
-                self.status.setText(f"Model saved to {path}")
+                self.controls.status.setText(f"Model saved to {path}")
             except Exception as err:  # noqa: BLE001 - shown to the user
                 _common.notify_error(err)
 
