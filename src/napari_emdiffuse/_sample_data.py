@@ -32,7 +32,7 @@ def _clean() -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def sstem_clean() -> list[tuple[Any, dict[str, Any], str]]:
-    """8 x 256 x 256 ssTEM crop, 50 x 4 x 4 nm voxels."""
+    """6 x 256 x 256 ssTEM crop, 50 x 4 x 4 nm voxels."""
     data, kwargs = _clean()
     kwargs["name"] = "ssTEM clean"
     return [(data, kwargs, "image")]

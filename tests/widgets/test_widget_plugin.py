@@ -46,6 +46,6 @@ def test_sample_data_opens_from_the_file_menu(make_napari_viewer, key):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-emdiffuse", key)
     [layer] = viewer.layers
-    assert layer.data.shape == (8, 256, 256)
+    assert layer.data.shape == (6, 256, 256)
     assert tuple(layer.scale) == pytest.approx((0.05, 0.004, 0.004))
     assert str(layer.units[-1]) == "micrometer"

@@ -33,7 +33,7 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
 def test_drag_and_drop_into_napari_uses_the_plugin(make_napari_viewer):
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(sample_path()), plugin="napari-emdiffuse")
-    assert layer.data.shape == (8, 256, 256)
+    assert layer.data.shape == (6, 256, 256)
     assert tuple(layer.scale) == pytest.approx((0.05, 0.004, 0.004))
     assert [str(u) for u in layer.units] == ["micrometer"] * 3
 
@@ -105,7 +105,7 @@ def test_mrc_voxel_size_in_angstrom_becomes_micrometres(tmp_path):
 def test_sample_data_is_real_em_with_its_voxel_size():
     [(clean, kw, _)] = sstem_clean()
     [(noisy, kw_noisy, _)] = sstem_noisy()
-    assert clean.shape == noisy.shape == (8, 256, 256) and clean.dtype == np.uint8
+    assert clean.shape == noisy.shape == (6, 256, 256) and clean.dtype == np.uint8
     assert kw["scale"] == pytest.approx((0.05, 0.004, 0.004)) and "Cardona" in kw["metadata"]["citation"]
     assert sample_path().stat().st_size < 600_000
     # simulated low dose: noisy, but the same image
