@@ -55,6 +55,34 @@ class Normaliser:
         return src.map_blocks(self.forward, dtype=np.float32)
 
 
+def match_intensity(target: np.ndarray, reference: np.ndarray, factor: int = 1) -> tuple[float, float]:
+    """``(a, b)`` such that ``a * target + b`` is on the intensity scale of ``reference``.
+
+    A clean (or high-resolution) target and its noisy (or low-resolution) input come from the
+    same sample but may differ in gain and offset. The model learns the target on the *input's*
+    scale, so its output maps back to the input's units at prediction. The fit regresses the
+    input on the target (binned by ``factor`` for super-resolution pairs): zero-mean noise in the
+    input then leaves the estimate unbiased.
+    """
+    t = np.asarray(target, np.float64)
+    r = np.asarray(reference, np.float64)
+    if factor > 1:
+        h, w = t.shape[-2] // factor * factor, t.shape[-1] // factor * factor
+        t = t[..., :h, :w].reshape(*t.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+        r = r[..., : h // factor, : w // factor]
+    t, r = t.ravel(), r.ravel()
+    if t.size > MAX_SAMPLE_PIXELS:
+        pick = np.random.default_rng(0).choice(t.size, MAX_SAMPLE_PIXELS, replace=False)
+        t, r = t[pick], r[pick]
+    var = t.var()
+    if var == 0:
+        raise InputError("the target is constant: there is nothing to learn from it")
+    a = float(np.mean((t - t.mean()) * (r - r.mean())) / var)
+    if a <= 0:
+        raise InputError("input and target are not positively related (wrong pairing, or inverted contrast?)")
+    return a, float(r.mean() - a * t.mean())
+
+
 def _pixel_sample(image, max_pixels: int, seed: int = 0) -> np.ndarray:
     """All pixels of a small array; for a large (or dask) one, whole planes/rows chosen at random."""
     if image.size <= max_pixels:

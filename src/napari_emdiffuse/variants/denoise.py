@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ..data.degrade import poisson_gaussian, to_unit
-from ..data.normalise import Normaliser, check_image, fit_normaliser
+from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
 from .base import Geometry, PairSource, PlaneWriter, Roi, Variant, augment, split_rows
 
@@ -132,10 +132,10 @@ class Denoise(Variant):
         self.check_pair(cond, target)
         cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi)
         nc = fit_normaliser(cond, name="input")
-        nt = fit_normaliser(target, name="target")
-        src = AlignedPairs(nc.forward(cond), nt.forward(target), rows, cols, min_std)
+        a, b = match_intensity(target, cond)  # the target on the input's scale: outputs map back to it
+        src = AlignedPairs(nc.forward(cond), nc.forward(a * target.astype(np.float32) + b), rows, cols, min_std)
         src.patch = fit_patch(patch, rows, cols)
-        src.summary.update(input_normaliser=nc.to_dict(), target_normaliser=nt.to_dict())
+        src.summary.update(input_normaliser=nc.to_dict(), target_to_input=[a, b])
         return src
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
