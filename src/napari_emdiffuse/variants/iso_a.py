@@ -3,9 +3,9 @@
 There is no isotropic data to learn from, but within each slice the resolution is high. So a
 lateral axis stands in for z: in training, an xy patch keeps only every ``r``-th row (or, at
 random, column), the rows between are linearly interpolated, and the network learns what that
-interpolation misses (:class:`~.base.ResidualPairs`). In prediction the same degradation is met along z: each xz plane of the volume
-(slices as rows) is linearly interpolated onto a grid ``r`` times finer, and the network
-restores it. The assumption is that the sample's structure is statistically the same along z
+interpolation misses (:class:`~.base.ResidualPairs`). In prediction the same degradation is met
+along z: each xz plane of the volume (slices as rows) is linearly interpolated onto a grid ``r``
+times finer, and the network restores it. The assumption is that the sample's structure is statistically the same along z
 as along y and x (roughly isotropic tissue); see docs/variants/iso-a.md for its limits.
 
 Because the network works on planes that contain the z axis, all the slices between two input

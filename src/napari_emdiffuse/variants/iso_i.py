@@ -33,7 +33,7 @@ MAX_FACTOR = 12
 EDGE_CHANCE = 0.1
 
 
-class IsoOptions(BaseModel):
+class IsoIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     factor: int = 4
@@ -109,7 +109,7 @@ class IsoI(Variant):
     )
     training_inputs = ("volume",)
     input_ndims = (3,)
-    options_model = IsoOptions
+    options_model = IsoIOptions
 
     def channels(self, options: BaseModel) -> tuple[int, int]:
         return options.factor - 1, 4
