@@ -103,16 +103,22 @@ def test_interleaving_and_gap_boundaries_with_an_oracle(oracle_model):
     np.testing.assert_array_equal(vol, before)
 
 
-def test_row_blocks_give_the_same_volume(oracle_model, monkeypatch):
-    """Prediction buffers a few y rows at a time; the block size must not change the result."""
+def test_row_blocks_and_zarr_output_give_the_same_volume(oracle_model, monkeypatch, tmp_path):
+    """Prediction buffers a few y rows at a time and may write into zarr (for volumes larger
+    than memory); neither the block size nor the store may change the result."""
+    import zarr
+
     import napari_emdiffuse.variants.iso_a as iso_a
 
     model = oracle_model("vemdiffuse-a-tiny", {"factor": 3}, lambda c, x: c[:, :1] + 0.1 * c[:, 1:], 1, 2)
     vol = (np.random.default_rng(5).random((4, 11, 40)) * 255).astype(np.uint8)
     whole = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu").mean
     monkeypatch.setattr(iso_a, "BUFFER_BYTES", 1)  # one row per block
-    rows = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu").mean
-    np.testing.assert_allclose(rows, whole, atol=1e-4)
+    rows = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", output=tmp_path / "o.zarr")
+    stored = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    np.testing.assert_allclose(np.asarray(stored["mean"]), whole, atol=1e-4)
+    assert stored.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
+    assert stored["std"].shape == whole.shape
 
 
 def test_neighbouring_xz_planes_share_their_noise(oracle_model):
