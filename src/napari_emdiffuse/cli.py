@@ -6,11 +6,13 @@ Every error a user can cause ends in a one-line message and exit status 2, never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -54,10 +56,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .config import load_preset, parse_preset
-    from .jobs.events import Kind
+    from .jobs.events import new_cancel_token
     from .jobs.train import checkpoint_state, train
     from .model_file import Model
     from .variants import get_variant
@@ -99,27 +99,66 @@ def cmd_train(args: argparse.Namespace) -> int:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
     init = Model.load(args.from_model) if args.from_model else None
-    bar = None
-    result = None
-    for ev in train(preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume, roi=_roi(args.roi), data_note="; ".join(notes)):
-        if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
-            bar = tqdm(total=preset.train.iterations, unit="step", dynamic_ncols=True, disable=args.quiet)
-        if ev.kind is Kind.PROGRESS:
-            bar.total = ev.total
-            bar.n = ev.done
-            bar.refresh()
-        elif ev.kind is Kind.LOSS:
-            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-        elif ev.kind is Kind.VALIDATION:
-            bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB (input {ev.input_psnr:.2f} dB)")
-        elif ev.kind is Kind.MESSAGE:
-            bar.write(ev.text)
-        elif ev.kind is Kind.RESULT:
-            result = ev
-    if bar is not None:
-        bar.close()
+    token = new_cancel_token()
+    with _ctrl_c_cancels(token):
+        events = train(
+            preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume,
+            roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
+        )
+        result = _drive(events, args.quiet, preset.train.iterations)
     print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return 0
+
+
+def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
+    """Show a job's events as a tqdm bar and messages; return its result event."""
+    from tqdm import tqdm
+
+    from .jobs.events import Kind
+
+    bar = None
+    result = None
+    try:
+        for ev in events:
+            if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
+                bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quiet)
+            if ev.kind is Kind.PROGRESS:
+                bar.total = ev.total
+                bar.n = ev.done
+                bar.refresh()
+            elif ev.kind is Kind.LOSS:
+                bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+            elif ev.kind is Kind.VALIDATION:
+                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB (input {ev.input_psnr:.2f} dB)")
+            elif ev.kind is Kind.MESSAGE:
+                bar.write(ev.text)
+            elif ev.kind is Kind.RESULT:
+                result = ev
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(token: Any) -> Iterator[None]:
+    """The first Ctrl-C cancels the job cleanly (checkpoint / partial output kept); a second one aborts."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if token.is_set():
+            raise KeyboardInterrupt
+        token.set()
+        print("\nemdiffuse: stopping after the current step (Ctrl-C again to abort) ...", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -139,10 +178,8 @@ def _output_paths(out: Path) -> tuple[Path, Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .data.io import write_tiff
-    from .jobs.events import Kind
+    from .data.io import refuse_overwrite, write_tiff
+    from .jobs.events import new_cancel_token
     from .jobs.predict import predict
     from .models import resolve_model
 
@@ -155,35 +192,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sample = model.preset.with_overrides({"sample": over}).sample
     out = Path(args.output)
     zarr_out = out.suffix.lower() == ".zarr"
-    if not zarr_out:
-        for p in _output_paths(out):
-            if img.path is not None and p.resolve() == img.path.resolve():
-                raise InputError(f"{p}: the output would overwrite the input; choose another name")
-    bar = None
-    result = None
-    for ev in predict(
-        model,
-        img.data,
-        sample=sample,
-        voxel=img.voxel,
-        device=args.device,
-        out_dtype="input" if args.keep_dtype else "float32",
-        output=out if zarr_out else None,
-        input_paths=[img.path] if img.path else [],
-        keep_samples=args.save_samples,
-    ):
-        if bar is None:
-            bar = tqdm(unit="step", dynamic_ncols=True, disable=args.quiet)
-        if ev.kind is Kind.PROGRESS:
-            bar.total = ev.total
-            bar.n = ev.done
-            bar.refresh()
-        elif ev.kind is Kind.MESSAGE:
-            bar.write(ev.text)
-        elif ev.kind is Kind.RESULT:
-            result = ev
-    if bar is not None:
-        bar.close()
+    for p in [out] if zarr_out else _output_paths(out):  # before the run, not after it
+        refuse_overwrite(p, [img.path])
+    token = new_cancel_token()
+    with _ctrl_c_cancels(token):
+        events = predict(
+            model,
+            img.data,
+            sample=sample,
+            voxel=img.voxel,
+            device=args.device,
+            out_dtype="input" if args.keep_dtype else "float32",
+            output=out if zarr_out else None,
+            input_paths=[img.path] if img.path else [],
+            keep_samples=args.save_samples,
+            cancel=token,
+        )
+        result = _drive(events, args.quiet)
+    if not result.complete:
+        print("cancelled: the planes finished so far are written; the others are zero", file=sys.stderr)
     if zarr_out:
         print(f"wrote {out} (arrays mean, std{', samples' if args.save_samples else ''})")
         return 0
@@ -193,7 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {mean_path} and {std_path}")
     if result.samples is not None:
         for k, s in enumerate(result.samples):
-            write_tiff(mean_path.with_name(f"{mean_path.stem}_sample{k}{mean_path.suffix}"), s, result.voxel)
+            write_tiff(mean_path.with_name(f"{mean_path.stem}_sample{k}{mean_path.suffix}"), s, result.voxel, protect=[img.path])
     return 0
 
 

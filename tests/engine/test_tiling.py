@@ -105,3 +105,9 @@ def test_oom_halves_the_batch(monkeypatch):
 def test_tile_grid_counts():
     assert len(make_tiles(100, 100, 64, 16)) == 4
     assert len(make_tiles(10, 10, 64, 16)) == 1
+
+
+def test_one_pixel_overlap_gives_no_holes():
+    img = np.random.default_rng(2).random((255, 70), dtype=np.float32)
+    out, _ = _run(img, 128, 1)
+    assert np.all(np.isfinite(out))

@@ -124,3 +124,13 @@ def test_output_may_not_overwrite_the_input(tiny_model, tmp_path, isbi_pair):
     src = tmp_path / "in.zarr"
     with pytest.raises(InputError, match="overwrite"):
         run_predict(tiny_model, noisy[0, :32, :32], sample=FAST, output=src, input_paths=[src])
+
+
+def test_output_inside_or_around_an_input_container_is_refused(tiny_model, tmp_path, isbi_pair):
+    noisy, _ = isbi_pair
+    container = tmp_path / "vol.zarr"
+    (container / "raw").mkdir(parents=True)
+    for out in (container, container / "raw" / "enhanced.zarr"):
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            run_predict(tiny_model, noisy[0, :32, :32], sample=FAST, output=out, input_paths=[container / "raw"])
+    assert (container / "raw").is_dir()

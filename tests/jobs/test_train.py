@@ -187,3 +187,18 @@ def test_resume_without_checkpoint_and_bad_inputs(tmp_path, isbi_pair):
         _run(train(_tiny(), {"input": np.zeros_like(noisy), "target": clean}, tmp_path))
     with pytest.raises(ValueError, match="dimensions"):
         _run(train(_tiny(), {"input": noisy[0, 0], "target": clean[0, 0]}, tmp_path))
+
+
+def test_a_resumed_run_gets_its_time_budget_again(tmp_path, isbi_pair):
+    noisy, clean = isbi_pair
+    arrays = {"input": noisy, "target": clean}
+    first = _run(train(_tiny(iterations=100000, minutes=0.01, checkpoint_every=100000, val_every=100000), arrays, tmp_path))
+    again = _run(train(_tiny(iterations=100000, minutes=0.01, checkpoint_every=100000, val_every=100000), arrays, tmp_path, resume=True))
+    assert again[-1].reason == "time budget" and again[-1].steps > first[-1].steps
+
+
+def test_model_files_are_readable_by_others(tmp_path, tiny_model_dir):
+    import stat
+
+    for f in tiny_model_dir.iterdir():
+        assert f.stat().st_mode & stat.S_IRGRP, f

@@ -35,6 +35,8 @@ class Failed:
 def _guarded(make_job: Callable[[Any], Iterator[Any]], cancel: Any) -> Iterator[Any]:
     try:
         yield from make_job(cancel)
+    except GeneratorExit:  # the worker closed the generator: nothing may be yielded now
+        raise
     except BaseException as err:  # noqa: BLE001 - every failure is reported to the user
         yield Failed(err)
 

@@ -148,7 +148,8 @@ class TiledSampler:
         self.out_channels = out_channels
         self.m = size_multiple
         self.tile = max(self.m, tile_size // self.m * self.m)
-        self.overlap = min(overlap, self.tile // 2 - 1) if overlap else 0
+        # a 1 px ramp would weigh its pixel 0 in both tiles: blend over at least 2 px
+        self.overlap = max(2, min(overlap, self.tile // 2 - 1)) if overlap else 0
         self.samples = samples
         self.batch = max(1, tile_batch)
         self.device = device

@@ -53,10 +53,10 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype, store: Any, name: str, ch
 def _open_store(output: str | Path, inputs: Sequence[Path]) -> Any:
     import zarr
 
-    path = Path(output).resolve()
-    if any(path == Path(p).resolve() for p in inputs):
-        raise InputError(f"{output}: the output would overwrite the input; choose another path")
-    return zarr.open_group(str(path), mode="w")
+    from ..data.io import refuse_overwrite
+
+    refuse_overwrite(Path(output), list(inputs))  # nor inside an input container, nor around one
+    return zarr.open_group(str(Path(output).resolve()), mode="w")
 
 
 def predict(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .. import metrics
 from ..config import Preset, parse_preset
 from ..engine.device import autocast, configure_backends, select_device
 from ..engine.diffusion import Denoiser, DiffusionProcess
@@ -47,9 +47,9 @@ def ema_decay(preset: Preset, step: int) -> float:
     return min(preset.train.ema_decay, (1 + step) / (10 + step)) if warm else preset.train.ema_decay
 
 
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in normalised units (the data span -1..1)."""
+    return metrics.psnr(a, b, data_range=2.0)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -257,7 +257,8 @@ def train(
         return CheckpointSaved(trainer.step, path)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic() - trainer.elapsed
+    # the time budget is this session's (a resumed run gets its minutes again); elapsed is the total
+    start, elapsed_before = time.monotonic(), trainer.elapsed
     budget = tc.minutes * 60 if tc.minutes else None
     reason = "finished"
     try:
@@ -270,7 +271,7 @@ def train(
             rng = np.random.default_rng([tc.seed, trainer.step])
             cond, target = train_src.sample(rng, tc.batch_size, patch)
             loss = trainer.train_step(cond, target)
-            trainer.elapsed = time.monotonic() - start
+            trainer.elapsed = elapsed_before + time.monotonic() - start
             yield Loss(trainer.step, loss, learning_rate(preset, trainer.step - 1))
             yield Progress(trainer.step, tc.iterations, "training")
             if trainer.step % tc.val_every == 0 or trainer.step == tc.iterations:
