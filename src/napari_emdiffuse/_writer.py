@@ -78,10 +78,13 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     from .data.containers import write_ome_zarr as write_container
 
     arr = _check(data, meta, "OME-Zarr")
-    target = Path(path)
-    if target.exists():  # napari asked the user before overwriting; never delete other folders
-        if not target.is_dir() or not any((target / m).exists() for m in (".zgroup", ".zattrs", "zarr.json")):
-            raise InputError(f"{target} exists and is not a zarr store; choose another name")
+    final = Path(path)
+    if final.exists():  # napari asked the user before overwriting; never delete other folders
+        if not final.is_dir() or not any((final / m).exists() for m in (".zgroup", ".zattrs", "zarr.json")):
+            raise InputError(f"{final} exists and is not a zarr store; choose another name")
+    # Write beside the target and swap at the end: the layer may be reading lazily from ``final``.
+    target = final.with_name(f".{final.name}.writing")
+    if target.exists():
         shutil.rmtree(target)
     voxel = _voxel_um(meta, arr.ndim)
     write_container(target, arr, voxel or (1.0,) * arr.ndim, levels=_pyramid_levels(arr.shape))
@@ -95,6 +98,9 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         um = [t * v / s for t, v, s in zip(translate, voxel, meta.get("scale") or [1.0] * arr.ndim)]
         for ds in multiscales[0]["datasets"]:
             ds["coordinateTransformations"].append({"type": "translation", "translation": um})
-    multiscales[0]["name"] = str(meta.get("name", target.stem))
+    multiscales[0]["name"] = str(meta.get("name", final.stem))
     group.attrs["multiscales"] = multiscales
+    if final.exists():
+        shutil.rmtree(final)
+    target.rename(final)
     return [str(path)]

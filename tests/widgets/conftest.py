@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("napari", reason="the widget tests need napari (pip install -e '.[dev]')")
+
 DATA = (Path(__file__).resolve().parents[2] / "../shared/data").resolve()
 ISBI = DATA / "isbi2012_sstem_train.tif"
 # ISBI 2012 ssTEM: 4 x 4 nm pixels, 50 nm sections, in micrometres as the reader gives them

@@ -363,16 +363,15 @@ class EnhanceWidget(QWidget):
     def _on_event(self, event: Any) -> None:
         if event.kind.value != "result":
             return
-        if event.complete:
-            self._add_results(event)
-        else:
-            where = f" (partial result kept in {self._plan.output})" if self._plan.output else ""
-            self.controls.status.setText(f"Cancelled{where}.")
+        self._add_results(event, partial=not event.complete)
+        if not event.complete:  # the finished planes are kept as layers; the others are zero
+            where = f" and in {self._plan.output}" if self._plan.output else ""
+            self.controls.status.setText(f"Cancelled: the planes finished so far are in the '(partial)' layers{where}.")
 
     def _on_done(self, error: BaseException | None) -> None:
         self._plan = None
 
-    def _add_results(self, result: Any) -> None:
+    def _add_results(self, result: Any, partial: bool = False) -> None:
         plan = self._plan
         mean, std = result.mean, result.std
         if not isinstance(mean, np.ndarray):  # written to zarr: open lazily
@@ -381,7 +380,7 @@ class EnhanceWidget(QWidget):
             mean, std = da.from_zarr(mean), da.from_zarr(std)
         if plan.add_axis:
             mean, std = mean[None], std[None]
-        name = f"{plan.layer.name} {plan.model.variant}"
+        name = f"{plan.layer.name} {plan.model.variant}" + (" (partial)" if partial else "")
         info = {"model": str(plan.entry.path), "source_layer": plan.layer.name, "samples": plan.sample.samples}
         kwargs = plan.placement.kwargs()
         enhanced = self.viewer.add_image(
