@@ -67,13 +67,17 @@ def untrained_model(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _clean_state(monkeypatch):
-    """Each test starts with no session models or presets and runs jobs synchronously unless
-    it switches threads on itself."""
+def _clean_state(monkeypatch, request):
+    """Each test starts with no session models or presets, without the bundled models (unless
+    marked ``with_bundled_models``), and runs jobs synchronously unless it switches threads on
+    itself."""
+    from napari_emdiffuse import models
     from napari_emdiffuse._widgets import _common
     from napari_emdiffuse._widgets.registry import MODELS, PRESETS
 
     monkeypatch.setattr(_common, "SYNCHRONOUS", True)
+    if request.node.get_closest_marker("with_bundled_models") is None:
+        monkeypatch.setattr(models, "bundled_models", dict)
     MODELS.clear()
     PRESETS.clear()
     yield

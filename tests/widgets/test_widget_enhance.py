@@ -123,3 +123,13 @@ def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_vie
     layers = viewer.open(str(tmp_path / "out.zarr"), plugin="napari-emdiffuse")
     assert {lyr.name for lyr in layers} == {"out mean", "out uncertainty"}
     assert all(tuple(lyr.scale) == pytest.approx(voxel) for lyr in layers)
+
+
+@pytest.mark.with_bundled_models
+def test_the_bundled_default_model_is_offered(make_napari_viewer):
+    from napari_emdiffuse.demo import DEFAULT_MODEL
+
+    viewer = make_napari_viewer()
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData("denoise"))
+    assert DEFAULT_MODEL in [w.model.itemText(i).split(" ")[0] for i in range(w.model.count())]
