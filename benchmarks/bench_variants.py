@@ -12,7 +12,9 @@
 Every model trains for a fixed wall-clock budget on the CPU (``--minutes``) with its ``-cpu``
 preset; the table, the command line and the images go to docs/. Run from the repository root:
 
-    python benchmarks/bench_variants.py --minutes 12
+    python benchmarks/bench_variants.py --minutes 15
+
+``--only sr`` (or ``iso``, ``sstem``) reruns one part and keeps the others' results.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ SR_TEST_Z = [136, 146, 156, 164]
 SR_CROP = (slice(128, 384), slice(128, 384))
 ISO_TEST = (slice(0, 65), slice(240, 272), slice(128, 384))
 ISO_TRAIN_Z = slice(65, 165)
-SSTEM_CROP = (slice(None), slice(246, 250), slice(128, 384))
+SSTEM_CROP = (slice(None), slice(247, 249), slice(128, 384))
 
 
 def log(msg: str) -> None:
@@ -64,12 +66,18 @@ def train_model(preset_name: str, options: dict, arrays: dict, out: Path, minute
     return {"steps": result.steps, "seconds": round(time.monotonic() - start)}
 
 
+#: samples averaged per prediction (set by --samples)
+SAMPLES = {"n": 8}
+
+
 def predict(model_dir: Path, image: np.ndarray, voxel: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
     from napari_emdiffuse.jobs.predict import run_predict
     from napari_emdiffuse.model_file import Model
 
+    model = Model.load(model_dir)
+    sample = model.preset.with_overrides({"sample": {"samples": SAMPLES["n"]}}).sample
     start = time.monotonic()
-    res = run_predict(Model.load(model_dir), image, voxel=voxel, device="cpu")
+    res = run_predict(model, image, sample=sample, voxel=voxel, device="cpu")
     log(f"  predicted {model_dir.name} on {image.shape}: {time.monotonic() - start:.0f} s")
     return np.asarray(res.mean), tuple(res.voxel)
 
@@ -174,25 +182,30 @@ def save_panel(path: Path, planes: list[np.ndarray], scale: int = 1) -> None:
     cv2.imwrite(str(path), panel)
 
 
-def write_table(path: Path, results: dict, command: str) -> None:
+def settings_line(st: dict) -> str:
+    return (
+        f"Command: `{st['command']}` ({st['date']}). Each model trained for {st['minutes']:g} minutes of wall-clock "
+        f"time with its `-cpu` preset (about 700 thousand parameters), seed {st['seed']}, torch on the CPU with "
+        f"{st['threads']} thread(s) of a {st['cores']}-core machine shared with other work; sampling with "
+        f"DPM-Solver++(2M), 10 steps, mean of {st['samples']} samples."
+    )
+
+
+def write_table(path: Path, results: dict) -> None:
     lines = [
         "# Benchmark: super-resolution and isotropic reconstruction on real EM",
         "",
-        "Written by `benchmarks/bench_variants.py` (see its docstring for the protocol). Command:",
-        "",
-        f"```\n{command}\n```",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, torch on the CPU "
-        f"with {results['threads']} thread(s). "
-        f"Every model trained for a fixed wall-clock budget of {results['minutes']:g} minutes with its `-cpu` "
-        "preset (about 700 thousand parameters), seed "
-        f"{results['seed']}; sampling with the preset's settings (DPM-Solver++(2M), 10 steps, mean of 4 samples). "
-        "Steps reached are listed because the machine was shared: a quieter machine trains further in the same time.",
+        "Written by `benchmarks/bench_variants.py` (its docstring has the protocol). Training steps are "
+        "listed because the machine was shared: a quieter or faster machine trains further in the same "
+        "time, and these models are far from converged (the `-cpu` presets run 3000 steps, the paper-sized "
+        "ones 100 000).",
         "",
     ]
     if results.get("sr"):
         lines += [
             "## EMDiffuse-r against bicubic interpolation",
+            "",
+            settings_line(results["sr"]["settings"]),
             "",
             "EPFL FIB-SEM (5 nm), high-resolution truth: 4 held-back slices (z 136-164, 256 x 256 px centre crop); "
             "input: PSF blur (FWHM one coarse pixel) and binning by the factor. Training: slices 0-119, same degradation. "
@@ -201,7 +214,7 @@ def write_table(path: Path, results: dict, command: str) -> None:
             "| factor | output pixel | bicubic PSNR | EMDiffuse-r PSNR | bicubic SSIM | EMDiffuse-r SSIM | training steps |",
             "|---|---|---|---|---|---|---|",
         ]
-        for r in results["sr"]:
+        for r in results["sr"]["rows"]:
             px = f"{r['voxel_out'][-1] * 1000:g} nm"
             lines.append(
                 f"| {r['factor']}x | {px} | {r['bicubic']['psnr']:.2f} | **{r['model']['psnr']:.2f}** | "
@@ -215,6 +228,8 @@ def write_table(path: Path, results: dict, command: str) -> None:
         lines += [
             "## vEMDiffuse-i and vEMDiffuse-a against linear interpolation along z",
             "",
+            settings_line(results["iso"]["settings"]),
+            "",
             "EPFL FIB-SEM (5 nm isotropic), scored on z 0-64, y 240-271, x 128-383 with every k-th slice kept "
             "(input 5 x 5 x 5k nm). PSNR and SSIM over the removed slices only (0-255 scale); Fourier ring "
             "correlation (FRC) of the 32 xz planes with the true ones: the resolution where it falls below 0.5 "
@@ -226,7 +241,7 @@ def write_table(path: Path, results: dict, command: str) -> None:
             "|---|---|---|---|---|---|---|",
         ]
         names = {"linear": "linear interpolation", "iso_i": "vEMDiffuse-i", "iso_a": "vEMDiffuse-a"}
-        for r in results["iso"]:
+        for r in results["iso"]["rows"]:
             for key, label in names.items():
                 s = r[key]
                 steps = r["train"][key]["steps"] if key in r["train"] else "-"
@@ -242,11 +257,13 @@ def write_table(path: Path, results: dict, command: str) -> None:
             "",
         ]
     if results.get("sstem"):
-        r = results["sstem"]
+        r = results["sstem"]["rows"][0]
         vin = " x ".join(f"{v * 1000:g}" for v in r["voxel_in"][::-1])
         vout = " x ".join(f"{v * 1000:g}" for v in r["voxel_out"][::-1])
         lines += [
             "## vEMDiffuse-a on the ssTEM stack (genuinely anisotropic)",
+            "",
+            settings_line(results["sstem"]["settings"]),
             "",
             f"ISBI 2012 ssTEM, voxel (x, y, z) {vin} nm, factor {r['factor']:g}; trained {r['steps']} steps on the "
             f"stack's own xy planes. Input crop {tuple(r['shape_in'])} (z, y, x) gives an output of "
@@ -269,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
-    p.add_argument("--only", default="sr,iso,sstem", help="comma-separated subset of sr, iso, sstem")
+    p.add_argument("--samples", type=int, default=8, help="samples averaged per prediction")
+    p.add_argument("--only", default="sr,iso,sstem", help="comma-separated subset of sr, iso, sstem (the others keep earlier results)")
     p.add_argument("--sr-factors", default="2,4")
     p.add_argument("--iso-factors", default="4,8")
-    p.add_argument("--work", default="/tmp/emdiffuse-bench-variants", help="models and volumes go here")
+    p.add_argument("--work", default="/tmp/emdiffuse-bench-variants", help="models, volumes and results.json go here")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks-variants.md"))
     args = p.parse_args(argv)
     import tifffile
@@ -283,28 +301,42 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    SAMPLES["n"] = args.samples
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    store = work / "results.json"
+    results: dict = json.loads(store.read_text()) if store.is_file() else {}
+    settings = {
+        "command": ("python benchmarks/bench_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+        "date": time.strftime("%Y-%m-%d"),
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "threads": args.threads,
+        "samples": args.samples,
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+    }
     only = set(args.only.split(","))
     fib = tifffile.imread(FIBSEM)
-    results: dict = {"minutes": args.minutes, "seed": args.seed, "threads": args.threads}
     images = Path(args.out).parent / "images"
     if "sr" in only:
-        results["sr"] = [bench_sr(fib, int(f), work, args.minutes, args.seed) for f in args.sr_factors.split(",")]
+        rows = [bench_sr(fib, int(f), work, args.minutes, args.seed) for f in args.sr_factors.split(",")]
+        results["sr"] = {"settings": settings, "rows": rows}
     if "iso" in only:
-        results["iso"] = []
+        rows = []
         for k in (int(f) for f in args.iso_factors.split(",")):
             row, planes = bench_iso(fib, k, work, args.minutes, args.seed)
-            results["iso"].append(row)
+            rows.append(row)
             if k == 8:
                 y = 16  # y = 240 + 16 = 256 in the full volume
                 save_panel(images / "variants-fibsem-xz-k8.png", [planes[n][:, y] for n in ("truth", "linear", "iso_i", "iso_a")], 2)
+        results["iso"] = {"settings": settings, "rows": rows}
     if "sstem" in only:
-        results["sstem"], planes = bench_sstem(work, args.minutes, args.seed)
-        save_panel(images / "variants-sstem-xz.png", [planes["linear"][:, 2], planes["iso_a"][:, 2]])
-    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    command = "python benchmarks/bench_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_table(Path(args.out), results, command.strip())
+        row, planes = bench_sstem(work, args.minutes, args.seed)
+        results["sstem"] = {"settings": settings, "rows": [row]}
+        save_panel(images / "variants-sstem-xz.png", [planes["linear"][:, 1], planes["iso_a"][:, 1]])
+    store.write_text(json.dumps(results, indent=2, default=str))
+    write_table(Path(args.out), results)
     log(f"wrote {args.out}")
     return 0
 
