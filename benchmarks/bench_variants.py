@@ -14,7 +14,8 @@ preset; the table, the command line and the images go to docs/. Run from the rep
 
     python benchmarks/bench_variants.py --minutes 15
 
-``--only sr`` (or ``iso``, ``sstem``) reruns one part and keeps the others' results.
+``--only sr`` (or ``iso``, ``sstem``) reruns one part and keeps the others' results;
+``--rescore`` scores the models already trained in ``--work`` again, without training.
 """
 
 from __future__ import annotations
@@ -48,10 +49,20 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+#: run options that the helpers read: samples averaged per prediction (--samples), and whether
+#: models already trained in the work folder are scored again instead of retrained (--rescore)
+RUN = {"samples": 8, "rescore": False}
+
+
 def train_model(preset_name: str, options: dict, arrays: dict, out: Path, minutes: float, seed: int) -> dict:
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.jobs.events import Kind
     from napari_emdiffuse.jobs.train import train
+
+    if RUN["rescore"]:
+        done = json.loads((out / "model.json").read_text())["training"]
+        log(f"  reusing {out.name}: {done['steps']} steps in {done['seconds']:.0f} s")
+        return {"steps": done["steps"], "seconds": round(done["seconds"])}
 
     preset = load_preset(
         preset_name,
@@ -66,16 +77,12 @@ def train_model(preset_name: str, options: dict, arrays: dict, out: Path, minute
     return {"steps": result.steps, "seconds": round(time.monotonic() - start)}
 
 
-#: samples averaged per prediction (set by --samples)
-SAMPLES = {"n": 8}
-
-
 def predict(model_dir: Path, image: np.ndarray, voxel: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
     from napari_emdiffuse.jobs.predict import run_predict
     from napari_emdiffuse.model_file import Model
 
     model = Model.load(model_dir)
-    sample = model.preset.with_overrides({"sample": {"samples": SAMPLES["n"]}}).sample
+    sample = model.preset.with_overrides({"sample": {"samples": RUN["samples"]}}).sample
     start = time.monotonic()
     res = run_predict(model, image, sample=sample, voxel=voxel, device="cpu")
     log(f"  predicted {model_dir.name} on {image.shape}: {time.monotonic() - start:.0f} s")
@@ -105,6 +112,7 @@ def iso_scores(recon: np.ndarray, truth: np.ndarray, k: int, pixel_nm: float) ->
         "ssim": metrics.ssim(recon[removed], truth[removed], data_range=255.0),
         "frc_nm": metrics.frc_resolution(xz_r, xz_t, pixel_nm, threshold=0.5),
         "frc_mean": float(np.mean(curve.value[1:])),
+        "frc_curve": [curve.frequency.tolist(), curve.value.tolist()],
     }
 
 
@@ -164,6 +172,30 @@ def bench_sstem(work: Path, minutes: float, seed: int) -> tuple[dict, dict]:
     row = {"factor": factor, "voxel_in": img.voxel, "voxel_out": voxel, "shape_in": crop.shape, "shape_out": recon.shape, **info}
     log(f"  ssTEM: {row}")
     return row, {"linear": linear, "iso_a": recon}
+
+
+def plot_frc(path: Path, rows: list[dict]) -> None:
+    """FRC of the xz planes against the truth, one panel per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.6), sharey=True, squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        for key, label, style in (("linear", "linear interpolation", "k--"), ("iso_i", "vEMDiffuse-i", "C0-"), ("iso_a", "vEMDiffuse-a", "C1-")):
+            f, v = r[key]["frc_curve"]
+            ax.plot(np.asarray(f[1:]) / 5.0, v[1:], style, label=label)  # cycles per nm (5 nm pixels)
+        ax.axhline(0.5, color="0.6", lw=0.8)
+        ax.axhline(1 / 7, color="0.6", lw=0.8, ls=":")
+        ax.set_title(f"k = {r['k']} (input z spacing {5 * r['k']} nm)")
+        ax.set_xlabel("spatial frequency (1/nm)")
+    axes[0][0].set_ylabel("FRC, xz planes vs truth")
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def save_panel(path: Path, planes: list[np.ndarray], scale: int = 1) -> None:
@@ -250,6 +282,10 @@ def write_table(path: Path, results: dict) -> None:
                 )
         lines += [
             "",
+            "The FRC curves behind the two FRC columns (grey lines: 0.5 and 1/7):",
+            "",
+            "![FRC of xz planes against the truth](images/variants-fibsem-frc.png)",
+            "",
             "xz planes at k = 8 (y = 256; z down, 5 nm pixels, shown 2x): truth | linear interpolation | "
             "vEMDiffuse-i | vEMDiffuse-a.",
             "",
@@ -287,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--samples", type=int, default=8, help="samples averaged per prediction")
+    p.add_argument("--rescore", action="store_true", help="score the models already in --work again, without training")
     p.add_argument("--only", default="sr,iso,sstem", help="comma-separated subset of sr, iso, sstem (the others keep earlier results)")
     p.add_argument("--sr-factors", default="2,4")
     p.add_argument("--iso-factors", default="4,8")
@@ -301,13 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    SAMPLES["n"] = args.samples
+    RUN.update(samples=args.samples, rescore=args.rescore)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     store = work / "results.json"
     results: dict = json.loads(store.read_text()) if store.is_file() else {}
+    command = ("python benchmarks/bench_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     settings = {
-        "command": ("python benchmarks/bench_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "minutes": args.minutes,
         "seed": args.seed,
@@ -317,11 +355,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
     }
     only = set(args.only.split(","))
+
+    def section_settings(name: str) -> dict:
+        if not args.rescore or name not in results:
+            return settings
+        trained = results[name]["settings"]
+        return {**settings, "minutes": trained["minutes"], "command": f"{trained['command']}`, scored again by `{command}"}
+
     fib = tifffile.imread(FIBSEM)
     images = Path(args.out).parent / "images"
     if "sr" in only:
         rows = [bench_sr(fib, int(f), work, args.minutes, args.seed) for f in args.sr_factors.split(",")]
-        results["sr"] = {"settings": settings, "rows": rows}
+        results["sr"] = {"settings": section_settings("sr"), "rows": rows}
     if "iso" in only:
         rows = []
         for k in (int(f) for f in args.iso_factors.split(",")):
@@ -330,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             if k == 8:
                 y = 16  # y = 240 + 16 = 256 in the full volume
                 save_panel(images / "variants-fibsem-xz-k8.png", [planes[n][:, y] for n in ("truth", "linear", "iso_i", "iso_a")], 2)
-        results["iso"] = {"settings": settings, "rows": rows}
+        results["iso"] = {"settings": section_settings("iso"), "rows": rows}
+        plot_frc(images / "variants-fibsem-frc.png", rows)
     if "sstem" in only:
         row, planes = bench_sstem(work, args.minutes, args.seed)
-        results["sstem"] = {"settings": settings, "rows": [row]}
+        results["sstem"] = {"settings": section_settings("sstem"), "rows": [row]}
         save_panel(images / "variants-sstem-xz.png", [planes["linear"][:, 1], planes["iso_a"][:, 1]])
     store.write_text(json.dumps(results, indent=2, default=str))
     write_table(Path(args.out), results)
