@@ -15,7 +15,8 @@ preset; the table, the command line and the images go to docs/. Run from the rep
     python benchmarks/bench_variants.py --minutes 15
 
 ``--only sr`` (or ``iso``, ``sstem``) reruns one part and keeps the others' results;
-``--rescore`` scores the models already trained in ``--work`` again, without training.
+``--reuse`` scores models that an earlier run with the same ``--minutes`` finished training in
+``--work`` instead of training them again (a run killed half-way is trained afresh).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def log(msg: str) -> None:
 
 
 #: run options that the helpers read: samples averaged per prediction (--samples), and whether
-#: models already trained in the work folder are scored again instead of retrained (--rescore)
-RUN = {"samples": 8, "rescore": False}
+#: models that finished training in the work folder are reused instead of retrained (--reuse)
+RUN = {"samples": 8, "reuse": False}
 
 
 def train_model(preset_name: str, options: dict, arrays: dict, out: Path, minutes: float, seed: int) -> dict:
@@ -59,10 +60,11 @@ def train_model(preset_name: str, options: dict, arrays: dict, out: Path, minute
     from napari_emdiffuse.jobs.events import Kind
     from napari_emdiffuse.jobs.train import train
 
-    if RUN["rescore"]:
+    if RUN["reuse"] and (out / "model.json").is_file():
         done = json.loads((out / "model.json").read_text())["training"]
-        log(f"  reusing {out.name}: {done['steps']} steps in {done['seconds']:.0f} s")
-        return {"steps": done["steps"], "seconds": round(done["seconds"])}
+        if done.get("stopped") in ("time budget", "finished"):  # not a run killed half-way
+            log(f"  reusing {out.name}: {done['steps']} steps in {done['seconds']:.0f} s")
+            return {"steps": done["steps"], "seconds": round(done["seconds"])}
 
     preset = load_preset(
         preset_name,
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
     p.add_argument("--samples", type=int, default=8, help="samples averaged per prediction")
-    p.add_argument("--rescore", action="store_true", help="score the models already in --work again, without training")
+    p.add_argument("--reuse", action="store_true", help="reuse models in --work that finished training (same --minutes); train the rest")
     p.add_argument("--only", default="sr,iso,sstem", help="comma-separated subset of sr, iso, sstem (the others keep earlier results)")
     p.add_argument("--sr-factors", default="2,4")
     p.add_argument("--iso-factors", default="4,8")
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    RUN.update(samples=args.samples, rescore=args.rescore)
+    RUN.update(samples=args.samples, reuse=args.reuse)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     store = work / "results.json"
@@ -356,17 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     only = set(args.only.split(","))
 
-    def section_settings(name: str) -> dict:
-        if not args.rescore or name not in results:
-            return settings
-        trained = results[name]["settings"]
-        return {**settings, "minutes": trained["minutes"], "command": f"{trained['command']}`, scored again by `{command}"}
 
     fib = tifffile.imread(FIBSEM)
     images = Path(args.out).parent / "images"
     if "sr" in only:
         rows = [bench_sr(fib, int(f), work, args.minutes, args.seed) for f in args.sr_factors.split(",")]
-        results["sr"] = {"settings": section_settings("sr"), "rows": rows}
+        results["sr"] = {"settings": settings, "rows": rows}
     if "iso" in only:
         rows = []
         for k in (int(f) for f in args.iso_factors.split(",")):
@@ -375,14 +372,17 @@ def main(argv: list[str] | None = None) -> int:
             if k == 8:
                 y = 16  # y = 240 + 16 = 256 in the full volume
                 save_panel(images / "variants-fibsem-xz-k8.png", [planes[n][:, y] for n in ("truth", "linear", "iso_i", "iso_a")], 2)
-        results["iso"] = {"settings": section_settings("iso"), "rows": rows}
+        results["iso"] = {"settings": settings, "rows": rows}
         plot_frc(images / "variants-fibsem-frc.png", rows)
     if "sstem" in only:
         row, planes = bench_sstem(work, args.minutes, args.seed)
-        results["sstem"] = {"settings": section_settings("sstem"), "rows": [row]}
+        results["sstem"] = {"settings": settings, "rows": [row]}
         save_panel(images / "variants-sstem-xz.png", [planes["linear"][:, 1], planes["iso_a"][:, 1]])
-    store.write_text(json.dumps(results, indent=2, default=str))
-    write_table(Path(args.out), results)
+    # another run may have finished a section meanwhile: merge into what is stored now
+    merged = json.loads(store.read_text()) if store.is_file() else {}
+    merged.update({name: results[name] for name in ("sr", "iso", "sstem") if name in only and name in results})
+    store.write_text(json.dumps(merged, indent=2, default=str))
+    write_table(Path(args.out), merged)
     log(f"wrote {args.out}")
     return 0
 
