@@ -216,6 +216,21 @@ def save_panel(path: Path, planes: list[np.ndarray], scale: int = 1) -> None:
     cv2.imwrite(str(path), panel)
 
 
+def verdict(model: dict, base: dict, base_name: str) -> str:
+    """Which of the measured scores are better than the baseline's, worked out from the numbers."""
+    checks = [
+        ("PSNR", model["psnr"] > base["psnr"]),
+        ("SSIM", model["ssim"] > base["ssim"]),
+        ("FRC 0.5 resolution", model.get("frc_nm", 0) < base.get("frc_nm", 0)) if "frc_nm" in model else None,
+        ("mean FRC", model["frc_mean"] > base["frc_mean"]) if "frc_mean" in model else None,
+    ]
+    checks = [c for c in checks if c is not None]
+    better = [name for name, ok in checks if ok]
+    worse = [name for name, ok in checks if not ok]
+    text = f"better than {base_name} on {', '.join(better) or 'nothing measured'}"
+    return text + (f"; not on {', '.join(worse)}." if worse else ".")
+
+
 def settings_line(st: dict) -> str:
     return (
         f"Command: `{st['command']}` ({st['date']}). Each model trained for {st['minutes']:g} minutes of wall-clock "
@@ -249,14 +264,13 @@ def write_table(path: Path, results: dict) -> None:
             "|---|---|---|---|---|---|---|",
         ]
         for r in results["sr"]["rows"]:
-            px = f"{r['voxel_out'][-1] * 1000:g} nm"
             lines.append(
-                f"| {r['factor']}x | {px} | {r['bicubic']['psnr']:.2f} | **{r['model']['psnr']:.2f}** | "
-                f"{r['bicubic']['ssim']:.3f} | **{r['model']['ssim']:.3f}** | {r['steps']} |"
-                if r["model"]["psnr"] > r["bicubic"]["psnr"]
-                else f"| {r['factor']}x | {px} | {r['bicubic']['psnr']:.2f} | {r['model']['psnr']:.2f} | "
+                f"| {r['factor']}x | {r['voxel_out'][-1] * 1000:g} nm | {r['bicubic']['psnr']:.2f} | {r['model']['psnr']:.2f} | "
                 f"{r['bicubic']['ssim']:.3f} | {r['model']['ssim']:.3f} | {r['steps']} |"
             )
+        lines.append("")
+        for r in results["sr"]["rows"]:
+            lines.append(f"- {r['factor']}x: " + verdict(r["model"], r["bicubic"], "bicubic interpolation"))
         lines.append("")
     if results.get("iso"):
         lines += [
@@ -282,6 +296,10 @@ def write_table(path: Path, results: dict) -> None:
                 lines.append(
                     f"| {r['k']} | {label} | {s['psnr']:.2f} | {s['ssim']:.3f} | {s['frc_nm']:.1f} nm | {s['frc_mean']:.3f} | {steps} |"
                 )
+        lines.append("")
+        for r in results["iso"]["rows"]:
+            for key in ("iso_i", "iso_a"):
+                lines.append(f"- k = {r['k']}, {names[key]}: " + verdict(r[key], r["linear"], "linear interpolation"))
         lines += [
             "",
             "The FRC curves behind the two FRC columns (grey lines: 0.5 and 1/7):",
