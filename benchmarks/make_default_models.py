@@ -5,12 +5,14 @@ pair exists) with the recorded settings below, then bundled: EMA weights stored 
 (a few MB; they load into float32 networks), ``model.json`` with the measured metrics, and a
 model card (MODEL_CARD.md) with the training data, degradation, settings and data terms.
 
-    python benchmarks/make_default_models.py emdiffuse-n --minutes 25            # train, then bundle
-    python benchmarks/make_default_models.py emdiffuse-n --run runs/bench_denoise  # bundle a finished run
+    python benchmarks/make_default_models.py emdiffuse-r                  # train by the recipe, then bundle
+    python benchmarks/make_default_models.py emdiffuse-r --run runs/variants/sr2   # bundle a finished run
 
-EMDiffuse-n is the model ``bench_denoise_samplers.py`` trains (ISBI 2012 ssTEM slices 0-23,
-Poisson peak 20 counts + read noise 0.03); slices 24-29 are held out for the benchmark and the
-bundled sample.
+The recipes are the benchmarks' own training runs: EMDiffuse-n is the model
+``bench_denoise_samplers.py`` trains (ISBI 2012 ssTEM slices 0-23, Poisson peak 20 counts + read
+noise 0.03; slices 24-29 held out), EMDiffuse-r 2x and vEMDiffuse-i/-a at k = 4 are the models
+``bench_variants.py`` trains on the EPFL FIB-SEM (held-out slices in each card). The cards quote
+the scores of ``bench_suite.py`` (``--results``): run it, then bundle again to refresh them.
 """
 
 from __future__ import annotations
@@ -27,60 +29,133 @@ from napari_emdiffuse.model_file import Model
 REPO = Path(__file__).resolve().parents[1]
 DEST = REPO / "src" / "napari_emdiffuse" / "models"
 
+ISBI_TERMS = (
+    "The ISBI 2012 stack is free to use for developing and testing non-commercial image-analysis "
+    "software, citing Cardona et al. 2010 (PLoS Biol 8:e1000502) and TrakEM2 (Cardona et al. 2012, "
+    "PLoS ONE 7:e38011)."
+)
+EPFL_TERMS = (
+    "The EPFL FIB-SEM volume (Lucchi et al., EPFL CVLab; Lucchi++ release, Casser et al. 2018, "
+    "arXiv:1812.06024) asks for a citation of Lucchi et al. when it is used."
+)
+EPFL = (
+    "EPFL FIB-SEM of mouse hippocampus CA1 (about 5 x 5 x 5 nm, isotropic), central 512 x 512 crop of the "
+    "training volume, from `../shared/data/epfl_fibsem_train_crop.tif`"
+)
+
 CARD = """# {name}: {title}
 
 **What it does.** {what}
 
-**Training data.** ISBI 2012 EM segmentation challenge training stack (serial-section TEM of the
-*Drosophila* first-instar larva ventral nerve cord, 4 x 4 x 50 nm), slices 0-23, 512 x 512 px,
-from `../shared/data/isbi2012_sstem_train.tif`. Slices 24-29 were held out.
+**Training data.** {data}
 
 **Degradation.** {degradation}
 
-**Settings.** Preset `{preset}` ({params:.2f} M parameters), {steps} training steps
+**Settings.** Preset `{preset}` ({params:.2f} M parameters{options}), {steps} training steps
 ({seconds} s on {device}), batch {batch}, {patch} px patches, AdamW lr {lr}, EMA {ema}.
 Sampling defaults: {sampler}, {sample_steps} steps, {samples} samples.
 
-**Measured.** Validation PSNR (normalised units, fast sampler) {val_psnr}; benchmark figures on
-held-out slices are in `docs/benchmarks-denoise.md`.
+**Measured.** Validation PSNR (normalised units, fast sampler) {val_psnr}. On held-back data
+(`docs/benchmarks.md`, `benchmarks/bench_suite.py`): {measured}
 
-**Recipe.** `python benchmarks/make_default_models.py {name} --minutes {minutes}` (CPU); the same
-command with a GPU trains faster (set `--minutes` lower or raise the preset's iterations).
+**Recipe.** `{recipe}` (CPU, 1 thread), then `python benchmarks/make_default_models.py {name}
+--run {run}`; a GPU trains the same number of steps far faster.
 
-**Data terms.** The ISBI 2012 stack is free to use for developing and testing non-commercial
-image-analysis software, citing Cardona et al. 2010 (PLoS Biol 8:e1000502) and TrakEM2
-(Cardona et al. 2012, PLoS ONE 7:e38011).
+**Data terms.** {terms}
 
-**Limits.** Trained on one tissue and one (simulated) noise model within a CPU budget: fine-tune
-on your own data (Train widget or `emdiffuse train --from-model {name}`) before trusting it on
-other samples, and read the uncertainty map.
+**Limits.** {limits}
 """
+
+FINE_TUNE = (
+    "Trained on one tissue within a CPU budget: fine-tune on your own data (Train widget or "
+    "`emdiffuse train --from-model {name}`) before trusting it on other samples, and read the uncertainty map."
+)
+VARIANTS_WORK = "runs/variants"
 
 RECIPES = {
     "emdiffuse-n": {
         "title": "EMDiffuse-n denoising (CPU-sized default)",
         "what": "Denoises 2D ssTEM / SEM images and stacks slice by slice, with an uncertainty map.",
+        "data": "ISBI 2012 EM segmentation challenge training stack (serial-section TEM of the *Drosophila* "
+        "first-instar larva ventral nerve cord, 4 x 4 x 50 nm), slices 0-23, 512 x 512 px, from "
+        "`../shared/data/isbi2012_sstem_train.tif`. Slices 24-29 were held out (the bundled sample and the benchmark).",
         "degradation": "Simulated low dose: Poisson noise at 20 counts for a full-scale pixel plus Gaussian read noise of 3 % of the range (`data.degrade.poisson_gaussian`).",
-        "train": ["benchmarks/bench_denoise_samplers.py", "--crop", "128", "--test-slices", "2", "--samples", "2"],
+        "terms": ISBI_TERMS,
+        "train": ["benchmarks/bench_denoise_samplers.py", "--crop", "128", "--test-slices", "2", "--samples", "2", "--minutes", "28", "--run-dir", "runs/default_emdiffuse-n"],
+        "run": "runs/default_emdiffuse-n",
+        "bench": "denoise",
+    },
+    "emdiffuse-r": {
+        "title": "EMDiffuse-r 2x super-resolution (CPU-sized default)",
+        "what": "Doubles the sampling of 2D point-scanning EM images (output pixel size = input / 2), with an uncertainty map.",
+        "data": f"{EPFL}, slices 0-119. Slices 120-164 were held out (the benchmark scores slices 136-164).",
+        "degradation": "Simulated 2x coarser point scan: Gaussian PSF with a FWHM of one coarse pixel, then 2 x 2 binning (`data.degrade.psf_bin`); the condition is the bicubic upsampling of the coarse image.",
+        "terms": EPFL_TERMS,
+        "train": ["benchmarks/bench_variants.py", "--minutes", "15", "--only", "sr", "--sr-factors", "2", "--work", VARIANTS_WORK],
+        "run": f"{VARIANTS_WORK}/sr2",
+        "bench": "sr",
+    },
+    "vemdiffuse-i": {
+        "title": "vEMDiffuse-i, 4x isotropic reconstruction (CPU-sized default)",
+        "what": "Generates the 3 slices between each pair of slices of a volume whose z spacing is 4 times its pixel size (e.g. 5 x 5 x 20 nm FIB-SEM to 5 nm isotropic), jointly per gap, with an uncertainty map.",
+        "data": f"{EPFL}, slices 65-164 (isotropic; every 4th slice is the condition, the 3 between are the target). Slices 0-64 were held out for the benchmark.",
+        "degradation": "Simulated anisotropy: every 4th slice kept (`data.degrade.decimate_z`); the network learns the difference from linear interpolation.",
+        "terms": EPFL_TERMS,
+        "train": ["benchmarks/bench_variants.py", "--minutes", "15", "--only", "iso", "--iso-factors", "4", "--work", VARIANTS_WORK],
+        "run": f"{VARIANTS_WORK}/iso_i4",
+        "bench": "iso_i",
+    },
+    "vemdiffuse-a": {
+        "title": "vEMDiffuse-a, 4x isotropic reconstruction without isotropic data (CPU-sized default)",
+        "what": "Generates the slices between the slices of a volume whose z spacing is 4 times its pixel size, learnt from the lateral (xy) axes only, with an uncertainty map. vEMDiffuse-a is meant to be trained on the volume it reconstructs: use this model to try it and as a starting point for `emdiffuse train --from-model vemdiffuse-a` on your own volume.",
+        "data": f"{EPFL}, with every 4th slice kept (5 x 5 x 20 nm): the model saw only these decimated slices, learning along x and y; the removed slices (the benchmark's truth) were never seen.",
+        "degradation": "Lines 4 px apart within xy planes stand in for slices 4 px apart in z; the network learns the difference from linear interpolation.",
+        "terms": EPFL_TERMS,
+        "train": ["benchmarks/bench_variants.py", "--minutes", "15", "--only", "iso", "--iso-factors", "4", "--work", VARIANTS_WORK],
+        "run": f"{VARIANTS_WORK}/iso_a4",
+        "bench": "iso_a",
     },
 }
 
 
-def bundle(name: str, run: Path, minutes: float) -> Path:
+def measured(key: str, results: Path) -> str:
+    """The model's rows of the benchmark suite, in a sentence."""
+    import json
+
+    if not results.is_file():
+        return "not measured yet (run `benchmarks/bench_suite.py`)."
+    data = json.loads(results.read_text()).get(key)
+    if data is None:
+        return "not measured yet (run `benchmarks/bench_suite.py`)."
+    rows = data["rows"]
+    base = next(r for r in rows if r["method"] == data["info"]["input"])
+    best = max((r for r in rows if r["kind"] == "mean"), key=lambda r: r["psnr"])
+    return (
+        f"{best['method']}: PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.3f}, mean FRC {best['frc']:.3f}, against "
+        f"{base['method']} {base['psnr']:.2f} dB, {base['ssim']:.3f}, {base['frc']:.3f}; uncertainty/error rank "
+        f"correlation {data['uncertainty']['spearman']:.2f}."
+    )
+
+
+def bundle(name: str, run: Path, results: Path) -> Path:
+    """Write ``run``'s EMA weights as float16 with the model card into the package."""
     recipe = RECIPES[name]
     model = Model.load(run)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.network.state_dict().items()}
     t = model.info.training
     tr, sa = model.preset.train, model.preset.sample
+    opts = model.preset.variant_options
     model.info.card = CARD.format(
         name=name,
         title=recipe["title"],
         what=recipe["what"],
+        data=recipe["data"],
         degradation=recipe["degradation"],
         preset=model.preset.name,
         params=sum(p.numel() for p in model.network.parameters()) / 1e6,
+        options="".join(f", {k} {v}" for k, v in opts.items()),
         steps=t.get("steps"),
-        seconds=t.get("seconds"),
+        seconds=round(t.get("seconds", 0)),
         device=t.get("device"),
         batch=tr.batch_size,
         patch=tr.patch_size,
@@ -90,9 +165,13 @@ def bundle(name: str, run: Path, minutes: float) -> Path:
         sample_steps=sa.steps,
         samples=sa.samples,
         val_psnr=f"{model.info.metrics['val_psnr']:.2f} dB" if "val_psnr" in model.info.metrics else "n/a",
-        minutes=minutes,
+        measured=measured(recipe["bench"], results),
+        recipe="python " + " ".join(recipe["train"]),
+        run=recipe["run"],
+        terms=recipe["terms"],
+        limits=FINE_TUNE.format(name=name),
     )
-    model.info.training["data"] = "ISBI 2012 ssTEM slices 0-23 with simulated noise"
+    model.info.training["data"] = recipe["data"].split(", from ")[0]
     dest = DEST / name
     model.save(dest, state=state)
     (dest / "MODEL_CARD.md").write_text(model.info.card)
@@ -104,16 +183,16 @@ def bundle(name: str, run: Path, minutes: float) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=sorted(RECIPES))
-    ap.add_argument("--run", type=Path, help="bundle this finished run instead of training")
-    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--run", type=Path, help="bundle this finished run (a model folder) instead of training")
+    ap.add_argument("--results", type=Path, default=Path("/tmp/emdiffuse-bench-suite/results.json"), help="bench_suite.py results for the card")
     args = ap.parse_args()
+    recipe = RECIPES[args.name]
     run = args.run
     if run is None:
-        run = REPO / "runs" / f"default_{args.name}"
-        cmd = [sys.executable, *RECIPES[args.name]["train"], "--minutes", str(args.minutes), "--run-dir", str(run)]
-        subprocess.run(cmd, check=True, cwd=REPO)
+        subprocess.run([sys.executable, *recipe["train"]], check=True, cwd=REPO)
+        run = REPO / recipe["run"]
     torch.set_grad_enabled(False)
-    bundle(args.name, run, args.minutes)
+    bundle(args.name, run, args.results)
 
 
 if __name__ == "__main__":

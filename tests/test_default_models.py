@@ -7,6 +7,7 @@ from napari_emdiffuse.config import SampleConfig
 from napari_emdiffuse.demo import DEFAULT_MODEL
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.models import bundled_models, resolve_model
+from napari_emdiffuse.variants import get_variant
 
 
 def test_the_demo_model_is_bundled():
@@ -23,10 +24,27 @@ def test_bundled_model_loads_documents_itself_and_runs(name):
     assert model.info.training["steps"] > 0 and "val_psnr" in model.info.metrics
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size < 5e6  # small enough to ship in the package
-    crop = np.random.default_rng(0).integers(0, 255, (40, 56)).astype(np.uint8)
-    res = run_predict(model, crop, sample=SampleConfig(steps=2, samples=2, tile_size=64, overlap=16))
-    assert res.mean.shape[-2:] == crop.shape or model.variant != "denoise"
+    volume = model.variant in ("iso_i", "iso_a")
+    crop = np.random.default_rng(0).integers(0, 255, (3, 40, 56) if volume else (40, 56)).astype(np.uint8)
+    voxel = (0.02, 0.005, 0.005) if volume else (0.005, 0.005)
+    res = run_predict(model, crop, voxel=voxel, sample=SampleConfig(steps=2, samples=2, tile_size=64, overlap=16))
+    geometry = get_variant(model.variant).output_geometry(crop.shape, voxel, get_variant(model.variant).options(model.preset.variant_options))
+    assert res.mean.shape == geometry.shape and tuple(res.voxel) == tuple(geometry.voxel)
     assert np.isfinite(res.mean).all() and np.isfinite(res.std).all()
+
+
+def test_every_variant_has_a_default_model():
+    variants = {resolve_model(name).variant for name in bundled_models()}
+    assert variants == {"denoise", "superres", "iso_i", "iso_a"}
+
+
+def test_models_command_lists_the_defaults(capsys):
+    from napari_emdiffuse.cli import main
+
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("emdiffuse-n", "emdiffuse-r", "vemdiffuse-i", "vemdiffuse-a"):
+        assert name in listed
 
 
 def test_demo_writes_its_outputs(tmp_path):

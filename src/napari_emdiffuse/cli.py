@@ -55,6 +55,19 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import bundled_models, describe_model, resolve_model
+
+    if args.show:
+        model = resolve_model(args.show)
+        print(model.info.card or f"{args.show}: this model has no model card")
+        return 0
+    for name, folder in sorted(bundled_models().items()):
+        print(f"{name:<15} {describe_model(folder)}")
+    print("(`emdiffuse models --show NAME` prints a model's card; `emdiffuse predict --model NAME` uses it)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_preset, parse_preset
     from .jobs.events import new_cancel_token
@@ -274,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("presets", help="list the built-in presets, or show one")
     s.add_argument("--show", metavar="NAME", help="print a preset as JSON (a starting point for your own)")
     s.set_defaults(func=cmd_presets)
+
+    m = sub.add_parser("models", help="list the bundled default models, or show one's model card")
+    m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
+    m.set_defaults(func=cmd_models)
     from .data.cli_commands import add_parsers
 
     add_parsers(sub)

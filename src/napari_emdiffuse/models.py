@@ -17,6 +17,18 @@ def bundled_models() -> dict[str, Path]:
     return {p.name: Path(str(p)) for p in root.iterdir() if (Path(str(p)) / MODEL_JSON).is_file()}
 
 
+def describe_model(folder: Path) -> str:
+    """One line about a model folder (variant, options, training steps, card title), from its JSON only."""
+    import json
+
+    meta = json.loads((Path(folder) / MODEL_JSON).read_text())
+    options = "".join(f" {k}={v}" for k, v in meta["preset"].get("variant_options", {}).items())
+    steps = meta.get("training", {}).get("steps", "?")
+    card = meta.get("card", "")
+    title = card.splitlines()[0].split(": ", 1)[-1] if card else meta["preset"].get("name", "")
+    return f"{meta['variant']:<9}{options:<10} {steps:>6} steps  {title}"
+
+
 def resolve_model(name_or_path: str | Path) -> Model:
     """Load a bundled model by name, or a model folder by path."""
     bundled = bundled_models()

@@ -24,3 +24,14 @@ def test_unrelated_or_inverted_pairs_are_refused(isbi_clean):
         match_intensity(isbi_clean[0], 1 - isbi_clean[0])
     with pytest.raises(InputError, match="constant"):
         match_intensity(np.ones((8, 8)), isbi_clean[0, :8, :8])
+
+
+def test_the_coarse_scans_blur_does_not_bias_the_gain(isbi_clean):
+    from napari_emdiffuse.data.degrade import psf_bin
+
+    high = isbi_clean[0]
+    low = 3 * psf_bin(high, 2) + 0.2  # blurred then binned, on another intensity scale
+    biased, _ = match_intensity(high, low, factor=2)
+    a, b = match_intensity(high, low, factor=2, smooth=4)
+    assert abs(a - 3) < abs(biased - 3)
+    assert a == pytest.approx(3, rel=0.03) and b == pytest.approx(0.2, abs=0.03)

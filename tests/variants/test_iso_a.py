@@ -114,7 +114,7 @@ def test_row_blocks_and_zarr_output_give_the_same_volume(oracle_model, monkeypat
     vol = (np.random.default_rng(5).random((4, 11, 40)) * 255).astype(np.uint8)
     whole = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu").mean
     monkeypatch.setattr(iso_a, "BUFFER_BYTES", 1)  # one row per block
-    rows = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", output=tmp_path / "o.zarr")
+    run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", output=tmp_path / "o.zarr")
     stored = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     np.testing.assert_allclose(np.asarray(stored["mean"]), whole, atol=1e-4)
     assert stored.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
@@ -144,3 +144,24 @@ def test_a_2d_image_or_single_slice_is_refused(sstem_small):
         ISO.training_pairs({"volume": sstem_small[0]}, opts, "train", 0.1, 32)
     with pytest.raises(InputError, match="1 slice.*at least 2"):
         ISO.check_input(sstem_small[:1], opts)
+
+
+def test_cancel_keeps_the_xz_planes_finished_in_the_current_block(oracle_model):
+    """Rows are buffered in blocks; a cancel half-way through a block must not lose its finished rows."""
+    from napari_emdiffuse.jobs.events import Kind, new_cancel_token
+    from napari_emdiffuse.jobs.predict import predict
+
+    model = oracle_model("vemdiffuse-a-tiny", {"factor": 3}, lambda c, x: c[:, :1] + 0.1 * c[:, 1:], 1, 2)
+    vol = (np.random.default_rng(7).random((4, 6, 40)) * 200 + 20).astype(np.uint8)
+    token = new_cancel_token()
+    per_plane = None
+    for ev in predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", cancel=token):
+        if ev.kind is Kind.PROGRESS and ev.total:
+            per_plane = per_plane or ev.total // vol.shape[1]
+            if ev.done >= 2 * per_plane + 1:  # into the third xz plane (y = 2) of the only block
+                token.set()
+        res = ev
+    assert not res.complete
+    assert np.abs(res.mean[1:3, :2]).sum() > 0  # generated slices of rows 0 and 1 were kept
+    np.testing.assert_array_equal(res.mean[0, :2], vol[0, :2])  # with the input slices put back
+    assert np.abs(res.mean[:, 3:]).sum() == 0  # rows never reached stay empty

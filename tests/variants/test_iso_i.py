@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_emdiffuse.config import ConfigError, load_preset
-from napari_emdiffuse.data.degrade import decimate_z
+from napari_emdiffuse.config import ConfigError
 from napari_emdiffuse.errors import InputError
 from napari_emdiffuse.jobs.predict import run_predict
-from napari_emdiffuse.jobs.train import train
-from napari_emdiffuse.model_file import Model
 from napari_emdiffuse.variants import get_variant
 from napari_emdiffuse.variants.iso_i import context_slices, linear_gap
 

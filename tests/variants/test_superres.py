@@ -91,6 +91,16 @@ def test_training_pairs_condition_is_the_upsampled_input(isbi_clean, factor):
     assert residual.std() < target.std()
 
 
+def test_a_target_on_another_intensity_scale_is_mapped_onto_the_inputs(isbi_clean):
+    """Two real acquisitions differ in gain and offset: the model must learn the input's scale."""
+    opts = SR.options({"factor": 2})
+    arrays = SR.from_clean(isbi_clean[:2, :192, :192], opts)
+    rescaled = {"input": arrays["input"], "target": 50 * arrays["target"] + 20}
+    same = SR.training_pairs(arrays, opts, "train", 0.1, 64).source.sample(np.random.default_rng(0), 3, 64)
+    other = SR.training_pairs(rescaled, opts, "train", 0.1, 64).source.sample(np.random.default_rng(0), 3, 64)
+    np.testing.assert_allclose(other[1], same[1], atol=0.03 * np.ptp(same[1]))
+
+
 def test_mismatched_pair_is_refused():
     opts = SR.options({"factor": 2})
     low = np.zeros((2, 30, 40), np.float32)

@@ -126,10 +126,12 @@ def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_vie
 
 
 @pytest.mark.with_bundled_models
-def test_the_bundled_default_model_is_offered(make_napari_viewer):
-    from napari_emdiffuse.demo import DEFAULT_MODEL
-
+def test_the_bundled_default_models_are_offered_per_variant(make_napari_viewer):
     viewer = make_napari_viewer()
     w = _open(viewer)
-    w.variant.setCurrentIndex(w.variant.findData("denoise"))
-    assert DEFAULT_MODEL in [w.model.itemText(i).split(" ")[0] for i in range(w.model.count())]
+    defaults = {"denoise": "emdiffuse-n", "superres": "emdiffuse-r", "iso_i": "vemdiffuse-i", "iso_a": "vemdiffuse-a"}
+    for variant, name in defaults.items():
+        w.variant.setCurrentIndex(w.variant.findData(variant))
+        offered = [w.model.itemText(i).split(" ")[0] for i in range(w.model.count())]
+        assert name in offered, (variant, offered)
+        assert all(other not in offered for other in defaults.values() if other != name)

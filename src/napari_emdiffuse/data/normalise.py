@@ -55,22 +55,28 @@ class Normaliser:
         return src.map_blocks(self.forward, dtype=np.float32)
 
 
-def match_intensity(target: np.ndarray, reference: np.ndarray, factor: int = 1) -> tuple[float, float]:
+def _bin(a: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``n x n`` blocks over the last two axes (rows and columns beyond a multiple dropped)."""
+    if n <= 1:
+        return a
+    h, w = a.shape[-2] // n * n, a.shape[-1] // n * n
+    return a[..., :h, :w].reshape(*a.shape[:-2], h // n, n, w // n, n).mean(axis=(-3, -1))
+
+
+def match_intensity(target: np.ndarray, reference: np.ndarray, factor: int = 1, smooth: int = 1) -> tuple[float, float]:
     """``(a, b)`` such that ``a * target + b`` is on the intensity scale of ``reference``.
 
     A clean (or high-resolution) target and its noisy (or low-resolution) input come from the
     same sample but may differ in gain and offset. The model learns the target on the *input's*
     scale, so its output maps back to the input's units at prediction. The fit regresses the
     input on the target (binned by ``factor`` for super-resolution pairs): zero-mean noise in the
-    input then leaves the estimate unbiased.
+    input then leaves the estimate unbiased. ``smooth`` bins both by that many more pixels first,
+    so that blur in the reference (a coarser acquisition's PSF) does not bias the gain.
     """
-    t = np.asarray(target, np.float64)
-    r = np.asarray(reference, np.float64)
-    if factor > 1:
-        h, w = t.shape[-2] // factor * factor, t.shape[-1] // factor * factor
-        t = t[..., :h, :w].reshape(*t.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
-        r = r[..., : h // factor, : w // factor]
-    t, r = t.ravel(), r.ravel()
+    t = _bin(np.asarray(target, np.float64), factor * smooth)
+    r = _bin(np.asarray(reference, np.float64), smooth)
+    h, w = min(t.shape[-2], r.shape[-2]), min(t.shape[-1], r.shape[-1])
+    t, r = t[..., :h, :w].ravel(), r[..., :h, :w].ravel()
     if t.size > MAX_SAMPLE_PIXELS:
         pick = np.random.default_rng(0).choice(t.size, MAX_SAMPLE_PIXELS, replace=False)
         t, r = t[pick], r[pick]

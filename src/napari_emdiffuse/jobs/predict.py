@@ -23,7 +23,7 @@ from ..engine.device import autocast, configure_backends, select_device
 from ..engine.diffusion import Denoiser, Schedule
 from ..engine.samplers import get_sampler
 from ..engine.tiling import TiledSampler
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled
 from ..model_file import Model
 from ..variants import get_variant
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token

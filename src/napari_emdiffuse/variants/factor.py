@@ -7,7 +7,9 @@ widget, so it may be any JSON value; each check names the allowed values in its 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 
 def _number(value: Any, expected: str, what: str) -> float:
@@ -38,3 +40,13 @@ def ratio_factor(value: Any, high: float, what: str) -> float:
     if v > high:
         raise ValueError(f"{value} is not supported; use a number larger than 1 and at most {high:g} ({what})")
     return v
+
+
+def WholeFactor(low: int, high: int, what: str) -> Any:
+    """An options-model field type: a whole factor in ``[low, high]`` checked by :func:`whole_factor`."""
+    return Annotated[int, BeforeValidator(lambda v: whole_factor(v, low, high, what))]
+
+
+def RatioFactor(high: float, what: str) -> Any:
+    """An options-model field type: a factor in ``(1, high]`` checked by :func:`ratio_factor`."""
+    return Annotated[float, BeforeValidator(lambda v: ratio_factor(v, high, what))]

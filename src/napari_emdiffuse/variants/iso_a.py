@@ -23,13 +23,13 @@ import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
 from .base import Base, Geometry, PairSource, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
-from .factor import ratio_factor
+from .factor import RatioFactor
 from .volume import check_volume, volume_region
 
 MAX_FACTOR = 16.0
@@ -40,12 +40,7 @@ BUFFER_BYTES = 256 * 2**20
 class IsoAOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    factor: float = 4.0
-
-    @field_validator("factor", mode="before")
-    @classmethod
-    def _factor(cls, v: Any) -> float:
-        return ratio_factor(v, MAX_FACTOR, "z voxel size divided by the xy voxel size, e.g. 12.5 for 4 x 4 x 50 nm")
+    factor: RatioFactor(MAX_FACTOR, "z voxel size divided by the xy voxel size, e.g. 12.5 for 4 x 4 x 50 nm") = 4.0
 
 
 def output_slices(n: int, factor: float) -> int:
@@ -245,33 +240,39 @@ class IsoA(Variant):
             mean = np.zeros((n_out, b, w), np.float32)
             std = np.zeros_like(mean) if out_std is not None else None
             samples = np.zeros((k, n_out, b, w), np.float32) if k else None
-            for j in range(b):
 
-                def read(r0: int, r1: int, _j: int = j) -> np.ndarray:
-                    i0 = min(int(r0 // r), n - 2)
-                    i1 = min(n - 1, max(i0 + 1, math.ceil((r1 - 1) / r)))
-                    return interpolate_lines(block[i0 : i1 + 1, _j], positions[i0 : i1 + 1], np.arange(r0, r1))
+            done = 0
+            try:
+                for j in range(b):
 
-                def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
-                    return _read(r0, r1)[:1]
+                    def read(r0: int, r1: int, _j: int = j) -> np.ndarray:
+                        i0 = min(int(r0 // r), n - 2)
+                        i1 = min(n - 1, max(i0 + 1, math.ceil((r1 - 1) / r)))
+                        return interpolate_lines(block[i0 : i1 + 1, _j], positions[i0 : i1 + 1], np.arange(r0, r1))
 
-                run_plane(
-                    read,
-                    n_out,
-                    w,
-                    AxialPlaneWriter(mean, j, normaliser.inverse, base),
-                    AxialPlaneWriter(std, j, normaliser.scale_std) if std is not None else None,
-                    AxialPlaneWriter(samples, j, normaliser.inverse, base) if samples is not None else None,
-                    plane_key=0,  # the same noise for every xz plane: see the module docstring
-                )
-            for i, z in kept:
-                mean[z] = raw[i]
-                if std is not None:
-                    std[z] = 0
-                if samples is not None:
-                    samples[:, z] = raw[i]
-            out_mean[:, yb : yb + b] = mean
-            if out_std is not None:
-                out_std[:, yb : yb + b] = std
-            if out_samples is not None:
-                out_samples[:, :, yb : yb + b] = samples
+                    def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
+                        return _read(r0, r1)[:1]
+
+                    run_plane(
+                        read,
+                        n_out,
+                        w,
+                        AxialPlaneWriter(mean, j, normaliser.inverse, base),
+                        AxialPlaneWriter(std, j, normaliser.scale_std) if std is not None else None,
+                        AxialPlaneWriter(samples, j, normaliser.inverse, base) if samples is not None else None,
+                        plane_key=0,  # the same noise for every xz plane: see the module docstring
+                    )
+                    done = j + 1
+            finally:  # a cancelled job keeps the planes finished so far, this block's included
+                if done:
+                    for i, z in kept:  # the input slices, unchanged
+                        mean[z, :done] = raw[i, :done]
+                        if std is not None:
+                            std[z, :done] = 0
+                        if samples is not None:
+                            samples[:, z, :done] = raw[i, :done]
+                    out_mean[:, yb : yb + done] = mean[:, :done]
+                    if out_std is not None:
+                        out_std[:, yb : yb + done] = std[:, :done]
+                    if out_samples is not None:
+                        out_samples[:, :, yb : yb + done] = samples[:, :, :done]

@@ -18,13 +18,13 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
 from .base import Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
-from .factor import whole_factor
+from .factor import WholeFactor
 from .volume import check_volume, copy_slice, volume_region
 
 MAX_FACTOR = 12
@@ -36,12 +36,7 @@ EDGE_CHANCE = 0.1
 class IsoIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    factor: int = 4
-
-    @field_validator("factor", mode="before")
-    @classmethod
-    def _factor(cls, v: Any) -> int:
-        return whole_factor(v, 2, MAX_FACTOR, "z spacing of the input divided by the output's")
+    factor: WholeFactor(2, MAX_FACTOR, "z spacing of the input divided by the output's") = 4
 
 
 def context_slices(g: int, n: int) -> list[int]:

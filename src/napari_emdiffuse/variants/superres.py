@@ -16,29 +16,26 @@ from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
-from ..data.normalise import Normaliser, check_image, fit_normaliser
+from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
 from .base import Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant
 from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
-from .factor import whole_factor
+from .factor import WholeFactor
 
 #: low-resolution rows read beyond a band, so a band upsamples exactly as the whole image does
 #: (the cubic kernel reaches two source pixels either side)
 BAND_MARGIN = 3
+#: input pixels per side averaged before fitting the target's gain and offset to the input
+MATCH_SMOOTH = 4
 
 
 class SuperResOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    factor: int = 2
-
-    @field_validator("factor", mode="before")
-    @classmethod
-    def _factor(cls, v: Any) -> int:
-        return whole_factor(v, 2, 4, "how many times finer the output pixels are: 2, 3 or 4")
+    factor: WholeFactor(2, 4, "how many times finer the output pixels are: 2, 3 or 4") = 2
 
 
 def upsample(image: np.ndarray, factor: int) -> np.ndarray:
@@ -142,12 +139,16 @@ class SuperRes(Variant):
         self.check_pair(cond, target, f)
         cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi, scale=f)
         fitted = sr_patch(patch, rows, cols, f)
-        # One intensity mapping for both, fitted on the input as prediction will be: binning and
-        # blur narrow the percentiles, and separate mappings would change the output's contrast.
+        # The target on the input's intensity scale (two acquisitions may differ in gain and
+        # offset), compared over 4 x 4 input pixels so the coarse scan's blur does not bias it;
+        # then one mapping for both, fitted on the input as prediction will be: binning and blur
+        # narrow the percentiles, and separate mappings would change the output's contrast.
+        a, b = match_intensity(target, cond, factor=f, smooth=MATCH_SMOOTH)
         norm = fit_normaliser(cond, name="input")
-        pairs = AlignedPairs(norm.forward(cond), norm.forward(target), rows, cols, min_std, scale=f, upsample=upsample)
+        matched = a * np.asarray(target, np.float32) + b
+        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, min_std, scale=f, upsample=upsample)
         pairs.patch = fitted
-        pairs.summary.update(normaliser=norm.to_dict(), factor=f)
+        pairs.summary.update(normaliser=norm.to_dict(), factor=f, target_to_input=[a, b])
         return ResidualPairs(pairs, lambda c: c)  # the condition is the bicubic baseline
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
