@@ -106,7 +106,9 @@ class JobRunner:
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    from ..engine.device import is_out_of_memory as device_oom  # torch only when a job has failed
+
+    return device_oom(err)
 
 
 def user_message(err: BaseException, tile_size: int | None = None) -> str:

@@ -55,6 +55,16 @@ class Normaliser:
         return src.map_blocks(self.forward, dtype=np.float32)
 
 
+def to_dtype(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` as ``dtype``: rounded and clipped to the range of an integer type, so values out of
+    range saturate instead of wrapping around."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        a = np.clip(np.rint(a), info.min, info.max)
+    return np.asarray(a).astype(dtype)
+
+
 def _bin(a: np.ndarray, n: int) -> np.ndarray:
     """Mean of ``n x n`` blocks over the last two axes (rows and columns beyond a multiple dropped)."""
     if n <= 1:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from .io import Image, refuse_overwrite
-from .normalise import check_image, fit_normaliser
+from .normalise import check_image, fit_normaliser, to_dtype
 from .overlay import green_magenta, grey_rgb, pair_panel, save_png, stack_panels
 from .patches import PatchGeometry, grid, has_structure, split_rows_of_grid, split_slices
 from .register import RegistrationError, correct_drift, estimate_drift, register_pair
@@ -51,13 +51,6 @@ class PrepareOptions:
 
 def _stack(a: Any) -> Any:
     return a[None] if a.ndim == 2 else a
-
-
-def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(a), info.min, info.max).astype(dtype)
-    return a.astype(dtype)
 
 
 def report_paths(out: Path) -> tuple[Path, Path]:
@@ -193,7 +186,7 @@ def _pairs_to_set(
                     reason = "flat"
                 else:
                     ins.append(c_plane[y : y + geom.input, x : x + geom.input].astype(dt_in))
-                    tgs.append(_cast(tpatch, dt_tg))
+                    tgs.append(to_dtype(tpatch, dt_tg))
                     continue
                 rejected[reason] += 1
                 bad.append((y, x))

@@ -84,3 +84,8 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device running out of memory (CUDA, MPS), which a smaller batch may avoid."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())

@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from .device import is_out_of_memory
 from .samplers import Sampler
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,6 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     if ph >= a.shape[-2] * 2 or pw >= a.shape[-1] * 2:
         mode = "edge"
     return np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)], mode=mode)
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 class TiledSampler:
@@ -254,7 +251,7 @@ class TiledSampler:
                     lambda xx, s: self.denoise(xx, s, cond), x, self.sigmas, noise=noise_fn, callback=callback, eta=self.eta
                 )
             except RuntimeError as err:
-                if not _is_oom(err) or batch == 1:
+                if not is_out_of_memory(err) or batch == 1:
                     raise
                 batch = max(1, batch // 2)
                 log.warning("out of memory with %d tiles at once; retrying with %d", len(chunk), batch)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import SampleConfig
-from ..data.normalise import Normaliser, fit_normaliser
+from ..data.normalise import Normaliser, fit_normaliser, to_dtype
 from ..engine.device import autocast, configure_backends, select_device
 from ..engine.diffusion import Denoiser, Schedule
 from ..engine.samplers import get_sampler
@@ -38,10 +38,7 @@ class _Cast:
         self.target, self.dtype, self.shape = target, np.dtype(dtype), target.shape
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        if self.dtype.kind in "ui":
-            info = np.iinfo(self.dtype)
-            value = np.clip(np.rint(value), info.min, info.max)
-        self.target[key] = value.astype(self.dtype)
+        self.target[key] = to_dtype(value, self.dtype)
 
 
 def _allocate(shape: tuple[int, ...], dtype: np.dtype, store: Any, name: str, chunks: tuple[int, ...]) -> Any:

@@ -69,6 +69,17 @@ class PairSource(ABC):
         return None
 
 
+class PatchPairs(PairSource):
+    """A pair source that draws its ``n`` pairs one at a time (``_one``) and stacks them."""
+
+    @abstractmethod
+    def _one(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self._one(rng, patch) for _ in range(n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
 class ResidualPairs(PairSource):
     """Pairs whose target is the difference between the true target and an interpolation
     ``baseline(cond)`` (bicubic upsampling, linear interpolation between slices).

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from ..data.degrade import poisson_gaussian, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Geometry, PairSource, PlaneWriter, Roi, Variant, augment, split_rows
+from .base import Geometry, PairSource, PatchPairs, PlaneWriter, Roi, Variant, augment, split_rows
 
 
 def as_stack(a: Any) -> Any:
@@ -22,7 +22,7 @@ def as_stack(a: Any) -> Any:
     return a[None] if a.ndim == 2 else a
 
 
-class AlignedPairs(PairSource):
+class AlignedPairs(PatchPairs):
     """Random patches at the same place in a condition stack and a target stack.
 
     ``scale`` > 1 means the target is ``scale`` times larger in y and x (super-resolution); the
@@ -65,10 +65,6 @@ class AlignedPairs(PairSource):
         if self.upsample is not None:
             c = self.upsample(c, s)
         return augment(c[None], t[None], rng)
-
-    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [self._one(rng, patch) for _ in range(n)]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def fit_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], scale: int = 1) -> int:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Base, Geometry, PairSource, ResidualPairs, Roi, Variant
+from .base import Base, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
 from .volume import check_volume, volume_region
@@ -80,7 +80,7 @@ def min_patch(factor: float) -> int:
     return 16 * math.ceil((2 * factor + 1) / 16)
 
 
-class LateralPairs(PairSource):
+class LateralPairs(PatchPairs):
     """xy patches with every ``factor``-th row (or column) kept and the rest interpolated
     (condition), and the full patch (target)."""
 
@@ -140,10 +140,6 @@ class LateralPairs(PairSource):
         if rng.integers(2):
             cond, target = cond[:, :, ::-1], target[:, :, ::-1]
         return np.ascontiguousarray(cond), np.ascontiguousarray(target)
-
-    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [self._one(rng, patch) for _ in range(n)]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 class AxialPlaneWriter:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant, augment
+from .base import Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
 from .volume import check_volume, copy_slice, volume_region
@@ -51,7 +51,7 @@ def linear_gap(cond: np.ndarray, k: int) -> np.ndarray:
     return cond[:, 1:2] * (1 - t) + cond[:, 2:3] * t
 
 
-class GapPairs(PairSource):
+class GapPairs(PatchPairs):
     """Random gaps of an isotropic volume: four slices ``k`` apart around the gap as the condition,
     the ``k - 1`` slices inside it as the target, the same patch of each."""
 
@@ -89,10 +89,6 @@ class GapPairs(PairSource):
         if rng.integers(2):  # structure has no preferred z direction
             cond, target = cond[::-1], target[::-1]
         return augment(cond, target, rng)
-
-    def sample(self, rng: np.random.Generator, n: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [self._one(rng, patch) for _ in range(n)]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 class IsoI(Variant):
