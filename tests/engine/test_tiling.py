@@ -94,10 +94,14 @@ def test_oom_halves_the_batch(monkeypatch):
 
     img = np.random.default_rng(0).random((64, 64), dtype=np.float32)
     sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(2)
-    ts = TiledSampler(flaky, get_sampler("ddim"), sig, 1, 4, 32, 8, 1, 8, torch.device("cpu"))
+    progress = []
+    ts = TiledSampler(flaky, get_sampler("ddim"), sig, 1, 4, 32, 8, 1, 8, torch.device("cpu"), step_callback=lambda d, t: progress.append((d, t)))
     out = np.zeros((1, 64, 64), np.float32)
     ts.run(lambda y0, y1: img[None, y0:y1], 64, 64, out)
     assert calls[:2] == [8, 4] and max(calls[2:]) <= 2
+    # the progress total was computed before the retries and still holds: no overshoot
+    assert progress[-1][0] == progress[-1][1] == ts.count_steps(64, 64)
+    assert all(d <= t for d, t in progress)
     ref, _ = _run(img, 32, 8)
     np.testing.assert_allclose(out[0], ref, atol=1e-5)
 

@@ -155,9 +155,10 @@ class TiledSampler:
         self.step_callback = step_callback
 
     def count_steps(self, height: int, width: int) -> int:
-        """Sampler steps :meth:`run` will report for a plane (for progress totals)."""
+        """Progress units :meth:`run` will report for a plane: sampler steps times tile samples,
+        so the total holds however the tiles are batched (an out-of-memory retry halves the batch)."""
         n_items = len(make_tiles(height, width, self.tile, self.overlap)) * self.samples
-        return math.ceil(n_items / self.batch) * (len(self.sigmas) - 1)
+        return n_items * (len(self.sigmas) - 1)
 
     def _tile_shape(self, height: int, width: int) -> tuple[int, int]:
         th = min(self.tile, -(-height // self.m) * self.m)
@@ -241,9 +242,9 @@ class TiledSampler:
                 n = [keyed_noise(plane_seed, k, step, c_, t.y0, t.x0, th, tw) for t, k in _items]
                 return torch.stack(n).to(like.device, like.dtype)
 
-            def callback(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+            def callback(i: int, x: torch.Tensor, x0: torch.Tensor, _items=chunk) -> None:
                 if self.step_callback is not None:
-                    self.step_callback(done + i + 1, total)
+                    self.step_callback(done + len(_items) * (i + 1), total)
 
             x = noise_fn(-1, cond) * self.sigmas[0]
             try:
@@ -258,7 +259,7 @@ class TiledSampler:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            done += len(self.sigmas) - 1
+            done += len(chunk) * (len(self.sigmas) - 1)
             out_np = out.float().cpu()
             for (ti, k), o in zip(chunk, out_np):
                 pending.setdefault(ti, [None] * k_)[k] = o
