@@ -72,7 +72,7 @@ def train_regression(preset: Preset, arrays: dict[str, Any], steps: int, out: Pa
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - d)
         if (step + 1) % 500 == 0:
-            log(f"  regression {out.name}: step {step + 1}/{steps}, L1 {float(loss):.4f}")
+            log(f"  regression {out.name}: step {step + 1}/{steps}, L1 {float(loss.detach()):.4f}")
     info = {"steps": steps, "seconds": round(time.monotonic() - start)}
     out.mkdir(parents=True, exist_ok=True)
     meta = {"preset": json.dumps(preset.model_dump(mode="json")), "training": json.dumps(info)}

@@ -128,3 +128,17 @@ def test_too_few_slices_are_refused(fib_small):
 def test_clean_images_alone_point_to_the_volume(fib_small):
     with pytest.raises(InputError, match="--volume"):
         ISO.from_clean(fib_small, ISO.options({"factor": 4}))
+
+
+@pytest.mark.parametrize(
+    "voxel,warned",
+    [((0.05, 0.004, 0.004), True), ((0.02, 0.005, 0.005), False), ((1.0, 1.0, 1.0), False), ((0.021, 0.005, 0.005), False)],
+)
+def test_a_voxel_size_that_does_not_match_the_factor_is_pointed_out(oracle_model, voxel, warned):
+    from napari_emdiffuse.jobs.events import Kind
+    from napari_emdiffuse.jobs.predict import predict
+
+    model = oracle_model("vemdiffuse-i-tiny", {"factor": 4}, lambda c, x: torch.zeros_like(x), 3, 4)
+    vol = (np.random.default_rng(3).random((3, 16, 16)) * 255).astype(np.uint8)
+    texts = [ev.text for ev in predict(model, vol, voxel=voxel, device="cpu") if ev.kind is Kind.MESSAGE]
+    assert any("not be isotropic" in t and "12.5" in t for t in texts) == warned

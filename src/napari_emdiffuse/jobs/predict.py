@@ -87,6 +87,9 @@ def predict(
     normaliser = normaliser or fit_normaliser(image, name="image")
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
 
+    note = variant.voxel_warning(voxel, options)
+    if note:
+        yield Message(note, "warning")
     dev = select_device(device)
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")

@@ -216,6 +216,10 @@ class Variant(ABC):
         """Sample every plane through ``run_plane(read, height, width, mean, std, samples, plane_key)``
         and write the results (in the input's intensity units) into the outputs."""
 
+    def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
+        """A warning when the input's voxel size does not suit the model (None: nothing to say)."""
+        return None
+
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         """Training arrays simulated from clean data alone (the degradation's parameters vary by variant)."""
         raise InputError(f"{self.title} cannot be trained from clean images alone")

@@ -30,7 +30,7 @@ from ..errors import InputError
 from .base import Base, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
-from .volume import check_volume, volume_region
+from .volume import anisotropy_warning, check_volume, volume_region
 
 MAX_FACTOR = 16.0
 #: memory for the output planes of one block of rows during prediction
@@ -174,6 +174,9 @@ class IsoA(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         r = options.factor
         return Geometry((output_slices(shape[0], r), *shape[1:]), (voxel[0] / r, *voxel[1:]))
+
+    def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
+        return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])
 
     def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
         check_volume(image, self.title, name, 2, "(two slices bound each gap it fills)")

@@ -25,7 +25,7 @@ from ..errors import InputError
 from .base import Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
-from .volume import check_volume, copy_slice, volume_region
+from .volume import anisotropy_warning, check_volume, copy_slice, volume_region
 
 MAX_FACTOR = 12
 #: chance, in training, that an outer context slice is replaced by the bounding one, as happens
@@ -108,6 +108,9 @@ class IsoI(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         k = options.factor
         return Geometry(((shape[0] - 1) * k + 1, *shape[1:]), (voxel[0] / k, *voxel[1:]))
+
+    def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
+        return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])
 
     def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
         check_volume(image, self.title, name, 2, "(two slices bound each gap it fills)")

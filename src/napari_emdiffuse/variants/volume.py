@@ -1,9 +1,10 @@
-"""What the two isotropic-reconstruction variants share: checking a volume, loading a training
-region, and writing the original slices into the interleaved output."""
+"""What the two isotropic-reconstruction variants share: checking a volume and its voxel size,
+loading a training region, and writing the original slices into the interleaved output."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -27,6 +28,23 @@ def check_volume(image: Any, title: str, name: str = "image", min_slices: int = 
         raise InputError(
             f"the {name} has {image.shape[0]} slice(s); {title} needs at least {min_slices}{' ' + why if why else ''}"
         )
+
+
+def anisotropy_warning(voxel: Sequence[float], factor: float, title: str) -> str | None:
+    """A warning when a volume's z voxel over its xy voxel is known and not the model's factor.
+
+    A ratio of exactly 1 is taken as "voxel size unknown" (napari's default scale) and passes.
+    """
+    if len(voxel) < 3 or voxel[1] <= 0 or voxel[0] <= 0:
+        return None
+    ratio = voxel[0] / voxel[1]
+    if math.isclose(ratio, 1.0) or abs(ratio / factor - 1) <= 0.1:
+        return None
+    return (
+        f"this {title} model fills in a factor of {factor:g} between slices, but the input's z voxel is "
+        f"{ratio:.3g} times its xy voxel: the output will not be isotropic. Train or fine-tune a model "
+        f"with factor {ratio:.3g} (--option factor=...), or check the input's voxel size."
+    )
 
 
 def volume_region(
