@@ -53,7 +53,7 @@ SR_TEST = ([136, 146, 156, 164], slice(128, 384), slice(128, 384))
 ISO_TEST = (slice(0, 65), slice(240, 272), slice(128, 384))
 ISO_TRAIN_Z = slice(65, 165)
 K = 4  # samples per prediction; single samples and the mean of 2 come from the same run
-STEPS = (5, 10, 20)
+STEPS = (2, 5, 10, 20)
 PATCH = 16
 
 
@@ -368,7 +368,7 @@ def run_task(task: Task, work: Path, care: bool) -> tuple[dict, dict]:
 
 
 def figure(path: Path, images: dict, iso: bool) -> list[str]:
-    """One row of panels (uint8, 6 px gaps): a plane (or an xz plane for the isotropic tasks)."""
+    """One row of panels (uint8, 6 px gaps): a plane, or for the isotropic tasks an xz plane shown 2x."""
     import cv2
 
     order = ["input", "classical", "regression UNet", "diffusion single", "diffusion mean", "uncertainty", "truth"]
@@ -376,7 +376,7 @@ def figure(path: Path, images: dict, iso: bool) -> list[str]:
     panels = []
     for n in names:
         a = np.asarray(images[n], np.float32)
-        plane = a[:, a.shape[1] // 2] if iso else a[0]
+        plane = a[:, a.shape[1] // 2, 64:192] if iso else a[0]  # iso: an xz plane, 128 px of x
         if n == "uncertainty":
             plane = plane / max(float(np.percentile(plane, 99.5)), 1e-6)
         panels.append(np.clip(np.rint(plane * 255), 0, 255).astype(np.uint8))
@@ -437,7 +437,9 @@ def write_markdown(path: Path, results: dict, settings: dict) -> None:
         "*FRC* is the mean Fourier ring correlation with the truth over all rings (xz planes for the isotropic "
         "variants), which rises only with detail that is right. Diffusion sampling: DPM-Solver++(2M), Karras "
         "spacing; *single* is the average score of single samples, *mean of K* scores the average of K samples. "
-        "The regression UNet is the CARE approach: the same network, pairs and number of steps with an L1 loss.",
+        "The regression UNet is the CARE approach: the same network, pairs and number of steps with an L1 loss. "
+        f"The K = {K} samples are drawn in one batched run: its time is given for the mean of {K}, and "
+        "proportional shares of it for single samples and the mean of 2.",
         "",
         f"Command: `{settings['command']}` ({settings['date']}), torch on the CPU, {settings['threads']} thread(s) of a "
         f"{settings['cores']}-core {settings['machine']} machine shared with other work; times are seconds per "
@@ -500,7 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     for task in make_tasks(set(args.only.split(","))):
         result, images = run_task(task, work, care=not args.no_care)
         name = f"bench-{task.key}.png"
-        result["figure_panels"] = figure(images_dir / name, images, bool(task.iso_k))
+        labels = {
+            "input": task.input_name,
+            "classical": list(task.baselines)[-1],
+            "regression UNet": "regression UNet (CARE)",
+            "diffusion single": "one diffusion sample (10 steps)",
+            "diffusion mean": f"diffusion mean of {K} (10 steps)",
+            "uncertainty": "uncertainty (standard deviation of the samples)",
+            "truth": "truth",
+        }
+        result["figure_panels"] = [labels[n] for n in figure(images_dir / name, images, bool(task.iso_k))]
         result["figure"] = name
         merged = json.loads(store.read_text()) if store.is_file() else {}
         merged[task.key] = result
