@@ -92,7 +92,7 @@ def test_clean_only_data_with_simulated_degradation(tmp_path, pair):
     assert g["input"].shape[1:] == (32, 32) and g["target"].shape[1:] == (64, 64)
     assert g.attrs["voxel_size"] == [0.05, 0.008, 0.008] and g.attrs["target_voxel_size"] == list(VOXEL)
     arrays = load_training_set(tmp_path / "r.zarr", "superres", {"factor": 2})
-    assert set(arrays) == {"input", "target"}
+    assert {"input", "target"} <= set(arrays) <= {"input", "target", "val_input", "val_target"}
     with pytest.raises(InputError, match="factor"):
         load_training_set(tmp_path / "r.zarr", "superres", {"factor": 3})
     with pytest.raises(InputError, match="prepared for the superres variant"):
@@ -128,6 +128,9 @@ def test_cli_prepare_info_train_predict_end_to_end(tmp_path, pair, capsys, kind)
     assert "50 x 4 x 4 nm" in out and kind in out
     run = str(tmp_path / "run")
     assert main(["train", "--preset", "tiny", "--data", s, "--out", run, "--iterations", "2", "--device", "cpu", "-q"]) == 0
+    # the set's held-out patches validate; the training patches are used whole (no strip cut off them)
+    training = json.loads((tmp_path / "run" / "model.json").read_text())["training"]
+    assert training["val_region"]["held_out"] and training["train_region"]["rows"] == [0, 64]
     small = tmp_path / "small.tif"
     tifffile.imwrite(small, data[4, :64, :64], imagej=True, resolution=(250, 250), metadata={"unit": "um"})
     res = str(tmp_path / "den.tif")

@@ -375,7 +375,8 @@ def prepare_volume(
 
 def load_training_set(path: str | Path, variant: str, variant_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The arrays of a prepared set that ``variant`` trains on (lazy), after checking that the
-    set was prepared for that variant and its options (e.g. the same factor)."""
+    set was prepared for that variant and its options (e.g. the same factor); its held-out
+    validation patches come as ``val_input``/``val_target`` where the set has them."""
     import dask.array as da
     import zarr
 
@@ -394,4 +395,5 @@ def load_training_set(path: str | Path, variant: str, variant_options: dict[str,
         raise InputError(f"{path} was prepared for the {attrs.get('variant')} variant, but the preset trains {v.name}")
     if attrs.get("variant_options", {}) != options.model_dump(mode="json"):
         raise InputError(f"{path} was prepared with variant options {attrs.get('variant_options')}, the preset has {options.model_dump(mode='json')}")
-    return {name: da.from_zarr(group[name]) for name in v.training_inputs}
+    names = [*v.training_inputs, *(f"val_{n}" for n in v.training_inputs if f"val_{n}" in group)]
+    return {name: da.from_zarr(group[name]) for name in names}

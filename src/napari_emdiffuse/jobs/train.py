@@ -219,8 +219,16 @@ def train(
     if missing:
         raise ValueError(f"{variant.title} needs {', '.join(variant.training_inputs)}; missing {', '.join(missing)}")
 
-    train_src = variant.training_pairs(arrays, options, "train", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
-    val_src = variant.training_pairs(arrays, options, "val", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
+    held_out = {k: arrays[f"val_{k}"] for k in variant.training_inputs if f"val_{k}" in arrays}
+    if len(held_out) == len(variant.training_inputs) and roi is None:
+        # a prepared set: its validation patches come from other slices; train on every row of the rest
+        train_arrays = {k: arrays[k] for k in variant.training_inputs}
+        train_src = variant.training_pairs(train_arrays, options, "all", 0.0, tc.patch_size, None, tc.min_foreground_std)
+        val_src = variant.training_pairs(held_out, options, "all", 0.0, tc.patch_size, None, tc.min_foreground_std)
+        val_src.summary["held_out"] = "validation patches of the prepared set"
+    else:
+        train_src = variant.training_pairs(arrays, options, "train", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
+        val_src = variant.training_pairs(arrays, options, "val", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
     patch = train_src.patch
     if patch != tc.patch_size:
         yield Message(f"patch size reduced to {patch} px to fit the training region", "warning")

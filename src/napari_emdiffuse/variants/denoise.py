@@ -79,14 +79,16 @@ def fit_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], scale: i
 def paired_region(
     cond: Any, target: Any, split: str, val_fraction: float, patch: int, roi: Roi | None, scale: int = 1
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
-    """Load a pair (in memory), crop it to the ROI, and give the split's rows and columns."""
+    """Load a pair (in memory), crop it to the ROI, and give the split's rows and columns
+    (``split`` "train", "val", or "all" for a set whose validation data is held out elsewhere)."""
     cond, target = as_stack(cond), as_stack(target)
     h, w = cond.shape[-2:]
     r = (roi or Roi(0, h, 0, w)).clip(h, w)
     cond = np.asarray(cond[:, r.y0 : r.y1, r.x0 : r.x1])
     target = np.asarray(target[:, r.y0 * scale : r.y1 * scale, r.x0 * scale : r.x1 * scale])
     train_rows, val_rows = split_rows(cond.shape[1], val_fraction, patch // scale)
-    return cond, target, (train_rows if split == "train" else val_rows), (0, cond.shape[2])
+    rows = {"train": train_rows, "val": val_rows, "all": (0, cond.shape[1])}[split]
+    return cond, target, rows, (0, cond.shape[2])
 
 
 class Denoise(Variant):

@@ -52,13 +52,15 @@ def volume_region(
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     """The volume cropped to the ROI (in memory, in its own dtype) and the split's rows and columns.
 
-    Validation is a strip of rows at the bottom of every slice, as for the 2D variants.
+    Validation is a strip of rows at the bottom of every slice, as for the 2D variants
+    (``split`` "all": every row).
     """
     h, w = volume.shape[-2:]
     r = (roi or Roi(0, h, 0, w)).clip(h, w)
     vol = np.asarray(volume[:, r.y0 : r.y1, r.x0 : r.x1])
     train_rows, val_rows = split_rows(vol.shape[1], val_fraction, patch)
-    return vol, (train_rows if split == "train" else val_rows), (0, vol.shape[2])
+    rows = {"train": train_rows, "val": val_rows, "all": (0, vol.shape[1])}[split]
+    return vol, rows, (0, vol.shape[2])
 
 
 def copy_slice(stack: Any, z_in: int, z_out: int, out_mean: Any, out_samples: Any | None) -> None:
