@@ -108,6 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value:
             arrays[name] = _read(value, name).data
             notes.append(f"{name} {value}")
+    if args.data and (args.clean or args.input or args.target or args.volume):
+        # the set's held-out patches belong to its own training patches, not to the files given here
+        arrays = {k: v for k, v in arrays.items() if not k.startswith("val_")}
     if not arrays:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")

@@ -29,7 +29,8 @@ from .factor import WholeFactor
 #: (the cubic kernel reaches two source pixels either side)
 BAND_MARGIN = 3
 #: input pixels per side averaged before fitting the target's gain and offset to the input
-MATCH_SMOOTH = 4
+#: (a real coarse scan's PSF may differ from the simulated one)
+MATCH_SMOOTH = 2
 
 
 class SuperResOptions(BaseModel):
@@ -140,10 +141,11 @@ class SuperRes(Variant):
         cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi, scale=f)
         fitted = sr_patch(patch, rows, cols, f)
         # The target on the input's intensity scale (two acquisitions may differ in gain and
-        # offset), compared over 4 x 4 input pixels so the coarse scan's blur does not bias it;
-        # then one mapping for both, fitted on the input as prediction will be: binning and blur
-        # narrow the percentiles, and separate mappings would change the output's contrast.
-        a, b = match_intensity(target, cond, factor=f, smooth=MATCH_SMOOTH)
+        # offset): compared after the coarse scan's own blur and binning, so that blur does not
+        # bias the gain (simulated pairs come out at exactly 1 and 0); then one mapping for both,
+        # fitted on the input as prediction will be: binning and blur narrow the percentiles, and
+        # separate mappings would change the output's contrast.
+        a, b = match_intensity(psf_bin(target, f), cond, smooth=MATCH_SMOOTH)
         norm = fit_normaliser(cond, name="input")
         matched = a * np.asarray(target, np.float32) + b
         pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, min_std, scale=f, upsample=upsample)
