@@ -170,3 +170,17 @@ def test_cancel_keeps_the_xz_planes_finished_in_the_current_block(oracle_model):
     assert np.abs(res.mean[1:3, :2]).sum() > 0  # generated slices of rows 0 and 1 were kept
     np.testing.assert_array_equal(res.mean[0, :2], vol[0, :2])  # with the input slices put back
     assert np.abs(res.mean[:, 2:]).sum() == 0  # rows not finished stay empty
+
+
+def test_a_voxel_size_that_does_not_match_the_factor_is_pointed_out(oracle_model):
+    from napari_emdiffuse.jobs.events import Kind
+    from napari_emdiffuse.jobs.predict import predict
+
+    model = oracle_model("vemdiffuse-a-tiny", {"factor": 4}, lambda c, x: c[:, :1], 1, 2)
+    vol = (np.random.default_rng(3).random((3, 8, 24)) * 255).astype(np.uint8)
+
+    def warnings(voxel):
+        return [ev.text for ev in predict(model, vol, voxel=voxel, device="cpu") if ev.kind is Kind.MESSAGE]
+
+    assert any("not be isotropic" in t for t in warnings((0.05, 0.004, 0.004)))
+    assert not any("not be isotropic" in t for t in warnings((0.02, 0.005, 0.005)))
