@@ -58,6 +58,10 @@ STEPS = (2, 5, 10, 20)
 #: advance (choosing the best of STEPS on the test data would flatter the diffusion model)
 SCORED_STEPS = 10
 assert SCORED_STEPS in STEPS
+#: samples averaged for the targets and the uncertainty map. If the samples follow the posterior,
+#: the mean of K has the error of the best (posterior-mean) estimate times 1 + 1/K: 0.97 dB worse
+#: at K = 4, 0.26 dB at K = 16 (the "reading" section checks this against the regression UNet).
+K_SCORED = 16
 PATCH = 16
 
 
@@ -369,11 +373,19 @@ def run_task(task: Task, work: Path, care: bool) -> tuple[dict, dict]:
         rows.append({"method": f"diffusion, mean of {K}, {n_steps} steps", "kind": "mean", "steps": n_steps, **task.score(res.mean), "s_per_mp": spmp})
         log(f"  {n_steps} steps: single {single['psnr']:.2f} dB, mean {rows[-1]['psnr']:.2f} dB ({spmp:.0f} s/MP)")
         if n_steps == SCORED_STEPS:
-            mean, std = np.asarray(res.mean, np.float32), np.asarray(res.std, np.float32)
-            keep = [z for z in range(mean.shape[0]) if z % task.iso_k] if task.iso_k else list(range(mean.shape[0]))
-            uncertainty = uncertainty_worth(std[keep], mean[keep], task.truth[keep])
-            images.update({"diffusion mean": mean, "diffusion single": samples[0], "uncertainty": std})
-            log(f"  uncertainty: {uncertainty}")
+            images["diffusion single"] = samples[0]
+    # the targets' estimate: the mean of K_SCORED samples at the default step count
+    cfg = SampleConfig(sampler="dpmpp_2m", steps=SCORED_STEPS, samples=K_SCORED, spacing="karras", tile_size=256, overlap=32, tile_batch=4, seed=1)
+    start = time.monotonic()
+    with torch.inference_mode():
+        res = run_predict(model, task.image, sample=cfg, normaliser=normaliser, voxel=task.voxel, device="cpu")
+    spmp = (time.monotonic() - start) / (pixels / 1e6)
+    mean, std = np.asarray(res.mean, np.float32), np.asarray(res.std, np.float32)
+    rows.append({"method": f"diffusion, mean of {K_SCORED}, {SCORED_STEPS} steps", "kind": "scored", "steps": SCORED_STEPS, **task.score(mean), "s_per_mp": spmp})
+    keep = [z for z in range(mean.shape[0]) if z % task.iso_k] if task.iso_k else list(range(mean.shape[0]))
+    uncertainty = uncertainty_worth(std[keep], mean[keep], task.truth[keep])
+    images.update({"diffusion mean": mean, "uncertainty": std})
+    log(f"  mean of {K_SCORED}: {rows[-1]['psnr']:.2f} dB; uncertainty: {uncertainty}")
     params = sum(p.numel() for p in model.network.parameters())
     info = {"title": task.title, "model": task.model, "training_steps": steps, "params": params, "note": task.target_note, "input": task.input_name}
     info["sample_steps"] = SCORED_STEPS
@@ -410,7 +422,9 @@ def verdicts(result: dict) -> list[str]:
     """The issue's targets, worked out from the numbers."""
     rows = result["rows"]
     key = result["key"]
-    best_mean = next(r for r in rows if r["kind"] == "mean" and r["steps"] == SCORED_STEPS)
+    best_mean = next((r for r in rows if r["kind"] == "scored"), None)
+    if best_mean is None:  # measured before the mean of K_SCORED was part of the protocol
+        return ["- (measured with an earlier version of this benchmark: rerun this section for the verdicts)"]
     out = []
 
     def line(label: str, ours: dict, theirs: dict, margin: float) -> str:
@@ -437,7 +451,7 @@ def verdicts(result: dict) -> list[str]:
         )
     u = result["uncertainty"]
     out.append(
-        f"- Uncertainty (mean of {K}, {SCORED_STEPS} steps): Spearman rank correlation with the per-patch error "
+        f"- Uncertainty ({K_SCORED} samples, {SCORED_STEPS} steps): Spearman rank correlation with the per-patch error "
         f"{u['spearman']:.2f} over {u['patches']} patches (target positive: **{'met' if u['spearman'] > 0 else 'missed'}**); "
         f"AUROC for the 10 % worst pixels {u['auroc']:.2f} (0.5 is chance)."
     )
@@ -453,27 +467,67 @@ def run_line(st: dict | None) -> str:
     )
 
 
+def posterior_check(results: dict) -> list[str]:
+    """Each diffusion estimate's PSNR gap to the regression UNet next to the gap expected if the
+    samples were exact posterior samples and the regression the posterior mean: MSE x (1 + 1/K)."""
+    lines = [
+        f"| model | single sample | mean of 2 | mean of {K} | mean of {K_SCORED} |",
+        "|---|---:|---:|---:|---:|",
+        "| expected, exact posterior samples | "
+        + " | ".join(f"{-10 * np.log10(1 + 1 / k):+.2f}" for k in (1, 2, K, K_SCORED))
+        + " |",
+    ]
+    for r in results.values():
+        rows = r["rows"]
+        care = next((x for x in rows if x["kind"] == "care"), None)
+        if care is None or not any(x["kind"] == "scored" for x in rows):
+            continue
+        at = [x for x in rows if x.get("steps") == SCORED_STEPS]
+        gaps = [next(x for x in at if x["kind"] == kind)["psnr"] - care["psnr"] for kind in ("single", "mean2", "mean", "scored")]
+        lines.append(f"| `{r['info']['model']}` | " + " | ".join(f"{g:+.2f}" for g in gaps) + " |")
+    return lines
+
+
+def care_vs_bm3d(results: dict) -> str:
+    rows = results.get("denoise", {}).get("rows", [])
+    care = next((r for r in rows if r["kind"] == "care"), None)
+    bm3d = [r["psnr"] for r in rows if r["method"].startswith("BM3D")]
+    if care is None or not bm3d:
+        return ""
+    gap = care["psnr"] - max(bm3d)
+    return f": at this one even the regression UNet is only {abs(gap):.2f} dB {'above' if gap >= 0 else 'below'} the best BM3D"
+
+
 def budget_note(results: dict) -> list[str]:
-    """What the training budget behind these numbers was, and what would close the gaps."""
+    """How to read the comparison with the regression UNet, and what the training budget was."""
     infos = [r["info"] for r in results.values()]
     steps = sorted(i["training_steps"] for i in infos)
     params = sorted(i.get("params", 0) / 1e6 for i in infos)
     return [
         "## Reading these numbers",
         "",
-        f"The default models are CPU-sized: {params[0]:.1f}-{params[-1]:.1f} M parameters trained for "
-        f"{steps[0]}-{steps[-1]} steps (15-28 minutes on 2 shared CPU cores), so that the recipe reruns "
-        "anywhere. EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, "
-        "100 000 steps) is about ten times larger and trains some 25-60 times longer, on a GPU. A diffusion model "
-        "learns the whole distribution of clean images, not only their average, and is the slower of the two to "
-        "train. Where a target above is missed, the fix we expect is the same recipe with the paper-sized preset "
-        "on a GPU (or the `-cpu` presets for many more steps), then this benchmark again.",
+        "A diffusion model draws samples from the distribution of clean images that fit the input; the regression UNet "
+        "estimates their average, which is what PSNR rewards. If the samples were exact, the mean of K of them would "
+        "have the average's squared error times 1 + 1/K: a single sample 3 dB below it, the mean of 4 about 1 dB, "
+        f"the mean of {K_SCORED} 0.26 dB. The measured PSNR gaps to the regression UNet at {SCORED_STEPS} steps "
+        "(dB):",
         "",
-        f"Targets are judged at the models' default {SCORED_STEPS} sampler steps, fixed in advance; the other step "
-        "counts are shown for the trade-off. With these small models, 2 steps give the highest PSNR (close to the "
-        "regression UNet: the sampler then returns nearly the average answer, and the samples barely differ, so the "
-        "uncertainty map says little); more steps draw sharper samples whose extra texture is not yet right. Use "
-        "`--steps 2` for the closest result, the default for the uncertainty map. PSNR and SSIM of 2D images are averaged over planes; for the isotropic "
+        *posterior_check(results),
+        "",
+        "So the spread of the samples, which is also the uncertainty map, costs PSNR by design, and averaging more "
+        "samples buys it back; with few sampler steps (2) the sampler returns close to the average directly. "
+        "What the diffusion model adds is sharp, plausible samples and an uncertainty map, not a higher PSNR than a "
+        "regression network of the same size and budget.",
+        "",
+        f"The default models are CPU-sized: {params[0]:.1f}-{params[-1]:.1f} M parameters trained for "
+        f"{steps[0]}-{steps[-1]} steps (15-28 minutes on 2 shared CPU cores), so that the recipe reruns anywhere. "
+        "EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, 100 000 "
+        "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The margins over the "
+        "classical methods that the targets ask for need that budget" + care_vs_bm3d(results) + ".",
+        "",
+        f"Targets are judged at the models' default {SCORED_STEPS} sampler steps, fixed in advance, with the mean of "
+        f"{K_SCORED} samples (chosen from the 1 + 1/K rule above, not from the test scores); the other step counts "
+        "are shown for the trade-off. PSNR and SSIM of 2D images are averaged over planes; for the isotropic "
         "variants they pool all removed slices, and their FRC includes the kept slices (identical for every method), "
         "which narrows the differences.",
         "",
@@ -566,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             "classical": list(task.baselines)[-1],
             "regression UNet": "regression UNet (CARE)",
             "diffusion single": f"one diffusion sample ({SCORED_STEPS} steps)",
-            "diffusion mean": f"diffusion mean of {K} ({SCORED_STEPS} steps)",
+            "diffusion mean": f"diffusion mean of {K_SCORED} ({SCORED_STEPS} steps)",
             "uncertainty": "uncertainty (standard deviation of the samples)",
             "truth": "truth",
         }

@@ -131,7 +131,7 @@ def measured(key: str, results: Path) -> str:
         return "not measured yet (run `benchmarks/bench_suite.py`)."
     rows = data["rows"]
     base = next(r for r in rows if r["method"] == data["info"]["input"])
-    best = next(r for r in rows if r["kind"] == "mean" and r["steps"] == data["info"]["sample_steps"])
+    best = next(r for r in rows if r["kind"] == "scored")
     return (
         f"{best['method']}: PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.3f}, mean FRC {best['frc']:.3f}, against "
         f"{base['method']} {base['psnr']:.2f} dB, {base['ssim']:.3f}, {base['frc']:.3f}; uncertainty/error rank "
