@@ -270,7 +270,6 @@ class Task:
     voxel: tuple[float, ...]
     baselines: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict)
     iso_k: int = 0
-    target_note: str = ""
 
     def score(self, out: np.ndarray) -> dict[str, float]:
         out = np.asarray(out, np.float32)
@@ -288,7 +287,6 @@ def make_tasks(only: set[str]) -> list[Task]:
         methods = denoise_methods(noisy[DENOISE_TUNE][0], clean[DENOISE_TUNE][0])
         t = Task("denoise", "EMDiffuse-n: denoising", "emdiffuse-n", "noisy input", truth, image, (0.05, 0.004, 0.004))
         t.baselines = {"noisy input": lambda: image, **{name: (lambda f=f: f(image)) for name, f in methods.items()}}
-        t.target_note = "target: the diffusion mean at least 2 dB above BM3D"
         tasks.append(t)
     fib = to_unit(_fibsem()) if only & {"sr", "iso_i", "iso_a"} else None
     if "sr" in only:
@@ -296,11 +294,10 @@ def make_tasks(only: set[str]) -> list[Task]:
         low = psf_bin(truth, 2)
         t = Task("sr", "EMDiffuse-r: 2x super-resolution", "emdiffuse-r", "bicubic", truth, low, (0.005, 0.01, 0.01))
         t.baselines = {"bicubic": lambda: upsample(low, 2), "Lanczos": lambda: lanczos(low, 2)}
-        t.target_note = "target: at least 1.5 dB above bicubic"
         tasks.append(t)
-    for key, model, title, note in (
-        ("iso_i", "vemdiffuse-i", "vEMDiffuse-i: isotropic reconstruction, k = 4", "target: at least 1.5 dB above linear interpolation"),
-        ("iso_a", "vemdiffuse-a", "vEMDiffuse-a: isotropic reconstruction without isotropic data, k = 4", "target: above linear interpolation"),
+    for key, model, title in (
+        ("iso_i", "vemdiffuse-i", "vEMDiffuse-i: isotropic reconstruction, k = 4"),
+        ("iso_a", "vemdiffuse-a", "vEMDiffuse-a: isotropic reconstruction without isotropic data, k = 4"),
     ):
         if key in only:
             truth = fib[ISO_TEST]
@@ -310,7 +307,6 @@ def make_tasks(only: set[str]) -> list[Task]:
                 "linear interpolation": lambda a=aniso: interpolate_z(a, 4, "linear"),
                 "cubic interpolation": lambda a=aniso: interpolate_z(a, 4, "cubic"),
             }
-            t.target_note = note
             tasks.append(t)
     return tasks
 
@@ -387,7 +383,7 @@ def run_task(task: Task, work: Path, care: bool) -> tuple[dict, dict]:
     images.update({"diffusion mean": mean, "uncertainty": std})
     log(f"  mean of {K_SCORED}: {rows[-1]['psnr']:.2f} dB; uncertainty: {uncertainty}")
     params = sum(p.numel() for p in model.network.parameters())
-    info = {"title": task.title, "model": task.model, "training_steps": steps, "params": params, "note": task.target_note, "input": task.input_name}
+    info = {"title": task.title, "model": task.model, "training_steps": steps, "params": params, "input": task.input_name}
     info["sample_steps"] = SCORED_STEPS
     return {"info": info, "rows": rows, "uncertainty": uncertainty}, images
 
