@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_preset, parse_preset
     from .jobs.events import new_cancel_token
     from .jobs.train import checkpoint_state, train
-    from .model_file import Model
+    from .models import resolve_model
     from .variants import get_variant
 
     overrides: dict[str, Any] = {"train": {}}
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train"]["batch_size"] = args.batch_size
     if args.variant_option:
         overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
-    init = Model.load(args.from_model) if args.from_model else None
+    init = resolve_model(args.from_model) if args.from_model else None
     if args.resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
     elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--from-model", help="fine-tune this model folder")
+    t.add_argument("--from-model", help="fine-tune this model (a folder, or the name of a bundled model)")
     t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels)")
     t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

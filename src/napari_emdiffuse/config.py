@@ -80,7 +80,7 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    ema_warmup: int = Field(100, ge=0, description="steps over which EMA decay ramps up")
+    ema_warmup: int = Field(100, ge=0, description="steps over which the EMA decay ramps up linearly from 0 to ema_decay (0: constant)")
     grad_clip: float = Field(1.0, gt=0.0)
     iterations: int = Field(10000, ge=1)
     minutes: float | None = Field(None, gt=0.0, description="stop after this wall-clock budget")
@@ -151,6 +151,17 @@ class Preset(_Strict):
         get_variant(self.variant).options_model(**self.variant_options)  # raises with the bad key
         return self
 
+    @model_validator(mode="after")
+    def _patch_fits_depth(self) -> "Preset":
+        multiple = 2 ** (len(self.network.channel_mults) - 1)
+        if self.train.patch_size % multiple:
+            raise ValueError(
+                f"train.patch_size {self.train.patch_size} does not suit network.channel_mults "
+                f"({len(self.network.channel_mults)} levels halve it {len(self.network.channel_mults) - 1} times): "
+                f"use a multiple of {multiple}, or fewer levels"
+            )
+        return self
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
         """A copy with nested keys replaced (``{"train": {"iterations": 100}}``)."""
         return parse_preset(_deep_merge(self.model_dump(mode="json"), overrides))
@@ -172,11 +183,11 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `emdiffuse presets --show NAME` lists the keys)"
-        lines.append(f"{key}: {msg}")
+        lines.append(f"{key}: {msg}" if key else msg)  # a check across keys names them itself
     return f"{source}: invalid preset: " + "; ".join(lines)
 
 
