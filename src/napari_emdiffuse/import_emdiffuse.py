@@ -1,6 +1,6 @@
 """``emdiffuse import-emdiffuse``: the published EMDiffuse weights as one of our model folders.
 
-The original code saves ``torch.save(network.state_dict())`` files (``*_Network.pth`` and the
+The original code saves its networks' state dicts as ``.pth`` files (``*_Network.pth`` and the
 EMA copy ``*_Network_ema.pth``): the UNet's tensors under ``denoise_fn.``, possibly with a
 ``module.`` prefix (DistributedDataParallel), and the noise-schedule buffers (``gammas``,
 ``sqrt_*``, ``posterior_*``) beside them. We read them with ``torch.load(weights_only=True)``
