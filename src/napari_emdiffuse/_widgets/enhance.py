@@ -109,6 +109,10 @@ class EnhanceWidget(DockWidget):
         self.model = narrow(QComboBox(), "The trained model to run: bundled, trained in this session or loaded from disk")
         self.load_model = QPushButton("Load…")
         self.load_model.setToolTip("Add a model folder (model.json + weights.safetensors) from disk; it is checked first")
+        self.import_model = QPushButton("Import…")
+        self.import_model.setToolTip(
+            "Import a published EMDiffuse *_Network.pth as the variant chosen above (docs/published-models.md)"
+        )
         self.remove_model = QPushButton("Remove")
         self.remove_model.setToolTip("Take the chosen model off this list (its folder stays on disk; bundled models stay)")
         self.model_info = QLabel()
@@ -165,7 +169,7 @@ class EnhanceWidget(DockWidget):
         form.addRow("Image", self.image)
         form.addRow("Variant", self.variant)
         form.addRow("Model", self.model)
-        form.addRow("", row(self.load_model, self.remove_model))
+        form.addRow("", row(self.load_model, self.import_model, self.remove_model))
         form.addRow("", self.model_info)
         form.addRow(self.options_box)
         form.addRow("Steps", self.steps)
@@ -188,6 +192,7 @@ class EnhanceWidget(DockWidget):
         self.scope.currentIndexChanged.connect(self._scope_changed)
         self.load_model.clicked.connect(self._load_model_dialog)
         self.remove_model.clicked.connect(self._remove_model)
+        self.import_model.clicked.connect(self._import_dialog)
         self.browse.clicked.connect(self._browse_zarr)
         MODELS.changed.connect(self.refresh_models)
         self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
@@ -305,6 +310,23 @@ class EnhanceWidget(DockWidget):
         entry = self.model.currentData()
         if entry is not None and entry.source != "bundled":
             MODELS.remove(entry.path)
+
+    def _import_dialog(self) -> None:
+        """Original EMDiffuse weights (as the chosen variant) into a new model folder, then select it."""
+        from ..import_emdiffuse import import_emdiffuse
+
+        weights, _ = QFileDialog.getOpenFileName(self, "EMDiffuse weights (*_Network.pth)", "", "PyTorch weights (*.pth *.pt)")
+        if not weights:
+            return
+        suggested = str(Path(weights).with_name(f"{Path(weights).stem}_{self.variant_name()}"))
+        out, _ = QFileDialog.getSaveFileName(self, "Save the imported model as a folder", suggested)
+        if not out:
+            return
+        try:
+            import_emdiffuse(weights, self.variant_name(), out)
+            self.select_model(MODELS.add(out, "imported").path)
+        except Exception as err:  # noqa: BLE001 - shown to the user
+            _common.notify_error(err)
 
     def _browse_zarr(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Write the result to", "", "zarr (*.zarr)")
