@@ -9,6 +9,10 @@ class InputError(EMDiffuseError, ValueError):
     """Input data that cannot be used (shape, dtype, NaN, empty, mismatched pair, unreadable file)."""
 
 
+class ConfigError(EMDiffuseError, ValueError):
+    """A preset or configuration value that cannot be used; the message says which and why."""
+
+
 class ModelFileError(EMDiffuseError):
     """A model or checkpoint folder that is missing, incomplete or from an unknown format."""
 
