@@ -27,6 +27,8 @@ import tifffile
 from napari_emdiffuse.cli import main
 
 TIMEOUT_S = 20
+#: a subprocess also starts Python and imports torch: on a busy 2-core machine that alone can take 20 s
+SUBPROCESS_TIMEOUT_S = 60
 CASES: dict[str, Callable[[Path], "Case"]] = {}
 
 
@@ -260,6 +262,71 @@ def tiff_disk_full_leftover(tmp):
     good = _tif(tmp / "good.tif", _ramp((4, 64, 64), np.float32), imagej=True).read_bytes()
     (tmp / "a.tif").write_bytes(good[: len(good) * 2 // 3])
     return Case(["info", tmp / "a.tif"], "a.tif")
+
+
+@case
+def tiff_written_by_us_then_cut(tmp):
+    """What a disk-full run of an older version left: write_tiff's zlib ImageJ stack, cut short."""
+    from napari_emdiffuse.data.io import write_tiff
+
+    write_tiff(tmp / "good.tif", np.random.default_rng(0).random((4, 64, 64), np.float32), (0.05, 0.004, 0.004))
+    raw = (tmp / "good.tif").read_bytes()
+    (tmp / "a.tif").write_bytes(raw[: len(raw) * 2 // 3])
+    return Case(_predict(tmp, _model(tmp), tmp / "a.tif"), "a.tif")
+
+
+@case
+def zarr_v3_bad_metadata(tmp):
+    (tmp / "a.zarr").mkdir()
+    (tmp / "a.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array", "shape": [-1]}')
+    return Case(["info", tmp / "a.zarr"], "a.zarr")
+
+
+@case
+def n5_dataset_without_blocks(tmp):
+    (tmp / "a.n5").mkdir()
+    (tmp / "a.n5" / "attributes.json").write_text(json.dumps({"dimensions": [8, 8], "blockSize": [8, 8], "dataType": "uint8", "compression": {"type": "raw"}}))
+    return Case(_predict(tmp, _model(tmp), tmp / "a.n5"), "a.n5")
+
+
+@case
+def preset_patch_not_multiple_of_16(tmp):
+    return Case(["presets", "--show", _preset(tmp, {"base": "tiny", "train": {"patch_size": 17}})], "train.patch_size")
+
+
+@case
+def preset_sample_steps_huge(tmp):
+    return Case(["presets", "--show", _preset(tmp, {"base": "tiny", "sample": {"steps": 1e9}})], "sample.steps")
+
+
+@case
+def preset_channel_mults_huge(tmp):
+    return Case(["presets", "--show", _preset(tmp, {"base": "tiny", "network": {"channel_mults": [1, 100000]}})], "network.channel_mults")
+
+
+@case
+def preset_folder(tmp):
+    (tmp / "p.json").mkdir()
+    return Case(["presets", "--show", tmp / "p.json"], "p.json")
+
+
+@case
+def model_is_a_file(tmp):
+    (tmp / "model.json").write_text("{}")
+    return Case(_predict(tmp, tmp / "model.json", _tif(tmp / "a.tif", _ramp())), "model.json")
+
+
+@case
+def model_weights_are_a_fifo(tmp):
+    m = _model(tmp)
+    (m / "weights.safetensors").unlink()
+    os.mkfifo(m / "weights.safetensors")
+    return Case(["predict", "--model", m, "--input", _tif(tmp / "a.tif", _ramp()), "--output", tmp / "o.tif", "-q"], "weights.safetensors", subprocess=True)
+
+
+@case
+def mrc_zero_slices(tmp):
+    return Case(["info", _patch(_mrc(tmp / "a.mrc"), 8, "<i", 0)], "a.mrc")
 
 
 @case
@@ -956,9 +1023,9 @@ def _in_process(argv: list[str], capsys) -> tuple[int, str, str]:
 def _subprocess(argv: list[str]) -> tuple[int, str, str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     try:
-        done = subprocess.run([sys.executable, "-m", "napari_emdiffuse.cli", *argv], capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+        done = subprocess.run([sys.executable, "-m", "napari_emdiffuse.cli", *argv], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"hung for more than {TIMEOUT_S} s")
+        pytest.fail(f"hung for more than {SUBPROCESS_TIMEOUT_S} s")
     return done.returncode, done.stdout, done.stderr
 
 
@@ -980,3 +1047,34 @@ def test_bad_input(name, tmp_path, capsys, model_dir, monkeypatch):
     assert c.names in lines[0], lines[0]
     after = _checksums(tmp_path)
     assert {k: after.get(k) for k in before} == before, "a file in the case folder changed or vanished"
+
+
+def test_internal_errors_are_one_line_and_verbose_shows_the_traceback(capsys, monkeypatch):
+    """A bug of ours (here: a preset listing that breaks) is not the user's fault: exit 1, one
+    line saying so with the -v hint; with -v the traceback follows for the bug report."""
+    import napari_emdiffuse.config as config
+
+    def broken():
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(config, "builtin_presets", broken)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["emdiffuse presets: internal error: RuntimeError: something inside broke (run with -v for the traceback)"]
+    assert main(["-v", "presets"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("emdiffuse presets: internal error: RuntimeError")
+
+
+def test_model_card_is_printed_without_terminal_escapes(tmp_path, capsys, model_dir):
+    """`models --show` on someone else's folder: colours, cursor moves, a window-title change and
+    a bell in the card are removed; the text and its line breaks stay."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    card = "Title\x1b[31m red\x1b[0m\n\x1b]0;owned\x07line two\x07\x1b[2J\x08 end\r"
+    _edit_json(folder / "model.json", lambda d: d.update(card=card))
+    assert main(["models", "--show", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out == "Title red\nline two end\n"

@@ -9,9 +9,11 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 import traceback
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence, get_args
 
@@ -70,15 +72,26 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|.)")
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal escape sequences or control characters (line breaks and tabs
+    kept): a model card from someone else's folder must not move the cursor or retitle the
+    terminal."""
+    text = _ESCAPES.sub("", text)
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import bundled_models, describe_model, resolve_model
 
     if args.show:
         model = resolve_model(args.show)
-        print(model.info.card or f"{args.show}: this model has no model card")
+        print(printable(model.info.card) or f"{args.show}: this model has no model card")
         return 0
     for name, folder in sorted(bundled_models().items()):
-        print(f"{name:<15} {describe_model(folder)}")
+        print(printable(f"{name:<15} {describe_model(folder)}"))
     print("(`emdiffuse models --show NAME` prints a model's card; `emdiffuse predict --model NAME` uses it)")
     return 0
 

@@ -141,7 +141,7 @@ class Model:
         meta = read_model_json(folder)
         weights = folder / WEIGHTS
         if not weights.is_file():
-            raise ModelFileError(f"{folder}: {WEIGHTS} is missing")
+            raise ModelFileError(f"{folder}: {WEIGHTS} is missing" + (" (there is a pipe or device of that name, not a file)" if weights.exists() else ""))
         preset, info = cls.parse_json(meta, source=str(folder))
         declared = declared_network(preset, info, str(folder))
         header = tensor_header(weights)
