@@ -19,8 +19,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import Preset, parse_preset
+from .config import NetworkConfig, Preset, parse_preset
 from .engine.network import UNet
+from .engine.network_original import OriginalNetwork
 from .errors import ConfigError, ModelFileError
 
 MODEL_FORMAT = 1
@@ -86,6 +87,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: cannot read weights ({err}); the file may be truncated or not a safetensors file") from None
 
 
+def build_network(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> torch.nn.Module:
+    """The network a preset's ``network.architecture`` names (both share one interface)."""
+    if cfg.architecture == "emdiffuse-original":
+        return OriginalNetwork(cfg, out_channels, cond_channels)
+    return UNet(cfg, out_channels, cond_channels)
+
+
 @dataclass
 class ModelInfo:
     """Everything in ``model.json`` beside the preset."""
@@ -101,12 +109,12 @@ class ModelInfo:
 class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
-    def __init__(self, preset: Preset, info: ModelInfo, network: UNet | None = None) -> None:
+    def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
         self.preset = preset
         self.info = info
         if network is None:
             declared_network(preset, info, f"preset {preset.name!r}")
-        self.network = network or build_network(preset, info)
+        self.network = network or build_network(preset.network, info.out_channels, info.cond_channels)
 
     @property
     def variant(self) -> str:
@@ -197,11 +205,6 @@ def read_model_json(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def build_network(preset: Preset, info: ModelInfo) -> UNet:
-    """The network ``preset`` and ``info`` describe, with fresh weights."""
-    return UNet(preset.network, info.out_channels, info.cond_channels)
-
-
 def declared_network(preset: Preset, info: ModelInfo, source: str) -> torch.nn.Module:
     """The network built on the meta device (shapes only, no memory), refused when training it
     would not fit this machine: a model.json can declare any size, and is checked before
@@ -209,7 +212,7 @@ def declared_network(preset: Preset, info: ModelInfo, source: str) -> torch.nn.M
     from .data.io import memory_budget
 
     with torch.device("meta"):
-        net = build_network(preset, info)
+        net = build_network(preset.network, info.out_channels, info.cond_channels)
     params = sum(p.numel() for p in net.parameters())
     need = params * 4 * TRAINING_COPIES
     if need > memory_budget():

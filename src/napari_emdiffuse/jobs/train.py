@@ -42,9 +42,10 @@ def learning_rate(preset: Preset, step: int) -> float:
 
 
 def ema_decay(preset: Preset, step: int) -> float:
-    """EMA decay ramped up over the first steps so that early averages are not stuck at init."""
+    """EMA decay ramped up linearly from 0 over the first ``ema_warmup`` steps, so that the
+    average of a short run follows the network instead of staying at the initial weights."""
     warm = preset.train.ema_warmup
-    return min(preset.train.ema_decay, (1 + step) / (10 + step)) if warm else preset.train.ema_decay
+    return preset.train.ema_decay * min(1.0, (step + 1) / warm) if warm else preset.train.ema_decay
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
