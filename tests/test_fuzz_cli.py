@@ -451,6 +451,33 @@ def zarr_group_plain(tmp):
     return Case(["info", tmp / "g.zarr"], "g.zarr")
 
 
+def _set(path: Path, **attrs) -> Path:
+    """A training set's folder as `prepare` marks it, with whatever attributes the case needs."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.attrs.update({"format": "napari-emdiffuse-training-set", "variant": "denoise", "variant_options": {}, "complete": True, **attrs})
+    return path
+
+
+@case
+def training_set_without_arrays(tmp):
+    return Case(_train(tmp, "--data", _set(tmp / "set.zarr")), "set.zarr")
+
+
+@case
+def training_set_damaged_attrs(tmp):
+    return Case(["info", _set(tmp / "set.zarr", voxel_size=7, report=[1])], "set.zarr")
+
+
+@case
+def zarr_huge_chunk_declared(tmp):
+    import zarr
+
+    zarr.open_array(str(tmp / "a.zarr"), mode="w", shape=(10**6, 10**6), chunks=(10**6, 10**6), dtype="u2", zarr_format=2)
+    return Case(_predict(tmp, _model(tmp), tmp / "a.zarr"), "a.zarr")
+
+
 @case
 def n5_bad_json(tmp):
     (tmp / "a.n5").mkdir()
@@ -598,7 +625,7 @@ def fifo_as_preset(tmp):
 def train_clean_with_nan(tmp):
     a = _ramp((64, 64)).astype(np.float32)
     a[5, 5] = np.nan
-    return Case(_train(tmp, "--clean", _tif(tmp / "c.tif", a)), "contains NaN")
+    return Case(_train(tmp, "--clean", _tif(tmp / "c.tif", a)), "c.tif contains NaN")
 
 
 @case
@@ -958,7 +985,7 @@ def prepare_target_missing(tmp):
 def prepare_clean_nan(tmp):
     a = _ramp().astype(np.float32)
     a[0, 1, 1] = np.nan
-    return Case(["prepare", "--clean", _tif(tmp / "c.tif", a), "--out", tmp / "set.zarr", "-q"], "contains NaN")
+    return Case(["prepare", "--clean", _tif(tmp / "c.tif", a), "--out", tmp / "set.zarr", "-q"], "c.tif contains NaN")
 
 
 @case

@@ -19,7 +19,7 @@ from typing import Any, Iterator, NoReturn, Sequence, get_args
 
 import numpy as np
 
-from .errors import EMDiffuseError, InputError
+from .errors import EMDiffuseError, InputError, naming
 
 log = logging.getLogger("napari_emdiffuse")
 
@@ -36,20 +36,6 @@ def _roi(text: str | None):
     except ValueError:
         raise InputError(f"--roi {text!r}: expected Y0:Y1,X0:X1 in pixels, e.g. 0:256,128:512") from None
     return Roi(y0, y1, x0, x1)
-
-
-@contextlib.contextmanager
-def _naming(files: dict[str, Any]) -> Iterator[None]:
-    """Data errors say which file they are about: the jobs call their arrays by role ("input
-    contains NaN ..."); here the role becomes ``input FILE``."""
-    try:
-        yield
-    except InputError as err:
-        text = str(err)
-        for role, path in files.items():
-            if path and text.startswith(f"{role} "):
-                raise InputError(f"{role} {path}{text[len(role):]}") from None
-        raise
 
 
 def _read(path: str, what: str):
@@ -127,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     notes = []
     if args.clean:
         img = _read(args.clean, "clean images")
-        with _naming({"clean images": args.clean}):
+        with naming({"clean images": args.clean}):
             arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
         notes.append(f"clean {args.clean} with simulated degradation (dose {args.dose}, read noise {args.read_noise})")
     if args.data:
@@ -152,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
         )
-        with _naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
+        with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
             result = _drive(events, args.quiet, preset.train.iterations)
     print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return 0
@@ -258,7 +244,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             keep_samples=args.save_samples,
             cancel=token,
         )
-        with _naming({"image": args.input}):
+        with naming({"image": args.input}):
             result = _drive(events, args.quiet)
     if not result.complete:
         print("cancelled: the planes finished so far are written; the others are zero", file=sys.stderr)
@@ -391,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emdiffuse: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"emdiffuse {args.command}: error: not enough memory ({_one_line(err)}); write .zarr output, use a smaller region or tile size", file=sys.stderr)
+        return 2
     except (EMDiffuseError, ValueError, OSError) as err:
         if args.verbose:
             traceback.print_exc()

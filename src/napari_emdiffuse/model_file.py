@@ -246,6 +246,6 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     for name, tensor in state.items():
         if not tensor.is_floating_point():
             raise ModelFileError(f"{source}: weights must be floating point, but {name} is {tensor.dtype}")
-        if not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
             raise ModelFileError(f"{source}: the weights contain NaN or infinite values (e.g. in {name}); the model is damaged or its training diverged")
     module.load_state_dict(state)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..arg_types import number, whole
-from ..errors import InputError
+from ..errors import InputError, naming
 from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 
 
@@ -95,13 +95,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         bar.refresh()
 
     out = Path(args.out)
-    if args.input:
-        report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress)
-    elif args.clean:
-        degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
-        report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress)
-    else:
-        report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress)
+    with naming({"input": args.input, "target": args.target, "clean images": args.clean, "volume": args.volume}):
+        if args.input:
+            report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress)
+        elif args.clean:
+            degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
+            report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress)
+        else:
+            report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress)
     bar.close()
     report_json, overlay = report_paths(out)
     if "patches_kept" in report:
@@ -133,6 +134,14 @@ def _set_info(path: Path) -> bool:
     attrs = dict(group.attrs)
     if attrs.get("format") != SET_FORMAT:
         return False
+    try:
+        _print_set(path, group, attrs)
+    except (TypeError, ValueError, AttributeError, KeyError) as err:
+        raise InputError(f"{path}: the training set's metadata is damaged ({type(err).__name__}: {err}); prepare it again") from None
+    return True
+
+
+def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
     print(f"training set: {path}  (variant {attrs.get('variant')}, options {attrs.get('variant_options')})")
     print(f"voxel:    {_voxel_text(tuple(attrs.get('voxel_size', ())))}" if attrs.get("voxel_size") else "voxel:    unknown")
     for name, arr in sorted(group.arrays()):
@@ -142,7 +151,6 @@ def _set_info(path: Path) -> bool:
         print(f"patches:  kept {report['patches_kept']}, rejected {report['patches_rejected']}")
     if not attrs.get("complete"):
         print("warning:  incomplete (preparation was interrupted)")
-    return True
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -167,9 +167,6 @@ def _check_tiff_complete(tf: Any, path: Path) -> None:
             raise InputError(f"{path}: the TIFF file is truncated (page {idx + 1} of {len(pages)} ends past the end of the file)")
         if getattr(page, "compression", None) == 1 and counts and sum(counts) < page.nbytes:
             raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {page.shape} {page.dtype}, {page.nbytes} bytes, but holds {sum(counts)} bytes of pixels)")
-        chunk = int(np.prod(getattr(page, "chunks", None) or page.shape)) * np.dtype(page.dtype).itemsize
-        if chunk > memory_budget():
-            raise InputError(f"{path}: its header declares a {page.shape} {page.dtype} image stored as one block of {chunk / 2**30:.1f} GiB, more than this machine can read at once (corrupt header?)")
 
 
 def read_tiff(path: Path) -> Image:
@@ -261,8 +258,22 @@ def read_image(path: str | Path, dataset: str | None = None, level: int = 0) -> 
         raise InputError(f"{file}: cannot read ({type(err).__name__}: {' '.join(str(err).split())})") from None
     if 0 in img.shape:
         raise InputError(f"{file}: the image is empty (shape {img.shape})")
+    _check_chunk_size(img.data, file)
     img.voxel = _checked_voxel(img.voxel, file)
     return img
+
+
+def _check_chunk_size(data: Any, file: Path) -> None:
+    """Refuse a file whose header declares blocks (chunks, strips, tiles) too large to decode in
+    memory: a corrupt or hostile header must not make us allocate terabytes."""
+    chunks = getattr(data, "chunks", None)
+    block = [max(c) for c in chunks] if chunks and isinstance(chunks[0], tuple) else list(data.shape)
+    nbytes = int(np.prod(block, dtype=np.float64)) * np.dtype(data.dtype).itemsize
+    if nbytes > memory_budget():
+        raise InputError(
+            f"{file}: its header declares a {tuple(data.shape)} {data.dtype} image read in blocks of {tuple(block)}, "
+            f"{nbytes / 2**30:,.1f} GiB each, more than this machine can decode at once (corrupt header?)"
+        )
 
 
 def _checked_voxel(voxel: Sequence[float], file: Path) -> tuple[float, ...]:
