@@ -35,13 +35,13 @@ def _check_mrc_header(path: Path) -> None:
     nx, ny, nz, mode = np.frombuffer(raw[:16], order + "i4")
     nsymbt = int(np.frombuffer(raw[92:96], order + "i4")[0])
     if min(nx, ny, nz) < 1:
-        raise InputError(f"{path}: corrupt MRC header (image size nx, ny, nz = {nx}, {ny}, {nz}; each must be at least 1)")
+        raise InputError(f"{path}: not a readable MRC file (corrupt header: image size nx, ny, nz = {nx}, {ny}, {nz}; each must be at least 1)")
     if int(mode) not in _MRC_MODE_BYTES:
-        raise InputError(f"{path}: MRC mode {int(mode)} is not a grey-value mode this tool reads (0, 1, 2, 6 or 12)")
+        raise InputError(f"{path}: not a readable MRC file (mode {int(mode)} is not a grey-value mode this tool reads: 0, 1, 2, 6 or 12)")
     need = 1024 + max(nsymbt, 0) + int(nx) * int(ny) * int(nz) * _MRC_MODE_BYTES[int(mode)]
     size = path.stat().st_size
     if nsymbt < 0 or need > size:
-        raise InputError(f"{path}: the MRC file is truncated or its header is corrupt (the header declares {need} bytes, the file has {size})")
+        raise InputError(f"{path}: not a readable MRC file (truncated, or a corrupt header: it declares {need} bytes, the file has {size})")
 
 
 def read_mrc(path: Path) -> Image:
