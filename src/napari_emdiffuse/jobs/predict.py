@@ -135,12 +135,13 @@ def predict(
         step_callback=on_step,
     )
     total = sum(tiler.count_steps(h, w) for h, w in variant.plan(image.shape, options))
-    progress = {"offset": 0}
+    progress = {"offset": 0, "planes": 0}
 
     def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
         with torch.inference_mode(), autocast(dev, inference=True):
             tiler.run(read, h, w, mean, std, samples, plane_key, progress["offset"], total)
         progress["offset"] += tiler.count_steps(h, w)
+        progress["planes"] += 1
 
     def work() -> None:
         variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
@@ -154,7 +155,7 @@ def predict(
         yield Message("cancelled: planes finished so far are kept", "warning")
     if store is not None:
         store.attrs["complete"] = complete
-    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete)
+    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, progress["planes"])
 
 
 def _in_thread(work: Callable[[], None], events: queue.Queue, cancel: CancelToken) -> Iterator[Any]:
