@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, get_args
 
 import numpy as np
 
@@ -243,6 +243,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import SampleConfig
     from .engine.samplers import SAMPLERS
 
     p = argparse.ArgumentParser(prog="emdiffuse", description="Diffusion-model enhancement of electron microscopy images.")
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written) or OUT.zarr")
     r.add_argument("--sampler", choices=sorted(SAMPLERS))
     r.add_argument("--steps", type=int, help="sampler steps (network evaluations per sample)")
-    r.add_argument("--spacing", choices=["karras", "uniform", "emdiffuse-test"], help="noise levels; emdiffuse-test: the original's test schedule")
+    r.add_argument("--spacing", choices=get_args(SampleConfig.model_fields["spacing"].annotation), help="noise levels; emdiffuse-test: the original's test schedule")
     r.add_argument("--samples", type=int, help="samples averaged; their spread is the uncertainty")
     r.add_argument("--tile-size", type=int)
     r.add_argument("--overlap", type=int)
