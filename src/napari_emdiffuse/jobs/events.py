@@ -93,11 +93,13 @@ class TrainResult:
 class PredictResult:
     """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
     Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
-    cancel (planes not reached are zero)."""
+    cancel (planes not reached are zero); ``planes_done`` counts the planes of the variant's plan
+    that were sampled (its ``finished_region`` says which part of the output they fill)."""
 
     mean: Any
     std: Any | None
     samples: Any | None
     voxel: tuple[float, ...]
     complete: bool = True
+    planes_done: int = 0
     kind: Kind = field(default=Kind.RESULT, init=False)

@@ -19,7 +19,7 @@ import torch
 
 from ..config import SampleConfig
 from ..data.normalise import Normaliser, fit_normaliser, to_dtype
-from ..engine.device import autocast, configure_backends, select_device
+from ..engine.device import autocast, configure_backends, prepare_network, select_device
 from ..engine.diffusion import Denoiser, Schedule
 from ..engine.samplers import get_sampler
 from ..engine.tiling import TiledSampler
@@ -103,9 +103,7 @@ def predict(
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
     configure_backends(dev)
-    network = model.network.to(dev).eval()
-    if dev.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    network = prepare_network(model.network, dev).eval()
     denoiser = Denoiser(network, model.preset.diffusion.prediction)
     sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
@@ -145,12 +143,13 @@ def predict(
         step_callback=on_step,
     )
     total = sum(tiler.count_steps(h, w) for h, w in variant.plan(image.shape, options))
-    progress = {"offset": 0}
+    progress = {"offset": 0, "planes": 0}
 
     def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
-        with torch.inference_mode(), autocast(dev):
+        with torch.inference_mode(), autocast(dev, inference=True):
             tiler.run(read, h, w, mean, std, samples, plane_key, progress["offset"], total)
         progress["offset"] += tiler.count_steps(h, w)
+        progress["planes"] += 1
 
     def work() -> None:
         variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
@@ -164,7 +163,7 @@ def predict(
         yield Message("cancelled: planes finished so far are kept", "warning")
     if store is not None:
         store.attrs["complete"] = complete
-    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete)
+    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, progress["planes"])
 
 
 def _in_thread(work: Callable[[], None], events: queue.Queue, cancel: CancelToken) -> Iterator[Any]:
