@@ -61,6 +61,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.show:
         model = resolve_model(args.show)
         print(model.info.card or f"{args.show}: this model has no model card")
+        warning = model.quality_warning()
+        if warning:
+            print(f"warning: {warning}")
         return 0
     for name, folder in sorted(bundled_models().items()):
         print(f"{name:<15} {describe_model(folder)}")
@@ -145,7 +148,7 @@ def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
             elif ev.kind is Kind.LOSS:
                 bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
             elif ev.kind is Kind.VALIDATION:
-                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB (input {ev.input_psnr:.2f} dB)")
+                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB ({ev.baseline} {ev.input_psnr:.2f} dB)")
             elif ev.kind is Kind.MESSAGE:
                 bar.write(ev.text)
             elif ev.kind is Kind.RESULT:
@@ -223,17 +226,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
             input_paths=[img.path] if img.path else [],
             keep_samples=args.save_samples,
             cancel=token,
+            estimate=args.estimate,
+            alpha=args.alpha,
         )
         result = _drive(events, args.quiet)
     if not result.complete:
         print("cancelled: the planes finished so far are written; the others are zero", file=sys.stderr)
+    if model.calibration is None:
+        print("no calibrated interval (lower/upper): this model was trained without calibration; fine-tune it to add one", file=sys.stderr)
     if zarr_out:
-        print(f"wrote {out} (arrays mean, std{', samples' if args.save_samples else ''})")
+        extra = (", lower, upper" if result.lower is not None else "") + (", samples" if args.save_samples else "")
+        print(f"wrote {out} (arrays mean, std{extra})")
         return 0
     mean_path, std_path = _output_paths(out)
     write_tiff(mean_path, result.mean, result.voxel, protect=[img.path])
     write_tiff(std_path, result.std, result.voxel, protect=[img.path])
     print(f"wrote {mean_path} and {std_path}")
+    if result.lower is not None:
+        for name, bound in (("lower", result.lower), ("upper", result.upper)):
+            write_tiff(mean_path.with_name(f"{mean_path.stem}_{name}{mean_path.suffix}"), bound, result.voxel, protect=[img.path])
+        print(f"wrote the calibrated interval as {mean_path.stem}_lower and _upper")
     if result.samples is not None:
         for k, s in enumerate(result.samples):
             write_tiff(mean_path.with_name(f"{mean_path.stem}_sample{k}{mean_path.suffix}"), s, result.voxel, protect=[img.path])
@@ -281,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overlap", type=int)
     r.add_argument("--tile-batch", type=int, help="tiles x samples evaluated at once")
     r.add_argument("--seed", type=int)
+    r.add_argument(
+        "--estimate", choices=("best", "mean"), default="best",
+        help="the output: best = the network's posterior-mean estimate (highest PSNR; for measuring), "
+        "mean = the mean of the samples; --save-samples adds the sharp samples (for looking at detail)",
+    )
+    r.add_argument("--alpha", type=float, help="miscoverage of the calibrated interval OUT_lower/OUT_upper (default: the model's, 0.1 for 90 %%)")
     r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
     r.add_argument("--device", default="auto")

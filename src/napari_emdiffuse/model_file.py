@@ -89,13 +89,34 @@ class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
     def __init__(self, preset: Preset, info: ModelInfo, network: UNet | None = None) -> None:
-        self.preset = preset
+        from .variants import get_variant
+
+        # every variant option written out, so that a later default cannot change what a stored model means
+        options = get_variant(preset.variant).options(preset.variant_options)
+        self.preset = preset.with_overrides({"variant_options": options.model_dump()})
         self.info = info
         self.network = network or UNet(preset.network, info.out_channels, info.cond_channels)
 
     @property
     def variant(self) -> str:
         return self.preset.variant
+
+    def quality_warning(self) -> str | None:
+        """A warning when the model scored below its baseline on its validation patches (None otherwise)."""
+        m = self.info.metrics
+        value = m.get("val_psnr")
+        base = m.get("val_baseline_psnr", m.get("val_input_psnr"))  # the key older models wrote
+        if value is None or base is None or value >= base:
+            return None
+        return (
+            f"this model is worse than {m.get('val_baseline', 'its baseline')} on its validation patches "
+            f"({value:.2f} dB against {base:.2f} dB): train longer"
+        )
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The conformal calibration of its error map (:mod:`.uncertainty`), if training made one."""
+        return self.info.metrics.get("calibration")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,7 +155,7 @@ class Model:
     @classmethod
     def from_json(cls, meta: dict[str, Any], source: str = "model.json") -> "Model":
         try:
-            preset = parse_preset(meta["preset"], source=f"{source} (preset)")
+            preset = parse_preset(stored_preset(meta["preset"]), source=f"{source} (preset)")
             info = ModelInfo(
                 out_channels=int(meta["out_channels"]),
                 cond_channels=int(meta["cond_channels"]),
@@ -148,6 +169,21 @@ class Model:
                 raise ModelFileError(str(err)) from None
             raise ModelFileError(f"{source}: {MODEL_JSON} is incomplete ({err!r})") from None
         return cls(preset, info)
+
+
+def stored_preset(data: Any) -> Any:
+    """A preset as a model folder or checkpoint stores it, with the values that keys added since
+    then had before they existed: a stored model keeps behaving exactly as when it was trained.
+
+    Denoising models written before the ``residual`` option learnt the clean image itself.
+    (:class:`Model` writes every variant option out, so a new model always has the key.)
+    """
+    if not isinstance(data, dict) or data.get("variant", "denoise") != "denoise":
+        return data
+    options = data.get("variant_options", {})
+    if isinstance(options, dict) and "residual" not in options:
+        return {**data, "variant_options": {**options, "residual": False}}
+    return data
 
 
 def read_model_json(folder: Path) -> dict[str, Any]:

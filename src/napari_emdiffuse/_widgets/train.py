@@ -341,7 +341,7 @@ class TrainWidget(QWidget):
         if k == "loss":
             self.plot.add(event.step, event.loss)
         elif k == "validation":
-            self.plot.add_validation(event.step, event.psnr)
+            self.plot.add_validation(event.step, event.psnr, event.input_psnr, event.baseline)
         elif k == "preview":
             self._show_preview(event)
         elif k == "checkpoint":
@@ -352,6 +352,8 @@ class TrainWidget(QWidget):
             self.last_model = Path(event.model_dir)
             self.save_button.setEnabled(True)
             psnr = f", validation PSNR {event.best_psnr:.2f} dB" if event.best_psnr is not None else ""
+            if event.best_psnr is not None and event.baseline_psnr is not None:
+                psnr += f" ({self.plot.baseline} {event.baseline_psnr:.2f} dB)"
             self.controls.status.setText(
                 f"{event.reason.capitalize()} after {event.steps} steps{psnr}. Model '{name}' is ready in Enhance."
             )

@@ -49,9 +49,13 @@ class Loss:
 
 @dataclass(frozen=True)
 class Validation:
+    """PSNR (dB, normalised units) of the best estimate on the held-out patches, and of the
+    variant's baseline (``baseline`` names it: noisy input, bicubic, linear interpolation)."""
+
     step: int
     psnr: float
     input_psnr: float
+    baseline: str = "input"
     kind: Kind = field(default=Kind.VALIDATION, init=False)
 
 
@@ -85,19 +89,24 @@ class TrainResult:
     model_dir: Path
     steps: int
     reason: str  # "finished" | "time budget" | "cancelled"
-    best_psnr: float | None
+    best_psnr: float | None  # the final validation's PSNR of the best estimate
+    baseline_psnr: float | None = None  # and of the baseline, on the same patches
     kind: Kind = field(default=Kind.RESULT, init=False)
 
 
 @dataclass(frozen=True)
 class PredictResult:
-    """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
-    Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
-    cancel (planes not reached are zero)."""
+    """The estimate (``mean``: the best estimate or the mean of the samples) and the uncertainty
+    (``std``: the pooled error map) in the input's units; ``samples`` only when asked for;
+    ``lower``/``upper``, the calibrated interval, only for a calibrated model. Arrays are numpy,
+    or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (planes
+    not reached are zero)."""
 
     mean: Any
     std: Any | None
     samples: Any | None
     voxel: tuple[float, ...]
     complete: bool = True
+    lower: Any | None = None
+    upper: Any | None = None
     kind: Kind = field(default=Kind.RESULT, init=False)

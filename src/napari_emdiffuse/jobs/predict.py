@@ -17,11 +17,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .. import uncertainty
 from ..config import SampleConfig
 from ..data.normalise import Normaliser, fit_normaliser, to_dtype
 from ..engine.device import autocast, configure_backends, select_device
 from ..engine.diffusion import Denoiser, Schedule
-from ..engine.samplers import get_sampler
+from ..engine.samplers import get_sampler, posterior_mean
 from ..engine.tiling import TiledSampler
 from ..errors import Cancelled
 from ..model_file import Model
@@ -29,6 +30,19 @@ from ..variants import get_variant
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
 
 log = logging.getLogger(__name__)
+
+
+ESTIMATES = ("best", "mean")
+
+
+class _Discard:
+    """An output that keeps nothing (the sampling pass's mean, when the best estimate is the output)."""
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        pass
+
+
+_DISCARD = _Discard()
 
 
 class _Cast:
@@ -68,15 +82,26 @@ def predict(
     keep_samples: bool = False,
     normaliser: Normaliser | None = None,
     cancel: CancelToken | None = None,
+    estimate: str = "best",
+    alpha: float | None = None,
 ) -> Iterator[Any]:
     """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``.
 
+    ``estimate`` is what the main output holds: ``"best"``, the network's own posterior-mean
+    estimate (two network evaluations per tile; the highest PSNR, for measurement), or
+    ``"mean"``, the mean of the K samples. Either way the uncertainty is the samples' spread,
+    and ``keep_samples`` keeps the samples themselves (sharp, for visual inspection).
+    The uncertainty is the samples' spread pooled at the scale of structures
+    (:func:`..uncertainty.error_map`); a calibrated model also gives ``lower`` and ``upper``,
+    ``estimate -+ q u``, which hold the truth at ``1 - alpha`` of the pixels (``alpha``: the model's).
     ``sample`` overrides the model's sampling settings (sampler, steps, samples, tiles).
     ``out_dtype`` is "float32" or "input" (the input's dtype, clipped and rounded).
     ``output`` writes into a zarr group (arrays ``mean``, ``std``, ``samples``) tile by tile,
     for results larger than memory. ``normaliser`` fixes the intensity statistics (otherwise
     they are measured on the whole input).
     """
+    if estimate not in ESTIMATES:
+        raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
     variant = get_variant(model.variant)
@@ -87,9 +112,17 @@ def predict(
     normaliser = normaliser or fit_normaliser(image, name="image")
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
 
-    note = variant.voxel_warning(voxel, options)
-    if note:
-        yield Message(note, "warning")
+    for note in (variant.voxel_warning(voxel, options), model.quality_warning()):
+        if note:
+            yield Message(note, "warning")
+    calibration = model.calibration
+    q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
+    if calibration and (cfg.samples, cfg.steps, cfg.sampler) != (calibration["samples"], calibration["steps"], calibration["sampler"]):
+        yield Message(
+            f"the intervals were calibrated for {calibration['samples']} samples of {calibration['steps']} {calibration['sampler']} "
+            "steps; with other sampling settings their coverage is approximate",
+            "warning",
+        )
     dev = select_device(device)
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
@@ -97,7 +130,7 @@ def predict(
     network = model.network.to(dev).eval()
     if dev.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
-    denoiser = Denoiser(network, model.preset.diffusion.prediction)
+    denoiser = Denoiser.from_config(network, model.preset.diffusion)
     sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
     store = _open_store(output, input_paths) if output is not None else None
@@ -108,6 +141,7 @@ def predict(
     out_samples = (
         _allocate((cfg.samples, *shape), dtype, store, "samples", (1, *chunks)) if keep_samples else None
     )
+    bounds = [_allocate(shape, np.float32, store, name, chunks) for name in ("lower", "upper")] if q is not None else [None, None]
     if store is not None:
         store.attrs.update({"voxel_size": list(geometry.voxel), "variant": model.variant, "complete": False})
     mean_w = _Cast(out_mean, dtype) if dtype != np.float32 else out_mean
@@ -120,28 +154,37 @@ def predict(
             raise Cancelled("prediction cancelled")
         events.put(Progress(done, total, "sampling"))
 
-    tiler = TiledSampler(
-        denoiser,
-        get_sampler(cfg.sampler),
-        sigmas,
-        out_channels=model.info.out_channels,
-        size_multiple=network.size_multiple,
-        tile_size=cfg.tile_size,
-        overlap=cfg.overlap,
-        samples=cfg.samples,
-        tile_batch=cfg.tile_batch,
-        device=dev,
-        seed=cfg.seed,
-        eta=cfg.eta,
-        step_callback=on_step,
-    )
-    total = sum(tiler.count_steps(h, w) for h, w in variant.plan(image.shape, options))
+    def tiler_for(sampler: Any, levels: torch.Tensor, samples: int) -> TiledSampler:
+        return TiledSampler(
+            denoiser,
+            sampler,
+            levels,
+            out_channels=model.info.out_channels,
+            size_multiple=network.size_multiple,
+            tile_size=cfg.tile_size,
+            overlap=cfg.overlap,
+            samples=samples,
+            tile_batch=cfg.tile_batch,
+            device=dev,
+            seed=cfg.seed,
+            eta=cfg.eta,
+            step_callback=on_step,
+        )
+
+    sampling = tiler_for(get_sampler(cfg.sampler), sigmas, cfg.samples)
+    # the best estimate: one pass at the highest noise level (posterior_mean uses sigmas[0] only)
+    tilers = [tiler_for(posterior_mean, sigmas[[0, -1]], 1), sampling] if estimate == "best" else [sampling]
+    total = sum(t.count_steps(h, w) for h, w in variant.plan(image.shape, options) for t in tilers)
     progress = {"offset": 0}
 
     def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
         with torch.inference_mode(), autocast(dev):
-            tiler.run(read, h, w, mean, std, samples, plane_key, progress["offset"], total)
-        progress["offset"] += tiler.count_steps(h, w)
+            for tiler in tilers:
+                # with a best estimate, the sampling pass gives only the spread (and the samples)
+                out = _DISCARD if tiler is sampling and len(tilers) > 1 else mean
+                spread = (std, samples) if tiler is sampling else (None, None)
+                tiler.run(read, h, w, out, *spread, plane_key, progress["offset"], total)
+                progress["offset"] += tiler.count_steps(h, w)
 
     def work() -> None:
         variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
@@ -153,9 +196,22 @@ def predict(
     except Cancelled:
         complete = False
         yield Message("cancelled: planes finished so far are kept", "warning")
+    _error_map_and_bounds(out_mean, out_std, q, *bounds)
     if store is not None:
         store.attrs["complete"] = complete
-    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete)
+    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, *bounds)
+
+
+def _error_map_and_bounds(mean: Any, std: Any, q: float | None, lower: Any, upper: Any) -> None:
+    """Plane by plane: the samples' spread becomes the pooled error map, and ``mean -+ q u`` the bounds."""
+    planes = [...] if len(std.shape) == 2 else range(std.shape[0])
+    for z in planes:
+        u = uncertainty.error_map(np.asarray(std[z]))
+        std[z] = u
+        if q is not None:
+            m = np.asarray(mean[z], np.float32)
+            lower[z] = m - q * u
+            upper[z] = m + q * u
 
 
 def _in_thread(work: Callable[[], None], events: queue.Queue, cancel: CancelToken) -> Iterator[Any]:
