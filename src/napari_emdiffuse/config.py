@@ -37,12 +37,25 @@ class NetworkConfig(_Strict):
     attention_levels: tuple[int, ...] = Field((), description="levels (0 = full resolution) with self-attention")
     bottleneck_attention: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    architecture: Literal["unet", "emdiffuse-original"] = Field(
+        "unet", description="unet: ours; emdiffuse-original: the original EMDiffuse layout (imported weights)"
+    )
+    slice_index: bool = Field(False, description="emdiffuse-original: the vEMDiffuse network's slice-index embedding")
+    head_channels: int = Field(32, ge=1, le=512, description="emdiffuse-original: channels per attention head")
 
     @model_validator(mode="after")
     def _levels_exist(self) -> "NetworkConfig":
         bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mults)]
         if bad:
             raise ValueError(f"attention_levels {bad} do not exist; levels are 0..{len(self.channel_mults) - 1}")
+        if self.architecture == "unet" and self.slice_index:
+            raise ValueError("slice_index is a setting of the emdiffuse-original architecture")
+        if self.architecture == "emdiffuse-original":
+            groups = 16 if self.base_channels == 16 else 32
+            if any(self.base_channels * m % groups for m in self.channel_mults) or not self.bottleneck_attention:
+                raise ValueError(
+                    f"emdiffuse-original needs widths that are multiples of {groups} and bottleneck_attention true"
+                )
         return self
 
 
@@ -100,7 +113,11 @@ class TrainConfig(_Strict):
 class SampleConfig(_Strict):
     sampler: SamplerName = "dpmpp_2m"
     steps: int = Field(10, ge=1, le=2000)
-    spacing: Literal["karras", "uniform"] = Field("karras", description="noise levels: karras (fast samplers) or uniform in t (DDPM)")
+    spacing: Literal["karras", "uniform", "emdiffuse-test"] = Field(
+        "karras",
+        description="noise levels: karras (fast samplers), uniform in t (DDPM), or emdiffuse-test (the original's "
+        "test schedule, linear beta 1e-4 to 0.09 over 1000 steps)",
+    )
     samples: int = Field(4, ge=1, le=64, description="K samples per tile: mean is the output, std the uncertainty")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="ancestral noise for ddim (0 = deterministic)")
     tile_size: int = Field(256, ge=32, le=4096)

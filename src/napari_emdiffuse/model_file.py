@@ -19,8 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import ConfigError, Preset, parse_preset
+from .config import ConfigError, NetworkConfig, Preset, parse_preset
 from .engine.network import UNet
+from .engine.network_original import OriginalNetwork
 from .errors import ModelFileError
 
 MODEL_FORMAT = 1
@@ -73,6 +74,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: cannot read weights ({err}); the file may be truncated or not a safetensors file") from None
 
 
+def build_network(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> torch.nn.Module:
+    """The network a preset's ``network.architecture`` names (both share one interface)."""
+    if cfg.architecture == "emdiffuse-original":
+        return OriginalNetwork(cfg, out_channels, cond_channels)
+    return UNet(cfg, out_channels, cond_channels)
+
+
 @dataclass
 class ModelInfo:
     """Everything in ``model.json`` beside the preset."""
@@ -88,14 +96,14 @@ class ModelInfo:
 class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
-    def __init__(self, preset: Preset, info: ModelInfo, network: UNet | None = None) -> None:
+    def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
         from .variants import get_variant
 
         # every variant option written out, so that a later default cannot change what a stored model means
         options = get_variant(preset.variant).options(preset.variant_options)
         self.preset = preset.with_overrides({"variant_options": options.model_dump()})
         self.info = info
-        self.network = network or UNet(preset.network, info.out_channels, info.cond_channels)
+        self.network = network or build_network(preset.network, info.out_channels, info.cond_channels)
 
     @property
     def variant(self) -> str:

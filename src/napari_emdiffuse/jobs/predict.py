@@ -20,7 +20,7 @@ import torch
 from .. import uncertainty
 from ..config import SampleConfig
 from ..data.normalise import Normaliser, fit_normaliser, to_dtype
-from ..engine.device import autocast, configure_backends, select_device
+from ..engine.device import autocast, configure_backends, prepare_network, select_device
 from ..engine.diffusion import Denoiser, Schedule
 from ..engine.samplers import get_sampler, posterior_mean
 from ..engine.tiling import TiledSampler
@@ -127,9 +127,7 @@ def predict(
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
     configure_backends(dev)
-    network = model.network.to(dev).eval()
-    if dev.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    network = prepare_network(model.network, dev).eval()
     denoiser = Denoiser.from_config(network, model.preset.diffusion)
     sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
@@ -178,7 +176,7 @@ def predict(
     progress = {"offset": 0}
 
     def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
-        with torch.inference_mode(), autocast(dev):
+        with torch.inference_mode(), autocast(dev, inference=True):
             for tiler in tilers:
                 # with a best estimate, the sampling pass gives only the spread (and the samples)
                 out = _DISCARD if tiler is sampling and len(tilers) > 1 else mean
