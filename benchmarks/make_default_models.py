@@ -59,8 +59,7 @@ CARD = """# {name}: {title}
 ({seconds} s on {device}), batch {batch}, {patch} px patches, AdamW lr {lr}, EMA {ema}.
 Sampling defaults: {sampler}, {sample_steps} steps, {samples} samples.
 
-**Measured.** Validation PSNR (normalised units, fast sampler) {val_psnr}. On held-back data
-(`docs/benchmarks.md`, `benchmarks/bench_suite.py`): {measured}
+**Measured.** {validation} On held-back data (`docs/benchmarks.md`, `benchmarks/bench_suite.py`): {measured}
 
 **Recipe.** `{recipe}` (CPU, 1 thread; preset `{preset}`, at most {iterations} steps or {minutes} minutes,
 run folder `{run}`); a GPU trains the same number of steps far faster.
@@ -73,8 +72,8 @@ run folder `{run}`); a GPU trains the same number of steps far faster.
 FINE_TUNE = (
     "Trained on one tissue within a CPU budget: fine-tune on your own data (Train widget or "
     "`emdiffuse train --from-model {name}`) before trusting it on other samples, and read the uncertainty map. "
-    "At this size, `--steps 2` gives the highest PSNR (close to a regression network's answer, with a near-empty "
-    "uncertainty map); the default 10 steps give sharper samples whose texture is partly invented (docs/benchmarks.md)."
+    "The default output is the best estimate (for measurement); `--save-samples` writes the samples, sharper but with "
+    "partly invented texture (for looking at detail); their spread is the uncertainty map (docs/benchmarks.md)."
 )
 
 RECIPES = {
@@ -145,12 +144,34 @@ def measured(key: str, results: Path) -> str:
         return "not measured yet (run `benchmarks/bench_suite.py`)."
     rows = data["rows"]
     base = next(r for r in rows if r["method"] == data["info"]["input"])
-    best = next(r for r in rows if r["kind"] == "scored")
-    return (
+    best = next((r for r in rows if r["kind"] == "best"), None) or next(r for r in rows if r["kind"] == "scored")
+    u = data["uncertainty"]
+    text = (
         f"{best['method']}: PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.3f}, mean FRC {best['frc']:.3f}, against "
-        f"{base['method']} {base['psnr']:.2f} dB, {base['ssim']:.3f}, {base['frc']:.3f}; uncertainty/error rank "
-        f"correlation {data['uncertainty']['spearman']:.2f}."
+        f"{base['method']} {base['psnr']:.2f} dB, {base['ssim']:.3f}, {base['frc']:.3f}; error map/error rank "
+        f"correlation {u['spearman']:.2f}"
     )
+    if "coverage_0.1" in u:
+        text += f"; the 90 % interval covers {100 * u['coverage_0.1']:.1f} % of the pixels"
+    return text + "."
+
+
+def validation(metrics: dict) -> str:
+    """What the run's final validation and calibration measured, on its held-out patches."""
+    if "val_baseline_psnr" not in metrics:  # trained before every run ended with one
+        return f"Validation PSNR (normalised units, 4 sampler steps) {metrics['val_psnr']:.2f} dB." if "val_psnr" in metrics else ""
+    text = (
+        f"Final validation on {metrics['val_patches']} held-out patches (normalised units): best estimate "
+        f"{metrics['val_psnr']:.2f} dB, {metrics['val_baseline']} {metrics['val_baseline_psnr']:.2f} dB."
+    )
+    cal = metrics.get("calibration")
+    if cal:
+        text += (
+            f" On {2 * cal['patches']} more held-out patches, the best estimate {cal['psnr_best']:.2f} dB against the mean of "
+            f"{cal['samples']} samples {cal['psnr_mean']:.2f} dB (so the best estimate is the default output); the error map "
+            f"is calibrated at alpha {cal['alpha']} on half of them and covers {100 * cal['check_coverage']:.1f} % of the other half."
+        )
+    return text
 
 
 def bundle(name: str, run: Path, results: Path) -> Path:
@@ -180,7 +201,7 @@ def bundle(name: str, run: Path, results: Path) -> Path:
         sampler=sa.sampler,
         sample_steps=sa.steps,
         samples=sa.samples,
-        val_psnr=f"{model.info.metrics['val_psnr']:.2f} dB" if "val_psnr" in model.info.metrics else "n/a",
+        validation=validation(model.info.metrics),
         measured=measured(recipe["bench"], results),
         recipe=f"python benchmarks/make_default_models.py {name}",
         run=recipe["run"],

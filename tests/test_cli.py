@@ -32,8 +32,29 @@ def test_train_then_predict(tmp_path, stack, capsys):
     assert main(["predict", "--model", str(run), "--input", str(noisy), "--output", str(out), "--steps", "2", "--samples", "2", "-q"]) == 0
     mean, unc = tifffile.TiffFile(out), tifffile.TiffFile(tmp_path / "den_uncertainty.tif")
     assert mean.series[0].shape == unc.series[0].shape == (2, 96, 96)
+    # every run is calibrated: the interval at the model's alpha is written beside the result
+    low, high, est = (tifffile.imread(tmp_path / f"den{s}.tif") for s in ("_lower", "_upper", ""))
+    assert np.all(low <= est) and np.all(est <= high) and np.any(low < high)
     assert mean.imagej_metadata["spacing"] == pytest.approx(0.05)
     assert mean.pages[0].tags["XResolution"].value[0] / mean.pages[0].tags["XResolution"].value[1] == pytest.approx(250)
+
+
+def test_predict_says_when_a_model_has_no_calibration_or_is_worse_than_its_baseline(tmp_path, stack, capsys, tiny_model_dir):
+    import shutil
+
+    noisy, _ = stack
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["metrics"] = {"val_psnr": 15.0, "val_baseline_psnr": 18.0, "val_baseline": "noisy input"}
+    (model / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "den.tif"
+    assert main(["predict", "--model", str(model), "--input", str(noisy), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 0
+    said = capsys.readouterr()
+    assert "worse than noisy input on its validation patches (15.00 dB against 18.00 dB): train longer" in said.out + said.err
+    assert "no calibrated interval" in said.err and not (tmp_path / "den_lower.tif").exists()
+    assert main(["models", "--show", str(model)]) == 0
+    assert "worse than noisy input" in capsys.readouterr().out
 
 
 def test_presets_command(capsys):
@@ -78,4 +99,7 @@ def test_fine_tune_a_bundled_model_by_name(tmp_path, stack, capsys):
     run = tmp_path / "tuned"
     argv = ["train", "--from-model", "emdiffuse-n", "--clean", str(clean), "--out", str(run), "--iterations", "1", "-q"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert json.loads((run / "model.json").read_text())["training"]["fine_tuned_from"]["steps"] > 1000
+    from napari_emdiffuse.models import resolve_model
+
+    bundled = resolve_model("emdiffuse-n").info.training["steps"]
+    assert json.loads((run / "model.json").read_text())["training"]["fine_tuned_from"]["steps"] == bundled
