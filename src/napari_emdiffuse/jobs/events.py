@@ -100,13 +100,15 @@ class PredictResult:
     (``std``: the pooled error map) in the input's units; ``samples`` only when asked for;
     ``lower``/``upper``, the calibrated interval, only for a calibrated model. Arrays are numpy,
     or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (planes
-    not reached are zero)."""
+    not reached are zero); ``planes_done`` counts the planes of the variant's plan that were
+    sampled (its ``finished_region`` says which part of the output they fill)."""
 
     mean: Any
     std: Any | None
     samples: Any | None
     voxel: tuple[float, ...]
     complete: bool = True
+    planes_done: int = 0
     lower: Any | None = None
     upper: Any | None = None
     kind: Kind = field(default=Kind.RESULT, init=False)

@@ -61,6 +61,15 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype, store: Any, name: str, ch
     return store.zeros(name=name, shape=shape, dtype=dtype, chunks=chunks)  # zarr 2 and 3 alike
 
 
+def _normaliser_for(model: Model, image: Any) -> Normaliser:
+    """Percentile statistics of ``image``; 8-bit input to a model that records the original
+    EMDiffuse convention (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the
+    original did in training."""
+    if model.info.normalisation.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
+        return Normaliser(0.0, 255.0)
+    return fit_normaliser(image, name="image")
+
+
 def _open_store(output: str | Path, inputs: Sequence[Path]) -> Any:
     import zarr
 
@@ -109,7 +118,7 @@ def predict(
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
-    normaliser = normaliser or fit_normaliser(image, name="image")
+    normaliser = normaliser or _normaliser_for(model, image)
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
 
     for note in (variant.voxel_warning(voxel, options), model.quality_warning()):
@@ -173,7 +182,7 @@ def predict(
     # the best estimate: one pass at the highest noise level (posterior_mean uses sigmas[0] only)
     tilers = [tiler_for(posterior_mean, sigmas[[0, -1]], 1), sampling] if estimate == "best" else [sampling]
     total = sum(t.count_steps(h, w) for h, w in variant.plan(image.shape, options) for t in tilers)
-    progress = {"offset": 0}
+    progress = {"offset": 0, "planes": 0}
 
     def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
         with torch.inference_mode(), autocast(dev, inference=True):
@@ -183,6 +192,7 @@ def predict(
                 spread = (std, samples) if tiler is sampling else (None, None)
                 tiler.run(read, h, w, out, *spread, plane_key, progress["offset"], total)
                 progress["offset"] += tiler.count_steps(h, w)
+        progress["planes"] += 1
 
     def work() -> None:
         variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
@@ -197,7 +207,7 @@ def predict(
     _error_map_and_bounds(out_mean, out_std, q, *bounds)
     if store is not None:
         store.attrs["complete"] = complete
-    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, *bounds)
+    yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, progress["planes"], *bounds)
 
 
 def _error_map_and_bounds(mean: Any, std: Any, q: float | None, lower: Any, upper: Any) -> None:

@@ -15,6 +15,10 @@ feature that continues in y is generated alike in both and the xy view does not 
 ``r`` (the factor) may be fractional, e.g. 12.5 for a 4 x 4 x 50 nm stack, so the output's z
 voxel can equal the lateral one exactly; input slices that fall on the output grid are kept
 unchanged.
+
+With ``emdiffuse_original`` (imported original vEMDiffuse-a weights) prediction fills the gaps
+between xy slices as the original does (:func:`~.volume.predict_original_gaps`), and fine-tuning
+makes its pairs as the original did: y stands in for z, gaps between xz planes.
 """
 
 from __future__ import annotations
@@ -182,6 +186,12 @@ class IsoA(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         r = options.factor
         return Geometry((output_slices(shape[0], r), *shape[1:]), (voxel[0] / r, *voxel[1:]))
+
+    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
+        """The xz planes are sampled row by row (y): the rows finished are complete in every z."""
+        if planes_done <= 0:
+            return None
+        return (slice(None), slice(0, min(planes_done, out_shape[1])))
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])

@@ -10,7 +10,9 @@ stands in for the missing neighbour, in training as in prediction).
 Training pairs come from the isotropic volume itself: every ``k``-th slice is the condition,
 the slices between are the target, which the network learns as its difference from linear
 interpolation (:class:`~.base.ResidualPairs`). Prediction keeps the input slices unchanged,
-interleaves the generated ones, and divides the z voxel size by ``k``.
+interleaves the generated ones, and divides the z voxel size by ``k``. With
+``emdiffuse_original`` (imported original weights) the gaps are filled as the original does
+(:func:`~.volume.predict_original_gaps`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ class IsoI(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         k = options.factor
         return Geometry(((shape[0] - 1) * k + 1, *shape[1:]), (voxel[0] / k, *voxel[1:]))
+
+    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
+        """Each gap sampled completes the planes up to the input slice after it."""
+        if planes_done <= 0:
+            return None
+        return (slice(0, min(planes_done * options.factor + 1, out_shape[0])),)
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])

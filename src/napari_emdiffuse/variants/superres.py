@@ -6,7 +6,9 @@ PSF blur, then binning: :func:`~napari_emdiffuse.data.degrade.psf_bin`). The net
 condition is the low-resolution image upsampled (bicubic) onto the output grid, and it generates
 the difference between that and the high-resolution image (:class:`~.base.ResidualPairs`):
 only what interpolation cannot give. Stacks are done slice by slice; the output's pixel size
-is the input's divided by the factor (z unchanged).
+is the input's divided by the factor (z unchanged). With ``emdiffuse_original`` (imported original
+weights) the condition is the bilinear upsampling and the target the image itself, as the
+original trained them (docs/published-models.md).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class SuperRes(Variant):
         noise if a ``dose`` is given (as the command line does with ``--dose``)."""
         check_image(clean, "clean images", self.input_ndims)
         f = options.factor
-        unit = to_unit(clean)
+        unit = to_unit(clean, "clean images")
         h, w = unit.shape[-2] // f * f, unit.shape[-1] // f * f
         if h == 0 or w == 0:
             raise InputError(f"clean images of {unit.shape[-2]} x {unit.shape[-1]} px are smaller than the factor {f}")
