@@ -94,6 +94,7 @@ def test_user_errors_are_one_line(tmp_path, stack, capsys, tiny_model_dir):
     assert "unsupported" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(txt), "--output", out])
 
 
+@pytest.mark.slow  # the CPU preset's final validation and calibration
 def test_fine_tune_a_bundled_model_by_name(tmp_path, stack, capsys):
     _, clean = stack
     run = tmp_path / "tuned"
