@@ -111,15 +111,17 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+#: the valid model folder of this module's fixture, set by the test before a case is built
+MODEL_DIR: list[Path] = []
+
+
 def _model(tmp: Path, name: str = "model") -> Path:
+    """A copy of the valid model in the case's folder, for the case to break (or to use)."""
     import shutil
 
     dst = tmp / name
     shutil.copytree(MODEL_DIR[0], dst)
     return dst
-
-
-MODEL_DIR: list[Path] = []
 
 
 def _edit_json(path: Path, fn: Callable[[dict], None]) -> None:
@@ -882,8 +884,6 @@ def model_weights_all_nan(tmp):
 
 @case
 def model_weights_one_inf(tmp):
-    import torch
-
     m = _model(tmp)
 
     def poison(v):
@@ -1008,6 +1008,24 @@ def models_show_broken_folder(tmp):
     m = _model(tmp)
     (m / "model.json").write_text('{"format": "napari-emdiffuse-model"}')
     return Case(["models", "--show", m], "model.json")
+
+
+@case
+def import_emdiffuse_garbage(tmp):
+    (tmp / "net.pth").write_bytes(np.random.default_rng(2).bytes(200))
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth")
+
+
+@case
+def import_emdiffuse_not_a_zip(tmp):
+    (tmp / "net.pth").write_bytes(b"PK\x03\x04garbage")
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth")
+
+
+@case
+def import_emdiffuse_fifo(tmp):
+    os.mkfifo(tmp / "net.pth")
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth", subprocess=True)
 
 
 @case
