@@ -218,6 +218,8 @@ _BY_SUFFIX = {
     ".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
     ".mrc": "mrc", ".rec": "mrc", ".st": "mrc", ".ali": "mrc", ".map": "mrc", ".mrcs": "mrc", ".png": "png",
 }  # fmt: skip
+#: The file suffixes :func:`read_image` reads (folders aside: zarr, N5, slice folders).
+FILE_SUFFIXES: tuple[str, ...] = tuple(_BY_SUFFIX)
 
 
 def split_dataset(path: str | Path) -> tuple[Path, str | None]:
@@ -329,11 +331,20 @@ def iter_planes(data: Any) -> Iterator[np.ndarray]:
         yield np.asarray(data[z])
 
 
-def write_tiff(path: str | Path, data: Any, voxel: Sequence[float], protect: Sequence[Path] = ()) -> Path:
+def write_tiff(
+    path: str | Path,
+    data: Any,
+    voxel: Sequence[float],
+    protect: Sequence[Path] = (),
+    origin: Sequence[float] | None = None,
+    display_range: tuple[float, float] | None = None,
+) -> Path:
     """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm).
 
     ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
     OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
+    The ImageJ form also keeps ``origin`` (the first pixel's position in µm, z y x, as ImageJ's
+    ``xorigin``/``yorigin``/``zorigin``, in pixels) and ``display_range`` (``min``/``max``).
     """
     import tifffile
 
@@ -356,6 +367,11 @@ def write_tiff(path: str | Path, data: Any, voxel: Sequence[float], protect: Seq
         meta: dict[str, Any] = {"unit": "um"}
         if len(shape) == 3:
             meta.update(spacing=voxel[0], axes="ZYX")
+        if origin is not None and any(origin):  # ImageJ: position = (index - origin) * spacing
+            for ax, o, v in zip("zyx"[-len(shape) :], origin, voxel):
+                meta[f"{ax}origin"] = -float(o) / v
+        if display_range is not None:
+            meta.update(min=float(display_range[0]), max=float(display_range[1]))
         resolution = (1.0 / voxel[-1], 1.0 / voxel[-2])
         tifffile.imwrite(path, planes, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=meta, compression="zlib")
         return path

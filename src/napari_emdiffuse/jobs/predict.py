@@ -47,6 +47,15 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype, store: Any, name: str, ch
     return store.zeros(name=name, shape=shape, dtype=dtype, chunks=chunks)  # zarr 2 and 3 alike
 
 
+def _normaliser_for(model: Model, image: Any) -> Normaliser:
+    """Percentile statistics of ``image``; 8-bit input to a model that records the original
+    EMDiffuse convention (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the
+    original did in training."""
+    if model.info.normalisation.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
+        return Normaliser(0.0, 255.0)
+    return fit_normaliser(image, name="image")
+
+
 def _open_store(output: str | Path, inputs: Sequence[Path]) -> Any:
     import zarr
 
@@ -84,7 +93,7 @@ def predict(
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
-    normaliser = normaliser or fit_normaliser(image, name="image")
+    normaliser = normaliser or _normaliser_for(model, image)
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
 
     note = variant.voxel_warning(voxel, options)
