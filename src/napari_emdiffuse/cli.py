@@ -242,6 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             output=out if zarr_out else None,
             input_paths=[img.path] if img.path else [],
             keep_samples=args.save_samples,
+            compile=args.compile,
             cancel=token,
         )
         with naming({"image": args.input}):
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
     r.add_argument("--device", default="auto")
+    r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 

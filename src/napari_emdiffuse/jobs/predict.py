@@ -76,6 +76,7 @@ def predict(
     input_paths: Sequence[Path] = (),
     keep_samples: bool = False,
     normaliser: Normaliser | None = None,
+    compile: bool = False,
     cancel: CancelToken | None = None,
 ) -> Iterator[Any]:
     """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``.
@@ -84,7 +85,7 @@ def predict(
     ``out_dtype`` is "float32" or "input" (the input's dtype, clipped and rounded).
     ``output`` writes into a zarr group (arrays ``mean``, ``std``, ``samples``) tile by tile,
     for results larger than memory. ``normaliser`` fixes the intensity statistics (otherwise
-    they are measured on the whole input).
+    they are measured on the whole input). ``compile`` runs the network through ``torch.compile``.
     """
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
@@ -103,7 +104,7 @@ def predict(
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
     configure_backends(dev)
-    network = prepare_network(model.network, dev).eval()
+    network = prepare_network(model.network.eval(), dev, compile=compile)
     denoiser = Denoiser(network, model.preset.diffusion.prediction)
     sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
