@@ -47,6 +47,15 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype, store: Any, name: str, ch
     return store.zeros(name=name, shape=shape, dtype=dtype, chunks=chunks)  # zarr 2 and 3 alike
 
 
+def _normaliser_for(model: Model, image: Any) -> Normaliser:
+    """Percentile statistics of ``image``; 8-bit input to a model that records the original
+    EMDiffuse convention (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the
+    original did in training."""
+    if model.info.normalisation.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
+        return Normaliser(0.0, 255.0)
+    return fit_normaliser(image, name="image")
+
+
 def _open_store(output: str | Path, inputs: Sequence[Path]) -> Any:
     import zarr
 
@@ -67,6 +76,7 @@ def predict(
     input_paths: Sequence[Path] = (),
     keep_samples: bool = False,
     normaliser: Normaliser | None = None,
+    compile: bool = False,
     cancel: CancelToken | None = None,
 ) -> Iterator[Any]:
     """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``.
@@ -75,7 +85,7 @@ def predict(
     ``out_dtype`` is "float32" or "input" (the input's dtype, clipped and rounded).
     ``output`` writes into a zarr group (arrays ``mean``, ``std``, ``samples``) tile by tile,
     for results larger than memory. ``normaliser`` fixes the intensity statistics (otherwise
-    they are measured on the whole input).
+    they are measured on the whole input). ``compile`` runs the network through ``torch.compile``.
     """
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
@@ -84,7 +94,7 @@ def predict(
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
-    normaliser = normaliser or fit_normaliser(image, name="image")
+    normaliser = normaliser or _normaliser_for(model, image)
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
 
     note = variant.voxel_warning(voxel, options)
@@ -94,7 +104,7 @@ def predict(
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
     configure_backends(dev)
-    network = prepare_network(model.network, dev).eval()
+    network = prepare_network(model.network.eval(), dev, compile=compile)
     denoiser = Denoiser(network, model.preset.diffusion.prediction)
     sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
