@@ -245,6 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             output=out if zarr_out else None,
             input_paths=[img.path] if img.path else [],
             keep_samples=args.save_samples,
+            compile=args.compile,
             cancel=token,
             estimate=args.estimate,
             alpha=args.alpha,
@@ -326,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
     r.add_argument("--device", default="auto")
+    r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 
@@ -336,11 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the bundled default models, or show one's model card")
     m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
     m.set_defaults(func=cmd_models)
+    from .bioimageio_export import add_parsers as add_bioimageio_parsers
     from .data.cli_commands import add_parsers
     from .import_emdiffuse import add_parser as add_import_parser
 
     add_parsers(sub)
     add_import_parser(sub)
+    add_bioimageio_parsers(sub)
     return p
 
 

@@ -90,6 +90,7 @@ def predict(
     input_paths: Sequence[Path] = (),
     keep_samples: bool = False,
     normaliser: Normaliser | None = None,
+    compile: bool = False,
     cancel: CancelToken | None = None,
     estimate: str = "best",
     alpha: float | None = None,
@@ -107,7 +108,7 @@ def predict(
     ``out_dtype`` is "float32" or "input" (the input's dtype, clipped and rounded).
     ``output`` writes into a zarr group (arrays ``mean``, ``std``, ``samples``) tile by tile,
     for results larger than memory. ``normaliser`` fixes the intensity statistics (otherwise
-    they are measured on the whole input).
+    they are measured on the whole input). ``compile`` runs the network through ``torch.compile``.
     """
     if estimate not in ESTIMATES:
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
@@ -136,7 +137,7 @@ def predict(
     if device not in ("auto", "cpu") and dev.type == "cpu":
         yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
     configure_backends(dev)
-    network = prepare_network(model.network, dev).eval()
+    network = prepare_network(model.network.eval(), dev, compile=compile)
     denoiser = Denoiser.from_config(network, model.preset.diffusion)
     sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
