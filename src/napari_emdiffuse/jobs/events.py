@@ -93,11 +93,14 @@ class TrainResult:
 class PredictResult:
     """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
     Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
-    cancel (planes not reached are zero)."""
+    cancel: then only the first ``planes_done`` planes are finished (the others are zero).
+    ``written``: the files or store the job wrote (partial names after a cancel)."""
 
     mean: Any
     std: Any | None
     samples: Any | None
     voxel: tuple[float, ...]
     complete: bool = True
+    planes_done: int = 0
+    written: tuple[Path, ...] = ()
     kind: Kind = field(default=Kind.RESULT, init=False)
