@@ -71,3 +71,11 @@ def test_user_errors_are_one_line(tmp_path, stack, capsys, tiny_model_dir):
     txt = tmp_path / "x.txt"
     txt.write_text("hello")
     assert "unsupported" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(txt), "--output", out])
+
+
+def test_fine_tune_a_bundled_model_by_name(tmp_path, stack, capsys):
+    _, clean = stack
+    run = tmp_path / "tuned"
+    argv = ["train", "--from-model", "emdiffuse-n", "--clean", str(clean), "--out", str(run), "--iterations", "1", "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((run / "model.json").read_text())["training"]["fine_tuned_from"]["steps"] > 1000

@@ -44,6 +44,10 @@ def test_overrides_in_code():
         ({"train": {"patch_size": 100}}, r"multiple of 16"),
         ({"diffusion": {"beta_start": 0.1, "beta_end": 0.01}}, r"beta_end must be larger"),
         ({"format_version": 99}, r"format_version 99 is not supported"),
+        (
+            {"network": {"channel_mults": [1, 1, 1, 1, 1, 1]}, "train": {"patch_size": 48}},
+            r"invalid preset: train\.patch_size 48 does not suit network\.channel_mults \(6 levels.*multiple of 32",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, data, match):

@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_preset, parse_preset
     from .jobs.events import new_cancel_token
     from .jobs.train import check_run_folder, checkpoint_state, train
-    from .model_file import Model
+    from .models import resolve_model
     from .variants import get_variant
 
     check_run_folder(args.out, args.resume, args.overwrite)
@@ -87,10 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train"]["batch_size"] = args.batch_size
     if args.variant_option:
         overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
+    init = resolve_model(args.from_model) if args.from_model else None
     if args.resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
+    elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
+        preset = init.preset.with_overrides(overrides)
     else:
-        preset = load_preset(args.config or args.preset, overrides)
+        preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
     variant = get_variant(preset.variant)
     options = variant.options(preset.variant_options)
     arrays: dict[str, Any] = {}
@@ -115,7 +118,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not arrays:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
-    init = Model.load(args.from_model) if args.from_model else None
     token = new_cancel_token()
     with _ctrl_c_cancels(token) as stop:
         events = train(
@@ -226,7 +228,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     img = _read(args.input, "input")
     over: dict[str, Any] = {}
-    for key in ("sampler", "steps", "samples", "tile_size", "overlap", "tile_batch", "seed"):
+    for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     sample = model.preset.with_overrides({"sample": over}).sample
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train or fine-tune a model")
-    t.add_argument("--preset", default="emdiffuse-n-cpu", help="built-in preset name (see `emdiffuse presets`)")
+    t.add_argument("--preset", help="built-in preset name (see `emdiffuse presets`; default emdiffuse-n-cpu, or with --from-model that model's own)")
     t.add_argument("--config", help="JSON preset file (may name a built-in preset as \"base\")")
     t.add_argument("--input", help="degraded images (noisy / low resolution), paired with --target")
     t.add_argument("--target", help="clean / high-resolution images, registered to --input")
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a model or checkpoint, replacing it")
-    t.add_argument("--from-model", help="fine-tune this model folder")
+    t.add_argument("--from-model", help="fine-tune this model (a folder, or the name of a bundled model)")
     t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels)")
     t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written), OUT.ome.tif or OUT.zarr")
     r.add_argument("--sampler", choices=sorted(SAMPLERS))
     r.add_argument("--steps", type=int, help="sampler steps (network evaluations per sample)")
+    r.add_argument("--spacing", choices=["karras", "uniform", "emdiffuse-test"], help="noise levels; emdiffuse-test: the original's test schedule")
     r.add_argument("--samples", type=int, help="samples averaged; their spread is the uncertainty")
     r.add_argument("--tile-size", type=int)
     r.add_argument("--overlap", type=int)
@@ -310,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
     m.set_defaults(func=cmd_models)
     from .data.cli_commands import add_parsers
+    from .import_emdiffuse import add_parser as add_import_parser
 
     add_parsers(sub)
+    add_import_parser(sub)
     return p
 
 

@@ -37,12 +37,25 @@ class NetworkConfig(_Strict):
     attention_levels: tuple[int, ...] = Field((), description="levels (0 = full resolution) with self-attention")
     bottleneck_attention: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    architecture: Literal["unet", "emdiffuse-original"] = Field(
+        "unet", description="unet: ours; emdiffuse-original: the original EMDiffuse layout (imported weights)"
+    )
+    slice_index: bool = Field(False, description="emdiffuse-original: the vEMDiffuse network's slice-index embedding")
+    head_channels: int = Field(32, ge=1, le=512, description="emdiffuse-original: channels per attention head")
 
     @model_validator(mode="after")
     def _levels_exist(self) -> "NetworkConfig":
         bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mults)]
         if bad:
             raise ValueError(f"attention_levels {bad} do not exist; levels are 0..{len(self.channel_mults) - 1}")
+        if self.architecture == "unet" and self.slice_index:
+            raise ValueError("slice_index is a setting of the emdiffuse-original architecture")
+        if self.architecture == "emdiffuse-original":
+            groups = 16 if self.base_channels == 16 else 32
+            if any(self.base_channels * m % groups for m in self.channel_mults) or not self.bottleneck_attention:
+                raise ValueError(
+                    f"emdiffuse-original needs widths that are multiples of {groups} and bottleneck_attention true"
+                )
         return self
 
 
@@ -67,7 +80,7 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    ema_warmup: int = Field(100, ge=0, description="steps over which EMA decay ramps up")
+    ema_warmup: int = Field(100, ge=0, description="steps over which the EMA decay ramps up linearly from 0 to ema_decay (0: constant)")
     grad_clip: float = Field(1.0, gt=0.0)
     iterations: int = Field(10000, ge=1)
     minutes: float | None = Field(None, gt=0.0, description="stop after this wall-clock budget")
@@ -90,7 +103,11 @@ class TrainConfig(_Strict):
 class SampleConfig(_Strict):
     sampler: SamplerName = "dpmpp_2m"
     steps: int = Field(10, ge=1, le=2000)
-    spacing: Literal["karras", "uniform"] = Field("karras", description="noise levels: karras (fast samplers) or uniform in t (DDPM)")
+    spacing: Literal["karras", "uniform", "emdiffuse-test"] = Field(
+        "karras",
+        description="noise levels: karras (fast samplers), uniform in t (DDPM), or emdiffuse-test (the original's "
+        "test schedule, linear beta 1e-4 to 0.09 over 1000 steps)",
+    )
     samples: int = Field(4, ge=1, le=64, description="K samples per tile: mean is the output, std the uncertainty")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="ancestral noise for ddim (0 = deterministic)")
     tile_size: int = Field(256, ge=32, le=4096)
@@ -134,6 +151,17 @@ class Preset(_Strict):
         get_variant(self.variant).options_model(**self.variant_options)  # raises with the bad key
         return self
 
+    @model_validator(mode="after")
+    def _patch_fits_depth(self) -> "Preset":
+        multiple = 2 ** (len(self.network.channel_mults) - 1)
+        if self.train.patch_size % multiple:
+            raise ValueError(
+                f"train.patch_size {self.train.patch_size} does not suit network.channel_mults "
+                f"({len(self.network.channel_mults)} levels halve it {len(self.network.channel_mults) - 1} times): "
+                f"use a multiple of {multiple}, or fewer levels"
+            )
+        return self
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Preset":
         """A copy with nested keys replaced (``{"train": {"iterations": 100}}``)."""
         return parse_preset(_deep_merge(self.model_dump(mode="json"), overrides))
@@ -155,11 +183,11 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `emdiffuse presets --show NAME` lists the keys)"
-        lines.append(f"{key}: {msg}")
+        lines.append(f"{key}: {msg}" if key else msg)  # a check across keys names them itself
     return f"{source}: invalid preset: " + "; ".join(lines)
 
 

@@ -17,9 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import ConfigError, Preset, parse_preset
+from .config import ConfigError, NetworkConfig, Preset, parse_preset
 from .data.safe_output import replacing_file, write_bytes
 from .engine.network import UNet
+from .engine.network_original import OriginalNetwork
 from .errors import ModelFileError
 
 MODEL_FORMAT = 1
@@ -40,6 +41,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: cannot read weights ({err}); the file may be truncated or not a safetensors file") from None
 
 
+def build_network(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> torch.nn.Module:
+    """The network a preset's ``network.architecture`` names (both share one interface)."""
+    if cfg.architecture == "emdiffuse-original":
+        return OriginalNetwork(cfg, out_channels, cond_channels)
+    return UNet(cfg, out_channels, cond_channels)
+
+
 @dataclass
 class ModelInfo:
     """Everything in ``model.json`` beside the preset."""
@@ -55,10 +63,10 @@ class ModelInfo:
 class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
-    def __init__(self, preset: Preset, info: ModelInfo, network: UNet | None = None) -> None:
+    def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
         self.preset = preset
         self.info = info
-        self.network = network or UNet(preset.network, info.out_channels, info.cond_channels)
+        self.network = network or build_network(preset.network, info.out_channels, info.cond_channels)
 
     @property
     def variant(self) -> str:

@@ -3,7 +3,8 @@ import logging
 import pytest
 import torch
 
-from napari_emdiffuse.engine.device import autocast, available_devices, select_device
+from napari_emdiffuse.engine import device as device_mod
+from napari_emdiffuse.engine.device import autocast, available_devices, prepare_network, select_device, uses_bf16
 from napari_emdiffuse.errors import DeviceError
 
 
@@ -27,9 +28,44 @@ def test_unknown_device_name():
         select_device("tpu9")
 
 
-def test_autocast_is_a_no_op_on_cpu():
-    with autocast(torch.device("cpu")):
-        assert torch.ones(2).dtype == torch.float32
+def test_autocast_is_a_no_op_for_cpu_training():
+    cpu = torch.device("cpu")
+    with autocast(cpu):
+        assert torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cpu_bf16_for_inference_follows_the_hardware(monkeypatch, native):
+    """bf16 inference only where the CPU multiplies bf16 natively (emulated it is ~10x slower)."""
+    monkeypatch.delenv("EMDIFFUSE_BF16", raising=False)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert uses_bf16(cpu, inference=True) is native and uses_bf16(cpu) is False
+    with torch.inference_mode(), autocast(cpu, inference=True):
+        y = torch.nn.Conv2d(1, 1, 3)(torch.ones(1, 1, 8, 8))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_cpu_bf16_environment_override(monkeypatch):
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("EMDIFFUSE_BF16", "0")
+    assert not uses_bf16(torch.device("cpu"), inference=True)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv("EMDIFFUSE_BF16", "1")
+    assert uses_bf16(torch.device("cpu"), inference=True)
+
+
+def test_native_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not device_mod.cpu_has_native_bf16()  # AVX-512 without its BF16 extension emulates bf16
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert device_mod.cpu_has_native_bf16()
+
+
+def test_prepare_network_puts_convolutions_channels_last_on_cpu():
+    net = prepare_network(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)), torch.device("cpu"))
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.gpu

@@ -204,3 +204,13 @@ def test_model_files_are_readable_by_others(tmp_path, tiny_model_dir):
 
     for f in tiny_model_dir.iterdir():
         assert f.stat().st_mode & stat.S_IRGRP, f
+
+
+def test_ema_decay_ramps_up_over_ema_warmup_steps():
+    from napari_emdiffuse.jobs.train import ema_decay
+
+    preset = load_preset("tiny", {"train": {"ema_decay": 0.99, "ema_warmup": 100}})
+    assert ema_decay(preset, 0) == pytest.approx(0.0099)
+    assert ema_decay(preset, 49) == pytest.approx(0.495)
+    assert ema_decay(preset, 99) == ema_decay(preset, 5000) == pytest.approx(0.99)
+    assert ema_decay(load_preset("tiny", {"train": {"ema_decay": 0.99, "ema_warmup": 0}}), 0) == 0.99

@@ -97,6 +97,10 @@ class EnhanceWidget(QWidget):
         self.model = QComboBox()
         self.load_model = QPushButton("Load…")
         self.load_model.setToolTip("Add a model folder (model.json + weights.safetensors) from disk")
+        self.import_model = QPushButton("Import EMDiffuse weights…")
+        self.import_model.setToolTip(
+            "Import a published EMDiffuse *_Network.pth as the variant chosen above (docs/published-models.md)"
+        )
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         self.options_box = QVBoxLayout()
@@ -132,6 +136,7 @@ class EnhanceWidget(QWidget):
         form.addRow("Image layer", self.image)
         form.addRow("Variant", self.variant)
         form.addRow("Model", row(self.model, self.load_model))
+        form.addRow("", self.import_model)
         form.addRow("", self.model_info)
         form.addRow(self.options_box)
         form.addRow("Sampler", self.sampler)
@@ -154,6 +159,7 @@ class EnhanceWidget(QWidget):
         self.image.currentIndexChanged.connect(self._update_output_info)
         self.scope.currentIndexChanged.connect(self._scope_changed)
         self.load_model.clicked.connect(self._load_model_dialog)
+        self.import_model.clicked.connect(self._import_dialog)
         self.browse.clicked.connect(self._browse_zarr)
         MODELS.changed.connect(self.refresh_models)
         self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
@@ -260,6 +266,23 @@ class EnhanceWidget(QWidget):
                 self.select_model(entry.path)
             except Exception as err:  # noqa: BLE001 - shown to the user
                 _common.notify_error(err)
+
+    def _import_dialog(self) -> None:
+        """Original EMDiffuse weights (as the chosen variant) into a new model folder, then select it."""
+        from ..import_emdiffuse import import_emdiffuse
+
+        weights, _ = QFileDialog.getOpenFileName(self, "EMDiffuse weights (*_Network.pth)", "", "PyTorch weights (*.pth *.pt)")
+        if not weights:
+            return
+        suggested = str(Path(weights).with_name(f"{Path(weights).stem}_{self.variant_name()}"))
+        out, _ = QFileDialog.getSaveFileName(self, "Save the imported model as a folder", suggested)
+        if not out:
+            return
+        try:
+            import_emdiffuse(weights, self.variant_name(), out)
+            self.select_model(MODELS.add(out, "imported").path)
+        except Exception as err:  # noqa: BLE001 - shown to the user
+            _common.notify_error(err)
 
     def _browse_zarr(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Write the result to", "", "zarr (*.zarr)")

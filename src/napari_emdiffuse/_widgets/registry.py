@@ -21,7 +21,7 @@ class ModelEntry:
     name: str
     path: Path
     variant: str
-    source: str  # "bundled" | "trained" | "disk"
+    source: str  # "bundled" | "trained" | "disk" | "imported"
     description: str = ""
 
     @property

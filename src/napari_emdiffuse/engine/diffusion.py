@@ -62,13 +62,29 @@ class Schedule:
             steps = min(steps, self.timesteps)
             t = torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long()
             sig = self.sigmas[t]
+        elif spacing == "emdiffuse-test":
+            sig = emdiffuse_test_sigmas(steps)
         elif spacing == "karras":
             ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
             lo, hi = self.sigma_min ** (1 / rho), self.sigma_max ** (1 / rho)
             sig = (hi + ramp * (lo - hi)) ** rho
         else:
-            raise ValueError(f"unknown spacing {spacing!r}; use 'karras' or 'uniform'")
+            raise ValueError(f"unknown spacing {spacing!r}; use 'karras', 'uniform' or 'emdiffuse-test'")
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)]).float()
+
+
+#: the original EMDiffuse's test-time schedule (its configs' ``beta_schedule.test``): linear beta
+#: from 1e-4 to 0.09 over 1000 steps, for its 1000-step ancestral sampling
+EMDIFFUSE_TEST_SCHEDULE = (1e-4, 0.09, 1000)
+
+
+def emdiffuse_test_sigmas(steps: int) -> torch.Tensor:
+    """``steps`` decreasing noise levels of the original's test schedule, evenly spaced in its t
+    (all 1000 at ``steps >= 1000``); its first level (sigma ~ 6e9) is pure noise."""
+    lo, hi, n = EMDIFFUSE_TEST_SCHEDULE
+    abar = torch.cumprod(1.0 - torch.linspace(lo, hi, n, dtype=torch.float64), dim=0)
+    t = torch.linspace(n - 1, 0, min(steps, n), dtype=torch.float64).round().long()
+    return ((1 - abar) / abar).sqrt()[t]
 
 
 def c_noise(sigma: torch.Tensor) -> torch.Tensor:

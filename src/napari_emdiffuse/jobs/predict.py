@@ -19,9 +19,9 @@ import torch
 
 from .. import __version__
 from ..config import SampleConfig
-from ..data.safe_output import SOFTWARE
 from ..data.normalise import Normaliser, fit_normaliser, to_dtype
-from ..engine.device import autocast, configure_backends, select_device
+from ..data.safe_output import SOFTWARE
+from ..engine.device import autocast, configure_backends, prepare_network, select_device
 from ..engine.diffusion import Denoiser, Schedule
 from ..engine.samplers import get_sampler
 from ..engine.tiling import TiledSampler
@@ -112,9 +112,7 @@ def predict(
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
         configure_backends(dev)
-        network = model.network.to(dev).eval()
-        if dev.type == "cuda":
-            network = network.to(memory_format=torch.channels_last)
+        network = prepare_network(model.network, dev).eval()
         denoiser = Denoiser(network, model.preset.diffusion.prediction)
         sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
@@ -161,7 +159,7 @@ def predict(
         progress = {"offset": 0}
 
         def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
-            with torch.inference_mode(), autocast(dev):
+            with torch.inference_mode(), autocast(dev, inference=True):
                 tiler.run(read, h, w, mean, std, samples, plane_key, progress["offset"], total)
             progress["offset"] += tiler.count_steps(h, w)
 

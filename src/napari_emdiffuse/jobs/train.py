@@ -23,7 +23,7 @@ import torch
 
 from .. import metrics
 from ..config import Preset, parse_preset
-from ..engine.device import autocast, configure_backends, select_device
+from ..engine.device import autocast, configure_backends, prepare_network, select_device
 from ..engine.diffusion import Denoiser, DiffusionProcess
 from ..engine.samplers import get_sampler
 from ..engine.tiling import _splitmix
@@ -45,9 +45,10 @@ def learning_rate(preset: Preset, step: int) -> float:
 
 
 def ema_decay(preset: Preset, step: int) -> float:
-    """EMA decay ramped up over the first steps so that early averages are not stuck at init."""
+    """EMA decay ramped up linearly from 0 over the first ``ema_warmup`` steps, so that the
+    average of a short run follows the network instead of staying at the initial weights."""
     warm = preset.train.ema_warmup
-    return min(preset.train.ema_decay, (1 + step) / (10 + step)) if warm else preset.train.ema_decay
+    return preset.train.ema_decay * min(1.0, (step + 1) / warm) if warm else preset.train.ema_decay
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,8 +79,9 @@ class _Trainer:
 
     def __init__(self, preset: Preset, model: Model, device: torch.device) -> None:
         self.preset, self.model, self.device = preset, model, device
-        self.net = model.network.to(device).train()
+        self.net = prepare_network(model.network, device).train()
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self._ema_params, self._net_params = list(self.ema.parameters()), list(self.net.parameters())
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=preset.train.lr, weight_decay=preset.train.weight_decay)
         self.process = DiffusionProcess(preset.diffusion)
         self.step = 0
@@ -133,8 +135,7 @@ class _Trainer:
         self.opt.step()
         d = ema_decay(self.preset, i)
         with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                pe.lerp_(p, 1 - d)
+            torch._foreach_lerp_(self._ema_params, self._net_params, 1 - d)  # one fused update for all tensors
             for be, b in zip(self.ema.buffers(), self.net.buffers()):
                 be.copy_(b)
         self.step += 1

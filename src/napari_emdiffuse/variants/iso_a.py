@@ -23,14 +23,14 @@ import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
 from .base import Base, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
-from .volume import anisotropy_warning, check_volume, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, predict_original_gaps, volume_region
 
 MAX_FACTOR = 16.0
 #: memory for the output planes of one block of rows during prediction
@@ -41,6 +41,13 @@ class IsoAOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     factor: RatioFactor(MAX_FACTOR, "z voxel size divided by the xy voxel size, e.g. 12.5 for 4 x 4 x 50 nm") = 4.0
+    emdiffuse_original: bool = Field(False, description=ORIGINAL_HELP)
+
+    @model_validator(mode="after")
+    def _whole_for_original(self) -> "IsoAOptions":
+        if self.emdiffuse_original and self.factor != int(self.factor):
+            raise ValueError(f"the original vEMDiffuse network fills whole gaps: factor must be a whole number, not {self.factor:g}")
+        return self
 
 
 def output_slices(n: int, factor: float) -> int:
@@ -169,7 +176,7 @@ class IsoA(Variant):
     options_model = IsoAOptions
 
     def channels(self, options: BaseModel) -> tuple[int, int]:
-        return 1, 2
+        return (int(options.factor) - 1, 2) if options.emdiffuse_original else (1, 2)
 
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         r = options.factor
@@ -206,12 +213,23 @@ class IsoA(Variant):
                 f"{'the patch size is ' + str(patch) if patch < need else 'the training region is too small'}"
             )
         norm = fit_normaliser(vol, name="volume")
+        if options.emdiffuse_original:  # as the original: y stands in for z, gaps between xz planes
+            k = int(r)
+            planes = np.ascontiguousarray(vol[:, rows[0] : rows[1]].transpose(1, 0, 2))
+            if planes.shape[0] <= k:
+                raise InputError(f"the training region has {planes.shape[0]} rows; factor {k} needs more than {k}")
+            pairs = OriginalGapPairs(planes, norm, k, (0, planes.shape[1]), cols, min_std)
+            pairs.patch = fit_patch(patch, (0, planes.shape[1]), cols)
+            pairs.summary["normaliser"] = norm.to_dict()
+            return pairs
         pairs = LateralPairs(vol, norm, r, rows, cols, min_std)
         pairs.patch = fitted
         pairs.summary["normaliser"] = norm.to_dict()
         return ResidualPairs(pairs, lambda c: c[:, :1])  # channel 0 is the linear interpolation
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+        if options.emdiffuse_original:
+            return [tuple(shape[-2:])] * (shape[0] - 1)
         return [(output_slices(shape[0], options.factor), shape[2])] * shape[1]
 
     def predict(
@@ -225,6 +243,8 @@ class IsoA(Variant):
         out_samples: Any | None,
     ) -> None:
         r = options.factor
+        if options.emdiffuse_original:
+            return predict_original_gaps(image, int(r), normaliser, run_plane, out_mean, out_std, out_samples)
         n, h, w = image.shape
         n_out = output_slices(n, r)
         positions = np.arange(n) * r

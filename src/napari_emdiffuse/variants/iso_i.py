@@ -18,14 +18,14 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
 from .base import Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
-from .volume import anisotropy_warning, check_volume, copy_slice, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, copy_slice, predict_original_gaps, volume_region
 
 MAX_FACTOR = 12
 #: chance, in training, that an outer context slice is replaced by the bounding one, as happens
@@ -37,6 +37,7 @@ class IsoIOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     factor: WholeFactor(2, MAX_FACTOR, "z spacing of the input divided by the output's") = 4
+    emdiffuse_original: bool = Field(False, description=ORIGINAL_HELP)
 
 
 def context_slices(g: int, n: int) -> list[int]:
@@ -103,7 +104,7 @@ class IsoI(Variant):
     options_model = IsoIOptions
 
     def channels(self, options: BaseModel) -> tuple[int, int]:
-        return options.factor - 1, 4
+        return options.factor - 1, 2 if options.emdiffuse_original else 4
 
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         k = options.factor
@@ -133,10 +134,10 @@ class IsoI(Variant):
         check_volume(volume, self.title, "isotropic training volume", k + 1, f"at factor {k} (two slices {k} apart)")
         vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
         norm = fit_normaliser(vol, name="volume")
-        pairs = GapPairs(vol, norm, k, rows, cols, min_std)
+        pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, min_std)
         pairs.patch = fit_patch(patch, rows, cols)
         pairs.summary["normaliser"] = norm.to_dict()
-        return ResidualPairs(pairs, lambda c: linear_gap(c, k))
+        return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
         return [tuple(shape[-2:])] * (shape[0] - 1)
@@ -152,6 +153,8 @@ class IsoI(Variant):
         out_samples: Any | None,
     ) -> None:
         k = options.factor
+        if options.emdiffuse_original:
+            return predict_original_gaps(image, k, normaliser, run_plane, out_mean, out_std, out_samples)
         n, h, w = image.shape
         copy_slice(image, 0, 0, out_mean, out_samples)
         for g in range(n - 1):

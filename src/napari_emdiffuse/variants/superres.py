@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
@@ -37,10 +37,16 @@ class SuperResOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     factor: WholeFactor(2, 4, "how many times finer the output pixels are: 2, 3 or 4") = 2
+    emdiffuse_original: bool = Field(
+        False,
+        description="drive the network as the original EMDiffuse-r code does (imported weights): the "
+        "low-resolution image upsampled bilinearly as the condition, the high-resolution image as the target",
+    )
 
 
-def upsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Bicubic upsampling of the last two axes by ``factor``, pixel centres aligned.
+def upsample(image: np.ndarray, factor: int, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Bicubic (or, for imported original models, bilinear) upsampling of the last two axes by
+    ``factor``, pixel centres aligned.
 
     This is the network's condition and the benchmark's baseline. Pixel ``i`` of the output
     samples the input at ``(i + 0.5) / factor - 0.5``, so a band of rows read with
@@ -51,16 +57,23 @@ def upsample(image: np.ndarray, factor: int) -> np.ndarray:
     flat = a.reshape(-1, h, w)
     out = np.empty((flat.shape[0], h * factor, w * factor), np.float32)
     for i, plane in enumerate(flat):
-        out[i] = cv2.resize(plane, (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+        out[i] = cv2.resize(plane, (w * factor, h * factor), interpolation=interpolation)
     return out.reshape(*a.shape[:-2], h * factor, w * factor)
 
 
-def upsampled_rows(plane: Any, factor: int, y0: int, y1: int, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Rows ``[y0, y1)`` of ``upsample(transform(plane))``, reading only the low-resolution rows they need."""
+def upsample_bilinear(image: np.ndarray, factor: int) -> np.ndarray:
+    """The original EMDiffuse-r's condition: bilinear upsampling (its data set's ``Resize``)."""
+    return upsample(image, factor, cv2.INTER_LINEAR)
+
+
+def upsampled_rows(
+    plane: Any, factor: int, y0: int, y1: int, transform: Callable[[np.ndarray], np.ndarray], resize: Callable = upsample
+) -> np.ndarray:
+    """Rows ``[y0, y1)`` of ``resize(transform(plane))``, reading only the low-resolution rows they need."""
     h = plane.shape[0]
     a = max(0, y0 // factor - BAND_MARGIN)
     b = min(h, -(-y1 // factor) + BAND_MARGIN)
-    band = upsample(transform(np.asarray(plane[a:b])), factor)
+    band = resize(transform(np.asarray(plane[a:b])), factor)
     return band[y0 - a * factor : y1 - a * factor]
 
 
@@ -148,9 +161,12 @@ class SuperRes(Variant):
         a, b = match_intensity(psf_bin(target, f), cond, smooth=MATCH_SMOOTH)
         norm = fit_normaliser(cond, name="input")
         matched = a * np.asarray(target, np.float32) + b
-        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, min_std, scale=f, upsample=upsample)
+        resize = upsample_bilinear if options.emdiffuse_original else upsample
+        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, min_std, scale=f, upsample=resize)
         pairs.patch = fitted
         pairs.summary.update(normaliser=norm.to_dict(), factor=f, target_to_input=[a, b])
+        if options.emdiffuse_original:
+            return pairs
         return ResidualPairs(pairs, lambda c: c)  # the condition is the bicubic baseline
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
@@ -171,17 +187,19 @@ class SuperRes(Variant):
         f = options.factor
         stack = as_stack(image)
         h, w = stack.shape[-2:]
+        resize = upsample_bilinear if options.emdiffuse_original else upsample
         for z in range(stack.shape[0]):
 
             def read(y0: int, y1: int, _z: int = z) -> np.ndarray:
-                return upsampled_rows(stack[_z], f, y0, y1, normaliser.forward)[None]
+                return upsampled_rows(stack[_z], f, y0, y1, normaliser.forward, resize)[None]
 
+            base = None if options.emdiffuse_original else read  # a residual model adds its condition back
             run_plane(
                 read,
                 h * f,
                 w * f,
-                PlaneWriter(out_mean, z, normaliser.inverse, base=read),
+                PlaneWriter(out_mean, z, normaliser.inverse, base=base),
                 PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, z, normaliser.inverse, samples=True, base=read) if out_samples is not None else None,
+                PlaneWriter(out_samples, z, normaliser.inverse, samples=True, base=base) if out_samples is not None else None,
                 plane_key=z,
             )

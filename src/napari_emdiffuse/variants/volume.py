@@ -1,16 +1,17 @@
 """What the two isotropic-reconstruction variants share: checking a volume and its voxel size,
-loading a training region, and writing the original slices into the interleaved output."""
+loading a training region, writing the original slices into the interleaved output, and driving
+an imported original vEMDiffuse network as the original code does."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.normalise import check_image
+from ..data.normalise import Normaliser, check_image
 from ..errors import InputError
-from .base import Roi, split_rows
+from .base import PatchPairs, PlaneWriter, Roi, augment, split_rows
 
 #: rows written at a time when copying original slices, so a huge plane needs little memory
 COPY_ROWS = 1024
@@ -75,3 +76,71 @@ def copy_slice(stack: Any, z_in: int, z_out: int, out_mean: Any, out_samples: An
         if out_samples is not None:
             k = out_samples.shape[0]
             out_samples[:, z_out, r0 : r0 + rows.shape[0]] = np.broadcast_to(rows, (k, *rows.shape))
+
+
+#: what the ``emdiffuse_original`` option of the vEM variants means (imported original weights)
+ORIGINAL_HELP = (
+    "drive the network as the original vEMDiffuse code does (imported weights): each of the factor - 1 "
+    "slices of a gap from its two bounding slices (the later one first) and its slice index"
+)
+
+
+def original_condition(volume: Any, z_lo: int, k: int, rows: slice, cols: slice = slice(None)) -> np.ndarray:
+    """The original vEMDiffuse condition for the gap after slice ``z_lo``: the bounding slice
+    ``z_lo + k`` first, then ``z_lo`` (its data set's ``cat([img_below, img_up])``)."""
+    return np.stack([np.asarray(volume[z_lo + k, rows, cols]), np.asarray(volume[z_lo, rows, cols])])
+
+
+class OriginalGapPairs(PatchPairs):
+    """Training pairs as the original vEMDiffuse makes them: two slices ``k`` apart (later one
+    first) as the condition, the ``k - 1`` slices between as the target (channel ``c`` is slice
+    ``c + 1`` after the earlier one, the slice index the network embeds), no residual."""
+
+    def __init__(
+        self, volume: np.ndarray, normaliser: Normaliser, k: int, rows: tuple[int, int], cols: tuple[int, int], min_std: float
+    ) -> None:
+        self.volume, self.normaliser, self.k = volume, normaliser, k
+        self.rows, self.cols, self.min_std = rows, cols, min_std
+        self.summary = {"slices": int(volume.shape[0]), "rows": list(rows), "cols": list(cols), "factor": k}
+
+    def _one(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        k = self.k
+        best = None
+        for _ in range(10):  # prefer patches with structure
+            z0 = int(rng.integers(self.volume.shape[0] - k))
+            y = int(rng.integers(self.rows[0], self.rows[1] - patch + 1))
+            x = int(rng.integers(self.cols[0], self.cols[1] - patch + 1))
+            ys, xs = slice(y, y + patch), slice(x, x + patch)
+            target = self.normaliser.forward(self.volume[z0 + 1 : z0 + k, ys, xs])
+            std = float(target.std())
+            if best is None or std > best[0]:
+                best = (std, self.normaliser.forward(original_condition(self.volume, z0, k, ys, xs)), target)
+            if std >= self.min_std:
+                break
+        _, cond, target = best
+        return augment(cond, target, rng)
+
+
+def predict_original_gaps(
+    image: Any, k: int, normaliser: Normaliser, run_plane: Callable[..., None], out_mean: Any, out_std: Any | None, out_samples: Any | None
+) -> None:
+    """Fill a ``((n - 1) k + 1, h, w)`` output as the original vEMDiffuse does: input slices kept,
+    the ``k - 1`` slices of each gap generated from its two bounding slices."""
+    n, h, w = image.shape
+    copy_slice(image, 0, 0, out_mean, out_samples)
+    for g in range(n - 1):
+
+        def read(y0: int, y1: int, _g: int = g) -> np.ndarray:
+            return normaliser.forward(original_condition(image, _g, 1, slice(y0, y1)))
+
+        first = g * k + 1
+        run_plane(
+            read,
+            h,
+            w,
+            PlaneWriter(out_mean, first, normaliser.inverse),
+            PlaneWriter(out_std, first, normaliser.scale_std) if out_std is not None else None,
+            PlaneWriter(out_samples, first, normaliser.inverse, samples=True) if out_samples is not None else None,
+            plane_key=g,
+        )
+        copy_slice(image, g + 1, (g + 1) * k, out_mean, out_samples)

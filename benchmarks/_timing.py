@@ -1,0 +1,129 @@
+"""Helpers the throughput benchmarks and profiles share: call timers patched onto functions,
+interleaved repeats, and the generated sections of docs/benchmarks-throughput.md."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks-throughput.md"
+DATA = REPO.parent / "shared" / "data"
+
+
+class Timers:
+    """Wall seconds and calls per category, from functions patched to report to it.
+
+    A call inside another timed call is charged to the outer one only, so categories never
+    overlap and their sum is at most the wall time.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._depth = 0
+        self._patches: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, name: str, category: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return original(*args, **kwargs)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                self.seconds[category] = self.seconds.get(category, 0.0) + time.perf_counter() - t0
+                self.calls[category] = self.calls.get(category, 0) + 1
+
+        self._patches.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def mark_first_call(self, owner: Any, name: str) -> dict[str, float]:
+        """Patch ``owner.name`` to copy the seconds so far (and the time, as ``"_at"``) into the
+        returned dict at its first call: what ran before it (a job's setup) can be subtracted."""
+        original, mark = getattr(owner, name), {}
+
+        @functools.wraps(original)
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            if not mark:
+                mark.update(self.seconds, _at=time.perf_counter())
+            return original(*args, **kwargs)
+
+        self._patches.append((owner, name, original))
+        setattr(owner, name, marked)
+        return mark
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        self._patches.clear()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["Timers"]:
+        try:
+            yield self
+        finally:
+            self.restore()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each call, the functions taking turns (after one warm-up call each), so that a
+    change in the machine's load hits every candidate alike."""
+    for fn in fns.values():
+        fn()
+        sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def load_average() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def replace_section(name: str, text: str, doc: Path = DOC) -> None:
+    """Put ``text`` between the ``<!-- name -->`` and ``<!-- /name -->`` markers of ``doc``
+    (appending the section if it is not there yet)."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    old = doc.read_text() if doc.is_file() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(new.lstrip())
