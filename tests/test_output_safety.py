@@ -307,14 +307,14 @@ def test_cancelled_tiff_output_holds_only_finished_planes(tmp_path, model_dir, s
     finally:
         hook.remove()
     res = events[-1]
-    assert not res.complete and res.planes_done == 1
+    assert not res.complete
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.partial.tif", "out_uncertainty.partial.tif"]
     partial = read_image(tmp_path / "out.partial.tif")
     planes = np.asarray(partial.data).reshape(-1, 48, 48)  # one plane reads back as a 2D image
     assert len(planes) == 1 and np.abs(planes).sum() > 0
     prov = partial.meta["provenance"]
-    assert prov["complete"] is False and (prov["planes_done"], prov["planes"]) == (1, 4)
-    assert any(e.kind is Kind.MESSAGE and "1 finished plane" in e.text for e in events)
+    assert prov["complete"] is False and prov["finished"] == [[0, 1], [0, 48], [0, 48]] and prov["shape"] == [4, 48, 48]
+    assert any(e.kind is Kind.MESSAGE and "finished part (z 0:1 of 4) is in" in e.text for e in events)
 
 
 def test_cancelled_2d_prediction_writes_nothing_and_says_so(tmp_path, model_dir, stack):
@@ -342,11 +342,11 @@ def test_cancelled_zarr_output_is_a_valid_store_marked_incomplete(tmp_path, mode
         hook.remove()
     assert res.written == (tmp_path / "out.partial.zarr",) and not (tmp_path / "out.zarr").exists()
     group = zarr.open_group(str(tmp_path / "out.partial.zarr"), mode="r")
-    assert group.attrs["complete"] is False and group.attrs["planes_done"] == 1
+    assert group.attrs["complete"] is False and group.attrs["finished"] == [[0, 1], [0, 48], [0, 48]]
     capsys.readouterr()
     assert main(["info", str(tmp_path / "out.partial.zarr")]) == 0
     text = capsys.readouterr().out
-    assert "complete: NO: 1 of 4" in text and "voxel:" in text and "made by:" in text and "denoise" in text
+    assert "complete: NO: only z 0:1 of 4 is finished" in text and "voxel:" in text and "made by:" in text and "denoise" in text
 
 
 def test_info_on_a_complete_output(tmp_path, model_dir, stack, capsys):

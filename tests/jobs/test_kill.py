@@ -112,11 +112,12 @@ def test_ctrl_c_writes_only_finished_planes_and_exits_130(setting, capsys):
     assert not out.exists() and not (results / "out_uncertainty.tif").exists()
     partial = read_image(results / "out.partial.tif")
     prov = partial.meta["provenance"]
-    assert prov["complete"] is False and 1 <= prov["planes_done"] < PLANES
+    done = prov["finished"][0][1]
+    assert prov["complete"] is False and 1 <= done < PLANES and prov["finished"][1:] == [[0, 64], [0, 64]]
     planes = np.asarray(partial.data).reshape(-1, 64, 64)
-    assert len(planes) == prov["planes_done"] and all(np.abs(p).sum() > 0 for p in planes)  # no zero-filled plane
+    assert len(planes) == done and all(np.abs(p).sum() > 0 for p in planes)  # no zero-filled plane
     assert (results / "out_uncertainty.partial.tif").is_file()
-    assert "finished plane(s)" in child.text and "Traceback" not in child.text
+    assert "the finished part (z 0:" in child.text and "Traceback" not in child.text
     assert sha(list(before)) == before and leftovers(results) == []
 
 
@@ -128,7 +129,7 @@ def test_sigterm_leaves_a_store_marked_incomplete_and_exits_143(setting):
     assert child.finish(signal.SIGTERM) == 143, child.text
     assert not out.exists()
     group = zarr.open_group(str(results / "out.partial.zarr"), mode="r")
-    assert group.attrs["complete"] is False and 1 <= group.attrs["planes_done"] < PLANES
+    assert group.attrs["complete"] is False and 1 <= group.attrs["finished"][0][1] < PLANES
     assert sha(list(before)) == before and leftovers(results) == []
 
 

@@ -92,15 +92,18 @@ def test_swipe_shows_left_and_right_without_touching_either(layers):
     np.testing.assert_array_equal(raw.data, before)
 
 
-def test_uncertainty_above_threshold_is_marked(make_napari_viewer, voxel):
+def test_uncertain_regions_above_threshold_are_outlined_and_specks_left_out(make_napari_viewer, voxel):
     viewer = make_napari_viewer()
-    std = np.zeros((2, 32, 32), np.float32)
-    std[:, 4:8, 4:12] = 5.0  # 32 of 1024 pixels per slice
+    std = np.zeros((2, 64, 64), np.float32)
+    std[:, 8:24, 8:24] = 5.0  # a region of 256 of 4096 pixels per slice
+    std[:, 50, 50] = std[:, 40, 10] = 5.0  # and two specks
     unc = viewer.add_image(std, name="em denoise uncertainty", scale=voxel, metadata={"emdiffuse": {"role": "uncertainty"}})
     w = _open(viewer)
     assert w.uncertainty.layer() is unc  # offered by itself
     w.threshold.setValue(1.0)
     share = w.highlight()
-    assert share == pytest.approx(32 / 1024)
-    mask = w.highlight_layer
-    assert tuple(mask.scale) == pytest.approx(voxel) and int(np.asarray(mask.data).sum()) == 64
+    mask = np.asarray(w.highlight_layer.data)
+    assert mask[:, 10:22, 10:22].all()  # the region
+    assert not mask[:, 50, 50].any() and not mask[:, 40, 10].any()  # not the specks
+    assert 0.5 * 256 / 4096 < share < 2 * 256 / 4096
+    assert tuple(w.highlight_layer.scale) == pytest.approx(voxel) and w.highlight_layer.contour > 0

@@ -31,10 +31,10 @@ def test_no_layer_and_no_model_are_explained(make_napari_viewer, notes, tiny_mod
     viewer = make_napari_viewer()
     w = _enhance(viewer)
     w.run()
-    assert "no image layer selected" in _messages(notes, "error")[-1]
+    assert "no image layer selected" in _messages(notes, "error")[-1].lower()
     viewer.add_image(np.zeros((32, 32), np.float32) + np.arange(32), name="em")
     w.run()
-    assert "no model chosen" in _messages(notes, "error")[-1]
+    assert "no model chosen" in _messages(notes, "error")[-1].lower()
     assert not w.controls.runner.running and w.controls.run_button.isEnabled()
 
 

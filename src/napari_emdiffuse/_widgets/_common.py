@@ -10,6 +10,7 @@ is the Run / Cancel / progress / status strip the Enhance and Train widgets shar
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -114,7 +115,7 @@ def is_out_of_memory(err: BaseException) -> bool:
 def user_message(err: BaseException, tile_size: int | None = None) -> str:
     """What went wrong, for a biologist: the message of a user error, a hint for memory trouble."""
     if isinstance(err, EMDiffuseError):
-        return str(err)
+        return plain_words(str(err))
     if is_out_of_memory(err):
         now = f" (now {tile_size} px)" if tile_size else ""
         return (
@@ -127,8 +128,37 @@ def user_message(err: BaseException, tile_size: int | None = None) -> str:
             "choose a zarr file for the result so it is written tile by tile."
         )
     if isinstance(err, ValueError):  # the jobs and pydantic raise ValueError with readable messages
-        return str(err).splitlines()[0]
-    return f"Unexpected error ({type(err).__name__}: {err}). Details are in the terminal; please report it."
+        return plain_words(str(err).splitlines()[0])
+    return "Something went wrong that napari-emdiffuse did not expect. Details are in the terminal; please report them."
+
+
+#: The settings' keys as the widgets label them, for messages about a bad setting.
+SETTING_NAMES = {
+    "sample.sampler": "Sampler",
+    "sample.steps": "Steps",
+    "sample.samples": "Samples",
+    "sample.tile_size": "Tile size",
+    "sample.overlap": "Overlap",
+    "sample.tile_batch": "Tile batch",
+    "sample.seed": "Seed",
+    "train.iterations": "Steps",
+    "train.minutes": "Time limit",
+    "sample": "Sampling settings",
+    "train": "Training settings",
+}
+
+
+def plain_words(message: str) -> str:
+    """A message from the core, as the widgets say it: a setting by its label, not its preset key.
+
+    The core's messages name preset keys (the command line and JSON files use them); in a
+    widget the user sees labels, so "preset: invalid preset: sample.overlap: ..." reads
+    "Overlap: ...".
+    """
+    message = re.sub(r"^[\w .-]*: invalid preset: ", "", message)
+    for key, label in SETTING_NAMES.items():
+        message = re.sub(rf"(^|; ){re.escape(key)}: ", rf"\g<1>{label}: ", message)
+    return message[:1].upper() + message[1:]
 
 
 def notify_error(err: BaseException, tile_size: int | None = None) -> str:
@@ -166,18 +196,23 @@ class JobControls(QWidget):
         on_event: Callable[[Any], None],
         on_done: Callable[[BaseException | None], None] | None = None,
         tile_size: Callable[[], int | None] = lambda: None,
+        run_tip: str = "",
     ) -> None:
         super().__init__()
         self._on_event, self._on_done, self._tile_size = on_event, on_done, tile_size
         self._cancel_note = cancel_note
         self.started = 0.0  # time.monotonic() when the job started
         self._cancelled = False
+        self.closed = False  # the dock was closed: the job is cancelled and its results dropped
         self.runner = JobRunner(self._event, self._done)
         self.run_button = QPushButton(run_label)
+        self.run_button.setToolTip(run_tip or run_label)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop after the current step; what is finished is kept")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setFormat(progress_format)
+        self.progress.setToolTip("Progress of the running job")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -210,7 +245,14 @@ class JobControls(QWidget):
         self._cancelled = True
         self.status.setText(self._cancel_note)
 
+    def close_job(self) -> None:
+        """The dock was closed: stop the job, and add nothing it still delivers."""
+        self.closed = True
+        self.runner.cancel()
+
     def _event(self, event: Any) -> None:
+        if self.closed:
+            return
         kind = getattr(getattr(event, "kind", None), "value", None)
         if kind == "progress":
             self.progress.setMaximum(max(event.total, 1))
@@ -224,6 +266,8 @@ class JobControls(QWidget):
             self._on_event(event)
 
     def _done(self, error: BaseException | None) -> None:
+        if self.closed:
+            return
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if error is not None:

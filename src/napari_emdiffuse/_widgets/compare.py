@@ -33,9 +33,10 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import Placement, current_plane, image_array, sample_percentile, sample_values, unwrap
+from .layers import Placement, current_plane, image_array, length_text, sample_values, unwrap
 from .pickers import LayerPicker
-from .qt_helpers import disconnect, image_type, row_layout
+from .qt_helpers import DockWidget, disconnect, image_type, row_layout
+from .regions import MIN_AREA, SIGMA, default_threshold, uncertain_regions
 
 COLUMNS = ("layer", "PSNR (dB)", "SSIM", "FRC resolution")
 HIGHLIGHT_COLOR = "magenta"
@@ -55,7 +56,7 @@ def _grid_region(layer: Any, reference: Any, axes: int) -> tuple[slice, ...]:
     return tuple(slice(int(round(o)), int(round(o)) + n) for o, n in zip(shift, image_array(layer).shape[-axes:]))
 
 
-class CompareWidget(QWidget):
+class CompareWidget(DockWidget):
     """Two to four layers: side by side, swipe, metrics, uncertainty above a threshold."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -72,25 +73,40 @@ class CompareWidget(QWidget):
         self.layer_list.setToolTip("Tick two to four layers, e.g. raw, enhanced, uncertainty and reference")
         self.layer_list.setMaximumHeight(120)
         self.side_button = QPushButton("Side by side")
-        self.restore_button = QPushButton("Back to one view")
+        self.side_button.setToolTip("The ticked layers in a grid, one per cell, named, with one linked camera")
+        self.restore_button = QPushButton("One view")
+        self.restore_button.setToolTip("Back to one view: layer visibility and grid as they were")
         self.restore_button.setEnabled(False)
-        self.swipe_button = QPushButton("Swipe first two")
+        self.swipe_button = QPushButton("Swipe")
+        self.swipe_button.setToolTip(
+            "A layer showing the first ticked layer left of a split and the second right of it; a slice "
+            "result is swiped against the matching slice of a stack"
+        )
         self.swipe = QSlider(Qt.Orientation.Horizontal)
         self.swipe.setRange(0, 100)
         self.swipe.setValue(50)
         self.swipe.setEnabled(False)
-        self.reference = LayerPicker(napari_viewer, image_type(), optional=True)
-        self.whole_volume = QCheckBox("whole volume (else the slice shown)")
+        self.swipe.setToolTip("Where the split is, in % of the width")
+        self.reference = LayerPicker(napari_viewer, image_type(), optional=True, tip="The reference (e.g. a clean or high-dose image)")
+        self.whole_volume = QCheckBox("whole volume")
+        self.whole_volume.setToolTip("Compare whole volumes; otherwise the slice shown")
         self.metrics_button = QPushButton("Compute metrics")
+        self.metrics_button.setToolTip("PSNR, SSIM and FRC resolution of each ticked layer against the reference")
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.uncertainty = LayerPicker(napari_viewer, image_type(), optional=True)
+        self.table.setToolTip("FRC resolution: where the Fourier ring correlation with the reference falls below 1/7")
+        self.table.setMinimumHeight(90)
+        self.uncertainty = LayerPicker(napari_viewer, image_type(), optional=True, tip="The uncertainty map made by Enhance")
         self.threshold = QDoubleSpinBox()
         self.threshold.setDecimals(4)
         self.threshold.setRange(0.0, 1e9)
-        self.threshold.setToolTip("Pixels whose uncertainty (standard deviation of the samples) is above this are marked")
-        self.highlight_button = QPushButton("Highlight")
+        self.threshold.setToolTip(
+            f"Regions whose uncertainty, averaged over about {SIGMA:g} px, is above this are outlined "
+            f"(grey values; regions under {MIN_AREA} px are left out)"
+        )
+        self.highlight_button = QPushButton("Outline regions")
+        self.highlight_button.setToolTip("Outline the regions above the threshold and report their share of the image")
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -107,14 +123,16 @@ class CompareWidget(QWidget):
         m.addRow(self.table)
         unc_box = QGroupBox("Unreliable regions")
         u = QFormLayout(unc_box)
-        u.addRow("Uncertainty map", self.uncertainty)
+        u.addRow("Uncertainty", self.uncertainty)
         u.addRow("Threshold", self.threshold)
         u.addRow(self.highlight_button)
-        layout = QVBoxLayout(self)
+        body = QWidget()
+        layout = QVBoxLayout(body)
         for box in (view_box, metrics_box, unc_box):
             layout.addWidget(box)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        self.set_body(body)
 
         events = napari_viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
@@ -129,6 +147,9 @@ class CompareWidget(QWidget):
         self.highlight_button.clicked.connect(lambda: self._guard(self.highlight))
         self.uncertainty.currentIndexChanged.connect(self._default_threshold)
         self.refresh_layers()
+
+    def dock_closed(self) -> None:
+        self.runner.cancel()
 
     def _guard(self, action: Any) -> None:
         """Run a button's action; a problem becomes a notification and the status line."""
@@ -188,11 +209,12 @@ class CompareWidget(QWidget):
         if self._saved_view is None:
             grid = self.viewer.grid
             self._saved_view = {
-                "visible": [(layer, layer.visible) for layer in self.viewer.layers],
+                "visible": [(layer, layer.visible, layer.name_overlay.visible) for layer in self.viewer.layers],
                 "grid": (grid.enabled, tuple(grid.shape), grid.stride),
             }
         for layer in self.viewer.layers:
             layer.visible = any(unwrap(layer) is c for c in chosen)
+            layer.name_overlay.visible = layer.visible  # each cell says what it shows
         grid = self.viewer.grid
         grid.stride = 1
         grid.shape = (1, len(chosen)) if len(chosen) < 4 else (2, 2)
@@ -205,9 +227,9 @@ class CompareWidget(QWidget):
         """Layer visibility and grid settings as they were before "Side by side"."""
         if self._saved_view is None:
             return
-        for layer, visible in self._saved_view["visible"]:
+        for layer, visible, named in self._saved_view["visible"]:
             if layer in self.viewer.layers:
-                layer.visible = visible
+                layer.visible, layer.name_overlay.visible = visible, named
         enabled, shape, stride = self._saved_view["grid"]
         grid = self.viewer.grid
         grid.shape, grid.stride, grid.enabled = shape, stride, enabled
@@ -216,34 +238,51 @@ class CompareWidget(QWidget):
         self.viewer.reset_view()
 
     def start_swipe(self) -> None:
-        """A layer showing the first chosen layer left of the split and the second right of it."""
+        """A layer showing the first chosen layer left of the split and the second right of it.
+
+        Layers of different extent on the same pixel grid (a slice or a rectangle enhanced from a
+        stack) are swiped where they overlap: the smaller one against the matching part of the other.
+        """
         left, right = self._chosen(2, 4)[:2]
         a, b = image_array(left), image_array(right)
-        if tuple(a.shape) != tuple(b.shape) or tuple(left.scale) != tuple(right.scale):
-            raise InputError(f"swipe needs two layers of the same shape and pixel size ({left.name!r}: {tuple(a.shape)}, {right.name!r}: {tuple(b.shape)})")
-        self._swipe_pair = (left, right)
+        if a.ndim != b.ndim:
+            raise InputError(f"swipe needs two layers with the same number of axes ({left.name!r}: {a.ndim}D, {right.name!r}: {b.ndim}D)")
+        small, large = (left, right) if a.size <= b.size else (right, left)
+        region = _grid_region(small, large, a.ndim)
+        part = image_array(large)[region]
+        if tuple(part.shape) != tuple(image_array(small).shape):
+            raise InputError(f"{small.name!r} is not inside {large.name!r}: swipe needs layers that overlap on the same pixel grid")
+        self._swipe_pair = (left, right, small, region)
+        name = f"swipe: {left.name} | {right.name}"
         if self.swipe_layer is None or self.swipe_layer not in self.viewer.layers:
             self.swipe_layer = unwrap(
                 self.viewer.add_image(
-                    self._composite(),
-                    name=f"swipe: {left.name} | {right.name}",
-                    contrast_limits=tuple(left.contrast_limits),
-                    **Placement.of(left).kwargs(),
+                    self._composite(), name=name, contrast_limits=tuple(left.contrast_limits),
+                    metadata={"emdiffuse": {"role": "swipe"}}, **Placement.of(small).kwargs(),
                 )
-            )
+            )  # fmt: skip
         else:
             self.swipe_layer.data = self._composite()
+            self.swipe_layer.name = name
+            for key, value in Placement.of(small).kwargs().items():
+                setattr(self.swipe_layer, key, value)
+            self.swipe_layer.contrast_limits = tuple(left.contrast_limits)
         self.swipe.setEnabled(True)
         self.status.setText(f"Left of the split: {left.name!r}; right: {right.name!r}. Move the slider.")
 
     def _composite(self) -> Any:
         import dask.array as da
 
-        left, right = self._swipe_pair
-        a, b = da.asarray(image_array(left)), da.asarray(image_array(right))
+        left, right, small, region = self._swipe_pair
+
+        def part(layer: Any) -> Any:
+            data = da.asarray(image_array(layer))
+            return data if unwrap(layer) is unwrap(small) else data[region]
+
+        a, b = part(left), part(right)
         split = int(round(a.shape[-1] * self.swipe.value() / 100))
         columns = da.arange(a.shape[-1], chunks=a.chunks[-1]) < split
-        return da.where(columns, a, b)
+        return da.where(columns, a, b.rechunk(a.chunks))
 
     def _update_swipe(self, *_: Any) -> None:
         if self.swipe_layer is not None and self.swipe_layer in self.viewer.layers:
@@ -297,7 +336,7 @@ class CompareWidget(QWidget):
         if "error" in row:
             cells = [row["layer"], row["error"], "", ""]
         else:
-            cells = [row["layer"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", _length(row["frc_resolution"], row["unit"])]
+            cells = [row["layer"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", length_text(row["frc_resolution"], row["unit"])]
         for j, text in enumerate(cells):
             self.table.setItem(i, j, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
@@ -314,18 +353,18 @@ class CompareWidget(QWidget):
     def _default_threshold(self, *_: Any) -> None:
         layer = self.uncertainty.layer()
         if layer is not None:
-            self.threshold.setValue(sample_percentile(image_array(layer), 95.0))
+            self.threshold.setValue(default_threshold(image_array(layer)))
 
     def highlight(self) -> float:
-        """Mark the pixels above the threshold in a Labels layer; returns their share (0 to 1)."""
+        """Outline the regions whose smoothed uncertainty is above the threshold in a Labels
+        layer; returns their share of the pixels (0 to 1)."""
         from napari.utils.colormaps import DirectLabelColormap
 
         layer = self.uncertainty.layer()
         if layer is None:
             raise InputError("choose an uncertainty map (the '… uncertainty' layer made by Enhance)")
-        data = image_array(layer)
         threshold = self.threshold.value()
-        mask = (data > threshold).astype(np.uint8)
+        mask, _ = uncertain_regions(image_array(layer), threshold)
         share = float(sample_values(mask).mean())
         name = f"{layer.name} above {threshold:g}"
         if self.highlight_layer is None or self.highlight_layer not in self.viewer.layers:
@@ -333,26 +372,17 @@ class CompareWidget(QWidget):
                 self.viewer.add_labels(
                     mask,
                     name=name,
-                    opacity=0.6,
+                    opacity=0.8,
                     colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: HIGHLIGHT_COLOR}),
+                    metadata={"emdiffuse": {"role": "regions", "threshold": threshold}},
                     **Placement.of(layer).kwargs(),
                 )
             )
+            self.highlight_layer.contour = 2
         else:
             self.highlight_layer.data = mask
             self.highlight_layer.name = name
             for key, value in Placement.of(layer).kwargs().items():
                 setattr(self.highlight_layer, key, value)
-        self.status.setText(f"{share:.1%} of the pixels have an uncertainty above {threshold:g} (marked in {HIGHLIGHT_COLOR}).")
+        self.status.setText(f"{share:.1%} of the image lies in regions with an uncertainty above {threshold:g} (outlined in {HIGHLIGHT_COLOR}).")
         return share
-
-
-def _length(value: float, unit: str) -> str:
-    """A length in nm when the unit allows it (EM resolutions are read in nm), else as given."""
-    import pint
-
-    try:
-        nm = (value * pint.get_application_registry()(unit)).to("nanometer").magnitude
-        return f"{nm:.1f} nm"
-    except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError, AttributeError):
-        return f"{value:.3g} {unit}"

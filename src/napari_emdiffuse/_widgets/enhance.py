@@ -31,22 +31,32 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap
+from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
 from .options_form import OptionsForm
 from .pickers import LayerPicker
-from .qt_helpers import disconnect, image_type, row, shapes_type, spin
+from .qt_helpers import Collapsible, DockWidget, combo, disconnect, image_type, narrow, row, shapes_type, spin
+from .regions import uncertain_regions
 from .registry import MODELS, ModelEntry
 
+#: scope: (short label, tooltip)
 SCOPES = {
-    "slice": "Current slice",
-    "rectangle": "Rectangle on the current slice",
-    "rectangle_stack": "Rectangle, all slices",
-    "whole": "Whole image / volume",
+    "slice": ("Current slice", "The slice the viewer shows"),
+    "rectangle": ("Rectangle", "The rectangle drawn in the chosen Shapes layer, on the current slice"),
+    "rectangle_stack": ("Rectangle, all slices", "The rectangle drawn in the chosen Shapes layer, through every slice"),
+    "whole": ("Whole volume", "The whole image or volume (results too large for memory go to zarr)"),
 }
+#: sampler: (short label, tooltip)
+SAMPLERS = {
+    "dpmpp_2m": ("DPM-Solver++", "DPM-Solver++ (2M): few steps suffice; the default"),
+    "ddim": ("DDIM", "DDIM: deterministic, needs more steps than DPM-Solver++"),
+    "ddpm": ("DDPM", "DDPM: the original ancestral sampler, needs many steps (hundreds)"),
+}
+UNCERTAINTY_TIP = "Standard deviation of the samples, hidden at first: tick it in the layer list to see it"
 #: Results larger than this (bytes of enhanced + uncertainty) go to a zarr file; None means a
 #: quarter of the memory available when the job starts.
 IN_MEMORY_LIMIT: int | None = None
 UNCERTAINTY_COLORMAP = "inferno"
+REGIONS_COLOR = "magenta"
 
 
 def _memory_limit() -> int:
@@ -77,7 +87,7 @@ class _Plan:
     input_paths: list[Path]
 
 
-class EnhanceWidget(QWidget):
+class EnhanceWidget(DockWidget):
     """Enhance an image layer with a trained model; results come back as new layers."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -88,38 +98,49 @@ class EnhanceWidget(QWidget):
 
         self.viewer = napari_viewer
         self._plan: _Plan | None = None
-        self.result_layers: list[Any] = []
+        self.result_layers: list[Any] = []  # the enhanced image and its uncertainty map
+        self.regions_layer: Any = None  # the regions where the samples disagree most
 
-        self.image = LayerPicker(napari_viewer, image_type())
-        self.variant = QComboBox()
-        for name, variant in VARIANTS.items():
-            self.variant.addItem(variant.title, name)
-        self.model = QComboBox()
+        self.image = LayerPicker(napari_viewer, image_type(), tip="The image layer to enhance (2D, 3D, lazy or multiscale)")
+        self.variant = combo(
+            ((v.title.split(" (")[0], name, f"{v.title}: {v.description}") for name, v in VARIANTS.items()),
+            "What the model does",
+        )
+        self.model = narrow(QComboBox(), "The trained model to run: bundled, trained in this session or loaded from disk")
         self.load_model = QPushButton("Load…")
-        self.load_model.setToolTip("Add a model folder (model.json + weights.safetensors) from disk")
-        self.import_model = QPushButton("Import EMDiffuse weights…")
+        self.load_model.setToolTip("Add a model folder (model.json + weights.safetensors) from disk; it is checked first")
+        self.import_model = QPushButton("Import…")
         self.import_model.setToolTip(
             "Import a published EMDiffuse *_Network.pth as the variant chosen above (docs/published-models.md)"
         )
+        self.remove_model = QPushButton("Remove")
+        self.remove_model.setToolTip("Take the chosen model off this list (its folder stays on disk; bundled models stay)")
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         self.options_box = QVBoxLayout()
         self.options: OptionsForm | None = None
-        self.sampler = QComboBox()
-        self.sampler.addItems(list(typing.get_args(SamplerName)))
+        self.sampler = combo(
+            ((SAMPLERS.get(n, (n, n))[0], n, SAMPLERS.get(n, (n, n))[1]) for n in typing.get_args(SamplerName)),
+            "How the diffusion model is sampled",
+        )
         self.steps = spin(1, 2000, "Sampler steps: network evaluations per sample (more is slower and a little sharper)")
         self.samples = spin(1, 64, "Samples averaged per pixel; their spread is the uncertainty map (2 or more)")
         self.tile_size = spin(32, 4096, "Tile size in pixels: smaller tiles need less GPU memory", step=32)
         self.overlap = spin(0, 1024, "Overlap between tiles in pixels (blended, so no seams)", step=8)
-        self.device = QComboBox()
+        self.tile_batch = spin(1, 1024, "Tiles x samples evaluated together: lower it if the GPU runs out of memory")
+        self.seed = spin(0, 2**31 - 1, "Random seed: the same seed gives the same samples")
+        self.device = narrow(QComboBox(), "Where to run: auto picks a CUDA GPU, then Apple MPS, then the CPU")
         self.device.addItems(available_devices())
-        self.scope = QComboBox()
-        for key, label in SCOPES.items():
-            self.scope.addItem(label, key)
-        self.shapes = LayerPicker(napari_viewer, shapes_type(), optional=True)
+        self.scope = combo(((label, key, tip) for key, (label, tip) in SCOPES.items()), "What to enhance")
+        self.shapes = LayerPicker(napari_viewer, shapes_type(), optional=True, tip="The Shapes layer with the rectangle to enhance")
         self.zarr_path = QLineEdit()
-        self.zarr_path.setPlaceholderText("in memory (large results go to a temporary zarr)")
+        self.zarr_path.setPlaceholderText("in memory")
+        self.zarr_path.setToolTip(
+            "A zarr folder to write the result into, tile by tile; empty keeps it in memory "
+            "(results larger than a quarter of the free memory go to a temporary zarr)"
+        )
         self.browse = QPushButton("…")
+        self.browse.setToolTip("Choose the zarr folder for the result")
         self.output_info = QLabel()
         self.output_info.setWordWrap(True)
         self.controls = _common.JobControls(
@@ -130,41 +151,56 @@ class EnhanceWidget(QWidget):
             on_event=self._on_event,
             on_done=self._on_done,
             tile_size=self.tile_size.value,
+            run_tip="Enhance the chosen scope with the chosen model; the result and its uncertainty come back as layers",
         )
 
+        expert_body = QWidget()
+        expert = QFormLayout(expert_body)
+        expert.setContentsMargins(0, 0, 0, 0)
+        expert.addRow("Sampler", self.sampler)
+        expert.addRow("Tile size", self.tile_size)
+        expert.addRow("Overlap", self.overlap)
+        expert.addRow("Tile batch", self.tile_batch)
+        expert.addRow("Seed", self.seed)
+        self.expert = Collapsible("Expert settings", expert_body, "Sampler, tiles and seed: the model's own values suit most data")
+
+        body = QWidget()
         form = QFormLayout()
-        form.addRow("Image layer", self.image)
+        form.addRow("Image", self.image)
         form.addRow("Variant", self.variant)
-        form.addRow("Model", row(self.model, self.load_model))
-        form.addRow("", self.import_model)
+        form.addRow("Model", self.model)
+        form.addRow("", row(self.load_model, self.import_model, self.remove_model))
         form.addRow("", self.model_info)
         form.addRow(self.options_box)
-        form.addRow("Sampler", self.sampler)
-        form.addRow("Sampler steps", self.steps)
+        form.addRow("Steps", self.steps)
         form.addRow("Samples", self.samples)
-        form.addRow("Tile size", self.tile_size)
-        form.addRow("Tile overlap", self.overlap)
         form.addRow("Device", self.device)
         form.addRow("Scope", self.scope)
-        form.addRow("Rectangle from", self.shapes)
-        form.addRow("Save to zarr", row(self.zarr_path, self.browse))
+        form.addRow("Rectangle", self.shapes)
+        form.addRow("Save to", row(self.zarr_path, self.browse))
         form.addRow("", self.output_info)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(body)
         layout.addLayout(form)
+        layout.addWidget(self.expert)
         layout.addWidget(self.controls)
         layout.addStretch(1)
+        self.set_body(body)
 
         self.variant.currentIndexChanged.connect(self.refresh_models)
         self.model.currentIndexChanged.connect(self._model_changed)
         self.image.currentIndexChanged.connect(self._update_output_info)
         self.scope.currentIndexChanged.connect(self._scope_changed)
         self.load_model.clicked.connect(self._load_model_dialog)
+        self.remove_model.clicked.connect(self._remove_model)
         self.import_model.clicked.connect(self._import_dialog)
         self.browse.clicked.connect(self._browse_zarr)
         MODELS.changed.connect(self.refresh_models)
         self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
         self.refresh_models()
         self._scope_changed()
+
+    def dock_closed(self) -> None:
+        self.controls.close_job()
 
     # ---- choices -------------------------------------------------------------------------
 
@@ -216,11 +252,14 @@ class EnhanceWidget(QWidget):
             self.model_info.setText(entry.description or variant.description)
             preset_sample = meta["preset"]["sample"]
             options = meta["preset"].get("variant_options") or {}
-        self.sampler.setCurrentText(preset_sample["sampler"])
+        self.sampler.setCurrentIndex(max(self.sampler.findData(preset_sample["sampler"]), 0))
         self.steps.setValue(preset_sample["steps"])
         self.samples.setValue(max(2, preset_sample["samples"]))
         self.tile_size.setValue(preset_sample["tile_size"])
         self.overlap.setValue(preset_sample["overlap"])
+        self.tile_batch.setValue(preset_sample.get("tile_batch", 8))
+        self.seed.setValue(preset_sample.get("seed", 0))
+        self.remove_model.setEnabled(entry is not None and entry.source != "bundled")
         if self.options is not None:
             self.options.setParent(None)
             self.options.deleteLater()
@@ -253,9 +292,9 @@ class EnhanceWidget(QWidget):
             self.output_info.setText(_common.user_message(err))
             return
         unit = str(layer.units[-1])
-        self.output_info.setText(
-            f"Whole layer: {' × '.join(map(str, data.shape))} px → {' × '.join(map(str, out.shape))} px, "
-            f"voxel {' × '.join(f'{v:.4g}' for v in out.voxel)} {unit}"
+        self.output_info.setText(f"Whole layer → {' × '.join(map(str, out.shape))} px, voxel {voxel_text(out.voxel, unit)}")
+        self.output_info.setToolTip(
+            f"The whole layer ({' × '.join(map(str, data.shape))} px) gives a result of {' × '.join(map(str, out.shape))} px"
         )
 
     def _load_model_dialog(self) -> None:
@@ -266,6 +305,11 @@ class EnhanceWidget(QWidget):
                 self.select_model(entry.path)
             except Exception as err:  # noqa: BLE001 - shown to the user
                 _common.notify_error(err)
+
+    def _remove_model(self) -> None:
+        entry = self.model.currentData()
+        if entry is not None and entry.source != "bundled":
+            MODELS.remove(entry.path)
 
     def _import_dialog(self) -> None:
         """Original EMDiffuse weights (as the chosen variant) into a new model folder, then select it."""
@@ -307,11 +351,13 @@ class EnhanceWidget(QWidget):
         sample = model.preset.with_overrides(
             {
                 "sample": {
-                    "sampler": self.sampler.currentText(),
+                    "sampler": self.sampler.currentData(),
                     "steps": self.steps.value(),
                     "samples": self.samples.value(),
                     "tile_size": self.tile_size.value(),
                     "overlap": self.overlap.value(),
+                    "tile_batch": self.tile_batch.value(),
+                    "seed": self.seed.value(),
                 }
             }
         ).sample
@@ -319,6 +365,9 @@ class EnhanceWidget(QWidget):
         array, offset, add_axis = self._crop(layer, data)
         variant.check_input(array, options, name=f"layer {layer.name!r}")
         voxel = source.scale[-array.ndim :]
+        already = isotropic_note(layer, variant, options, tuple(array.shape))
+        if already:
+            _common.notify(already, "warning")
         out = variant.output_geometry(array.shape, voxel, options)
         lead = (1,) if add_axis else ()
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
@@ -386,24 +435,41 @@ class EnhanceWidget(QWidget):
     def _on_event(self, event: Any) -> None:
         if event.kind.value != "result":
             return
-        self._add_results(event, partial=not event.complete)
-        if not event.complete:  # the finished planes are kept as layers; the others are zero
-            where = f" and in {self._plan.output}" if self._plan.output else ""
-            self.controls.status.setText(f"Cancelled: the planes finished so far are in the '(partial)' layers{where}.")
+        if event.complete:
+            self._add_results(event)
+            return
+        region = self._finished(event)
+        if region is None:
+            self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
+            return
+        self._add_results(event, region)
+        where = f" (also in {self._plan.output})" if self._plan.output else ""
+        self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
+
+    def _finished(self, event: Any) -> tuple[slice, ...] | None:
+        from ..variants import get_variant
+
+        variant = get_variant(self._plan.model.variant)
+        options = variant.options(self._plan.model.preset.variant_options)
+        return variant.finished_region(tuple(event.mean.shape), event.planes_done, options)
 
     def _on_done(self, error: BaseException | None) -> None:
         self._plan = None
 
-    def _add_results(self, result: Any, partial: bool = False) -> None:
+    def _add_results(self, result: Any, region: tuple[slice, ...] | None = None) -> None:
+        """The enhanced image over the input, its uncertainty (hidden) and the regions where the
+        samples disagree most (outlined); ``region`` crops a cancelled run to what finished."""
         plan = self._plan
         mean, std = result.mean, result.std
         if not isinstance(mean, np.ndarray):  # written to zarr: open lazily
             import dask.array as da
 
             mean, std = da.from_zarr(mean), da.from_zarr(std)
+        if region is not None:
+            mean, std = mean[region], std[region]
         if plan.add_axis:
             mean, std = mean[None], std[None]
-        name = f"{plan.layer.name} {plan.model.variant}" + (" (partial)" if partial else "")
+        name = f"{plan.layer.name} {plan.model.variant}" + (" (partial)" if region is not None else "")
         info = {"model": str(plan.entry.path), "source_layer": plan.layer.name, "samples": plan.sample.samples}
         kwargs = plan.placement.kwargs()
         enhanced = self.viewer.add_image(
@@ -414,20 +480,52 @@ class EnhanceWidget(QWidget):
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
             **kwargs,
         )
-        # black up to the median uncertainty, brightest at the top 0.5 %: with additive blending
-        # over the enhanced image only the regions the samples disagree on light up
-        low = sample_percentile(std, 50.0)
-        top = max(sample_percentile(std, 99.5), low + 1e-6)
+        low, top = sample_percentile(std, 1.0), sample_percentile(std, 99.5)
         uncertainty = self.viewer.add_image(
             std,
             name=f"{name} uncertainty",
             colormap=UNCERTAINTY_COLORMAP,
-            contrast_limits=(low, top),
-            blending="additive",
-            metadata={"emdiffuse": {**info, "role": "uncertainty"}},
+            contrast_limits=(low, max(top, low + 1e-6)),
+            visible=False,
+            metadata={"emdiffuse": {**info, "role": "uncertainty", "tip": UNCERTAINTY_TIP}},
             **kwargs,
         )
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
+        self.regions_layer = unwrap(self._add_regions(std, f"{name} unsure", info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
         where = f", written to {plan.output}" if plan.output else ""
-        self.controls.status.setText(f"Done in {seconds:.0f} s{where}: '{enhanced.name}' and its uncertainty map.")
+        self.controls.status.setText(
+            f"Done in {seconds:.0f} s{where}: '{enhanced.name}'. Outlined in {REGIONS_COLOR}: the regions where the "
+            "samples disagree most (the uncertainty map itself is hidden in the layer list)."
+        )
+
+    def _add_regions(self, std: Any, name: str, info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        mask, threshold = uncertain_regions(std)
+        layer = self.viewer.add_labels(
+            mask,
+            name=name,
+            opacity=0.8,
+            colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: REGIONS_COLOR}),
+            metadata={"emdiffuse": {**info, "role": "regions", "threshold": threshold}},
+            **kwargs,
+        )
+        layer.contour = 2
+        return layer
+
+
+def isotropic_note(layer: Any, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:
+    """A warning when a variant that adds planes in z (isotropic reconstruction) runs on a
+    volume whose calibrated voxel is already about isotropic: it would only interpolate."""
+    if len(shape) != 3 or any(str(u) in ("pixel", "") for u in layer.units[-3:]):
+        return None  # no voxel size: napari's default scale says nothing
+    voxel = tuple(float(v) for v in layer.scale[-3:])
+    if variant.output_geometry(shape, voxel, options).voxel[0] >= voxel[0]:
+        return None  # the variant keeps the z spacing
+    if abs(voxel[0] / voxel[1] - 1.0) > 0.1:
+        return None
+    return (
+        f"'{layer.name}' is already isotropic (z voxel {voxel[0]:.4g}, xy voxel {voxel[1]:.4g} {layer.units[-1]}): "
+        f"{variant.title.split(' (')[0]} is for volumes whose slices are thicker than their pixels."
+    )

@@ -26,6 +26,16 @@ def unwrap(layer: Any) -> Any:
     return getattr(layer, "__wrapped__", layer)
 
 
+#: ``metadata["emdiffuse"]["role"]`` of the layers the plugin makes (results, overlays, previews).
+PLUGIN_ROLES = ("enhanced", "uncertainty", "regions", "preview", "swipe")
+
+
+def is_plugin_output(layer: Any) -> bool:
+    """Whether the plugin made this layer (a result or an overlay), not the user."""
+    meta = getattr(layer, "metadata", None) or {}
+    return isinstance(meta.get("emdiffuse"), dict) and meta["emdiffuse"].get("role") in PLUGIN_ROLES
+
+
 def image_array(layer: Any) -> Any:
     """The full-resolution data of an image layer, refusing what no variant can use."""
     if layer is None:
@@ -38,6 +48,8 @@ def image_array(layer: Any) -> Any:
             f"layer {layer.name!r} has {data.ndim} dimensions (shape {tuple(data.shape)}); "
             "EMDiffuse works on 2D images and 3D stacks (z, y, x)"
         )
+    if 0 in tuple(data.shape):
+        raise InputError(f"layer {layer.name!r} is empty (shape {' x '.join(map(str, data.shape))}): there is nothing to enhance")
     if not isinstance(data, np.ndarray) and not hasattr(data, "dask"):
         import dask.array as da
 
@@ -126,3 +138,25 @@ def sample_percentile(data: Any, q: float) -> float:
     """A percentile of :func:`sample_values` (0 for an array with no finite value)."""
     values = sample_values(data)
     return float(np.percentile(values, q)) if values.size else 0.0
+
+
+def _nanometres(value: float, unit: str) -> float | None:
+    import pint
+
+    try:
+        return float((value * pint.get_application_registry()(unit)).to("nanometer").magnitude)
+    except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError, AttributeError):
+        return None
+
+
+def length_text(value: float, unit: str) -> str:
+    """A length in nm when the unit allows it (EM voxels and resolutions are read in nm), else as given."""
+    return voxel_text((value,), unit)
+
+
+def voxel_text(voxel: Sequence[float], unit: str) -> str:
+    """A voxel size such as "50 × 4 × 4 nm" (in the unit given when it is not a length)."""
+    nm = [_nanometres(v, unit) for v in voxel]
+    if all(v is not None for v in nm):
+        return " × ".join(f"{v:.4g}" for v in nm) + " nm"
+    return " × ".join(f"{v:.4g}" for v in voxel) + f" {unit}"

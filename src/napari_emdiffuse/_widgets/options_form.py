@@ -79,8 +79,7 @@ class _Editor:
             self.kind, self.widget = "str", QLineEdit()
         else:
             self.widget = QLineEdit()  # tuples, lists, dicts: edited as JSON
-        if info.description:
-            self.widget.setToolTip(info.description)
+        self.widget.setToolTip(info.description or "")
 
     def get(self) -> Any:
         w = self.widget
@@ -169,7 +168,10 @@ class OptionsForm(QWidget):
         for key in self.keys:
             editor = _Editor(field_at(model, key))
             self.editors[key] = editor
-            layout.addRow((labels or {}).get(key, _label(key)), editor.widget)
+            label = (labels or {}).get(key, _label(key))
+            if not editor.widget.toolTip():  # a field without a description: its name in full
+                editor.widget.setToolTip(f"{label[:1].upper()}{label[1:]} ({key})")
+            layout.addRow(label, editor.widget)
             if editor.signal() is not None:
                 editor.signal().connect(lambda *_: self.changed.emit())
         defaults = {}

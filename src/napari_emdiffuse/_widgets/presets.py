@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPlainTe
 
 from . import _common
 from .options_form import OptionsForm
-from .qt_helpers import row, row_layout
+from .qt_helpers import DockWidget, combo, narrow, row, row_layout
 from .registry import PRESETS
 
 MAIN_KEYS = (
@@ -52,7 +52,7 @@ LABELS = {
 }
 
 
-class PresetsWidget(QWidget):
+class PresetsWidget(DockWidget):
     """Load, edit, validate and save JSON presets."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -62,19 +62,23 @@ class PresetsWidget(QWidget):
 
         self.viewer = napari_viewer
         self.base: Any = None
-        self.preset_choice = QComboBox()
+        self.preset_choice = narrow(QComboBox(), "A built-in preset to start from")
         for name in sorted(builtin_presets()):
             self.preset_choice.addItem(name, name)
         self.open_button = QPushButton("Open JSON…")
-        self.variant = QComboBox()
-        for name, variant in VARIANTS.items():
-            self.variant.addItem(variant.title, name)
+        self.open_button.setToolTip("Open a preset file (JSON)")
+        self.variant = combo(
+            ((v.title.split(" (")[0], name, f"{v.title}: {v.description}") for name, v in VARIANTS.items()),
+            "The variant this preset trains",
+        )
         self.form = OptionsForm(Preset, MAIN_KEYS, labels=LABELS)
         self.json_view = QPlainTextEdit()
         self.json_view.setReadOnly(True)
         self.json_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.json_view.setMinimumHeight(160)
+        self.json_view.setToolTip("The whole preset as it would be saved")
         self.save_button = QPushButton("Save JSON…")
+        self.save_button.setToolTip("Write the edited preset to a JSON file (usable with emdiffuse train --config)")
         self.use_button = QPushButton("Use for training")
         self.use_button.setToolTip("Offer this preset in the Train / fine-tune widget")
         self.status = QLabel("")
@@ -82,14 +86,16 @@ class PresetsWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Preset", row(self.preset_choice, self.open_button))
-        form.addRow("variant", self.variant)
-        layout = QVBoxLayout(self)
+        form.addRow("Variant", self.variant)
+        body = QWidget()
+        layout = QVBoxLayout(body)
         layout.addLayout(form)
         layout.addWidget(self.form)
         layout.addWidget(QLabel("Full preset:"))
         layout.addWidget(self.json_view)
         layout.addLayout(row_layout(self.save_button, self.use_button))
         layout.addWidget(self.status)
+        self.set_body(body)
 
         self.preset_choice.currentIndexChanged.connect(lambda *_: self.load(self.preset_choice.currentData()))
         self.open_button.clicked.connect(self._open_dialog)

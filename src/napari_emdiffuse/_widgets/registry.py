@@ -65,15 +65,25 @@ class ModelRegistry:
         return [e for e in out if variant is None or e.variant == variant]
 
     def add(self, folder: str | Path, source: str = "disk", name: str | None = None) -> ModelEntry:
-        """Register a model folder (checked: a readable ``model.json``); re-adding replaces it."""
-        from ..model_file import read_model_json
+        """Register a model folder; re-adding replaces it.
+
+        The whole model is loaded once here (description, weights, their match with the
+        network), so a broken folder is refused when the user loads it, not at Enhance.
+        """
+        from ..model_file import Model, read_model_json
 
         folder = Path(folder).resolve()
         meta = read_model_json(folder)
+        Model.load(folder)
         entry = ModelEntry(name or folder.name, folder, meta["variant"], source, describe(meta))
         self._session[folder] = entry
         self.changed.emit()
         return entry
+
+    def remove(self, folder: str | Path) -> None:
+        """Forget a model loaded or trained in this session (its folder stays on disk)."""
+        if self._session.pop(Path(folder).resolve(), None) is not None:
+            self.changed.emit()
 
     def clear(self) -> None:
         self._session.clear()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -33,11 +34,20 @@ from .layers import image_array, rectangle_roi, unwrap
 from .loss_plot import LossPlot
 from .options_form import OptionsForm
 from .pickers import LayerPicker
-from .qt_helpers import disconnect, image_type, row_layout, shapes_type, spin
+from .qt_helpers import DockWidget, combo, disconnect, image_type, narrow, row_layout, shapes_type, spin
 from .registry import MODELS, PRESETS
 
 PREVIEW_LAYER = "training preview"
-INPUT_LABELS = {"input": "Degraded (input)", "target": "Clean (target)", "volume": "Volume"}
+#: a training input: (short label, tooltip, layer names it is guessed from)
+INPUTS = {
+    "input": ("Input", "The degraded image (noisy, low resolution), registered to the target", r"nois|low|input|raw|degrad|lr\b"),
+    "target": ("Target", "The clean image the model should produce from the input", r"clean|target|gt\b|ground|high|ref|hr\b"),
+    "volume": ("Volume", "The volume the model learns from", None),
+}
+#: Fine-tuning a model starts with at most this many steps and this time limit (minutes): a
+#: fine-tune adapts a trained model and needs far fewer steps than its first training.
+FINE_TUNE_STEPS = 2000
+FINE_TUNE_MINUTES = 30.0
 #: Previews per run (a one-patch validation every iterations / PREVIEWS steps).
 PREVIEWS = 20
 
@@ -68,7 +78,7 @@ class _Run:
     preview_geometry: dict[str, Any]
 
 
-class TrainWidget(QWidget):
+class TrainWidget(DockWidget):
     """Train a new model, or fine-tune one, on layers in the viewer."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -82,18 +92,18 @@ class TrainWidget(QWidget):
         self.preview_layer: Any = None
         self._run: _Run | None = None
 
-        self.variant = QComboBox()
-        for name, variant in VARIANTS.items():
-            self.variant.addItem(variant.title, name)
-        self.source = QComboBox()
-        self.data_box = QFormLayout()
+        self.variant = combo(
+            ((v.title.split(" (")[0], name, f"{v.title}: {v.description}") for name, v in VARIANTS.items()),
+            "What the model will do",
+        )
+        self.source = narrow(QComboBox(), "Where the training pairs come from")
         self.pickers: dict[str, LayerPicker] = {}
-        self.clean = LayerPicker(napari_viewer, image_type(), parent=self)
-        self.dose = QDoubleSpinBox(self)
+        self.clean = LayerPicker(napari_viewer, image_type(), tip="Clean images: the degraded input is simulated from them")
+        self.dose = QDoubleSpinBox()
         self.dose.setRange(0.5, 10000.0)
         self.dose.setValue(20.0)
         self.dose.setToolTip("Simulated dose: electron counts for a full-scale pixel (lower is noisier)")
-        self.read_noise = QDoubleSpinBox(self)
+        self.read_noise = QDoubleSpinBox()
         self.read_noise.setRange(0.0, 1.0)
         self.read_noise.setDecimals(3)
         self.read_noise.setSingleStep(0.01)
@@ -101,15 +111,17 @@ class TrainWidget(QWidget):
         self.read_noise.setToolTip("Simulated detector read noise, as a fraction of the grey-value range")
         self.options_box = QVBoxLayout()
         self.options: OptionsForm | None = None
-        self.region = LayerPicker(napari_viewer, shapes_type(), optional=True)
-        self.region.setToolTip("Train only inside a rectangle drawn in this Shapes layer (fine-tuning on a region you trust)")
-        self.start_from = QComboBox()
-        self.iterations = spin(1, 10_000_000, "Training steps")
+        self.region = LayerPicker(
+            napari_viewer, shapes_type(), optional=True,
+            tip="Train only inside a rectangle drawn in this Shapes layer (fine-tuning on a region you trust)",
+        )  # fmt: skip
+        self.start_from = narrow(QComboBox(), "A preset to train a new model, or a model to fine-tune")
+        self.iterations = spin(1, 10_000_000, "Training steps (training also stops at the time limit)")
         self.minutes = QDoubleSpinBox()
         self.minutes.setRange(0.0, 100_000.0)
         self.minutes.setSpecialValueText("no limit")
-        self.minutes.setToolTip("Stop after this many minutes, even before all iterations are done")
-        self.device = QComboBox()
+        self.minutes.setToolTip("Stop after this many minutes, even before all steps are done")
+        self.device = narrow(QComboBox(), "Where to train: auto picks a CUDA GPU, then Apple MPS, then the CPU")
         self.device.addItems(available_devices())
         self.controls = _common.JobControls(
             "Train",
@@ -118,28 +130,38 @@ class TrainWidget(QWidget):
             on_run=self.run,
             on_event=self._on_event,
             on_done=self._on_done,
+            run_tip="Train (or fine-tune) with these settings; the model appears in Enhance when it is saved",
         )
         self.plot = LossPlot()
-        self.save_button = QPushButton("Save model…")
+        self.plot.setToolTip("Training loss (faint: each step; orange: running average; log scale)")
+        self.save_button = QPushButton("Save…")
+        self.save_button.setToolTip("Copy the last trained model (model.json + weights) into an empty folder")
         self.save_button.setEnabled(False)
-        self.load_button = QPushButton("Load model…")
+        self.load_button = QPushButton("Load…")
+        self.load_button.setToolTip("Add a model folder from disk, as the starting point for fine-tuning")
 
-        form = QFormLayout()
+        body = QWidget()
+        form = self.form = QFormLayout()
         form.addRow("Variant", self.variant)
-        form.addRow("Training data", self.source)
-        form.addRow(self.data_box)
+        form.addRow("Data", self.source)
+        names = dict.fromkeys(n for v in VARIANTS.values() for n in v.training_inputs)
+        for name in sorted(names, key=lambda n: list(INPUTS).index(n) if n in INPUTS else len(INPUTS)):
+            form.addRow(INPUTS.get(name, (name.capitalize(),))[0], self._add_picker(name))
+        for label, w in (("Clean", self.clean), ("Dose", self.dose), ("Read noise", self.read_noise)):
+            form.addRow(label, w)
         form.addRow(self.options_box)
-        form.addRow("Only inside", self.region)
+        form.addRow("Region", self.region)
         form.addRow("Start from", self.start_from)
-        form.addRow("Iterations", self.iterations)
-        form.addRow("Time limit (min)", self.minutes)
+        form.addRow("Steps", self.iterations)
+        form.addRow("Time limit", self.minutes)
         form.addRow("Device", self.device)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(body)
         layout.addLayout(form)
         layout.addWidget(self.controls)
         layout.addWidget(self.plot)
         layout.addLayout(row_layout(self.save_button, self.load_button))
         layout.addStretch(1)
+        self.set_body(body)
 
         self.variant.currentIndexChanged.connect(self._variant_changed)
         self.source.currentIndexChanged.connect(self._source_changed)
@@ -151,6 +173,9 @@ class TrainWidget(QWidget):
             self.destroyed.connect(lambda *_, s=signal: disconnect(s, self.refresh_start))
         self._variant_changed()
 
+    def dock_closed(self) -> None:
+        self.controls.close_job()
+
     # ---- choices -------------------------------------------------------------------------
 
     def variant_name(self) -> str:
@@ -161,14 +186,17 @@ class TrainWidget(QWidget):
 
         variant = get_variant(self.variant_name())
         names = variant.training_inputs
-        label = {("input", "target"): "Paired layers (input + target)", ("volume",): "One volume"}.get(
-            tuple(names), "Layers: " + ", ".join(names)
-        )
+        label, tip = {
+            ("input", "target"): ("Paired layers", "A degraded input layer and its registered clean target"),
+            ("volume",): ("One volume", "One volume; the model learns from its own slices"),
+        }.get(tuple(names), ("Layers", "Layers: " + ", ".join(names)))
         self.source.blockSignals(True)
         self.source.clear()
         self.source.addItem(label, "layers")
+        self.source.setItemData(0, tip, Qt.ItemDataRole.ToolTipRole)
         if can_simulate(variant):
-            self.source.addItem("Clean layer + simulated degradation", "simulate")
+            self.source.addItem("Simulated", "simulate")
+            self.source.setItemData(1, "A clean layer, with the degradation (noise, blur) simulated", Qt.ItemDataRole.ToolTipRole)
         self.source.blockSignals(False)
         if self.options is not None:
             self.options.setParent(None)
@@ -183,20 +211,24 @@ class TrainWidget(QWidget):
     def _source_changed(self, *_: Any) -> None:
         from ..variants import get_variant
 
-        while self.data_box.rowCount():
-            self.data_box.takeRow(0)
-        for w in (*self.pickers.values(), self.clean, self.dose, self.read_noise):
-            w.setVisible(False)
-        if self.source.currentData() == "simulate":
-            for label, w in (("Clean images", self.clean), ("Dose (counts)", self.dose), ("Read noise", self.read_noise)):
-                self.data_box.addRow(label, w)
-                w.setVisible(True)
-            return
-        for name in get_variant(self.variant_name()).training_inputs:
-            if name not in self.pickers:
-                self.pickers[name] = LayerPicker(self.viewer, image_type(), parent=self)
-            self.data_box.addRow(INPUT_LABELS.get(name, name.capitalize()), self.pickers[name])
-            self.pickers[name].setVisible(True)
+        # Every data row is in the form from the start; only the current source's rows are shown
+        # (rows taken out of a form leave their labels drawn where they were).
+        simulate = self.source.currentData() == "simulate"
+        wanted = set() if simulate else set(get_variant(self.variant_name()).training_inputs)
+        for name, picker in self.pickers.items():
+            self.form.setRowVisible(picker, name in wanted)
+        for w in (self.clean, self.dose, self.read_noise):
+            self.form.setRowVisible(w, simulate)
+
+    def _add_picker(self, name: str) -> LayerPicker:
+        """The layer picker of a training input; the target's avoids the input's layer."""
+        _, tip, prefer = INPUTS.get(name, (name, f"The '{name}' layer", None))
+        avoid = (lambda: self.pickers["input"].layer()) if name == "target" and "input" in self.pickers else None
+        picker = LayerPicker(self.viewer, image_type(), tip=tip, prefer=prefer, avoid=avoid)
+        if avoid is not None:
+            self.pickers["input"].currentIndexChanged.connect(picker.refresh)
+        self.pickers[name] = picker
+        return picker
 
     def refresh_start(self, *_: Any) -> None:
         """Presets of the chosen variant (built-in and from the Presets widget), then its models."""
@@ -239,7 +271,8 @@ class TrainWidget(QWidget):
             from ..model_file import read_model_json
 
             meta = read_model_json(value.path)
-            self.iterations.setValue(max(1, meta["preset"]["train"]["iterations"] // 10))
+            self.iterations.setValue(max(1, min(FINE_TUNE_STEPS, meta["preset"]["train"]["iterations"] // 10)))
+            self.minutes.setValue(FINE_TUNE_MINUTES)
             if self.options is not None:  # a fine-tuned model keeps its options
                 self.options.set_from(meta["preset"].get("variant_options") or {})
                 self.options.set_read_only(True)
@@ -281,11 +314,19 @@ class TrainWidget(QWidget):
             note = f"layer {layer.name!r} with simulated noise (dose {self.dose.value():g}, read noise {self.read_noise.value():g})"
             grid_shape = clean.shape
         else:
-            arrays, names = {}, []
+            arrays, names, chosen = {}, [], {}
             for name in variant.training_inputs:
                 layer = self.pickers[name].layer()
+                label = INPUTS.get(name, (name,))[0]
                 if layer is None:
-                    raise InputError(f"choose a layer for '{INPUT_LABELS.get(name, name)}'")
+                    raise InputError(f"choose a layer for '{label}'")
+                for other, other_layer in chosen.items():
+                    if other_layer is layer or other_layer.data is layer.data:
+                        raise InputError(
+                            f"'{label}' and '{other}' are the same image ({layer.name!r}): choose the degraded "
+                            "image as input and its clean version as target"
+                        )
+                chosen[label] = layer
                 arrays[name] = image_array(layer)
                 names.append(f"{name} {layer.name!r}")
             layer = self.pickers[variant.training_inputs[0]].layer()
@@ -366,7 +407,11 @@ class TrainWidget(QWidget):
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
             self.preview_layer = unwrap(
                 self.viewer.add_image(
-                    image, name=PREVIEW_LAYER, contrast_limits=(-1.0, 1.0), **(self._run.preview_geometry if self._run else {})
+                    image,
+                    name=PREVIEW_LAYER,
+                    contrast_limits=(-1.0, 1.0),
+                    metadata={"emdiffuse": {"role": "preview"}},
+                    **(self._run.preview_geometry if self._run else {}),
                 )
             )
         else:

@@ -145,15 +145,21 @@ def _set_info(path: Path) -> bool:
 
 def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
     """What made one of our outputs and whether it is complete, from its provenance."""
-    if "planes" not in attrs:
+    from ..jobs.predict_output import describe_bounds
+
+    if "shape" not in attrs or "finished" not in attrs:
         return []
     settings = attrs.get("settings") or {}
     made = f"{attrs.get('software', '?')}, model {attrs.get('model', '?')} ({attrs.get('variant', '?')}"
     made += "".join(f" {k}={v}" for k, v in (attrs.get("variant_options") or {}).items()) + ")"
     if settings:
         made += f", {settings.get('sampler')} {settings.get('steps')} steps, {settings.get('samples')} samples, seed {settings.get('seed')}"
-    done, planes = attrs.get("planes_done"), attrs.get("planes")
-    status = "yes" if attrs.get("complete") else f"NO: {done} of {planes} plane(s) finished (the run was stopped)"
+    if attrs.get("complete"):
+        status = "yes"
+    elif attrs.get("finished"):
+        status = f"NO: only {describe_bounds(attrs['finished'], attrs['shape'])} is finished (the run was stopped)"
+    else:
+        status = "NO: nothing is finished (the run was stopped)"
     lines = [f"complete: {status}", f"made by:  {made}"]
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
@@ -167,7 +173,7 @@ def _prediction_info(path: Path) -> bool:
     from .safe_output import own_attrs
 
     attrs = own_attrs(path)
-    if attrs is None or "planes" not in attrs:
+    if attrs is None or "finished" not in attrs:
         return False
     group = zarr.open_group(str(path), mode="r")
     print(f"prediction: {path}")

@@ -93,7 +93,8 @@ class TrainResult:
 class PredictResult:
     """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
     Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
-    cancel: then only the first ``planes_done`` planes are finished (the others are zero).
+    cancel (planes not reached are zero); ``planes_done`` counts the planes of the variant's plan
+    that were sampled (its ``finished_region`` says which part of the output they fill).
     ``written``: the files or store the job wrote (partial names after a cancel)."""
 
     mean: Any

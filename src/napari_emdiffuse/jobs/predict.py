@@ -29,7 +29,7 @@ from ..errors import Cancelled
 from ..model_file import Model
 from ..variants import get_variant
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
-from .predict_output import PredictionOutput, in_memory, planes_of
+from .predict_output import PredictionOutput, describe_region, in_memory
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +42,6 @@ class _Cast:
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         self.target[key] = to_dtype(value, self.dtype)
-
-
-class _Rows:
-    """Output wrapper that records which rows of which planes have been written, so that a
-    cancelled run knows the planes it finished (a plane is finished when all its rows are)."""
-
-    def __init__(self, target: Any) -> None:
-        self.target, self.shape = target, target.shape
-        self.written = np.zeros(tuple(target.shape[:-1]), bool)  # (z, y) for a stack, (y,) for a plane
-
-    def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        self.target[key] = value
-        key = key if isinstance(key, tuple) else (key,)
-        self.written[key[: self.written.ndim]] = True
-
-    def planes_done(self) -> int:
-        """How many leading planes are finished (a 2D result: 1 when complete, else 0)."""
-        rows = self.written.reshape(-1, self.written.shape[-1])
-        done = rows.all(axis=1)
-        return len(done) if done.all() else int(np.argmin(done))
 
 
 def predict(
@@ -130,7 +110,7 @@ def predict(
             out_mean, out_std, out_samples = out.allocate(shape, dtype, n_samples, provenance)
         else:
             out_mean, out_std, out_samples = in_memory(shape, dtype, n_samples)
-        mean_w = _Rows(_Cast(out_mean, dtype) if dtype != np.float32 else out_mean)
+        mean_w = _Cast(out_mean, dtype) if dtype != np.float32 else out_mean
         samples_w = _Cast(out_samples, dtype) if out_samples is not None and dtype != np.float32 else out_samples
 
         events: queue.Queue = queue.Queue()
@@ -156,30 +136,34 @@ def predict(
             step_callback=on_step,
         )
         total = sum(tiler.count_steps(h, w) for h, w in variant.plan(image.shape, options))
-        progress = {"offset": 0}
+        progress = {"offset": 0, "planes": 0}
 
         def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
             with torch.inference_mode(), autocast(dev, inference=True):
                 tiler.run(read, h, w, mean, std, samples, plane_key, progress["offset"], total)
             progress["offset"] += tiler.count_steps(h, w)
+            progress["planes"] += 1
 
         def work() -> None:
             variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
 
         yield Progress(0, total, "sampling")
+        complete = True
         try:
             yield from _in_thread(work, events, cancel)
         except Cancelled:
-            pass
-        done = mean_w.planes_done()
-        planes = planes_of(shape)
+            complete = False
+        region = () if complete else variant.finished_region(shape, progress["planes"], options)
         written: list[Path] = []
         if out is not None:
-            written, (out_mean, out_std, out_samples) = out.finish(out_mean, out_std, out_samples, done, geometry.voxel, provenance)
-        if done < planes:
-            kept = f"the {done} finished plane(s) of {planes} are in {', '.join(map(str, written))}" if written else "no plane was finished, nothing is written"
-            yield Message(f"cancelled: {kept}" if out is not None else f"cancelled: {done} of {planes} plane(s) finished", "warning")
-        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, done >= planes, done, tuple(written))
+            written, (out_mean, out_std, out_samples) = out.finish(out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance)
+        if not complete:
+            if region is None:
+                kept = "no plane was finished, nothing is written" if out is not None else "no plane was finished"
+            else:
+                kept = "the finished part " + describe_region(region, shape) + (f" is in {', '.join(map(str, written))}" if written else "")
+            yield Message(f"cancelled: {kept}", "warning")
+        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, progress["planes"], tuple(written))
     finally:
         if out is not None:
             out.close()

@@ -70,9 +70,21 @@ def in_memory(shape: tuple[int, ...], dtype: np.dtype, n_samples: int) -> tuple[
     return np.zeros(shape, dtype), np.zeros(shape, np.float32), samples
 
 
-def planes_of(shape: Sequence[int]) -> int:
-    """Planes a result has: the length of z for a stack, one for a 2D image."""
-    return int(shape[0]) if len(shape) == 3 else 1
+def region_bounds(region: tuple[slice, ...], shape: Sequence[int]) -> list[list[int]]:
+    """``[start, stop]`` per axis of the output that ``region`` (a variant's ``finished_region``) covers."""
+    full = tuple(region) + (slice(None),) * (len(shape) - len(region))
+    return [list(s.indices(int(n))[:2]) for s, n in zip(full, shape)]
+
+
+def describe_bounds(bounds: Sequence[Sequence[int]], shape: Sequence[int]) -> str:
+    """E.g. ``z 0:3 of 8``: the axes a partial result covers only in part."""
+    axes = "zyx"[-len(shape) :]
+    cut = [f"{ax} {a}:{b} of {n}" for ax, (a, b), n in zip(axes, bounds, shape) if (a, b) != (0, n)]
+    return ", ".join(cut) or "all of it"
+
+
+def describe_region(region: tuple[slice, ...], shape: Sequence[int]) -> str:
+    return f"({describe_bounds(region_bounds(region, shape), shape)})"
 
 
 class PredictionOutput:
@@ -103,35 +115,36 @@ class PredictionOutput:
 
         self.staged = StagedStore(self.names.mean)
         group = zarr.open_group(str(self.staged.path), mode="w-")
-        group.attrs.update({CREATED_BY: SOFTWARE, **attrs, "complete": False, "planes_done": 0, "planes": planes_of(shape)})
+        group.attrs.update({CREATED_BY: SOFTWARE, **attrs, "complete": False, "finished": None, "shape": list(shape)})
         mean = group.zeros(name="mean", shape=shape, dtype=dtype, chunks=chunks)
         std = group.zeros(name="std", shape=shape, dtype=np.float32, chunks=chunks)
         samples = group.zeros(name="samples", shape=(n_samples, *shape), dtype=dtype, chunks=(1, *chunks)) if n_samples else None
         return mean, std, samples
 
-    def finish(self, mean: Any, std: Any, samples: Any, done: int, voxel: Sequence[float], provenance: dict[str, Any]) -> tuple[list[Path], tuple[Any, Any, Any]]:
-        """Write what is complete: everything when ``done`` covers every plane, else the first
-        ``done`` planes as partial TIFFs (none when no plane is finished), or the store, marked
-        incomplete, under its partial name. Returns the paths written and the result arrays (a
-        store's arrays reopened where it now lies)."""
-        total = planes_of(mean.shape)
-        complete = done >= total
-        status = {"complete": complete, "planes_done": int(done), "planes": total}
+    def finish(
+        self, mean: Any, std: Any, samples: Any, complete: bool, region: tuple[slice, ...] | None, voxel: Sequence[float], provenance: dict[str, Any]
+    ) -> tuple[list[Path], tuple[Any, Any, Any]]:
+        """Write what is complete: everything under the final names, or after a cancel the
+        finished ``region`` (a variant's ``finished_region``; None: nothing) as partial TIFFs,
+        or the whole store, marked incomplete, under its partial name. Returns the paths
+        written and the result arrays (a store's arrays reopened where it now lies)."""
+        shape = tuple(mean.shape)
+        bounds = region_bounds(region, shape) if region is not None else None
+        status = {"complete": complete, "finished": bounds, "shape": list(shape)}
         if self.names.store:
-            return self._finish_store(complete, done, status)
-        if not done:
+            return self._finish_store(complete, status)
+        if region is None:
             return [], (mean, std, samples)
-        cut = (lambda a: a) if complete else (lambda a: a[:done])  # noqa: E731 - a 2D result is all or nothing
         where = (lambda p: p) if complete else OutputNames.partial  # noqa: E731
         from ..data.io import write_tiff
 
-        written = [write_tiff(where(self.names.mean), cut(mean), voxel, self.inputs, {**provenance, **status})]
-        written.append(write_tiff(where(self.names.std), cut(std), voxel, self.inputs, {**provenance, **status, "role": "uncertainty"}))
+        written = [write_tiff(where(self.names.mean), mean[region], voxel, self.inputs, {**provenance, **status})]
+        written.append(write_tiff(where(self.names.std), std[region], voxel, self.inputs, {**provenance, **status, "role": "uncertainty"}))
         for k, p in enumerate(self.names.samples):
-            written.append(write_tiff(where(p), cut(samples[k]), voxel, self.inputs, {**provenance, **status, "role": f"sample {k}"}))
+            written.append(write_tiff(where(p), samples[k][region], voxel, self.inputs, {**provenance, **status, "role": f"sample {k}"}))
         return written, (mean, std, samples)
 
-    def _finish_store(self, complete: bool, done: int, status: dict[str, Any]) -> tuple[list[Path], tuple[Any, Any, Any]]:
+    def _finish_store(self, complete: bool, status: dict[str, Any]) -> tuple[list[Path], tuple[Any, Any, Any]]:
         import zarr
 
         assert self.staged is not None

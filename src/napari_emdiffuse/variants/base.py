@@ -40,6 +40,9 @@ class Roi:
     x0: int
     x1: int
 
+    def __str__(self) -> str:
+        return f"y {self.y0}:{self.y1}, x {self.x0}:{self.x1}"
+
     def clip(self, height: int, width: int) -> "Roi":
         r = Roi(max(0, self.y0), min(height, self.y1), max(0, self.x0), min(width, self.x1))
         if r.y1 <= r.y0 or r.x1 <= r.x0:
@@ -215,6 +218,13 @@ class Variant(ABC):
     ) -> None:
         """Sample every plane through ``run_plane(read, height, width, mean, std, samples, plane_key)``
         and write the results (in the input's intensity units) into the outputs."""
+
+    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
+        """The part of the output complete after :meth:`predict` stopped with ``planes_done``
+        planes of :meth:`plan` sampled (None: nothing). Planes are sampled in z order here."""
+        if planes_done <= 0:
+            return None
+        return () if len(out_shape) == 2 else (slice(0, min(planes_done, out_shape[0])),)
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         """A warning when the input's voxel size does not suit the model (None: nothing to say)."""

@@ -182,6 +182,12 @@ class IsoA(Variant):
         r = options.factor
         return Geometry((output_slices(shape[0], r), *shape[1:]), (voxel[0] / r, *voxel[1:]))
 
+    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
+        """The xz planes are sampled row by row (y): the rows finished are complete in every z."""
+        if planes_done <= 0:
+            return None
+        return (slice(None), slice(0, min(planes_done, out_shape[1])))
+
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])
 

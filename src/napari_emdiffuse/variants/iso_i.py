@@ -110,6 +110,12 @@ class IsoI(Variant):
         k = options.factor
         return Geometry(((shape[0] - 1) * k + 1, *shape[1:]), (voxel[0] / k, *voxel[1:]))
 
+    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
+        """Each gap sampled completes the planes up to the input slice after it."""
+        if planes_done <= 0:
+            return None
+        return (slice(0, min(planes_done * options.factor + 1, out_shape[0])),)
+
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])
 

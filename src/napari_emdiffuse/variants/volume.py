@@ -44,7 +44,7 @@ def anisotropy_warning(voxel: Sequence[float], factor: float, title: str) -> str
     return (
         f"this {title} model fills in a factor of {factor:g} between slices, but the input's z voxel is "
         f"{ratio:.3g} times its xy voxel: the output will not be isotropic. Train or fine-tune a model "
-        f"with factor {ratio:.3g} (--option factor=...), or check the input's voxel size."
+        f"with factor {ratio:.3g} (the variant option 'factor'), or check the input's voxel size."
     )
 
 
