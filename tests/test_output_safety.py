@@ -234,6 +234,13 @@ def test_a_really_full_disk(tiny_disk, model_dir, stack, capsys):
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["old.tif"]
 
 
+def test_a_read_only_destination_is_refused_before_computing(tiny_disk, model_dir, stack, capsys):
+    if subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], capture_output=True).returncode:
+        pytest.skip("cannot remount the tmpfs read-only")
+    err = error_of(capsys, predict_args(model_dir, stack, tiny_disk / "out.tif"))
+    assert "cannot write there" in err and "Read-only" in err
+
+
 def test_destination_problems_are_found_before_computing(tmp_path, model_dir, stack):
     from napari_emdiffuse.model_file import Model
 
@@ -362,3 +369,18 @@ def test_the_old_in_memory_api_still_returns_everything(model_dir, stack):
 
     res = run_predict(Model.load(model_dir), tifffile.imread(stack), sample=Model.load(model_dir).preset.sample.model_copy(update={"steps": 2}))
     assert res.complete and res.planes_done == 2 and res.written == ()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_store_is_replaced_only_once_the_new_one_is_in_place(tmp_path, monkeypatch, exchange):
+    if not exchange:  # systems without renameat2: two renames
+        monkeypatch.setattr(safe_output, "_exchange", lambda a, b: False)
+    dest = tmp_path / "s.zarr"
+    dest.mkdir()
+    (dest / "old").write_text("old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "fresh").write_text("new")
+    safe_output.swap_in(new, dest)
+    assert [p.name for p in dest.iterdir()] == ["fresh"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

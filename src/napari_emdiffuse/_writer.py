@@ -53,13 +53,15 @@ def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import tifffile
 
     from .data.io import write_tiff as write_calibrated
+    from .data.safe_output import replacing_file
 
     arr = _check(data, meta, "TIFF")
     voxel = _voxel_um(meta, arr.ndim)
     if voxel is not None:
         write_calibrated(path, arr, voxel)
     else:
-        tifffile.imwrite(path, np.asarray(arr), compression="zlib")
+        with replacing_file(path) as tmp:  # beside the target, renamed into place when complete
+            tifffile.imwrite(tmp, np.asarray(arr), compression="zlib")
     return [str(path)]
 
 
@@ -76,6 +78,7 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import zarr
 
     from .data.containers import write_ome_zarr as write_container
+    from .data.safe_output import swap_in
 
     arr = _check(data, meta, "OME-Zarr")
     final = Path(path)
@@ -100,7 +103,5 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             ds["coordinateTransformations"].append({"type": "translation", "translation": um})
     multiscales[0]["name"] = str(meta.get("name", final.stem))
     group.attrs["multiscales"] = multiscales
-    if final.exists():
-        shutil.rmtree(final)
-    target.rename(final)
+    swap_in(target, final)  # the old store is removed only once the new one is in place
     return [str(path)]

@@ -129,23 +129,28 @@ class StagedStore:
         os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp's folders are owner-only
 
     def commit(self, to: str | Path | None = None) -> Path:
-        dest = Path(to) if to is not None else self.final
-        if dest.exists() or dest.is_symlink():
-            if not (dest.is_dir() and not dest.is_symlink() and _exchange(self.path, dest)):
-                old = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), dir=dest.parent))
-                os.rmdir(old)
-                os.rename(dest, old)
-                os.rename(self.path, dest)
-                self.path = old
-            _remove(self.path)  # the old store, now under the temporary name
-        else:
-            os.rename(self.path, dest)
-        _fsync_dir(dest.parent)
-        self.path = dest
-        return dest
+        self.path = swap_in(self.path, Path(to) if to is not None else self.final)
+        return self.path
 
     def discard(self) -> None:
         _remove(self.path)
+
+
+def swap_in(new: Path, dest: Path) -> Path:
+    """Put the finished folder ``new`` at ``dest``; what was there is removed only once the new
+    one is in place (swapped in one step where the system can, else by two renames)."""
+    if dest.exists() or dest.is_symlink():
+        if not (dest.is_dir() and not dest.is_symlink() and _exchange(new, dest)):
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), dir=dest.parent))
+            os.rmdir(old)
+            os.rename(dest, old)
+            os.rename(new, dest)
+            new = old
+        _remove(new)  # the old store, now under the temporary name
+    else:
+        os.rename(new, dest)
+    _fsync_dir(dest.parent)
+    return dest
 
 
 def _remove(path: Path) -> None:
