@@ -2,7 +2,9 @@
 
 The formats themselves are read by :func:`napari_emdiffuse.data.io.read_image`; this module
 turns what it returns into layers: the voxel size (µm) into ``scale`` and ``units``, an OME-Zarr
-pyramid into a multiscale layer, an OME-Zarr translation into ``translate``, and a zarr group of
+pyramid into a multiscale layer, the position of the first pixel (an OME-Zarr translation, an
+ImageJ TIFF's origin) into ``translate``, the saved display window (OME-Zarr ``omero``, ImageJ
+``min``/``max``) or else percentiles of the data into ``contrast_limits``, and a zarr group of
 several arrays (such as a prediction written by ``emdiffuse predict``: ``mean``, ``std``) into one
 layer each, the standard deviation shown as an uncertainty map.
 """
@@ -12,11 +14,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from .errors import InputError
 
 LayerData = tuple[Any, dict[str, Any], str]
-FILE_SUFFIXES = (".tif", ".tiff", ".btf", ".mrc", ".rec", ".st", ".ali", ".map", ".mrcs", ".h5", ".hdf5", ".hdf")
 UNCERTAINTY_NAMES = ("std", "uncertainty")
+#: Suffixes the core reads that napari reads as well and better (ordinary pictures): not claimed.
+LEFT_TO_NAPARI = (".png",)
+#: Percentiles of the data that set the contrast of a layer with no saved display window.
+CONTRAST_PERCENTILES = (0.1, 99.9)
+
+
+def file_suffixes() -> tuple[str, ...]:
+    """The file suffixes this reader takes: those of :func:`data.io.read_image`, pictures aside."""
+    from .data.io import FILE_SUFFIXES
+
+    return tuple(s for s in FILE_SUFFIXES if s not in LEFT_TO_NAPARI)
+
+
+def filename_patterns() -> list[str]:
+    """The patterns napari.yaml must list (checked by a test): every suffix in lower and upper
+    case, and zarr and N5 folders."""
+    suffixes = [*file_suffixes(), ".zarr", ".n5"]
+    return [f"*{s}" for s in suffixes] + [f"*{s.upper()}" for s in suffixes]
 
 
 def _kind(path: Path) -> str | None:
@@ -24,7 +45,7 @@ def _kind(path: Path) -> str | None:
 
     if path.is_dir():
         return container_kind(path) or ("zarr" if path.suffix.lower() == ".zarr" else None)
-    if path.is_file() and path.name.lower().endswith(FILE_SUFFIXES):
+    if path.is_file() and path.name.lower().endswith(file_suffixes()):
         return "file"
     return None
 
@@ -48,9 +69,9 @@ def read_paths(path: str | Sequence[str]) -> list[LayerData]:
 
 def geometry_kwargs(voxel: Sequence[float], translate: Sequence[float] | None = None) -> dict[str, Any]:
     """Layer keyword arguments for a voxel size in µm; an uncalibrated one (all 1) stays in pixels."""
-    if all(v == 1.0 for v in voxel):
-        return {}
-    out: dict[str, Any] = {"scale": tuple(float(v) for v in voxel), "units": ("micrometer",) * len(voxel)}
+    out: dict[str, Any] = {}
+    if not all(v == 1.0 for v in voxel):
+        out = {"scale": tuple(float(v) for v in voxel), "units": ("micrometer",) * len(voxel)}
     if translate is not None and any(translate):
         out["translate"] = tuple(float(t) for t in translate)
     return out
@@ -64,11 +85,62 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     data: Any = image.data
     if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
         data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
-    translate = _ngff_translation(path / dataset if dataset else path, image.data.ndim) if image.meta.get("format") == "ome-zarr" else None
-    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(image.voxel, translate)}
+    translate, window, voxel = None, None, image.voxel
+    if image.meta.get("format") == "ome-zarr":
+        folder = path / dataset if dataset else path
+        translate, window = _ngff_translation(folder, image.data.ndim), _omero_window(folder)
+    elif image.meta.get("format") == "tiff":
+        data, voxel, translate, window = _imagej_extras(path, data, voxel)
+    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(voxel, translate)}
+    kwargs["contrast_limits"] = window or _contrast(data[-1] if levels > 1 else image.data)
     if levels > 1:
         kwargs["multiscale"] = True
     return data, kwargs, "image"
+
+
+def _contrast(data: Any) -> tuple[float, float]:
+    """Contrast limits from percentiles of (planes spread through) the data: napari cannot
+    measure a lazy float volume and would show 0-1, white for most EM results."""
+    from ._widgets.layers import sample_values
+
+    if np.dtype(data.dtype) == np.uint8:
+        return (0.0, 255.0)
+    values = sample_values(data)
+    if not values.size:
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(values, CONTRAST_PERCENTILES))
+    return (lo, hi if hi > lo else lo + 1.0)
+
+
+def _omero_window(folder: Path) -> tuple[float, float] | None:
+    """The display window an OME-Zarr image saved (``omero.channels[0].window``), if any."""
+    import zarr
+
+    attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
+    channels = ((attrs.get("ome") or attrs).get("omero") or {}).get("channels") or [{}]
+    window = channels[0].get("window") or {}
+    if "start" in window and "end" in window and float(window["end"]) > float(window["start"]):
+        return (float(window["start"]), float(window["end"]))
+    return None
+
+
+def _imagej_extras(path: Path, data: Any, voxel: tuple[float, ...]) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None, tuple[float, float] | None]:
+    """What an ImageJ TIFF adds: a single slice saved as a stack (``spacing`` set) stays a stack
+    of one, so its z position survives; the origin (``xorigin``..., pixels) as a translation in
+    µm; the display range (``min``/``max``)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        ij = tf.imagej_metadata or {}
+    if data.ndim == 2 and "spacing" in ij:
+        from .data.io import unit_to_um
+
+        data, voxel = data[None], (float(ij["spacing"]) * (unit_to_um(ij.get("unit", "um")) or 1.0), *voxel)
+    origin = tuple(-float(ij.get(f"{ax}origin", 0.0)) * v for ax, v in zip("zyx"[-len(voxel) :], voxel))
+    window = None
+    if "min" in ij and "max" in ij and float(ij["max"]) > float(ij["min"]):
+        window = (float(ij["min"]), float(ij["max"]))
+    return data, voxel, (origin if any(origin) else None), window
 
 
 def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:

@@ -15,8 +15,6 @@ import numpy as np
 
 SAMPLE = "isbi2012_sstem_crop.tif"
 CITATION = "ISBI 2012 ssTEM, Drosophila L1 VNC (Cardona et al. 2010, PLoS Biol 8:e1000502)"
-NOISY_DOSE = 20.0
-NOISY_READ_NOISE = 0.03
 
 
 def sample_path() -> Path:
@@ -41,10 +39,12 @@ def sstem_clean() -> list[tuple[Any, dict[str, Any], str]]:
 def sstem_noisy() -> list[tuple[Any, dict[str, Any], str]]:
     """The same crop with simulated low-dose noise (Poisson at 20 counts + 3 % read noise), in the
     clean crop's grey values so the two can be compared directly."""
-    from .data.degrade import poisson_gaussian, to_unit
+    from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian
+    from .data.normalise import fit_normaliser
 
     data, kwargs = _clean()
-    noisy = poisson_gaussian(to_unit(data), NOISY_DOSE, NOISY_READ_NOISE, seed=0) * np.iinfo(data.dtype).max
+    grey = fit_normaliser(data)
+    noisy = grey.from_unit(poisson_gaussian(grey.to_unit(data), DEFAULT_DOSE, DEFAULT_READ_NOISE, seed=0))
     kwargs["name"] = "ssTEM noisy (simulated)"
-    kwargs["metadata"] = {**kwargs["metadata"], "simulated": f"Poisson-Gaussian, dose {NOISY_DOSE}, read noise {NOISY_READ_NOISE}"}
+    kwargs["metadata"] = {**kwargs["metadata"], "simulated": f"Poisson-Gaussian, dose {DEFAULT_DOSE}, read noise {DEFAULT_READ_NOISE}"}
     return [(noisy.astype(np.float32), kwargs, "image")]

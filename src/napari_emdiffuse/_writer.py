@@ -48,20 +48,27 @@ def _check(data: Any, meta: dict[str, Any], what: str) -> Any:
     return arr
 
 
-def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """An image layer as a TIFF with the voxel size in µm (pixel-unit layers without one)."""
-    import tifffile
+def _origin_um(meta: dict[str, Any], voxel: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """The layer's ``translate`` (the first pixel's position) in µm, or in pixels for a layer in pixels."""
+    translate = [float(t) for t in (meta.get("translate") or [0.0] * ndim)]
+    if voxel is None:
+        return tuple(translate)
+    return tuple(t * v / s for t, v, s in zip(translate, voxel, meta.get("scale") or [1.0] * ndim))
 
+
+def _window(meta: dict[str, Any]) -> tuple[float, float] | None:
+    limits = meta.get("contrast_limits")
+    return (float(limits[0]), float(limits[1])) if limits is not None and len(limits) == 2 else None
+
+
+def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """An image layer as a TIFF with the voxel size in µm (pixels for pixel-unit layers), the
+    position of its first pixel and its contrast limits (ImageJ origin and display range)."""
     from .data.io import write_tiff as write_calibrated
-    from .data.safe_output import replacing_file
 
     arr = _check(data, meta, "TIFF")
     voxel = _voxel_um(meta, arr.ndim)
-    if voxel is not None:
-        write_calibrated(path, arr, voxel)
-    else:
-        with replacing_file(path) as tmp:  # beside the target, renamed into place when complete
-            tifffile.imwrite(tmp, np.asarray(arr), compression="zlib")
+    write_calibrated(path, arr, voxel or (1.0,) * arr.ndim, origin=_origin_um(meta, voxel, arr.ndim), display_range=_window(meta))
     return [str(path)]
 
 
@@ -96,12 +103,18 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     if voxel is None:  # a layer in pixels: say so, rather than claim micrometres
         for axis in multiscales[0]["axes"]:
             axis.pop("unit", None)
-    translate = [float(t) for t in (meta.get("translate") or [0.0] * arr.ndim)]
-    if voxel is not None and any(translate):
-        um = [t * v / s for t, v, s in zip(translate, voxel, meta.get("scale") or [1.0] * arr.ndim)]
+    origin = _origin_um(meta, voxel, arr.ndim)
+    if any(origin):
         for ds in multiscales[0]["datasets"]:
-            ds["coordinateTransformations"].append({"type": "translation", "translation": um})
+            ds["coordinateTransformations"].append({"type": "translation", "translation": list(origin)})
     multiscales[0]["name"] = str(meta.get("name", final.stem))
     group.attrs["multiscales"] = multiscales
+    window = _window(meta)
+    if window is not None:  # NGFF 0.4's display settings, which napari-ome-zarr and Fiji read too
+        group.attrs["omero"] = {
+            "channels": [{"label": multiscales[0]["name"], "color": "FFFFFF", "active": True,
+                          "window": {"start": window[0], "end": window[1], "min": window[0], "max": window[1]}}],
+            "rdefs": {"model": "greyscale"},
+        }  # fmt: skip
     swap_in(target, final)  # the old store is removed only once the new one is in place
     return [str(path)]

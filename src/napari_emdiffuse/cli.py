@@ -9,14 +9,17 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
+import traceback
+import unicodedata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence, get_args
 
 import numpy as np
 
-from .errors import EMDiffuseError, InputError
+from .errors import EMDiffuseError, InputError, naming
 
 log = logging.getLogger("napari_emdiffuse")
 
@@ -55,15 +58,26 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|.)")
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal escape sequences or control characters (line breaks and tabs
+    kept): a model card from someone else's folder must not move the cursor or retitle the
+    terminal."""
+    text = _ESCAPES.sub("", text)
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import bundled_models, describe_model, resolve_model
 
     if args.show:
         model = resolve_model(args.show)
-        print(model.info.card or f"{args.show}: this model has no model card")
+        print(printable(model.info.card) or f"{args.show}: this model has no model card")
         return 0
     for name, folder in sorted(bundled_models().items()):
-        print(f"{name:<15} {describe_model(folder)}")
+        print(printable(f"{name:<15} {describe_model(folder)}"))
     print("(`emdiffuse models --show NAME` prints a model's card; `emdiffuse predict --model NAME` uses it)")
     return 0
 
@@ -100,7 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     notes = []
     if args.clean:
         img = _read(args.clean, "clean images")
-        arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
+        with naming({"clean images": args.clean}):
+            arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
         notes.append(f"clean {args.clean} with simulated degradation (dose {args.dose}, read noise {args.read_noise})")
     if args.data:
         from .data.prepare import load_training_set
@@ -124,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
         )
-        result = _drive(events, args.quiet, preset.train.iterations)
+        with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
+            result = _drive(events, args.quiet, preset.train.iterations)
     print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if result.reason == "cancelled" else 0
 
@@ -219,12 +235,13 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.io import TIFF_DTYPES
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
     from .jobs.predict_output import OutputNames
     from .models import resolve_model
 
-    OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
+    names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
     img = _read(args.input, "input")
     over: dict[str, Any] = {}
@@ -232,6 +249,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     sample = model.preset.with_overrides({"sample": over}).sample
+    if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
+        raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
     token = new_cancel_token()
     with _ctrl_c_cancels(token) as stop:
         events = predict(
@@ -248,7 +267,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             model_name=str(args.model),
         )
-        result = _drive(events, args.quiet)
+        with naming({"image": args.input}):
+            result = _drive(events, args.quiet)
     if not result.complete:  # the job's message said what was kept
         return stop.exit_status()
     print("wrote " + " and ".join(str(p) for p in result.written[:2]) + (f" and {len(result.written) - 2} sample(s)" if len(result.written) > 2 else ""))
@@ -256,9 +276,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine.samplers import SAMPLERS
+    from .arg_types import number
+    from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
+    from .config import SamplerName
 
-    p = argparse.ArgumentParser(prog="emdiffuse", description="Diffusion-model enhancement of electron microscopy images.")
+    p = _Parser(prog="emdiffuse", description="Diffusion-model enhancement of electron microscopy images.")
     p.add_argument("-v", "--verbose", action="store_true", help="more messages, and tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -270,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--volume", help="a volume (vEM variants)")
     t.add_argument("--data", help="a training set made by `emdiffuse prepare` (zarr)")
     t.add_argument("--clean", help="clean images only: the degradation is simulated")
-    t.add_argument("--dose", type=float, default=20.0, help="simulated dose: counts at full scale (with --clean)")
-    t.add_argument("--read-noise", type=float, default=0.03, help="simulated read noise, fraction of range (with --clean)")
+    t.add_argument("--dose", type=number(0, low_open=True), default=DEFAULT_DOSE, help="simulated dose: counts at full scale (with --clean)")
+    t.add_argument("--read-noise", type=number(0), default=DEFAULT_READ_NOISE, help="simulated read noise, fraction of range (with --clean)")
     t.add_argument("--out", required=True, help="run folder: model.json, weights and checkpoint go here")
     t.add_argument("--iterations", type=int)
     t.add_argument("--minutes", type=float, help="stop after this many minutes")
@@ -290,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", required=True, help="model folder, or the name of a bundled model")
     r.add_argument("--input", required=True)
     r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written), OUT.ome.tif or OUT.zarr")
-    r.add_argument("--sampler", choices=sorted(SAMPLERS))
+    r.add_argument("--sampler", choices=sorted(get_args(SamplerName)))
     r.add_argument("--steps", type=int, help="sampler steps (network evaluations per sample)")
     r.add_argument("--spacing", choices=["karras", "uniform", "emdiffuse-test"], help="noise levels; emdiffuse-test: the original's test schedule")
     r.add_argument("--samples", type=int, help="samples averaged; their spread is the uncertainty")
@@ -320,23 +342,75 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other error (argparse prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+class _Stderr(logging.StreamHandler):
+    """Messages to whatever ``sys.stderr`` is now (it is replaced under tests and in notebooks)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    """Our warnings always, our progress notes with ``-v``; other libraries' log messages only
+    with ``-v`` (their failures reach the user as our one-line errors)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(old)
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda r: verbose or r.name.split(".")[0] == "napari_emdiffuse")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its status: 0 done, 2 a problem the user can fix, 1 an internal error,
+    130 interrupted by Ctrl-C, 143 by SIGTERM. Nothing a user can cause ends in a traceback (``-v`` shows one)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error already printed on one line
+        return stop.code if isinstance(stop.code, int) else 2
+    _log_to_stderr(args.verbose)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt as err:
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or SIGTERM outside a cancellable job
         print("emdiffuse: interrupted; nothing incomplete is left under the output's name", file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
+    except MemoryError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"emdiffuse {args.command}: error: not enough memory ({_one_line(err)}); write .zarr output, use a smaller region or tile size", file=sys.stderr)
+        return 2
     except (EMDiffuseError, ValueError, OSError) as err:
         if args.verbose:
-            raise
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"emdiffuse {args.command}: error: {msg}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"emdiffuse {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug of ours: still one line, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        print(f"emdiffuse {args.command}: internal error: {type(err).__name__}: {_one_line(err)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

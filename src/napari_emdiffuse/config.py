@@ -10,18 +10,19 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from .errors import EMDiffuseError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
+
 FORMAT_VERSION = 1
+#: bounds of counts a user sets: a typo such as 1e9 iterations is refused, not run for years
+MAX_STEPS = 10_000_000
+MAX_MINUTES = 60 * 24 * 30
+MAX_SEED = 2**32 - 1
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 DeviceName = str  # "auto", "cpu", "cuda", "cuda:N", "mps"
-
-
-class ConfigError(EMDiffuseError, ValueError):
-    """A preset or configuration value that cannot be used; the message says which and why."""
 
 
 class _Strict(BaseModel):
@@ -32,7 +33,7 @@ class NetworkConfig(_Strict):
     """Shape of the conditional UNet."""
 
     base_channels: int = Field(32, ge=4, le=512, description="width of the first level")
-    channel_mults: tuple[int, ...] = Field((1, 2, 4, 8), min_length=1, max_length=6)
+    channel_mults: tuple[Annotated[int, Field(ge=1, le=16)], ...] = Field((1, 2, 4, 8), min_length=1, max_length=6)
     num_res_blocks: int = Field(2, ge=1, le=8)
     attention_levels: tuple[int, ...] = Field((), description="levels (0 = full resolution) with self-attention")
     bottleneck_attention: bool = True
@@ -78,19 +79,19 @@ class TrainConfig(_Strict):
     patch_size: int = Field(128, ge=16, le=1024)
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(1e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    ema_warmup: int = Field(100, ge=0, description="steps over which the EMA decay ramps up linearly from 0 to ema_decay (0: constant)")
-    grad_clip: float = Field(1.0, gt=0.0)
-    iterations: int = Field(10000, ge=1)
-    minutes: float | None = Field(None, gt=0.0, description="stop after this wall-clock budget")
-    val_every: int = Field(500, ge=1)
+    ema_warmup: int = Field(100, ge=0, le=MAX_STEPS, description="steps over which the EMA decay ramps up linearly from 0 to ema_decay (0: constant)")
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6)
+    iterations: int = Field(10000, ge=1, le=MAX_STEPS)
+    minutes: float | None = Field(None, gt=0.0, le=MAX_MINUTES, description="stop after this wall-clock budget")
+    val_every: int = Field(500, ge=1, le=MAX_STEPS)
     val_patches: int = Field(8, ge=1, le=256)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the data held out, by region")
     val_steps: int = Field(4, ge=1, le=1000, description="fast-sampler steps for validation PSNR")
-    checkpoint_every: int = Field(250, ge=1)
-    seed: int = 0
-    min_foreground_std: float = Field(0.02, ge=0.0, description="reject patches whose target is flatter than this")
+    checkpoint_every: int = Field(250, ge=1, le=MAX_STEPS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    min_foreground_std: float = Field(0.02, ge=0.0, le=2.0, description="reject patches whose target is flatter than this")
 
     @field_validator("patch_size")
     @classmethod
@@ -113,7 +114,7 @@ class SampleConfig(_Strict):
     tile_size: int = Field(256, ge=32, le=4096)
     overlap: int = Field(32, ge=0, le=1024)
     tile_batch: int = Field(8, ge=1, le=1024, description="tiles x samples evaluated together")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "SampleConfig":
@@ -211,10 +212,14 @@ def builtin_presets() -> dict[str, Path]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a folder, pipe or device); give a JSON preset file")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read preset ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a JSON text file (it is not UTF-8 text)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -238,7 +243,7 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     data = _read_json(path)
     base_name = data.pop("base", None) if isinstance(data, dict) else None
     if base_name is not None:
-        if base_name not in presets:
+        if not isinstance(base_name, str) or base_name not in presets:
             raise ConfigError(f"{path}: base {base_name!r} is not a built-in preset; choose one of {sorted(presets)}")
         data = _deep_merge(_read_json(presets[base_name]), data)
     preset = parse_preset(data, source=str(path))

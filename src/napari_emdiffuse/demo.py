@@ -41,9 +41,9 @@ def figure(path: Path, panels: list[tuple[str, np.ndarray]], cmap_last: str = "m
 
 
 def run_demo(out: Path, slices: int, samples: int, steps: int, device: str) -> dict:
-    from ._sample_data import NOISY_DOSE, NOISY_READ_NOISE, sample_path
+    from ._sample_data import sample_path
     from .config import SampleConfig
-    from .data.degrade import poisson_gaussian, to_unit
+    from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
     from .data.io import read_image, write_tiff
     from .jobs.predict import run_predict
     from .metrics import psnr, ssim
@@ -52,7 +52,7 @@ def run_demo(out: Path, slices: int, samples: int, steps: int, device: str) -> d
     model = resolve_model(DEFAULT_MODEL)
     sample = read_image(sample_path())
     clean = to_unit(np.asarray(sample.data[:slices]))
-    noisy = poisson_gaussian(clean, NOISY_DOSE, NOISY_READ_NOISE, seed=0)
+    noisy = poisson_gaussian(clean, DEFAULT_DOSE, DEFAULT_READ_NOISE, seed=0)
     cfg = model.preset.sample.model_copy(update={"samples": samples, "steps": steps})
     cfg = SampleConfig.model_validate(cfg.model_dump())
     print(f"denoising {slices} x {clean.shape[1]} x {clean.shape[2]} px of real ssTEM with {DEFAULT_MODEL} "

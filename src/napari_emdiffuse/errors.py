@@ -1,5 +1,10 @@
 """Exceptions a user can cause; the CLI prints their message on one line, the widgets notify it."""
 
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
 
 class EMDiffuseError(Exception):
     """Base class: something the user can fix, with a message that says how."""
@@ -7,6 +12,10 @@ class EMDiffuseError(Exception):
 
 class InputError(EMDiffuseError, ValueError):
     """Input data that cannot be used (shape, dtype, NaN, empty, mismatched pair, unreadable file)."""
+
+
+class ConfigError(EMDiffuseError, ValueError):
+    """A preset or configuration value that cannot be used; the message says which and why."""
 
 
 class ModelFileError(EMDiffuseError):
@@ -19,3 +28,17 @@ class DeviceError(EMDiffuseError):
 
 class Cancelled(EMDiffuseError):
     """Raised inside a job when the user cancelled it; partial results are kept."""
+
+
+@contextlib.contextmanager
+def naming(files: dict[str, object]) -> Iterator[None]:
+    """Data errors say which file they are about: the jobs call their arrays by role ("input
+    contains NaN ..."); inside this block the role becomes ``input FILE``."""
+    try:
+        yield
+    except InputError as err:
+        text = str(err)
+        for role, path in files.items():
+            if path and text.startswith(f"{role} "):
+                raise InputError(f"{role} {path}{text[len(role):]}") from None
+        raise

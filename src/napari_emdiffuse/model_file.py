@@ -13,25 +13,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import ConfigError, NetworkConfig, Preset, parse_preset
+from .config import NetworkConfig, Preset, parse_preset
 from .data.safe_output import replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
-from .errors import ModelFileError
+from .errors import ConfigError, ModelFileError
 
 MODEL_FORMAT = 1
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
+#: copies of the weights training holds at once (network, EMA, gradients, two Adam moments)
+TRAINING_COPIES = 5
+MAX_CHANNELS = 64
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors so that a kill at any moment leaves the old file or the new one."""
     with replacing_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def tensor_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of every tensor in a safetensors file, from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: cannot read weights ({err}); the file may be truncated or not a safetensors file") from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -66,6 +79,8 @@ class Model:
     def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
         self.preset = preset
         self.info = info
+        if network is None:
+            declared_network(preset, info, f"preset {preset.name!r}")
         self.network = network or build_network(preset.network, info.out_channels, info.cond_channels)
 
     @property
@@ -101,13 +116,25 @@ class Model:
         meta = read_model_json(folder)
         weights = folder / WEIGHTS
         if not weights.is_file():
-            raise ModelFileError(f"{folder}: {WEIGHTS} is missing")
-        model = cls.from_json(meta, source=str(folder))
+            raise ModelFileError(f"{folder}: {WEIGHTS} is missing" + (" (there is a pipe or device of that name, not a file)" if weights.exists() else ""))
+        preset, info = cls.parse_json(meta, source=str(folder))
+        declared = declared_network(preset, info, str(folder))
+        header = tensor_header(weights)
+        _compare(declared.state_dict(), {k: shape for k, (shape, _) in header.items()}, str(weights))
+        ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
+        if ints:
+            raise ModelFileError(f"{weights}: weights must be floating point, but {ints[0]} is {header[ints[0]][1]} ({len(ints)} such tensors)")
+        model = cls(preset, info)
         load_state_strict(model.network, load_tensors(weights), str(weights))
         return model
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], source: str = "model.json") -> "Model":
+        return cls(*cls.parse_json(meta, source))
+
+    @staticmethod
+    def parse_json(meta: dict[str, Any], source: str = "model.json") -> tuple[Preset, ModelInfo]:
+        """The preset and metadata ``model.json`` declares, checked, without building anything."""
         try:
             preset = parse_preset(meta["preset"], source=f"{source} (preset)")
             info = ModelInfo(
@@ -118,11 +145,14 @@ class Model:
                 metrics=dict(meta.get("metrics") or {}),
                 card=str(meta.get("card", "")),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             if isinstance(err, ConfigError):
                 raise ModelFileError(str(err)) from None
-            raise ModelFileError(f"{source}: {MODEL_JSON} is incomplete ({err!r})") from None
-        return cls(preset, info)
+            raise ModelFileError(f"{source}: {MODEL_JSON} is incomplete or malformed ({err!r})") from None
+        for key in ("out_channels", "cond_channels"):
+            if not 1 <= getattr(info, key) <= MAX_CHANNELS:
+                raise ModelFileError(f"{source}: {MODEL_JSON} key {key!r} is {getattr(info, key)}; expected 1 to {MAX_CHANNELS}")
+        return preset, info
 
 
 def read_model_json(folder: Path) -> dict[str, Any]:
@@ -142,19 +172,47 @@ def read_model_json(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights, failing loudly on any missing, extra or mis-shaped tensor."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or extra or shapes:
+def declared_network(preset: Preset, info: ModelInfo, source: str) -> torch.nn.Module:
+    """The network built on the meta device (shapes only, no memory), refused when training it
+    would not fit this machine: a model.json can declare any size, and is checked before
+    anything is allocated."""
+    from .data.io import memory_budget
+
+    with torch.device("meta"):
+        net = build_network(preset.network, info.out_channels, info.cond_channels)
+    params = sum(p.numel() for p in net.parameters())
+    need = params * 4 * TRAINING_COPIES
+    if need > memory_budget():
+        raise ModelFileError(
+            f"{source}: the network it declares has {params / 1e6:,.0f} million parameters; training it needs "
+            f"{need / 2**30:,.1f} GiB, more than this machine's {memory_budget() / 2**30:,.1f} GiB budget (corrupt file, or use a smaller preset)"
+        )
+    return net
+
+
+def _compare(own: dict[str, Any], shapes: dict[str, Any], source: str) -> None:
+    """Refuse weights with missing, extra or mis-shaped tensors, naming one of each."""
+    missing = sorted(set(own) - set(shapes))
+    extra = sorted(set(shapes) - set(own))
+    bad = [k for k in own if k in shapes and tuple(own[k].shape) != tuple(shapes[k])]
+    if missing or extra or bad:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if extra:
             parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
-        if shapes:
-            parts.append(f"{len(shapes)} with the wrong shape (e.g. {shapes[0]})")
+        if bad:
+            parts.append(f"{len(bad)} with the wrong shape (e.g. {bad[0]})")
         raise ModelFileError(f"{source}: weights do not match the network in model.json: " + ", ".join(parts))
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, failing loudly on any missing, extra or mis-shaped tensor, on integer
+    weights and on NaN or infinite values (a diverged or damaged file)."""
+    _compare(module.state_dict(), {k: v.shape for k, v in state.items()}, source)
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ModelFileError(f"{source}: weights must be floating point, but {name} is {tensor.dtype}")
+        if not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(f"{source}: the weights contain NaN or infinite values (e.g. in {name}); the model is damaged or its training diverged")
     module.load_state_dict(state)

@@ -71,3 +71,31 @@ def test_scan_line_jitter_shifts_whole_lines_by_the_given_amount(isbi_slice):
     img = isbi_slice[:64, :64].copy()
     scan_line_jitter(img, 1.0)
     assert np.array_equal(img, isbi_slice[:64, :64])  # the input is left alone
+
+
+def _bright_block_image(offset: float, dtype) -> np.ndarray:
+    """Texture between 100 and 3900 (12-bit data), a flat 64 x 64 block at the brightest level
+    (3900) and a few saturated pixels at 4095, shifted by ``offset`` (negative for signed data)."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(100, 3900, (256, 256))
+    a[:64, :64] = 3900
+    a[200, 100:130] = 4095
+    return np.rint(a + offset).astype(dtype)
+
+
+@pytest.mark.parametrize("offset,dtype", [(0, np.uint16), (-2000, np.int16), (0, np.float32), (-2000, np.float64)])
+def test_simulated_dose_is_the_requested_one_whatever_the_dtype(offset, dtype):
+    """12-bit data in uint16 files and signed MRC data train at the dose asked for: the flat
+    brightest block of the simulated input holds about 20 counts (mean^2 / variance of a Poisson
+    variable), not 20 x 3900 / 65535 = 1.2 as when the dtype's maximum was full scale."""
+    from napari_emdiffuse.data.degrade import DEFAULT_DOSE
+    from napari_emdiffuse.variants import get_variant
+
+    clean = _bright_block_image(offset, dtype)
+    variant = get_variant("denoise")
+    pair = variant.from_clean(clean, variant.options({}), dose=DEFAULT_DOSE, read_noise=0.0, seed=0)
+    block = pair["input"][4:60, 4:60].astype(np.float64)
+    counts = block.mean() ** 2 / block.var()
+    assert abs(counts - DEFAULT_DOSE) < 0.1 * DEFAULT_DOSE, counts
+    target = pair["target"]
+    assert target.min() == 0.0 and abs(float(np.median(target[:64, :64])) - 1.0) < 0.01

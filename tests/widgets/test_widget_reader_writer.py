@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,89 @@ def test_pixel_layers_are_not_labelled_micrometres_in_ome_zarr(tmp_path):
     assert all("unit" not in a for a in axes)
     [(_, kwargs, _)] = _reader.read_paths(str(tmp_path / "px.zarr"))
     assert "scale" not in kwargs
+
+
+# ---- round trips: what the plugin writes reopens where it was, as it looked ----------------
+
+
+def test_reader_patterns_in_the_manifest_are_the_readers_suffixes():
+    """napari.yaml lists exactly what the core readers read (HDF5 included): one fact, checked."""
+    import yaml
+
+    manifest = yaml.safe_load((Path(_reader.__file__).parent / "napari.yaml").read_text())
+    [reader] = manifest["contributions"]["readers"]
+    assert sorted(reader["filename_patterns"]) == sorted(_reader.filename_patterns())
+    assert {"*.h5", "*.hdf5"} <= set(reader["filename_patterns"])
+
+
+def test_an_hdf5_file_opens_through_napari_with_the_plugin(make_napari_viewer, tmp_path):
+    import h5py
+
+    data = np.random.default_rng(2).integers(0, 4000, (3, 20, 24), dtype=np.uint16)
+    with h5py.File(tmp_path / "vol.h5", "w") as f:
+        f.create_dataset("raw", data=data)
+    from npe2 import PluginManager
+
+    viewer = make_napari_viewer()
+    offered = {r.plugin_name for r in PluginManager.instance().iter_compatible_readers([str(tmp_path / "vol.h5")])}
+    assert "napari-emdiffuse" in offered  # napari offers the plugin for a dragged-in .h5
+    [layer] = viewer.open(str(tmp_path / "vol.h5"), plugin="napari-emdiffuse")
+    np.testing.assert_array_equal(np.asarray(layer.data), data)
+    lo, hi = layer.contrast_limits
+    assert data.min() <= lo < hi <= data.max()  # the data's range, not 0-65535
+
+
+ROUND_TRIPS = {
+    "float stack": (np.float32, (4, 30, 40), (0.05, 0.004, 0.004), (1.0, 0.5, 0.25)),
+    "uint16 stack": (np.uint16, (3, 30, 40), (0.03, 0.002, 0.002), (0.0, 0.1, 0.2)),
+    "single-slice result": (np.float32, (1, 30, 40), (0.05, 0.004, 0.004), (0.15, 0.0, 0.0)),
+    "2D image": (np.float32, (30, 40), (0.004, 0.004), (0.5, 0.25)),
+}
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".tif"])
+@pytest.mark.parametrize("case", sorted(ROUND_TRIPS))
+def test_saved_results_reopen_with_the_same_geometry_and_contrast(make_napari_viewer, tmp_path, suffix, case):
+    """Through napari itself: save a layer with the plugin's writer, open the file again."""
+    dtype, shape, scale, translate = ROUND_TRIPS[case]
+    rng = np.random.default_rng(3)
+    data = (rng.normal(0.5, 0.1, shape) if dtype == np.float32 else rng.integers(1000, 3000, shape)).astype(dtype)
+    viewer = make_napari_viewer()
+    limits = (float(np.percentile(data, 2)), float(np.percentile(data, 98)))
+    layer = viewer.add_image(data, name="result", scale=scale, translate=translate, units=("micrometer",) * len(shape), contrast_limits=limits)
+    path = tmp_path / f"result{suffix}"
+    viewer.layers.save(str(path), selected=False, plugin="napari-emdiffuse")
+    viewer.layers.clear()
+    [back] = viewer.open(str(path), plugin="napari-emdiffuse")
+    np.testing.assert_array_equal(np.asarray(back.data), data)
+    assert tuple(back.scale) == pytest.approx(scale)
+    assert tuple(back.translate) == pytest.approx(translate)
+    assert [str(u) for u in back.units] == ["micrometer"] * len(shape)
+    assert tuple(back.contrast_limits) == pytest.approx(limits, rel=1e-5)
+    del layer
+
+
+def test_a_float_ome_zarr_without_a_saved_window_gets_the_contrast_of_its_data(tmp_path):
+    from napari_emdiffuse.data.containers import write_ome_zarr
+
+    data = np.random.default_rng(4).normal(100.0, 20.0, (3, 32, 32)).astype(np.float32)
+    write_ome_zarr(tmp_path / "plain.ome.zarr", data, (0.05, 0.004, 0.004))  # as the CLI writes it
+    [(_, kwargs, _)] = _reader.read_paths(str(tmp_path / "plain.ome.zarr"))
+    lo, hi = kwargs["contrast_limits"]
+    assert 20 < lo < 80 and 120 < hi < 180  # the data's percentiles, not 0-1
+
+
+def test_enhance_results_written_to_zarr_reopen_with_a_visible_contrast(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "pred.zarr"), mode="w")
+    mean = group.zeros(name="mean", shape=(2, 16, 16), dtype="float32", chunks=(1, 16, 16))
+    mean[:] = np.random.default_rng(5).normal(120.0, 15.0, (2, 16, 16))
+    std = group.zeros(name="std", shape=(2, 16, 16), dtype="float32", chunks=(1, 16, 16))
+    std[:] = np.random.default_rng(6).uniform(0.0, 4.0, (2, 16, 16))
+    group.attrs["voxel_size"] = [0.05, 0.004, 0.004]
+    layers = {kw["name"]: kw for _, kw, _ in _reader.read_paths(str(tmp_path / "pred.zarr"))}
+    lo, hi = layers["pred mean"]["contrast_limits"]
+    assert 60 < lo < 110 and 130 < hi < 180
+    lo, hi = layers["pred uncertainty"]["contrast_limits"]
+    assert 0 <= lo < 0.5 and 3.5 < hi <= 4.0

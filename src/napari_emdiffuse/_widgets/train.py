@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 from ..errors import InputError
 from . import _common
 from .layers import image_array, rectangle_roi, unwrap
@@ -60,7 +61,7 @@ def can_simulate(variant: Any) -> bool:
     """
     probe = np.linspace(0.0, 1.0, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
     try:
-        variant.from_clean(probe, variant.options({}), dose=20.0, read_noise=0.0, seed=0)
+        variant.from_clean(probe, variant.options({}), dose=DEFAULT_DOSE, read_noise=0.0, seed=0)
     except InputError:
         return False
     return True
@@ -101,13 +102,13 @@ class TrainWidget(DockWidget):
         self.clean = LayerPicker(napari_viewer, image_type(), tip="Clean images: the degraded input is simulated from them")
         self.dose = QDoubleSpinBox()
         self.dose.setRange(0.5, 10000.0)
-        self.dose.setValue(20.0)
+        self.dose.setValue(DEFAULT_DOSE)
         self.dose.setToolTip("Simulated dose: electron counts for a full-scale pixel (lower is noisier)")
         self.read_noise = QDoubleSpinBox()
         self.read_noise.setRange(0.0, 1.0)
         self.read_noise.setDecimals(3)
         self.read_noise.setSingleStep(0.01)
-        self.read_noise.setValue(0.03)
+        self.read_noise.setValue(DEFAULT_READ_NOISE)
         self.read_noise.setToolTip("Simulated detector read noise, as a fraction of the grey-value range")
         self.options_box = QVBoxLayout()
         self.options: OptionsForm | None = None

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..arg_types import number, whole
+from ..errors import InputError, naming
+from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 
 
 def _voxel_text(voxel: tuple[float, ...]) -> str:
@@ -93,13 +95,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         bar.refresh()
 
     out = Path(args.out)
-    if args.input:
-        report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress, args.overwrite)
-    elif args.clean:
-        degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
-        report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress, args.overwrite)
-    else:
-        report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress, args.overwrite)
+    with naming({"input": args.input, "target": args.target, "clean images": args.clean, "volume": args.volume}):
+        if args.input:
+            report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress, args.overwrite)
+        elif args.clean:
+            degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
+            report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress, args.overwrite)
+        else:
+            report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress, args.overwrite)
     bar.close()
     report_json, overlay = report_paths(out)
     if "patches_kept" in report:
@@ -131,6 +134,14 @@ def _set_info(path: Path) -> bool:
     attrs = dict(group.attrs)
     if attrs.get("format") != SET_FORMAT:
         return False
+    try:
+        _print_set(path, group, attrs)
+    except (TypeError, ValueError, AttributeError, KeyError) as err:
+        raise InputError(f"{path}: the training set's metadata is damaged ({type(err).__name__}: {err}); prepare it again") from None
+    return True
+
+
+def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
     print(f"training set: {path}  (variant {attrs.get('variant')}, options {attrs.get('variant_options')})")
     print(f"voxel:    {_voxel_text(tuple(attrs.get('voxel_size', ())))}" if attrs.get("voxel_size") else "voxel:    unknown")
     for name, arr in sorted(group.arrays()):
@@ -140,7 +151,6 @@ def _set_info(path: Path) -> bool:
         print(f"patches:  kept {report['patches_kept']}, rejected {report['patches_rejected']}")
     if not attrs.get("complete"):
         print("warning:  incomplete (preparation was interrupted)")
-    return True
 
 
 def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
@@ -222,27 +232,27 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--variant", help="denoise (default), superres, iso_i or iso_a")
     p.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
     p.add_argument("--voxel", help="voxel size in µm, z,y,x (or y,x), when the files do not record it")
-    p.add_argument("--patch", type=int, help="patch size stored (target pixels); default 1.5 x the preset's, or 256")
-    p.add_argument("--min-ncc", type=float, default=0.6, help="reject patches that correlate less after registration (default 0.6)")
-    p.add_argument("--min-std", type=float, default=0.05, help="reject patches with less contrast, in units of the 0.1-99.9 %% range / 2 (default 0.05)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of slices (or rows) held out for validation")
+    p.add_argument("--patch", type=whole(16, 4096), help="patch size stored (target pixels); default 1.5 x the preset's, or 256")
+    p.add_argument("--min-ncc", type=number(-1, 1), default=0.6, help="reject patches that correlate less after registration (default 0.6)")
+    p.add_argument("--min-std", type=number(0), default=0.05, help="reject patches with less contrast, in units of the 0.1-99.9 %% range / 2 (default 0.05)")
+    p.add_argument("--val-fraction", type=number(0, 0.5, low_open=True, high_open=True), default=0.1, help="share of slices (or rows) held out for validation")
     p.add_argument("--no-register", action="store_true", help="the pairs are already aligned")
     p.add_argument("--rigid", action="store_true", help="global (affine) registration only, no optical flow")
-    p.add_argument("--smooth", type=float, default=2.0, help="Gaussian sigma (px) for registration; raise for very noisy input")
+    p.add_argument("--smooth", type=number(0), default=2.0, help="Gaussian sigma (px) for registration; raise for very noisy input")
     p.add_argument("--drift", action="store_true", help="correct slice-to-slice drift of --volume (FIB-SEM, SBEM)")
     sim = p.add_argument_group("simulated degradation (with --clean)")
-    sim.add_argument("--dose", type=float, default=20.0, help="counts at full scale (shot noise); lower is noisier")
-    sim.add_argument("--read-noise", type=float, default=0.03, help="Gaussian read noise, fraction of the range")
-    sim.add_argument("--psf-sigma", type=float, help="beam PSF sigma in fine pixels (superres; default FWHM of one coarse pixel)")
-    sim.add_argument("--jitter", type=float, default=0.0, help="scan-line jitter, standard deviation in pixels")
-    sim.add_argument("--jitter-correlation", type=float, default=0.0, help="how much neighbouring lines jitter together (0-1)")
-    p.add_argument("--overlay", type=int, default=4, help="pairs (slices) shown in NAME_overlay.png")
-    p.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--dose", type=number(0, low_open=True), default=DEFAULT_DOSE, help="counts at full scale (shot noise); lower is noisier")
+    sim.add_argument("--read-noise", type=number(0), default=DEFAULT_READ_NOISE, help="Gaussian read noise, fraction of the range")
+    sim.add_argument("--psf-sigma", type=number(0), help="beam PSF sigma in fine pixels (superres; default FWHM of one coarse pixel)")
+    sim.add_argument("--jitter", type=number(0), default=0.0, help="scan-line jitter, standard deviation in pixels")
+    sim.add_argument("--jitter-correlation", type=number(0, 1, high_open=True), default=0.0, help="how much neighbouring lines jitter together (0-1)")
+    p.add_argument("--overlay", type=whole(0, 64), default=4, help="pairs (slices) shown in NAME_overlay.png")
+    p.add_argument("--seed", type=whole(0, 2**32 - 1), default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
     i = subparsers.add_parser("info", help="shape, dtype, voxel size and chunking of an image file (and, for our outputs, what made them and whether they are complete)")
     i.add_argument("file", help="TIFF, zarr/OME-Zarr, N5, MRC, HDF5 (file.h5:/dataset), PNG or a folder of slices")
     i.add_argument("--dataset", help="dataset inside an HDF5/N5/zarr container")
-    i.add_argument("--level", type=int, default=0, help="pyramid level of an OME-Zarr image")
+    i.add_argument("--level", type=whole(0), default=0, help="pyramid level of an OME-Zarr image")
     i.set_defaults(func=cmd_info)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, refuse_overwrite, unit_to_um
+from .io import Image, lazy, refuse_overwrite, unit_to_um
 from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output
 
 NGFF_VERSION = "0.4"
@@ -51,28 +51,44 @@ def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _scale_of(transforms: list[dict[str, Any]] | None, ndim: int) -> np.ndarray:
     scale = np.ones(ndim)
     for t in transforms or []:
-        if t.get("type") == "scale" and len(t.get("scale", ())) == ndim:
+        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", ())) == ndim:
             scale = scale * np.asarray(t["scale"], float)
     return scale
 
 
+def _malformed(folder: Path, what: str) -> InputError:
+    return InputError(f"{folder}: malformed OME-Zarr metadata ({what}); see https://ngff.openmicroscopy.org")
+
+
 def _ome_image(group: Any, folder: Path, level: int) -> Image:
     """One level of an OME-Zarr image group, with the spatial axes' scale in micrometres."""
-    import dask.array as da
-
     ms = _multiscales(dict(group.attrs))[0]
+    if not isinstance(ms, dict) or not isinstance(ms.get("datasets", []), list):
+        raise _malformed(folder, "'multiscales' must be a list of objects with a list of 'datasets'")
     datasets = ms.get("datasets", [])
     if not datasets:
         raise InputError(f"{folder}: OME-Zarr metadata lists no datasets")
     if not 0 <= level < len(datasets):
         raise InputError(f"{folder}: level {level} does not exist (the pyramid has levels 0..{len(datasets) - 1})")
     ds = datasets[level]
-    arr = group[ds["path"]]
+    if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+        raise _malformed(folder, f"dataset {level} has no 'path'")
+    try:
+        arr = group[ds["path"]]
+    except KeyError:
+        raise InputError(f"{folder}: the OME-Zarr metadata lists level {level} at {ds['path']!r}, but the container holds no such array") from None
+    if not hasattr(arr, "shape"):
+        raise _malformed(folder, f"level {level} ({ds['path']!r}) is a group, not an array")
     ndim = arr.ndim
     axes = ms.get("axes") or [{"name": n, "type": "space"} for n in "tczyx"[-ndim:]]
     axes = [{"name": a, "type": "space" if a in "zyx" else ""} if isinstance(a, str) else a for a in axes]
-    scale = _scale_of(ds.get("coordinateTransformations"), ndim) * _scale_of(ms.get("coordinateTransformations"), ndim)
-    data = da.from_zarr(arr)
+    if not isinstance(axes, list) or len(axes) != ndim or not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in axes):
+        raise _malformed(folder, f"'axes' must name each of the {ndim} axes of level {level}")
+    try:
+        scale = _scale_of(ds.get("coordinateTransformations"), ndim) * _scale_of(ms.get("coordinateTransformations"), ndim)
+    except (TypeError, ValueError):
+        raise _malformed(folder, "a 'scale' transformation holds something other than numbers") from None
+    data = lazy(arr, folder)
     index, voxel, names = [], [], ""
     for ax, n, s in zip(axes, arr.shape, scale):
         if ax.get("type") == "space":
@@ -91,7 +107,6 @@ def _ome_image(group: Any, folder: Path, level: int) -> Image:
 
 def read_zarr(folder: Path, dataset: str | None = None, level: int = 0) -> Image:
     """A zarr array, an OME-Zarr image (``level`` of its pyramid) or a named array of a group."""
-    import dask.array as da
     import zarr
 
     path = folder / dataset if dataset else folder
@@ -120,7 +135,7 @@ def read_zarr(folder: Path, dataset: str | None = None, level: int = 0) -> Image
                 return _ome_image(parent, path.parent, paths.index(path.name))
     voxel = tuple(float(v) for v in voxel) if voxel and len(voxel) == node.ndim else (1.0,) * node.ndim
     meta = {"format": f"zarr v{node.metadata.zarr_format}", "chunks": node.chunks}
-    return Image(da.from_zarr(node), voxel, path, meta=meta)
+    return Image(lazy(node, path), voxel, path, meta=meta)
 
 
 def _n5_voxel(attrs: dict[str, Any], ndim: int) -> tuple[float, ...]:
@@ -139,7 +154,6 @@ def _n5_voxel(attrs: dict[str, Any], ndim: int) -> tuple[float, ...]:
 
 def read_n5(folder: Path, dataset: str | None = None) -> Image:
     """An N5 dataset (``volume.n5:/dataset``), axes reversed to (z, y, x) like every other reader."""
-    import dask.array as da
     import zarr
 
     try:
@@ -161,7 +175,7 @@ def read_n5(folder: Path, dataset: str | None = None) -> Image:
         arr = zarr.open_array(store, path=key, mode="r")
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{folder}:/{key}: cannot open the N5 dataset ({err})") from None
-    data = da.from_zarr(arr).transpose(tuple(range(arr.ndim))[::-1])
+    data = lazy(arr, folder).transpose(tuple(range(arr.ndim))[::-1])
     meta = {"format": "n5", "chunks": tuple(reversed(arr.chunks))}
     return Image(data, _n5_voxel(attrs, arr.ndim), folder, meta=meta)
 

@@ -4,29 +4,38 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+from .normalise import fit_normaliser
 
-def to_unit(image: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] by the dtype's range (integers) or the data's range (floats)."""
+#: the project's standard low-dose level: counts at full scale, and read noise as a fraction of it
+DEFAULT_DOSE = 20.0
+DEFAULT_READ_NOISE = 0.03
+
+
+def to_unit(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """``image`` scaled so that its own grey-value range (the robust percentiles of
+    :func:`fit_normaliser`, not its data type's) spans 0 to 1; darker pixels clipped at 0.
+
+    "Full scale" for a simulated dose is then the brightest structure in the data, whether it is
+    8-bit, 12-bit data in a 16-bit file, signed (MRC) or floating point.
+    """
     a = np.asarray(image)
-    if a.dtype.kind in "ui":
-        return a.astype(np.float32) / np.iinfo(a.dtype).max
-    lo, hi = float(np.min(a)), float(np.max(a))
-    return ((a - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+    return fit_normaliser(a, name=name).to_unit(a)
 
 
 def poisson_gaussian(
-    clean: np.ndarray, peak: float = 20.0, read_noise: float = 0.03, seed: int | np.random.Generator | None = 0
+    clean: np.ndarray, peak: float = DEFAULT_DOSE, read_noise: float = DEFAULT_READ_NOISE, seed: int | np.random.Generator | None = 0
 ) -> np.ndarray:
     """Shot noise at ``peak`` counts for a full-scale pixel, then Gaussian read noise.
 
     ``clean`` in [0, 1] (see :func:`to_unit`); the result is float32 on the same scale, so a
     lower ``peak`` means a lower electron dose. ``read_noise`` is a fraction of the full range.
-    The benchmark's standard level is ``peak=20, read_noise=0.03``.
+    The benchmark's standard level is :data:`DEFAULT_DOSE` and :data:`DEFAULT_READ_NOISE`.
     """
-    if peak <= 0:
-        raise ValueError("peak (counts at full scale) must be positive")
-    if read_noise < 0:
-        raise ValueError("read_noise must be zero or positive")
+    if not (np.isfinite(peak) and peak > 0):
+        raise InputError(f"dose {peak}: the counts at full scale must be a positive number")
+    if not (np.isfinite(read_noise) and read_noise >= 0):
+        raise InputError(f"read noise {read_noise}: must be zero or a positive number")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     c = np.clip(np.asarray(clean, np.float32), 0.0, None)
     noisy = rng.poisson(c * peak).astype(np.float32) / peak

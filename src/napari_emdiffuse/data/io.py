@@ -11,6 +11,7 @@ an input file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -22,7 +23,10 @@ import numpy as np
 
 from ..errors import InputError
 
+log = logging.getLogger(__name__)
 UNIT = "um"
+#: what write_tiff can store (ImageJ or OME-TIFF); float64 is written as float32
+TIFF_DTYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "f4", "f8"))
 #: TIFFs larger than this are written as BigTIFF (classic TIFF offsets end at 4 GiB)
 BIGTIFF_BYTES = 3_900_000_000
 #: micrometres per unit, for the spellings found in ImageJ, OME and NGFF metadata
@@ -108,20 +112,66 @@ def _squeeze_axes(data: Any, axes: str) -> tuple[Any, str]:
     return data[tuple(index)], kept
 
 
+def memory_budget() -> int:
+    """Bytes one array read into memory may take: half the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        return 4 * 2**30
+
+
+class _Guarded:
+    """An array whose reads fail with an :class:`InputError` naming its file: a corrupt chunk
+    deep inside a large file is found only when the computation reaches it."""
+
+    def __init__(self, array: Any, path: Path) -> None:
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError(f"{self.path}: not enough memory to read a chunk of it") from None
+        except Exception as err:  # noqa: BLE001 - decoders raise anything on corrupt data
+            raise InputError(f"{self.path}: cannot read its pixel data, the file is corrupt ({type(err).__name__}: {' '.join(str(err).split())})") from None
+
+
+def lazy(array: Any, path: Path, chunks: Any = None) -> Any:
+    """A dask array over ``array`` (zarr, h5py, numpy) read chunk by chunk, errors naming ``path``."""
+    import dask.array as da
+
+    guarded = _Guarded(array, path)
+    chunks = chunks or getattr(array, "chunks", None) or guarded.shape
+    return da.from_array(guarded, chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * guarded.ndim, guarded.dtype))
+
+
 def _check_tiff_complete(tf: Any, path: Path) -> None:
-    """Refuse a truncated TIFF now, rather than failing half-way through a lazy read."""
+    """Refuse a truncated TIFF, or one whose header declares more than the file or memory can
+    hold, now, rather than failing half-way through a lazy read (or allocating terabytes)."""
     size = path.stat().st_size
     pages = tf.pages
+    series = tf.series[0]
+    first = pages[0]
+    declared = (tf.imagej_metadata or {}).get("images")
+    plane = max(int(np.prod(first.shape)), 1)
+    if isinstance(declared, int) and series.size // plane < declared:
+        raise InputError(f"{path}: the TIFF file is truncated (its ImageJ header declares {declared} images, the file holds {series.size // plane})")
+    if series.dataoffset is not None and series.dataoffset + series.nbytes > size:
+        raise InputError(f"{path}: the TIFF file is truncated ({series.nbytes} bytes of pixels declared, the file has {size} bytes)")
     for idx in {0, len(pages) - 1}:
         page = pages[idx]
         offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
         if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size:
             raise InputError(f"{path}: the TIFF file is truncated (page {idx + 1} of {len(pages)} ends past the end of the file)")
+        if getattr(page, "compression", None) == 1 and counts and sum(counts) < page.nbytes:
+            raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {page.shape} {page.dtype}, {page.nbytes} bytes, but holds {sum(counts)} bytes of pixels)")
 
 
 def read_tiff(path: Path) -> Image:
     """A TIFF or OME-TIFF stack, lazily (one chunk per page or tile)."""
-    import dask.array as da
     import tifffile
     import zarr
 
@@ -133,7 +183,7 @@ def read_tiff(path: Path) -> Image:
         arr = zarr.open(series.aszarr(), mode="r")
         if isinstance(arr, zarr.Group):
             arr = arr["0"]
-        data, axes = _squeeze_axes(da.from_zarr(arr), series.axes)
+        data, axes = _squeeze_axes(lazy(arr, path), series.axes)
         voxel = None
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
@@ -142,8 +192,8 @@ def read_tiff(path: Path) -> Image:
             voxel = _tiff_voxel(tf, data.ndim) if data.ndim in (2, 3) else (1.0,) * data.ndim
     except InputError:
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, TypeError) as err:
-        raise InputError(f"{path}: not a readable TIFF file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types on a corrupt file
+        raise InputError(f"{path}: not a readable TIFF file ({' '.join(str(err).split()) or type(err).__name__})") from None
     meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
     return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
 
@@ -170,6 +220,8 @@ _BY_SUFFIX = {
     ".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
     ".mrc": "mrc", ".rec": "mrc", ".st": "mrc", ".ali": "mrc", ".map": "mrc", ".mrcs": "mrc", ".png": "png",
 }  # fmt: skip
+#: The file suffixes :func:`read_image` reads (folders aside: zarr, N5, slice folders).
+FILE_SUFFIXES: tuple[str, ...] = tuple(_BY_SUFFIX)
 
 
 def split_dataset(path: str | Path) -> tuple[Path, str | None]:
@@ -188,13 +240,57 @@ def read_image(path: str | Path, dataset: str | None = None, level: int = 0) -> 
     """Open an image lazily: TIFF/OME-TIFF, a folder of TIFF/PNG slices, zarr v2/v3 and
     OME-Zarr (``path`` or ``path.zarr/dataset``; ``level`` of a multiscale pyramid), N5, MRC,
     HDF5 (``file.h5:/dataset`` or ``dataset=``), PNG.
-    """
-    from . import containers, volume_files
 
+    Whatever the file holds, the result is an image or an :class:`InputError` naming the file:
+    special files are refused before they are opened (a FIFO would block), a failure inside a
+    format library becomes one message, and a voxel size that is not a positive number is
+    replaced by 1 with a warning.
+    """
     file, inner = split_dataset(path)
     dataset = dataset or inner
     if not file.exists():
         raise InputError(f"{file}: no such file or folder")
+    if not (file.is_dir() or file.is_file()):
+        raise InputError(f"{file}: not a regular file or folder (a pipe, device or socket); give an image file")
+    try:
+        img = _read_any(file, dataset, level)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"{file}: too large to read into memory here (or its header is corrupt)") from None
+    except Exception as err:  # noqa: BLE001 - format libraries raise anything on a corrupt file
+        raise InputError(f"{file}: cannot read ({type(err).__name__}: {' '.join(str(err).split())})") from None
+    if 0 in img.shape:
+        raise InputError(f"{file}: the image is empty (shape {img.shape})")
+    _check_chunk_size(img.data, file)
+    img.voxel = _checked_voxel(img.voxel, file)
+    return img
+
+
+def _check_chunk_size(data: Any, file: Path) -> None:
+    """Refuse a file whose header declares blocks (chunks, strips, tiles) too large to decode in
+    memory: a corrupt or hostile header must not make us allocate terabytes."""
+    chunks = getattr(data, "chunks", None)
+    block = [max(c) for c in chunks] if chunks and isinstance(chunks[0], tuple) else list(data.shape)
+    nbytes = int(np.prod(block, dtype=np.float64)) * np.dtype(data.dtype).itemsize
+    if nbytes > memory_budget():
+        raise InputError(
+            f"{file}: its header declares a {tuple(data.shape)} {data.dtype} image read in blocks of {tuple(block)}, "
+            f"{nbytes / 2**30:,.1f} GiB each, more than this machine can decode at once (corrupt header?)"
+        )
+
+
+def _checked_voxel(voxel: Sequence[float], file: Path) -> tuple[float, ...]:
+    """Voxel sizes that are positive numbers; anything else (0, negative, NaN) becomes 1 per pixel."""
+    out = tuple(float(v) if np.isfinite(v) and v > 0 else 1.0 for v in voxel)
+    if out != tuple(voxel):
+        log.warning("%s: warning: the voxel size %s in its metadata is not positive; using 1 per pixel along those axes", file, tuple(voxel))
+    return out
+
+
+def _read_any(file: Path, dataset: str | None, level: int) -> Image:
+    from . import containers, volume_files
+
     if file.is_dir():
         kind = containers.container_kind(file)
         if kind == "zarr":
@@ -279,12 +375,20 @@ def tiff_provenance(tf: Any) -> dict[str, Any] | None:
 
 
 def write_tiff(
-    path: str | Path, data: Any, voxel: Sequence[float], protect: Sequence[Path | None] = (), provenance: dict[str, Any] | None = None
+    path: str | Path,
+    data: Any,
+    voxel: Sequence[float],
+    protect: Sequence[Path | None] = (),
+    origin: Sequence[float] | None = None,
+    display_range: tuple[float, float] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm).
 
     ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
     OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
+    The ImageJ form also keeps ``origin`` (the first pixel's position in µm, z y x, as ImageJ's
+    ``xorigin``/``yorigin``/``zorigin``, in pixels) and ``display_range`` (``min``/``max``).
     Written beside ``path`` and renamed into place when complete (:mod:`.safe_output`).
     ``provenance`` (JSON-able) goes into a private tag that ``emdiffuse info`` shows.
     """
@@ -295,6 +399,8 @@ def write_tiff(
     path = Path(path)
     refuse_overwrite(path, protect)
     dtype = np.dtype(data.dtype)
+    if dtype not in TIFF_DTYPES:
+        raise InputError(f"{path}: a TIFF cannot hold {dtype} data (use float32, or write .zarr)")
     if dtype == np.float64:
         dtype = np.dtype(np.float32)
     if data.ndim not in (2, 3):
@@ -312,6 +418,11 @@ def write_tiff(
             meta: dict[str, Any] = {"unit": "um"}
             if len(shape) == 3:
                 meta.update(spacing=voxel[0], axes="ZYX")
+            if origin is not None and any(origin):  # ImageJ: position = (index - origin) * spacing
+                for ax, o, v in zip("zyx"[-len(shape) :], origin, voxel):
+                    meta[f"{ax}origin"] = -float(o) / v
+            if display_range is not None:
+                meta.update(min=float(display_range[0]), max=float(display_range[1]))
             resolution = (1.0 / voxel[-1], 1.0 / voxel[-2])
             tifffile.imwrite(
                 tmp, planes, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=meta,

@@ -26,11 +26,20 @@ class Normaliser:
     def forward(self, x: np.ndarray) -> np.ndarray:
         a = np.asarray(x, np.float32)
         if not np.isfinite(a).all():
-            raise InputError("the image contains NaN or infinite values; replace them before enhancing")
+            raise InputError("image contains NaN or infinite values; replace them before enhancing")
         return ((a - self.low) / (self.high - self.low) * 2 - 1).astype(np.float32)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         return ((np.asarray(y, np.float32) + 1) / 2 * (self.high - self.low) + self.low).astype(np.float32)
+
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        """``x`` with the low percentile at 0 and the high one at 1, darker pixels clipped at 0:
+        the scale on which a simulated dose is counted."""
+        return np.clip((np.asarray(x, np.float32) - self.low) / (self.high - self.low), 0.0, None).astype(np.float32)
+
+    def from_unit(self, u: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`to_unit`: back to the input's grey values."""
+        return (np.asarray(u, np.float32) * (self.high - self.low) + self.low).astype(np.float32)
 
     def scale_std(self, s: np.ndarray) -> np.ndarray:
         """A standard deviation in normalised units, in the input's units."""
@@ -92,7 +101,7 @@ def match_intensity(target: np.ndarray, reference: np.ndarray, factor: int = 1, 
         t, r = t[pick], r[pick]
     var = t.var()
     if var == 0:
-        raise InputError("the target is constant: there is nothing to learn from it")
+        raise InputError("target is constant: there is nothing to learn from it")
     a = float(np.mean((t - t.mean()) * (r - r.mean())) / var)
     if a <= 0:
         raise InputError("input and target are not positively related (wrong pairing, or inverted contrast?)")
@@ -122,20 +131,19 @@ def fit_normaliser(
 ) -> Normaliser:
     """Percentile statistics of ``image`` (numpy, dask or zarr), robust to empty and saturated areas.
 
-    Pixels at the dtype's extremes (saturated or zero-padded borders) are left out when enough
-    others remain; NaN or infinite values are refused with a message.
+    This is the one place that says what an image's grey-value range is: the range its pixels
+    actually use, never its data type's (12-bit data in uint16 files, signed MRC data). Pixels at
+    the observed extremes (saturated or zero-padded areas) are left out when enough others
+    remain; NaN or infinite values are refused with a message.
     """
     if image.size == 0:
         raise InputError(f"{name} is empty (shape {tuple(image.shape)})")
     vals = _pixel_sample(image, max_pixels).astype(np.float64, copy=False)
     if not np.all(np.isfinite(vals)):
-        raise InputError(f"{name} contains NaN or infinite values; replace them before enhancing")
-    dtype = np.dtype(image.dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        inner = vals[(vals > info.min) & (vals < info.max)]
-        if inner.size >= 0.5 * vals.size:
-            vals = inner
+        raise InputError(f"{name} contains NaN or infinite values; replace them first")
+    inner = vals[(vals > vals.min()) & (vals < vals.max())]
+    if inner.size >= 0.5 * vals.size:
+        vals = inner
     lo, hi = np.percentile(vals, [low, high])
     if not hi > lo:
         lo, hi = float(vals.min()), float(vals.max())

@@ -416,7 +416,6 @@ def load_training_set(path: str | Path, variant: str, variant_options: dict[str,
     """The arrays of a prepared set that ``variant`` trains on (lazy), after checking that the
     set was prepared for that variant and its options (e.g. the same factor); its held-out
     validation patches come as ``val_input``/``val_target`` where the set has them."""
-    import dask.array as da
     import zarr
 
     path = Path(path)
@@ -434,5 +433,10 @@ def load_training_set(path: str | Path, variant: str, variant_options: dict[str,
         raise InputError(f"{path} was prepared for the {attrs.get('variant')} variant, but the preset trains {v.name}")
     if attrs.get("variant_options", {}) != options.model_dump(mode="json"):
         raise InputError(f"{path} was prepared with variant options {attrs.get('variant_options')}, the preset has {options.model_dump(mode='json')}")
+    from .io import lazy
+
+    missing = [n for n in v.training_inputs if not hasattr(group.get(n), "shape")]
+    if missing:
+        raise InputError(f"{path}: the training set has no {missing[0]!r} array (damaged or edited?); prepare it again")
     names = [*v.training_inputs, *(f"val_{n}" for n in v.training_inputs if f"val_{n}" in group)]
-    return {name: da.from_zarr(group[name]) for name in names}
+    return {name: lazy(group[name], path) for name in names}

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from .normalise import to_dtype
 
 
 class RegistrationError(InputError):
@@ -417,10 +418,7 @@ def correct_drift(volume: Any, shifts: np.ndarray, crop: bool = True) -> Any:
         m = np.array([[1, 0, dx], [0, 1, dy]], np.float64)
         plane = block[0].astype(np.float32)
         out = cv2.warpAffine(plane, m, plane.shape[::-1], flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-        if np.dtype(dtype).kind in "ui":
-            info = np.iinfo(dtype)
-            out = np.clip(np.rint(out), info.min, info.max)
-        return out.astype(dtype)[None]
+        return to_dtype(out, dtype)[None]
 
     out = vol.map_blocks(shift_block, dtype=dtype)
     if crop:

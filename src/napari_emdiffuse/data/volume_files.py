@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, iter_planes, refuse_overwrite, sniff
+from .io import Image, iter_planes, lazy, refuse_overwrite, sniff
 from .safe_output import replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
@@ -22,11 +22,35 @@ _IMOD_AT = 40  # the stamp and flags are header bytes 152-159, i.e. offset 40 of
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
+#: bytes per voxel of the MRC modes this reader knows (0-2 and 6 grey values, 12 float16)
+_MRC_MODE_BYTES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
+
+
+def _check_mrc_header(path: Path) -> None:
+    """Refuse an MRC header whose sizes are impossible for the file, before mrcfile maps it."""
+    with open(path, "rb") as f:
+        raw = f.read(1024)
+    if len(raw) < 1024:
+        raise InputError(f"{path}: not a readable MRC file (the 1024-byte header is cut short at {len(raw)} bytes)")
+    order = ">" if raw[212:214] == b"\x11\x11" else "<"
+    nx, ny, nz, mode = np.frombuffer(raw[:16], order + "i4")
+    nsymbt = int(np.frombuffer(raw[92:96], order + "i4")[0])
+    if min(nx, ny, nz) < 1:
+        raise InputError(f"{path}: not a readable MRC file (corrupt header: image size nx, ny, nz = {nx}, {ny}, {nz}; each must be at least 1)")
+    if int(mode) not in _MRC_MODE_BYTES:
+        raise InputError(f"{path}: not a readable MRC file (mode {int(mode)} is not a grey-value mode this tool reads: 0, 1, 2, 6 or 12)")
+    need = 1024 + max(nsymbt, 0) + int(nx) * int(ny) * int(nz) * _MRC_MODE_BYTES[int(mode)]
+    size = path.stat().st_size
+    if nsymbt < 0 or need > size:
+        raise InputError(f"{path}: not a readable MRC file (truncated, or a corrupt header: it declares {need} bytes, the file has {size})")
+
+
 def read_mrc(path: Path) -> Image:
     """An MRC file, memory-mapped (lazy), voxel size from the header (Å -> µm)."""
     import dask.array as da
     import mrcfile
 
+    _check_mrc_header(path)
     try:
         mrc = mrcfile.mmap(str(path), mode="r", permissive=False)
     except (ValueError, OSError) as err:
@@ -104,7 +128,6 @@ def _h5_voxel(ds: Any) -> tuple[float, ...]:
 
 def read_hdf5(path: Path, dataset: str | None = None) -> Image:
     """An HDF5 dataset (``file.h5:/dataset``), lazily over its own chunks."""
-    import dask.array as da
     import h5py
 
     try:
@@ -120,9 +143,12 @@ def read_hdf5(path: Path, dataset: str | None = None) -> Image:
     if dataset.strip("/") not in f or not hasattr(f[dataset.strip("/")], "shape"):
         raise InputError(f"{path}: no dataset {dataset!r} (image datasets: {', '.join(names[:8]) or 'none'})")
     ds = f[dataset.strip("/")]
+    if ds.is_virtual or ds.external:  # pixels from other files: anything on this machine could be read
+        kind = "a virtual dataset (its pixels come from other files)" if ds.is_virtual else "stored in external files"
+        raise InputError(f"{path}:/{ds.name.strip('/')} is {kind}; copy it into a self-contained dataset first")
     chunks = ds.chunks or ((1, *ds.shape[1:]) if ds.ndim == 3 else ds.shape)
     meta = {"format": "hdf5", "dataset": ds.name, "chunks": chunks}
-    return Image(da.from_array(ds, chunks=chunks), _h5_voxel(ds), path, meta=meta)
+    return Image(lazy(ds, path, chunks), _h5_voxel(ds), path, meta=meta)
 
 
 def write_hdf5(
@@ -207,11 +233,16 @@ def read_slices(folder: Path) -> Image:
             raise InputError(f"{p}: shape {h[0]} {h[1]} differs from the first slice {files[0].name} ({first[0]} {first[1]})")
 
     def load(p: Path) -> np.ndarray:
-        if sniff(p) == "tiff":
-            import tifffile
+        try:
+            if sniff(p) == "tiff":
+                import tifffile
 
-            return tifffile.imread(p)
-        return read_png(p).data
+                return tifffile.imread(p)
+            return read_png(p).data
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a slice broken since the folder was listed
+            raise InputError(f"{p}: cannot read this slice ({type(err).__name__}: {err})") from None
 
     planes = [da.from_delayed(dask.delayed(load)(p), shape=first[0], dtype=first[1]) for p in files]
     voxel: tuple[float, ...] = (1.0, 1.0)

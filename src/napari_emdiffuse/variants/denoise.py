@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from ..data.degrade import poisson_gaussian, to_unit
+from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
 from .base import Geometry, PairSource, PatchPairs, PlaneWriter, Roi, Variant, augment, split_rows
@@ -106,8 +106,9 @@ class Denoise(Variant):
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         """Poisson-Gaussian noise (``dose`` counts at full scale, ``read_noise``) on the clean images."""
         check_image(clean, "clean images", self.input_ndims)
-        unit = to_unit(clean)
-        noisy = poisson_gaussian(unit, degradation.get("dose", 20.0), degradation.get("read_noise", 0.03), degradation.get("seed", 0))
+        unit = to_unit(clean, "clean images")
+        dose, read_noise = degradation.get("dose", DEFAULT_DOSE), degradation.get("read_noise", DEFAULT_READ_NOISE)
+        noisy = poisson_gaussian(unit, dose, read_noise, degradation.get("seed", 0))
         return {"input": noisy, "target": unit}
 
     def check_pair(self, cond: Any, target: Any) -> None:

@@ -118,7 +118,7 @@ class SuperRes(Variant):
         noise if a ``dose`` is given (as the command line does with ``--dose``)."""
         check_image(clean, "clean images", self.input_ndims)
         f = options.factor
-        unit = to_unit(clean)
+        unit = to_unit(clean, "clean images")
         h, w = unit.shape[-2] // f * f, unit.shape[-1] // f * f
         if h == 0 or w == 0:
             raise InputError(f"clean images of {unit.shape[-2]} x {unit.shape[-1]} px are smaller than the factor {f}")
