@@ -138,10 +138,11 @@ class PredictionOutput:
         where = (lambda p: p) if complete else OutputNames.partial  # noqa: E731
         from ..data.io import write_tiff
 
-        written = [write_tiff(where(self.names.mean), mean[region], voxel, self.inputs, {**provenance, **status})]
-        written.append(write_tiff(where(self.names.std), std[region], voxel, self.inputs, {**provenance, **status, "role": "uncertainty"}))
+        about = {**provenance, **status}
+        written = [write_tiff(where(self.names.mean), mean[region], voxel, self.inputs, provenance=about)]
+        written.append(write_tiff(where(self.names.std), std[region], voxel, self.inputs, provenance={**about, "role": "uncertainty"}))
         for k, p in enumerate(self.names.samples):
-            written.append(write_tiff(where(p), samples[k][region], voxel, self.inputs, {**provenance, **status, "role": f"sample {k}"}))
+            written.append(write_tiff(where(p), samples[k][region], voxel, self.inputs, provenance={**about, "role": f"sample {k}"}))
         return written, (mean, std, samples)
 
     def _finish_store(self, complete: bool, status: dict[str, Any]) -> tuple[list[Path], tuple[Any, Any, Any]]:
