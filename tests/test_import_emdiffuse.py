@@ -218,3 +218,56 @@ def test_fine_tune_imported_model_then_predict(imported, em_plane, tmp_path):
     out = tmp_path / "out.tif"
     assert main(["predict", "--model", str(run), "--input", str(em_plane), "--output", str(out), "--steps", "2", "--samples", "1", "-q"]) == 0
     assert tifffile.imread(out).shape == (96, 160)
+
+
+def test_8bit_input_is_mapped_as_the_original(imported):
+    from napari_emdiffuse.data.normalise import Normaliser
+    from napari_emdiffuse.jobs.predict import _normaliser_for
+
+    model = Model.load(imported["emdiffuse_n_small"])
+    ramp = np.arange(40 * 40).reshape(40, 40)
+    assert _normaliser_for(model, (ramp % 100 + 50).astype(np.uint8)) == Normaliser(0.0, 255.0)
+    assert _normaliser_for(model, (ramp * 30).astype(np.uint16)).high < 50000  # percentiles for 16-bit
+
+
+# ---- how the variants drive an original network (no fixtures needed) -----------------------------
+
+
+def test_superres_original_mode_is_bilinear_and_not_residual():
+    from napari_emdiffuse.variants.superres import upsample_bilinear
+
+    v = get_variant("superres")
+    opts = v.options({"factor": 2, "emdiffuse_original": True})
+    rng = np.random.default_rng(0)
+    high = rng.random((2, 64, 64)).astype(np.float32)
+    low = high.reshape(2, 32, 2, 32, 2).mean(axis=(2, 4))
+    pairs = v.training_pairs({"input": low, "target": high}, opts, "train", 0.25, 32)
+    assert pairs.baseline(np.zeros((1, 1, 32, 32), np.float32)) is None  # not a residual target
+    cond, target = pairs.sample(np.random.default_rng(1), 2, 32)
+    assert cond.shape == target.shape == (2, 1, 32, 32)
+    ramp = np.add.outer(4 * np.arange(4.0), np.arange(4.0)).astype(np.float32)  # 4 y + x: bilinear is exact inside
+    at = (np.arange(8) + 0.5) / 2 - 0.5  # pixel centres aligned
+    np.testing.assert_allclose(upsample_bilinear(ramp, 2)[1:7, 1:7], np.add.outer(4 * at, at)[1:7, 1:7], atol=1e-5)
+
+
+def test_vem_original_mode_pairs_and_options():
+    from napari_emdiffuse.config import ConfigError
+
+    vol = np.random.default_rng(0).random((20, 48, 48)).astype(np.float32)
+    for name in ("iso_i", "iso_a"):
+        v = get_variant(name)
+        opts = v.options({"factor": 6, "emdiffuse_original": True})
+        assert v.channels(opts) == (5, 2)
+        assert v.plan((3, 40, 48), opts) == [(40, 48)] * 2
+        pairs = v.training_pairs({"volume": vol}, opts, "train", 0.2, 16)
+        cond, target = pairs.sample(np.random.default_rng(1), 3, 16)
+        assert cond.shape == (3, 2, 16, 16) and target.shape == (3, 5, 16, 16)
+    with pytest.raises(ConfigError, match="whole number"):
+        get_variant("iso_a").options({"factor": 6.5, "emdiffuse_original": True})
+
+
+def test_original_gap_condition_puts_the_later_slice_first():
+    from napari_emdiffuse.variants.volume import original_condition
+
+    vol = np.arange(7)[:, None, None] * np.ones((7, 2, 2))
+    np.testing.assert_array_equal(original_condition(vol, 1, 5, slice(None))[:, 0, 0], [6, 1])

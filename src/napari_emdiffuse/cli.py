@@ -278,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .arg_types import number
     from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
-    from .config import SamplerName
+    from .config import SampleConfig, SamplerName
 
     p = _Parser(prog="emdiffuse", description="Diffusion-model enhancement of electron microscopy images.")
     p.add_argument("-v", "--verbose", action="store_true", help="more messages, and tracebacks on errors")
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written), OUT.ome.tif or OUT.zarr")
     r.add_argument("--sampler", choices=sorted(get_args(SamplerName)))
     r.add_argument("--steps", type=int, help="sampler steps (network evaluations per sample)")
-    r.add_argument("--spacing", choices=["karras", "uniform", "emdiffuse-test"], help="noise levels; emdiffuse-test: the original's test schedule")
+    r.add_argument("--spacing", choices=get_args(SampleConfig.model_fields["spacing"].annotation), help="noise levels; emdiffuse-test: the original's test schedule")
     r.add_argument("--samples", type=int, help="samples averaged; their spread is the uncertainty")
     r.add_argument("--tile-size", type=int)
     r.add_argument("--overlap", type=int)

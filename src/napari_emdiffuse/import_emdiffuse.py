@@ -259,9 +259,10 @@ def model_card(variant: str, source: Path, dropped: list[str], factor: int | Non
             f"**Trained on.** {TRAINED_ON[variant]}, by the authors, on GPUs, with their training schedule "
             "(linear beta 1e-6 to 0.01, 2000 steps, eps prediction conditioned on gamma = alpha-bar).",
             "",
-            "**Intensities.** The original maps 8-bit images linearly to [-1, 1]. We map the 0.1 and 99.9 percentiles "
-            "of the input to -1 and 1, which for 16-bit or float data is what an 8-bit export with that contrast "
-            "stretch would have given; results can differ from the original scripts where an 8-bit image does not use its full range.",
+            "**Intensities.** The original maps 8-bit images linearly to [-1, 1] (0 to -1, 255 to 1); so do we for "
+            "8-bit input. Other data (16-bit, float) is mapped by its 0.1 and 99.9 percentiles to -1 and 1, which is "
+            "what exporting it to 8-bit with that contrast stretch would give the original; export such data "
+            "yourself if you know a better 8-bit mapping.",
             "",
             "**Sampling.** Our samplers run the imported eps-model (DPM-Solver++ in 10 steps by default); "
             "`--sampler ddpm --steps 1000` with the preset's `sample.spacing: emdiffuse-test` reproduces the original's "
@@ -311,7 +312,7 @@ def import_emdiffuse(
     info = ModelInfo(
         out_channels=out_c,
         cond_channels=cond_c,
-        normalisation={"method": "percentile", "low": 0.1, "high": 99.9, "range": [-1.0, 1.0]},
+        normalisation={"method": "percentile", "low": 0.1, "high": 99.9, "uint8": "full range"},
         training={
             "source": "original EMDiffuse weights",
             "file": weights.name,
@@ -320,7 +321,8 @@ def import_emdiffuse(
             "noise_input": "gamma = alpha-bar = 1 / (1 + sigma^2)",
             "prediction": "eps",
             "channel_order": "condition first, then the noisy image",
-            "intensity": "original: 8-bit mapped linearly to [-1, 1]; here: 0.1/99.9 percentiles to -1/1",
+            "intensity": "original: 8-bit mapped linearly to [-1, 1]; here the same for 8-bit input, "
+            "0.1/99.9 percentiles to -1/1 for other data types",
             "schedule_buffers_dropped": dropped,
         },
         card=card,

@@ -44,6 +44,15 @@ class _Cast:
         self.target[key] = to_dtype(value, self.dtype)
 
 
+def _normaliser_for(model: Model, image: Any) -> Normaliser:
+    """Percentile statistics of ``image``; 8-bit input to a model that records the original
+    EMDiffuse convention (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the
+    original did in training."""
+    if model.info.normalisation.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
+        return Normaliser(0.0, 255.0)
+    return fit_normaliser(image, name="image")
+
+
 def predict(
     model: Model,
     image: Any,
@@ -83,7 +92,7 @@ def predict(
     try:
         if out is not None:  # before any computation: a refusal now costs nothing
             out.claim(int(np.prod(geometry.shape)) * (dtype.itemsize * (1 + n_samples) + 4))
-        normaliser = normaliser or fit_normaliser(image, name="image")
+        normaliser = normaliser or _normaliser_for(model, image)
 
         note = variant.voxel_warning(voxel, options)
         if note:

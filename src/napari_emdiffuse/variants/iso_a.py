@@ -15,6 +15,10 @@ feature that continues in y is generated alike in both and the xy view does not 
 ``r`` (the factor) may be fractional, e.g. 12.5 for a 4 x 4 x 50 nm stack, so the output's z
 voxel can equal the lateral one exactly; input slices that fall on the output grid are kept
 unchanged.
+
+With ``emdiffuse_original`` (imported original vEMDiffuse-a weights) prediction fills the gaps
+between xy slices as the original does (:func:`~.volume.predict_original_gaps`), and fine-tuning
+makes its pairs as the original did: y stands in for z, gaps between xz planes.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ stands in for the missing neighbour, in training as in prediction).
 Training pairs come from the isotropic volume itself: every ``k``-th slice is the condition,
 the slices between are the target, which the network learns as its difference from linear
 interpolation (:class:`~.base.ResidualPairs`). Prediction keeps the input slices unchanged,
-interleaves the generated ones, and divides the z voxel size by ``k``.
+interleaves the generated ones, and divides the z voxel size by ``k``. With
+``emdiffuse_original`` (imported original weights) the gaps are filled as the original does
+(:func:`~.volume.predict_original_gaps`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ PSF blur, then binning: :func:`~napari_emdiffuse.data.degrade.psf_bin`). The net
 condition is the low-resolution image upsampled (bicubic) onto the output grid, and it generates
 the difference between that and the high-resolution image (:class:`~.base.ResidualPairs`):
 only what interpolation cannot give. Stacks are done slice by slice; the output's pixel size
-is the input's divided by the factor (z unchanged).
+is the input's divided by the factor (z unchanged). With ``emdiffuse_original`` (imported original
+weights) the condition is the bilinear upsampling and the target the image itself, as the
+original trained them (docs/published-models.md).
 """
 
 from __future__ import annotations
