@@ -263,6 +263,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             output=Path(args.output),
             input_paths=[img.path] if img.path else [],
             keep_samples=args.save_samples,
+            compile=args.compile,
             cancel=token,
             overwrite=args.overwrite,
             model_name=str(args.model),
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (written beside them and swapped in when complete)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 

@@ -124,7 +124,7 @@ class Model:
         ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
         if ints:
             raise ModelFileError(f"{weights}: weights must be floating point, but {ints[0]} is {header[ints[0]][1]} ({len(ints)} such tensors)")
-        model = cls(preset, info)
+        model = cls(preset, info, build_network(preset.network, info.out_channels, info.cond_channels))
         load_state_strict(model.network, load_tensors(weights), str(weights))
         return model
 

@@ -64,6 +64,7 @@ def predict(
     input_paths: Sequence[Path] = (),
     keep_samples: bool = False,
     normaliser: Normaliser | None = None,
+    compile: bool = False,
     cancel: CancelToken | None = None,
     overwrite: bool = False,
     model_name: str | None = None,
@@ -77,7 +78,8 @@ def predict(
     larger than memory (see :mod:`.predict_output`: nothing existing is replaced without
     ``overwrite``, a cancelled run writes only its finished planes, as partial files).
     ``normaliser`` fixes the intensity statistics (otherwise they are measured on the whole
-    input). ``model_name`` is recorded in the output's provenance.
+    input). ``model_name`` is recorded in the output's provenance. ``compile`` runs the network
+    through ``torch.compile``.
     """
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
@@ -101,7 +103,7 @@ def predict(
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
         configure_backends(dev)
-        network = prepare_network(model.network, dev).eval()
+        network = prepare_network(model.network.eval(), dev, compile=compile)
         denoiser = Denoiser(network, model.preset.diffusion.prediction)
         sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
 
