@@ -336,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the bundled default models, or show one's model card")
     m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
     m.set_defaults(func=cmd_models)
+    from .bioimageio_export import add_parsers as add_bioimageio_parsers
     from .data.cli_commands import add_parsers
     from .import_emdiffuse import add_parser as add_import_parser
 
     add_parsers(sub)
     add_import_parser(sub)
+    add_bioimageio_parsers(sub)
     return p
 
 
