@@ -101,7 +101,8 @@ class PredictResult:
     ``lower``/``upper``, the calibrated interval, only for a calibrated model. Arrays are numpy,
     or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (planes
     not reached are zero); ``planes_done`` counts the planes of the variant's plan that were
-    sampled (its ``finished_region`` says which part of the output they fill)."""
+    sampled (its ``finished_region`` says which part of the output they fill).
+    ``written``: the files or store the job wrote (partial names after a cancel)."""
 
     mean: Any
     std: Any | None
@@ -111,4 +112,5 @@ class PredictResult:
     planes_done: int = 0
     lower: Any | None = None
     upper: Any | None = None
+    written: tuple[Path, ...] = ()
     kind: Kind = field(default=Kind.RESULT, init=False)
