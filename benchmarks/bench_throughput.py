@@ -6,9 +6,10 @@ Everything is measured in one process with the same threads, the candidates taki
 
 1. **Network.** Seconds per megapixel per network evaluation (s/MP/NFE) of ``engine.network.UNet``
    as ``jobs.predict`` runs it (``prepare_network`` + ``autocast(inference=True)``: channels last,
-   bf16 where the hardware has it) and of the reference layout in plain float32
-   (``reference_network.ReferenceUNet``, the published guided-diffusion UNet), at the paper size and
-   at the CPU presets' sizes. FLOPs from ``torch.utils.flop_counter`` (a multiply-add is 2); the
+   bf16 where the hardware has it) and of the published layout in plain float32, channels first
+   (``engine.network_original``, the ``emdiffuse-original`` architecture that imported weights
+   use: the guided-diffusion UNet with attention in the middle block only, as the published
+   configs have it), at the paper size and at the CPU presets' sizes. FLOPs from ``torch.utils.flop_counter`` (a multiply-add is 2); the
    attainable rate is one large 3x3 convolution in the same run.
 2. **End to end.** ``emdiffuse predict``'s job (``jobs.predict.run_predict``) with a paper-size model
    on one tile, ``steps x samples`` evaluations, minus a 1-step 1-sample run (which cancels the
@@ -31,13 +32,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, load_average, machine, median, replace_section, sync  # noqa: E402
-from reference_network import ReferenceUNet  # noqa: E402
 
-from napari_emdiffuse.config import SampleConfig, load_preset  # noqa: E402
+from napari_emdiffuse.config import NetworkConfig, SampleConfig, load_preset  # noqa: E402
 from napari_emdiffuse.engine.device import autocast, configure_backends, prepare_network, select_device, uses_bf16  # noqa: E402
 from napari_emdiffuse.engine.network import UNet, count_parameters  # noqa: E402
 from napari_emdiffuse.jobs.predict import run_predict  # noqa: E402
-from napari_emdiffuse.model_file import Model, ModelInfo  # noqa: E402
+from napari_emdiffuse.model_file import Model, ModelInfo, build_network  # noqa: E402
 from napari_emdiffuse.variants import get_variant  # noqa: E402
 
 # (preset, tile, batch): the paper size on the issue's 512 x 512 image, the CPU presets at their
@@ -45,8 +45,14 @@ from napari_emdiffuse.variants import get_variant  # noqa: E402
 CASES = {
     "cpu": [("emdiffuse-n", 512, 1), ("emdiffuse-n-cpu", 256, 4), ("vemdiffuse-i-cpu", 256, 4)],
     "cuda": [("emdiffuse-n", 512, 4), ("emdiffuse-n", 256, 16), ("emdiffuse-n-cpu", 256, 16)],
-    "quick": [("tiny", 64, 2)],
+    "quick": [("emdiffuse-n-cpu", 32, 2)],
 }
+
+
+def reference(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> torch.nn.Module:
+    """The published layout at the widths, levels and block counts of ``cfg``."""
+    published = NetworkConfig(**{**cfg.model_dump(), "architecture": "emdiffuse-original", "attention_levels": ()})
+    return build_network(published, out_channels, cond_channels)
 
 
 def _channels(preset_name: str) -> tuple[int, int]:
@@ -82,12 +88,12 @@ def attainable(dev: torch.device, bf16: bool, repeats: int) -> float:
     return flops_of(run) / median(interleaved({"conv": run}, repeats, dev)["conv"])
 
 
-def network_case(preset: str, tile: int, batch: int, dev: torch.device, repeats: int, bf16_too: bool) -> dict:
+def network_case(preset: str, tile: int, batch: int, dev: torch.device, repeats: int, bf16_too: bool, compiled: bool = False) -> dict:
     """Ours (as predict runs it) and the reference (plain fp32), interleaved."""
     cfg = load_preset(preset).network
     out_c, cond_c = _channels(preset)
     ours = prepare_network(_randomise(UNet(cfg, out_c, cond_c)), dev).eval()
-    ref = _randomise(ReferenceUNet(cfg, out_c, cond_c)).to(dev).eval()
+    ref = _randomise(reference(cfg, out_c, cond_c)).to(dev).eval()
     x = torch.randn(batch, out_c, tile, tile, device=dev)
     cond = torch.randn(batch, cond_c, tile, tile, device=dev)
     c = torch.full((batch,), 0.3, device=dev)
@@ -106,6 +112,19 @@ def network_case(preset: str, tile: int, batch: int, dev: torch.device, repeats:
     fns = {"ours": run_ours(), "reference": run_ref}
     if bf16_too:
         fns["ours fp32"], fns["ours bf16"] = run_ours("fp32"), run_ours("bf16")
+    compile_s = None
+    if compiled:  # opt-in torch.compile: its first call compiles, timed apart
+        fast = torch.compile(ours, dynamic=False)
+
+        def run_compiled():
+            with torch.inference_mode(), autocast(dev, inference=True):
+                fast(x, cond, c)
+
+        t0 = time.perf_counter()
+        run_compiled()
+        sync(dev)
+        compile_s = time.perf_counter() - t0
+        fns["ours compiled"] = run_compiled
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = interleaved(fns, repeats, dev)
@@ -122,6 +141,7 @@ def network_case(preset: str, tile: int, batch: int, dev: torch.device, repeats:
         "s_per_mp_nfe": {k: median(v) / mpix for k, v in times.items()},
     }
     row["ratio"] = row["s_per_mp_nfe"]["ours"] / row["s_per_mp_nfe"]["reference"]
+    row["compile_s"] = compile_s
     row["ratio_per_repeat"] = [a / b for a, b in zip(times["ours"], times["reference"])]
     if dev.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
@@ -137,7 +157,7 @@ def end_to_end(
     model = Model(p, ModelInfo(*_channels(preset)))
     _randomise(model.network)
     image = np.random.default_rng(0).random((size, size), dtype=np.float32)
-    ref = _randomise(ReferenceUNet(p.network, *_channels(preset))).to(dev).eval()
+    ref = _randomise(reference(p.network, *_channels(preset))).to(dev).eval()
     x1 = torch.randn(1, 1, size, size, device=dev)
 
     def predict(n_steps: int, k: int):
@@ -179,8 +199,8 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
         f"{machine(dev)}; load average {load_average()} at the end (a shared machine: the candidates took "
         f"turns, {args.repeats} repeats each, medians). Ours runs as `predict` runs it: channels last"
         f"{', bf16 autocast' if bf16 else ', float32 (this CPU has no native bf16)' if dev.type == 'cpu' else ''}; "
-        "the reference is the published EMDiffuse layout (guided-diffusion UNet, one bottleneck attention, "
-        "float32, as its code runs it). Attainable: one 128->128 3x3 convolution, same run: "
+        "the reference is the published EMDiffuse layout (`engine/network_original.py`: guided-diffusion UNet, "
+        "attention in the middle block only) in float32, channels first. Attainable: one 128->128 3x3 convolution, same run: "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()) + ".",
         "",
         "| preset | tile x batch | parameters ours / ref | ours s/MP/NFE | reference s/MP/NFE | **ratio** (per repeat) | ours GFLOP/s (of attainable) |"
@@ -199,6 +219,11 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
         if both:
             line += f" {s['ours bf16'] / s['ours fp32']:.2f} | {r.get('peak_memory_gib', float('nan')):.2f} |"
         lines.append(line)
+    for r in net_rows:
+        if r.get("compile_s") is not None:
+            s = r["s_per_mp_nfe"]
+            lines.append(f"\n`torch.compile` ({r['preset']}, {r['tile']}² x {r['batch']}): compiling took {r['compile_s']:.0f} s; "
+                         f"compiled {s['ours compiled']:.2f} s/MP/NFE against eager {s['ours']:.2f} (ratio {s['ours compiled'] / s['ours']:.2f}).")
     if e2e is not None:
         lines += [
             "",
@@ -208,7 +233,7 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
             f"Whole job: {e2e['s_per_output_mp']:.2f} s per output megapixel"
             + (f" ({e2e['s_per_output_mp_default_tiling']:.2f} with the preset's own tiles)." if e2e["s_per_output_mp_default_tiling"] else "."),
         ]
-    lines += ["", f"Command: `python benchmarks/bench_throughput.py --device {args.device}" + (" --quick" if args.quick else "")
+    lines += ["", f"Command: `python benchmarks/bench_throughput.py --device {args.device}" + (" --quick" if args.quick else "") + (" --compile" if args.compile else "")
               + f" --repeats {args.repeats} --e2e {args.e2e_size} {args.e2e_steps} {args.e2e_samples}`"]
     return "\n".join(lines)
 
@@ -218,28 +243,32 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both networks")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="tiny network and image (a dry run of the script)")
+    ap.add_argument("--quick", action="store_true", help="small network and image (a dry run of the script)")
     ap.add_argument("--e2e", nargs=3, type=int, metavar=("SIZE", "STEPS", "SAMPLES"), default=None,
-                    help="end-to-end image size, steps, samples (default 512 10 4; quick: 64 2 2)")
+                    help="end-to-end image size, steps, samples (default 512 10 4; quick: 32 2 2)")
+    ap.add_argument("--case", nargs=3, metavar=("PRESET", "TILE", "BATCH"), default=None, help="one network case instead of the default ones")
     ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (compile time and compiled speed)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks-throughput.md alone")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = select_device(args.device)
     configure_backends(dev)
-    args.e2e_size, args.e2e_steps, args.e2e_samples = args.e2e or ((64, 2, 2) if args.quick else (512, 10, 4))
+    args.e2e_size, args.e2e_steps, args.e2e_samples = args.e2e or ((32, 2, 2) if args.quick else (512, 10, 4))
     cases = CASES["quick" if args.quick else ("cuda" if dev.type == "cuda" else "cpu")]
+    if args.case:
+        cases = [(args.case[0], int(args.case[1]), int(args.case[2]))]
     peak = {"fp32": attainable(dev, False, args.repeats)}
     if uses_bf16(dev, inference=True):
         peak["bf16"] = attainable(dev, True, args.repeats)
     t0 = time.perf_counter()
     bf16_too = dev.type == "cuda" or args.quick  # the quick dry run exercises the GPU columns too
-    rows = [network_case(p, t, b, dev, args.repeats, bf16_too) for p, t, b in cases]
+    rows = [network_case(p, t, b, dev, args.repeats, bf16_too, args.compile) for p, t, b in cases]
     e2e = None
     if not args.no_e2e:
         e2e = end_to_end(dev, args.e2e_size, args.e2e_steps, args.e2e_samples, 1 if args.quick else max(1, args.repeats - 1),
-                         "tiny" if args.quick else "emdiffuse-n", default_tiling=dev.type == "cuda" or args.quick)
+                         "emdiffuse-n-cpu" if args.quick else "emdiffuse-n", default_tiling=dev.type == "cuda" or args.quick)
     sync(dev)
     text = report(rows, e2e, peak, dev, args)
     print(text)

@@ -1,7 +1,7 @@
 """Where a network evaluation and a whole ``predict`` spend their time.
 
 1. **Forward pass, by operation.** ``torch.profiler`` over one forward of our network as
-   ``predict`` runs it and of the published layout (``reference_network.py``, plain float32),
+   ``predict`` runs it and of the published layout (``engine/network_original.py``, float32),
    self CPU time grouped into convolutions, GroupNorm, activations, attention, element-wise
    arithmetic, copies/concatenations, linear layers and resampling.
 2. **Predict, by stage.** ``jobs.predict.run_predict`` with timers on the network evaluations
@@ -25,8 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Timers, load_average, machine, replace_section  # noqa: E402
-from bench_throughput import CASES, _channels, _randomise  # noqa: E402
-from reference_network import ReferenceUNet  # noqa: E402
+from bench_throughput import CASES, _channels, _randomise, reference  # noqa: E402
 
 from napari_emdiffuse.config import SampleConfig, load_preset  # noqa: E402
 from napari_emdiffuse.engine import tiling  # noqa: E402
@@ -80,7 +79,7 @@ def forward_rows(cases: list, dev: torch.device) -> list[dict]:
         cond = torch.randn(batch, cond_c, tile, tile, device=dev)
         c = torch.full((batch,), 0.3, device=dev)
         ours = prepare_network(_randomise(UNet(cfg, out_c, cond_c)), dev).eval()
-        ref = _randomise(ReferenceUNet(cfg, out_c, cond_c)).to(dev).eval()
+        ref = _randomise(reference(cfg, out_c, cond_c)).to(dev).eval()
         for name, net, ctx in (("ours", ours, lambda: autocast(dev, inference=True)), ("reference", ref, lambda: torch.autocast(dev.type, enabled=False))):
             groups, wall = op_breakdown(net, (x, cond, c), ctx)
             rows.append({"preset": preset, "tile": tile, "batch": batch, "network": name, "groups": groups, "wall": wall})
@@ -118,7 +117,7 @@ def report(rows: list[dict], pred: list[dict], dev: torch.device, args: argparse
         "",
         f"`torch.profiler`, self CPU time of the aten operators over one forward, {machine(dev)}, load average "
         f"{load_average()} (shares are what matters on a shared machine). Ours as `predict` runs it; the reference "
-        "as the published code runs it.",
+        "(the published layout) in float32, channels first.",
         "",
         "| preset | tile x batch | network | wall s | " + " | ".join(ORDER) + " |",
         "|---|---|---|---:|" + "---:|" * len(ORDER),
@@ -147,16 +146,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--predict", nargs=3, type=int, metavar=("SIZE", "STEPS", "SAMPLES"), default=None,
-                    help="predict profile: image size (one tile), steps, samples (default 512 4 4; quick 64 2 2)")
+                    help="predict profile: image size (one tile), steps, samples (default 512 4 4; quick 32 2 2)")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = select_device(args.device)
-    args.predict = args.predict or ([64, 2, 2] if args.quick else [512, 4, 4])
+    args.predict = args.predict or ([32, 2, 2] if args.quick else [512, 4, 4])
     cases = CASES["quick" if args.quick else ("cuda" if dev.type == "cuda" else "cpu")]
     rows = forward_rows(cases, dev)
     size, steps, samples = args.predict
-    preset = "tiny" if args.quick else "emdiffuse-n"
+    preset = "emdiffuse-n-cpu" if args.quick else "emdiffuse-n"
     pred = [predict_breakdown(dev, preset, size, steps, samples, None)]
     text = report(rows, pred, dev, args)
     print(text)

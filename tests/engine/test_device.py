@@ -75,3 +75,12 @@ def test_bf16_autocast_on_cuda():
     with autocast(dev):
         y = torch.nn.Conv2d(1, 1, 3).to(dev)(torch.ones(1, 1, 8, 8, device=dev))
     assert y.dtype == torch.bfloat16
+
+
+def test_prepare_network_compiles_only_when_asked(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: compiled.append(net) or net)
+    net = torch.nn.Conv2d(1, 1, 3)
+    prepare_network(net, torch.device("cpu"))
+    assert compiled == []
+    assert prepare_network(net, torch.device("cpu"), compile=True) is net and compiled == [net]
