@@ -8,8 +8,6 @@ Writes are atomic: files are written beside their target and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import NetworkConfig, Preset, parse_preset
+from .data.safe_output import replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
 from .errors import ConfigError, ModelFileError
@@ -33,42 +32,10 @@ MAX_CHANNELS = 64
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
-def _umask_mode() -> int:
-    """The mode a plain new file gets here (mkstemp's files are owner-only; models are shared)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a kill at any moment leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    """Save tensors as safetensors so that a kill at any moment leaves the old file or the new one."""
+    with replacing_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tensor_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -140,7 +107,7 @@ class Model:
         folder = Path(folder)
         weights = state if state is not None else self.network.state_dict()
         atomic_save_tensors(weights, folder / WEIGHTS, metadata={"format": "napari-emdiffuse"})
-        atomic_write_bytes(folder / MODEL_JSON, json.dumps(self.to_json(), indent=2).encode())
+        write_bytes(folder / MODEL_JSON, json.dumps(self.to_json(), indent=2).encode())
         return folder
 
     @classmethod

@@ -94,7 +94,8 @@ class PredictResult:
     """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
     Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
     cancel (planes not reached are zero); ``planes_done`` counts the planes of the variant's plan
-    that were sampled (its ``finished_region`` says which part of the output they fill)."""
+    that were sampled (its ``finished_region`` says which part of the output they fill).
+    ``written``: the files or store the job wrote (partial names after a cancel)."""
 
     mean: Any
     std: Any | None
@@ -102,4 +103,5 @@ class PredictResult:
     voxel: tuple[float, ...]
     complete: bool = True
     planes_done: int = 0
+    written: tuple[Path, ...] = ()
     kind: Kind = field(default=Kind.RESULT, init=False)

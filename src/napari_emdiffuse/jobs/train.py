@@ -11,6 +11,7 @@ A run folder holds ``model.json`` + ``weights.safetensors`` (the EMA model, usab
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -26,13 +27,15 @@ from ..engine.device import autocast, configure_backends, prepare_network, selec
 from ..engine.diffusion import Denoiser, DiffusionProcess
 from ..engine.samplers import get_sampler
 from ..engine.tiling import _splitmix
-from ..errors import Cancelled, ModelFileError
-from ..model_file import Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors
+from ..data.safe_output import Lock
+from ..errors import Cancelled, InputError, ModelFileError
+from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors
 from ..variants import get_variant
 from ..variants.base import Roi
 from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progress, TrainResult, Validation
 
 CHECKPOINT = "checkpoint.safetensors"
+LOCK = "train.lock"
 WARMUP_STEPS = 100
 
 
@@ -185,6 +188,19 @@ def checkpoint_state(run_dir: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not a readable checkpoint ({err})") from None
 
 
+def check_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds a trained model or checkpoint unless
+    the user asked to replace it (``overwrite``) or to continue it (``resume``)."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: a file, not a run folder; choose another --out")
+    held = [name for name in (MODEL_JSON, WEIGHTS, CHECKPOINT) if (run_dir / name).exists()]
+    if held and not resume and not overwrite:
+        raise InputError(f"{run_dir} holds a trained model ({', '.join(held)}); add --resume to continue it, or --overwrite to start afresh and replace it")
+
+
 def train(
     preset: Preset,
     arrays: dict[str, Any],
@@ -201,9 +217,33 @@ def train(
 
     ``arrays`` holds what the variant's ``training_inputs`` name, e.g. ``{"input": noisy,
     "target": clean}``; ``roi`` restricts training to a rectangle (fine-tuning on a region).
-    Yields :mod:`.events`; the last is a :class:`TrainResult`.
+    Yields :mod:`.events`; the last is a :class:`TrainResult`. The run folder is locked
+    (``train.lock``) for the run, so a second process training into it refuses.
     """
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    lock = Lock(run_dir / LOCK, f"run folder {run_dir}").acquire()
+    try:
+        yield from _train(preset, arrays, run_dir, device, init_model, resume, roi, preview_every, data_note, cancel)
+    finally:
+        lock.release()
+        if created:
+            with contextlib.suppress(OSError):  # only when empty: a run refused at once leaves no folder
+                run_dir.rmdir()
+
+
+def _train(
+    preset: Preset,
+    arrays: dict[str, Any],
+    run_dir: str | Path,
+    device: str = "auto",
+    init_model: Model | None = None,
+    resume: bool = False,
+    roi: Roi | None = None,
+    preview_every: int | None = None,
+    data_note: str = "",
+    cancel: CancelToken | None = None,
+) -> Iterator[Any]:
     ckpt = run_dir / CHECKPOINT
     if resume:
         saved = checkpoint_state(run_dir)
