@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	# install the CUDA build of their choice (pyproject only asks for torch>=2.2).
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.2"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "image-similarity-measures>=0.3"  # FSIM; its own deps would pull the GUI opencv
 	touch $(STAMP)
 
 setup: syslibs $(STAMP)

@@ -5,26 +5,30 @@ pair exists) with the recorded settings below, then bundled: EMA weights stored 
 (a few MB; they load into float32 networks), ``model.json`` with the measured metrics, and a
 model card (MODEL_CARD.md) with the training data, degradation, settings and data terms.
 
-    python benchmarks/make_default_models.py emdiffuse-r                  # train by the recipe, then bundle
-    python benchmarks/make_default_models.py emdiffuse-r --run runs/variants/sr2   # bundle a finished run
+    python benchmarks/make_default_models.py emdiffuse-n                  # train by the recipe (resumes a stopped run), then bundle
+    python benchmarks/make_default_models.py emdiffuse-r --run runs/default_emdiffuse-r   # bundle a finished run
 
-The recipes are the benchmarks' own training runs: EMDiffuse-n is the model
-``bench_denoise_samplers.py`` trains (ISBI 2012 ssTEM slices 0-23, Poisson peak 20 counts + read
-noise 0.03; slices 24-29 held out), EMDiffuse-r 2x and vEMDiffuse-i/-a at k = 4 are the models
-``bench_variants.py`` trains on the EPFL FIB-SEM (held-out slices in each card). The cards quote
-the scores of ``bench_suite.py`` (``--results``): run it, then bundle again to refresh them.
+The training data are exactly what ``bench_suite.py`` trains its regression baseline on
+(``bench_suite.training_arrays``): EMDiffuse-n on ISBI 2012 ssTEM slices 0-23 with Poisson noise
+at 20 counts and read noise 0.03 (slices 24-29 held out); EMDiffuse-r 2x and vEMDiffuse-i/-a at
+k = 4 on the EPFL FIB-SEM (held-out slices in each card). A run is stopped by its iteration count
+(the cosine learning-rate decay ends there) or its time cap, whichever comes first, and resumes
+exactly from its checkpoint. The cards quote the scores of ``bench_suite.py`` (``--results``):
+run it, then bundle again to refresh them.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from napari_emdiffuse.model_file import Model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
 DEST = REPO / "src" / "napari_emdiffuse" / "models"
@@ -55,11 +59,10 @@ CARD = """# {name}: {title}
 ({seconds} s on {device}), batch {batch}, {patch} px patches, AdamW lr {lr}, EMA {ema}.
 Sampling defaults: {sampler}, {sample_steps} steps, {samples} samples.
 
-**Measured.** Validation PSNR (normalised units, fast sampler) {val_psnr}. On held-back data
-(`docs/benchmarks.md`, `benchmarks/bench_suite.py`): {measured}
+**Measured.** {validation} On held-back data (`docs/benchmarks.md`, `benchmarks/bench_suite.py`): {measured}
 
-**Recipe.** `{recipe}` (CPU, 1 thread), then `python benchmarks/make_default_models.py {name}
---run {run}`; a GPU trains the same number of steps far faster.
+**Recipe.** `{recipe}` (CPU, 1 thread; preset `{preset}`, at most {iterations} steps or {minutes} minutes,
+run folder `{run}`); a GPU trains the same number of steps far faster.
 
 **Data terms.** {terms}
 
@@ -69,10 +72,9 @@ Sampling defaults: {sampler}, {sample_steps} steps, {samples} samples.
 FINE_TUNE = (
     "Trained on one tissue within a CPU budget: fine-tune on your own data (Train widget or "
     "`emdiffuse train --from-model {name}`) before trusting it on other samples, and read the uncertainty map. "
-    "At this size, `--steps 2` gives the highest PSNR (close to a regression network's answer, with a near-empty "
-    "uncertainty map); the default 10 steps give sharper samples whose texture is partly invented (docs/benchmarks.md)."
+    "The default output is the best estimate (for measurement); `--save-samples` writes the samples, sharper but with "
+    "partly invented texture (for looking at detail); their spread is the uncertainty map (docs/benchmarks.md)."
 )
-VARIANTS_WORK = "runs/variants"
 
 RECIPES = {
     "emdiffuse-n": {
@@ -83,7 +85,9 @@ RECIPES = {
         "`../shared/data/isbi2012_sstem_train.tif`. Slices 24-29 were held out (the bundled sample and the benchmark).",
         "degradation": "Simulated low dose: Poisson noise at 20 counts for a full-scale pixel plus Gaussian read noise of 3 % of the range (`data.degrade.poisson_gaussian`).",
         "terms": ISBI_TERMS,
-        "train": ["benchmarks/bench_denoise_samplers.py", "--crop", "128", "--test-slices", "2", "--samples", "2", "--minutes", "28", "--run-dir", "runs/default_emdiffuse-n"],
+        "preset": "emdiffuse-n-cpu",
+        "iterations": 1500,
+        "minutes": 32,
         "run": "runs/default_emdiffuse-n",
         "bench": "denoise",
     },
@@ -93,8 +97,11 @@ RECIPES = {
         "data": f"{EPFL}, slices 0-119. Slices 120-164 were held out (the benchmark scores slices 136-164).",
         "degradation": "Simulated 2x coarser point scan: Gaussian PSF with a FWHM of one coarse pixel, then 2 x 2 binning (`data.degrade.psf_bin`); the condition is the bicubic upsampling of the coarse image.",
         "terms": EPFL_TERMS,
-        "train": ["benchmarks/bench_variants.py", "--minutes", "15", "--only", "sr", "--sr-factors", "2", "--work", VARIANTS_WORK],
-        "run": f"{VARIANTS_WORK}/sr2",
+        "preset": "emdiffuse-r-cpu",
+        "options": {"factor": 2},
+        "iterations": 3000,
+        "minutes": 18,
+        "run": "runs/default_emdiffuse-r",
         "bench": "sr",
     },
     "vemdiffuse-i": {
@@ -103,8 +110,11 @@ RECIPES = {
         "data": f"{EPFL}, slices 65-164 (isotropic; every 4th slice is the condition, the 3 between are the target). Slices 0-64 were held out for the benchmark.",
         "degradation": "Simulated anisotropy: every 4th slice kept (`data.degrade.decimate_z`); the network learns the difference from linear interpolation.",
         "terms": EPFL_TERMS,
-        "train": ["benchmarks/bench_variants.py", "--minutes", "15", "--only", "iso", "--iso-factors", "4", "--work", VARIANTS_WORK],
-        "run": f"{VARIANTS_WORK}/iso_i4",
+        "preset": "vemdiffuse-i-cpu",
+        "options": {"factor": 4},
+        "iterations": 3000,
+        "minutes": 18,
+        "run": "runs/default_vemdiffuse-i",
         "bench": "iso_i",
     },
     "vemdiffuse-a": {
@@ -113,8 +123,11 @@ RECIPES = {
         "data": f"{EPFL}, with every 4th slice kept (5 x 5 x 20 nm): the model saw only these decimated slices, learning along x and y; the removed slices (the benchmark's truth) were never seen.",
         "degradation": "Lines 4 px apart within xy planes stand in for slices 4 px apart in z; the network learns the difference from linear interpolation.",
         "terms": EPFL_TERMS,
-        "train": ["benchmarks/bench_variants.py", "--minutes", "15", "--only", "iso", "--iso-factors", "4", "--work", VARIANTS_WORK],
-        "run": f"{VARIANTS_WORK}/iso_a4",
+        "preset": "vemdiffuse-a-cpu",
+        "options": {"factor": 4.0},
+        "iterations": 3000,
+        "minutes": 18,
+        "run": "runs/default_vemdiffuse-a",
         "bench": "iso_a",
     },
 }
@@ -131,12 +144,34 @@ def measured(key: str, results: Path) -> str:
         return "not measured yet (run `benchmarks/bench_suite.py`)."
     rows = data["rows"]
     base = next(r for r in rows if r["method"] == data["info"]["input"])
-    best = next(r for r in rows if r["kind"] == "scored")
-    return (
+    best = next((r for r in rows if r["kind"] == "best"), None) or next(r for r in rows if r["kind"] == "scored")
+    u = data["uncertainty"]
+    text = (
         f"{best['method']}: PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.3f}, mean FRC {best['frc']:.3f}, against "
-        f"{base['method']} {base['psnr']:.2f} dB, {base['ssim']:.3f}, {base['frc']:.3f}; uncertainty/error rank "
-        f"correlation {data['uncertainty']['spearman']:.2f}."
+        f"{base['method']} {base['psnr']:.2f} dB, {base['ssim']:.3f}, {base['frc']:.3f}; error map/error rank "
+        f"correlation {u['spearman']:.2f}"
     )
+    if "coverage_0.1" in u:
+        text += f"; the 90 % interval covers {100 * u['coverage_0.1']:.1f} % of the pixels"
+    return text + "."
+
+
+def validation(metrics: dict) -> str:
+    """What the run's final validation and calibration measured, on its held-out patches."""
+    if "val_baseline_psnr" not in metrics:  # trained before every run ended with one
+        return f"Validation PSNR (normalised units, 4 sampler steps) {metrics['val_psnr']:.2f} dB." if "val_psnr" in metrics else ""
+    text = (
+        f"Final validation on {metrics['val_patches']} held-out patches (normalised units): best estimate "
+        f"{metrics['val_psnr']:.2f} dB, {metrics['val_baseline']} {metrics['val_baseline_psnr']:.2f} dB."
+    )
+    cal = metrics.get("calibration")
+    if cal:
+        text += (
+            f" On {2 * cal['patches']} more held-out patches, the best estimate {cal['psnr_best']:.2f} dB against the mean of "
+            f"{cal['samples']} samples {cal['psnr_mean']:.2f} dB (so the best estimate is the default output); the error map "
+            f"is calibrated at alpha {cal['alpha']} on half of them and covers {100 * cal['check_coverage']:.1f} % of the other half."
+        )
+    return text
 
 
 def bundle(name: str, run: Path, results: Path) -> Path:
@@ -166,10 +201,12 @@ def bundle(name: str, run: Path, results: Path) -> Path:
         sampler=sa.sampler,
         sample_steps=sa.steps,
         samples=sa.samples,
-        val_psnr=f"{model.info.metrics['val_psnr']:.2f} dB" if "val_psnr" in model.info.metrics else "n/a",
+        validation=validation(model.info.metrics),
         measured=measured(recipe["bench"], results),
-        recipe="python " + " ".join(recipe["train"]),
+        recipe=f"python benchmarks/make_default_models.py {name}",
         run=recipe["run"],
+        iterations=recipe["iterations"],
+        minutes=recipe["minutes"],
         terms=recipe["terms"],
         limits=FINE_TUNE.format(name=name),
     )
@@ -182,17 +219,43 @@ def bundle(name: str, run: Path, results: Path) -> Path:
     return dest
 
 
+def train_default(name: str, run: Path, finish: bool = False) -> None:
+    """Train ``name`` by its recipe into ``run``, resuming from the checkpoint there if any;
+    ``finish``: stop a stopped run where it is (its final validation and calibration only)."""
+    from bench_suite import training_arrays
+
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.jobs.train import CHECKPOINT, checkpoint_state, train
+
+    recipe = RECIPES[name]
+    iterations = int(checkpoint_state(run)["step"]) if finish else recipe["iterations"]
+    over = {"train": {"iterations": iterations, "minutes": recipe["minutes"]}}
+    if "options" in recipe:
+        over["variant_options"] = recipe["options"]
+    preset = load_preset(recipe["preset"], over)
+    resume = (run / CHECKPOINT).is_file()
+    start = time.monotonic()
+    for ev in train(preset, training_arrays(preset), run, device="cpu", resume=resume, data_note=recipe["data"].split(", from ")[0]):
+        kind = ev.kind.value
+        if kind == "validation":
+            print(f"[{time.monotonic() - start:6.0f} s] step {ev.step}: validation {ev.psnr:.2f} dB (baseline {ev.input_psnr:.2f} dB)", flush=True)
+        elif kind in ("message", "result"):
+            print(f"[{time.monotonic() - start:6.0f} s] {ev}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=sorted(RECIPES))
     ap.add_argument("--run", type=Path, help="bundle this finished run (a model folder) instead of training")
+    ap.add_argument("--finish", action="store_true", help="end a stopped run where it is: final validation and calibration, then bundle")
     ap.add_argument("--results", type=Path, default=Path("/tmp/emdiffuse-bench-suite/results.json"), help="bench_suite.py results for the card")
     args = ap.parse_args()
     recipe = RECIPES[args.name]
     run = args.run
-    if run is None:
-        subprocess.run([sys.executable, *recipe["train"]], check=True, cwd=REPO)
-        run = REPO / recipe["run"]
+    if run is None or args.finish:
+        torch.set_num_threads(1)
+        run = run or REPO / recipe["run"]
+        train_default(args.name, run, args.finish)
     torch.set_grad_enabled(False)
     bundle(args.name, run, args.results)
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "screenshots"
-WINDOW = (1800, 1000)
+WINDOW = (1366, 768)  # a laptop screen: every control must be reachable here
 
 
 def _ensure_display() -> None:
@@ -31,15 +31,14 @@ def _ensure_display() -> None:
     if shutil.which("xvfb-run") is None:
         sys.exit("no display and no xvfb-run: install xvfb (make syslibs) or run on a desktop")
     env = {**os.environ, "EMDIFFUSE_SCREENSHOTS_UNDER_XVFB": "1"}
-    cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {WINDOW[0] + 100}x{WINDOW[1] + 100}x24", sys.executable, *sys.argv]
+    cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {WINDOW[0]}x{WINDOW[1]}x24", sys.executable, *sys.argv]
     sys.exit(subprocess.call(cmd, env=env))
 
 
-def _save(image, name: str) -> None:
-    from PIL import Image
-
+def _save(viewer, name: str) -> None:
+    """The whole window, as a user sees it (docks, layer list and canvas)."""
     path = OUT / name
-    Image.fromarray(image[..., :3]).save(path, optimize=True)
+    viewer.window._qt_window.grab().save(str(path))
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path} ({path.stat().st_size // 1024} kB)")
 
 
@@ -79,6 +78,7 @@ def main() -> None:
     _common.SYNCHRONOUS = True  # one step after another, so each picture shows a finished state
     viewer = napari.Viewer(title="napari-emdiffuse tutorial")
     viewer.window._qt_window.resize(*WINDOW)
+    viewer.window._qt_window.move(0, 0)
     app = QApplication.instance()
     viewer.open_sample("napari-emdiffuse", "sstem_clean")
     viewer.open_sample("napari-emdiffuse", "sstem_noisy")
@@ -87,13 +87,14 @@ def main() -> None:
     overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
     (overlays.scale_bar if overlays is not None else viewer.scale_bar).visible = True
     _settle(app, viewer)
-    _save(viewer.screenshot(canvas_only=True), "01_sample_data.png")
+    _save(viewer, "01_sample_data.png")
 
     # --- train on a region the user trusts ------------------------------------------------
     region = viewer.add_shapes(
         [_rectangle(clean, 16, 16, 239, 175)], shape_type="rectangle", name="trusted region",
         edge_color="yellow", face_color="transparent", edge_width=0.004, units=("micrometer", "micrometer"),
     )  # fmt: skip
+    enhance_dock, enhance = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
     dock, train = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Train / fine-tune")
     bundled = [e for e in MODELS.entries("denoise") if e.source == "bundled"]
     if bundled:
@@ -110,13 +111,14 @@ def main() -> None:
     train.device.setCurrentText("cpu")
     train.run()
     _settle(app, viewer)
-    _save(viewer.screenshot(canvas_only=False), "02_train.png")
-    viewer.window.remove_dock_widget(dock)
+    train.scroll.verticalScrollBar().setValue(train.scroll.verticalScrollBar().maximum())  # the loss curve
+    _settle(app, viewer)
+    _save(viewer, "02_train.png")
     viewer.layers.remove("training preview")
+    app.processEvents()  # napari 0.9 under Xvfb wants the removal drawn before layers are added
     region.visible = False
 
-    # --- enhance the slice shown, with an uncertainty map ----------------------------------
-    dock, enhance = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
+    # --- enhance the slice shown, with an uncertainty map (Train stays open below) -----------
     enhance.image.select(noisy)
     enhance.select_model(train.last_model)
     enhance.scope.setCurrentIndex(enhance.scope.findData("slice"))
@@ -127,8 +129,13 @@ def main() -> None:
     result, uncertainty = enhance.result_layers
     clean.visible = False
     _settle(app, viewer)
-    _save(viewer.screenshot(canvas_only=False), "03_enhance.png")
+    _save(viewer, "03_enhance.png")
+    enhance.expert.set_open(True)
+    enhance.scroll.verticalScrollBar().setValue(enhance.scroll.verticalScrollBar().maximum())
+    _settle(app, viewer)
+    _save(viewer, "03b_enhance_scrolled.png")
     viewer.window.remove_dock_widget(dock)
+    viewer.window.remove_dock_widget(enhance_dock)
 
     # --- compare: side by side, metrics against the clean image ----------------------------
     dock, compare = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Compare")
@@ -139,14 +146,14 @@ def main() -> None:
     compare.compute_metrics()
     compare.choose([noisy, result, uncertainty, clean])
     _settle(app, viewer)
-    _save(viewer.screenshot(canvas_only=False), "04_compare.png")
+    _save(viewer, "04_compare.png")
     compare.restore_view()
     viewer.window.remove_dock_widget(dock)
 
     # --- presets --------------------------------------------------------------------------
     dock, _ = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Presets")
     _settle(app, viewer)
-    _save(viewer.screenshot(canvas_only=False), "05_presets.png")
+    _save(viewer, "05_presets.png")
     print(f"model used: {model_note}")
     for row in compare.rows:
         print(f"{row['layer']}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, FRC resolution {row['frc_resolution'] * 1000:.1f} nm")

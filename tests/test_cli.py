@@ -36,6 +36,24 @@ def test_train_then_predict(tmp_path, stack, capsys):
     assert mean.pages[0].tags["XResolution"].value[0] / mean.pages[0].tags["XResolution"].value[1] == pytest.approx(250)
 
 
+def test_predict_says_when_a_model_has_no_calibration_or_is_worse_than_its_baseline(tmp_path, stack, capsys, tiny_model_dir):
+    import shutil
+
+    noisy, _ = stack
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["metrics"] = {"val_psnr": 15.0, "val_baseline_psnr": 18.0, "val_baseline": "noisy input"}
+    (model / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "den.tif"
+    assert main(["predict", "--model", str(model), "--input", str(noisy), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 0
+    said = capsys.readouterr()
+    assert "worse than noisy input on its validation patches (15.00 dB against 18.00 dB): train longer" in said.out + said.err
+    assert "no calibrated interval" in said.err and not (tmp_path / "den_lower.tif").exists()
+    assert main(["models", "--show", str(model)]) == 0
+    assert "worse than noisy input" in capsys.readouterr().out
+
+
 def test_presets_command(capsys):
     assert main(["presets"]) == 0
     assert "emdiffuse-n" in capsys.readouterr().out
@@ -73,9 +91,13 @@ def test_user_errors_are_one_line(tmp_path, stack, capsys, tiny_model_dir):
     assert "unsupported" in _error(capsys, ["predict", "--model", str(tiny_model_dir), "--input", str(txt), "--output", out])
 
 
+@pytest.mark.slow  # the CPU preset's final validation and calibration
 def test_fine_tune_a_bundled_model_by_name(tmp_path, stack, capsys):
     _, clean = stack
     run = tmp_path / "tuned"
     argv = ["train", "--from-model", "emdiffuse-n", "--clean", str(clean), "--out", str(run), "--iterations", "1", "-q"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert json.loads((run / "model.json").read_text())["training"]["fine_tuned_from"]["steps"] > 1000
+    from napari_emdiffuse.models import resolve_model
+
+    bundled = resolve_model("emdiffuse-n").info.training["steps"]
+    assert json.loads((run / "model.json").read_text())["training"]["fine_tuned_from"]["steps"] == bundled

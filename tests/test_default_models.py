@@ -53,3 +53,14 @@ def test_demo_writes_its_outputs(tmp_path):
     assert main(["--out", str(tmp_path), "--slices", "1", "--samples", "2", "--steps", "2"]) == 0
     for f in ("denoised.tif", "denoised_uncertainty.tif", "demo.png", "metrics.json"):
         assert (tmp_path / f).is_file(), f
+
+
+@pytest.mark.parametrize("name", sorted(bundled_models()))
+def test_bundled_models_keep_the_parameterisation_they_were_trained_with(name):
+    import json
+
+    stored = json.loads((bundled_models()[name] / "model.json").read_text())["preset"]
+    model = resolve_model(name)
+    assert model.preset.diffusion.prediction == stored["diffusion"]["prediction"]
+    if model.variant == "denoise":
+        assert model.preset.variant_options["residual"] == stored["variant_options"].get("residual", False)

@@ -3,8 +3,9 @@
 Each case builds its tiny bad files in its own folder and runs one command. Every case must end
 with the documented exit status (2: a problem the user can fix), exactly one line on stderr that
 names the file or key at fault, no traceback, no hang, and every file in the folder unchanged.
-Cases run in-process (``cli.main``) under an alarm; the ones that could block inside a C library
-(FIFOs, devices) run as subprocesses with a timeout.
+Cases run in-process (``cli.main``) under an alarm, which also interrupts a Python ``open`` blocked
+on a FIFO; the ones whose FIFO would be opened inside a C library (safetensors, torch.load), where
+no alarm reaches, run as subprocesses with a timeout.
 """
 
 from __future__ import annotations
@@ -111,15 +112,17 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+#: the valid model folder of this module's fixture, set by the test before a case is built
+MODEL_DIR: list[Path] = []
+
+
 def _model(tmp: Path, name: str = "model") -> Path:
+    """A copy of the valid model in the case's folder, for the case to break (or to use)."""
     import shutil
 
     dst = tmp / name
     shutil.copytree(MODEL_DIR[0], dst)
     return dst
-
-
-MODEL_DIR: list[Path] = []
 
 
 def _edit_json(path: Path, fn: Callable[[dict], None]) -> None:
@@ -598,24 +601,24 @@ def hdf5_voxel_negative(tmp):
 @case
 def fifo_input(tmp):
     os.mkfifo(tmp / "pipe.tif")
-    return Case(["info", tmp / "pipe.tif"], "pipe.tif", subprocess=True)
+    return Case(["info", tmp / "pipe.tif"], "pipe.tif")
 
 
 @case
 def fifo_as_training_data(tmp):
     os.mkfifo(tmp / "pipe.h5")
-    return Case(["prepare", "--clean", tmp / "pipe.h5", "--out", tmp / "set.zarr", "-q"], "pipe.h5", subprocess=True)
+    return Case(["prepare", "--clean", tmp / "pipe.h5", "--out", tmp / "set.zarr", "-q"], "pipe.h5")
 
 
 @case
 def char_device_input(tmp):
-    return Case(["info", "/dev/zero"], "/dev/zero", subprocess=True)
+    return Case(["info", "/dev/zero"], "/dev/zero")
 
 
 @case
 def fifo_as_preset(tmp):
     os.mkfifo(tmp / "preset.json")
-    return Case(["presets", "--show", tmp / "preset.json"], "preset.json", subprocess=True)
+    return Case(["presets", "--show", tmp / "preset.json"], "preset.json")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -882,8 +885,6 @@ def model_weights_all_nan(tmp):
 
 @case
 def model_weights_one_inf(tmp):
-    import torch
-
     m = _model(tmp)
 
     def poison(v):
@@ -1008,6 +1009,24 @@ def models_show_broken_folder(tmp):
     m = _model(tmp)
     (m / "model.json").write_text('{"format": "napari-emdiffuse-model"}')
     return Case(["models", "--show", m], "model.json")
+
+
+@case
+def import_emdiffuse_garbage(tmp):
+    (tmp / "net.pth").write_bytes(np.random.default_rng(2).bytes(200))
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth")
+
+
+@case
+def import_emdiffuse_not_a_zip(tmp):
+    (tmp / "net.pth").write_bytes(b"PK\x03\x04garbage")
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth")
+
+
+@case
+def import_emdiffuse_fifo(tmp):
+    os.mkfifo(tmp / "net.pth")
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth", subprocess=True)
 
 
 @case

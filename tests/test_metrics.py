@@ -121,3 +121,18 @@ def test_compare_reports_all_three(em):
     out = metrics.compare(em[0] + 1.0, em[0], pixel_size=4.0)
     assert set(out) == {"psnr", "ssim", "frc_resolution"}
     assert out["ssim"] > 0.99 and out["frc_resolution"] == 8.0
+
+
+def test_perceptual_scores_order_a_blur_and_noise_as_expected(isbi_clean):
+    from scipy.ndimage import gaussian_filter
+
+    from napari_emdiffuse.metrics import fsim, gmsd, ms_ssim
+
+    clean = isbi_clean[:1, :192, :192].astype(np.float64)
+    noisy = clean + np.random.default_rng(0).normal(0, 0.15, clean.shape)
+    smooth = np.stack([gaussian_filter(p, 1.0) for p in noisy])
+    assert ms_ssim(clean, clean, 1.0) == pytest.approx(1.0) and fsim(clean, clean, 1.0) == pytest.approx(1.0)
+    assert gmsd(clean, clean, 1.0) == pytest.approx(0.0, abs=1e-9)
+    for score, better in ((ms_ssim, np.greater), (fsim, np.greater), (gmsd, np.less)):
+        assert better(score(smooth, clean, 1.0), score(noisy, clean, 1.0)), score.__name__
+    assert 0 < ms_ssim(noisy[:, :40], clean[:, :40], 1.0) < 1  # few scales on a thin image

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,32 @@ def test_no_pickle_anywhere():
         assert not re.search(r"import pickle|pickle\.load|torch\.save\(", text), f
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f
+
+
+def test_a_denoiser_stored_before_the_residual_option_keeps_its_meaning(tmp_path, isbi_pair):
+    """Old model.json files have no ``residual`` key: they learnt the clean image itself and
+    must still be run that way; a new model writes the key and keeps its residual."""
+    from napari_emdiffuse.config import SampleConfig
+    from napari_emdiffuse.jobs.predict import run_predict
+
+    noisy, _ = isbi_pair
+    v = load_preset("tiny", {"diffusion": {"prediction": "v"}})
+    torch.manual_seed(3)
+    m = Model(v, ModelInfo())
+    for p in m.network.parameters():  # a network that answers something (not the zero start)
+        p.data.normal_(0, 0.05)
+    m.save(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "model.json").read_text())["preset"]["variant_options"] == {"residual": True}
+    meta = json.loads((tmp_path / "new" / "model.json").read_text())
+    meta["preset"]["variant_options"] = {}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "old" / "weights.safetensors").write_bytes((tmp_path / "new" / "weights.safetensors").read_bytes())
+    old = Model.load(tmp_path / "old")
+    assert old.preset.variant_options == {"residual": False}
+    explicit = Model(v.with_overrides({"variant_options": {"residual": False}}), ModelInfo(), network=old.network)
+    cfg = SampleConfig(steps=2, samples=1, tile_size=64, overlap=16)
+    image = noisy[0, :32, :32]
+    a = run_predict(old, image, sample=cfg, estimate="mean").mean
+    np.testing.assert_array_equal(a, run_predict(explicit, image, sample=cfg, estimate="mean").mean)
+    assert not np.allclose(a, run_predict(Model.load(tmp_path / "new"), image, sample=cfg, estimate="mean").mean, atol=1e-3)

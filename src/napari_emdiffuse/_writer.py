@@ -85,6 +85,7 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import zarr
 
     from .data.containers import write_ome_zarr as write_container
+    from .data.safe_output import swap_in
 
     arr = _check(data, meta, "OME-Zarr")
     final = Path(path)
@@ -115,7 +116,5 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
                           "window": {"start": window[0], "end": window[1], "min": window[0], "max": window[1]}}],
             "rdefs": {"model": "greyscale"},
         }  # fmt: skip
-    if final.exists():
-        shutil.rmtree(final)
-    target.rename(final)
+    swap_in(target, final)  # the old store is removed only once the new one is in place
     return [str(path)]

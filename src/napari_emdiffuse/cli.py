@@ -75,6 +75,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.show:
         model = resolve_model(args.show)
         print(printable(model.info.card) or f"{args.show}: this model has no model card")
+        warning = model.quality_warning()
+        if warning:
+            print(f"warning: {warning}")
         return 0
     for name, folder in sorted(bundled_models().items()):
         print(printable(f"{name:<15} {describe_model(folder)}"))
@@ -85,10 +88,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_preset, parse_preset
     from .jobs.events import new_cancel_token
-    from .jobs.train import checkpoint_state, train
+    from .jobs.train import check_run_folder, checkpoint_state, train
     from .models import resolve_model
     from .variants import get_variant
 
+    check_run_folder(args.out, args.resume, args.overwrite)
     overrides: dict[str, Any] = {"train": {}}
     if args.iterations is not None:
         overrides["train"]["iterations"] = args.iterations
@@ -133,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
     token = new_cancel_token()
-    with _ctrl_c_cancels(token):
+    with _ctrl_c_cancels(token) as stop:
         events = train(
             preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
@@ -141,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
             result = _drive(events, args.quiet, preset.train.iterations)
     print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
-    return 0
+    return stop.exit_status() if result.reason == "cancelled" else 0
 
 
 def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
@@ -163,9 +167,9 @@ def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
             elif ev.kind is Kind.LOSS:
                 bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
             elif ev.kind is Kind.VALIDATION:
-                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB (input {ev.input_psnr:.2f} dB)")
+                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB ({ev.baseline} {ev.input_psnr:.2f} dB)")
             elif ev.kind is Kind.MESSAGE:
-                bar.write(ev.text)
+                bar.write(ev.text, file=sys.stderr if ev.level == "warning" else sys.stdout)
             elif ev.kind is Kind.RESULT:
                 result = ev
     finally:
@@ -174,25 +178,53 @@ def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
     return result
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops the command at once (the second Ctrl-C, or SIGTERM where nothing
+    can be cancelled cleanly); ``signum`` gives the exit status 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Stop:
+    """Which signal cancelled a job (None while none has)."""
+
+    signum: int | None = None
+
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
 @contextlib.contextmanager
-def _ctrl_c_cancels(token: Any) -> Iterator[None]:
-    """The first Ctrl-C cancels the job cleanly (checkpoint / partial output kept); a second one aborts."""
+def _ctrl_c_cancels(token: Any) -> Iterator[_Stop]:
+    """The first Ctrl-C or SIGTERM cancels the job at its next step (checkpoint / finished
+    planes kept); a second one stops at once. Exit status: 130 for Ctrl-C, 143 for SIGTERM."""
+    stop = _Stop()
 
     def handler(signum: int, frame: Any) -> None:
         if token.is_set():
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
+        stop.signum = signum
         token.set()
-        print("\nemdiffuse: stopping after the current step (Ctrl-C again to abort) ...", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nemdiffuse: {name}: stopping after the current step (again to abort) ...", file=sys.stderr)
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        yield
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave the signals alone
+        yield stop
         return
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM outside a cancellable job: unwind (temporaries are removed) and exit 143."""
+    raise Interrupted(signum)
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -205,18 +237,14 @@ def _parse_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _output_paths(out: Path) -> tuple[Path, Path]:
-    suffix = out.suffix if out.suffix.lower() in (".tif", ".tiff") else ".tif"
-    stem = out.with_suffix("") if out.suffix.lower() in (".tif", ".tiff") else out
-    return stem.with_suffix(suffix), stem.parent / f"{stem.name}_uncertainty{suffix}"
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.io import TIFF_DTYPES, refuse_overwrite, write_tiff
+    from .data.io import TIFF_DTYPES
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
+    from .jobs.predict_output import OutputNames
     from .models import resolve_model
 
+    names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
     img = _read(args.input, "input")
     over: dict[str, Any] = {}
@@ -224,14 +252,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     sample = model.preset.with_overrides({"sample": over}).sample
-    out = Path(args.output)
-    zarr_out = out.suffix.lower() == ".zarr"
-    if args.keep_dtype and not zarr_out and np.dtype(img.data.dtype) not in TIFF_DTYPES:
+    if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
-    for p in [out] if zarr_out else _output_paths(out):  # before the run, not after it
-        refuse_overwrite(p, [img.path])
     token = new_cancel_token()
-    with _ctrl_c_cancels(token):
+    with _ctrl_c_cancels(token) as stop:
         events = predict(
             model,
             img.data,
@@ -239,26 +263,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             voxel=img.voxel,
             device=args.device,
             out_dtype="input" if args.keep_dtype else "float32",
-            output=out if zarr_out else None,
+            output=Path(args.output),
             input_paths=[img.path] if img.path else [],
             keep_samples=args.save_samples,
             compile=args.compile,
             cancel=token,
+            overwrite=args.overwrite,
+            model_name=str(args.model),
+            estimate=args.estimate,
+            alpha=args.alpha,
         )
         with naming({"image": args.input}):
             result = _drive(events, args.quiet)
-    if not result.complete:
-        print("cancelled: the planes finished so far are written; the others are zero", file=sys.stderr)
-    if zarr_out:
-        print(f"wrote {out} (arrays mean, std{', samples' if args.save_samples else ''})")
-        return 0
-    mean_path, std_path = _output_paths(out)
-    write_tiff(mean_path, result.mean, result.voxel, protect=[img.path])
-    write_tiff(std_path, result.std, result.voxel, protect=[img.path])
-    print(f"wrote {mean_path} and {std_path}")
-    if result.samples is not None:
-        for k, s in enumerate(result.samples):
-            write_tiff(mean_path.with_name(f"{mean_path.stem}_sample{k}{mean_path.suffix}"), s, result.voxel, protect=[img.path])
+    if not result.complete:  # the job's message said what was kept
+        return stop.exit_status()
+    print("wrote " + " and ".join(str(p) for p in result.written[:2]) + (f" and {len(result.written) - 2} sample(s)" if len(result.written) > 2 else ""))
+    if model.calibration is None:
+        print("no calibrated interval (lower/upper): this model was trained without calibration; fine-tune it to add one", file=sys.stderr)
     return 0
 
 
@@ -287,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a model or checkpoint, replacing it")
     t.add_argument("--from-model", help="fine-tune this model (a folder, or the name of a bundled model)")
     t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels)")
     t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
@@ -297,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="enhance an image or volume with a model")
     r.add_argument("--model", required=True, help="model folder, or the name of a bundled model")
     r.add_argument("--input", required=True)
-    r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written) or OUT.zarr")
+    r.add_argument("--output", required=True, help="OUT.tif (and OUT_uncertainty.tif are written), OUT.ome.tif or OUT.zarr")
     r.add_argument("--sampler", choices=sorted(get_args(SamplerName)))
     r.add_argument("--steps", type=int, help="sampler steps (network evaluations per sample)")
     r.add_argument("--spacing", choices=get_args(SampleConfig.model_fields["spacing"].annotation), help="noise levels; emdiffuse-test: the original's test schedule")
@@ -306,8 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overlap", type=int)
     r.add_argument("--tile-batch", type=int, help="tiles x samples evaluated at once")
     r.add_argument("--seed", type=int)
+    r.add_argument(
+        "--estimate", choices=("best", "mean"), default="best",
+        help="the output: best = the network's posterior-mean estimate (highest PSNR; for measuring), "
+        "mean = the mean of the samples; --save-samples adds the sharp samples (for looking at detail)",
+    )
+    r.add_argument("--alpha", type=float, help="miscoverage of the calibrated interval (default: the model's, 0.1 for 90 %%)")
     r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs (written beside them and swapped in when complete)")
     r.add_argument("--device", default="auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
     r.add_argument("-q", "--quiet", action="store_true")
@@ -320,11 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the bundled default models, or show one's model card")
     m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
     m.set_defaults(func=cmd_models)
+    from .bioimageio_export import add_parsers as add_bioimageio_parsers
     from .data.cli_commands import add_parsers
     from .import_emdiffuse import add_parser as add_import_parser
 
     add_parsers(sub)
     add_import_parser(sub)
+    add_bioimageio_parsers(sub)
     return p
 
 
@@ -367,18 +398,20 @@ def _log_to_stderr(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its status: 0 done, 2 a problem the user can fix, 1 an internal error,
-    130 interrupted. Nothing a user can cause ends in a traceback (``-v`` shows one)."""
+    130 interrupted by Ctrl-C, 143 by SIGTERM. Nothing a user can cause ends in a traceback (``-v`` shows one)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, or a usage error already printed on one line
         return stop.code if isinstance(stop.code, int) else 2
     _log_to_stderr(args.verbose)
+    with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("emdiffuse: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or SIGTERM outside a cancellable job
+        print("emdiffuse: interrupted; nothing incomplete is left under the output's name", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except MemoryError as err:
         if args.verbose:
             traceback.print_exc()

@@ -66,7 +66,14 @@ class DiffusionConfig(_Strict):
     timesteps: int = Field(2000, ge=10, le=10000)
     beta_start: float = Field(1e-6, gt=0.0, lt=1.0)
     beta_end: float = Field(0.01, gt=0.0, lt=1.0)
-    prediction: Literal["v", "eps"] = "v"
+    prediction: Literal["edm", "v", "eps"] = Field(
+        "edm",
+        description="edm: EDM preconditioning around the variant's baseline (an untrained model returns the baseline); "
+        "v: v-prediction (models before edm); eps: the paper's",
+    )
+    sigma_data: float | None = Field(
+        None, gt=0.0, le=10.0, description="spread of the training target (edm); empty: measured when training starts"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "DiffusionConfig":
@@ -79,6 +86,9 @@ class TrainConfig(_Strict):
     patch_size: int = Field(128, ge=16, le=1024)
     batch_size: int = Field(8, ge=1, le=512)
     lr: float = Field(1e-4, gt=0.0, le=1.0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after the warm-up: constant, or a cosine decay to lr/10 at train.iterations"
+    )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: int = Field(100, ge=0, le=MAX_STEPS, description="steps over which the EMA decay ramps up linearly from 0 to ema_decay (0: constant)")
@@ -86,9 +96,9 @@ class TrainConfig(_Strict):
     iterations: int = Field(10000, ge=1, le=MAX_STEPS)
     minutes: float | None = Field(None, gt=0.0, le=MAX_MINUTES, description="stop after this wall-clock budget")
     val_every: int = Field(500, ge=1, le=MAX_STEPS)
-    val_patches: int = Field(8, ge=1, le=256)
+    val_patches: int = Field(8, ge=1, le=256, description="held-out patches scored in validation (twice as many calibrate the uncertainty)")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the data held out, by region")
-    val_steps: int = Field(4, ge=1, le=1000, description="fast-sampler steps for validation PSNR")
+    val_steps: int = Field(4, ge=1, le=1000, description="sampler steps of the preview sample (validation scores the best estimate)")
     checkpoint_every: int = Field(250, ge=1, le=MAX_STEPS)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     min_foreground_std: float = Field(0.02, ge=0.0, le=2.0, description="reject patches whose target is flatter than this")

@@ -193,7 +193,7 @@ def diffusion_config(beta_schedule: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_preset(variant: str, unet: dict[str, Any], beta_schedule: dict[str, Any], factor: int | None) -> Preset:
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"residual": False} if variant == "denoise" else {}  # the original generates the clean image
     if variant == "superres":
         options = {"factor": 2, "emdiffuse_original": True}
     elif variant in PUBLISHED_FACTOR:

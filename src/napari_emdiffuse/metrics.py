@@ -1,4 +1,5 @@
-"""Image-quality metrics against a reference: PSNR, SSIM and Fourier ring correlation (FRC).
+"""Image-quality metrics against a reference: PSNR, SSIM, MS-SSIM, FSIM, GMSD and Fourier ring
+correlation (FRC).
 
 Shared by the Compare widget and the benchmarks, so that a number shown in the GUI and a number
 in a benchmark table mean the same thing. Conventions (stated once, here):
@@ -11,6 +12,10 @@ in a benchmark table mean the same thing. Conventions (stated once, here):
   and averaged, because EM stacks are often strongly anisotropic.
 - FRC (Saxton & Baumeister 1982; van Heel & Schatz 2005) is computed per 2D plane; see
   :func:`frc` for the ring binning and the apodisation.
+- The perceptual scores of the EMDiffuse paper and its field: MS-SSIM (Wang et al. 2003,
+  torchmetrics), FSIM (Zhang et al. 2011, the ``image-similarity-measures`` implementation on
+  8-bit images, as the paper's authors computed it) and GMSD (Xue et al. 2014, lower is better);
+  stacks are scored slice by slice and averaged. They need the ``dev`` extra's packages.
 """
 
 from __future__ import annotations
@@ -160,3 +165,79 @@ def compare(image: np.ndarray, reference: np.ndarray, pixel_size: float = 1.0) -
         "ssim": ssim(image, reference),
         "frc_resolution": frc_resolution(image, reference, pixel_size),
     }
+
+
+#: MS-SSIM weights of the five scales (Wang et al. 2003)
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _planes(image: np.ndarray, reference: np.ndarray, smallest: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _pair(image, reference)
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    if a.ndim != 3 or min(a.shape[-2:]) < smallest:
+        raise InputError(f"{name} needs 2D images or stacks at least {smallest} x {smallest} pixels (shape {a.shape})")
+    return a, b
+
+
+def ms_ssim(image: np.ndarray, reference: np.ndarray, data_range: float | None = None) -> float:
+    """Multi-scale SSIM with as many of the five scales as the image size allows (at least two;
+    the weights of the scales used are renormalised); stacks averaged over slices."""
+    import torch
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
+
+    a, b = _planes(image, reference, 32, "MS-SSIM")
+    rng = _data_range(b, data_range)
+    side = min(a.shape[-2:])
+    kernel = 11 if side >= 42 else 7
+    scales = 2
+    while scales < len(MS_SSIM_BETAS) and (kernel - 1) * 2 ** scales + 1 <= side:
+        scales += 1
+    betas = np.asarray(MS_SSIM_BETAS[:scales])
+    betas = tuple(float(x) for x in betas / betas.sum())
+    x = torch.from_numpy(a)[:, None]
+    y = torch.from_numpy(b)[:, None]
+    scores = [
+        float(msssim(x[i : i + 1], y[i : i + 1], data_range=rng, kernel_size=kernel, betas=betas, normalize="relu"))
+        for i in range(len(x))
+    ]
+    return float(np.mean(scores))
+
+
+def _uint8(a: np.ndarray, low: float, rng: float) -> np.ndarray:
+    return np.clip(np.rint((a - low) / rng * 255.0), 0, 255).astype(np.uint8)
+
+
+def fsim(image: np.ndarray, reference: np.ndarray, data_range: float | None = None) -> float:
+    """Feature similarity (phase congruency and gradient magnitude) on 8-bit versions of the
+    images, the reference's minimum at 0 and ``data_range`` at 255; stacks averaged over slices."""
+    from image_similarity_measures.quality_metrics import fsim as _fsim
+
+    a, b = _planes(image, reference, 16, "FSIM")
+    rng = _data_range(b, data_range)
+    low = float(b.min())
+    return float(np.mean([_fsim(_uint8(y, low, rng)[..., None], _uint8(x, low, rng)[..., None]) for x, y in zip(a, b)]))
+
+
+def gmsd(image: np.ndarray, reference: np.ndarray, data_range: float | None = None) -> float:
+    """Gradient magnitude similarity deviation (Xue et al. 2014): the standard deviation over
+    pixels of ``(2 m_r m_d + c) / (m_r^2 + m_d^2 + c)``, with Prewitt gradient magnitudes of the
+    images averaged 2 x 2 and subsampled, on the 0-255 scale (``c = 170``). 0 is identical;
+    lower is better. Stacks averaged over slices."""
+    from scipy.ndimage import convolve
+
+    a, b = _planes(image, reference, 8, "GMSD")
+    rng = _data_range(b, data_range)
+    hx = np.array([[1.0, 0.0, -1.0]] * 3) / 3.0
+    box = np.full((2, 2), 0.25)
+
+    def magnitude(plane: np.ndarray) -> np.ndarray:
+        p = convolve(plane * (255.0 / rng), box, mode="nearest")[::2, ::2]
+        return np.hypot(convolve(p, hx, mode="nearest"), convolve(p, hx.T, mode="nearest"))
+
+    scores = []
+    for x, y in zip(a, b):
+        mr, md = magnitude(y), magnitude(x)
+        gms = (2 * mr * md + 170.0) / (mr**2 + md**2 + 170.0)
+        scores.append(float(gms.std()))
+    return float(np.mean(scores))

@@ -8,8 +8,6 @@ Writes are atomic: files are written beside their target and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import NetworkConfig, Preset, parse_preset
+from .data.safe_output import replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
 from .errors import ConfigError, ModelFileError
@@ -33,42 +32,10 @@ MAX_CHANNELS = 64
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
-def _umask_mode() -> int:
-    """The mode a plain new file gets here (mkstemp's files are owner-only; models are shared)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a kill at any moment leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    """Save tensors as safetensors so that a kill at any moment leaves the old file or the new one."""
+    with replacing_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tensor_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -110,7 +77,11 @@ class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
     def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
-        self.preset = preset
+        from .variants import get_variant
+
+        # every variant option written out, so that a later default cannot change what a stored model means
+        options = get_variant(preset.variant).options(preset.variant_options)
+        self.preset = preset.with_overrides({"variant_options": options.model_dump()})
         self.info = info
         if network is None:
             declared_network(preset, info, f"preset {preset.name!r}")
@@ -119,6 +90,23 @@ class Model:
     @property
     def variant(self) -> str:
         return self.preset.variant
+
+    def quality_warning(self) -> str | None:
+        """A warning when the model scored below its baseline on its validation patches (None otherwise)."""
+        m = self.info.metrics
+        value = m.get("val_psnr")
+        base = m.get("val_baseline_psnr", m.get("val_input_psnr"))  # the key older models wrote
+        if value is None or base is None or value >= base:
+            return None
+        return (
+            f"this model is worse than {m.get('val_baseline', 'its baseline')} on its validation patches "
+            f"({value:.2f} dB against {base:.2f} dB): train longer"
+        )
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The conformal calibration of its error map (:mod:`.uncertainty`), if training made one."""
+        return self.info.metrics.get("calibration")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,7 +128,7 @@ class Model:
         folder = Path(folder)
         weights = state if state is not None else self.network.state_dict()
         atomic_save_tensors(weights, folder / WEIGHTS, metadata={"format": "napari-emdiffuse"})
-        atomic_write_bytes(folder / MODEL_JSON, json.dumps(self.to_json(), indent=2).encode())
+        write_bytes(folder / MODEL_JSON, json.dumps(self.to_json(), indent=2).encode())
         return folder
 
     @classmethod
@@ -157,7 +145,7 @@ class Model:
         ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
         if ints:
             raise ModelFileError(f"{weights}: weights must be floating point, but {ints[0]} is {header[ints[0]][1]} ({len(ints)} such tensors)")
-        model = cls(preset, info)
+        model = cls(preset, info, build_network(preset.network, info.out_channels, info.cond_channels))
         load_state_strict(model.network, load_tensors(weights), str(weights))
         return model
 
@@ -169,7 +157,7 @@ class Model:
     def parse_json(meta: dict[str, Any], source: str = "model.json") -> tuple[Preset, ModelInfo]:
         """The preset and metadata ``model.json`` declares, checked, without building anything."""
         try:
-            preset = parse_preset(meta["preset"], source=f"{source} (preset)")
+            preset = parse_preset(stored_preset(meta["preset"]), source=f"{source} (preset)")
             info = ModelInfo(
                 out_channels=int(meta["out_channels"]),
                 cond_channels=int(meta["cond_channels"]),
@@ -186,6 +174,21 @@ class Model:
             if not 1 <= getattr(info, key) <= MAX_CHANNELS:
                 raise ModelFileError(f"{source}: {MODEL_JSON} key {key!r} is {getattr(info, key)}; expected 1 to {MAX_CHANNELS}")
         return preset, info
+
+
+def stored_preset(data: Any) -> Any:
+    """A preset as a model folder or checkpoint stores it, with the values that keys added since
+    then had before they existed: a stored model keeps behaving exactly as when it was trained.
+
+    Denoising models written before the ``residual`` option learnt the clean image itself.
+    (:class:`Model` writes every variant option out, so a new model always has the key.)
+    """
+    if not isinstance(data, dict) or data.get("variant", "denoise") != "denoise":
+        return data
+    options = data.get("variant_options", {})
+    if isinstance(options, dict) and "residual" not in options:
+        return {**data, "variant_options": {**options, "residual": False}}
+    return data
 
 
 def read_model_json(folder: Path) -> dict[str, Any]:

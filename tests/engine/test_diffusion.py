@@ -48,7 +48,7 @@ def test_denoiser_inverts_the_parameterisation():
 
 
 def test_loss_is_zero_for_the_oracle_and_positive_otherwise():
-    proc = DiffusionProcess(DiffusionConfig())
+    proc = DiffusionProcess(DiffusionConfig(prediction="v"))
     torch.manual_seed(0)
     x0 = torch.randn(4, 1, 8, 8)
     zero = torch.nn.Module()
@@ -65,3 +65,40 @@ def test_loss_is_zero_for_the_oracle_and_positive_otherwise():
             return sqrt_ab * eps - sqrt_1mab * x0
 
     assert proc.loss(Oracle(), x0, x0, generator=torch.Generator().manual_seed(1)) < 1e-6
+
+
+class _EdmOracle(torch.nn.Module):
+    """The EDM network output that makes the denoiser return ``x0``: ``(x0 - c_skip x) / c_out``."""
+
+    def __init__(self, x0, sigma_data):
+        super().__init__()
+        self.x0, self.sd = x0, sigma_data
+
+    def forward(self, x_in, cond, c_noise):
+        from napari_emdiffuse.engine.diffusion import edm_scalings
+
+        sigma = torch.exp(c_noise * 4)[:, None, None, None]
+        c_skip, c_out, c_in = edm_scalings(sigma, self.sd)
+        return (self.x0 - c_skip * x_in / c_in) / c_out
+
+
+def test_edm_denoiser_and_loss_invert_the_preconditioning():
+    torch.manual_seed(0)
+    x0 = 0.3 * torch.randn(2, 1, 8, 8)
+    den = Denoiser(_EdmOracle(x0, 0.3), "edm", 0.3)
+    for sigma in (0.01, 1.0, 100.0):
+        out = den(x0 + sigma * torch.randn_like(x0), torch.tensor(sigma), torch.zeros_like(x0))
+        assert torch.allclose(out, x0, atol=1e-4 * max(1.0, sigma)), sigma
+    proc = DiffusionProcess(DiffusionConfig(prediction="edm", sigma_data=0.3))
+    assert proc.loss(_EdmOracle(x0, 0.3), x0, x0, generator=torch.Generator().manual_seed(1)) < 1e-6
+    zero = torch.nn.Module()
+    zero.forward = lambda x, cond, c: torch.zeros_like(x)
+    # the untrained network's loss is about 1 at every noise level: the EDM weighting
+    assert 0.3 < float(proc.loss(zero, x0, x0, generator=torch.Generator().manual_seed(1))) < 3
+
+
+def test_edm_needs_sigma_data():
+    import pytest
+
+    with pytest.raises(ValueError, match="sigma_data"):
+        Denoiser(torch.nn.Identity(), "edm", None)

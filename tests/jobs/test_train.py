@@ -27,6 +27,12 @@ def _tiny(**train):
     return load_preset("tiny", {"train": train})
 
 
+@pytest.fixture(autouse=True)
+def no_wall_clock_validations(monkeypatch):
+    """Validations by the clock would make event counts depend on the machine's load."""
+    monkeypatch.setattr("napari_emdiffuse.jobs.train.VALIDATE_SECONDS", float("inf"))
+
+
 def test_events_checkpoint_and_model(tmp_path, isbi_pair):
     noisy, clean = isbi_pair
     events = _run(train(_tiny(iterations=12, val_every=6, checkpoint_every=6), {"input": noisy, "target": clean}, tmp_path))
@@ -214,3 +220,52 @@ def test_ema_decay_ramps_up_over_ema_warmup_steps():
     assert ema_decay(preset, 49) == pytest.approx(0.495)
     assert ema_decay(preset, 99) == ema_decay(preset, 5000) == pytest.approx(0.99)
     assert ema_decay(load_preset("tiny", {"train": {"ema_decay": 0.99, "ema_warmup": 0}}), 0) == 0.99
+
+
+def test_cosine_learning_rate_decays_to_a_tenth_at_the_last_iteration():
+    from napari_emdiffuse.jobs.train import learning_rate
+
+    preset = load_preset("tiny", {"train": {"lr": 1e-3, "iterations": 1000, "lr_schedule": "cosine"}})
+    assert learning_rate(preset, 0) == pytest.approx(1e-5, rel=0.1)  # warm-up
+    assert learning_rate(preset, 500) == pytest.approx(0.55e-3, rel=1e-3)
+    assert learning_rate(preset, 1000) == pytest.approx(1e-4)
+    assert learning_rate(load_preset("tiny", {"train": {"lr": 1e-3}}), 900) == pytest.approx(1e-3)
+
+
+
+def test_every_run_ends_validated_calibrated_and_no_worse_than_its_input(tmp_path, isbi_pair):
+    """A few steps, far fewer than val_every: the run still ends with a validation against the
+    baseline, written to model.json with a conformal calibration, and the model's best estimate
+    on held-back slices is not worse than the noisy input (the EDM parameterisation)."""
+    from napari_emdiffuse import metrics
+    from napari_emdiffuse.jobs.predict import run_predict
+
+    noisy, clean = isbi_pair
+    events = _run(train(_tiny(iterations=8, val_every=1000), {"input": noisy[:3], "target": clean[:3]}, tmp_path, device="cpu"))
+    validations = [e for e in events if e.kind is Kind.VALIDATION]
+    assert len(validations) == 1 and validations[0].step == 8 and validations[0].baseline == "noisy input"
+    m = json.loads((tmp_path / "model.json").read_text())["metrics"]
+    assert m["val_step"] == 8 and m["val_baseline"] == "noisy input"
+    assert m["val_psnr"] >= m["val_baseline_psnr"]
+    cal = m["calibration"]
+    assert cal["alpha"] == 0.1 and len(cal["q"]) == len(cal["alphas"]) and cal["q"] == sorted(cal["q"], reverse=True)
+    assert 0.5 < cal["check_coverage"] <= 1.0
+    model = Model.load(tmp_path)
+    image = noisy[3, :128, :128]
+    best = run_predict(model, image, device="cpu").mean
+    assert metrics.psnr(best, clean[3, :128, :128], 1.0) >= metrics.psnr(image, clean[3, :128, :128], 1.0)
+
+
+def test_a_cancelled_run_is_validated_too_and_validations_follow_the_clock(tmp_path, isbi_pair, monkeypatch):
+    noisy, clean = isbi_pair
+    monkeypatch.setattr("napari_emdiffuse.jobs.train.VALIDATE_SECONDS", 0.0)
+    token = new_cancel_token()
+    events = []
+    for ev in train(_tiny(iterations=50, val_every=1000), {"input": noisy[:2], "target": clean[:2]}, tmp_path, cancel=token):
+        events.append(ev)
+        if ev.kind is Kind.LOSS and ev.step == 3:
+            token.set()
+    steps = [e.step for e in events if e.kind is Kind.VALIDATION]
+    assert steps == [1, 2, 3, 3]  # by the clock after every step, then the final one
+    assert events[-1].reason == "cancelled"
+    assert json.loads((tmp_path / "model.json").read_text())["metrics"]["val_step"] == 3

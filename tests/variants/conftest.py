@@ -40,7 +40,8 @@ def oracle_model() -> Callable[..., Model]:
     around an :class:`Oracle`, with small tiles so that every test plane spans several."""
 
     def make(preset: str, options: dict, answer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out_c: int, cond_c: int) -> Model:
-        p = load_preset(preset, {"variant_options": options, "sample": {"tile_size": 32, "overlap": 8, "samples": 2, "steps": 3}})
+        over = {"variant_options": options, "diffusion": {"prediction": "v"}, "sample": {"tile_size": 32, "overlap": 8, "samples": 2, "steps": 3}}
+        p = load_preset(preset, over)  # the oracle answers in the v form
         return Model(p, ModelInfo(out_channels=out_c, cond_channels=cond_c), network=Oracle(answer))
 
     return make

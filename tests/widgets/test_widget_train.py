@@ -77,3 +77,19 @@ def test_fine_tuning_on_a_drawn_rectangle_uses_only_that_region(make_napari_view
     training = Model.load(w.last_model).info.training
     assert "region y 30:110, x 20:100" in training["data"]
     assert training["fine_tuned_from"]  # started from the chosen model
+
+
+@pytest.mark.slow
+def test_the_train_widget_exports_the_chosen_model_to_bioimageio(make_napari_viewer, tiny_model, tmp_path):
+    import zipfile
+
+    pytest.importorskip("bioimageio.spec", reason="bioimage.io export needs the export extra")
+    viewer = make_napari_viewer()
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    assert w.export_button.toolTip()
+    w.select_start("fine-tune:")
+    assert w.model_to_export() == tiny_model.resolve()
+    out = w.export_bioimageio(tmp_path / "tiny.zip")
+    names = zipfile.ZipFile(out).namelist()
+    assert {"model.json", "weights.pt"} <= set(names) and any(n.endswith(".yaml") for n in names)

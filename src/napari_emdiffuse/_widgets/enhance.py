@@ -433,6 +433,8 @@ class EnhanceWidget(DockWidget):
         self.controls.start(job, f"Enhancing {plan.layer.name!r} with {plan.entry.name}…")
 
     def _on_event(self, event: Any) -> None:
+        if event.kind.value == "message" and event.level == "warning":  # e.g. a model worse than its baseline
+            _common.notify(event.text, "warning")
         if event.kind.value != "result":
             return
         if event.complete:

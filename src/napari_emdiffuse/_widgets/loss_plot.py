@@ -22,6 +22,8 @@ class LossPlot(QWidget):
         self.losses: list[float] = []
         self.smoothed: list[float] = []
         self.validation: list[tuple[int, float]] = []  # (step, PSNR dB), shown in the caption
+        self.baseline_psnr: float | None = None
+        self.baseline = "baseline"
         self.setMinimumHeight(120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
@@ -41,8 +43,10 @@ class LossPlot(QWidget):
         self.smoothed.append(SMOOTHING * prev + (1 - SMOOTHING) * loss if self.smoothed else loss)
         self.update()
 
-    def add_validation(self, step: int, psnr: float) -> None:
+    def add_validation(self, step: int, psnr: float, baseline_psnr: float | None = None, baseline: str = "baseline") -> None:
+        """A validation PSNR, beside the baseline's on the same patches (the line it must stay above)."""
         self.validation.append((step, psnr))
+        self.baseline_psnr, self.baseline = baseline_psnr, baseline
         self.update()
 
     def caption(self) -> str:
@@ -51,6 +55,8 @@ class LossPlot(QWidget):
         text = f"step {self.steps[-1]}   loss {self.smoothed[-1]:.4f}"
         if self.validation:
             text += f"   validation PSNR {self.validation[-1][1]:.2f} dB"
+            if self.baseline_psnr is not None:
+                text += f" ({self.baseline} {self.baseline_psnr:.2f} dB)"
         return text
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name

@@ -146,12 +146,12 @@ class PresetsWidget(DockWidget):
 
     def save(self, path: str | Path) -> Path:
         """Write the edited preset as JSON (refusing an invalid one)."""
-        from ..model_file import atomic_write_bytes
+        from ..data.safe_output import write_bytes
 
         path = Path(path)
         if path.suffix.lower() != ".json":
             path = path.with_suffix(".json")
-        atomic_write_bytes(path, (self.preset().to_json() + "\n").encode())
+        write_bytes(path, (self.preset().to_json() + "\n").encode())
         self.status.setText(f"Saved to {path}")
         return path
 

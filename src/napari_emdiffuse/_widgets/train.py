@@ -140,6 +140,11 @@ class TrainWidget(DockWidget):
         self.save_button.setEnabled(False)
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("Add a model folder from disk, as the starting point for fine-tuning")
+        self.export_button = QPushButton("bioimage.io…")
+        self.export_button.setToolTip(
+            "Export the model to fine-tune (or the last trained) as a bioimage.io model package (.zip) "
+            "for the BioImage Model Zoo; EMDiffuse-n and -r models"
+        )
 
         body = QWidget()
         form = self.form = QFormLayout()
@@ -160,7 +165,7 @@ class TrainWidget(DockWidget):
         layout.addLayout(form)
         layout.addWidget(self.controls)
         layout.addWidget(self.plot)
-        layout.addLayout(row_layout(self.save_button, self.load_button))
+        layout.addLayout(row_layout(self.save_button, self.load_button, self.export_button))
         layout.addStretch(1)
         self.set_body(body)
 
@@ -169,6 +174,7 @@ class TrainWidget(DockWidget):
         self.start_from.currentIndexChanged.connect(self._start_changed)
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
+        self.export_button.clicked.connect(self._export_dialog)
         for signal in (MODELS.changed, PRESETS.changed):
             signal.connect(self.refresh_start)
             self.destroyed.connect(lambda *_, s=signal: disconnect(s, self.refresh_start))
@@ -383,7 +389,7 @@ class TrainWidget(DockWidget):
         if k == "loss":
             self.plot.add(event.step, event.loss)
         elif k == "validation":
-            self.plot.add_validation(event.step, event.psnr)
+            self.plot.add_validation(event.step, event.psnr, event.input_psnr, event.baseline)
         elif k == "preview":
             self._show_preview(event)
         elif k == "checkpoint":
@@ -394,6 +400,8 @@ class TrainWidget(DockWidget):
             self.last_model = Path(event.model_dir)
             self.save_button.setEnabled(True)
             psnr = f", validation PSNR {event.best_psnr:.2f} dB" if event.best_psnr is not None else ""
+            if event.best_psnr is not None and event.baseline_psnr is not None:
+                psnr += f" ({self.plot.baseline} {event.baseline_psnr:.2f} dB)"
             self.controls.status.setText(
                 f"{event.reason.capitalize()} after {event.steps} steps{psnr}. Model '{name}' is ready in Enhance."
             )
@@ -461,3 +469,32 @@ class TrainWidget(DockWidget):
                 self.load_model(folder)
             except Exception as err:  # noqa: BLE001 - shown to the user
                 _common.notify_error(err)
+
+    def model_to_export(self) -> Path:
+        """The model chosen to fine-tune in "Start from", else the last one trained here."""
+        data = self.start_from.currentData()
+        if data is not None and data[0] == "model":
+            return Path(data[1].path)
+        if self.last_model is not None:
+            return self.last_model
+        raise InputError("choose a model in 'Start from' (fine-tune: …) or train one, then export it")
+
+    def export_bioimageio(self, path: str | Path) -> Path:
+        """Write :meth:`model_to_export` as a bioimage.io model package."""
+        from ..bioimageio_export import export_bioimageio
+
+        return export_bioimageio(self.model_to_export(), path)
+
+    def _export_dialog(self) -> None:
+        try:
+            folder = self.model_to_export()
+        except Exception as err:  # noqa: BLE001 - shown to the user
+            _common.notify_error(err)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "bioimage.io model package", f"{folder.name}.zip", "zip (*.zip)")
+        if path:
+            try:
+                out = self.export_bioimageio(path if path.endswith(".zip") else path + ".zip")
+                self.controls.status.setText(f"bioimage.io package written to {out}")
+            except Exception as err:  # noqa: BLE001 - shown to the user
+                self.controls.status.setText(_common.notify_error(err))

@@ -97,12 +97,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with naming({"input": args.input, "target": args.target, "clean images": args.clean, "volume": args.volume}):
         if args.input:
-            report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress)
+            report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress, args.overwrite)
         elif args.clean:
             degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
-            report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress)
+            report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress, args.overwrite)
         else:
-            report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress)
+            report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress, args.overwrite)
     bar.close()
     report_json, overlay = report_paths(out)
     if "patches_kept" in report:
@@ -153,10 +153,52 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
         print("warning:  incomplete (preparation was interrupted)")
 
 
+def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
+    """What made one of our outputs and whether it is complete, from its provenance."""
+    from ..jobs.predict_output import describe_bounds
+
+    if "shape" not in attrs or "finished" not in attrs:
+        return []
+    settings = attrs.get("settings") or {}
+    made = f"{attrs.get('software', '?')}, model {attrs.get('model', '?')} ({attrs.get('variant', '?')}"
+    made += "".join(f" {k}={v}" for k, v in (attrs.get("variant_options") or {}).items()) + ")"
+    if settings:
+        made += f", {settings.get('sampler')} {settings.get('steps')} steps, {settings.get('samples')} samples, seed {settings.get('seed')}"
+    if attrs.get("complete"):
+        status = "yes"
+    elif attrs.get("finished"):
+        status = f"NO: only {describe_bounds(attrs['finished'], attrs['shape'])} is finished (the run was stopped)"
+    else:
+        status = "NO: nothing is finished (the run was stopped)"
+    lines = [f"complete: {status}", f"made by:  {made}"]
+    if attrs.get("input"):
+        lines.append(f"input:    {', '.join(attrs['input'])}")
+    return lines
+
+
+def _prediction_info(path: Path) -> bool:
+    """Describe a prediction store written by ``predict``; False when ``path`` is not one."""
+    import zarr
+
+    from .safe_output import own_attrs
+
+    attrs = own_attrs(path)
+    if attrs is None or "finished" not in attrs:
+        return False
+    group = zarr.open_group(str(path), mode="r")
+    print(f"prediction: {path}")
+    for name, arr in sorted(group.arrays()):
+        print(f"  {name:<8} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
+    print(f"voxel:    {_voxel_text(tuple(attrs['voxel_size']))}" if attrs.get("voxel_size") else "voxel:    unknown")
+    print("\n".join(_provenance_lines(attrs)))
+    return True
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .io import read_image
 
-    if Path(args.file).is_dir() and args.dataset is None and _set_info(Path(args.file)):
+    path = Path(args.file)
+    if path.is_dir() and args.dataset is None and (_set_info(path) or _prediction_info(path)):
         return 0
     img = read_image(args.file, dataset=args.dataset, level=args.level)
     data = img.data
@@ -170,6 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"voxel:    {_voxel_text(tuple(img.voxel))}" + ("  (not recorded in the file: 1 per pixel)" if all(v == 1.0 for v in img.voxel) else ""),
         f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",
         f"size:     {nbytes / 2**20:.1f} MiB uncompressed",
+        *_provenance_lines(img.meta.get("provenance") or {}),
     ]
     print("\n".join(lines))
     return 0
@@ -184,6 +227,7 @@ def add_parsers(subparsers: Any) -> None:
     src.add_argument("--clean", help="clean images only: the degraded input is simulated")
     src.add_argument("--volume", help="a volume for the vEM variants")
     p.add_argument("--out", required=True, help="the training set to write, e.g. train_set.zarr")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing training set (built beside it, swapped in when complete)")
     p.add_argument("--preset", help="take variant, options and patch size from this preset (as for train)")
     p.add_argument("--variant", help="denoise (default), superres, iso_i or iso_a")
     p.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
@@ -207,7 +251,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
-    i = subparsers.add_parser("info", help="shape, dtype, voxel size and chunking of an image file")
+    i = subparsers.add_parser("info", help="shape, dtype, voxel size and chunking of an image file (and, for our outputs, what made them and whether they are complete)")
     i.add_argument("file", help="TIFF, zarr/OME-Zarr, N5, MRC, HDF5 (file.h5:/dataset), PNG or a folder of slices")
     i.add_argument("--dataset", help="dataset inside an HDF5/N5/zarr container")
     i.add_argument("--level", type=whole(0), default=0, help="pyramid level of an OME-Zarr image")

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from .io import Image, lazy, refuse_overwrite, unit_to_um
+from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output
 
 NGFF_VERSION = "0.4"
 
@@ -185,7 +186,7 @@ def _ngff_attrs(voxel: Sequence[float], ndim: int, name: str, levels: int = 1, f
     for lv in range(levels):
         f = np.array([1.0] * (ndim - 2) + [factor**lv] * 2) if ndim == 3 else np.array([factor**lv] * 2)
         datasets.append({"path": str(lv), "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in np.asarray(voxel) * f]}]})
-    return {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}]}
+    return {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}], CREATED_BY: SOFTWARE}
 
 
 def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
@@ -201,17 +202,22 @@ def create_ome_zarr(
     chunks: Sequence[int] | None = None,
     image: str | None = None,
     protect: Sequence[Path | None] = (),
+    name: str | None = None,
 ) -> Any:
     """An empty OME-Zarr image (NGFF 0.4, one level) to fill tile by tile; returns its zarr array.
 
     ``image``: write it as the sub-group ``image`` of the group at ``path`` (e.g. ``mean`` and
     ``std`` of one prediction in one store); the root group is created or kept. Without it,
-    ``path`` itself becomes the image group (replaced if it exists). ``voxel`` in µm per axis.
+    ``path`` itself becomes the image group; it must not exist yet (or be an empty folder).
+    ``voxel`` in µm per axis.
     """
     import zarr
 
     path = Path(path)
-    refuse_overwrite(path, protect)
+    if image:
+        refuse_overwrite(path, protect)
+    else:
+        check_new_output(path, protect)
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or len(voxel) != len(shape):
         raise InputError(f"{path}: OME-Zarr images here are 2D or 3D with one voxel size per axis, got shape {shape} and voxel {tuple(voxel)}")
@@ -220,7 +226,7 @@ def create_ome_zarr(
         group = root.create_group(image, overwrite=True)
     else:
         group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    group.attrs.update(_ngff_attrs(voxel, len(shape), image or path.stem))
+    group.attrs.update(_ngff_attrs(voxel, len(shape), name or image or path.stem))
     chunks = tuple(chunks) if chunks is not None else default_chunks(shape)
     return group.create_array("0", shape=shape, dtype=np.dtype(dtype), chunks=chunks, fill_value=0)
 
@@ -233,13 +239,34 @@ def write_ome_zarr(
     levels: int = 1,
     image: str | None = None,
     protect: Sequence[Path | None] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Write a (lazy) 2D/3D array as OME-Zarr, chunk by chunk, with ``levels`` pyramid levels
-    (each half the size in y and x, by 2 x 2 averaging) for fast browsing of large volumes."""
+    (each half the size in y and x, by 2 x 2 averaging) for fast browsing of large volumes.
+
+    Without ``image`` the store is built beside ``path`` and swapped in when complete; an
+    existing one is replaced only with ``overwrite`` and only when it is one of our outputs.
+    """
+    if image is None:
+        check_new_output(path, protect, overwrite)
+        staged = StagedStore(path)
+        try:
+            _write_ome_zarr(staged.path, data, voxel, chunks, levels, None, Path(path).stem)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged.commit()
+    return _write_ome_zarr(path, data, voxel, chunks, levels, image, image, protect)
+
+
+def _write_ome_zarr(
+    path: Path, data: Any, voxel: Sequence[float], chunks: Sequence[int] | None, levels: int, image: str | None, name: str,
+    protect: Sequence[Path | None] = (),
+) -> Path:  # fmt: skip
     import dask.array as da
     import zarr
 
-    arr = create_ome_zarr(path, data.shape, data.dtype if data.dtype != np.float64 else np.float32, voxel, chunks, image, protect)
+    arr = create_ome_zarr(path, data.shape, data.dtype if data.dtype != np.float64 else np.float32, voxel, chunks, image, protect, name)
     src = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=arr.chunks)
     da.store(src.astype(arr.dtype).rechunk(arr.chunks), arr, lock=False)
     if levels > 1:
@@ -254,5 +281,5 @@ def write_ome_zarr(
             out = group.create_array(str(lv), shape=down.shape, dtype=arr.dtype, chunks=default_chunks(down.shape), fill_value=0)
             da.store(down.rechunk(out.chunks), out, lock=False)
             prev, written = da.from_zarr(out), written + 1
-        group.attrs.update(_ngff_attrs(voxel, len(data.shape), image or Path(path).stem, levels=written))
+        group.attrs.update(_ngff_attrs(voxel, len(data.shape), name, levels=written))
     return Path(path)

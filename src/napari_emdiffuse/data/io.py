@@ -10,6 +10,7 @@ an input file.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -193,7 +194,8 @@ def read_tiff(path: Path) -> Image:
         raise
     except Exception as err:  # noqa: BLE001 - tifffile raises many types on a corrupt file
         raise InputError(f"{path}: not a readable TIFF file ({' '.join(str(err).split()) or type(err).__name__})") from None
-    return Image(data, tuple(float(v) for v in voxel), path, meta={"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes})
+    meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
+    return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
 
 
 def sniff(path: Path) -> str | None:
@@ -311,14 +313,39 @@ def _read_any(file: Path, dataset: str | None, level: int) -> Image:
     return volume_files.read_png(file)
 
 
+def _file_ids(path: Path) -> set[tuple[int, int]]:
+    """(device, inode) of ``path`` and of each of its folders that exist."""
+    ids = set()
+    for p in (path, *path.parents):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def refuse_overwrite(path: Path, protect: Sequence[Path | None]) -> None:
-    """Raise when ``path`` is (or lies inside) one of the input paths."""
+    """Raise when ``path`` is (or lies inside, or holds) one of the input paths; compared by
+    resolved path and by device and inode, so a hard link to an input (or a second mount of
+    its folder) is caught too."""
     target = Path(path).resolve()
+    target_id, target_chain = _file_id(target), _file_ids(target)
     for p in protect:
         if p is None:
             continue
         src = Path(p).resolve()
-        if target == src or src in target.parents or target in src.parents:
+        src_id = _file_id(src)
+        same = src_id is not None and (src_id in target_chain or (target_id is not None and target_id in _file_ids(src)))
+        if same or target == src or src in target.parents or target in src.parents:
             raise InputError(f"{path}: refusing to overwrite the input {p}; choose another output name")
 
 
@@ -331,13 +358,30 @@ def iter_planes(data: Any) -> Iterator[np.ndarray]:
         yield np.asarray(data[z])
 
 
+#: private TIFF tag holding our provenance (JSON): what made the file and whether it is complete
+PROVENANCE_TAG = 65000
+
+
+def tiff_provenance(tf: Any) -> dict[str, Any] | None:
+    """The provenance a TIFF written by :func:`write_tiff` carries, or None."""
+    tag = tf.pages[0].tags.get(PROVENANCE_TAG)
+    if tag is None:
+        return None
+    try:
+        value = json.loads(tag.value)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_tiff(
     path: str | Path,
     data: Any,
     voxel: Sequence[float],
-    protect: Sequence[Path] = (),
+    protect: Sequence[Path | None] = (),
     origin: Sequence[float] | None = None,
     display_range: tuple[float, float] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm).
 
@@ -345,8 +389,12 @@ def write_tiff(
     OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
     The ImageJ form also keeps ``origin`` (the first pixel's position in µm, z y x, as ImageJ's
     ``xorigin``/``yorigin``/``zorigin``, in pixels) and ``display_range`` (``min``/``max``).
+    Written beside ``path`` and renamed into place when complete (:mod:`.safe_output`).
+    ``provenance`` (JSON-able) goes into a private tag that ``emdiffuse info`` shows.
     """
     import tifffile
+
+    from .safe_output import replacing_file
 
     path = Path(path)
     refuse_overwrite(path, protect)
@@ -358,32 +406,38 @@ def write_tiff(
     if data.ndim not in (2, 3):
         raise InputError(f"{path}: can only write 2D or 3D images as TIFF, got shape {tuple(data.shape)}")
     voxel = tuple(float(v) for v in voxel)
+    if len(voxel) != data.ndim or not all(np.isfinite(v) and v > 0 for v in voxel):
+        voxel = (1.0,) * data.ndim  # no usable voxel size: say one unit per pixel rather than fail
     shape = tuple(int(s) for s in data.shape)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     big = nbytes > BIGTIFF_BYTES
     planes = (p.astype(dtype, copy=False) for p in iter_planes(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not big and dtype in (np.uint8, np.uint16, np.float32):
-        meta: dict[str, Any] = {"unit": "um"}
-        if len(shape) == 3:
-            meta.update(spacing=voxel[0], axes="ZYX")
-        if origin is not None and any(origin):  # ImageJ: position = (index - origin) * spacing
-            for ax, o, v in zip("zyx"[-len(shape) :], origin, voxel):
-                meta[f"{ax}origin"] = -float(o) / v
-        if display_range is not None:
-            meta.update(min=float(display_range[0]), max=float(display_range[1]))
-        resolution = (1.0 / voxel[-1], 1.0 / voxel[-2])
-        tifffile.imwrite(path, planes, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=meta, compression="zlib")
-        return path
-    axes = "ZYX"[-len(shape) :]
-    meta = {"axes": axes}
-    for ax, v in zip(axes, voxel):
-        meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm"})
-    resolution = (1e4 / voxel[-1], 1e4 / voxel[-2])  # pixels per centimetre, for readers without OME
-    tifffile.imwrite(
-        path, planes, shape=shape, dtype=dtype, ome=True, bigtiff=big, metadata=meta,
-        resolution=resolution, resolutionunit="CENTIMETER", compression=None if big else "zlib",
-    )  # fmt: skip
+    extratags = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance), True)] if provenance else []
+    with replacing_file(path) as tmp:
+        if not big and dtype in (np.uint8, np.uint16, np.float32):
+            meta: dict[str, Any] = {"unit": "um"}
+            if len(shape) == 3:
+                meta.update(spacing=voxel[0], axes="ZYX")
+            if origin is not None and any(origin):  # ImageJ: position = (index - origin) * spacing
+                for ax, o, v in zip("zyx"[-len(shape) :], origin, voxel):
+                    meta[f"{ax}origin"] = -float(o) / v
+            if display_range is not None:
+                meta.update(min=float(display_range[0]), max=float(display_range[1]))
+            resolution = (1.0 / voxel[-1], 1.0 / voxel[-2])
+            tifffile.imwrite(
+                tmp, planes, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=meta,
+                compression="zlib", extratags=extratags,
+            )  # fmt: skip
+            return path
+        axes = "ZYX"[-len(shape) :]
+        meta = {"axes": axes}
+        for ax, v in zip(axes, voxel):
+            meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm"})
+        resolution = (1e4 / voxel[-1], 1e4 / voxel[-2])  # pixels per centimetre, for readers without OME
+        tifffile.imwrite(
+            tmp, planes, shape=shape, dtype=dtype, ome=True, bigtiff=big, metadata=meta, resolution=resolution,
+            resolutionunit="CENTIMETER", compression=None if big else "zlib", extratags=extratags,
+        )  # fmt: skip
     return path
 
 

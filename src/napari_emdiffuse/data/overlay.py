@@ -73,7 +73,9 @@ def stack_panels(panels: Sequence[np.ndarray], max_width: int = 1400) -> np.ndar
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     from PIL import Image
 
+    from .safe_output import replacing_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
+    with replacing_file(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
     return path

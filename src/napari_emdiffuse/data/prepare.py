@@ -23,11 +23,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, refuse_overwrite
+from .io import Image
 from .normalise import check_image, fit_normaliser, to_dtype
 from .overlay import green_magenta, grey_rgb, pair_panel, save_png, stack_panels
 from .patches import PatchGeometry, grid, has_structure, split_rows_of_grid, split_slices
 from .register import RegistrationError, correct_drift, estimate_drift, register_pair
+from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output, check_space, lock_beside, write_bytes
 
 SET_FORMAT = "napari-emdiffuse-training-set"
 SET_VERSION = 1
@@ -59,13 +60,42 @@ def report_paths(out: Path) -> tuple[Path, Path]:
     return out.parent / f"{stem}_report.json", out.parent / f"{stem}_overlay.png"
 
 
-def _open_set(out: Path, protect: list[Path | None]) -> Any:
-    import zarr
+class _SetOutput:
+    """The training set being written: checked before anything is computed, locked, built
+    beside ``out`` and swapped in by :func:`_finish`; an error or Ctrl-C leaves what was there."""
 
-    refuse_overwrite(out, protect)
-    for p in report_paths(out):
-        refuse_overwrite(p, protect)
-    return zarr.open_group(str(out), mode="w", zarr_format=2)
+    def __init__(self, out: str | Path, protect: list[Path | None], overwrite: bool, nbytes: int) -> None:
+        self.out = Path(out)
+        names = [self.out, *report_paths(self.out)]
+        for p in names:
+            check_new_output(p, protect, overwrite)
+        self.nbytes, self.lock, self.staged = nbytes, lock_beside(self.out, names), None
+
+    def __enter__(self) -> "_SetOutput":
+        self.lock.acquire()
+        try:
+            check_space(self.out.parent, self.nbytes)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def open(self) -> Any:
+        import zarr
+
+        self.staged = StagedStore(self.out)
+        group = zarr.open_group(str(self.staged.path), mode="w-", zarr_format=2)
+        group.attrs[CREATED_BY] = SOFTWARE
+        return group
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.staged is not None:
+            self.staged.discard()
+        self.lock.release()
+
+
+def _nbytes(*arrays: Any) -> int:
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
 
 
 def _variant(name: str, raw_options: dict[str, Any] | None) -> tuple[Any, Any]:
@@ -78,26 +108,29 @@ def _variant(name: str, raw_options: dict[str, Any] | None) -> tuple[Any, Any]:
         raise InputError(str(err).splitlines()[0]) from None
 
 
-def _finish(group: Any, out: Path, report: dict[str, Any], panels: list[np.ndarray]) -> dict[str, Any]:
-    report_json, overlay_png = report_paths(out)
+def _finish(group: Any, out: _SetOutput, report: dict[str, Any], panels: list[np.ndarray]) -> dict[str, Any]:
+    report_json, overlay_png = report_paths(out.out)
     if panels:
-        save_png(overlay_png, stack_panels(panels))
         report["overlay"] = overlay_png.name
     group.attrs["report"] = report
-    report_json.write_text(json.dumps(report, indent=2))
+    assert out.staged is not None
+    out.staged.commit()
+    out.staged = None
+    if panels:
+        save_png(overlay_png, stack_panels(panels))
+    write_bytes(report_json, json.dumps(report, indent=2).encode())
     return report
 
 
 def _pairs_to_set(
     cond: Any,
     target: Any,
-    out: Path,
+    out: _SetOutput,
     variant: Any,
     options: Any,
     opts: PrepareOptions,
     voxel: tuple[float, ...],
     sources: dict[str, Any],
-    protect: list[Path | None],
     progress: Progress | None,
 ) -> dict[str, Any]:
     """The shared path of :func:`prepare_pairs` and :func:`prepare_clean`."""
@@ -124,7 +157,7 @@ def _pairs_to_set(
         plan = {z: (train_c, val_c) for z in range(depth)}
         split_by = "rows"
 
-    group = _open_set(out, protect)
+    group = out.open()
     dt_in = np.dtype(np.float32) if cond.dtype == np.float64 else np.dtype(cond.dtype)
     dt_tg = np.dtype(np.float32) if target.dtype == np.float64 else np.dtype(target.dtype)
     arrays = {}
@@ -245,9 +278,11 @@ def prepare_pairs(
     variant_options: dict[str, Any] | None = None,
     opts: PrepareOptions = PrepareOptions(),
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Register ``target`` onto ``input`` slice by slice and keep the well-aligned, structured
-    patches; returns the report. The inputs are only read."""
+    patches; returns the report. The inputs are only read; an existing set is replaced only
+    with ``overwrite`` (as for every ``prepare_*``)."""
     v, options = _variant(variant, variant_options)
     if tuple(v.training_inputs) != ("input", "target"):
         raise InputError(f"{v.title} learns from a single volume, not from pairs: prepare it with --volume")
@@ -257,7 +292,8 @@ def prepare_pairs(
         "input": {"path": str(input.path), "shape": list(input.shape), "dtype": str(input.data.dtype), "voxel_um": list(input.voxel)},
         "target": {"path": str(target.path), "shape": list(target.shape), "dtype": str(target.data.dtype), "voxel_um": list(target.voxel)},
     }
-    return _pairs_to_set(input.data, target.data, Path(out), v, options, opts, tuple(input.voxel), sources, [input.path, target.path], progress)
+    with _SetOutput(out, [input.path, target.path], overwrite, 2 * _nbytes(input.data, target.data)) as written:
+        return _pairs_to_set(input.data, target.data, written, v, options, opts, tuple(input.voxel), sources, progress)
 
 
 def prepare_clean(
@@ -268,6 +304,7 @@ def prepare_clean(
     degradation: dict[str, Any] | None = None,
     opts: PrepareOptions = PrepareOptions(),
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Simulate the degraded input from clean images (the variant's own degradation: noise for
     EMDiffuse-n, PSF blur and binning for EMDiffuse-r), optionally with scan-line jitter, and cut
@@ -281,22 +318,23 @@ def prepare_clean(
     if tuple(v.training_inputs) != ("input", "target"):
         raise InputError(f"{v.title} learns from a volume as it is: prepare it with --volume")
     check_image(clean.data, "clean images", v.input_ndims)
-    deg = dict(degradation or {})
-    jitter = float(deg.pop("jitter", 0.0) or 0.0)
-    correlation = float(deg.pop("jitter_correlation", 0.0) or 0.0)
-    deg.setdefault("seed", opts.seed)
-    arrays = v.from_clean(np.asarray(clean.data), options, **deg)
-    cond = arrays["input"]
-    if jitter:
-        cond = scan_line_jitter(cond, jitter, correlation, seed=opts.seed + 1)
-    f = int(getattr(options, "factor", 1)) if v.name == "superres" else 1
-    voxel = tuple(clean.voxel[:-2]) + (clean.voxel[-2] * f, clean.voxel[-1] * f)
-    sources = {
-        "clean": {"path": str(clean.path), "shape": list(clean.shape), "dtype": str(clean.data.dtype), "voxel_um": list(clean.voxel)},
-        "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},
-    }
-    opts = replace(opts, register=False, local=False)  # aligned by construction
-    return _pairs_to_set(cond, arrays["target"], Path(out), v, options, opts, voxel, sources, [clean.path], progress)
+    with _SetOutput(out, [clean.path], overwrite, 3 * _nbytes(clean.data)) as written:
+        deg = dict(degradation or {})
+        jitter = float(deg.pop("jitter", 0.0) or 0.0)
+        correlation = float(deg.pop("jitter_correlation", 0.0) or 0.0)
+        deg.setdefault("seed", opts.seed)
+        arrays = v.from_clean(np.asarray(clean.data), options, **deg)
+        cond = arrays["input"]
+        if jitter:
+            cond = scan_line_jitter(cond, jitter, correlation, seed=opts.seed + 1)
+        f = int(getattr(options, "factor", 1)) if v.name == "superres" else 1
+        voxel = tuple(clean.voxel[:-2]) + (clean.voxel[-2] * f, clean.voxel[-1] * f)
+        sources = {
+            "clean": {"path": str(clean.path), "shape": list(clean.shape), "dtype": str(clean.data.dtype), "voxel_um": list(clean.voxel)},
+            "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},
+        }
+        opts = replace(opts, register=False, local=False)  # aligned by construction
+        return _pairs_to_set(cond, arrays["target"], written, v, options, opts, voxel, sources, progress)
 
 
 def prepare_volume(
@@ -307,6 +345,7 @@ def prepare_volume(
     drift: bool = False,
     opts: PrepareOptions = PrepareOptions(),
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """A volume for the vEM variants, slice-to-slice drift corrected if ``drift``, written chunk
     by chunk (any size); the report counts the patches with structure per slice."""
@@ -318,59 +357,59 @@ def prepare_volume(
     if tuple(v.training_inputs) != ("volume",):
         raise InputError(f"{v.title} learns from pairs (--input/--target) or clean images (--clean), not from a volume")
     v.check_input(volume.data, options, "volume")
-    out = Path(out)
-    data = volume.data if isinstance(volume.data, da.Array) else da.from_array(volume.data, chunks=default_chunks(volume.shape))
-    normaliser = fit_normaliser(data, name="volume")
-    report: dict[str, Any] = {
-        "kind": "volume",
-        "variant": v.name,
-        "sources": {"volume": {"path": str(volume.path), "shape": list(volume.shape), "dtype": str(data.dtype), "voxel_um": list(volume.voxel)}},
-        "settings": {"drift": drift, "patch": opts.patch, "min_std": opts.min_std},
-    }
-    panels: list[np.ndarray] = []
-    if drift:
-        if progress is not None:
-            progress(0, 2, "estimating drift")
-        est = estimate_drift(data)
-        corrected = correct_drift(data, est.shifts)
-        report["drift"] = {**est.summary(), "shifts_px": np.round(est.shifts, 3).tolist()}
-        y = data.shape[1] // 2
-        before = np.asarray(data[:, y, :])
-        after = np.asarray(corrected[:, min(y, corrected.shape[1] - 1), :])
-        zoom = max(1, int(round(volume.voxel[0] / volume.voxel[-1]))) if volume.voxel[-1] > 0 else 1
-        panels = [grey_rgb(np.repeat(before, zoom, 0)), grey_rgb(np.repeat(after, zoom, 0))]  # xz: before, after
-        data = corrected
-    group = _open_set(out, [volume.path])
-    dtype = np.dtype(np.float32) if data.dtype == np.float64 else np.dtype(data.dtype)
-    arr = group.create_array("volume", shape=data.shape, dtype=dtype, chunks=default_chunks(data.shape))
-    group.attrs.update(
-        {
-            "format": SET_FORMAT,
-            "format_version": SET_VERSION,
+    with _SetOutput(out, [volume.path], overwrite, _nbytes(volume.data)) as written:
+        data = volume.data if isinstance(volume.data, da.Array) else da.from_array(volume.data, chunks=default_chunks(volume.shape))
+        normaliser = fit_normaliser(data, name="volume")
+        report: dict[str, Any] = {
+            "kind": "volume",
             "variant": v.name,
-            "variant_options": options.model_dump(mode="json"),
-            "voxel_size": list(volume.voxel),
-            "normalisation": {"volume": normaliser.to_dict()},
-            "complete": False,
+            "sources": {"volume": {"path": str(volume.path), "shape": list(volume.shape), "dtype": str(data.dtype), "voxel_um": list(volume.voxel)}},
+            "settings": {"drift": drift, "patch": opts.patch, "min_std": opts.min_std},
         }
-    )
-    if progress is not None:
-        progress(1, 2, "writing")
-    da.store(data.astype(dtype).rechunk(arr.chunks), arr, lock=False)
-    patch = min(opts.patch, data.shape[1], data.shape[2])
-    sample = np.linspace(0, data.shape[0] - 1, min(64, data.shape[0])).round().astype(int)
-    with_structure = total = 0
-    for z in sorted(set(sample.tolist())):
-        plane = np.asarray(arr[z])
-        for y, x in grid(plane.shape[0], plane.shape[1], patch):
-            total += 1
-            with_structure += has_structure(plane[y : y + patch, x : x + patch], normaliser, opts.min_std)
-    report["patches"] = {"patch": patch, "slices_sampled": int(len(set(sample.tolist()))), "with_structure": with_structure, "total": total}
-    report["shape"] = list(data.shape)
-    group.attrs["complete"] = True
-    if progress is not None:
-        progress(2, 2, "done")
-    return _finish(group, out, report, panels)
+        panels: list[np.ndarray] = []
+        if drift:
+            if progress is not None:
+                progress(0, 2, "estimating drift")
+            est = estimate_drift(data)
+            corrected = correct_drift(data, est.shifts)
+            report["drift"] = {**est.summary(), "shifts_px": np.round(est.shifts, 3).tolist()}
+            y = data.shape[1] // 2
+            before = np.asarray(data[:, y, :])
+            after = np.asarray(corrected[:, min(y, corrected.shape[1] - 1), :])
+            zoom = max(1, int(round(volume.voxel[0] / volume.voxel[-1]))) if volume.voxel[-1] > 0 else 1
+            panels = [grey_rgb(np.repeat(before, zoom, 0)), grey_rgb(np.repeat(after, zoom, 0))]  # xz: before, after
+            data = corrected
+        group = written.open()
+        dtype = np.dtype(np.float32) if data.dtype == np.float64 else np.dtype(data.dtype)
+        arr = group.create_array("volume", shape=data.shape, dtype=dtype, chunks=default_chunks(data.shape))
+        group.attrs.update(
+            {
+                "format": SET_FORMAT,
+                "format_version": SET_VERSION,
+                "variant": v.name,
+                "variant_options": options.model_dump(mode="json"),
+                "voxel_size": list(volume.voxel),
+                "normalisation": {"volume": normaliser.to_dict()},
+                "complete": False,
+            }
+        )
+        if progress is not None:
+            progress(1, 2, "writing")
+        da.store(data.astype(dtype).rechunk(arr.chunks), arr, lock=False)
+        patch = min(opts.patch, data.shape[1], data.shape[2])
+        sample = np.linspace(0, data.shape[0] - 1, min(64, data.shape[0])).round().astype(int)
+        with_structure = total = 0
+        for z in sorted(set(sample.tolist())):
+            plane = np.asarray(arr[z])
+            for y, x in grid(plane.shape[0], plane.shape[1], patch):
+                total += 1
+                with_structure += has_structure(plane[y : y + patch, x : x + patch], normaliser, opts.min_std)
+        report["patches"] = {"patch": patch, "slices_sampled": int(len(set(sample.tolist()))), "with_structure": with_structure, "total": total}
+        report["shape"] = list(data.shape)
+        group.attrs["complete"] = True
+        if progress is not None:
+            progress(2, 2, "done")
+        return _finish(group, written, report, panels)
 
 
 def load_training_set(path: str | Path, variant: str, variant_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from .io import Image, iter_planes, lazy, refuse_overwrite, sniff
+from .safe_output import replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
 _IMOD_AT = 40  # the stamp and flags are header bytes 152-159, i.e. offset 40 of mrcfile's ``extra2``
@@ -94,9 +95,8 @@ def write_mrc(path: str | Path, data: Any, voxel: Sequence[float], protect: Sequ
         raise InputError(f"{path}: MRC cannot hold {dtype} data (use uint8, int16, uint16 or float32)")
     if data.ndim not in (2, 3):
         raise InputError(f"{path}: MRC holds 2D or 3D images, got shape {tuple(data.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     shape = tuple(int(s) for s in data.shape)
-    with mrcfile.new_mmap(str(path), shape=shape, mrc_mode=mrcfile.utils.mode_from_dtype(np.dtype(store)), overwrite=True) as mrc:
+    with replacing_file(path) as tmp, mrcfile.new_mmap(str(tmp), shape=shape, mrc_mode=mrcfile.utils.mode_from_dtype(np.dtype(store)), overwrite=True) as mrc:
         out = mrc.data if data.ndim == 3 else mrc.data[None]
         for z, plane in enumerate(iter_planes(data)):
             out[z] = plane.view(np.int8) if dtype == np.uint8 else plane.astype(store, copy=False)
@@ -159,7 +159,10 @@ def write_hdf5(
     chunks: Sequence[int] | None = None,
     protect: Sequence[Path | None] = (),
 ) -> Path:
-    """Write a dataset chunk by chunk (gzip), voxel size as ``element_size_um`` (Fiji, ilastik)."""
+    """Write a dataset chunk by chunk (gzip), voxel size as ``element_size_um`` (Fiji, ilastik).
+
+    An existing file keeps its other datasets: the new one is added to a copy written beside
+    it, which replaces the file only when complete."""
     import dask.array as da
     import h5py
 
@@ -169,8 +172,8 @@ def write_hdf5(
     refuse_overwrite(path, protect)
     dtype = np.float32 if np.dtype(data.dtype) == np.float64 else np.dtype(data.dtype)
     chunks = tuple(chunks) if chunks is not None else default_chunks(data.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "a") as f:
+    mode = "a" if path.is_file() else "w"
+    with replacing_file(path, keep_existing=True) as tmp, h5py.File(tmp, mode) as f:
         if dataset in f:
             del f[dataset]
         ds = f.create_dataset(dataset, shape=data.shape, dtype=dtype, chunks=chunks, compression="gzip")

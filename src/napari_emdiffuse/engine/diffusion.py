@@ -5,9 +5,17 @@ schedule but express it, as k-diffusion does, by its noise levels ``sigma_t = sq
 abar_t)`` so that every sampler works on ``x = x0 + sigma * eps`` and asks the model for one thing:
 a denoised estimate ``D(x; sigma) ~ E[x0 | x]``.
 
-The network predicts ``v = sqrt(abar) * eps - sqrt(1 - abar) * x0`` (Salimans & Ho 2022, sec. 4)
-rather than ``eps``: both give the same optimum, but ``v`` keeps the x0 estimate well-conditioned
-at high noise, which is what few-step samplers lean on. ``prediction="eps"`` reproduces the paper.
+Three parameterisations of what the network outputs (``DiffusionConfig.prediction``):
+
+- ``"edm"`` (the default for new models): the preconditioning of Karras et al. 2022 (sec. 5,
+  table 1), ``D(x) = c_skip x + c_out F(c_in x)`` with ``sigma_data`` the spread of the target.
+  Every variant's target is its difference from a baseline (the noisy input, bicubic, linear
+  interpolation) and the network's last layer starts at zero, so an untrained model's best
+  estimate *is* the baseline: training can only improve on it. The loss weights the noise levels
+  so that the network's own target has unit variance at every level (the EDM weighting).
+- ``"v"``: ``v = sqrt(abar) * eps - sqrt(1 - abar) * x0`` (Salimans & Ho 2022, sec. 4); the
+  bundled models before the EDM parameterisation.
+- ``"eps"``: the paper's parameterisation.
 """
 
 from __future__ import annotations
@@ -92,21 +100,39 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
     return sigma.clamp_min(1e-8).log() / 4
 
 
-class Denoiser(nn.Module):
-    """Wraps a network trained on the VP process as a denoiser ``D(x; sigma, cond) -> x0``.
+def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``c_skip, c_out, c_in`` of Karras et al. 2022, table 1 (for ``x = x0 + sigma * eps``)."""
+    var = sigma**2 + sigma_data**2
+    return sigma_data**2 / var, sigma * sigma_data * var.rsqrt(), var.rsqrt()
 
-    ``x`` is in the variance-exploding form ``x0 + sigma * eps``; the network sees
-    ``x / sqrt(1 + sigma^2)`` (the VP ``x_t``), exactly the scaling used in training.
+
+class Denoiser(nn.Module):
+    """Wraps a network as a denoiser ``D(x; sigma, cond) -> x0``.
+
+    ``x`` is in the variance-exploding form ``x0 + sigma * eps``. For ``"v"`` and ``"eps"`` the
+    network sees ``x / sqrt(1 + sigma^2)`` (the VP ``x_t``), for ``"edm"`` ``c_in x``: exactly
+    the scaling used in training.
     """
 
-    def __init__(self, network: nn.Module, prediction: str = "v") -> None:
+    def __init__(self, network: nn.Module, prediction: str = "v", sigma_data: float | None = None) -> None:
         super().__init__()
+        if prediction == "edm" and not sigma_data:
+            raise ValueError("the EDM parameterisation needs diffusion.sigma_data (measured when training starts)")
         self.network = network
         self.prediction = prediction
+        self.sigma_data = sigma_data
+
+    @classmethod
+    def from_config(cls, network: nn.Module, cfg: DiffusionConfig) -> "Denoiser":
+        return cls(network, cfg.prediction, cfg.sigma_data)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
         s = sigma[:, None, None, None]
+        if self.prediction == "edm":
+            c_skip, c_out, c_in = edm_scalings(s, self.sigma_data)
+            out = self.network((x * c_in).to(cond.dtype), cond, c_noise(sigma)).float()
+            return c_skip * x + c_out * out
         sqrt_ab = (1 + s**2).rsqrt()  # sqrt(abar)
         sqrt_1mab = s * sqrt_ab  # sqrt(1 - abar)
         x_t = x * sqrt_ab
@@ -132,8 +158,13 @@ class DiffusionProcess:
         t = torch.randint(0, self.schedule.timesteps, (b,), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         abar = self._abar.to(x0.device)[t][:, None, None, None]
+        sigma = ((1 - abar) / abar).sqrt()
+        if self.cfg.prediction == "edm":
+            c_skip, c_out, c_in = edm_scalings(sigma, self.cfg.sigma_data)
+            x = x0 + sigma * noise
+            pred = network(c_in * x, cond, c_noise(sigma.reshape(b)))
+            return F.mse_loss(pred.float(), (x0 - c_skip * x) / c_out)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # q(x_t | x0), Ho et al. eq. 4
-        sigma = ((1 - abar) / abar).sqrt().reshape(b)
-        pred = network(x_t, cond, c_noise(sigma))
+        pred = network(x_t, cond, c_noise(sigma.reshape(b)))
         target = abar.sqrt() * noise - (1 - abar).sqrt() * x0 if self.cfg.prediction == "v" else noise
         return F.mse_loss(pred.float(), target)

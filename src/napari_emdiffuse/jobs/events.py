@@ -49,9 +49,13 @@ class Loss:
 
 @dataclass(frozen=True)
 class Validation:
+    """PSNR (dB, normalised units) of the best estimate on the held-out patches, and of the
+    variant's baseline (``baseline`` names it: noisy input, bicubic, linear interpolation)."""
+
     step: int
     psnr: float
     input_psnr: float
+    baseline: str = "input"
     kind: Kind = field(default=Kind.VALIDATION, init=False)
 
 
@@ -85,16 +89,20 @@ class TrainResult:
     model_dir: Path
     steps: int
     reason: str  # "finished" | "time budget" | "cancelled"
-    best_psnr: float | None
+    best_psnr: float | None  # the final validation's PSNR of the best estimate
+    baseline_psnr: float | None = None  # and of the baseline, on the same patches
     kind: Kind = field(default=Kind.RESULT, init=False)
 
 
 @dataclass(frozen=True)
 class PredictResult:
-    """Mean and uncertainty (std) in the input's units; ``samples`` only when asked for.
-    Arrays are numpy, or zarr arrays when the job wrote to a store. ``complete`` is False after a
-    cancel (planes not reached are zero); ``planes_done`` counts the planes of the variant's plan
-    that were sampled (its ``finished_region`` says which part of the output they fill)."""
+    """The estimate (``mean``: the best estimate or the mean of the samples) and the uncertainty
+    (``std``: the pooled error map) in the input's units; ``samples`` only when asked for;
+    ``lower``/``upper``, the calibrated interval, only for a calibrated model. Arrays are numpy,
+    or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (planes
+    not reached are zero); ``planes_done`` counts the planes of the variant's plan that were
+    sampled (its ``finished_region`` says which part of the output they fill).
+    ``written``: the files or store the job wrote (partial names after a cancel)."""
 
     mean: Any
     std: Any | None
@@ -102,4 +110,7 @@ class PredictResult:
     voxel: tuple[float, ...]
     complete: bool = True
     planes_done: int = 0
+    lower: Any | None = None
+    upper: Any | None = None
+    written: tuple[Path, ...] = ()
     kind: Kind = field(default=Kind.RESULT, init=False)

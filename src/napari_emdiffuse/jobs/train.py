@@ -11,8 +11,10 @@ A run folder holds ``model.json`` + ``weights.safetensors`` (the EMA model, usab
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,25 +22,35 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import metrics, uncertainty
 from ..config import Preset, parse_preset
 from ..engine.device import autocast, configure_backends, prepare_network, select_device
 from ..engine.diffusion import Denoiser, DiffusionProcess
-from ..engine.samplers import get_sampler
+from ..engine.samplers import get_sampler, posterior_mean
 from ..engine.tiling import _splitmix
-from ..errors import Cancelled, ModelFileError
-from ..model_file import Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors
+from ..data.safe_output import Lock
+from ..errors import Cancelled, InputError, ModelFileError
+from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors, stored_preset
 from ..variants import get_variant
 from ..variants.base import Roi
 from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progress, TrainResult, Validation
 
 CHECKPOINT = "checkpoint.safetensors"
+LOCK = "train.lock"
 WARMUP_STEPS = 100
+#: wall-clock seconds after which a validation is due, however few steps that was
+VALIDATE_SECONDS = 180.0
 
 
 def learning_rate(preset: Preset, step: int) -> float:
-    """Linear warm-up, then constant (a function of the step, so resume needs no scheduler state)."""
-    return preset.train.lr * min(1.0, (step + 1) / WARMUP_STEPS)
+    """Linear warm-up, then constant or a cosine decay to a tenth at ``iterations`` (a function of
+    the step, so resume needs no scheduler state)."""
+    tc = preset.train
+    lr = tc.lr * min(1.0, (step + 1) / WARMUP_STEPS)
+    if tc.lr_schedule == "cosine":
+        done = min(1.0, step / max(1, tc.iterations))
+        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * done))
+    return lr
 
 
 def ema_decay(preset: Preset, step: int) -> float:
@@ -83,7 +95,7 @@ class _Trainer:
         self.process = DiffusionProcess(preset.diffusion)
         self.step = 0
         self.elapsed = 0.0
-        self.best_psnr: float | None = None
+        self.val_psnr: float | None = None  # the last validation's
         self.history: list[dict[str, float]] = []
 
     def save_checkpoint(self, run_dir: Path, extra: dict[str, Any]) -> Path:
@@ -94,7 +106,7 @@ class _Trainer:
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
-            "best_psnr": self.best_psnr,
+            "val_psnr": self.val_psnr,
             "history": self.history[-1000:],
             "preset": self.preset.model_dump(mode="json"),
             "model": self.model.to_json(),
@@ -112,7 +124,7 @@ class _Trainer:
         load_state_strict(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(path))
         self.opt.load_state_dict(_optimizer_state(tensors, state["optimizer"]))
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.best_psnr, self.history = state.get("best_psnr"), list(state.get("history", []))
+        self.val_psnr, self.history = state.get("val_psnr"), list(state.get("history", []))
         return state
 
     def train_step(self, cond: np.ndarray, target: np.ndarray) -> float:
@@ -139,33 +151,62 @@ class _Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def validate(self, cond: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-        cfg = self.preset.sample
-        den = Denoiser(self.ema, self.preset.diffusion.prediction)
-        sigmas = self.process.schedule.sampling_sigmas(self.preset.train.val_steps).to(self.device)
+    def sample(self, cond: np.ndarray, sampler: Any, steps: int, key: int) -> np.ndarray:
+        """What the EMA model makes of ``cond`` (normalised units) with ``sampler`` over
+        ``steps`` noise levels; the starting noise is keyed by ``key``."""
+        den = Denoiser.from_config(self.ema, self.preset.diffusion)
+        sigmas = self.process.schedule.sampling_sigmas(steps).to(self.device)
         c = torch.from_numpy(cond).to(self.device)
-        gen = torch.Generator().manual_seed(_splitmix(self.preset.train.seed, 0xBA1))
-        x = torch.randn(target.shape, generator=gen).to(self.device) * sigmas[0]
-        sampler = get_sampler("ddim" if cfg.sampler == "ddpm" else cfg.sampler)
+        shape = (cond.shape[0], self.model.info.out_channels, *cond.shape[-2:])
+        gen = torch.Generator().manual_seed(_splitmix(self.preset.train.seed, 0xBA1, key))
+        x = torch.randn(shape, generator=gen).to(self.device) * sigmas[0]
         with autocast(self.device):
             out = sampler(lambda xx, s: den(xx, s, c), x, sigmas)
-        pred = out.float().cpu().numpy()
-        return psnr(np.clip(pred, -1, 1), target), pred
+        return out.float().cpu().numpy()
+
+    def best_estimate(self, cond: np.ndarray) -> np.ndarray:
+        """The network's posterior-mean estimate (two evaluations; what prediction outputs by default)."""
+        return self.sample(cond, posterior_mean, 1, 0)
+
+    def preview(self, cond: np.ndarray) -> np.ndarray:
+        """One sample, as a user would see it, at ``train.val_steps`` sampler steps."""
+        name = self.preset.sample.sampler
+        return self.sample(cond, get_sampler("ddim" if name == "ddpm" else name), self.preset.train.val_steps, 1)
+
+
+def _baseline(source: Any, cond: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The variant's baseline for ``cond`` as an image (a model that learnt the clean image itself
+    is compared with its input)."""
+    base = source.baseline(cond)
+    return base if base is not None else cond[:, : target.shape[1]]
+
+
+def target_spread(source: Any, seed: int, n: int = 64) -> float:
+    """The standard deviation of the network's target over ``n`` training patches: EDM's
+    ``sigma_data``, which scales the network's input and output to unit variance."""
+    _, target = source.sample(np.random.default_rng([seed, 0x5D]), n, source.patch)
+    return round(max(float(target.std()), 1e-3), 4)
 
 
 def _model_for(preset: Preset, init: Model | None) -> Model:
+    """A new model for ``preset``, or one starting from ``init``."""
     variant = get_variant(preset.variant)
-    out_c, cond_c = variant.channels(variant.options(preset.variant_options))
     if init is None:
+        out_c, cond_c = variant.channels(variant.options(preset.variant_options))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(preset.train.seed)  # the initial weights are part of the run's seed
             return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c))
     if init.variant != preset.variant:
         raise ModelFileError(f"cannot fine-tune a {init.variant} model as {preset.variant}")
+    # Keep the starting model's network, diffusion and the options the new preset does not set;
+    # take the new training settings.
+    options = variant.options({**init.preset.variant_options, **preset.variant_options})
+    out_c, cond_c = variant.channels(options)
     if (init.info.out_channels, init.info.cond_channels) != (out_c, cond_c):
         raise ModelFileError("the starting model was trained with other variant options (e.g. another factor)")
-    # Keep the starting model's network and diffusion; take the new training settings.
-    merged = preset.with_overrides({"network": init.preset.network.model_dump(), "diffusion": init.preset.diffusion.model_dump()})
+    merged = preset.with_overrides(
+        {"network": init.preset.network.model_dump(), "diffusion": init.preset.diffusion.model_dump(), "variant_options": dict(options)}
+    )
     model = Model(merged, ModelInfo(out_c, cond_c, training={"fine_tuned_from": init.info.training}))
     model.network.load_state_dict(init.network.state_dict())
     return model
@@ -180,9 +221,24 @@ def checkpoint_state(run_dir: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{run_dir}: nothing to resume ({CHECKPOINT} is missing)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["state"])
+            state = json.loads((f.metadata() or {})["state"])
+        state["preset"] = stored_preset(state["preset"])
+        return state
     except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
         raise ModelFileError(f"{path}: not a readable checkpoint ({err})") from None
+
+
+def check_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds a trained model or checkpoint unless
+    the user asked to replace it (``overwrite``) or to continue it (``resume``)."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: a file, not a run folder; choose another --out")
+    held = [name for name in (MODEL_JSON, WEIGHTS, CHECKPOINT) if (run_dir / name).exists()]
+    if held and not resume and not overwrite:
+        raise InputError(f"{run_dir} holds a trained model ({', '.join(held)}); add --resume to continue it, or --overwrite to start afresh and replace it")
 
 
 def train(
@@ -201,9 +257,33 @@ def train(
 
     ``arrays`` holds what the variant's ``training_inputs`` name, e.g. ``{"input": noisy,
     "target": clean}``; ``roi`` restricts training to a rectangle (fine-tuning on a region).
-    Yields :mod:`.events`; the last is a :class:`TrainResult`.
+    Yields :mod:`.events`; the last is a :class:`TrainResult`. The run folder is locked
+    (``train.lock``) for the run, so a second process training into it refuses.
     """
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    lock = Lock(run_dir / LOCK, f"run folder {run_dir}").acquire()
+    try:
+        yield from _train(preset, arrays, run_dir, device, init_model, resume, roi, preview_every, data_note, cancel)
+    finally:
+        lock.release()
+        if created:
+            with contextlib.suppress(OSError):  # only when empty: a run refused at once leaves no folder
+                run_dir.rmdir()
+
+
+def _train(
+    preset: Preset,
+    arrays: dict[str, Any],
+    run_dir: str | Path,
+    device: str = "auto",
+    init_model: Model | None = None,
+    resume: bool = False,
+    roi: Roi | None = None,
+    preview_every: int | None = None,
+    data_note: str = "",
+    cancel: CancelToken | None = None,
+) -> Iterator[Any]:
     ckpt = run_dir / CHECKPOINT
     if resume:
         saved = checkpoint_state(run_dir)
@@ -213,6 +293,7 @@ def train(
         model = Model.from_json(saved["model"], source=str(ckpt))
     else:
         model = _model_for(preset, init_model)
+        preset = model.preset
     variant = get_variant(preset.variant)
     options = variant.options(preset.variant_options)
     tc = preset.train
@@ -234,6 +315,9 @@ def train(
     if patch != tc.patch_size:
         yield Message(f"patch size reduced to {patch} px to fit the training region", "warning")
     val_cond, val_target = val_src.sample(np.random.default_rng([tc.seed, 0xBA1]), tc.val_patches, val_src.patch)
+    if preset.diffusion.prediction == "edm" and preset.diffusion.sigma_data is None:
+        preset = preset.with_overrides({"diffusion": {"sigma_data": target_spread(train_src, tc.seed)}})
+        model.preset = preset
 
     dev = select_device(device)
     configure_backends(dev)
@@ -241,11 +325,10 @@ def train(
     if resume:
         trainer.load_checkpoint(ckpt)
         yield Message(f"resumed at step {trainer.step}")
-    val_base = val_src.baseline(val_cond)
-    if val_base is not None:
-        input_psnr = psnr(val_base, val_src.as_image(val_cond, val_target))
-    else:
-        input_psnr = psnr(val_cond[:, : val_target.shape[1]], val_target) if val_cond.shape == val_target.shape else float("nan")
+    val_truth = val_src.as_image(val_cond, val_target)
+    baseline_psnr = psnr(_baseline(val_src, val_cond, val_target), val_truth)
+    # calibration patches: the same held-out region, other places (half fit the scale, half check it)
+    cal_cond, cal_target = val_src.sample(np.random.default_rng([tc.seed, 0xCA1]), 2 * tc.val_patches, val_src.patch)
     model.info.training.update(
         {
             "data": data_note,
@@ -256,12 +339,76 @@ def train(
         }
     )
 
+    def validate() -> Validation:
+        pred = trainer.best_estimate(val_cond)
+        trainer.val_psnr = psnr(np.clip(val_src.as_image(val_cond, pred), -1, 1), val_truth)
+        trainer.history.append({"step": trainer.step, "val_psnr": trainer.val_psnr})
+        return Validation(trainer.step, trainer.val_psnr, baseline_psnr, variant.baseline_name)
+
+    def final_validation() -> Iterator[Any]:
+        """Score the model that is saved against the baseline, calibrate it, and say how it did."""
+        result = validate()
+        yield result
+        metrics: dict[str, Any] = {
+            "val_psnr": result.psnr,
+            "val_baseline_psnr": baseline_psnr,
+            "val_baseline": variant.baseline_name,
+            "val_step": trainer.step,
+            "val_patches": int(val_cond.shape[0]),
+            "val_estimate": "best",
+        }
+        calibration = yield from calibrate()
+        if calibration is not None:
+            metrics["calibration"] = calibration
+        model.info.metrics = metrics
+        yield Message(
+            f"validation on {val_cond.shape[0]} held-out patches: best estimate {result.psnr:.2f} dB, "
+            f"{variant.baseline_name} {baseline_psnr:.2f} dB"
+        )
+        warning = model.quality_warning()
+        if warning:
+            yield Message(warning, "warning")
+
+    def calibrate() -> Iterator[Any]:
+        """Split-conformal scale of the error map (:mod:`..uncertainty`) at the model's sampling settings."""
+        cfg = preset.sample
+        if cfg.samples < 2:
+            yield Message("no calibration: the model's sampling settings draw a single sample, which has no spread", "warning")
+            return None
+        sampler = get_sampler(cfg.sampler)
+        draws = []
+        for i in range(cfg.samples):
+            yield Progress(i, cfg.samples, "calibrating the uncertainty")
+            draws.append(trainer.sample(cal_cond, sampler, cfg.steps, 100 + i))
+        yield Progress(cfg.samples, cfg.samples, "calibrating the uncertainty")
+        draws = np.stack(draws)
+        truth = val_src.as_image(cal_cond, cal_target)
+        best = val_src.as_image(cal_cond, trainer.best_estimate(cal_cond))
+        spread = uncertainty.error_map(draws.std(0, ddof=1))
+        half = len(truth) // 2
+        q = uncertainty.fit(best[:half] - truth[:half], spread[:half])
+        table = {"alphas": list(uncertainty.ALPHAS), "q": q}
+        q_default = uncertainty.scale(table, uncertainty.DEFAULT_ALPHA)
+        return {
+            **table,
+            "alpha": uncertainty.DEFAULT_ALPHA,
+            "pool_px": uncertainty.POOL_PX,
+            "estimate": "best",
+            "sampler": cfg.sampler,
+            "steps": cfg.steps,
+            "samples": cfg.samples,
+            "patches": half,
+            "check_patches": len(truth) - half,
+            "check_coverage": uncertainty.coverage(best[half:] - truth[half:], spread[half:], q_default),
+            "psnr_best": psnr(np.clip(best, -1, 1), truth),
+            "psnr_mean": psnr(np.clip(val_src.as_image(cal_cond, draws.mean(0)), -1, 1), truth),
+            "psnr_baseline": psnr(_baseline(val_src, cal_cond, cal_target), truth),
+        }
+
     def checkpoint(reason: str) -> CheckpointSaved:
         """The full training state, then the EMA model beside it (usable while training goes on)."""
         path = trainer.save_checkpoint(run_dir, {"reason": reason})
         model.info.training.update({"steps": trainer.step, "seconds": round(trainer.elapsed, 1), "stopped": reason})
-        if trainer.best_psnr is not None:
-            model.info.metrics.update(val_psnr=trainer.best_psnr, val_input_psnr=input_psnr)
         model.save(run_dir, state=trainer.ema.state_dict())
         return CheckpointSaved(trainer.step, path)
 
@@ -270,6 +417,7 @@ def train(
     start, elapsed_before = time.monotonic(), trainer.elapsed
     budget = tc.minutes * 60 if tc.minutes else None
     reason = "finished"
+    last_validation = time.monotonic()
     try:
         while trainer.step < tc.iterations:
             if cancel is not None and cancel.is_set():
@@ -283,20 +431,20 @@ def train(
             trainer.elapsed = elapsed_before + time.monotonic() - start
             yield Loss(trainer.step, loss, learning_rate(preset, trainer.step - 1))
             yield Progress(trainer.step, tc.iterations, "training")
-            if trainer.step % tc.val_every == 0 or trainer.step == tc.iterations:
-                value, pred = trainer.validate(val_cond, val_target)
-                trainer.best_psnr = value if trainer.best_psnr is None else max(trainer.best_psnr, value)
-                trainer.history.append({"step": trainer.step, "val_psnr": value})
-                yield Validation(trainer.step, value, input_psnr)
-                if preview_every is None:
-                    yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred[:1])[0], val_src.as_image(val_cond[:1], val_target[:1])[0])
-            if preview_every and trainer.step % preview_every == 0:
-                _, pred = trainer.validate(val_cond[:1], val_target[:1])
-                yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred[:1])[0], val_src.as_image(val_cond[:1], val_target[:1])[0])
-            if trainer.step % tc.checkpoint_every == 0 and trainer.step < tc.iterations:
+            if trainer.step == tc.iterations:
+                break  # the final validation follows
+            due = trainer.step % tc.val_every == 0 or time.monotonic() - last_validation >= VALIDATE_SECONDS
+            if due:  # every val_every steps, and every few minutes however slow the steps are
+                yield validate()
+                last_validation = time.monotonic()
+            if (preview_every and trainer.step % preview_every == 0) or (due and preview_every is None):
+                pred = trainer.preview(val_cond[:1])
+                yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred)[0], val_truth[0])
+            if trainer.step % tc.checkpoint_every == 0:
                 yield checkpoint("periodic")
     except Cancelled:
         reason = "cancelled"
-        yield Message("training cancelled; the last state is saved", "warning")
+        yield Message("training cancelled; validating and saving the last state", "warning")
+    yield from final_validation()
     yield checkpoint(reason)
-    yield TrainResult(run_dir, trainer.step, reason, trainer.best_psnr)
+    yield TrainResult(run_dir, trainer.step, reason, trainer.val_psnr, baseline_psnr)

@@ -159,6 +159,8 @@ class Variant(ABC):
     description: ClassVar[str]
     #: the arrays training needs, e.g. ("input", "target") for paired variants or ("volume",)
     training_inputs: ClassVar[tuple[str, ...]]
+    #: what a user would do without the model (the image validation scores the model against)
+    baseline_name: ClassVar[str] = "the input"
     #: dimensionality of images :meth:`predict` accepts
     input_ndims: ClassVar[tuple[int, ...]] = (2, 3)
     options_model: ClassVar[type[BaseModel]] = NoOptions

@@ -2,6 +2,9 @@
 
 Training pairs are registered noisy/clean images (or clean images with simulated noise, made by
 the caller); the condition is the noisy image; output and input share shape and voxel size.
+With ``residual`` (the default) the network generates the difference between the clean and the
+noisy image (:class:`~.base.ResidualPairs`), so an untrained model returns its input; models
+trained before that option learnt the clean image itself (their model.json lacks the key).
 """
 
 from __future__ import annotations
@@ -9,12 +12,18 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Geometry, PairSource, PatchPairs, PlaneWriter, Roi, Variant, augment, split_rows
+from .base import Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment, split_rows
+
+
+class DenoiseOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    residual: bool = Field(True, description="learn the difference from the noisy input (an untrained model returns the input)")
 
 
 def as_stack(a: Any) -> Any:
@@ -96,6 +105,8 @@ class Denoise(Variant):
     title = "EMDiffuse-n (denoising)"
     description = "Removes noise from EM images and stacks, slice by slice, with an uncertainty map."
     training_inputs = ("input", "target")
+    baseline_name = "noisy input"
+    options_model = DenoiseOptions
 
     def channels(self, options: BaseModel) -> tuple[int, int]:
         return 1, 1
@@ -135,7 +146,7 @@ class Denoise(Variant):
         src = AlignedPairs(nc.forward(cond), nc.forward(a * target.astype(np.float32) + b), rows, cols, min_std)
         src.patch = fit_patch(patch, rows, cols)
         src.summary.update(input_normaliser=nc.to_dict(), target_to_input=[a, b])
-        return src
+        return ResidualPairs(src, lambda c: c) if options.residual else src  # the condition is the noisy input
 
     def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
         planes = 1 if len(shape) == 2 else shape[0]
@@ -158,12 +169,13 @@ class Denoise(Variant):
             def read(y0: int, y1: int, _z: int = z) -> np.ndarray:
                 return normaliser.forward(np.asarray(stack[_z, y0:y1]))[None]
 
+            base = read if options.residual else None
             run_plane(
                 read,
                 h,
                 w,
-                PlaneWriter(out_mean, z, normaliser.inverse),
+                PlaneWriter(out_mean, z, normaliser.inverse, base=base),
                 PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, z, normaliser.inverse, samples=True) if out_samples is not None else None,
+                PlaneWriter(out_samples, z, normaliser.inverse, samples=True, base=base) if out_samples is not None else None,
                 plane_key=z,
             )

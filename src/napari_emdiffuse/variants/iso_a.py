@@ -176,6 +176,7 @@ class IsoA(Variant):
         "(assumes roughly isotropic structure); z voxel size divided by the factor."
     )
     training_inputs = ("volume",)
+    baseline_name = "linear interpolation"
     input_ndims = (3,)
     options_model = IsoAOptions
 

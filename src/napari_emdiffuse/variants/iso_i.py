@@ -102,6 +102,7 @@ class IsoI(Variant):
         "z voxel size divided by the factor, with an uncertainty map."
     )
     training_inputs = ("volume",)
+    baseline_name = "linear interpolation"
     input_ndims = (3,)
     options_model = IsoIOptions
 

@@ -102,6 +102,7 @@ class SuperRes(Variant):
     title = "EMDiffuse-r (super-resolution)"
     description = "Makes images and stacks 2, 3 or 4 times finer in x and y, with an uncertainty map."
     training_inputs = ("input", "target")
+    baseline_name = "bicubic"
     options_model = SuperResOptions
 
     def channels(self, options: BaseModel) -> tuple[int, int]:

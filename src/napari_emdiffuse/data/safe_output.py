@@ -1,0 +1,289 @@
+"""Outputs that never destroy what is already there.
+
+Every file and folder store is written beside its final name (a hidden temporary in the same
+folder, named ``.NAME.tmp-PID-...``) and renamed into place only when it is complete, so a kill,
+a full disk or an error leaves the old file or nothing under the final name, never a truncated
+one. An existing output is replaced only when the user asks (``overwrite``), a non-empty folder
+only when it is one of our own outputs, and a lock file beside each output (or inside a run
+folder) stops a second process from writing the same one. Free space and writability of the
+destination are checked before the computation, not after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: the attribute (zarr) or provenance key that marks a store or file as our own output
+CREATED_BY = "created_by"
+SOFTWARE = "napari-emdiffuse"
+#: free space kept beyond the estimated size of an output
+SPACE_MARGIN = 16 * 2**20
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode() -> int:
+    """The mode a plain new file gets here (mkstemp's files are owner-only; outputs are shared)."""
+    return 0o666 & ~_umask()
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.tmp-{os.getpid()}-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _cannot_write(folder: Path, err: OSError) -> InputError:
+    return InputError(f"{folder}: cannot write there ({err.strerror or err})")
+
+
+@contextlib.contextmanager
+def replacing_file(final: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` to write; on success it is flushed to disk and
+    renamed to ``final`` in one step, on any failure (or Ctrl-C) removed.
+
+    ``keep_existing`` starts the temporary as a copy of ``final`` (for formats written by
+    appending, e.g. a new dataset in an existing HDF5 file).
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(final), dir=final.parent)
+    except OSError as err:
+        raise _cannot_write(final.parent, err) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        if keep_existing and final.is_file():
+            shutil.copyfile(final, tmp)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` so that a kill at any moment leaves the old file or the new one."""
+    with replacing_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+class StagedStore:
+    """A folder store (zarr) built beside ``final`` and swapped in once complete.
+
+    ``path`` is where to write. :meth:`commit` renames it to ``final`` (or to another name, e.g.
+    a partial result), removing what was there only after the new store is in place;
+    :meth:`discard` removes it. A store left by a killed process keeps its temporary name.
+    """
+
+    def __init__(self, final: str | Path) -> None:
+        self.final = Path(final)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=_temp_prefix(self.final), dir=self.final.parent))
+        except OSError as err:
+            raise _cannot_write(self.final.parent, err) from None
+        os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp's folders are owner-only
+
+    def commit(self, to: str | Path | None = None) -> Path:
+        self.path = swap_in(self.path, Path(to) if to is not None else self.final)
+        return self.path
+
+    def discard(self) -> None:
+        _remove(self.path)
+
+
+def swap_in(new: Path, dest: Path) -> Path:
+    """Put the finished folder ``new`` at ``dest``; what was there is removed only once the new
+    one is in place (swapped in one step where the system can, else by two renames)."""
+    if dest.exists() or dest.is_symlink():
+        if not (dest.is_dir() and not dest.is_symlink() and _exchange(new, dest)):
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), dir=dest.parent))
+            os.rmdir(old)
+            os.rename(dest, old)
+            os.rename(new, dest)
+            new = old
+        _remove(new)  # the old store, now under the temporary name
+    else:
+        os.rename(new, dest)
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def own_attrs(path: Path) -> dict[str, Any] | None:
+    """The attributes of a zarr store we wrote (v2 ``.zattrs`` or v3 ``zarr.json``), else None."""
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            attrs = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = attrs.get(key, {}) if key else attrs
+        if isinstance(attrs, dict) and attrs.get(CREATED_BY) == SOFTWARE:
+            return attrs
+    return None
+
+
+def check_new_output(path: str | Path, protect: Sequence[Path | None] = (), overwrite: bool = False) -> None:
+    """Refuse ``path`` before anything is computed: when it is (or holds) an input, when it
+    exists and ``overwrite`` is not given, or when it is a non-empty folder that is not one of
+    our own outputs (never replaced, whatever the flags say)."""
+    from .io import refuse_overwrite
+
+    path = Path(path)
+    refuse_overwrite(path, protect)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return  # an empty folder holds nothing to lose
+        if own_attrs(path) is None:
+            raise InputError(f"{path}: an existing folder that is not an output of {SOFTWARE}; refusing to write into it, choose a new name")
+    if not overwrite:
+        raise InputError(f"{path} already exists; add --overwrite to replace it (or choose another name)")
+
+
+def check_space(folder: str | Path, nbytes: int) -> None:
+    """Refuse to start when ``folder`` has less free space than an output of ``nbytes`` needs."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < nbytes + SPACE_MARGIN:
+        raise InputError(f"{folder}: not enough free space (the output needs about {_size(nbytes)}, {_size(free)} free)")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """An exclusive lock file (created with ``O_EXCL``) holding pid, host and start time.
+
+    A second process refuses with a message naming the first. A lock left by a process that
+    is gone (same host, pid not running) is taken over with a warning, and the temporaries
+    that process left beside ``outputs`` are removed.
+    """
+
+    def __init__(self, lock_path: str | Path, what: str, outputs: Sequence[Path] = ()) -> None:
+        self.path, self.what, self.outputs = Path(lock_path), what, list(outputs)
+        self.held = False
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def acquire(self) -> "Lock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _cannot_write(self.path.parent, err) from None
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as err:
+                raise _cannot_write(self.path.parent, err) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.info, f)
+            self.held = True
+            return self
+        raise InputError(f"{self.what}: cannot take the lock {self.path}")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            other = json.loads(self.path.read_text())
+            pid, host = int(other["pid"]), str(other["host"])
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"{self.what} is locked by {self.path}, which is not a lock file of ours; delete it if no other emdiffuse is running") from None
+        if host != self.info["host"] or _alive(pid):
+            raise InputError(
+                f"{self.what} is in use by process {pid} on {host} (started {other.get('started', '?')}); "
+                f"wait for it to finish, or delete {self.path} if that process is gone"
+            )
+        log.warning("%s: taking over the lock of process %d, which is no longer running", self.what, pid)
+        for out in self.outputs:
+            for left in out.parent.glob(f".{out.name}.tmp-{pid}-*"):
+                _remove(left)
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_beside(path: str | Path, outputs: Sequence[Path] = ()) -> Lock:
+    """The lock of one output: ``NAME.lock`` beside it."""
+    path = Path(path)
+    return Lock(path.with_name(path.name + ".lock"), str(path), outputs or [path])

@@ -1,0 +1,95 @@
+"""bioimage.io export and import: the package validates with bioimageio.spec, passes
+bioimageio.core's model test offline, and comes back as a model that predicts the same."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bioimageio.core", reason="bioimage.io export needs the export extra (pip install -e '.[export]')")
+
+from napari_emdiffuse import bioimageio_export as bx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny EMDiffuse-n model (initial weights: enough to check that numbers travel exactly)."""
+    import torch
+
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.model_file import Model, ModelInfo
+
+    torch.manual_seed(0)
+    return Model(load_preset("tiny"), ModelInfo(card="# tiny test model\n\nFor the export tests.")).save(tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def package(tiny, tmp_path_factory):
+    return bx.export_bioimageio(tiny, tmp_path_factory.mktemp("pkg") / "tiny.zip")
+
+
+@pytest.mark.slow
+def test_the_package_is_a_valid_bioimageio_model_with_what_a_user_expects(package):
+    from bioimageio.spec import ValidationContext, load_model_description
+    from bioimageio.spec.model import v0_5
+
+    bx._pydantic_compat()
+    with ValidationContext(perform_io_checks=False):
+        descr = load_model_description(package)
+    assert isinstance(descr, v0_5.ModelDescr), getattr(descr, "validation_summary", descr)
+    assert [str(t.id) for t in descr.outputs] == ["mean", "uncertainty"]
+    assert descr.weights.pytorch_state_dict is not None and str(descr.weights.pytorch_state_dict.architecture.callable) == "EMDiffusePrediction"
+    assert "ScaleRangeDescr" in [type(p).__name__ for p in descr.inputs[0].preprocessing]
+    assert {str(a.id): a.scale for a in descr.inputs[0].axes if str(a.id) in ("y", "x")} == {"y": 0.004, "x": 0.004}
+    assert str(descr.cite[0].doi) == bx.CITATION["doi"] and descr.covers and descr.documentation is not None
+    names = set(zipfile.ZipFile(package).namelist())
+    assert {"model.json", "weights.pt", "README.md", "cover.png", "test_input.npy", "test_mean.npy", "test_uncertainty.npy"} <= names
+    test_input = np.load(zipfile.ZipFile(package).open("test_input.npy"))
+    from napari_emdiffuse._sample_data import sample_path
+    import tifffile
+
+    np.testing.assert_array_equal(test_input[0, 0], tifffile.imread(sample_path(), key=0)[:64, :64])  # real EM
+
+
+@pytest.mark.slow
+def test_bioimageio_core_reproduces_the_test_outputs_offline(package):
+    summary = bx.check_package(package)
+    failed = [(d.name, [str(e.msg)[:200] for e in d.errors]) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+
+
+@pytest.mark.slow
+def test_an_imported_package_predicts_what_the_model_did(package, tiny, tmp_path):
+    from napari_emdiffuse.data.normalise import Normaliser
+    from napari_emdiffuse.jobs.predict import run_predict
+    from napari_emdiffuse.model_file import Model
+
+    back = bx.import_bioimageio(package, tmp_path / "back")
+    image = np.load(zipfile.ZipFile(package).open("test_input.npy"))[0, 0]
+    scaled = bx._scaled(image, 0.1, 99.9)
+    kwargs = {"normaliser": Normaliser(0.0, 1.0), "device": "cpu"}
+    original, imported = Model.load(tiny), Model.load(back)
+    sample = original.preset.with_overrides({"sample": {"steps": bx.STEPS, "samples": bx.SAMPLES, "seed": bx.SEED}}).sample
+    a = run_predict(original, scaled, sample=sample, **kwargs)
+    b = run_predict(imported, scaled, sample=sample, **kwargs)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.std, b.std)
+    np.testing.assert_allclose(np.load(zipfile.ZipFile(package).open("test_mean.npy"))[0, 0], a.mean, rtol=1e-5, atol=1e-6)
+
+
+def test_variants_without_a_2d_prediction_are_refused_in_words(tmp_path):
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.errors import InputError
+    from napari_emdiffuse.model_file import Model, ModelInfo
+    from napari_emdiffuse.variants import get_variant
+
+    variant = get_variant("iso_i")
+    preset = load_preset("tiny").with_overrides({"variant": "iso_i"})
+    out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+    folder = Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / "iso")
+    with pytest.raises(InputError, match="EMDiffuse-n and EMDiffuse-r"):
+        bx.export_bioimageio(folder, tmp_path / "iso.zip")
+    with pytest.raises(InputError, match=r"\.zip"):
+        bx.export_bioimageio(folder, tmp_path / "iso.tar")

@@ -1,0 +1,386 @@
+"""Outputs never destroy a user's data (issue 10, output side).
+
+Each test here failed on the code before: ``.zarr`` outputs deleted the folder they were given,
+existing results were replaced without asking, a hard link to the input was written through,
+a failed write left a truncated file under the final name, two processes wrote one output, and
+``--output x.png`` wrote ``x.tif`` plus ``x.png_uncertainty.tif``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.data import safe_output
+from napari_emdiffuse.data.io import read_image, refuse_overwrite, write_tiff
+from napari_emdiffuse.errors import InputError
+from napari_emdiffuse.jobs.events import Kind, new_cancel_token
+from napari_emdiffuse.jobs.predict import predict, run_predict
+from napari_emdiffuse.jobs.predict_output import OutputNames
+
+FAST = ["--steps", "2", "--samples", "2", "-q"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained tiny denoiser: these tests are about files, not about quality."""
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.model_file import Model, ModelInfo
+    from napari_emdiffuse.variants import get_variant
+
+    preset = load_preset("tiny")
+    variant = get_variant(preset.variant)
+    out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+    folder = tmp_path_factory.mktemp("untrained")
+    Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(folder)
+    return folder
+
+
+@pytest.fixture()
+def stack(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, (rng.random((2, 48, 48)) * 200 + 20).astype(np.uint8))
+    return path
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative name -> sha256)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def error_of(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def predict_args(model_dir: Path, stack: Path, out: Path, *extra: str) -> list[str]:
+    return ["predict", "--model", str(model_dir), "--input", str(stack), "--output", str(out), *FAST, *extra]
+
+
+def user_folder(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    (folder / "raw").mkdir(parents=True)
+    (folder / "NOTES.txt").write_text("three weeks of notes")
+    tifffile.imwrite(folder / "raw" / "slices.tif", np.arange(64, dtype=np.uint8).reshape(8, 8))
+    return folder
+
+
+# --- 1. a .zarr output never deletes a folder the user has -------------------------------------
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_predict_and_prepare_never_write_into_a_users_folder(tmp_path, model_dir, stack, capsys, overwrite):
+    folder = user_folder(tmp_path, "project.zarr")
+    before = checksums(tmp_path)
+    flag = ["--overwrite"] if overwrite else []
+    assert "not an output of napari-emdiffuse" in error_of(capsys, predict_args(model_dir, stack, folder, *flag))
+    argv = ["prepare", "--clean", str(stack), "--out", str(folder), "--patch", "32", "-q", *flag]
+    assert "not an output of napari-emdiffuse" in error_of(capsys, argv)
+    assert checksums(tmp_path) == before
+
+
+def test_zarr_output_is_replaced_only_with_overwrite_and_swapped_in(tmp_path, model_dir, stack, capsys):
+    out = tmp_path / "pred.zarr"
+    assert main(predict_args(model_dir, stack, out)) == 0
+    first = checksums(out)
+    assert "--overwrite" in error_of(capsys, predict_args(model_dir, stack, out, "--seed", "5"))
+    assert checksums(out) == first
+    assert main(predict_args(model_dir, stack, out, "--seed", "5", "--overwrite")) == 0
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["complete"] is True and group.attrs["settings"]["seed"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "pred.zarr"]  # no temporaries, no lock
+
+
+def test_existing_results_and_their_uncertainty_need_overwrite(tmp_path, model_dir, stack, capsys):
+    out = tmp_path / "res.tif"
+    (tmp_path / "res_uncertainty.tif").write_bytes(b"an older uncertainty map")  # the companion counts too
+    before = checksums(tmp_path)
+    assert "res_uncertainty.tif already exists; add --overwrite" in error_of(capsys, predict_args(model_dir, stack, out))
+    assert checksums(tmp_path) == before
+    assert main(predict_args(model_dir, stack, out, "--overwrite")) == 0
+    assert read_image(tmp_path / "res_uncertainty.tif").meta["provenance"]["complete"] is True
+
+
+def test_prepare_replaces_a_set_only_with_overwrite(tmp_path, capsys):
+    clean = tmp_path / "in.tif"
+    tifffile.imwrite(clean, (np.random.default_rng(0).random((4, 64, 64)) * 200 + 20).astype(np.uint8))
+    out = tmp_path / "set.zarr"
+    argv = ["prepare", "--clean", str(clean), "--out", str(out), "--patch", "32", "--val-fraction", "0.3", "-q"]
+    assert main(argv) == 0
+    before = checksums(tmp_path)
+    assert "--overwrite" in error_of(capsys, argv)
+    assert checksums(tmp_path) == before
+    assert main([*argv, "--seed", "3", "--overwrite"]) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["report"]["settings"]["seed"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".lock"]
+
+
+# --- 2/3. inputs are compared by device and inode, not only by path ----------------------------
+
+
+def test_a_hard_link_to_the_input_is_refused(tmp_path, model_dir, stack, capsys):
+    link = tmp_path / "link.tif"
+    os.link(stack, link)
+    before = checksums(tmp_path)
+    assert "refusing to overwrite the input" in error_of(capsys, predict_args(model_dir, stack, link, "--overwrite"))
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        write_tiff(link, np.zeros((4, 4), np.float32), (1.0, 1.0), protect=[stack])
+    assert checksums(tmp_path) == before
+
+
+def test_refuse_overwrite_sees_a_second_path_to_an_input_folder(tmp_path):
+    container = tmp_path / "in.zarr"
+    container.mkdir()
+    other = tmp_path / "same"
+    os.symlink(container, other)
+    with pytest.raises(InputError):
+        refuse_overwrite(other / "out.tif", [container])  # inside the input, under another name
+    refuse_overwrite(tmp_path / "out.tif", [container])  # beside it is fine
+
+
+# --- 6. supported names; the uncertainty name derives from the stem -----------------------------
+
+
+def test_unsupported_output_suffix_is_refused_before_anything_is_written(tmp_path, model_dir, stack, capsys):
+    before = sorted(tmp_path.iterdir())
+    err = error_of(capsys, predict_args(model_dir, stack, tmp_path / "x.png"))
+    assert "'.png'" in err and ".tif" in err and ".zarr" in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "name,std,sample,partial",
+    [
+        ("x.tif", "x_uncertainty.tif", "x_sample0.tif", "x.partial.tif"),
+        ("x.ome.tif", "x_uncertainty.ome.tif", "x_sample0.ome.tif", "x.partial.ome.tif"),
+        ("a.b.TIFF", "a.b_uncertainty.TIFF", "a.b_sample0.TIFF", "a.b.partial.TIFF"),
+    ],
+)
+def test_uncertainty_and_partial_names_derive_from_the_stem(tmp_path, name, std, sample, partial):
+    names = OutputNames.for_path(tmp_path / name, n_samples=1)
+    assert (names.mean.name, names.std.name, names.samples[0].name) == (name, std, sample)
+    assert OutputNames.partial(names.mean).name == partial
+
+
+# --- 4. a failed write leaves no file under the final name -------------------------------------
+
+
+def test_a_failed_tiff_write_leaves_the_old_file_or_nothing(tmp_path, monkeypatch):
+    old = tmp_path / "kept.tif"
+    write_tiff(old, np.ones((8, 8), np.float32), (1.0, 1.0))
+    before = checksums(tmp_path)
+
+    def disk_full(path, *args, **kwargs):
+        Path(path).write_bytes(b"II*\x00 half a TIFF")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", disk_full)
+    for target in (old, tmp_path / "new.tif"):
+        with pytest.raises(OSError):
+            write_tiff(target, np.zeros((8, 8), np.float32), (1.0, 1.0))
+    assert checksums(tmp_path) == before  # the old file intact, no new file, no temporary
+
+
+def test_a_full_disk_fails_the_predict_cleanly(tmp_path, model_dir, stack, capsys, monkeypatch):
+    def disk_full(path, *args, **kwargs):
+        Path(path).write_bytes(b"II*\x00 half a TIFF")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", disk_full)
+    before = checksums(tmp_path)
+    assert "No space left" in error_of(capsys, predict_args(model_dir, stack, tmp_path / "out.tif"))
+    assert checksums(tmp_path) == before
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped where mounting is not permitted)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield where
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_really_full_disk(tiny_disk, model_dir, stack, capsys):
+    big = np.random.default_rng(0).random((8, 256, 256)).astype(np.float32)  # 2 MiB, about 1.7 MiB compressed
+    with pytest.raises(OSError):
+        write_tiff(tiny_disk / "big.tif", big, (1.0, 1.0, 1.0))
+    assert list(tiny_disk.iterdir()) == []
+    with pytest.raises(InputError, match="not enough free space"):
+        safe_output.check_space(tiny_disk, big.nbytes)
+    (tiny_disk / "old.tif").write_bytes(b"keep me")
+    out = tiny_disk / "pred.tif"
+    vol = stack.parent / "vol.tif"
+    tifffile.imwrite(vol, (np.random.default_rng(1).random((8, 128, 128)) * 200).astype(np.uint8))
+    assert "not enough free space" in error_of(capsys, predict_args(model_dir, vol, out))  # before computing
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["old.tif"]
+
+
+def test_a_read_only_destination_is_refused_before_computing(tiny_disk, model_dir, stack, capsys):
+    if subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], capture_output=True).returncode:
+        pytest.skip("cannot remount the tmpfs read-only")
+    err = error_of(capsys, predict_args(model_dir, stack, tiny_disk / "out.tif"))
+    assert "cannot write there" in err and "Read-only" in err
+
+
+def test_destination_problems_are_found_before_computing(tmp_path, model_dir, stack):
+    from napari_emdiffuse.model_file import Model
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder should be")
+    events = predict(Model.load(model_dir), tifffile.imread(stack), output=blocked / "out.tif", input_paths=[stack])
+    with pytest.raises(InputError, match="cannot write there"):
+        next(events)  # refused before the first progress event, not after the computation
+
+
+# --- 5. locks: a second process refuses, a dead one's lock is taken over ----------------------
+
+
+def test_a_live_lock_refuses_and_names_its_process(tmp_path, model_dir, stack, capsys):
+    out = tmp_path / "out.zarr"
+    with safe_output.lock_beside(out):
+        err = error_of(capsys, predict_args(model_dir, stack, out))
+    assert f"in use by process {os.getpid()}" in err and "started" in err
+    assert not out.exists()
+
+
+def test_a_stale_lock_is_taken_over_and_its_temporaries_removed(tmp_path, model_dir, stack, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out.zarr"
+    info = {"pid": dead.pid, "host": os.uname().nodename, "started": "yesterday"}
+    (tmp_path / "out.zarr.lock").write_text(json.dumps(info))
+    leftover = tmp_path / f".out.zarr.tmp-{dead.pid}-abc"
+    leftover.mkdir()
+    assert main(predict_args(model_dir, stack, out)) == 0
+    assert f"lock of process {dead.pid}, which is no longer running" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.zarr"]
+
+
+def test_train_refuses_a_folder_holding_a_model_and_a_locked_one(tmp_path, model_dir, stack, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    before = checksums(run)
+    argv = ["train", "--preset", "tiny", "--clean", str(stack), "--out", str(run), "--iterations", "2", "-q"]
+    err = error_of(capsys, argv)
+    assert "--resume" in err and "--overwrite" in err
+    assert checksums(run) == before
+    with safe_output.Lock(run / "train.lock", f"run folder {run}"):
+        assert f"in use by process {os.getpid()}" in error_of(capsys, [*argv, "--overwrite"])
+    assert checksums(run) == before
+
+
+# --- 3. cancel keeps only finished planes; info says what a file is -----------------------------
+
+
+def _cancel_after(model, calls: int):
+    token = new_cancel_token()
+    count = {"n": 0}
+
+    def hook(module, args, output):
+        count["n"] += 1
+        if count["n"] == calls:
+            token.set()
+
+    return token, model.network.register_forward_hook(hook)
+
+
+def test_cancelled_tiff_output_holds_only_finished_planes(tmp_path, model_dir, stack):
+    from napari_emdiffuse.model_file import Model
+
+    model = Model.load(model_dir)
+    image = np.concatenate([tifffile.imread(stack)] * 2)  # 4 planes
+    token, hook = _cancel_after(model, 3)  # the first plane takes 2 evaluations (2 steps, samples batched)
+    try:
+        events = list(predict(model, image, output=tmp_path / "out.tif", input_paths=[stack], cancel=token, sample=model.preset.sample.model_copy(update={"steps": 2})))
+    finally:
+        hook.remove()
+    res = events[-1]
+    assert not res.complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.partial.tif", "out_uncertainty.partial.tif"]
+    partial = read_image(tmp_path / "out.partial.tif")
+    planes = np.asarray(partial.data).reshape(-1, 48, 48)  # one plane reads back as a 2D image
+    assert len(planes) == 1 and np.abs(planes).sum() > 0
+    prov = partial.meta["provenance"]
+    assert prov["complete"] is False and prov["finished"] == [[0, 1], [0, 48], [0, 48]] and prov["shape"] == [4, 48, 48]
+    assert any(e.kind is Kind.MESSAGE and "finished part (z 0:1 of 4) is in" in e.text for e in events)
+
+
+def test_cancelled_2d_prediction_writes_nothing_and_says_so(tmp_path, model_dir, stack):
+    from napari_emdiffuse.model_file import Model
+
+    model = Model.load(model_dir)
+    token, hook = _cancel_after(model, 1)
+    try:
+        events = list(predict(model, tifffile.imread(stack)[0], output=tmp_path / "out.tif", cancel=token))
+    finally:
+        hook.remove()
+    assert not events[-1].complete and events[-1].written == ()
+    assert any(e.kind is Kind.MESSAGE and "nothing is written" in e.text for e in events)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_cancelled_zarr_output_is_a_valid_store_marked_incomplete(tmp_path, model_dir, stack, capsys):
+    from napari_emdiffuse.model_file import Model
+
+    model = Model.load(model_dir)
+    token, hook = _cancel_after(model, 3)
+    try:
+        res = list(predict(model, np.concatenate([tifffile.imread(stack)] * 2), output=tmp_path / "out.zarr", cancel=token, sample=model.preset.sample.model_copy(update={"steps": 2})))[-1]
+    finally:
+        hook.remove()
+    assert res.written == (tmp_path / "out.partial.zarr",) and not (tmp_path / "out.zarr").exists()
+    group = zarr.open_group(str(tmp_path / "out.partial.zarr"), mode="r")
+    assert group.attrs["complete"] is False and group.attrs["finished"] == [[0, 1], [0, 48], [0, 48]]
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "out.partial.zarr")]) == 0
+    text = capsys.readouterr().out
+    assert "complete: NO: only z 0:1 of 4 is finished" in text and "voxel:" in text and "made by:" in text and "denoise" in text
+
+
+def test_info_on_a_complete_output(tmp_path, model_dir, stack, capsys):
+    assert main(predict_args(model_dir, stack, tmp_path / "o.tif")) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "o.tif")]) == 0
+    text = capsys.readouterr().out
+    assert "complete: yes" in text and f"model {model_dir}" in text and "2 steps" in text
+
+
+def test_the_old_in_memory_api_still_returns_everything(model_dir, stack):
+    from napari_emdiffuse.model_file import Model
+
+    res = run_predict(Model.load(model_dir), tifffile.imread(stack), sample=Model.load(model_dir).preset.sample.model_copy(update={"steps": 2}))
+    assert res.complete and res.planes_done == 2 and res.written == ()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_store_is_replaced_only_once_the_new_one_is_in_place(tmp_path, monkeypatch, exchange):
+    if not exchange:  # systems without renameat2: two renames
+        monkeypatch.setattr(safe_output, "_exchange", lambda a, b: False)
+    dest = tmp_path / "s.zarr"
+    dest.mkdir()
+    (dest / "old").write_text("old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "fresh").write_text("new")
+    safe_output.swap_in(new, dest)
+    assert [p.name for p in dest.iterdir()] == ["fresh"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
