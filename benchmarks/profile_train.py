@@ -64,7 +64,7 @@ def profile(preset_name: str, steps: int, batch: int | None, device: str) -> dic
     timers.wrap(torch.nn.utils, "clip_grad_norm_", "optimizer")
     timers.wrap(torch.optim.AdamW, "step", "optimizer")
     timers.wrap(torch.optim.AdamW, "zero_grad", "optimizer")
-    timers.wrap(train_job._Trainer, "validate", "validation")
+    timers.wrap(train_job._Trainer, "best_estimate", "validation")
     timers.wrap(train_job._Trainer, "save_checkpoint", "checkpoint")
     timers.wrap(Model, "save", "checkpoint")
     setup_mark = timers.mark_first_call(train_job._Trainer, "train_step")
