@@ -64,9 +64,14 @@ def test_no_pickle_anywhere():
     import re
 
     src = pathlib.Path(__file__).resolve().parents[1] / "src"
+    # bioimage.io's pytorch_state_dict format is a torch.save file: the export writes one holding
+    # tensors only, and reads it back with weights_only=True. Nothing else may write one.
+    may_save = {"bioimageio_export.py"}
     for f in src.rglob("*.py"):
         text = f.read_text()
-        assert not re.search(r"import pickle|pickle\.load|torch\.save\(", text), f
+        assert not re.search(r"import pickle|pickle\.load", text), f
+        if f.name not in may_save:
+            assert "torch.save(" not in text, f
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f
 
