@@ -72,8 +72,12 @@ def test_no_pickle_anywhere():
         assert not re.search(r"import pickle|pickle\.load", text), f
         if f.name not in may_save:
             assert "torch.save(" not in text, f
-        for call in re.findall(r"torch\.load\([^)]*\)", text):
-            assert "weights_only=True" in call, f
+        for start in (m.end() for m in re.finditer(r"torch\.load\(", text)):
+            depth, end = 1, start
+            while depth:  # to the call's closing parenthesis, past nested ones
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            assert "weights_only=True" in text[start:end], f
 
 
 def test_a_denoiser_stored_before_the_residual_option_keeps_its_meaning(tmp_path, isbi_pair):
