@@ -303,14 +303,26 @@ def _cancel_after(model, calls: int):
     return token, model.network.register_forward_hook(hook)
 
 
+def _evaluations_per_plane(model, plane, sample) -> int:
+    """How many network calls one plane takes (best estimate + sampler steps), counted, not assumed."""
+    count = {"n": 0}
+    hook = model.network.register_forward_hook(lambda *a: count.__setitem__("n", count["n"] + 1))
+    try:
+        list(predict(model, plane, sample=sample))
+    finally:
+        hook.remove()
+    return count["n"]
+
+
 def test_cancelled_tiff_output_holds_only_finished_planes(tmp_path, model_dir, stack):
     from napari_emdiffuse.model_file import Model
 
     model = Model.load(model_dir)
     image = np.concatenate([tifffile.imread(stack)] * 2)  # 4 planes
-    token, hook = _cancel_after(model, 3)  # the first plane takes 2 evaluations (2 steps, samples batched)
+    sample = model.preset.sample.model_copy(update={"steps": 2})
+    token, hook = _cancel_after(model, _evaluations_per_plane(model, image[0], sample) + 1)  # in the second plane
     try:
-        events = list(predict(model, image, output=tmp_path / "out.tif", input_paths=[stack], cancel=token, sample=model.preset.sample.model_copy(update={"steps": 2})))
+        events = list(predict(model, image, output=tmp_path / "out.tif", input_paths=[stack], cancel=token, sample=sample))
     finally:
         hook.remove()
     res = events[-1]
@@ -342,9 +354,11 @@ def test_cancelled_zarr_output_is_a_valid_store_marked_incomplete(tmp_path, mode
     from napari_emdiffuse.model_file import Model
 
     model = Model.load(model_dir)
-    token, hook = _cancel_after(model, 3)
+    image = np.concatenate([tifffile.imread(stack)] * 2)
+    sample = model.preset.sample.model_copy(update={"steps": 2})
+    token, hook = _cancel_after(model, _evaluations_per_plane(model, image[0], sample) + 1)  # in the second plane
     try:
-        res = list(predict(model, np.concatenate([tifffile.imread(stack)] * 2), output=tmp_path / "out.zarr", cancel=token, sample=model.preset.sample.model_copy(update={"steps": 2})))[-1]
+        res = list(predict(model, image, output=tmp_path / "out.zarr", cancel=token, sample=sample))[-1]
     finally:
         hook.remove()
     assert res.written == (tmp_path / "out.partial.zarr",) and not (tmp_path / "out.zarr").exists()

@@ -278,8 +278,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not result.complete:  # the job's message said what was kept
         return stop.exit_status()
     print("wrote " + " and ".join(str(p) for p in result.written[:2]) + (f" and {len(result.written) - 2} sample(s)" if len(result.written) > 2 else ""))
-    if model.calibration is None:
-        print("no calibrated interval (lower/upper): this model was trained without calibration; fine-tune it to add one", file=sys.stderr)
     return 0
 
 

@@ -97,8 +97,9 @@ def test_edm_denoiser_and_loss_invert_the_preconditioning():
     assert 0.3 < float(proc.loss(zero, x0, x0, generator=torch.Generator().manual_seed(1))) < 3
 
 
-def test_edm_needs_sigma_data():
-    import pytest
+def test_an_untrained_edm_model_uses_the_default_spread():
+    """Models built but never trained (tests, a fresh preset in the widget) still run."""
+    from napari_emdiffuse.engine.diffusion import EDM_DEFAULT_SIGMA_DATA
 
-    with pytest.raises(ValueError, match="sigma_data"):
-        Denoiser(torch.nn.Identity(), "edm", None)
+    assert Denoiser(torch.nn.Identity(), "edm", None).sigma_data == EDM_DEFAULT_SIGMA_DATA
+    assert Denoiser(torch.nn.Identity(), "edm", 0.3).sigma_data == 0.3

@@ -133,7 +133,7 @@ def test_prediction_over_tiles_reads_the_right_rows(factor, oracle_model):
 
 
 def test_tiny_model_trains_and_predicts_2d(isbi_clean, tmp_path):
-    preset = load_preset("emdiffuse-r-tiny", {"train": {"iterations": 6, "val_every": 6, "checkpoint_every": 6}})
+    preset = load_preset("emdiffuse-r-tiny", {"train": {"iterations": 6, "val_every": 3, "checkpoint_every": 6}})  # a preview comes with a mid-run validation
     arrays = SR.from_clean(isbi_clean[:2, :128, :128], SR.options(preset.variant_options))
     events = list(train(preset, arrays, tmp_path / "m", device="cpu"))
     # previews and the "input" PSNR are in image terms, not in the network's residual terms

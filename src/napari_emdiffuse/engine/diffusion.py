@@ -100,6 +100,9 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
     return sigma.clamp_min(1e-8).log() / 4
 
 
+EDM_DEFAULT_SIGMA_DATA = 0.5  # Karras et al. 2022, sec. 5; training replaces it by the measured spread
+
+
 def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``c_skip, c_out, c_in`` of Karras et al. 2022, table 1 (for ``x = x0 + sigma * eps``)."""
     var = sigma**2 + sigma_data**2
@@ -116,11 +119,10 @@ class Denoiser(nn.Module):
 
     def __init__(self, network: nn.Module, prediction: str = "v", sigma_data: float | None = None) -> None:
         super().__init__()
-        if prediction == "edm" and not sigma_data:
-            raise ValueError("the EDM parameterisation needs diffusion.sigma_data (measured when training starts)")
         self.network = network
         self.prediction = prediction
-        self.sigma_data = sigma_data
+        # a model that has not trained yet has no measured spread: Karras et al.'s default
+        self.sigma_data = sigma_data or EDM_DEFAULT_SIGMA_DATA
 
     @classmethod
     def from_config(cls, network: nn.Module, cfg: DiffusionConfig) -> "Denoiser":
@@ -160,7 +162,7 @@ class DiffusionProcess:
         abar = self._abar.to(x0.device)[t][:, None, None, None]
         sigma = ((1 - abar) / abar).sqrt()
         if self.cfg.prediction == "edm":
-            c_skip, c_out, c_in = edm_scalings(sigma, self.cfg.sigma_data)
+            c_skip, c_out, c_in = edm_scalings(sigma, self.cfg.sigma_data or EDM_DEFAULT_SIGMA_DATA)
             x = x0 + sigma * noise
             pred = network(c_in * x, cond, c_noise(sigma.reshape(b)))
             return F.mse_loss(pred.float(), (x0 - c_skip * x) / c_out)
