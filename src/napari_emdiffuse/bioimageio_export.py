@@ -142,7 +142,8 @@ def export_bioimageio(model_dir: str | Path, out: str | Path) -> Path:
         source.write_text(Path(__file__).with_name("bioimageio_model.py").read_text())
 
         multiple = int(model.network.size_multiple)
-        size = bio.ParameterizedSize(min=multiple, step=multiple)
+        # at least 2 x 2 pixels at the bottleneck: GroupNorm needs more than one value per group
+        size = bio.ParameterizedSize(min=2 * multiple, step=multiple)
         y_in = bio.SpaceInputAxis(id=bio.AxisId("y"), size=size, scale=voxel, unit="micrometer")
         x_in = bio.SpaceInputAxis(id=bio.AxisId("x"), size=size, scale=voxel, unit="micrometer")
 
