@@ -272,12 +272,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             model_name=str(args.model),
             estimate=args.estimate,
             alpha=args.alpha,
+            resume=args.resume,
+            cluster=args.cluster,
         )
         with naming({"image": args.input}):
             result = _drive(events, args.quiet)
     if not result.complete:  # the job's message said what was kept
         return stop.exit_status()
-    print("wrote " + " and ".join(str(p) for p in result.written[:2]) + (f" and {len(result.written) - 2} sample(s)" if len(result.written) > 2 else ""))
+    print("wrote " + ", ".join(str(p) for p in result.written))
     return 0
 
 
@@ -335,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (written beside them and swapped in when complete)")
+    r.add_argument("--resume", action="store_true", help="continue a zarr output left by a cancelled or killed run: only the missing blocks are computed")
+    r.add_argument("--cluster", help="run the blocks on dask workers: local:N, tcp://host:port (a running scheduler) or a cluster file (JSON, SLURM/PBS/LSF); see docs/whole-volume.md")
     r.add_argument("--device", default="auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
     r.add_argument("-q", "--quiet", action="store_true")

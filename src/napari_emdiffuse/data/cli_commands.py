@@ -187,8 +187,9 @@ def _prediction_info(path: Path) -> bool:
         return False
     group = zarr.open_group(str(path), mode="r")
     print(f"prediction: {path}")
-    for name, arr in sorted(group.arrays()):
-        print(f"  {name:<8} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
+    arrays = [(n, a) for n, a in group.members(max_depth=None) if isinstance(a, zarr.Array) and not n.startswith(".")]
+    for name, arr in sorted(arrays):  # an image's level is NAME/0
+        print(f"  {name.removesuffix('/0'):<11} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
     print(f"voxel:    {_voxel_text(tuple(attrs['voxel_size']))}" if attrs.get("voxel_size") else "voxel:    unknown")
     print("\n".join(_provenance_lines(attrs)))
     return True
