@@ -51,10 +51,10 @@ def test_iso_i_volume_train_and_predict(tmp_path, fib_small):
     import zarr
 
     group = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
-    assert group["mean"].shape == group["std"].shape == (33, 40, 48)
+    assert group["mean/0"].shape == group["uncertainty/0"].shape == (33, 40, 48)
     assert group.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
     assert group.attrs["complete"] is True
-    np.testing.assert_array_equal(np.asarray(group["mean"][::2]), fib_small[::2, :40, :48])
+    np.testing.assert_array_equal(np.asarray(group["mean/0"][::2]), fib_small[::2, :40, :48])
 
 
 def test_iso_a_sstem_becomes_isotropic(tmp_path, sstem_small, capsys):

@@ -87,7 +87,7 @@ def load_cluster_file(path: Path) -> ClusterFile:
 
 
 def jobqueue_cluster(spec: ClusterFile) -> Any:
-    """The dask-jobqueue cluster of a cluster file, jobs requested (or adaptive)."""
+    """The dask-jobqueue cluster of a cluster file (no job submitted yet: see :func:`connect`)."""
     import dask_jobqueue
 
     kind = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster, "lsf": dask_jobqueue.LSFCluster}[spec.kind]
@@ -99,12 +99,7 @@ def jobqueue_cluster(spec: ClusterFile) -> Any:
     )  # fmt: skip
     if spec.kind == "lsf":  # LSF takes walltime as HH:MM
         options["walltime"] = spec.walltime.rsplit(":", 1)[0]
-    cluster = kind(**{k: v for k, v in options.items() if v is not None})
-    if spec.adapt is not None:
-        cluster.adapt(minimum_jobs=spec.adapt.minimum, maximum_jobs=spec.adapt.maximum)
-    else:
-        cluster.scale(jobs=spec.jobs)
-    return cluster
+    return kind(**{k: v for k, v in options.items() if v is not None})
 
 
 def connect(address: str) -> tuple[Any, Any]:
@@ -129,7 +124,12 @@ def connect(address: str) -> tuple[Any, Any]:
     path = Path(address)
     if not path.is_file():
         raise InputError(f"--cluster {address}: not local:N, a scheduler address (tcp://host:port) or a cluster file")
-    cluster = jobqueue_cluster(load_cluster_file(path))
+    spec = load_cluster_file(path)
+    cluster = jobqueue_cluster(spec)
+    if spec.adapt is not None:  # jobs come and go with the blocks waiting
+        cluster.adapt(minimum_jobs=spec.adapt.minimum, maximum_jobs=spec.adapt.maximum)
+    else:
+        cluster.scale(jobs=spec.jobs)
     return Client(cluster), cluster
 
 

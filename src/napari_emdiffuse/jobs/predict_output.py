@@ -167,7 +167,9 @@ class PredictionOutput:
         for p in every:
             if not (self.resume and p == partial):
                 check_new_output(p, self.inputs, self.overwrite)
-        self.lock = lock_beside(self.names.mean, every).acquire()  # also proves the folder writable
+        # taking over a dead run's lock removes its temporaries, except the store a resume continues
+        cleared = [p for p in every if not (self.resume and p == self.names.mean)]
+        self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
         if self.resume:  # with the lock held, a temporary store beside is a killed run's
             found = [p for p in (partial, *_dead_temps(self.names.mean)) if p.is_dir()]
             self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
