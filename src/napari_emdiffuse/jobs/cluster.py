@@ -174,7 +174,10 @@ def run_on_cluster(
             if cancel.is_set():
                 client.cancel(list(pending))
                 raise Cancelled("prediction cancelled")
-            ready, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            try:
+                ready, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished meanwhile: look at the cancel token again
+                continue
             for fut in ready:
                 done[fut.result()] = True  # re-raises a block's error after its retries
                 finished += 1
@@ -219,8 +222,11 @@ def _pinned_device() -> str:
 
 def run_block(plain: str, block: Block, store: str) -> int:
     """On a worker: compute ``block``, write it into ``store`` and mark it done; its index."""
+    import dask
+
     runner, image = _worker_state(plain)
-    result = runner.run(image, block)
+    with dask.config.set(scheduler="synchronous"):  # read the lazy input here, not as tasks of the cluster
+        result = runner.run(image, block)
     mean, spread, samples, markers = open_block_arrays(Path(store))
     write_block(result, mean, spread, samples)
     markers[block.index] = 1
