@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 import signal
@@ -86,9 +85,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .arg_types import variant_option
     from .config import load_preset, parse_preset
-    from .jobs.events import new_cancel_token
     from .engine.distributed import detect_world
+    from .jobs.events import new_cancel_token
     from .jobs.train import checkpoint_state, continues_run, train
     from .models import resolve_model
     from .variants import get_variant
@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         overrides["train"]["batch_size"] = args.batch_size
     if args.variant_option:
-        overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
+        overrides["variant_options"] = dict(variant_option(o) for o in args.variant_option)
     init = resolve_model(args.from_model) if args.from_model else None
     if resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
@@ -231,16 +231,6 @@ def _ctrl_c_cancels(token: Any) -> Iterator[_Stop]:
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM outside a cancellable job: unwind (temporaries are removed) and exit 143."""
     raise Interrupted(signum)
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
