@@ -278,6 +278,22 @@ def tiff_written_by_us_then_cut(tmp):
     return Case(_predict(tmp, _model(tmp), tmp / "a.tif"), "a.tif")
 
 
+def _tiff_page_past_the_end(path: Path, page: int = 1) -> Path:
+    """A 3-page zlib TIFF whose middle page's strip offset points past the end of the file (the
+    first and last pages are fine, so only a check of every page finds it)."""
+    tifffile.imwrite(path, _ramp((3, 64, 64)), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[page].tags["StripOffsets"]
+        at, typ = tag.valueoffset, tag.dtype
+    assert tag.count == 1
+    return _patch(path, at, "<I" if typ == 4 else "<Q", path.stat().st_size + 10)
+
+
+@case
+def tiff_middle_page_past_the_end(tmp):
+    return Case(["info", _tiff_page_past_the_end(tmp / "a.tif")], "a.tif")
+
+
 @case
 def zarr_v3_bad_metadata(tmp):
     (tmp / "a.zarr").mkdir()

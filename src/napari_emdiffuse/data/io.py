@@ -161,13 +161,24 @@ def _check_tiff_complete(tf: Any, path: Path) -> None:
         raise InputError(f"{path}: the TIFF file is truncated (its ImageJ header declares {declared} images, the file holds {series.size // plane})")
     if series.dataoffset is not None and series.dataoffset + series.nbytes > size:
         raise InputError(f"{path}: the TIFF file is truncated ({series.nbytes} bytes of pixels declared, the file has {size} bytes)")
-    for idx in {0, len(pages) - 1}:
-        page = pages[idx]
-        offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
-        if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size:
-            raise InputError(f"{path}: the TIFF file is truncated (page {idx + 1} of {len(pages)} ends past the end of the file)")
-        if getattr(page, "compression", None) == 1 and counts and sum(counts) < page.nbytes:
-            raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {page.shape} {page.dtype}, {page.nbytes} bytes, but holds {sum(counts)} bytes of pixels)")
+    _check_tiff_pages(pages, path, size)
+
+
+def _check_tiff_pages(pages: Any, path: Path, size: int) -> None:
+    """Every page's strips or tiles must lie inside the file and, uncompressed, hold the page:
+    read from the page directories alone (no pixel is decoded; about 50 µs per page)."""
+    useframes = pages.useframes
+    pages.useframes = True  # light TiffFrames: offsets and byte counts without the full tag set
+    try:
+        for idx, page in enumerate(pages):
+            offsets, counts = page.dataoffsets, page.databytecounts
+            if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size:
+                raise InputError(f"{path}: the TIFF file is truncated or corrupt (page {idx + 1} of {len(pages)} ends past the end of the file)")
+            key = page.keyframe
+            if key.compression == 1 and counts and sum(counts) < key.nbytes:
+                raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {key.shape} {key.dtype}, {key.nbytes} bytes, but holds {sum(counts)} bytes of pixels)")
+    finally:
+        pages.useframes = useframes
 
 
 def read_tiff(path: Path) -> Image:

@@ -7,6 +7,7 @@ several conventions). Folders of numbered slices are how many microscopes export
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,27 +46,76 @@ def _check_mrc_header(path: Path) -> None:
         raise InputError(f"{path}: not a readable MRC file (truncated, or a corrupt header: it declares {need} bytes, the file has {size})")
 
 
+class _PlaneFile:
+    """Pixels stored plane after plane from ``offset`` of a file, read with ``pread`` on demand.
+
+    Not a memory map: a mapped file that shrinks after it was opened (or a network share that
+    drops) kills the process with SIGBUS at the first page touched; a read that comes back short
+    or fails is an :class:`InputError` naming the file instead.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], stored: np.dtype, dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape = path, offset, tuple(shape)
+        self.stored, self.dtype, self.ndim = stored, dtype, len(shape)
+        per_plane = self.shape[1:] if self.ndim > 2 else self.shape
+        self.plane_bytes = int(np.prod(per_plane, dtype=np.int64)) * stored.itemsize
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        """Planes ``lo`` to ``hi - 1`` (the whole image for 2D data), as an array."""
+        want = (hi - lo) * self.plane_bytes
+        start = self.offset + lo * self.plane_bytes
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                buf = os.pread(fd, want, start)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise InputError(f"{self.path}: cannot read its pixel data ({err.strerror or err}); on a network share, check the connection") from None
+        if len(buf) < want:
+            raise InputError(f"{self.path}: the file ends at {start + len(buf)} bytes, before the pixels its header declares: it was cut or replaced while being read")
+        shape = self.shape if self.ndim == 2 else (hi - lo, *self.shape[1:])
+        return np.frombuffer(buf, self.stored).reshape(shape).astype(self.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if self.ndim == 2 or not key or not isinstance(key[0], (slice, int, np.integer)):
+            return self._read(0, 1 if self.ndim == 2 else self.shape[0])[key]
+        first, rest = key[0], key[1:]
+        if isinstance(first, slice):
+            zs = range(*first.indices(self.shape[0]))
+            if not zs:
+                return np.empty((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
+            lo, hi = min(zs), max(zs) + 1
+            return self._read(lo, hi)[(np.asarray(zs) - lo, *rest)]
+        z = range(self.shape[0])[int(first)]  # negative indices count from the end; out of range raises
+        return self._read(z, z + 1)[(0, *rest)]
+
+
 def read_mrc(path: Path) -> Image:
-    """An MRC file, memory-mapped (lazy), voxel size from the header (Å -> µm)."""
-    import dask.array as da
+    """An MRC file, read plane by plane on demand (lazy), voxel size from the header (Å -> µm)."""
     import mrcfile
+    import mrcfile.utils
 
     _check_mrc_header(path)
     try:
-        mrc = mrcfile.mmap(str(path), mode="r", permissive=False)
+        with mrcfile.open(str(path), mode="r", permissive=False, header_only=True) as mrc:
+            header = mrc.header.copy()
+            vs = mrc.voxel_size.copy()
     except (ValueError, OSError) as err:
         raise InputError(f"{path}: not a readable MRC file ({err})") from None
-    data = mrc.data
-    header = mrc.header
+    stored = np.dtype(mrcfile.utils.data_dtype_from_header(header))
+    shape = tuple(int(n) for n in mrcfile.utils.data_shape_from_header(header))
     stamp, flags = _imod_fields(header)
+    dtype = stored.newbyteorder("=")
     if int(header.mode) == 0 and stamp == IMOD_STAMP and not flags & 1:
-        data = data.view(np.uint8)  # IMOD's unsigned bytes
-    vs = mrc.voxel_size
+        stored = dtype = np.dtype(np.uint8)  # IMOD's unsigned bytes
+    planes = _PlaneFile(path, 1024 + int(header.nsymbt), shape, stored, dtype)
     xyz = [float(vs.x), float(vs.y), float(vs.z)]
     um = [v * 1e-4 if v > 0 else 1.0 for v in xyz]  # 0 means "not set"
-    voxel = (um[2], um[1], um[0]) if data.ndim == 3 else (um[1], um[0])
-    chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
-    return Image(da.from_array(data, chunks=chunks), voxel, path, meta={"format": "mrc", "mode": int(header.mode), "chunks": chunks})
+    voxel = (um[2], um[1], um[0]) if len(shape) == 3 else (um[1], um[0])
+    chunks = (1, *shape[1:]) if len(shape) >= 3 else shape
+    return Image(lazy(planes, path, chunks), voxel, path, meta={"format": "mrc", "mode": int(header.mode), "chunks": chunks})
 
 
 def _order(header: Any) -> str:
