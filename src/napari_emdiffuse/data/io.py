@@ -148,7 +148,7 @@ def lazy(array: Any, path: Path, chunks: Any = None) -> Any:
     return da.from_array(guarded, chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * guarded.ndim, guarded.dtype))
 
 
-def _check_tiff_complete(tf: Any, path: Path) -> None:
+def check_tiff_complete(tf: Any, path: Path) -> None:
     """Refuse a truncated TIFF, or one whose header declares more than the file or memory can
     hold, now, rather than failing half-way through a lazy read (or allocating terabytes)."""
     size = path.stat().st_size
@@ -189,7 +189,7 @@ def read_tiff(path: Path) -> Image:
     path = Path(path)
     try:
         tf = tifffile.TiffFile(path)
-        _check_tiff_complete(tf, path)
+        check_tiff_complete(tf, path)
         series = tf.series[0]
         arr = zarr.open(series.aszarr(), mode="r")
         if isinstance(arr, zarr.Group):
@@ -247,6 +247,22 @@ def split_dataset(path: str | Path) -> tuple[Path, str | None]:
     return p, None
 
 
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder ("a named
+    pipe (FIFO)", "a character device", ...), else None: opening one would block or read
+    endless bytes, so callers refuse it by name before opening it."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def read_image(path: str | Path, dataset: str | None = None, level: int = 0) -> Image:
     """Open an image lazily: TIFF/OME-TIFF, a folder of TIFF/PNG slices, zarr v2/v3 and
     OME-Zarr (``path`` or ``path.zarr/dataset``; ``level`` of a multiscale pyramid), N5, MRC,
@@ -261,8 +277,9 @@ def read_image(path: str | Path, dataset: str | None = None, level: int = 0) -> 
     dataset = dataset or inner
     if not file.exists():
         raise InputError(f"{file}: no such file or folder")
-    if not (file.is_dir() or file.is_file()):
-        raise InputError(f"{file}: not a regular file or folder (a pipe, device or socket); give an image file")
+    special = special_file(file)
+    if special:
+        raise InputError(f"{file}: {special}, not a regular file or folder; give an image file")
     try:
         img = _read_any(file, dataset, level)
     except InputError:

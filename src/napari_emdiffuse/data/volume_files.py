@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, iter_planes, lazy, refuse_overwrite, sniff
+from .io import Image, check_tiff_complete, iter_planes, lazy, refuse_overwrite, sniff
 from .safe_output import replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
@@ -190,7 +190,11 @@ def read_hdf5(path: Path, dataset: str | None = None) -> Image:
             listing = ", ".join(f"{path}:/{n}" for n in names[:8]) or "none"
             raise InputError(f"{path}: name the dataset to read ({len(names)} image datasets: {listing})")
         dataset = names[0]
-    if dataset.strip("/") not in f or not hasattr(f[dataset.strip("/")], "shape"):
+    key = dataset.strip("/")
+    if key in f and not hasattr(f[key], "shape"):
+        inside = [n for n in names if n.startswith(key + "/")] or names
+        raise InputError(f"{path}:/{key} is a group, not a dataset; name one of its image datasets: {', '.join(f'{path}:/{n}' for n in inside[:8]) or 'none'}")
+    if key not in f:
         raise InputError(f"{path}: no dataset {dataset!r} (image datasets: {', '.join(names[:8]) or 'none'})")
     ds = f[dataset.strip("/")]
     if ds.is_virtual or ds.external:  # pixels from other files: anything on this machine could be read
@@ -251,14 +255,22 @@ def natural_key(name: str) -> list[Any]:
 
 
 def _plane_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    if sniff(path) == "tiff":
-        import tifffile
+    """Shape and type of one slice; a TIFF slice is checked complete (every page inside the
+    file) as it is listed, so a cut slice deep in a long run is refused before the run starts."""
+    try:
+        if sniff(path) == "tiff":
+            import tifffile
 
-        with tifffile.TiffFile(path) as tf:
-            s = tf.series[0]
-            return tuple(s.shape), np.dtype(s.dtype)
-    a = read_png(path).data
-    return a.shape, a.dtype
+            with tifffile.TiffFile(path) as tf:
+                check_tiff_complete(tf, path)
+                s = tf.series[0]
+                return tuple(s.shape), np.dtype(s.dtype)
+        a = read_png(path).data
+        return a.shape, a.dtype
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a broken slice: say which
+        raise InputError(f"{path}: cannot read this slice ({type(err).__name__}: {' '.join(str(err).split())})") from None
 
 
 def read_slices(folder: Path) -> Image:
@@ -273,11 +285,8 @@ def read_slices(folder: Path) -> Image:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES and p.is_file()), key=lambda p: natural_key(p.name))
     if not files:
         raise InputError(f"{folder}: a folder with no TIFF or PNG slices (and not a zarr or N5 container)")
-    try:
-        first = _plane_header(files[0])
-        headers = [first] + [_plane_header(p) for p in files[1:]]
-    except Exception as err:  # noqa: BLE001 - a broken slice: say which
-        raise InputError(f"{folder}: cannot read a slice ({err})") from None
+    headers = [_plane_header(p) for p in files]
+    first = headers[0]
     for p, h in zip(files, headers):
         if h != first:
             raise InputError(f"{p}: shape {h[0]} {h[1]} differs from the first slice {files[0].name} ({first[0]} {first[1]})")
