@@ -328,7 +328,7 @@ def _train(
     val_truth = val_src.as_image(val_cond, val_target)
     baseline_psnr = psnr(_baseline(val_src, val_cond, val_target), val_truth)
     # calibration patches: the same held-out region, other places (half fit the scale, half check it)
-    cal_cond, cal_target = val_src.sample(np.random.default_rng([tc.seed, 0xCA1]), 2 * tc.val_patches, val_src.patch)
+    cal_cond, cal_target = val_src.sample(np.random.default_rng([tc.seed, 0xCA1]), tc.cal_patches, val_src.patch)
     model.info.training.update(
         {
             "data": data_note,
