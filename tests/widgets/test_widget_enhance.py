@@ -142,7 +142,7 @@ def test_a_zarr_result_keeps_its_place_and_is_replaced_only_when_asked(make_napa
     onto the same store is refused in plain words unless 'Overwrite' is ticked."""
     viewer = make_napari_viewer()
     translate = (1.0, 0.5, 0.25)
-    viewer.add_image(isbi[:2], name="em", scale=voxel, translate=translate, units=("micrometer",) * 3)
+    em = viewer.add_image(isbi[:2], name="em", scale=voxel, translate=translate, units=("micrometer",) * 3)
     MODELS.add(tiny_model, "trained")
     w = _open(viewer)
     w.scope.setCurrentIndex(w.scope.findData("whole"))
@@ -155,6 +155,7 @@ def test_a_zarr_result_keeps_its_place_and_is_replaced_only_when_asked(make_napa
     assert all(tuple(lyr.translate) == pytest.approx(tuple(shown.translate)) for lyr in layers)
     assert tuple(shown.translate) == pytest.approx(translate)
     before = sorted(p.name for p in out.rglob("*"))
+    w.image.select(em)  # not the reopened result: writing onto its own source is refused otherwise
     w.run()
     message = notes.messages("error")[-1]
     assert "already exists" in message and "tick 'Overwrite'" in message and "--" not in message
