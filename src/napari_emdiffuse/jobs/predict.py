@@ -83,6 +83,7 @@ def predict(
     model_name: str | None = None,
     estimate: str = "best",
     alpha: float | None = None,
+    origin: Sequence[float] | None = None,
 ) -> Iterator[Any]:
     """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``.
 
@@ -93,7 +94,8 @@ def predict(
     larger than memory (see :mod:`.predict_output`: nothing existing is replaced without
     ``overwrite``, a cancelled run writes only its finished planes, as partial files).
     ``normaliser`` fixes the intensity statistics (otherwise they are measured on the whole
-    input). ``model_name`` is recorded in the output's provenance. ``compile`` runs the network
+    input). ``model_name`` and ``origin`` (the first output pixel's position in µm, per axis:
+    where a result of part of an image lies) are recorded in the output's provenance. ``compile`` runs the network
     through ``torch.compile``.
     """
     if estimate not in ESTIMATES:
@@ -140,6 +142,7 @@ def predict(
             "settings": cfg.model_dump(mode="json"),
             "input": [str(Path(p).resolve()) for p in input_paths],
             "voxel_size": list(geometry.voxel),
+            **({"origin": [float(o) for o in origin]} if origin is not None else {}),
         }
         shape = geometry.shape
         if out is not None:
