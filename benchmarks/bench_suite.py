@@ -350,8 +350,15 @@ def matches(folder: Path, preset, steps: int) -> bool:
 
     if not (folder / "regression.safetensors").is_file():
         return False
+    from napari_emdiffuse.variants import get_variant
+
     _, stored, info = load_regression(folder)
-    return info["steps"] == steps and stored.model_dump() == preset.model_dump()
+
+    def canonical(p) -> dict:  # variant options as the variant reads them: a default left out is the default
+        variant = get_variant(p.variant)
+        return {**p.model_dump(), "variant_options": variant.options(p.variant_options).model_dump()}
+
+    return info["steps"] == steps and canonical(stored) == canonical(preset)
 
 
 def run_task(task: Task, work: Path, care: bool, step_counts: tuple[int, ...] = STEPS) -> tuple[dict, dict]:
@@ -423,6 +430,7 @@ def run_task(task: Task, work: Path, care: bool, step_counts: tuple[int, ...] = 
 
     params = sum(p.numel() for p in model.network.parameters())
     info = {"title": task.title, "model": task.model, "training_steps": steps, "params": params, "input": task.input_name}
+    info["training_minutes"] = round(float(model.info.training.get("seconds", 0)) / 60, 1)
     info["sample_steps"] = SCORED_STEPS
     return {"info": info, "rows": rows, "uncertainty": uncertainty}, images
 
@@ -553,6 +561,8 @@ def budget_note(results: dict) -> list[str]:
     infos = [r["info"] for r in results.values()]
     steps = sorted(i["training_steps"] for i in infos)
     params = sorted(i.get("params", 0) / 1e6 for i in infos)
+    minutes = sorted(i["training_minutes"] for i in infos if "training_minutes" in i)
+    took = f"{minutes[0]:.0f}-{minutes[-1]:.0f} minutes of one CPU core each" if minutes else "minutes of CPU each"
     return [
         "## Reading these numbers",
         "",
@@ -569,7 +579,7 @@ def budget_note(results: dict) -> list[str]:
         "look at for detail (`--save-samples`), and their spread, pooled over 16 px, is the error map.",
         "",
         f"The default models are CPU-sized: {params[0]:.1f}-{params[-1]:.1f} M parameters trained for "
-        f"{steps[0]}-{steps[-1]} steps (15-28 minutes on 2 shared CPU cores), so that the recipe reruns anywhere. "
+        f"{steps[0]}-{steps[-1]} steps ({took}, on a shared machine), so that the recipe reruns anywhere. "
         "EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, 100 000 "
         "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The margins over the "
         "classical methods that the targets ask for need that budget" + care_vs_bm3d(results) + ".",
@@ -604,7 +614,8 @@ def write_markdown(path: Path, results: dict) -> None:
         "spacing; *single* is the average score of single samples, *mean of K* scores the average of K samples. "
         "The regression UNet is the CARE approach: the same network, pairs and number of steps with an L1 loss. "
         f"The K = {K} samples are drawn in one batched run: its time is given for the mean of {K}, and "
-        "proportional shares of it for single samples and the mean of 2; the best estimate, the 16 samples and "
+        "proportional shares of it for single samples and the mean of 2; the best estimate, the "
+        f"{K_SCORED} samples at {SCORED_STEPS} steps and "
         "their mean share one run the same way. MS-SSIM and FSIM: higher is better; GMSD: lower is better.",
         "",
         "Each section names the run that measured it (`--only` reruns one section and keeps the others). Times are "
@@ -652,6 +663,59 @@ def write_markdown(path: Path, results: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+README_START = "<!-- bench_suite.py: summary (written by benchmarks/bench_suite.py; do not edit by hand) -->"
+README_END = "<!-- /bench_suite.py -->"
+SUMMARY_NAMES = {"denoise": "EMDiffuse-n", "sr": "EMDiffuse-r 2x", "iso_i": "vEMDiffuse-i k = 4", "iso_a": "vEMDiffuse-a k = 4"}
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The README's table of headline figures: the default output against the baselines a user
+    would otherwise pick, and how the uncertainty did, one row per measured model."""
+    lines = [
+        "| model | training steps | default output (best estimate) | baseline | strongest classical | regression UNet (CARE) | 90 % interval covers | error map AUROC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in ("denoise", "sr", "iso_i", "iso_a"):
+        if key not in results or not any(r["kind"] == "best" for r in results[key]["rows"]):
+            continue
+        r = results[key]
+        rows = r["rows"]
+        best = next(x for x in rows if x["kind"] == "best")
+        base = next(x for x in rows if x["method"] == r["info"]["input"])
+        classical = max((x for x in rows if x["kind"] == "baseline" and x is not base), key=lambda x: x["psnr"], default=None)
+        care = next((x for x in rows if x["kind"] == "care"), None)
+        u = r["uncertainty"]
+        cells = [
+            f"`{r['info']['model']}` ({SUMMARY_NAMES[key]})",
+            str(r["info"]["training_steps"]),
+            f"{best['psnr']:.2f} dB",
+            f"{base['method']} {base['psnr']:.2f} dB",
+            f"{classical['method']} {classical['psnr']:.2f} dB" if classical else "–",
+            f"{care['psnr']:.2f} dB" if care else "not run",
+            f"{100 * u['coverage_0.1']:.1f} %" if "coverage_0.1" in u else "no calibration",
+            f"{u['auroc_patches']:.2f}" if "auroc_patches" in u else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    dates = sorted({r["settings"]["date"] for r in results.values() if r.get("settings")})
+    lines += [
+        "",
+        f"PSNR on held-back real EM, measured by `benchmarks/bench_suite.py` ({', '.join(dates) or 'date not recorded'}; "
+        "every figure, the protocol and the targets in [docs/benchmarks.md](docs/benchmarks.md)). The error map's "
+        "AUROC is for finding the worst 10 % of 16 px patches (0.5 is chance).",
+    ]
+    return lines
+
+
+def write_readme_summary(path: Path, results: dict) -> None:
+    """Replace the block between the README's markers, so that its figures are the suite's."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: the markers of the benchmark summary are missing")
+    body = "\n".join([README_START, *summary_lines(results), README_END])
+    path.write_text(text[:start] + body + text[end + len(README_END) :])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="denoise,sr,iso_i,iso_a")
@@ -660,11 +724,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default=",".join(map(str, STEPS)), help=f"sampler step counts for the trade-off rows (the default {SCORED_STEPS} is always run)")
     p.add_argument("--work", default="/tmp/emdiffuse-bench-suite", help="regression models and results.json go here")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--readme", default=str(REPO / "README.md"), help="whose summary block to rewrite with the headline figures")
     p.add_argument("--report-only", action="store_true", help="rewrite the page from the stored results, measuring nothing")
     args = p.parse_args(argv)
     store = Path(args.work) / "results.json"
     if args.report_only:
-        write_markdown(Path(args.out), json.loads(store.read_text()))
+        results = json.loads(store.read_text())
+        write_markdown(Path(args.out), results)
+        write_readme_summary(Path(args.readme), results)
         return 0
     import torch
 
@@ -703,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         store.write_text(json.dumps(merged, indent=2))
         results = merged
         write_markdown(Path(args.out), results)
-        log(f"wrote {args.out}")
+        write_readme_summary(Path(args.readme), results)
+        log(f"wrote {args.out} and the summary in {args.readme}")
     return 0
 
 

@@ -87,7 +87,7 @@ RECIPES = {
         "terms": ISBI_TERMS,
         "preset": "emdiffuse-n-cpu",
         "iterations": 1500,
-        "minutes": 32,
+        "minutes": 90,
         "run": "runs/default_emdiffuse-n",
         "bench": "denoise",
     },

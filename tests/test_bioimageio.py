@@ -85,11 +85,14 @@ def test_variants_without_a_2d_prediction_are_refused_in_words(tmp_path):
     from napari_emdiffuse.model_file import Model, ModelInfo
     from napari_emdiffuse.variants import get_variant
 
-    variant = get_variant("iso_i")
-    preset = load_preset("tiny").with_overrides({"variant": "iso_i"})
-    out_c, cond_c = variant.channels(variant.options(preset.variant_options))
-    folder = Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / "iso")
-    with pytest.raises(InputError, match="EMDiffuse-n and EMDiffuse-r"):
-        bx.export_bioimageio(folder, tmp_path / "iso.zip")
+    for name in ("iso_i", "iso_a"):
+        variant = get_variant(name)
+        preset = load_preset("tiny").with_overrides({"variant": name})
+        out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+        folder = Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / name)
+        with pytest.raises(InputError, match="EMDiffuse-n and EMDiffuse-r") as err:
+            bx.export_bioimageio(folder, tmp_path / f"{name}.zip")
+        assert "slab by slab" in str(err.value) and "share the model folder" in str(err.value)
+        assert not (tmp_path / f"{name}.zip").exists()
     with pytest.raises(InputError, match=r"\.zip"):
         bx.export_bioimageio(folder, tmp_path / "iso.tar")

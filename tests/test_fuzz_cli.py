@@ -278,6 +278,22 @@ def tiff_written_by_us_then_cut(tmp):
     return Case(_predict(tmp, _model(tmp), tmp / "a.tif"), "a.tif")
 
 
+def _tiff_page_past_the_end(path: Path, page: int = 1) -> Path:
+    """A 3-page zlib TIFF whose middle page's strip offset points past the end of the file (the
+    first and last pages are fine, so only a check of every page finds it)."""
+    tifffile.imwrite(path, _ramp((3, 64, 64)), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[page].tags["StripOffsets"]
+        at, typ = tag.valueoffset, tag.dtype
+    assert tag.count == 1
+    return _patch(path, at, "<I" if typ == 4 else "<Q", path.stat().st_size + 10)
+
+
+@case
+def tiff_middle_page_past_the_end(tmp):
+    return Case(["info", _tiff_page_past_the_end(tmp / "a.tif")], "a.tif")
+
+
 @case
 def zarr_v3_bad_metadata(tmp):
     (tmp / "a.zarr").mkdir()
@@ -290,6 +306,51 @@ def n5_dataset_without_blocks(tmp):
     (tmp / "a.n5").mkdir()
     (tmp / "a.n5" / "attributes.json").write_text(json.dumps({"dimensions": [8, 8], "blockSize": [8, 8], "dataType": "uint8", "compression": {"type": "raw"}}))
     return Case(_predict(tmp, _model(tmp), tmp / "a.n5"), "a.n5")
+
+
+def _n5(path: Path, **attrs) -> Path:
+    (path / "raw").mkdir(parents=True)
+    (path / "attributes.json").write_text(json.dumps({"n5": "2.0.0"}))
+    meta = {"dimensions": [32, 32, 2], "blockSize": [32, 32, 1], "dataType": "uint8", "compression": {"type": "raw"}, **attrs}
+    (path / "raw" / "attributes.json").write_text(json.dumps(meta))
+    return path
+
+
+@case
+def n5_dataset_missing(tmp):
+    return Case(["info", f"{_n5(tmp / 'a.n5')}:/nope"], "a.n5: no N5 dataset 'nope'")
+
+
+@case
+def n5_resolution_not_numbers(tmp):
+    return Case(["info", f"{_n5(tmp / 'a.n5', resolution=['a', 'b', 'c'])}:/raw"], "a.n5:/raw: the N5 voxel size")
+
+
+@case
+def n5_block_size_zero(tmp):
+    return Case(_predict(tmp, _model(tmp), f"{_n5(tmp / 'a.n5', blockSize=[0, 0, 0])}:/raw"), "a.n5")
+
+
+@case
+def zarr_pyramid_scale_wrong_length(tmp):
+    from napari_emdiffuse.data.containers import write_ome_zarr
+
+    path = write_ome_zarr(tmp / "a.zarr", _ramp((2, 32, 32)), (0.05, 0.004, 0.004), levels=3)
+    attrs = json.loads((path / ".zattrs").read_text())
+    attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [0.004, 0.004]}]
+    _zattrs(path, attrs)
+    return Case(["info", path], "a.zarr: malformed OME-Zarr metadata (a 'scale' transformation has 2 values for 3 axes")
+
+
+@case
+def zarr_pyramid_level_two_missing(tmp):
+    from napari_emdiffuse.data.containers import write_ome_zarr
+
+    path = write_ome_zarr(tmp / "a.zarr", _ramp((2, 32, 32)), (0.05, 0.004, 0.004), levels=3)
+    import shutil
+
+    shutil.rmtree(path / "2")
+    return Case(["info", path, "--level", "2"], "a.zarr")
 
 
 @case
@@ -370,6 +431,24 @@ def slices_one_corrupt(tmp):
     _tif(tmp / "s" / "s1.tif", _ramp((32, 32)))
     (tmp / "s" / "s2.tif").write_bytes(b"II*\x00" + bytes(10))
     return Case(_predict(tmp, _model(tmp), tmp / "s"), "s")
+
+
+@case
+def slices_one_cut_in_its_pixels(tmp):
+    """The header of the cut slice is intact: only its strips reach past the end of the file."""
+    (tmp / "s").mkdir()
+    _tif(tmp / "s" / "s1.tif", _ramp((32, 32)))
+    raw = _tif(tmp / "s" / "s2.tif", _ramp((32, 32))).read_bytes()
+    (tmp / "s" / "s2.tif").write_bytes(raw[: len(raw) - 300])
+    return Case(["info", tmp / "s"], "s2.tif")
+
+
+@case
+def slices_one_a_folder_of_pages(tmp):
+    (tmp / "s").mkdir()
+    _tif(tmp / "s" / "s1.tif", _ramp((32, 32)))
+    _tiff_page_past_the_end(tmp / "s" / "s2.tif")
+    return Case(_predict(tmp, _model(tmp), tmp / "s"), "s2.tif")
 
 
 @case
@@ -577,6 +656,32 @@ def hdf5_missing_dataset(tmp):
     with h5py.File(tmp / "a.h5", "w") as f:
         f.create_dataset("data", data=_ramp((32, 32)))
     return Case(["info", f"{tmp / 'a.h5'}:/nope"], "a.h5")
+
+
+def _h5_in_groups(path: Path) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("volumes")
+        grp.create_dataset("raw", data=_ramp((2, 32, 32)))
+        grp.create_dataset("labels", data=_ramp((2, 32, 32)))
+        f.create_dataset("volumes_mean", data=1.0)
+    return path
+
+
+@case
+def hdf5_group_named_not_a_dataset(tmp):
+    return Case(["info", f"{_h5_in_groups(tmp / 'a.h5')}:/volumes"], "a.h5:/volumes is a group")
+
+
+@case
+def hdf5_nested_dataset_missing(tmp):
+    return Case(_predict(tmp, _model(tmp), f"{_h5_in_groups(tmp / 'a.h5')}:/volumes/nope"), "a.h5")
+
+
+@case
+def hdf5_scalar_dataset_named(tmp):
+    return Case(_predict(tmp, _model(tmp), f"{_h5_in_groups(tmp / 'a.h5')}:/volumes_mean"), "a.h5")
 
 
 @case
@@ -1026,7 +1131,22 @@ def import_emdiffuse_not_a_zip(tmp):
 @case
 def import_emdiffuse_fifo(tmp):
     os.mkfifo(tmp / "net.pth")
-    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth", subprocess=True)
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth: a named pipe (FIFO)", subprocess=True)
+
+
+@case
+def import_emdiffuse_config_fifo(tmp):
+    import torch
+
+    torch.save({"denoise_fn.x": torch.zeros(1)}, tmp / "net.pth")
+    os.mkfifo(tmp / "config.json")
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--config", tmp / "config.json", "--out", tmp / "imported"], "config.json: a named pipe (FIFO)")
+
+
+@case
+def import_emdiffuse_folder(tmp):
+    (tmp / "net.pth").mkdir()
+    return Case(["import-emdiffuse", tmp / "net.pth", "--variant", "denoise", "--out", tmp / "imported"], "net.pth: a folder")
 
 
 @case

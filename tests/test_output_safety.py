@@ -275,6 +275,62 @@ def test_a_stale_lock_is_taken_over_and_its_temporaries_removed(tmp_path, model_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.zarr"]
 
 
+def test_two_processes_taking_over_one_stale_lock_at_once_only_one_wins(tmp_path, monkeypatch):
+    """Both find the same dead process's lock; the slower one must not remove the lock the faster
+    one has just taken. Threads stand for processes: a barrier makes both read the stale lock
+    before either acts, then one is held back until the other holds the new lock."""
+    import threading
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_path = tmp_path / "out.zarr.lock"
+    lock_path.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "yesterday"}))
+    both_saw_it = threading.Barrier(2)
+    real_alive = safe_output._alive
+
+    def alive(pid: int) -> bool:
+        if pid != dead.pid:
+            return real_alive(pid)
+        both_saw_it.wait(timeout=10)
+        if threading.current_thread().name == "late":
+            time.sleep(0.3)
+        return False
+
+    monkeypatch.setattr(safe_output, "_alive", alive)
+    outcome: dict[str, str] = {}
+
+    def contend() -> None:
+        try:
+            safe_output.Lock(lock_path, "out.zarr").acquire()
+            outcome[threading.current_thread().name] = "held"
+        except InputError as err:
+            outcome[threading.current_thread().name] = str(err)
+
+    threads = [threading.Thread(target=contend, name=name) for name in ("early", "late")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert outcome["early"] == "held"
+    assert "in use by process" in outcome["late"]
+    assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "out.zarr.lock.takeover").exists()
+
+
+def test_a_takeover_guard_left_by_a_dead_process_is_named_not_waited_on_forever(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_path = tmp_path / "out.tif.lock"
+    lock_path.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "yesterday"}))
+    guard = tmp_path / "out.tif.lock.takeover"
+    guard.write_text("{}")
+    os.utime(guard, (0, 0))
+    with pytest.raises(InputError, match="died while taking over") as err:
+        safe_output.Lock(lock_path, "out.tif").acquire()
+    assert str(guard) in str(err.value)
+
+
 def test_train_refuses_a_folder_holding_a_model_and_a_locked_one(tmp_path, model_dir, stack, capsys):
     run = tmp_path / "run"
     shutil.copytree(model_dir, run)

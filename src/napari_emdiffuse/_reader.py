@@ -175,12 +175,12 @@ def _is_plain_group(path: Path) -> bool:
 
 
 def _zarr_group_layers(path: Path) -> list[LayerData]:
-    """One layer per array or image in the group; the group's ``voxel_size`` (µm, as the predict
-    job writes it) calibrates arrays that carry none of their own."""
+    """One layer per array or image in the group; the group's ``voxel_size`` and ``origin`` (µm,
+    as the predict job writes them) place arrays that carry no geometry of their own."""
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    group_voxel = group.attrs.get("voxel_size")
+    group_voxel, origin = group.attrs.get("voxel_size"), group.attrs.get("origin")
     stem = path.name.split(".")[0]
     layers = []
     names = [n for n, _ in group.arrays()] + [n for n, _ in group.groups()]
@@ -191,6 +191,8 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
             lead = ndim - len(group_voxel)  # e.g. the sample axis of ``samples``
             kwargs["scale"] = (1.0,) * lead + tuple(float(v) for v in group_voxel)
             kwargs["units"] = ("pixel",) * lead + ("micrometer",) * len(group_voxel)
+        if "translate" not in kwargs and origin and len(origin) <= ndim and any(origin):
+            kwargs["translate"] = (0.0,) * (ndim - len(origin)) + tuple(float(o) for o in origin)
         if name in UNCERTAINTY_NAMES:
             kwargs.update(name=f"{stem} uncertainty", colormap="inferno")
         layers.append((data, kwargs, kind))

@@ -116,7 +116,9 @@ def export_bioimageio(model_dir: str | Path, out: str | Path) -> Path:
     if model.variant not in EXPORTABLE:
         raise InputError(
             f"{model_dir}: bioimage.io export takes EMDiffuse-n and EMDiffuse-r models (one image in, one out); "
-            f"this one is {model.variant}"
+            f"this is a {model.variant} model, which builds a volume slab by slab from several input slices, "
+            "a prediction bioimage.io's runners cannot reproduce; share the model folder itself "
+            "(model.json + weights.safetensors) instead"
         )
     meta = read_model_json(model_dir)
     low, high = float(model.info.normalisation.get("low", 0.1)), float(model.info.normalisation.get("high", 99.9))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 import signal
@@ -86,13 +85,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .arg_types import variant_option
     from .config import load_preset, parse_preset
+    from .engine.distributed import detect_world
     from .jobs.events import new_cancel_token
-    from .jobs.train import check_run_folder, checkpoint_state, train
+    from .jobs.train import checkpoint_state, continues_run, train
     from .models import resolve_model
     from .variants import get_variant
 
-    check_run_folder(args.out, args.resume, args.overwrite)
+    world = detect_world()
+    resume = continues_run(args.out, args.resume, args.overwrite, world)
     overrides: dict[str, Any] = {"train": {}}
     if args.iterations is not None:
         overrides["train"]["iterations"] = args.iterations
@@ -103,9 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         overrides["train"]["batch_size"] = args.batch_size
     if args.variant_option:
-        overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
+        overrides["variant_options"] = dict(variant_option(o) for o in args.variant_option)
     init = resolve_model(args.from_model) if args.from_model else None
-    if args.resume:  # the run's own settings, so that simulated data is made the same way again
+    if resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
     elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
         preset = init.preset.with_overrides(overrides)
@@ -139,17 +141,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     token = new_cancel_token()
     with _ctrl_c_cancels(token) as stop:
         events = train(
-            preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume,
+            preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
         )
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
-            result = _drive(events, args.quiet, preset.train.iterations)
-    print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
+            # one voice: the other processes of a torchrun/srun run show nothing
+            result = _drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
+    if world.is_main:
+        print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if result.reason == "cancelled" else 0
 
 
-def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
-    """Show a job's events as a tqdm bar and messages; return its result event."""
+def _drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
+    """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
     from tqdm import tqdm
 
     from .jobs.events import Kind
@@ -166,12 +170,14 @@ def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
                 bar.refresh()
             elif ev.kind is Kind.LOSS:
                 bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+            elif ev.kind is Kind.RESULT:
+                result = ev
+            elif not echo:
+                continue
             elif ev.kind is Kind.VALIDATION:
                 bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB ({ev.baseline} {ev.input_psnr:.2f} dB)")
             elif ev.kind is Kind.MESSAGE:
                 bar.write(ev.text, file=sys.stderr if ev.level == "warning" else sys.stdout)
-            elif ev.kind is Kind.RESULT:
-                result = ev
     finally:
         if bar is not None:
             bar.close()
@@ -225,16 +231,6 @@ def _ctrl_c_cancels(token: Any) -> Iterator[_Stop]:
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM outside a cancellable job: unwind (temporaries are removed) and exit 143."""
     raise Interrupted(signum)
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -96,7 +96,10 @@ class TrainConfig(_Strict):
     iterations: int = Field(10000, ge=1, le=MAX_STEPS)
     minutes: float | None = Field(None, gt=0.0, le=MAX_MINUTES, description="stop after this wall-clock budget")
     val_every: int = Field(500, ge=1, le=MAX_STEPS)
-    val_patches: int = Field(8, ge=1, le=256, description="held-out patches scored in validation (twice as many calibrate the uncertainty)")
+    val_patches: int = Field(8, ge=1, le=256, description="held-out patches scored in validation")
+    cal_patches: int = Field(
+        64, ge=2, le=1024, description="held-out patches that calibrate the uncertainty at the end of training (half fit the scale, half check it)"
+    )
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the data held out, by region")
     val_steps: int = Field(4, ge=1, le=1000, description="sampler steps of the preview sample (validation scores the best estimate)")
     checkpoint_every: int = Field(250, ge=1, le=MAX_STEPS)

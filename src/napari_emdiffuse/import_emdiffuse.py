@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, Preset, parse_preset
+from .data.io import special_file
 from .errors import ModelFileError
 from .model_file import Model, ModelInfo, load_state_strict
 
@@ -59,8 +60,11 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The network tensors of an original ``.pth`` (keys under ``denoise_fn.``) and the names
     of the schedule buffers dropped. Anything but a plain dict of tensors is refused."""
     path = Path(path)
+    special = special_file(path)
+    if special:
+        raise _fail(path, f"{special}, not a regular file; give the *_Network.pth file itself")
     if not path.is_file():
-        raise _fail(path, "no such file")
+        raise _fail(path, "a folder, not the *_Network.pth file" if path.is_dir() else "no such file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - corrupt, truncated or pickled objects all end here
@@ -89,6 +93,9 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 def read_original_config(path: str | Path) -> dict[str, Any]:
     """An original config JSON, whose lines may carry ``//`` comments as its parser allows."""
     path = Path(path)
+    special = special_file(path)
+    if special:
+        raise ConfigError(f"{path}: {special}, not a regular file; give the config JSON file itself")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -298,8 +305,8 @@ def import_emdiffuse(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelFileError(f"{out}: already exists and is not an empty folder; choose another --out")
     state, dropped = read_state(weights)
-    inferred = infer_unet(state, str(weights))
     original = read_original_config(config) if config is not None else {}
+    inferred = infer_unet(state, str(weights))
     unet = {**inferred, **original.get("unet", {}), "slice_index": inferred["slice_index"]}
     check_variant(variant, unet, str(weights))
     factor = original.get("z_times") if variant in PUBLISHED_FACTOR else None

@@ -234,3 +234,36 @@ def test_writers_never_overwrite_an_input(tmp_path):
         create_ome_zarr(zsrc, a.shape, a.dtype, VOXEL, protect=[zsrc])
     assert src.read_bytes() == before
     np.testing.assert_array_equal(np.asarray(read_image(zsrc).data), a)
+
+
+def test_mrc_cut_after_it_was_opened_is_an_error_naming_it_not_a_crash(tmp_path):
+    """A memory-mapped MRC that shrinks mid-run (a network share, another program rewriting it)
+    killed the process with SIGBUS; read plane by plane, the short read is a one-line error."""
+    import subprocess
+    import sys
+
+    path = write_image(tmp_path / "vol.mrc", _stack(np.uint16, (6, 256, 256)), VOXEL)
+    script = (
+        "import sys, numpy as np\n"
+        "from napari_emdiffuse.data.io import read_image\n"
+        "from napari_emdiffuse.errors import InputError\n"
+        f"img = read_image({str(path)!r})\n"
+        "first = np.asarray(img.data[0])\n"
+        f"open({str(path)!r}, 'r+b').truncate(1024 + 2 * 256 * 256 * 2)\n"
+        "try:\n"
+        "    img.data[4:].compute()\n"
+        "except InputError as err:\n"
+        "    print(err); sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, (done.returncode, done.stderr[-2000:])
+    assert "vol.mrc" in done.stdout and "cut or replaced" in done.stdout
+
+
+def test_mrc_planes_index_like_an_array(tmp_path):
+    a = _stack(np.int16, (7, 20, 30))
+    data = read_image(write_image(tmp_path / "v.mrc", a, VOXEL)).data
+    for key in (np.s_[2], np.s_[-1], np.s_[1:6:2], np.s_[5:1:-2], np.s_[3:3], np.s_[..., 4], np.s_[2, 5:9, ::3]):
+        np.testing.assert_array_equal(np.asarray(data[key]), a[key])
+    np.testing.assert_array_equal(np.asarray(data.rechunk((3, 20, 30))), a)
+

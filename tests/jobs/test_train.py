@@ -241,7 +241,7 @@ def test_every_run_ends_validated_calibrated_and_no_worse_than_its_input(tmp_pat
     from napari_emdiffuse.jobs.predict import run_predict
 
     noisy, clean = isbi_pair
-    events = _run(train(_tiny(iterations=8, val_every=1000), {"input": noisy[:3], "target": clean[:3]}, tmp_path, device="cpu"))
+    events = _run(train(_tiny(iterations=8, val_every=1000, cal_patches=6), {"input": noisy[:3], "target": clean[:3]}, tmp_path, device="cpu"))
     validations = [e for e in events if e.kind is Kind.VALIDATION]
     assert len(validations) == 1 and validations[0].step == 8 and validations[0].baseline == "noisy input"
     m = json.loads((tmp_path / "model.json").read_text())["metrics"]
@@ -250,6 +250,7 @@ def test_every_run_ends_validated_calibrated_and_no_worse_than_its_input(tmp_pat
     cal = m["calibration"]
     assert cal["alpha"] == 0.1 and len(cal["q"]) == len(cal["alphas"]) and cal["q"] == sorted(cal["q"], reverse=True)
     assert 0.5 < cal["check_coverage"] <= 1.0
+    assert (cal["patches"], cal["check_patches"]) == (3, 3)  # train.cal_patches, split in halves
     model = Model.load(tmp_path)
     image = noisy[3, :128, :128]
     best = run_predict(model, image, device="cpu").mean

@@ -66,6 +66,35 @@ def untrained_model(tmp_path):
     return make
 
 
+class Notes(list):
+    """The napari notifications shown during a test."""
+
+    def messages(self, severity: str) -> list[str]:
+        """Their texts, of one severity ("error", "warning", "info")."""
+        return [str(n.message) for n in self if str(n.severity).lower().endswith(severity)]
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    seen = Notes()
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+@pytest.fixture
+def open_dock():
+    """A function: open one of the plugin's dock widgets (by its menu name) and return it."""
+
+    def open_(viewer, name: str):
+        _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", name)
+        return widget
+
+    return open_
+
+
 @pytest.fixture(autouse=True)
 def _clean_state(monkeypatch, request):
     """Each test starts with no session models or presets, without the bundled models (unless

@@ -135,3 +135,80 @@ def test_the_bundled_default_models_are_offered_per_variant(make_napari_viewer):
         offered = [w.model.itemText(i).split(" ")[0] for i in range(w.model.count())]
         assert name in offered, (variant, offered)
         assert all(other not in offered for other in defaults.values() if other != name)
+
+
+def test_a_zarr_result_keeps_its_place_and_is_replaced_only_when_asked(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes):
+    """The store reopens where the result was shown (its translation was lost); a second run
+    onto the same store is refused in plain words unless 'Overwrite' is ticked."""
+    viewer = make_napari_viewer()
+    translate = (1.0, 0.5, 0.25)
+    em = viewer.add_image(isbi[:2], name="em", scale=voxel, translate=translate, units=("micrometer",) * 3)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    out = tmp_path / "out.zarr"
+    w.zarr_path.setText(str(out))
+    w.run()
+    shown = w.result_layers[0]
+    layers = viewer.open(str(out), plugin="napari-emdiffuse")
+    assert all(tuple(lyr.translate) == pytest.approx(tuple(shown.translate)) for lyr in layers)
+    assert tuple(shown.translate) == pytest.approx(translate)
+    before = sorted(p.name for p in out.rglob("*"))
+    w.image.select(em)  # not the reopened result: writing onto its own source is refused otherwise
+    w.run()
+    message = notes.messages("error")[-1]
+    assert "already exists" in message and "tick 'Overwrite'" in message and "--" not in message
+    assert sorted(p.name for p in out.rglob("*")) == before
+    w.overwrite.setChecked(True)
+    w.run()
+    assert len(notes.messages("error")) == 1 and "Done" in w.controls.status.text()
+
+
+def _with_calibration(model: Path, folder: Path, q: float | None) -> Path:
+    """A copy of ``model`` whose model.json says it was calibrated with scale ``q`` at every
+    alpha (None: no calibration at all)."""
+    import json
+    import shutil
+
+    from napari_emdiffuse.uncertainty import ALPHAS
+
+    shutil.copytree(model, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    metrics = meta.setdefault("metrics", {})
+    metrics.pop("calibration", None)
+    if q is not None:
+        metrics["calibration"] = {"alpha": 0.1, "alphas": list(ALPHAS), "q": [q] * len(ALPHAS), "samples": 2, "steps": 1, "sampler": "dpmpp_2m"}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_the_uncertainty_layer_is_a_calibrated_error_bound_with_a_colour_bar(make_napari_viewer, isbi, voxel, tiny_model, tmp_path):
+    """In grey values: q times the error map for a calibrated model (named for its coverage),
+    the spread named as uncalibrated otherwise; the outlines follow a threshold in grey values."""
+    from napari_emdiffuse._widgets.regions import smoothed
+
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:1], name="em", scale=voxel)
+    runs = {}
+    for q in (None, 3.0):
+        MODELS.clear()
+        MODELS.add(_with_calibration(tiny_model, tmp_path / f"model-{q}", q), "trained")
+        w = _open(viewer)
+        w.steps.setValue(1)
+        w.samples.setValue(2)
+        w.seed.setValue(0)
+        w.run()
+        runs[q] = (w, w.result_layers[1])
+    (_, plain), (w, bound) = runs[None], runs[3.0]
+    assert plain.name.endswith("uncertainty (uncalibrated)") and "uncalibrated" in plain.metadata["emdiffuse"]["tip"]
+    assert bound.name.endswith("error bound (90 %)") and "90 %" in bound.metadata["emdiffuse"]["tip"]
+    np.testing.assert_allclose(np.asarray(bound.data), 3.0 * np.asarray(plain.data), rtol=1e-5)
+    assert bound.colorbar.visible and not bound.visible
+    level = float(np.percentile(np.asarray(smoothed(np.asarray(bound.data))), 50))
+    w.unsure_above.setValue(level)
+    regions = w.regions_layer
+    assert regions.metadata["emdiffuse"]["threshold"] == pytest.approx(level, abs=1e-3)
+    marked = np.asarray(regions.data).astype(bool)
+    assert marked.any() and not marked.all()
+    assert np.all(np.asarray(smoothed(np.asarray(bound.data)))[marked] > w.unsure_above.value())

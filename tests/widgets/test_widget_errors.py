@@ -8,43 +8,24 @@ import pytest
 from napari_emdiffuse._widgets.registry import MODELS
 
 
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen: list = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-def _messages(notes, severity):
-    return [str(n.message) for n in notes if str(n.severity).lower().endswith(severity)]
-
-
-def _enhance(viewer):
-    _, w = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
-    return w
-
-
-def test_no_layer_and_no_model_are_explained(make_napari_viewer, notes, tiny_model):
+def test_no_layer_and_no_model_are_explained(make_napari_viewer, notes, tiny_model, open_dock):
     viewer = make_napari_viewer()
-    w = _enhance(viewer)
+    w = open_dock(viewer, "Enhance")
     w.run()
-    assert "no image layer selected" in _messages(notes, "error")[-1].lower()
+    assert "no image layer selected" in notes.messages("error")[-1].lower()
     viewer.add_image(np.zeros((32, 32), np.float32) + np.arange(32), name="em")
     w.run()
-    assert "no model chosen" in _messages(notes, "error")[-1].lower()
+    assert "no model chosen" in notes.messages("error")[-1].lower()
     assert not w.controls.runner.running and w.controls.run_button.isEnabled()
 
 
-def test_wrong_dimensionality_is_explained(make_napari_viewer, notes, tiny_model):
+def test_wrong_dimensionality_is_explained(make_napari_viewer, notes, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="4d")
     MODELS.add(tiny_model, "trained")
-    w = _enhance(viewer)
+    w = open_dock(viewer, "Enhance")
     w.run()
-    assert "2D images and 3D stacks" in _messages(notes, "error")[-1]
+    assert "2D images and 3D stacks" in notes.messages("error")[-1]
 
 
 def _volume_only():
@@ -54,34 +35,34 @@ def _volume_only():
 
 
 @pytest.mark.parametrize("variant_name", _volume_only())
-def test_a_volume_variant_on_a_single_image_is_explained(make_napari_viewer, notes, untrained_model, variant_name):
+def test_a_volume_variant_on_a_single_image_is_explained(make_napari_viewer, notes, untrained_model, variant_name, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="single image")
     MODELS.add(untrained_model(variant_name), "disk")
-    w = _enhance(viewer)
+    w = open_dock(viewer, "Enhance")
     w.variant.setCurrentIndex(w.variant.findData(variant_name))
     w.run()
-    assert "volume" in _messages(notes, "error")[-1] and w.result_layers == []
+    assert "volume" in notes.messages("error")[-1] and w.result_layers == []
     _, train = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Train / fine-tune")
     train.variant.setCurrentIndex(train.variant.findData(variant_name))
     # it learns from a real volume: no "simulated degradation" is offered for it
     assert [train.source.itemData(i) for i in range(train.source.count())] == ["layers"]
 
 
-def test_a_missing_gpu_falls_back_to_the_cpu_with_a_warning(make_napari_viewer, notes, isbi, tiny_model):
+def test_a_missing_gpu_falls_back_to_the_cpu_with_a_warning(make_napari_viewer, notes, isbi, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi[0, :64, :64], name="em")
     MODELS.add(tiny_model, "trained")
-    w = _enhance(viewer)
+    w = open_dock(viewer, "Enhance")
     w.device.addItem("cuda:7")  # a GPU this machine does not have
     w.device.setCurrentText("cuda:7")
     w.steps.setValue(1)
     w.run()
-    assert any("running on the CPU" in m for m in _messages(notes, "warning"))
+    assert any("running on the CPU" in m for m in notes.messages("warning"))
     assert len(w.result_layers) == 2
 
 
-def test_out_of_memory_suggests_a_smaller_tile(make_napari_viewer, notes, isbi, tiny_model, monkeypatch):
+def test_out_of_memory_suggests_a_smaller_tile(make_napari_viewer, notes, isbi, tiny_model, monkeypatch, open_dock):
     import napari_emdiffuse.jobs.predict as predict_job
 
     def out_of_memory(*args, **kwargs):
@@ -92,20 +73,20 @@ def test_out_of_memory_suggests_a_smaller_tile(make_napari_viewer, notes, isbi, 
     viewer = make_napari_viewer()
     layer = viewer.add_image(isbi[0], name="em")
     MODELS.add(tiny_model, "trained")
-    w = _enhance(viewer)
+    w = open_dock(viewer, "Enhance")
     w.tile_size.setValue(256)
     w.run()
-    message = _messages(notes, "error")[-1]
+    message = notes.messages("error")[-1]
     assert "ran out of memory" in message and "tile size (now 256 px)" in message
     assert w.controls.run_button.isEnabled() and list(viewer.layers) == [layer]
 
 
-def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, isbi, tiny_model):
+def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, isbi, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi[0], name="em")
     MODELS.add(tiny_model, "trained")
-    w = _enhance(viewer)
+    w = open_dock(viewer, "Enhance")
     w.tile_size.setValue(64)
     w.overlap.setValue(48)
     w.run()
-    assert "overlap" in _messages(notes, "error")[-1] and not w.controls.runner.running
+    assert "overlap" in notes.messages("error")[-1] and not w.controls.runner.running

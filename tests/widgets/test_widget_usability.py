@@ -30,11 +30,6 @@ CONTROLS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QSlider, QL
 WIDGETS = ("Enhance", "Train / fine-tune", "Compare", "Presets")
 
 
-def _open(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-emdiffuse", name)
-    return widget
-
-
 def _settle(n: int = 6) -> None:
     for _ in range(n):
         QApplication.processEvents()
@@ -74,13 +69,13 @@ def _rect_in(w: QWidget, ref: QWidget) -> QRect:
 
 
 @pytest.fixture
-def laptop(make_napari_viewer, isbi, voxel):
+def laptop(make_napari_viewer, isbi, voxel, open_dock):
     """A 1366 x 768 window with two layers, and Enhance and Train open (the issue's setting)."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(*LAPTOP)
     viewer.add_image(isbi, name="clean", scale=voxel, units=UM)
     viewer.add_image(isbi.astype(np.float32) + 10, name="noisy", scale=voxel, units=UM)
-    enhance, train = _open(viewer, "Enhance"), _open(viewer, "Train / fine-tune")
+    enhance, train = open_dock(viewer, "Enhance"), open_dock(viewer, "Train / fine-tune")
     _settle()
     return viewer, enhance, train
 
@@ -105,11 +100,11 @@ def test_two_docks_fit_a_laptop_screen_and_every_control_is_reachable(laptop):
 
 
 @pytest.mark.parametrize("name", WIDGETS)
-def test_no_text_or_control_overlaps_another(make_napari_viewer, name, isbi, voxel):
+def test_no_text_or_control_overlaps_another(make_napari_viewer, name, isbi, voxel, open_dock):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(*LAPTOP)
     viewer.add_image(isbi, name="clean", scale=voxel, units=UM)
-    w = _open(viewer, name)
+    w = open_dock(viewer, name)
     if name == "Enhance":
         w.expert.set_open(True)
     if name == "Train / fine-tune":  # switching data source and variant must not leave labels behind
@@ -135,10 +130,10 @@ def _describe(w: QWidget) -> str:
     return f"{type(w).__name__}({getattr(w, 'text', lambda: '')() or w.toolTip()!r})"
 
 
-def test_train_data_rows_follow_the_source_without_leftover_labels(make_napari_viewer, isbi):
+def test_train_data_rows_follow_the_source_without_leftover_labels(make_napari_viewer, isbi, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi, name="clean")
-    w = _open(viewer, "Train / fine-tune")
+    w = open_dock(viewer, "Train / fine-tune")
 
     def labels():
         return sorted(lbl.text() for lbl in _texts(w) if lbl.text() in ("Input", "Target", "Volume", "Clean", "Dose", "Read noise"))
@@ -153,10 +148,10 @@ def test_train_data_rows_follow_the_source_without_leftover_labels(make_napari_v
 
 
 @pytest.mark.parametrize("name", WIDGETS)
-def test_every_control_says_what_it_does(make_napari_viewer, name, tiny_model):
+def test_every_control_says_what_it_does(make_napari_viewer, name, tiny_model, open_dock):
     viewer = make_napari_viewer()
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, name)
+    w = open_dock(viewer, name)
     if name == "Enhance":
         w.expert.set_open(True)
     missing = [_describe(c) for c in _controls(w) if not c.toolTip().strip()]
@@ -165,11 +160,11 @@ def test_every_control_says_what_it_does(make_napari_viewer, name, tiny_model):
         assert box.minimumSizeHint().width() < 260, (box.currentText(), box.minimumSizeHint().width())
 
 
-def test_expert_settings_are_folded_away_and_used(make_napari_viewer, isbi, tiny_model):
+def test_expert_settings_are_folded_away_and_used(make_napari_viewer, isbi, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi[0], name="em")
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     expert = (w.sampler, w.tile_size, w.overlap, w.tile_batch, w.seed)
     assert not any(c.isVisibleTo(w) for c in expert)
     w.expert.toggle.click()
@@ -182,7 +177,7 @@ def test_expert_settings_are_folded_away_and_used(make_napari_viewer, isbi, tiny
     assert (plan.sample.tile_batch, plan.sample.seed, plan.sample.sampler) == (3, 11, "ddim")
 
 
-def test_fine_tuning_starts_with_a_time_limit_and_a_few_thousand_steps(make_napari_viewer, tmp_path, untrained_model):
+def test_fine_tuning_starts_with_a_time_limit_and_a_few_thousand_steps(make_napari_viewer, tmp_path, untrained_model, open_dock):
     import json
 
     from napari_emdiffuse._widgets.train import FINE_TUNE_STEPS
@@ -193,33 +188,33 @@ def test_fine_tuning_starts_with_a_time_limit_and_a_few_thousand_steps(make_napa
     (folder / "model.json").write_text(json.dumps(meta))
     MODELS.add(folder, "disk")
     viewer = make_napari_viewer()
-    w = _open(viewer, "Train / fine-tune")
+    w = open_dock(viewer, "Train / fine-tune")
     w.select_start("fine-tune:")
     assert 0 < w.iterations.value() <= FINE_TUNE_STEPS <= 5000
     assert 0 < w.minutes.value() <= 60
 
 
-def test_pickers_choose_distinct_input_and_target_and_skip_results(make_napari_viewer, isbi, voxel, tiny_model):
+def test_pickers_choose_distinct_input_and_target_and_skip_results(make_napari_viewer, isbi, voxel, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi, name="ssTEM clean", scale=voxel)
     viewer.add_image(isbi.astype(np.float32) + 5, name="ssTEM noisy", scale=voxel)
-    train = _open(viewer, "Train / fine-tune")
+    train = open_dock(viewer, "Train / fine-tune")
     assert train.pickers["input"].layer().name == "ssTEM noisy"
     assert train.pickers["target"].layer().name == "ssTEM clean"
     # the other order of opening: names still decide
     viewer2 = make_napari_viewer()
     viewer2.add_image(isbi.astype(np.float32) + 5, name="noisy", scale=voxel)
     viewer2.add_image(isbi, name="clean", scale=voxel)
-    train2 = _open(viewer2, "Train / fine-tune")
+    train2 = open_dock(viewer2, "Train / fine-tune")
     assert (train2.pickers["input"].layer().name, train2.pickers["target"].layer().name) == ("noisy", "clean")
     # after a run, Enhance (re-)opened offers the user's image, not the result or its uncertainty
     MODELS.add(tiny_model, "trained")
-    enhance = _open(viewer, "Enhance")
+    enhance = open_dock(viewer, "Enhance")
     enhance.steps.setValue(1)
     enhance.run()
     assert len(enhance.result_layers) == 2
     assert enhance.image.layer().name == "ssTEM noisy"
-    again = _open(viewer, "Compare")  # any picker: a new one guesses the same way
+    again = open_dock(viewer, "Compare")  # any picker: a new one guesses the same way
     del again
     from napari_emdiffuse._widgets.pickers import LayerPicker
     from napari_emdiffuse._widgets.qt_helpers import image_type
@@ -227,25 +222,25 @@ def test_pickers_choose_distinct_input_and_target_and_skip_results(make_napari_v
     assert LayerPicker(viewer, image_type()).layer().name == "ssTEM noisy"
 
 
-def test_identical_input_and_target_are_refused(make_napari_viewer, isbi, notes):
+def test_identical_input_and_target_are_refused(make_napari_viewer, isbi, notes, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi, name="noisy")
-    w = _open(viewer, "Train / fine-tune")
+    w = open_dock(viewer, "Train / fine-tune")
     w.select_start("preset: tiny")
     w.pickers["input"].select(viewer.layers["noisy"])
     w.pickers["target"].select(viewer.layers["noisy"])
     w.run()
-    message = _messages(notes, "error")[-1]
+    message = notes.messages("error")[-1]
     assert "same image" in message and "noisy" in message
     assert w.last_model is None and not w.controls.runner.running
 
 
-def test_cancel_adds_only_the_finished_planes(make_napari_viewer, isbi, voxel, tiny_model):
+def test_cancel_adds_only_the_finished_planes(make_napari_viewer, isbi, voxel, tiny_model, open_dock):
     viewer = make_napari_viewer()
     stack = isbi[:6, :64, :64]
     viewer.add_image(stack, name="em", scale=voxel, translate=(1.0, 0.5, 0.25), units=UM)
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     w.scope.setCurrentIndex(w.scope.findData("whole"))
     w.steps.setValue(3)
     w.samples.setValue(2)
@@ -267,11 +262,11 @@ def test_cancel_adds_only_the_finished_planes(make_napari_viewer, isbi, voxel, t
     assert tuple(enhanced.translate) == pytest.approx((1.0, 0.5, 0.25))
 
 
-def test_cancel_before_any_plane_adds_nothing(make_napari_viewer, isbi, tiny_model):
+def test_cancel_before_any_plane_adds_nothing(make_napari_viewer, isbi, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi[0], name="em")
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     forward = w.controls.runner._on_event
 
     def cancel_at_once(event):
@@ -285,14 +280,14 @@ def test_cancel_before_any_plane_adds_nothing(make_napari_viewer, isbi, tiny_mod
     assert "nothing was added" in w.controls.status.text()
 
 
-def test_swipe_takes_a_slice_result_against_its_slice_and_reswipe_updates(make_napari_viewer, isbi, voxel):
+def test_swipe_takes_a_slice_result_against_its_slice_and_reswipe_updates(make_napari_viewer, isbi, voxel, open_dock):
     viewer = make_napari_viewer()
     stack = viewer.add_image(isbi.astype(np.float32), name="stack", scale=voxel, units=UM)
     result = viewer.add_image(
         isbi[3:4].astype(np.float32) * 2, name="stack denoise", scale=voxel, translate=(3 * voxel[0], 0, 0),
         contrast_limits=(0, 510), units=UM,
     )  # fmt: skip
-    w = _open(viewer, "Compare")
+    w = open_dock(viewer, "Compare")
     w.choose([result, stack])
     w.start_swipe()
     composite = np.asarray(w.swipe_layer.data)
@@ -314,11 +309,11 @@ def test_swipe_takes_a_slice_result_against_its_slice_and_reswipe_updates(make_n
     assert w.swipe_layer.data.shape == (6, 128, 128)
 
 
-def test_side_by_side_panels_are_labelled(make_napari_viewer, isbi):
+def test_side_by_side_panels_are_labelled(make_napari_viewer, isbi, open_dock):
     viewer = make_napari_viewer()
     a = viewer.add_image(isbi, name="raw")
     b = viewer.add_image(isbi + 1, name="enhanced")
-    w = _open(viewer, "Compare")
+    w = open_dock(viewer, "Compare")
     w.choose([a, b])
     w.side_by_side()
     assert a.name_overlay.visible and b.name_overlay.visible
@@ -326,13 +321,13 @@ def test_side_by_side_panels_are_labelled(make_napari_viewer, isbi):
     assert not a.name_overlay.visible and not b.name_overlay.visible
 
 
-def test_uncertainty_is_hidden_and_unsure_regions_are_regions_not_speckle(make_napari_viewer, isbi, voxel, tiny_model):
+def test_uncertainty_is_hidden_and_unsure_regions_are_regions_not_speckle(make_napari_viewer, isbi, voxel, tiny_model, open_dock):
     from scipy.ndimage import label
 
     viewer = make_napari_viewer()
     viewer.add_image(isbi[0], name="em", scale=voxel[1:])
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     w.steps.setValue(2)
     w.samples.setValue(3)
     w.run()
@@ -350,13 +345,13 @@ def test_uncertainty_is_hidden_and_unsure_regions_are_regions_not_speckle(make_n
     assert label(raw)[1] > 3 * n
 
 
-def test_broken_models_are_refused_at_load_and_models_can_be_removed(make_napari_viewer, tiny_model, tmp_path):
+def test_broken_models_are_refused_at_load_and_models_can_be_removed(make_napari_viewer, tiny_model, tmp_path, open_dock):
     import shutil
 
     from napari_emdiffuse.errors import ModelFileError
 
     viewer = make_napari_viewer()
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     for damage in ("missing", "truncated", "wrong"):
         folder = tmp_path / damage
         shutil.copytree(tiny_model, folder)
@@ -379,14 +374,14 @@ def test_broken_models_are_refused_at_load_and_models_can_be_removed(make_napari
     assert w.model.count() == 0 and tiny_model.is_dir()  # off the list, still on disk
 
 
-def test_closing_the_dock_cancels_its_job(make_napari_viewer, isbi, voxel, tiny_model, monkeypatch, qtbot):
+def test_closing_the_dock_cancels_its_job(make_napari_viewer, isbi, voxel, tiny_model, monkeypatch, qtbot, open_dock):
     from napari_emdiffuse._widgets import _common
 
     monkeypatch.setattr(_common, "SYNCHRONOUS", False)
     viewer = make_napari_viewer()
     viewer.add_image(isbi, name="em", scale=voxel)
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     w.scope.setCurrentIndex(w.scope.findData("whole"))
     w.steps.setValue(500)
     w.device.setCurrentText("cpu")
@@ -398,37 +393,23 @@ def test_closing_the_dock_cancels_its_job(make_napari_viewer, isbi, voxel, tiny_
     assert [lyr.name for lyr in viewer.layers] == ["em"]  # no layers from a closed panel
 
 
-@pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen: list = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-def _messages(notes, severity):
-    return [str(n.message) for n in notes if str(n.severity).lower().endswith(severity)]
-
-
 PLAIN = re.compile(r"Value error|invalid preset|Roi\(|Error\b|\(--|\s--[a-z]|<[a-z_.]+ object")
 
 
-def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model, untrained_model, notes):
+def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model, untrained_model, notes, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi, name="em", scale=voxel, units=UM)
     MODELS.add(tiny_model, "trained")
-    w = _open(viewer, "Enhance")
+    w = open_dock(viewer, "Enhance")
     w.tile_size.setValue(64)
     w.overlap.setValue(48)
     w.run()  # a bad pair of tile settings
-    assert _messages(notes, "error")[-1].startswith("Sampling settings: overlap (48) must be less than half")
+    assert notes.messages("error")[-1].startswith("Sampling settings: overlap (48) must be less than half")
     # an empty stack
     viewer.add_image(np.zeros((0, 32, 32), np.float32), name="empty", contrast_limits=(0, 1))
     w.image.select(viewer.layers["empty"])
     w.run()
-    assert "'empty' is empty" in _messages(notes, "error")[-1]
+    assert "'empty' is empty" in notes.messages("error")[-1]
     # a rectangle outside the image
     w.image.select(viewer.layers["em"])
     w.tile_size.setValue(128)
@@ -437,7 +418,7 @@ def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model
     w.scope.setCurrentIndex(w.scope.findData("rectangle"))
     w.shapes.select(viewer.layers["far away"])
     w.run()
-    assert "lies outside the image" in _messages(notes, "error")[-1]
+    assert "lies outside the image" in notes.messages("error")[-1]
     # an unexpected failure: no exception class, no repr
     from napari_emdiffuse._widgets._common import user_message
 
@@ -451,7 +432,7 @@ def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model
     w.steps.setValue(1)
     w.samples.setValue(2)
     w.run()
-    assert any("already isotropic" in m for m in _messages(notes, "warning"))
+    assert any("already isotropic" in m for m in notes.messages("warning"))
     shown = [str(n.message) for n in notes]
     bad = [m for m in shown if PLAIN.search(m)]
     assert not bad, bad

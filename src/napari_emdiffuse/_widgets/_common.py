@@ -156,6 +156,7 @@ def plain_words(message: str) -> str:
     "Overlap: ...".
     """
     message = re.sub(r"^[\w .-]*: invalid preset: ", "", message)
+    message = message.replace("add --overwrite to replace it", "tick 'Overwrite' to replace it")
     for key, label in SETTING_NAMES.items():
         message = re.sub(rf"(^|; ){re.escape(key)}: ", rf"\g<1>{label}: ", message)
     return message[:1].upper() + message[1:]

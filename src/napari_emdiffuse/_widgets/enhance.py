@@ -1,10 +1,10 @@
 """Enhance widget: run a model over a slice, a drawn rectangle or a whole volume.
 
-It drives :func:`napari_emdiffuse.jobs.predict.predict` in a worker thread and adds two layers:
-the enhanced image (the mean of the samples) and its uncertainty map (their standard deviation),
-placed exactly over the input (scale, translate and units from the input layer, adjusted for
-super-resolution and isotropic output). Results too large for memory are written to zarr and
-opened lazily.
+It drives :func:`napari_emdiffuse.jobs.predict.predict` in a worker thread and adds the enhanced
+image, its uncertainty map (for a calibrated model the error bound in grey values) and outlines
+of the regions above a threshold in grey values, placed exactly over the input (scale,
+translate and units from the input layer, adjusted for super-resolution and isotropic output).
+Results too large for memory are written to zarr and opened lazily.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QLabel,
@@ -51,7 +53,14 @@ SAMPLERS = {
     "ddim": ("DDIM", "DDIM: deterministic, needs more steps than DPM-Solver++"),
     "ddpm": ("DDPM", "DDPM: the original ancestral sampler, needs many steps (hundreds)"),
 }
-UNCERTAINTY_TIP = "Standard deviation of the samples, hidden at first: tick it in the layer list to see it"
+CALIBRATED_TIP = (
+    "Error bound in the image's grey values: the true value lies within the result ± this at {cover} % "
+    "of pixels, on data like the model's calibration patches. Hidden at first: tick it in the layer list"
+)
+UNCALIBRATED_TIP = (
+    "Spread of the samples, pooled over regions (uncalibrated: this model has no calibration, so the "
+    "values are not an error bound; models trained with this version have one). Hidden at first"
+)
 #: Results larger than this (bytes of enhanced + uncertainty) go to a zarr file; None means a
 #: quarter of the memory available when the job starts.
 IN_MEMORY_LIMIT: int | None = None
@@ -85,6 +94,7 @@ class _Plan:
     device: str
     output: Path | None
     input_paths: list[Path]
+    overwrite: bool = False
 
 
 class EnhanceWidget(DockWidget):
@@ -100,6 +110,7 @@ class EnhanceWidget(DockWidget):
         self._plan: _Plan | None = None
         self.result_layers: list[Any] = []  # the enhanced image and its uncertainty map
         self.regions_layer: Any = None  # the regions where the samples disagree most
+        self._bound: Any = None  # the last result's error map, the regions' source
 
         self.image = LayerPicker(napari_viewer, image_type(), tip="The image layer to enhance (2D, 3D, lazy or multiscale)")
         self.variant = combo(
@@ -141,8 +152,18 @@ class EnhanceWidget(DockWidget):
         )
         self.browse = QPushButton("…")
         self.browse.setToolTip("Choose the zarr folder for the result")
+        self.overwrite = QCheckBox("Overwrite")
+        self.overwrite.setToolTip("Replace a result already saved under that name (otherwise it is refused and kept)")
         self.output_info = QLabel()
         self.output_info.setWordWrap(True)
+        self.unsure_above = QDoubleSpinBox()
+        self.unsure_above.setRange(0.0, 1e9)
+        self.unsure_above.setDecimals(3)
+        self.unsure_above.setSpecialValueText("automatic")
+        self.unsure_above.setToolTip(
+            "Outline the regions whose error bound is above this, in the image's grey values; "
+            "'automatic' outlines the most uncertain 5 %. Changing it redraws the outlines of the last result"
+        )
         self.controls = _common.JobControls(
             "Enhance",
             "%v / %m sampler steps",
@@ -178,6 +199,8 @@ class EnhanceWidget(DockWidget):
         form.addRow("Scope", self.scope)
         form.addRow("Rectangle", self.shapes)
         form.addRow("Save to", row(self.zarr_path, self.browse))
+        form.addRow("", self.overwrite)
+        form.addRow("Unsure above", self.unsure_above)
         form.addRow("", self.output_info)
         layout = QVBoxLayout(body)
         layout.addLayout(form)
@@ -194,6 +217,7 @@ class EnhanceWidget(DockWidget):
         self.remove_model.clicked.connect(self._remove_model)
         self.import_model.clicked.connect(self._import_dialog)
         self.browse.clicked.connect(self._browse_zarr)
+        self.unsure_above.valueChanged.connect(self._redraw_regions)
         MODELS.changed.connect(self.refresh_models)
         self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
         self.refresh_models()
@@ -374,7 +398,12 @@ class EnhanceWidget(DockWidget):
         placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
         output = self._output_path(layer, int(np.prod(out.shape)) * 8)
         paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
-        return _Plan(layer, entry, model, array, voxel, placement, add_axis, sample, self.device.currentText(), output, paths)
+        overwrite = self.overwrite.isChecked()
+        if output is not None:  # refused now, in plain words, rather than after the run
+            from ..data.safe_output import check_new_output
+
+            check_new_output(output, paths, overwrite)
+        return _Plan(layer, entry, model, array, voxel, placement, add_axis, sample, self.device.currentText(), output, paths, overwrite)
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...], bool]:
         """The part of the data the scope asks for, its offset in the layer, and whether a
@@ -428,6 +457,8 @@ class EnhanceWidget(DockWidget):
                 output=plan.output,
                 input_paths=plan.input_paths,
                 cancel=cancel,
+                overwrite=plan.overwrite,
+                origin=plan.placement.translate[-plan.array.ndim :],
             )
 
         self.controls.start(job, f"Enhancing {plan.layer.name!r} with {plan.entry.name}…")
@@ -476,18 +507,21 @@ class EnhanceWidget(DockWidget):
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
             **kwargs,
         )
-        low, top = sample_percentile(std, 1.0), sample_percentile(std, 99.5)
+        bound, label, tip = _error_bound(std, plan.model)
+        low, top = sample_percentile(bound, 1.0), sample_percentile(bound, 99.5)
         uncertainty = self.viewer.add_image(
-            std,
-            name=f"{name} uncertainty",
+            bound,
+            name=f"{name} {label}",
             colormap=UNCERTAINTY_COLORMAP,
             contrast_limits=(low, max(top, low + 1e-6)),
             visible=False,
-            metadata={"emdiffuse": {**info, "role": "uncertainty", "tip": UNCERTAINTY_TIP}},
+            metadata={"emdiffuse": {**info, "role": "uncertainty", "tip": tip}},
             **kwargs,
         )
+        uncertainty.colorbar.visible = True  # shown with the layer: what a colour means, in grey values
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
-        self.regions_layer = unwrap(self._add_regions(std, f"{name} unsure", info, kwargs)) if plan.sample.samples >= 2 else None
+        self._bound = bound
+        self.regions_layer = unwrap(self._add_regions(bound, f"{name} unsure", info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
         where = f", written to {plan.output}" if plan.output else ""
         self.controls.status.setText(
@@ -498,7 +532,7 @@ class EnhanceWidget(DockWidget):
     def _add_regions(self, std: Any, name: str, info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
         from napari.utils.colormaps import DirectLabelColormap
 
-        mask, threshold = uncertain_regions(std)
+        mask, threshold = uncertain_regions(std, self.unsure_above.value() or None)
         layer = self.viewer.add_labels(
             mask,
             name=name,
@@ -509,6 +543,29 @@ class EnhanceWidget(DockWidget):
         )
         layer.contour = 2
         return layer
+
+    def _redraw_regions(self, *_: Any) -> None:
+        """The outlines of the last result at the threshold now set (its error map is kept)."""
+        if self.regions_layer is None or self._bound is None or self.regions_layer not in self.viewer.layers:
+            return
+        mask, threshold = uncertain_regions(self._bound, self.unsure_above.value() or None)
+        self.regions_layer.data = mask
+        self.regions_layer.metadata["emdiffuse"]["threshold"] = threshold
+
+
+def _error_bound(error_map: Any, model: Any) -> tuple[Any, str, str]:
+    """The uncertainty layer's data, name and tooltip: for a calibrated model the error bound
+    ``q u`` in the image's grey values (``q`` at the model's alpha, as the predict job's
+    ``lower``/``upper`` use it), else the pooled spread, named as uncalibrated."""
+    from .. import uncertainty
+
+    calibration = model.calibration
+    if not calibration:
+        return error_map, "uncertainty (uncalibrated)", UNCALIBRATED_TIP
+    alpha = float(calibration["alpha"])
+    cover = round(100 * (1 - alpha))
+    q = uncertainty.scale(calibration, alpha)
+    return error_map * np.float32(q), f"error bound ({cover} %)", CALIBRATED_TIP.format(cover=cover)
 
 
 def isotropic_note(layer: Any, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:

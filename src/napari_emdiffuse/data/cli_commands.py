@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..arg_types import number, whole
+from ..arg_types import number, variant_option, whole
 from ..errors import InputError, naming
 from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 
@@ -54,14 +53,7 @@ def _options(args: argparse.Namespace) -> tuple[str, dict[str, Any], int | None]
 
         preset = load_preset(args.preset)
         variant, options, patch = preset.variant, dict(preset.variant_options), preset.train.patch_size
-    for text in args.variant_option or []:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options.update(variant_option(text) for text in args.variant_option or [])
     return variant or "denoise", options, patch
 
 

@@ -48,11 +48,18 @@ def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
     return ms if isinstance(ms, list) else None
 
 
-def _scale_of(transforms: list[dict[str, Any]] | None, ndim: int) -> np.ndarray:
+def _scale_of(transforms: list[dict[str, Any]] | None, ndim: int, folder: Path) -> np.ndarray:
+    """The product of the ``scale`` transformations, each one number per axis."""
     scale = np.ones(ndim)
     for t in transforms or []:
-        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", ())) == ndim:
-            scale = scale * np.asarray(t["scale"], float)
+        if isinstance(t, dict) and t.get("type") == "scale":
+            try:
+                values = np.asarray(t.get("scale"), float)
+            except (TypeError, ValueError):
+                raise _malformed(folder, "a 'scale' transformation holds something other than numbers") from None
+            if values.shape != (ndim,):
+                raise _malformed(folder, f"a 'scale' transformation has {values.size} values for {ndim} axes")
+            scale = scale * values
     return scale
 
 
@@ -84,10 +91,7 @@ def _ome_image(group: Any, folder: Path, level: int) -> Image:
     axes = [{"name": a, "type": "space" if a in "zyx" else ""} if isinstance(a, str) else a for a in axes]
     if not isinstance(axes, list) or len(axes) != ndim or not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in axes):
         raise _malformed(folder, f"'axes' must name each of the {ndim} axes of level {level}")
-    try:
-        scale = _scale_of(ds.get("coordinateTransformations"), ndim) * _scale_of(ms.get("coordinateTransformations"), ndim)
-    except (TypeError, ValueError):
-        raise _malformed(folder, "a 'scale' transformation holds something other than numbers") from None
+    scale = _scale_of(ds.get("coordinateTransformations"), ndim, folder) * _scale_of(ms.get("coordinateTransformations"), ndim, folder)
     data = lazy(arr, folder)
     index, voxel, names = [], [], ""
     for ax, n, s in zip(axes, arr.shape, scale):
@@ -138,17 +142,20 @@ def read_zarr(folder: Path, dataset: str | None = None, level: int = 0) -> Image
     return Image(lazy(node, path), voxel, path, meta=meta)
 
 
-def _n5_voxel(attrs: dict[str, Any], ndim: int) -> tuple[float, ...]:
+def _n5_voxel(attrs: dict[str, Any], ndim: int, where: str) -> tuple[float, ...]:
     """N5 conventions, in N5's (x, y, z) order: ``pixelResolution`` {dimensions, unit} (Saalfeld
     lab) or ``resolution`` with ``units`` (BigDataViewer/paintera); returned as (z, y, x) µm."""
     pr = attrs.get("pixelResolution")
-    if isinstance(pr, dict) and len(pr.get("dimensions", ())) == ndim:
-        scale = unit_to_um(pr.get("unit", "um")) or 1.0
-        return tuple(float(v) * scale for v in reversed(pr["dimensions"]))
-    res = attrs.get("resolution")
-    if isinstance(res, list) and len(res) == ndim:
-        units = attrs.get("units") or ["um"] * ndim
-        return tuple(float(v) * (unit_to_um(u) or 1.0) for v, u in zip(reversed(res), reversed(units)))
+    try:
+        if isinstance(pr, dict) and len(pr.get("dimensions", ())) == ndim:
+            scale = unit_to_um(pr.get("unit", "um")) or 1.0
+            return tuple(float(v) * scale for v in reversed(pr["dimensions"]))
+        res = attrs.get("resolution")
+        if isinstance(res, list) and len(res) == ndim:
+            units = attrs.get("units") or ["um"] * ndim
+            return tuple(float(v) * (unit_to_um(u) or 1.0) for v, u in zip(reversed(res), reversed(units)))
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: the N5 voxel size ('pixelResolution' or 'resolution' in attributes.json) holds something other than numbers") from None
     return (1.0,) * ndim
 
 
@@ -163,6 +170,10 @@ def read_n5(folder: Path, dataset: str | None = None) -> Image:
         raise InputError(f"{folder}: reading N5 needs the zarr-n5 package (pip install zarr-n5)") from None
     key = (dataset or "").strip("/")
     attrs_file = folder / key / "attributes.json"
+    if key and not attrs_file.is_file():
+        parent = (folder / key).parent
+        subs = sorted(str(p.relative_to(folder)) for p in parent.iterdir() if (p / "attributes.json").is_file()) if parent.is_dir() else []
+        raise InputError(f"{folder}: no N5 dataset {key!r} (beside it: {', '.join(subs[:8]) or 'nothing'})")
     try:
         attrs = json.loads(attrs_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -177,7 +188,7 @@ def read_n5(folder: Path, dataset: str | None = None) -> Image:
         raise InputError(f"{folder}:/{key}: cannot open the N5 dataset ({err})") from None
     data = lazy(arr, folder).transpose(tuple(range(arr.ndim))[::-1])
     meta = {"format": "n5", "chunks": tuple(reversed(arr.chunks))}
-    return Image(data, _n5_voxel(attrs, arr.ndim), folder, meta=meta)
+    return Image(data, _n5_voxel(attrs, arr.ndim, f"{folder}:/{key}"), folder, meta=meta)
 
 
 def _ngff_attrs(voxel: Sequence[float], ndim: int, name: str, levels: int = 1, factor: int = 2) -> dict[str, Any]:

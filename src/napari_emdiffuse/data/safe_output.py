@@ -228,16 +228,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: how long a contender waits for another process's takeover of a stale lock, and when a
+#: takeover guard is so old that its process must have died during the takeover
+TAKEOVER_WAIT_S, TAKEOVER_STALE_S = 5.0, 30.0
+
+
 class Lock:
     """An exclusive lock file (created with ``O_EXCL``) holding pid, host and start time.
 
     A second process refuses with a message naming the first. A lock left by a process that
     is gone (same host, pid not running) is taken over with a warning, and the temporaries
-    that process left beside ``outputs`` are removed.
+    that process left beside ``outputs`` are removed. The takeover itself is guarded by a
+    second ``O_EXCL`` file (``NAME.takeover``): of several processes finding one stale lock at
+    once, only the guard's holder removes it, and only while it is still that stale lock, so
+    exactly one of them ends up holding the lock.
     """
 
     def __init__(self, lock_path: str | Path, what: str, outputs: Sequence[Path] = ()) -> None:
         self.path, self.what, self.outputs = Path(lock_path), what, list(outputs)
+        self.guard = self.path.with_name(self.path.name + ".takeover")
         self.held = False
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -246,7 +255,8 @@ class Lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise _cannot_write(self.path.parent, err) from None
-        for _ in range(3):
+        deadline = time.monotonic() + TAKEOVER_WAIT_S
+        while time.monotonic() < deadline:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
@@ -258,26 +268,58 @@ class Lock:
                 json.dump(self.info, f)
             self.held = True
             return self
-        raise InputError(f"{self.what}: cannot take the lock {self.path}")
+        raise InputError(f"{self.what}: cannot take the lock {self.path} (other processes keep taking it); try again")
 
-    def _take_over_if_stale(self) -> None:
+    def _holder(self) -> dict[str, Any] | None:
+        """What the lock file says (None when it is gone); refuse a file that is not our lock."""
         try:
             other = json.loads(self.path.read_text())
-            pid, host = int(other["pid"]), str(other["host"])
+            int(other["pid"]), str(other["host"])
         except FileNotFoundError:
-            return  # released meanwhile: try again
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             raise InputError(f"{self.what} is locked by {self.path}, which is not a lock file of ours; delete it if no other emdiffuse is running") from None
+        return other
+
+    def _take_over_if_stale(self) -> None:
+        other = self._holder()
+        if other is None:
+            return  # released meanwhile: try again
+        pid, host = int(other["pid"]), str(other["host"])
         if host != self.info["host"] or _alive(pid):
             raise InputError(
                 f"{self.what} is in use by process {pid} on {host} (started {other.get('started', '?')}); "
                 f"wait for it to finish, or delete {self.path} if that process is gone"
             )
-        log.warning("%s: taking over the lock of process %d, which is no longer running", self.what, pid)
-        for out in self.outputs:
-            for left in out.parent.glob(f".{out.name}.tmp-{pid}-*"):
-                _remove(left)
-        self.path.unlink(missing_ok=True)
+        try:
+            fd = os.open(self.guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            self._wait_for_takeover()
+            return
+        except OSError as err:
+            raise _cannot_write(self.path.parent, err) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.info, f)
+            if self._holder() != other:
+                return  # someone else took it over before we held the guard: try again
+            log.warning("%s: taking over the lock of process %d, which is no longer running", self.what, pid)
+            for out in self.outputs:
+                for left in out.parent.glob(f".{out.name}.tmp-{pid}-*"):
+                    _remove(left)
+            self.path.unlink(missing_ok=True)
+        finally:
+            self.guard.unlink(missing_ok=True)
+
+    def _wait_for_takeover(self) -> None:
+        """Another process holds the takeover guard: give it a moment, unless it died holding it."""
+        try:
+            age = time.time() - self.guard.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > TAKEOVER_STALE_S:
+            raise InputError(f"{self.what}: a process died while taking over the stale lock {self.path}; delete {self.guard} and {self.path} if no other emdiffuse is running")
+        time.sleep(0.02)
 
     def release(self) -> None:
         if self.held:

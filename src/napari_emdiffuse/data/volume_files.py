@@ -7,6 +7,7 @@ several conventions). Folders of numbered slices are how many microscopes export
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, iter_planes, lazy, refuse_overwrite, sniff
+from .io import Image, check_tiff_complete, iter_planes, lazy, refuse_overwrite, sniff
 from .safe_output import replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
@@ -45,27 +46,76 @@ def _check_mrc_header(path: Path) -> None:
         raise InputError(f"{path}: not a readable MRC file (truncated, or a corrupt header: it declares {need} bytes, the file has {size})")
 
 
+class _PlaneFile:
+    """Pixels stored plane after plane from ``offset`` of a file, read with ``pread`` on demand.
+
+    Not a memory map: a mapped file that shrinks after it was opened (or a network share that
+    drops) kills the process with SIGBUS at the first page touched; a read that comes back short
+    or fails is an :class:`InputError` naming the file instead.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], stored: np.dtype, dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape = path, offset, tuple(shape)
+        self.stored, self.dtype, self.ndim = stored, dtype, len(shape)
+        per_plane = self.shape[1:] if self.ndim > 2 else self.shape
+        self.plane_bytes = int(np.prod(per_plane, dtype=np.int64)) * stored.itemsize
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        """Planes ``lo`` to ``hi - 1`` (the whole image for 2D data), as an array."""
+        want = (hi - lo) * self.plane_bytes
+        start = self.offset + lo * self.plane_bytes
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                buf = os.pread(fd, want, start)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise InputError(f"{self.path}: cannot read its pixel data ({err.strerror or err}); on a network share, check the connection") from None
+        if len(buf) < want:
+            raise InputError(f"{self.path}: the file ends at {start + len(buf)} bytes, before the pixels its header declares: it was cut or replaced while being read")
+        shape = self.shape if self.ndim == 2 else (hi - lo, *self.shape[1:])
+        return np.frombuffer(buf, self.stored).reshape(shape).astype(self.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if self.ndim == 2 or not key or not isinstance(key[0], (slice, int, np.integer)):
+            return self._read(0, 1 if self.ndim == 2 else self.shape[0])[key]
+        first, rest = key[0], key[1:]
+        if isinstance(first, slice):
+            zs = range(*first.indices(self.shape[0]))
+            if not zs:
+                return np.empty((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
+            lo, hi = min(zs), max(zs) + 1
+            return self._read(lo, hi)[(np.asarray(zs) - lo, *rest)]
+        z = range(self.shape[0])[int(first)]  # negative indices count from the end; out of range raises
+        return self._read(z, z + 1)[(0, *rest)]
+
+
 def read_mrc(path: Path) -> Image:
-    """An MRC file, memory-mapped (lazy), voxel size from the header (Å -> µm)."""
-    import dask.array as da
+    """An MRC file, read plane by plane on demand (lazy), voxel size from the header (Å -> µm)."""
     import mrcfile
+    import mrcfile.utils
 
     _check_mrc_header(path)
     try:
-        mrc = mrcfile.mmap(str(path), mode="r", permissive=False)
+        with mrcfile.open(str(path), mode="r", permissive=False, header_only=True) as mrc:
+            header = mrc.header.copy()
+            vs = mrc.voxel_size.copy()
     except (ValueError, OSError) as err:
         raise InputError(f"{path}: not a readable MRC file ({err})") from None
-    data = mrc.data
-    header = mrc.header
+    stored = np.dtype(mrcfile.utils.data_dtype_from_header(header))
+    shape = tuple(int(n) for n in mrcfile.utils.data_shape_from_header(header))
     stamp, flags = _imod_fields(header)
+    dtype = stored.newbyteorder("=")
     if int(header.mode) == 0 and stamp == IMOD_STAMP and not flags & 1:
-        data = data.view(np.uint8)  # IMOD's unsigned bytes
-    vs = mrc.voxel_size
+        stored = dtype = np.dtype(np.uint8)  # IMOD's unsigned bytes
+    planes = _PlaneFile(path, 1024 + int(header.nsymbt), shape, stored, dtype)
     xyz = [float(vs.x), float(vs.y), float(vs.z)]
     um = [v * 1e-4 if v > 0 else 1.0 for v in xyz]  # 0 means "not set"
-    voxel = (um[2], um[1], um[0]) if data.ndim == 3 else (um[1], um[0])
-    chunks = (1, *data.shape[1:]) if data.ndim == 3 else data.shape
-    return Image(da.from_array(data, chunks=chunks), voxel, path, meta={"format": "mrc", "mode": int(header.mode), "chunks": chunks})
+    voxel = (um[2], um[1], um[0]) if len(shape) == 3 else (um[1], um[0])
+    chunks = (1, *shape[1:]) if len(shape) >= 3 else shape
+    return Image(lazy(planes, path, chunks), voxel, path, meta={"format": "mrc", "mode": int(header.mode), "chunks": chunks})
 
 
 def _order(header: Any) -> str:
@@ -140,7 +190,11 @@ def read_hdf5(path: Path, dataset: str | None = None) -> Image:
             listing = ", ".join(f"{path}:/{n}" for n in names[:8]) or "none"
             raise InputError(f"{path}: name the dataset to read ({len(names)} image datasets: {listing})")
         dataset = names[0]
-    if dataset.strip("/") not in f or not hasattr(f[dataset.strip("/")], "shape"):
+    key = dataset.strip("/")
+    if key in f and not hasattr(f[key], "shape"):
+        inside = [n for n in names if n.startswith(key + "/")] or names
+        raise InputError(f"{path}:/{key} is a group, not a dataset; name one of its image datasets: {', '.join(f'{path}:/{n}' for n in inside[:8]) or 'none'}")
+    if key not in f:
         raise InputError(f"{path}: no dataset {dataset!r} (image datasets: {', '.join(names[:8]) or 'none'})")
     ds = f[dataset.strip("/")]
     if ds.is_virtual or ds.external:  # pixels from other files: anything on this machine could be read
@@ -201,14 +255,22 @@ def natural_key(name: str) -> list[Any]:
 
 
 def _plane_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    if sniff(path) == "tiff":
-        import tifffile
+    """Shape and type of one slice; a TIFF slice is checked complete (every page inside the
+    file) as it is listed, so a cut slice deep in a long run is refused before the run starts."""
+    try:
+        if sniff(path) == "tiff":
+            import tifffile
 
-        with tifffile.TiffFile(path) as tf:
-            s = tf.series[0]
-            return tuple(s.shape), np.dtype(s.dtype)
-    a = read_png(path).data
-    return a.shape, a.dtype
+            with tifffile.TiffFile(path) as tf:
+                check_tiff_complete(tf, path)
+                s = tf.series[0]
+                return tuple(s.shape), np.dtype(s.dtype)
+        a = read_png(path).data
+        return a.shape, a.dtype
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a broken slice: say which
+        raise InputError(f"{path}: cannot read this slice ({type(err).__name__}: {' '.join(str(err).split())})") from None
 
 
 def read_slices(folder: Path) -> Image:
@@ -223,11 +285,8 @@ def read_slices(folder: Path) -> Image:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES and p.is_file()), key=lambda p: natural_key(p.name))
     if not files:
         raise InputError(f"{folder}: a folder with no TIFF or PNG slices (and not a zarr or N5 container)")
-    try:
-        first = _plane_header(files[0])
-        headers = [first] + [_plane_header(p) for p in files[1:]]
-    except Exception as err:  # noqa: BLE001 - a broken slice: say which
-        raise InputError(f"{folder}: cannot read a slice ({err})") from None
+    headers = [_plane_header(p) for p in files]
+    first = headers[0]
     for p, h in zip(files, headers):
         if h != first:
             raise InputError(f"{p}: shape {h[0]} {h[1]} differs from the first slice {files[0].name} ({first[0]} {first[1]})")

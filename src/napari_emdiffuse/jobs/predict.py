@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import queue
+from dataclasses import replace
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -59,6 +60,7 @@ def predict(
     model_name: str | None = None,
     estimate: str = "best",
     alpha: float | None = None,
+    origin: Sequence[float] | None = None,
     resume: bool = False,
     cluster: str | None = None,
 ) -> Iterator[Any]:
@@ -74,7 +76,8 @@ def predict(
     ``cluster`` runs the blocks on dask workers (:mod:`.cluster`: ``local:N``,
     ``tcp://host:port`` or a cluster file); it needs a zarr output.
     ``normaliser`` fixes the intensity statistics (otherwise they are measured on the whole
-    input). ``model_name`` is recorded in the output's provenance. ``compile`` runs the network
+    input). ``model_name`` and ``origin`` (the first output pixel's position in µm, per axis:
+    where a result of part of an image lies) are recorded in the output's provenance. ``compile`` runs the network
     through ``torch.compile``.
     """
     if estimate not in ESTIMATES:
@@ -86,6 +89,8 @@ def predict(
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
+    if origin is not None:  # the caller knows where the first output pixel lies (a part of an image)
+        geometry = replace(geometry, translation=tuple(float(o) for o in origin))
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
     n_samples = cfg.samples if keep_samples else 0
     calibration = model.calibration
@@ -124,6 +129,7 @@ def predict(
             "settings": cfg.model_dump(mode="json"),
             "input": [str(Path(p).resolve()) for p in input_paths],
             "voxel_size": list(geometry.voxel),
+            **({"origin": [float(o) for o in origin]} if origin is not None else {}),
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..data.normalise import Normaliser
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 
 class NoOptions(BaseModel):
@@ -203,8 +203,6 @@ class Variant(ABC):
 
     def options(self, raw: dict[str, Any] | BaseModel | None) -> BaseModel:
         """Validated options; a bad one raises :class:`ConfigError` naming the option and the fix."""
-        from ..config import ConfigError
-
         if isinstance(raw, self.options_model):
             return raw
         try:

@@ -1,0 +1,51 @@
+"""The README's headline figures are the benchmark suite's: one block, rewritten by the suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+bench_suite = pytest.importorskip("bench_suite")
+
+
+def _results() -> dict:
+    rows = [
+        {"method": "noisy input", "kind": "baseline", "psnr": 15.7},
+        {"method": "Gaussian filter (sigma 1.0)", "kind": "baseline", "psnr": 21.2},
+        {"method": "diffusion, best estimate (default output)", "kind": "best", "psnr": 21.9},
+        {"method": "regression UNet, L1 (CARE), 1500 steps", "kind": "care", "psnr": 21.8},
+    ]
+    info = {"model": "emdiffuse-n", "training_steps": 1500, "input": "noisy input"}
+    unc = {"coverage_0.1": 0.893, "auroc_patches": 0.71}
+    return {"denoise": {"info": info, "rows": rows, "uncertainty": unc, "settings": {"date": "2026-12-02"}}}
+
+
+def test_the_readme_has_one_summary_block():
+    text = (REPO / "README.md").read_text()
+    assert text.count(bench_suite.README_START) == 1 and text.count(bench_suite.README_END) == 1
+    assert text.index(bench_suite.README_START) < text.index(bench_suite.README_END)
+
+
+def test_the_summary_block_is_replaced_and_nothing_else(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text(f"before\n{bench_suite.README_START}\nold figures\n{bench_suite.README_END}\nafter\n")
+    bench_suite.write_readme_summary(page, _results())
+    text = page.read_text()
+    assert text.startswith("before\n") and text.endswith("\nafter\n") and "old figures" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| `emdiffuse-n`"))
+    for cell in ("1500", "21.90 dB", "noisy input 15.70 dB", "Gaussian filter (sigma 1.0) 21.20 dB", "21.80 dB", "89.3 %", "0.71"):
+        assert cell in row
+    bench_suite.write_readme_summary(page, _results())
+    assert page.read_text() == text  # rewriting is idempotent
+
+
+def test_a_page_without_the_markers_is_refused(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text("no block here\n")
+    with pytest.raises(SystemExit, match="markers"):
+        bench_suite.write_readme_summary(page, _results())
+    assert page.read_text() == "no block here\n"
