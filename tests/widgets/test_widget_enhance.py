@@ -121,7 +121,10 @@ def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_vie
     w.zarr_path.setText(str(tmp_path / "out.zarr"))
     w.run()
     layers = viewer.open(str(tmp_path / "out.zarr"), plugin="napari-emdiffuse")
-    assert {lyr.name for lyr in layers} == {"out mean", "out uncertainty"}
+    from napari_emdiffuse.model_file import Model
+
+    bounds = {"out lower", "out upper"} if Model.load(tiny_model).calibration else set()  # a calibrated model: its interval too
+    assert {lyr.name for lyr in layers} == {"out mean", "out uncertainty"} | bounds
     assert all(tuple(lyr.scale) == pytest.approx(voxel) for lyr in layers)
 
 
