@@ -258,7 +258,7 @@ def test_vem_original_mode_pairs_and_options():
         v = get_variant(name)
         opts = v.options({"factor": 6, "emdiffuse_original": True})
         assert v.channels(opts) == (5, 2)
-        assert v.plan((3, 40, 48), opts) == [(40, 48)] * 2
+        assert [p for b in v.blocks((3, 40, 48), opts) for p in b.planes] == [(40, 48)] * 2
         pairs = v.training_pairs({"volume": vol}, opts, "train", 0.2, 16)
         cond, target = pairs.sample(np.random.default_rng(1), 3, 16)
         assert cond.shape == (3, 2, 16, 16) and target.shape == (3, 5, 16, 16)

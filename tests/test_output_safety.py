@@ -438,7 +438,7 @@ def test_the_old_in_memory_api_still_returns_everything(model_dir, stack):
     from napari_emdiffuse.model_file import Model
 
     res = run_predict(Model.load(model_dir), tifffile.imread(stack), sample=Model.load(model_dir).preset.sample.model_copy(update={"steps": 2}))
-    assert res.complete and res.planes_done == 2 and res.written == ()
+    assert res.complete and res.finished == () and res.written == ()
 
 
 @pytest.mark.parametrize("exchange", [True, False])

@@ -183,7 +183,8 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
     group_voxel, origin = group.attrs.get("voxel_size"), group.attrs.get("origin")
     stem = path.name.split(".")[0]
     layers = []
-    for name in sorted([n for n, _ in group.arrays()] + [n for n, _ in group.groups()]):
+    names = [n for n, _ in group.arrays()] + [n for n, _ in group.groups()]
+    for name in sorted(n for n in names if not n.startswith(".")):  # hidden: a prediction's bookkeeping
         data, kwargs, kind = _image_layer(path, name, name=f"{stem} {name}")
         ndim = data[0].ndim if isinstance(data, list) else data.ndim
         if "scale" not in kwargs and group_voxel and len(group_voxel) <= ndim:

@@ -4,8 +4,11 @@ names the option (``argument --dose: ...``), before any file is opened."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from typing import Callable
+from typing import Any, Callable
+
+from .errors import InputError
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
@@ -40,3 +43,15 @@ def whole(low: int = 1, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def variant_option(text: str) -> tuple[str, Any]:
+    """``--option KEY=VALUE``: the value as JSON where it parses (``factor=2`` is a number), else
+    as text."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 import signal
@@ -86,13 +85,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .arg_types import variant_option
     from .config import load_preset, parse_preset
+    from .engine.distributed import detect_world
     from .jobs.events import new_cancel_token
-    from .jobs.train import check_run_folder, checkpoint_state, train
+    from .jobs.train import checkpoint_state, continues_run, train
     from .models import resolve_model
     from .variants import get_variant
 
-    check_run_folder(args.out, args.resume, args.overwrite)
+    world = detect_world()
+    resume = continues_run(args.out, args.resume, args.overwrite, world)
     overrides: dict[str, Any] = {"train": {}}
     if args.iterations is not None:
         overrides["train"]["iterations"] = args.iterations
@@ -103,9 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         overrides["train"]["batch_size"] = args.batch_size
     if args.variant_option:
-        overrides["variant_options"] = dict(_parse_option(o) for o in args.variant_option)
+        overrides["variant_options"] = dict(variant_option(o) for o in args.variant_option)
     init = resolve_model(args.from_model) if args.from_model else None
-    if args.resume:  # the run's own settings, so that simulated data is made the same way again
+    if resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
     elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
         preset = init.preset.with_overrides(overrides)
@@ -139,17 +141,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     token = new_cancel_token()
     with _ctrl_c_cancels(token) as stop:
         events = train(
-            preset, arrays, args.out, device=args.device, init_model=init, resume=args.resume,
+            preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
         )
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
-            result = _drive(events, args.quiet, preset.train.iterations)
-    print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
+            # one voice: the other processes of a torchrun/srun run show nothing
+            result = _drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
+    if world.is_main:
+        print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if result.reason == "cancelled" else 0
 
 
-def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
-    """Show a job's events as a tqdm bar and messages; return its result event."""
+def _drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
+    """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
     from tqdm import tqdm
 
     from .jobs.events import Kind
@@ -166,12 +170,14 @@ def _drive(events: Iterator[Any], quiet: bool, total: int | None = None) -> Any:
                 bar.refresh()
             elif ev.kind is Kind.LOSS:
                 bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+            elif ev.kind is Kind.RESULT:
+                result = ev
+            elif not echo:
+                continue
             elif ev.kind is Kind.VALIDATION:
                 bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB ({ev.baseline} {ev.input_psnr:.2f} dB)")
             elif ev.kind is Kind.MESSAGE:
                 bar.write(ev.text, file=sys.stderr if ev.level == "warning" else sys.stdout)
-            elif ev.kind is Kind.RESULT:
-                result = ev
     finally:
         if bar is not None:
             bar.close()
@@ -227,16 +233,6 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data.io import TIFF_DTYPES
     from .jobs.events import new_cancel_token
@@ -272,12 +268,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             model_name=str(args.model),
             estimate=args.estimate,
             alpha=args.alpha,
+            resume=args.resume,
+            cluster=args.cluster,
         )
         with naming({"image": args.input}):
             result = _drive(events, args.quiet)
     if not result.complete:  # the job's message said what was kept
         return stop.exit_status()
-    print("wrote " + " and ".join(str(p) for p in result.written[:2]) + (f" and {len(result.written) - 2} sample(s)" if len(result.written) > 2 else ""))
+    print("wrote " + ", ".join(str(p) for p in result.written))
     return 0
 
 
@@ -335,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-dtype", action="store_true", help="write the input's data type instead of float32")
     r.add_argument("--save-samples", action="store_true", help="also write every sample")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (written beside them and swapped in when complete)")
+    r.add_argument("--resume", action="store_true", help="continue a zarr output left by a cancelled or killed run: only the missing blocks are computed")
+    r.add_argument("--cluster", help="run the blocks on dask workers: local:N, tcp://host:port (a running scheduler) or a cluster file (JSON, SLURM/PBS/LSF); see docs/whole-volume.md")
     r.add_argument("--device", default="auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
     r.add_argument("-q", "--quiet", action="store_true")

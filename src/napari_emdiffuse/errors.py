@@ -26,6 +26,11 @@ class DeviceError(EMDiffuseError):
     """A requested device that is not available."""
 
 
+class LaunchError(EMDiffuseError):
+    """A distributed launch (torchrun, srun) that cannot run: bad launcher variables, a peer
+    process that failed, a process group that cannot form."""
+
+
 class Cancelled(EMDiffuseError):
     """Raised inside a job when the user cancelled it; partial results are kept."""
 

@@ -3,6 +3,7 @@ and real EM: output files, shapes, voxel sizes, options and one-line errors."""
 
 from __future__ import annotations
 
+import unittest.mock as mock
 import numpy as np
 import pytest
 
@@ -50,10 +51,10 @@ def test_iso_i_volume_train_and_predict(tmp_path, fib_small):
     import zarr
 
     group = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
-    assert group["mean"].shape == group["std"].shape == (33, 40, 48)
+    assert group["mean/0"].shape == group["uncertainty/0"].shape == (33, 40, 48)
     assert group.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
     assert group.attrs["complete"] is True
-    np.testing.assert_array_equal(np.asarray(group["mean"][::2]), fib_small[::2, :40, :48])
+    np.testing.assert_array_equal(np.asarray(group["mean/0"][::2]), fib_small[::2, :40, :48])
 
 
 def test_iso_a_sstem_becomes_isotropic(tmp_path, sstem_small, capsys):
@@ -92,3 +93,31 @@ def test_volume_variants_refuse_2d_and_short_inputs(tmp_path, fib_small, capsys)
     image = write_tiff(tmp_path / "2d.tif", fib_small[0], (0.005, 0.005))
     assert run(*train_args("vemdiffuse-a-tiny", tmp_path / "m", "--volume", str(image))) == 2
     assert "works on volumes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, options, shape",
+    [("denoise", {}, (3, 40, 50)), ("denoise", {}, (40, 50)), ("superres", {"factor": 3}, (2, 20, 30)), ("iso_i", {"factor": 4}, (5, 40, 50)),
+     ("iso_a", {"factor": 2.5}, (6, 40, 50)), ("iso_a", {"factor": 3, "emdiffuse_original": True}, (4, 40, 50))],
+)
+def test_blocks_tile_the_output_once_and_own_whole_chunks(name, options, shape):
+    """Every output voxel belongs to exactly one block, and the output's chunks never straddle
+    two blocks (concurrent writers never share a chunk)."""
+    from napari_emdiffuse.jobs.blocks import block_chunks
+    from napari_emdiffuse.variants import get_variant, iso_a
+
+    v = get_variant(name)
+    opts = v.options(options)
+    out = v.output_geometry(shape, (1.0,) * len(shape), opts).shape
+    with mock.patch.object(iso_a, "BUFFER_BYTES", 40_000):  # several row blocks even for a small volume
+        blocks = v.blocks(shape, opts, samples=2)
+    cover = np.zeros(out, np.int32)
+    for b in blocks:
+        cover[b.region] += 1
+    assert (cover == 1).all()
+    chunks = block_chunks(out, blocks)
+    for b in blocks:
+        assert all(s.start % c == 0 for s, c in zip(b.region, chunks))
+        assert all(s.stop % c == 0 or s.stop == n for s, c, n in zip(b.region, chunks, out))
+    if name == "iso_a" and not options.get("emdiffuse_original"):
+        assert len(blocks) > 1

@@ -31,7 +31,7 @@ def test_geometry_for_every_factor(factor):
     assert g.shape[1:] == (40, 50)
     assert g.shape[0] == int(np.floor(29 * factor + 1e-6)) + 1
     assert g.voxel == pytest.approx((0.05 / factor, 0.004, 0.004))
-    assert ISO.plan((30, 40, 50), opts) == [(g.shape[0], 50)] * 40
+    assert [p for b in ISO.blocks((30, 40, 50), opts) for p in b.planes] == [(g.shape[0], 50)] * 40
 
 
 def test_sstem_voxel_becomes_isotropic():
@@ -116,9 +116,9 @@ def test_row_blocks_and_zarr_output_give_the_same_volume(oracle_model, monkeypat
     monkeypatch.setattr(iso_a, "BUFFER_BYTES", 1)  # one row per block
     run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", output=tmp_path / "o.zarr")
     stored = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
-    np.testing.assert_allclose(np.asarray(stored["mean"]), whole, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(stored["mean/0"]), whole)  # one row per block or all at once: the same
     assert stored.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
-    assert stored["std"].shape == whole.shape
+    assert stored["uncertainty/0"].shape == whole.shape and stored["uncertainty/0"].chunks[1] == 1  # a block owns its chunks
 
 
 def test_neighbouring_xz_planes_share_their_noise(oracle_model):
@@ -146,10 +146,14 @@ def test_a_2d_image_or_single_slice_is_refused(sstem_small):
         ISO.check_input(sstem_small[:1], opts)
 
 
-def test_cancel_keeps_the_xz_planes_finished_in_the_current_block(oracle_model):
-    """Rows are buffered in blocks; a cancel half-way through a block must not lose its finished rows."""
+def test_cancel_keeps_the_finished_blocks_of_rows(oracle_model, monkeypatch):
+    """Rows are predicted in blocks (two rows each here); a cancel during the second block keeps
+    the first, with its input slices, and nothing of the second."""
     from napari_emdiffuse.jobs.events import new_cancel_token
     from napari_emdiffuse.jobs.predict import predict
+    from napari_emdiffuse.variants import iso_a
+
+    monkeypatch.setattr(iso_a, "BUFFER_BYTES", 9000)  # 2 rows of a (10, 40) output and (4, 40) input
 
     calls = {"n": 0, "cancel_at": None}
     token = new_cancel_token()
@@ -157,7 +161,7 @@ def test_cancel_keeps_the_xz_planes_finished_in_the_current_block(oracle_model):
     def answer(c, x):
         calls["n"] += 1
         if calls["n"] == calls["cancel_at"]:
-            token.set()  # from the worker: lands during the third xz plane, whatever the event queue does
+            token.set()  # from the worker: lands during the third xz plane (second block), whatever the event queue does
         return c[:, :1] + 0.1 * c[:, 1:]
 
     model = oracle_model("vemdiffuse-a-tiny", {"factor": 3}, answer, 1, 2)

@@ -36,7 +36,7 @@ def test_geometry_for_every_factor(k):
     g = ISO.output_geometry((7, 40, 50), (0.04, 0.005, 0.005), opts)
     assert g.shape == (6 * k + 1, 40, 50)
     assert g.voxel == pytest.approx((0.04 / k, 0.005, 0.005))
-    assert ISO.plan((7, 40, 50), opts) == [(40, 50)] * 6
+    assert [p for b in ISO.blocks((7, 40, 50), opts) for p in b.planes] == [(40, 50)] * 6
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2.5, 13, -4, "four"])

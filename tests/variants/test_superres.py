@@ -28,7 +28,8 @@ def test_geometry_divides_pixel_size_for_2d_and_stacks(factor):
     g3 = SR.output_geometry((3, 50, 70), (0.05, 0.008, 0.006), opts)
     assert g3.shape == (3, 50 * factor, 70 * factor)
     assert g3.voxel == pytest.approx((0.05, 0.008 / factor, 0.006 / factor))  # z untouched
-    assert SR.plan((3, 50, 70), opts) == [(50 * factor, 70 * factor)] * 3
+    assert [p for b in SR.blocks((3, 50, 70), opts) for p in b.planes] == [(50 * factor, 70 * factor)] * 3
+    assert g3.origin == pytest.approx((0.0, (0.5 / factor - 0.5) * 0.008, (0.5 / factor - 0.5) * 0.006))  # pixel centres aligned
 
 
 @pytest.mark.parametrize("bad", [0, 1, -2, 2.5, 5, "2x", True, None])

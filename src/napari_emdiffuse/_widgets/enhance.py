@@ -471,7 +471,7 @@ class EnhanceWidget(DockWidget):
         if event.complete:
             self._add_results(event)
             return
-        region = self._finished(event)
+        region = event.finished
         if region is None:
             self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
             return
@@ -479,12 +479,6 @@ class EnhanceWidget(DockWidget):
         where = f" (also in {self._plan.output})" if self._plan.output else ""
         self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
 
-    def _finished(self, event: Any) -> tuple[slice, ...] | None:
-        from ..variants import get_variant
-
-        variant = get_variant(self._plan.model.variant)
-        options = variant.options(self._plan.model.preset.variant_options)
-        return variant.finished_region(tuple(event.mean.shape), event.planes_done, options)
 
     def _on_done(self, error: BaseException | None) -> None:
         self._plan = None

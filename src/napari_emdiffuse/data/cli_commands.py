@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..arg_types import number, whole
+from ..arg_types import number, variant_option, whole
 from ..errors import InputError, naming
 from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 
@@ -54,14 +53,7 @@ def _options(args: argparse.Namespace) -> tuple[str, dict[str, Any], int | None]
 
         preset = load_preset(args.preset)
         variant, options, patch = preset.variant, dict(preset.variant_options), preset.train.patch_size
-    for text in args.variant_option or []:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise InputError(f"--option {text!r}: expected KEY=VALUE, e.g. factor=2")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options.update(variant_option(text) for text in args.variant_option or [])
     return variant or "denoise", options, patch
 
 
@@ -187,8 +179,9 @@ def _prediction_info(path: Path) -> bool:
         return False
     group = zarr.open_group(str(path), mode="r")
     print(f"prediction: {path}")
-    for name, arr in sorted(group.arrays()):
-        print(f"  {name:<8} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
+    arrays = [(n, a) for n, a in group.members(max_depth=None) if isinstance(a, zarr.Array) and not n.startswith(".")]
+    for name, arr in sorted(arrays):  # an image's level is NAME/0
+        print(f"  {name.removesuffix('/0'):<11} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
     print(f"voxel:    {_voxel_text(tuple(attrs['voxel_size']))}" if attrs.get("voxel_size") else "voxel:    unknown")
     print("\n".join(_provenance_lines(attrs)))
     return True

@@ -160,8 +160,14 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+#: the root attributes of a prediction store from before stores carried ``created_by``
+OLD_PREDICTION_KEYS = {"voxel_size", "variant", "complete"}
+
+
 def own_attrs(path: Path) -> dict[str, Any] | None:
-    """The attributes of a zarr store we wrote (v2 ``.zattrs`` or v3 ``zarr.json``), else None."""
+    """The attributes of a zarr store we wrote (v2 ``.zattrs`` or v3 ``zarr.json``), else None.
+    A prediction store of the old layout (those root attributes, a ``mean`` array, zarr v2)
+    is recognised as ours too, so that ``--overwrite`` can replace it."""
     for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
         try:
             attrs = json.loads((path / name).read_text())
@@ -169,6 +175,8 @@ def own_attrs(path: Path) -> dict[str, Any] | None:
             continue
         attrs = attrs.get(key, {}) if key else attrs
         if isinstance(attrs, dict) and attrs.get(CREATED_BY) == SOFTWARE:
+            return attrs
+        if name == ".zattrs" and isinstance(attrs, dict) and set(attrs) == OLD_PREDICTION_KEYS and (path / "mean" / ".zarray").is_file():
             return attrs
     return None
 

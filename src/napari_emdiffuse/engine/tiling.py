@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .device import is_out_of_memory
+from .rng import splitmix
 from .samplers import Sampler
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,6 @@ def ramp(n: int, overlap: int, start: bool = True, end: bool = True) -> np.ndarr
     return w
 
 
-def _splitmix(*keys: int) -> int:
-    """A 63-bit hash of integers (splitmix64 steps), used to seed position-keyed noise."""
-    z = 0x9E3779B97F4A7C15
-    for k in keys:
-        z = (z ^ (k & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        z ^= z >> 31
-    return z & 0x7FFFFFFFFFFFFFFF
-
-
 def keyed_noise(seed: int, sample: int, step: int, channels: int, y0: int, x0: int, h: int, w: int) -> torch.Tensor:
     """Gaussian noise for the image region ``[y0:y0+h, x0:x0+w]``, the same whichever tile asks."""
     b = NOISE_BLOCK
@@ -99,7 +90,7 @@ def keyed_noise(seed: int, sample: int, step: int, channels: int, y0: int, x0: i
     g = torch.Generator()
     for by in range(by0, by1):
         for bx in range(bx0, bx1):
-            g.manual_seed(_splitmix(seed, sample, step, by, bx))
+            g.manual_seed(splitmix(seed, sample, step, by, bx))
             yy, xx = (by - by0) * b, (bx - bx0) * b
             out[:, yy : yy + b, xx : xx + b] = torch.randn(channels, b, b, generator=g)
     oy, ox = y0 - by0 * b, x0 - bx0 * b
@@ -201,7 +192,7 @@ class TiledSampler:
         done = progress_offset
         batch = self.batch
         pos = 0
-        plane_seed = _splitmix(self.seed, plane_key)
+        plane_seed = splitmix(self.seed, plane_key)
 
         def ensure_rows(rows: int) -> None:
             nonlocal acc, wsum

@@ -99,9 +99,9 @@ class PredictResult:
     """The estimate (``mean``: the best estimate or the mean of the samples) and the uncertainty
     (``std``: the pooled error map) in the input's units; ``samples`` only when asked for;
     ``lower``/``upper``, the calibrated interval, only for a calibrated model. Arrays are numpy,
-    or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (planes
-    not reached are zero); ``planes_done`` counts the planes of the variant's plan that were
-    sampled (its ``finished_region`` says which part of the output they fill).
+    or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (blocks
+    not reached are zero); ``finished`` is the part of the output that is complete (``()``: all
+    of it, None: nothing).
     ``written``: the files or store the job wrote (partial names after a cancel)."""
 
     mean: Any
@@ -109,7 +109,7 @@ class PredictResult:
     samples: Any | None
     voxel: tuple[float, ...]
     complete: bool = True
-    planes_done: int = 0
+    finished: tuple[slice, ...] | None = ()
     lower: Any | None = None
     upper: Any | None = None
     written: tuple[Path, ...] = ()

@@ -8,53 +8,30 @@ it within one sampler step and keeps what was finished.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import queue
+from dataclasses import replace
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .. import __version__, uncertainty
 from ..config import SampleConfig
-from ..data.normalise import Normaliser, fit_normaliser, to_dtype
+from ..data.normalise import Normaliser, fit_normaliser
 from ..data.safe_output import SOFTWARE
-from ..engine.device import autocast, configure_backends, prepare_network, select_device
-from ..engine.diffusion import Denoiser, Schedule
-from ..engine.samplers import get_sampler, posterior_mean
-from ..engine.tiling import TiledSampler
-from ..errors import Cancelled
+from ..engine.device import select_device
+from ..errors import Cancelled, InputError
 from ..model_file import Model
 from ..variants import get_variant
+from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
-from .predict_output import PredictionOutput, describe_region, in_memory
+from .predict_output import PredictionOutput, describe_region, finish_in_memory, in_memory
 
 log = logging.getLogger(__name__)
-
-
-ESTIMATES = ("best", "mean")
-
-
-class _Discard:
-    """An output that keeps nothing (the sampling pass's mean, when the best estimate is the output)."""
-
-    def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        pass
-
-
-_DISCARD = _Discard()
-
-
-class _Cast:
-    """Output wrapper converting float results to an integer dtype (clipped and rounded)."""
-
-    def __init__(self, target: Any, dtype: np.dtype) -> None:
-        self.target, self.dtype, self.shape = target, np.dtype(dtype), target.shape
-
-    def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        self.target[key] = to_dtype(value, self.dtype)
 
 
 def _normaliser_for(model: Model, image: Any) -> Normaliser:
@@ -84,15 +61,20 @@ def predict(
     estimate: str = "best",
     alpha: float | None = None,
     origin: Sequence[float] | None = None,
+    resume: bool = False,
+    cluster: str | None = None,
 ) -> Iterator[Any]:
-    """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``.
+    """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``, block by block (see :mod:`.blocks`).
 
     ``sample`` overrides the model's sampling settings (sampler, steps, samples, tiles).
     ``out_dtype`` is "float32" or "input" (the input's dtype, clipped and rounded).
     ``output``: ``OUT.tif`` writes ``OUT.tif`` and ``OUT_uncertainty.tif`` at the end;
-    ``OUT.zarr`` a zarr group (arrays ``mean``, ``std``, ``samples``) tile by tile, for results
-    larger than memory (see :mod:`.predict_output`: nothing existing is replaced without
-    ``overwrite``, a cancelled run writes only its finished planes, as partial files).
+    ``OUT.zarr`` an OME-Zarr store (images ``mean``, ``uncertainty``, ``lower``, ``upper``,
+    ``samples``) block by block, for results larger than memory, which ``resume`` continues
+    after a cancel or a kill (see :mod:`.predict_output`: nothing existing is replaced without
+    ``overwrite``, a cancelled run writes only its finished blocks, as partial files).
+    ``cluster`` runs the blocks on dask workers (:mod:`.cluster`: ``local:N``,
+    ``tcp://host:port`` or a cluster file); it needs a zarr output.
     ``normaliser`` fixes the intensity statistics (otherwise they are measured on the whole
     input). ``model_name`` and ``origin`` (the first output pixel's position in µm, per axis:
     where a result of part of an image lies) are recorded in the output's provenance. ``compile`` runs the network
@@ -107,9 +89,14 @@ def predict(
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
+    if origin is not None:  # the caller knows where the first output pixel lies (a part of an image)
+        geometry = replace(geometry, translation=tuple(float(o) for o in origin))
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
     n_samples = cfg.samples if keep_samples else 0
-    out = PredictionOutput(output, input_paths, overwrite, n_samples) if output is not None else None
+    calibration = model.calibration
+    out = PredictionOutput(output, input_paths, overwrite, n_samples, bool(calibration), resume) if output is not None else None
+    if cluster is not None and (out is None or not out.names.store):
+        raise InputError("--cluster writes its blocks into a zarr store: give --output OUT.zarr")
     try:
         if out is not None:  # before any computation: a refusal now costs nothing
             out.claim(int(np.prod(geometry.shape)) * (dtype.itemsize * (1 + n_samples) + 4))
@@ -118,7 +105,8 @@ def predict(
         for note in (variant.voxel_warning(voxel, options), model.quality_warning()):
             if note:
                 yield Message(note, "warning")
-        calibration = model.calibration
+        if out is not None and not calibration:
+            yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
         q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
         if calibration and (cfg.samples, cfg.steps, cfg.sampler) != (calibration["samples"], calibration["steps"], calibration["sampler"]):
             yield Message(
@@ -129,10 +117,9 @@ def predict(
         dev = select_device(device)
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
-        configure_backends(dev)
-        network = prepare_network(model.network.eval(), dev, compile=compile)
-        denoiser = Denoiser.from_config(network, model.preset.diffusion)
-        sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
+        runner = BlockRunner(model, cfg, normaliser, dev, estimate, keep_samples, compile)
+        blocks = runner.blocks(image.shape)
+        shape = geometry.shape
 
         provenance = {
             "software": f"{SOFTWARE} {__version__}",
@@ -143,95 +130,85 @@ def predict(
             "input": [str(Path(p).resolve()) for p in input_paths],
             "voxel_size": list(geometry.voxel),
             **({"origin": [float(o) for o in origin]} if origin is not None else {}),
+            "resume_key": {
+                "model": model_digest(model),
+                "input_shape": list(image.shape),
+                "normaliser": normaliser.to_dict(),
+                "variant_options": options.model_dump(mode="json"),
+                "settings": cfg.model_dump(mode="json"),
+                "estimate": estimate,
+                "dtype": dtype.str,
+                "samples_kept": n_samples,
+            },
         }
-        shape = geometry.shape
         if out is not None:
-            out_mean, out_std, out_samples = out.allocate(shape, dtype, n_samples, provenance)
+            if resume and out.resumable is None:
+                yield Message(f"nothing to resume for {out.names.mean}: starting from the first block", "info")
+            out_mean, out_std, out_samples, done = out.allocate(shape, dtype, n_samples, provenance, blocks, geometry)
+            if any(done):
+                yield Message(f"resuming {out.resumable}: {sum(done)} of {len(blocks)} blocks are done", "info")
         else:
             out_mean, out_std, out_samples = in_memory(shape, dtype, n_samples)
-        mean_w = _Cast(out_mean, dtype) if dtype != np.float32 else out_mean
-        samples_w = _Cast(out_samples, dtype) if out_samples is not None and dtype != np.float32 else out_samples
+            done = [False] * len(blocks)
 
         events: queue.Queue = queue.Queue()
+        todo = [b for b in blocks if not done[b.index]]
+        total = sum(runner.steps(b) for b in todo)
 
-        def on_step(done: int, total: int) -> None:
+        def on_step(step: int, of: int) -> None:
             if cancel.is_set():
                 raise Cancelled("prediction cancelled")
-            events.put(Progress(done, total, "sampling"))
-
-        def tiler_for(sampler: Any, levels: torch.Tensor, samples: int) -> TiledSampler:
-            return TiledSampler(
-                denoiser,
-                sampler,
-                levels,
-                out_channels=model.info.out_channels,
-                size_multiple=network.size_multiple,
-                tile_size=cfg.tile_size,
-                overlap=cfg.overlap,
-                samples=samples,
-                tile_batch=cfg.tile_batch,
-                device=dev,
-                seed=cfg.seed,
-                eta=cfg.eta,
-                step_callback=on_step,
-            )
-
-        sampling = tiler_for(get_sampler(cfg.sampler), sigmas, cfg.samples)
-        # the best estimate: one pass at the highest noise level (posterior_mean uses sigmas[0] only)
-        tilers = [tiler_for(posterior_mean, sigmas[[0, -1]], 1), sampling] if estimate == "best" else [sampling]
-        total = sum(t.count_steps(h, w) for h, w in variant.plan(image.shape, options) for t in tilers)
-        progress = {"offset": 0, "planes": 0}
-
-        def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
-            with torch.inference_mode(), autocast(dev, inference=True):
-                for tiler in tilers:
-                    # with a best estimate, the sampling pass gives only the spread (and the samples)
-                    target = _DISCARD if tiler is sampling and len(tilers) > 1 else mean
-                    spread = (std, samples) if tiler is sampling else (None, None)
-                    tiler.run(read, h, w, target, *spread, plane_key, progress["offset"], total)
-                    progress["offset"] += tiler.count_steps(h, w)
-            progress["planes"] += 1
+            events.put(Progress(step, of, "sampling"))
 
         def work() -> None:
-            variant.predict(image, options, normaliser, run_plane, mean_w, out_std, samples_w)
+            offset = 0
+            for block in todo:
+                result = runner.run(image, block, on_step, offset, total)
+                write_block(result, out_mean, out_std, out_samples)
+                if out is not None:
+                    out.mark_done(block)
+                done[block.index] = True
+                offset += runner.steps(block)
 
-        yield Progress(0, total, "sampling")
         complete = True
         try:
-            yield from _in_thread(work, events, cancel)
+            if cluster is not None:
+                from .cluster import WorkerSpec, run_on_cluster
+
+                spec = WorkerSpec(model, image, cfg, normaliser, device, estimate, keep_samples)
+                yield from run_on_cluster(cluster, spec, todo, out, done, cancel)
+            else:
+                yield Progress(0, total, "sampling")
+                yield from _in_thread(work, events, cancel)
         except Cancelled:
             complete = False
-        bounds = _error_map_and_bounds(out_mean, out_std, q if out is None else None)
-        region = () if complete else variant.finished_region(shape, progress["planes"], options)
-        written: list[Path] = []
+        complete = complete and all(done)
+        region = () if complete else finished_region(blocks, done)
         if out is not None:
-            written, (out_mean, out_std, out_samples) = out.finish(out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance)
+            written, (out_mean, out_std, out_samples, lower, upper) = out.finish(
+                out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q
+            )
+        else:
+            written, (out_mean, out_std, out_samples, lower, upper) = [], finish_in_memory(out_mean, out_std, out_samples, q)
         if not complete:
             if region is None:
-                kept = "no plane was finished, nothing is written" if out is not None else "no plane was finished"
+                kept = "no block was finished, nothing is written" if out is not None else "no block was finished"
             else:
                 kept = "the finished part " + describe_region(region, shape) + (f" is in {', '.join(map(str, written))}" if written else "")
             yield Message(f"cancelled: {kept}", "warning")
-        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, progress["planes"], *bounds, tuple(written))
+        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, region, lower, upper, tuple(written))
     finally:
         if out is not None:
             out.close()
 
 
-def _error_map_and_bounds(mean: Any, std: Any, q: float | None) -> tuple[Any, Any]:
-    """Plane by plane: the samples' spread becomes the pooled error map (:func:`..uncertainty.error_map`);
-    with a calibration scale ``q``, also the interval ``mean -+ q u`` (in memory)."""
-    lower = upper = None
-    if q is not None:
-        lower, upper = np.zeros(std.shape, np.float32), np.zeros(std.shape, np.float32)
-    planes = [...] if len(std.shape) == 2 else range(std.shape[0])
-    for z in planes:
-        u = uncertainty.error_map(np.asarray(std[z]))
-        std[z] = u
-        if q is not None:
-            m = np.asarray(mean[z], np.float32)
-            lower[z], upper[z] = m - q * u, m + q * u
-    return lower, upper
+def model_digest(model: Model) -> str:
+    """A hash of the model's description and weights: a store is resumed only with the same model."""
+    h = hashlib.sha256(json.dumps(model.to_json(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.network.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _in_thread(work: Callable[[], None], events: queue.Queue, cancel: CancelToken) -> Iterator[Any]:

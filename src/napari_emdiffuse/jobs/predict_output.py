@@ -1,26 +1,33 @@
-"""Where a prediction goes: its names, claimed before computing, written when it ends.
+"""Where a prediction goes: its names, claimed before computing, written as it runs or ends.
 
-``OUT.tif`` means ``OUT.tif`` (the mean), ``OUT_uncertainty.tif`` (and ``OUT_sample{k}.tif``),
-written when the computation ends; ``OUT.zarr`` one store with arrays ``mean``, ``std`` (and
-``samples``) filled tile by tile. Before anything is computed every name is checked (inputs,
-existing files, ``overwrite``), locked and the free space measured (:mod:`..data.safe_output`).
+``OUT.tif`` means ``OUT.tif`` (the estimate), ``OUT_uncertainty.tif``, for a calibrated model
+``OUT_lower.tif`` / ``OUT_upper.tif`` (and ``OUT_sample{k}.tif``), written when the computation
+ends. ``OUT.zarr`` is an OME-Zarr 0.5 store filled block by block: one image per result
+(``mean``, ``uncertainty``, ``lower``, ``upper``, ``samples``, each with its scale, units and
+translation), a done-marker per block (``.blocks_done``) and, until it ends, the samples'
+raw spread (``.spread``) from which the uncertainty is pooled. Before anything is computed every
+name is checked (inputs, existing files, ``overwrite``), locked and the free space measured
+(:mod:`..data.safe_output`).
 
-A cancelled run keeps only finished planes: TIFFs named ``OUT.partial.tif`` /
-``OUT_uncertainty.partial.tif``, or the store renamed ``OUT.partial.zarr`` with ``complete:
-false`` and the number of finished planes. Nothing is left under the final names unless it is
-complete; a killed run leaves at most a hidden temporary (``.OUT.zarr.tmp-PID-...``).
+A cancelled run keeps only finished blocks: TIFFs named ``OUT.partial.tif`` ..., or the store
+renamed ``OUT.partial.zarr`` with ``complete: false``; a killed run leaves its store under a
+hidden temporary name (``.OUT.zarr.tmp-PID-...``). ``resume`` continues either, computing only
+the blocks not marked done, and refuses a store made with another model, input or settings.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside
+from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs
 from ..errors import InputError
+from ..variants.base import Block, Geometry
+from .blocks import block_chunks
 
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 STORE_SUFFIXES = (".zarr",)
@@ -45,18 +52,20 @@ class OutputNames:
     mean: Path
     std: Path | None
     samples: tuple[Path, ...]
+    bounds: tuple[Path, ...] = ()
 
     @classmethod
-    def for_path(cls, path: str | Path, n_samples: int = 0) -> "OutputNames":
+    def for_path(cls, path: str | Path, n_samples: int = 0, bounds: bool = False) -> "OutputNames":
         path = Path(path)
         stem, suffix = split_suffix(path)
         if suffix in STORE_SUFFIXES:
             return cls(True, path, None, ())
         named = lambda tail: path.with_name(f"{stem}{tail}{suffix}")  # noqa: E731
-        return cls(False, path, named("_uncertainty"), tuple(named(f"_sample{k}") for k in range(n_samples)))
+        samples = tuple(named(f"_sample{k}") for k in range(n_samples))
+        return cls(False, path, named("_uncertainty"), samples, (named("_lower"), named("_upper")) if bounds else ())
 
     def finals(self) -> list[Path]:
-        return [p for p in (self.mean, self.std, *self.samples) if p is not None]
+        return [p for p in (self.mean, self.std, *self.bounds, *self.samples) if p is not None]
 
     @staticmethod
     def partial(path: Path) -> Path:
@@ -71,7 +80,7 @@ def in_memory(shape: tuple[int, ...], dtype: np.dtype, n_samples: int) -> tuple[
 
 
 def region_bounds(region: tuple[slice, ...], shape: Sequence[int]) -> list[list[int]]:
-    """``[start, stop]`` per axis of the output that ``region`` (a variant's ``finished_region``) covers."""
+    """``[start, stop]`` per axis of the output that ``region`` (:func:`.blocks.finished_region`) covers."""
     full = tuple(region) + (slice(None),) * (len(shape) - len(region))
     return [list(s.indices(int(n))[:2]) for s, n in zip(full, shape)]
 
@@ -87,74 +96,171 @@ def describe_region(region: tuple[slice, ...], shape: Sequence[int]) -> str:
     return f"({describe_bounds(region_bounds(region, shape), shape)})"
 
 
-class PredictionOutput:
-    """One prediction's output, from the checks before the run to the files after it."""
+#: the arrays of a store that are not results: block done-markers, the samples' raw spread
+DONE, SPREAD = ".blocks_done", ".spread"
 
-    def __init__(self, path: str | Path, inputs: Sequence[Path | None], overwrite: bool, n_samples: int = 0) -> None:
-        self.names = OutputNames.for_path(path, n_samples)
-        self.inputs, self.overwrite = list(inputs), overwrite
+
+def pool_uncertainty(mean: Any, spread: Any, q: float | None, uncertainty: Any, lower: Any = None, upper: Any = None) -> None:
+    """Plane by plane (numpy or zarr): the samples' spread pooled into the error map
+    (:func:`..uncertainty.error_map`) and, with a calibration scale ``q``, the interval
+    ``mean -+ q u``. ``uncertainty`` may be ``spread`` itself (in memory)."""
+    from .. import uncertainty as unc
+
+    planes = [...] if len(spread.shape) == 2 else range(spread.shape[0])
+    for z in planes:
+        u = unc.error_map(np.asarray(spread[z]))
+        uncertainty[z] = u
+        if q is not None:
+            m = np.asarray(mean[z], np.float32)
+            lower[z], upper[z] = m - q * u, m + q * u
+
+
+def finish_in_memory(mean: np.ndarray, spread: np.ndarray, samples: Any, q: float | None) -> tuple[Any, Any, Any, Any, Any]:
+    """An in-memory result: the spread pooled in place into the error map, and the interval."""
+    lower, upper = (np.zeros(mean.shape, np.float32), np.zeros(mean.shape, np.float32)) if q is not None else (None, None)
+    pool_uncertainty(mean, spread, q, spread, lower, upper)
+    return mean, spread, samples, lower, upper
+
+
+def ome_image_attrs(name: str, voxel: Sequence[float], origin: Sequence[float], lead: str | None = None) -> dict[str, Any]:
+    """OME-Zarr 0.5 metadata of a one-level image ``name`` with spatial axes of ``voxel`` µm, its
+    first pixel at ``origin`` µm; ``lead`` names a leading non-spatial axis (the samples)."""
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"[-len(voxel) :]]
+    scale, shift = [float(v) for v in voxel], [float(o) for o in origin]
+    if lead:
+        axes, scale, shift = [{"name": lead, "type": "channel"}, *axes], [1.0, *scale], [0.0, *shift]
+    transforms = [{"type": "scale", "scale": scale}, {"type": "translation", "translation": shift}]
+    multiscale = {"name": name, "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": transforms}]}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
+
+
+def _dead_temps(final: Path) -> list[Path]:
+    """Stores a killed run left under a hidden temporary name beside ``final``."""
+    return [p for p in final.parent.glob(f".{final.name}.tmp-*") if p.is_dir()]
+
+
+class PredictionOutput:
+    """One prediction's output, from the checks before the run to the files after it.
+
+    ``bounds``: the model is calibrated, so ``lower`` / ``upper`` are written too. ``resume``
+    (stores only): continue a store this output left unfinished (see the module docstring).
+    """
+
+    def __init__(
+        self, path: str | Path, inputs: Sequence[Path | None], overwrite: bool, n_samples: int = 0, bounds: bool = False, resume: bool = False
+    ) -> None:
+        self.names = OutputNames.for_path(path, n_samples, bounds)
+        self.inputs, self.overwrite, self.bounds, self.resume = list(inputs), overwrite, bounds, resume
         self.lock: Lock | None = None
         self.staged: StagedStore | None = None
+        self.resumable: Path | None = None
+        self.done: Any = None
 
     def claim(self, nbytes: int) -> None:
-        """Refuse now, before computing, whatever would fail or destroy something at the end."""
+        """Refuse now, before computing, whatever would fail or destroy something at the end;
+        with ``resume``, find the unfinished store to continue (:attr:`resumable`)."""
+        if self.resume and not self.names.store:
+            raise InputError(f"{self.names.mean}: --resume continues a zarr output (OUT.zarr); a TIFF is written only at the end")
         names = self.names.finals()
         every = names + [OutputNames.partial(p) for p in names]
+        partial = OutputNames.partial(self.names.mean)
         for p in every:
-            check_new_output(p, self.inputs, self.overwrite)
-        self.lock = lock_beside(self.names.mean, every).acquire()  # also proves the folder writable
+            if not (self.resume and p == partial):
+                check_new_output(p, self.inputs, self.overwrite)
+        # taking over a dead run's lock removes its temporaries, except the store a resume continues
+        cleared = [p for p in every if not (self.resume and p == self.names.mean)]
+        self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
+        if self.resume:  # with the lock held, a temporary store beside is a killed run's
+            found = [p for p in (partial, *_dead_temps(self.names.mean)) if p.is_dir()]
+            self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
         check_space(self.names.mean.parent, nbytes)
 
-    def allocate(self, shape: tuple[int, ...], dtype: np.dtype, n_samples: int, attrs: dict[str, Any]) -> tuple[Any, Any, Any]:
-        """Arrays for mean, std and samples (None without ``n_samples``): in memory for TIFFs,
-        in a store built beside the final one for zarr."""
-        chunks = (1,) * (len(shape) - 2) + tuple(min(s, 512) for s in shape[-2:])
+    def allocate(
+        self, shape: tuple[int, ...], dtype: np.dtype, n_samples: int, attrs: dict[str, Any], blocks: Sequence[Block], geometry: Geometry
+    ) -> tuple[Any, Any, Any, list[bool]]:
+        """Arrays for mean, spread and samples (None without ``n_samples``) and which blocks are
+        already done: in memory for TIFFs; for zarr an OME-Zarr store built beside the final
+        one (or the resumed store, whose ``attrs["resume_key"]`` must match), chunked so that
+        each block owns whole chunks."""
         if not self.names.store:
-            return in_memory(shape, dtype, n_samples)
+            return (*in_memory(shape, dtype, n_samples), [False] * len(blocks))
         import zarr
 
         self.staged = StagedStore(self.names.mean)
-        group = zarr.open_group(str(self.staged.path), mode="w-")
-        group.attrs.update({CREATED_BY: SOFTWARE, **attrs, "complete": False, "finished": None, "shape": list(shape)})
-        mean = group.zeros(name="mean", shape=shape, dtype=dtype, chunks=chunks)
-        std = group.zeros(name="std", shape=shape, dtype=np.float32, chunks=chunks)
-        samples = group.zeros(name="samples", shape=(n_samples, *shape), dtype=dtype, chunks=(1, *chunks)) if n_samples else None
-        return mean, std, samples
+        if self.resumable is not None:
+            _check_resumable(self.resumable, attrs["resume_key"])
+            os.rmdir(self.staged.path)
+            os.rename(self.resumable, self.staged.path)
+            group = zarr.open_group(str(self.staged.path), mode="r+")
+            group.attrs.update({"complete": False, "finished": None})
+        else:
+            group = _create_store(self.staged.path, shape, dtype, n_samples, attrs, blocks, geometry, self.bounds)
+        mean, spread, samples, self.done = open_block_arrays(self.staged.path)
+        return mean, spread, samples, [bool(v) for v in self.done[:]]
+
+    def mark_done(self, block: Block) -> None:
+        """Record a finished block in the store (nothing to record in memory)."""
+        if self.done is not None:
+            self.done[block.index] = 1
+
+    @property
+    def store_path(self) -> Path | None:
+        """Where the store is being written (None for TIFFs): for workers writing blocks."""
+        return self.staged.path if self.staged is not None else None
 
     def finish(
-        self, mean: Any, std: Any, samples: Any, complete: bool, region: tuple[slice, ...] | None, voxel: Sequence[float], provenance: dict[str, Any]
-    ) -> tuple[list[Path], tuple[Any, Any, Any]]:
-        """Write what is complete: everything under the final names, or after a cancel the
-        finished ``region`` (a variant's ``finished_region``; None: nothing) as partial TIFFs,
-        or the whole store, marked incomplete, under its partial name. Returns the paths
-        written and the result arrays (a store's arrays reopened where it now lies)."""
+        self,
+        mean: Any,
+        spread: Any,
+        samples: Any,
+        complete: bool,
+        region: tuple[slice, ...] | None,
+        voxel: Sequence[float],
+        provenance: dict[str, Any],
+        q: float | None,
+    ) -> tuple[list[Path], tuple[Any, Any, Any, Any, Any]]:
+        """Pool the uncertainty and write what is complete: everything under the final names, or
+        after a cancel the finished ``region`` (:func:`.blocks.finished_region`; None: nothing)
+        as partial TIFFs, or the whole store, marked incomplete, under its partial name. Returns
+        the paths written and the result arrays (mean, uncertainty, samples, lower, upper; a
+        store's reopened where it now lies)."""
         shape = tuple(mean.shape)
         bounds = region_bounds(region, shape) if region is not None else None
         status = {"complete": complete, "finished": bounds, "shape": list(shape)}
         if self.names.store:
-            return self._finish_store(complete, status)
+            return self._finish_store(mean, spread, q, complete, status)
+        arrays = finish_in_memory(mean, spread, samples, q)
+        lower, upper = arrays[3:]
         if region is None:
-            return [], (mean, std, samples)
+            return [], arrays
         where = (lambda p: p) if complete else OutputNames.partial  # noqa: E731
         from ..data.io import write_tiff
 
         about = {**provenance, **status}
         written = [write_tiff(where(self.names.mean), mean[region], voxel, self.inputs, provenance=about)]
-        written.append(write_tiff(where(self.names.std), std[region], voxel, self.inputs, provenance={**about, "role": "uncertainty"}))
+        written.append(write_tiff(where(self.names.std), spread[region], voxel, self.inputs, provenance={**about, "role": "uncertainty"}))
+        if lower is not None and self.names.bounds:
+            for role, p, a in zip(("lower", "upper"), self.names.bounds, (lower, upper)):
+                written.append(write_tiff(where(p), a[region], voxel, self.inputs, provenance={**about, "role": f"{role} bound"}))
         for k, p in enumerate(self.names.samples):
             written.append(write_tiff(where(p), samples[k][region], voxel, self.inputs, provenance={**about, "role": f"sample {k}"}))
-        return written, (mean, std, samples)
+        return written, arrays
 
-    def _finish_store(self, complete: bool, status: dict[str, Any]) -> tuple[list[Path], tuple[Any, Any, Any]]:
+    def _finish_store(
+        self, mean: Any, spread: Any, q: float | None, complete: bool, status: dict[str, Any]
+    ) -> tuple[list[Path], tuple[Any, Any, Any, Any, Any]]:
         import zarr
 
         assert self.staged is not None
         group = zarr.open_group(str(self.staged.path), mode="r+")
+        bounds = (group["lower/0"], group["upper/0"]) if q is not None and "lower" in group else (None, None)
+        pool_uncertainty(mean, spread, q if bounds[0] is not None else None, group["uncertainty/0"], *bounds)
         group.attrs.update(status)
+        if complete:  # the raw spread is needed only to resume
+            del group[SPREAD]
         path = self.staged.commit(None if complete else OutputNames.partial(self.names.mean))
         self.staged = None
-        group = zarr.open_group(str(path), mode="r")
-        return [path], (group["mean"], group["std"], group["samples"] if "samples" in group else None)
+        return [path], result_arrays(path)
 
     def close(self) -> None:
         """Remove an unfinished temporary store and release the lock (also after an error)."""
@@ -164,3 +270,59 @@ class PredictionOutput:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def _create_store(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, n_samples: int, attrs: dict[str, Any], blocks: Sequence[Block], geometry: Geometry, bounds: bool
+) -> Any:
+    import zarr
+
+    chunks = block_chunks(shape, blocks)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs.update({CREATED_BY: SOFTWARE, **attrs, "complete": False, "finished": None, "shape": list(shape), "blocks": len(blocks)})
+    images = [("mean", dtype), ("uncertainty", np.float32)] + ([("lower", np.float32), ("upper", np.float32)] if bounds else [])
+    axes = tuple("zyx"[-len(shape) :])  # OME-Zarr 0.5: the arrays name their axes as the metadata does
+    for name, dt in images:
+        image = group.create_group(name, attributes=ome_image_attrs(name, geometry.voxel, geometry.origin))
+        image.create_array("0", shape=shape, dtype=dt, chunks=chunks, fill_value=0, dimension_names=axes)
+    if n_samples:
+        image = group.create_group("samples", attributes=ome_image_attrs("samples", geometry.voxel, geometry.origin, lead="sample"))
+        image.create_array("0", shape=(n_samples, *shape), dtype=dtype, chunks=(1, *chunks), fill_value=0, dimension_names=("sample", *axes))
+    group.create_array(SPREAD, shape=shape, dtype=np.float32, chunks=chunks, fill_value=0)
+    group.create_array(DONE, shape=(len(blocks),), dtype=np.uint8, chunks=(1,), fill_value=0)
+    return group
+
+
+def open_block_arrays(path: Path) -> tuple[Any, Any, Any, Any]:
+    """The arrays blocks are written into (mean, raw spread, samples or None, done-markers) of
+    the store being written at ``path`` (in this process or on a worker)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    samples = group["samples/0"] if "samples" in group else None
+    return group["mean/0"], group[SPREAD], samples, group[DONE]
+
+
+def result_arrays(path: Path) -> tuple[Any, Any, Any, Any, Any]:
+    """Mean, uncertainty, samples, lower and upper (None where absent) of a finished store."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    get = lambda name: group[f"{name}/0"] if name in group else None  # noqa: E731
+    return get("mean"), get("uncertainty"), get("samples"), get("lower"), get("upper")
+
+
+def _check_resumable(path: Path, key: dict[str, Any]) -> None:
+    """Refuse to continue a store that is not ours, or was made with another model, input or settings."""
+    attrs = own_attrs(path)
+    if attrs is None:
+        raise InputError(f"{path}: not an output of {SOFTWARE}; refusing to resume into it")
+    old = attrs.get("resume_key")
+    if not isinstance(old, dict) or not (path / DONE).is_dir():
+        raise InputError(f"{path}: made by an older version of {SOFTWARE} without block markers; it cannot be resumed (add --overwrite to start again)")
+    for name in sorted(set(old) | set(key)):
+        if old.get(name) != key.get(name):
+            raise InputError(
+                f"{path}: cannot resume: it was made with {name} {old.get(name)!r}, this run has {key.get(name)!r}; "
+                "use the same model, input and settings, or --overwrite to start again"
+            )

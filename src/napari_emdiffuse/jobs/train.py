@@ -5,6 +5,11 @@ generators seeded by ``(seed, i)``, and the learning rate and EMA decay are func
 So a run killed at any moment and resumed from its last checkpoint ends at exactly the weights
 of an uninterrupted run with the same seed, and the checkpoint needs no RNG state.
 
+Under ``torchrun`` or ``srun`` every process trains on its own patches (its rank is one more key
+of those generators; rank 0 draws what a single process would) through DistributedDataParallel;
+only rank 0 validates, calibrates and writes (lock, checkpoint, model), the others wait for it at
+the end of those blocks (see docs/training-on-several-gpus.md).
+
 A run folder holds ``model.json`` + ``weights.safetensors`` (the EMA model, usable at once) and
 ``checkpoint.safetensors`` (raw weights, EMA, optimizer state; its JSON header says the step).
 """
@@ -27,7 +32,8 @@ from ..config import Preset, parse_preset
 from ..engine.device import autocast, configure_backends, prepare_network, select_device
 from ..engine.diffusion import Denoiser, DiffusionProcess
 from ..engine.samplers import get_sampler, posterior_mean
-from ..engine.tiling import _splitmix
+from ..engine.distributed import Group, World, detect_world, rank_device
+from ..engine.rng import splitmix
 from ..data.safe_output import Lock
 from ..errors import Cancelled, InputError, ModelFileError
 from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors, stored_preset
@@ -86,9 +92,14 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 class _Trainer:
     """State of one run; :func:`train` drives it."""
 
-    def __init__(self, preset: Preset, model: Model, device: torch.device) -> None:
-        self.preset, self.model, self.device = preset, model, device
+    def __init__(self, preset: Preset, model: Model, device: torch.device, group: Group) -> None:
+        self.preset, self.model, self.device, self.rank = preset, model, device, group.world.rank
         self.net = prepare_network(model.network, device).train()
+        # what the loss runs: the network, or under several processes its DDP wrapper (gradients averaged)
+        self.forward_net: torch.nn.Module = self.net
+        if group.active:
+            ids = [device.index] if device.type == "cuda" else None
+            self.forward_net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self._ema_params, self._net_params = list(self.ema.parameters()), list(self.net.parameters())
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=preset.train.lr, weight_decay=preset.train.weight_decay)
@@ -127,17 +138,22 @@ class _Trainer:
         self.val_psnr, self.history = state.get("val_psnr"), list(state.get("history", []))
         return state
 
+    def step_seed(self, *keys: int) -> int:
+        """A seed for one of this step's draws: rank 0's are those of a single process, each
+        other rank's its own."""
+        return splitmix(self.preset.train.seed, *keys, *rank_keys(self.rank))
+
     def train_step(self, cond: np.ndarray, target: np.ndarray) -> float:
         i = self.step
         lr = learning_rate(self.preset, i)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        torch.manual_seed(_splitmix(self.preset.train.seed, i, 1))  # dropout
-        gen = torch.Generator().manual_seed(_splitmix(self.preset.train.seed, i, 2))
+        torch.manual_seed(self.step_seed(i, 1))  # dropout
+        gen = torch.Generator().manual_seed(self.step_seed(i, 2))
         c = torch.from_numpy(cond).to(self.device)
         t = torch.from_numpy(target).to(self.device)
         with autocast(self.device):
-            loss = self.process.loss(self.net, t, c, generator=gen)
+            loss = self.process.loss(self.forward_net, t, c, generator=gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.preset.train.grad_clip)
@@ -158,7 +174,7 @@ class _Trainer:
         sigmas = self.process.schedule.sampling_sigmas(steps).to(self.device)
         c = torch.from_numpy(cond).to(self.device)
         shape = (cond.shape[0], self.model.info.out_channels, *cond.shape[-2:])
-        gen = torch.Generator().manual_seed(_splitmix(self.preset.train.seed, 0xBA1, key))
+        gen = torch.Generator().manual_seed(splitmix(self.preset.train.seed, 0xBA1, key))
         x = torch.randn(shape, generator=gen).to(self.device) * sigmas[0]
         with autocast(self.device):
             out = sampler(lambda xx, s: den(xx, s, c), x, sigmas)
@@ -172,6 +188,11 @@ class _Trainer:
         """One sample, as a user would see it, at ``train.val_steps`` sampler steps."""
         name = self.preset.sample.sampler
         return self.sample(cond, get_sampler("ddim" if name == "ddpm" else name), self.preset.train.val_steps, 1)
+
+
+def rank_keys(rank: int) -> tuple[int, ...]:
+    """The extra key of a rank's random streams (none for rank 0, so that one process trains as before)."""
+    return (rank,) if rank else ()
 
 
 def _baseline(source: Any, cond: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -241,6 +262,45 @@ def check_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None
         raise InputError(f"{run_dir} holds a trained model ({', '.join(held)}); add --resume to continue it, or --overwrite to start afresh and replace it")
 
 
+def continues_run(run_dir: str | Path, resume: bool, overwrite: bool, world: World | None = None) -> bool:
+    """Whether a run started with ``--resume``/``--overwrite`` continues the checkpoint in
+    ``run_dir`` (after refusing what :func:`check_run_folder` refuses).
+
+    Under a launcher the same command must serve every attempt: a restart by the launcher
+    (torchrun ``--max-restarts``, a requeued SLURM job) continues the checkpoint its own earlier
+    attempt wrote, whatever the flags; and ``--resume`` on a folder with no checkpoint yet starts
+    the run, so a job script may always say ``--resume``."""
+    world = detect_world() if world is None else world
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).is_file():
+        if world.restart and world.run_id and checkpoint_state(run_dir).get("launch_id") == world.run_id:
+            return True
+    elif resume and world.launcher:
+        resume = False
+    check_run_folder(run_dir, resume, overwrite)
+    return resume
+
+
+@contextlib.contextmanager
+def _run_session(run_dir: Path, world: World, device: torch.device) -> Iterator[Group]:
+    """The process group of the run, and rank 0's lock on the run folder (an empty folder it
+    created is removed again, so a run refused at once leaves no folder)."""
+    group = Group(world, device)
+    created = not run_dir.exists()
+    lock = Lock(run_dir / LOCK, f"run folder {run_dir}")
+    try:
+        with group.together():
+            if world.is_main:
+                lock.acquire()
+        yield group
+    finally:
+        lock.release()
+        group.close()
+        if created and world.is_main:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
 def train(
     preset: Preset,
     arrays: dict[str, Any],
@@ -258,32 +318,18 @@ def train(
     ``arrays`` holds what the variant's ``training_inputs`` name, e.g. ``{"input": noisy,
     "target": clean}``; ``roi`` restricts training to a rectangle (fine-tuning on a region).
     Yields :mod:`.events`; the last is a :class:`TrainResult`. The run folder is locked
-    (``train.lock``) for the run, so a second process training into it refuses.
+    (``train.lock``) for the run, so a second process training into it refuses. Under torchrun
+    or srun each process calls this with the same arguments (see the module's docstring).
     """
     run_dir = Path(run_dir)
-    created = not run_dir.exists()
-    lock = Lock(run_dir / LOCK, f"run folder {run_dir}").acquire()
-    try:
-        yield from _train(preset, arrays, run_dir, device, init_model, resume, roi, preview_every, data_note, cancel)
-    finally:
-        lock.release()
-        if created:
-            with contextlib.suppress(OSError):  # only when empty: a run refused at once leaves no folder
-                run_dir.rmdir()
+    world = detect_world()
+    dev = rank_device(select_device(device), world)
+    with _run_session(run_dir, world, dev) as group:
+        yield from _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel)
 
 
-def _train(
-    preset: Preset,
-    arrays: dict[str, Any],
-    run_dir: str | Path,
-    device: str = "auto",
-    init_model: Model | None = None,
-    resume: bool = False,
-    roi: Roi | None = None,
-    preview_every: int | None = None,
-    data_note: str = "",
-    cancel: CancelToken | None = None,
-) -> Iterator[Any]:
+def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel):  # noqa: ANN001 - train()'s
+    world = group.world
     ckpt = run_dir / CHECKPOINT
     if resume:
         saved = checkpoint_state(run_dir)
@@ -319,12 +365,16 @@ def _train(
         preset = preset.with_overrides({"diffusion": {"sigma_data": target_spread(train_src, tc.seed)}})
         model.preset = preset
 
-    dev = select_device(device)
     configure_backends(dev)
-    trainer = _Trainer(preset, model, dev)
+    trainer = _Trainer(preset, model, dev, group)
     if resume:
-        trainer.load_checkpoint(ckpt)
+        saved_world = trainer.load_checkpoint(ckpt).get("processes", 1)
         yield Message(f"resumed at step {trainer.step}")
+        if saved_world != world.size:
+            yield Message(
+                f"the run continues with {world.size} process(es) instead of {saved_world}: the effective batch "
+                "changes, so it will not end where an uninterrupted run would", "warning",
+            )
     val_truth = val_src.as_image(val_cond, val_target)
     baseline_psnr = psnr(_baseline(val_src, val_cond, val_target), val_truth)
     # calibration patches: the same held-out region, other places (half fit the scale, half check it)
@@ -336,6 +386,7 @@ def _train(
             "val_region": val_src.summary,
             "patch_size": patch,
             "device": str(dev),
+            "processes": world.size,
         }
     )
 
@@ -407,12 +458,13 @@ def _train(
 
     def checkpoint(reason: str) -> CheckpointSaved:
         """The full training state, then the EMA model beside it (usable while training goes on)."""
-        path = trainer.save_checkpoint(run_dir, {"reason": reason})
+        path = trainer.save_checkpoint(run_dir, {"reason": reason, "processes": world.size, "launch_id": world.run_id})
         model.info.training.update({"steps": trainer.step, "seconds": round(trainer.elapsed, 1), "stopped": reason})
         model.save(run_dir, state=trainer.ema.state_dict())
         return CheckpointSaved(trainer.step, path)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     # the time budget is this session's (a resumed run gets its minutes again); elapsed is the total
     start, elapsed_before = time.monotonic(), trainer.elapsed
     budget = tc.minutes * 60 if tc.minutes else None
@@ -420,12 +472,14 @@ def _train(
     last_validation = time.monotonic()
     try:
         while trainer.step < tc.iterations:
-            if cancel is not None and cancel.is_set():
+            # every decision by the clock or a signal is taken by all processes together
+            cancelled, out_of_time = group.any([cancel is not None and cancel.is_set(), budget is not None and time.monotonic() - start >= budget])
+            if cancelled:
                 raise Cancelled("training cancelled")
-            if budget is not None and time.monotonic() - start >= budget:
+            if out_of_time:
                 reason = "time budget"
                 break
-            rng = np.random.default_rng([tc.seed, trainer.step])
+            rng = np.random.default_rng([tc.seed, trainer.step, *rank_keys(world.rank)])
             cond, target = train_src.sample(rng, tc.batch_size, patch)
             loss = trainer.train_step(cond, target)
             trainer.elapsed = elapsed_before + time.monotonic() - start
@@ -433,18 +487,25 @@ def _train(
             yield Progress(trainer.step, tc.iterations, "training")
             if trainer.step == tc.iterations:
                 break  # the final validation follows
-            due = trainer.step % tc.val_every == 0 or time.monotonic() - last_validation >= VALIDATE_SECONDS
-            if due:  # every val_every steps, and every few minutes however slow the steps are
-                yield validate()
-                last_validation = time.monotonic()
-            if (preview_every and trainer.step % preview_every == 0) or (due and preview_every is None):
-                pred = trainer.preview(val_cond[:1])
-                yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred)[0], val_truth[0])
-            if trainer.step % tc.checkpoint_every == 0:
-                yield checkpoint("periodic")
+            (by_clock,) = group.any([time.monotonic() - last_validation >= VALIDATE_SECONDS])
+            due = trainer.step % tc.val_every == 0 or by_clock  # and every few minutes however slow the steps are
+            show = (preview_every and trainer.step % preview_every == 0) or (due and preview_every is None)
+            save = trainer.step % tc.checkpoint_every == 0
+            if due or show or save:
+                with group.together():  # rank 0's work; the others wait at its end
+                    if world.is_main and due:
+                        yield validate()
+                    if world.is_main and show:
+                        pred = trainer.preview(val_cond[:1])
+                        yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred)[0], val_truth[0])
+                    if world.is_main and save:
+                        yield checkpoint("periodic")
+                last_validation = time.monotonic() if due else last_validation
     except Cancelled:
         reason = "cancelled"
         yield Message("training cancelled; validating and saving the last state", "warning")
-    yield from final_validation()
-    yield checkpoint(reason)
+    with group.together():
+        if world.is_main:
+            yield from final_validation()
+            yield checkpoint(reason)
     yield TrainResult(run_dir, trainer.step, reason, trainer.val_psnr, baseline_psnr)

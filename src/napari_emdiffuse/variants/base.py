@@ -1,9 +1,11 @@
 """What every variant answers, and the pieces they share.
 
 A variant answers three questions (DESIGN.md): how training pairs are made from what the user
-has (:meth:`Variant.training_pairs`); how a trained model runs over a whole image or volume
-(:meth:`Variant.predict`); and how the output's shape and voxel size follow from the input's
-(:meth:`Variant.output_geometry`). The jobs do everything else.
+has (:meth:`Variant.training_pairs`); how a trained model runs over a whole image or volume, as
+independent :class:`Block` s (:meth:`Variant.blocks`, :meth:`Variant.predict_block`); and how
+the output's shape, voxel size and position follow from the input's
+(:meth:`Variant.output_geometry`). The jobs do everything else: the predict job owns the loop
+over blocks, in-process or on dask workers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..data.normalise import Normaliser
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 
 class NoOptions(BaseModel):
@@ -25,10 +27,44 @@ class NoOptions(BaseModel):
 
 @dataclass(frozen=True)
 class Geometry:
-    """Output shape (same number of axes as the input) and voxel size (same order as the axes)."""
+    """Output shape (same number of axes as the input), voxel size (same order as the axes) and
+    ``translation``: where the output's first pixel centre lies, in the input's physical units
+    from the input's first pixel centre (not 0 where the output's pixels are smaller)."""
 
     shape: tuple[int, ...]
     voxel: tuple[float, ...]
+    translation: tuple[float, ...] | None = None
+
+    @property
+    def origin(self) -> tuple[float, ...]:
+        return self.translation if self.translation is not None else (0.0,) * len(self.shape)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One independent piece of a prediction: the part ``region`` of the output (one slice per
+    output axis) and the ``(height, width)`` of every plane it samples (for progress totals).
+
+    A block's result depends only on the input and the block (sampler noise is keyed to image
+    position), so blocks may run in any order, in any process, and be redone after a crash.
+    """
+
+    index: int
+    region: tuple[slice, ...]
+    planes: tuple[tuple[int, int], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.region)
+
+
+def plane_blocks(out_shape: Sequence[int]) -> list[Block]:
+    """One block per output plane of a 2D variant (one block for a 2D image)."""
+    plane = (slice(0, int(out_shape[-2])), slice(0, int(out_shape[-1])))
+    hw = ((int(out_shape[-2]), int(out_shape[-1])),)
+    if len(out_shape) == 2:
+        return [Block(0, plane, hw)]
+    return [Block(z, (slice(z, z + 1), *plane), hw) for z in range(int(out_shape[0]))]
 
 
 @dataclass(frozen=True)
@@ -167,8 +203,6 @@ class Variant(ABC):
 
     def options(self, raw: dict[str, Any] | BaseModel | None) -> BaseModel:
         """Validated options; a bad one raises :class:`ConfigError` naming the option and the fix."""
-        from ..config import ConfigError
-
         if isinstance(raw, self.options_model):
             return raw
         try:
@@ -204,29 +238,27 @@ class Variant(ABC):
         """Pairs for ``split`` ("train" or "val") from the user's arrays (numpy or dask)."""
 
     @abstractmethod
-    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
-        """``(height, width)`` of every plane :meth:`predict` samples, in order (for progress totals)."""
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+        """The independent blocks that together cover the output of an input of ``shape``, in
+        the order the output fills (``samples``: how many samples are kept, which sizes blocks
+        that buffer in memory)."""
 
     @abstractmethod
-    def predict(
+    def predict_block(
         self,
         image: Any,
+        block: Block,
         options: BaseModel,
         normaliser: Normaliser,
         run_plane: Callable[..., None],
-        out_mean: Any,
-        out_std: Any | None,
-        out_samples: Any | None,
+        mean: np.ndarray,
+        std: np.ndarray,
+        samples: np.ndarray | None,
     ) -> None:
-        """Sample every plane through ``run_plane(read, height, width, mean, std, samples, plane_key)``
-        and write the results (in the input's intensity units) into the outputs."""
-
-    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
-        """The part of the output complete after :meth:`predict` stopped with ``planes_done``
-        planes of :meth:`plan` sampled (None: nothing). Planes are sampled in z order here."""
-        if planes_done <= 0:
-            return None
-        return () if len(out_shape) == 2 else (slice(0, min(planes_done, out_shape[0])),)
+        """Fill the block's arrays (``mean`` and ``std`` of ``block.shape``, ``samples`` of
+        ``(K, *block.shape)``, zero on entry, in the input's intensity units) by sampling its
+        planes through ``run_plane(read, height, width, mean, std, samples, plane_key)``,
+        reading from ``image`` (lazy) only what the block needs."""
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         """A warning when the input's voxel size does not suit the model (None: nothing to say)."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment, split_rows
+from .base import Block, Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment, plane_blocks, split_rows
 
 
 class DenoiseOptions(BaseModel):
@@ -148,34 +148,34 @@ class Denoise(Variant):
         src.summary.update(input_normaliser=nc.to_dict(), target_to_input=[a, b])
         return ResidualPairs(src, lambda c: c) if options.residual else src  # the condition is the noisy input
 
-    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
-        planes = 1 if len(shape) == 2 else shape[0]
-        return [tuple(shape[-2:])] * planes
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+        return plane_blocks(shape)
 
-    def predict(
+    def predict_block(
         self,
         image: Any,
+        block: Block,
         options: BaseModel,
         normaliser: Normaliser,
         run_plane: Callable[..., None],
-        out_mean: Any,
-        out_std: Any | None,
-        out_samples: Any | None,
+        mean: np.ndarray,
+        std: np.ndarray,
+        samples: np.ndarray | None,
     ) -> None:
-        stack = as_stack(image)
-        h, w = stack.shape[-2:]
-        for z in range(stack.shape[0]):
+        z = block.index
+        plane = as_stack(image)[z]
+        h, w = plane.shape
 
-            def read(y0: int, y1: int, _z: int = z) -> np.ndarray:
-                return normaliser.forward(np.asarray(stack[_z, y0:y1]))[None]
+        def read(y0: int, y1: int) -> np.ndarray:
+            return normaliser.forward(np.asarray(plane[y0:y1]))[None]
 
-            base = read if options.residual else None
-            run_plane(
-                read,
-                h,
-                w,
-                PlaneWriter(out_mean, z, normaliser.inverse, base=base),
-                PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, z, normaliser.inverse, samples=True, base=base) if out_samples is not None else None,
-                plane_key=z,
-            )
+        base = read if options.residual else None
+        run_plane(
+            read,
+            h,
+            w,
+            PlaneWriter(mean, 0, normaliser.inverse, base=base),
+            PlaneWriter(std, 0, normaliser.scale_std),
+            PlaneWriter(samples, 0, normaliser.inverse, samples=True, base=base) if samples is not None else None,
+            plane_key=z,
+        )

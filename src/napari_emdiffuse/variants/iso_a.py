@@ -17,7 +17,7 @@ voxel can equal the lateral one exactly; input slices that fall on the output gr
 unchanged.
 
 With ``emdiffuse_original`` (imported original vEMDiffuse-a weights) prediction fills the gaps
-between xy slices as the original does (:func:`~.volume.predict_original_gaps`), and fine-tuning
+between xy slices as the original does (:func:`~.volume.predict_original_gap`), and fine-tuning
 makes its pairs as the original did: y stands in for z, gaps between xz planes.
 """
 
@@ -31,13 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Base, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
+from .base import Base, Block, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
-from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, predict_original_gaps, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_original_gap, volume_region
 
 MAX_FACTOR = 16.0
-#: memory for the output planes of one block of rows during prediction
+#: memory for the output planes of one block of rows (y) during prediction
 BUFFER_BYTES = 256 * 2**20
 
 
@@ -187,12 +187,6 @@ class IsoA(Variant):
         r = options.factor
         return Geometry((output_slices(shape[0], r), *shape[1:]), (voxel[0] / r, *voxel[1:]))
 
-    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
-        """The xz planes are sampled row by row (y): the rows finished are complete in every z."""
-        if planes_done <= 0:
-            return None
-        return (slice(None), slice(0, min(planes_done, out_shape[1])))
-
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])
 
@@ -238,71 +232,62 @@ class IsoA(Variant):
         pairs.summary["normaliser"] = norm.to_dict()
         return ResidualPairs(pairs, lambda c: c[:, :1])  # channel 0 is the linear interpolation
 
-    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+        """With ``emdiffuse_original`` one block per gap; otherwise blocks of rows (y), each all
+        its xz planes at once, as many rows as fit :data:`BUFFER_BYTES`."""
         if options.emdiffuse_original:
-            return [tuple(shape[-2:])] * (shape[0] - 1)
-        return [(output_slices(shape[0], options.factor), shape[2])] * shape[1]
+            return gap_blocks(shape, int(options.factor))
+        n, h, w = (int(s) for s in shape)
+        n_out = output_slices(n, options.factor)
+        per_row = n_out * w * 4 * (2 + samples) + n * w * 8
+        step = int(np.clip(BUFFER_BYTES // per_row, 1, h))
+        planes = ((n_out, w),)
+        return [
+            Block(i, (slice(0, n_out), slice(y, min(y + step, h)), slice(0, w)), planes * (min(y + step, h) - y))
+            for i, y in enumerate(range(0, h, step))
+        ]
 
-    def predict(
+    def predict_block(
         self,
         image: Any,
+        block: Block,
         options: BaseModel,
         normaliser: Normaliser,
         run_plane: Callable[..., None],
-        out_mean: Any,
-        out_std: Any | None,
-        out_samples: Any | None,
+        mean: np.ndarray,
+        std: np.ndarray,
+        samples: np.ndarray | None,
     ) -> None:
         r = options.factor
         if options.emdiffuse_original:
-            return predict_original_gaps(image, int(r), normaliser, run_plane, out_mean, out_std, out_samples)
-        n, h, w = image.shape
+            return predict_original_gap(image, block, int(r), normaliser, run_plane, mean, std, samples)
+        n, _, w = image.shape
         n_out = output_slices(n, r)
         positions = np.arange(n) * r
-        kept = kept_slices(n, r)
-        k = out_samples.shape[0] if out_samples is not None else 0
-        per_row = n_out * w * 4 * (2 + k) + n * w * 8
-        step = int(np.clip(BUFFER_BYTES // per_row, 1, h))
-        for yb in range(0, h, step):
-            raw = np.asarray(image[:, yb : yb + step])
-            block = normaliser.forward(raw)
-            b = block.shape[1]
-            mean = np.zeros((n_out, b, w), np.float32)
-            std = np.zeros_like(mean) if out_std is not None else None
-            samples = np.zeros((k, n_out, b, w), np.float32) if k else None
+        rows = block.region[1]
+        raw = np.asarray(image[:, rows])
+        lines = normaliser.forward(raw)
+        for j in range(raw.shape[1]):
 
-            done = 0
-            try:
-                for j in range(b):
+            def read(r0: int, r1: int, _j: int = j) -> np.ndarray:
+                i0 = min(int(r0 // r), n - 2)
+                i1 = min(n - 1, max(i0 + 1, math.ceil((r1 - 1) / r)))
+                return interpolate_lines(lines[i0 : i1 + 1, _j], positions[i0 : i1 + 1], np.arange(r0, r1))
 
-                    def read(r0: int, r1: int, _j: int = j) -> np.ndarray:
-                        i0 = min(int(r0 // r), n - 2)
-                        i1 = min(n - 1, max(i0 + 1, math.ceil((r1 - 1) / r)))
-                        return interpolate_lines(block[i0 : i1 + 1, _j], positions[i0 : i1 + 1], np.arange(r0, r1))
+            def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
+                return _read(r0, r1)[:1]
 
-                    def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
-                        return _read(r0, r1)[:1]
-
-                    run_plane(
-                        read,
-                        n_out,
-                        w,
-                        AxialPlaneWriter(mean, j, normaliser.inverse, base),
-                        AxialPlaneWriter(std, j, normaliser.scale_std) if std is not None else None,
-                        AxialPlaneWriter(samples, j, normaliser.inverse, base) if samples is not None else None,
-                        plane_key=0,  # the same noise for every xz plane: see the module docstring
-                    )
-                    done = j + 1
-            finally:  # a cancelled job keeps the planes finished so far, this block's included
-                if done:
-                    for i, z in kept:  # the input slices, unchanged
-                        mean[z, :done] = raw[i, :done]
-                        if std is not None:
-                            std[z, :done] = 0
-                        if samples is not None:
-                            samples[:, z, :done] = raw[i, :done]
-                    out_mean[:, yb : yb + done] = mean[:, :done]
-                    if out_std is not None:
-                        out_std[:, yb : yb + done] = std[:, :done]
-                    if out_samples is not None:
-                        out_samples[:, :, yb : yb + done] = samples[:, :, :done]
+            run_plane(
+                read,
+                n_out,
+                w,
+                AxialPlaneWriter(mean, j, normaliser.inverse, base),
+                AxialPlaneWriter(std, j, normaliser.scale_std),
+                AxialPlaneWriter(samples, j, normaliser.inverse, base) if samples is not None else None,
+                plane_key=0,  # the same noise for every xz plane: see the module docstring
+            )
+        for i, z in kept_slices(n, r):  # the input slices, unchanged and certain
+            mean[z] = raw[i]
+            std[z] = 0
+            if samples is not None:
+                samples[:, z] = raw[i]

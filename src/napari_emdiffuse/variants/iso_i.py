@@ -12,7 +12,7 @@ the slices between are the target, which the network learns as its difference fr
 interpolation (:class:`~.base.ResidualPairs`). Prediction keeps the input slices unchanged,
 interleaves the generated ones, and divides the z voxel size by ``k``. With
 ``emdiffuse_original`` (imported original weights) the gaps are filled as the original does
-(:func:`~.volume.predict_original_gaps`).
+(:func:`~.volume.predict_original_gap`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment
+from .base import Block, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
-from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, copy_slice, predict_original_gaps, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_gap, predict_original_gap, volume_region
 
 MAX_FACTOR = 12
 #: chance, in training, that an outer context slice is replaced by the bounding one, as happens
@@ -113,12 +113,6 @@ class IsoI(Variant):
         k = options.factor
         return Geometry(((shape[0] - 1) * k + 1, *shape[1:]), (voxel[0] / k, *voxel[1:]))
 
-    def finished_region(self, out_shape: Sequence[int], planes_done: int, options: BaseModel) -> tuple[slice, ...] | None:
-        """Each gap sampled completes the planes up to the input slice after it."""
-        if planes_done <= 0:
-            return None
-        return (slice(0, min(planes_done * options.factor + 1, out_shape[0])),)
-
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])
 
@@ -148,42 +142,30 @@ class IsoI(Variant):
         pairs.summary["normaliser"] = norm.to_dict()
         return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 
-    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
-        return [tuple(shape[-2:])] * (shape[0] - 1)
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+        return gap_blocks(shape, options.factor)
 
-    def predict(
+    def predict_block(
         self,
         image: Any,
+        block: Block,
         options: BaseModel,
         normaliser: Normaliser,
         run_plane: Callable[..., None],
-        out_mean: Any,
-        out_std: Any | None,
-        out_samples: Any | None,
+        mean: np.ndarray,
+        std: np.ndarray,
+        samples: np.ndarray | None,
     ) -> None:
-        k = options.factor
+        k, g = options.factor, block.index
         if options.emdiffuse_original:
-            return predict_original_gaps(image, k, normaliser, run_plane, out_mean, out_std, out_samples)
-        n, h, w = image.shape
-        copy_slice(image, 0, 0, out_mean, out_samples)
-        for g in range(n - 1):
-            idx = context_slices(g, n)
+            return predict_original_gap(image, block, k, normaliser, run_plane, mean, std, samples)
+        idx = context_slices(g, image.shape[0])
 
-            def read(y0: int, y1: int, _idx: list[int] = idx) -> np.ndarray:
-                return normaliser.forward(np.stack([np.asarray(image[i, y0:y1]) for i in _idx]))
+        def read(y0: int, y1: int) -> np.ndarray:
+            return normaliser.forward(np.stack([np.asarray(image[i, y0:y1]) for i in idx]))
 
-            def base(y0: int, y1: int, _g: int = g) -> np.ndarray:
-                lo, hi = (normaliser.forward(np.asarray(image[i, y0:y1])) for i in (_g, _g + 1))
-                return linear_gap(np.stack([lo, lo, hi, hi])[None], k)[0]
+        def base(y0: int, y1: int) -> np.ndarray:
+            lo, hi = (normaliser.forward(np.asarray(image[i, y0:y1])) for i in (g, g + 1))
+            return linear_gap(np.stack([lo, lo, hi, hi])[None], k)[0]
 
-            first = g * k + 1
-            run_plane(
-                read,
-                h,
-                w,
-                PlaneWriter(out_mean, first, normaliser.inverse, base=base),
-                PlaneWriter(out_std, first, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, first, normaliser.inverse, samples=True, base=base) if out_samples is not None else None,
-                plane_key=g,
-            )
-            copy_slice(image, g + 1, (g + 1) * k, out_mean, out_samples)
+        predict_gap(image, block, k, read, run_plane, normaliser, mean, std, samples, base)

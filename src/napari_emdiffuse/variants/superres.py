@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
 from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant
+from .base import Block, Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant, plane_blocks
 from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
 from .factor import WholeFactor
 
@@ -110,9 +110,11 @@ class SuperRes(Variant):
 
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         f = options.factor
+        shift = 0.5 / f - 0.5  # output pixel 0 samples the input there (pixel centres aligned, see upsample)
         return Geometry(
             tuple(shape[:-2]) + (shape[-2] * f, shape[-1] * f),
             tuple(voxel[:-2]) + (voxel[-2] / f, voxel[-1] / f),
+            (0.0,) * (len(shape) - 2) + (shift * voxel[-2], shift * voxel[-1]),
         )
 
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
@@ -172,37 +174,36 @@ class SuperRes(Variant):
             return pairs
         return ResidualPairs(pairs, lambda c: c)  # the condition is the bicubic baseline
 
-    def plan(self, shape: Sequence[int], options: BaseModel) -> list[tuple[int, int]]:
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
         f = options.factor
-        planes = 1 if len(shape) == 2 else shape[0]
-        return [(shape[-2] * f, shape[-1] * f)] * planes
+        return plane_blocks((*shape[:-2], shape[-2] * f, shape[-1] * f))
 
-    def predict(
+    def predict_block(
         self,
         image: Any,
+        block: Block,
         options: BaseModel,
         normaliser: Normaliser,
         run_plane: Callable[..., None],
-        out_mean: Any,
-        out_std: Any | None,
-        out_samples: Any | None,
+        mean: np.ndarray,
+        std: np.ndarray,
+        samples: np.ndarray | None,
     ) -> None:
-        f = options.factor
-        stack = as_stack(image)
-        h, w = stack.shape[-2:]
+        f, z = options.factor, block.index
+        plane = as_stack(image)[z]
+        h, w = plane.shape
         resize = upsample_bilinear if options.emdiffuse_original else upsample
-        for z in range(stack.shape[0]):
 
-            def read(y0: int, y1: int, _z: int = z) -> np.ndarray:
-                return upsampled_rows(stack[_z], f, y0, y1, normaliser.forward, resize)[None]
+        def read(y0: int, y1: int) -> np.ndarray:
+            return upsampled_rows(plane, f, y0, y1, normaliser.forward, resize)[None]
 
-            base = None if options.emdiffuse_original else read  # a residual model adds its condition back
-            run_plane(
-                read,
-                h * f,
-                w * f,
-                PlaneWriter(out_mean, z, normaliser.inverse, base=base),
-                PlaneWriter(out_std, z, normaliser.scale_std) if out_std is not None else None,
-                PlaneWriter(out_samples, z, normaliser.inverse, samples=True, base=base) if out_samples is not None else None,
-                plane_key=z,
-            )
+        base = None if options.emdiffuse_original else read  # a residual model adds its condition back
+        run_plane(
+            read,
+            h * f,
+            w * f,
+            PlaneWriter(mean, 0, normaliser.inverse, base=base),
+            PlaneWriter(std, 0, normaliser.scale_std),
+            PlaneWriter(samples, 0, normaliser.inverse, samples=True, base=base) if samples is not None else None,
+            plane_key=z,
+        )

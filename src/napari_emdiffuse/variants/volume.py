@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.normalise import Normaliser, check_image
 from ..errors import InputError
-from .base import PatchPairs, PlaneWriter, Roi, augment, split_rows
+from .base import Block, PatchPairs, PlaneWriter, Roi, augment, split_rows
 
 #: rows written at a time when copying original slices, so a huge plane needs little memory
 COPY_ROWS = 1024
@@ -62,6 +62,15 @@ def volume_region(
     train_rows, val_rows = split_rows(vol.shape[1], val_fraction, patch)
     rows = {"train": train_rows, "val": val_rows, "all": (0, vol.shape[1])}[split]
     return vol, rows, (0, vol.shape[2])
+
+
+def gap_blocks(shape: Sequence[int], k: int) -> list[Block]:
+    """One block per gap between input slices ``g`` and ``g + 1`` of a ``(n, h, w)`` volume whose
+    output has ``k`` planes per gap: the ``k - 1`` generated planes and the input slice after
+    them (the first block also holds the first input slice)."""
+    n, h, w = (int(s) for s in shape)
+    rows, cols = slice(0, h), slice(0, w)
+    return [Block(g, (slice(0 if g == 0 else g * k + 1, (g + 1) * k + 1), rows, cols), ((h, w),)) for g in range(n - 1)]
 
 
 def copy_slice(stack: Any, z_in: int, z_out: int, out_mean: Any, out_samples: Any | None) -> None:
@@ -121,26 +130,44 @@ class OriginalGapPairs(PatchPairs):
         return augment(cond, target, rng)
 
 
-def predict_original_gaps(
-    image: Any, k: int, normaliser: Normaliser, run_plane: Callable[..., None], out_mean: Any, out_std: Any | None, out_samples: Any | None
+def predict_gap(
+    image: Any,
+    block: Block,
+    k: int,
+    read: Callable[[int, int], np.ndarray],
+    run_plane: Callable[..., None],
+    normaliser: Normaliser,
+    mean: np.ndarray,
+    std: np.ndarray,
+    samples: np.ndarray | None,
+    base: Callable[[int, int], np.ndarray] | None = None,
 ) -> None:
-    """Fill a ``((n - 1) k + 1, h, w)`` output as the original vEMDiffuse does: input slices kept,
-    the ``k - 1`` slices of each gap generated from its two bounding slices."""
-    n, h, w = image.shape
-    copy_slice(image, 0, 0, out_mean, out_samples)
-    for g in range(n - 1):
+    """Fill one block of :func:`gap_blocks`: the gap's ``k - 1`` planes sampled from ``read``
+    (plus ``base`` for a residual model), the input slices it holds copied unchanged."""
+    g, lo = block.index, block.region[0].start
+    h, w = image.shape[1:]
+    if g == 0:
+        copy_slice(image, 0, 0, mean, samples)
+    first = g * k + 1 - lo
+    run_plane(
+        read,
+        h,
+        w,
+        PlaneWriter(mean, first, normaliser.inverse, base=base),
+        PlaneWriter(std, first, normaliser.scale_std),
+        PlaneWriter(samples, first, normaliser.inverse, samples=True, base=base) if samples is not None else None,
+        plane_key=g,
+    )
+    copy_slice(image, g + 1, (g + 1) * k - lo, mean, samples)
 
-        def read(y0: int, y1: int, _g: int = g) -> np.ndarray:
-            return normaliser.forward(original_condition(image, _g, 1, slice(y0, y1)))
 
-        first = g * k + 1
-        run_plane(
-            read,
-            h,
-            w,
-            PlaneWriter(out_mean, first, normaliser.inverse),
-            PlaneWriter(out_std, first, normaliser.scale_std) if out_std is not None else None,
-            PlaneWriter(out_samples, first, normaliser.inverse, samples=True) if out_samples is not None else None,
-            plane_key=g,
-        )
-        copy_slice(image, g + 1, (g + 1) * k, out_mean, out_samples)
+def predict_original_gap(
+    image: Any, block: Block, k: int, normaliser: Normaliser, run_plane: Callable[..., None], mean: np.ndarray, std: np.ndarray, samples: np.ndarray | None
+) -> None:
+    """One gap of a ``((n - 1) k + 1, h, w)`` output as the original vEMDiffuse fills it: the
+    ``k - 1`` slices generated from the two bounding slices, input slices kept."""
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        return normaliser.forward(original_condition(image, block.index, 1, slice(y0, y1)))
+
+    predict_gap(image, block, k, read, run_plane, normaliser, mean, std, samples)

@@ -1,0 +1,234 @@
+"""The blocks of a prediction on dask workers (``emdiffuse predict --cluster``).
+
+``local:N`` starts a ``LocalCluster`` of N worker processes (one per GPU where there are GPUs,
+each pinned to its device); ``tcp://host:port`` joins a running scheduler; a JSON cluster file
+starts dask-jobqueue jobs (SLURM, PBS or LSF), see :class:`ClusterFile`.
+
+Workers get plain data, never pickled models or arrays: the model folder (saved beside the
+output for the run), the input's path and the settings. Each worker loads the model and opens the
+input lazily once (:func:`_worker_state`), then for every block computes it with the same
+:class:`~.blocks.BlockRunner` the in-process loop uses, writes it into the store (each block
+owns whole chunks) and sets its done-marker. Failed blocks are retried; a cancel (Ctrl-C)
+cancels what is pending and leaves a store that ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import ConfigError, SampleConfig
+from ..data.normalise import Normaliser
+from ..errors import Cancelled, InputError
+from ..model_file import Model
+from ..variants.base import Block
+from .blocks import BlockRunner, write_block
+from .events import CancelToken, Message, Progress
+from .predict_output import PredictionOutput, open_block_arrays
+
+#: how often a failed block is tried again (a worker lost, a transient error)
+RETRIES = 3
+#: seconds between looks at the cancel token while blocks run
+POLL_S = 0.25
+
+
+class Adapt(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    minimum: int = Field(ge=0, description="jobs kept running when idle")
+    maximum: int = Field(ge=1, description="jobs at most")
+
+
+class ClusterFile(BaseModel):
+    """A dask-jobqueue cluster: one job per worker, each with ``gpus`` GPUs, ``cores`` and
+    ``memory``; ``jobs`` of them, or as many as ``adapt`` decides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["slurm", "pbs", "lsf"]
+    queue: str | None = None
+    account: str | None = None
+    walltime: str = Field("01:00:00", pattern=r"^\d+:\d\d:\d\d$", description="HH:MM:SS")
+    cores: int = Field(4, ge=1)
+    memory: str = Field("32GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="e.g. 32GB")
+    gpus: int = Field(0, ge=0, description="GPUs per job")
+    jobs: int = Field(1, ge=1)
+    adapt: Adapt | None = None
+    job_extra_directives: list[str] = []
+    job_script_prologue: list[str] = Field([], description="shell lines run before the worker starts (module load, venv activate)")
+    local_directory: str | None = None
+
+
+def load_cluster_file(path: Path) -> ClusterFile:
+    """A cluster file, checked: a bad key or value is one line naming it."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read the cluster file ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a cluster file is a JSON object, e.g. {{\"kind\": \"slurm\", \"queue\": \"gpu\", \"gpus\": 1}}")
+    try:
+        return ClusterFile(**raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"]) or "cluster"
+        msg = "unknown key; use " + ", ".join(ClusterFile.model_fields) if e["type"] == "extra_forbidden" else e["msg"]
+        raise ConfigError(f"{path}: {key}: {msg}") from None
+
+
+def jobqueue_cluster(spec: ClusterFile) -> Any:
+    """The dask-jobqueue cluster of a cluster file (no job submitted yet: see :func:`connect`)."""
+    import dask_jobqueue
+
+    kind = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster, "lsf": dask_jobqueue.LSFCluster}[spec.kind]
+    gpu = {"slurm": f"--gres=gpu:{spec.gpus}", "pbs": f"-l ngpus={spec.gpus}", "lsf": f"-gpu num={spec.gpus}"}[spec.kind]
+    extra = [*spec.job_extra_directives, *([gpu] if spec.gpus else [])]
+    options: dict[str, Any] = dict(
+        queue=spec.queue, account=spec.account, walltime=spec.walltime, cores=spec.cores, memory=spec.memory, processes=1,
+        job_extra_directives=extra, job_script_prologue=spec.job_script_prologue, local_directory=spec.local_directory,
+    )  # fmt: skip
+    if spec.kind == "lsf":  # LSF takes walltime as HH:MM
+        options["walltime"] = spec.walltime.rsplit(":", 1)[0]
+    return kind(**{k: v for k, v in options.items() if v is not None})
+
+
+def connect(address: str) -> tuple[Any, Any]:
+    """A dask client for ``local:N``, ``tcp://host:port`` or a cluster file, and the cluster
+    this started (None when it joined a running scheduler)."""
+    from distributed import Client, LocalCluster
+
+    if address.startswith("local:"):
+        n = address.removeprefix("local:")
+        if not n.isdigit() or int(n) < 1:
+            raise InputError(f"--cluster {address}: local:N needs a whole number of workers N >= 1, e.g. local:2")
+        cluster = LocalCluster(
+            n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0",
+            env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // int(n)))},
+        )  # fmt: skip
+        return Client(cluster), cluster
+    if "://" in address:
+        try:
+            return Client(address, timeout="20s"), None
+        except (OSError, TimeoutError) as err:
+            raise InputError(f"--cluster {address}: cannot reach the dask scheduler ({err})") from None
+    path = Path(address)
+    if not path.is_file():
+        raise InputError(f"--cluster {address}: not local:N, a scheduler address (tcp://host:port) or a cluster file")
+    spec = load_cluster_file(path)
+    cluster = jobqueue_cluster(spec)
+    if spec.adapt is not None:  # jobs come and go with the blocks waiting
+        cluster.adapt(minimum_jobs=spec.adapt.minimum, maximum_jobs=spec.adapt.maximum)
+    else:
+        cluster.scale(jobs=spec.jobs)
+    return Client(cluster), cluster
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the client knows of a prediction, before it becomes plain data for the workers."""
+
+    model: Model
+    image: Any
+    cfg: SampleConfig
+    normaliser: Normaliser
+    device: str
+    estimate: str
+    keep_samples: bool
+
+
+def run_on_cluster(
+    address: str, spec: WorkerSpec, todo: Sequence[Block], out: PredictionOutput, done: list[bool], cancel: CancelToken
+) -> Iterator[Any]:
+    """Run the blocks ``todo`` on the workers of ``address``; ``done`` is set as they finish.
+    Raises :class:`Cancelled` (pending blocks cancelled) when ``cancel`` is set."""
+    from distributed import wait
+
+    inputs = [p for p in out.inputs if p is not None]
+    if not inputs:
+        raise InputError("--cluster: the workers read the input themselves; give it as a file or container, not an array in memory")
+    assert out.store_path is not None
+    client, cluster = connect(address)
+    model_dir = Path(tempfile.mkdtemp(prefix=f".{out.names.mean.name}.model-", dir=out.names.mean.parent))
+    try:
+        spec.model.save(model_dir)
+        plain = json.dumps({
+            "model": str(model_dir), "input": str(Path(inputs[0]).resolve()), "cfg": spec.cfg.model_dump(mode="json"),
+            "normaliser": spec.normaliser.to_dict(), "device": spec.device, "estimate": spec.estimate, "keep_samples": spec.keep_samples,
+        }, sort_keys=True)  # fmt: skip
+        store = str(out.store_path)
+        yield Message(f"dask: {len(todo)} blocks on {address}; dashboard {client.dashboard_link}", "info")
+        futures = [client.submit(run_block, plain, b, store, pure=False, retries=RETRIES) for b in todo]
+        pending, finished = set(futures), 0
+        yield Progress(0, len(todo), "blocks")
+        while pending:
+            if cancel.is_set():
+                client.cancel(list(pending))
+                raise Cancelled("prediction cancelled")
+            try:
+                ready, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished meanwhile: look at the cancel token again
+                continue
+            for fut in ready:
+                done[fut.result()] = True  # re-raises a block's error after its retries
+                finished += 1
+            if ready:
+                yield Progress(finished, len(todo), "blocks")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_state(plain: str) -> tuple[BlockRunner, Any]:
+    """The runner and the lazily opened input of one prediction, once per worker process."""
+    from ..data.io import read_image
+    from ..engine.device import select_device
+
+    spec = json.loads(plain)
+    model = Model.load(spec["model"])
+    device = spec["device"]
+    if device == "auto":
+        device = _pinned_device()
+    runner = BlockRunner(
+        model, SampleConfig(**spec["cfg"]), Normaliser.from_dict(spec["normaliser"]), select_device(device), spec["estimate"], spec["keep_samples"]
+    )
+    return runner, read_image(spec["input"]).data
+
+
+def _pinned_device() -> str:
+    """One GPU per worker: the worker's number modulo the GPUs here (auto where there are none)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "auto"
+    from distributed import get_worker
+
+    name = str(get_worker().name)
+    index = int(name) if name.isdigit() else abs(hash(name))
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def run_block(plain: str, block: Block, store: str) -> int:
+    """On a worker: compute ``block``, write it into ``store`` and mark it done; its index."""
+    import dask
+
+    runner, image = _worker_state(plain)
+    with dask.config.set(scheduler="synchronous"):  # read the lazy input here, not as tasks of the cluster
+        result = runner.run(image, block)
+    mean, spread, samples, markers = open_block_arrays(Path(store))
+    write_block(result, mean, spread, samples)
+    markers[block.index] = 1
+    return block.index
+

@@ -1,0 +1,186 @@
+"""Block-wise prediction into OME-Zarr: the store's format, resuming after a cancel or a kill,
+and refusing to resume into what is not the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_emdiffuse.errors import InputError
+from napari_emdiffuse.jobs import blocks as blocks_module
+from napari_emdiffuse.jobs.events import new_cancel_token
+from napari_emdiffuse.jobs.predict import predict, run_predict
+
+def test_store_is_ome_zarr_0_5_with_scale_and_translation(small_stack, tmp_path, random_model, fast, store_results):
+    from ome_zarr_models.v05.image import Image
+
+    model = random_model("emdiffuse-r-tiny", {"factor": 2})
+    voxel = (0.05, 0.008, 0.008)
+    res = run_predict(model, small_stack[:2, :24, :28], sample=fast, voxel=voxel, output=tmp_path / "sr.zarr", keep_samples=True)
+    group = zarr.open_group(str(tmp_path / "sr.zarr"), mode="r")
+    assert group.metadata.zarr_format == 3 and group.attrs["complete"] is True
+    assert ".spread" not in group  # bookkeeping of an unfinished run only
+    for name in ("mean", "uncertainty", "samples"):
+        image = Image.from_zarr(group[name])  # validates the OME-Zarr 0.5 metadata
+        transforms = image.attributes.ome.multiscales[0].datasets[0].coordinateTransformations
+        assert list(transforms[0].scale[-3:]) == pytest.approx([0.05, 0.004, 0.004])
+        assert list(transforms[1].translation[-2:]) == pytest.approx([-0.25 * 0.008] * 2)  # pixel centres of a 2x finer grid
+    np.testing.assert_array_equal(np.asarray(res.mean), np.asarray(group["mean/0"]))
+
+    from napari_emdiffuse._reader import read_paths
+
+    layers = {kw["name"]: kw for _, kw, _ in read_paths(str(tmp_path / "sr.zarr"))}
+    assert layers["sr mean"]["scale"] == pytest.approx((0.05, 0.004, 0.004))
+    assert layers["sr mean"]["translate"] == pytest.approx((0.0, -0.002, -0.002))
+    assert "sr uncertainty" in layers and not any(n.startswith("sr .") for n in layers)
+
+
+def test_an_independent_reader_opens_the_store(small_stack, tmp_path, random_model, fast, store_results):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    run_predict(random_model("tiny"), small_stack[:2], sample=fast, voxel=(0.05, 0.004, 0.004), output=tmp_path / "o.zarr")
+    nodes = list(Reader(parse_url(str(tmp_path / "o.zarr" / "mean")))())
+    assert nodes and nodes[0].data[0].shape == (2, 48, 56)
+    axes = [a["name"] for a in nodes[0].metadata["axes"]]
+    assert axes == ["z", "y", "x"]
+
+
+def _count_blocks(monkeypatch) -> list[int]:
+    ran: list[int] = []
+    original = blocks_module.BlockRunner.run
+
+    def counting(self, image, block, *args, **kwargs):
+        out = original(self, image, block, *args, **kwargs)
+        ran.append(block.index)
+        return out
+
+    monkeypatch.setattr(blocks_module.BlockRunner, "run", counting)
+    return ran
+
+
+@pytest.mark.parametrize("preset, options, keep", [("tiny", {}, True), ("vemdiffuse-i-tiny", {"factor": 2}, False)])
+def test_cancel_then_resume_computes_only_missing_blocks_and_ends_bit_identical(small_stack, tmp_path, monkeypatch, preset, options, keep, random_model, fast, store_results):
+    model = random_model(preset, options)
+    whole = run_predict(model, small_stack, sample=fast, output=tmp_path / "whole.zarr", keep_samples=keep)
+    assert whole.complete
+    ran = _count_blocks(monkeypatch)
+    token = new_cancel_token()
+    events = predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", keep_samples=keep, cancel=token)
+    for ev in events:
+        if ev.kind.value == "progress" and len(ran) == 2:
+            token.set()  # during the third block
+    assert (tmp_path / "o.partial.zarr").is_dir() and not (tmp_path / "o.zarr").exists()
+    attrs = zarr.open_group(str(tmp_path / "o.partial.zarr"), mode="r").attrs
+    assert attrs["complete"] is False and attrs["blocks"] >= 3
+    ran.clear()
+    res = run_predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", keep_samples=keep, resume=True)
+    assert res.complete and sorted(ran) == list(range(2, attrs["blocks"]))  # the two finished blocks are not redone
+    assert not (tmp_path / "o.partial.zarr").exists()
+    a, b = store_results(tmp_path / "whole.zarr"), store_results(tmp_path / "o.zarr")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tmp_path, random_model, fast, store_results):
+    model = random_model("tiny")
+    token = new_cancel_token()
+    for ev in predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", cancel=token):
+        if ev.kind.value == "progress" and ev.done > 0:
+            token.set()
+    partial = tmp_path / "o.partial.zarr"
+    assert partial.is_dir()
+    before = sorted(p.name for p in partial.rglob("*"))
+    other = fast.model_copy(update={"steps": 3})
+    with pytest.raises(InputError, match="cannot resume: it was made with settings"):
+        run_predict(model, small_stack, sample=other, output=tmp_path / "o.zarr", resume=True)
+    with pytest.raises(InputError, match="cannot resume: it was made with normaliser|input_shape"):
+        run_predict(model, small_stack[:3], sample=fast, output=tmp_path / "o.zarr", resume=True)
+    with pytest.raises(InputError, match="cannot resume: it was made with model"):
+        run_predict(random_model("tiny", {"residual": False}), small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True)
+    assert sorted(p.name for p in partial.rglob("*")) == before  # untouched
+
+    user = tmp_path / "mine.partial.zarr"  # a folder of the user's under the name resume would look at
+    user.mkdir()
+    (user / "NOTES.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not an output of napari-emdiffuse"):
+        run_predict(model, small_stack, sample=fast, output=tmp_path / "mine.zarr", resume=True)
+    assert (user / "NOTES.txt").read_text() == "keep me"
+    with pytest.raises(InputError, match="--resume continues a zarr output"):
+        run_predict(model, small_stack, sample=fast, output=tmp_path / "o.tif", resume=True)
+
+
+def test_a_store_of_the_old_layout_is_replaced_with_overwrite_but_not_resumed(small_stack, tmp_path, random_model, fast, store_results):
+    """Before stores carried created_by, predict wrote a zarr v2 group: arrays mean/std and
+    attributes voxel_size, variant, complete. Such a store is ours: --overwrite replaces it,
+    --resume explains that it cannot continue it."""
+    old = tmp_path / "o.zarr"
+    g = zarr.open_group(str(old), mode="w", zarr_format=2)
+    g.attrs.update({"voxel_size": [1.0, 1.0, 1.0], "variant": "denoise", "complete": False})
+    g.create_array("mean", shape=(4, 48, 56), dtype="f4")
+    g.create_array("std", shape=(4, 48, 56), dtype="f4")
+    old.rename(tmp_path / "o.partial.zarr")
+    with pytest.raises(InputError, match="older version .* cannot be resumed"):
+        run_predict(random_model("tiny"), small_stack, sample=fast, output=old, resume=True)
+    (tmp_path / "o.partial.zarr").rename(old)
+    with pytest.raises(InputError, match="already exists; add --overwrite"):
+        run_predict(random_model("tiny"), small_stack, sample=fast, output=old)
+    res = run_predict(random_model("tiny"), small_stack, sample=fast, output=old, overwrite=True)
+    assert res.complete and zarr.open_group(str(old), mode="r").metadata.zarr_format == 3
+
+
+def test_tiff_output_of_a_calibrated_model_writes_the_interval(small_stack, tmp_path, random_model, fast, store_results):
+    model = random_model("tiny")
+    model.info.metrics["calibration"] = {"alpha": 0.1, "alphas": [0.05, 0.5], "q": [2.0, 2.0], "samples": 2, "steps": 2, "sampler": "dpmpp_2m"}
+    res = run_predict(model, small_stack[:2], sample=fast, output=tmp_path / "o.tif")
+    lower, upper = tifffile.imread(tmp_path / "o_lower.tif"), tifffile.imread(tmp_path / "o_upper.tif")
+    np.testing.assert_allclose(upper - lower, 2 * 2.0 * tifffile.imread(tmp_path / "o_uncertainty.tif"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(lower, res.lower)
+    with pytest.raises(InputError, match="already exists"):  # the bounds are claimed like every other name
+        (tmp_path / "p_lower.tif").write_bytes(b"")
+        run_predict(model, small_stack[:2], sample=fast, output=tmp_path / "p.tif")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "napari_emdiffuse.cli", *args]
+
+
+def test_sigkill_mid_run_then_resume_computes_only_missing_blocks(small_stack, tmp_path, random_model, fast, store_results):
+    model = random_model("tiny")
+    model.save(tmp_path / "m")
+    tifffile.imwrite(tmp_path / "in.tif", small_stack)
+    args = ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu", "-q"]
+    assert subprocess.run(_cli(*args, "--output", str(tmp_path / "whole.zarr")), capture_output=True).returncode == 0
+    proc = subprocess.Popen(_cli(*args, "--output", str(tmp_path / "o.zarr")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill once the first block's marker is written
+        markers = list(tmp_path.glob(".o.zarr.tmp-*/.blocks_done/c/*"))
+        if markers or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(tmp_path.glob(".o.zarr.tmp-*"))
+    assert len(left) == 1 and not (tmp_path / "o.zarr").exists()
+    n_done = len(list(left[0].glob(".blocks_done/c/*")))
+    assert 1 <= n_done < 4
+    run = subprocess.run(_cli(*args, "--output", str(tmp_path / "o.zarr"), "--resume"), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"{n_done} of 4 blocks are done" in run.stdout + run.stderr  # only the other 4 - n_done were computed
+    a, b = store_results(tmp_path / "whole.zarr"), store_results(tmp_path / "o.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not list(tmp_path.glob(".o.zarr.tmp-*"))
+    assert json.loads((tmp_path / "o.zarr" / "zarr.json").read_text())["attributes"]["complete"] is True
+    assert os.listdir(tmp_path / "m")  # the model folder untouched

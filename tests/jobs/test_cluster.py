@@ -1,0 +1,109 @@
+"""``predict --cluster``: blocks on dask workers give the in-process result bit for bit, the model
+is loaded once per worker, a lost worker's blocks are redone, and cluster files are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.config import ConfigError
+from napari_emdiffuse.errors import InputError
+from napari_emdiffuse.jobs.cluster import connect, jobqueue_cluster, load_cluster_file
+from napari_emdiffuse.jobs.predict import predict, run_predict
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """Two worker processes, as ``--cluster local:2`` starts them, reached by address."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    yield cluster
+    cluster.close()
+
+
+def _loads(client) -> dict[str, int]:
+    from napari_emdiffuse.jobs import cluster
+
+    return client.run(lambda: cluster._worker_state.cache_info().misses)
+
+
+@pytest.mark.parametrize("preset, options", [("tiny", {}), ("vemdiffuse-i-tiny", {"factor": 2})])
+def test_two_workers_equal_the_in_process_result_bit_for_bit(scheduler, small_stack, tmp_path, preset, options, random_model, fast, store_results):
+    model = random_model(preset, options)
+    tifffile.imwrite(tmp_path / "in.tif", small_stack)
+    run_predict(model, small_stack, sample=fast, output=tmp_path / "one.zarr", keep_samples=True)
+    with distributed.Client(scheduler.scheduler_address) as client:
+        before = _loads(client)
+        res = run_predict(
+            model, small_stack, sample=fast, output=tmp_path / "two.zarr", keep_samples=True, input_paths=[tmp_path / "in.tif"],
+            cluster=scheduler.scheduler_address,
+        )  # fmt: skip
+        after = _loads(client)
+    assert res.complete
+    assert all(after[w] - before.get(w, 0) <= 1 for w in after)  # the model loaded once per worker, not per block
+    a, b = store_results(tmp_path / "one.zarr"), store_results(tmp_path / "two.zarr")
+    assert a.keys() == b.keys() == {"mean", "uncertainty", "samples"}
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not list(tmp_path.glob(".two.zarr.model-*"))  # the model copy for the workers is removed
+
+
+def test_a_killed_worker_does_not_stop_the_run(scheduler, small_stack, tmp_path, random_model, fast, store_results):
+    model = random_model("tiny")
+    tifffile.imwrite(tmp_path / "in.tif", small_stack)
+    run_predict(model, small_stack, sample=fast, output=tmp_path / "one.zarr")
+    with distributed.Client(scheduler.scheduler_address) as client:
+        pids = client.run(os.getpid)
+        killed = False
+        events = predict(model, small_stack, sample=fast, output=tmp_path / "two.zarr", input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address)
+        for ev in events:
+            if ev.kind.value == "progress" and ev.done >= 1 and not killed:
+                os.kill(next(iter(pids.values())), signal.SIGKILL)  # the nanny starts a new one; its blocks go elsewhere
+                killed = True
+            if ev.kind.value == "result":
+                res = ev
+    assert killed and res.complete
+    a, b = store_results(tmp_path / "one.zarr"), store_results(tmp_path / "two.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_cluster_needs_a_store_and_an_input_file(small_stack, tmp_path, random_model, fast, store_results):
+    with pytest.raises(InputError, match="--cluster writes its blocks into a zarr store"):
+        run_predict(random_model("tiny"), small_stack, sample=fast, output=tmp_path / "o.tif", cluster="local:1")
+    with pytest.raises(InputError, match="local:N needs a whole number"):
+        connect("local:zero")
+    with pytest.raises(InputError, match="not local:N, a scheduler address"):
+        connect(str(tmp_path / "missing.json"))
+
+
+def test_cluster_files_are_checked_and_make_a_job_script(tmp_path, random_model, fast, store_results):
+    good = tmp_path / "slurm.json"
+    good.write_text(json.dumps({"kind": "slurm", "queue": "gpu", "walltime": "02:00:00", "gpus": 1, "memory": "48GB", "cores": 8, "jobs": 3}))
+    spec = load_cluster_file(good)
+    cluster = jobqueue_cluster(spec.model_copy(update={"jobs": 1}))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p gpu" in script and "--gres=gpu:1" in script and "#SBATCH -t 02:00:00" in script
+    for bad, message in [
+        ({"kind": "sge"}, "kind: Input should be 'slurm', 'pbs' or 'lsf'"),
+        ({"kind": "slurm", "walltime": "2h"}, "walltime: String should match pattern"),
+        ({"kind": "slurm", "gpu": 1}, "gpu: unknown key; use kind, queue"),
+        ({"kind": "pbs", "jobs": 0}, "jobs: Input should be greater than or equal to 1"),
+        ({"kind": "lsf", "adapt": {"minimum": 1}}, "adapt.maximum: Field required"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_cluster_file(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_cluster_file(path)
