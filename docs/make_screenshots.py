@@ -114,7 +114,8 @@ def main() -> None:
     train.scroll.verticalScrollBar().setValue(train.scroll.verticalScrollBar().maximum())  # the loss curve
     _settle(app, viewer)
     _save(viewer, "02_train.png")
-    viewer.layers.remove("training preview")
+    if "training preview" in viewer.layers:  # a run too short for a mid-run validation has none
+        viewer.layers.remove("training preview")
     app.processEvents()  # napari 0.9 under Xvfb wants the removal drawn before layers are added
     region.visible = False
 
