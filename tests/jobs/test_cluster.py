@@ -13,7 +13,7 @@ import tifffile
 
 from napari_emdiffuse.config import ConfigError
 from napari_emdiffuse.errors import InputError
-from napari_emdiffuse.jobs.cluster import connect, jobqueue_cluster, load_cluster_file
+from napari_emdiffuse.jobs.cluster import connect, jobqueue_cluster, local_cluster, load_cluster_file
 from napari_emdiffuse.jobs.predict import predict, run_predict
 
 distributed = pytest.importorskip("distributed")
@@ -22,9 +22,32 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def scheduler():
     """Two worker processes, as ``--cluster local:2`` starts them, reached by address."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    cluster = local_cluster(2)
     yield cluster
     cluster.close()
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def test_starting_a_local_cluster_leaves_this_process_thread_counts_as_they_were():
+    """dask's nannies would set the BLAS/OpenMP thread counts to 1 in the client's environment,
+    at the start and at every restart of a worker; a training or subprocess started later from
+    this process must not inherit that. The workers get their share."""
+
+    def threads() -> dict[str, str | None]:
+        return {k: os.environ.get(k) for k in THREAD_VARIABLES}
+
+    before = threads()
+    client, cluster = connect("local:1")
+    try:
+        assert threads() == before
+        client.restart()  # the nanny starts a new worker process
+        assert threads() == before
+        assert list(client.run(lambda: os.environ["OMP_NUM_THREADS"]).values()) == [str(os.cpu_count() or 1)]
+    finally:
+        client.close()
+        cluster.close()
 
 
 def _loads(client) -> dict[str, int]:

@@ -102,19 +102,34 @@ def jobqueue_cluster(spec: ClusterFile) -> Any:
     return kind(**{k: v for k, v in options.items() if v is not None})
 
 
+def local_cluster(n: int) -> Any:
+    """``n`` worker processes on this machine, their threads shared out between them.
+
+    dask's nannies live in this (the client's) process and, before every worker they start or
+    restart, set ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` to 1 in
+    *this* process's environment (``distributed.nanny.pre-spawn-environ``): anything it started
+    afterwards (a training, a subprocess) would run single-threaded, with other floating-point
+    sums. So that setting is emptied for this process, and the workers get their thread counts
+    through ``env``, which only they see."""
+    import dask
+    from distributed import LocalCluster
+
+    dask.config.set({"distributed.nanny.pre-spawn-environ": {}})
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", env=env)
+
+
 def connect(address: str) -> tuple[Any, Any]:
     """A dask client for ``local:N``, ``tcp://host:port`` or a cluster file, and the cluster
     this started (None when it joined a running scheduler)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if address.startswith("local:"):
         n = address.removeprefix("local:")
         if not n.isdigit() or int(n) < 1:
             raise InputError(f"--cluster {address}: local:N needs a whole number of workers N >= 1, e.g. local:2")
-        cluster = LocalCluster(
-            n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=":0",
-            env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // int(n)))},
-        )  # fmt: skip
+        cluster = local_cluster(int(n))
         return Client(cluster), cluster
     if "://" in address:
         try:
