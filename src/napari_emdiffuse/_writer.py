@@ -85,7 +85,7 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     import zarr
 
     from .data.containers import write_ome_zarr as write_container
-    from .data.safe_output import swap_in
+    from .data.safe_output import own_attrs, swap_in
 
     arr = _check(data, meta, "OME-Zarr")
     final = Path(path)
@@ -94,7 +94,9 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             raise InputError(f"{final} exists and is not a zarr store; choose another name")
     # Write beside the target and swap at the end: the layer may be reading lazily from ``final``.
     target = final.with_name(f".{final.name}.writing")
-    if target.exists():
+    if target.exists():  # an earlier write that did not finish, unless the user owns that name
+        if target.is_symlink() or not target.is_dir() or (any(target.iterdir()) and own_attrs(target) is None):
+            raise InputError(f"{target} exists and is not an unfinished store of ours; move it away and save again")
         shutil.rmtree(target)
     voxel = _voxel_um(meta, arr.ndim)
     write_container(target, arr, voxel or (1.0,) * arr.ndim, levels=_pyramid_levels(arr.shape))

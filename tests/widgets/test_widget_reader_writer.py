@@ -79,6 +79,17 @@ def test_ome_zarr_writer_refuses_to_replace_a_non_zarr_folder(tmp_path):
     assert (folder / "thesis.docx").is_file()
 
 
+def test_ome_zarr_writer_never_deletes_a_user_folder_under_its_temporary_name(tmp_path):
+    """The writer builds ``.NAME.writing`` beside the target and clears one a crashed write left;
+    a folder the user keeps under that name is refused, not deleted."""
+    mine = tmp_path / ".out.zarr.writing"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("do not delete")
+    with pytest.raises(InputError, match="not an unfinished store of ours"):
+        _writer.write_ome_zarr(str(tmp_path / "out.zarr"), np.zeros((8, 8), np.uint8), {"scale": [1, 1]})
+    assert (mine / "notes.txt").is_file()
+
+
 def test_reader_opens_a_prediction_zarr_with_its_uncertainty(tmp_path):
     import zarr
 
