@@ -18,10 +18,9 @@ from typing import Any, NoReturn, Sequence, get_args
 
 import numpy as np
 
-from .cli_jobs import ctrl_c_cancels, drive, read_input, terminate
+from .cli_jobs import ctrl_c_cancels, drive, terminate
 from .errors import EMDiffuseError, InputError, naming
 
-log = logging.getLogger("napari_emdiffuse")
 
 
 def _roi(text: str | None):
@@ -83,6 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.distributed import detect_world
     from .jobs.events import new_cancel_token
     from .jobs.train import checkpoint_state, continues_run, train
+    from .jobs.inputs import FILE_INPUTS, training_arrays
     from .models import resolve_model
     from .variants import get_variant
 
@@ -107,27 +107,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
     variant = get_variant(preset.variant)
-    options = variant.options(preset.variant_options)
-    arrays: dict[str, Any] = {}
-    notes = []
-    if args.clean:
-        img = read_input(args.clean, "clean images")
-        with naming({"clean images": args.clean}):
-            arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
-        notes.append(f"clean {args.clean} with simulated degradation (dose {args.dose}, read noise {args.read_noise})")
-    if args.data:
-        from .data.prepare import load_training_set
-
-        arrays.update(load_training_set(args.data, preset.variant, preset.variant_options))
-        notes.append(f"prepared set {args.data}")
-    for name in ("input", "target", "volume"):
-        value = getattr(args, name)
-        if value:
-            arrays[name] = read_input(value, name).data
-            notes.append(f"{name} {value}")
-    if args.data and (args.clean or args.input or args.target or args.volume):
-        # the set's held-out patches belong to its own training patches, not to the files given here
-        arrays = {k: v for k, v in arrays.items() if not k.startswith("val_")}
+    arrays, notes = training_arrays(
+        preset.variant, preset.variant_options, {name: getattr(args, name) for name in FILE_INPUTS},
+        clean=args.clean, data=args.data, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed,
+    )  # fmt: skip
     if not arrays:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
@@ -150,11 +133,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
     from .jobs.predict_output import OutputNames
+    from .jobs.inputs import read_logged
     from .models import resolve_model
 
     names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
-    img = read_input(args.input, "input")
+    img = read_logged(args.input, "input")
     over: dict[str, Any] = {}
     for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
         if getattr(args, key) is not None:

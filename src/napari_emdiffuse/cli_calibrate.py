@@ -9,13 +9,14 @@ from typing import Any, get_args
 import numpy as np
 
 from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
-from .cli_jobs import ctrl_c_cancels, drive, read_input
+from .cli_jobs import ctrl_c_cancels, drive
 from .errors import InputError, naming
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .jobs.calibrate import calibrate
     from .jobs.events import new_cancel_token
+    from .jobs.inputs import read_logged
     from .model_file import check_model_folder
     from .models import resolve_model
     from .variants import get_variant
@@ -28,14 +29,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     variant = get_variant(model.variant)
     options = variant.options(model.preset.variant_options)
     if args.clean:
-        clean = read_input(args.clean, "clean")
+        clean = read_logged(args.clean, "clean")
         with naming({"clean images": args.clean, "clean volume": args.clean}):
             image, truth = variant.calibration_pair(np.asarray(clean.data), options, dose=args.dose, read_noise=args.read_noise, seed=args.seed)
         voxel, source = clean.voxel, f"{Path(args.clean).name} (its degradation simulated{_noise_note(model.variant, args)})"
         if model.variant == "superres":
             voxel = (*voxel[:-2], *(v * options.factor for v in voxel[-2:]))
     else:
-        inp, tru = read_input(args.input, "input"), read_input(args.truth, "truth")
+        inp, tru = read_logged(args.input, "input"), read_logged(args.truth, "truth")
         image, truth, voxel = np.asarray(inp.data), np.asarray(tru.data), inp.voxel
         source = f"{Path(args.input).name} against {Path(args.truth).name}"
     over: dict[str, Any] = {k: getattr(args, k) for k in ("sampler", "steps", "samples") if getattr(args, k) is not None}

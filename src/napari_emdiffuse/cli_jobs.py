@@ -1,24 +1,11 @@
-"""How a command runs a job: its inputs read lazily, its events shown as a progress bar and
-messages, and Ctrl-C / SIGTERM turned into a clean cancel (the job keeps what it finished)."""
+"""How a command runs a job: its events shown as a progress bar and messages, and Ctrl-C / SIGTERM turned into a clean cancel (the job keeps what it finished)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import sys
 from typing import Any, Iterator
-
-log = logging.getLogger("napari_emdiffuse")
-
-
-def read_input(path: str, what: str):
-    from .data.io import read_image
-
-    img = read_image(path)
-    log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
-    return img
-
 
 def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
     """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
