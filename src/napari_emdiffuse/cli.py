@@ -14,10 +14,11 @@ import sys
 import traceback
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Sequence, get_args
+from typing import Any, NoReturn, Sequence, get_args
 
 import numpy as np
 
+from .cli_jobs import ctrl_c_cancels, drive, terminate
 from .errors import EMDiffuseError, InputError, naming
 
 log = logging.getLogger("napari_emdiffuse")
@@ -115,98 +116,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
     token = new_cancel_token()
-    with _ctrl_c_cancels(token) as stop:
+    with ctrl_c_cancels(token) as stop:
         events = train(
             preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
         )
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing
-            result = _drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
+            result = drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
     if world.is_main:
         print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if result.reason == "cancelled" else 0
-
-
-def _drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
-    """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
-    from tqdm import tqdm
-
-    from .jobs.events import Kind
-
-    bar = None
-    result = None
-    try:
-        for ev in events:
-            if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
-                bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quiet)
-            if ev.kind is Kind.PROGRESS:
-                bar.total = ev.total
-                bar.n = ev.done
-                bar.refresh()
-            elif ev.kind is Kind.LOSS:
-                bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-            elif ev.kind is Kind.RESULT:
-                result = ev
-            elif not echo:
-                continue
-            elif ev.kind is Kind.VALIDATION:
-                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB ({ev.baseline} {ev.input_psnr:.2f} dB)")
-            elif ev.kind is Kind.MESSAGE:
-                bar.write(ev.text, file=sys.stderr if ev.level == "warning" else sys.stdout)
-    finally:
-        if bar is not None:
-            bar.close()
-    return result
-
-
-class Interrupted(KeyboardInterrupt):
-    """A signal that stops the command at once (the second Ctrl-C, or SIGTERM where nothing
-    can be cancelled cleanly); ``signum`` gives the exit status 128 + signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _Stop:
-    """Which signal cancelled a job (None while none has)."""
-
-    signum: int | None = None
-
-    def exit_status(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _ctrl_c_cancels(token: Any) -> Iterator[_Stop]:
-    """The first Ctrl-C or SIGTERM cancels the job at its next step (checkpoint / finished
-    planes kept); a second one stops at once. Exit status: 130 for Ctrl-C, 143 for SIGTERM."""
-    stop = _Stop()
-
-    def handler(signum: int, frame: Any) -> None:
-        if token.is_set():
-            raise Interrupted(signum)
-        stop.signum = signum
-        token.set()
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\nemdiffuse: {name}: stopping after the current step (again to abort) ...", file=sys.stderr)
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave the signals alone
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM outside a cancellable job: unwind (temporaries are removed) and exit 143."""
-    raise Interrupted(signum)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -230,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with naming({"image": args.input}):
         origin = _output_origin(model, img, args.input)
     token = new_cancel_token()
-    with _ctrl_c_cancels(token) as stop:
+    with ctrl_c_cancels(token) as stop:
         events = predict(
             model,
             img.data,
@@ -252,7 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             origin=origin,
         )
         with naming({"image": args.input}):
-            result = _drive(events, args.quiet)
+            result = drive(events, args.quiet)
     if not result.complete:  # the job's message said what was kept
         return stop.exit_status()
     print("wrote " + ", ".join(str(p) for p in result.written))
@@ -345,9 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
     m.set_defaults(func=cmd_models)
     from .bioimageio_export import add_parsers as add_bioimageio_parsers
+    from .cli_calibrate import add_parser as add_calibrate_parser
     from .data.cli_commands import add_parsers
     from .import_emdiffuse import add_parser as add_import_parser
 
+    add_calibrate_parser(sub)
     add_parsers(sub)
     add_import_parser(sub)
     add_bioimageio_parsers(sub)
@@ -401,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     _log_to_stderr(args.verbose)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, terminate)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:  # a second Ctrl-C, or SIGTERM outside a cancellable job
