@@ -146,6 +146,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sample = model.preset.with_overrides({"sample": over}).sample
     if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
+    with naming({"image": args.input}):
+        origin = _output_origin(model, img, args.input)
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         events = predict(
@@ -166,6 +168,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             resume=args.resume,
             cluster=args.cluster,
+            origin=origin,
         )
         with naming({"image": args.input}):
             result = drive(events, args.quiet)
@@ -173,6 +176,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return stop.exit_status()
     print("wrote " + ", ".join(str(p) for p in result.written))
     return 0
+
+
+def _output_origin(model: Any, img: Any, path: str) -> tuple[float, ...] | None:
+    """Where the result's first pixel lies (µm) when the input records its own position (an
+    OME-Zarr translation, an ImageJ origin): there, moved as the variant moves it, so the result
+    reopens over the input in napari; None leaves the variant's own geometry."""
+    from ._reader import data_translation
+    from .variants import get_variant
+
+    translate = data_translation(path, img)
+    if translate is None:
+        return None
+    variant = get_variant(model.variant)
+    options = variant.options(model.preset.variant_options)
+    variant.check_input(img.data, options)
+    shift = variant.output_geometry(img.shape, img.voxel, options).origin
+    return tuple(t + s for t, s in zip(translate, shift))
 
 
 def build_parser() -> argparse.ArgumentParser:
