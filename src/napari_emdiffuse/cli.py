@@ -47,9 +47,12 @@ def _read(path: str, what: str):
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import builtin_presets, load_preset
+    from .variants import resolve
 
     if args.show:
-        print(load_preset(args.show).to_json())
+        preset = load_preset(args.show)
+        resolve(preset, args.show)
+        print(preset.to_json())
         return 0
     for name in sorted(builtin_presets()):
         p = load_preset(name)
@@ -91,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .jobs.events import new_cancel_token
     from .jobs.train import checkpoint_state, continues_run, train
     from .models import resolve_model
-    from .variants import get_variant
+    from .variants import resolve
 
     world = detect_world()
     resume = continues_run(args.out, args.resume, args.overwrite, world)
@@ -113,8 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = init.preset.with_overrides(overrides)
     else:
         preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
-    variant = get_variant(preset.variant)
-    options = variant.options(preset.variant_options)
+    variant, options = resolve(preset, args.config or None)
     arrays: dict[str, Any] = {}
     notes = []
     if args.clean:

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, Preset, parse_preset
+from .config import Preset, parse_preset
 from .data.io import special_file
-from .errors import ModelFileError
+from .errors import ConfigError, ModelFileError
 from .model_file import Model, ModelInfo, load_state_strict
 
 VARIANTS = ("denoise", "superres", "iso_i", "iso_a")

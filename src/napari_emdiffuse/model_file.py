@@ -77,11 +77,12 @@ class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
     def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
-        from .variants import get_variant
+        from .variants import resolve
 
-        # every variant option written out, so that a later default cannot change what a stored model means
-        options = get_variant(preset.variant).options(preset.variant_options)
-        self.preset = preset.with_overrides({"variant_options": options.model_dump()})
+        # the one check of its variant options: the jobs read ``options``; every option is written
+        # out, so that a later default cannot change what a stored model means
+        _, self.options = resolve(preset)
+        self.preset = preset.with_overrides({"variant_options": self.options.model_dump()})
         self.info = info
         if network is None:
             declared_network(preset, info, f"preset {preset.name!r}")
@@ -145,13 +146,21 @@ class Model:
         ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
         if ints:
             raise ModelFileError(f"{weights}: weights must be floating point, but {ints[0]} is {header[ints[0]][1]} ({len(ints)} such tensors)")
-        model = cls(preset, info, build_network(preset.network, info.out_channels, info.cond_channels))
+        model = cls._checked(preset, info, build_network(preset.network, info.out_channels, info.cond_channels), str(folder))
         load_state_strict(model.network, load_tensors(weights), str(weights))
         return model
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], source: str = "model.json") -> "Model":
-        return cls(*cls.parse_json(meta, source))
+        return cls._checked(*cls.parse_json(meta, source), None, source)
+
+    @classmethod
+    def _checked(cls, preset: Preset, info: ModelInfo, network: torch.nn.Module | None, source: str) -> "Model":
+        """The model a stored description makes; a bad variant or option is a bad model file."""
+        try:
+            return cls(preset, info, network)
+        except ConfigError as err:
+            raise ModelFileError(f"{source}: {err}") from None
 
     @staticmethod
     def parse_json(meta: dict[str, Any], source: str = "model.json") -> tuple[Preset, ModelInfo]:

@@ -13,7 +13,7 @@ from napari_emdiffuse.jobs.events import Kind
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.jobs.train import train
 from napari_emdiffuse.model_file import Model
-from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants import get_variant, resolve
 from napari_emdiffuse.variants.superres import upsample, upsampled_rows
 
 SR = get_variant("superres")
@@ -37,7 +37,7 @@ def test_bad_factors_are_refused_with_the_allowed_values(bad):
     with pytest.raises(ConfigError, match="factor: .*2 to 4"):
         SR.options({"factor": bad})
     with pytest.raises(ConfigError, match="factor"):
-        load_preset("emdiffuse-r-tiny", {"variant_options": {"factor": bad}})
+        resolve(load_preset("emdiffuse-r-tiny", {"variant_options": {"factor": bad}}))
 
 
 def test_whole_float_factor_is_accepted():

@@ -127,7 +127,7 @@ class PresetsWidget(DockWidget):
 
     def preset(self) -> Any:
         """The edited preset, validated (raises ConfigError naming the bad key)."""
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         if self.base is None:
             raise ConfigError("no preset loaded")

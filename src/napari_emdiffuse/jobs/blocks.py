@@ -66,8 +66,7 @@ class BlockRunner:
     ) -> None:
         if estimate not in ESTIMATES:
             raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
-        self.variant = get_variant(model.variant)
-        self.options = self.variant.options(model.preset.variant_options)
+        self.variant, self.options = get_variant(model.variant), model.options
         self.normaliser, self.device = normaliser, device
         self.n_samples = cfg.samples if keep_samples else 0
         configure_backends(device)

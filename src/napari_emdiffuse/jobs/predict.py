@@ -84,8 +84,7 @@ def predict(
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
-    variant = get_variant(model.variant)
-    options = variant.options(model.preset.variant_options)
+    variant, options = get_variant(model.variant), model.options
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)

@@ -37,7 +37,7 @@ from ..engine.rng import splitmix
 from ..data.safe_output import Lock
 from ..errors import Cancelled, InputError, ModelFileError
 from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors, stored_preset
-from ..variants import get_variant
+from ..variants import get_variant, resolve
 from ..variants.base import Roi
 from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progress, TrainResult, Validation
 
@@ -211,9 +211,9 @@ def target_spread(source: Any, seed: int, n: int = 64) -> float:
 
 def _model_for(preset: Preset, init: Model | None) -> Model:
     """A new model for ``preset``, or one starting from ``init``."""
-    variant = get_variant(preset.variant)
     if init is None:
-        out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+        variant, options = resolve(preset)
+        out_c, cond_c = variant.channels(options)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(preset.train.seed)  # the initial weights are part of the run's seed
             return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c))
@@ -221,6 +221,7 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
         raise ModelFileError(f"cannot fine-tune a {init.variant} model as {preset.variant}")
     # Keep the starting model's network, diffusion and the options the new preset does not set;
     # take the new training settings.
+    variant = get_variant(preset.variant)
     options = variant.options({**init.preset.variant_options, **preset.variant_options})
     out_c, cond_c = variant.channels(options)
     if (init.info.out_channels, init.info.cond_channels) != (out_c, cond_c):
@@ -340,8 +341,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     else:
         model = _model_for(preset, init_model)
         preset = model.preset
-    variant = get_variant(preset.variant)
-    options = variant.options(preset.variant_options)
+    variant, options = get_variant(preset.variant), model.options
     tc = preset.train
     missing = [k for k in variant.training_inputs if k not in arrays]
     if missing:
