@@ -29,3 +29,35 @@ def test_the_samplers_a_preset_may_name_are_the_samplers_there_are():
     from napari_emdiffuse.engine.samplers import SAMPLERS
 
     assert set(get_args(SamplerName)) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("prediction", ["edm", "v", "eps"])
+def test_the_loss_trains_the_network_for_the_forward_that_runs_it(prediction):
+    """One ``scalings`` serves the loss and the forward: the network input the loss gives and the
+    target it asks for are exactly what the denoiser feeds the network and turns back into x0.
+    A second copy of a parameterisation in either place drifts and fails here."""
+    import torch
+
+    from napari_emdiffuse.config import DiffusionConfig
+    from napari_emdiffuse.engine.diffusion import Denoiser, DiffusionProcess
+
+    proc = DiffusionProcess(DiffusionConfig(prediction=prediction, sigma_data=0.4 if prediction == "edm" else None))
+    x0 = 0.5 * torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = {}
+
+    def record(x_in, cond, c_noise):
+        seen["x_in"], seen["out"] = x_in, torch.zeros_like(x_in, requires_grad=True)
+        return seen["out"]
+
+    proc.loss(record, x0, x0, generator=torch.Generator().manual_seed(1)).backward()
+    target = -seen["out"].grad * x0.numel() / 2  # d/dp mean((p - target)^2) at p = 0
+    g = torch.Generator().manual_seed(1)  # the loss's draws again: timesteps, then noise
+    t = torch.randint(0, proc.schedule.timesteps, (x0.shape[0],), generator=g)
+    sigma = proc.schedule.sigmas[t].float()
+    x = x0 + sigma[:, None, None, None] * torch.randn(x0.shape, generator=g)
+
+    def answer(x_in, cond, c_noise):
+        torch.testing.assert_close(x_in, seen["x_in"], rtol=1e-5, atol=1e-6)  # the same network input
+        return target
+
+    torch.testing.assert_close(Denoiser(answer, prediction, proc.cfg.sigma_data)(x, sigma, x0), x0, rtol=1e-4, atol=1e-4)
