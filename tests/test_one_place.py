@@ -61,3 +61,23 @@ def test_the_loss_trains_the_network_for_the_forward_that_runs_it(prediction):
         return target
 
     torch.testing.assert_close(Denoiser(answer, prediction, proc.cfg.sigma_data)(x, sigma, x0), x0, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_is_found_by_name_in_one_place(tmp_path):
+    """predict, train --from-model, export and the demo find a model through ``models.find_model``;
+    only listings read the bundled models themselves (a second lookup was how --from-model failed)."""
+    from napari_emdiffuse.errors import ModelFileError
+    from napari_emdiffuse.models import bundled_models, find_model
+
+    bundled = bundled_models()
+    assert bundled and all(find_model(name) == folder for name, folder in bundled.items())
+    assert find_model(tmp_path) == tmp_path
+    with pytest.raises(ModelFileError, match=r"no-such-model: no such model folder, and no bundled model .*emdiffuse-n"):
+        find_model("no-such-model")
+    listings = {"models.py", "cli.py", "_widgets/registry.py"}  # `emdiffuse models`, the widgets' model list
+    readers = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if "bundled_models()" in p.read_text()}
+    assert readers <= listings, f"looks models up itself: {sorted(readers - listings)}"
+    cli = (SRC / "cli.py").read_text()
+    assert cli.count("bundled_models()") == 1 and "for name, folder in sorted(bundled_models().items())" in cli
+    lookups = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if "find_model(" in p.read_text() or "resolve_model(" in p.read_text()}
+    assert {"cli.py", "bioimageio_export.py", "demo.py"} <= lookups

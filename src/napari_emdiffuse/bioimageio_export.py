@@ -254,14 +254,10 @@ def import_bioimageio(package: str | Path, out: str | Path) -> Path:
     return model.save(out)
 
 
-def _model_folder(name_or_path: str) -> Path:
-    from .models import bundled_models
-
-    return bundled_models().get(name_or_path) or Path(name_or_path)
-
-
 def cmd_export(args: Any) -> int:
-    out = export_bioimageio(_model_folder(args.model), args.out)
+    from .models import find_model
+
+    out = export_bioimageio(find_model(args.model), args.out)
     print(f"wrote the bioimage.io model package {out}")
     if args.check:
         summary = check_package(out)
