@@ -81,3 +81,21 @@ def test_a_model_is_found_by_name_in_one_place(tmp_path):
     assert cli.count("bundled_models()") == 1 and "for name, folder in sorted(bundled_models().items())" in cli
     lookups = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if "find_model(" in p.read_text() or "resolve_model(" in p.read_text()}
     assert {"cli.py", "bioimageio_export.py", "demo.py"} <= lookups
+
+
+def test_the_memory_budget_is_one_function_imported_at_the_top():
+    """The readers and the model files ask ``data.memory`` how much memory one thing may take;
+    model_file imports it at its top, not through the readers inside a function."""
+    import ast
+
+    from napari_emdiffuse.data import io, memory
+    from napari_emdiffuse import model_file
+
+    assert io.memory_budget is memory.memory_budget is model_file.memory_budget
+    sources = {p.relative_to(SRC).as_posix(): p.read_text() for p in SRC.rglob("*.py")}
+    assert [name for name, text in sources.items() if "def memory_budget(" in text] == ["data/memory.py"]
+    assert [name for name, text in sources.items() if "SC_PHYS_PAGES" in text] == ["data/memory.py"]
+    tree = ast.parse(sources["model_file.py"])
+    top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+    nested = {n.module for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f) if isinstance(n, ast.ImportFrom)}
+    assert "data.memory" in top and not {m for m in nested if m and m.startswith("data")}

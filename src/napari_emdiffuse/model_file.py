@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import NetworkConfig, Preset, parse_preset
+from .data.memory import memory_budget
 from .data.safe_output import replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
@@ -221,8 +222,6 @@ def declared_network(preset: Preset, info: ModelInfo, source: str) -> torch.nn.M
     """The network built on the meta device (shapes only, no memory), refused when training it
     would not fit this machine: a model.json can declare any size, and is checked before
     anything is allocated."""
-    from .data.io import memory_budget
-
     with torch.device("meta"):
         net = build_network(preset.network, info.out_channels, info.cond_channels)
     params = sum(p.numel() for p in net.parameters())
