@@ -121,7 +121,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path) -> Path:
             "(model.json + weights.safetensors) instead"
         )
     meta = read_model_json(model_dir)
-    low, high = float(model.info.normalisation.get("low", 0.1)), float(model.info.normalisation.get("high", 99.9))
+    low, high = float(model.info.normalisation["low"]), float(model.info.normalisation["high"])
     voxel = 0.004  # µm: the ssTEM sample's pixel, the test input's
     image = _test_crop(model)
     wrapper = EMDiffusePrediction(meta, STEPS, SAMPLES, SEED).eval()

@@ -319,7 +319,7 @@ def import_emdiffuse(
     info = ModelInfo(
         out_channels=out_c,
         cond_channels=cond_c,
-        normalisation={"method": "percentile", "low": 0.1, "high": 99.9, "uint8": "full range"},
+        normalisation={**ModelInfo().normalisation, "uint8": "full range"},
         training={
             "source": "original EMDiffuse weights",
             "file": weights.name,

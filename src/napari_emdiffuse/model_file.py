@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import NetworkConfig, Preset, parse_preset
 from .data.memory import memory_budget
+from .data.normalise import PERCENTILES
 from .data.safe_output import replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
@@ -68,7 +69,9 @@ class ModelInfo:
 
     out_channels: int = 1
     cond_channels: int = 1
-    normalisation: dict[str, Any] = field(default_factory=lambda: {"method": "percentile", "low": 0.1, "high": 99.9})
+    #: how its inputs are normalised: the percentiles that map to -1 and 1 (predict and the
+    #: bioimage.io export read them), and ``"uint8": "full range"`` for the original's 8-bit convention
+    normalisation: dict[str, Any] = field(default_factory=lambda: {"method": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1]})
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     card: str = ""
@@ -171,7 +174,7 @@ class Model:
             info = ModelInfo(
                 out_channels=int(meta["out_channels"]),
                 cond_channels=int(meta["cond_channels"]),
-                normalisation=dict(meta.get("normalisation") or {}),
+                normalisation={**ModelInfo().normalisation, **(meta.get("normalisation") or {})},
                 training=dict(meta.get("training") or {}),
                 metrics=dict(meta.get("metrics") or {}),
                 card=str(meta.get("card", "")),
@@ -183,6 +186,9 @@ class Model:
         for key in ("out_channels", "cond_channels"):
             if not 1 <= getattr(info, key) <= MAX_CHANNELS:
                 raise ModelFileError(f"{source}: {MODEL_JSON} key {key!r} is {getattr(info, key)}; expected 1 to {MAX_CHANNELS}")
+        low, high = info.normalisation["low"], info.normalisation["high"]
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in (low, high)) or not 0 <= low < high <= 100:
+            raise ModelFileError(f"{source}: {MODEL_JSON} normalisation percentiles low {low!r}, high {high!r}; expected numbers 0 <= low < high <= 100")
         return preset, info
 
 

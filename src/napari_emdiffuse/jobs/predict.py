@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def _normaliser_for(model: Model, image: Any) -> Normaliser:
-    """Percentile statistics of ``image``; 8-bit input to a model that records the original
-    EMDiffuse convention (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the
-    original did in training."""
-    if model.info.normalisation.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
+    """Statistics of ``image`` at the percentiles the model records (``model.json``
+    ``normalisation``); 8-bit input to a model that records the original EMDiffuse convention
+    (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the original did in training."""
+    norm = model.info.normalisation
+    if norm.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
         return Normaliser(0.0, 255.0)
-    return fit_normaliser(image, name="image")
+    return fit_normaliser(image, norm["low"], norm["high"], name="image")
 
 
 def predict(
