@@ -52,7 +52,7 @@ class Normaliser:
 
     @classmethod
     def from_dict(cls, stats: dict[str, float]) -> "Normaliser":
-        """The statistics stored with a training set or model (:meth:`to_dict`)."""
+        """Statistics sent as JSON (:meth:`to_dict`), e.g. to the dask workers of a prediction."""
         try:
             return cls(float(stats["low"]), float(stats["high"]))
         except (KeyError, TypeError, ValueError):
