@@ -85,20 +85,33 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     data: Any = image.data
     if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
         data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
+    data, voxel, translate, window = placement(path, image, data, dataset)
+    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(voxel, translate)}
+    kwargs["contrast_limits"] = window or contrast_limits(data[-1] if levels > 1 else image.data)
+    if levels > 1:
+        kwargs["multiscale"] = True
+    return data, kwargs, "image"
+
+
+def placement(path: Path, image: Any, data: Any = None, dataset: str | None = None) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None, tuple[float, float] | None]:
+    """Where the image ``read_image(path, dataset)`` gave lies, as this reader places it: its
+    data (``data``, default ``image.data``; an ImageJ single slice saved as a stack gains its z
+    axis), voxel size (µm), first pixel's position (µm, None: at 0) and saved display window."""
+    data = image.data if data is None else data
     translate, window, voxel = None, None, image.voxel
     if image.meta.get("format") == "ome-zarr":
         folder = path / dataset if dataset else path
         translate, window = _ngff_translation(folder, image.data.ndim), _omero_window(folder)
     elif image.meta.get("format") == "tiff":
         data, voxel, translate, window = _imagej_extras(path, data, voxel)
-    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(voxel, translate)}
-    kwargs["contrast_limits"] = window or _contrast(data[-1] if levels > 1 else image.data)
-    if levels > 1:
-        kwargs["multiscale"] = True
-    return data, kwargs, "image"
+    elif image.meta.get("format") == "ome-tiff":  # our OME-TIFFs keep their origin in their provenance
+        origin = (image.meta.get("provenance") or {}).get("origin")
+        if isinstance(origin, list) and len(origin) == image.data.ndim and any(origin):
+            translate = tuple(float(o) for o in origin)
+    return data, voxel, translate, window
 
 
-def _contrast(data: Any) -> tuple[float, float]:
+def contrast_limits(data: Any) -> tuple[float, float]:
     """Contrast limits from percentiles of (planes spread through) the data: napari cannot
     measure a lazy float volume and would show 0-1, white for most EM results."""
     from ._widgets.layers import sample_values

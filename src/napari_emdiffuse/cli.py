@@ -37,14 +37,6 @@ def _roi(text: str | None):
     return Roi(y0, y1, x0, x1)
 
 
-def _read(path: str, what: str):
-    from .data.io import read_image
-
-    img = read_image(path)
-    log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
-    return img
-
-
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import builtin_presets, load_preset
     from .variants import resolve
@@ -93,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.distributed import detect_world
     from .jobs.events import new_cancel_token
     from .jobs.train import checkpoint_state, continues_run, train
+    from .jobs.inputs import FILE_INPUTS, training_arrays
     from .models import resolve_model
     from .variants import resolve
 
@@ -116,27 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = init.preset.with_overrides(overrides)
     else:
         preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
-    variant, options = resolve(preset, args.config or None)
-    arrays: dict[str, Any] = {}
-    notes = []
-    if args.clean:
-        img = _read(args.clean, "clean images")
-        with naming({"clean images": args.clean}):
-            arrays = variant.from_clean(np.asarray(img.data), options, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed)
-        notes.append(f"clean {args.clean} with simulated degradation (dose {args.dose}, read noise {args.read_noise})")
-    if args.data:
-        from .data.prepare import load_training_set
-
-        arrays.update(load_training_set(args.data, preset.variant, preset.variant_options))
-        notes.append(f"prepared set {args.data}")
-    for name in ("input", "target", "volume"):
-        value = getattr(args, name)
-        if value:
-            arrays[name] = _read(value, name).data
-            notes.append(f"{name} {value}")
-    if args.data and (args.clean or args.input or args.target or args.volume):
-        # the set's held-out patches belong to its own training patches, not to the files given here
-        arrays = {k: v for k, v in arrays.items() if not k.startswith("val_")}
+    variant, _ = resolve(preset, args.config or None)  # a bad variant or option named before any file is read
+    arrays, notes = training_arrays(
+        preset.variant, preset.variant_options, {name: getattr(args, name) for name in FILE_INPUTS},
+        clean=args.clean, data=args.data, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed,
+    )  # fmt: skip
     if not arrays:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
@@ -240,11 +217,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
     from .jobs.predict_output import OutputNames
+    from .jobs.inputs import read_logged
     from .models import resolve_model
 
     names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
-    img = _read(args.input, "input")
+    img = read_logged(args.input, "input")
     over: dict[str, Any] = {}
     for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
         if getattr(args, key) is not None:

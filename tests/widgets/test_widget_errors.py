@@ -45,8 +45,8 @@ def test_a_volume_variant_on_a_single_image_is_explained(make_napari_viewer, not
     assert "volume" in notes.messages("error")[-1] and w.result_layers == []
     _, train = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Train / fine-tune")
     train.variant.setCurrentIndex(train.variant.findData(variant_name))
-    # it learns from a real volume: no "simulated degradation" is offered for it
-    assert [train.source.itemData(i) for i in range(train.source.count())] == ["layers"]
+    # it learns from a real volume: no "simulated degradation" is offered for it (layers or files)
+    assert [train.source.itemData(i) for i in range(train.source.count())] == ["layers", "files", "prepared"]
 
 
 def test_a_missing_gpu_falls_back_to_the_cpu_with_a_warning(make_napari_viewer, notes, isbi, tiny_model, open_dock):

@@ -115,6 +115,21 @@ def test_no_text_or_control_overlaps_another(make_napari_viewer, name, isbi, vox
             w.source.setCurrentIndex(0)
             _settle(2)
     _settle()
+    _assert_nothing_overlaps(w)
+
+
+@pytest.mark.parametrize("name, source", [("Enhance", "file"), ("Train / fine-tune", "files"), ("Train / fine-tune", "clean_file")])
+def test_the_rows_of_a_file_on_disk_fit_without_overlaps(make_napari_viewer, name, source, open_dock):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    w = open_dock(viewer, name)
+    w.source.setCurrentIndex(w.source.findData(source))
+    _settle()
+    assert w.width() < 0.4 * LAPTOP[0]
+    _assert_nothing_overlaps(w)
+
+
+def _assert_nothing_overlaps(w: QWidget) -> None:
     items = _controls(w) + _texts(w)
     body = w.scroll.widget()
     rects = [(item, _rect_in(item, body)) for item in items]

@@ -151,14 +151,17 @@ SETTING_NAMES = {
 def plain_words(message: str) -> str:
     """A message from the core, as the widgets say it: a setting by its label, not its preset key.
 
-    The core's messages name preset keys (the command line and JSON files use them); in a
-    widget the user sees labels, so "preset: invalid preset: sample.overlap: ..." reads
-    "Overlap: ...".
+    The core's messages name preset keys and flags (the command line and JSON files use them);
+    in a widget the user sees labels and tick boxes, so "preset: invalid preset:
+    sample.overlap: ..." reads "Overlap: ..." and "add --overwrite" "tick 'Overwrite'".
     """
     message = re.sub(r"^[\w .-]*: invalid preset: ", "", message)
-    message = message.replace("add --overwrite to replace it", "tick 'Overwrite' to replace it")
+    for flag, box in (("overwrite", "Overwrite"), ("resume", "Resume")):  # the command's flags are the widgets' tick boxes
+        message = re.sub(rf"\b(add |or )?--{flag}\b", lambda m, box=box: f"{'or ' if m.group(1) == 'or ' else ''}tick '{box}'", message)
     for key, label in SETTING_NAMES.items():
         message = re.sub(rf"(^|; ){re.escape(key)}: ", rf"\g<1>{label}: ", message)
+    if message[1:2].isupper():  # a name that starts in lower case (vEMDiffuse-i) keeps it
+        return message
     return message[:1].upper() + message[1:]
 
 

@@ -5,6 +5,11 @@ image, its uncertainty map (for a calibrated model the error bound in grey value
 of the regions above a threshold in grey values, placed exactly over the input (scale,
 translate and units from the input layer, adjusted for super-resolution and isotropic output).
 Results too large for memory are written to zarr and opened lazily.
+
+The input is a layer or a file or folder on disk, for volumes too large to open as a layer: it
+is read lazily by the readers ``emdiffuse predict`` uses, placed as the napari reader places
+it, and its result is written block by block into OME-Zarr (resumable after a cancel) and
+opened lazily.
 """
 
 from __future__ import annotations
@@ -36,10 +41,21 @@ from . import _common
 from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
 from .options_form import OptionsForm
 from .pickers import LayerPicker
-from .qt_helpers import Collapsible, DockWidget, combo, disconnect, image_type, narrow, row, shapes_type, spin
+from .qt_helpers import Collapsible, DockWidget, PathField, combo, disconnect, image_type, narrow, row, shapes_type, spin
 from .regions import uncertain_regions
 from .registry import MODELS, ModelEntry
 
+#: input source: (short label, tooltip)
+SOURCES = {
+    "layer": ("Layer", "An image layer open in napari"),
+    "file": (
+        "File or folder",
+        "A file or folder on disk (TIFF, OME-Zarr/zarr, N5, MRC, HDF5, a folder of slices), read lazily block by block: "
+        "for volumes too large to open as a layer. The result is written to OME-Zarr and opened lazily",
+    ),
+}
+#: the default result of a run from a file: beside the input, named after it
+FILE_RESULT_SUFFIX = "_enhanced.zarr"
 #: scope: (short label, tooltip)
 SCOPES = {
     "slice": ("Current slice", "The slice the viewer shows"),
@@ -83,7 +99,8 @@ def _memory_limit() -> int:
 class _Plan:
     """Everything one run needs, checked before it starts."""
 
-    layer: Any
+    name: str  # the input's: the layer's name or the file's
+    contrast: tuple[float, float] | None  # the result's contrast limits; None: measured on it, as the reader does
     entry: ModelEntry
     model: Any
     array: Any
@@ -95,6 +112,8 @@ class _Plan:
     output: Path | None
     input_paths: list[Path]
     overwrite: bool = False
+    resume: bool = False
+    source_info: dict[str, str] | None = None  # what the result layers' metadata say the input was
 
 
 class EnhanceWidget(DockWidget):
@@ -112,7 +131,13 @@ class EnhanceWidget(DockWidget):
         self.regions_layer: Any = None  # the regions where the samples disagree most
         self._bound: Any = None  # the last result's error map, the regions' source
 
+        self.source = combo(((label, key, tip) for key, (label, tip) in SOURCES.items()), "What to enhance: a layer, or a file or folder on disk")
         self.image = LayerPicker(napari_viewer, image_type(), tip="The image layer to enhance (2D, 3D, lazy or multiscale)")
+        self.input_path = PathField(
+            "The file or folder to enhance, read lazily as 'emdiffuse predict' reads it (file.h5:/dataset picks an HDF5 dataset)",
+            "a file or folder on disk",
+        )
+        self._default_output: str | None = None  # the result path last filled in for the input file
         self.variant = combo(
             ((v.title.split(" (")[0], name, f"{v.title}: {v.description}") for name, v in VARIANTS.items()),
             "What the model does",
@@ -154,6 +179,11 @@ class EnhanceWidget(DockWidget):
         self.browse.setToolTip("Choose the zarr folder for the result")
         self.overwrite = QCheckBox("Overwrite")
         self.overwrite.setToolTip("Replace a result already saved under that name (otherwise it is refused and kept)")
+        self.resume = QCheckBox("Resume")
+        self.resume.setToolTip(
+            "Continue a cancelled or stopped run into this zarr result: only the blocks not finished yet are computed "
+            "(same model, input and settings)"
+        )
         self.output_info = QLabel()
         self.output_info.setWordWrap(True)
         self.unsure_above = QDoubleSpinBox()
@@ -186,8 +216,10 @@ class EnhanceWidget(DockWidget):
         self.expert = Collapsible("Expert settings", expert_body, "Sampler, tiles and seed: the model's own values suit most data")
 
         body = QWidget()
-        form = QFormLayout()
+        form = self.form = QFormLayout()
+        form.addRow("Input", self.source)
         form.addRow("Image", self.image)
+        form.addRow("File", self.input_path)
         form.addRow("Variant", self.variant)
         form.addRow("Model", self.model)
         form.addRow("", row(self.load_model, self.import_model, self.remove_model))
@@ -199,7 +231,7 @@ class EnhanceWidget(DockWidget):
         form.addRow("Scope", self.scope)
         form.addRow("Rectangle", self.shapes)
         form.addRow("Save to", row(self.zarr_path, self.browse))
-        form.addRow("", self.overwrite)
+        form.addRow("", row(self.overwrite, self.resume))
         form.addRow("Unsure above", self.unsure_above)
         form.addRow("", self.output_info)
         layout = QVBoxLayout(body)
@@ -212,6 +244,8 @@ class EnhanceWidget(DockWidget):
         self.variant.currentIndexChanged.connect(self.refresh_models)
         self.model.currentIndexChanged.connect(self._model_changed)
         self.image.currentIndexChanged.connect(self._update_output_info)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self.input_path.changed.connect(self._input_path_changed)
         self.scope.currentIndexChanged.connect(self._scope_changed)
         self.load_model.clicked.connect(self._load_model_dialog)
         self.remove_model.clicked.connect(self._remove_model)
@@ -221,7 +255,7 @@ class EnhanceWidget(DockWidget):
         MODELS.changed.connect(self.refresh_models)
         self.destroyed.connect(lambda *_: disconnect(MODELS.changed, self.refresh_models))
         self.refresh_models()
-        self._scope_changed()
+        self._source_changed()
 
     def dock_closed(self) -> None:
         self.controls.close_job()
@@ -295,6 +329,28 @@ class EnhanceWidget(DockWidget):
             self.options_box.addWidget(self.options)
         self._update_output_info()
 
+    def from_file(self) -> bool:
+        """Whether the input is a file or folder on disk (else a layer)."""
+        return self.source.currentData() == "file"
+
+    def _source_changed(self, *_: Any) -> None:
+        """A file is enhanced whole, into zarr: its rows replace the layer's and the scope's."""
+        file = self.from_file()
+        self.form.setRowVisible(self.image, not file)
+        self.form.setRowVisible(self.input_path, file)
+        self.form.setRowVisible(self.scope, not file)
+        self.form.setRowVisible(self.shapes, not file)
+        self.zarr_path.setPlaceholderText("beside the input file" if file else "in memory")
+        self._scope_changed()
+
+    def _input_path_changed(self, *_: Any) -> None:
+        """Offer the default result path beside the new input, unless the user typed their own."""
+        path = self.input_path.path()
+        if self.zarr_path.text().strip() in ("", self._default_output or ""):
+            self._default_output = str(default_file_output(path)) if path is not None else None
+            self.zarr_path.setText(self._default_output or "")
+        self._update_output_info()
+
     def _scope_changed(self, *_: Any) -> None:
         self.shapes.setEnabled(self.scope.currentData() in ("rectangle", "rectangle_stack"))
         self._update_output_info()
@@ -302,23 +358,26 @@ class EnhanceWidget(DockWidget):
     def _update_output_info(self, *_: Any) -> None:
         from ..variants import get_variant
 
-        layer = self.image.layer()
         entry = self.model.currentData()
-        if layer is None or entry is None:
+        file = self.from_file()
+        if entry is None or (self.input_path.path() if file else self.image.layer()) is None:
             self.output_info.setText("")
             return
         try:
-            data = image_array(layer)
+            if file:
+                data, source = read_input_file(self.input_path.path())[:2]
+            else:
+                data, source = image_array(self.image.layer()), Placement.of(self.image.layer())
             variant = get_variant(entry.variant)
             options = variant.options(self.options.values() if self.options else {})
-            out = variant.output_geometry(data.shape, tuple(layer.scale), options)
+            out = variant.output_geometry(data.shape, source.scale[-data.ndim :], options)
         except Exception as err:  # noqa: BLE001 - an informative line only; Enhance reports it properly
             self.output_info.setText(_common.user_message(err))
             return
-        unit = str(layer.units[-1])
-        self.output_info.setText(f"Whole layer → {' × '.join(map(str, out.shape))} px, voxel {voxel_text(out.voxel, unit)}")
+        what = "The file" if file else "Whole layer"
+        self.output_info.setText(f"{what} → {' × '.join(map(str, out.shape))} px, voxel {voxel_text(out.voxel, source.units[-1])}")
         self.output_info.setToolTip(
-            f"The whole layer ({' × '.join(map(str, data.shape))} px) gives a result of {' × '.join(map(str, out.shape))} px"
+            f"{what} ({' × '.join(map(str, data.shape))} px) gives a result of {' × '.join(map(str, out.shape))} px"
         )
 
     def _load_model_dialog(self) -> None:
@@ -364,8 +423,19 @@ class EnhanceWidget(DockWidget):
         from ..model_file import Model
         from ..variants import get_variant
 
-        layer = self.image.layer()
-        data = image_array(layer)
+        if self.from_file():  # the input first: what to enhance before how
+            file = self.input_path.path()
+            if file is None:
+                raise InputError("choose the file or folder to enhance (File… or Folder…), or enhance a layer")
+            data, source, paths = read_input_file(file)
+            name = paths[0].name.split(".")[0] or paths[0].name  # as the reader names the file's layer
+            contrast, info, described = None, {"source_file": str(file)}, f"file {file}"
+        else:
+            layer = self.image.layer()
+            data, source = image_array(layer), Placement.of(layer)
+            paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
+            name, contrast = layer.name, tuple(layer.contrast_limits)
+            info, described = {"source_layer": layer.name}, f"layer {layer.name!r}"
         entry: ModelEntry | None = self.model.currentData()
         if entry is None:
             raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
@@ -385,25 +455,23 @@ class EnhanceWidget(DockWidget):
                 }
             }
         ).sample
-        source = Placement.of(layer)
-        array, offset, add_axis = self._crop(layer, data)
-        variant.check_input(array, options, name=f"layer {layer.name!r}")
+        array, offset, add_axis = (data, (0,) * data.ndim, False) if self.from_file() else self._crop(layer, data)
+        variant.check_input(array, options, name=described)
         voxel = source.scale[-array.ndim :]
-        already = isotropic_note(layer, variant, options, tuple(array.shape))
+        already = isotropic_note(name, source, variant, options, tuple(array.shape))
         if already:
             _common.notify(already, "warning")
         out = variant.output_geometry(array.shape, voxel, options)
         lead = (1,) if add_axis else ()
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
         placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
-        output = self._output_path(layer, int(np.prod(out.shape)) * 8)
-        paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
-        overwrite = self.overwrite.isChecked()
-        if output is not None:  # refused now, in plain words, rather than after the run
-            from ..data.safe_output import check_new_output
-
-            check_new_output(output, paths, overwrite)
-        return _Plan(layer, entry, model, array, voxel, placement, add_axis, sample, self.device.currentText(), output, paths, overwrite)
+        output = self._output_path(name, int(np.prod(out.shape)) * 8)
+        overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
+        check_output(output, paths, overwrite, resume, self.from_file())
+        return _Plan(
+            name, contrast, entry, model, array, voxel, placement, add_axis, sample, self.device.currentText(),
+            output, paths, overwrite, resume, info,
+        )  # fmt: skip
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...], bool]:
         """The part of the data the scope asks for, its offset in the layer, and whether a
@@ -423,13 +491,15 @@ class EnhanceWidget(DockWidget):
         z = current_plane(self.viewer, layer)
         return data[z], (z, 0, 0), True
 
-    def _output_path(self, layer: Any, nbytes: int) -> Path | None:
+    def _output_path(self, name: str, nbytes: int) -> Path | None:
         text = self.zarr_path.text().strip()
         if text:
             return Path(text).expanduser()
+        if self.from_file():
+            return default_file_output(self.input_path.path())
         if nbytes <= _memory_limit():
             return None
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name) or "image"
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "image"
         path = Path(tempfile.mkdtemp(prefix="emdiffuse-")) / f"{safe}_enhanced.zarr"
         _common.notify(f"The result ({nbytes / 2**30:.1f} GB) is larger than memory allows; it is written to {path}")
         return path
@@ -459,9 +529,10 @@ class EnhanceWidget(DockWidget):
                 cancel=cancel,
                 overwrite=plan.overwrite,
                 origin=plan.placement.translate[-plan.array.ndim :],
+                resume=plan.resume,
             )
 
-        self.controls.start(job, f"Enhancing {plan.layer.name!r} with {plan.entry.name}…")
+        self.controls.start(job, f"Enhancing {plan.name!r} with {plan.entry.name}…")
 
     def _on_event(self, event: Any) -> None:
         if event.kind.value == "message" and event.level == "warning":  # e.g. a model worse than its baseline
@@ -496,14 +567,20 @@ class EnhanceWidget(DockWidget):
             mean, std = mean[region], std[region]
         if plan.add_axis:
             mean, std = mean[None], std[None]
-        name = f"{plan.layer.name} {plan.model.variant}" + (" (partial)" if region is not None else "")
-        info = {"model": str(plan.entry.path), "source_layer": plan.layer.name, "samples": plan.sample.samples}
+        name = f"{plan.name} {plan.model.variant}" + (" (partial)" if region is not None else "")
+        info = {"model": str(plan.entry.path), **(plan.source_info or {}), "samples": plan.sample.samples}
         kwargs = plan.placement.kwargs()
+        if plan.contrast is None:  # a file's result: the contrast the reader gives it
+            from .._reader import contrast_limits
+
+            contrast = contrast_limits(mean)
+        else:
+            contrast = plan.contrast
         enhanced = self.viewer.add_image(
             mean,
             name=name,
             colormap="gray",
-            contrast_limits=tuple(plan.layer.contrast_limits),
+            contrast_limits=contrast,
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
             **kwargs,
         )
@@ -568,17 +645,77 @@ def _error_bound(error_map: Any, model: Any) -> tuple[Any, str, str]:
     return error_map * np.float32(q), f"error bound ({cover} %)", CALIBRATED_TIP.format(cover=cover)
 
 
-def isotropic_note(layer: Any, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:
+def isotropic_note(name: str, source: Placement, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:
     """A warning when a variant that adds planes in z (isotropic reconstruction) runs on a
     volume whose calibrated voxel is already about isotropic: it would only interpolate."""
-    if len(shape) != 3 or any(str(u) in ("pixel", "") for u in layer.units[-3:]):
+    if len(shape) != 3 or any(str(u) in ("pixel", "") for u in source.units[-3:]):
         return None  # no voxel size: napari's default scale says nothing
-    voxel = tuple(float(v) for v in layer.scale[-3:])
+    voxel = tuple(float(v) for v in source.scale[-3:])
     if variant.output_geometry(shape, voxel, options).voxel[0] >= voxel[0]:
         return None  # the variant keeps the z spacing
     if abs(voxel[0] / voxel[1] - 1.0) > 0.1:
         return None
     return (
-        f"'{layer.name}' is already isotropic (z voxel {voxel[0]:.4g}, xy voxel {voxel[1]:.4g} {layer.units[-1]}): "
+        f"'{name}' is already isotropic (z voxel {voxel[0]:.4g}, xy voxel {voxel[1]:.4g} {source.units[-1]}): "
         f"{variant.title.split(' (')[0]} is for volumes whose slices are thicker than their pixels."
     )
+
+
+def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
+    """A file or folder to enhance: its data, lazily, as ``emdiffuse predict`` reads it
+    (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (voxel size, first
+    pixel's position, units), and the files the result must not overwrite."""
+    from .._reader import geometry_kwargs, placement
+    from ..data.io import split_dataset
+    from ..jobs.inputs import read_logged
+
+    image = read_logged(path, "input")
+    file, dataset = split_dataset(path)
+    data = image.data
+    if data.ndim not in (2, 3):
+        raise InputError(f"{file}: holds {data.ndim}-dimensional data (shape {tuple(data.shape)}); EMDiffuse works on 2D images and 3D stacks (z, y, x)")
+    _, voxel, translate, _ = placement(file, image, dataset=dataset)
+    kwargs = geometry_kwargs(image.voxel, translate[-data.ndim :] if translate else None)
+    source = Placement(
+        tuple(kwargs.get("scale", (1.0,) * data.ndim)),
+        tuple(kwargs.get("translate", (0.0,) * data.ndim)),
+        tuple(kwargs.get("units", ("pixel",) * data.ndim)),
+    )
+    return data, source, [file]
+
+
+def default_file_output(path: Path | None) -> Path | None:
+    """Where a run from ``path`` writes by default: ``NAME_enhanced.zarr`` beside it."""
+    if path is None:
+        return None
+    from ..data.io import split_dataset
+
+    file, dataset = split_dataset(path)
+    stem = file.name.split(".")[0] or "image"
+    if dataset:
+        stem += "_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.strip("/"))
+    return file.parent / f"{stem}{FILE_RESULT_SUFFIX}"
+
+
+def check_output(output: Path | None, inputs: list[Path], overwrite: bool, resume: bool, from_file: bool) -> None:
+    """Refuse a result path now, in plain words, rather than after the run: a run from a file
+    writes zarr; an existing result is replaced only with Overwrite; a cancelled run's partial
+    result is continued with Resume or replaced with Overwrite, never silently."""
+    from ..data.safe_output import check_new_output
+    from ..jobs.predict_output import OutputNames
+
+    if output is None:
+        if resume:
+            raise InputError("'Resume' continues a result saved as zarr: choose a .zarr name under 'Save to'")
+        return
+    store = output.name.lower().endswith(".zarr")
+    if from_file and not store:
+        raise InputError(f"{output}: a run from a file writes OME-Zarr; give the result a name ending in .zarr")
+    if resume and not store:
+        raise InputError(f"{output}: 'Resume' continues a result saved as zarr; give a name ending in .zarr")
+    check_new_output(output, inputs, overwrite)
+    partial = OutputNames.partial(output) if store else None
+    if partial is not None and partial.exists() and not (resume or overwrite):
+        raise InputError(
+            f"{partial} holds a cancelled run's finished part: tick 'Resume' to continue it, or 'Overwrite' to start again"
+        )

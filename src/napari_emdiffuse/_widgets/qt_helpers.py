@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from qtpy.QtCore import QEvent, QSize, Qt, QTimer
+from pathlib import Path
+
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
+    QFileDialog,
     QFrame,
     QHBoxLayout,
+    QLineEdit,
+    QPushButton,
     QScrollArea,
     QSpinBox,
     QToolButton,
@@ -80,6 +85,46 @@ def row(*widgets: QWidget) -> QWidget:
     holder = QWidget()
     holder.setLayout(row_layout(*widgets))
     return holder
+
+
+class PathField(QWidget):
+    """A path typed or chosen with File… / Folder… buttons: the formats the readers take are
+    files (TIFF, MRC, HDF5) or folders (zarr, N5, a folder of slices), and no one Qt dialog
+    chooses either. ``changed`` is emitted with the new text."""
+
+    changed = Signal(str)
+
+    def __init__(self, tip: str, placeholder: str = "", file_filter: str = "", folders: bool = True) -> None:
+        super().__init__()
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.setToolTip(tip)
+        self.file_button = QPushButton("File…")
+        self.file_button.setToolTip("Choose a file")
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.setToolTip("Choose a folder (zarr, N5 or a folder of slices)")
+        self._filter = file_filter
+        self.setLayout(row_layout(self.edit, self.file_button, *([self.folder_button] if folders else [])))
+        self.file_button.clicked.connect(self._choose_file)
+        self.folder_button.clicked.connect(self._choose_folder)
+        self.edit.textChanged.connect(self.changed.emit)
+
+    def path(self) -> Path | None:
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_path(self, path: str | Path | None) -> None:
+        self.edit.setText("" if path is None else str(path))
+
+    def _choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.edit.text(), self._filter)
+        if path:
+            self.set_path(path)
+
+    def _choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.edit.text())
+        if path:
+            self.set_path(path)
 
 
 #: The height a dock asks for at most (pixels); it scrolls for the rest, so two docks share a

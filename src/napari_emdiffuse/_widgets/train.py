@@ -4,7 +4,9 @@ It drives :func:`napari_emdiffuse.jobs.train.train` in a worker thread, plots th
 falls, shows a validation patch (input | prediction | target) as a layer, and registers the
 model as soon as it is saved, so the Enhance widget offers it at once. The training data follow
 the variant: registered input and target layers (paired variants), one volume (vEM variants),
-or clean images with simulated degradation.
+or clean images with simulated degradation; as layers, or as files or folders on disk, read
+as ``emdiffuse train`` reads them (:func:`..jobs.inputs.training_arrays`), also a set made by
+``emdiffuse prepare``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .layers import image_array, rectangle_roi, unwrap
 from .loss_plot import LossPlot
 from .options_form import OptionsForm
 from .pickers import LayerPicker
-from .qt_helpers import DockWidget, combo, disconnect, image_type, narrow, row_layout, shapes_type, spin
+from .qt_helpers import DockWidget, PathField, combo, disconnect, image_type, narrow, row_layout, shapes_type, spin
 from .registry import MODELS, PRESETS
 
 PREVIEW_LAYER = "training preview"
@@ -45,6 +47,8 @@ INPUTS = {
     "target": ("Target", "The clean image the model should produce from the input", r"clean|target|gt\b|ground|high|ref|hr\b"),
     "volume": ("Volume", "The volume the model learns from", None),
 }
+#: the data sources read from disk (the others are layers)
+FILE_SOURCES = ("files", "clean_file", "prepared")
 #: Fine-tuning a model starts with at most this many steps and this time limit (minutes): a
 #: fine-tune adapts a trained model and needs far fewer steps than its first training.
 FINE_TUNE_STEPS = 2000
@@ -100,6 +104,9 @@ class TrainWidget(DockWidget):
         self.source = narrow(QComboBox(), "Where the training pairs come from")
         self.pickers: dict[str, LayerPicker] = {}
         self.clean = LayerPicker(napari_viewer, image_type(), tip="Clean images: the degraded input is simulated from them")
+        self.paths: dict[str, PathField] = {}
+        self.clean_path = PathField("A file or folder of clean images: the degraded input is simulated from them", "clean images on disk")
+        self.set_path = PathField("A training set made by 'emdiffuse prepare' (a zarr folder): registered pairs with held-out patches", "a prepared set (zarr)")
         self.dose = QDoubleSpinBox()
         self.dose.setRange(0.5, 10000.0)
         self.dose.setValue(DEFAULT_DOSE)
@@ -152,8 +159,10 @@ class TrainWidget(DockWidget):
         form.addRow("Data", self.source)
         names = dict.fromkeys(n for v in VARIANTS.values() for n in v.training_inputs)
         for name in sorted(names, key=lambda n: list(INPUTS).index(n) if n in INPUTS else len(INPUTS)):
-            form.addRow(INPUTS.get(name, (name.capitalize(),))[0], self._add_picker(name))
-        for label, w in (("Clean", self.clean), ("Dose", self.dose), ("Read noise", self.read_noise)):
+            label = INPUTS.get(name, (name.capitalize(),))[0]
+            form.addRow(label, self._add_picker(name))
+            form.addRow(label, self._add_path(name))
+        for label, w in (("Clean", self.clean), ("Clean", self.clean_path), ("Set", self.set_path), ("Dose", self.dose), ("Read noise", self.read_noise)):
             form.addRow(label, w)
         form.addRow(self.options_box)
         form.addRow("Region", self.region)
@@ -197,13 +206,20 @@ class TrainWidget(DockWidget):
             ("input", "target"): ("Paired layers", "A degraded input layer and its registered clean target"),
             ("volume",): ("One volume", "One volume; the model learns from its own slices"),
         }.get(tuple(names), ("Layers", "Layers: " + ", ".join(names)))
+        simulate = can_simulate(variant)
+        files = "Volume file" if tuple(names) == ("volume",) else "Paired files"
+        sources = [
+            (label, "layers", tip),
+            *([("Simulated", "simulate", "A clean layer, with the degradation (noise, blur) simulated")] if simulate else []),
+            (files, "files", f"{tip}, as files or folders on disk (read lazily: for data too large to open as layers)"),
+            *([("Clean file", "clean_file", "A clean file or folder on disk, with the degradation (noise, blur) simulated")] if simulate else []),
+            ("Prepared set", "prepared", "A training set made by 'emdiffuse prepare' (registered pairs, held-out patches)"),
+        ]
         self.source.blockSignals(True)
         self.source.clear()
-        self.source.addItem(label, "layers")
-        self.source.setItemData(0, tip, Qt.ItemDataRole.ToolTipRole)
-        if can_simulate(variant):
-            self.source.addItem("Simulated", "simulate")
-            self.source.setItemData(1, "A clean layer, with the degradation (noise, blur) simulated", Qt.ItemDataRole.ToolTipRole)
+        for i, (text, key, item_tip) in enumerate(sources):
+            self.source.addItem(text, key)
+            self.source.setItemData(i, item_tip, Qt.ItemDataRole.ToolTipRole)
         self.source.blockSignals(False)
         if self.options is not None:
             self.options.setParent(None)
@@ -220,12 +236,18 @@ class TrainWidget(DockWidget):
 
         # Every data row is in the form from the start; only the current source's rows are shown
         # (rows taken out of a form leave their labels drawn where they were).
-        simulate = self.source.currentData() == "simulate"
-        wanted = set() if simulate else set(get_variant(self.variant_name()).training_inputs)
+        source = self.source.currentData()
+        inputs = set(get_variant(self.variant_name()).training_inputs)
         for name, picker in self.pickers.items():
-            self.form.setRowVisible(picker, name in wanted)
-        for w in (self.clean, self.dose, self.read_noise):
-            self.form.setRowVisible(w, simulate)
+            self.form.setRowVisible(picker, source == "layers" and name in inputs)
+        for name, field in self.paths.items():
+            self.form.setRowVisible(field, source == "files" and name in inputs)
+        self.form.setRowVisible(self.clean, source == "simulate")
+        self.form.setRowVisible(self.clean_path, source == "clean_file")
+        self.form.setRowVisible(self.set_path, source == "prepared")
+        for w in (self.dose, self.read_noise):
+            self.form.setRowVisible(w, source in ("simulate", "clean_file"))
+        self.form.setRowVisible(self.region, source not in FILE_SOURCES)  # a rectangle is drawn over a layer
 
     def _add_picker(self, name: str) -> LayerPicker:
         """The layer picker of a training input; the target's avoids the input's layer."""
@@ -236,6 +258,13 @@ class TrainWidget(DockWidget):
             self.pickers["input"].currentIndexChanged.connect(picker.refresh)
         self.pickers[name] = picker
         return picker
+
+    def _add_path(self, name: str) -> PathField:
+        """The path field of a training input read from disk."""
+        _, tip, _ = INPUTS.get(name, (name, f"The '{name}' image", None))
+        field = PathField(f"{tip}: a file or folder on disk, read lazily as 'emdiffuse train' reads it", f"{name} on disk")
+        self.paths[name] = field
+        return field
 
     def refresh_start(self, *_: Any) -> None:
         """Presets of the chosen variant (built-in and from the Presets widget), then its models."""
@@ -312,6 +341,9 @@ class TrainWidget(DockWidget):
                 over["variant_options"] = self.options.values()
             preset = start.with_overrides(over)
         options = variant.options(preset.variant_options)
+        if self.source.currentData() in FILE_SOURCES:
+            arrays, note = self._file_arrays(variant, preset)
+            return _Run(preset, arrays, None, init, Path(tempfile.mkdtemp(prefix=f"emdiffuse-{variant.name}-")), self.device.currentText(), note, {})
         if self.source.currentData() == "simulate":
             layer = self.clean.layer()
             clean = np.asarray(image_array(layer))
@@ -353,6 +385,38 @@ class TrainWidget(DockWidget):
         right = float(layer.translate[-1] + layer.scale[-1] * (layer.data.shape[-1] if not layer.multiscale else layer.data[0].shape[-1]))
         geometry = {"scale": scale, "translate": (float(layer.translate[-2]), right + 8 * scale[-1]), "units": tuple(layer.units[-2:])}
         return _Run(preset, arrays, roi, init, run_dir, self.device.currentText(), note, geometry)
+
+    def _file_arrays(self, variant: Any, preset: Any) -> tuple[dict[str, Any], str]:
+        """The training arrays from the files chosen, as ``emdiffuse train`` reads them."""
+        from ..jobs.inputs import training_arrays
+
+        source = self.source.currentData()
+        files: dict[str, Path | None] = {}
+        clean = data = None
+        if source == "files":
+            for name in variant.training_inputs:
+                label = INPUTS.get(name, (name,))[0]
+                files[name] = self.paths[name].path()
+                if files[name] is None:
+                    raise InputError(f"choose a file or folder for '{label}'")
+            chosen = [p.resolve() for p in files.values() if p is not None]
+            if len(set(chosen)) < len(chosen):
+                raise InputError(
+                    f"'Input' and 'Target' are the same file ({chosen[0]}): choose the degraded images as input and their clean version as target"
+                )
+        elif source == "clean_file":
+            clean = self.clean_path.path()
+            if clean is None:
+                raise InputError("choose the file or folder of clean images")
+        else:
+            data = self.set_path.path()
+            if data is None:
+                raise InputError("choose the prepared training set (a zarr folder made by 'emdiffuse prepare')")
+        arrays, notes = training_arrays(
+            variant.name, preset.variant_options, files, clean=clean, data=data,
+            dose=self.dose.value(), read_noise=self.read_noise.value(), seed=preset.train.seed,
+        )  # fmt: skip
+        return arrays, "; ".join(notes)
 
     def run(self) -> None:
         """Start training (the Train button); problems are shown as notifications."""

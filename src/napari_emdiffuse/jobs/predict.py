@@ -186,7 +186,7 @@ def predict(
         region = () if complete else finished_region(blocks, done)
         if out is not None:
             written, (out_mean, out_std, out_samples, lower, upper) = out.finish(
-                out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q
+                out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q, geometry.origin
             )
         else:
             written, (out_mean, out_std, out_samples, lower, upper) = [], finish_in_memory(out_mean, out_std, out_samples, q)

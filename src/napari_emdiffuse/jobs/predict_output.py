@@ -218,12 +218,15 @@ class PredictionOutput:
         voxel: Sequence[float],
         provenance: dict[str, Any],
         q: float | None,
+        origin: Sequence[float] | None = None,
     ) -> tuple[list[Path], tuple[Any, Any, Any, Any, Any]]:
         """Pool the uncertainty and write what is complete: everything under the final names, or
         after a cancel the finished ``region`` (:func:`.blocks.finished_region`; None: nothing)
         as partial TIFFs, or the whole store, marked incomplete, under its partial name. Returns
         the paths written and the result arrays (mean, uncertainty, samples, lower, upper; a
-        store's reopened where it now lies)."""
+        store's reopened where it now lies). A TIFF records where its first pixel lies (µm:
+        ``origin``, the whole output's, moved to the region's start), as a store does, so
+        that it reopens over the input."""
         shape = tuple(mean.shape)
         bounds = region_bounds(region, shape) if region is not None else None
         status = {"complete": complete, "finished": bounds, "shape": list(shape)}
@@ -236,14 +239,19 @@ class PredictionOutput:
         where = (lambda p: p) if complete else OutputNames.partial  # noqa: E731
         from ..data.io import write_tiff
 
-        about = {**provenance, **status}
-        written = [write_tiff(where(self.names.mean), mean[region], voxel, self.inputs, provenance=about)]
-        written.append(write_tiff(where(self.names.std), spread[region], voxel, self.inputs, provenance={**about, "role": "uncertainty"}))
+        first = [float(o) + a * float(v) for o, (a, _), v in zip(origin or (0.0,) * len(shape), bounds, voxel)]
+        about = {**provenance, **status, "origin": first}
+
+        def write(path: Path, data: Any, role: str | None = None) -> Path:
+            tagged = {**about, "role": role} if role else about
+            return write_tiff(where(path), data[region], voxel, self.inputs, origin=first, provenance=tagged)
+
+        written = [write(self.names.mean, mean), write(self.names.std, spread, "uncertainty")]
         if lower is not None and self.names.bounds:
             for role, p, a in zip(("lower", "upper"), self.names.bounds, (lower, upper)):
-                written.append(write_tiff(where(p), a[region], voxel, self.inputs, provenance={**about, "role": f"{role} bound"}))
+                written.append(write(p, a, f"{role} bound"))
         for k, p in enumerate(self.names.samples):
-            written.append(write_tiff(where(p), samples[k][region], voxel, self.inputs, provenance={**about, "role": f"sample {k}"}))
+            written.append(write(p, samples[k], f"sample {k}"))
         return written, arrays
 
     def _finish_store(

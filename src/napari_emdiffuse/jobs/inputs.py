@@ -1,0 +1,72 @@
+"""Inputs from files on disk, read as the command line reads them.
+
+The command line and the widgets both read files through :func:`read_logged` (lazily, by
+:func:`..data.io.read_image`) and training data through :func:`training_arrays`, so a file
+gives the same arrays either way: inputs, targets and volumes stay lazy (the trainer draws patches from
+them), clean images for simulated degradation are read whole (the degradation is applied to
+them once), and a prepared set (``emdiffuse prepare``) brings its held-out patches.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..data.io import read_image
+from ..errors import naming
+from ..variants import get_variant
+
+log = logging.getLogger(__name__)
+
+#: the training inputs that come as one file each, as the command line names them
+FILE_INPUTS = ("input", "target", "volume")
+
+
+def training_arrays(
+    variant_name: str,
+    variant_options: Mapping[str, Any] | None,
+    files: Mapping[str, str | Path | None] | None = None,
+    clean: str | Path | None = None,
+    data: str | Path | None = None,
+    dose: float | None = None,
+    read_noise: float = 0.0,
+    seed: int = 0,
+) -> tuple[dict[str, Any], list[str]]:
+    """The arrays a run trains on and a note per source (for the model's record).
+
+    ``files`` maps training inputs (``input``, ``target``, ``volume``) to files; ``clean`` is
+    a file of clean images whose degradation is simulated (``dose``, ``read_noise``, ``seed``);
+    ``data`` a prepared set. When a prepared set is given with other files, its held-out
+    patches are dropped: they belong to its own patches, not to the files given with it.
+    Empty when nothing is given (the caller says what it needs)."""
+    variant = get_variant(variant_name)
+    options = variant.options(dict(variant_options or {}))
+    arrays: dict[str, Any] = {}
+    notes: list[str] = []
+    if clean:
+        img = read_logged(clean, "clean images")
+        with naming({"clean images": clean}):
+            arrays = variant.from_clean(np.asarray(img.data), options, dose=dose, read_noise=read_noise, seed=seed)
+        notes.append(f"clean {clean} with simulated degradation (dose {dose}, read noise {read_noise})")
+    if data:
+        from ..data.prepare import load_training_set
+
+        arrays.update(load_training_set(data, variant.name, dict(variant_options or {})))
+        notes.append(f"prepared set {data}")
+    given = {name: path for name, path in (files or {}).items() if path}
+    for name, path in given.items():
+        arrays[name] = read_logged(path, name).data
+        notes.append(f"{name} {path}")
+    if data and (clean or given):
+        arrays = {k: v for k, v in arrays.items() if not k.startswith("val_")}
+    return arrays, notes
+
+
+def read_logged(path: str | Path, what: str) -> Any:
+    """:func:`..data.io.read_image`, noting what was read (shown with ``-v``)."""
+    img = read_image(path)
+    log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
+    return img

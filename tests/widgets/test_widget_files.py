@@ -1,0 +1,189 @@
+"""Enhance and Train from a file or folder on disk (issue 15, part 4): read lazily as the command
+line reads it, results written to OME-Zarr beside the input and opened lazily, placed and
+contrasted as the napari reader places them, and bad paths refused in one plain line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_emdiffuse._reader import read_paths
+from napari_emdiffuse._widgets.registry import MODELS
+from napari_emdiffuse.data.io import write_tiff
+
+ORIGIN = (1.0, 0.5, 0.25)  # µm: where the stack lies, as its ImageJ TIFF says
+
+
+@pytest.fixture
+def em_tiff(isbi, voxel, tmp_path):
+    """Three real ssTEM slices of 64 x 64 px as an ImageJ TIFF with voxel size and origin."""
+    return write_tiff(tmp_path / "em.tif", isbi[:3, :64, :64], voxel, origin=ORIGIN)
+
+
+def _enhance(viewer, open_dock, path, model):
+    MODELS.add(model, "trained")
+    w = open_dock(viewer, "Enhance")
+    w.source.setCurrentIndex(w.source.findData("file"))
+    w.input_path.set_path(path)
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    return w
+
+
+def _reader_kwargs(path, name):
+    return next(kw for _, kw, _ in read_paths(path) if kw["name"] == name)
+
+
+def test_enhance_a_tiff_file_into_zarr_beside_it_opened_lazily_where_the_reader_puts_it(
+    make_napari_viewer, em_tiff, voxel, tiny_model, open_dock
+):
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    out = em_tiff.with_name("em_enhanced.zarr")
+    assert w.zarr_path.text() == str(out)  # the default: beside the input, editable
+    assert not w.scope.isVisible() and not w.image.isVisibleTo(w)
+    w.run()
+    assert len(w.result_layers) == 2, w.controls.status.text()
+    enhanced, uncertainty = w.result_layers
+    assert [lyr.name for lyr in viewer.layers][::2] == ["em denoise", "em denoise unsure"]
+    assert zarr.open_group(str(out), mode="r").attrs["complete"] is True
+    source = _reader_kwargs(em_tiff, "em")
+    stored = _reader_kwargs(out, "em_enhanced mean")
+    for layer in (enhanced, uncertainty):
+        assert hasattr(layer.data, "dask") and layer.data.shape == (3, 64, 64)  # lazy, never loaded
+        assert tuple(layer.scale) == pytest.approx(source["scale"]) and source["scale"] == pytest.approx(voxel)
+        assert tuple(layer.translate) == pytest.approx(source["translate"]) and source["translate"] == pytest.approx(ORIGIN)
+        assert tuple(layer.scale) == pytest.approx(stored["scale"])
+        assert tuple(layer.translate) == pytest.approx(stored["translate"])
+        assert [str(u) for u in layer.units] == ["micrometer"] * 3
+    assert tuple(enhanced.contrast_limits) == pytest.approx(stored["contrast_limits"])
+    assert w.controls.status.text().startswith("Done") and str(out) in w.controls.status.text()
+
+
+def test_enhance_a_folder_of_slices(make_napari_viewer, isbi, tiny_model, tmp_path, open_dock):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(2):
+        write_tiff(folder / f"s{z}.tif", isbi[z, :48, :56], (0.004, 0.004))
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, folder, tiny_model)
+    assert w.zarr_path.text() == str(tmp_path / "slices_enhanced.zarr")
+    assert "2 × 48 × 56 px" in w.output_info.text()
+    w.run()
+    enhanced = w.result_layers[0]
+    assert hasattr(enhanced.data, "dask") and enhanced.data.shape == (2, 48, 56)
+    assert tuple(enhanced.scale) == pytest.approx((1.0, 0.004, 0.004))  # slices know no z spacing
+
+
+def test_an_existing_result_is_refused_without_overwrite(make_napari_viewer, em_tiff, tiny_model, notes, open_dock):
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    w.run()
+    out = em_tiff.with_name("em_enhanced.zarr")
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    n = len(viewer.layers)
+    w.run()
+    assert len(viewer.layers) == n and (out / "zarr.json").stat().st_mtime_ns == stamp  # refused, kept
+    message = w.controls.status.text()
+    assert "already exists" in message and "tick 'Overwrite'" in message and "--" not in message
+    w.overwrite.setChecked(True)
+    w.run()
+    assert len(viewer.layers) == n + 3 and w.controls.status.text().startswith("Done")
+
+
+def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewer, em_tiff, tiny_model, open_dock):
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    forward = w.controls.runner._on_event
+
+    def cancel_after_the_first_plane(event):
+        forward(event)
+        if getattr(getattr(event, "kind", None), "value", None) == "progress" and event.done > event.total // 3:
+            w.controls.runner.cancel()
+
+    w.controls.runner._on_event = cancel_after_the_first_plane
+    w.run()
+    partial = em_tiff.with_name("em_enhanced.partial.zarr")
+    attrs = zarr.open_group(str(partial), mode="r").attrs
+    assert attrs["complete"] is False and attrs["finished"][0][0] == 0
+    enhanced = w.result_layers[0]
+    assert "(partial)" in enhanced.name and hasattr(enhanced.data, "dask") and 1 <= enhanced.data.shape[0] < 3
+    assert tuple(enhanced.translate) == pytest.approx(ORIGIN)
+    w.controls.runner._on_event = forward
+    w.run()  # neither Resume nor Overwrite: the partial result is kept, and the user told how to go on
+    assert "tick 'Resume'" in w.controls.status.text() and partial.is_dir()
+    w.resume.setChecked(True)
+    w.steps.setValue(2)  # other settings than the run it would continue: refused, in the widget's words
+    w.run()
+    assert "cannot resume" in w.controls.status.text() and "tick 'Overwrite'" in w.controls.status.text() and partial.is_dir()
+    w.steps.setValue(1)
+    w.run()
+    assert not partial.exists() and zarr.open_group(str(em_tiff.with_name("em_enhanced.zarr")), mode="r").attrs["complete"] is True
+    assert w.result_layers[0].data.shape == (3, 64, 64) and "(partial)" not in w.result_layers[0].name
+
+
+def _bad_paths(tmp_path, isbi):
+    broken = tmp_path / "broken.tif"
+    broken.write_text("not an image")
+    (tmp_path / "notes.txt").write_text("a text file")
+    flat = write_tiff(tmp_path / "flat.tif", isbi[0, :32, :32], (0.004, 0.004))
+    return [
+        ("", "denoise", "choose the file or folder"),
+        (str(tmp_path / "missing.tif"), "denoise", "no such file or folder"),
+        (str(broken), "denoise", "not a valid TIFF"),
+        (str(tmp_path / "notes.txt"), "denoise", "unsupported file type '.txt'"),
+        (str(flat), "iso_i", "works on volumes (z, y, x), but the file"),
+    ]
+
+
+def test_bad_paths_give_one_plain_line(make_napari_viewer, isbi, tiny_model, untrained_model, tmp_path, notes, open_dock):
+    viewer = make_napari_viewer()
+    MODELS.add(untrained_model("iso_i"), "disk")
+    w = _enhance(viewer, open_dock, "", tiny_model)
+    for text, variant, expected in _bad_paths(tmp_path, isbi):
+        w.variant.setCurrentIndex(w.variant.findData(variant))
+        w.input_path.set_path(text)
+        w.run()
+        message = w.controls.status.text()
+        assert expected.lower() in message.lower(), (text, message)
+        assert "\n" not in message and "Traceback" not in message and "--" not in message, message
+        assert w.result_layers == [] and len(viewer.layers) == 0
+    assert len(notes.messages("error")) == 5
+
+
+def test_train_from_a_clean_file_with_simulated_noise(make_napari_viewer, em_tiff, open_dock):
+    viewer = make_napari_viewer()
+    w = open_dock(viewer, "Train / fine-tune")
+    w.source.setCurrentIndex(w.source.findData("clean_file"))
+    assert w.clean_path.isVisibleTo(w) and not w.clean.isVisibleTo(w)
+    w.clean_path.set_path(em_tiff)
+    w.select_start("preset: tiny")
+    w.iterations.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.run()
+    assert w.last_model is not None, w.controls.status.text()
+    assert "Model" in w.controls.status.text() and len(MODELS.entries("denoise")) == 1
+    assert str(em_tiff) in (w.last_model / "model.json").read_text()  # the model says what it learnt from
+
+
+def test_train_from_paired_files_and_bad_paths(make_napari_viewer, isbi, voxel, tmp_path, notes, open_dock):
+    noisy = write_tiff(tmp_path / "noisy.tif", (isbi[:3, :64, :64] * 0.8 + 20).astype(np.uint8), voxel)
+    clean = write_tiff(tmp_path / "clean.tif", isbi[:3, :64, :64], voxel)
+    viewer = make_napari_viewer()
+    w = open_dock(viewer, "Train / fine-tune")
+    w.source.setCurrentIndex(w.source.findData("files"))
+    w.select_start("preset: tiny")
+    w.iterations.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.paths["input"].set_path(tmp_path / "missing.tif")
+    w.paths["target"].set_path(clean)
+    w.run()
+    assert "missing.tif: no such file or folder" in w.controls.status.text() and w.last_model is None
+    w.paths["input"].set_path(clean)
+    w.run()
+    assert "same" in w.controls.status.text() and w.last_model is None
+    w.paths["input"].set_path(noisy)
+    w.run()
+    assert w.last_model is not None, w.controls.status.text()
