@@ -25,7 +25,7 @@ from ..engine.samplers import get_sampler, posterior_mean
 from ..engine.tiling import TiledSampler
 from ..model_file import Model
 from ..variants import get_variant
-from ..variants.base import Block
+from ..variants.base import Block, BlockJob
 
 ESTIMATES = ("best", "mean")
 
@@ -120,7 +120,7 @@ class BlockRunner:
         self._on_step = on_step
         try:
             with torch.inference_mode(), autocast(self.device, inference=True):
-                self.variant.predict_block(image, block, self.options, self.normaliser, run_plane, mean, spread, samples)
+                self.variant.predict_block(image, block, self.options, BlockJob(self.normaliser, run_plane, mean, spread, samples))
         finally:
             self._on_step = None
         return BlockResult(block, mean, spread, samples)

@@ -169,6 +169,36 @@ class PlaneWriter:
             self.target[(slice(None),) * self.samples + (slice(self.start, self.start + c), rows)] = v
 
 
+@dataclass
+class BlockJob:
+    """What the predict job hands a variant to fill one block: the image's ``normaliser``, the
+    runner's ``sample_plane(read, height, width, mean, std, samples, plane_key)`` (every
+    sampler pass over one plane, into three tiler targets) and the block's arrays, zero on
+    entry, in the input's intensity units: ``mean`` and ``std`` of ``block.shape``, ``samples``
+    of ``(K, *block.shape)`` or None."""
+
+    normaliser: Normaliser
+    sample_plane: Callable[..., None]
+    mean: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray | None
+
+    def run(self, read: Base, height: int, width: int, start: int = 0, base: Base | None = None, plane_key: int = 0) -> None:
+        """Sample one plane (``read(y0, y1) -> (C, rows, W)``, normalised) into the ``C`` planes
+        from ``start`` of the block's arrays, adding a residual model's ``base`` to the estimate
+        and the samples."""
+        n = self.normaliser
+        self.sample_plane(
+            read,
+            height,
+            width,
+            PlaneWriter(self.mean, start, n.inverse, base=base),
+            PlaneWriter(self.std, start, n.scale_std),
+            PlaneWriter(self.samples, start, n.inverse, samples=True, base=base) if self.samples is not None else None,
+            plane_key=plane_key,
+        )
+
+
 def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The same random flip and 90-degree rotation of both arrays (last two axes)."""
     k = int(rng.integers(4))
@@ -244,21 +274,10 @@ class Variant(ABC):
         that buffer in memory)."""
 
     @abstractmethod
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
-        """Fill the block's arrays (``mean`` and ``std`` of ``block.shape``, ``samples`` of
-        ``(K, *block.shape)``, zero on entry, in the input's intensity units) by sampling its
-        planes through ``run_plane(read, height, width, mean, std, samples, plane_key)``,
-        reading from ``image`` (lazy) only what the block needs."""
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: "BlockJob") -> None:
+        """Fill the block's arrays (``job.mean``, ``job.std``, ``job.samples``) by sampling its
+        planes through the job (:meth:`BlockJob.run`), reading from ``image`` (lazy) only what
+        the block needs."""
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         """A warning when the input's voxel size does not suit the model (None: nothing to say)."""

@@ -15,9 +15,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
-from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
+from ..data.normalise import check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Block, Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment, plane_blocks, split_rows
+from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant, augment, plane_blocks, split_rows
 
 
 class DenoiseOptions(BaseModel):
@@ -151,31 +151,11 @@ class Denoise(Variant):
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
         return plane_blocks(shape)
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         z = block.index
         plane = as_stack(image)[z]
-        h, w = plane.shape
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return normaliser.forward(np.asarray(plane[y0:y1]))[None]
+            return job.normaliser.forward(np.asarray(plane[y0:y1]))[None]
 
-        base = read if options.residual else None
-        run_plane(
-            read,
-            h,
-            w,
-            PlaneWriter(mean, 0, normaliser.inverse, base=base),
-            PlaneWriter(std, 0, normaliser.scale_std),
-            PlaneWriter(samples, 0, normaliser.inverse, samples=True, base=base) if samples is not None else None,
-            plane_key=z,
-        )
+        job.run(read, *plane.shape, base=read if options.residual else None, plane_key=z)

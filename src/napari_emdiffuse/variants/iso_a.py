@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Base, Block, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
+from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_original_gap, volume_region
@@ -247,20 +247,11 @@ class IsoA(Variant):
             for i, y in enumerate(range(0, h, step))
         ]
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         r = options.factor
         if options.emdiffuse_original:
-            return predict_original_gap(image, block, int(r), normaliser, run_plane, mean, std, samples)
+            return predict_original_gap(image, block, int(r), job)
+        normaliser, mean, std, samples = job.normaliser, job.mean, job.std, job.samples
         n, _, w = image.shape
         n_out = output_slices(n, r)
         positions = np.arange(n) * r
@@ -277,7 +268,7 @@ class IsoA(Variant):
             def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
                 return _read(r0, r1)[:1]
 
-            run_plane(
+            job.sample_plane(  # xz planes: each fills one row of the block's arrays
                 read,
                 n_out,
                 w,

@@ -17,14 +17,14 @@ interleaves the generated ones, and divides the z voxel size by ``k``. With
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Block, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant, augment
+from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_gap, predict_original_gap, volume_region
@@ -145,27 +145,18 @@ class IsoI(Variant):
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
         return gap_blocks(shape, options.factor)
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         k, g = options.factor, block.index
         if options.emdiffuse_original:
-            return predict_original_gap(image, block, k, normaliser, run_plane, mean, std, samples)
+            return predict_original_gap(image, block, k, job)
         idx = context_slices(g, image.shape[0])
+        forward = job.normaliser.forward
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return normaliser.forward(np.stack([np.asarray(image[i, y0:y1]) for i in idx]))
+            return forward(np.stack([np.asarray(image[i, y0:y1]) for i in idx]))
 
         def base(y0: int, y1: int) -> np.ndarray:
-            lo, hi = (normaliser.forward(np.asarray(image[i, y0:y1])) for i in (g, g + 1))
+            lo, hi = (forward(np.asarray(image[i, y0:y1])) for i in (g, g + 1))
             return linear_gap(np.stack([lo, lo, hi, hi])[None], k)[0]
 
-        predict_gap(image, block, k, read, run_plane, normaliser, mean, std, samples, base)
+        predict_gap(image, block, k, read, job, base)

@@ -5,13 +5,13 @@ an imported original vEMDiffuse network as the original code does."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..data.normalise import Normaliser, check_image
 from ..errors import InputError
-from .base import Block, PatchPairs, PlaneWriter, Roi, augment, split_rows
+from .base import Base, Block, BlockJob, PatchPairs, Roi, augment, split_rows
 
 #: rows written at a time when copying original slices, so a huge plane needs little memory
 COPY_ROWS = 1024
@@ -130,44 +130,22 @@ class OriginalGapPairs(PatchPairs):
         return augment(cond, target, rng)
 
 
-def predict_gap(
-    image: Any,
-    block: Block,
-    k: int,
-    read: Callable[[int, int], np.ndarray],
-    run_plane: Callable[..., None],
-    normaliser: Normaliser,
-    mean: np.ndarray,
-    std: np.ndarray,
-    samples: np.ndarray | None,
-    base: Callable[[int, int], np.ndarray] | None = None,
-) -> None:
+def predict_gap(image: Any, block: Block, k: int, read: Base, job: BlockJob, base: Base | None = None) -> None:
     """Fill one block of :func:`gap_blocks`: the gap's ``k - 1`` planes sampled from ``read``
     (plus ``base`` for a residual model), the input slices it holds copied unchanged."""
     g, lo = block.index, block.region[0].start
     h, w = image.shape[1:]
     if g == 0:
-        copy_slice(image, 0, 0, mean, samples)
-    first = g * k + 1 - lo
-    run_plane(
-        read,
-        h,
-        w,
-        PlaneWriter(mean, first, normaliser.inverse, base=base),
-        PlaneWriter(std, first, normaliser.scale_std),
-        PlaneWriter(samples, first, normaliser.inverse, samples=True, base=base) if samples is not None else None,
-        plane_key=g,
-    )
-    copy_slice(image, g + 1, (g + 1) * k - lo, mean, samples)
+        copy_slice(image, 0, 0, job.mean, job.samples)
+    job.run(read, h, w, start=g * k + 1 - lo, base=base, plane_key=g)
+    copy_slice(image, g + 1, (g + 1) * k - lo, job.mean, job.samples)
 
 
-def predict_original_gap(
-    image: Any, block: Block, k: int, normaliser: Normaliser, run_plane: Callable[..., None], mean: np.ndarray, std: np.ndarray, samples: np.ndarray | None
-) -> None:
+def predict_original_gap(image: Any, block: Block, k: int, job: BlockJob) -> None:
     """One gap of a ``((n - 1) k + 1, h, w)`` output as the original vEMDiffuse fills it: the
     ``k - 1`` slices generated from the two bounding slices, input slices kept."""
 
     def read(y0: int, y1: int) -> np.ndarray:
-        return normaliser.forward(original_condition(image, block.index, 1, slice(y0, y1)))
+        return job.normaliser.forward(original_condition(image, block.index, 1, slice(y0, y1)))
 
-    predict_gap(image, block, k, read, run_plane, normaliser, mean, std, samples)
+    predict_gap(image, block, k, read, job)
