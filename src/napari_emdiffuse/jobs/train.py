@@ -38,7 +38,7 @@ from ..data.safe_output import Lock
 from ..errors import Cancelled, InputError, ModelFileError
 from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors, stored_preset
 from ..variants import get_variant, resolve
-from ..variants.base import Roi
+from ..variants.base import Roi, Split
 from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progress, TrainResult, Validation
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -351,12 +351,12 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     if len(held_out) == len(variant.training_inputs) and roi is None:
         # a prepared set: its validation patches come from other slices; train on every row of the rest
         train_arrays = {k: arrays[k] for k in variant.training_inputs}
-        train_src = variant.training_pairs(train_arrays, options, "all", 0.0, tc.patch_size, None, tc.min_foreground_std)
-        val_src = variant.training_pairs(held_out, options, "all", 0.0, tc.patch_size, None, tc.min_foreground_std)
+        train_src = variant.training_pairs(train_arrays, options, Split("all", 0.0, tc.patch_size, None, tc.min_foreground_std))
+        val_src = variant.training_pairs(held_out, options, Split("all", 0.0, tc.patch_size, None, tc.min_foreground_std))
         val_src.summary["held_out"] = "validation patches of the prepared set"
     else:
-        train_src = variant.training_pairs(arrays, options, "train", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
-        val_src = variant.training_pairs(arrays, options, "val", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
+        train_src = variant.training_pairs(arrays, options, Split("train", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std))
+        val_src = variant.training_pairs(arrays, options, Split("val", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std))
     patch = train_src.patch
     if patch != tc.patch_size:
         yield Message(f"patch size reduced to {patch} px to fit the training region", "warning")
@@ -426,7 +426,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         if cfg.samples < 2:
             yield Message("no calibration: the model's sampling settings draw a single sample, which has no spread", "warning")
             return None
-        sampler = get_sampler(cfg.sampler)
+        sampler = get_sampler(cfg.sampler, cfg.eta)  # as predict samples
         draws = []
         for i in range(cfg.samples):
             yield Progress(i, cfg.samples, "calibrating the uncertainty")

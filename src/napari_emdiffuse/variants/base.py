@@ -217,6 +217,32 @@ def split_rows(height: int, val_fraction: float, patch: int) -> tuple[tuple[int,
     return (0, height - val_h), (height - val_h, height)
 
 
+@dataclass(frozen=True)
+class Split:
+    """Which training pairs to make: ``name`` "train" or "val" (validation is a strip of
+    ``val_fraction`` of the rows at the bottom, never overlapping training), or "all" (a set
+    whose validation data is held out elsewhere); ``patch`` is the patch size asked for (target
+    pixels), ``roi`` a rectangle to keep to, ``min_std`` the flattest target a patch may have."""
+
+    name: str
+    val_fraction: float
+    patch: int
+    roi: Roi | None = None
+    min_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ("train", "val", "all"):
+            raise ValueError(f"split {self.name!r}: expected 'train', 'val' or 'all'")
+
+    def rows(self, height: int, scale: int = 1) -> tuple[int, int]:
+        """The split's row range in a region ``height`` rows high (of input pixels, ``scale``
+        times coarser than the target's)."""
+        if self.name == "all":
+            return 0, height
+        train, val = split_rows(height, self.val_fraction, self.patch // scale)
+        return train if self.name == "train" else val
+
+
 class Variant(ABC):
     """One EMDiffuse variant; subclasses are small and stateless."""
 
@@ -255,17 +281,8 @@ class Variant(ABC):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry: ...
 
     @abstractmethod
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
-        """Pairs for ``split`` ("train" or "val") from the user's arrays (numpy or dask)."""
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
+        """Pairs for ``split`` from the user's arrays (numpy or dask)."""
 
     @abstractmethod
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:

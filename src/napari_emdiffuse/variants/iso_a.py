@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
+from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_original_gap, volume_region
@@ -196,26 +196,17 @@ class IsoA(Variant):
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         raise InputError(f"{self.title} learns from the anisotropic volume itself: give it as the volume (--volume)")
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         r = options.factor
         volume = arrays["volume"]
         check_volume(volume, self.title, "training volume", 1)
-        vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
+        vol, rows, cols = volume_region(volume, split)
         need = min_patch(r)
-        fitted = fit_patch(patch, rows, cols)
+        fitted = fit_patch(split.patch, rows, cols)
         if fitted < need:
             raise InputError(
                 f"factor {r:g} needs training patches of at least {need} px (two gaps of {r:g} rows); "
-                f"{'the patch size is ' + str(patch) if patch < need else 'the training region is too small'}"
+                f"{'the patch size is ' + str(split.patch) if split.patch < need else 'the training region is too small'}"
             )
         norm = fit_normaliser(vol, name="volume")
         if options.emdiffuse_original:  # as the original: y stands in for z, gaps between xz planes
@@ -223,11 +214,11 @@ class IsoA(Variant):
             planes = np.ascontiguousarray(vol[:, rows[0] : rows[1]].transpose(1, 0, 2))
             if planes.shape[0] <= k:
                 raise InputError(f"the training region has {planes.shape[0]} rows; factor {k} needs more than {k}")
-            pairs = OriginalGapPairs(planes, norm, k, (0, planes.shape[1]), cols, min_std)
-            pairs.patch = fit_patch(patch, (0, planes.shape[1]), cols)
+            pairs = OriginalGapPairs(planes, norm, k, (0, planes.shape[1]), cols, split.min_std)
+            pairs.patch = fit_patch(split.patch, (0, planes.shape[1]), cols)
             pairs.summary["normaliser"] = norm.to_dict()
             return pairs
-        pairs = LateralPairs(vol, norm, r, rows, cols, min_std)
+        pairs = LateralPairs(vol, norm, r, rows, cols, split.min_std)
         pairs.patch = fitted
         pairs.summary["normaliser"] = norm.to_dict()
         return ResidualPairs(pairs, lambda c: c[:, :1])  # channel 0 is the linear interpolation

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant, augment
+from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_gap, predict_original_gap, volume_region
@@ -122,23 +122,14 @@ class IsoI(Variant):
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         raise InputError(f"{self.title} learns from an isotropic volume as it is: give it as the volume (--volume)")
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         k = options.factor
         volume = arrays["volume"]
         check_volume(volume, self.title, "isotropic training volume", k + 1, f"at factor {k} (two slices {k} apart)")
-        vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
+        vol, rows, cols = volume_region(volume, split)
         norm = fit_normaliser(vol, name="volume")
-        pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, min_std)
-        pairs.patch = fit_patch(patch, rows, cols)
+        pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, split.min_std)
+        pairs.patch = fit_patch(split.patch, rows, cols)
         pairs.summary["normaliser"] = norm.to_dict()
         return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 

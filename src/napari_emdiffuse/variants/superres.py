@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
 from ..data.normalise import check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Block, BlockJob, Geometry, PairSource, ResidualPairs, Roi, Variant, plane_blocks
+from .base import Block, BlockJob, Geometry, PairSource, ResidualPairs, Split, Variant, plane_blocks
 from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
 from .factor import WholeFactor
 
@@ -143,21 +143,12 @@ class SuperRes(Variant):
                 f"needs a target of {want}, got {tuple(target.shape)} (register and crop them first)"
             )
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         f = options.factor
         cond, target = arrays["input"], arrays["target"]
         self.check_pair(cond, target, f)
-        cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi, scale=f)
-        fitted = sr_patch(patch, rows, cols, f)
+        cond, target, rows, cols = paired_region(cond, target, split, scale=f)
+        fitted = sr_patch(split.patch, rows, cols, f)
         # The target on the input's intensity scale (two acquisitions may differ in gain and
         # offset): compared after the coarse scan's own blur and binning, so that blur does not
         # bias the gain (simulated pairs come out at exactly 1 and 0); then one mapping for both,
@@ -167,7 +158,7 @@ class SuperRes(Variant):
         norm = fit_normaliser(cond, name="input")
         matched = a * np.asarray(target, np.float32) + b
         resize = upsample_bilinear if options.emdiffuse_original else upsample
-        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, min_std, scale=f, upsample=resize)
+        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, split.min_std, scale=f, upsample=resize)
         pairs.patch = fitted
         pairs.summary.update(normaliser=norm.to_dict(), factor=f, target_to_input=[a, b])
         if options.emdiffuse_original:

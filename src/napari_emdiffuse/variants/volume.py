@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.normalise import Normaliser, check_image
 from ..errors import InputError
-from .base import Base, Block, BlockJob, PatchPairs, Roi, augment, split_rows
+from .base import Base, Block, BlockJob, PatchPairs, Roi, Split, augment
 
 #: rows written at a time when copying original slices, so a huge plane needs little memory
 COPY_ROWS = 1024
@@ -48,20 +48,13 @@ def anisotropy_warning(voxel: Sequence[float], factor: float, title: str) -> str
     )
 
 
-def volume_region(
-    volume: Any, split: str, val_fraction: float, patch: int, roi: Roi | None
-) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """The volume cropped to the ROI (in memory, in its own dtype) and the split's rows and columns.
-
-    Validation is a strip of rows at the bottom of every slice, as for the 2D variants
-    (``split`` "all": every row).
-    """
+def volume_region(volume: Any, split: Split) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The volume cropped to the split's ROI (in memory, in its own dtype) and the split's rows
+    and columns: validation is a strip of rows at the bottom of every slice, as for the 2D variants."""
     h, w = volume.shape[-2:]
-    r = (roi or Roi(0, h, 0, w)).clip(h, w)
+    r = (split.roi or Roi(0, h, 0, w)).clip(h, w)
     vol = np.asarray(volume[:, r.y0 : r.y1, r.x0 : r.x1])
-    train_rows, val_rows = split_rows(vol.shape[1], val_fraction, patch)
-    rows = {"train": train_rows, "val": val_rows, "all": (0, vol.shape[1])}[split]
-    return vol, rows, (0, vol.shape[2])
+    return vol, split.rows(vol.shape[1]), (0, vol.shape[2])
 
 
 def gap_blocks(shape: Sequence[int], k: int) -> list[Block]:
