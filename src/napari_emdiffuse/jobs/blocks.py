@@ -79,10 +79,10 @@ class BlockRunner:
             return TiledSampler(
                 denoiser, sampler, levels, out_channels=model.info.out_channels, size_multiple=network.size_multiple,
                 tile_size=cfg.tile_size, overlap=cfg.overlap, samples=samples, tile_batch=cfg.tile_batch,
-                device=device, seed=cfg.seed, eta=cfg.eta, step_callback=self._step,
+                device=device, seed=cfg.seed, step_callback=self._step,
             )  # fmt: skip
 
-        self.sampling = tiler(get_sampler(cfg.sampler), sigmas, cfg.samples)
+        self.sampling = tiler(get_sampler(cfg.sampler, cfg.eta), sigmas, cfg.samples)
         # the best estimate: one pass at the highest noise level (posterior_mean uses sigmas[0] only)
         self.tilers = [tiler(posterior_mean, sigmas[[0, -1]], 1), self.sampling] if estimate == "best" else [self.sampling]
 
