@@ -668,15 +668,18 @@ README_END = "<!-- /bench_suite.py -->"
 SUMMARY_NAMES = {"denoise": "EMDiffuse-n", "sr": "EMDiffuse-r 2x", "iso_i": "vEMDiffuse-i k = 4", "iso_a": "vEMDiffuse-a k = 4"}
 
 
-def summary_lines(results: dict) -> list[str]:
+def summary_lines(results: dict, earlier: dict[str, str] | None = None) -> list[str]:
     """The README's table of headline figures: the default output against the baselines a user
-    would otherwise pick, and how the uncertainty did, one row per measured model."""
+    would otherwise pick, and how the uncertainty did, one row per measured model; a model this
+    run did not measure keeps its row from ``earlier`` (key -> table row), as its section does."""
     lines = [
         "| model | training steps | default output (best estimate) | baseline | strongest classical | regression UNet (CARE) | 90 % interval covers | error map AUROC |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in ("denoise", "sr", "iso_i", "iso_a"):
         if key not in results or not any(r["kind"] == "best" for r in results[key]["rows"]):
+            if key in (earlier or {}):
+                lines.append(earlier[key])
             continue
         r = results[key]
         rows = r["rows"]
@@ -701,7 +704,9 @@ def summary_lines(results: dict) -> list[str]:
         "",
         f"PSNR on held-back real EM, measured by `benchmarks/bench_suite.py` ({', '.join(dates) or 'date not recorded'}; "
         "every figure, the protocol and the targets in [docs/benchmarks.md](docs/benchmarks.md)). The error map's "
-        "AUROC is for finding the worst 10 % of 16 px patches (0.5 is chance).",
+        "AUROC is for finding the worst 10 % of 16 px patches (0.5 is chance); a model a run did not measure keeps "
+        "its earlier row. How the bundled models' calibrated intervals hold: [docs/benchmarks-calibration.md]"
+        "(docs/benchmarks-calibration.md).",
     ]
     return lines
 
@@ -712,7 +717,11 @@ def write_readme_summary(path: Path, results: dict) -> None:
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         raise SystemExit(f"{path}: the markers of the benchmark summary are missing")
-    body = "\n".join([README_START, *summary_lines(results), README_END])
+    block = text[start:end]
+    earlier = {
+        key: line for key, name in SUMMARY_NAMES.items() for line in block.splitlines() if line.startswith("| `") and f"({name})" in line
+    }
+    body = "\n".join([README_START, *summary_lines(results, earlier), README_END])
     path.write_text(text[:start] + body + text[end + len(README_END) :])
 
 
@@ -722,12 +731,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-care", action="store_true", help="skip the regression UNet")
     p.add_argument("--steps", default=",".join(map(str, STEPS)), help=f"sampler step counts for the trade-off rows (the default {SCORED_STEPS} is always run)")
-    p.add_argument("--work", default="/tmp/emdiffuse-bench-suite", help="regression models and results.json go here")
+    p.add_argument("--work", default="/tmp/emdiffuse-bench-suite", help="the regression models go here")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "bench_suite.json"), help="the measured rows, merged run after run (--only reruns some)")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--readme", default=str(REPO / "README.md"), help="whose summary block to rewrite with the headline figures")
     p.add_argument("--report-only", action="store_true", help="rewrite the page from the stored results, measuring nothing")
     args = p.parse_args(argv)
-    store = Path(args.work) / "results.json"
+    store = Path(args.results)
     if args.report_only:
         results = json.loads(store.read_text())
         write_markdown(Path(args.out), results)

@@ -100,7 +100,7 @@ RECIPES = {
         "preset": "emdiffuse-r-cpu",
         "options": {"factor": 2},
         "iterations": 3000,
-        "minutes": 18,
+        "minutes": 60,
         "run": "runs/default_emdiffuse-r",
         "bench": "sr",
     },
@@ -113,7 +113,7 @@ RECIPES = {
         "preset": "vemdiffuse-i-cpu",
         "options": {"factor": 4},
         "iterations": 3000,
-        "minutes": 18,
+        "minutes": 60,
         "run": "runs/default_vemdiffuse-i",
         "bench": "iso_i",
     },
@@ -126,7 +126,7 @@ RECIPES = {
         "preset": "vemdiffuse-a-cpu",
         "options": {"factor": 4.0},
         "iterations": 3000,
-        "minutes": 18,
+        "minutes": 60,
         "run": "runs/default_vemdiffuse-a",
         "bench": "iso_a",
     },
@@ -248,7 +248,7 @@ def main() -> None:
     ap.add_argument("name", choices=sorted(RECIPES))
     ap.add_argument("--run", type=Path, help="bundle this finished run (a model folder) instead of training")
     ap.add_argument("--finish", action="store_true", help="end a stopped run where it is: final validation and calibration, then bundle")
-    ap.add_argument("--results", type=Path, default=Path("/tmp/emdiffuse-bench-suite/results.json"), help="bench_suite.py results for the card")
+    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "bench_suite.json", help="bench_suite.py results for the card")
     args = ap.parse_args()
     recipe = RECIPES[args.name]
     run = args.run

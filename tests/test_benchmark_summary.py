@@ -49,3 +49,13 @@ def test_a_page_without_the_markers_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="markers"):
         bench_suite.write_readme_summary(page, _results())
     assert page.read_text() == "no block here\n"
+
+
+def test_a_model_the_run_did_not_measure_keeps_its_earlier_row(tmp_path):
+    page = tmp_path / "README.md"
+    kept = "| `emdiffuse-r` (EMDiffuse-r 2x) | 3000 | 23.10 dB | bicubic 22.27 dB | Lanczos 22.30 dB | 22.90 dB | 86.0 % | 0.70 |"
+    page.write_text(f"{bench_suite.README_START}\n| model |\n|---|\n{kept}\n{bench_suite.README_END}\n")
+    bench_suite.write_readme_summary(page, _results())
+    lines = page.read_text().splitlines()
+    assert kept in lines and any(line.startswith("| `emdiffuse-n`") for line in lines)
+    assert lines.index(kept) > next(i for i, line in enumerate(lines) if line.startswith("| `emdiffuse-n`"))  # in task order

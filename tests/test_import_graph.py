@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_emdiffuse"
 
 #: layer of a module by its dotted name's start (the longest match wins); everything else is the ground floor
 LAYERS = {
-    "cli": 3, "arg_types": 3, "data.cli_commands": 3, "_widgets": 3, "_reader": 3, "_writer": 3,
+    "cli": 3, "cli_calibrate": 3, "cli_jobs": 3, "arg_types": 3, "data.cli_commands": 3, "_widgets": 3, "_reader": 3, "_writer": 3,
     "bioimageio_export": 3, "bioimageio_model": 3, "_sample_data": 3, "demo": 3,
     "jobs": 2, "import_emdiffuse": 2,
     "variants": 1,

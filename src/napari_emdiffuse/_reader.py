@@ -11,12 +11,15 @@ layer each, the standard deviation shown as an uncertainty map.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
 UNCERTAINTY_NAMES = ("std", "uncertainty")
@@ -109,6 +112,20 @@ def placement(path: Path, image: Any, data: Any = None, dataset: str | None = No
         if isinstance(origin, list) and len(origin) == image.data.ndim and any(origin):
             translate = tuple(float(o) for o in origin)
     return data, voxel, translate, window
+
+
+def data_translation(path: str | Path, image: Any) -> tuple[float, ...] | None:
+    """Where the first pixel of ``read_image(path)``'s data lies (µm), as this reader places
+    its layer; None where the file records no position."""
+    from .data.io import split_dataset
+
+    file, dataset = split_dataset(path)
+    try:
+        translate = placement(file, image, dataset=dataset)[2]
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:  # malformed metadata: no position
+        log.warning("%s: warning: its recorded position is unreadable (%s); placing it at 0", file, err)
+        return None
+    return tuple(translate[-image.data.ndim :]) if translate else None
 
 
 def contrast_limits(data: Any) -> tuple[float, float]:

@@ -14,14 +14,12 @@ import sys
 import traceback
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Sequence, get_args
+from typing import Any, NoReturn, Sequence, get_args
 
 import numpy as np
 
+from .cli_jobs import ctrl_c_cancels, drive, terminate
 from .errors import EMDiffuseError, InputError, naming
-
-if TYPE_CHECKING:
-    from .jobs.events import Event
 
 log = logging.getLogger("napari_emdiffuse")
 
@@ -121,96 +119,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
     token = new_cancel_token()
-    with _ctrl_c_cancels(token) as stop:
+    with ctrl_c_cancels(token) as stop:
         events = train(
             preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
             roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
         )
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing
-            result = _drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
+            result = drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
     if world.is_main:
         print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if result.reason == "cancelled" else 0
-
-
-def _drive(events: Iterator[Event], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
-    """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
-    from tqdm import tqdm
-
-    from .jobs.events import Loss, Message, PredictResult, Progress, TrainResult, Validation
-
-    bar = None
-    result = None
-    try:
-        for ev in events:
-            if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
-                bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quiet)
-            match ev:
-                case Progress(done=done, total=of):
-                    bar.total, bar.n = of, done
-                    bar.refresh()
-                case Loss(loss=loss):
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                case TrainResult() | PredictResult():
-                    result = ev
-                case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline) if echo:
-                    bar.write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")
-                case Message(text=text, level=level) if echo:
-                    bar.write(text, file=sys.stderr if level == "warning" else sys.stdout)
-    finally:
-        if bar is not None:
-            bar.close()
-    return result
-
-
-class Interrupted(KeyboardInterrupt):
-    """A signal that stops the command at once (the second Ctrl-C, or SIGTERM where nothing
-    can be cancelled cleanly); ``signum`` gives the exit status 128 + signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _Stop:
-    """Which signal cancelled a job (None while none has)."""
-
-    signum: int | None = None
-
-    def exit_status(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _ctrl_c_cancels(token: Any) -> Iterator[_Stop]:
-    """The first Ctrl-C or SIGTERM cancels the job at its next step (checkpoint / finished
-    planes kept); a second one stops at once. Exit status: 130 for Ctrl-C, 143 for SIGTERM."""
-    stop = _Stop()
-
-    def handler(signum: int, frame: Any) -> None:
-        if token.is_set():
-            raise Interrupted(signum)
-        stop.signum = signum
-        token.set()
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\nemdiffuse: {name}: stopping after the current step (again to abort) ...", file=sys.stderr)
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave the signals alone
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM outside a cancellable job: unwind (temporaries are removed) and exit 143."""
-    raise Interrupted(signum)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -231,8 +150,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sample = model.preset.with_overrides({"sample": over}).sample
     if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
+    with naming({"image": args.input}):
+        origin = _output_origin(model, img, args.input)
     token = new_cancel_token()
-    with _ctrl_c_cancels(token) as stop:
+    with ctrl_c_cancels(token) as stop:
         events = predict(
             model,
             img.data,
@@ -251,13 +172,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             resume=args.resume,
             cluster=args.cluster,
+            origin=origin,
         )
         with naming({"image": args.input}):
-            result = _drive(events, args.quiet)
+            result = drive(events, args.quiet)
     if not result.complete:  # the job's message said what was kept
         return stop.exit_status()
     print("wrote " + ", ".join(str(p) for p in result.written))
     return 0
+
+
+def _output_origin(model: Any, img: Any, path: str) -> tuple[float, ...] | None:
+    """Where the result's first pixel lies (µm) when the input records its own position (an
+    OME-Zarr translation, an ImageJ origin): there, moved as the variant moves it, so the result
+    reopens over the input in napari; None leaves the variant's own geometry."""
+    from ._reader import data_translation
+    from .variants import get_variant
+
+    translate = data_translation(path, img)
+    if translate is None:
+        return None
+    variant = get_variant(model.variant)
+    options = variant.options(model.preset.variant_options)
+    variant.check_input(img.data, options)
+    shift = variant.output_geometry(img.shape, img.voxel, options).origin
+    return tuple(t + s for t, s in zip(translate, shift))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--show", metavar="NAME", help="print the model card of a bundled model (or a model folder)")
     m.set_defaults(func=cmd_models)
     from .bioimageio_export import add_parsers as add_bioimageio_parsers
+    from .cli_calibrate import add_parser as add_calibrate_parser
     from .data.cli_commands import add_parsers
     from .import_emdiffuse import add_parser as add_import_parser
 
+    add_calibrate_parser(sub)
     add_parsers(sub)
     add_import_parser(sub)
     add_bioimageio_parsers(sub)
@@ -385,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     _log_to_stderr(args.verbose)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, terminate)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:  # a second Ctrl-C, or SIGTERM outside a cancellable job

@@ -20,7 +20,7 @@ from . import __version__
 from .config import NetworkConfig, Preset, parse_preset
 from .data.memory import memory_budget
 from .data.normalise import PERCENTILES
-from .data.safe_output import replacing_file, write_bytes
+from .data.safe_output import StagedStore, replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
 from .errors import ConfigError, ModelFileError
@@ -54,6 +54,17 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{path}: cannot read weights ({err}); the file may be truncated or not a safetensors file") from None
+
+
+def check_model_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse to write a model at ``folder`` when something is there, unless it is a model
+    folder and ``overwrite`` is given (a user's other folder or file is never replaced)."""
+    if not (folder.exists() or folder.is_symlink()) or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if not (folder.is_dir() and (folder / MODEL_JSON).is_file()):
+        raise ModelFileError(f"{folder}: exists and is not a model folder; choose another name")
+    if not overwrite:
+        raise ModelFileError(f"{folder}: a model folder already exists there; add --overwrite to replace it")
 
 
 def build_network(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> torch.nn.Module:
@@ -135,6 +146,21 @@ class Model:
         atomic_save_tensors(weights, folder / WEIGHTS, metadata={"format": "napari-emdiffuse"})
         write_bytes(folder / MODEL_JSON, json.dumps(self.to_json(), indent=2).encode())
         return folder
+
+    def save_new(self, folder: str | Path, overwrite: bool = False, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write a new model folder (with its MODEL_CARD.md) beside ``folder`` and swap it in
+        complete; an existing folder is replaced only with ``overwrite``, and only when it is a
+        model folder (a user's other folder is never replaced). ``state`` as for :meth:`save`."""
+        folder = Path(folder)
+        check_model_folder(folder, overwrite)
+        staged = StagedStore(folder)
+        try:
+            self.save(staged.path, state)
+            write_bytes(staged.path / "MODEL_CARD.md", self.info.card.encode())
+        except BaseException:
+            staged.discard()
+            raise
+        return staged.commit()
 
     @classmethod
     def load(cls, folder: str | Path) -> "Model":

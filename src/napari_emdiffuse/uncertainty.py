@@ -54,6 +54,14 @@ def fit(errors: np.ndarray, spread: np.ndarray) -> list[float]:
     return out
 
 
+def calibration_table(fit_errors: np.ndarray, fit_spread: np.ndarray, check_errors: np.ndarray, check_spread: np.ndarray) -> dict[str, Any]:
+    """What model.json stores: the scales fitted on one part of the held-out pixels and the
+    coverage they reach at :data:`DEFAULT_ALPHA` on another part (an honest check of the fit)."""
+    table: dict[str, Any] = {"alphas": list(ALPHAS), "q": fit(fit_errors, fit_spread)}
+    q = scale(table, DEFAULT_ALPHA)
+    return {**table, "alpha": DEFAULT_ALPHA, "pool_px": POOL_PX, "check_coverage": coverage(check_errors, check_spread, q)}
+
+
 def scale(calibration: dict[str, Any], alpha: float) -> float:
     """``q(alpha)`` from a stored calibration (interpolated between the stored levels)."""
     if not 0 < alpha < 1:

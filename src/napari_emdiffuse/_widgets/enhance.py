@@ -665,17 +665,16 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
     """A file or folder to enhance: its data, lazily, as ``emdiffuse predict`` reads it
     (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (voxel size, first
     pixel's position, units), and the files the result must not overwrite."""
-    from .._reader import geometry_kwargs, placement
+    from .._reader import data_translation, geometry_kwargs
     from ..data.io import split_dataset
     from ..jobs.inputs import read_logged
 
     image = read_logged(path, "input")
-    file, dataset = split_dataset(path)
+    file = split_dataset(path)[0]
     data = image.data
     if data.ndim not in (2, 3):
         raise InputError(f"{file}: holds {data.ndim}-dimensional data (shape {tuple(data.shape)}); EMDiffuse works on 2D images and 3D stacks (z, y, x)")
-    _, voxel, translate, _ = placement(file, image, dataset=dataset)
-    kwargs = geometry_kwargs(image.voxel, translate[-data.ndim :] if translate else None)
+    kwargs = geometry_kwargs(image.voxel, data_translation(path, image))
     source = Placement(
         tuple(kwargs.get("scale", (1.0,) * data.ndim)),
         tuple(kwargs.get("translate", (0.0,) * data.ndim)),

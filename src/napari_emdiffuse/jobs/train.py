@@ -437,20 +437,15 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         best = val_src.as_image(cal_cond, trainer.best_estimate(cal_cond))
         spread = uncertainty.error_map(draws.std(0, ddof=1))
         half = len(truth) // 2
-        q = uncertainty.fit(best[:half] - truth[:half], spread[:half])
-        table = {"alphas": list(uncertainty.ALPHAS), "q": q}
-        q_default = uncertainty.scale(table, uncertainty.DEFAULT_ALPHA)
+        err = best - truth
         return {
-            **table,
-            "alpha": uncertainty.DEFAULT_ALPHA,
-            "pool_px": uncertainty.POOL_PX,
+            **uncertainty.calibration_table(err[:half], spread[:half], err[half:], spread[half:]),
             "estimate": "best",
             "sampler": cfg.sampler,
             "steps": cfg.steps,
             "samples": cfg.samples,
             "patches": half,
             "check_patches": len(truth) - half,
-            "check_coverage": uncertainty.coverage(best[half:] - truth[half:], spread[half:], q_default),
             "psnr_best": psnr(np.clip(best, -1, 1), truth),
             "psnr_mean": psnr(np.clip(val_src.as_image(cal_cond, draws.mean(0)), -1, 1), truth),
             "psnr_baseline": psnr(_baseline(val_src, cal_cond, cal_target), truth),

@@ -304,6 +304,13 @@ class Variant(ABC):
         """Training arrays simulated from clean data alone (the degradation's parameters vary by variant)."""
         raise InputError(f"{self.title} cannot be trained from clean images alone")
 
+    def calibration_pair(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> tuple[np.ndarray, np.ndarray]:
+        """An input for :meth:`predict_block` and the truth its ideal output is, simulated from
+        clean data (to calibrate a model's intervals on a region the user trusts): by default the
+        training degradation of :meth:`from_clean`."""
+        arrays = self.from_clean(clean, options, **degradation)
+        return arrays["input"], arrays["target"]
+
     def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
         from ..data.normalise import check_image
 

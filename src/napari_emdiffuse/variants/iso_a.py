@@ -34,7 +34,7 @@ from ..errors import InputError
 from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
-from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_original_gap, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_original_gap, volume_region
 
 MAX_FACTOR = 16.0
 #: memory for the output planes of one block of rows (y) during prediction
@@ -195,6 +195,10 @@ class IsoA(Variant):
 
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         raise InputError(f"{self.title} learns from the anisotropic volume itself: give it as the volume (--volume)")
+
+    def calibration_pair(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``factor``-th slice of an isotropic volume, and the volume as the truth."""
+        return decimated_pair(clean, options.factor, self.title)
 
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         r = options.factor

@@ -27,7 +27,7 @@ from ..errors import InputError
 from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
-from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, gap_blocks, predict_gap, predict_original_gap, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_gap, predict_original_gap, volume_region
 
 MAX_FACTOR = 12
 #: chance, in training, that an outer context slice is replaced by the bounding one, as happens
@@ -121,6 +121,10 @@ class IsoI(Variant):
 
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         raise InputError(f"{self.title} learns from an isotropic volume as it is: give it as the volume (--volume)")
+
+    def calibration_pair(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``factor``-th slice of an isotropic volume, and the volume as the truth."""
+        return decimated_pair(clean, options.factor, self.title)
 
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         k = options.factor

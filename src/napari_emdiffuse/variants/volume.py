@@ -31,6 +31,20 @@ def check_volume(image: Any, title: str, name: str = "image", min_slices: int = 
         )
 
 
+def decimated_pair(clean: Any, factor: float, title: str) -> tuple[np.ndarray, np.ndarray]:
+    """An anisotropic volume (every ``factor``-th slice of ``clean``, scaled to 0..1) and the
+    isotropic truth its reconstruction should match (``clean`` up to the last kept slice)."""
+    from ..data.degrade import decimate_z, to_unit
+
+    if factor != int(factor):
+        raise InputError(f"simulating an anisotropic volume needs a whole factor, not {factor:g}; give --input and --truth instead")
+    k = int(factor)
+    check_volume(clean, title, "clean volume", 2 * k + 1, f"(every {k}th slice is kept: at least three slices and two gaps)")
+    unit = to_unit(np.asarray(clean), "clean volume")
+    low = np.ascontiguousarray(decimate_z(unit, k))
+    return low, np.ascontiguousarray(unit[: (low.shape[0] - 1) * k + 1])
+
+
 def anisotropy_warning(voxel: Sequence[float], factor: float, title: str) -> str | None:
     """A warning when a volume's z voxel over its xy voxel is known and not the model's factor.
 

@@ -1,0 +1,92 @@
+"""Calibrate the error bounds of the bundled default models on held-out regions of their own data.
+
+    python benchmarks/calibrate_default_models.py                      # all four
+    python benchmarks/calibrate_default_models.py emdiffuse-r vemdiffuse-i
+
+Each model is run through ``emdiffuse calibrate`` (:mod:`napari_emdiffuse.jobs.calibrate`: the
+prediction path itself, at the model's sampling settings) on a region with known truth that its
+training held out from its patches and that no benchmark scores: the validation rows of its
+training slices. The calibrated model replaces the bundled folder (swapped in complete) and its
+card gains a "Calibration" paragraph. ``bench_calibration.py`` then measures the intervals on
+the held-back test regions of ``bench_suite.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO = Path(__file__).resolve().parents[1]
+DEST = REPO / "src" / "napari_emdiffuse" / "models"
+
+#: where each model is calibrated: (file, slices, rows, cols) of clean data, and the words for its card
+REGIONS = {
+    "emdiffuse-n": ("isbi", slice(0, 24, 6), slice(384, 512), slice(0, 512), "ISBI 2012 slices 0, 6, 12, 18, rows 384-511 (its validation rows)"),
+    "emdiffuse-r": ("fibsem", slice(0, 120, 12), slice(448, 512), slice(0, 512), "EPFL FIB-SEM slices 0-108 (every 12th), rows 448-511 (its validation rows)"),
+    "vemdiffuse-i": ("fibsem", slice(65, 130), slice(448, 512), slice(0, 256), "EPFL FIB-SEM slices 65-129, rows 448-511, columns 0-255 (its validation rows)"),
+    "vemdiffuse-a": ("fibsem", slice(65, 130), slice(448, 512), slice(0, 256), "EPFL FIB-SEM slices 65-129, rows 448-511, columns 0-255 (validation rows of its lateral training)"),
+}
+
+
+def clean_region(name: str) -> np.ndarray:
+    import tifffile
+
+    from bench_suite import FIBSEM, ISBI
+
+    source, z, y, x = REGIONS[name][:4]
+    return tifffile.imread(ISBI if source == "isbi" else FIBSEM)[z, y, x]
+
+
+def held_back_from_tests(name: str) -> bool:
+    """Whether the calibration region misses every test region of ``bench_suite.py``."""
+    import bench_suite as bs
+
+    source, z, y, _ = REGIONS[name][:4]
+    zs, ys = set(range(z.start, z.stop, z.step or 1)), set(range(y.start, y.stop))
+    if source == "isbi":
+        tz, ty = bs.DENOISE_TEST[0], bs.DENOISE_TEST[1]
+        return not (zs & set(range(tz.start, tz.stop)) and ys & set(range(ty.start, ty.stop)))
+    tests = [(set(bs.SR_TEST[0]), bs.SR_TEST[1]), (set(range(bs.ISO_TEST[0].start, bs.ISO_TEST[0].stop)), bs.ISO_TEST[1])]
+    return all(not (zs & tz and ys & set(range(ty.start, ty.stop))) for tz, ty in tests)
+
+
+def calibrate_default(name: str) -> None:
+    import torch
+
+    from napari_emdiffuse.jobs.calibrate import calibrate
+    from napari_emdiffuse.jobs.events import Kind
+    from napari_emdiffuse.model_file import WEIGHTS, load_tensors
+    from napari_emdiffuse.models import resolve_model
+    from napari_emdiffuse.variants import get_variant
+
+    assert held_back_from_tests(name), f"{name}: the calibration region overlaps a test region"
+    torch.set_num_threads(1)
+    model = resolve_model(name)
+    variant = get_variant(model.variant)
+    image, truth = variant.calibration_pair(clean_region(name), variant.options(model.preset.variant_options), seed=0)
+    result = None
+    for ev in calibrate(model, image, truth, device="cpu", source=REGIONS[name][4]):
+        if ev.kind is Kind.RESULT:
+            result = ev
+        elif ev.kind is Kind.MESSAGE:
+            print(f"{name}: {ev.text}", flush=True)
+    assert result is not None and result.complete
+    stored = load_tensors(DEST / name / WEIGHTS)  # the bundled weights as they are (float16)
+    result.model.save_new(DEST / name, overwrite=True, state=stored)
+    print(f"{name}: calibrated and bundled in {DEST / name}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", choices=sorted(REGIONS), default=sorted(REGIONS))
+    for name in ap.parse_args().names:
+        calibrate_default(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""How a command runs a job: its events shown as a progress bar and messages, and Ctrl-C / SIGTERM turned into a clean cancel (the job keeps what it finished)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from typing import Any, Iterator
+
+def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
+    """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
+    from tqdm import tqdm
+
+    from .jobs.calibrate import CalibrationResult
+    from .jobs.events import Loss, Message, PredictResult, Progress, TrainResult, Validation
+
+    bar = None
+    result = None
+    try:
+        for ev in events:
+            if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
+                bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quiet)
+            match ev:
+                case Progress(done=done, total=of):
+                    bar.total, bar.n = of, done
+                    bar.refresh()
+                case Loss(loss=loss):
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                case TrainResult() | PredictResult() | CalibrationResult():
+                    result = ev
+                case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline) if echo:
+                    bar.write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")
+                case Message(text=text, level=level) if echo:
+                    bar.write(text, file=sys.stderr if level == "warning" else sys.stdout)
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops the command at once (the second Ctrl-C, or SIGTERM where nothing
+    can be cancelled cleanly); ``signum`` gives the exit status 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Stop:
+    """Which signal cancelled a job (None while none has)."""
+
+    signum: int | None = None
+
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def ctrl_c_cancels(token: Any) -> Iterator[Stop]:
+    """The first Ctrl-C or SIGTERM cancels the job at its next step (checkpoint / finished
+    planes kept); a second one stops at once. Exit status: 130 for Ctrl-C, 143 for SIGTERM."""
+    stop = Stop()
+
+    def handler(signum: int, frame: Any) -> None:
+        if token.is_set():
+            raise Interrupted(signum)
+        stop.signum = signum
+        token.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nemdiffuse: {name}: stopping after the current step (again to abort) ...", file=sys.stderr)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave the signals alone
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def terminate(signum: int, frame: Any) -> None:
+    """SIGTERM outside a cancellable job: unwind (temporaries are removed) and exit 143."""
+    raise Interrupted(signum)

@@ -1,0 +1,93 @@
+"""The calibrate job and `emdiffuse calibrate`: error bounds fitted on data with known truth,
+through the prediction path, written as a new model folder without touching anything else."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse import uncertainty
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.jobs.calibrate import CalibrationResult, calibrate
+from napari_emdiffuse.jobs.predict import run_predict
+from napari_emdiffuse.model_file import Model
+from napari_emdiffuse.variants import get_variant
+
+
+def _run(model, image, truth, **kw) -> CalibrationResult:
+    results = [ev for ev in calibrate(model, image, truth, device="cpu", **kw) if isinstance(ev, CalibrationResult)]
+    assert len(results) == 1
+    return results[0]
+
+
+def test_the_scale_fitted_on_one_half_covers_the_asked_share_of_the_other(random_model, isbi_pair):
+    model = random_model("tiny")
+    noisy, clean = isbi_pair[0][:2, :96, :128], isbi_pair[1][:2, :96, :128]
+    res = _run(model, noisy, clean, source="two test slices")
+    cal = res.model.calibration
+    assert model.calibration is None  # the model given is left as it was
+    assert (cal["samples"], cal["steps"], cal["sampler"]) == (model.preset.sample.samples, model.preset.sample.steps, model.preset.sample.sampler)
+    assert cal["pixels"] == cal["check_pixels"] == noisy.size // 2
+    # the halves are alike, so the scale fitted on the left covers about 90 % of the right
+    assert 0.85 < cal["check_coverage"] < 0.95 and res.check_coverage == cal["check_coverage"]
+    assert "**Calibration.** The error bounds were calibrated on two test slices" in res.model.info.card
+    # predict with the calibrated model gives bounds whose width is the fitted scale times the error map
+    out = run_predict(res.model, noisy, device="cpu")
+    q = uncertainty.scale(cal, 0.1)
+    np.testing.assert_allclose(np.asarray(out.upper) - np.asarray(out.lower), 2 * q * np.asarray(out.std), rtol=1e-4, atol=1e-6)
+
+
+def test_a_volume_variant_calibrates_only_the_slices_it_predicts(random_model, small_stack):
+    model = random_model("vemdiffuse-i-tiny", {"factor": 2})
+    variant = get_variant(model.variant)
+    clean = np.concatenate([small_stack, small_stack[::-1]])[:7]  # 7 slices: 4 kept, 3 predicted
+    image, truth = variant.calibration_pair(clean, variant.options(model.preset.variant_options))
+    assert image.shape[0] == 4 and truth.shape == (7, *clean.shape[1:])
+    cal = _run(model, image, truth).model.calibration
+    h, w = clean.shape[1:]
+    assert cal["pixels"] + cal["check_pixels"] == 3 * h * w  # the 4 copied slices count in neither half
+
+
+def test_a_truth_that_does_not_match_the_output_is_refused(random_model, isbi_pair):
+    from napari_emdiffuse.errors import InputError
+
+    with pytest.raises(InputError, match="must match pixel for pixel"):
+        _run(random_model("tiny"), isbi_pair[0][0, :64, :64], isbi_pair[1][0, :64, :80])
+
+
+def test_cli_writes_a_calibrated_copy_and_refuses_to_replace_what_exists(tiny_model_dir, isbi_clean, tmp_path, capsys):
+    clean = tmp_path / "clean.tif"
+    tifffile.imwrite(clean, (isbi_clean[:1, :96, :128] * 255).astype(np.uint8))
+    out = tmp_path / "calibrated"
+    args = ["calibrate", "--model", str(tiny_model_dir), "--clean", str(clean), "--out", str(out), "--device", "cpu", "-q"]
+    before = (tiny_model_dir / "model.json").read_bytes()
+    assert main(args) == 0
+    assert (tiny_model_dir / "model.json").read_bytes() == before  # the source model is untouched
+    model = Model.load(out)
+    assert model.calibration["data"].startswith("clean.tif (its degradation simulated: dose 20")
+    assert (out / "MODEL_CARD.md").read_text() == model.info.card
+    # an existing model folder is replaced only with --overwrite; any other folder never
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main([*args[:-5], "--out", str(mine), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not a model folder" in err and len(err.strip().splitlines()) == 1
+    assert (mine / "notes.txt").read_text() == "keep me"
+    stamp = json.loads((out / "model.json").read_text())["metrics"]["calibration"]["check_coverage"]
+    assert main([*args, "--overwrite", "--samples", "3"]) == 0
+    again = json.loads((out / "model.json").read_text())["metrics"]["calibration"]
+    assert again["samples"] == 3 and isinstance(stamp, float)
+
+
+def test_cli_asks_for_clean_data_or_a_pair(tiny_model_dir, tmp_path, capsys):
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--out", str(tmp_path / "m")]) == 2
+    assert "either --clean" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--input", "a.tif", "--out", str(tmp_path / "m")]) == 2
+    assert "both --input and --truth" in capsys.readouterr().err
