@@ -62,14 +62,23 @@ def test_enhance_a_tiff_file_into_zarr_beside_it_opened_lazily_where_the_reader_
     assert w.controls.status.text().startswith("Done") and str(out) in w.controls.status.text()
 
 
-def test_enhance_a_folder_of_slices(make_napari_viewer, isbi, tiny_model, tmp_path, open_dock):
+def test_enhance_a_folder_of_slices(make_napari_viewer, isbi, tiny_model, tmp_path, open_dock, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
     folder = tmp_path / "slices"
     folder.mkdir()
     for z in range(2):
         write_tiff(folder / f"s{z}.tif", isbi[z, :48, :56], (0.004, 0.004))
     viewer = make_napari_viewer()
-    w = _enhance(viewer, open_dock, folder, tiny_model)
-    assert w.zarr_path.text() == str(tmp_path / "slices_enhanced.zarr")
+    w = _enhance(viewer, open_dock, "", tiny_model)
+    w.input_path.edit.setText(str(tmp_path / "typing"))  # nothing is opened while a path is typed
+    assert w.zarr_path.text() == "" and w.output_info.text() == ""
+    w.input_path.edit.editingFinished.emit()
+    assert w.zarr_path.text() == str(tmp_path / "typing_enhanced.zarr") and "no such file" in w.output_info.text()
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+    w.input_path.folder_button.click()  # Browse: a folder
+    assert w.input_path.path() == folder
+    assert w.zarr_path.text() == str(tmp_path / "slices_enhanced.zarr")  # the default follows the input
     assert "2 × 48 × 56 px" in w.output_info.text()
     w.run()
     enhanced = w.result_layers[0]
@@ -187,3 +196,9 @@ def test_train_from_paired_files_and_bad_paths(make_napari_viewer, isbi, voxel, 
     w.paths["input"].set_path(noisy)
     w.run()
     assert w.last_model is not None, w.controls.status.text()
+    w.source.setCurrentIndex(w.source.findData("prepared"))
+    w.run()
+    assert "Choose the prepared training set" in w.controls.status.text()
+    w.set_path.set_path(tmp_path)
+    w.run()
+    assert "not a prepared training set" in w.controls.status.text() and "\n" not in w.controls.status.text()

@@ -90,11 +90,12 @@ def row(*widgets: QWidget) -> QWidget:
 class PathField(QWidget):
     """A path typed or chosen with File… / Folder… buttons: the formats the readers take are
     files (TIFF, MRC, HDF5) or folders (zarr, N5, a folder of slices), and no one Qt dialog
-    chooses either. ``changed`` is emitted with the new text."""
+    chooses either. ``changed`` is emitted with the new text when typing ends (Enter, or the
+    focus leaves the field) or a path is chosen, not at every key: listeners open the file."""
 
     changed = Signal(str)
 
-    def __init__(self, tip: str, placeholder: str = "", file_filter: str = "", folders: bool = True) -> None:
+    def __init__(self, tip: str, placeholder: str = "") -> None:
         super().__init__()
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
@@ -103,11 +104,11 @@ class PathField(QWidget):
         self.file_button.setToolTip("Choose a file")
         self.folder_button = QPushButton("Folder…")
         self.folder_button.setToolTip("Choose a folder (zarr, N5 or a folder of slices)")
-        self._filter = file_filter
-        self.setLayout(row_layout(self.edit, self.file_button, *([self.folder_button] if folders else [])))
+        self._told = ""  # the text last emitted
+        self.setLayout(row_layout(self.edit, self.file_button, self.folder_button))
         self.file_button.clicked.connect(self._choose_file)
         self.folder_button.clicked.connect(self._choose_folder)
-        self.edit.textChanged.connect(self.changed.emit)
+        self.edit.editingFinished.connect(self._tell)
 
     def path(self) -> Path | None:
         text = self.edit.text().strip()
@@ -115,9 +116,15 @@ class PathField(QWidget):
 
     def set_path(self, path: str | Path | None) -> None:
         self.edit.setText("" if path is None else str(path))
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.edit.text() != self._told:
+            self._told = self.edit.text()
+            self.changed.emit(self._told)
 
     def _choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.edit.text(), self._filter)
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.edit.text())
         if path:
             self.set_path(path)
 
