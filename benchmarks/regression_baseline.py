@@ -32,6 +32,7 @@ from napari_emdiffuse.data.normalise import Normaliser, fit_normaliser
 from napari_emdiffuse.engine.network import UNet
 from napari_emdiffuse.jobs.train import ema_decay, learning_rate
 from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants.base import BlockJob, Split
 
 
 def regression_net(preset: Preset) -> UNet:
@@ -53,7 +54,7 @@ def train_regression(preset: Preset, arrays: dict[str, Any], steps: int, out: Pa
     variant = get_variant(preset.variant)
     options = variant.options(preset.variant_options)
     tc = preset.train
-    src = variant.training_pairs(arrays, options, "train", tc.val_fraction, tc.patch_size, None, tc.min_foreground_std)
+    src = variant.training_pairs(arrays, options, Split("train", tc.val_fraction, tc.patch_size, None, tc.min_foreground_std))
     net = regression_net(preset).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -108,7 +109,11 @@ def predict_regression(net: UNet, preset: Preset, image: np.ndarray, normaliser:
         pred = _forward(net, torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None])[0, :, :h, :w]
         mean[(slice(None), slice(0, h))] = pred.numpy()
 
-    variant.predict(image, options, normaliser or fit_normaliser(image, name="image"), run_plane, out, None, None)
+    normaliser = normaliser or fit_normaliser(image, name="image")
+    for block in variant.blocks(image.shape, options):
+        mean = np.zeros(block.shape, np.float32)
+        variant.predict_block(image, block, options, BlockJob(normaliser, run_plane, mean, np.zeros_like(mean), None))
+        out[block.region] = mean
     return out
 
 

@@ -40,7 +40,6 @@ def test_overrides_in_code():
         ({"sample": {"sampler": "euler"}}, r"sample\.sampler: .*'ddpm', 'ddim' or 'dpmpp_2m'"),
         ({"sample": {"tile_size": 64, "overlap": 40}}, r"sample: .*overlap \(40\) must be less than half"),
         ({"network": {"attention_levels": [7]}}, r"network: .*attention_levels \[7\] do not exist"),
-        ({"variant": "colourise"}, r"variant: .*unknown variant 'colourise'"),
         ({"train": {"patch_size": 100}}, r"multiple of 16"),
         ({"diffusion": {"beta_start": 0.1, "beta_end": 0.01}}, r"beta_end must be larger"),
         ({"format_version": 99}, r"format_version 99 is not supported"),
@@ -70,3 +69,18 @@ def test_broken_and_missing_files(tmp_path):
     f.write_text(json.dumps({"base": "nonexistent"}))
     with pytest.raises(ConfigError, match="is not a built-in preset"):
         load_preset(f)
+
+
+def test_the_registry_checks_the_variant_and_its_options(tmp_path):
+    """config knows no variant (it imports none): a preset names one, and the registry checks it."""
+    from napari_emdiffuse.variants import resolve
+
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps({"base": "tiny", "variant": "colourise"}))
+    with pytest.raises(ConfigError, match=r"bad.json: variant: unknown variant 'colourise'"):
+        resolve(load_preset(f), str(f))
+    f.write_text(json.dumps({"base": "tiny", "variant_options": {"residul": True}}))
+    with pytest.raises(ConfigError, match=r"preset 'tiny': variant_options: .*residul: unknown option; .* takes residual"):
+        resolve(load_preset(f))
+    variant, options = resolve(load_preset("emdiffuse-r-tiny", {"variant_options": {"factor": 3}}))
+    assert variant.name == "superres" and options.factor == 3

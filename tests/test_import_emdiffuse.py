@@ -20,6 +20,7 @@ from napari_emdiffuse.engine.diffusion import c_noise
 from napari_emdiffuse.import_emdiffuse import build_preset, check_variant, infer_unet, is_schedule_buffer
 from napari_emdiffuse.model_file import Model, build_network, load_state_strict
 from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants.base import Split
 
 FIXTURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "emdiffuse-original").resolve()
 CASES = {"emdiffuse_n_small": "denoise", "vemdiffuse_i_small": "iso_i"}
@@ -241,7 +242,7 @@ def test_superres_original_mode_is_bilinear_and_not_residual():
     rng = np.random.default_rng(0)
     high = rng.random((2, 64, 64)).astype(np.float32)
     low = high.reshape(2, 32, 2, 32, 2).mean(axis=(2, 4))
-    pairs = v.training_pairs({"input": low, "target": high}, opts, "train", 0.25, 32)
+    pairs = v.training_pairs({"input": low, "target": high}, opts, Split("train", 0.25, 32))
     assert pairs.baseline(np.zeros((1, 1, 32, 32), np.float32)) is None  # not a residual target
     cond, target = pairs.sample(np.random.default_rng(1), 2, 32)
     assert cond.shape == target.shape == (2, 1, 32, 32)
@@ -259,7 +260,7 @@ def test_vem_original_mode_pairs_and_options():
         opts = v.options({"factor": 6, "emdiffuse_original": True})
         assert v.channels(opts) == (5, 2)
         assert [p for b in v.blocks((3, 40, 48), opts) for p in b.planes] == [(40, 48)] * 2
-        pairs = v.training_pairs({"volume": vol}, opts, "train", 0.2, 16)
+        pairs = v.training_pairs({"volume": vol}, opts, Split("train", 0.2, 16))
         cond, target = pairs.sample(np.random.default_rng(1), 3, 16)
         assert cond.shape == (3, 2, 16, 16) and target.shape == (3, 5, 16, 16)
     with pytest.raises(ConfigError, match="whole number"):

@@ -8,6 +8,9 @@ knots still open (issue 16); an entry that is no longer true fails too, so they 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_emdiffuse"
@@ -22,7 +25,6 @@ LAYERS = {
 LAYER_NAMES = {3: "interfaces", 2: "jobs", 1: "variants", 0: "engine/data/config/errors"}
 
 KNOWN_UPWARD = {
-    ("config", "variants"),  # Preset's validators ask the registry (issue 16 item 1)
     ("data.prepare", "variants"),  # prepare is not a job yet (issue 16 item 2)
     ("model_file", "variants"),  # Model writes out every variant option
 }
@@ -139,3 +141,28 @@ def test_the_checks_catch_an_upward_import_and_a_circle(tmp_path):
     assert graph["jobs.train"] == {"data.io", "errors"}
     assert upward_imports(graph) == {("data.io", "jobs.train")}
     assert circles(graph) == {frozenset({"data.io", "jobs.train"})}
+
+
+def test_loading_a_preset_imports_no_variant_no_opencv_and_no_torch():
+    """``config`` is the ground floor: reading a preset (the CLI's first step, the widgets'
+    preset picker) must not pay for the variants, OpenCV or torch. ``-X importtime`` lists every
+    module the statement imports, in a fresh interpreter."""
+    code = "from napari_emdiffuse.config import load_preset; load_preset('tiny')"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "napari_emdiffuse.config" in imported  # the listing is what it claims to be
+    heavy = sorted(m for m in imported if m.split(".")[0] in {"cv2", "torch"} or m.startswith("napari_emdiffuse.variants"))
+    assert not heavy, f"load_preset imports {heavy}"
+
+
+def test_every_error_type_lives_in_errors_py():
+    """Any module may raise any error, so their types sit at the ground floor, in one file."""
+    elsewhere = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            bases = [getattr(b, "id", getattr(b, "attr", "")) for b in getattr(node, "bases", [])]
+            if isinstance(node, ast.ClassDef) and any(b.endswith(("Error", "Exception")) for b in bases):
+                elsewhere.append(f"{path.relative_to(PACKAGE)}: {node.name}")
+    assert elsewhere and all(e.startswith("errors.py:") for e in elsewhere), sorted(e for e in elsewhere if not e.startswith("errors.py"))

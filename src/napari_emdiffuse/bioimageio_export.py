@@ -121,7 +121,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path) -> Path:
             "(model.json + weights.safetensors) instead"
         )
     meta = read_model_json(model_dir)
-    low, high = float(model.info.normalisation.get("low", 0.1)), float(model.info.normalisation.get("high", 99.9))
+    low, high = float(model.info.normalisation["low"]), float(model.info.normalisation["high"])
     voxel = 0.004  # µm: the ssTEM sample's pixel, the test input's
     image = _test_crop(model)
     wrapper = EMDiffusePrediction(meta, STEPS, SAMPLES, SEED).eval()
@@ -254,14 +254,10 @@ def import_bioimageio(package: str | Path, out: str | Path) -> Path:
     return model.save(out)
 
 
-def _model_folder(name_or_path: str) -> Path:
-    from .models import bundled_models
-
-    return bundled_models().get(name_or_path) or Path(name_or_path)
-
-
 def cmd_export(args: Any) -> int:
-    out = export_bioimageio(_model_folder(args.model), args.out)
+    from .models import find_model
+
+    out = export_bioimageio(find_model(args.model), args.out)
     print(f"wrote the bioimage.io model package {out}")
     if args.check:
         summary = check_package(out)

@@ -40,9 +40,12 @@ def _roi(text: str | None):
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import builtin_presets, load_preset
+    from .variants import resolve
 
     if args.show:
-        print(load_preset(args.show).to_json())
+        preset = load_preset(args.show)
+        resolve(preset, args.show)
+        print(preset.to_json())
         return 0
     for name in sorted(builtin_presets()):
         p = load_preset(name)
@@ -85,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .jobs.train import checkpoint_state, continues_run, train
     from .jobs.inputs import FILE_INPUTS, training_arrays
     from .models import resolve_model
-    from .variants import get_variant
+    from .variants import resolve
 
     world = detect_world()
     resume = continues_run(args.out, args.resume, args.overwrite, world)
@@ -107,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = init.preset.with_overrides(overrides)
     else:
         preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
-    variant = get_variant(preset.variant)
+    variant, _ = resolve(preset, args.config or None)  # a bad variant or option named before any file is read
     arrays, notes = training_arrays(
         preset.variant, preset.variant_options, {name: getattr(args, name) for name in FILE_INPUTS},
         clean=args.clean, data=args.data, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed,

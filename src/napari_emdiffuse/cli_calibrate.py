@@ -26,8 +26,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_model_folder(out, args.overwrite)  # before any computation: a refusal now costs nothing
     model = resolve_model(args.model)
-    variant = get_variant(model.variant)
-    options = variant.options(model.preset.variant_options)
+    variant, options = get_variant(model.variant), model.options
     if args.clean:
         clean = read_logged(args.clean, "clean")
         with naming({"clean images": args.clean, "clean volume": args.clean}):

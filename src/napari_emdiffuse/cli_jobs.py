@@ -11,7 +11,8 @@ def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bo
     """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
     from tqdm import tqdm
 
-    from .jobs.events import Kind
+    from .jobs.calibrate import CalibrationResult
+    from .jobs.events import Loss, Message, PredictResult, Progress, TrainResult, Validation
 
     bar = None
     result = None
@@ -19,20 +20,18 @@ def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bo
         for ev in events:
             if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
                 bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quiet)
-            if ev.kind is Kind.PROGRESS:
-                bar.total = ev.total
-                bar.n = ev.done
-                bar.refresh()
-            elif ev.kind is Kind.LOSS:
-                bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-            elif ev.kind is Kind.RESULT:
-                result = ev
-            elif not echo:
-                continue
-            elif ev.kind is Kind.VALIDATION:
-                bar.write(f"step {ev.step}: validation PSNR {ev.psnr:.2f} dB ({ev.baseline} {ev.input_psnr:.2f} dB)")
-            elif ev.kind is Kind.MESSAGE:
-                bar.write(ev.text, file=sys.stderr if ev.level == "warning" else sys.stdout)
+            match ev:
+                case Progress(done=done, total=of):
+                    bar.total, bar.n = of, done
+                    bar.refresh()
+                case Loss(loss=loss):
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                case TrainResult() | PredictResult() | CalibrationResult():
+                    result = ev
+                case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline) if echo:
+                    bar.write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")
+                case Message(text=text, level=level) if echo:
+                    bar.write(text, file=sys.stderr if level == "warning" else sys.stdout)
     finally:
         if bar is not None:
             bar.close()

@@ -1,4 +1,5 @@
-"""Exceptions a user can cause; the CLI prints their message on one line, the widgets notify it."""
+"""Every exception type of the package (a user can cause them all); the CLI prints their message on
+one line, the widgets notify it. Kept at the ground floor, so that any module may raise any of them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ class EMDiffuseError(Exception):
 
 class InputError(EMDiffuseError, ValueError):
     """Input data that cannot be used (shape, dtype, NaN, empty, mismatched pair, unreadable file)."""
+
+
+class RegistrationError(InputError):
+    """An input/target pair that could not be aligned (unrelated content, too little overlap, flat images)."""
 
 
 class ConfigError(EMDiffuseError, ValueError):

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, Preset, parse_preset
+from .config import Preset, parse_preset
 from .data.io import special_file
-from .errors import ModelFileError
+from .errors import ConfigError, ModelFileError
 from .model_file import Model, ModelInfo, load_state_strict
 
 VARIANTS = ("denoise", "superres", "iso_i", "iso_a")
@@ -319,7 +319,7 @@ def import_emdiffuse(
     info = ModelInfo(
         out_channels=out_c,
         cond_channels=cond_c,
-        normalisation={"method": "percentile", "low": 0.1, "high": 99.9, "uint8": "full range"},
+        normalisation={**ModelInfo().normalisation, "uint8": "full range"},
         training={
             "source": "original EMDiffuse weights",
             "file": weights.name,

@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import NetworkConfig, Preset, parse_preset
+from .data.memory import memory_budget
+from .data.normalise import PERCENTILES
 from .data.safe_output import StagedStore, replacing_file, write_bytes
 from .engine.network import UNet
 from .engine.network_original import OriginalNetwork
@@ -78,7 +80,9 @@ class ModelInfo:
 
     out_channels: int = 1
     cond_channels: int = 1
-    normalisation: dict[str, Any] = field(default_factory=lambda: {"method": "percentile", "low": 0.1, "high": 99.9})
+    #: how its inputs are normalised: the percentiles that map to -1 and 1 (predict and the
+    #: bioimage.io export read them), and ``"uint8": "full range"`` for the original's 8-bit convention
+    normalisation: dict[str, Any] = field(default_factory=lambda: {"method": "percentile", "low": PERCENTILES[0], "high": PERCENTILES[1]})
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     card: str = ""
@@ -88,11 +92,12 @@ class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
     def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
-        from .variants import get_variant
+        from .variants import resolve
 
-        # every variant option written out, so that a later default cannot change what a stored model means
-        options = get_variant(preset.variant).options(preset.variant_options)
-        self.preset = preset.with_overrides({"variant_options": options.model_dump()})
+        # the one check of its variant options: the jobs read ``options``; every option is written
+        # out, so that a later default cannot change what a stored model means
+        _, self.options = resolve(preset)
+        self.preset = preset.with_overrides({"variant_options": self.options.model_dump()})
         self.info = info
         if network is None:
             declared_network(preset, info, f"preset {preset.name!r}")
@@ -171,13 +176,21 @@ class Model:
         ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
         if ints:
             raise ModelFileError(f"{weights}: weights must be floating point, but {ints[0]} is {header[ints[0]][1]} ({len(ints)} such tensors)")
-        model = cls(preset, info, build_network(preset.network, info.out_channels, info.cond_channels))
+        model = cls._checked(preset, info, build_network(preset.network, info.out_channels, info.cond_channels), str(folder))
         load_state_strict(model.network, load_tensors(weights), str(weights))
         return model
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], source: str = "model.json") -> "Model":
-        return cls(*cls.parse_json(meta, source))
+        return cls._checked(*cls.parse_json(meta, source), None, source)
+
+    @classmethod
+    def _checked(cls, preset: Preset, info: ModelInfo, network: torch.nn.Module | None, source: str) -> "Model":
+        """The model a stored description makes; a bad variant or option is a bad model file."""
+        try:
+            return cls(preset, info, network)
+        except ConfigError as err:
+            raise ModelFileError(f"{source}: {err}") from None
 
     @staticmethod
     def parse_json(meta: dict[str, Any], source: str = "model.json") -> tuple[Preset, ModelInfo]:
@@ -187,7 +200,7 @@ class Model:
             info = ModelInfo(
                 out_channels=int(meta["out_channels"]),
                 cond_channels=int(meta["cond_channels"]),
-                normalisation=dict(meta.get("normalisation") or {}),
+                normalisation={**ModelInfo().normalisation, **(meta.get("normalisation") or {})},
                 training=dict(meta.get("training") or {}),
                 metrics=dict(meta.get("metrics") or {}),
                 card=str(meta.get("card", "")),
@@ -199,6 +212,9 @@ class Model:
         for key in ("out_channels", "cond_channels"):
             if not 1 <= getattr(info, key) <= MAX_CHANNELS:
                 raise ModelFileError(f"{source}: {MODEL_JSON} key {key!r} is {getattr(info, key)}; expected 1 to {MAX_CHANNELS}")
+        low, high = info.normalisation["low"], info.normalisation["high"]
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in (low, high)) or not 0 <= low < high <= 100:
+            raise ModelFileError(f"{source}: {MODEL_JSON} normalisation percentiles low {low!r}, high {high!r}; expected numbers 0 <= low < high <= 100")
         return preset, info
 
 
@@ -238,8 +254,6 @@ def declared_network(preset: Preset, info: ModelInfo, source: str) -> torch.nn.M
     """The network built on the meta device (shapes only, no memory), refused when training it
     would not fit this machine: a model.json can declare any size, and is checked before
     anything is allocated."""
-    from .data.io import memory_budget
-
     with torch.device("meta"):
         net = build_network(preset.network, info.out_channels, info.cond_channels)
     params = sum(p.numel() for p in net.parameters())

@@ -29,13 +29,19 @@ def describe_model(folder: Path) -> str:
     return f"{meta['variant']:<9}{options:<10} {steps:>6} steps  {title}"
 
 
-def resolve_model(name_or_path: str | Path) -> Model:
-    """Load a bundled model by name, or a model folder by path."""
+def find_model(name_or_path: str | Path) -> Path:
+    """The folder of a bundled model by name, or a model folder by path: the one lookup every
+    command and widget uses, so a name means the same model everywhere."""
     bundled = bundled_models()
     if str(name_or_path) in bundled:
-        return Model.load(bundled[str(name_or_path)])
+        return bundled[str(name_or_path)]
     path = Path(name_or_path)
     if not path.exists():
         names = ", ".join(sorted(bundled)) or "none installed"
         raise ModelFileError(f"{name_or_path}: no such model folder, and no bundled model of that name (bundled: {names})")
-    return Model.load(path)
+    return path
+
+
+def resolve_model(name_or_path: str | Path) -> Model:
+    """Load a bundled model by name, or a model folder by path (:func:`find_model`)."""
+    return Model.load(find_model(name_or_path))

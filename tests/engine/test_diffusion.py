@@ -75,10 +75,10 @@ class _EdmOracle(torch.nn.Module):
         self.x0, self.sd = x0, sigma_data
 
     def forward(self, x_in, cond, c_noise):
-        from napari_emdiffuse.engine.diffusion import edm_scalings
+        from napari_emdiffuse.engine.diffusion import scalings
 
         sigma = torch.exp(c_noise * 4)[:, None, None, None]
-        c_skip, c_out, c_in = edm_scalings(sigma, self.sd)
+        c_skip, c_out, c_in = scalings("edm", sigma, self.sd)
         return (self.x0 - c_skip * x_in / c_in) / c_out
 
 

@@ -50,9 +50,10 @@ def test_callback_sees_every_step_and_can_cancel():
     sigmas = Schedule.from_config(DiffusionConfig()).sampling_sigmas(6)
     seen = []
 
-    def cb(i, x, x0):
-        seen.append(i)
-        if i == 2:
+    def cb(step):
+        seen.append(step.i)
+        assert step.x.shape == step.x0.shape == (1, 1, 4, 4)
+        if step.i == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -63,3 +64,20 @@ def test_callback_sees_every_step_and_can_cancel():
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="dpmpp_2m"):
         get_sampler("euler")
+
+
+def test_a_sampler_declares_its_own_options():
+    """Only DDIM takes ``eta`` (get_sampler binds it); DDPM is DDIM at eta 1, and no other sampler
+    accepts an option it would ignore."""
+    import inspect
+
+    sigmas = Schedule.from_config(DiffusionConfig()).sampling_sigmas(5)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+
+    def noise(i, like):
+        return torch.randn(like.shape, generator=torch.Generator().manual_seed(10 + i))
+
+    assert torch.equal(get_sampler("ddim", 1.0)(oracle, x, sigmas, noise=noise), get_sampler("ddpm")(oracle, x, sigmas, noise=noise))
+    assert not torch.equal(get_sampler("ddim", 0.0)(oracle, x, sigmas, noise=noise), get_sampler("ddim", 1.0)(oracle, x, sigmas, noise=noise))
+    assert [n for n, f in SAMPLERS.items() if "eta" in inspect.signature(f).parameters] == ["ddim"]
+    assert get_sampler("dpmpp_2m", 0.7) is SAMPLERS["dpmpp_2m"]

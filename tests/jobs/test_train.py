@@ -16,7 +16,7 @@ from napari_emdiffuse.errors import ModelFileError
 from napari_emdiffuse.jobs.events import Kind, new_cancel_token
 from napari_emdiffuse.jobs.train import CHECKPOINT, train
 from napari_emdiffuse.model_file import Model
-from napari_emdiffuse.variants.base import Roi
+from napari_emdiffuse.variants.base import Roi, Split
 
 
 def _run(gen):
@@ -58,7 +58,7 @@ def test_training_lowers_the_loss_on_real_em(tiny_model_dir, isbi_pair):
     noisy, clean = isbi_pair
     trained = Model.load(tiny_model_dir)
     variant = get_variant("denoise")
-    src = variant.training_pairs({"input": noisy, "target": clean}, variant.options({}), "val", 0.1, 32)
+    src = variant.training_pairs({"input": noisy, "target": clean}, variant.options({}), Split("val", 0.1, 32))
     cond, target = (torch.from_numpy(a) for a in src.sample(np.random.default_rng(5), 64, 32))
     proc = DiffusionProcess(trained.preset.diffusion)
     torch.manual_seed(trained.preset.train.seed)

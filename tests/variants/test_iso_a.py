@@ -11,6 +11,7 @@ from napari_emdiffuse.config import ConfigError
 from napari_emdiffuse.errors import InputError
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants.base import Split
 from napari_emdiffuse.variants.iso_a import interpolate_lines, kept_slices, output_slices
 
 ISO = get_variant("iso_a")
@@ -58,7 +59,7 @@ def test_interpolate_lines_marks_measured_rows():
 
 def test_lateral_pairs_keep_every_kth_row(sstem_small):
     opts = ISO.options({"factor": 4})
-    src = ISO.training_pairs({"volume": sstem_small}, opts, "train", 0.25, 32)
+    src = ISO.training_pairs({"volume": sstem_small}, opts, Split("train", 0.25, 32))
     assert src.patch == 32
     cond, target = src.sample(np.random.default_rng(0), 8, 32)
     assert cond.shape == (8, 2, 32, 32) and target.shape == (8, 1, 32, 32)
@@ -75,8 +76,8 @@ def test_lateral_pairs_keep_every_kth_row(sstem_small):
 def test_fractional_factor_training_pairs(sstem_small):
     opts = ISO.options({"factor": 12.5})
     with pytest.raises(InputError, match="at least 32 px"):
-        ISO.training_pairs({"volume": sstem_small}, opts, "train", 0.25, 16)
-    src = ISO.training_pairs({"volume": sstem_small}, opts, "train", 0.1, 48)
+        ISO.training_pairs({"volume": sstem_small}, opts, Split("train", 0.25, 16))
+    src = ISO.training_pairs({"volume": sstem_small}, opts, Split("train", 0.1, 48))
     cond, target = src.sample(np.random.default_rng(1), 4, src.patch)
     for c in cond:
         gaps = np.diff(np.flatnonzero(c[1][:, 0] == -1))
@@ -141,7 +142,7 @@ def test_a_2d_image_or_single_slice_is_refused(sstem_small):
     with pytest.raises(InputError, match="works on volumes"):
         ISO.check_input(sstem_small[0], opts)
     with pytest.raises(InputError, match="works on volumes"):
-        ISO.training_pairs({"volume": sstem_small[0]}, opts, "train", 0.1, 32)
+        ISO.training_pairs({"volume": sstem_small[0]}, opts, Split("train", 0.1, 32))
     with pytest.raises(InputError, match="1 slice.*at least 2"):
         ISO.check_input(sstem_small[:1], opts)
 

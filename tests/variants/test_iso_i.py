@@ -10,6 +10,7 @@ from napari_emdiffuse.config import ConfigError
 from napari_emdiffuse.errors import InputError
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants.base import Split
 from napari_emdiffuse.variants.iso_i import context_slices, linear_gap
 
 ISO = get_variant("iso_i")
@@ -54,7 +55,7 @@ def test_context_repeats_the_bounding_slice_at_the_ends():
 
 def test_training_gaps_are_slices_k_apart(fib_small):
     opts = ISO.options({"factor": 4})
-    src = ISO.training_pairs({"volume": fib_small}, opts, "train", 0.2, 32)
+    src = ISO.training_pairs({"volume": fib_small}, opts, Split("train", 0.2, 32))
     cond, residual = src.sample(np.random.default_rng(0), 6, 32)
     assert cond.shape == (6, 4, 32, 32) and residual.shape == (6, 3, 32, 32)
     assert cond.dtype == residual.dtype == np.float32
@@ -66,7 +67,7 @@ def test_training_gaps_are_slices_k_apart(fib_small):
     far = np.mean([np.corrcoef(c[1].ravel(), c[2].ravel())[0, 1] for c in cond])
     assert near > far
     assert residual.std() < target.std()  # interpolation already explains most of it
-    val = ISO.training_pairs({"volume": fib_small}, opts, "val", 0.2, 32)
+    val = ISO.training_pairs({"volume": fib_small}, opts, Split("val", 0.2, 32))
     assert val.source.rows[0] >= src.source.rows[1]  # validation rows never seen in training
 
 
@@ -113,7 +114,7 @@ def test_a_2d_image_is_refused():
     with pytest.raises(InputError, match="works on volumes"):
         ISO.check_input(np.zeros((64, 64), np.uint8), opts)
     with pytest.raises(InputError, match="works on volumes"):
-        ISO.training_pairs({"volume": np.zeros((64, 64), np.uint8)}, opts, "train", 0.1, 32)
+        ISO.training_pairs({"volume": np.zeros((64, 64), np.uint8)}, opts, Split("train", 0.1, 32))
 
 
 def test_too_few_slices_are_refused(fib_small):
@@ -121,8 +122,8 @@ def test_too_few_slices_are_refused(fib_small):
     with pytest.raises(InputError, match="1 slice.*at least 2"):
         ISO.check_input(fib_small[:1], opts)
     with pytest.raises(InputError, match="has 8 slice.*at least 9 at factor 8"):
-        ISO.training_pairs({"volume": fib_small[:8]}, opts, "train", 0.1, 32)
-    ISO.training_pairs({"volume": fib_small[:9]}, opts, "train", 0.1, 32)  # one gap is enough
+        ISO.training_pairs({"volume": fib_small[:8]}, opts, Split("train", 0.1, 32))
+    ISO.training_pairs({"volume": fib_small[:9]}, opts, Split("train", 0.1, 32))  # one gap is enough
 
 
 def test_clean_images_alone_point_to_the_volume(fib_small):

@@ -13,7 +13,8 @@ from napari_emdiffuse.jobs.events import Kind
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.jobs.train import train
 from napari_emdiffuse.model_file import Model
-from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants import get_variant, resolve
+from napari_emdiffuse.variants.base import Split
 from napari_emdiffuse.variants.superres import upsample, upsampled_rows
 
 SR = get_variant("superres")
@@ -37,7 +38,7 @@ def test_bad_factors_are_refused_with_the_allowed_values(bad):
     with pytest.raises(ConfigError, match="factor: .*2 to 4"):
         SR.options({"factor": bad})
     with pytest.raises(ConfigError, match="factor"):
-        load_preset("emdiffuse-r-tiny", {"variant_options": {"factor": bad}})
+        resolve(load_preset("emdiffuse-r-tiny", {"variant_options": {"factor": bad}}))
 
 
 def test_whole_float_factor_is_accepted():
@@ -80,7 +81,7 @@ def test_from_clean_simulates_low_resolution_and_crops_to_the_factor(isbi_clean)
 def test_training_pairs_condition_is_the_upsampled_input(isbi_clean, factor):
     opts = SR.options({"factor": factor})
     arrays = SR.from_clean(isbi_clean[:2, :192, :192], opts)
-    src = SR.training_pairs(arrays, opts, "train", 0.1, 64, min_std=0.0)
+    src = SR.training_pairs(arrays, opts, Split("train", 0.1, 64, min_std=0.0))
     assert src.patch % factor == 0 and src.patch % 16 == 0
     cond, residual = src.sample(np.random.default_rng(0), 3, src.patch)
     assert cond.shape == residual.shape == (3, 1, src.patch, src.patch)
@@ -97,8 +98,8 @@ def test_a_target_on_another_intensity_scale_is_mapped_onto_the_inputs(isbi_clea
     opts = SR.options({"factor": 2})
     arrays = SR.from_clean(isbi_clean[:2, :192, :192], opts)
     rescaled = {"input": arrays["input"], "target": 50 * arrays["target"] + 20}
-    same = SR.training_pairs(arrays, opts, "train", 0.1, 64).source.sample(np.random.default_rng(0), 3, 64)
-    other = SR.training_pairs(rescaled, opts, "train", 0.1, 64).source.sample(np.random.default_rng(0), 3, 64)
+    same = SR.training_pairs(arrays, opts, Split("train", 0.1, 64)).source.sample(np.random.default_rng(0), 3, 64)
+    other = SR.training_pairs(rescaled, opts, Split("train", 0.1, 64)).source.sample(np.random.default_rng(0), 3, 64)
     np.testing.assert_allclose(other[1], same[1], atol=0.03 * np.ptp(same[1]))
 
 
@@ -106,12 +107,12 @@ def test_mismatched_pair_is_refused():
     opts = SR.options({"factor": 2})
     low = np.zeros((2, 30, 40), np.float32)
     with pytest.raises(InputError, match="2 times the input"):
-        SR.training_pairs({"input": low, "target": np.zeros((2, 60, 79), np.float32)}, opts, "train", 0.1, 32)
+        SR.training_pairs({"input": low, "target": np.zeros((2, 60, 79), np.float32)}, opts, Split("train", 0.1, 32))
     with pytest.raises(InputError, match="patch size 32 px is too small at factor 3.*48"):
-        SR.training_pairs({"input": low, "target": upsample(low, 3)}, SR.options({"factor": 3}), "train", 0.1, 32)
+        SR.training_pairs({"input": low, "target": upsample(low, 3)}, SR.options({"factor": 3}), Split("train", 0.1, 32))
     with pytest.raises(InputError, match="too small for 48 px patches at factor 3"):
         small = np.random.default_rng(0).random((1, 12, 12)).astype(np.float32)
-        SR.training_pairs({"input": small, "target": upsample(small, 3)}, SR.options({"factor": 3}), "train", 0.1, 64)
+        SR.training_pairs({"input": small, "target": upsample(small, 3)}, SR.options({"factor": 3}), Split("train", 0.1, 64))
 
 
 @pytest.mark.parametrize("factor", [2, 3])

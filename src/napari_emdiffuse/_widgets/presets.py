@@ -110,9 +110,11 @@ class PresetsWidget(DockWidget):
     def load(self, name_or_path: str | Path) -> None:
         """Show a built-in preset (by name) or a JSON file in the form."""
         from ..config import load_preset
+        from ..variants import resolve
 
         try:
             self.base = load_preset(name_or_path)
+            resolve(self.base, str(name_or_path))
         except Exception as err:  # noqa: BLE001 - shown to the user
             self.status.setText(_common.notify_error(err))
             return
@@ -127,7 +129,8 @@ class PresetsWidget(DockWidget):
 
     def preset(self) -> Any:
         """The edited preset, validated (raises ConfigError naming the bad key)."""
-        from ..config import ConfigError
+        from ..errors import ConfigError
+        from ..variants import resolve
 
         if self.base is None:
             raise ConfigError("no preset loaded")
@@ -135,7 +138,9 @@ class PresetsWidget(DockWidget):
         values["variant"] = self.variant.currentData()
         if values["variant_options"] is None:
             values["variant_options"] = {}
-        return self.base.with_overrides(values)
+        preset = self.base.with_overrides(values)
+        resolve(preset)
+        return preset
 
     def _refresh_json(self, *_: Any) -> None:
         try:

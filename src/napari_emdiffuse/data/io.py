@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .memory import memory_budget
 
 log = logging.getLogger(__name__)
 UNIT = "um"
@@ -110,14 +111,6 @@ def _squeeze_axes(data: Any, axes: str) -> tuple[Any, str]:
             index.append(slice(None))
             kept += ax
     return data[tuple(index)], kept
-
-
-def memory_budget() -> int:
-    """Bytes one array read into memory may take: half the machine's physical memory."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
-        return 4 * 2**30
 
 
 class _Guarded:

@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import InputError
 
 MAX_SAMPLE_PIXELS = 4_000_000
+#: the percentiles that map to -1 and 1 (a model records the ones it was trained with)
+PERCENTILES = (0.1, 99.9)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Normaliser:
 
     @classmethod
     def from_dict(cls, stats: dict[str, float]) -> "Normaliser":
-        """The statistics stored with a training set or model (:meth:`to_dict`)."""
+        """Statistics sent as JSON (:meth:`to_dict`), e.g. to the dask workers of a prediction."""
         try:
             return cls(float(stats["low"]), float(stats["high"]))
         except (KeyError, TypeError, ValueError):
@@ -127,7 +129,7 @@ def _pixel_sample(image, max_pixels: int, seed: int = 0) -> np.ndarray:
 
 
 def fit_normaliser(
-    image, low: float = 0.1, high: float = 99.9, max_pixels: int = MAX_SAMPLE_PIXELS, name: str = "image"
+    image, low: float = PERCENTILES[0], high: float = PERCENTILES[1], max_pixels: int = MAX_SAMPLE_PIXELS, name: str = "image"
 ) -> Normaliser:
     """Percentile statistics of ``image`` (numpy, dask or zarr), robust to empty and saturated areas.
 

@@ -8,9 +8,9 @@ named as the variant's ``training_inputs``:
   for a single image, rows) that share no pixel with the training patches;
 - a volume (vEMDiffuse-i, -a): ``volume``, drift-corrected if asked.
 
-Its attributes hold the variant, the voxel sizes, the normalisation statistics of input and
-target (so outputs can be mapped back to the input's range) and the report; the report is also
-written beside the set as ``NAME_report.json`` with a picture, ``NAME_overlay.png``.
+Its attributes hold the variant, its options, the voxel sizes and whether it is complete; the
+report is written beside the set as ``NAME_report.json`` with a picture, ``NAME_overlay.png``.
+The patches keep the raw grey values: training normalises them as it does any input.
 """
 
 from __future__ import annotations
@@ -145,8 +145,7 @@ def _pairs_to_set(
             f"input {tuple(cond.shape)} and target {tuple(target.shape)} do not pair up: "
             f"the target should be {want}{f' (factor {f})' if f > 1 else ''}; crop or resample them first"
         )
-    n_in = fit_normaliser(cond, name="input")
-    n_tg = fit_normaliser(target, name="target")
+    n_tg = fit_normaliser(target, name="target")  # what "flat" means for a target patch
     corners = grid(h, w, geom.input)
     if depth >= 3:
         train_z, val_z = split_slices(depth, opts.val_fraction)
@@ -172,7 +171,6 @@ def _pairs_to_set(
             "variant_options": options.model_dump(mode="json"),
             "voxel_size": list(voxel),
             "target_voxel_size": list(voxel[:-2]) + [voxel[-2] / f, voxel[-1] / f],
-            "normalisation": {"input": n_in.to_dict(), "target": n_tg.to_dict()},
             "complete": False,
         }
     )
@@ -389,7 +387,6 @@ def prepare_volume(
                 "variant": v.name,
                 "variant_options": options.model_dump(mode="json"),
                 "voxel_size": list(volume.voxel),
-                "normalisation": {"volume": normaliser.to_dict()},
                 "complete": False,
             }
         )

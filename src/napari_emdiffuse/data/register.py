@@ -28,12 +28,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InputError
+from ..errors import InputError, RegistrationError
 from .normalise import to_dtype
-
-
-class RegistrationError(InputError):
-    """The pair could not be aligned (unrelated content, too little overlap, flat images)."""
 
 
 @dataclass

@@ -103,10 +103,25 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
 EDM_DEFAULT_SIGMA_DATA = 0.5  # Karras et al. 2022, sec. 5; training replaces it by the measured spread
 
 
-def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``c_skip, c_out, c_in`` of Karras et al. 2022, table 1 (for ``x = x0 + sigma * eps``)."""
-    var = sigma**2 + sigma_data**2
-    return sigma_data**2 / var, sigma * sigma_data * var.rsqrt(), var.rsqrt()
+def scalings(prediction: str, sigma: torch.Tensor, sigma_data: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``c_skip, c_out, c_in`` with ``D(x) = c_skip x + c_out F(c_in x)`` for ``x = x0 + sigma * eps``:
+    the one statement of each parameterisation, used by the forward (:class:`Denoiser`) and the
+    loss (whose target is ``(x0 - c_skip x) / c_out``), as k-diffusion's ``get_scalings``.
+
+    ``"edm"``: Karras et al. 2022, table 1, with the target's spread ``sigma_data``. ``"v"`` and
+    ``"eps"`` see the VP ``x_t = x / sqrt(1 + sigma^2)``; ``v`` is the EDM form with unit spread
+    (``x0 = sqrt(abar) x_t - sqrt(1 - abar) v``), ``eps`` gives ``x0 = x - sigma eps``.
+    """
+    if prediction == "edm":
+        sd = sigma_data or EDM_DEFAULT_SIGMA_DATA
+        var = sigma**2 + sd**2
+        return sd**2 / var, sigma * sd * var.rsqrt(), var.rsqrt()
+    c_in = (1 + sigma**2).rsqrt()  # sqrt(abar)
+    if prediction == "v":
+        return c_in**2, -sigma * c_in, c_in
+    if prediction == "eps":
+        return torch.ones_like(sigma), -sigma, c_in
+    raise ValueError(f"unknown prediction {prediction!r}; use 'edm', 'v' or 'eps'")
 
 
 class Denoiser(nn.Module):
@@ -130,18 +145,9 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
-        s = sigma[:, None, None, None]
-        if self.prediction == "edm":
-            c_skip, c_out, c_in = edm_scalings(s, self.sigma_data)
-            out = self.network((x * c_in).to(cond.dtype), cond, c_noise(sigma)).float()
-            return c_skip * x + c_out * out
-        sqrt_ab = (1 + s**2).rsqrt()  # sqrt(abar)
-        sqrt_1mab = s * sqrt_ab  # sqrt(1 - abar)
-        x_t = x * sqrt_ab
-        out = self.network(x_t.to(cond.dtype), cond, c_noise(sigma)).float()
-        if self.prediction == "v":
-            return sqrt_ab * x_t - sqrt_1mab * out
-        return x - s * out  # eps prediction: x0 = x - sigma * eps
+        c_skip, c_out, c_in = scalings(self.prediction, sigma[:, None, None, None], self.sigma_data)
+        out = self.network((x * c_in).to(cond.dtype), cond, c_noise(sigma)).float()
+        return c_skip * x + c_out * out
 
 
 class DiffusionProcess:
@@ -161,12 +167,7 @@ class DiffusionProcess:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         abar = self._abar.to(x0.device)[t][:, None, None, None]
         sigma = ((1 - abar) / abar).sqrt()
-        if self.cfg.prediction == "edm":
-            c_skip, c_out, c_in = edm_scalings(sigma, self.cfg.sigma_data or EDM_DEFAULT_SIGMA_DATA)
-            x = x0 + sigma * noise
-            pred = network(c_in * x, cond, c_noise(sigma.reshape(b)))
-            return F.mse_loss(pred.float(), (x0 - c_skip * x) / c_out)
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise  # q(x_t | x0), Ho et al. eq. 4
-        pred = network(x_t, cond, c_noise(sigma.reshape(b)))
-        target = abar.sqrt() * noise - (1 - abar).sqrt() * x0 if self.cfg.prediction == "v" else noise
-        return F.mse_loss(pred.float(), target)
+        c_skip, c_out, c_in = scalings(self.cfg.prediction, sigma, self.cfg.sigma_data)
+        x = x0 + sigma * noise
+        pred = network(c_in * x, cond, c_noise(sigma.reshape(b)))
+        return F.mse_loss(pred.float(), (x0 - c_skip * x) / c_out)

@@ -1,36 +1,46 @@
 """Samplers: one signature, one short body each (after k-diffusion's ``sampling.py``).
 
-``sampler(denoise, x, sigmas, noise=..., callback=...)``
+``sampler(denoise, x, sigmas, noise=..., callback=...)``; a sampler's own options (DDIM's
+``eta``) are keywords after those, bound by :func:`get_sampler`.
 
 - ``denoise(x, sigma) -> x0`` is the model (condition already bound);
 - ``x`` starts as ``sigmas[0] * eps``; ``sigmas`` decrease to 0;
 - ``noise(i, like)`` gives fresh Gaussian noise for step ``i`` (ancestral samplers only), so
   tiling can key the noise to image position and stay seamless;
-- ``callback(i, x, x0)`` runs after every step: progress, previews, and cancel (it may raise).
+- ``callback(step)`` runs after every step with a :class:`Step` (its index, ``x`` and the
+  denoised estimate ``x0``): progress, previews, and cancel (it may raise).
 
 Arithmetic is float32 whatever precision the network runs in.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a sampler reports after step ``i``: the new state ``x`` and the denoised estimate ``x0``."""
+
+    i: int
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+Callback = Callable[[Step], None]
 
 
 class Sampler(Protocol):
     def __call__(
-        self,
-        denoise: Denoise,
-        x: torch.Tensor,
-        sigmas: torch.Tensor,
-        noise: NoiseFn | None = None,
-        callback: Callback | None = None,
-        eta: float = 0.0,
+        self, denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseFn | None = None, callback: Callback | None = None
     ) -> torch.Tensor: ...
 
 
@@ -53,7 +63,7 @@ def _euler_ancestral(
         if s_next > 0:
             x = x + noise(i, x) * s_up
         if callback is not None:
-            callback(i, x, x0)
+            callback(Step(i, x, x0))
     return x
 
 
@@ -64,11 +74,10 @@ def ddpm(
     sigmas: torch.Tensor,
     noise: NoiseFn | None = None,
     callback: Callback | None = None,
-    eta: float = 1.0,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), the reference EMDiffuse uses.
 
-    The DDPM posterior step is DDIM with eta = 1 (Song et al. 2021, sec. 4.1); ``eta`` is ignored.
+    The DDPM posterior step is DDIM with eta = 1 (Song et al. 2021, sec. 4.1).
     """
     return _euler_ancestral(denoise, x, sigmas, noise, callback, eta=1.0)
 
@@ -93,7 +102,6 @@ def dpmpp_2m(
     sigmas: torch.Tensor,
     noise: NoiseFn | None = None,
     callback: Callback | None = None,
-    eta: float = 0.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second order, one evaluation a step.
 
@@ -117,7 +125,7 @@ def dpmpp_2m(
             x = (s_next / s) * x - torch.expm1(-h) * d
         old_x0 = x0
         if callback is not None:
-            callback(i, x, x0)
+            callback(Step(i, x, x0))
     return x
 
 
@@ -128,7 +136,6 @@ def posterior_mean(
     sigmas: torch.Tensor,
     noise: NoiseFn | None = None,
     callback: Callback | None = None,
-    eta: float = 0.0,
 ) -> torch.Tensor:
     """The best estimate, not a sample: the denoiser at the highest noise level, where the noisy
     image carries no information about x0, is the network's own estimate of ``E[x0 | condition]``
@@ -138,15 +145,18 @@ def posterior_mean(
     """
     x0 = 0.5 * (denoise(x, sigmas[0]) + denoise(-x, sigmas[0]))
     if callback is not None:
-        callback(0, x0, x0)
+        callback(Step(0, x0, x0))
     return x0
 
 
 SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
 
 
-def get_sampler(name: str) -> Sampler:
+def get_sampler(name: str, eta: float = 0.0) -> Sampler:
+    """The sampler called ``name``, with ``eta`` bound where it declares one (DDIM's ancestral
+    noise); the others have no such option."""
     try:
-        return SAMPLERS[name]
+        sampler = SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}") from None
+    return functools.partial(sampler, eta=eta) if "eta" in inspect.signature(sampler).parameters else sampler

@@ -24,7 +24,7 @@ import torch
 
 from .device import is_out_of_memory
 from .rng import splitmix
-from .samplers import Sampler
+from .samplers import Sampler, Step
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,6 @@ class TiledSampler:
         tile_batch: int,
         device: torch.device,
         seed: int = 0,
-        eta: float = 0.0,
         step_callback: Callable[[int, int], None] | None = None,
     ) -> None:
         self.denoise = denoise
@@ -142,7 +141,6 @@ class TiledSampler:
         self.batch = max(1, tile_batch)
         self.device = device
         self.seed = seed
-        self.eta = eta
         self.step_callback = step_callback
 
     def count_steps(self, height: int, width: int) -> int:
@@ -233,14 +231,14 @@ class TiledSampler:
                 n = [keyed_noise(plane_seed, k, step, c_, t.y0, t.x0, th, tw) for t, k in _items]
                 return torch.stack(n).to(like.device, like.dtype)
 
-            def callback(i: int, x: torch.Tensor, x0: torch.Tensor, _items=chunk) -> None:
+            def callback(step: Step, _items=chunk) -> None:
                 if self.step_callback is not None:
-                    self.step_callback(done + len(_items) * (i + 1), total)
+                    self.step_callback(done + len(_items) * (step.i + 1), total)
 
             x = noise_fn(-1, cond) * self.sigmas[0]
             try:
                 out = self.sampler(
-                    lambda xx, s: self.denoise(xx, s, cond), x, self.sigmas, noise=noise_fn, callback=callback, eta=self.eta
+                    lambda xx, s: self.denoise(xx, s, cond), x, self.sigmas, noise=noise_fn, callback=callback
                 )
             except RuntimeError as err:
                 if not is_out_of_memory(err) or batch == 1:

@@ -25,7 +25,7 @@ from ..engine.samplers import get_sampler, posterior_mean
 from ..engine.tiling import TiledSampler
 from ..model_file import Model
 from ..variants import get_variant
-from ..variants.base import Block
+from ..variants.base import Block, BlockJob
 
 ESTIMATES = ("best", "mean")
 
@@ -66,8 +66,7 @@ class BlockRunner:
     ) -> None:
         if estimate not in ESTIMATES:
             raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
-        self.variant = get_variant(model.variant)
-        self.options = self.variant.options(model.preset.variant_options)
+        self.variant, self.options = get_variant(model.variant), model.options
         self.normaliser, self.device = normaliser, device
         self.n_samples = cfg.samples if keep_samples else 0
         configure_backends(device)
@@ -80,10 +79,10 @@ class BlockRunner:
             return TiledSampler(
                 denoiser, sampler, levels, out_channels=model.info.out_channels, size_multiple=network.size_multiple,
                 tile_size=cfg.tile_size, overlap=cfg.overlap, samples=samples, tile_batch=cfg.tile_batch,
-                device=device, seed=cfg.seed, eta=cfg.eta, step_callback=self._step,
+                device=device, seed=cfg.seed, step_callback=self._step,
             )  # fmt: skip
 
-        self.sampling = tiler(get_sampler(cfg.sampler), sigmas, cfg.samples)
+        self.sampling = tiler(get_sampler(cfg.sampler, cfg.eta), sigmas, cfg.samples)
         # the best estimate: one pass at the highest noise level (posterior_mean uses sigmas[0] only)
         self.tilers = [tiler(posterior_mean, sigmas[[0, -1]], 1), self.sampling] if estimate == "best" else [self.sampling]
 
@@ -121,7 +120,7 @@ class BlockRunner:
         self._on_step = on_step
         try:
             with torch.inference_mode(), autocast(self.device, inference=True):
-                self.variant.predict_block(image, block, self.options, self.normaliser, run_plane, mean, spread, samples)
+                self.variant.predict_block(image, block, self.options, BlockJob(self.normaliser, run_plane, mean, spread, samples))
         finally:
             self._on_step = None
         return BlockResult(block, mean, spread, samples)

@@ -25,9 +25,9 @@ from typing import Any, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ConfigError, SampleConfig
+from ..config import SampleConfig
 from ..data.normalise import Normaliser
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, ConfigError, InputError
 from ..model_file import Model
 from ..variants.base import Block
 from .blocks import BlockRunner, write_block

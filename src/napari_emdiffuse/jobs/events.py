@@ -114,3 +114,7 @@ class PredictResult:
     upper: Any | None = None
     written: tuple[Path, ...] = ()
     kind: Kind = field(default=Kind.RESULT, init=False)
+
+
+#: what a job yields (its last event is its result); consumers dispatch with ``match``
+Event = Progress | Loss | Validation | Preview | CheckpointSaved | Message | TrainResult | PredictResult

@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def _normaliser_for(model: Model, image: Any) -> Normaliser:
-    """Percentile statistics of ``image``; 8-bit input to a model that records the original
-    EMDiffuse convention (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the
-    original did in training."""
-    if model.info.normalisation.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
+    """Statistics of ``image`` at the percentiles the model records (``model.json``
+    ``normalisation``); 8-bit input to a model that records the original EMDiffuse convention
+    (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the original did in training."""
+    norm = model.info.normalisation
+    if norm.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
         return Normaliser(0.0, 255.0)
-    return fit_normaliser(image, name="image")
+    return fit_normaliser(image, norm["low"], norm["high"], name="image")
 
 
 def predict(
@@ -84,8 +85,7 @@ def predict(
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
-    variant = get_variant(model.variant)
-    options = variant.options(model.preset.variant_options)
+    variant, options = get_variant(model.variant), model.options
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)

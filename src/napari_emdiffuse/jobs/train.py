@@ -37,8 +37,8 @@ from ..engine.rng import splitmix
 from ..data.safe_output import Lock
 from ..errors import Cancelled, InputError, ModelFileError
 from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors, stored_preset
-from ..variants import get_variant
-from ..variants.base import Roi
+from ..variants import get_variant, resolve
+from ..variants.base import Roi, Split
 from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progress, TrainResult, Validation
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -211,9 +211,9 @@ def target_spread(source: Any, seed: int, n: int = 64) -> float:
 
 def _model_for(preset: Preset, init: Model | None) -> Model:
     """A new model for ``preset``, or one starting from ``init``."""
-    variant = get_variant(preset.variant)
     if init is None:
-        out_c, cond_c = variant.channels(variant.options(preset.variant_options))
+        variant, options = resolve(preset)
+        out_c, cond_c = variant.channels(options)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(preset.train.seed)  # the initial weights are part of the run's seed
             return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c))
@@ -221,6 +221,7 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
         raise ModelFileError(f"cannot fine-tune a {init.variant} model as {preset.variant}")
     # Keep the starting model's network, diffusion and the options the new preset does not set;
     # take the new training settings.
+    variant = get_variant(preset.variant)
     options = variant.options({**init.preset.variant_options, **preset.variant_options})
     out_c, cond_c = variant.channels(options)
     if (init.info.out_channels, init.info.cond_channels) != (out_c, cond_c):
@@ -340,8 +341,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     else:
         model = _model_for(preset, init_model)
         preset = model.preset
-    variant = get_variant(preset.variant)
-    options = variant.options(preset.variant_options)
+    variant, options = get_variant(preset.variant), model.options
     tc = preset.train
     missing = [k for k in variant.training_inputs if k not in arrays]
     if missing:
@@ -351,12 +351,12 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     if len(held_out) == len(variant.training_inputs) and roi is None:
         # a prepared set: its validation patches come from other slices; train on every row of the rest
         train_arrays = {k: arrays[k] for k in variant.training_inputs}
-        train_src = variant.training_pairs(train_arrays, options, "all", 0.0, tc.patch_size, None, tc.min_foreground_std)
-        val_src = variant.training_pairs(held_out, options, "all", 0.0, tc.patch_size, None, tc.min_foreground_std)
+        train_src = variant.training_pairs(train_arrays, options, Split("all", 0.0, tc.patch_size, None, tc.min_foreground_std))
+        val_src = variant.training_pairs(held_out, options, Split("all", 0.0, tc.patch_size, None, tc.min_foreground_std))
         val_src.summary["held_out"] = "validation patches of the prepared set"
     else:
-        train_src = variant.training_pairs(arrays, options, "train", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
-        val_src = variant.training_pairs(arrays, options, "val", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std)
+        train_src = variant.training_pairs(arrays, options, Split("train", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std))
+        val_src = variant.training_pairs(arrays, options, Split("val", tc.val_fraction, tc.patch_size, roi, tc.min_foreground_std))
     patch = train_src.patch
     if patch != tc.patch_size:
         yield Message(f"patch size reduced to {patch} px to fit the training region", "warning")
@@ -426,7 +426,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         if cfg.samples < 2:
             yield Message("no calibration: the model's sampling settings draw a single sample, which has no spread", "warning")
             return None
-        sampler = get_sampler(cfg.sampler)
+        sampler = get_sampler(cfg.sampler, cfg.eta)  # as predict samples
         draws = []
         for i in range(cfg.samples):
             yield Progress(i, cfg.samples, "calibrating the uncertainty")

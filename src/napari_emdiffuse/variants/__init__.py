@@ -1,16 +1,26 @@
 """The four EMDiffuse variants, each a small :class:`~.base.Variant`; the registry lives here.
 
 The widgets and the CLI read :data:`VARIANTS` (names, titles, option models), so a variant added
-here appears everywhere without other changes.
+here appears everywhere without other changes. The registry also owns the check of what a
+preset asks of a variant (:func:`resolve`): ``config`` knows no variant, so loading a preset
+imports none of them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from ..errors import ConfigError
 from .base import Variant
 from .denoise import Denoise
 from .iso_a import IsoA
 from .iso_i import IsoI
 from .superres import SuperRes
+
+if TYPE_CHECKING:
+    from ..config import Preset
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (Denoise(), SuperRes(), IsoI(), IsoA())}
 
@@ -19,4 +29,15 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}") from None
+        raise ConfigError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}") from None
+
+
+def resolve(preset: "Preset", source: str | None = None) -> tuple[Variant, BaseModel]:
+    """The preset's variant and its validated options; a bad name or option raises
+    :class:`ConfigError` naming ``source`` (default: the preset's name) and the key."""
+    try:
+        variant = get_variant(preset.variant)
+        return variant, variant.options(preset.variant_options)
+    except ConfigError as err:
+        key = "variant" if preset.variant not in VARIANTS else "variant_options"
+        raise ConfigError(f"{source or f'preset {preset.name!r}'}: {key}: {err}") from None

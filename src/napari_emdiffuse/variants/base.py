@@ -169,6 +169,36 @@ class PlaneWriter:
             self.target[(slice(None),) * self.samples + (slice(self.start, self.start + c), rows)] = v
 
 
+@dataclass
+class BlockJob:
+    """What the predict job hands a variant to fill one block: the image's ``normaliser``, the
+    runner's ``sample_plane(read, height, width, mean, std, samples, plane_key)`` (every
+    sampler pass over one plane, into three tiler targets) and the block's arrays, zero on
+    entry, in the input's intensity units: ``mean`` and ``std`` of ``block.shape``, ``samples``
+    of ``(K, *block.shape)`` or None."""
+
+    normaliser: Normaliser
+    sample_plane: Callable[..., None]
+    mean: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray | None
+
+    def run(self, read: Base, height: int, width: int, start: int = 0, base: Base | None = None, plane_key: int = 0) -> None:
+        """Sample one plane (``read(y0, y1) -> (C, rows, W)``, normalised) into the ``C`` planes
+        from ``start`` of the block's arrays, adding a residual model's ``base`` to the estimate
+        and the samples."""
+        n = self.normaliser
+        self.sample_plane(
+            read,
+            height,
+            width,
+            PlaneWriter(self.mean, start, n.inverse, base=base),
+            PlaneWriter(self.std, start, n.scale_std),
+            PlaneWriter(self.samples, start, n.inverse, samples=True, base=base) if self.samples is not None else None,
+            plane_key=plane_key,
+        )
+
+
 def augment(cond: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The same random flip and 90-degree rotation of both arrays (last two axes)."""
     k = int(rng.integers(4))
@@ -185,6 +215,32 @@ def split_rows(height: int, val_fraction: float, patch: int) -> tuple[tuple[int,
     val_h = max(round(val_fraction * height), min(patch, height // 3))
     val_h = min(val_h, height // 2)
     return (0, height - val_h), (height - val_h, height)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which training pairs to make: ``name`` "train" or "val" (validation is a strip of
+    ``val_fraction`` of the rows at the bottom, never overlapping training), or "all" (a set
+    whose validation data is held out elsewhere); ``patch`` is the patch size asked for (target
+    pixels), ``roi`` a rectangle to keep to, ``min_std`` the flattest target a patch may have."""
+
+    name: str
+    val_fraction: float
+    patch: int
+    roi: Roi | None = None
+    min_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ("train", "val", "all"):
+            raise ValueError(f"split {self.name!r}: expected 'train', 'val' or 'all'")
+
+    def rows(self, height: int, scale: int = 1) -> tuple[int, int]:
+        """The split's row range in a region ``height`` rows high (of input pixels, ``scale``
+        times coarser than the target's)."""
+        if self.name == "all":
+            return 0, height
+        train, val = split_rows(height, self.val_fraction, self.patch // scale)
+        return train if self.name == "train" else val
 
 
 class Variant(ABC):
@@ -225,17 +281,8 @@ class Variant(ABC):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry: ...
 
     @abstractmethod
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
-        """Pairs for ``split`` ("train" or "val") from the user's arrays (numpy or dask)."""
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
+        """Pairs for ``split`` from the user's arrays (numpy or dask)."""
 
     @abstractmethod
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
@@ -244,21 +291,10 @@ class Variant(ABC):
         that buffer in memory)."""
 
     @abstractmethod
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
-        """Fill the block's arrays (``mean`` and ``std`` of ``block.shape``, ``samples`` of
-        ``(K, *block.shape)``, zero on entry, in the input's intensity units) by sampling its
-        planes through ``run_plane(read, height, width, mean, std, samples, plane_key)``,
-        reading from ``image`` (lazy) only what the block needs."""
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: "BlockJob") -> None:
+        """Fill the block's arrays (``job.mean``, ``job.std``, ``job.samples``) by sampling its
+        planes through the job (:meth:`BlockJob.run`), reading from ``image`` (lazy) only what
+        the block needs."""
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         """A warning when the input's voxel size does not suit the model (None: nothing to say)."""

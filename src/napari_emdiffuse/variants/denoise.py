@@ -15,9 +15,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
-from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
+from ..data.normalise import check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Block, Geometry, PairSource, PatchPairs, PlaneWriter, ResidualPairs, Roi, Variant, augment, plane_blocks, split_rows
+from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Split, Variant, augment, plane_blocks
 
 
 class DenoiseOptions(BaseModel):
@@ -85,19 +85,14 @@ def fit_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], scale: i
     return fitted
 
 
-def paired_region(
-    cond: Any, target: Any, split: str, val_fraction: float, patch: int, roi: Roi | None, scale: int = 1
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
-    """Load a pair (in memory), crop it to the ROI, and give the split's rows and columns
-    (``split`` "train", "val", or "all" for a set whose validation data is held out elsewhere)."""
+def paired_region(cond: Any, target: Any, split: Split, scale: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Load a pair (in memory), crop it to the split's ROI, and give the split's rows and columns."""
     cond, target = as_stack(cond), as_stack(target)
     h, w = cond.shape[-2:]
-    r = (roi or Roi(0, h, 0, w)).clip(h, w)
+    r = (split.roi or Roi(0, h, 0, w)).clip(h, w)
     cond = np.asarray(cond[:, r.y0 : r.y1, r.x0 : r.x1])
     target = np.asarray(target[:, r.y0 * scale : r.y1 * scale, r.x0 * scale : r.x1 * scale])
-    train_rows, val_rows = split_rows(cond.shape[1], val_fraction, patch // scale)
-    rows = {"train": train_rows, "val": val_rows, "all": (0, cond.shape[1])}[split]
-    return cond, target, rows, (0, cond.shape[2])
+    return cond, target, split.rows(cond.shape[1], scale), (0, cond.shape[2])
 
 
 class Denoise(Variant):
@@ -128,54 +123,25 @@ class Denoise(Variant):
         if tuple(cond.shape) != tuple(target.shape):
             raise InputError(f"input and target differ in shape ({tuple(cond.shape)} vs {tuple(target.shape)}); register them first")
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         cond, target = arrays["input"], arrays["target"]
         self.check_pair(cond, target)
-        cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi)
+        cond, target, rows, cols = paired_region(cond, target, split)
         nc = fit_normaliser(cond, name="input")
         a, b = match_intensity(target, cond)  # the target on the input's scale: outputs map back to it
-        src = AlignedPairs(nc.forward(cond), nc.forward(a * target.astype(np.float32) + b), rows, cols, min_std)
-        src.patch = fit_patch(patch, rows, cols)
+        src = AlignedPairs(nc.forward(cond), nc.forward(a * target.astype(np.float32) + b), rows, cols, split.min_std)
+        src.patch = fit_patch(split.patch, rows, cols)
         src.summary.update(input_normaliser=nc.to_dict(), target_to_input=[a, b])
         return ResidualPairs(src, lambda c: c) if options.residual else src  # the condition is the noisy input
 
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
         return plane_blocks(shape)
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         z = block.index
         plane = as_stack(image)[z]
-        h, w = plane.shape
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return normaliser.forward(np.asarray(plane[y0:y1]))[None]
+            return job.normaliser.forward(np.asarray(plane[y0:y1]))[None]
 
-        base = read if options.residual else None
-        run_plane(
-            read,
-            h,
-            w,
-            PlaneWriter(mean, 0, normaliser.inverse, base=base),
-            PlaneWriter(std, 0, normaliser.scale_std),
-            PlaneWriter(samples, 0, normaliser.inverse, samples=True, base=base) if samples is not None else None,
-            plane_key=z,
-        )
+        job.run(read, *plane.shape, base=read if options.residual else None, plane_key=z)

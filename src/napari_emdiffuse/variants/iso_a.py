@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Base, Block, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant
+from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant
 from .denoise import fit_patch
 from .factor import RatioFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_original_gap, volume_region
@@ -200,26 +200,17 @@ class IsoA(Variant):
         """Every ``factor``-th slice of an isotropic volume, and the volume as the truth."""
         return decimated_pair(clean, options.factor, self.title)
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         r = options.factor
         volume = arrays["volume"]
         check_volume(volume, self.title, "training volume", 1)
-        vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
+        vol, rows, cols = volume_region(volume, split)
         need = min_patch(r)
-        fitted = fit_patch(patch, rows, cols)
+        fitted = fit_patch(split.patch, rows, cols)
         if fitted < need:
             raise InputError(
                 f"factor {r:g} needs training patches of at least {need} px (two gaps of {r:g} rows); "
-                f"{'the patch size is ' + str(patch) if patch < need else 'the training region is too small'}"
+                f"{'the patch size is ' + str(split.patch) if split.patch < need else 'the training region is too small'}"
             )
         norm = fit_normaliser(vol, name="volume")
         if options.emdiffuse_original:  # as the original: y stands in for z, gaps between xz planes
@@ -227,11 +218,11 @@ class IsoA(Variant):
             planes = np.ascontiguousarray(vol[:, rows[0] : rows[1]].transpose(1, 0, 2))
             if planes.shape[0] <= k:
                 raise InputError(f"the training region has {planes.shape[0]} rows; factor {k} needs more than {k}")
-            pairs = OriginalGapPairs(planes, norm, k, (0, planes.shape[1]), cols, min_std)
-            pairs.patch = fit_patch(patch, (0, planes.shape[1]), cols)
+            pairs = OriginalGapPairs(planes, norm, k, (0, planes.shape[1]), cols, split.min_std)
+            pairs.patch = fit_patch(split.patch, (0, planes.shape[1]), cols)
             pairs.summary["normaliser"] = norm.to_dict()
             return pairs
-        pairs = LateralPairs(vol, norm, r, rows, cols, min_std)
+        pairs = LateralPairs(vol, norm, r, rows, cols, split.min_std)
         pairs.patch = fitted
         pairs.summary["normaliser"] = norm.to_dict()
         return ResidualPairs(pairs, lambda c: c[:, :1])  # channel 0 is the linear interpolation
@@ -251,20 +242,11 @@ class IsoA(Variant):
             for i, y in enumerate(range(0, h, step))
         ]
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         r = options.factor
         if options.emdiffuse_original:
-            return predict_original_gap(image, block, int(r), normaliser, run_plane, mean, std, samples)
+            return predict_original_gap(image, block, int(r), job)
+        normaliser, mean, std, samples = job.normaliser, job.mean, job.std, job.samples
         n, _, w = image.shape
         n_out = output_slices(n, r)
         positions = np.arange(n) * r
@@ -281,7 +263,7 @@ class IsoA(Variant):
             def base(r0: int, r1: int, _read: Callable[[int, int], np.ndarray] = read) -> np.ndarray:
                 return _read(r0, r1)[:1]
 
-            run_plane(
+            job.sample_plane(  # xz planes: each fills one row of the block's arrays
                 read,
                 n_out,
                 w,

@@ -17,14 +17,14 @@ interleaves the generated ones, and divides the z voxel size by ``k``. With
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.normalise import Normaliser, fit_normaliser
 from ..errors import InputError
-from .base import Block, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Variant, augment
+from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant, augment
 from .denoise import fit_patch
 from .factor import WholeFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_gap, predict_original_gap, volume_region
@@ -126,50 +126,32 @@ class IsoI(Variant):
         """Every ``factor``-th slice of an isotropic volume, and the volume as the truth."""
         return decimated_pair(clean, options.factor, self.title)
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         k = options.factor
         volume = arrays["volume"]
         check_volume(volume, self.title, "isotropic training volume", k + 1, f"at factor {k} (two slices {k} apart)")
-        vol, rows, cols = volume_region(volume, split, val_fraction, patch, roi)
+        vol, rows, cols = volume_region(volume, split)
         norm = fit_normaliser(vol, name="volume")
-        pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, min_std)
-        pairs.patch = fit_patch(patch, rows, cols)
+        pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, split.min_std)
+        pairs.patch = fit_patch(split.patch, rows, cols)
         pairs.summary["normaliser"] = norm.to_dict()
         return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
         return gap_blocks(shape, options.factor)
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         k, g = options.factor, block.index
         if options.emdiffuse_original:
-            return predict_original_gap(image, block, k, normaliser, run_plane, mean, std, samples)
+            return predict_original_gap(image, block, k, job)
         idx = context_slices(g, image.shape[0])
+        forward = job.normaliser.forward
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return normaliser.forward(np.stack([np.asarray(image[i, y0:y1]) for i in idx]))
+            return forward(np.stack([np.asarray(image[i, y0:y1]) for i in idx]))
 
         def base(y0: int, y1: int) -> np.ndarray:
-            lo, hi = (normaliser.forward(np.asarray(image[i, y0:y1])) for i in (g, g + 1))
+            lo, hi = (forward(np.asarray(image[i, y0:y1])) for i in (g, g + 1))
             return linear_gap(np.stack([lo, lo, hi, hi])[None], k)[0]
 
-        predict_gap(image, block, k, read, run_plane, normaliser, mean, std, samples, base)
+        predict_gap(image, block, k, read, job, base)

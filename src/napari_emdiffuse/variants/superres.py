@@ -21,9 +21,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
-from ..data.normalise import Normaliser, check_image, fit_normaliser, match_intensity
+from ..data.normalise import check_image, fit_normaliser, match_intensity
 from ..errors import InputError
-from .base import Block, Geometry, PairSource, PlaneWriter, ResidualPairs, Roi, Variant, plane_blocks
+from .base import Block, BlockJob, Geometry, PairSource, ResidualPairs, Split, Variant, plane_blocks
 from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
 from .factor import WholeFactor
 
@@ -143,21 +143,12 @@ class SuperRes(Variant):
                 f"needs a target of {want}, got {tuple(target.shape)} (register and crop them first)"
             )
 
-    def training_pairs(
-        self,
-        arrays: dict[str, Any],
-        options: BaseModel,
-        split: str,
-        val_fraction: float,
-        patch: int,
-        roi: Roi | None = None,
-        min_std: float = 0.0,
-    ) -> PairSource:
+    def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         f = options.factor
         cond, target = arrays["input"], arrays["target"]
         self.check_pair(cond, target, f)
-        cond, target, rows, cols = paired_region(cond, target, split, val_fraction, patch, roi, scale=f)
-        fitted = sr_patch(patch, rows, cols, f)
+        cond, target, rows, cols = paired_region(cond, target, split, scale=f)
+        fitted = sr_patch(split.patch, rows, cols, f)
         # The target on the input's intensity scale (two acquisitions may differ in gain and
         # offset): compared after the coarse scan's own blur and binning, so that blur does not
         # bias the gain (simulated pairs come out at exactly 1 and 0); then one mapping for both,
@@ -167,7 +158,7 @@ class SuperRes(Variant):
         norm = fit_normaliser(cond, name="input")
         matched = a * np.asarray(target, np.float32) + b
         resize = upsample_bilinear if options.emdiffuse_original else upsample
-        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, min_std, scale=f, upsample=resize)
+        pairs = AlignedPairs(norm.forward(cond), norm.forward(matched), rows, cols, split.min_std, scale=f, upsample=resize)
         pairs.patch = fitted
         pairs.summary.update(normaliser=norm.to_dict(), factor=f, target_to_input=[a, b])
         if options.emdiffuse_original:
@@ -178,32 +169,14 @@ class SuperRes(Variant):
         f = options.factor
         return plane_blocks((*shape[:-2], shape[-2] * f, shape[-1] * f))
 
-    def predict_block(
-        self,
-        image: Any,
-        block: Block,
-        options: BaseModel,
-        normaliser: Normaliser,
-        run_plane: Callable[..., None],
-        mean: np.ndarray,
-        std: np.ndarray,
-        samples: np.ndarray | None,
-    ) -> None:
+    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
         f, z = options.factor, block.index
         plane = as_stack(image)[z]
         h, w = plane.shape
         resize = upsample_bilinear if options.emdiffuse_original else upsample
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return upsampled_rows(plane, f, y0, y1, normaliser.forward, resize)[None]
+            return upsampled_rows(plane, f, y0, y1, job.normaliser.forward, resize)[None]
 
         base = None if options.emdiffuse_original else read  # a residual model adds its condition back
-        run_plane(
-            read,
-            h * f,
-            w * f,
-            PlaneWriter(mean, 0, normaliser.inverse, base=base),
-            PlaneWriter(std, 0, normaliser.scale_std),
-            PlaneWriter(samples, 0, normaliser.inverse, samples=True, base=base) if samples is not None else None,
-            plane_key=z,
-        )
+        job.run(read, h * f, w * f, base=base, plane_key=z)

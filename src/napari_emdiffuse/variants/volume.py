@@ -5,13 +5,13 @@ an imported original vEMDiffuse network as the original code does."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..data.normalise import Normaliser, check_image
 from ..errors import InputError
-from .base import Block, PatchPairs, PlaneWriter, Roi, augment, split_rows
+from .base import Base, Block, BlockJob, PatchPairs, Roi, Split, augment
 
 #: rows written at a time when copying original slices, so a huge plane needs little memory
 COPY_ROWS = 1024
@@ -62,20 +62,13 @@ def anisotropy_warning(voxel: Sequence[float], factor: float, title: str) -> str
     )
 
 
-def volume_region(
-    volume: Any, split: str, val_fraction: float, patch: int, roi: Roi | None
-) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """The volume cropped to the ROI (in memory, in its own dtype) and the split's rows and columns.
-
-    Validation is a strip of rows at the bottom of every slice, as for the 2D variants
-    (``split`` "all": every row).
-    """
+def volume_region(volume: Any, split: Split) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The volume cropped to the split's ROI (in memory, in its own dtype) and the split's rows
+    and columns: validation is a strip of rows at the bottom of every slice, as for the 2D variants."""
     h, w = volume.shape[-2:]
-    r = (roi or Roi(0, h, 0, w)).clip(h, w)
+    r = (split.roi or Roi(0, h, 0, w)).clip(h, w)
     vol = np.asarray(volume[:, r.y0 : r.y1, r.x0 : r.x1])
-    train_rows, val_rows = split_rows(vol.shape[1], val_fraction, patch)
-    rows = {"train": train_rows, "val": val_rows, "all": (0, vol.shape[1])}[split]
-    return vol, rows, (0, vol.shape[2])
+    return vol, split.rows(vol.shape[1]), (0, vol.shape[2])
 
 
 def gap_blocks(shape: Sequence[int], k: int) -> list[Block]:
@@ -144,44 +137,22 @@ class OriginalGapPairs(PatchPairs):
         return augment(cond, target, rng)
 
 
-def predict_gap(
-    image: Any,
-    block: Block,
-    k: int,
-    read: Callable[[int, int], np.ndarray],
-    run_plane: Callable[..., None],
-    normaliser: Normaliser,
-    mean: np.ndarray,
-    std: np.ndarray,
-    samples: np.ndarray | None,
-    base: Callable[[int, int], np.ndarray] | None = None,
-) -> None:
+def predict_gap(image: Any, block: Block, k: int, read: Base, job: BlockJob, base: Base | None = None) -> None:
     """Fill one block of :func:`gap_blocks`: the gap's ``k - 1`` planes sampled from ``read``
     (plus ``base`` for a residual model), the input slices it holds copied unchanged."""
     g, lo = block.index, block.region[0].start
     h, w = image.shape[1:]
     if g == 0:
-        copy_slice(image, 0, 0, mean, samples)
-    first = g * k + 1 - lo
-    run_plane(
-        read,
-        h,
-        w,
-        PlaneWriter(mean, first, normaliser.inverse, base=base),
-        PlaneWriter(std, first, normaliser.scale_std),
-        PlaneWriter(samples, first, normaliser.inverse, samples=True, base=base) if samples is not None else None,
-        plane_key=g,
-    )
-    copy_slice(image, g + 1, (g + 1) * k - lo, mean, samples)
+        copy_slice(image, 0, 0, job.mean, job.samples)
+    job.run(read, h, w, start=g * k + 1 - lo, base=base, plane_key=g)
+    copy_slice(image, g + 1, (g + 1) * k - lo, job.mean, job.samples)
 
 
-def predict_original_gap(
-    image: Any, block: Block, k: int, normaliser: Normaliser, run_plane: Callable[..., None], mean: np.ndarray, std: np.ndarray, samples: np.ndarray | None
-) -> None:
+def predict_original_gap(image: Any, block: Block, k: int, job: BlockJob) -> None:
     """One gap of a ``((n - 1) k + 1, h, w)`` output as the original vEMDiffuse fills it: the
     ``k - 1`` slices generated from the two bounding slices, input slices kept."""
 
     def read(y0: int, y1: int) -> np.ndarray:
-        return normaliser.forward(original_condition(image, block.index, 1, slice(y0, y1)))
+        return job.normaliser.forward(original_condition(image, block.index, 1, slice(y0, y1)))
 
-    predict_gap(image, block, k, read, run_plane, normaliser, mean, std, samples)
+    predict_gap(image, block, k, read, job)
