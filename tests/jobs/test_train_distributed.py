@@ -143,3 +143,40 @@ def test_the_same_command_serves_every_attempt_of_a_launched_run(tmp_path):
     with pytest.raises(InputError, match="add --resume"):  # another run's checkpoint is not taken over
         continues_run(run, resume=False, overwrite=False, world=World(launcher="torchrun", run_id="job-2", restart=1))
     assert continues_run(run, resume=True, overwrite=False, world=World()) is True
+
+
+_DYING = r"""
+import os, sys
+from napari_emdiffuse import cli
+from napari_emdiffuse.jobs import train as job
+
+step = job._Trainer.train_step
+def dying(self, cond, target):
+    if os.environ["SLURM_PROCID"] == "1" and self.step == 3:
+        os._exit(1)  # killed, as by the out-of-memory killer or a lost node
+    return step(self, cond, target)
+job._Trainer.train_step = dying
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_peer_that_dies_ends_the_others_with_a_one_line_error_and_the_checkpoint_kept(tmp_path, tiny_setup):
+    import socket
+
+    (tmp_path / "driver.py").write_text(_DYING)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(tmp_path / "driver.py"), *tiny_setup, "--out", str(run), "--iterations", "6"]
+    procs = [
+        subprocess.Popen(cmd, env={**_env(), "SLURM_PROCID": str(r), "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": "7", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    (_, err), _ = procs[0].communicate(timeout=600), procs[1].communicate(timeout=600)
+    assert procs[0].returncode == 2, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and "another process of this training run stopped" in err and "--resume" in err
+    assert "internal error" not in err and "Traceback" not in err
+    assert checkpoint_state(run)["step"] == 2  # the periodic checkpoint before the loss is kept
+    assert not (run / "train.lock").exists()

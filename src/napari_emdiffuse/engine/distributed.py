@@ -97,6 +97,19 @@ def rank_device(device: torch.device, world: World) -> torch.device:
     return device
 
 
+#: what gloo and NCCL say when a peer process is gone
+_PEER_GONE = re.compile(r"connection (reset|closed) by peer|broken pipe|socket closed|remote process exited|NCCL (error|communicator was aborted)", re.I)
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """The short reason when ``err`` is a collective failing for a peer that is gone, else None."""
+    text = str(err)
+    if not (isinstance(err, getattr(dist, "DistError", ())) or _PEER_GONE.search(text)):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+    return first.split(". This is typically")[0].rstrip(".")
+
+
 class Group:
     """The process group of a run (a no-op for a single process): NCCL on CUDA, gloo otherwise."""
 
@@ -140,6 +153,21 @@ class Group:
         of waiting for it at the next collective until the timeout)."""
         if self.any([failed])[0] and not failed:
             raise LaunchError("another process of this training run failed (its own message says why); this one stops too")
+
+    @contextlib.contextmanager
+    def peers_watched(self) -> Iterator[None]:
+        """A collective that fails because another process is gone (killed, crashed, its node
+        lost) ends this one with a :class:`LaunchError` saying so, not as an internal error."""
+        try:
+            yield
+        except RuntimeError as err:
+            reason = lost_peer(err) if self.active else None
+            if reason is None:
+                raise
+            raise LaunchError(
+                f"another process of this training run stopped ({reason}); the run folder keeps its last "
+                "checkpoint: run the same command with --resume to continue from it"
+            ) from None
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:

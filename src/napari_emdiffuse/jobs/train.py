@@ -465,42 +465,43 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     budget = tc.minutes * 60 if tc.minutes else None
     reason = "finished"
     last_validation = time.monotonic()
-    try:
-        while trainer.step < tc.iterations:
-            # every decision by the clock or a signal is taken by all processes together
-            cancelled, out_of_time = group.any([cancel is not None and cancel.is_set(), budget is not None and time.monotonic() - start >= budget])
-            if cancelled:
-                raise Cancelled("training cancelled")
-            if out_of_time:
-                reason = "time budget"
-                break
-            rng = np.random.default_rng([tc.seed, trainer.step, *rank_keys(world.rank)])
-            cond, target = train_src.sample(rng, tc.batch_size, patch)
-            loss = trainer.train_step(cond, target)
-            trainer.elapsed = elapsed_before + time.monotonic() - start
-            yield Loss(trainer.step, loss, learning_rate(preset, trainer.step - 1))
-            yield Progress(trainer.step, tc.iterations, "training")
-            if trainer.step == tc.iterations:
-                break  # the final validation follows
-            (by_clock,) = group.any([time.monotonic() - last_validation >= VALIDATE_SECONDS])
-            due = trainer.step % tc.val_every == 0 or by_clock  # and every few minutes however slow the steps are
-            show = (preview_every and trainer.step % preview_every == 0) or (due and preview_every is None)
-            save = trainer.step % tc.checkpoint_every == 0
-            if due or show or save:
-                with group.together():  # rank 0's work; the others wait at its end
-                    if world.is_main and due:
-                        yield validate()
-                    if world.is_main and show:
-                        pred = trainer.preview(val_cond[:1])
-                        yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred)[0], val_truth[0])
-                    if world.is_main and save:
-                        yield checkpoint("periodic")
-                last_validation = time.monotonic() if due else last_validation
-    except Cancelled:
-        reason = "cancelled"
-        yield Message("training cancelled; validating and saving the last state", "warning")
-    with group.together():
-        if world.is_main:
-            yield from final_validation()
-            yield checkpoint(reason)
-    yield TrainResult(run_dir, trainer.step, reason, trainer.val_psnr, baseline_psnr)
+    with group.peers_watched():  # a peer process that is gone ends the run with a LaunchError, not a traceback
+        try:
+            while trainer.step < tc.iterations:
+                # every decision by the clock or a signal is taken by all processes together
+                cancelled, out_of_time = group.any([cancel is not None and cancel.is_set(), budget is not None and time.monotonic() - start >= budget])
+                if cancelled:
+                    raise Cancelled("training cancelled")
+                if out_of_time:
+                    reason = "time budget"
+                    break
+                rng = np.random.default_rng([tc.seed, trainer.step, *rank_keys(world.rank)])
+                cond, target = train_src.sample(rng, tc.batch_size, patch)
+                loss = trainer.train_step(cond, target)
+                trainer.elapsed = elapsed_before + time.monotonic() - start
+                yield Loss(trainer.step, loss, learning_rate(preset, trainer.step - 1))
+                yield Progress(trainer.step, tc.iterations, "training")
+                if trainer.step == tc.iterations:
+                    break  # the final validation follows
+                (by_clock,) = group.any([time.monotonic() - last_validation >= VALIDATE_SECONDS])
+                due = trainer.step % tc.val_every == 0 or by_clock  # and every few minutes however slow the steps are
+                show = (preview_every and trainer.step % preview_every == 0) or (due and preview_every is None)
+                save = trainer.step % tc.checkpoint_every == 0
+                if due or show or save:
+                    with group.together():  # rank 0's work; the others wait at its end
+                        if world.is_main and due:
+                            yield validate()
+                        if world.is_main and show:
+                            pred = trainer.preview(val_cond[:1])
+                            yield Preview(trainer.step, val_cond[0], val_src.as_image(val_cond[:1], pred)[0], val_truth[0])
+                        if world.is_main and save:
+                            yield checkpoint("periodic")
+                    last_validation = time.monotonic() if due else last_validation
+        except Cancelled:
+            reason = "cancelled"
+            yield Message("training cancelled; validating and saving the last state", "warning")
+        with group.together():
+            if world.is_main:
+                yield from final_validation()
+                yield checkpoint(reason)
+        yield TrainResult(run_dir, trainer.step, reason, trainer.val_psnr, baseline_psnr)
