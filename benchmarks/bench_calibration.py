@@ -75,6 +75,9 @@ def write(path: Path, rows: dict, command: str) -> None:
         "region (other structures, another part of the stack): conformal bounds hold for data like those they were",
         "calibrated on. Calibrate on a region of your own data (`emdiffuse calibrate`) before relying on them.",
         "",
+        "The AUROC rests on the 512-1536 patches of one test region and moves with the seed of the samples: this page",
+        "draws with each model's seed (0), `bench_suite.py` with seed 1, so their figures differ by up to about 0.1.",
+        "",
     ]
     path.write_text("\n".join(lines))
 

@@ -7,6 +7,8 @@ backward, optimizer (gradient clipping, AdamW, zero_grad), the rest of the step 
 seeding, EMA update), validation, checkpointing, and everything else in the loop (events, the
 generator). A short run calls validation and checkpointing a few times to time them; the table
 then projects the fractions onto the preset's own schedule (``val_every``, ``checkpoint_every``).
+The calibration of the error map at the end of a run (its samples on the calibration patches)
+happens once per run, whatever its length: it is timed and reported apart, not as loop time.
 
     python benchmarks/profile_train.py [--steps 40] [--presets emdiffuse-n-cpu vemdiffuse-i-cpu]
 """
@@ -65,6 +67,8 @@ def profile(preset_name: str, steps: int, batch: int | None, device: str) -> dic
     timers.wrap(torch.optim.AdamW, "step", "optimizer")
     timers.wrap(torch.optim.AdamW, "zero_grad", "optimizer")
     timers.wrap(train_job._Trainer, "best_estimate", "validation")
+    timers.wrap(train_job._Trainer, "preview", "preview")  # part of a validation, counted with it below
+    timers.wrap(train_job._Trainer, "sample", "calibration")  # what validation's own calls leave: the end-of-run calibration
     timers.wrap(train_job._Trainer, "save_checkpoint", "checkpoint")
     timers.wrap(Model, "save", "checkpoint")
     setup_mark = timers.mark_first_call(train_job._Trainer, "train_step")
@@ -77,12 +81,13 @@ def profile(preset_name: str, steps: int, batch: int | None, device: str) -> dic
             pass
         wall = time.perf_counter() - t0
     secs = dict(timers.seconds)
+    secs["validation"] = secs.get("validation", 0.0) + secs.pop("preview", 0.0)
     setup = setup_mark["_at"] - t0  # training pairs, validation patches, input baseline
     secs["sampling"] = secs.get("sampling", 0.0) - setup_mark.get("sampling", 0.0)
     in_steps = sum(secs.get(k, 0.0) for k in STEP_PARTS)
     secs["step rest (lr, seeds, EMA)"] = step_timer.seconds["step"] - in_steps
     loop = wall - setup
-    secs["loop rest"] = loop - sum(secs.get(k, 0.0) for k in ORDER if k != "loop rest")
+    secs["loop rest"] = loop - secs.get("calibration", 0.0) - sum(secs.get(k, 0.0) for k in ORDER if k != "loop rest")
     n_val, n_ckpt = timers.calls.get("validation", 0), max(1, timers.calls.get("checkpoint", 0) // 2)
     per_step = {k: secs.get(k, 0.0) / steps for k in ORDER if k not in ("validation", "checkpoint")}
     per_val = secs.get("validation", 0.0) / max(1, n_val)
@@ -99,6 +104,7 @@ def profile(preset_name: str, steps: int, batch: int | None, device: str) -> dic
         "measured_s": {k: secs.get(k, 0.0) for k in ORDER},
         "per_validation_s": per_val,
         "per_checkpoint_s": per_ckpt,
+        "calibration_s": secs.get("calibration", 0.0),
         "val_every": own.val_every,
         "checkpoint_every": own.checkpoint_every,
         "projected_fraction": {k: v / total for k, v in projected.items()},
@@ -127,7 +133,7 @@ def table(rows: list[dict], args: argparse.Namespace, dev: torch.device) -> str:
         )
     lines += ["", "One validation / one checkpoint took: " + "; ".join(
         f"{r['preset']} {r['per_validation_s']:.2f} s / {r['per_checkpoint_s']:.2f} s (every {r['val_every']} / {r['checkpoint_every']} steps)" for r in rows
-    ) + ".", "", f"Command: `python benchmarks/profile_train.py --steps {args.steps} --presets {' '.join(args.presets)}`"]
+    ) + ". The calibration at the end of a run, once per run: " + "; ".join(f"{r['preset']} {r['calibration_s']:.1f} s" for r in rows) + ".", "", f"Command: `python benchmarks/profile_train.py --steps {args.steps} --presets {' '.join(args.presets)}`"]
     return "\n".join(lines)
 
 

@@ -21,7 +21,6 @@ import numpy as np
 from .cli_jobs import ctrl_c_cancels, drive, terminate
 from .errors import EMDiffuseError, InputError, naming
 
-log = logging.getLogger("napari_emdiffuse")
 
 
 def _roi(text: str | None):
