@@ -202,3 +202,20 @@ def test_train_from_paired_files_and_bad_paths(make_napari_viewer, isbi, voxel, 
     w.set_path.set_path(tmp_path)
     w.run()
     assert "not a prepared training set" in w.controls.status.text() and "\n" not in w.controls.status.text()
+
+
+def test_closing_the_dock_stops_a_run_from_a_file_and_adds_nothing(make_napari_viewer, em_tiff, tiny_model, monkeypatch, qtbot, open_dock):
+    from napari_emdiffuse._widgets import _common
+
+    monkeypatch.setattr(_common, "SYNCHRONOUS", False)  # a real worker thread, as in napari
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    w.steps.setValue(500)
+    w.controls.run_button.click()
+    qtbot.waitUntil(lambda: w.controls.progress.value() >= 1, timeout=30_000)
+    viewer.window.remove_dock_widget(w)
+    qtbot.waitUntil(lambda: not w.controls.runner.running, timeout=30_000)
+    assert len(viewer.layers) == 0  # no layers from a closed panel
+    assert not em_tiff.with_name("em_enhanced.zarr").exists()  # never a complete-looking result
+    partial = em_tiff.with_name("em_enhanced.partial.zarr")
+    assert not partial.exists() or zarr.open_group(str(partial), mode="r").attrs["complete"] is False
