@@ -169,7 +169,8 @@ def validation(metrics: dict) -> str:
         text += (
             f" On {2 * cal['patches']} more held-out patches, the best estimate {cal['psnr_best']:.2f} dB against the mean of "
             f"{cal['samples']} samples {cal['psnr_mean']:.2f} dB (so the best estimate is the default output); the error map "
-            f"is calibrated at alpha {cal['alpha']} on half of them and covers {100 * cal['check_coverage']:.1f} % of the other half."
+            f"was calibrated by the training at alpha {cal['alpha']} on half of them and covered {100 * cal['check_coverage']:.1f} % of the other half "
+            "(the bounds shipped are those of the Calibration paragraph, fitted by `calibrate_default_models.py`)."
         )
     return text
 

@@ -111,5 +111,5 @@ def card_with_calibration(card: str, calibration: dict[str, Any]) -> str:
         f"{calibration['sampler']} steps): on another {calibration['check_pixels']} pixels of it the 90 % interval "
         f"covered {100 * calibration['check_coverage']:.1f} %. They hold for data like it."
     )
-    kept = [p for p in card.split("\n\n") if not p.startswith(CARD_HEADING)]
-    return "\n\n".join([*kept, line]) if card else line
+    kept = [p.strip("\n") for p in card.strip().split("\n\n") if p.strip() and not p.startswith(CARD_HEADING)]
+    return "\n\n".join([*kept, line])
