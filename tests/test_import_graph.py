@@ -25,7 +25,6 @@ LAYERS = {
 LAYER_NAMES = {3: "interfaces", 2: "jobs", 1: "variants", 0: "engine/data/config/errors"}
 
 KNOWN_UPWARD = {
-    ("data.prepare", "variants"),  # prepare is not a job yet (issue 16 item 2)
     ("model_file", "variants"),  # Model writes out every variant option
 }
 KNOWN_CIRCLES = {

@@ -11,7 +11,9 @@ import zarr
 
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.data.io import Image, read_image
-from napari_emdiffuse.data.prepare import PrepareOptions, load_training_set, prepare_clean, prepare_pairs, prepare_volume
+from napari_emdiffuse.data.prepare import PrepareOptions
+from napari_emdiffuse.jobs.inputs import training_arrays
+from napari_emdiffuse.jobs.prepare import prepare_clean, prepare_pairs, prepare_volume
 from napari_emdiffuse.errors import InputError
 
 
@@ -51,7 +53,7 @@ def test_pairs_are_registered_filtered_and_split(tmp_path, pair, distort):
     assert json.loads((tmp_path / "set_report.json").read_text())["patches_kept"] == report["patches_kept"]
 
     # every kept target patch shows what the noisy patch shows: the clean slice, registered
-    arrays = load_training_set(tmp_path / "set.zarr", "denoise")
+    arrays = training_arrays("denoise", None, data=tmp_path / "set.zarr")[0]
     first = np.asarray(arrays["target"][0], np.float32)
     z0 = report["slices"][0]
     assert z0["kept"] > 0
@@ -91,12 +93,12 @@ def test_clean_only_data_with_simulated_degradation(tmp_path, pair):
     g = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
     assert g["input"].shape[1:] == (32, 32) and g["target"].shape[1:] == (64, 64)
     assert g.attrs["voxel_size"] == [0.05, 0.008, 0.008] and g.attrs["target_voxel_size"] == list(VOXEL)
-    arrays = load_training_set(tmp_path / "r.zarr", "superres", {"factor": 2})
+    arrays = training_arrays("superres", {"factor": 2}, data=tmp_path / "r.zarr")[0]
     assert set(arrays) == {"input", "target", "val_input", "val_target"}
     with pytest.raises(InputError, match="factor"):
-        load_training_set(tmp_path / "r.zarr", "superres", {"factor": 3})
+        training_arrays("superres", {"factor": 3}, data=tmp_path / "r.zarr")[0]
     with pytest.raises(InputError, match="prepared for the superres variant"):
-        load_training_set(tmp_path / "r.zarr", "denoise")
+        training_arrays("denoise", None, data=tmp_path / "r.zarr")[0]
 
 
 def test_volume_with_drift_correction(tmp_path, fibsem_crop, distort):

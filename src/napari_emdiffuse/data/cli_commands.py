@@ -60,7 +60,8 @@ def _options(args: argparse.Namespace) -> tuple[str, dict[str, Any], int | None]
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .prepare import PrepareOptions, prepare_clean, prepare_pairs, prepare_volume, report_paths
+    from ..jobs.prepare import prepare_clean, prepare_pairs, prepare_volume
+    from .prepare import PrepareOptions, report_paths
 
     given = [n for n in ("input", "clean", "volume") if getattr(args, n)]
     if len(given) != 1 or (args.input is None) != (args.target is None):

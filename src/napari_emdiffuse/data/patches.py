@@ -9,8 +9,6 @@ no pixel, and no slice, with the training set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from ..errors import InputError
@@ -30,14 +28,13 @@ class PatchGeometry:
         return self.target // self.factor
 
     @classmethod
-    def for_variant(cls, variant: Any, options: Any, patch: int) -> "PatchGeometry":
-        """``patch`` rounded down to a multiple of 16 times the variant's factor (when it has one
-        between input and target, as super-resolution does; the vEM variants' factor is along z)."""
-        factor = int(getattr(options, "factor", 1)) if tuple(variant.training_inputs) == ("input", "target") else 1
+    def fit(cls, patch: int, factor: int, title: str) -> "PatchGeometry":
+        """``patch`` rounded down to a multiple of 16 times ``factor``, the variant's
+        (``title``'s) factor between input and target pixels."""
         step = 16 * factor
         size = patch // step * step
         if size < step:
-            raise InputError(f"patch size {patch} is too small: use at least {step} px for {variant.title}")
+            raise InputError(f"patch size {patch} is too small: use at least {step} px for {title}")
         return cls(size, factor)
 
 

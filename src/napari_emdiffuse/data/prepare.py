@@ -11,6 +11,9 @@ named as the variant's ``training_inputs``:
 Its attributes hold the variant, its options, the voxel sizes and whether it is complete; the
 report is written beside the set as ``NAME_report.json`` with a picture, ``NAME_overlay.png``.
 The patches keep the raw grey values: training normalises them as it does any input.
+
+This module knows no variant: :mod:`..jobs.prepare` asks the variant what a set depends on and
+passes it here as a :class:`SetVariant`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from .io import Image
-from .normalise import check_image, fit_normaliser, to_dtype
+from .normalise import fit_normaliser, to_dtype
 from .overlay import green_magenta, grey_rgb, pair_panel, save_png, stack_panels
 from .patches import PatchGeometry, grid, has_structure, split_rows_of_grid, split_slices
 from .register import RegistrationError, correct_drift, estimate_drift, register_pair
@@ -33,6 +36,16 @@ from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output, ch
 SET_FORMAT = "napari-emdiffuse-training-set"
 SET_VERSION = 1
 Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SetVariant:
+    """What a training set needs of the variant it is prepared for, so that data/ imports none."""
+
+    name: str
+    title: str
+    options: dict[str, Any]  # validated, as JSON: recorded in the set and checked when it is loaded
+    factor: int = 1  # how many times finer the target's pixels are than the input's (y, x)
 
 
 @dataclass(frozen=True)
@@ -98,16 +111,6 @@ def _nbytes(*arrays: Any) -> int:
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
 
 
-def _variant(name: str, raw_options: dict[str, Any] | None) -> tuple[Any, Any]:
-    from ..variants import get_variant
-
-    try:
-        variant = get_variant(name)
-        return variant, variant.options(raw_options or {})
-    except ValueError as err:
-        raise InputError(str(err).splitlines()[0]) from None
-
-
 def _finish(group: Any, out: _SetOutput, report: dict[str, Any], panels: list[np.ndarray]) -> dict[str, Any]:
     report_json, overlay_png = report_paths(out.out)
     if panels:
@@ -126,16 +129,15 @@ def _pairs_to_set(
     cond: Any,
     target: Any,
     out: _SetOutput,
-    variant: Any,
-    options: Any,
+    spec: SetVariant,
     opts: PrepareOptions,
     voxel: tuple[float, ...],
     sources: dict[str, Any],
     progress: Progress | None,
 ) -> dict[str, Any]:
-    """The shared path of :func:`prepare_pairs` and :func:`prepare_clean`."""
+    """The shared path of :func:`write_pairs` and :func:`write_clean`."""
     register = opts.register
-    geom = PatchGeometry.for_variant(variant, options, opts.patch)
+    geom = PatchGeometry.fit(opts.patch, spec.factor, spec.title)
     f = geom.factor
     cond, target = _stack(cond), _stack(target)
     depth, h, w = cond.shape
@@ -167,8 +169,8 @@ def _pairs_to_set(
         {
             "format": SET_FORMAT,
             "format_version": SET_VERSION,
-            "variant": variant.name,
-            "variant_options": options.model_dump(mode="json"),
+            "variant": spec.name,
+            "variant_options": spec.options,
             "voxel_size": list(voxel),
             "target_voxel_size": list(voxel[:-2]) + [voxel[-2] / f, voxel[-1] / f],
             "complete": False,
@@ -245,7 +247,7 @@ def _pairs_to_set(
     ok = [s for s in slices if "ncc_local" in s]
     report = {
         "kind": "pairs" if register else "simulated pairs",
-        "variant": variant.name,
+        "variant": spec.name,
         "sources": sources,
         "settings": asdict(opts),
         "patch": {"input": geom.input, "target": geom.target},
@@ -268,78 +270,67 @@ def _pairs_to_set(
     return _finish(group, out, report, panels)
 
 
-def prepare_pairs(
+def write_pairs(
     input: Image,
     target: Image,
     out: str | Path,
-    variant: str = "denoise",
-    variant_options: dict[str, Any] | None = None,
+    spec: SetVariant,
     opts: PrepareOptions = PrepareOptions(),
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Register ``target`` onto ``input`` slice by slice and keep the well-aligned, structured
     patches; returns the report. The inputs are only read; an existing set is replaced only
-    with ``overwrite`` (as for every ``prepare_*``)."""
-    v, options = _variant(variant, variant_options)
-    if tuple(v.training_inputs) != ("input", "target"):
-        raise InputError(f"{v.title} learns from a single volume, not from pairs: prepare it with --volume")
-    check_image(input.data, "input", v.input_ndims)
-    check_image(target.data, "target", v.input_ndims)
+    with ``overwrite`` (as for every ``write_*``)."""
     sources = {
         "input": {"path": str(input.path), "shape": list(input.shape), "dtype": str(input.data.dtype), "voxel_um": list(input.voxel)},
         "target": {"path": str(target.path), "shape": list(target.shape), "dtype": str(target.data.dtype), "voxel_um": list(target.voxel)},
     }
     with _SetOutput(out, [input.path, target.path], overwrite, 2 * _nbytes(input.data, target.data)) as written:
-        return _pairs_to_set(input.data, target.data, written, v, options, opts, tuple(input.voxel), sources, progress)
+        return _pairs_to_set(input.data, target.data, written, spec, opts, tuple(input.voxel), sources, progress)
 
 
-def prepare_clean(
+def write_clean(
     clean: Image,
     out: str | Path,
-    variant: str = "denoise",
-    variant_options: dict[str, Any] | None = None,
+    spec: SetVariant,
+    simulate: Callable[..., dict[str, Any]],
     degradation: dict[str, Any] | None = None,
     opts: PrepareOptions = PrepareOptions(),
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Simulate the degraded input from clean images (the variant's own degradation: noise for
-    EMDiffuse-n, PSF blur and binning for EMDiffuse-r), optionally with scan-line jitter, and cut
-    patches as for real pairs (no registration: the pair is aligned by construction).
+    """Simulate the degraded input from clean images with ``simulate(clean, **degradation)``
+    (the variant's own degradation), optionally with scan-line jitter, and cut patches as for
+    real pairs (no registration: the pair is aligned by construction).
 
     ``degradation``: ``dose``, ``read_noise``, ``psf_sigma``, ``jitter`` (px), ``jitter_correlation``.
     """
     from .degrade import scan_line_jitter
 
-    v, options = _variant(variant, variant_options)
-    if tuple(v.training_inputs) != ("input", "target"):
-        raise InputError(f"{v.title} learns from a volume as it is: prepare it with --volume")
-    check_image(clean.data, "clean images", v.input_ndims)
     with _SetOutput(out, [clean.path], overwrite, 3 * _nbytes(clean.data)) as written:
         deg = dict(degradation or {})
         jitter = float(deg.pop("jitter", 0.0) or 0.0)
         correlation = float(deg.pop("jitter_correlation", 0.0) or 0.0)
         deg.setdefault("seed", opts.seed)
-        arrays = v.from_clean(np.asarray(clean.data), options, **deg)
+        arrays = simulate(np.asarray(clean.data), **deg)
         cond = arrays["input"]
         if jitter:
             cond = scan_line_jitter(cond, jitter, correlation, seed=opts.seed + 1)
-        f = int(getattr(options, "factor", 1)) if v.name == "superres" else 1
+        f = spec.factor
         voxel = tuple(clean.voxel[:-2]) + (clean.voxel[-2] * f, clean.voxel[-1] * f)
         sources = {
             "clean": {"path": str(clean.path), "shape": list(clean.shape), "dtype": str(clean.data.dtype), "voxel_um": list(clean.voxel)},
             "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},
         }
         opts = replace(opts, register=False, local=False)  # aligned by construction
-        return _pairs_to_set(cond, arrays["target"], written, v, options, opts, voxel, sources, progress)
+        return _pairs_to_set(cond, arrays["target"], written, spec, opts, voxel, sources, progress)
 
 
-def prepare_volume(
+def write_volume(
     volume: Image,
     out: str | Path,
-    variant: str = "iso_i",
-    variant_options: dict[str, Any] | None = None,
+    spec: SetVariant,
     drift: bool = False,
     opts: PrepareOptions = PrepareOptions(),
     progress: Progress | None = None,
@@ -351,16 +342,12 @@ def prepare_volume(
 
     from .containers import default_chunks
 
-    v, options = _variant(variant, variant_options)
-    if tuple(v.training_inputs) != ("volume",):
-        raise InputError(f"{v.title} learns from pairs (--input/--target) or clean images (--clean), not from a volume")
-    v.check_input(volume.data, options, "volume")
     with _SetOutput(out, [volume.path], overwrite, _nbytes(volume.data)) as written:
         data = volume.data if isinstance(volume.data, da.Array) else da.from_array(volume.data, chunks=default_chunks(volume.shape))
         normaliser = fit_normaliser(data, name="volume")
         report: dict[str, Any] = {
             "kind": "volume",
-            "variant": v.name,
+            "variant": spec.name,
             "sources": {"volume": {"path": str(volume.path), "shape": list(volume.shape), "dtype": str(data.dtype), "voxel_um": list(volume.voxel)}},
             "settings": {"drift": drift, "patch": opts.patch, "min_std": opts.min_std},
         }
@@ -384,8 +371,8 @@ def prepare_volume(
             {
                 "format": SET_FORMAT,
                 "format_version": SET_VERSION,
-                "variant": v.name,
-                "variant_options": options.model_dump(mode="json"),
+                "variant": spec.name,
+                "variant_options": spec.options,
                 "voxel_size": list(volume.voxel),
                 "complete": False,
             }
@@ -409,10 +396,10 @@ def prepare_volume(
         return _finish(group, written, report, panels)
 
 
-def load_training_set(path: str | Path, variant: str, variant_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The arrays of a prepared set that ``variant`` trains on (lazy), after checking that the
-    set was prepared for that variant and its options (e.g. the same factor); its held-out
-    validation patches come as ``val_input``/``val_target`` where the set has them."""
+def load_training_set(path: str | Path, variant: str, options: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The arrays ``names`` of a prepared set (lazy), that ``variant`` trains on, after checking
+    that the set was prepared for that variant and its validated ``options`` (JSON; e.g. the same
+    factor); its held-out validation patches come as ``val_input``/``val_target`` where the set has them."""
     import zarr
 
     path = Path(path)
@@ -425,15 +412,14 @@ def load_training_set(path: str | Path, variant: str, variant_options: dict[str,
         raise InputError(f"{path}: not a training set made by `emdiffuse prepare`")
     if not attrs.get("complete"):
         raise InputError(f"{path}: the training set is incomplete (its preparation was interrupted); prepare it again")
-    v, options = _variant(variant, variant_options)
-    if attrs.get("variant") != v.name:
-        raise InputError(f"{path} was prepared for the {attrs.get('variant')} variant, but the preset trains {v.name}")
-    if attrs.get("variant_options", {}) != options.model_dump(mode="json"):
-        raise InputError(f"{path} was prepared with variant options {attrs.get('variant_options')}, the preset has {options.model_dump(mode='json')}")
+    if attrs.get("variant") != variant:
+        raise InputError(f"{path} was prepared for the {attrs.get('variant')} variant, but the preset trains {variant}")
+    if attrs.get("variant_options", {}) != options:
+        raise InputError(f"{path} was prepared with variant options {attrs.get('variant_options')}, the preset has {options}")
     from .io import lazy
 
-    missing = [n for n in v.training_inputs if not hasattr(group.get(n), "shape")]
+    missing = [n for n in names if not hasattr(group.get(n), "shape")]
     if missing:
         raise InputError(f"{path}: the training set has no {missing[0]!r} array (damaged or edited?); prepare it again")
-    names = [*v.training_inputs, *(f"val_{n}" for n in v.training_inputs if f"val_{n}" in group)]
-    return {name: lazy(group[name], path) for name in names}
+    arrays = [*names, *(f"val_{n}" for n in names if f"val_{n}" in group)]
+    return {name: lazy(group[name], path) for name in arrays}

@@ -54,7 +54,7 @@ def training_arrays(
     if data:
         from ..data.prepare import load_training_set
 
-        arrays.update(load_training_set(data, variant.name, dict(variant_options or {})))
+        arrays.update(load_training_set(data, variant.name, options.model_dump(mode="json"), variant.training_inputs))
         notes.append(f"prepared set {data}")
     given = {name: path for name, path in (files or {}).items() if path}
     for name, path in given.items():

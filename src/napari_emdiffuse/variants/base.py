@@ -296,6 +296,11 @@ class Variant(ABC):
         planes through the job (:meth:`BlockJob.run`), reading from ``image`` (lazy) only what
         the block needs."""
 
+    def pixel_factor(self, options: BaseModel) -> int:
+        """How many times finer the target's pixels are than the input's in y and x (1: the same
+        grid); a prepared set cuts its patches and records its target voxel size by it."""
+        return 1
+
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         """A warning when the input's voxel size does not suit the model (None: nothing to say)."""
         return None

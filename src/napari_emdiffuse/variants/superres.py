@@ -117,6 +117,9 @@ class SuperRes(Variant):
             (0.0,) * (len(shape) - 2) + (shift * voxel[-2], shift * voxel[-1]),
         )
 
+    def pixel_factor(self, options: BaseModel) -> int:
+        return int(options.factor)
+
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         """Low-resolution images simulated from high-resolution ones: PSF blur and binning
         (``psf_sigma`` in fine pixels; default FWHM of one coarse pixel), then shot and read
