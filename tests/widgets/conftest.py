@@ -85,6 +85,26 @@ def notes():
 
 
 @pytest.fixture
+def cancel_part_way():
+    """``cancel_part_way(widget, part)``: the widget's next run cancels itself once more than
+    1/``part`` of its progress is done, as a user pressing Cancel mid-run; returns the handler
+    it wrapped, to put back for later runs."""
+
+    def install(widget, part: int):
+        forward = widget.controls.runner._on_event
+
+        def cancelling(event):
+            forward(event)
+            if getattr(getattr(event, "kind", None), "value", None) == "progress" and event.done > event.total // part:
+                widget.controls.runner.cancel()
+
+        widget.controls.runner._on_event = cancelling
+        return forward
+
+    return install
+
+
+@pytest.fixture
 def open_dock():
     """A function: open one of the plugin's dock widgets (by its menu name) and return it."""
 

@@ -102,17 +102,10 @@ def test_an_existing_result_is_refused_without_overwrite(make_napari_viewer, em_
     assert len(viewer.layers) == n + 3 and w.controls.status.text().startswith("Done")
 
 
-def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewer, em_tiff, tiny_model, open_dock):
+def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewer, em_tiff, tiny_model, open_dock, cancel_part_way):
     viewer = make_napari_viewer()
     w = _enhance(viewer, open_dock, em_tiff, tiny_model)
-    forward = w.controls.runner._on_event
-
-    def cancel_after_the_first_plane(event):
-        forward(event)
-        if getattr(getattr(event, "kind", None), "value", None) == "progress" and event.done > event.total // 3:
-            w.controls.runner.cancel()
-
-    w.controls.runner._on_event = cancel_after_the_first_plane
+    forward = cancel_part_way(w, 3)
     w.run()
     partial = em_tiff.with_name("em_enhanced.partial.zarr")
     attrs = zarr.open_group(str(partial), mode="r").attrs

@@ -250,7 +250,7 @@ def test_identical_input_and_target_are_refused(make_napari_viewer, isbi, notes,
     assert w.last_model is None and not w.controls.runner.running
 
 
-def test_cancel_adds_only_the_finished_planes(make_napari_viewer, isbi, voxel, tiny_model, open_dock):
+def test_cancel_adds_only_the_finished_planes(make_napari_viewer, isbi, voxel, tiny_model, open_dock, cancel_part_way):
     viewer = make_napari_viewer()
     stack = isbi[:6, :64, :64]
     viewer.add_image(stack, name="em", scale=voxel, translate=(1.0, 0.5, 0.25), units=UM)
@@ -260,14 +260,7 @@ def test_cancel_adds_only_the_finished_planes(make_napari_viewer, isbi, voxel, t
     w.steps.setValue(3)
     w.samples.setValue(2)
     w.device.setCurrentText("cpu")
-    forward = w.controls.runner._on_event
-
-    def cancel_in_the_second_plane(event):
-        forward(event)
-        if getattr(getattr(event, "kind", None), "value", None) == "progress" and event.done > event.total // 6:
-            w.controls.runner.cancel()
-
-    w.controls.runner._on_event = cancel_in_the_second_plane
+    cancel_part_way(w, 6)
     w.run()
     enhanced, uncertainty = w.result_layers
     n = enhanced.data.shape[0]
