@@ -23,6 +23,8 @@ from ..errors import LaunchError
 
 #: how long a rank waits for the others (rank 0 validates and saves while they wait)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+#: how long a rank leaving the group waits for the others to leave too
+CLOSE_TIMEOUT = timedelta(seconds=60)
 #: the rendezvous port under srun when MASTER_PORT is not set: this plus the job id modulo 10000
 SLURM_PORT_BASE = 20000
 
@@ -183,6 +185,13 @@ class Group:
         self.agree(False)
 
     def close(self) -> None:
+        """Leave the group together: a rank tearing its connections down while another is still
+        in the group can make gloo abort that one ("terminate called without an active exception")."""
         if self.owned and dist.is_initialized():
+            with contextlib.suppress(Exception):  # a peer that is gone cannot wait; gloo's barrier has a timeout
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=CLOSE_TIMEOUT)
+                else:
+                    dist.barrier()
             dist.destroy_process_group()
             self.owned = False
