@@ -31,9 +31,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         clean = read_logged(args.clean, "clean")
         with naming({"clean images": args.clean, "clean volume": args.clean}):
             image, truth = variant.calibration_pair(np.asarray(clean.data), options, dose=args.dose, read_noise=args.read_noise, seed=args.seed)
-        voxel, source = clean.voxel, f"{Path(args.clean).name} (its degradation simulated{_noise_note(model.variant, args)})"
-        if model.variant == "superres":
-            voxel = (*voxel[:-2], *(v * options.factor for v in voxel[-2:]))
+        voxel, source = variant.calibration_voxel(clean.voxel, options), f"{Path(args.clean).name} (its degradation simulated{_noise_note(model.variant, args)})"
     else:
         inp, tru = read_logged(args.input, "input"), read_logged(args.truth, "truth")
         image, truth, voxel = np.asarray(inp.data), np.asarray(tru.data), inp.voxel

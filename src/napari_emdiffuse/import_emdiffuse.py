@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -336,23 +333,8 @@ def import_emdiffuse(
     )
     model = Model(preset, info)
     load_state_strict(model.network, state, str(weights))  # names every missing, extra or mis-shaped tensor
-    _write_folder(model, out)
+    model.save_new(out)  # staged beside and swapped in; checked empty above
     return model, dropped
-
-
-def _write_folder(model: Model, out: Path) -> None:
-    """Write the model into a temporary folder beside ``out`` and rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save(tmp)
-        (tmp / "MODEL_CARD.md").write_text(model.info.card + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def cmd_import(args: Any) -> int:

@@ -91,3 +91,13 @@ def test_cli_asks_for_clean_data_or_a_pair(tiny_model_dir, tmp_path, capsys):
     assert "either --clean" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(tiny_model_dir), "--input", "a.tif", "--out", str(tmp_path / "m")]) == 2
     assert "both --input and --truth" in capsys.readouterr().err
+
+
+def test_the_simulated_input_has_the_voxel_size_of_what_it_simulates():
+    from napari_emdiffuse.variants import get_variant
+
+    voxel = (0.05, 0.004, 0.004)
+    sr, iso = get_variant("superres"), get_variant("iso_i")
+    assert sr.calibration_voxel(voxel, sr.options({"factor": 2})) == (0.05, 0.008, 0.008)
+    assert iso.calibration_voxel((0.005, 0.005, 0.005), iso.options({"factor": 4})) == (0.02, 0.005, 0.005)
+    assert get_variant("denoise").calibration_voxel(voxel, get_variant("denoise").options({})) == voxel

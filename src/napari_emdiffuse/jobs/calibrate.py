@@ -26,14 +26,16 @@ from .predict import predict
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    """The model with its new calibration (``model.calibration``) and what the check measured."""
+    """The model with its new calibration (``model.calibration``: what the check measured);
+    after a cancel (``complete`` False) the model given, unchanged."""
 
     model: Model
-    check_coverage: float
-    psnr_best: float
-    pixels: int
     complete: bool = True
     kind: Kind = field(default=Kind.RESULT, init=False)
+
+    @property
+    def check_coverage(self) -> float:
+        return float(self.model.calibration["check_coverage"])
 
 
 def calibrate(
@@ -62,7 +64,7 @@ def calibrate(
     assert result is not None
     if not result.complete:
         yield Message("calibration cancelled: the model is unchanged", "warning")
-        yield CalibrationResult(model, float("nan"), float("nan"), 0, complete=False)
+        yield CalibrationResult(model, complete=False)
         return
     best, spread = np.asarray(result.mean, np.float32), np.asarray(result.std, np.float32)
     truth = np.asarray(truth, np.float32)
@@ -71,12 +73,11 @@ def calibrate(
     err = best - truth
     used = spread > 0  # slices copied from the input: exact, nothing to calibrate
     half = best.shape[-1] // 2
-    fit_part, check_part = (slice(None),) * (best.ndim - 1) + (slice(0, half),), (slice(None),) * (best.ndim - 1) + (slice(half, None),)
-    fit_used, check_used = used[fit_part], used[check_part]
+    fit_used, check_used = used[..., :half], used[..., half:]
     if fit_used.sum() < 256 or check_used.sum() < 256:
         raise InputError(f"the calibration region is too small ({int(used.sum())} predicted pixels); give at least 64 x 64 px")
     table = uncertainty.calibration_table(
-        err[fit_part][fit_used], spread[fit_part][fit_used], err[check_part][check_used], spread[check_part][check_used]
+        err[..., :half][fit_used], spread[..., :half][fit_used], err[..., half:][check_used], spread[..., half:][check_used]
     )
     planes = used.reshape(-1, *used.shape[-2:]).any(axis=(1, 2))  # the slices a volume variant predicted
     psnr_best = metrics.psnr(best.reshape(-1, *best.shape[-2:])[planes], truth.reshape(-1, *truth.shape[-2:])[planes])
@@ -97,7 +98,7 @@ def calibrate(
         f"calibrated on {calibration['pixels']} pixels; the 90 % interval covers {100 * table['check_coverage']:.1f} % "
         f"of the other {calibration['check_pixels']} (best estimate {psnr_best:.2f} dB)"
     )
-    yield CalibrationResult(calibrated, table["check_coverage"], psnr_best, calibration["pixels"])
+    yield CalibrationResult(calibrated)
 
 
 CARD_HEADING = "**Calibration.**"

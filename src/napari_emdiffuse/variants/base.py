@@ -316,6 +316,12 @@ class Variant(ABC):
         arrays = self.from_clean(clean, options, **degradation)
         return arrays["input"], arrays["target"]
 
+    def calibration_voxel(self, voxel: Sequence[float], options: BaseModel) -> tuple[float, ...]:
+        """The voxel size of :meth:`calibration_pair`'s input, from the clean data's: coarser
+        in y and x by :meth:`pixel_factor`."""
+        f = self.pixel_factor(options)
+        return (*voxel[:-2], *(v * f for v in voxel[-2:]))
+
     def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
         from ..data.normalise import check_image
 

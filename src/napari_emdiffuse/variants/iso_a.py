@@ -200,6 +200,10 @@ class IsoA(Variant):
         """Every ``factor``-th slice of an isotropic volume, and the volume as the truth."""
         return decimated_pair(clean, options.factor, self.title)
 
+    def calibration_voxel(self, voxel: Sequence[float], options: BaseModel) -> tuple[float, ...]:
+        """Every ``factor``-th slice kept: the slices lie ``factor`` times further apart."""
+        return (voxel[0] * options.factor, *voxel[1:])
+
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         r = options.factor
         volume = arrays["volume"]
