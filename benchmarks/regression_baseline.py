@@ -112,7 +112,7 @@ def predict_regression(net: UNet, preset: Preset, image: np.ndarray, normaliser:
     normaliser = normaliser or fit_normaliser(image, name="image")
     for block in variant.blocks(image.shape, options):
         mean = np.zeros(block.shape, np.float32)
-        variant.predict_block(image, block, options, BlockJob(normaliser, run_plane, mean, np.zeros_like(mean), None))
+        variant.predict_block(np.asarray(image[block.source]), block, options, BlockJob(normaliser, run_plane, mean, np.zeros_like(mean), None))
         out[block.region] = mean
     return out
 

@@ -100,8 +100,8 @@ class BlockRunner:
     def run(
         self, image: Any, block: Block, on_step: Callable[[int, int], None] | None = None, offset: int = 0, total: int | None = None
     ) -> BlockResult:
-        """The block's arrays from ``image`` (numpy, dask or zarr: only what the block needs is
-        read). ``on_step(done, total)`` after every sampler step, counting from ``offset`` (raise
+        """The block's arrays from ``image`` (numpy, dask or zarr: only ``block.source``, the
+        part of the input the block declares, is read, once). ``on_step(done, total)`` after every sampler step, counting from ``offset`` (raise
         from it to cancel)."""
         total = total if total is not None else offset + self.steps(block)
         mean = np.zeros(block.shape, np.float32)
@@ -117,10 +117,11 @@ class BlockRunner:
                 tiler.run(read, h, w, target, *extra, plane_key, progress["offset"], total)
                 progress["offset"] += tiler.count_steps(h, w)
 
+        source = np.asarray(image[block.source])
         self._on_step = on_step
         try:
             with torch.inference_mode(), autocast(self.device, inference=True):
-                self.variant.predict_block(image, block, self.options, BlockJob(self.normaliser, run_plane, mean, spread, samples))
+                self.variant.predict_block(source, block, self.options, BlockJob(self.normaliser, run_plane, mean, spread, samples))
         finally:
             self._on_step = None
         return BlockResult(block, mean, spread, samples)

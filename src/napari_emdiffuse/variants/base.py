@@ -43,7 +43,10 @@ class Geometry:
 @dataclass(frozen=True)
 class Block:
     """One independent piece of a prediction: the part ``region`` of the output (one slice per
-    output axis) and the ``(height, width)`` of every plane it samples (for progress totals).
+    output axis), the ``(height, width)`` of every plane it samples (for progress totals) and
+    the part ``source`` of the input it needs (one slice per input axis, with the neighbouring
+    slices or rows its condition reads): the runners read exactly that and hand it to
+    :meth:`Variant.predict_block`, so a worker reads only what its block needs.
 
     A block's result depends only on the input and the block (sampler noise is keyed to image
     position), so blocks may run in any order, in any process, and be redone after a crash.
@@ -52,19 +55,22 @@ class Block:
     index: int
     region: tuple[slice, ...]
     planes: tuple[tuple[int, int], ...]
+    source: tuple[slice, ...]
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(s.stop - s.start for s in self.region)
 
 
-def plane_blocks(out_shape: Sequence[int]) -> list[Block]:
-    """One block per output plane of a 2D variant (one block for a 2D image)."""
+def plane_blocks(out_shape: Sequence[int], in_shape: Sequence[int]) -> list[Block]:
+    """One block per output plane of a 2D variant (one block for a 2D image), each reading its
+    input plane (``in_shape``: the input's)."""
     plane = (slice(0, int(out_shape[-2])), slice(0, int(out_shape[-1])))
+    source = (slice(0, int(in_shape[-2])), slice(0, int(in_shape[-1])))
     hw = ((int(out_shape[-2]), int(out_shape[-1])),)
     if len(out_shape) == 2:
-        return [Block(0, plane, hw)]
-    return [Block(z, (slice(z, z + 1), *plane), hw) for z in range(int(out_shape[0]))]
+        return [Block(0, plane, hw, source)]
+    return [Block(z, (slice(z, z + 1), *plane), hw, (slice(z, z + 1), *source)) for z in range(int(out_shape[0]))]
 
 
 @dataclass(frozen=True)
@@ -291,10 +297,10 @@ class Variant(ABC):
         that buffer in memory)."""
 
     @abstractmethod
-    def predict_block(self, image: Any, block: Block, options: BaseModel, job: "BlockJob") -> None:
+    def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: "BlockJob") -> None:
         """Fill the block's arrays (``job.mean``, ``job.std``, ``job.samples``) by sampling its
-        planes through the job (:meth:`BlockJob.run`), reading from ``image`` (lazy) only what
-        the block needs."""
+        planes through the job (:meth:`BlockJob.run`) from ``source``: the input's
+        ``block.source``, already read (indices relative to its start)."""
 
     def pixel_factor(self, options: BaseModel) -> int:
         """How many times finer the target's pixels are than the input's in y and x (1: the same

@@ -135,11 +135,11 @@ class Denoise(Variant):
         return ResidualPairs(src, lambda c: c) if options.residual else src  # the condition is the noisy input
 
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
-        return plane_blocks(shape)
+        return plane_blocks(shape, shape)
 
-    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
+    def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: BlockJob) -> None:
         z = block.index
-        plane = as_stack(image)[z]
+        plane = as_stack(source)[0]
 
         def read(y0: int, y1: int) -> np.ndarray:
             return job.normaliser.forward(np.asarray(plane[y0:y1]))[None]

@@ -242,20 +242,19 @@ class IsoA(Variant):
         step = int(np.clip(BUFFER_BYTES // per_row, 1, h))
         planes = ((n_out, w),)
         return [
-            Block(i, (slice(0, n_out), slice(y, min(y + step, h)), slice(0, w)), planes * (min(y + step, h) - y))
-            for i, y in enumerate(range(0, h, step))
+            Block(i, (slice(0, n_out), rows, slice(0, w)), planes * (rows.stop - rows.start), (slice(0, n), rows, slice(0, w)))
+            for i, rows in enumerate(slice(y, min(y + step, h)) for y in range(0, h, step))
         ]
 
-    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
+    def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: BlockJob) -> None:
         r = options.factor
         if options.emdiffuse_original:
-            return predict_original_gap(image, block, int(r), job)
+            return predict_original_gap(source, block, int(r), job)
         normaliser, mean, std, samples = job.normaliser, job.mean, job.std, job.samples
-        n, _, w = image.shape
+        n, _, w = source.shape  # every slice, the block's rows
         n_out = output_slices(n, r)
         positions = np.arange(n) * r
-        rows = block.region[1]
-        raw = np.asarray(image[:, rows])
+        raw = source
         lines = normaliser.forward(raw)
         for j in range(raw.shape[1]):
 

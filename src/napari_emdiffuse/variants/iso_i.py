@@ -142,20 +142,22 @@ class IsoI(Variant):
         return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
-        return gap_blocks(shape, options.factor)
-
-    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
-        k, g = options.factor, block.index
         if options.emdiffuse_original:
-            return predict_original_gap(image, block, k, job)
-        idx = context_slices(g, image.shape[0])
+            return gap_blocks(shape, options.factor)
+        return gap_blocks(shape, options.factor, context_slices)
+
+    def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: BlockJob) -> None:
+        k, g, z0 = options.factor, block.index, block.source[0].start
+        if options.emdiffuse_original:
+            return predict_original_gap(source, block, k, job)
+        idx = [i - z0 for i in context_slices(g, z0 + source.shape[0])]  # the source ends where the volume's context does
         forward = job.normaliser.forward
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return forward(np.stack([np.asarray(image[i, y0:y1]) for i in idx]))
+            return forward(np.stack([source[i, y0:y1] for i in idx]))
 
         def base(y0: int, y1: int) -> np.ndarray:
-            lo, hi = (forward(np.asarray(image[i, y0:y1])) for i in (g, g + 1))
+            lo, hi = (forward(source[i - z0, y0:y1]) for i in (g, g + 1))
             return linear_gap(np.stack([lo, lo, hi, hi])[None], k)[0]
 
-        predict_gap(image, block, k, read, job, base)
+        predict_gap(source, block, k, read, job, base)

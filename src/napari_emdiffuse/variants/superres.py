@@ -170,11 +170,11 @@ class SuperRes(Variant):
 
     def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
         f = options.factor
-        return plane_blocks((*shape[:-2], shape[-2] * f, shape[-1] * f))
+        return plane_blocks((*shape[:-2], shape[-2] * f, shape[-1] * f), shape)
 
-    def predict_block(self, image: Any, block: Block, options: BaseModel, job: BlockJob) -> None:
+    def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: BlockJob) -> None:
         f, z = options.factor, block.index
-        plane = as_stack(image)[z]
+        plane = as_stack(source)[0]
         h, w = plane.shape
         resize = upsample_bilinear if options.emdiffuse_original else upsample
 

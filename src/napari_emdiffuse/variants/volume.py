@@ -5,7 +5,7 @@ an imported original vEMDiffuse network as the original code does."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -71,13 +71,19 @@ def volume_region(volume: Any, split: Split) -> tuple[np.ndarray, tuple[int, int
     return vol, split.rows(vol.shape[1]), (0, vol.shape[2])
 
 
-def gap_blocks(shape: Sequence[int], k: int) -> list[Block]:
+def gap_blocks(shape: Sequence[int], k: int, context: Callable[[int, int], Sequence[int]] = lambda g, n: (g, g + 1)) -> list[Block]:
     """One block per gap between input slices ``g`` and ``g + 1`` of a ``(n, h, w)`` volume whose
     output has ``k`` planes per gap: the ``k - 1`` generated planes and the input slice after
-    them (the first block also holds the first input slice)."""
+    them (the first block also holds the first input slice). Each reads the input slices from
+    the first to the last of ``context(g, n)`` (the slices its condition sees)."""
     n, h, w = (int(s) for s in shape)
     rows, cols = slice(0, h), slice(0, w)
-    return [Block(g, (slice(0 if g == 0 else g * k + 1, (g + 1) * k + 1), rows, cols), ((h, w),)) for g in range(n - 1)]
+
+    def source(g: int) -> tuple[slice, ...]:
+        near = context(g, n)
+        return (slice(min(near), max(near) + 1), rows, cols)
+
+    return [Block(g, (slice(0 if g == 0 else g * k + 1, (g + 1) * k + 1), rows, cols), ((h, w),), source(g)) for g in range(n - 1)]
 
 
 def copy_slice(stack: Any, z_in: int, z_out: int, out_mean: Any, out_samples: Any | None) -> None:
@@ -137,22 +143,24 @@ class OriginalGapPairs(PatchPairs):
         return augment(cond, target, rng)
 
 
-def predict_gap(image: Any, block: Block, k: int, read: Base, job: BlockJob, base: Base | None = None) -> None:
-    """Fill one block of :func:`gap_blocks`: the gap's ``k - 1`` planes sampled from ``read``
-    (plus ``base`` for a residual model), the input slices it holds copied unchanged."""
-    g, lo = block.index, block.region[0].start
-    h, w = image.shape[1:]
+def predict_gap(source: np.ndarray, block: Block, k: int, read: Base, job: BlockJob, base: Base | None = None) -> None:
+    """Fill one block of :func:`gap_blocks` from its ``source`` slices: the gap's ``k - 1``
+    planes sampled from ``read`` (plus ``base`` for a residual model), the input slices it
+    holds copied unchanged."""
+    g, lo, z0 = block.index, block.region[0].start, block.source[0].start
+    h, w = source.shape[1:]
     if g == 0:
-        copy_slice(image, 0, 0, job.mean, job.samples)
+        copy_slice(source, 0 - z0, 0, job.mean, job.samples)
     job.run(read, h, w, start=g * k + 1 - lo, base=base, plane_key=g)
-    copy_slice(image, g + 1, (g + 1) * k - lo, job.mean, job.samples)
+    copy_slice(source, g + 1 - z0, (g + 1) * k - lo, job.mean, job.samples)
 
 
-def predict_original_gap(image: Any, block: Block, k: int, job: BlockJob) -> None:
+def predict_original_gap(source: np.ndarray, block: Block, k: int, job: BlockJob) -> None:
     """One gap of a ``((n - 1) k + 1, h, w)`` output as the original vEMDiffuse fills it: the
-    ``k - 1`` slices generated from the two bounding slices, input slices kept."""
+    ``k - 1`` slices generated from the two bounding slices (``source``: those two), input
+    slices kept."""
 
     def read(y0: int, y1: int) -> np.ndarray:
-        return job.normaliser.forward(original_condition(image, block.index, 1, slice(y0, y1)))
+        return job.normaliser.forward(original_condition(source, block.index - block.source[0].start, 1, slice(y0, y1)))
 
-    predict_gap(image, block, k, read, job)
+    predict_gap(source, block, k, read, job)
