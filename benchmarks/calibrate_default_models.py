@@ -83,8 +83,11 @@ def calibrate_default(name: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", choices=sorted(REGIONS), default=sorted(REGIONS))
-    for name in ap.parse_args().names:
+    ap.add_argument("names", nargs="*", help=f"some of {', '.join(sorted(REGIONS))} (default: all four)")
+    names = ap.parse_args().names or sorted(REGIONS)
+    if set(names) - set(REGIONS):  # not argparse's choices: with nargs="*" it refuses the empty list
+        ap.error(f"no default model named {', '.join(sorted(set(names) - set(REGIONS)))}")
+    for name in names:
         calibrate_default(name)
 
 

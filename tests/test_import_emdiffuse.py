@@ -223,12 +223,12 @@ def test_fine_tune_imported_model_then_predict(imported, em_plane, tmp_path):
 
 def test_8bit_input_is_mapped_as_the_original(imported):
     from napari_emdiffuse.data.normalise import Normaliser
-    from napari_emdiffuse.jobs.predict import _normaliser_for
+    from napari_emdiffuse.jobs.predict import normaliser_for
 
     model = Model.load(imported["emdiffuse_n_small"])
     ramp = np.arange(40 * 40).reshape(40, 40)
-    assert _normaliser_for(model, (ramp % 100 + 50).astype(np.uint8)) == Normaliser(0.0, 255.0)
-    assert _normaliser_for(model, (ramp * 30).astype(np.uint16)).high < 50000  # percentiles for 16-bit
+    assert normaliser_for(model, (ramp % 100 + 50).astype(np.uint8)) == Normaliser(0.0, 255.0)
+    assert normaliser_for(model, (ramp * 30).astype(np.uint16)).high < 50000  # percentiles for 16-bit
 
 
 # ---- how the variants drive an original network (no fixtures needed) -----------------------------

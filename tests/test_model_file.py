@@ -113,11 +113,11 @@ def test_predict_normalises_at_the_percentiles_the_model_records(tmp_path):
     """model.json's ``normalisation`` is what prediction uses, not a note beside it; a model
     that records none gets the percentiles training uses, and nonsense is refused on loading."""
     from napari_emdiffuse.data.normalise import PERCENTILES, fit_normaliser
-    from napari_emdiffuse.jobs.predict import _normaliser_for
+    from napari_emdiffuse.jobs.predict import normaliser_for
 
     image = np.random.default_rng(0).gamma(2.0, 30.0, (64, 64)).astype(np.float32)
     m = Model(load_preset("tiny"), ModelInfo(normalisation={"method": "percentile", "low": 2.0, "high": 98.0}))
-    assert _normaliser_for(Model.from_json(m.to_json()), image) == fit_normaliser(image, 2.0, 98.0) != fit_normaliser(image)
+    assert normaliser_for(Model.from_json(m.to_json()), image) == fit_normaliser(image, 2.0, 98.0) != fit_normaliser(image)
     meta = m.to_json()
     del meta["normalisation"]
     assert Model.from_json(meta).info.normalisation["low"] == PERCENTILES[0]

@@ -30,3 +30,48 @@ def test_conformal_scale_covers_the_asked_share_of_new_pixels():
         assert uncertainty.coverage(err[100_000:], u[100_000:], qa) == pytest.approx(1 - alpha, abs=0.005)
     with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
         uncertainty.scale(table, 1.5)
+
+
+def _planes_with_known_error(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Estimates whose error grows as the square root of their local intensity (as Poisson noise
+    does), with a spread that knows nothing of it."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(seed)
+    estimate = uniform_filter(rng.uniform(0.05, 1.0, (4, 128, 128)), size=(1, 32, 32)).astype(np.float32)
+    estimate = (estimate - estimate.min()) / (estimate.max() - estimate.min()) * 0.95 + 0.05
+    errors = (rng.standard_normal(estimate.shape) * 0.1 * np.sqrt(estimate)).astype(np.float32)
+    spread = np.full(estimate.shape, 0.05, np.float32)
+    return errors, spread, estimate
+
+
+def test_error_model_learns_what_the_spread_misses_and_calibrates_on_new_pixels():
+    errors, spread, estimate = _planes_with_known_error(0)
+    first = np.zeros(errors.shape, bool)
+    first[:2] = True
+    table = uncertainty.calibration_table(errors, spread, estimate, first, low=0.0, high=1.0)
+    coef = dict(zip(uncertainty.FEATURES, table["error_model"][1:]))
+    assert coef["intensity"] == pytest.approx(0.5, abs=0.1)  # error ~ intensity ** 0.5
+    assert table["check_coverage"] == pytest.approx(0.9, abs=0.02)
+    # on new planes the model's error map ranks the errors; the flat spread cannot
+    errors2, spread2, estimate2 = _planes_with_known_error(1)
+    model = uncertainty.ErrorModel.of(table, 0.0, 1.0)
+    u = model(spread2, estimate2)
+    assert np.corrcoef(u.ravel(), np.sqrt(estimate2).ravel())[0, 1] > 0.85  # pooled over 16 px, so not 1
+    assert uncertainty.coverage(errors2, u, uncertainty.scale(table, 0.1)) == pytest.approx(0.9, abs=0.02)
+
+
+def test_error_model_is_unit_free_and_keeps_exact_slices_exact():
+    errors, spread, estimate = _planes_with_known_error(0)
+    first = np.zeros(errors.shape, bool)
+    first[:2] = True
+    table = uncertainty.calibration_table(errors, spread, estimate, first, low=0.0, high=1.0)
+    u = uncertainty.ErrorModel.of(table, 0.0, 1.0)(spread, estimate)
+    # the same data in other grey values (x 200 + 30): the same map in those units
+    u200 = uncertainty.ErrorModel.of(table, 30.0, 230.0)(spread * 200, estimate * 200 + 30)
+    np.testing.assert_allclose(u200, u * 200, rtol=1e-4)
+    spread[1] = 0  # a slice copied from the input
+    assert uncertainty.ErrorModel.of(table, 0.0, 1.0)(spread, estimate)[1].max() == 0
+    # a calibration from before the error model: the pooled spread itself
+    assert uncertainty.ErrorModel.of({"q": [1.0]})(spread, estimate) is not None
+    np.testing.assert_array_equal(uncertainty.ErrorModel.of({"q": [1.0]})(spread, estimate), spread)

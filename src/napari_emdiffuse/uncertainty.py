@@ -1,11 +1,18 @@
 """From the spread of diffusion samples to an error bound a user can act on.
 
-Two steps, each measured in ``benchmarks/bench_suite.py``:
+Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibration.py``:
 
 - **An error map at the scale of structures.** The per-pixel standard deviation of K samples is
   mostly sample texture: it barely ranks the pixels where the estimate is wrong (AUROC about
   0.52). Pooled over a neighbourhood (:data:`POOL_PX` pixels, the root of the mean variance) it
   finds the *regions* where the model guesses, which is what a user inspects.
+- **An error model** (:class:`ErrorModel`). The spread alone misses errors the samples agree
+  on: noise the estimate kept, and dark regions where the dose is low. Calibration therefore
+  also fits ``log u = c0 + c1 log spread + c2 log |laplacian of the estimate| + c3 log intensity``
+  (each pooled over the same neighbourhood, on the normaliser's unit scale) to the pooled
+  error of held-out pixels by least squares. On the calibration regions of the bundled models
+  (their check halves, not the test regions) this raised the AUROC for the worst 10 % of 16 px
+  patches from 0.73 / 0.60 / 0.67 / 0.66 (spread alone; n, r, i, a) to 0.94 / 0.71 / 0.71 / 0.75.
 - **Calibration (split conformal; Angelopoulos et al., ICML 2022).** At the end of training the
   ratios ``|estimate - truth| / u`` over held-out calibration pixels give, for every miscoverage
   ``alpha``, the scale ``q(alpha)`` such that ``estimate +- q u`` holds the truth at ``1 - alpha``
@@ -16,6 +23,7 @@ Two steps, each measured in ``benchmarks/bench_suite.py``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,12 +38,81 @@ DEFAULT_ALPHA = 0.1
 def error_map(std: np.ndarray, size: int = POOL_PX) -> np.ndarray:
     """The samples' spread pooled over ``size`` x ``size`` neighbourhoods of each 2D plane
     (the last two axes): ``sqrt(mean of variance)``, same shape as ``std``."""
+    return _pool_rms(std, size)
+
+
+#: what the error model reads, in the order of its coefficients (after the constant)
+FEATURES = ("spread", "laplacian", "intensity")
+#: floor of every feature on the unit scale (a flat or black region must not give log 0)
+_FLOOR = 1e-4
+#: the intensity feature's floor: darker than 2 % of the normaliser's range counts as 2 %
+_DARK = 0.02
+
+
+def _pool_rms(a: np.ndarray, size: int) -> np.ndarray:
     from scipy.ndimage import uniform_filter
 
-    var = np.asarray(std, np.float32) ** 2
-    axes = (0,) * (var.ndim - 2)
-    size_nd = tuple(1 for _ in axes) + (size, size)
-    return np.sqrt(np.maximum(uniform_filter(var, size=size_nd, mode="reflect"), 0.0))
+    axes = (1,) * (a.ndim - 2) + (size, size)
+    return np.sqrt(np.maximum(uniform_filter(np.asarray(a, np.float32) ** 2, size=axes, mode="reflect"), 0.0))
+
+
+def features(spread: np.ndarray, estimate: np.ndarray, size: int = POOL_PX) -> np.ndarray:
+    """The error model's inputs (:data:`FEATURES`, stacked first) from the pooled ``spread``
+    (:func:`error_map`) and the ``estimate``, both on the unit scale (the normaliser's low
+    percentile at 0, its high one at 1), as logs. Planes are the last two axes."""
+    from scipy.ndimage import laplace, uniform_filter
+
+    est = np.asarray(estimate, np.float32)
+    lap = np.empty_like(est)
+    for idx in np.ndindex(*est.shape[:-2]):
+        lap[idx] = laplace(est[idx], mode="reflect")
+    axes = (1,) * (est.ndim - 2) + (size, size)
+    intensity = uniform_filter(np.clip(est, 0.0, None), size=axes, mode="reflect")
+    return np.log(np.stack([
+        np.maximum(np.asarray(spread, np.float32), _FLOOR),
+        np.maximum(_pool_rms(lap, size), _FLOOR),
+        np.maximum(intensity, _DARK),
+    ]))
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """How a prediction turns the pooled spread and its estimate into the error map ``u``.
+
+    ``coef`` None is the pooled spread itself (models calibrated before the error model existed,
+    and uncalibrated ones). ``low`` / ``high``: the intensities that are 0 and 1 on the unit
+    scale the coefficients were fitted on (the normaliser's percentiles; -1 and 1 for arrays
+    already normalised). ``u`` is in the estimate's units and 0 where the spread is 0 (slices a
+    volume variant copies from its input)."""
+
+    coef: tuple[float, ...] | None = None
+    low: float = -1.0
+    high: float = 1.0
+
+    @classmethod
+    def of(cls, calibration: dict[str, Any] | None, low: float = -1.0, high: float = 1.0) -> "ErrorModel":
+        coef = (calibration or {}).get("error_model")
+        return cls(tuple(float(c) for c in coef) if coef else None, float(low), float(high))
+
+    def __call__(self, spread: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+        spread = np.asarray(spread, np.float32)
+        if self.coef is None:
+            return spread
+        unit = self.high - self.low
+        f = features(spread / unit, (np.asarray(estimate, np.float32) - self.low) / unit)
+        log_u = self.coef[0] + np.tensordot(np.asarray(self.coef[1:], np.float32), f, axes=1)
+        return np.where(spread > 0, np.exp(log_u) * unit, 0.0).astype(np.float32)
+
+    def fitted(self, errors: np.ndarray, spread: np.ndarray, estimate: np.ndarray, where: np.ndarray) -> "ErrorModel":
+        """This model's scale with coefficients fitted on the pixels ``where`` (a mask of the
+        arrays' shape): least squares of the log pooled error on :func:`features`."""
+        unit = self.high - self.low
+        f = features(np.asarray(spread, np.float32) / unit, (np.asarray(estimate, np.float32) - self.low) / unit)
+        target = np.log(np.maximum(_pool_rms(np.asarray(errors, np.float32) / unit, POOL_PX), _FLOOR))
+        pick = np.asarray(where, bool) & (np.asarray(spread) > 0)
+        x = np.column_stack([np.ones(int(pick.sum())), *(fk[pick] for fk in f)]).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(x, target[pick].astype(np.float64), rcond=None)
+        return ErrorModel(tuple(float(c) for c in coef), self.low, self.high)
 
 
 def fit(errors: np.ndarray, spread: np.ndarray) -> list[float]:
@@ -54,12 +131,26 @@ def fit(errors: np.ndarray, spread: np.ndarray) -> list[float]:
     return out
 
 
-def calibration_table(fit_errors: np.ndarray, fit_spread: np.ndarray, check_errors: np.ndarray, check_spread: np.ndarray) -> dict[str, Any]:
-    """What model.json stores: the scales fitted on one part of the held-out pixels and the
-    coverage they reach at :data:`DEFAULT_ALPHA` on another part (an honest check of the fit)."""
-    table: dict[str, Any] = {"alphas": list(ALPHAS), "q": fit(fit_errors, fit_spread)}
+def calibration_table(errors: np.ndarray, spread: np.ndarray, estimate: np.ndarray, fit_part: np.ndarray, low: float = -1.0, high: float = 1.0) -> dict[str, Any]:
+    """What model.json stores, from held-out pixels with known ``errors``, their pooled
+    ``spread`` (:func:`error_map`) and the ``estimate`` (arrays of one shape, whole planes so
+    that the pooling sees neighbours): the error model and the scales fitted on the pixels of
+    ``fit_part`` (a mask), and the coverage they reach at :data:`DEFAULT_ALPHA` on the others
+    (an honest check of the fit). Pixels with no spread count in neither."""
+    used = np.asarray(spread) > 0
+    fit_px, check_px = used & fit_part, used & ~np.asarray(fit_part, bool)
+    model = ErrorModel(low=low, high=high).fitted(errors, spread, estimate, fit_px)
+    u = model(spread, estimate)
+    table: dict[str, Any] = {"alphas": list(ALPHAS), "q": fit(np.asarray(errors)[fit_px], u[fit_px])}
     q = scale(table, DEFAULT_ALPHA)
-    return {**table, "alpha": DEFAULT_ALPHA, "pool_px": POOL_PX, "check_coverage": coverage(check_errors, check_spread, q)}
+    return {
+        **table,
+        "alpha": DEFAULT_ALPHA,
+        "pool_px": POOL_PX,
+        "error_model": list(model.coef or ()),
+        "error_features": list(FEATURES),
+        "check_coverage": coverage(np.asarray(errors)[check_px], u[check_px], q),
+    }
 
 
 def scale(calibration: dict[str, Any], alpha: float) -> float:

@@ -38,6 +38,17 @@ def test_the_scale_fitted_on_one_half_covers_the_asked_share_of_the_other(random
     out = run_predict(res.model, noisy, device="cpu")
     q = uncertainty.scale(cal, 0.1)
     np.testing.assert_allclose(np.asarray(out.upper) - np.asarray(out.lower), 2 * q * np.asarray(out.std), rtol=1e-4, atol=1e-6)
+    # its error map is the fitted error model applied to the pooled spread the bare model gives
+    assert len(cal["error_model"]) == 1 + len(uncertainty.FEATURES)
+    bare = run_predict(model, noisy, device="cpu")
+    from napari_emdiffuse.jobs.predict import normaliser_for
+
+    nz = normaliser_for(model, noisy)
+    expected = uncertainty.ErrorModel.of(cal, nz.low, nz.high)(np.asarray(bare.std), np.asarray(bare.mean))
+    np.testing.assert_allclose(np.asarray(out.std), expected, rtol=1e-4, atol=1e-6)
+    # calibrating the calibrated model again starts from that same bare spread: the same fit
+    again = _run(res.model, noisy, clean, source="two test slices").model.calibration
+    np.testing.assert_allclose(again["error_model"], cal["error_model"], rtol=1e-5)
 
 
 def test_a_volume_variant_calibrates_only_the_slices_it_predicts(random_model, small_stack):

@@ -5,7 +5,7 @@ calibrates on held-out patches of its own data; this job does it again on any in
 is known — a noisy/clean pair, a low-/high-resolution pair, or an isotropic volume whose slices
 are thinned out — through exactly the path prediction takes (the same tiles, normalisation and
 sampler), so that the scale fitted is the one ``predict`` needs. Half of the region (the left
-columns) fits the scale, the other half checks the coverage it reaches; slices a volume
+columns) fits the error model and its scale, the other half checks the coverage it reaches; slices a volume
 variant copies from its input (no spread, no error) count in neither.
 """
 
@@ -21,7 +21,7 @@ from ..config import SampleConfig
 from ..errors import InputError
 from ..model_file import Model
 from .events import CancelToken, Kind, Message, PredictResult
-from .predict import predict
+from .predict import normaliser_for, predict
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,10 @@ def calibrate(
     if cfg.samples < 2:
         raise InputError("calibration needs at least 2 samples per prediction (their spread is the error map)")
     result: PredictResult | None = None
-    for ev in predict(model, image, sample=cfg, voxel=voxel, device=device, cancel=cancel, estimate="best"):
+    normaliser = normaliser_for(model, image)
+    # without its calibration the model's prediction gives the pooled spread itself, which the error model reads
+    bare = Model(model.preset, replace(model.info, metrics={k: v for k, v in model.info.metrics.items() if k != "calibration"}), model.network)
+    for ev in predict(bare, image, sample=cfg, voxel=voxel, device=device, cancel=cancel, estimate="best", normaliser=normaliser):
         if ev.kind is Kind.RESULT:
             result = ev
         else:
@@ -72,13 +75,11 @@ def calibrate(
         raise InputError(f"the truth is {tuple(truth.shape)}, but the model's output for the input is {tuple(best.shape)}: they must match pixel for pixel")
     err = best - truth
     used = spread > 0  # slices copied from the input: exact, nothing to calibrate
-    half = best.shape[-1] // 2
-    fit_used, check_used = used[..., :half], used[..., half:]
-    if fit_used.sum() < 256 or check_used.sum() < 256:
+    left = np.zeros(best.shape, bool)
+    left[..., : best.shape[-1] // 2] = True
+    if (used & left).sum() < 256 or (used & ~left).sum() < 256:
         raise InputError(f"the calibration region is too small ({int(used.sum())} predicted pixels); give at least 64 x 64 px")
-    table = uncertainty.calibration_table(
-        err[..., :half][fit_used], spread[..., :half][fit_used], err[..., half:][check_used], spread[..., half:][check_used]
-    )
+    table = uncertainty.calibration_table(err, spread, best, left, normaliser.low, normaliser.high)
     planes = used.reshape(-1, *used.shape[-2:]).any(axis=(1, 2))  # the slices a volume variant predicted
     psnr_best = metrics.psnr(best.reshape(-1, *best.shape[-2:])[planes], truth.reshape(-1, *truth.shape[-2:])[planes])
     calibration = {
@@ -87,8 +88,8 @@ def calibrate(
         "sampler": cfg.sampler,
         "steps": cfg.steps,
         "samples": cfg.samples,
-        "pixels": int(fit_used.sum()),
-        "check_pixels": int(check_used.sum()),
+        "pixels": int((used & left).sum()),
+        "check_pixels": int((used & ~left).sum()),
         "psnr_best": psnr_best,
         "data": source,
     }

@@ -34,7 +34,7 @@ from .predict_output import PredictionOutput, describe_region, finish_in_memory,
 log = logging.getLogger(__name__)
 
 
-def _normaliser_for(model: Model, image: Any) -> Normaliser:
+def normaliser_for(model: Model, image: Any) -> Normaliser:
     """Statistics of ``image`` at the percentiles the model records (``model.json``
     ``normalisation``); 8-bit input to a model that records the original EMDiffuse convention
     (``"uint8": "full range"``) maps 0 and 255 to -1 and 1, exactly as the original did in training."""
@@ -100,7 +100,7 @@ def predict(
     try:
         if out is not None:  # before any computation: a refusal now costs nothing
             out.claim(int(np.prod(geometry.shape)) * (dtype.itemsize * (1 + n_samples) + 4))
-        normaliser = normaliser or _normaliser_for(model, image)
+        normaliser = normaliser or normaliser_for(model, image)
 
         for note in (variant.voxel_warning(voxel, options), model.quality_warning()):
             if note:
@@ -108,6 +108,7 @@ def predict(
         if out is not None and not calibration:
             yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
         q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
+        error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
         if calibration and (cfg.samples, cfg.steps, cfg.sampler) != (calibration["samples"], calibration["steps"], calibration["sampler"]):
             yield Message(
                 f"the intervals were calibrated for {calibration['samples']} samples of {calibration['steps']} "
@@ -186,10 +187,10 @@ def predict(
         region = () if complete else finished_region(blocks, done)
         if out is not None:
             written, (out_mean, out_std, out_samples, lower, upper) = out.finish(
-                out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q, geometry.origin
+                out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q, geometry.origin, error
             )
         else:
-            written, (out_mean, out_std, out_samples, lower, upper) = [], finish_in_memory(out_mean, out_std, out_samples, q)
+            written, (out_mean, out_std, out_samples, lower, upper) = [], finish_in_memory(out_mean, out_std, out_samples, q, error)
         if not complete:
             if region is None:
                 kept = "no block was finished, nothing is written" if out is not None else "no block was finished"

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs
 from ..errors import InputError
+from ..uncertainty import ErrorModel
 from ..variants.base import Block, Geometry
 from .blocks import block_chunks
 
@@ -100,25 +101,30 @@ def describe_region(region: tuple[slice, ...], shape: Sequence[int]) -> str:
 DONE, SPREAD = ".blocks_done", ".spread"
 
 
-def pool_uncertainty(mean: Any, spread: Any, q: float | None, uncertainty: Any, lower: Any = None, upper: Any = None) -> None:
+def pool_uncertainty(
+    mean: Any, spread: Any, q: float | None, uncertainty: Any, lower: Any = None, upper: Any = None, error: ErrorModel = ErrorModel()
+) -> None:
     """Plane by plane (numpy or zarr): the samples' spread pooled into the error map
-    (:func:`..uncertainty.error_map`) and, with a calibration scale ``q``, the interval
-    ``mean -+ q u``. ``uncertainty`` may be ``spread`` itself (in memory)."""
+    (:func:`..uncertainty.error_map`, then the model's :class:`..uncertainty.ErrorModel`) and,
+    with a calibration scale ``q``, the interval ``mean -+ q u``. ``uncertainty`` may be
+    ``spread`` itself (in memory)."""
     from .. import uncertainty as unc
 
     planes = [...] if len(spread.shape) == 2 else range(spread.shape[0])
     for z in planes:
-        u = unc.error_map(np.asarray(spread[z]))
+        u = error(unc.error_map(np.asarray(spread[z])), np.asarray(mean[z], np.float32))
         uncertainty[z] = u
         if q is not None:
             m = np.asarray(mean[z], np.float32)
             lower[z], upper[z] = m - q * u, m + q * u
 
 
-def finish_in_memory(mean: np.ndarray, spread: np.ndarray, samples: Any, q: float | None) -> tuple[Any, Any, Any, Any, Any]:
+def finish_in_memory(
+    mean: np.ndarray, spread: np.ndarray, samples: Any, q: float | None, error: ErrorModel = ErrorModel()
+) -> tuple[Any, Any, Any, Any, Any]:
     """An in-memory result: the spread pooled in place into the error map, and the interval."""
     lower, upper = (np.zeros(mean.shape, np.float32), np.zeros(mean.shape, np.float32)) if q is not None else (None, None)
-    pool_uncertainty(mean, spread, q, spread, lower, upper)
+    pool_uncertainty(mean, spread, q, spread, lower, upper, error)
     return mean, spread, samples, lower, upper
 
 
@@ -219,6 +225,7 @@ class PredictionOutput:
         provenance: dict[str, Any],
         q: float | None,
         origin: Sequence[float] | None = None,
+        error: ErrorModel = ErrorModel(),
     ) -> tuple[list[Path], tuple[Any, Any, Any, Any, Any]]:
         """Pool the uncertainty and write what is complete: everything under the final names, or
         after a cancel the finished ``region`` (:func:`.blocks.finished_region`; None: nothing)
@@ -231,8 +238,8 @@ class PredictionOutput:
         bounds = region_bounds(region, shape) if region is not None else None
         status = {"complete": complete, "finished": bounds, "shape": list(shape)}
         if self.names.store:
-            return self._finish_store(mean, spread, q, complete, status)
-        arrays = finish_in_memory(mean, spread, samples, q)
+            return self._finish_store(mean, spread, q, complete, status, error)
+        arrays = finish_in_memory(mean, spread, samples, q, error)
         lower, upper = arrays[3:]
         if region is None:
             return [], arrays
@@ -255,14 +262,14 @@ class PredictionOutput:
         return written, arrays
 
     def _finish_store(
-        self, mean: Any, spread: Any, q: float | None, complete: bool, status: dict[str, Any]
+        self, mean: Any, spread: Any, q: float | None, complete: bool, status: dict[str, Any], error: ErrorModel
     ) -> tuple[list[Path], tuple[Any, Any, Any, Any, Any]]:
         import zarr
 
         assert self.staged is not None
         group = zarr.open_group(str(self.staged.path), mode="r+")
         bounds = (group["lower/0"], group["upper/0"]) if q is not None and "lower" in group else (None, None)
-        pool_uncertainty(mean, spread, q if bounds[0] is not None else None, group["uncertainty/0"], *bounds)
+        pool_uncertainty(mean, spread, q if bounds[0] is not None else None, group["uncertainty/0"], *bounds, error)
         group.attrs.update(status)
         if complete:  # the raw spread is needed only to resume
             del group[SPREAD]

@@ -437,9 +437,10 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         best = val_src.as_image(cal_cond, trainer.best_estimate(cal_cond))
         spread = uncertainty.error_map(draws.std(0, ddof=1))
         half = len(truth) // 2
-        err = best - truth
+        first = np.zeros(truth.shape, bool)
+        first[:half] = True
         return {
-            **uncertainty.calibration_table(err[:half], spread[:half], err[half:], spread[half:]),
+            **uncertainty.calibration_table(best - truth, spread, best, first),  # patches are normalised: -1 and 1 are the unit scale's ends
             "estimate": "best",
             "sampler": cfg.sampler,
             "steps": cfg.steps,
