@@ -12,7 +12,7 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   (each pooled over the same neighbourhood, on the normaliser's unit scale) to the pooled
   error of held-out pixels by least squares. On the calibration regions of the bundled models
   (their check halves, not the test regions) this raised the AUROC for the worst 10 % of 16 px
-  patches from 0.73 / 0.60 / 0.67 / 0.66 (spread alone; n, r, i, a) to 0.94 / 0.71 / 0.71 / 0.75.
+  patches from 0.72 / 0.59 / 0.68 / 0.66 (spread alone; n, r, i, a) to 0.94 / 0.71 / 0.71 / 0.75.
 - **Calibration (split conformal; Angelopoulos et al., ICML 2022).** At the end of training the
   ratios ``|estimate - truth| / u`` over held-out calibration pixels give, for every miscoverage
   ``alpha``, the scale ``q(alpha)`` such that ``estimate +- q u`` holds the truth at ``1 - alpha``

@@ -111,7 +111,8 @@ def card_with_calibration(card: str, calibration: dict[str, Any]) -> str:
         f"{CARD_HEADING} The error bounds were calibrated on {calibration['data'] or 'a region with known truth'} "
         f"({calibration['pixels']} pixels; {calibration['samples']} samples of {calibration['steps']} "
         f"{calibration['sampler']} steps): on another {calibration['check_pixels']} pixels of it the 90 % interval "
-        f"covered {100 * calibration['check_coverage']:.1f} %. They hold for data like it."
+        f"covered {100 * calibration['check_coverage']:.1f} %. The error map is fitted there too, from the samples' "
+        f"spread, the estimate's fine structure and its local brightness. They hold for data like it."
     )
     kept = [p.strip("\n") for p in card.strip().split("\n\n") if p.strip() and not p.startswith(CARD_HEADING)]
     return "\n\n".join([*kept, line])
