@@ -63,7 +63,9 @@ def make_inputs(folder: Path, slices: int) -> tuple[Path, Path, Path]:
 
 def time_code(src: Path, model: Path, image: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", TIMER, str(model), str(image)], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", TIMER, str(model), str(image)], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"timing the code in {src} failed:\n{out.stderr.strip().splitlines()[-1]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -100,20 +102,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--before", default=BEFORE, help="the commit whose in-process predict is the reference")
+    ap.add_argument("--before", default=BEFORE, help="the commit whose in-process predict is the reference ('none': skip; "
+                    "code that cannot read today's model files cannot be timed on them)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
         tmp = Path(tmp)
         model, small, large = make_inputs(tmp, args.slices)
-        old = tmp / "before"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.before], check=True, capture_output=True)
-        try:
-            before, after = [], []
-            for _ in range(args.reps):  # interleaved, so a change in the machine's load hits both
-                before.append(time_code(old / "src", model, small))
-                after.append(time_code(REPO / "src", model, small))
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=True, capture_output=True)
+        before, after = [], []
+        if args.before == "none":
+            after = [time_code(REPO / "src", model, small) for _ in range(args.reps)]
+        else:
+            old = tmp / "before"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.before], check=True, capture_output=True)
+            try:
+                for _ in range(args.reps):  # interleaved, so a change in the machine's load hits both
+                    before.append(time_code(old / "src", model, small))
+                    after.append(time_code(REPO / "src", model, small))
+            finally:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=True, capture_output=True)
         t_in = min(after)
         t1, peak1, n = run_cluster(model, small, tmp / "one.zarr", 1)
         t2, _, _ = run_cluster(model, small, tmp / "two.zarr", 2)
@@ -130,9 +136,9 @@ def main() -> None:
         "peak_worker_MiB_8x": peak8,
         "peak_ratio_8x": peak8 / peak1,
         "blocks_8x": n8,
-        "in_process_s_before": min(before),
+        "in_process_s_before": min(before) if before else None,
         "in_process_s_after": min(after),
-        "after_over_before": min(after) / min(before),
+        "after_over_before": min(after) / min(before) if before else None,
         "cpus": os.cpu_count(),
     }
     print(json.dumps(report, indent=2))
