@@ -347,10 +347,10 @@ def test_uncertainty_is_hidden_and_unsure_regions_are_regions_not_speckle(make_n
     labels, n = label(mask)
     sizes = np.bincount(labels.ravel())[1:]
     assert n >= 1 and sizes.min() >= 64  # regions, no isolated pixels
-    # raw thresholding of the same map at the same share would have made speckle
+    # raw thresholding of the same map at the same share makes more pieces, and pieces too small to matter
     std = np.asarray(uncertainty.data)
-    raw = std > np.quantile(std, 1 - mask.mean())
-    assert label(raw)[1] > 3 * n
+    raw_labels, n_raw = label(std > np.quantile(std, 1 - mask.mean()))
+    assert n_raw > n and np.bincount(raw_labels.ravel())[1:].min() < 64
 
 
 def test_broken_models_are_refused_at_load_and_models_can_be_removed(make_napari_viewer, tiny_model, tmp_path, open_dock):
