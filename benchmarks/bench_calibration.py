@@ -28,14 +28,13 @@ def measure(task) -> dict:
     import torch
 
     from bench_suite import uncertainty_worth
-    from napari_emdiffuse.data.normalise import fit_normaliser
-    from napari_emdiffuse.jobs.predict import run_predict
+    from napari_emdiffuse.jobs.predict import normaliser_for, run_predict
     from napari_emdiffuse.models import resolve_model
 
     model = resolve_model(task.model)
     cal = model.calibration
     with torch.inference_mode():
-        res = run_predict(model, task.image, normaliser=fit_normaliser(task.image, name="image"), voxel=task.voxel, device="cpu", estimate="best")
+        res = run_predict(model, task.image, normaliser=normaliser_for(model, task.image), voxel=task.voxel, device="cpu", estimate="best")
     best, u = np.asarray(res.mean, np.float32), np.asarray(res.std, np.float32)
     keep = [z for z in range(best.shape[0]) if z % task.iso_k] if task.iso_k else list(range(best.shape[0]))
     worth = uncertainty_worth(u[keep], best[keep], task.truth[keep], cal)
@@ -56,8 +55,9 @@ def write(path: Path, rows: dict, command: str) -> None:
         "",
         f"Measured by `{command}` on {time.strftime('%Y-%m-%d')} (CPU, one thread), on the test regions of",
         "`bench_suite.py`, at each model's default sampling settings (4 samples of 10 steps). The interval is",
-        "`best estimate +- q u` with `u` the error map (the samples' spread pooled over 16 px) and `q` the scale",
-        "calibrated by `emdiffuse calibrate` on held-out rows of the model's own data (`calibrate_default_models.py`).",
+        "`best estimate +- q u` with `u` the error map (the samples' spread pooled over 16 px, through the error model fitted",
+        "with the calibration) and `q` the scale",
+        "calibrated by `emdiffuse calibrate` on held-out data of the model's own stack (`calibrate_default_models.py`).",
         "Widths are in units of the truth's range. Targets: 88-92 % at alpha = 0.1, AUROC >= 0.8.",
         "",
         "| model | covered at 0.1 | covered at 0.2 | width at 0.1 | calibration check at 0.1 | AUROC, worst 10 % of patches | calibrated on |",
