@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from napari_emdiffuse.data.normalise import fit_normaliser
 from napari_emdiffuse.engine.grid import TileGrid
@@ -18,37 +17,6 @@ from napari_emdiffuse.jobs.events import new_cancel_token
 from napari_emdiffuse.jobs.predict import predict, run_predict
 from napari_emdiffuse.uncertainty import ErrorModel, error_map
 from napari_emdiffuse.variants import base, get_variant
-
-
-@pytest.fixture
-def lively(random_model):
-    """``lively(preset, options)``: an untrained network whose output layers are not zero, so its
-    estimate and samples depend on every tile (a zero-initialised one returns its baseline)."""
-
-    def make(preset: str, options: dict | None = None):
-        model = random_model(preset, options)
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.network.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        return model
-
-    return make
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Planes above 40 px cut into blocks of about 40 px, on multiples of 8 px."""
-    monkeypatch.setattr(base, "BLOCK_PX", 40)
-    monkeypatch.setattr(base, "CHUNK_PX", 8)
-
-
-@pytest.fixture(scope="module")
-def plane(isbi_path) -> np.ndarray:
-    import tifffile
-
-    return tifffile.imread(isbi_path, key=0)[60:157, 40:151]  # 97 x 111: odd, 4 x 5 tiles of 32 px
-
 
 CASES = [("tiny", {}, np.s_[:, :]), ("emdiffuse-r-tiny", {"factor": 2}, np.s_[:45, :53])]
 
@@ -66,13 +34,12 @@ class Recording:
 
 
 @pytest.mark.parametrize("preset, options, crop", CASES)
-def test_a_plane_cut_into_blocks_equals_one_block_bit_for_bit(plane, monkeypatch, tmp_path, lively, fast, store_results, preset, options, crop):
+def test_a_plane_cut_into_blocks_equals_one_block_bit_for_bit(plane, request, tmp_path, lively, fast, store_results, preset, options, crop):
     model = lively(preset, options)
     image = np.ascontiguousarray(plane[crop])
     norm = fit_normaliser(image)
     one = run_predict(model, image, sample=fast, normaliser=norm, keep_samples=True, output=tmp_path / "one.zarr")
-    monkeypatch.setattr(base, "BLOCK_PX", 40)
-    monkeypatch.setattr(base, "CHUNK_PX", 8)
+    request.getfixturevalue("small_blocks")  # from here on, planes are cut
     lazy = Recording(image)
     cut = run_predict(model, lazy, sample=fast, normaliser=norm, keep_samples=True, output=tmp_path / "cut.zarr")
     assert one.complete and cut.complete
