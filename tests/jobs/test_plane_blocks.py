@@ -11,6 +11,7 @@ import pytest
 
 from napari_emdiffuse.data.normalise import fit_normaliser
 from napari_emdiffuse.engine.grid import TileGrid
+from napari_emdiffuse.errors import InputError
 from napari_emdiffuse.jobs import blocks as blocks_module
 from napari_emdiffuse.jobs import predict_output
 from napari_emdiffuse.jobs.events import new_cancel_token
@@ -101,6 +102,21 @@ def test_resume_of_a_cut_plane_computes_only_the_missing_blocks(plane, small_blo
     a, b = store_results(tmp_path / "whole.zarr"), store_results(tmp_path / "o.zarr")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_resume_refuses_a_store_cut_into_other_blocks(plane, small_blocks, monkeypatch, tmp_path, random_model, fast):
+    """A store begun by a version that cut large planes otherwise: its done-markers are of other blocks."""
+    model = random_model("tiny")
+    token = new_cancel_token()
+    for ev in predict(model, plane, sample=fast, output=tmp_path / "o.zarr", cancel=token):
+        if ev.kind.value == "progress" and ev.done > 0:
+            token.set()
+    partial = tmp_path / "o.partial.zarr"
+    assert partial.is_dir()
+    monkeypatch.setattr(base, "BLOCK_PX", 4096)  # now the plane is one block
+    with pytest.raises(InputError, match=r"cut into \d+ blocks, this version cuts the input into 1"):
+        run_predict(model, plane, sample=fast, output=tmp_path / "o.zarr", resume=True)
+    assert partial.is_dir()
 
 
 @pytest.mark.parametrize("shape", [(75, 61), (2, 53, 40)])

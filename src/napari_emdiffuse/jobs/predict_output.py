@@ -206,7 +206,7 @@ class PredictionOutput:
 
         self.staged = StagedStore(self.names.mean)
         if self.resumable is not None:
-            _check_resumable(self.resumable, attrs["resume_key"])
+            _check_resumable(self.resumable, attrs["resume_key"], len(blocks))
             os.rmdir(self.staged.path)
             os.rename(self.resumable, self.staged.path)
             group = zarr.open_group(str(self.staged.path), mode="r+")
@@ -339,8 +339,9 @@ def result_arrays(path: Path) -> tuple[Any, Any, Any, Any, Any]:
     return get("mean"), get("uncertainty"), get("samples"), get("lower"), get("upper")
 
 
-def _check_resumable(path: Path, key: dict[str, Any]) -> None:
-    """Refuse to continue a store that is not ours, or was made with another model, input or settings."""
+def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
+    """Refuse to continue a store that is not ours, or was made with another model, input or
+    settings, or cut into other blocks (a version that cut large planes otherwise)."""
     attrs = own_attrs(path)
     if attrs is None:
         raise InputError(f"{path}: not an output of {SOFTWARE}; refusing to resume into it")
@@ -353,3 +354,8 @@ def _check_resumable(path: Path, key: dict[str, Any]) -> None:
                 f"{path}: cannot resume: it was made with {name} {old.get(name)!r}, this run has {key.get(name)!r}; "
                 "use the same model, input and settings, or --overwrite to start again"
             )
+    if attrs.get("blocks") != n_blocks:
+        raise InputError(
+            f"{path}: cannot resume: it was cut into {attrs.get('blocks')} blocks, this version cuts the input into "
+            f"{n_blocks}; use --overwrite to start again"
+        )
