@@ -171,3 +171,6 @@ def test_a_region_needs_every_tile_that_touches_it():
     touching = grid.tiles(67, 93, region)
     assert {t.y0 for t in touching} == {t.y0 for t in tiles if t.y0 <= 30 < t.y0 + t.h} and len({t.y0 for t in touching}) == 2
     assert grid.span(67, 93, region)[:2] == (min(t.y0 for t in touching), max(t.y0 + t.h for t in touching))
+    assert grid.tiles(67, 93) == make_tiles(67, 93, 32, 8)
+    for rect in [(0, 67, 0, 93), (10, 40, 50, 51), (66, 67, 92, 93)]:  # the whole grid's tiles that touch, in its order
+        assert grid.tiles(67, 93, rect) == [t for t in tiles if t.y0 < rect[1] and t.y0 + t.h > rect[0] and t.x0 < rect[3] and t.x0 + t.w > rect[2]]

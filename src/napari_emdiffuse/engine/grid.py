@@ -47,11 +47,10 @@ class TileGrid:
 
     def tiles(self, height: int, width: int, region: Rect | None = None) -> list[Tile]:
         """The plane's tiles, in the order they run; with ``region``, only those touching it."""
-        tiles = make_tiles(height, width, self.tile, self.overlap)
-        if region is None:
-            return tiles
-        y0, y1, x0, x1 = region
-        return [t for t in tiles if t.y0 < y1 and t.y0 + t.h > y0 and t.x0 < x1 and t.x0 + t.w > x0]
+        y0, y1, x0, x1 = region or (0, height, 0, width)
+        ys = [y for y in tile_starts(height, self.tile, self.overlap) if y < y1 and y + min(self.tile, height - y) > y0]
+        xs = [x for x in tile_starts(width, self.tile, self.overlap) if x < x1 and x + min(self.tile, width - x) > x0]
+        return [Tile(y, x, min(self.tile, height - y), min(self.tile, width - x)) for y in ys for x in xs]
 
     def span(self, height: int, width: int, region: Rect) -> Rect:
         """The rectangle the tiles touching ``region`` cover: the input its computation reads."""
