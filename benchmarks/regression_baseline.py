@@ -102,7 +102,7 @@ def predict_regression(net: UNet, preset: Preset, image: np.ndarray, normaliser:
     out = np.zeros(geometry.shape, np.float32)
     m = net.size_multiple
 
-    def run_plane(read, h, w, mean, std, samples, plane_key=0) -> None:
+    def run_plane(read, h, w, mean, std, samples, plane_key=0, region=None) -> None:  # whole planes: blocks get no tile grid
         cond = read(0, h)
         ph, pw = math.ceil(h / m) * m - h, math.ceil(w / m) * m - w
         padded = np.pad(cond, ((0, 0), (0, ph), (0, pw)), mode="reflect")

@@ -5,6 +5,7 @@ import torch
 from napari_emdiffuse.config import DiffusionConfig
 from napari_emdiffuse.engine.diffusion import Schedule
 from napari_emdiffuse.engine.samplers import get_sampler
+from napari_emdiffuse.engine.grid import TileGrid
 from napari_emdiffuse.engine.tiling import TiledSampler, keyed_noise, make_tiles, ramp, tile_starts
 
 
@@ -115,3 +116,61 @@ def test_one_pixel_overlap_gives_no_holes():
     img = np.random.default_rng(2).random((255, 70), dtype=np.float32)
     out, _ = _run(img, 128, 1)
     assert np.all(np.isfinite(out))
+
+
+def _conv_denoiser():
+    """A small random convolutional 'model' that mixes the noisy input with the condition (its
+    output follows the position-keyed noise, as a real network's does)."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(8, 1, 3, padding=1))
+
+    def denoise(x, sigma, cond):
+        return net(torch.cat([x / (1 + sigma.view(-1, 1, 1, 1) ** 2) ** 0.5, cond], 1))
+
+    return denoise
+
+
+@pytest.mark.parametrize("shape", [(67, 93), (101, 45)])
+def test_a_region_is_bit_identical_to_the_whole_plane_run(shape):
+    """Only the tiles touching a rectangle run, and the rectangle equals the whole plane's result
+    exactly (mean, spread and samples), for rectangles at edges, inside, and of one pixel."""
+    img = np.random.default_rng(4).random(shape, dtype=np.float32)
+    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(3)
+    ts = TiledSampler(_conv_denoiser(), get_sampler("ddpm"), sig, 1, 4, 32, 8, 2, 3, torch.device("cpu"), seed=9)
+    h, w = shape
+    whole = np.zeros((1, h, w), np.float32), np.zeros((1, h, w), np.float32), np.zeros((2, 1, h, w), np.float32)
+    with torch.inference_mode():
+        ts.run(lambda y0, y1: img[None, y0:y1], h, w, *whole, plane_key=2)
+    assert whole[1].min() > 0  # the samples differ: the spread tests the noise too
+    for y0, y1, x0, x1 in [(0, h, 0, w), (0, 20, 0, 33), (17, 50, 30, min(61, w)), (h - 9, h, w - 30, w), (40, 41, 22, 23), (5, h - 3, 0, w)]:
+        sy0, sy1, sx0, sx1 = ts.grid.span(h, w, (y0, y1, x0, x1))
+        reads = []
+
+        def read(a, b):
+            reads.append((a, b))
+            return img[None, a:b, sx0:sx1]
+
+        part = np.zeros((1, y1 - y0, x1 - x0), np.float32), np.zeros((1, y1 - y0, x1 - x0), np.float32), np.zeros((2, 1, y1 - y0, x1 - x0), np.float32)
+        with torch.inference_mode():
+            ts.run(read, h, w, *part, plane_key=2, region=(y0, y1, x0, x1))
+        for got, want in zip(part, whole):
+            np.testing.assert_array_equal(got, want[..., y0:y1, x0:x1])
+        assert all(sy0 <= a < b <= sy1 for a, b in reads)
+        ran = len(TileGrid(ts.tile, ts.overlap).tiles(h, w, (y0, y1, x0, x1)))
+        assert ts.count_steps(h, w, (y0, y1, x0, x1)) == ran * 2 * (len(sig) - 1)
+        if (y1 - y0, x1 - x0) == (1, 1):
+            assert ran < len(make_tiles(h, w, ts.tile, ts.overlap))
+
+
+def test_a_region_needs_every_tile_that_touches_it():
+    """A tile that touches a pixel of the region with a small weight still counts: leaving out
+    the tiles that merely reach into it changes the blend there."""
+    grid = TileGrid(32, 8)
+    tiles = grid.tiles(67, 93)
+    region = (30, 31, 0, 93)  # a row inside the overlap of the first two tile rows
+    touching = grid.tiles(67, 93, region)
+    assert {t.y0 for t in touching} == {t.y0 for t in tiles if t.y0 <= 30 < t.y0 + t.h} and len({t.y0 for t in touching}) == 2
+    assert grid.span(67, 93, region)[:2] == (min(t.y0 for t in touching), max(t.y0 + t.h for t in touching))
+    assert grid.tiles(67, 93) == make_tiles(67, 93, 32, 8)
+    for rect in [(0, 67, 0, 93), (10, 40, 50, 51), (66, 67, 92, 93)]:  # the whole grid's tiles that touch, in its order
+        assert grid.tiles(67, 93, rect) == [t for t in tiles if t.y0 < rect[1] and t.y0 + t.h > rect[0] and t.x0 < rect[3] and t.x0 + t.w > rect[2]]

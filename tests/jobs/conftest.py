@@ -13,7 +13,7 @@ import torch
 
 from napari_emdiffuse.config import SampleConfig, load_preset
 from napari_emdiffuse.model_file import Model, ModelInfo, build_network
-from napari_emdiffuse.variants import get_variant
+from napari_emdiffuse.variants import base, get_variant
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +51,32 @@ def store_results() -> Callable[[Path], dict[str, np.ndarray]]:
 def small_stack(isbi_path) -> np.ndarray:
     """Four ssTEM slices of 48 x 56 px: several blocks, each several tiles."""
     return tifffile.imread(isbi_path, key=range(4))[:, 100:148, 100:156]
+
+
+@pytest.fixture
+def lively(random_model):
+    """``lively(preset, options)``: an untrained network whose output layers are not zero, so its
+    estimate and samples depend on every tile (a zero-initialised one returns its baseline)."""
+
+    def make(preset: str, options: dict | None = None):
+        model = random_model(preset, options)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.network.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        return model
+
+    return make
+
+
+@pytest.fixture
+def small_blocks(monkeypatch) -> None:
+    """Planes above 40 px cut into blocks of about 40 px, on multiples of 8 px."""
+    monkeypatch.setattr(base, "BLOCK_PX", 40)
+    monkeypatch.setattr(base, "CHUNK_PX", 8)
+
+
+@pytest.fixture(scope="session")
+def plane(isbi_path) -> np.ndarray:
+    """One ssTEM slice of 97 x 111 px (odd sizes, 4 x 5 tiles of 32 px): several plane blocks with :func:`small_blocks`."""
+    return tifffile.imread(isbi_path, key=0)[60:157, 40:151]

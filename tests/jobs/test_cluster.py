@@ -77,6 +77,35 @@ def test_two_workers_equal_the_in_process_result_bit_for_bit(scheduler, small_st
     assert not list(tmp_path.glob(".two.zarr.model-*"))  # the model copy for the workers is removed
 
 
+@pytest.mark.parametrize("preset, options, crop", [("tiny", {}, np.s_[:, :]), ("emdiffuse-r-tiny", {"factor": 2}, np.s_[:45, :53])])
+def test_two_workers_equal_in_process_for_a_plane_cut_into_blocks(scheduler, plane, small_blocks, tmp_path, preset, options, crop, lively, fast, store_results):
+    """One 2D image, several rectangular blocks spread over the workers: the in-process result bit
+    for bit. On CPUs a network's sums depend on the number of threads, so the in-process run gets a
+    worker's share (a network with non-zero output layers sees that; a zero-initialised one does not)."""
+    import torch
+
+    model = lively(preset, options)
+    image = np.ascontiguousarray(plane[crop])
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        run_predict(model, image, sample=fast, output=tmp_path / "one.zarr", keep_samples=True)
+    finally:
+        torch.set_num_threads(threads)
+    res = run_predict(
+        model, image, sample=fast, output=tmp_path / "two.zarr", keep_samples=True, input_paths=[tmp_path / "in.tif"],
+        cluster=scheduler.scheduler_address,
+    )  # fmt: skip
+    import zarr
+
+    assert res.complete and zarr.open_group(str(tmp_path / "two.zarr"), mode="r").attrs["blocks"] >= 6
+    a, b = store_results(tmp_path / "one.zarr"), store_results(tmp_path / "two.zarr")
+    assert a["uncertainty"].min() > 0
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
 def test_a_killed_worker_does_not_stop_the_run(scheduler, small_stack, tmp_path, random_model, fast, store_results):
     model = random_model("tiny")
     tifffile.imwrite(tmp_path / "in.tif", small_stack)

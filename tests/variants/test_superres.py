@@ -15,7 +15,7 @@ from napari_emdiffuse.jobs.train import train
 from napari_emdiffuse.model_file import Model
 from napari_emdiffuse.variants import get_variant, resolve
 from napari_emdiffuse.variants.base import Split
-from napari_emdiffuse.variants.superres import upsample, upsampled_rows
+from napari_emdiffuse.variants.superres import upsample, upsample_bilinear, upsampled_window
 
 SR = get_variant("superres")
 
@@ -56,14 +56,20 @@ def test_psf_bin_keeps_mean_and_bins_by_the_factor():
     np.testing.assert_allclose(flat, 0.25, atol=1e-6)
 
 
-def test_band_upsampling_equals_whole_image_upsampling():
+def test_window_upsampling_equals_whole_image_upsampling_bit_for_bit():
+    """A block of a large plane upsamples only its window of the input: the result must be the
+    whole image's, exactly (also at the right edge, where OpenCV's last columns depend on where
+    the row starts, and for the bilinear condition of imported models)."""
     rng = np.random.default_rng(1)
-    low = rng.random((23, 31)).astype(np.float32)
-    for f in (2, 3, 4):
-        whole = upsample(low, f)
-        for y0, y1 in [(0, 5), (7, 30), (f * 23 - 9, f * 23), (13, 14)]:
-            band = upsampled_rows(low, f, y0, y1, lambda a: a)
-            np.testing.assert_allclose(band, whole[y0:y1], atol=1e-6)
+    low = rng.random((23, 311)).astype(np.float32)
+    for resize in (upsample, upsample_bilinear):
+        for f in (2, 3, 4):
+            whole = resize(low, f)
+            w = 311 * f
+            rects = [(0, 5, 0, w), (7, 30, 13, 200), (f * 23 - 9, f * 23, 250 * f, w), (0, 9, 248 * f, w), (13, 14, 71, 72), (0, f * 23, 5, w)]
+            for y0, y1, x0, x1 in rects:
+                got = upsampled_window(low, f, (y0, y1, x0, x1), lambda a: a, resize)
+                np.testing.assert_array_equal(got, whole[y0:y1, x0:x1])
 
 
 def test_from_clean_simulates_low_resolution_and_crops_to_the_factor(isbi_clean):

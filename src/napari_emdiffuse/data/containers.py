@@ -200,9 +200,13 @@ def _ngff_attrs(voxel: Sequence[float], ndim: int, name: str, levels: int = 1, f
     return {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}], CREATED_BY: SOFTWARE}
 
 
+#: the largest chunk side (pixels) of the arrays we write
+CHUNK_PX = 512
+
+
 def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     """One plane deep, up to 512 x 512: tiles that predict and napari read quickly."""
-    return (1,) * (len(shape) - 2) + tuple(min(int(s), 512) for s in shape[-2:])
+    return (1,) * (len(shape) - 2) + tuple(min(int(s), CHUNK_PX) for s in shape[-2:])
 
 
 def create_ome_zarr(

@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
 from .device import is_out_of_memory
+from .grid import Rect, Tile, TileGrid, make_tiles, tile_starts  # noqa: F401 (the tile geometry, as before it moved)
 from .rng import splitmix
 from .samplers import Sampler, Step
 
@@ -39,30 +38,6 @@ class ArrayLike(Protocol):
 
 ReadFn = Callable[[int, int], np.ndarray]
 """``read(y0, y1) -> (C, y1 - y0, W)`` float32 rows of the (already normalised) condition."""
-
-
-@dataclass(frozen=True)
-class Tile:
-    y0: int
-    x0: int
-    h: int  # valid height inside the image (<= tile size)
-    w: int
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread tile starts covering ``[0, length)`` with at least ``overlap`` shared pixels."""
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
-def make_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    return [
-        Tile(y, x, min(tile, height - y), min(tile, width - x))
-        for y in tile_starts(height, tile, overlap)
-        for x in tile_starts(width, tile, overlap)
-    ]
 
 
 def ramp(n: int, overlap: int, start: bool = True, end: bool = True) -> np.ndarray:
@@ -143,10 +118,15 @@ class TiledSampler:
         self.seed = seed
         self.step_callback = step_callback
 
-    def count_steps(self, height: int, width: int) -> int:
-        """Progress units :meth:`run` will report for a plane: sampler steps times tile samples,
-        so the total holds however the tiles are batched (an out-of-memory retry halves the batch)."""
-        n_items = len(make_tiles(height, width, self.tile, self.overlap)) * self.samples
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid(self.tile, self.overlap)
+
+    def count_steps(self, height: int, width: int, region: Rect | None = None) -> int:
+        """Progress units :meth:`run` will report for a plane (or its ``region``): sampler steps
+        times tile samples, so the total holds however the tiles are batched (an out-of-memory
+        retry halves the batch)."""
+        n_items = len(self.grid.tiles(height, width, region)) * self.samples
         return n_items * (len(self.sigmas) - 1)
 
     def _tile_shape(self, height: int, width: int) -> tuple[int, int]:
@@ -165,13 +145,22 @@ class TiledSampler:
         plane_key: int = 0,
         progress_offset: int = 0,
         progress_total: int | None = None,
+        region: Rect | None = None,
     ) -> None:
         """Sample the plane; write mean ``(C, H, W)``, std and samples ``(K, C, H, W)``.
 
-        ``plane_key`` separates the noise of different planes of a stack.
+        ``plane_key`` separates the noise of different planes of a stack. ``region``
+        ``(y0, y1, x0, x1)``: only that rectangle of the plane (the outputs are its size), from
+        only the tiles touching it, bit for bit as in the whole plane's run (the grid, windows
+        and noise are the whole plane's, and each pixel sums its tiles in the same order);
+        ``read`` then gives the columns of :meth:`TileGrid.span` only. Tiles run in the whole
+        plane's batches, those not needed as blanks: a batch's size can change a network's sums.
         """
         th, tw = self._tile_shape(height, width)
-        tiles = make_tiles(height, width, self.tile, self.overlap)
+        ry0, ry1, rx0, rx1 = region = region or (0, height, 0, width)
+        tiles = self.grid.tiles(height, width)
+        needed = set(self.grid.tiles(height, width, region))
+        sy0, sy1, sx0, sx1 = self.grid.span(height, width, region)
 
         def window(t: Tile) -> np.ndarray:
             wy = ramp(t.h, self.overlap, t.y0 > 0, t.y0 + t.h < height)
@@ -180,13 +169,14 @@ class TiledSampler:
         k_, c_ = self.samples, self.out_channels
         band_h = min(height, 2 * th)
         n_acc = 2 + (k_ if out_samples is not None else 0)  # mean, variance, samples...
-        acc = np.zeros((n_acc, c_, band_h, width), np.float32)
-        wsum = np.zeros((band_h, width), np.float32)
-        top = 0  # image row of acc[..., 0, :]
+        span_w = sx1 - sx0  # acc[..., 0] is column sx0 of the plane
+        acc = np.zeros((n_acc, c_, band_h, span_w), np.float32)
+        wsum = np.zeros((band_h, span_w), np.float32)
+        top = sy0  # plane row of acc[..., 0, :]
         strip_y, strip = -1, None
         items = [(ti, k) for ti in range(len(tiles)) for k in range(k_)]
         pending: dict[int, list[torch.Tensor]] = {}
-        total = progress_total if progress_total is not None else self.count_steps(height, width)
+        total = progress_total if progress_total is not None else self.count_steps(height, width, region)
         done = progress_offset
         batch = self.batch
         pos = 0
@@ -196,20 +186,23 @@ class TiledSampler:
             nonlocal acc, wsum
             if rows > wsum.shape[0]:
                 extra = rows - wsum.shape[0]
-                acc = np.concatenate([acc, np.zeros((n_acc, c_, extra, width), np.float32)], axis=2)
-                wsum = np.concatenate([wsum, np.zeros((extra, width), np.float32)], axis=0)
+                acc = np.concatenate([acc, np.zeros((n_acc, c_, extra, span_w), np.float32)], axis=2)
+                wsum = np.concatenate([wsum, np.zeros((extra, span_w), np.float32)], axis=0)
 
         def flush(upto: int) -> None:
             nonlocal top
             if upto <= top:
                 return
             n = upto - top
-            wv = wsum[:n]
-            out_mean[:, top:upto] = acc[0, :, :n] / wv
-            if out_std is not None:
-                out_std[:, top:upto] = np.sqrt(np.maximum(acc[1, :, :n] / wv, 0.0))
-            if out_samples is not None:
-                out_samples[:, :, top:upto] = acc[2:, :, :n] / wv
+            a, b = max(top, ry0), min(upto, ry1)  # the rows of the region that are final
+            if a < b:
+                rows, cols, out = slice(a - top, b - top), slice(rx0 - sx0, rx1 - sx0), slice(a - ry0, b - ry0)
+                wv = wsum[rows, cols]
+                out_mean[:, out] = acc[0, :, rows, cols] / wv
+                if out_std is not None:
+                    out_std[:, out] = np.sqrt(np.maximum(acc[1, :, rows, cols] / wv, 0.0))
+                if out_samples is not None:
+                    out_samples[:, :, out] = acc[2:, :, rows, cols] / wv
             acc[:, :, :-n] = acc[:, :, n:].copy()
             acc[:, :, -n:] = 0
             wsum[:-n] = wsum[n:].copy()
@@ -218,20 +211,25 @@ class TiledSampler:
 
         while pos < len(items):
             chunk = items[pos : pos + batch]
+            kept = [(ti, k) for ti, k in chunk if tiles[ti] in needed]
+            if not kept:
+                pos += len(chunk)
+                continue
             conds, noises = [], []
-            for ti, k in chunk:
+            for ti, k in kept:
                 t = tiles[ti]
                 if t.y0 != strip_y:
                     strip_y, strip = t.y0, np.asarray(read(t.y0, t.y0 + t.h), dtype=np.float32)
-                conds.append(_pad_to(strip[:, :, t.x0 : t.x0 + t.w], th, tw))
+                conds.append(_pad_to(strip[:, :, t.x0 - sx0 : t.x0 - sx0 + t.w], th, tw))
                 noises.append((t, k))
-            cond = torch.from_numpy(np.stack(conds)).to(self.device)
+            blank = len(chunk) - len(kept)  # the batch's other tiles, outside the region
+            cond = torch.from_numpy(np.stack(conds + [np.zeros_like(conds[0])] * blank)).to(self.device)
 
-            def noise_fn(step: int, like: torch.Tensor, _items=noises) -> torch.Tensor:
+            def noise_fn(step: int, like: torch.Tensor, _items=noises, _blank=blank) -> torch.Tensor:
                 n = [keyed_noise(plane_seed, k, step, c_, t.y0, t.x0, th, tw) for t, k in _items]
-                return torch.stack(n).to(like.device, like.dtype)
+                return torch.stack(n + [torch.zeros_like(n[0])] * _blank).to(like.device, like.dtype)
 
-            def callback(step: Step, _items=chunk) -> None:
+            def callback(step: Step, _items=kept) -> None:
                 if self.step_callback is not None:
                     self.step_callback(done + len(_items) * (step.i + 1), total)
 
@@ -248,9 +246,9 @@ class TiledSampler:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            done += len(chunk) * (len(self.sigmas) - 1)
+            done += len(kept) * (len(self.sigmas) - 1)
             out_np = out.float().cpu()
-            for (ti, k), o in zip(chunk, out_np):
+            for (ti, k), o in zip(kept, out_np):
                 pending.setdefault(ti, [None] * k_)[k] = o
             for ti in sorted(pending):
                 if any(s is None for s in pending[ti]):
@@ -260,14 +258,14 @@ class TiledSampler:
                 w = window(t)
                 r0, r1 = t.y0 - top, t.y0 - top + t.h
                 ensure_rows(r1)
-                cols = slice(t.x0, t.x0 + t.w)
+                cols = slice(t.x0 - sx0, t.x0 - sx0 + t.w)
                 acc[0, :, r0:r1, cols] += stack.mean(0) * w
                 acc[1, :, r0:r1, cols] += (stack.var(0, ddof=1) if k_ > 1 else 0 * stack[0]) * w
                 if out_samples is not None:
                     acc[2:, :, r0:r1, cols] += stack * w
                 wsum[r0:r1, cols] += w
             pos += len(chunk)
-            next_y = tiles[items[pos][0]].y0 if pos < len(items) else height
+            next_y = tiles[items[pos][0]].y0 if pos < len(items) else sy1
             first_pending = min((tiles[ti].y0 for ti in pending), default=next_y)
-            flush(min(next_y, first_pending))
-        flush(height)
+            flush(min(next_y, first_pending, sy1))
+        flush(sy1)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import SampleConfig
-from ..data.containers import default_chunks
+from ..data.containers import CHUNK_PX, default_chunks
 from ..data.normalise import Normaliser, to_dtype
 from ..engine.device import autocast, configure_backends, prepare_network
 from ..engine.diffusion import Denoiser, Schedule
@@ -91,11 +91,12 @@ class BlockRunner:
             self._on_step(done, total)
 
     def blocks(self, shape: Sequence[int]) -> list[Block]:
-        return self.variant.blocks(shape, self.options, self.n_samples)
+        return self.variant.blocks(shape, self.options, self.n_samples, self.sampling.grid)
 
     def steps(self, block: Block) -> int:
         """Progress units of one block: sampler steps times tile samples, over every pass."""
-        return sum(t.count_steps(h, w) for h, w in block.planes for t in self.tilers)
+        region = block.window.region if block.window is not None else None
+        return sum(t.count_steps(h, w, region) for h, w in block.planes for t in self.tilers)
 
     def run(
         self, image: Any, block: Block, on_step: Callable[[int, int], None] | None = None, offset: int = 0, total: int | None = None
@@ -109,13 +110,13 @@ class BlockRunner:
         samples = np.zeros((self.n_samples, *block.shape), np.float32) if self.n_samples else None
         progress = {"offset": offset}
 
-        def run_plane(read, h, w, out_mean, out_std, out_samples, plane_key=0) -> None:
+        def run_plane(read, h, w, out_mean, out_std, out_samples, plane_key=0, region=None) -> None:
             for tiler in self.tilers:
                 # with a best estimate, the sampling pass gives only the spread (and the samples)
                 target = _Discard() if tiler is self.sampling and len(self.tilers) > 1 else out_mean
                 extra = (out_std, out_samples) if tiler is self.sampling else (None, None)
-                tiler.run(read, h, w, target, *extra, plane_key, progress["offset"], total)
-                progress["offset"] += tiler.count_steps(h, w)
+                tiler.run(read, h, w, target, *extra, plane_key, progress["offset"], total, region)
+                progress["offset"] += tiler.count_steps(h, w, region)
 
         source = np.asarray(image[block.source])
         self._on_step = on_step
@@ -145,12 +146,13 @@ def block_chunks(shape: Sequence[int], blocks: Sequence[Block]) -> tuple[int, ..
     """Chunks for an output cut into ``blocks`` such that every block owns whole chunks
     (concurrent writers never share one): :func:`..data.containers.default_chunks`, except along
     axes the blocks divide, where the chunk is the largest size every block boundary is a
-    multiple of."""
+    multiple of, up to :data:`..data.containers.CHUNK_PX`."""
     chunks = list(default_chunks(shape))
     for axis, n in enumerate(shape):
         cuts = {s for b in blocks for s in (b.region[axis].start, b.region[axis].stop)} - {0, int(n)}
         if cuts:
-            chunks[axis] = math.gcd(*cuts)
+            step = math.gcd(*cuts)
+            chunks[axis] = max(d for d in range(1, min(step, CHUNK_PX) + 1) if step % d == 0)
     return tuple(chunks)
 
 

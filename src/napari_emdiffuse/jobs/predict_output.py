@@ -26,7 +26,8 @@ import numpy as np
 
 from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs
 from ..errors import InputError
-from ..uncertainty import ErrorModel
+from ..data.containers import CHUNK_PX
+from ..uncertainty import POOL_PX, ErrorModel
 from ..variants.base import Block, Geometry
 from .blocks import block_chunks
 
@@ -99,33 +100,44 @@ def describe_region(region: tuple[slice, ...], shape: Sequence[int]) -> str:
 
 #: the arrays of a store that are not results: block done-markers, the samples' raw spread
 DONE, SPREAD = ".blocks_done", ".spread"
+#: pixels of a plane pooled at once (about): a strip of rows, so that no plane need fit in memory
+POOL_STRIP_PX = 1 << 24
+#: rows a strip reads beyond its own so that it pools as the whole plane does: the pooling
+#: window's reach, and the error model's Laplacian's (one row) under it
+POOL_HALO = POOL_PX // 2 + 1
 
 
 def pool_uncertainty(
     mean: Any, spread: Any, q: float | None, uncertainty: Any, lower: Any = None, upper: Any = None, error: ErrorModel = ErrorModel()
 ) -> None:
-    """Plane by plane (numpy or zarr): the samples' spread pooled into the error map
-    (:func:`..uncertainty.error_map`, then the model's :class:`..uncertainty.ErrorModel`) and,
-    with a calibration scale ``q``, the interval ``mean -+ q u``. ``uncertainty`` may be
-    ``spread`` itself (in memory)."""
+    """Plane by plane, in strips of rows (numpy or zarr): the samples' spread pooled into the
+    error map (:func:`..uncertainty.error_map`, then the model's :class:`..uncertainty.ErrorModel`)
+    and, with a calibration scale ``q``, the interval ``mean -+ q u``."""
     from .. import uncertainty as unc
 
-    planes = [...] if len(spread.shape) == 2 else range(spread.shape[0])
-    for z in planes:
-        u = error(unc.error_map(np.asarray(spread[z])), np.asarray(mean[z], np.float32))
-        uncertainty[z] = u
+    height, width = spread.shape[-2:]
+    rows = max(1, POOL_STRIP_PX // width // CHUNK_PX) * CHUNK_PX  # whole chunks of the store
+    planes = [()] if len(spread.shape) == 2 else [(z,) for z in range(spread.shape[0])]
+    for z, y0 in ((z, y0) for z in planes for y0 in range(0, height, rows)):
+        y1 = min(height, y0 + rows)
+        a, b = max(0, y0 - POOL_HALO), min(height, y1 + POOL_HALO)
+        m = np.asarray(mean[(*z, slice(a, b))], np.float32)
+        u = error(unc.error_map(np.asarray(spread[(*z, slice(a, b))])), m)[y0 - a : y1 - a]
+        strip = (*z, slice(y0, y1))
+        uncertainty[strip] = u
         if q is not None:
-            m = np.asarray(mean[z], np.float32)
-            lower[z], upper[z] = m - q * u, m + q * u
+            m = m[y0 - a : y1 - a]
+            lower[strip], upper[strip] = m - q * u, m + q * u
 
 
 def finish_in_memory(
     mean: np.ndarray, spread: np.ndarray, samples: Any, q: float | None, error: ErrorModel = ErrorModel()
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """An in-memory result: the spread pooled in place into the error map, and the interval."""
+    """An in-memory result: the spread pooled into the error map, and the interval."""
     lower, upper = (np.zeros(mean.shape, np.float32), np.zeros(mean.shape, np.float32)) if q is not None else (None, None)
-    pool_uncertainty(mean, spread, q, spread, lower, upper, error)
-    return mean, spread, samples, lower, upper
+    uncertainty = np.zeros(spread.shape, np.float32)
+    pool_uncertainty(mean, spread, q, uncertainty, lower, upper, error)
+    return mean, uncertainty, samples, lower, upper
 
 
 def ome_image_attrs(name: str, voxel: Sequence[float], origin: Sequence[float], lead: str | None = None) -> dict[str, Any]:
@@ -194,7 +206,7 @@ class PredictionOutput:
 
         self.staged = StagedStore(self.names.mean)
         if self.resumable is not None:
-            _check_resumable(self.resumable, attrs["resume_key"])
+            _check_resumable(self.resumable, attrs["resume_key"], len(blocks))
             os.rmdir(self.staged.path)
             os.rename(self.resumable, self.staged.path)
             group = zarr.open_group(str(self.staged.path), mode="r+")
@@ -240,7 +252,7 @@ class PredictionOutput:
         if self.names.store:
             return self._finish_store(mean, spread, q, complete, status, error)
         arrays = finish_in_memory(mean, spread, samples, q, error)
-        lower, upper = arrays[3:]
+        uncertainty, lower, upper = arrays[1], *arrays[3:]
         if region is None:
             return [], arrays
         where = (lambda p: p) if complete else OutputNames.partial  # noqa: E731
@@ -253,7 +265,7 @@ class PredictionOutput:
             tagged = {**about, "role": role} if role else about
             return write_tiff(where(path), data[region], voxel, self.inputs, origin=first, provenance=tagged)
 
-        written = [write(self.names.mean, mean), write(self.names.std, spread, "uncertainty")]
+        written = [write(self.names.mean, mean), write(self.names.std, uncertainty, "uncertainty")]
         if lower is not None and self.names.bounds:
             for role, p, a in zip(("lower", "upper"), self.names.bounds, (lower, upper)):
                 written.append(write(p, a, f"{role} bound"))
@@ -327,8 +339,9 @@ def result_arrays(path: Path) -> tuple[Any, Any, Any, Any, Any]:
     return get("mean"), get("uncertainty"), get("samples"), get("lower"), get("upper")
 
 
-def _check_resumable(path: Path, key: dict[str, Any]) -> None:
-    """Refuse to continue a store that is not ours, or was made with another model, input or settings."""
+def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
+    """Refuse to continue a store that is not ours, or was made with another model, input or
+    settings, or cut into other blocks (a version that cut large planes otherwise)."""
     attrs = own_attrs(path)
     if attrs is None:
         raise InputError(f"{path}: not an output of {SOFTWARE}; refusing to resume into it")
@@ -341,3 +354,8 @@ def _check_resumable(path: Path, key: dict[str, Any]) -> None:
                 f"{path}: cannot resume: it was made with {name} {old.get(name)!r}, this run has {key.get(name)!r}; "
                 "use the same model, input and settings, or --overwrite to start again"
             )
+    if attrs.get("blocks") != n_blocks:
+        raise InputError(
+            f"{path}: cannot resume: it was cut into {attrs.get('blocks')} blocks, this version cuts the input into "
+            f"{n_blocks}; use --overwrite to start again"
+        )

@@ -17,7 +17,9 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..data.containers import CHUNK_PX
 from ..data.normalise import Normaliser
+from ..engine.grid import Rect, TileGrid
 from ..errors import ConfigError, InputError
 
 
@@ -41,12 +43,29 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class Window:
+    """The rectangle ``region`` of a plane that a block fills, and the rectangle ``span`` its
+    tiles cover (what the tiler reads), both ``(y0, y1, x0, x1)`` in output pixels."""
+
+    region: Rect
+    span: Rect
+
+    def crop(self, rows: "Base") -> "Base":
+        """``rows(y0, y1)`` of the plane over the span's columns as rows of the region (rows
+        and columns relative to it): a residual model's baseline, for :class:`PlaneWriter`."""
+        y0, _, x0, x1 = self.region
+        left = x0 - self.span[2]
+        return lambda a, b: rows(a + y0, b + y0)[..., left : left + x1 - x0]
+
+
+@dataclass(frozen=True)
 class Block:
     """One independent piece of a prediction: the part ``region`` of the output (one slice per
-    output axis), the ``(height, width)`` of every plane it samples (for progress totals) and
-    the part ``source`` of the input it needs (one slice per input axis, with the neighbouring
-    slices or rows its condition reads): the runners read exactly that and hand it to
-    :meth:`Variant.predict_block`, so a worker reads only what its block needs.
+    output axis), the ``(height, width)`` of every plane it samples (whole planes: for the tile
+    grid and progress totals) and the part ``source`` of the input it needs (one slice per
+    input axis, with the neighbouring slices or rows its condition reads): the runners read
+    exactly that and hand it to :meth:`Variant.predict_block`, so a worker reads only what its
+    block needs. ``window``: the block is a rectangle of one plane (a large 2D plane cut up).
 
     A block's result depends only on the input and the block (sampler noise is keyed to image
     position), so blocks may run in any order, in any process, and be redone after a crash.
@@ -56,21 +75,62 @@ class Block:
     region: tuple[slice, ...]
     planes: tuple[tuple[int, int], ...]
     source: tuple[slice, ...]
+    window: Window | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(s.stop - s.start for s in self.region)
 
 
-def plane_blocks(out_shape: Sequence[int], in_shape: Sequence[int]) -> list[Block]:
-    """One block per output plane of a 2D variant (one block for a 2D image), each reading its
-    input plane (``in_shape``: the input's)."""
-    plane = (slice(0, int(out_shape[-2])), slice(0, int(out_shape[-1])))
-    source = (slice(0, int(in_shape[-2])), slice(0, int(in_shape[-1])))
-    hw = ((int(out_shape[-2]), int(out_shape[-1])),)
-    if len(out_shape) == 2:
-        return [Block(0, plane, hw, source)]
-    return [Block(z, (slice(z, z + 1), *plane), hw, (slice(z, z + 1), *source)) for z in range(int(out_shape[0]))]
+#: a plane larger than this (output pixels) on a side is cut into rectangular blocks of about
+#: this size, so that one large montage spreads over workers and needs no worker to hold it
+BLOCK_PX = 4096
+
+
+def cuts(length: int) -> list[int]:
+    """Block boundaries along one axis: about :data:`BLOCK_PX` apart, on multiples of
+    :data:`CHUNK_PX` (each block owns whole chunks of the output)."""
+    n = -(-length // BLOCK_PX)
+    inner = {round(i * length / n / CHUNK_PX) * CHUNK_PX for i in range(1, n)} - {0, length}
+    return [0, *sorted(inner), length]
+
+
+def plane_windows(height: int, width: int, grid: TileGrid | None) -> list[Window | None]:
+    """The rectangles a plane is cut into (row by row), or ``[None]``: the plane is one block
+    (no ``grid``, or no side above :data:`BLOCK_PX`)."""
+    if grid is None or max(height, width) <= BLOCK_PX:
+        return [None]
+    ys, xs = cuts(height), cuts(width)
+    rects = [(y0, y1, x0, x1) for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])]
+    return [Window(r, grid.span(height, width, r)) for r in rects]
+
+
+def plane_blocks(
+    out_shape: Sequence[int], in_shape: Sequence[int], grid: TileGrid | None = None, source_of: Callable[[Rect], Rect] = lambda r: r
+) -> list[Block]:
+    """The blocks of a 2D variant: one per output plane (one for a 2D image), each reading its
+    input plane (``in_shape``: the input's); with the sampler's tile ``grid``, planes larger
+    than :data:`BLOCK_PX` are cut into rectangles, each reading the input its tiles span
+    (``source_of``: the input rectangle an output rectangle needs; the same by default)."""
+    h, w = int(out_shape[-2]), int(out_shape[-1])
+    whole = (0, int(in_shape[-2]), 0, int(in_shape[-1]))
+    planes = [()] if len(out_shape) == 2 else [(slice(z, z + 1),) for z in range(int(out_shape[0]))]
+    blocks: list[Block] = []
+    for z in planes:
+        for window in plane_windows(h, w, grid):
+            region = window.region if window else (0, h, 0, w)
+            source = source_of(window.span) if window else whole
+            blocks.append(Block(len(blocks), (*z, *_slices(region)), ((h, w),), (*z, *_slices(source)), window))
+    return blocks
+
+
+def _slices(rect: Rect) -> tuple[slice, slice]:
+    return slice(rect[0], rect[1]), slice(rect[2], rect[3])
+
+
+def plane_of(block: Block) -> int:
+    """The plane (z) a block of a 2D variant lies in: the key of its sampler noise."""
+    return int(block.region[0].start) if len(block.region) == 3 else 0
 
 
 @dataclass(frozen=True)
@@ -189,11 +249,16 @@ class BlockJob:
     std: np.ndarray
     samples: np.ndarray | None
 
-    def run(self, read: Base, height: int, width: int, start: int = 0, base: Base | None = None, plane_key: int = 0) -> None:
+    def run(
+        self, read: Base, height: int, width: int, start: int = 0, base: Base | None = None, plane_key: int = 0, window: Window | None = None
+    ) -> None:
         """Sample one plane (``read(y0, y1) -> (C, rows, W)``, normalised) into the ``C`` planes
         from ``start`` of the block's arrays, adding a residual model's ``base`` to the estimate
-        and the samples."""
+        and the samples. With a ``window`` only its region is sampled, into arrays of its size;
+        ``read`` and ``base`` then give the rows of the span's columns only."""
         n = self.normaliser
+        if window is not None and base is not None:
+            base = window.crop(base)
         self.sample_plane(
             read,
             height,
@@ -202,6 +267,7 @@ class BlockJob:
             PlaneWriter(self.std, start, n.scale_std),
             PlaneWriter(self.samples, start, n.inverse, samples=True, base=base) if self.samples is not None else None,
             plane_key=plane_key,
+            region=window.region if window is not None else None,
         )
 
 
@@ -291,10 +357,10 @@ class Variant(ABC):
         """Pairs for ``split`` from the user's arrays (numpy or dask)."""
 
     @abstractmethod
-    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0, grid: TileGrid | None = None) -> list[Block]:
         """The independent blocks that together cover the output of an input of ``shape``, in
         the order the output fills (``samples``: how many samples are kept, which sizes blocks
-        that buffer in memory)."""
+        that buffer in memory; ``grid``: the sampler's tiles, by which a large plane is cut)."""
 
     @abstractmethod
     def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: "BlockJob") -> None:

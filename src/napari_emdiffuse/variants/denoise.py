@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE, poisson_gaussian, to_unit
 from ..data.normalise import check_image, fit_normaliser, match_intensity
+from ..engine.grid import TileGrid
 from ..errors import InputError
-from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Split, Variant, augment, plane_blocks
+from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Roi, Split, Variant, augment, plane_blocks, plane_of
 
 
 class DenoiseOptions(BaseModel):
@@ -134,14 +135,15 @@ class Denoise(Variant):
         src.summary.update(input_normaliser=nc.to_dict(), target_to_input=[a, b])
         return ResidualPairs(src, lambda c: c) if options.residual else src  # the condition is the noisy input
 
-    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
-        return plane_blocks(shape, shape)
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0, grid: TileGrid | None = None) -> list[Block]:
+        return plane_blocks(shape, shape, grid)
 
     def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: BlockJob) -> None:
-        z = block.index
         plane = as_stack(source)[0]
+        top = block.source[-2].start  # the plane row of the source's first; its columns are the tiles' span
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return job.normaliser.forward(np.asarray(plane[y0:y1]))[None]
+            return job.normaliser.forward(np.asarray(plane[y0 - top : y1 - top]))[None]
 
-        job.run(read, *plane.shape, base=read if options.residual else None, plane_key=z)
+        base = read if options.residual else None
+        job.run(read, *block.planes[0], base=base, plane_key=plane_of(block), window=block.window)

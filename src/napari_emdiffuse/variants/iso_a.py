@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data.normalise import Normaliser, fit_normaliser
+from ..engine.grid import TileGrid
 from ..errors import InputError
 from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant
 from .denoise import fit_patch
@@ -231,7 +232,7 @@ class IsoA(Variant):
         pairs.summary["normaliser"] = norm.to_dict()
         return ResidualPairs(pairs, lambda c: c[:, :1])  # channel 0 is the linear interpolation
 
-    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0, grid: TileGrid | None = None) -> list[Block]:
         """With ``emdiffuse_original`` one block per gap; otherwise blocks of rows (y), each all
         its xz planes at once, as many rows as fit :data:`BUFFER_BYTES`."""
         if options.emdiffuse_original:

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.normalise import Normaliser, fit_normaliser
+from ..engine.grid import TileGrid
 from ..errors import InputError
 from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant, augment
 from .denoise import fit_patch
@@ -141,7 +142,7 @@ class IsoI(Variant):
         pairs.summary["normaliser"] = norm.to_dict()
         return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 
-    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0, grid: TileGrid | None = None) -> list[Block]:
         if options.emdiffuse_original:
             return gap_blocks(shape, options.factor)
         return gap_blocks(shape, options.factor, context_slices)

@@ -22,14 +22,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.degrade import poisson_gaussian, psf_bin, to_unit
 from ..data.normalise import check_image, fit_normaliser, match_intensity
+from ..engine.grid import Rect, TileGrid
 from ..errors import InputError
-from .base import Block, BlockJob, Geometry, PairSource, ResidualPairs, Split, Variant, plane_blocks
+from .base import Block, BlockJob, Geometry, PairSource, ResidualPairs, Split, Variant, plane_blocks, plane_of
 from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
 from .factor import WholeFactor
 
 #: low-resolution rows read beyond a band, so a band upsamples exactly as the whole image does
 #: (the cubic kernel reaches two source pixels either side)
 BAND_MARGIN = 3
+#: a window's low-resolution columns are read from a multiple of this: OpenCV's resize then
+#: computes a row's last pixels as for the whole row (otherwise they can differ by 1 ulp)
+COLUMN_ALIGN = 64
 #: input pixels per side averaged before fitting the target's gain and offset to the input
 #: (a real coarse scan's PSF may differ from the simulated one)
 MATCH_SMOOTH = 2
@@ -51,8 +55,9 @@ def upsample(image: np.ndarray, factor: int, interpolation: int = cv2.INTER_CUBI
     ``factor``, pixel centres aligned.
 
     This is the network's condition and the benchmark's baseline. Pixel ``i`` of the output
-    samples the input at ``(i + 0.5) / factor - 0.5``, so a band of rows read with
-    :data:`BAND_MARGIN` extra rows gives exactly the rows of the whole image's upsampling.
+    samples the input at ``(i + 0.5) / factor - 0.5``, so a window read with
+    :data:`BAND_MARGIN` extra pixels (:func:`coarse_window`) gives exactly the pixels of the
+    whole image's upsampling.
     """
     a = np.asarray(image, np.float32)
     h, w = a.shape[-2:]
@@ -68,15 +73,32 @@ def upsample_bilinear(image: np.ndarray, factor: int) -> np.ndarray:
     return upsample(image, factor, cv2.INTER_LINEAR)
 
 
-def upsampled_rows(
-    plane: Any, factor: int, y0: int, y1: int, transform: Callable[[np.ndarray], np.ndarray], resize: Callable = upsample
+def coarse_window(rect: Rect, factor: int, size: tuple[int, int]) -> Rect:
+    """The low-resolution pixels (of a plane of ``size``) from which the output rectangle
+    ``rect`` upsamples exactly as in the whole plane's upsampling."""
+    y0, y1, x0, x1 = rect
+    h, w = size
+    left = max(0, x0 // factor - BAND_MARGIN) // COLUMN_ALIGN * COLUMN_ALIGN
+    return max(0, y0 // factor - BAND_MARGIN), min(h, -(-y1 // factor) + BAND_MARGIN), left, min(w, -(-x1 // factor) + BAND_MARGIN)
+
+
+def upsampled_window(
+    part: Any,
+    factor: int,
+    rect: Rect,
+    transform: Callable[[np.ndarray], np.ndarray],
+    resize: Callable = upsample,
+    origin: tuple[int, int] = (0, 0),
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Rows ``[y0, y1)`` of ``resize(transform(plane))``, reading only the low-resolution rows they need."""
-    h = plane.shape[0]
-    a = max(0, y0 // factor - BAND_MARGIN)
-    b = min(h, -(-y1 // factor) + BAND_MARGIN)
-    band = resize(transform(np.asarray(plane[a:b])), factor)
-    return band[y0 - a * factor : y1 - a * factor]
+    """The output rectangle ``rect`` of ``resize(transform(plane))``, reading only the
+    low-resolution pixels it needs from ``part``: the plane (of ``size``; by default ``part``
+    is all of it) from pixel ``origin`` on."""
+    a, b, c, d = coarse_window(rect, factor, size or part.shape)
+    oy, ox = origin
+    up = resize(transform(np.asarray(part[a - oy : b - oy, c - ox : d - ox])), factor)
+    y0, y1, x0, x1 = rect
+    return up[y0 - a * factor : y1 - a * factor, x0 - c * factor : x1 - c * factor]
 
 
 def sr_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], factor: int) -> int:
@@ -168,18 +190,21 @@ class SuperRes(Variant):
             return pairs
         return ResidualPairs(pairs, lambda c: c)  # the condition is the bicubic baseline
 
-    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0) -> list[Block]:
+    def blocks(self, shape: Sequence[int], options: BaseModel, samples: int = 0, grid: TileGrid | None = None) -> list[Block]:
         f = options.factor
-        return plane_blocks((*shape[:-2], shape[-2] * f, shape[-1] * f), shape)
+        size = (int(shape[-2]), int(shape[-1]))
+        return plane_blocks((*shape[:-2], shape[-2] * f, shape[-1] * f), shape, grid, lambda span: coarse_window(span, f, size))
 
     def predict_block(self, source: np.ndarray, block: Block, options: BaseModel, job: BlockJob) -> None:
-        f, z = options.factor, block.index
+        f = options.factor
         plane = as_stack(source)[0]
-        h, w = plane.shape
+        h, w = block.planes[0]
+        origin = (block.source[-2].start, block.source[-1].start)
+        cols = block.window.span[2:] if block.window is not None else (0, w)  # the columns the tiler reads
         resize = upsample_bilinear if options.emdiffuse_original else upsample
 
         def read(y0: int, y1: int) -> np.ndarray:
-            return upsampled_rows(plane, f, y0, y1, job.normaliser.forward, resize)[None]
+            return upsampled_window(plane, f, (y0, y1, *cols), job.normaliser.forward, resize, origin, (h // f, w // f))[None]
 
         base = None if options.emdiffuse_original else read  # a residual model adds its condition back
-        job.run(read, h * f, w * f, base=base, plane_key=z)
+        job.run(read, h, w, base=base, plane_key=plane_of(block), window=block.window)
