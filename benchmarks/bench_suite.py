@@ -189,6 +189,8 @@ def uncertainty_worth(u: np.ndarray, estimate: np.ndarray, truth: np.ndarray, ca
             q = uncertainty.scale(calibration, a)
             out[f"coverage_{a:g}"] = uncertainty.coverage(err, u, q)
             out[f"width_{a:g}"] = float(np.mean(2 * q * u))
+        if calibration.get("data"):
+            out["calibrated_on"] = calibration["data"]
     return out
 
 
@@ -361,6 +363,34 @@ def matches(folder: Path, preset, steps: int) -> bool:
     return info["steps"] == steps and canonical(stored) == canonical(preset)
 
 
+def weights_digest(model) -> str:
+    """A hash of the network's weights alone (a recalibrated model keeps it; a retrained one does not)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.network.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def kept_rows(earlier: dict | None, result: dict) -> list[dict]:
+    """Rows an earlier run measured and this one did not (the regression UNet under ``--no-care``,
+    step counts left out of ``--steps``), kept with the date of their run when they describe the
+    same network: the same weights (or, for results stored before the weights were recorded, the
+    same model, parameter count and training steps). The regression UNet depends only on the
+    preset and the step budget, which the training steps stand for."""
+    if not earlier or not earlier.get("rows"):
+        return []
+    old, new = earlier["info"], result["info"]
+    same = all(old.get(k) == new.get(k) for k in ("model", "params", "training_steps"))
+    if "weights" in old and old["weights"] != new["weights"]:
+        same = False
+    measured = {r["method"] for r in result["rows"]}
+    date = (earlier.get("settings") or {}).get("date", "an earlier run")
+    return [{**r, "measured": r.get("measured", date)} for r in earlier["rows"] if same and r["method"] not in measured]
+
+
 def run_task(task: Task, work: Path, care: bool, step_counts: tuple[int, ...] = STEPS) -> tuple[dict, dict]:
     """All rows of one task; also the images for its figure."""
     import torch
@@ -432,6 +462,7 @@ def run_task(task: Task, work: Path, care: bool, step_counts: tuple[int, ...] = 
     info = {"title": task.title, "model": task.model, "training_steps": steps, "params": params, "input": task.input_name}
     info["training_minutes"] = round(float(model.info.training.get("seconds", 0)) / 60, 1)
     info["sample_steps"] = SCORED_STEPS
+    info["weights"] = weights_digest(model)
     return {"info": info, "rows": rows, "uncertainty": uncertainty}, images
 
 
@@ -508,7 +539,7 @@ def verdicts(result: dict) -> list[str]:
     if "coverage_0.1" in u:
         ok = 0.88 <= u["coverage_0.1"] <= 0.92
         out.append(
-            f"- Calibrated intervals (fitted on the model's held-out training patches): 90 % intervals cover "
+            f"- Calibrated intervals (fitted on {u.get('calibrated_on') or 'the model' + chr(39) + 's held-out training patches'}): 90 % intervals cover "
             f"{100 * u['coverage_0.1']:.1f} % of the held-back pixels (target 88-92 %: **{'met' if ok else 'missed'}**), "
             f"mean width {u['width_0.1']:.3f}; 80 % intervals cover {100 * u['coverage_0.2']:.1f} %, mean width {u['width_0.2']:.3f} (intensities on [0, 1])."
         )
@@ -652,8 +683,9 @@ def write_markdown(path: Path, results: dict) -> None:
             return f"{row[key]:.3f}" if key in row else "–"
 
         for row in r["rows"]:
+            method = f"{row['method']} (run of {row['measured']})" if "measured" in row else row["method"]
             lines.append(
-                f"| {row['method']} | {row['psnr']:.2f} | {row['ssim']:.3f} | {cell(row, 'ms_ssim')} | {cell(row, 'fsim')} | "
+                f"| {method} | {row['psnr']:.2f} | {row['ssim']:.3f} | {cell(row, 'ms_ssim')} | {cell(row, 'fsim')} | "
                 f"{cell(row, 'gmsd')} | {row['frc']:.3f} | {row['s_per_mp']:.1f} |"
             )
         lines += ["", *verdicts({"key": key, **r}), ""]
@@ -694,7 +726,7 @@ def summary_lines(results: dict, earlier: dict[str, str] | None = None) -> list[
             f"{best['psnr']:.2f} dB",
             f"{base['method']} {base['psnr']:.2f} dB",
             f"{classical['method']} {classical['psnr']:.2f} dB" if classical else "–",
-            f"{care['psnr']:.2f} dB" if care else "not run",
+            (f"{care['psnr']:.2f} dB" + (f" (run of {care['measured']})" if "measured" in care else "")) if care else "not run",
             f"{100 * u['coverage_0.1']:.1f} %" if "coverage_0.1" in u else "no calibration",
             f"{u['auroc_patches']:.2f}" if "auroc_patches" in u else "–",
         ]
@@ -762,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     images_dir = Path(args.out).parent / "images"
     for task in make_tasks(set(args.only.split(","))):
         result, images = run_task(task, work, care=not args.no_care, step_counts=tuple(int(n) for n in args.steps.split(",")))
+        result["rows"] += kept_rows(results.get(task.key), result)
         name = f"bench-{task.key}.png"
         labels = {
             "input": task.input_name,

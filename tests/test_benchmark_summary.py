@@ -59,3 +59,15 @@ def test_a_model_the_run_did_not_measure_keeps_its_earlier_row(tmp_path):
     lines = page.read_text().splitlines()
     assert kept in lines and any(line.startswith("| `emdiffuse-n`") for line in lines)
     assert lines.index(kept) > next(i for i, line in enumerate(lines) if line.startswith("| `emdiffuse-n`"))  # in task order
+
+
+def test_a_partial_rerun_keeps_the_rows_it_did_not_measure_dated_for_the_same_network():
+    earlier = _results()["denoise"]
+    earlier["info"] = {**earlier["info"], "params": 1000, "weights": "abc"}
+    new = {"info": {**earlier["info"]}, "rows": earlier["rows"][:3], "uncertainty": {}, "settings": {"date": "2026-12-06"}}
+    kept = bench_suite.kept_rows(earlier, new)
+    assert [r["method"] for r in kept] == ["regression UNet, L1 (CARE), 1500 steps"] and kept[0]["measured"] == "2026-12-02"
+    assert "(run of 2026-12-02)" in "\n".join(bench_suite.summary_lines({"denoise": {**new, "rows": new["rows"] + kept}}))
+    retrained = {**new, "info": {**new["info"], "weights": "def"}}
+    assert bench_suite.kept_rows(earlier, retrained) == []  # other weights: nothing is carried over
+    assert bench_suite.kept_rows(None, new) == []
