@@ -7,6 +7,7 @@ model card (MODEL_CARD.md) with the training data, degradation, settings and dat
 
     python benchmarks/make_default_models.py emdiffuse-n                  # train by the recipe (resumes a stopped run), then bundle
     python benchmarks/make_default_models.py emdiffuse-r --run runs/default_emdiffuse-r   # bundle a finished run
+    python benchmarks/make_default_models.py emdiffuse-r --card-only      # after bench_suite.py: the card's figures only
 
 The training data are exactly what ``bench_suite.py`` trains its regression baseline on
 (``bench_suite.training_arrays``): EMDiffuse-n on ISBI 2012 ssTEM slices 0-23 with Poisson noise
@@ -14,7 +15,7 @@ at 20 counts and read noise 0.03 (slices 24-29 held out); EMDiffuse-r 2x and vEM
 k = 4 on the EPFL FIB-SEM (held-out slices in each card). A run is stopped by its iteration count
 (the cosine learning-rate decay ends there) or its time cap, whichever comes first, and resumes
 exactly from its checkpoint. The cards quote the scores of ``bench_suite.py`` (``--results``):
-run it, then bundle again to refresh them.
+run it, then ``--card-only`` refreshes them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ EPFL = (
     "training volume, from `../shared/data/epfl_fibsem_train_crop.tif`"
 )
 
+#: the card's paragraph of figures, and the words before those of bench_suite.py (which --card-only replaces)
+MEASURED = "**Measured.**"
+HELD_BACK = "On held-back data (`docs/benchmarks.md`, `benchmarks/bench_suite.py`)"
+
 CARD = """# {name}: {title}
 
 **What it does.** {what}
@@ -59,7 +64,7 @@ CARD = """# {name}: {title}
 ({seconds} s on {device}), batch {batch}, {patch} px patches, AdamW lr {lr}, EMA {ema}.
 Sampling defaults: {sampler}, {sample_steps} steps, {samples} samples.
 
-**Measured.** {validation} On held-back data (`docs/benchmarks.md`, `benchmarks/bench_suite.py`): {measured}
+**Measured.** {validation} {held_back}: {measured}
 
 **Recipe.** `{recipe}` (CPU, 1 thread; preset `{preset}`, at most {iterations} steps or {minutes} minutes,
 run folder `{run}`); a GPU trains the same number of steps far faster.
@@ -203,6 +208,7 @@ def bundle(name: str, run: Path, results: Path) -> Path:
         sample_steps=sa.steps,
         samples=sa.samples,
         validation=validation(model.info.metrics),
+        held_back=HELD_BACK,
         measured=measured(recipe["bench"], results),
         recipe=f"python benchmarks/make_default_models.py {name}",
         run=recipe["run"],
@@ -218,6 +224,22 @@ def bundle(name: str, run: Path, results: Path) -> Path:
     size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
     print(f"bundled {run} as {dest} ({size:.1f} MB)")
     return dest
+
+
+def refresh_card(name: str, results: Path) -> None:
+    """Rewrite the bundled model's "Measured" paragraph from its own metrics and ``results`` (after a
+    ``bench_suite.py`` run), keeping its weights and everything else as they are."""
+    from dataclasses import replace
+
+    from napari_emdiffuse.model_file import WEIGHTS, load_tensors
+
+    dest = DEST / name
+    model = Model.load(dest)
+    held_back = f" {HELD_BACK}: {measured(RECIPES[name]['bench'], results)}"
+    parts = model.info.card.strip().split("\n\n")  # the training's own validation, before HELD_BACK, stays
+    card = "\n\n".join(p.split(f" {HELD_BACK}")[0] + held_back if p.startswith(MEASURED) else p for p in parts)
+    Model(model.preset, replace(model.info, card=card), model.network).save_new(dest, overwrite=True, state=load_tensors(dest / WEIGHTS))
+    print(f"{name}: card refreshed from {results}")
 
 
 def train_default(name: str, run: Path, finish: bool = False) -> None:
@@ -250,7 +272,11 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="bundle this finished run (a model folder) instead of training")
     ap.add_argument("--finish", action="store_true", help="end a stopped run where it is: final validation and calibration, then bundle")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "bench_suite.json", help="bench_suite.py results for the card")
+    ap.add_argument("--card-only", action="store_true", help="only rewrite the bundled model's Measured paragraph from --results")
     args = ap.parse_args()
+    if args.card_only:
+        refresh_card(args.name, args.results)
+        return
     recipe = RECIPES[args.name]
     run = args.run
     if run is None or args.finish:
