@@ -31,11 +31,8 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def make_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    return [
-        Tile(y, x, min(tile, height - y), min(tile, width - x))
-        for y in tile_starts(height, tile, overlap)
-        for x in tile_starts(width, tile, overlap)
-    ]
+    """All tiles of a plane, row by row."""
+    return TileGrid(tile, overlap).tiles(height, width)
 
 
 @dataclass(frozen=True)
