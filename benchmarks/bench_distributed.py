@@ -44,15 +44,22 @@ t = time.perf_counter(); run_predict(model, image, sample=cfg, device="cpu"); pr
 """
 
 
-def make_inputs(folder: Path, slices: int) -> tuple[Path, Path, Path]:
-    import torch
+#: saves the benchmark's tiny untrained model with the ``src`` on PYTHONPATH: made by the older code
+#: of a before/after comparison, it is a file both can read (newer code reads older model files)
+MAKER = """
+import sys, torch
+from napari_emdiffuse.config import load_preset
+from napari_emdiffuse.model_file import Model, ModelInfo, build_network
+preset = load_preset("tiny", {"sample": {"steps": 2, "samples": 2, "tile_size": 48, "overlap": 8, "tile_batch": 4}})
+torch.manual_seed(0)
+Model(preset, ModelInfo(out_channels=1, cond_channels=1), network=build_network(preset.network, 1, 1)).save(sys.argv[1])
+"""
 
-    from napari_emdiffuse.config import load_preset
-    from napari_emdiffuse.model_file import Model, ModelInfo, build_network
 
-    preset = load_preset("tiny", {"sample": {"steps": 2, "samples": 2, "tile_size": 48, "overlap": 8, "tile_batch": 4}})
-    torch.manual_seed(0)
-    Model(preset, ModelInfo(out_channels=1, cond_channels=1), network=build_network(preset.network, 1, 1)).save(folder / "model")
+def make_inputs(folder: Path, slices: int, src: Path) -> tuple[Path, Path, Path]:
+    """The model (saved by the code in ``src``) and a small and an 8 times larger stack."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    subprocess.run([sys.executable, "-c", MAKER, str(folder / "model")], env=env, check=True, capture_output=True)
     stack = tifffile.imread(ISBI)[:, :96, :96]
     small = np.concatenate([stack] * (-(-slices // len(stack))))[:slices]
     large = np.concatenate([stack] * (-(-8 * slices // len(stack))))[: 8 * slices]
@@ -102,19 +109,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--before", default=BEFORE, help="the commit whose in-process predict is the reference ('none': skip; "
-                    "code that cannot read today's model files cannot be timed on them)")
+    ap.add_argument("--before", default=BEFORE, help="the commit whose in-process predict is the reference ('none': skip); "
+                    "its code makes the model, which today's code reads as an older model file")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
         tmp = Path(tmp)
-        model, small, large = make_inputs(tmp, args.slices)
         before, after = [], []
         if args.before == "none":
+            model, small, large = make_inputs(tmp, args.slices, REPO / "src")
             after = [time_code(REPO / "src", model, small) for _ in range(args.reps)]
         else:
             old = tmp / "before"
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.before], check=True, capture_output=True)
             try:
+                model, small, large = make_inputs(tmp, args.slices, old / "src")
                 for _ in range(args.reps):  # interleaved, so a change in the machine's load hits both
                     before.append(time_code(old / "src", model, small))
                     after.append(time_code(REPO / "src", model, small))
