@@ -136,7 +136,7 @@ def report(rows: list[dict], pred: list[dict], dev: torch.device, args: argparse
             f"| {p['preset']} | {p['size']}², {p['tile']} | {p['steps']} x {p['samples']} | {p['wall']:.1f} | "
             + " | ".join(f"{v:.2f} ({100 * v / p['wall']:.0f} %)" for v in p["stages"].values()) + " |"
         )
-    lines += ["", f"Command: `python benchmarks/profile_forward.py" + (" --quick" if args.quick else "") + f" --predict {' '.join(map(str, args.predict))}`"]
+    lines += ["", "Command: `python benchmarks/profile_forward.py" + (" --quick" if args.quick else "") + f" --predict {' '.join(map(str, args.predict))}`"]
     return "\n".join(lines)
 
 

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from .errors import InputError
 

@@ -4,7 +4,7 @@ all that bit-identity and bookkeeping need) and a store's results as numpy."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ import tifffile
 import torch
 
 from napari_emdiffuse.config import SampleConfig, load_preset
+from napari_emdiffuse.jobs import blocks as blocks_module
 from napari_emdiffuse.model_file import Model, ModelInfo, build_network
 from napari_emdiffuse.variants import base, get_variant
 
@@ -80,3 +81,36 @@ def small_blocks(monkeypatch) -> None:
 def plane(isbi_path) -> np.ndarray:
     """One ssTEM slice of 97 x 111 px (odd sizes, 4 x 5 tiles of 32 px): several plane blocks with :func:`small_blocks`."""
     return tifffile.imread(isbi_path, key=0)[60:157, 40:151]
+
+
+class Recording:
+    """A lazy input that records every index it is read with."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
+        self.keys: list[Any] = []
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        self.keys.append(key)
+        return self.a[key]
+
+
+@pytest.fixture
+def recorded() -> Callable[[np.ndarray], Recording]:
+    """Wraps an array as a lazy input that records the indices it is read with."""
+    return Recording
+
+
+@pytest.fixture
+def ran_blocks(monkeypatch) -> list[int]:
+    """The indices of the blocks ``BlockRunner.run`` computes during the test, in order."""
+    ran: list[int] = []
+    original = blocks_module.BlockRunner.run
+
+    def counting(self, image, block, *args, **kwargs):
+        out = original(self, image, block, *args, **kwargs)
+        ran.append(block.index)
+        return out
+
+    monkeypatch.setattr(blocks_module.BlockRunner, "run", counting)
+    return ran

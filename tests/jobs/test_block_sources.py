@@ -4,7 +4,6 @@ same as from the whole input in memory."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,18 +11,6 @@ import pytest
 from napari_emdiffuse.data.normalise import fit_normaliser
 from napari_emdiffuse.jobs.predict import run_predict
 from napari_emdiffuse.variants import get_variant, iso_a
-
-
-class Recording:
-    """A lazy input that records every index it is read with."""
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
-        self.keys: list[Any] = []
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        self.keys.append(key)
-        return self.a[key]
 
 
 @pytest.mark.parametrize(
@@ -37,12 +24,12 @@ class Recording:
         ("vemdiffuse-a-tiny", {"factor": 2}, np.s_[:], None),
     ],
 )
-def test_each_block_reads_only_its_declared_source_and_results_are_unchanged(small_stack, monkeypatch, preset, options, crop, context, random_model, fast):
+def test_each_block_reads_only_its_declared_source_and_results_are_unchanged(small_stack, monkeypatch, preset, options, crop, context, random_model, fast, recorded):
     monkeypatch.setattr(iso_a, "BUFFER_BYTES", 30_000)  # several row blocks for vEMDiffuse-a
     model = random_model(preset, options)
     image = np.ascontiguousarray(small_stack[crop])
     norm = fit_normaliser(image)
-    lazy = Recording(image)
+    lazy = recorded(image)
     res = run_predict(model, lazy, sample=fast, normaliser=norm, keep_samples=True)
     ref = run_predict(model, image, sample=fast, normaliser=norm, keep_samples=True)
     v = get_variant(model.variant)

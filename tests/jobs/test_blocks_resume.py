@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ import tifffile
 import zarr
 
 from napari_emdiffuse.errors import InputError
-from napari_emdiffuse.jobs import blocks as blocks_module
 from napari_emdiffuse.jobs.events import new_cancel_token
 from napari_emdiffuse.jobs.predict import predict, run_predict
 
@@ -56,25 +54,12 @@ def test_an_independent_reader_opens_the_store(small_stack, tmp_path, random_mod
     assert axes == ["z", "y", "x"]
 
 
-def _count_blocks(monkeypatch) -> list[int]:
-    ran: list[int] = []
-    original = blocks_module.BlockRunner.run
-
-    def counting(self, image, block, *args, **kwargs):
-        out = original(self, image, block, *args, **kwargs)
-        ran.append(block.index)
-        return out
-
-    monkeypatch.setattr(blocks_module.BlockRunner, "run", counting)
-    return ran
-
-
 @pytest.mark.parametrize("preset, options, keep", [("tiny", {}, True), ("vemdiffuse-i-tiny", {"factor": 2}, False)])
-def test_cancel_then_resume_computes_only_missing_blocks_and_ends_bit_identical(small_stack, tmp_path, monkeypatch, preset, options, keep, random_model, fast, store_results):
+def test_cancel_then_resume_computes_only_missing_blocks_and_ends_bit_identical(small_stack, tmp_path, monkeypatch, preset, options, keep, random_model, fast, store_results, ran_blocks):
     model = random_model(preset, options)
     whole = run_predict(model, small_stack, sample=fast, output=tmp_path / "whole.zarr", keep_samples=keep)
     assert whole.complete
-    ran = _count_blocks(monkeypatch)
+    ran = ran_blocks
     token = new_cancel_token()
     events = predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", keep_samples=keep, cancel=token)
     for ev in events:

@@ -4,7 +4,6 @@ block's; the uncertainty is pooled in strips of rows, as over the whole plane.""
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,26 +21,14 @@ from napari_emdiffuse.variants import base, get_variant
 CASES = [("tiny", {}, np.s_[:, :]), ("emdiffuse-r-tiny", {"factor": 2}, np.s_[:45, :53]), ("tiny", {}, "stack")]
 
 
-class Recording:
-    """A lazy input that records every index it is read with."""
-
-    def __init__(self, a: np.ndarray) -> None:
-        self.a, self.shape, self.dtype, self.ndim = a, a.shape, a.dtype, a.ndim
-        self.keys: list[Any] = []
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        self.keys.append(key)
-        return self.a[key]
-
-
 @pytest.mark.parametrize("preset, options, crop", CASES)
-def test_a_plane_cut_into_blocks_equals_one_block_bit_for_bit(plane, small_stack, request, tmp_path, lively, fast, store_results, preset, options, crop):
+def test_a_plane_cut_into_blocks_equals_one_block_bit_for_bit(plane, small_stack, request, tmp_path, lively, fast, store_results, preset, options, crop, recorded):
     model = lively(preset, options)
     image = np.ascontiguousarray(small_stack[:2] if crop == "stack" else plane[crop])
     norm = fit_normaliser(image)
     one = run_predict(model, image, sample=fast, normaliser=norm, keep_samples=True, output=tmp_path / "one.zarr")
     request.getfixturevalue("small_blocks")  # from here on, planes are cut
-    lazy = Recording(image)
+    lazy = recorded(image)
     cut = run_predict(model, lazy, sample=fast, normaliser=norm, keep_samples=True, output=tmp_path / "cut.zarr")
     assert one.complete and cut.complete
     blocks = get_variant(model.variant).blocks(image.shape, model.options, fast.samples, TileGrid(32, 8))
@@ -74,23 +61,10 @@ def test_blocks_own_whole_chunks_of_at_most_chunk_px(small_blocks, monkeypatch):
     assert base.cuts(9000) == [0, 3072, 6144, 9000] and base.cuts(4100) == [0, 2048, 4100]
 
 
-def _count_blocks(monkeypatch) -> list[int]:
-    ran: list[int] = []
-    original = blocks_module.BlockRunner.run
-
-    def counting(self, image, block, *args, **kwargs):
-        out = original(self, image, block, *args, **kwargs)
-        ran.append(block.index)
-        return out
-
-    monkeypatch.setattr(blocks_module.BlockRunner, "run", counting)
-    return ran
-
-
-def test_resume_of_a_cut_plane_computes_only_the_missing_blocks(plane, small_blocks, monkeypatch, tmp_path, lively, fast, store_results):
+def test_resume_of_a_cut_plane_computes_only_the_missing_blocks(plane, small_blocks, monkeypatch, tmp_path, lively, fast, store_results, ran_blocks):
     model = lively("tiny")
     whole = run_predict(model, plane, sample=fast, output=tmp_path / "whole.zarr")
-    ran = _count_blocks(monkeypatch)
+    ran = ran_blocks
     token = new_cancel_token()
     for ev in predict(model, plane, sample=fast, output=tmp_path / "o.zarr", cancel=token):
         if ev.kind.value == "progress" and len(ran) == 3:
