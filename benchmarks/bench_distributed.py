@@ -49,8 +49,9 @@ def make_inputs(folder: Path, slices: int) -> tuple[Path, Path, Path]:
 
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.model_file import Model, ModelInfo, build_network
+    from napari_emdiffuse.variants import complete
 
-    preset = load_preset("tiny", {"sample": {"steps": 2, "samples": 2, "tile_size": 48, "overlap": 8, "tile_batch": 4}})
+    preset = complete(load_preset("tiny", {"sample": {"steps": 2, "samples": 2, "tile_size": 48, "overlap": 8, "tile_batch": 4}}))
     torch.manual_seed(0)
     Model(preset, ModelInfo(out_channels=1, cond_channels=1), network=build_network(preset.network, 1, 1)).save(folder / "model")
     stack = tifffile.imread(ISBI)[:, :96, :96]

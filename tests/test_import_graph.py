@@ -24,9 +24,7 @@ LAYERS = {
 }
 LAYER_NAMES = {3: "interfaces", 2: "jobs", 1: "variants", 0: "engine/data/config/errors"}
 
-KNOWN_UPWARD = {
-    ("model_file", "variants"),  # Model writes out every variant option
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CIRCLES = {
     # the readers dispatch to each other (issue 16; data/ belongs to the readers' developer this session)
     frozenset({"data.io", "data.containers", "data.volume_files", "data.safe_output"}),

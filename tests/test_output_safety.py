@@ -38,9 +38,9 @@ def model_dir(tmp_path_factory) -> Path:
     """An untrained tiny denoiser: these tests are about files, not about quality."""
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.model_file import Model, ModelInfo
-    from napari_emdiffuse.variants import get_variant
+    from napari_emdiffuse.variants import complete, get_variant
 
-    preset = load_preset("tiny")
+    preset = complete(load_preset("tiny"))
     variant = get_variant(preset.variant)
     out_c, cond_c = variant.channels(variant.options(preset.variant_options))
     folder = tmp_path_factory.mktemp("untrained")

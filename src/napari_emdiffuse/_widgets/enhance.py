@@ -421,7 +421,7 @@ class EnhanceWidget(DockWidget):
     def plan(self) -> _Plan:
         """Check every choice and build the run; raises a user error with what to change."""
         from ..model_file import Model
-        from ..variants import get_variant
+        from ..variants import get_variant, model_options
 
         if self.from_file():  # the input first: what to enhance before how
             file = self.input_path.path()
@@ -440,8 +440,7 @@ class EnhanceWidget(DockWidget):
         if entry is None:
             raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
         model = Model.load(entry.path)
-        variant = get_variant(model.variant)
-        options = variant.options(model.preset.variant_options)
+        variant, options = get_variant(model.variant), model_options(model)
         sample = model.preset.with_overrides(
             {
                 "sample": {

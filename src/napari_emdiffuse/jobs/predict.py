@@ -26,7 +26,7 @@ from ..data.safe_output import SOFTWARE
 from ..engine.device import select_device
 from ..errors import Cancelled, InputError
 from ..model_file import Model
-from ..variants import get_variant
+from ..variants import get_variant, model_options
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
 from .predict_output import PredictionOutput, describe_region, finish_in_memory, in_memory
@@ -85,7 +85,7 @@ def predict(
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
-    variant, options = get_variant(model.variant), model.options
+    variant, options = get_variant(model.variant), model_options(model)
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
@@ -118,7 +118,7 @@ def predict(
         dev = select_device(device)
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
-        runner = BlockRunner(model, cfg, normaliser, dev, estimate, keep_samples, compile)
+        runner = BlockRunner(model, options, cfg, normaliser, dev, estimate, keep_samples, compile)
         blocks = runner.blocks(image.shape)
         shape = geometry.shape
 
