@@ -24,7 +24,8 @@ import zarr
 
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.data import safe_output
-from napari_emdiffuse.data.io import read_image, refuse_overwrite, write_tiff
+from napari_emdiffuse.data.io import read_image, write_tiff
+from napari_emdiffuse.data.safe_output import refuse_overwrite
 from napari_emdiffuse.errors import InputError
 from napari_emdiffuse.jobs.events import Kind, new_cancel_token
 from napari_emdiffuse.jobs.predict import predict, run_predict

@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.io import TIFF_DTYPES
+    from .data.tiff import TIFF_DTYPES
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
     from .jobs.predict_output import OutputNames

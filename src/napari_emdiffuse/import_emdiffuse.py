@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import Preset, parse_preset
-from .data.io import special_file
+from .data.formats import special_file
 from .errors import ConfigError, ModelFileError
 from .model_file import Model, ModelInfo, load_state_strict
 

@@ -665,7 +665,7 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
     (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (voxel size, first
     pixel's position, units), and the files the result must not overwrite."""
     from .._reader import data_translation, geometry_kwargs
-    from ..data.io import split_dataset
+    from ..data.formats import split_dataset
     from ..jobs.inputs import read_logged
 
     image = read_logged(path, "input")
@@ -686,7 +686,7 @@ def default_file_output(path: Path | None) -> Path | None:
     """Where a run from ``path`` writes by default: ``NAME_enhanced.zarr`` beside it."""
     if path is None:
         return None
-    from ..data.io import split_dataset
+    from ..data.formats import split_dataset
 
     file, dataset = split_dataset(path)
     stem = file.name.split(".")[0] or "image"

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..data.io import Image
+from ..data.image import Image
 from ..data.normalise import check_image
 from ..data.prepare import PrepareOptions, Progress, SetVariant, write_clean, write_pairs, write_volume
 from ..errors import InputError
