@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import InputError
+from ..jobs.events import Event, PredictResult
 from . import _common
 from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
 from .options_form import OptionsForm
@@ -533,21 +534,17 @@ class EnhanceWidget(DockWidget):
 
         self.controls.start(job, f"Enhancing {plan.name!r} with {plan.entry.name}…")
 
-    def _on_event(self, event: Any) -> None:
-        if event.kind.value == "message" and event.level == "warning":  # e.g. a model worse than its baseline
-            _common.notify(event.text, "warning")
-        if event.kind.value != "result":
-            return
-        if event.complete:
-            self._add_results(event)
-            return
-        region = event.finished
-        if region is None:
-            self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
-            return
-        self._add_results(event, region)
-        where = f" (also in {self._plan.output})" if self._plan.output else ""
-        self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
+    def _on_event(self, event: Event) -> None:
+        """The result (progress and messages are shown by the job controls)."""
+        match event:
+            case PredictResult(complete=True):
+                self._add_results(event)
+            case PredictResult(finished=None):
+                self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
+            case PredictResult(finished=region):
+                self._add_results(event, region)
+                where = f" (also in {self._plan.output})" if self._plan.output else ""
+                self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
 
 
     def _on_done(self, error: BaseException | None) -> None:

@@ -61,10 +61,11 @@ def calibrate(
     # without its calibration the model's prediction gives the pooled spread itself, which the error model reads
     bare = Model(model.preset, replace(model.info, metrics={k: v for k, v in model.info.metrics.items() if k != "calibration"}), model.network, model.source)
     for ev in predict(bare, image, sample=cfg, voxel=voxel, device=device, cancel=cancel, estimate="best", normaliser=normaliser):
-        if ev.kind is Kind.RESULT:
-            result = ev
-        else:
-            yield ev
+        match ev:
+            case PredictResult():
+                result = ev
+            case _:
+                yield ev
     assert result is not None
     if not result.complete:
         yield Message("calibration cancelled: the model is unchanged", "warning")
