@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["variant_options"] = dict(variant_option(o) for o in args.variant_option)
     init = resolve_model(args.from_model) if args.from_model else None
     if init is not None:
-        model_options(init)
+        model_options(init)  # a broken model folder is refused before any data is read
     if resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
     elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
