@@ -50,7 +50,11 @@ MAKER = """
 import sys, torch
 from napari_emdiffuse.config import load_preset
 from napari_emdiffuse.model_file import Model, ModelInfo, build_network
-preset = load_preset("tiny", {"sample": {"steps": 2, "samples": 2, "tile_size": 48, "overlap": 8, "tile_batch": 4}})
+try:  # today's code writes every variant option out; older code did so itself
+    from napari_emdiffuse.variants import complete
+except ImportError:
+    complete = lambda preset: preset
+preset = complete(load_preset("tiny", {"sample": {"steps": 2, "samples": 2, "tile_size": 48, "overlap": 8, "tile_batch": 4}}))
 torch.manual_seed(0)
 Model(preset, ModelInfo(out_channels=1, cond_channels=1), network=build_network(preset.network, 1, 1)).save(sys.argv[1])
 """

@@ -67,13 +67,13 @@ def study(name: str) -> list[dict]:
     from napari_emdiffuse.jobs.events import Kind
     from napari_emdiffuse.jobs.predict import normaliser_for, run_predict
     from napari_emdiffuse.models import resolve_model
-    from napari_emdiffuse.variants import get_variant
+    from napari_emdiffuse.variants import get_variant, model_options
 
     stack, regions = STUDY[name]
     assert all(off_test(stack, blocks) for blocks in regions.values()), f"{name}: a study region overlaps a test region"
     model = resolve_model(name)
     variant = get_variant(model.variant)
-    pairs = {r: variant.calibration_pair(clean(stack, blocks), model.options, seed=0) for r, blocks in regions.items()}
+    pairs = {r: variant.calibration_pair(clean(stack, blocks), model_options(model), seed=0) for r, blocks in regions.items()}
     scored = list(regions)[-1]
     image, truth = pairs[scored]
     rows = []

@@ -20,9 +20,10 @@ def tiny(tmp_path_factory):
 
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.model_file import Model, ModelInfo
+    from napari_emdiffuse.variants import complete
 
     torch.manual_seed(0)
-    return Model(load_preset("tiny"), ModelInfo(card="# tiny test model\n\nFor the export tests.")).save(tmp_path_factory.mktemp("m") / "tiny")
+    return Model(complete(load_preset("tiny")), ModelInfo(card="# tiny test model\n\nFor the export tests.")).save(tmp_path_factory.mktemp("m") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +84,13 @@ def test_variants_without_a_2d_prediction_are_refused_in_words(tmp_path):
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.errors import InputError
     from napari_emdiffuse.model_file import Model, ModelInfo
-    from napari_emdiffuse.variants import get_variant
+    from napari_emdiffuse.variants import complete, get_variant
 
     for name in ("iso_i", "iso_a"):
         variant = get_variant(name)
         preset = load_preset("tiny").with_overrides({"variant": name})
         out_c, cond_c = variant.channels(variant.options(preset.variant_options))
-        folder = Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / name)
+        folder = Model(complete(preset), ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / name)
         with pytest.raises(InputError, match="EMDiffuse-n and EMDiffuse-r") as err:
             bx.export_bioimageio(folder, tmp_path / f"{name}.zip")
         assert "slab by slab" in str(err.value) and "share the model folder" in str(err.value)

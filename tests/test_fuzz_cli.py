@@ -106,9 +106,10 @@ def model_dir(tmp_path_factory) -> Path:
     """An untrained tiny model: a valid folder to break in every way (no training needed)."""
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.model_file import Model, ModelInfo
+    from napari_emdiffuse.variants import complete
 
     folder = tmp_path_factory.mktemp("fuzz_model") / "model"
-    Model(load_preset("tiny"), ModelInfo(card="tiny: an untrained test model")).save(folder)
+    Model(complete(load_preset("tiny")), ModelInfo(card="tiny: an untrained test model")).save(folder)
     return folder
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,10 +9,11 @@ from napari_emdiffuse.config import load_preset
 from napari_emdiffuse.errors import ModelFileError
 from napari_emdiffuse.model_file import Model, ModelInfo
 from napari_emdiffuse.models import resolve_model
+from napari_emdiffuse.variants import complete, model_options
 
 
 def _model():
-    return Model(load_preset("tiny"), ModelInfo(training={"steps": 3}, metrics={"val_psnr": 20.0}))
+    return Model(complete(load_preset("tiny")), ModelInfo(training={"steps": 3}, metrics={"val_psnr": 20.0}))
 
 
 def test_round_trip(tmp_path):
@@ -35,7 +37,7 @@ def test_truncated_weights_fail_loudly(tmp_path):
 
 def test_weights_of_another_network_are_refused(tmp_path):
     _model().save(tmp_path)
-    other = Model(load_preset("emdiffuse-n-cpu"), ModelInfo())
+    other = Model(complete(load_preset("emdiffuse-n-cpu")), ModelInfo())
     other.save(tmp_path / "other")
     (tmp_path / "weights.safetensors").write_bytes((tmp_path / "other" / "weights.safetensors").read_bytes())
     with pytest.raises(ModelFileError, match="do not match the network"):
@@ -89,7 +91,7 @@ def test_a_denoiser_stored_before_the_residual_option_keeps_its_meaning(tmp_path
     noisy, _ = isbi_pair
     v = load_preset("tiny", {"diffusion": {"prediction": "v"}})
     torch.manual_seed(3)
-    m = Model(v, ModelInfo())
+    m = Model(complete(v), ModelInfo())
     for p in m.network.parameters():  # a network that answers something (not the zero start)
         p.data.normal_(0, 0.05)
     m.save(tmp_path / "new")
@@ -124,3 +126,35 @@ def test_predict_normalises_at_the_percentiles_the_model_records(tmp_path):
     for bad in ({"low": 50, "high": 10}, {"low": "lots"}, {"high": 101}):
         with pytest.raises(ModelFileError, match="normalisation percentiles"):
             Model.from_json({**m.to_json(), "normalisation": bad})
+
+
+def _bad_option_folder(tmp_path):
+    """A model folder whose model.json names a variant option the variant does not take."""
+    _model().save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["preset"]["variant_options"] = {"residual": True, "factr": 2}
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    return tmp_path / "m"
+
+
+def test_a_bad_variant_option_is_a_bad_model_file_named_by_its_folder(tmp_path):
+    """model_file knows no variant: Model.load keeps the preset as stored, and the variant
+    registry's check names the folder; a new model stores every option (variants.complete)."""
+    folder = _bad_option_folder(tmp_path)
+    model = Model.load(folder)
+    with pytest.raises(ModelFileError, match=rf"^{re.escape(str(folder))}: preset 'tiny': variant_options: .*factr") as err:
+        model_options(model)
+    assert "\n" not in str(err.value)
+    given = Model(load_preset("tiny"), ModelInfo())
+    assert given.preset.variant_options == {}  # as given: writing the options out is complete()'s
+    assert model_options(given).model_dump() == complete(given.preset).variant_options == {"residual": True}
+
+
+def test_the_cli_refuses_a_bad_variant_option_in_one_line_before_reading_the_input(tmp_path, capsys):
+    from napari_emdiffuse.cli import main
+
+    folder = _bad_option_folder(tmp_path)
+    assert main(["predict", "--model", str(folder), "--input", str(tmp_path / "absent.tif"), "--output", str(tmp_path / "o.tif")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(folder) in err and "factr" in err and "absent.tif" not in err
+    assert not (tmp_path / "o.tif").exists()

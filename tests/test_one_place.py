@@ -99,3 +99,16 @@ def test_the_memory_budget_is_one_function_imported_at_the_top():
     top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
     nested = {n.module for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f) if isinstance(n, ast.ImportFrom)}
     assert "data.memory" in top and not {m for m in nested if m and m.startswith("data")}
+
+
+def test_events_are_dispatched_on_their_types():
+    """A job's consumers (the CLI's drive, the widgets, calibrate over predict) ``match`` on the
+    event classes of jobs/events.py: a dispatch on ``kind`` strings or values would miss a renamed
+    or new event without failing anywhere."""
+    import re
+
+    on_kind = re.compile(r"\b(ev|event)\.kind\b|\.kind\.value|getattr\(\w+, \"kind\"|(?<!default=)\bKind\.[A-Z]+")
+    offenders = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if on_kind.search(p.read_text())]
+    assert not offenders, f"dispatch on event kinds: {offenders}"
+    matchers = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if re.search(r"^\s+case (Progress|PredictResult|Loss)\(", p.read_text(), re.M)}
+    assert {"cli_jobs.py", "_widgets/_common.py", "_widgets/enhance.py", "_widgets/train.py", "jobs/calibrate.py"} <= matchers

@@ -24,7 +24,8 @@ import zarr
 
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.data import safe_output
-from napari_emdiffuse.data.io import read_image, refuse_overwrite, write_tiff
+from napari_emdiffuse.data.io import read_image, write_tiff
+from napari_emdiffuse.data.safe_output import refuse_overwrite
 from napari_emdiffuse.errors import InputError
 from napari_emdiffuse.jobs.events import Kind, new_cancel_token
 from napari_emdiffuse.jobs.predict import predict, run_predict
@@ -38,9 +39,9 @@ def model_dir(tmp_path_factory) -> Path:
     """An untrained tiny denoiser: these tests are about files, not about quality."""
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.model_file import Model, ModelInfo
-    from napari_emdiffuse.variants import get_variant
+    from napari_emdiffuse.variants import complete, get_variant
 
-    preset = load_preset("tiny")
+    preset = complete(load_preset("tiny"))
     variant = get_variant(preset.variant)
     out_c, cond_c = variant.channels(variant.options(preset.variant_options))
     folder = tmp_path_factory.mktemp("untrained")

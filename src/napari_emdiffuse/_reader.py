@@ -31,7 +31,7 @@ CONTRAST_PERCENTILES = (0.1, 99.9)
 
 def file_suffixes() -> tuple[str, ...]:
     """The file suffixes this reader takes: those of :func:`data.io.read_image`, pictures aside."""
-    from .data.io import FILE_SUFFIXES
+    from .data.formats import FILE_SUFFIXES
 
     return tuple(s for s in FILE_SUFFIXES if s not in LEFT_TO_NAPARI)
 
@@ -117,7 +117,7 @@ def placement(path: Path, image: Any, data: Any = None, dataset: str | None = No
 def data_translation(path: str | Path, image: Any) -> tuple[float, ...] | None:
     """Where the first pixel of ``read_image(path)``'s data lies (µm), as this reader places
     its layer; None where the file records no position."""
-    from .data.io import split_dataset
+    from .data.formats import split_dataset
 
     file, dataset = split_dataset(path)
     try:
@@ -163,7 +163,7 @@ def _imagej_extras(path: Path, data: Any, voxel: tuple[float, ...]) -> tuple[Any
     with tifffile.TiffFile(path) as tf:
         ij = tf.imagej_metadata or {}
     if data.ndim == 2 and "spacing" in ij:
-        from .data.io import unit_to_um
+        from .data.image import unit_to_um
 
         data, voxel = data[None], (float(ij["spacing"]) * (unit_to_um(ij.get("unit", "um")) or 1.0), *voxel)
     origin = tuple(-float(ij.get(f"{ax}origin", 0.0)) * v for ax, v in zip("zyx"[-len(voxel) :], voxel))
@@ -177,7 +177,7 @@ def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:
     """The first dataset's translation (µm) of an OME-Zarr image, when it has one."""
     import zarr
 
-    from .data.io import unit_to_um
+    from .data.image import unit_to_um
 
     attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
     ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]

@@ -106,6 +106,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path) -> Path:
 
     from .bioimageio_model import EMDiffusePrediction
     from .model_file import MODEL_JSON, Model, read_model_json
+    from .variants import model_options
 
     _pydantic_compat()
 
@@ -113,6 +114,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path) -> Path:
     if out.suffix.lower() != ".zip":
         raise InputError(f"{out}: a bioimage.io package is a .zip file; name it ….zip")
     model = Model.load(model_dir)
+    model_options(model)  # a bad variant option is refused before anything runs
     if model.variant not in EXPORTABLE:
         raise InputError(
             f"{model_dir}: bioimage.io export takes EMDiffuse-n and EMDiffuse-r models (one image in, one out); "
@@ -231,6 +233,7 @@ def import_bioimageio(package: str | Path, out: str | Path) -> Path:
     import torch
 
     from .model_file import MODEL_JSON, Model
+    from .variants import model_options
 
     package, out = Path(package), Path(out)
     if out.exists() and any(out.iterdir()):
@@ -247,6 +250,7 @@ def import_bioimageio(package: str | Path, out: str | Path) -> Path:
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{package}: cannot read the package ({err})") from None
     model = Model.from_json(meta, source=str(package))
+    model_options(model)
     network_state = {k.removeprefix("network."): v for k, v in state.items()}
     from .model_file import load_state_strict
 

@@ -65,9 +65,11 @@ def printable(text: str) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import bundled_models, describe_model, resolve_model
+    from .variants import model_options
 
     if args.show:
         model = resolve_model(args.show)
+        model_options(model)  # a broken model folder is refused, however it is used
         print(printable(model.info.card) or f"{args.show}: this model has no model card")
         warning = model.quality_warning()
         if warning:
@@ -87,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .jobs.train import checkpoint_state, continues_run, train
     from .jobs.inputs import FILE_INPUTS, training_arrays
     from .models import resolve_model
-    from .variants import resolve
+    from .variants import model_options, resolve
 
     world = detect_world()
     resume = continues_run(args.out, args.resume, args.overwrite, world)
@@ -103,6 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.variant_option:
         overrides["variant_options"] = dict(variant_option(o) for o in args.variant_option)
     init = resolve_model(args.from_model) if args.from_model else None
+    if init is not None:
+        model_options(init)  # a broken model folder is refused before any data is read
     if resume:  # the run's own settings, so that simulated data is made the same way again
         preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
     elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
@@ -132,15 +136,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.io import TIFF_DTYPES
+    from .data.tiff import TIFF_DTYPES
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
     from .jobs.predict_output import OutputNames
     from .jobs.inputs import read_logged
     from .models import resolve_model
+    from .variants import model_options
 
     names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
+    options = model_options(model)  # a broken model folder is refused before the input is read
     img = read_logged(args.input, "input")
     over: dict[str, Any] = {}
     for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
@@ -150,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
     with naming({"image": args.input}):
-        origin = _output_origin(model, img, args.input)
+        origin = _output_origin(model, options, img, args.input)
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         events = predict(
@@ -181,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_origin(model: Any, img: Any, path: str) -> tuple[float, ...] | None:
+def _output_origin(model: Any, options: Any, img: Any, path: str) -> tuple[float, ...] | None:
     """Where the result's first pixel lies (µm) when the input records its own position (an
     OME-Zarr translation, an ImageJ origin): there, moved as the variant moves it, so the result
     reopens over the input in napari; None leaves the variant's own geometry."""
@@ -192,7 +198,6 @@ def _output_origin(model: Any, img: Any, path: str) -> tuple[float, ...] | None:
     if translate is None:
         return None
     variant = get_variant(model.variant)
-    options = variant.options(model.preset.variant_options)
     variant.check_input(img.data, options)
     shift = variant.output_geometry(img.shape, img.voxel, options).origin
     return tuple(t + s for t, s in zip(translate, shift))

@@ -19,14 +19,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .jobs.inputs import read_logged
     from .model_file import check_model_folder
     from .models import resolve_model
-    from .variants import get_variant
+    from .variants import get_variant, model_options
 
     if bool(args.clean) == bool(args.input or args.truth) or bool(args.input) != bool(args.truth):
         raise InputError("give either --clean (the degradation is simulated) or both --input and --truth")
     out = Path(args.out)
     check_model_folder(out, args.overwrite)  # before any computation: a refusal now costs nothing
     model = resolve_model(args.model)
-    variant, options = get_variant(model.variant), model.options
+    variant, options = get_variant(model.variant), model_options(model)
     if args.clean:
         clean = read_logged(args.clean, "clean")
         with naming({"clean images": args.clean, "clean volume": args.clean}):

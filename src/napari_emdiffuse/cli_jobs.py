@@ -7,26 +7,29 @@ import signal
 import sys
 from typing import Any, Iterator
 
-def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True) -> Any:
-    """Show a job's events as a tqdm bar and messages (``echo=False``: no messages); return its result event."""
+def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True, unit: str = "step", describe: bool = False) -> Any:
+    """Show a job's events as a tqdm bar counting ``unit`` and messages (``echo=False``: no
+    messages; ``describe``: what the job is doing before the bar); return its result event."""
     from tqdm import tqdm
 
     from .jobs.calibrate import CalibrationResult
-    from .jobs.events import Loss, Message, PredictResult, Progress, TrainResult, Validation
+    from .jobs.events import Loss, Message, PredictResult, PrepareResult, Progress, TrainResult, Validation
 
     bar = None
     result = None
     try:
         for ev in events:
             if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
-                bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=quiet)
+                bar = tqdm(total=total, unit=unit, dynamic_ncols=True, disable=quiet)
             match ev:
-                case Progress(done=done, total=of):
+                case Progress(done=done, total=of, what=what):
                     bar.total, bar.n = of, done
+                    if describe:
+                        bar.set_description(what)
                     bar.refresh()
                 case Loss(loss=loss):
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                case TrainResult() | PredictResult() | CalibrationResult():
+                case TrainResult() | PredictResult() | CalibrationResult() | PrepareResult():
                     result = ev
                 case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline) if echo:
                     bar.write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")

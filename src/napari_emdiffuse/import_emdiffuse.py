@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import Preset, parse_preset
-from .data.io import special_file
+from .data.formats import special_file
 from .errors import ConfigError, ModelFileError
 from .model_file import Model, ModelInfo, load_state_strict
 
@@ -308,10 +308,11 @@ def import_emdiffuse(
     check_variant(variant, unet, str(weights))
     factor = original.get("z_times") if variant in PUBLISHED_FACTOR else None
     preset = build_preset(variant, unet, original.get("beta_schedule", {}), factor)
-    from .variants import get_variant
+    from .variants import complete, resolve
 
-    v = get_variant(variant)
-    out_c, cond_c = v.channels(v.options(preset.variant_options))
+    preset = complete(preset)
+    v, options = resolve(preset)
+    out_c, cond_c = v.channels(options)
     card = model_card(variant, weights, dropped, factor)
     info = ModelInfo(
         out_channels=out_c,

@@ -91,14 +91,13 @@ class ModelInfo:
 class Model:
     """A network with its preset and metadata; the unit the jobs, CLI and widgets pass around."""
 
-    def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None) -> None:
-        from .variants import resolve
-
-        # the one check of its variant options: the jobs read ``options``; every option is written
-        # out, so that a later default cannot change what a stored model means
-        _, self.options = resolve(preset)
-        self.preset = preset.with_overrides({"variant_options": self.options.model_dump()})
+    def __init__(self, preset: Preset, info: ModelInfo, network: torch.nn.Module | None = None, source: str = "") -> None:
+        # the preset as given: its variant options are the variant registry's to check
+        # (``variants.model_options``) and to write out (``variants.complete``)
+        self.preset = preset
         self.info = info
+        #: where it was read from (its folder), for the errors about what it declares
+        self.source = source
         if network is None:
             declared_network(preset, info, f"preset {preset.name!r}")
         self.network = network or build_network(preset.network, info.out_channels, info.cond_channels)
@@ -176,21 +175,13 @@ class Model:
         ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
         if ints:
             raise ModelFileError(f"{weights}: weights must be floating point, but {ints[0]} is {header[ints[0]][1]} ({len(ints)} such tensors)")
-        model = cls._checked(preset, info, build_network(preset.network, info.out_channels, info.cond_channels), str(folder))
+        model = cls(preset, info, build_network(preset.network, info.out_channels, info.cond_channels), source=str(folder))
         load_state_strict(model.network, load_tensors(weights), str(weights))
         return model
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], source: str = "model.json") -> "Model":
-        return cls._checked(*cls.parse_json(meta, source), None, source)
-
-    @classmethod
-    def _checked(cls, preset: Preset, info: ModelInfo, network: torch.nn.Module | None, source: str) -> "Model":
-        """The model a stored description makes; a bad variant or option is a bad model file."""
-        try:
-            return cls(preset, info, network)
-        except ConfigError as err:
-            raise ModelFileError(f"{source}: {err}") from None
+        return cls(*cls.parse_json(meta, source), source=source)
 
     @staticmethod
     def parse_json(meta: dict[str, Any], source: str = "model.json") -> tuple[Preset, ModelInfo]:
@@ -223,7 +214,7 @@ def stored_preset(data: Any) -> Any:
     then had before they existed: a stored model keeps behaving exactly as when it was trained.
 
     Denoising models written before the ``residual`` option learnt the clean image itself.
-    (:class:`Model` writes every variant option out, so a new model always has the key.)
+    (``variants.complete`` writes every variant option out, so a new model always has the key.)
     """
     if not isinstance(data, dict) or data.get("variant", "denoise") != "denoise":
         return data

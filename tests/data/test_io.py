@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_emdiffuse.data import io
+from napari_emdiffuse.data import tiff
 from napari_emdiffuse.data.containers import create_ome_zarr, write_ome_zarr
 from napari_emdiffuse.data.io import read_image, write_image, write_tiff
 from napari_emdiffuse.errors import InputError
@@ -58,7 +58,7 @@ def test_real_ssTEM_stack_is_read_lazily_with_its_voxel(isbi_path):
 
 
 def test_large_or_unusual_tiffs_are_written_as_ome_tiff(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "BIGTIFF_BYTES", 1000)  # pretend 60 kB is more than classic TIFF holds
+    monkeypatch.setattr(tiff, "BIGTIFF_BYTES", 1000)  # pretend 60 kB is more than classic TIFF holds
     a = _stack(np.uint16)
     img = read_image(write_tiff(tmp_path / "big.tif", a, VOXEL))
     assert img.meta["format"] == "ome-tiff"

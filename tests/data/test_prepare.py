@@ -13,7 +13,8 @@ from napari_emdiffuse.cli import main
 from napari_emdiffuse.data.io import Image, read_image
 from napari_emdiffuse.data.prepare import PrepareOptions
 from napari_emdiffuse.jobs.inputs import training_arrays
-from napari_emdiffuse.jobs.prepare import prepare_clean, prepare_pairs, prepare_volume
+from napari_emdiffuse.jobs.events import Message, PrepareResult, Progress
+from napari_emdiffuse.jobs.prepare import prepare_clean, prepare_pairs, prepare_volume, run_prepare
 from napari_emdiffuse.errors import InputError
 
 
@@ -38,7 +39,7 @@ def pair(isbi_path, distort):
 def test_pairs_are_registered_filtered_and_split(tmp_path, pair, distort):
     noisy, clean, maps = pair
     noisy0, clean0 = noisy.copy(), clean.copy()
-    report = prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "set.zarr", opts=OPTS)
+    report = run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "set.zarr", opts=OPTS))
     assert np.array_equal(noisy, noisy0) and np.array_equal(clean, clean0)
 
     g = zarr.open_group(str(tmp_path / "set.zarr"), mode="r")
@@ -66,30 +67,30 @@ def test_unrelated_pairs_yield_no_training_set(tmp_path, pair, fibsem_path):
     noisy, _, _ = pair
     other = tifffile.imread(fibsem_path, key=range(5))[:, :256, :256]
     with pytest.raises(InputError, match="no usable training patches"):
-        prepare_pairs(Image(noisy, VOXEL), Image(other, VOXEL), tmp_path / "bad.zarr", opts=OPTS)
+        run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(other, VOXEL), tmp_path / "bad.zarr", opts=OPTS))
 
 
 def test_mismatched_and_unsuitable_inputs(tmp_path, pair):
     noisy, clean, _ = pair
     with pytest.raises(InputError, match="do not pair up"):
-        prepare_pairs(Image(noisy, VOXEL), Image(clean[:, :200], VOXEL), tmp_path / "a.zarr", opts=OPTS)
+        run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(clean[:, :200], VOXEL), tmp_path / "a.zarr", opts=OPTS))
     with pytest.raises(InputError, match="RGB"):
-        prepare_pairs(Image(np.stack([clean[0]] * 3, -1), VOXEL[1:]), Image(clean[0], VOXEL[1:]), tmp_path / "b.zarr", opts=OPTS)
+        run_prepare(prepare_pairs(Image(np.stack([clean[0]] * 3, -1), VOXEL[1:]), Image(clean[0], VOXEL[1:]), tmp_path / "b.zarr", opts=OPTS))
     with pytest.raises(InputError, match="learns from a single volume"):
-        prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "c.zarr", variant="iso_i", variant_options={"factor": 2}, opts=OPTS)
+        run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "c.zarr", variant="iso_i", variant_options={"factor": 2}, opts=OPTS))
     with pytest.raises(InputError, match="refusing to overwrite"):
         src = tmp_path / "in.zarr"
         zarr.open_group(str(src), mode="w")
-        prepare_pairs(Image(noisy, VOXEL, path=src), Image(clean, VOXEL), src, opts=OPTS)
+        run_prepare(prepare_pairs(Image(noisy, VOXEL, path=src), Image(clean, VOXEL), src, opts=OPTS))
 
 
 def test_clean_only_data_with_simulated_degradation(tmp_path, pair):
     _, clean, _ = pair
-    rep = prepare_clean(Image(clean, VOXEL), tmp_path / "n.zarr", degradation={"dose": 10, "read_noise": 0.03, "jitter": 0.5}, opts=OPTS)
+    rep = run_prepare(prepare_clean(Image(clean, VOXEL), tmp_path / "n.zarr", degradation={"dose": 10, "read_noise": 0.03, "jitter": 0.5}, opts=OPTS))
     assert rep["kind"] == "simulated pairs" and rep["registration"] is None
     g = zarr.open_group(str(tmp_path / "n.zarr"), mode="r")
     assert g["input"].dtype == np.float32 and g["input"].shape[1:] == (64, 64)
-    rep = prepare_clean(Image(clean, VOXEL), tmp_path / "r.zarr", "superres", {"factor": 2}, {"dose": 20}, opts=OPTS)
+    rep = run_prepare(prepare_clean(Image(clean, VOXEL), tmp_path / "r.zarr", "superres", {"factor": 2}, {"dose": 20}, opts=OPTS))
     g = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
     assert g["input"].shape[1:] == (32, 32) and g["target"].shape[1:] == (64, 64)
     assert g.attrs["voxel_size"] == [0.05, 0.008, 0.008] and g.attrs["target_voxel_size"] == list(VOXEL)
@@ -103,13 +104,56 @@ def test_clean_only_data_with_simulated_degradation(tmp_path, pair):
 
 def test_volume_with_drift_correction(tmp_path, fibsem_crop, distort):
     stack, _ = distort.drifted(fibsem_crop[:8], seed=1)
-    rep = prepare_volume(Image(stack, (0.005, 0.005, 0.005)), tmp_path / "v.zarr", "iso_i", {"factor": 2}, drift=True, opts=OPTS)
+    rep = run_prepare(prepare_volume(Image(stack, (0.005, 0.005, 0.005)), tmp_path / "v.zarr", "iso_i", {"factor": 2}, drift=True, opts=OPTS))
     g = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
     assert g["volume"].shape[0] == 8 and g["volume"].shape[1] < 256 and g["volume"].dtype == np.uint8
     assert rep["drift"]["neighbour_ncc_after"] > rep["drift"]["neighbour_ncc_before"]
     assert rep["patches"]["with_structure"] > 0
     with pytest.raises(InputError, match="not from a volume"):
-        prepare_volume(Image(stack, (0.005,) * 3), tmp_path / "w.zarr", "denoise", opts=OPTS)
+        run_prepare(prepare_volume(Image(stack, (0.005,) * 3), tmp_path / "w.zarr", "denoise", opts=OPTS))
+
+
+def test_prepare_is_a_job_of_typed_events_and_a_cancel_leaves_the_set_as_it_was(tmp_path, pair):
+    """prepare yields what train and predict yield (progress per slice, then its result), so the
+    CLI and a widget show it the same way; a cancel stops at the next slice and writes nothing."""
+    from napari_emdiffuse.jobs.events import new_cancel_token
+
+    _, clean, _ = pair
+    events = list(prepare_clean(Image(clean, VOXEL), tmp_path / "n.zarr", opts=OPTS))
+    assert isinstance(events[-1], PrepareResult) and events[-1].complete and events[-1].out == tmp_path / "n.zarr"
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress and progress[-1].done == progress[-1].total == len(clean) and progress[-1].what == "done"
+    assert events[-1].report["patches_kept"]["train"] > 0
+    before = sorted(p.name for p in (tmp_path / "n.zarr").iterdir())
+
+    token = new_cancel_token()
+    seen = []
+    for ev in prepare_clean(Image(clean, VOXEL), tmp_path / "n.zarr", opts=OPTS, overwrite=True, cancel=token):
+        seen.append(ev)
+        if isinstance(ev, Progress):
+            token.set()  # the user presses Cancel after the first slice
+    assert isinstance(seen[-1], PrepareResult) and not seen[-1].complete and seen[-1].report == {}
+    assert [e.level for e in seen if isinstance(e, Message)] == ["warning"]
+    assert sorted(p.name for p in (tmp_path / "n.zarr").iterdir()) == before  # the earlier set is untouched
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # and no temporary is left
+
+
+def test_cli_prepare_shows_its_progress_through_the_jobs_driver(tmp_path, pair, capsys, monkeypatch):
+    """``emdiffuse prepare`` runs the job through cli_jobs.drive, as train and predict do: a bar
+    counting slices and saying what it does, then the same report as before."""
+    from napari_emdiffuse import cli_jobs
+
+    _, clean, _ = pair
+    tifffile.imwrite(tmp_path / "clean.tif", clean, imagej=True, resolution=(250, 250), metadata={"spacing": 0.05, "unit": "um", "axes": "ZYX"})
+    driven = []
+    real = cli_jobs.drive
+    monkeypatch.setattr(cli_jobs, "drive", lambda events, *a, **k: driven.append(k) or real(events, *a, **k))
+    s = str(tmp_path / "set.zarr")
+    assert main(["prepare", "--clean", str(tmp_path / "clean.tif"), "--out", s, "--patch", "64"]) == 0
+    out, err = capsys.readouterr()
+    assert driven == [{"unit": "slice", "describe": True}]
+    assert "slice" in err and "done" in err
+    assert out.startswith("kept ") and f"wrote {s} (train with: emdiffuse train --data {s} ...), set_report.json" in out
 
 
 @pytest.mark.parametrize("kind", ["uint16", "float32"])

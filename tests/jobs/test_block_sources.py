@@ -10,7 +10,7 @@ import pytest
 
 from napari_emdiffuse.data.normalise import fit_normaliser
 from napari_emdiffuse.jobs.predict import run_predict
-from napari_emdiffuse.variants import get_variant, iso_a
+from napari_emdiffuse.variants import get_variant, iso_a, model_options
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_each_block_reads_only_its_declared_source_and_results_are_unchanged(sma
     res = run_predict(model, lazy, sample=fast, normaliser=norm, keep_samples=True)
     ref = run_predict(model, image, sample=fast, normaliser=norm, keep_samples=True)
     v = get_variant(model.variant)
-    blocks = v.blocks(image.shape, model.options, fast.samples)
+    blocks = v.blocks(image.shape, model_options(model), fast.samples)
     assert len(blocks) > 1 or image.ndim == 2
     assert lazy.keys == [b.source for b in blocks]  # one read per block, of its source only
     for b in blocks:

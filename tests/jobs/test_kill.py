@@ -80,7 +80,9 @@ def setting(tmp_path, request):
     from napari_emdiffuse.model_file import Model, ModelInfo
 
     model = tmp_path / "model"
-    Model(load_preset("tiny"), ModelInfo(out_channels=1, cond_channels=1)).save(model)
+    from napari_emdiffuse.variants import complete
+
+    Model(complete(load_preset("tiny")), ModelInfo(out_channels=1, cond_channels=1)).save(model)
     stack = tmp_path / "in.tif"
     tifffile.imwrite(stack, (np.random.default_rng(0).random((PLANES, 64, 64)) * 200 + 20).astype(np.uint8))
     mine = tmp_path / "results" / "earlier.tif"

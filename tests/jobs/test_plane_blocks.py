@@ -16,7 +16,7 @@ from napari_emdiffuse.jobs import predict_output
 from napari_emdiffuse.jobs.events import new_cancel_token
 from napari_emdiffuse.jobs.predict import predict, run_predict
 from napari_emdiffuse.uncertainty import ErrorModel, error_map
-from napari_emdiffuse.variants import base, get_variant
+from napari_emdiffuse.variants import base, get_variant, model_options
 
 CASES = [("tiny", {}, np.s_[:, :]), ("emdiffuse-r-tiny", {"factor": 2}, np.s_[:45, :53]), ("tiny", {}, "stack")]
 
@@ -31,7 +31,7 @@ def test_a_plane_cut_into_blocks_equals_one_block_bit_for_bit(plane, small_stack
     lazy = recorded(image)
     cut = run_predict(model, lazy, sample=fast, normaliser=norm, keep_samples=True, output=tmp_path / "cut.zarr")
     assert one.complete and cut.complete
-    blocks = get_variant(model.variant).blocks(image.shape, model.options, fast.samples, TileGrid(32, 8))
+    blocks = get_variant(model.variant).blocks(image.shape, model_options(model), fast.samples, TileGrid(32, 8))
     assert len(blocks) >= 6 and lazy.keys == [b.source for b in blocks]  # each block reads its source only, once
     if image.ndim == 2:  # (the stack's planes are 2 x 2 tiles: every block needs them all)
         corner = blocks[0].source
@@ -72,7 +72,7 @@ def test_resume_of_a_cut_plane_computes_only_the_missing_blocks(plane, small_blo
     assert (tmp_path / "o.partial.zarr").is_dir()
     ran.clear()
     res = run_predict(model, plane, sample=fast, output=tmp_path / "o.zarr", resume=True)
-    n = len(get_variant("denoise").blocks(plane.shape, model.options, 0, TileGrid(32, 8)))
+    n = len(get_variant("denoise").blocks(plane.shape, model_options(model), 0, TileGrid(32, 8)))
     assert whole.complete and res.complete and sorted(ran) == list(range(3, n))
     a, b = store_results(tmp_path / "whole.zarr"), store_results(tmp_path / "o.zarr")
     for name in a:

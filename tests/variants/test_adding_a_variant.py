@@ -54,7 +54,7 @@ def test_the_documented_fifth_variant_runs_with_its_module_and_one_registry_line
     result = events[-1]
     assert isinstance(result, TrainResult) and result.steps == 3
     model = Model.load(result.model_dir)
-    assert model.variant == "deblur" and model.options.sigma == 1.0
+    assert model.variant == "deblur" and variants.model_options(model).sigma == 1.0
 
     image = arrays["input"][0, :40, :48]
     res = run_predict(model, image, voxel=(0.004, 0.004), device="cpu", sample=SampleConfig(**fast), keep_samples=True)

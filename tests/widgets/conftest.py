@@ -53,7 +53,7 @@ def untrained_model(tmp_path):
     to check shapes and geometry, and working for variants added later."""
     from napari_emdiffuse.config import builtin_presets, load_preset
     from napari_emdiffuse.model_file import Model, ModelInfo
-    from napari_emdiffuse.variants import get_variant
+    from napari_emdiffuse.variants import complete, get_variant
 
     def make(variant_name: str) -> Path:
         presets = [load_preset(n) for n in sorted(builtin_presets())]
@@ -61,7 +61,7 @@ def untrained_model(tmp_path):
         preset = tiny[0] if tiny else load_preset("tiny").with_overrides({"variant": variant_name})
         variant = get_variant(variant_name)
         out_c, cond_c = variant.channels(variant.options(preset.variant_options))
-        return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / f"untrained-{variant_name}")
+        return Model(complete(preset), ModelInfo(out_channels=out_c, cond_channels=cond_c)).save(tmp_path / f"untrained-{variant_name}")
 
     return make
 

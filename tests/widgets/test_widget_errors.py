@@ -90,3 +90,24 @@ def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, i
     w.overlap.setValue(48)
     w.run()
     assert "overlap" in notes.messages("error")[-1] and not w.controls.runner.running
+
+
+def test_a_model_with_a_bad_variant_option_is_refused_when_loaded(make_napari_viewer, notes, tiny_model, tmp_path, monkeypatch, open_dock):
+    """model_file knows no variant, so the widgets' model list asks the registry right after
+    loading: the folder is refused at Load…, in one line naming it, and never listed."""
+    import json
+    import shutil
+
+    from qtpy.QtWidgets import QFileDialog
+
+    folder = tmp_path / "bad-option"
+    shutil.copytree(tiny_model, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["preset"]["variant_options"]["factr"] = 2
+    (folder / "model.json").write_text(json.dumps(meta))
+    w = open_dock(make_napari_viewer(), "Enhance")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(folder))
+    w.load_model.click()
+    message = notes.messages("error")[-1]
+    assert str(folder) in message and "factr" in message and "\n" not in message.strip()
+    assert w.model.count() == 0

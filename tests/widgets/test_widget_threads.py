@@ -88,3 +88,21 @@ def test_training_keeps_the_viewer_responsive_and_cancels_keeping_the_model(make
     assert "Cancelled" in w.controls.status.text() and w.last_model is not None  # the model so far is kept
     assert any(e.path == w.last_model.resolve() for e in MODELS.entries())
     assert np.isfinite(w.plot.losses).all()
+
+
+def test_job_controls_show_progress_and_messages_and_hand_on_the_rest(qtbot, notes):
+    """The controls ``match`` on the event types: progress moves the bar, a message becomes a
+    notification, every other event (a result) reaches the widget."""
+    from pathlib import Path
+
+    from napari_emdiffuse.jobs.events import Message, Progress, TrainResult
+
+    seen = []
+    controls = _common.JobControls("Run", "%p%", "cancelling", lambda: None, seen.append)
+    qtbot.addWidget(controls)
+    result = TrainResult(Path("run"), 3, "finished", None)
+    for event in (Progress(2, 4, "training"), Message("careful", "warning"), result):
+        controls._event(event)
+    assert (controls.progress.value(), controls.progress.maximum()) == (2, 4)
+    assert notes.messages("warning")[-1] == "careful"
+    assert seen == [result]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import EMDiffuseError
+from ..jobs.events import Event, Message, Progress
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class JobRunner:
     with the job's exception or None (also after a cancel, which the jobs report as events).
     """
 
-    def __init__(self, on_event: Callable[[Any], None], on_done: Callable[[BaseException | None], None]) -> None:
+    def __init__(self, on_event: Callable[[Event], None], on_done: Callable[[BaseException | None], None]) -> None:
         self._on_event, self._on_done = on_event, on_done
         self._worker: Any = None
         self._cancel: Any = None
@@ -197,7 +198,7 @@ class JobControls(QWidget):
         progress_format: str,
         cancel_note: str,
         on_run: Callable[[], None],
-        on_event: Callable[[Any], None],
+        on_event: Callable[[Event], None],
         on_done: Callable[[BaseException | None], None] | None = None,
         tile_size: Callable[[], int | None] = lambda: None,
         run_tip: str = "",
@@ -254,20 +255,20 @@ class JobControls(QWidget):
         self.closed = True
         self.runner.cancel()
 
-    def _event(self, event: Any) -> None:
+    def _event(self, event: Event) -> None:
         if self.closed:
             return
-        kind = getattr(getattr(event, "kind", None), "value", None)
-        if kind == "progress":
-            self.progress.setMaximum(max(event.total, 1))
-            self.progress.setValue(event.done)
-            if 0 < event.done < event.total and not self._cancelled:
-                left = (time.monotonic() - self.started) * (event.total - event.done) / event.done
-                self.status.setText(f"{event.what.capitalize() or 'Working'}… about {left:.0f} s left")
-        elif kind == "message":
-            notify(event.text, event.level)
-        elif kind is not None:
-            self._on_event(event)
+        match event:
+            case Progress(done=done, total=total, what=what):
+                self.progress.setMaximum(max(total, 1))
+                self.progress.setValue(done)
+                if 0 < done < total and not self._cancelled:
+                    left = (time.monotonic() - self.started) * (total - done) / done
+                    self.status.setText(f"{what.capitalize() or 'Working'}… about {left:.0f} s left")
+            case Message(text=text, level=level):
+                notify(text, level)
+            case _:
+                self._on_event(event)
 
     def _done(self, error: BaseException | None) -> None:
         if self.closed:

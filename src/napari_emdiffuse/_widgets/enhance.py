@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import InputError
+from ..jobs.events import Event, PredictResult
 from . import _common
 from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
 from .options_form import OptionsForm
@@ -421,7 +422,7 @@ class EnhanceWidget(DockWidget):
     def plan(self) -> _Plan:
         """Check every choice and build the run; raises a user error with what to change."""
         from ..model_file import Model
-        from ..variants import get_variant
+        from ..variants import get_variant, model_options
 
         if self.from_file():  # the input first: what to enhance before how
             file = self.input_path.path()
@@ -440,8 +441,7 @@ class EnhanceWidget(DockWidget):
         if entry is None:
             raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
         model = Model.load(entry.path)
-        variant = get_variant(model.variant)
-        options = variant.options(model.preset.variant_options)
+        variant, options = get_variant(model.variant), model_options(model)
         sample = model.preset.with_overrides(
             {
                 "sample": {
@@ -534,21 +534,17 @@ class EnhanceWidget(DockWidget):
 
         self.controls.start(job, f"Enhancing {plan.name!r} with {plan.entry.name}…")
 
-    def _on_event(self, event: Any) -> None:
-        if event.kind.value == "message" and event.level == "warning":  # e.g. a model worse than its baseline
-            _common.notify(event.text, "warning")
-        if event.kind.value != "result":
-            return
-        if event.complete:
-            self._add_results(event)
-            return
-        region = event.finished
-        if region is None:
-            self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
-            return
-        self._add_results(event, region)
-        where = f" (also in {self._plan.output})" if self._plan.output else ""
-        self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
+    def _on_event(self, event: Event) -> None:
+        """The result (progress and messages are shown by the job controls)."""
+        match event:
+            case PredictResult(complete=True):
+                self._add_results(event)
+            case PredictResult(finished=None):
+                self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
+            case PredictResult(finished=region):
+                self._add_results(event, region)
+                where = f" (also in {self._plan.output})" if self._plan.output else ""
+                self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
 
 
     def _on_done(self, error: BaseException | None) -> None:
@@ -666,7 +662,7 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
     (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (voxel size, first
     pixel's position, units), and the files the result must not overwrite."""
     from .._reader import data_translation, geometry_kwargs
-    from ..data.io import split_dataset
+    from ..data.formats import split_dataset
     from ..jobs.inputs import read_logged
 
     image = read_logged(path, "input")
@@ -687,7 +683,7 @@ def default_file_output(path: Path | None) -> Path | None:
     """Where a run from ``path`` writes by default: ``NAME_enhanced.zarr`` beside it."""
     if path is None:
         return None
-    from ..data.io import split_dataset
+    from ..data.formats import split_dataset
 
     file, dataset = split_dataset(path)
     stem = file.name.split(".")[0] or "image"

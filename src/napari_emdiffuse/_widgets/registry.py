@@ -68,13 +68,15 @@ class ModelRegistry:
         """Register a model folder; re-adding replaces it.
 
         The whole model is loaded once here (description, weights, their match with the
-        network), so a broken folder is refused when the user loads it, not at Enhance.
+        network, its variant options), so a broken folder is refused when the user loads it, not
+        at Enhance.
         """
         from ..model_file import Model, read_model_json
+        from ..variants import model_options
 
         folder = Path(folder).resolve()
         meta = read_model_json(folder)
-        Model.load(folder)
+        model_options(Model.load(folder))
         entry = ModelEntry(name or folder.name, folder, meta["variant"], source, describe(meta))
         self._session[folder] = entry
         self.changed.emit()

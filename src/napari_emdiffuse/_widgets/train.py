@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 from ..errors import InputError
+from ..jobs.events import CheckpointSaved, Event, Loss, Preview, TrainResult, Validation
 from . import _common
 from .layers import image_array, rectangle_roi, unwrap
 from .loss_plot import LossPlot
@@ -448,29 +449,31 @@ class TrainWidget(DockWidget):
 
         self.controls.start(job, f"Training in {plan.run_dir}…")
 
-    def _on_event(self, event: Any) -> None:
-        k = event.kind.value
-        if k == "loss":
-            self.plot.add(event.step, event.loss)
-        elif k == "validation":
-            self.plot.add_validation(event.step, event.psnr, event.input_psnr, event.baseline)
-        elif k == "preview":
-            self._show_preview(event)
-        elif k == "checkpoint":
-            self.controls.status.setText(f"Step {event.step}: model saved in {event.path.parent}")
-        elif k == "result":
-            name = f"{self.variant_name()}-{time.strftime('%H%M%S')}"
-            MODELS.add(event.model_dir, "trained", name=name)
-            self.last_model = Path(event.model_dir)
-            self.save_button.setEnabled(True)
-            psnr = f", validation PSNR {event.best_psnr:.2f} dB" if event.best_psnr is not None else ""
-            if event.best_psnr is not None and event.baseline_psnr is not None:
-                psnr += f" ({self.plot.baseline} {event.baseline_psnr:.2f} dB)"
-            self.controls.status.setText(
-                f"{event.reason.capitalize()} after {event.steps} steps{psnr}. Model '{name}' is ready in Enhance."
-            )
+    def _on_event(self, event: Event) -> None:
+        """Loss, validation, previews, checkpoints and the result (progress and messages are
+        shown by the job controls)."""
+        match event:
+            case Loss(step=step, loss=loss):
+                self.plot.add(step, loss)
+            case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline):
+                self.plot.add_validation(step, psnr, base_psnr, baseline)
+            case Preview():
+                self._show_preview(event)
+            case CheckpointSaved(step=step, path=path):
+                self.controls.status.setText(f"Step {step}: model saved in {path.parent}")
+            case TrainResult():
+                name = f"{self.variant_name()}-{time.strftime('%H%M%S')}"
+                MODELS.add(event.model_dir, "trained", name=name)
+                self.last_model = Path(event.model_dir)
+                self.save_button.setEnabled(True)
+                psnr = f", validation PSNR {event.best_psnr:.2f} dB" if event.best_psnr is not None else ""
+                if event.best_psnr is not None and event.baseline_psnr is not None:
+                    psnr += f" ({self.plot.baseline} {event.baseline_psnr:.2f} dB)"
+                self.controls.status.setText(
+                    f"{event.reason.capitalize()} after {event.steps} steps{psnr}. Model '{name}' is ready in Enhance."
+                )
 
-    def _show_preview(self, event: Any) -> None:
+    def _show_preview(self, event: Preview) -> None:
         """Input | prediction | target of a validation patch, side by side, in one layer."""
         panels = [np.asarray(a, np.float32)[0] for a in (event.cond, event.prediction, event.target)]
         h = max(p.shape[0] for p in panels)

@@ -58,8 +58,8 @@ def _options(args: argparse.Namespace) -> tuple[str, dict[str, Any], int | None]
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from ..cli_jobs import ctrl_c_cancels, drive
+    from ..jobs.events import new_cancel_token
     from ..jobs.prepare import prepare_clean, prepare_pairs, prepare_volume
     from .prepare import PrepareOptions, report_paths
 
@@ -80,23 +80,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     voxel = _parse_voxel(args.voxel)
-    bar = tqdm(unit="slice", dynamic_ncols=True, disable=args.quiet)
-
-    def progress(done: int, total: int, what: str) -> None:
-        bar.total, bar.n = total, done
-        bar.set_description(what)
-        bar.refresh()
-
     out = Path(args.out)
-    with naming({"input": args.input, "target": args.target, "clean images": args.clean, "volume": args.volume}):
+    token = new_cancel_token()
+    with naming({"input": args.input, "target": args.target, "clean images": args.clean, "volume": args.volume}), ctrl_c_cancels(token) as stop:
         if args.input:
-            report = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, progress, args.overwrite)
+            events = prepare_pairs(_open(args.input, voxel, "input"), _open(args.target, voxel, "target"), out, variant, options, opts, args.overwrite, token)
         elif args.clean:
             degradation = {"dose": args.dose, "read_noise": args.read_noise, "psf_sigma": args.psf_sigma, "jitter": args.jitter, "jitter_correlation": args.jitter_correlation}
-            report = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, progress, args.overwrite)
+            events = prepare_clean(_open(args.clean, voxel, "clean images"), out, variant, options, degradation, opts, args.overwrite, token)
         else:
-            report = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, progress, args.overwrite)
-    bar.close()
+            events = prepare_volume(_open(args.volume, voxel, "volume"), out, variant or "iso_i", options, args.drift, opts, args.overwrite, token)
+        result = drive(events, args.quiet, unit="slice", describe=True)
+    if not result.complete:  # the job's message said that nothing was written
+        return stop.exit_status()
+    report = result.report
     report_json, overlay = report_paths(out)
     if "patches_kept" in report:
         k, r = report["patches_kept"], report["patches_rejected"]

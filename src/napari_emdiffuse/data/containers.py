@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, lazy, refuse_overwrite, unit_to_um
-from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output
+from .image import Image, lazy, unit_to_um
+from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output, refuse_overwrite
 
 NGFF_VERSION = "0.4"
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
-from .io import Image
+from .image import Image, lazy
 from .normalise import fit_normaliser, to_dtype
 from .overlay import green_magenta, grey_rgb, pair_panel, save_png, stack_panels
 from .patches import PatchGeometry, grid, has_structure, split_rows_of_grid, split_slices
@@ -416,8 +416,6 @@ def load_training_set(path: str | Path, variant: str, options: dict[str, Any], n
         raise InputError(f"{path} was prepared for the {attrs.get('variant')} variant, but the preset trains {variant}")
     if attrs.get("variant_options", {}) != options:
         raise InputError(f"{path} was prepared with variant options {attrs.get('variant_options')}, the preset has {options}")
-    from .io import lazy
-
     missing = [n for n in names if not hasattr(group.get(n), "shape")]
     if missing:
         raise InputError(f"{path}: the training set has no {missing[0]!r} array (damaged or edited?); prepare it again")

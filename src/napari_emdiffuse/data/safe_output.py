@@ -181,12 +181,46 @@ def own_attrs(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _file_ids(path: Path) -> set[tuple[int, int]]:
+    """(device, inode) of ``path`` and of each of its folders that exist."""
+    ids = set()
+    for p in (path, *path.parents):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_overwrite(path: Path, protect: Sequence[Path | None]) -> None:
+    """Raise when ``path`` is (or lies inside, or holds) one of the input paths; compared by
+    resolved path and by device and inode, so a hard link to an input (or a second mount of
+    its folder) is caught too."""
+    target = Path(path).resolve()
+    target_id, target_chain = _file_id(target), _file_ids(target)
+    for p in protect:
+        if p is None:
+            continue
+        src = Path(p).resolve()
+        src_id = _file_id(src)
+        same = src_id is not None and (src_id in target_chain or (target_id is not None and target_id in _file_ids(src)))
+        if same or target == src or src in target.parents or target in src.parents:
+            raise InputError(f"{path}: refusing to overwrite the input {p}; choose another output name")
+
+
 def check_new_output(path: str | Path, protect: Sequence[Path | None] = (), overwrite: bool = False) -> None:
     """Refuse ``path`` before anything is computed: when it is (or holds) an input, when it
     exists and ``overwrite`` is not given, or when it is a non-empty folder that is not one of
     our own outputs (never replaced, whatever the flags say)."""
-    from .io import refuse_overwrite
-
     path = Path(path)
     refuse_overwrite(path, protect)
     if not (path.exists() or path.is_symlink()):

@@ -15,8 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .io import Image, check_tiff_complete, iter_planes, lazy, refuse_overwrite, sniff
-from .safe_output import replacing_file
+from .containers import default_chunks
+from .formats import sniff
+from .image import Image, iter_planes, lazy
+from .tiff import check_tiff_complete, read_tiff
+from .safe_output import refuse_overwrite, replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
 _IMOD_AT = 40  # the stamp and flags are header bytes 152-159, i.e. offset 40 of mrcfile's ``extra2``
@@ -220,7 +223,6 @@ def write_hdf5(
     import dask.array as da
     import h5py
 
-    from .containers import default_chunks
 
     path = Path(path)
     refuse_overwrite(path, protect)
@@ -306,7 +308,5 @@ def read_slices(folder: Path) -> Image:
     planes = [da.from_delayed(dask.delayed(load)(p), shape=first[0], dtype=first[1]) for p in files]
     voxel: tuple[float, ...] = (1.0, 1.0)
     if sniff(files[0]) == "tiff":
-        from .io import read_tiff
-
         voxel = read_tiff(files[0]).voxel[-2:]
     return Image(da.stack(planes), (1.0, *voxel), folder, meta={"format": f"folder of {len(files)} slices", "chunks": (1, *first[0])})

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from ..config import SampleConfig
 from ..data.containers import CHUNK_PX, default_chunks
@@ -52,11 +53,13 @@ class BlockResult:
 class BlockRunner:
     """Everything a block needs, built once per process: the network on ``device``, one tiled
     sampler per pass (with the best estimate, a posterior-mean pass for the output and a
-    sampling pass for the spread), the variant and its options, and the normaliser."""
+    sampling pass for the spread), the variant and its options (checked by the caller:
+    ``variants.model_options``), and the normaliser."""
 
     def __init__(
         self,
         model: Model,
+        options: BaseModel,
         cfg: SampleConfig,
         normaliser: Normaliser,
         device: torch.device,
@@ -66,7 +69,7 @@ class BlockRunner:
     ) -> None:
         if estimate not in ESTIMATES:
             raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
-        self.variant, self.options = get_variant(model.variant), model.options
+        self.variant, self.options = get_variant(model.variant), options
         self.normaliser, self.device = normaliser, device
         self.n_samples = cfg.samples if keep_samples else 0
         configure_backends(device)

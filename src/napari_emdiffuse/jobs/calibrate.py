@@ -20,6 +20,7 @@ from .. import metrics, uncertainty
 from ..config import SampleConfig
 from ..errors import InputError
 from ..model_file import Model
+from ..variants import complete
 from .events import CancelToken, Kind, Message, PredictResult
 from .predict import normaliser_for, predict
 
@@ -58,12 +59,13 @@ def calibrate(
     result: PredictResult | None = None
     normaliser = normaliser_for(model, image)
     # without its calibration the model's prediction gives the pooled spread itself, which the error model reads
-    bare = Model(model.preset, replace(model.info, metrics={k: v for k, v in model.info.metrics.items() if k != "calibration"}), model.network)
+    bare = Model(model.preset, replace(model.info, metrics={k: v for k, v in model.info.metrics.items() if k != "calibration"}), model.network, model.source)
     for ev in predict(bare, image, sample=cfg, voxel=voxel, device=device, cancel=cancel, estimate="best", normaliser=normaliser):
-        if ev.kind is Kind.RESULT:
-            result = ev
-        else:
-            yield ev
+        match ev:
+            case PredictResult():
+                result = ev
+            case _:
+                yield ev
     assert result is not None
     if not result.complete:
         yield Message("calibration cancelled: the model is unchanged", "warning")
@@ -94,7 +96,7 @@ def calibrate(
         "data": source,
     }
     metrics_ = {**model.info.metrics, "calibration": calibration}
-    calibrated = Model(model.preset, replace(model.info, metrics=metrics_, card=card_with_calibration(model.info.card, calibration)), model.network)
+    calibrated = Model(complete(model.preset), replace(model.info, metrics=metrics_, card=card_with_calibration(model.info.card, calibration)), model.network)
     yield Message(
         f"calibrated on {calibration['pixels']} pixels; the 90 % interval covers {100 * table['check_coverage']:.1f} % "
         f"of the other {calibration['check_pixels']} (best estimate {psnr_best:.2f} dB)"

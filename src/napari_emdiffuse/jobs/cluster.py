@@ -29,6 +29,7 @@ from ..config import SampleConfig
 from ..data.normalise import Normaliser
 from ..errors import Cancelled, ConfigError, InputError
 from ..model_file import Model
+from ..variants import model_options
 from ..variants.base import Block
 from .blocks import BlockRunner, write_block
 from .events import CancelToken, Message, Progress
@@ -217,7 +218,7 @@ def _worker_state(plain: str) -> tuple[BlockRunner, Any]:
     if device == "auto":
         device = _pinned_device()
     runner = BlockRunner(
-        model, SampleConfig(**spec["cfg"]), Normaliser.from_dict(spec["normaliser"]), select_device(device), spec["estimate"], spec["keep_samples"]
+        model, model_options(model), SampleConfig(**spec["cfg"]), Normaliser.from_dict(spec["normaliser"]), select_device(device), spec["estimate"], spec["keep_samples"]
     )
     return runner, read_image(spec["input"]).data
 

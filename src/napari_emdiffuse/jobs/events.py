@@ -1,4 +1,4 @@
-"""Typed events the train and predict jobs yield; the CLI and the widgets turn them into
+"""Typed events the train, predict and prepare jobs yield; the CLI and the widgets turn them into
 progress bars, plots and layers. Each event is a small frozen dataclass with a ``kind``."""
 
 from __future__ import annotations
@@ -116,5 +116,16 @@ class PredictResult:
     kind: Kind = field(default=Kind.RESULT, init=False)
 
 
+@dataclass(frozen=True)
+class PrepareResult:
+    """The training set written at ``out`` and its report (what was kept, rejected, corrected);
+    ``complete`` is False after a cancel, when nothing was written (``report`` is empty)."""
+
+    out: Path
+    report: dict[str, Any]
+    complete: bool = True
+    kind: Kind = field(default=Kind.RESULT, init=False)
+
+
 #: what a job yields (its last event is its result); consumers dispatch with ``match``
-Event = Progress | Loss | Validation | Preview | CheckpointSaved | Message | TrainResult | PredictResult
+Event = Progress | Loss | Validation | Preview | CheckpointSaved | Message | TrainResult | PredictResult | PrepareResult

@@ -13,9 +13,8 @@ import json
 import logging
 import queue
 from dataclasses import replace
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -26,10 +25,11 @@ from ..data.safe_output import SOFTWARE
 from ..engine.device import select_device
 from ..errors import Cancelled, InputError
 from ..model_file import Model
-from ..variants import get_variant
+from ..variants import get_variant, model_options
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
 from .predict_output import PredictionOutput, describe_region, finish_in_memory, in_memory
+from .threads import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def predict(
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
     cancel = cancel or new_cancel_token()
     cfg = sample or model.preset.sample
-    variant, options = get_variant(model.variant), model.options
+    variant, options = get_variant(model.variant), model_options(model)
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = variant.output_geometry(image.shape, voxel, options)
@@ -118,7 +118,7 @@ def predict(
         dev = select_device(device)
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
-        runner = BlockRunner(model, cfg, normaliser, dev, estimate, keep_samples, compile)
+        runner = BlockRunner(model, options, cfg, normaliser, dev, estimate, keep_samples, compile)
         blocks = runner.blocks(image.shape)
         shape = geometry.shape
 
@@ -180,7 +180,7 @@ def predict(
                 yield from run_on_cluster(cluster, spec, todo, out, done, cancel)
             else:
                 yield Progress(0, total, "sampling")
-                yield from _in_thread(work, events, cancel)
+                yield from in_thread(work, events, cancel)
         except Cancelled:
             complete = False
         complete = complete and all(done)
@@ -210,36 +210,6 @@ def model_digest(model: Model) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _in_thread(work: Callable[[], None], events: queue.Queue, cancel: CancelToken) -> Iterator[Any]:
-    """Run ``work`` in a thread, yielding what it puts in ``events``; re-raise its exception."""
-    done = object()
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            work()
-        except BaseException as err:  # handed to the generator's thread
-            error.append(err)
-        finally:
-            events.put(done)
-
-    thread = threading.Thread(target=target, name="emdiffuse-predict", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = events.get()
-            if item is done:
-                break
-            yield item
-    finally:
-        if thread.is_alive():  # the consumer stopped early: cancel and wait for the step to end
-            if hasattr(cancel, "set"):
-                cancel.set()
-            thread.join()
-    if error:
-        raise error[0]
 
 
 def run_predict(model: Model, image: Any, **kwargs: Any) -> PredictResult:

@@ -37,7 +37,7 @@ from ..engine.rng import splitmix
 from ..data.safe_output import Lock
 from ..errors import Cancelled, InputError, ModelFileError
 from ..model_file import MODEL_JSON, WEIGHTS, Model, ModelInfo, atomic_save_tensors, load_state_strict, load_tensors, stored_preset
-from ..variants import get_variant, resolve
+from ..variants import complete, get_variant, model_options, resolve
 from ..variants.base import Roi, Split
 from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progress, TrainResult, Validation
 
@@ -216,7 +216,7 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
         out_c, cond_c = variant.channels(options)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(preset.train.seed)  # the initial weights are part of the run's seed
-            return Model(preset, ModelInfo(out_channels=out_c, cond_channels=cond_c))
+            return Model(complete(preset), ModelInfo(out_channels=out_c, cond_channels=cond_c))
     if init.variant != preset.variant:
         raise ModelFileError(f"cannot fine-tune a {init.variant} model as {preset.variant}")
     # Keep the starting model's network, diffusion and the options the new preset does not set;
@@ -341,7 +341,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     else:
         model = _model_for(preset, init_model)
         preset = model.preset
-    variant, options = get_variant(preset.variant), model.options
+    variant, options = get_variant(preset.variant), model_options(model)
     tc = preset.train
     missing = [k for k in variant.training_inputs if k not in arrays]
     if missing:

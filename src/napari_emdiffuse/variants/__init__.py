@@ -2,8 +2,9 @@
 
 The widgets and the CLI read :data:`VARIANTS` (names, titles, option models), so a variant added
 here appears everywhere without other changes. The registry also owns the check of what a
-preset asks of a variant (:func:`resolve`): ``config`` knows no variant, so loading a preset
-imports none of them.
+preset or a model asks of a variant (:func:`resolve`, :func:`model_options`) and writing its
+options out (:func:`complete`): ``config`` and ``model_file`` know no variant, so loading a
+preset imports none of them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelFileError
 from .base import Variant
 from .denoise import Denoise
 from .iso_a import IsoA
@@ -21,6 +22,7 @@ from .superres import SuperRes
 
 if TYPE_CHECKING:
     from ..config import Preset
+    from ..model_file import Model
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (Denoise(), SuperRes(), IsoI(), IsoA())}
 
@@ -41,3 +43,21 @@ def resolve(preset: "Preset", source: str | None = None) -> tuple[Variant, BaseM
     except ConfigError as err:
         key = "variant" if preset.variant not in VARIANTS else "variant_options"
         raise ConfigError(f"{source or f'preset {preset.name!r}'}: {key}: {err}") from None
+
+
+def complete(preset: "Preset") -> "Preset":
+    """``preset`` with every variant option written out, as a new model stores it: a later
+    default cannot change what a stored model means."""
+    _, options = resolve(preset)
+    return preset.with_overrides({"variant_options": options.model_dump()})
+
+
+def model_options(model: "Model") -> BaseModel:
+    """A model's validated variant options; a bad variant or option in a model read from disk is
+    a bad model file, named by its folder."""
+    try:
+        return resolve(model.preset)[1]
+    except ConfigError as err:
+        if not model.source:
+            raise
+        raise ModelFileError(f"{model.source}: {err}") from None

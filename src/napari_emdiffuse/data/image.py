@@ -1,0 +1,82 @@
+"""An image and its voxel size, read lazily: what every reader returns.
+
+The lowest floor of the readers (:mod:`.formats` beside it; :mod:`.tiff`, :mod:`.containers`,
+:mod:`.volume_files` and :mod:`.io` above): it imports none of them, so the readers form a
+chain, not a circle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import InputError
+
+UNIT = "um"
+#: micrometres per unit, for the spellings found in ImageJ, OME and NGFF metadata
+UNITS_UM = {
+    "um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "a": 1e-4, "å": 1e-4, "angstrom": 1e-4,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "pm": 1e-6, "picometer": 1e-6,
+}  # fmt: skip
+
+
+@dataclass
+class Image:
+    data: Any  # numpy or dask array, (y, x) or (z, y, x)
+    voxel: tuple[float, ...]  # per axis, micrometres
+    path: Path | None = None
+    unit: str = UNIT
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+def unit_to_um(unit: str | None) -> float | None:
+    """Micrometres per ``unit`` (None when the unit is unknown or 'pixel')."""
+    if unit is None:
+        return None
+    return UNITS_UM.get(str(unit).strip().lower().replace("\u00b5", "µ"))
+
+
+class _Guarded:
+    """An array whose reads fail with an :class:`InputError` naming its file: a corrupt chunk
+    deep inside a large file is found only when the computation reaches it."""
+
+    def __init__(self, array: Any, path: Path) -> None:
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError(f"{self.path}: not enough memory to read a chunk of it") from None
+        except Exception as err:  # noqa: BLE001 - decoders raise anything on corrupt data
+            raise InputError(f"{self.path}: cannot read its pixel data, the file is corrupt ({type(err).__name__}: {' '.join(str(err).split())})") from None
+
+
+def lazy(array: Any, path: Path, chunks: Any = None) -> Any:
+    """A dask array over ``array`` (zarr, h5py, numpy) read chunk by chunk, errors naming ``path``."""
+    import dask.array as da
+
+    guarded = _Guarded(array, path)
+    chunks = chunks or getattr(array, "chunks", None) or guarded.shape
+    return da.from_array(guarded, chunks=chunks, name=False, asarray=False, meta=np.empty((0,) * guarded.ndim, guarded.dtype))
+
+
+def iter_planes(data: Any) -> Iterator[np.ndarray]:
+    """Planes of a 2D or 3D (lazy) array, one at a time."""
+    if data.ndim == 2:
+        yield np.asarray(data)
+        return
+    for z in range(data.shape[0]):
+        yield np.asarray(data[z])

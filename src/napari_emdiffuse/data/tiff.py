@@ -1,0 +1,219 @@
+"""TIFF and OME-TIFF: read lazily page by page, written plane by plane with the voxel size.
+
+A truncated file, or one whose header declares more than the file holds, is refused before
+any pixel is read; written files carry our provenance in a private tag.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .image import Image, iter_planes, lazy, unit_to_um
+from .safe_output import refuse_overwrite, replacing_file
+
+#: what write_tiff can store (ImageJ or OME-TIFF); float64 is written as float32
+TIFF_DTYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "f4", "f8"))
+#: TIFFs larger than this are written as BigTIFF (classic TIFF offsets end at 4 GiB)
+BIGTIFF_BYTES = 3_900_000_000
+
+
+def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
+    """Voxel size from ImageJ metadata ('spacing') and the XY resolution tags (pixels per unit)."""
+    page = tf.pages[0]
+    xy = []
+    for tag in ("YResolution", "XResolution"):
+        t = page.tags.get(tag)
+        num, den = t.value if t is not None else (1, 1)
+        xy.append(den / num if num else 1.0)
+    unit_scale = 1.0
+    ij = tf.imagej_metadata or {}
+    if ij:
+        unit_scale = unit_to_um(ij.get("unit", "um")) or 1.0
+    else:  # no ImageJ unit: resolution tags in inches/cm give no micrometres we can trust
+        res_unit = page.tags.get("ResolutionUnit")
+        if res_unit is not None and int(res_unit.value) == 3:  # centimetre
+            unit_scale = 1e4
+        elif res_unit is not None and int(res_unit.value) == 2:  # inch: typical of screenshots, ignore
+            xy = [1.0, 1.0]
+    yx = tuple(v * unit_scale for v in xy)
+    if ndim == 2:
+        return yx
+    z = float(ij.get("spacing", 1.0)) * unit_scale
+    return (z,) + yx
+
+
+def _ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
+    """Physical sizes of the spatial axes from OME-XML (first image), in micrometres."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    out = []
+    for ax in axes:
+        size = pixels.get(f"PhysicalSize{ax}")
+        scale = unit_to_um(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+        out.append(float(size) * scale if size and scale else 1.0)
+    return tuple(out)
+
+
+def _squeeze_axes(data: Any, axes: str) -> tuple[Any, str]:
+    """Drop length-one channel/time axes; keep everything else for :func:`check_image` to judge."""
+    index, kept = [], ""
+    for ax, n in zip(axes, data.shape):
+        if ax in "CTQIS" and n == 1 and len(axes) > 2:
+            index.append(0)
+        else:
+            index.append(slice(None))
+            kept += ax
+    return data[tuple(index)], kept
+
+
+def check_tiff_complete(tf: Any, path: Path) -> None:
+    """Refuse a truncated TIFF, or one whose header declares more than the file or memory can
+    hold, now, rather than failing half-way through a lazy read (or allocating terabytes)."""
+    size = path.stat().st_size
+    pages = tf.pages
+    series = tf.series[0]
+    first = pages[0]
+    declared = (tf.imagej_metadata or {}).get("images")
+    plane = max(int(np.prod(first.shape)), 1)
+    if isinstance(declared, int) and series.size // plane < declared:
+        raise InputError(f"{path}: the TIFF file is truncated (its ImageJ header declares {declared} images, the file holds {series.size // plane})")
+    if series.dataoffset is not None and series.dataoffset + series.nbytes > size:
+        raise InputError(f"{path}: the TIFF file is truncated ({series.nbytes} bytes of pixels declared, the file has {size} bytes)")
+    _check_tiff_pages(pages, path, size)
+
+
+def _check_tiff_pages(pages: Any, path: Path, size: int) -> None:
+    """Every page's strips or tiles must lie inside the file and, uncompressed, hold the page:
+    read from the page directories alone (no pixel is decoded; about 50 µs per page)."""
+    useframes = pages.useframes
+    pages.useframes = True  # light TiffFrames: offsets and byte counts without the full tag set
+    try:
+        for idx, page in enumerate(pages):
+            offsets, counts = page.dataoffsets, page.databytecounts
+            if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size:
+                raise InputError(f"{path}: the TIFF file is truncated or corrupt (page {idx + 1} of {len(pages)} ends past the end of the file)")
+            key = page.keyframe
+            if key.compression == 1 and counts and sum(counts) < key.nbytes:
+                raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {key.shape} {key.dtype}, {key.nbytes} bytes, but holds {sum(counts)} bytes of pixels)")
+    finally:
+        pages.useframes = useframes
+
+
+def read_tiff(path: Path) -> Image:
+    """A TIFF or OME-TIFF stack, lazily (one chunk per page or tile)."""
+    import tifffile
+    import zarr
+
+    path = Path(path)
+    try:
+        tf = tifffile.TiffFile(path)
+        check_tiff_complete(tf, path)
+        series = tf.series[0]
+        arr = zarr.open(series.aszarr(), mode="r")
+        if isinstance(arr, zarr.Group):
+            arr = arr["0"]
+        data, axes = _squeeze_axes(lazy(arr, path), series.axes)
+        voxel = None
+        if tf.is_ome and tf.ome_metadata:
+            spatial = "".join(a for a in axes if a in "ZYX")
+            voxel = _ome_voxel(tf.ome_metadata, spatial) if len(spatial) == data.ndim else None
+        if voxel is None:
+            voxel = _tiff_voxel(tf, data.ndim) if data.ndim in (2, 3) else (1.0,) * data.ndim
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types on a corrupt file
+        raise InputError(f"{path}: not a readable TIFF file ({' '.join(str(err).split()) or type(err).__name__})") from None
+    meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
+    return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
+
+
+#: private TIFF tag holding our provenance (JSON): what made the file and whether it is complete
+PROVENANCE_TAG = 65000
+
+
+def tiff_provenance(tf: Any) -> dict[str, Any] | None:
+    """The provenance a TIFF written by :func:`write_tiff` carries, or None."""
+    tag = tf.pages[0].tags.get(PROVENANCE_TAG)
+    if tag is None:
+        return None
+    try:
+        value = json.loads(tag.value)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_tiff(
+    path: str | Path,
+    data: Any,
+    voxel: Sequence[float],
+    protect: Sequence[Path | None] = (),
+    origin: Sequence[float] | None = None,
+    display_range: tuple[float, float] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm).
+
+    ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
+    OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
+    The ImageJ form also keeps ``origin`` (the first pixel's position in µm, z y x, as ImageJ's
+    ``xorigin``/``yorigin``/``zorigin``, in pixels) and ``display_range`` (``min``/``max``).
+    Written beside ``path`` and renamed into place when complete (:mod:`.safe_output`).
+    ``provenance`` (JSON-able) goes into a private tag that ``emdiffuse info`` shows.
+    """
+    import tifffile
+
+    path = Path(path)
+    refuse_overwrite(path, protect)
+    dtype = np.dtype(data.dtype)
+    if dtype not in TIFF_DTYPES:
+        raise InputError(f"{path}: a TIFF cannot hold {dtype} data (use float32, or write .zarr)")
+    if dtype == np.float64:
+        dtype = np.dtype(np.float32)
+    if data.ndim not in (2, 3):
+        raise InputError(f"{path}: can only write 2D or 3D images as TIFF, got shape {tuple(data.shape)}")
+    voxel = tuple(float(v) for v in voxel)
+    if len(voxel) != data.ndim or not all(np.isfinite(v) and v > 0 for v in voxel):
+        voxel = (1.0,) * data.ndim  # no usable voxel size: say one unit per pixel rather than fail
+    shape = tuple(int(s) for s in data.shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    big = nbytes > BIGTIFF_BYTES
+    planes = (p.astype(dtype, copy=False) for p in iter_planes(data))
+    extratags = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance), True)] if provenance else []
+    with replacing_file(path) as tmp:
+        if not big and dtype in (np.uint8, np.uint16, np.float32):
+            meta: dict[str, Any] = {"unit": "um"}
+            if len(shape) == 3:
+                meta.update(spacing=voxel[0], axes="ZYX")
+            if origin is not None and any(origin):  # ImageJ: position = (index - origin) * spacing
+                for ax, o, v in zip("zyx"[-len(shape) :], origin, voxel):
+                    meta[f"{ax}origin"] = -float(o) / v
+            if display_range is not None:
+                meta.update(min=float(display_range[0]), max=float(display_range[1]))
+            resolution = (1.0 / voxel[-1], 1.0 / voxel[-2])
+            tifffile.imwrite(
+                tmp, planes, shape=shape, dtype=dtype, imagej=True, resolution=resolution, metadata=meta,
+                compression="zlib", extratags=extratags,
+            )  # fmt: skip
+            return path
+        axes = "ZYX"[-len(shape) :]
+        meta = {"axes": axes}
+        for ax, v in zip(axes, voxel):
+            meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm"})
+        resolution = (1e4 / voxel[-1], 1e4 / voxel[-2])  # pixels per centimetre, for readers without OME
+        tifffile.imwrite(
+            tmp, planes, shape=shape, dtype=dtype, ome=True, bigtiff=big, metadata=meta, resolution=resolution,
+            resolutionunit="CENTIMETER", compression=None if big else "zlib", extratags=extratags,
+        )  # fmt: skip
+    return path
