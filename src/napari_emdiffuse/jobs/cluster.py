@@ -154,6 +154,7 @@ class WorkerSpec:
     """What the client knows of a prediction, before it becomes plain data for the workers."""
 
     model: Model
+    options: BaseModel  # the model's variant options, as the client checked them
     image: Any
     cfg: SampleConfig
     normaliser: Normaliser
@@ -176,7 +177,10 @@ def run_on_cluster(
     client, cluster = connect(address)
     model_dir = Path(tempfile.mkdtemp(prefix=f".{out.names.mean.name}.model-", dir=out.names.mean.parent))
     try:
-        spec.model.save(model_dir)
+        # the options as the client resolved them, written out: a model built in memory from a preset
+        # without a key would otherwise read back as a model from before that key existed
+        preset = spec.model.preset.with_overrides({"variant_options": spec.options.model_dump(mode="json")})
+        Model(preset, spec.model.info, spec.model.network).save(model_dir)
         plain = json.dumps({
             "model": str(model_dir), "input": str(Path(inputs[0]).resolve()), "cfg": spec.cfg.model_dump(mode="json"),
             "normaliser": spec.normaliser.to_dict(), "device": spec.device, "estimate": spec.estimate, "keep_samples": spec.keep_samples,

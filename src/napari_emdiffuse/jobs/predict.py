@@ -176,7 +176,7 @@ def predict(
             if cluster is not None:
                 from .cluster import WorkerSpec, run_on_cluster
 
-                spec = WorkerSpec(model, image, cfg, normaliser, device, estimate, keep_samples)
+                spec = WorkerSpec(model, options, image, cfg, normaliser, device, estimate, keep_samples)
                 yield from run_on_cluster(cluster, spec, todo, out, done, cancel)
             else:
                 yield Progress(0, total, "sampling")
