@@ -158,3 +158,14 @@ def test_the_cli_refuses_a_bad_variant_option_in_one_line_before_reading_the_inp
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(folder) in err and "factr" in err and "absent.tif" not in err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_preset_without_its_options_is_not_saved_to_change_meaning(tmp_path):
+    """In memory a denoiser without the ``residual`` key is residual (the default); on disk the
+    missing key means a model from before the option. Saving it as it is would flip it."""
+    given = Model(load_preset("tiny"), ModelInfo())
+    with pytest.raises(ValueError, match=r"variants.complete\(\)"):
+        given.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    done = Model(complete(given.preset), ModelInfo(), network=given.network)
+    assert model_options(Model.load(done.save(tmp_path / "m"))) == model_options(given)

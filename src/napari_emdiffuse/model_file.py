@@ -139,7 +139,17 @@ class Model:
         }
 
     def save(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write the folder; ``state`` replaces the network's own weights (e.g. the EMA copy)."""
+        """Write the folder; ``state`` replaces the network's own weights (e.g. the EMA copy).
+
+        A preset that leaves out an option whose absence a stored model reads as "made before the
+        option existed" (:func:`stored_preset`) is refused: written as it is, the model would
+        change meaning on loading. ``variants.complete(preset)`` writes every option out."""
+        preset = self.preset.model_dump(mode="json")
+        if stored_preset(preset) != preset:
+            raise ValueError(
+                f"a {self.preset.variant} preset without all its variant options ({preset['variant_options']}) would read back "
+                "as a model from before they existed: pass it through variants.complete() before saving"
+            )
         folder = Path(folder)
         weights = state if state is not None else self.network.state_dict()
         atomic_save_tensors(weights, folder / WEIGHTS, metadata={"format": "napari-emdiffuse"})
