@@ -64,7 +64,8 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Runs the model as predict does on INPUT and compares with TRUTH (or simulates the input from clean "
             "data with --clean), then stores the scale that makes its interval cover 1 - alpha of the pixels. "
-            "The bounds hold for data like the calibration region, at the sampling settings used here."
+            "The bounds hold for data like the calibration region, at the sampling settings used here: use a "
+            "region of slices the model was not trained on (bounds fitted on the training slices can fall short on new ones)."
         ),
     )
     p.add_argument("--model", required=True, help="model folder, or the name of a bundled model")

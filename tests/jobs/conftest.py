@@ -14,7 +14,7 @@ import torch
 from napari_emdiffuse.config import SampleConfig, load_preset
 from napari_emdiffuse.jobs import blocks as blocks_module
 from napari_emdiffuse.model_file import Model, ModelInfo, build_network
-from napari_emdiffuse.variants import base, get_variant
+from napari_emdiffuse.variants import base, complete, get_variant
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +24,11 @@ def fast() -> SampleConfig:
 
 @pytest.fixture(scope="session")
 def random_model(fast) -> Callable[..., Model]:
-    """``random_model(preset, options)``: an untrained network of that preset."""
+    """``random_model(preset, options)``: an untrained network of that preset, its options written
+    out as a trained model's are (so that it can be saved)."""
 
     def make(preset: str, options: dict | None = None) -> Model:
-        p = load_preset(preset, {"variant_options": options or {}, "sample": fast.model_dump()})
+        p = complete(load_preset(preset, {"variant_options": options or {}, "sample": fast.model_dump()}))
         v = get_variant(p.variant)
         oc, cc = v.channels(v.options(p.variant_options))
         torch.manual_seed(0)
