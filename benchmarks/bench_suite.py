@@ -363,17 +363,6 @@ def matches(folder: Path, preset, steps: int) -> bool:
     return info["steps"] == steps and canonical(stored) == canonical(preset)
 
 
-def weights_digest(model) -> str:
-    """A hash of the network's weights alone (a recalibrated model keeps it; a retrained one does not)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.network.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def kept_rows(earlier: dict | None, result: dict) -> list[dict]:
     """Rows an earlier run measured and this one did not (the regression UNet under ``--no-care``,
     step counts left out of ``--steps``), kept with the date of their run when they describe the
@@ -397,7 +386,7 @@ def run_task(task: Task, work: Path, care: bool, step_counts: tuple[int, ...] = 
 
     from napari_emdiffuse.config import SampleConfig
     from napari_emdiffuse.data.normalise import fit_normaliser
-    from napari_emdiffuse.jobs.predict import run_predict
+    from napari_emdiffuse.jobs.predict import run_predict, weights_digest
     from napari_emdiffuse.models import resolve_model
     from regression_baseline import load_regression, predict_regression, train_regression
 

@@ -43,18 +43,35 @@ REGIONS = {
 }
 
 
-def clean_region(name: str) -> np.ndarray:
+def stack_blocks(source: str, blocks: list) -> np.ndarray:
+    """The clean ``(slices, rows, columns)`` blocks of the ISBI or FIB-SEM stack, stacked along z."""
     import tifffile
 
     from bench_suite import FIBSEM, ISBI
 
-    source, blocks = REGIONS[name][:2]
     volume = tifffile.imread(ISBI if source == "isbi" else FIBSEM)
     return np.concatenate([volume[z][:, y, x] if isinstance(z, list) else volume[z, y, x] for z, y, x in blocks])
 
 
+def clean_region(name: str) -> np.ndarray:
+    return stack_blocks(*REGIONS[name][:2])
+
+
 def _slices(z: slice | list[int]) -> set[int]:
     return set(z) if isinstance(z, list) else set(range(z.start, z.stop, z.step or 1))
+
+
+def misses_tests(source: str, blocks: list) -> bool:
+    """Whether ``blocks`` of the stack miss every test region of ``bench_suite.py``."""
+    import bench_suite as bs
+
+    if source == "isbi":
+        tests = [(_slices(bs.DENOISE_TEST[0]), bs.DENOISE_TEST[1])]
+    else:
+        tests = [(set(bs.SR_TEST[0]), bs.SR_TEST[1]), (_slices(bs.ISO_TEST[0]), bs.ISO_TEST[1])]
+    return not any(
+        _slices(z) & tz and set(range(y.start, y.stop)) & set(range(ty.start, ty.stop)) for z, y, _ in blocks for tz, ty in tests
+    )
 
 
 def held_back_from_tests(name: str) -> bool:
@@ -63,15 +80,8 @@ def held_back_from_tests(name: str) -> bool:
     import bench_suite as bs
 
     source, blocks = REGIONS[name][:2]
-    if source == "isbi":
-        tests = [(_slices(bs.DENOISE_TEST[0]), bs.DENOISE_TEST[1])]
-    else:
-        tests = [(set(bs.SR_TEST[0]), bs.SR_TEST[1]), (_slices(bs.ISO_TEST[0]), bs.ISO_TEST[1])]
-    for z, y, _ in blocks:
-        if any(_slices(z) & tz and set(range(y.start, y.stop)) & set(range(ty.start, ty.stop)) for tz, ty in tests):
-            return False
     trained = _slices(bs.DENOISE_TRAIN) if name == "emdiffuse-n" else set()
-    return not any(_slices(z) & trained for z, _, _ in blocks)
+    return misses_tests(source, blocks) and not any(_slices(z) & trained for z, _, _ in blocks)
 
 
 def calibrate_default(name: str) -> None:

@@ -40,29 +40,9 @@ STUDY = {
 }
 
 
-def clean(stack: str, blocks: list) -> np.ndarray:
-    import tifffile
-
-    from bench_suite import FIBSEM, ISBI
-
-    volume = tifffile.imread(ISBI if stack == "isbi" else FIBSEM)
-    return np.concatenate([volume[z][:, y, x] if isinstance(z, list) else volume[z, y, x] for z, y, x in blocks])
-
-
-def off_test(stack: str, blocks: list) -> bool:
-    """Whether ``blocks`` miss every test region of ``bench_suite.py``."""
-    import bench_suite as bs
-
-    tests = [bs.DENOISE_TEST[:2]] if stack == "isbi" else [(bs.SR_TEST[0], bs.SR_TEST[1]), bs.ISO_TEST[:2]]
-
-    def zs(z) -> set[int]:
-        return set(z) if isinstance(z, list) else set(range(z.start, z.stop, z.step or 1))
-
-    return not any(zs(z) & zs(tz) and set(range(y.start, y.stop)) & set(range(ty.start, ty.stop)) for z, y, _ in blocks for tz, ty in tests)
-
-
 def study(name: str) -> list[dict]:
     from bench_suite import uncertainty_worth
+    from calibrate_default_models import misses_tests, stack_blocks
     from napari_emdiffuse.jobs.calibrate import calibrate
     from napari_emdiffuse.jobs.events import Kind
     from napari_emdiffuse.jobs.predict import normaliser_for, run_predict
@@ -70,10 +50,10 @@ def study(name: str) -> list[dict]:
     from napari_emdiffuse.variants import get_variant, model_options
 
     stack, regions = STUDY[name]
-    assert all(off_test(stack, blocks) for blocks in regions.values()), f"{name}: a study region overlaps a test region"
+    assert all(misses_tests(stack, blocks) for blocks in regions.values()), f"{name}: a study region overlaps a test region"
     model = resolve_model(name)
     variant = get_variant(model.variant)
-    pairs = {r: variant.calibration_pair(clean(stack, blocks), model_options(model), seed=0) for r, blocks in regions.items()}
+    pairs = {r: variant.calibration_pair(stack_blocks(stack, blocks), model_options(model), seed=0) for r, blocks in regions.items()}
     scored = list(regions)[-1]
     image, truth = pairs[scored]
     rows = []

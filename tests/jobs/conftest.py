@@ -115,3 +115,22 @@ def ran_blocks(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(blocks_module.BlockRunner, "run", counting)
     return ran
+
+
+@pytest.fixture
+def cancelled_early(fast) -> Callable[..., Path]:
+    """``cancelled_early(model, image, output)``: a prediction into ``output`` cancelled at its first
+    progress past zero; returns the partial store it leaves (asserted to be there)."""
+    from napari_emdiffuse.jobs.events import new_cancel_token
+    from napari_emdiffuse.jobs.predict import predict
+
+    def run(model: Model, image: np.ndarray, output: Path) -> Path:
+        token = new_cancel_token()
+        for ev in predict(model, image, sample=fast, output=output, cancel=token):
+            if ev.kind.value == "progress" and ev.done > 0:
+                token.set()
+        partial = output.with_name(f"{output.stem}.partial.zarr")
+        assert partial.is_dir()
+        return partial
+
+    return run

@@ -79,14 +79,9 @@ def test_cancel_then_resume_computes_only_missing_blocks_and_ends_bit_identical(
         np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tmp_path, random_model, fast, store_results):
+def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tmp_path, random_model, fast, store_results, cancelled_early):
     model = random_model("tiny")
-    token = new_cancel_token()
-    for ev in predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", cancel=token):
-        if ev.kind.value == "progress" and ev.done > 0:
-            token.set()
-    partial = tmp_path / "o.partial.zarr"
-    assert partial.is_dir()
+    partial = cancelled_early(model, small_stack, tmp_path / "o.zarr")
     before = sorted(p.name for p in partial.rglob("*"))
     other = fast.model_copy(update={"steps": 3})
     with pytest.raises(InputError, match="cannot resume: it was made with settings"):

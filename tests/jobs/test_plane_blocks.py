@@ -80,15 +80,10 @@ def test_resume_of_a_cut_plane_computes_only_the_missing_blocks(plane, small_blo
         np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_resume_refuses_a_store_cut_into_other_blocks(plane, small_blocks, monkeypatch, tmp_path, random_model, fast):
+def test_resume_refuses_a_store_cut_into_other_blocks(plane, small_blocks, monkeypatch, tmp_path, random_model, fast, cancelled_early):
     """A store begun by a version that cut large planes otherwise: its done-markers are of other blocks."""
     model = random_model("tiny")
-    token = new_cancel_token()
-    for ev in predict(model, plane, sample=fast, output=tmp_path / "o.zarr", cancel=token):
-        if ev.kind.value == "progress" and ev.done > 0:
-            token.set()
-    partial = tmp_path / "o.partial.zarr"
-    assert partial.is_dir()
+    partial = cancelled_early(model, plane, tmp_path / "o.zarr")
     monkeypatch.setattr(base, "BLOCK_PX", 4096)  # now the plane is one block
     with pytest.raises(InputError, match=r"cut into \d+ blocks, this version cuts the input into 1"):
         run_predict(model, plane, sample=fast, output=tmp_path / "o.zarr", resume=True)

@@ -206,6 +206,13 @@ def predict(
 def model_digest(model: Model) -> str:
     """A hash of the model's description and weights: a store is resumed only with the same model."""
     h = hashlib.sha256(json.dumps(model.to_json(), sort_keys=True, default=str).encode())
+    return weights_digest(model, h)
+
+
+def weights_digest(model: Model, h: Any = None) -> str:
+    """A hash of the network's weights alone (a recalibrated model keeps it, a retrained one does
+    not), fed into ``h`` when given (a ``hashlib`` object)."""
+    h = h if h is not None else hashlib.sha256()
     for name, tensor in sorted(model.network.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
