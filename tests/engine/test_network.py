@@ -46,7 +46,7 @@ def _plain_forward(net: UNet, x, cond, c_noise):
     in-place, no batched FiLM): the fast forward must compute the same thing."""
     from torch.nn import functional as F
 
-    from napari_emdiffuse.engine.network import Attention, ResBlock, noise_embedding
+    from napari_emdiffuse.engine.network import Attention, ResBlock, UpsampleConv, noise_embedding
 
     emb = net.embed(noise_embedding(c_noise, net.cfg.base_channels))
 
@@ -62,9 +62,12 @@ def _plain_forward(net: UNet, x, cond, c_noise):
         w = torch.softmax(q.transpose(-1, -2) @ k / (c // a.heads) ** 0.5, dim=-1)
         return h + a.out((w @ v.transpose(-1, -2)).transpose(-1, -2).reshape(bsz, c, hh, ww))
 
+    def up(b, h):
+        return F.conv2d(F.interpolate(h, scale_factor=2, mode="nearest"), b.weight, b.bias, padding=1)
+
     def run(blocks, h):
         for b in blocks:
-            h = res(b, h) if isinstance(b, ResBlock) else attn(b, h) if isinstance(b, Attention) else b(h)
+            h = res(b, h) if isinstance(b, ResBlock) else attn(b, h) if isinstance(b, Attention) else up(b, h) if isinstance(b, UpsampleConv) else b(h)
         return h
 
     h = net.stem(torch.cat([x, cond], dim=1))
@@ -78,16 +81,18 @@ def _plain_forward(net: UNet, x, cond, c_noise):
     return net.head(h)
 
 
+@pytest.mark.parametrize("levels", [(0.3, -1.2), (0.7, 0.7)], ids=["per-item noise", "shared noise (FiLM folded)"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_forward_computes_the_plain_arithmetic(channels_last):
-    """Fused FiLM, in-place activations, batched FiLM projections and view-based attention give
-    the plain computation's output and gradients within float32 rounding, in either layout."""
+def test_fast_forward_computes_the_plain_arithmetic(channels_last, levels):
+    """Fused FiLM (and folded into the GroupNorm when the batch shares its noise level), in-place
+    activations, batched FiLM projections, view-based attention and the upsampling as a
+    transposed convolution give the plain computation's output and gradients within float32 rounding, in either layout."""
     cfg = NetworkConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), dropout=0.0)
     torch.manual_seed(0)
     net = UNet(cfg, out_channels=2, cond_channels=1)
     for p in net.parameters():  # the zero-initialised convolutions would hide most of the network
         torch.nn.init.normal_(p, std=0.2)
-    x, cond, c = torch.randn(2, 2, 16, 24), torch.randn(2, 1, 16, 24), torch.tensor([0.3, -1.2])
+    x, cond, c = torch.randn(2, 2, 16, 24), torch.randn(2, 1, 16, 24), torch.tensor(levels)
     want = _plain_forward(net, x, cond, c)
     grads_want = torch.autograd.grad(want.square().sum(), list(net.parameters()))
     if channels_last:
@@ -98,3 +103,48 @@ def test_fast_forward_computes_the_plain_arithmetic(channels_last):
     grads = torch.autograd.grad(got.square().sum(), list(net.parameters()))
     for g, w in zip(grads, grads_want):
         torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-4)
+
+
+def test_upsampling_as_transposed_convolution_matches_upsample_then_convolve():
+    """Each of the four output phases sums the right 3x3 taps, at every border, in both layouts."""
+    from torch.nn import functional as F
+
+    from napari_emdiffuse.engine.network import UpsampleConv
+
+    torch.manual_seed(1)
+    conv = UpsampleConv(6)
+    x = torch.randn(2, 6, 5, 7)
+    want = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), want, rtol=1e-5, atol=1e-6)
+    conv = conv.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_saved_before_the_upsampling_change_still_load(tmp_path):
+    """Files written when the upsampling convolution sat after an ``nn.Upsample`` (one index later)
+    load into today's network with the same output, through the model folder and the checkpoint path."""
+    from safetensors.torch import save_file
+
+    from napari_emdiffuse import variants
+    from napari_emdiffuse.model_file import Model, ModelInfo, load_state_strict
+
+    preset = variants.complete(load_preset("tiny"))
+    torch.manual_seed(0)
+    model = Model(preset, ModelInfo())
+    for p in model.network.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    old = {v: k for k, v in model.network.legacy_names().items()}
+    assert old, "the tiny preset has upsampling levels"
+    model.save(tmp_path / "m")
+    state = model.network.state_dict()
+    save_file({old.get(k, k): v.contiguous() for k, v in state.items()}, str(tmp_path / "m" / "weights.safetensors"))
+    loaded = Model.load(tmp_path / "m")
+    x, cond, c = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32), torch.tensor([0.5])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(x, cond, c), model.network(x, cond, c))
+    net = Model(preset, ModelInfo()).network
+    load_state_strict(net, {old.get(k, k): v for k, v in state.items()}, "checkpoint")
+    torch.testing.assert_close(net.state_dict(), state)
+    wrapper = torch.nn.ModuleDict({"network": Model(preset, ModelInfo()).network})  # as a bioimage.io package nests it
+    wrapper.load_state_dict({f"network.{old.get(k, k)}": v for k, v in state.items()})
+    torch.testing.assert_close(wrapper["network"].state_dict(), state)

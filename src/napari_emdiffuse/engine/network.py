@@ -7,13 +7,16 @@ through a FiLM (scale and shift) embedding. Self-attention is used only at the l
 
 Written for speed without changing the arithmetic: the FiLM projections of all blocks are one
 matrix product per evaluation, activations and residual sums run in place on fresh tensors, the
-FiLM is one fused multiply-add, and attention reads q, k, v as views of a channels-last feature
-map (the layout :func:`~.device.prepare_network` gives the network on every device).
+FiLM is one fused multiply-add (folded into the GroupNorm's affine when the batch shares one noise
+level, as in sampling), upsampling is a transposed convolution (:class:`UpsampleConv`), and
+attention reads q, k, v as views of a channels-last feature map (the layout
+:func:`~.device.prepare_network` gives the network on every device).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,10 +56,14 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """``film`` is this block's ``self.emb(silu(embedding))``, computed by :class:`UNet` for all
-        blocks at once."""
+        blocks at once; one row of it for the whole batch when all items share a noise level."""
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        scale, shift = film[:, :, None, None].chunk(2, dim=1)
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        scale, shift = film.chunk(2, dim=1)
+        if film.shape[0] == 1:  # the FiLM folds into the normalisation's own scale and shift: one pass fewer
+            norm, gain = self.norm2, 1 + scale[0]
+            h = F.group_norm(h, norm.num_groups, norm.weight * gain, torch.addcmul(shift[0], norm.bias, gain), norm.eps)
+        else:
+            h = torch.addcmul(shift[:, :, None, None], self.norm2(h), 1 + scale[:, :, None, None])
         h = self.conv2(self.drop(F.silu(h, inplace=True)))
         return h.add_(self.skip(x))
 
@@ -80,6 +87,26 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b, heads, h*w, dim)
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return self.out(o).add_(x)
+
+
+#: for each tap of the 4x4 transposed kernel, the rows (or columns) of the 3x3 kernel it sums
+_PHASE_TAPS = ([2], [1, 2], [0, 1], [0])
+
+
+class UpsampleConv(nn.Conv2d):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution (padding 1), computed as one
+    stride-2 transposed convolution whose 4x4 kernel sums the 3x3 one's taps. Each output pixel
+    sees only 2 x 2 input pixels, so this does 16 instead of 36 multiply-adds per output pixel and
+    never forms the upsampled map (about twice as fast); same parameters, same result within
+    float32 rounding."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.stack([self.weight[:, :, taps].sum(2) for taps in _PHASE_TAPS], 2)
+        kernel = torch.stack([rows[..., taps].sum(3) for taps in _PHASE_TAPS], 3)
+        return F.conv_transpose2d(x, kernel.transpose(0, 1), self.bias, stride=2, padding=1)
 
 
 class UNet(nn.Module):
@@ -131,14 +158,30 @@ class UNet(nn.Module):
                 if level in cfg.attention_levels:
                     blocks.append(Attention(ch))
                 if level > 0 and i == cfg.num_res_blocks:
-                    blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                    blocks.append(nn.Conv2d(ch, ch, 3, padding=1))
+                    blocks.append(UpsampleConv(ch))
                 self.up.append(nn.ModuleList(blocks))
 
         self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self._res_blocks = [m for m in self.modules() if isinstance(m, ResBlock)]  # in forward order
+
+    def legacy_names(self) -> dict[str, str]:
+        """Weight names of files written before :class:`UpsampleConv`, mapped to today's: the
+        upsampling convolution then came one index later, after a parameter-free ``nn.Upsample``."""
+        names = {}
+        for n, blocks in enumerate(self.up):
+            for j, block in enumerate(blocks):
+                if isinstance(block, UpsampleConv):
+                    names.update({f"up.{n}.{j + 1}.{p}": f"up.{n}.{j}.{p}" for p in ("weight", "bias")})
+        return names
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # runs before the children load: older files load anywhere (a bioimage.io package too)
+        for old, new in self.legacy_names().items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def size_multiple(self) -> int:
@@ -159,6 +202,8 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        if c_noise.numel() > 1 and bool((c_noise == c_noise[0]).all()):
+            c_noise = c_noise[:1]  # one noise level (as in sampling): one FiLM row for the batch
         emb = self.embed(noise_embedding(c_noise, self.cfg.base_channels).to(x.dtype))
         films = self._films(emb)
         h = self.stem(torch.cat([x, cond], dim=1))
