@@ -195,7 +195,7 @@ def em_plane(tmp_path_factory, isbi_path) -> Path:
 
 @pytest.mark.parametrize("sampler,extra", [("dpmpp_2m", []), ("ddim", []), ("ddpm", ["--spacing", "emdiffuse-test"])])
 def test_imported_model_predicts_with_every_sampler_tiled(imported, em_plane, tmp_path, sampler, extra):
-    from napari_emdiffuse.engine.tiling import tile_starts
+    from napari_emdiffuse.engine.grid import tile_starts
 
     out = tmp_path / "out.tif"
     args = ["predict", "--model", str(imported["emdiffuse_n_small"]), "--input", str(em_plane), "--output", str(out)]

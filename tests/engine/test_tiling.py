@@ -6,7 +6,8 @@ from napari_emdiffuse.config import DiffusionConfig
 from napari_emdiffuse.engine.diffusion import Schedule
 from napari_emdiffuse.engine.samplers import get_sampler
 from napari_emdiffuse.engine.grid import TileGrid
-from napari_emdiffuse.engine.tiling import TiledSampler, keyed_noise, make_tiles, ramp, tile_starts
+from napari_emdiffuse.engine.grid import make_tiles, tile_starts
+from napari_emdiffuse.engine.tiling import TiledSampler, keyed_noise, ramp
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(10, 64, 16), (64, 64, 16), (65, 64, 16), (1000, 128, 32), (131, 64, 8)])

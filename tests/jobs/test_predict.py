@@ -63,7 +63,7 @@ def test_tiled_equals_untiled_without_seams(tiny_model, isbi_pair):
     """A 320 x 384 plane in 128 px tiles (12 tiles) against one 384 px tile: same image, no seam.
 
     The remaining difference comes from GroupNorm, whose statistics are taken over the tile."""
-    from napari_emdiffuse.engine.tiling import tile_starts
+    from napari_emdiffuse.engine.grid import tile_starts
 
     noisy, _ = isbi_pair
     img = noisy[1, :320, :384]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .device import is_out_of_memory
-from .grid import Rect, Tile, TileGrid, make_tiles, tile_starts  # noqa: F401 (the tile geometry, as before it moved)
+from .grid import Rect, Tile, TileGrid
 from .rng import splitmix
 from .samplers import Sampler, Step
 
