@@ -142,3 +142,25 @@ def test_output_inside_or_around_an_input_container_is_refused(tiny_model, tmp_p
         with pytest.raises(InputError, match="refusing to overwrite"):
             run_predict(tiny_model, noisy[0, :32, :32], sample=FAST, output=out, input_paths=[container / "raw"])
     assert (container / "raw").is_dir()
+
+
+def test_weights_digest_keeps_the_names_older_files_use():
+    """A stopped job resumes only with the same model (its digest): the digest hashes the weights
+    under the names a bundled file still uses (from before the upsampling moved one index), so
+    jobs and benchmark records from before that change still match."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    from napari_emdiffuse.jobs.predict import weights_digest
+    from napari_emdiffuse.models import find_model, resolve_model
+
+    model = resolve_model("emdiffuse-r")
+    stored = load_file(str(find_model("emdiffuse-r") / "weights.safetensors"))
+    assert set(model.network.legacy_names()) <= set(stored), "the bundled file is in the older layout"
+    h = hashlib.sha256()
+    for name in sorted(stored):
+        h.update(name.encode())
+        h.update(stored[name].to(torch.float32).contiguous().numpy().tobytes())
+    assert weights_digest(model) == h.hexdigest()
