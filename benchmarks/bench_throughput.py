@@ -96,7 +96,7 @@ def network_case(preset: str, tile: int, batch: int, dev: torch.device, repeats:
     ref = _randomise(reference(cfg, out_c, cond_c)).to(dev).eval()
     x = torch.randn(batch, out_c, tile, tile, device=dev)
     cond = torch.randn(batch, cond_c, tile, tile, device=dev)
-    c = torch.full((batch,), 0.3, device=dev)
+    c = torch.full((1,), 0.3, device=dev)  # one noise level for the batch, as a sampler step gives it
 
     def run_ours(precision: str | None = None):
         def f():

@@ -77,7 +77,7 @@ def forward_rows(cases: list, dev: torch.device) -> list[dict]:
         out_c, cond_c = _channels(preset)
         x = torch.randn(batch, out_c, tile, tile, device=dev)
         cond = torch.randn(batch, cond_c, tile, tile, device=dev)
-        c = torch.full((batch,), 0.3, device=dev)
+        c = torch.full((1,), 0.3, device=dev)  # one noise level for the batch, as a sampler step gives it
         ours = prepare_network(_randomise(UNet(cfg, out_c, cond_c)), dev).eval()
         ref = _randomise(reference(cfg, out_c, cond_c)).to(dev).eval()
         for name, net, ctx in (("ours", ours, lambda: autocast(dev, inference=True)), ("reference", ref, lambda: torch.autocast(dev.type, enabled=False))):

@@ -180,7 +180,7 @@ class Model:
             raise ModelFileError(f"{folder}: {WEIGHTS} is missing" + (" (there is a pipe or device of that name, not a file)" if weights.exists() else ""))
         preset, info = cls.parse_json(meta, source=str(folder))
         declared = declared_network(preset, info, str(folder))
-        header = renamed(declared, tensor_header(weights))
+        header = tensor_header(weights)
         _compare(declared.state_dict(), {k: shape for k, (shape, _) in header.items()}, str(weights))
         ints = sorted(k for k, (_, dtype) in header.items() if dtype not in _FLOAT_DTYPES)
         if ints:
@@ -283,18 +283,9 @@ def _compare(own: dict[str, Any], shapes: dict[str, Any], source: str) -> None:
         raise ModelFileError(f"{source}: weights do not match the network in model.json: " + ", ".join(parts))
 
 
-def renamed(module: torch.nn.Module, tensors: dict[str, Any]) -> dict[str, Any]:
-    """``tensors`` with the names an older file gave them mapped to the network's own (only the
-    network knows how its layout moved: ``legacy_names``)."""
-    legacy = module.legacy_names() if hasattr(module, "legacy_names") else {}
-    return {legacy.get(k, k): v for k, v in tensors.items()}
-
-
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load weights, failing loudly on any missing, extra or mis-shaped tensor, on integer
-    weights and on NaN or infinite values (a diverged or damaged file); older files' names are
-    mapped to today's (:func:`renamed`)."""
-    state = renamed(module, state)
+    weights and on NaN or infinite values (a diverged or damaged file)."""
     _compare(module.state_dict(), {k: v.shape for k, v in state.items()}, source)
     for name, tensor in state.items():
         if not tensor.is_floating_point():

@@ -81,10 +81,10 @@ def _plain_forward(net: UNet, x, cond, c_noise):
     return net.head(h)
 
 
-@pytest.mark.parametrize("levels", [(0.3, -1.2), (0.7, 0.7)], ids=["per-item noise", "shared noise (FiLM folded)"])
+@pytest.mark.parametrize("levels", [(0.3, -1.2), (0.7,)], ids=["per-item noise", "one level for the batch (FiLM folded)"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_forward_computes_the_plain_arithmetic(channels_last, levels):
-    """Fused FiLM (and folded into the GroupNorm when the batch shares its noise level), in-place
+    """Fused FiLM (and folded into the GroupNorm when the batch has one noise level), in-place
     activations, batched FiLM projections, view-based attention and the upsampling as a
     transposed convolution give the plain computation's output and gradients within float32 rounding, in either layout."""
     cfg = NetworkConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), dropout=0.0)
@@ -120,31 +120,51 @@ def test_upsampling_as_transposed_convolution_matches_upsample_then_convolve():
     torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-6)
 
 
-def test_weights_saved_before_the_upsampling_change_still_load(tmp_path):
-    """Files written when the upsampling convolution sat after an ``nn.Upsample`` (one index later)
-    load into today's network with the same output, through the model folder and the checkpoint path."""
-    from safetensors.torch import save_file
-
+def test_weight_files_keep_their_names_across_the_upsampling_change(tmp_path):
+    """Files name the upsampling convolution as before :class:`UpsampleConv` (one index later,
+    after a parameter-free ``nn.Upsample``), so older and newer versions read each other's files;
+    loading takes either naming, also with the network nested (as in a bioimage.io package)."""
     from napari_emdiffuse import variants
-    from napari_emdiffuse.model_file import Model, ModelInfo, load_state_strict
+    from napari_emdiffuse.model_file import Model, ModelInfo
 
     preset = variants.complete(load_preset("tiny"))
     torch.manual_seed(0)
     model = Model(preset, ModelInfo())
     for p in model.network.parameters():
         torch.nn.init.normal_(p, std=0.1)
-    old = {v: k for k, v in model.network.legacy_names().items()}
-    assert old, "the tiny preset has upsampling levels"
-    model.save(tmp_path / "m")
+    names = model.network.file_names()
     state = model.network.state_dict()
-    save_file({old.get(k, k): v.contiguous() for k, v in state.items()}, str(tmp_path / "m" / "weights.safetensors"))
+    assert names and set(names.values()) <= set(state) and not set(names) & set(state)
+    model.save(tmp_path / "m")
     loaded = Model.load(tmp_path / "m")
     x, cond, c = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32), torch.tensor([0.5])
     with torch.no_grad():
         torch.testing.assert_close(loaded.network(x, cond, c), model.network(x, cond, c))
-    net = Model(preset, ModelInfo()).network
-    load_state_strict(net, {old.get(k, k): v for k, v in state.items()}, "checkpoint")
-    torch.testing.assert_close(net.state_dict(), state)
-    wrapper = torch.nn.ModuleDict({"network": Model(preset, ModelInfo()).network})  # as a bioimage.io package nests it
-    wrapper.load_state_dict({f"network.{old.get(k, k)}": v for k, v in state.items()})
+    own = Model(preset, ModelInfo()).network
+    own.load_state_dict({k: v.detach() for k, v in model.network.named_parameters()})
+    torch.testing.assert_close(own.state_dict(), state)
+    wrapper = torch.nn.ModuleDict({"network": Model(preset, ModelInfo()).network})
+    assert set(wrapper.state_dict()) == {f"network.{k}" for k in state}
+    wrapper.load_state_dict({f"network.{k}": v for k, v in state.items()})
     torch.testing.assert_close(wrapper["network"].state_dict(), state)
+
+
+def test_denoiser_gives_a_sampler_step_one_noise_level():
+    """A scalar sigma (a sampler step) reaches the network as one level for the batch, and the
+    result equals that of one level per item."""
+    from napari_emdiffuse.engine.diffusion import Denoiser
+
+    cfg = NetworkConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), dropout=0.0)
+    torch.manual_seed(0)
+    net = UNet(cfg)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    seen = []
+    net.register_forward_pre_hook(lambda _m, args: seen.append(args[2].shape))
+    denoiser = Denoiser(net, "edm", 0.3)
+    x, cond = torch.randn(3, 1, 16, 16), torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        one = denoiser(x, torch.tensor(0.8), cond)
+        each = denoiser(x, torch.full((3,), 0.8), cond)
+    assert seen == [torch.Size([1]), torch.Size([3])]
+    torch.testing.assert_close(one, each, rtol=1e-5, atol=1e-6)

@@ -146,8 +146,8 @@ def test_output_inside_or_around_an_input_container_is_refused(tiny_model, tmp_p
 
 def test_weights_digest_keeps_the_names_older_files_use():
     """A stopped job resumes only with the same model (its digest): the digest hashes the weights
-    under the names a bundled file still uses (from before the upsampling moved one index), so
-    jobs and benchmark records from before that change still match."""
+    under the names their file gives them, which the network's upsampling change kept, so jobs and
+    benchmark records from before that change still match."""
     import hashlib
 
     import torch
@@ -158,7 +158,7 @@ def test_weights_digest_keeps_the_names_older_files_use():
 
     model = resolve_model("emdiffuse-r")
     stored = load_file(str(find_model("emdiffuse-r") / "weights.safetensors"))
-    assert set(model.network.legacy_names()) <= set(stored), "the bundled file is in the older layout"
+    assert set(model.network.file_names().values()) <= set(stored)
     h = hashlib.sha256()
     for name in sorted(stored):
         h.update(name.encode())

@@ -144,9 +144,11 @@ class Denoiser(nn.Module):
         return cls(network, cfg.prediction, cfg.sigma_data)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
+        sigma = sigma.to(torch.float32).reshape(-1)
+        level = c_noise(sigma)  # one for the whole batch at a sampler step: the network folds its FiLM
+        sigma = sigma.expand(x.shape[0])
         c_skip, c_out, c_in = scalings(self.prediction, sigma[:, None, None, None], self.sigma_data)
-        out = self.network((x * c_in).to(cond.dtype), cond, c_noise(sigma)).float()
+        out = self.network((x * c_in).to(cond.dtype), cond, level).float()
         return c_skip * x + c_out * out
 
 

@@ -96,9 +96,9 @@ _PHASE_TAPS = ([2], [1, 2], [0, 1], [0])
 class UpsampleConv(nn.Conv2d):
     """Nearest-neighbour 2x upsampling followed by a 3x3 convolution (padding 1), computed as one
     stride-2 transposed convolution whose 4x4 kernel sums the 3x3 one's taps. Each output pixel
-    sees only 2 x 2 input pixels, so this does 16 instead of 36 multiply-adds per output pixel and
-    never forms the upsampled map (about twice as fast); same parameters, same result within
-    float32 rounding."""
+    sees only 2 x 2 input pixels, so this does 4 instead of 9 multiply-adds per output pixel and
+    input channel and never forms the upsampled map (about twice as fast); same parameters, same
+    result within float32 rounding."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, channels, 3, padding=1)
@@ -110,7 +110,8 @@ class UpsampleConv(nn.Conv2d):
 
 
 class UNet(nn.Module):
-    """Noise-conditional UNet: ``forward(x_noisy, cond, c_noise) -> prediction``.
+    """Noise-conditional UNet: ``forward(x_noisy, cond, c_noise) -> prediction``; ``c_noise`` holds
+    one noise level per batch item, or one for the whole batch (as sampling gives it: faster).
 
     ``x_noisy`` has ``out_channels`` channels, ``cond`` has ``cond_channels``; spatial size must
     be a multiple of :attr:`size_multiple` (tiling pads to it).
@@ -165,22 +166,25 @@ class UNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
         self._res_blocks = [m for m in self.modules() if isinstance(m, ResBlock)]  # in forward order
+        self._register_state_dict_hook(_to_file_names)
 
-    def legacy_names(self) -> dict[str, str]:
-        """Weight names of files written before :class:`UpsampleConv`, mapped to today's: the
-        upsampling convolution then came one index later, after a parameter-free ``nn.Upsample``."""
+    def file_names(self) -> dict[str, str]:
+        """The names weight files give the upsampling convolutions, by their names in this module.
+        Files keep the layout they always had, with the convolution one index later, after a
+        parameter-free ``nn.Upsample`` (before :class:`UpsampleConv`): ``state_dict`` writes these
+        names and loading accepts them, so files stay readable by every version."""
         names = {}
         for n, blocks in enumerate(self.up):
             for j, block in enumerate(blocks):
                 if isinstance(block, UpsampleConv):
-                    names.update({f"up.{n}.{j + 1}.{p}": f"up.{n}.{j}.{p}" for p in ("weight", "bias")})
+                    names.update({f"up.{n}.{j}.{p}": f"up.{n}.{j + 1}.{p}" for p in ("weight", "bias")})
         return names
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # runs before the children load: older files load anywhere (a bioimage.io package too)
-        for old, new in self.legacy_names().items():
-            if prefix + old in state_dict and prefix + new not in state_dict:
-                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        # runs before the children load, wherever this network is nested (a bioimage.io package)
+        for own, stored in self.file_names().items():
+            if prefix + stored in state_dict and prefix + own not in state_dict:
+                state_dict[prefix + own] = state_dict.pop(prefix + stored)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -202,8 +206,6 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        if c_noise.numel() > 1 and bool((c_noise == c_noise[0]).all()):
-            c_noise = c_noise[:1]  # one noise level (as in sampling): one FiLM row for the batch
         emb = self.embed(noise_embedding(c_noise, self.cfg.base_channels).to(x.dtype))
         films = self._films(emb)
         h = self.stem(torch.cat([x, cond], dim=1))
@@ -215,6 +217,13 @@ class UNet(nn.Module):
         for blocks in self.up:
             h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), films)
         return self.head(h)
+
+
+def _to_file_names(net: UNet, state: dict[str, Any], prefix: str, _metadata: Any) -> None:
+    """``state_dict`` hook: the upsampling convolutions under the names files give them."""
+    for own, stored in net.file_names().items():
+        if prefix + own in state:
+            state[prefix + stored] = state.pop(prefix + own)
 
 
 def count_parameters(model: nn.Module) -> int:

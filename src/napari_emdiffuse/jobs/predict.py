@@ -213,11 +213,7 @@ def weights_digest(model: Model, h: Any = None) -> str:
     """A hash of the network's weights alone (a recalibrated model keeps it, a retrained one does
     not), fed into ``h`` when given (a ``hashlib`` object)."""
     h = h if h is not None else hashlib.sha256()
-    # under the names the weights had before the network's layout moved (``legacy_names``), so that
-    # a job stopped by an older version still resumes and a digest means the same weights for good
-    network = model.network
-    earlier = {new: old for old, new in network.legacy_names().items()} if hasattr(network, "legacy_names") else {}
-    for name, tensor in sorted(((earlier.get(k, k), v) for k, v in network.state_dict().items()), key=lambda item: item[0]):
+    for name, tensor in sorted(model.network.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
