@@ -12,8 +12,8 @@ measures the intervals on the held-back test regions of ``bench_suite.py``.
 EMDiffuse-n's region lies in slices its training never read, like the images a user brings: calibrated
 on the validation rows of its training slices its 90 % interval held 87.3 % of the pixels of other
 unseen slices, calibrated on unseen slices 90.3 %. EMDiffuse-r's bounds from its training slices'
-validation rows held on unseen slices (90.0 %), so they stay there, as do the vEM models' (their
-training reads every slice). Both measured by ``study_calibration_transfer.py``
+validation rows held on whole unseen slices (90.7 %; calibrated on other whole unseen slices,
+89.8 %), so they stay there, as do the vEM models' (their training reads every slice). Both measured by ``study_calibration_transfer.py``
 (docs/benchmarks-calibration-transfer.md), on regions that are neither training nor test data.
 """
 

@@ -20,7 +20,10 @@ run it, then ``--card-only`` refreshes them.
 The step counts are where these network sizes stop improving: trained 3.3 times longer (10 000
 steps, 89 minutes each on one core, 2026-12-06), EMDiffuse-r and vEMDiffuse-a ended at the same
 validation PSNR as their 3000-step recipes (22.96 and 23.65 dB against 22.96 and 23.64), flat
-from about step 1000 on. Larger margins need larger networks, not longer runs.
+from about step 1000 on. Nor did width alone: EMDiffuse-r at base width 32 (2.66 M parameters,
+four times the multiply-adds; a 2500-step run stopped at step 750, 2026-12-06) validated at
+22.94-22.95 dB from step 500 on, where the bundled network ends at 22.96 dB. So at these patch sizes
+and this data the margins are not bought with a few CPU-hours more of either.
 """
 
 from __future__ import annotations

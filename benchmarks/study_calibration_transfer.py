@@ -1,6 +1,7 @@
 """Where to calibrate a bundled model: do its error bounds carry over to slices its training never read?
 
-    python benchmarks/study_calibration_transfer.py          # about 20 minutes on one core
+    python benchmarks/study_calibration_transfer.py          # about 50 minutes on one core
+    python benchmarks/study_calibration_transfer.py --only emdiffuse-r   # one model; the other keeps its rows
 
 For EMDiffuse-n and EMDiffuse-r, each model is calibrated (``emdiffuse calibrate``, the prediction
 path itself) on two regions of its own stack: the validation rows of its *training* slices, and
@@ -14,6 +15,7 @@ is not tuned on the data that scores it. Writes ``docs/benchmarks-calibration-tr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "calibration_transfer.json"
 ROWS = (slice(0, 128), slice(384, 512))  # ISBI rows outside the bundled sample's crop (128-383)
 
 #: model -> (stack, {region name: [(slices, rows, columns), ...]}); the last region is the one scored
@@ -34,8 +37,8 @@ STUDY = {
     }),
     "emdiffuse-r": ("fibsem", {
         "validation rows of training slices 0-108": [(slice(0, 120, 12), slice(448, 512), slice(0, 512))],
-        "unseen slices 122-134": [([122, 126, 130, 134], slice(0, 128), slice(0, 512))],
-        "unseen slices 124-151 (scored)": [([124, 128, 132, 141, 151], slice(0, 128), slice(0, 512))],
+        "unseen slices 122-134, whole": [([122, 126, 130, 134], slice(0, 512), slice(0, 512))],
+        "unseen slices 124-151, whole (scored)": [([124, 132, 141, 151], slice(0, 512), slice(0, 512))],
     }),
 }
 
@@ -65,6 +68,12 @@ def study(name: str) -> list[dict]:
         print(f"{name}: fitted on {fit_on}: check {100 * rows[-1]['check']:.1f} %, on {scored}: "
               f"{100 * worth['coverage_0.1']:.1f} %, AUROC {worth['auroc_patches']:.2f}", flush=True)
     return rows
+
+
+def merged(stored: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of this run, and the stored rows of the models it did not rerun, in ``STUDY``'s order."""
+    rerun = {r["model"] for r in new}
+    return sorted([r for r in stored if r["model"] not in rerun] + new, key=lambda r: list(STUDY).index(r["model"]))
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -102,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks-calibration-transfer.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [row for name in args.only.split(",") for row in study(name)]
+    names = args.only.split(",")
+    rows = [row for name in names for row in study(name)]
+    rows = merged(json.loads(RESULTS.read_text()) if RESULTS.is_file() else [], rows)
+    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
     write(Path(args.out), rows)
     return 0
 

