@@ -490,9 +490,10 @@ def verdicts(result: dict) -> list[str]:
         return ["- (measured with an earlier version of this benchmark: rerun this section for the verdicts)"]
     out = []
 
-    def line(label: str, ours: dict, theirs: dict, margin: float) -> str:
+    def line(label: str, ours: dict, theirs: dict, margin: float | None) -> str:
         gap = ours["psnr"] - theirs["psnr"]
-        return f"- {label}: {ours['method']} {ours['psnr']:.2f} dB against {theirs['method']} {theirs['psnr']:.2f} dB ({gap:+.2f} dB; target {margin:+.1f} dB): **{'met' if gap >= margin else 'missed'}**."
+        head = f"- {label}: {ours['method']} {ours['psnr']:.2f} dB against {theirs['method']} {theirs['psnr']:.2f} dB ({gap:+.2f} dB"
+        return head + ")." if margin is None else head + f"; target {margin:+.1f} dB): **{'met' if gap >= margin else 'missed'}**."
 
     def named(prefix: str) -> list[dict]:
         return [r for r in rows if r["method"].startswith(prefix)]
@@ -510,13 +511,15 @@ def verdicts(result: dict) -> list[str]:
     out.append(line("never worse than the baseline", best, base, 0.0))
     care = next((r for r in rows if r["kind"] == "care"), None)
     single = next((r for r in rows if r["kind"] == "single" and r.get("steps") == SCORED_STEPS), None)
-    if care:
-        out.append(line("best estimate vs the regression UNet", best, care, 0.0))
+    if care:  # the issue sets targets against the regression UNet for denoising only; elsewhere a comparison
+        targeted = key == "denoise"
+        out.append(line("best estimate vs the regression UNet", best, care, 0.0 if targeted else None))
         if single and "fsim" in single:
             ok = single["fsim"] > care["fsim"] and single["frc"] > care["frc"]
+            verdict = f" (target both higher): **{'met' if ok else 'missed'}**." if targeted else "."
             out.append(
                 f"- Single samples vs the regression UNet: FSIM {single['fsim']:.3f} against {care['fsim']:.3f}, mean FRC "
-                f"{single['frc']:.3f} against {care['frc']:.3f} (target both higher): **{'met' if ok else 'missed'}**."
+                f"{single['frc']:.3f} against {care['frc']:.3f}{verdict}"
             )
     u = result["uncertainty"]
     text = (
@@ -573,7 +576,19 @@ def care_vs_bm3d(results: dict) -> str:
     if care is None or not bm3d:
         return ""
     gap = care["psnr"] - max(bm3d)
-    return f": at this one even the regression UNet is only {abs(gap):.2f} dB {'above' if gap >= 0 else 'below'} the best BM3D"
+    text = f": at this one even the regression UNet is only {abs(gap):.2f} dB {'above' if gap >= 0 else 'below'} the best BM3D"
+    gaps = [
+        next(r for r in res["rows"] if r["kind"] == "best")["psnr"] - next(r for r in res["rows"] if r["kind"] == "care")["psnr"]
+        for res in results.values()
+        if any(r["kind"] == "care" for r in res["rows"]) and any(r["kind"] == "best" for r in res["rows"])
+    ]
+    if len(gaps) > 1:
+        text += (
+            f", and for all {len(gaps)} models the regression UNet of the same budget lands within "
+            f"{max(abs(g) for g in gaps):.2f} dB of the best estimate (the table above), so at this size it is the network "
+            "and the data, not the diffusion, that set the margin"
+        )
+    return text
 
 
 def budget_note(results: dict) -> list[str]:
