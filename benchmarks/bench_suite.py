@@ -569,7 +569,8 @@ def posterior_check(results: dict) -> list[str]:
     return lines
 
 
-def care_vs_bm3d(results: dict) -> str:
+def regression_note(results: dict) -> str:
+    """Where the regression UNet stands: against BM3D on denoising, and against the best estimate of every model."""
     rows = results.get("denoise", {}).get("rows", [])
     care = next((r for r in rows if r["kind"] == "care"), None)
     bm3d = [r["psnr"] for r in rows if r["method"].startswith("BM3D")]
@@ -617,7 +618,7 @@ def budget_note(results: dict) -> list[str]:
         f"{steps[0]}-{steps[-1]} steps ({took}, on a shared machine), so that the recipe reruns anywhere. "
         "EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, 100 000 "
         "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The margins over the "
-        "classical methods that the targets ask for need that budget" + care_vs_bm3d(results) + ".",
+        "classical methods that the targets ask for need that budget" + regression_note(results) + ".",
         "",
         "Targets are judged on the default output, the best estimate (chosen on the models' held-out training "
         "patches, not on these test slices: see the model cards), with the samples at the models' default "

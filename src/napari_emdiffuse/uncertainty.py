@@ -13,7 +13,7 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   error of held-out pixels by least squares. On the calibration regions of the bundled models
   (their check halves, not the test regions) this raised the AUROC for the worst 10 % of 16 px
   patches from 0.72 / 0.59 / 0.68 / 0.66 (spread alone; n, r, i, a) to 0.94 / 0.71 / 0.71 / 0.75;
-  on other unseen regions it reaches 0.66-0.70 (docs/benchmarks-calibration-transfer.md). Tried
+  on other unseen regions it reaches 0.63-0.70 (docs/benchmarks-calibration-transfer.md). Tried
   for EMDiffuse-n and not adopted: the noise left in the residual (input - estimate) as a
   feature, and an unbiased estimate of each patch's actual error (Monte-Carlo SURE with the
   noise model, one extra pair of evaluations). On unseen slices 24 and 25 they ranked the worst
