@@ -79,3 +79,20 @@ def test_a_study_of_one_model_keeps_the_other_models_rows():
     new = [{"model": "emdiffuse-r", "fit": "b"}, {"model": "emdiffuse-r", "fit": "c"}]
     assert study.merged(stored, new) == [{"model": "emdiffuse-n", "fit": "a"}, *new]
     assert study.merged([], new) == new
+
+
+def test_targets_against_the_regression_unet_are_judged_for_denoising_only():
+    """The issue sets targets against the regression UNet for EMDiffuse-n; the other variants show
+    the comparison without a verdict."""
+    denoise = {**_results()["denoise"], "key": "denoise", "uncertainty": {"spearman": 0.4, "patches": 9}}
+    sr_rows = [
+        {"method": "bicubic", "kind": "baseline", "psnr": 22.3},
+        {"method": "diffusion, best estimate (default output)", "kind": "best", "psnr": 23.0},
+        {"method": "regression UNet, L1 (CARE), 3000 steps", "kind": "care", "psnr": 23.1},
+    ]
+    sr = {"key": "sr", "info": {"input": "bicubic"}, "rows": sr_rows, "uncertainty": {"spearman": 0.3, "patches": 9}}
+    care_line = next(v for v in bench_suite.verdicts(denoise) if "vs the regression UNet" in v)
+    assert "target +0.0 dB" in care_line and "**met**" in care_line
+    care_line = next(v for v in bench_suite.verdicts(sr) if "vs the regression UNet" in v)
+    assert "target" not in care_line and "(-0.10 dB)." in care_line
+    assert any("vs bicubic" in v and "**missed**" in v for v in bench_suite.verdicts(sr))
