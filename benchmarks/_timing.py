@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from napari_emdiffuse.engine.device import cpu_has_native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks-throughput.md"
 DATA = REPO.parent / "shared" / "data"
@@ -107,7 +109,27 @@ def median(xs: list[float]) -> float:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return (f"{platform.processor() or platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+
+
+#: the kinds of machine whose figures differ in kind, not just in speed: on a CPU with native bf16
+#: ``predict`` runs the network in bf16, on one without in float32
+KINDS = {"cpu-bf16": "a CPU with native bf16", "cpu-fp32": "a CPU without native bf16", "cuda": "a CUDA GPU"}
+
+
+def machine_kind(device: torch.device) -> str:
+    """The key of :data:`KINDS` for ``device``: each kind has its own sections in the docs, so a
+    rerun on one kind of machine leaves the other kinds' figures in place."""
+    if device.type == "cuda":
+        return "cuda"
+    return "cpu-bf16" if cpu_has_native_bf16() else "cpu-fp32"
+
+
+def section_name(name: str, device: torch.device) -> str:
+    """The docs' section ``name`` for machines of ``device``'s kind."""
+    return f"{name} {machine_kind(device)}"
 
 
 def load_average() -> str:

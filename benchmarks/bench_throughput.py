@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved, load_average, machine, median, replace_section, sync  # noqa: E402
+from _timing import KINDS, interleaved, load_average, machine, machine_kind, median, replace_section, section_name, sync  # noqa: E402
 
 from napari_emdiffuse.config import NetworkConfig, SampleConfig, load_preset  # noqa: E402
 from napari_emdiffuse.engine.device import autocast, configure_backends, prepare_network, select_device, uses_bf16  # noqa: E402
@@ -171,11 +173,14 @@ def end_to_end(
             ref(x1, x1, torch.full((1,), 0.3, device=dev))
 
     fns = {"full": predict(steps, samples), "one": predict(1, 1), "reference": ref_forward}
+    if uses_bf16(dev, inference=True):  # the same job in float32, to tell the code's part from bf16's
+        fns["full fp32"], fns["one fp32"] = in_fp32(predict(steps, samples)), in_fp32(predict(1, 1))
     if default_tiling:  # the preset's own tiles, overlap and batch, as `emdiffuse predict` runs
         cfg = p.sample.model_copy(update={"steps": steps, "samples": samples, "seed": 0})
         fns["default tiling"] = lambda: run_predict(model, image, sample=cfg, device=str(dev))
     times = interleaved(fns, repeats, dev)
     per_nfe = (median(times["full"]) - median(times["one"])) / (steps * samples - 1)
+    per_nfe_fp32 = (median(times["full fp32"]) - median(times["one fp32"])) / (steps * samples - 1) if "full fp32" in times else None
     return {
         "preset": preset,
         "size": size,
@@ -185,16 +190,34 @@ def end_to_end(
         "per_nfe_s": per_nfe,
         "reference_forward_s": median(times["reference"]),
         "ratio": per_nfe / median(times["reference"]),
+        "per_nfe_fp32_s": per_nfe_fp32,
+        "ratio_fp32": per_nfe_fp32 / median(times["reference"]) if per_nfe_fp32 is not None else None,
         "s_per_output_mp": median(times["full"]) / (size * size / 1e6),
         "s_per_output_mp_default_tiling": median(times["default tiling"]) / (size * size / 1e6) if default_tiling else None,
     }
+
+
+def in_fp32(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` with bf16 turned off (``EMDIFFUSE_BF16=0``, read by every new predict job)."""
+
+    def f() -> None:
+        before = os.environ.get("EMDIFFUSE_BF16")
+        os.environ["EMDIFFUSE_BF16"] = "0"
+        try:
+            fn()
+        finally:
+            if before is None:
+                os.environ.pop("EMDIFFUSE_BF16", None)
+            else:
+                os.environ["EMDIFFUSE_BF16"] = before
+    return f
 
 
 def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: torch.device, args: argparse.Namespace) -> str:
     bf16 = uses_bf16(dev, inference=True)
     both = "ours bf16" in net_rows[0]["s_per_mp_nfe"]
     lines = [
-        "## Throughput: ours against the published layout",
+        f"## Throughput: ours against the published layout, on {KINDS[machine_kind(dev)]}",
         "",
         f"{machine(dev)}; load average {load_average()} at the end (a shared machine: the candidates took "
         f"turns, {args.repeats} repeats each, medians). Ours runs as `predict` runs it: channels last"
@@ -204,8 +227,8 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()) + ".",
         "",
         "| preset | tile x batch | parameters ours / ref | ours s/MP/NFE | reference s/MP/NFE | **ratio** (per repeat) | ours GFLOP/s (of attainable) |"
-        + (" bf16 / fp32 (ours) | peak GiB |" if both else ""),
-        "|---|---|---|---:|---:|---:|---:|" + ("---:|---:|" if both else ""),
+        + (" ours fp32 / reference | bf16 / fp32 (ours) | peak GiB |" if both else ""),
+        "|---|---|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if both else ""),
     ]
     for r in net_rows:
         s = r["s_per_mp_nfe"]
@@ -217,7 +240,8 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
             f"| {rate / 1e9:.1f} ({rate / base:.2f}) |"
         )
         if both:
-            line += f" {s['ours bf16'] / s['ours fp32']:.2f} | {r.get('peak_memory_gib', float('nan')):.2f} |"
+            peak_gib = f"{r['peak_memory_gib']:.2f}" if "peak_memory_gib" in r else "-"
+            line += f" {s['ours fp32'] / s['reference']:.2f} | {s['ours bf16'] / s['ours fp32']:.2f} | {peak_gib} |"
         lines.append(line)
     for r in net_rows:
         if r.get("compile_s") is not None:
@@ -233,6 +257,9 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
             f"Whole job: {e2e['s_per_output_mp']:.2f} s per output megapixel"
             + (f" ({e2e['s_per_output_mp_default_tiling']:.2f} with the preset's own tiles)." if e2e["s_per_output_mp_default_tiling"] else "."),
         ]
+        if e2e["per_nfe_fp32_s"] is not None:
+            lines[-1] += (f" The same job in float32 (`EMDIFFUSE_BF16=0`): {e2e['per_nfe_fp32_s']:.2f} s per evaluation, "
+                          f"ratio {e2e['ratio_fp32']:.2f}.")
     lines += ["", f"Command: `python benchmarks/bench_throughput.py --device {args.device}" + (" --quick" if args.quick else "") + (" --compile" if args.compile else "")
               + f" --repeats {args.repeats} --e2e {args.e2e_size} {args.e2e_steps} {args.e2e_samples}`"]
     return "\n".join(lines)
@@ -263,7 +290,9 @@ def main() -> None:
     if uses_bf16(dev, inference=True):
         peak["bf16"] = attainable(dev, True, args.repeats)
     t0 = time.perf_counter()
-    bf16_too = dev.type == "cuda" or args.quick  # the quick dry run exercises the GPU columns too
+    # fp32 and bf16 side by side wherever predict runs in bf16 (CUDA, CPUs with native bf16); the
+    # quick dry run exercises those columns too
+    bf16_too = uses_bf16(dev, inference=True) or args.quick
     rows = [network_case(p, t, b, dev, args.repeats, bf16_too, args.compile) for p, t, b in cases]
     e2e = None
     if not args.no_e2e:
@@ -276,7 +305,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"device": machine(dev), "attainable": peak, "network": rows, "end_to_end": e2e}, indent=2))
     if not args.no_doc:
-        replace_section("bench_throughput", text)
+        replace_section(section_name("bench_throughput", dev), text)
 
 
 if __name__ == "__main__":

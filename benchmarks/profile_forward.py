@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Timers, load_average, machine, replace_section  # noqa: E402
+from _timing import KINDS, Timers, load_average, machine, machine_kind, replace_section, section_name  # noqa: E402
 from bench_throughput import CASES, _channels, _randomise, reference  # noqa: E402
 
 from napari_emdiffuse.config import SampleConfig, load_preset  # noqa: E402
@@ -113,7 +113,7 @@ def predict_breakdown(dev: torch.device, preset: str, size: int, steps: int, sam
 
 def report(rows: list[dict], pred: list[dict], dev: torch.device, args: argparse.Namespace) -> str:
     lines = [
-        "## Forward pass profile",
+        f"## Forward pass profile, on {KINDS[machine_kind(dev)]}",
         "",
         f"`torch.profiler`, self CPU time of the aten operators over one forward, {machine(dev)}, load average "
         f"{load_average()} (shares are what matters on a shared machine). Ours as `predict` runs it; the reference "
@@ -128,7 +128,7 @@ def report(rows: list[dict], pred: list[dict], dev: torch.device, args: argparse
             f"| {r['preset']} | {r['tile']}² x {r['batch']} | {r['network']} | {r['wall']:.2f} | "
             + " | ".join(f"{100 * r['groups'][k] / tot:.0f} %" for k in ORDER) + " |"
         )
-    lines += ["", "## Predict profile", "", "`run_predict` with a randomly initialised model, timers on its stages (seconds, share of the wall time).", "",
+    lines += ["", f"## Predict profile, on {KINDS[machine_kind(dev)]}", "", "`run_predict` with a randomly initialised model, timers on its stages (seconds, share of the wall time).", "",
               "| preset | image, tile | steps x samples | wall s | " + " | ".join(pred[0]["stages"]) + " |" if pred else "",
               "|---|---|---|---:|" + "---:|" * (len(pred[0]["stages"]) if pred else 0)]
     for p in pred:
@@ -160,7 +160,7 @@ def main() -> None:
     text = report(rows, pred, dev, args)
     print(text)
     if not args.no_doc:
-        replace_section("profile_forward", text)
+        replace_section(section_name("profile_forward", dev), text)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,15 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import DATA, Timers, load_average, machine, replace_section  # noqa: E402
+from _timing import DATA, KINDS, Timers, interleaved, load_average, machine, machine_kind, median, replace_section, section_name  # noqa: E402
 
 from napari_emdiffuse.config import load_preset  # noqa: E402
 from napari_emdiffuse.data.degrade import poisson_gaussian, to_unit  # noqa: E402
+from napari_emdiffuse.engine.device import prepare_network  # noqa: E402
 from napari_emdiffuse.engine.diffusion import DiffusionProcess  # noqa: E402
 from napari_emdiffuse.jobs import train as train_job  # noqa: E402
-from napari_emdiffuse.model_file import Model  # noqa: E402
+from napari_emdiffuse.model_file import Model, ModelInfo  # noqa: E402
+from napari_emdiffuse.variants import get_variant  # noqa: E402
 from napari_emdiffuse.variants import base as variants_base  # noqa: E402
 
 STEP_PARTS = ("forward", "backward", "optimizer")
@@ -113,9 +115,45 @@ def profile(preset_name: str, steps: int, batch: int | None, device: str) -> dic
     }
 
 
+def bf16_step_ratio(preset_name: str, dev: torch.device, repeats: int) -> float:
+    """Time of one training step (loss, backward, clipping, AdamW) under bf16 autocast over the
+    same step in float32, the two taking turns: whether training too should run in bf16 where
+    ``predict`` does (on CPUs it runs in float32)."""
+    preset = load_preset(preset_name)
+    variant = get_variant(preset.variant)
+    model = Model(preset, ModelInfo(*variant.channels(variant.options(preset.variant_options))))
+    net = prepare_network(model.network, dev).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=preset.train.lr)
+    process = DiffusionProcess(preset.diffusion)
+    b, p = preset.train.batch_size, preset.train.patch_size
+    x0 = torch.randn(b, model.info.out_channels, p, p, device=dev)
+    cond = torch.randn(b, model.info.cond_channels, p, p, device=dev)
+
+    def step(bf16: bool):
+        def f() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = process.loss(net, x0, cond, generator=torch.Generator().manual_seed(0))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), preset.train.grad_clip)
+            opt.step()
+        return f
+
+    times = interleaved({"fp32": step(False), "bf16": step(True)}, repeats, dev)
+    return median(times["bf16"]) / median(times["fp32"])
+
+
+def _cpu_verdict(ratios: list[float]) -> str:
+    """What the bf16 step ratios say about ``engine/device.py``'s choice of float32 training on CPUs."""
+    if all(r > 1 for r in ratios):
+        return ": slower than float32, which is why training on a CPU stays in float32 and only `predict` uses bf16."
+    return (": faster than float32 for some preset here, yet training on a CPU runs in float32 "
+            "(`engine/device.py`); worth revisiting on this machine.")
+
+
 def table(rows: list[dict], args: argparse.Namespace, dev: torch.device) -> str:
     lines = [
-        "## Training loop profile",
+        f"## Training loop profile, on {KINDS[machine_kind(dev)]}",
         "",
         f"`jobs.train.train` on real EM, {machine(dev)}, load average {load_average()} at the end "
         f"(shared machine; fractions are what matters). Each preset ran {args.steps} steps with validation "
@@ -133,7 +171,13 @@ def table(rows: list[dict], args: argparse.Namespace, dev: torch.device) -> str:
         )
     lines += ["", "One validation / one checkpoint took: " + "; ".join(
         f"{r['preset']} {r['per_validation_s']:.2f} s / {r['per_checkpoint_s']:.2f} s (every {r['val_every']} / {r['checkpoint_every']} steps)" for r in rows
-    ) + ". The calibration at the end of a run, once per run: " + "; ".join(f"{r['preset']} {r['calibration_s']:.1f} s" for r in rows) + ".", "", f"Command: `python benchmarks/profile_train.py --steps {args.steps} --presets {' '.join(args.presets)}`"]
+    ) + ". The calibration at the end of a run, once per run: " + "; ".join(f"{r['preset']} {r['calibration_s']:.1f} s" for r in rows) + "."]
+    if any("bf16_step_ratio" in r for r in rows):
+        lines += ["", "A training step (forward, backward, clipping, AdamW) under bf16 autocast took "
+                  + "; ".join(f"{r['preset']} **{r['bf16_step_ratio']:.2f}**" for r in rows if "bf16_step_ratio" in r)
+                  + " of the float32 step's time (the two taking turns, 10 repeats each, medians)"
+                  + (_cpu_verdict([r["bf16_step_ratio"] for r in rows if "bf16_step_ratio" in r]) if dev.type == "cpu" else ".")]
+    lines += ["", f"Command: `python benchmarks/profile_train.py --steps {args.steps} --presets {' '.join(args.presets)}`"]
     return "\n".join(lines)
 
 
@@ -152,12 +196,15 @@ def main() -> None:
 
     dev = select_device(args.device)
     rows = [profile(p, args.steps, args.batch, args.device) for p in args.presets]
+    if machine_kind(dev) != "cpu-fp32":  # emulated bf16 says nothing about speed
+        for r in rows:
+            r["bf16_step_ratio"] = bf16_step_ratio(r["preset"], dev, 10)
     text = table(rows, args, dev)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     if not args.no_doc:
-        replace_section("profile_train", text)
+        replace_section(section_name("profile_train", dev), text)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,24 @@ def test_make_bench_runs_scripts_that_exist():
     assert run.returncode == 0, run.stderr
     listed = re.findall(r"(\S+\.py)", run.stdout)
     assert len(listed) >= 5 and all(Path(p).is_file() for p in listed), listed
+
+
+def test_each_kind_of_machine_rewrites_only_its_own_throughput_sections(tmp_path, monkeypatch):
+    """A rerun on a CPU with native bf16 (where predict runs in bf16) must not overwrite the
+    figures measured on one without, nor the other way round."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _timing
+
+    doc = tmp_path / "page.md"
+    cpu = torch.device("cpu")
+    for native, figure in ((True, "bf16 figures"), (False, "fp32 figures")):
+        monkeypatch.setattr(_timing, "cpu_has_native_bf16", lambda native=native: native)
+        _timing.replace_section(_timing.section_name("bench_throughput", cpu), figure, doc)
+    text = doc.read_text()
+    assert "<!-- bench_throughput cpu-bf16 -->\nbf16 figures" in text and "<!-- bench_throughput cpu-fp32 -->\nfp32 figures" in text
+    real = (ROOT / "docs" / "benchmarks-throughput.md").read_text()
+    for name in ("bench_throughput", "profile_forward", "profile_train"):
+        for kind in ("cpu-bf16", "cpu-fp32"):
+            assert real.count(f"<!-- {name} {kind} -->") == 1, (name, kind)
