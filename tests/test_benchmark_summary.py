@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,3 +97,20 @@ def test_targets_against_the_regression_unet_are_judged_for_denoising_only():
     care_line = next(v for v in bench_suite.verdicts(sr) if "vs the regression UNet" in v)
     assert "target" not in care_line and "(-0.10 dB)." in care_line
     assert any("vs bicubic" in v and "**missed**" in v for v in bench_suite.verdicts(sr))
+
+
+def test_the_error_map_ceiling_oracle_knows_what_content_sets_and_not_the_luck():
+    study = pytest.importorskip("study_error_map_ceiling").study
+    rng = np.random.default_rng(0)
+    content = rng.uniform(0.5, 2.0, 400)  # each patch's expected squared error
+    # errors set by the content alone: the oracle (other draws' mean) ranks them perfectly, and so
+    # does an error map that reads the content, on all patches and on those a refit did not see
+    sq = np.tile(content, (5, 1))
+    r = study({"sq": sq, "bundled": sq.copy(), "refitted": sq.copy()}, 200)
+    for part in ("all", "unseen"):
+        assert all(min(v) == pytest.approx(1.0) for v in r[part].values()), part
+    # errors that are luck alone: no patch is worse on average, so the oracle is at chance
+    luck = rng.exponential(1.0, (6, 400))
+    maps = np.tile(content, (6, 1))
+    r = study({"sq": luck, "bundled": maps, "refitted": maps}, 200)
+    assert abs(np.mean(r["all"]["oracle"]) - 0.5) < 0.1 and abs(r["draw_to_draw_correlation"]) < 0.2
