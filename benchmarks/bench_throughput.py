@@ -261,7 +261,8 @@ def report(net_rows: list[dict], e2e: dict | None, peak: dict[str, float], dev: 
             lines[-1] += (f" The same job in float32 (`EMDIFFUSE_BF16=0`): {e2e['per_nfe_fp32_s']:.2f} s per evaluation, "
                           f"ratio {e2e['ratio_fp32']:.2f}.")
     lines += ["", f"Command: `python benchmarks/bench_throughput.py --device {args.device}" + (" --quick" if args.quick else "") + (" --compile" if args.compile else "")
-              + f" --repeats {args.repeats} --e2e {args.e2e_size} {args.e2e_steps} {args.e2e_samples}`"]
+              + f" --repeats {args.repeats}" + (f" --case {' '.join(args.case)}" if args.case else "")
+              + (" --no-e2e" if args.no_e2e else f" --e2e {args.e2e_size} {args.e2e_steps} {args.e2e_samples}") + "`"]
     return "\n".join(lines)
 
 

@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue a zarr output left by a cancelled or killed run: only the missing blocks are computed")
     r.add_argument("--cluster", help="run the blocks on dask workers: local:N, tcp://host:port (a running scheduler) or a cluster file (JSON, SLURM/PBS/LSF); see docs/whole-volume.md")
     r.add_argument("--device", default="auto")
-    r.add_argument("--compile", action="store_true", help="torch.compile the network first (minutes of compiling; pays off on long runs)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the network first (about a minute of compiling; on a CPU it ran 1.1-1.4x slower than without, docs/benchmarks-throughput.md)")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
 
