@@ -143,7 +143,8 @@ def posterior_mean(
     (two evaluations): the part proportional to ``x`` cancels, and an untrained EDM model returns
     exactly its baseline. Only ``sigmas[0]`` is used. (Averaging it over the flips and
     rotations training augments with moved the bundled models' PSNR by at most 0.02 dB on their
-    calibration regions, for up to 8 times the evaluations: not worth offering.)
+    calibration regions, for up to 8 times the evaluations: not worth offering. Nor is averaging
+    over more starting draws: 8 pairs instead of one gave +0.004 dB on unseen ISBI slices.)
     """
     x0 = 0.5 * (denoise(x, sigmas[0]) + denoise(-x, sigmas[0]))
     if callback is not None:
