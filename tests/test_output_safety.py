@@ -435,6 +435,21 @@ def test_info_on_a_complete_output(tmp_path, model_dir, stack, capsys):
     assert "complete: yes" in text and f"model {model_dir}" in text and "2 steps" in text
 
 
+@pytest.mark.parametrize("bf16", ["0", "1"])
+def test_an_output_says_in_what_precision_the_network_ran(tmp_path, model_dir, stack, capsys, monkeypatch, bf16):
+    """bf16 and float32 results differ in their last digits: the provenance says which ran, and
+    on a CPU the run says so when it takes bf16."""
+    monkeypatch.setenv("EMDIFFUSE_BF16", bf16)  # 1: bf16 on any CPU (emulated where not native)
+    assert main(predict_args(model_dir, stack, tmp_path / "o.tif")) == 0
+    said = capsys.readouterr().out
+    assert ("runs in bf16" in said) == (bf16 == "1")
+    assert main(["info", str(tmp_path / "o.tif")]) == 0
+    network = "bfloat16" if bf16 == "1" else "float32"
+    assert f"computed: on cpu, network in {network}" in capsys.readouterr().out
+    prov = read_image(tmp_path / "o.tif").meta["provenance"]
+    assert prov["compute"] == {"device": "cpu", "network": network}
+
+
 def test_the_old_in_memory_api_still_returns_everything(model_dir, stack):
     from napari_emdiffuse.model_file import Model
 

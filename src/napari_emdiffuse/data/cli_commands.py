@@ -161,6 +161,11 @@ def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
     else:
         status = "NO: nothing is finished (the run was stopped)"
     lines = [f"complete: {status}", f"made by:  {made}"]
+    compute = attrs.get("compute") or {}
+    if compute.get("cluster"):
+        lines.append(f"computed: on the cluster {compute['cluster']}, device {compute.get('device', '?')} on each worker")
+    elif compute:
+        lines.append(f"computed: on {compute.get('device', '?')}, network in {compute.get('network', '?')}")
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
     return lines
