@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import re
 import statistics
@@ -79,6 +80,21 @@ class Timers:
             yield self
         finally:
             self.restore()
+
+
+@contextlib.contextmanager
+def bf16_setting(flag: str) -> Iterator[None]:
+    """``EMDIFFUSE_BF16=flag`` inside the block ("0" float32, "1" bf16 even where it is emulated;
+    read by every new predict job), the caller's setting restored after it."""
+    before = os.environ.get("EMDIFFUSE_BF16")
+    os.environ["EMDIFFUSE_BF16"] = flag
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("EMDIFFUSE_BF16", None)
+        else:
+            os.environ["EMDIFFUSE_BF16"] = before
 
 
 def sync(device: torch.device) -> None:

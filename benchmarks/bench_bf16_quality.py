@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import DATA, KINDS, machine, machine_kind, replace_section, section_name  # noqa: E402
+from _timing import DATA, KINDS, bf16_setting, machine, machine_kind, replace_section, section_name  # noqa: E402
 
 from napari_emdiffuse.data.degrade import poisson_gaussian, to_unit  # noqa: E402
 from napari_emdiffuse.data.normalise import Normaliser  # noqa: E402
@@ -54,20 +53,13 @@ def run(device: str, crop: int, slices: int, steps: int, samples: int) -> dict:
     cfg = model.preset.sample.model_copy(update={"steps": steps, "samples": samples, "seed": 0})
     out: dict = {"device": machine(select_device(device)), "crop": crop, "slices": slices, "steps": steps, "samples": samples}
     images: dict[str, dict[str, np.ndarray]] = {}
-    before = os.environ.get("EMDIFFUSE_BF16")
-    try:
-        for precision, flag in (("fp32", "0"), ("bf16", "1")):
-            os.environ["EMDIFFUSE_BF16"] = flag
-            t0 = time.perf_counter()
+    for precision, flag in (("fp32", "0"), ("bf16", "1")):
+        t0 = time.perf_counter()
+        with bf16_setting(flag):
             res = run_predict(model, noisy, sample=cfg, normaliser=norm, device=device, keep_samples=True)
-            seconds = time.perf_counter() - t0
-            images[precision] = {"best": np.asarray(res.mean), "mean of samples": np.asarray(res.samples).mean(axis=0)}
-            out[precision] = {"seconds": seconds, **{k: psnr(v, clean, data_range=1.0) for k, v in images[precision].items()}}
-    finally:
-        if before is None:
-            os.environ.pop("EMDIFFUSE_BF16", None)
-        else:
-            os.environ["EMDIFFUSE_BF16"] = before
+        seconds = time.perf_counter() - t0
+        images[precision] = {"best": np.asarray(res.mean), "mean of samples": np.asarray(res.samples).mean(axis=0)}
+        out[precision] = {"seconds": seconds, **{k: psnr(v, clean, data_range=1.0) for k, v in images[precision].items()}}
     out["input_psnr"] = psnr(noisy, clean, data_range=1.0)
     out["outputs"] = {
         k: {

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import KINDS, interleaved, load_average, machine, machine_kind, median, replace_section, section_name, sync  # noqa: E402
+from _timing import KINDS, bf16_setting, interleaved, load_average, machine, machine_kind, median, replace_section, section_name, sync  # noqa: E402
 
 from napari_emdiffuse.config import NetworkConfig, SampleConfig, load_preset  # noqa: E402
 from napari_emdiffuse.engine.device import autocast, configure_backends, prepare_network, select_device, uses_bf16  # noqa: E402
@@ -198,18 +197,11 @@ def end_to_end(
 
 
 def in_fp32(fn: Callable[[], None]) -> Callable[[], None]:
-    """``fn`` with bf16 turned off (``EMDIFFUSE_BF16=0``, read by every new predict job)."""
+    """``fn`` with bf16 turned off (``EMDIFFUSE_BF16=0``)."""
 
     def f() -> None:
-        before = os.environ.get("EMDIFFUSE_BF16")
-        os.environ["EMDIFFUSE_BF16"] = "0"
-        try:
+        with bf16_setting("0"):
             fn()
-        finally:
-            if before is None:
-                os.environ.pop("EMDIFFUSE_BF16", None)
-            else:
-                os.environ["EMDIFFUSE_BF16"] = before
     return f
 
 
