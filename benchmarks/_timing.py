@@ -144,7 +144,11 @@ def machine_kind(device: torch.device) -> str:
 
 
 def section_name(name: str, device: torch.device) -> str:
-    """The docs' section ``name`` for machines of ``device``'s kind."""
+    """The docs' section ``name`` for machines of ``device``'s kind. Refused while
+    ``EMDIFFUSE_BF16`` is set: the figures would not be that kind's defaults."""
+    if os.environ.get("EMDIFFUSE_BF16", "").strip():
+        raise SystemExit("EMDIFFUSE_BF16 is set: these figures are not this machine's defaults; "
+                         "rerun without it to update the docs, or add --no-doc")
     return f"{name} {machine_kind(device)}"
 
 

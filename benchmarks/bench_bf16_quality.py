@@ -51,7 +51,7 @@ def run(device: str, crop: int, slices: int, steps: int, samples: int) -> dict:
     model = resolve_model("emdiffuse-n")
     norm = Normaliser(*np.percentile(noisy, [0.1, 99.9]).tolist())
     cfg = model.preset.sample.model_copy(update={"steps": steps, "samples": samples, "seed": 0})
-    out: dict = {"device": machine(select_device(device)), "crop": crop, "slices": slices, "steps": steps, "samples": samples}
+    out: dict = {"device": machine(select_device(device)), "device_arg": device, "crop": crop, "slices": slices, "steps": steps, "samples": samples}
     images: dict[str, dict[str, np.ndarray]] = {}
     for precision, flag in (("fp32", "0"), ("bf16", "1")):
         t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def report(r: dict, dev: torch.device) -> str:
         "|---|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
-        f"Command: `python benchmarks/bench_bf16_quality.py --device cpu --crop {r['crop']} --slices {r['slices']} --steps {r['steps']} --samples {r['samples']}`",
+        f"Command: `python benchmarks/bench_bf16_quality.py --device {r['device_arg']} --crop {r['crop']} --slices {r['slices']} --steps {r['steps']} --samples {r['samples']}`",
     ])
 
 

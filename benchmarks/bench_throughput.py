@@ -276,6 +276,8 @@ def main() -> None:
     dev = select_device(args.device)
     configure_backends(dev)
     args.e2e_size, args.e2e_steps, args.e2e_samples = args.e2e or ((32, 2, 2) if args.quick else (512, 10, 4))
+    if args.e2e_steps * args.e2e_samples < 2:
+        ap.error("--e2e: steps x samples must be at least 2 (a 1 x 1 run is what it subtracts)")
     cases = CASES["quick" if args.quick else ("cuda" if dev.type == "cuda" else "cpu")]
     if args.case:
         cases = [(args.case[0], int(args.case[1]), int(args.case[2]))]

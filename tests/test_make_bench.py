@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,6 +32,10 @@ def test_each_kind_of_machine_rewrites_only_its_own_throughput_sections(tmp_path
 
     doc = tmp_path / "page.md"
     cpu = torch.device("cpu")
+    monkeypatch.setenv("EMDIFFUSE_BF16", "0")  # figures that are not the machine's defaults go nowhere
+    with pytest.raises(SystemExit, match="EMDIFFUSE_BF16"):
+        _timing.section_name("bench_throughput", cpu)
+    monkeypatch.delenv("EMDIFFUSE_BF16")
     for native, figure in ((True, "bf16 figures"), (False, "fp32 figures")):
         monkeypatch.setattr(_timing, "cpu_has_native_bf16", lambda native=native: native)
         _timing.replace_section(_timing.section_name("bench_throughput", cpu), figure, doc)

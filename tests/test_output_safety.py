@@ -450,6 +450,37 @@ def test_an_output_says_in_what_precision_the_network_ran(tmp_path, model_dir, s
     assert prov["compute"] == {"device": "cpu", "network": network}
 
 
+def test_a_store_resumed_in_another_precision_says_so(tmp_path, model_dir, stack, capsys, monkeypatch):
+    """Blocks computed in bf16 and in float32 differ in the last digits: a resume that mixes them
+    warns, and the provenance records both ways."""
+    from napari_emdiffuse.model_file import Model
+
+    model = Model.load(model_dir)
+    image = np.concatenate([tifffile.imread(stack)] * 2)
+    sample = model.preset.sample.model_copy(update={"steps": 2})
+    monkeypatch.setenv("EMDIFFUSE_BF16", "1")
+    token, hook = _cancel_after(model, _evaluations_per_plane(model, image[0], sample) + 1)
+    try:
+        list(predict(model, image, output=tmp_path / "out.zarr", cancel=token, sample=sample))
+    finally:
+        hook.remove()
+    monkeypatch.setenv("EMDIFFUSE_BF16", "0")
+    events = list(predict(model, image, output=tmp_path / "out.zarr", resume=True, sample=sample))
+    assert events[-1].complete
+    warned = [e.text for e in events if e.kind is Kind.MESSAGE and e.level == "warning"]
+    assert any("computed on cpu, network in bfloat16" in w and "this run computes on cpu, network in float32" in w for w in warned), warned
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "out.zarr")]) == 0
+    assert "computed: in parts: on cpu, network in bfloat16; on cpu, network in float32" in capsys.readouterr().out
+
+
+def test_info_names_a_cluster_run(capsys):
+    from napari_emdiffuse.data.cli_commands import _provenance_lines
+
+    lines = _provenance_lines({"shape": [2, 8, 8], "finished": [], "complete": True, "compute": {"cluster": "local:2", "device": "auto"}})
+    assert "computed: on the cluster local:2 (device auto on each worker, each in its own precision)" in lines
+
+
 def test_the_old_in_memory_api_still_returns_everything(model_dir, stack):
     from napari_emdiffuse.model_file import Model
 

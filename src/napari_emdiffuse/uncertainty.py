@@ -19,7 +19,8 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   noise model, one extra pair of evaluations). On unseen slices 24 and 25 they ranked the worst
   patches no better than the spread (AUROC 0.48-0.68 against 0.59-0.69). There is room: on
   unseen slices a patch's expected error (an oracle averaging 16 noise draws) finds the worst
-  patches at AUROC 0.89, where the error map reaches 0.67-0.69, refitted there or not
+  patches at AUROC 0.89, where the error map reaches 0.67-0.69, with the bundled calibration
+  (fitted on other rows of some of those slices) or refitted on two of them
   (``benchmarks/study_error_map_ceiling.py``): a better estimator of each patch's error, not
   more calibration, is what the 0.8 target needs.
 - **Calibration (split conformal; Angelopoulos et al., ICML 2022).** At the end of training the

@@ -145,7 +145,7 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
 
 def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
     """What made one of our outputs and whether it is complete, from its provenance."""
-    from ..jobs.predict_output import describe_bounds
+    from ..jobs.predict_output import describe_bounds, describe_compute
 
     if "shape" not in attrs or "finished" not in attrs:
         return []
@@ -161,11 +161,8 @@ def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
     else:
         status = "NO: nothing is finished (the run was stopped)"
     lines = [f"complete: {status}", f"made by:  {made}"]
-    compute = attrs.get("compute") or {}
-    if compute.get("cluster"):
-        lines.append(f"computed: on the cluster {compute['cluster']}, device {compute.get('device', '?')} on each worker")
-    elif compute:
-        lines.append(f"computed: on {compute.get('device', '?')}, network in {compute.get('network', '?')}")
+    if attrs.get("compute"):
+        lines.append(f"computed: {describe_compute(attrs['compute'])}")
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
     return lines

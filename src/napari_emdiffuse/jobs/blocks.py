@@ -6,7 +6,8 @@ block into its arrays. The predict job runs it in-process (and so in the napari 
 :mod:`.cluster` runs it on dask workers, one runner per worker. The result of a block does not
 depend on where or in what order it ran, which is what makes resuming and distributing exact
 (on machines that run the network in the same precision: bf16 and float32, see
-``engine.device.uses_bf16``, differ in the last digits; the output's provenance records which).
+``engine.device.uses_bf16``, differ in the last digits; the output's provenance records which,
+and a resumed store that mixes them records both and warns).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from ..model_file import Model
 from ..variants import get_variant, model_options
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
-from .predict_output import PredictionOutput, describe_region, finish_in_memory, in_memory
+from .predict_output import PredictionOutput, describe_compute, describe_region, finish_in_memory, in_memory
 from .threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,11 @@ def predict(
             out_mean, out_std, out_samples, done = out.allocate(shape, dtype, n_samples, provenance, blocks, geometry)
             if any(done):
                 yield Message(f"resuming {out.resumable}: {sum(done)} of {len(blocks)} blocks are done", "info")
+            if out.computed_before:
+                yield Message(
+                    f"{out.resumable}: its finished blocks were computed {' and '.join(map(describe_compute, out.computed_before))}, "
+                    f"this run computes {describe_compute(provenance['compute'])}: the two differ in the last digits "
+                    "(EMDIFFUSE_BF16=0 or 1 chooses the precision); the provenance records both", "warning")
         else:
             out_mean, out_std, out_samples = in_memory(shape, dtype, n_samples)
             done = [False] * len(blocks)

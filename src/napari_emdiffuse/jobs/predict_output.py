@@ -94,6 +94,15 @@ def describe_bounds(bounds: Sequence[Sequence[int]], shape: Sequence[int]) -> st
     return ", ".join(cut) or "all of it"
 
 
+def describe_compute(compute: dict[str, Any]) -> str:
+    """Where and in what precision a prediction's network ran, from its provenance's ``compute``."""
+    if "parts" in compute:
+        return "in parts: " + "; ".join(describe_compute(c) for c in compute["parts"])
+    if compute.get("cluster"):
+        return f"on the cluster {compute['cluster']} (device {compute.get('device', '?')} on each worker, each in its own precision)"
+    return f"on {compute.get('device', '?')}, network in {compute.get('network', '?')}"
+
+
 def describe_region(region: tuple[slice, ...], shape: Sequence[int]) -> str:
     return f"({describe_bounds(region_bounds(region, shape), shape)})"
 
@@ -173,6 +182,8 @@ class PredictionOutput:
         self.staged: StagedStore | None = None
         self.resumable: Path | None = None
         self.done: Any = None
+        #: on a resume whose earlier runs computed in another way (device, precision): those ways
+        self.computed_before: list[dict[str, Any]] = []
 
     def claim(self, nbytes: int) -> None:
         """Refuse now, before computing, whatever would fail or destroy something at the end;
@@ -211,10 +222,22 @@ class PredictionOutput:
             os.rename(self.resumable, self.staged.path)
             group = zarr.open_group(str(self.staged.path), mode="r+")
             group.attrs.update({"complete": False, "finished": None})
+            self._record_compute(group, attrs.get("compute"))
         else:
             group = _create_store(self.staged.path, shape, dtype, n_samples, attrs, blocks, geometry, self.bounds)
         mean, spread, samples, self.done = open_block_arrays(self.staged.path)
         return mean, spread, samples, [bool(v) for v in self.done[:]]
+
+    def _record_compute(self, group: Any, now: dict[str, Any] | None) -> None:
+        """A resumed store computed partly one way and partly another (bf16 and float32 differ in
+        the last digits) says so in its provenance: ``compute`` becomes ``{"parts": [...]}``."""
+        before = group.attrs.get("compute")
+        if before is None or now is None:
+            return
+        runs = list(before["parts"]) if "parts" in before else [before]
+        if now not in runs:
+            self.computed_before = runs
+            group.attrs["compute"] = {"parts": [*runs, now]}
 
     def mark_done(self, block: Block) -> None:
         """Record a finished block in the store (nothing to record in memory)."""
