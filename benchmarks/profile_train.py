@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -31,7 +32,7 @@ from _timing import DATA, KINDS, Timers, interleaved, load_average, machine, mac
 
 from napari_emdiffuse.config import load_preset  # noqa: E402
 from napari_emdiffuse.data.degrade import poisson_gaussian, to_unit  # noqa: E402
-from napari_emdiffuse.engine.device import prepare_network  # noqa: E402
+from napari_emdiffuse.engine.distributed import Group, World  # noqa: E402
 from napari_emdiffuse.engine.diffusion import DiffusionProcess  # noqa: E402
 from napari_emdiffuse.jobs import train as train_job  # noqa: E402
 from napari_emdiffuse.model_file import Model, ModelInfo  # noqa: E402
@@ -116,27 +117,27 @@ def profile(preset_name: str, steps: int, batch: int | None, device: str) -> dic
 
 
 def bf16_step_ratio(preset_name: str, dev: torch.device, repeats: int) -> float:
-    """Time of one training step (loss, backward, clipping, AdamW) under bf16 autocast over the
-    same step in float32, the two taking turns: whether training too should run in bf16 where
-    ``predict`` does (on CPUs it runs in float32)."""
+    """Time of one training step as the training job takes it (``_Trainer.train_step``: loss,
+    backward, clipping, AdamW, EMA) under bf16 autocast over the same step in float32, the two
+    taking turns: whether training too should run in bf16 where ``predict`` does (on CPUs it
+    runs in float32)."""
     preset = load_preset(preset_name)
     variant = get_variant(preset.variant)
-    model = Model(preset, ModelInfo(*variant.channels(variant.options(preset.variant_options))))
-    net = prepare_network(model.network, dev).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=preset.train.lr)
-    process = DiffusionProcess(preset.diffusion)
+    info = ModelInfo(*variant.channels(variant.options(preset.variant_options)))
+    trainer = train_job._Trainer(preset, Model(preset, info), dev, Group(World(), dev))
+    rng = np.random.default_rng(0)
     b, p = preset.train.batch_size, preset.train.patch_size
-    x0 = torch.randn(b, model.info.out_channels, p, p, device=dev)
-    cond = torch.randn(b, model.info.cond_channels, p, p, device=dev)
+    cond = rng.standard_normal((b, info.cond_channels, p, p), dtype=np.float32)
+    target = rng.standard_normal((b, info.out_channels, p, p), dtype=np.float32)
 
-    def step(bf16: bool):
+    def step(bf16: bool) -> Callable[[], None]:
         def f() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = process.loss(net, x0, cond, generator=torch.Generator().manual_seed(0))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), preset.train.grad_clip)
-            opt.step()
+            own = train_job.autocast  # the job's choice of precision, replaced for this step only
+            train_job.autocast = lambda device: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+            try:
+                trainer.train_step(cond, target)
+            finally:
+                train_job.autocast = own
         return f
 
     times = interleaved({"fp32": step(False), "bf16": step(True)}, repeats, dev)
@@ -173,9 +174,9 @@ def table(rows: list[dict], args: argparse.Namespace, dev: torch.device) -> str:
         f"{r['preset']} {r['per_validation_s']:.2f} s / {r['per_checkpoint_s']:.2f} s (every {r['val_every']} / {r['checkpoint_every']} steps)" for r in rows
     ) + ". The calibration at the end of a run, once per run: " + "; ".join(f"{r['preset']} {r['calibration_s']:.1f} s" for r in rows) + "."]
     if any("bf16_step_ratio" in r for r in rows):
-        lines += ["", "A training step (forward, backward, clipping, AdamW) under bf16 autocast took "
+        lines += ["", "A training step (forward, backward, clipping, AdamW, EMA) under bf16 autocast took "
                   + "; ".join(f"{r['preset']} **{r['bf16_step_ratio']:.2f}**" for r in rows if "bf16_step_ratio" in r)
-                  + " of the float32 step's time (the two taking turns, 10 repeats each, medians)"
+                  + " of the float32 step's time (`jobs.train`'s own step, the two taking turns, 10 repeats each, medians)"
                   + (_cpu_verdict([r["bf16_step_ratio"] for r in rows if "bf16_step_ratio" in r]) if dev.type == "cpu" else ".")]
     lines += ["", f"Command: `python benchmarks/profile_train.py --steps {args.steps} --presets {' '.join(args.presets)}`"]
     return "\n".join(lines)

@@ -120,7 +120,7 @@ def autocast(device: torch.device, enabled: bool = True, inference: bool = False
     The samplers and the loss do their arithmetic in float32 on the network's output, and
     GroupNorm runs in float32 under autocast, so only convolutions and attention use bf16.
     On CPUs only ``inference=True`` (sampling) uses bf16; training stays float32, because a
-    training step under bf16 autocast took 1.62-1.66 times as long as in float32 on a CPU with
+    training step under bf16 autocast took 1.61-1.62 times as long as in float32 on a CPU with
     AVX-512 BF16 (``benchmarks/profile_train.py`` measures it; why was not profiled).
     """
     if enabled and uses_bf16(device, inference):
