@@ -59,17 +59,13 @@ def run(device: str, crop: int, slices: int, steps: int, samples: int) -> dict:
             res = run_predict(model, noisy, sample=cfg, normaliser=norm, device=device, keep_samples=True)
         seconds = time.perf_counter() - t0
         images[precision] = {"best": np.asarray(res.mean), "mean of samples": np.asarray(res.samples).mean(axis=0)}
-        out[precision] = {"seconds": seconds, **{k: psnr(v, clean, data_range=1.0) for k, v in images[precision].items()}}
+        out[precision] = {"seconds": seconds}
     out["input_psnr"] = psnr(noisy, clean, data_range=1.0)
-    out["outputs"] = {
-        k: {
-            "fp32": out["fp32"][k],
-            "bf16": out["bf16"][k],
-            "delta_db": out["bf16"][k] - out["fp32"][k],
-            "bf16_vs_fp32_psnr": psnr(images["bf16"][k], images["fp32"][k], data_range=1.0),
-        }
-        for k in images["fp32"]
-    }
+    out["outputs"] = {}
+    for k in images["fp32"]:
+        fp32, bf16 = (psnr(images[p][k], clean, data_range=1.0) for p in ("fp32", "bf16"))
+        out["outputs"][k] = {"fp32": fp32, "bf16": bf16, "delta_db": bf16 - fp32,
+                             "bf16_vs_fp32_psnr": psnr(images["bf16"][k], images["fp32"][k], data_range=1.0)}
     out["delta_db"] = max((o["delta_db"] for o in out["outputs"].values()), key=abs)
     out["pass"] = abs(out["delta_db"]) <= TOLERANCE_DB
     return out

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import DATA, KINDS, Timers, interleaved, load_average, machine, machine_kind, median, replace_section, section_name  # noqa: E402
+from bench_throughput import _channels  # noqa: E402
 
 from napari_emdiffuse.config import load_preset  # noqa: E402
 from napari_emdiffuse.data.degrade import poisson_gaussian, to_unit  # noqa: E402
@@ -36,10 +37,10 @@ from napari_emdiffuse.engine.distributed import Group, World  # noqa: E402
 from napari_emdiffuse.engine.diffusion import DiffusionProcess  # noqa: E402
 from napari_emdiffuse.jobs import train as train_job  # noqa: E402
 from napari_emdiffuse.model_file import Model, ModelInfo  # noqa: E402
-from napari_emdiffuse.variants import get_variant  # noqa: E402
 from napari_emdiffuse.variants import base as variants_base  # noqa: E402
 
 STEP_PARTS = ("forward", "backward", "optimizer")
+BF16_REPEATS = 10  # of each precision's training step, taking turns
 ORDER = ("sampling", "forward", "backward", "optimizer", "step rest (lr, seeds, EMA)", "validation", "checkpoint", "loop rest")
 
 
@@ -122,8 +123,7 @@ def bf16_step_ratio(preset_name: str, dev: torch.device, repeats: int) -> float:
     taking turns: whether training too should run in bf16 where ``predict`` does (on CPUs it
     runs in float32)."""
     preset = load_preset(preset_name)
-    variant = get_variant(preset.variant)
-    info = ModelInfo(*variant.channels(variant.options(preset.variant_options)))
+    info = ModelInfo(*_channels(preset_name))
     trainer = train_job._Trainer(preset, Model(preset, info), dev, Group(World(), dev))
     rng = np.random.default_rng(0)
     b, p = preset.train.batch_size, preset.train.patch_size
@@ -173,11 +173,12 @@ def table(rows: list[dict], args: argparse.Namespace, dev: torch.device) -> str:
     lines += ["", "One validation / one checkpoint took: " + "; ".join(
         f"{r['preset']} {r['per_validation_s']:.2f} s / {r['per_checkpoint_s']:.2f} s (every {r['val_every']} / {r['checkpoint_every']} steps)" for r in rows
     ) + ". The calibration at the end of a run, once per run: " + "; ".join(f"{r['preset']} {r['calibration_s']:.1f} s" for r in rows) + "."]
-    if any("bf16_step_ratio" in r for r in rows):
+    ratios = {r["preset"]: r["bf16_step_ratio"] for r in rows if "bf16_step_ratio" in r}
+    if ratios:
         lines += ["", "A training step (forward, backward, clipping, AdamW, EMA) under bf16 autocast took "
-                  + "; ".join(f"{r['preset']} **{r['bf16_step_ratio']:.2f}**" for r in rows if "bf16_step_ratio" in r)
-                  + " of the float32 step's time (`jobs.train`'s own step, the two taking turns, 10 repeats each, medians)"
-                  + (_cpu_verdict([r["bf16_step_ratio"] for r in rows if "bf16_step_ratio" in r]) if dev.type == "cpu" else ".")]
+                  + "; ".join(f"{name} **{q:.2f}**" for name, q in ratios.items())
+                  + f" of the float32 step's time (`jobs.train`'s own step, the two taking turns, {BF16_REPEATS} repeats each, medians)"
+                  + (_cpu_verdict(list(ratios.values())) if dev.type == "cpu" else ".")]
     lines += ["", f"Command: `python benchmarks/profile_train.py --steps {args.steps} --presets {' '.join(args.presets)}`"]
     return "\n".join(lines)
 
@@ -199,7 +200,7 @@ def main() -> None:
     rows = [profile(p, args.steps, args.batch, args.device) for p in args.presets]
     if machine_kind(dev) != "cpu-fp32":  # emulated bf16 says nothing about speed
         for r in rows:
-            r["bf16_step_ratio"] = bf16_step_ratio(r["preset"], dev, 10)
+            r["bf16_step_ratio"] = bf16_step_ratio(r["preset"], dev, BF16_REPEATS)
     text = table(rows, args, dev)
     print(text)
     if args.json:
