@@ -23,8 +23,7 @@ validation PSNR as their 3000-step recipes (22.96 and 23.65 dB against 22.96 and
 from about step 1000 on. Nor did width: EMDiffuse-r at base width 32 (2.66 M parameters, four
 times the multiply-adds), trained by its recipe for 2500 steps (about an hour on one core,
 2026-12-06), validated at 22.94-22.96 dB from step 500 on and ended at 22.96 dB, as the bundled
-network does. EMDiffuse-n, trained 4 times longer (6000 steps, 26 minutes on two cores with
-AVX-512, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
+network does. EMDiffuse-n, trained 4 times longer (6000 steps, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
 up to 24.79 dB by step 4250, where it stayed: +0.06 dB on the validation patches for four times
 the training, so the bundled recipe stays. A regression UNet of the bundled size and budget also
 lands within 0.14 dB of each
