@@ -102,17 +102,23 @@ def predict_regression(net: UNet, preset: Preset, image: np.ndarray, normaliser:
     out = np.zeros(geometry.shape, np.float32)
     m = net.size_multiple
 
-    def run_plane(read, h, w, mean, std, samples, plane_key=0, region=None) -> None:  # whole planes: blocks get no tile grid
+    def plane(read, h, w) -> np.ndarray:  # whole planes: blocks get no tile grid
         cond = read(0, h)
         ph, pw = math.ceil(h / m) * m - h, math.ceil(w / m) * m - w
         padded = np.pad(cond, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-        pred = _forward(net, torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None])[0, :, :h, :w]
-        mean[(slice(None), slice(0, h))] = pred.numpy()
+        return _forward(net, torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None])[0, :, :h, :w].numpy()
+
+    def run_plane(read, h, w, mean, std, samples, plane_key=0, region=None) -> None:
+        mean[(slice(None), slice(0, h))] = plane(read, h, w)
+
+    def estimate_plane(read, h, w, out, region, plane_key=0) -> None:  # a second view (vEMDiffuse-a's yz planes)
+        out[(slice(None), slice(0, h))] = plane(read, h, w)[..., region[2] : region[3]]
 
     normaliser = normaliser or fit_normaliser(image, name="image")
     for block in variant.blocks(image.shape, options):
         mean = np.zeros(block.shape, np.float32)
-        variant.predict_block(np.asarray(image[block.source]), block, options, BlockJob(normaliser, run_plane, mean, np.zeros_like(mean), None))
+        job = BlockJob(normaliser, run_plane, mean, np.zeros_like(mean), None, estimate_plane)
+        variant.predict_block(np.asarray(image[block.source]), block, options, job)
         out[block.region] = mean
     return out
 

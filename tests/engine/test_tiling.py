@@ -163,6 +163,36 @@ def test_a_region_is_bit_identical_to_the_whole_plane_run(shape):
             assert ran < len(make_tiles(h, w, ts.tile, ts.overlap))
 
 
+def test_a_packed_region_runs_only_its_tiles_and_matches_the_whole_plane():
+    """``pack``: the tiles a region needs fill the batches on their own (no blank tiles), and
+    the region still agrees with the whole plane's run (to float32 rounding: the batches differ)."""
+    h, w = 67, 93
+    img = np.random.default_rng(5).random((h, w), dtype=np.float32)
+    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(3)
+    base = _conv_denoiser()
+    seen = []
+
+    def denoise(x, sigma, cond):
+        seen.append(x.shape[0])
+        return base(x, sigma, cond)
+
+    def sampler(pack):
+        return TiledSampler(denoise, get_sampler("ddpm"), sig, 1, 4, 32, 8, 2, 3, torch.device("cpu"), seed=9, pack=pack)
+
+    whole = np.zeros((1, h, w), np.float32)
+    with torch.inference_mode():
+        sampler(False).run(lambda y0, y1: img[None, y0:y1], h, w, whole, plane_key=2)
+    region = (0, h, 40, 52)  # a band of columns: two tiles in each tile row
+    sy0, sy1, sx0, sx1 = TileGrid(32, 8).span(h, w, region)
+    part = np.zeros((1, h, 12), np.float32)
+    seen.clear()
+    with torch.inference_mode():
+        sampler(True).run(lambda a, b: img[None, a:b, sx0:sx1], h, w, part, plane_key=2, region=region)
+    needed = len(TileGrid(32, 8).tiles(h, w, region)) * 2  # tiles x samples
+    assert sum(seen) == needed * (len(sig) - 1)  # nothing else ran
+    np.testing.assert_allclose(part, whole[..., 40:52], atol=1e-5)
+
+
 def test_a_region_needs_every_tile_that_touches_it():
     """A tile that touches a pixel of the region with a small weight still counts: leaving out
     the tiles that merely reach into it changes the blend there."""

@@ -115,11 +115,63 @@ def test_row_blocks_and_zarr_output_give_the_same_volume(oracle_model, monkeypat
     vol = (np.random.default_rng(5).random((4, 11, 40)) * 255).astype(np.uint8)
     whole = run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu").mean
     monkeypatch.setattr(iso_a, "BUFFER_BYTES", 1)  # one row per block
+    monkeypatch.setattr(iso_a, "VIEWS_BUFFER_BYTES", 1)
     run_predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", output=tmp_path / "o.zarr")
     stored = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     np.testing.assert_array_equal(np.asarray(stored["mean/0"]), whole)  # one row per block or all at once: the same
     assert stored.attrs["voxel_size"] == pytest.approx([0.005, 0.005, 0.005])
     assert stored["uncertainty/0"].shape == whole.shape and stored["uncertainty/0"].chunks[1] == 1  # a block owns its chunks
+
+
+def _skewed(c, x):
+    """An oracle that is not the same along rows and columns, nor the same at every pixel: what
+    it makes of a plane depends on the plane's orientation and on the tiles around each pixel."""
+    img = c[:, :1]
+    return img + 0.3 * (img - torch.roll(img, 1, -1)) + 0.1 * c[:, 1:] * img.mean((-2, -1), keepdim=True)
+
+
+@pytest.mark.parametrize("buffer", [10**9, 3000])  # one block, and blocks of a few rows
+def test_the_best_estimate_averages_the_xz_and_the_yz_planes(oracle_model, monkeypatch, buffer):
+    """With ``both_views`` (the default) the best estimate is the mean of the reconstruction
+    from the xz planes and the one from the yz planes: the same as running the xz-only model on
+    the volume with x and y swapped. However the rows are cut into blocks, each block's yz
+    planes use the tiles of the whole plane; the samples and the spread stay the xz planes'."""
+    from napari_emdiffuse.variants import iso_a
+
+    monkeypatch.setattr(iso_a, "BUFFER_BYTES", buffer)
+    monkeypatch.setattr(iso_a, "VIEWS_BUFFER_BYTES", buffer)
+    vol = (np.random.default_rng(8).random((4, 70, 20)) * 200 + 20).astype(np.float32)
+    both = oracle_model("vemdiffuse-a-tiny", {"factor": 3}, _skewed, 1, 2)
+    xz = oracle_model("vemdiffuse-a-tiny", {"factor": 3, "both_views": False}, _skewed, 1, 2)
+    assert (len(ISO.blocks(vol.shape, ISO.options({"factor": 3}))) > 1) == (buffer < 10**6)
+    voxel = (0.015, 0.005, 0.005)
+    res = run_predict(both, vol, voxel=voxel, device="cpu", keep_samples=True)
+    one = run_predict(xz, vol, voxel=voxel, device="cpu", keep_samples=True)
+    swapped = run_predict(xz, np.ascontiguousarray(vol.transpose(0, 2, 1)), voxel=voxel, device="cpu").mean.transpose(0, 2, 1)
+    np.testing.assert_allclose(res.mean, 0.5 * (one.mean + swapped), rtol=1e-5, atol=1e-3)
+    assert np.abs(one.mean - swapped).max() > 1  # the two views do differ
+    for i, z in kept_slices(4, 3):
+        np.testing.assert_array_equal(res.mean[z], vol[i])
+    np.testing.assert_array_equal(res.std, one.std)
+    np.testing.assert_array_equal(res.samples, one.samples)
+    mean_of_samples = run_predict(both, vol, voxel=voxel, device="cpu", estimate="mean")
+    np.testing.assert_array_equal(mean_of_samples.mean, run_predict(xz, vol, voxel=voxel, device="cpu", estimate="mean").mean)
+
+
+def test_blocks_grow_to_a_tile_deep_for_the_second_view(monkeypatch):
+    """Each block computes every yz tile that reaches its rows: blocks are made a tile deep
+    where the larger budget allows, and stay as thin as the buffer asks without both views."""
+    from napari_emdiffuse.engine.grid import TileGrid
+    from napari_emdiffuse.variants import iso_a
+
+    monkeypatch.setattr(iso_a, "BUFFER_BYTES", 40_000)
+    grid, shape = TileGrid(32, 8), (4, 200, 40)
+    thin = ISO.blocks(shape, ISO.options({"factor": 3, "both_views": False}), 0, grid)
+    deep = ISO.blocks(shape, ISO.options({"factor": 3}), 0, grid)
+    assert max(b.shape[1] for b in thin) < 32 and [b.shape[1] for b in deep[:-1]] == [32] * (len(deep) - 1)
+    assert all(b.estimate_planes == () for b in thin) and all(len(b.estimate_planes) == 40 for b in deep)
+    monkeypatch.setattr(iso_a, "VIEWS_BUFFER_BYTES", 40_000)  # no room: the buffer's rows
+    assert max(b.shape[1] for b in ISO.blocks(shape, ISO.options({"factor": 3}), 0, grid)) < 32
 
 
 def test_neighbouring_xz_planes_share_their_noise(oracle_model):
@@ -155,6 +207,7 @@ def test_cancel_keeps_the_finished_blocks_of_rows(oracle_model, monkeypatch):
     from napari_emdiffuse.variants import iso_a
 
     monkeypatch.setattr(iso_a, "BUFFER_BYTES", 9000)  # 2 rows of a (10, 40) output and (4, 40) input
+    monkeypatch.setattr(iso_a, "VIEWS_BUFFER_BYTES", 9000)
 
     calls = {"n": 0, "cancel_at": None}
     token = new_cancel_token()

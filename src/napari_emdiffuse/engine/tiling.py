@@ -103,6 +103,7 @@ class TiledSampler:
         device: torch.device,
         seed: int = 0,
         step_callback: Callable[[int, int], None] | None = None,
+        pack: bool = False,
     ) -> None:
         self.denoise = denoise
         self.sampler = sampler
@@ -117,6 +118,7 @@ class TiledSampler:
         self.device = device
         self.seed = seed
         self.step_callback = step_callback
+        self.pack = pack
 
     @property
     def grid(self) -> TileGrid:
@@ -155,6 +157,8 @@ class TiledSampler:
         and noise are the whole plane's, and each pixel sums its tiles in the same order);
         ``read`` then gives the columns of :meth:`TileGrid.span` only. Tiles run in the whole
         plane's batches, those not needed as blanks: a batch's size can change a network's sums.
+        A ``pack`` sampler batches only the tiles the region needs instead (no blanks): the same
+        result for the same region, which may differ from the whole plane's in the last digits.
         """
         th, tw = self._tile_shape(height, width)
         ry0, ry1, rx0, rx1 = region = region or (0, height, 0, width)
@@ -174,7 +178,7 @@ class TiledSampler:
         wsum = np.zeros((band_h, span_w), np.float32)
         top = sy0  # plane row of acc[..., 0, :]
         strip_y, strip = -1, None
-        items = [(ti, k) for ti in range(len(tiles)) for k in range(k_)]
+        items = [(ti, k) for ti in range(len(tiles)) if not self.pack or tiles[ti] in needed for k in range(k_)]
         pending: dict[int, list[torch.Tensor]] = {}
         total = progress_total if progress_total is not None else self.count_steps(height, width, region)
         done = progress_offset

@@ -81,16 +81,18 @@ class BlockRunner:
         sigmas = Schedule.from_config(model.preset.diffusion).sampling_sigmas(cfg.steps, cfg.spacing)
         self._on_step: Callable[[int, int], None] | None = None
 
-        def tiler(sampler: Any, levels: torch.Tensor, samples: int) -> TiledSampler:
+        def tiler(sampler: Any, levels: torch.Tensor, samples: int, pack: bool = False) -> TiledSampler:
             return TiledSampler(
                 denoiser, sampler, levels, out_channels=model.info.out_channels, size_multiple=network.size_multiple,
                 tile_size=cfg.tile_size, overlap=cfg.overlap, samples=samples, tile_batch=cfg.tile_batch,
-                device=device, seed=cfg.seed, step_callback=self._step,
+                device=device, seed=cfg.seed, step_callback=self._step, pack=pack,
             )  # fmt: skip
 
         self.sampling = tiler(get_sampler(cfg.sampler, cfg.eta), sigmas, cfg.samples)
         # the best estimate: one pass at the highest noise level (posterior_mean uses sigmas[0] only)
         self.tilers = [tiler(posterior_mean, sigmas[[0, -1]], 1), self.sampling] if estimate == "best" else [self.sampling]
+        # a block's second view of its output (Block.estimate_planes): only the tiles it needs
+        self.second_view = tiler(posterior_mean, sigmas[[0, -1]], 1, pack=True) if estimate == "best" else None
 
     def _step(self, done: int, total: int) -> None:
         if self._on_step is not None:
@@ -102,7 +104,10 @@ class BlockRunner:
     def steps(self, block: Block) -> int:
         """Progress units of one block: sampler steps times tile samples, over every pass."""
         region = block.window.region if block.window is not None else None
-        return sum(t.count_steps(h, w, region) for h, w in block.planes for t in self.tilers)
+        steps = sum(t.count_steps(h, w, region) for h, w in block.planes for t in self.tilers)
+        if self.second_view is not None:
+            steps += sum(self.second_view.count_steps(h, w, r) for h, w, r in block.estimate_planes)
+        return steps
 
     def run(
         self, image: Any, block: Block, on_step: Callable[[int, int], None] | None = None, offset: int = 0, total: int | None = None
@@ -124,11 +129,15 @@ class BlockRunner:
                 tiler.run(read, h, w, target, *extra, plane_key, progress["offset"], total, region)
                 progress["offset"] += tiler.count_steps(h, w, region)
 
+        def estimate_plane(read, h, w, out, region, plane_key=0) -> None:
+            self.second_view.run(read, h, w, out, None, None, plane_key, progress["offset"], total, region)
+            progress["offset"] += self.second_view.count_steps(h, w, region)
+
         source = np.asarray(image[block.source])
         self._on_step = on_step
         try:
             with torch.inference_mode(), autocast(self.device, inference=True):
-                self.variant.predict_block(source, block, self.options, BlockJob(self.normaliser, run_plane, mean, spread, samples))
+                self.variant.predict_block(source, block, self.options, BlockJob(self.normaliser, run_plane, mean, spread, samples, estimate_plane if self.second_view else None))
         finally:
             self._on_step = None
         return BlockResult(block, mean, spread, samples)

@@ -66,6 +66,8 @@ class Block:
     input axis, with the neighbouring slices or rows its condition reads): the runners read
     exactly that and hand it to :meth:`Variant.predict_block`, so a worker reads only what its
     block needs. ``window``: the block is a rectangle of one plane (a large 2D plane cut up).
+    ``estimate_planes``: ``(height, width, region)`` of planes the block runs through the best
+    estimate alone, for the ``region`` rectangle of each (a second view of the same output).
 
     A block's result depends only on the input and the block (sampler noise is keyed to image
     position), so blocks may run in any order, in any process, and be redone after a crash.
@@ -76,6 +78,7 @@ class Block:
     planes: tuple[tuple[int, int], ...]
     source: tuple[slice, ...]
     window: Window | None = None
+    estimate_planes: tuple[tuple[int, int, Rect], ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -241,13 +244,16 @@ class BlockJob:
     runner's ``sample_plane(read, height, width, mean, std, samples, plane_key)`` (every
     sampler pass over one plane, into three tiler targets) and the block's arrays, zero on
     entry, in the input's intensity units: ``mean`` and ``std`` of ``block.shape``, ``samples``
-    of ``(K, *block.shape)`` or None."""
+    of ``(K, *block.shape)`` or None. ``estimate_plane(read, height, width, out, region, plane_key)`` runs
+    the best estimate alone over the ``region`` of one plane (for ``Block.estimate_planes``);
+    None where the output is the mean of the samples."""
 
     normaliser: Normaliser
     sample_plane: Callable[..., None]
     mean: np.ndarray
     std: np.ndarray
     samples: np.ndarray | None
+    estimate_plane: Callable[..., None] | None = None
 
     def run(
         self, read: Base, height: int, width: int, start: int = 0, base: Base | None = None, plane_key: int = 0, window: Window | None = None
