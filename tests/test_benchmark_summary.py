@@ -117,3 +117,21 @@ def test_the_error_map_ceiling_oracle_knows_what_content_sets_and_not_the_luck()
     maps = np.tile(content, (6, 1))
     r = study({"sq": luck, "bundled": maps, "refitted": maps}, 200)
     assert abs(np.mean(r["all"]["oracle"]) - 0.5) < 0.1 and abs(r["draw_to_draw_correlation"]) < 0.2
+
+
+def test_the_best_estimates_share_of_a_run_counts_the_second_view():
+    """The suite shares one run's time between the best estimate and the samples by network
+    work: two evaluations per tile against samples x steps, and for vEMDiffuse-a's second view
+    (yz planes, as many voxels as the xz planes) two more."""
+    from napari_emdiffuse.config import SampleConfig
+    from napari_emdiffuse.data.normalise import fit_normaliser
+    from napari_emdiffuse.models import resolve_model
+
+    cfg = SampleConfig(steps=10, samples=4, tile_size=256, overlap=32)
+    norm = fit_normaliser(np.random.default_rng(0).random((4, 8, 8), dtype=np.float32))
+    assert bench_suite.estimate_share(resolve_model("emdiffuse-n"), cfg, norm, (2, 256, 256)) == pytest.approx(2 / 42)
+    model = resolve_model("vemdiffuse-a")
+    assert bench_suite.estimate_share(model, cfg, norm, (17, 32, 256)) == pytest.approx(4 / 44)
+    xz_only = model.preset.with_overrides({"variant_options": {"both_views": False}})
+    model.preset = xz_only
+    assert bench_suite.estimate_share(model, cfg, norm, (17, 32, 256)) == pytest.approx(2 / 42)

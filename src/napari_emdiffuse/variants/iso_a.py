@@ -16,9 +16,9 @@ The network learnt from rows and from columns alike, so the yz planes (slices as
 columns) are a second view of the same voxels. With ``both_views`` (the default) the best
 estimate is the mean of the xz and the yz reconstructions, whose errors are partly independent
 (on held-back FIB-SEM, +0.23 dB over either alone: docs/benchmarks.md); this is what CARE's
-isotropic reconstruction does too. Only the best estimate pass runs on the yz planes, which
-costs two network evaluations per tile against the samples' ``K x steps``; the samples and
-their spread (the error map) stay the xz planes', so each sample is one coherent draw.
+isotropic reconstruction does too. Only the best estimate pass runs on the yz planes (two
+network evaluations per tile, against the samples' ``K x steps``); the samples and their
+spread (the error map) stay the xz planes', so each sample is one coherent draw.
 ``r`` (the factor) may be fractional, e.g. 12.5 for a 4 x 4 x 50 nm stack, so the output's z
 voxel can equal the lateral one exactly; input slices that fall on the output grid are kept
 unchanged.
@@ -60,7 +60,8 @@ class IsoAOptions(BaseModel):
     both_views: bool = Field(
         True,
         description="the best estimate averages the reconstructions from the xz and the yz planes "
-        "(the network learnt both; about 0.2 dB more accurate for a few per cent more time); the samples "
+        "(the network learnt both; about 0.2 dB more accurate for 5-20 % more time, more for volumes of thousands of px "
+        "a side: docs/variants/iso-a.md); the samples "
         "and their spread come from the xz planes. Not used with emdiffuse_original",
     )
 
