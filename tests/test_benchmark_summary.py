@@ -135,3 +135,20 @@ def test_the_best_estimates_share_of_a_run_counts_the_second_view():
     xz_only = model.preset.with_overrides({"variant_options": {"both_views": False}})
     model.preset = xz_only
     assert bench_suite.estimate_share(model, cfg, norm, (17, 32, 256)) == pytest.approx(2 / 42)
+
+
+def test_the_noise_widening_study_undoes_the_widening_for_its_plain_figures():
+    """The study scores each prediction twice: with the bounds predict wrote (widened for a
+    noisier input) and with them divided back by the widening, which must be what predict writes
+    for an input like the calibration data."""
+    import tifffile
+
+    from napari_emdiffuse.data.degrade import poisson_gaussian, to_unit
+
+    study = pytest.importorskip("study_noise_widening")
+    clean = to_unit(tifffile.imread(study.ISBI))[24:26, 128:384, 128:384]
+    calm = study.measure("emdiffuse-n", poisson_gaussian(clean, 20.0, 0.03, seed=1), clean)
+    assert calm["widening"] == [1.0, 1.0] and calm["coverage_plain"] == calm["coverage_widened"]
+    noisy = study.measure("emdiffuse-n", poisson_gaussian(clean, 2.0, 0.03, seed=1), clean)
+    assert all(w == pytest.approx(r**0.25, rel=1e-2) and r > 1.25 for w, r in zip(noisy["widening"], noisy["noise_ratio"]))
+    assert noisy["width_widened"] > noisy["width_plain"] and noisy["coverage_widened"] > noisy["coverage_plain"]

@@ -29,6 +29,20 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   of those pixels. The table of ``q`` is stored in model.json; prediction reads ``q`` at the
   model's or the user's ``alpha``. It holds for data like the calibration patches and for the
   sampling settings calibration used (both are stored with it).
+- **Inputs noisier than the calibration data.** An error map fitted on data of one noise level
+  does not see that an input is noisier: on the EMDiffuse-r benchmark one of four held-back
+  FIB-SEM slices has about twice the noise of the rest (in its input and in its truth alike), and
+  its 90 % interval held 62 % of the pixels where the others held 91 %. So ``emdiffuse calibrate``
+  stores the noise level of its input relative to its contrast (:func:`input_noise`, the median
+  over planes), and prediction widens the bounds of every plane whose input is more than
+  :data:`NOISE_TOLERANCE` times noisier (:attr:`ErrorModel.widen`), and says so: by the ratio
+  where the truth's own noise dominates the error and grows with the input's (super-resolution,
+  isotropic volumes; a blurred, binned input shows its noise only in part, so there the widening
+  is too small but goes the right way), by its fourth root for denoising, whose error hardly
+  grows with the input's noise (``Variant.noise_exponent``; ``benchmarks/study_noise_widening.py``).
+  Bounds calibrated by training alone (no ``input_noise``) are not widened. Noise is measured
+  against the plane's contrast, so content of much lower contrast than the calibration data also
+  reads as noisier and widens the bounds (the safe side); small images give a rougher measure.
 """
 
 from __future__ import annotations
@@ -57,6 +71,14 @@ FEATURES = ("spread", "laplacian", "intensity")
 _FLOOR = 1e-4
 #: the intensity feature's floor: darker than 2 % of the normaliser's range counts as 2 %
 _DARK = 0.02
+#: a plane whose input noise exceeds the calibration data's by more than this factor gets its
+#: bounds widened by the ratio (below it, the estimate's spread over content and quantisation)
+NOISE_TOLERANCE = 1.25
+#: side of the central crop of each plane whose noise is measured: noise belongs to the
+#: acquisition, not to one region, and a montage need not be read whole for it
+NOISE_CROP_PX = 1024
+#: the box over which a plane is averaged to measure its contrast without its noise
+CONTRAST_PX = 9
 
 
 def _pool_rms(a: np.ndarray, size: int) -> np.ndarray:
@@ -85,6 +107,44 @@ def features(spread: np.ndarray, estimate: np.ndarray, size: int = POOL_PX) -> n
     ]))
 
 
+def noise_level(plane: np.ndarray) -> float:
+    """The standard deviation of white noise in a 2D ``plane``, robust to its structure: the
+    median absolute finest diagonal detail (2 x 2 Haar) over 0.6745 (Donoho & Johnstone, 1994)."""
+    a = np.asarray(plane, np.float64)
+    a = a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2]
+    detail = (a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2]) / 2
+    return float(np.median(np.abs(detail)) / 0.6745)
+
+
+def input_noise(image: Any) -> np.ndarray:
+    """The noise of every plane of ``image`` (2D: one; the last two axes are a plane) relative to
+    its contrast: :func:`noise_level` over the spread (1st to 99th percentile) of the plane's
+    :data:`CONTRAST_PX` box means, which noise hardly widens (a percentile range of the raw
+    plane grows with its noise and would hide it). On a central crop of at most
+    :data:`NOISE_CROP_PX` (only that is read)."""
+    from scipy.ndimage import uniform_filter
+
+    h, w = (int(n) for n in image.shape[-2:])
+    y0, x0 = max(0, (h - NOISE_CROP_PX) // 2), max(0, (w - NOISE_CROP_PX) // 2)
+    crop = (slice(y0, y0 + NOISE_CROP_PX), slice(x0, x0 + NOISE_CROP_PX))
+    planes = [()] if len(image.shape) == 2 else list(np.ndindex(*image.shape[:-2]))
+    out = []
+    for z in planes:
+        plane = np.asarray(image[(*z, *crop)], np.float64)
+        low, high = np.percentile(uniform_filter(plane, CONTRAST_PX, mode="reflect"), [1, 99])
+        out.append(noise_level(plane) / max(high - low, 1e-12))
+    return np.array(out)
+
+
+def widening(noise: np.ndarray, calibrated: float, exponent: float = 1.0) -> np.ndarray:
+    """The factor by which each plane's bounds widen for its input ``noise``
+    (:func:`input_noise`), the calibration input's being ``calibrated``: where their ratio
+    exceeds :data:`NOISE_TOLERANCE`, the ratio to the power ``exponent`` (how the variant's
+    error grows with noise: ``Variant.noise_exponent``)."""
+    ratio = np.asarray(noise, np.float64) / calibrated
+    return np.where(ratio > NOISE_TOLERANCE, ratio**exponent, 1.0)
+
+
 @dataclass(frozen=True)
 class ErrorModel:
     """How a prediction turns the pooled spread and its estimate into the error map ``u``.
@@ -93,11 +153,19 @@ class ErrorModel:
     and uncalibrated ones). ``low`` / ``high``: the intensities that are 0 and 1 on the unit
     scale the coefficients were fitted on (the normaliser's percentiles; -1 and 1 for arrays
     already normalised). ``u`` is in the estimate's units and 0 where the spread is 0 (slices a
-    volume variant copies from its input)."""
+    volume variant copies from its input). ``widen``: a factor per output plane (one for all)
+    for inputs noisier than the calibration data (:func:`widening`), applied by :meth:`plane`."""
 
     coef: tuple[float, ...] | None = None
     low: float = -1.0
     high: float = 1.0
+    widen: tuple[float, ...] = ()
+
+    def plane(self, z: tuple[int, ...]) -> float:
+        """The widening of output plane ``z`` (``()`` for a 2D output)."""
+        if not self.widen:
+            return 1.0
+        return self.widen[0] if len(self.widen) == 1 else self.widen[z[0] if z else 0]
 
     @classmethod
     def of(cls, calibration: dict[str, Any] | None, low: float = -1.0, high: float = 1.0) -> "ErrorModel":
@@ -122,7 +190,7 @@ class ErrorModel:
         pick = np.asarray(where, bool) & (np.asarray(spread) > 0)
         x = np.column_stack([np.ones(int(pick.sum())), *(fk[pick] for fk in f)]).astype(np.float64)
         coef, *_ = np.linalg.lstsq(x, target[pick].astype(np.float64), rcond=None)
-        return ErrorModel(tuple(float(c) for c in coef), self.low, self.high)
+        return ErrorModel(tuple(float(c) for c in coef), self.low, self.high, self.widen)
 
 
 def fit(errors: np.ndarray, spread: np.ndarray) -> list[float]:

@@ -51,6 +51,58 @@ def test_the_scale_fitted_on_one_half_covers_the_asked_share_of_the_other(random
     np.testing.assert_allclose(again["error_model"], cal["error_model"], rtol=1e-5)
 
 
+def test_bounds_widen_where_the_input_is_noisier_than_the_calibration_data(random_model, isbi_pair, tmp_path):
+    """Calibration stores its input's noise level; a plane whose input is clearly noisier gets
+    its error map (and so its interval) widened by the ratio, with a warning naming it and a
+    record in the provenance; planes like the calibration data are left as they were."""
+    from dataclasses import replace
+
+    from napari_emdiffuse.jobs.events import Message
+    from napari_emdiffuse.jobs.predict import predict
+
+    model = random_model("tiny")
+    noisy, clean = isbi_pair[0][:2, :96, :128], isbi_pair[1][:2, :96, :128]
+    calibrated = _run(model, noisy, clean).model
+    cal = calibrated.calibration
+    assert cal["input_noise"] == pytest.approx(np.median(uncertainty.input_noise(noisy)))
+    stack = noisy.astype(np.float32).copy()
+    stack[1] += np.random.default_rng(0).normal(0, 2 * uncertainty.noise_level(stack[1]), stack[1].shape).astype(np.float32)  # about 2.2x the noise
+    plain = Model(calibrated.preset, replace(calibrated.info, metrics={**calibrated.info.metrics, "calibration": {k: v for k, v in cal.items() if k != "input_noise"}}), calibrated.network)
+    events = list(predict(calibrated, stack, device="cpu"))
+    out, before = events[-1], run_predict(plain, stack, device="cpu")
+    ratio = uncertainty.input_noise(stack) / cal["input_noise"]
+    assert ratio[0] < uncertainty.NOISE_TOLERANCE < ratio[1]
+    widen = ratio[1] ** get_variant("denoise").noise_exponent  # a denoiser's error hardly grows with the noise
+    assert 1 < widen < ratio[1]
+    np.testing.assert_array_equal(np.asarray(out.std[0]), np.asarray(before.std[0]))
+    np.testing.assert_allclose(np.asarray(out.std[1]), np.asarray(before.std[1]) * widen, rtol=1e-5)
+    q = uncertainty.scale(cal, 0.1)
+    np.testing.assert_allclose(np.asarray(out.upper) - np.asarray(out.lower), 2 * q * np.asarray(out.std), rtol=1e-4, atol=1e-6)
+    notes = [ev.text for ev in events if isinstance(ev, Message) and "noisier" in ev.text]
+    assert len(notes) == 1 and notes[0].startswith("1 of 2 planes (1): the input is up to") and f"{ratio[1]:.1f}x" in notes[0]
+    assert not [ev for ev in predict(calibrated, noisy, device="cpu") if isinstance(ev, Message) and "noisier" in ev.text]
+    from napari_emdiffuse.data.io import read_image
+
+    run_predict(calibrated, stack, device="cpu", output=tmp_path / "o.tif")
+    prov = read_image(tmp_path / "o_upper.tif").meta["provenance"]
+    assert prov["bounds_widened"] == pytest.approx([1.0, widen])
+    from napari_emdiffuse.data.cli_commands import _provenance_lines
+
+    assert f"bounds:   widened for an input noisier than the calibration data: plane 1 {widen:.2f}x" in _provenance_lines(prov)
+
+
+def test_noise_level_reads_the_noise_not_the_structure():
+    """The noise estimate of a plane with edges and gradients is its noise's standard deviation."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[:256, :300]
+    structure = 0.5 * (x > 150) + 0.3 * np.sin(y / 9.0) + y / 512
+    for sigma in (0.02, 0.1):
+        assert uncertainty.noise_level(structure + rng.normal(0, sigma, structure.shape)) == pytest.approx(sigma, rel=0.06)
+    widen = uncertainty.widening(np.array([0.1, 0.12, 0.2]), 0.1)
+    np.testing.assert_allclose(widen, [1.0, 1.0, 2.0])  # within the tolerance: unchanged
+    np.testing.assert_allclose(uncertainty.widening(np.array([0.12, 0.4]), 0.1, 0.5), [1.0, 2.0])
+
+
 def test_a_volume_variant_calibrates_only_the_slices_it_predicts(random_model, small_stack):
     model = random_model("vemdiffuse-i-tiny", {"factor": 2})
     variant = get_variant(model.variant)

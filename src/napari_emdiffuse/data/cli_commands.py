@@ -165,6 +165,10 @@ def _provenance_lines(attrs: dict[str, Any]) -> list[str]:
         lines.append(f"computed: {describe_compute(attrs['compute'])}")
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
+    widened = attrs.get("bounds_widened") or []
+    if any(w > 1 for w in widened):
+        where = "all planes" if len(widened) == 1 else ", ".join(f"plane {z} {w:.2f}x" for z, w in enumerate(widened) if w > 1)
+        lines.append(f"bounds:   widened for an input noisier than the calibration data: {where}")
     return lines
 
 

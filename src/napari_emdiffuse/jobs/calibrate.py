@@ -94,6 +94,8 @@ def calibrate(
         "check_pixels": int((used & ~left).sum()),
         "psnr_best": psnr_best,
         "data": source,
+        # the input's noise (median plane, unit scale): prediction widens the bounds of noisier inputs
+        "input_noise": float(np.median(uncertainty.input_noise(image))),
     }
     metrics_ = {**model.info.metrics, "calibration": calibration}
     calibrated = Model(complete(model.preset), replace(model.info, metrics=metrics_, card=card_with_calibration(model.info.card, calibration)), model.network)

@@ -109,6 +109,10 @@ def predict(
             yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
         q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
         error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
+        if calibration and calibration.get("input_noise"):
+            error, note = _widened_for_noise(error, image, calibration["input_noise"], variant)
+            if note:
+                yield Message(note, "warning")
         if calibration and (cfg.samples, cfg.steps, cfg.sampler) != (calibration["samples"], calibration["steps"], calibration["sampler"]):
             yield Message(
                 f"the intervals were calibrated for {calibration['samples']} samples of {calibration['steps']} "
@@ -140,6 +144,8 @@ def predict(
             "compute": {"cluster": cluster, "device": device} if cluster is not None
             else {"device": str(dev), "network": "bfloat16" if bf16 else "float32"},
             **({"origin": [float(o) for o in origin]} if origin is not None else {}),
+            # bounds widened for an input noisier than the calibration data, per output plane
+            **({"bounds_widened": list(error.widen)} if any(w > 1 for w in error.widen) else {}),
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),
@@ -215,6 +221,32 @@ def predict(
     finally:
         if out is not None:
             out.close()
+
+
+def _widened_for_noise(
+    error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Any
+) -> tuple[uncertainty.ErrorModel, str | None]:
+    """The error model with its bounds widened for input planes noisier than the calibration
+    data (a volume variant: by the median plane, as its slices are generated together), and the
+    warning that says so (None: nothing widened)."""
+    noise = uncertainty.input_noise(image)
+    volume = 2 not in variant.input_ndims
+    if volume:
+        noise = np.array([np.median(noise)])
+    widen = uncertainty.widening(noise, calibrated, variant.noise_exponent)
+    if not (widen > 1).any():
+        return error, None
+    if volume:
+        where = "the volume"
+    elif widen.size == 1:
+        where = "the image"
+    else:
+        where = f"{int((widen > 1).sum())} of {widen.size} planes ({', '.join(str(z) for z in np.flatnonzero(widen > 1)[:8])}{', ...' if (widen > 1).sum() > 8 else ''})"
+    note = (
+        f"{where}: the input is up to {(noise / calibrated).max():.1f}x noisier than the data the error bounds were calibrated "
+        f"on; its error bounds are widened (up to {widen.max():.2f}x), and the result there is likely less accurate than on that data"
+    )
+    return replace(error, widen=tuple(float(w) for w in widen)), note
 
 
 def model_digest(model: Model) -> str:

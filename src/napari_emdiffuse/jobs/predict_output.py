@@ -131,7 +131,7 @@ def pool_uncertainty(
         y1 = min(height, y0 + rows)
         a, b = max(0, y0 - POOL_HALO), min(height, y1 + POOL_HALO)
         m = np.asarray(mean[(*z, slice(a, b))], np.float32)
-        u = error(unc.error_map(np.asarray(spread[(*z, slice(a, b))])), m)[y0 - a : y1 - a]
+        u = error(unc.error_map(np.asarray(spread[(*z, slice(a, b))])), m)[y0 - a : y1 - a] * np.float32(error.plane(z))
         strip = (*z, slice(y0, y1))
         uncertainty[strip] = u
         if q is not None:

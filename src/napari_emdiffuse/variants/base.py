@@ -334,6 +334,10 @@ class Variant(ABC):
     #: dimensionality of images :meth:`predict` accepts
     input_ndims: ClassVar[tuple[int, ...]] = (2, 3)
     options_model: ClassVar[type[BaseModel]] = NoOptions
+    #: how the error grows with the input's noise (``error ~ noise ** exponent``), for bounds on
+    #: inputs noisier than the calibration data (:func:`..uncertainty.widening`): 1 where the truth
+    #: comes from the same acquisition as the input, so its own noise grows alike
+    noise_exponent: ClassVar[float] = 1.0
 
     def options(self, raw: dict[str, Any] | BaseModel | None) -> BaseModel:
         """Validated options; a bad one raises :class:`ConfigError` naming the option and the fix."""
