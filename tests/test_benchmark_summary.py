@@ -152,3 +152,30 @@ def test_the_noise_widening_study_undoes_the_widening_for_its_plain_figures():
     noisy = study.measure("emdiffuse-n", poisson_gaussian(clean, 2.0, 0.03, seed=1), clean)
     assert all(w == pytest.approx(r**0.25, rel=1e-2) and r > 1.25 for w, r in zip(noisy["widening"], noisy["noise_ratio"]))
     assert noisy["width_widened"] > noisy["width_plain"] and noisy["coverage_widened"] > noisy["coverage_plain"]
+
+
+def test_the_error_map_is_also_scored_within_each_plane():
+    """A map that only tells the worse plane from the better one finds the worst patches of the
+    stack but not those of each image: the within-plane AUROC shows it."""
+    rng = np.random.default_rng(2)
+    truth = np.zeros((2, 64, 64), np.float32)
+    estimate = rng.normal(0, 1, truth.shape).astype(np.float32)
+    estimate[1] *= 4  # the second plane is far worse
+    u = np.ones_like(truth)
+    u[1] = 4  # and the map says so, but nothing about where within a plane
+    r = bench_suite.uncertainty_worth(u, estimate, truth, None)
+    assert r["auroc_patches"] > 0.7 and abs(r["auroc_within_planes"] - 0.5) < 0.01
+
+
+def test_the_calibration_page_keeps_the_studies_sections(tmp_path):
+    """bench_calibration.py rewrites its table; the sections the studies write into the same page
+    stay, once each, however often it runs."""
+    bench_calibration = pytest.importorskip("bench_calibration")
+    page = tmp_path / "cal.md"
+    page.write_text("old table\n\n<!-- study_a -->\n## A\nfigures\n<!-- /study_a -->\n\n<!-- study_b -->\nmore\n<!-- /study_b -->\n")
+    row = {"title": "t", "coverage_0.1": 0.9, "coverage_0.2": 0.8, "width_0.1": 0.2, "check_coverage": 0.9, "auroc_patches": 0.9, "calibrated_on": "x"}
+    for _ in range(2):
+        bench_calibration.write(page, {"sr": row}, "cmd")
+    text = page.read_text()
+    assert "old table" not in text and "| t | 90.0 % |" in text
+    assert text.count("<!-- study_a -->\n## A\nfigures\n<!-- /study_a -->") == 1 and text.count("<!-- /study_b -->") == 1
