@@ -72,7 +72,7 @@ _FLOOR = 1e-4
 #: the intensity feature's floor: darker than 2 % of the normaliser's range counts as 2 %
 _DARK = 0.02
 #: a plane whose input noise exceeds the calibration data's by more than this factor gets its
-#: bounds widened by the ratio (below it, the estimate's spread over content and quantisation)
+#: bounds widened (:func:`widening`; below it, the measure's spread over content and quantisation)
 NOISE_TOLERANCE = 1.25
 #: side of the central crop of each plane whose noise is measured: noise belongs to the
 #: acquisition, not to one region, and a montage need not be read whole for it

@@ -94,7 +94,7 @@ def calibrate(
         "check_pixels": int((used & ~left).sum()),
         "psnr_best": psnr_best,
         "data": source,
-        # the input's noise (median plane, unit scale): prediction widens the bounds of noisier inputs
+        # the input's noise relative to its contrast (median plane): prediction widens the bounds of noisier inputs
         "input_noise": float(np.median(uncertainty.input_noise(image))),
     }
     metrics_ = {**model.info.metrics, "calibration": calibration}
