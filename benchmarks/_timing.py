@@ -152,6 +152,17 @@ def section_name(name: str, device: torch.device) -> str:
     return f"{name} {machine_kind(device)}"
 
 
+def publish(text: str, data: dict[str, Any], result: Path, section: str | None, doc: Path) -> None:
+    """A study's end: its report printed, its figures stored as JSON in ``result``, and, with a
+    ``section`` name (None: ``--no-doc``), the report put in that section of ``doc``."""
+    import json
+
+    print(text)
+    result.write_text(json.dumps(data, indent=2))
+    if section is not None:
+        replace_section(section, text, doc)
+
+
 def load_average() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]

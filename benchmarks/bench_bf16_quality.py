@@ -46,12 +46,12 @@ def held_back(crop: int, slices: int) -> tuple[np.ndarray, np.ndarray]:
     return noisy[:, y0 : y0 + crop, y0 : y0 + crop], clean[:, y0 : y0 + crop, y0 : y0 + crop]
 
 
-def run(device: str, crop: int, slices: int, steps: int, samples: int) -> dict:
+def run(device: str, dev: torch.device, crop: int, slices: int, steps: int, samples: int) -> dict:
     noisy, clean = held_back(crop, slices)
     model = resolve_model("emdiffuse-n")
     norm = Normaliser(*np.percentile(noisy, [0.1, 99.9]).tolist())
     cfg = model.preset.sample.model_copy(update={"steps": steps, "samples": samples, "seed": 0})
-    out: dict = {"device": machine(select_device(device)), "device_arg": device, "crop": crop, "slices": slices, "steps": steps, "samples": samples}
+    out: dict = {"device": machine(dev), "device_arg": device, "crop": crop, "slices": slices, "steps": steps, "samples": samples}
     images: dict[str, dict[str, np.ndarray]] = {}
     for precision, flag in (("fp32", "0"), ("bf16", "1")):
         t0 = time.perf_counter()
@@ -105,8 +105,8 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    r = run(args.device, args.crop, args.slices, args.steps, args.samples)
     dev = select_device(args.device)
+    r = run(args.device, dev, args.crop, args.slices, args.steps, args.samples)
     text = report(r, dev)
     print(text)
     if args.json:

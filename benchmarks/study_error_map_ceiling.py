@@ -34,14 +34,13 @@ are neither training nor test data (ISBI 2012 slices 24, 25, 28 and 29, the test
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import REPO, load_average, machine, replace_section  # noqa: E402
+from _timing import REPO, load_average, machine, publish  # noqa: E402
 from bench_suite import ISBI, NOISE, PATCH, auroc  # noqa: E402
 
 SLICES = [24, 25, 28, 29]
@@ -187,11 +186,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = draws(args.draws)
     r = {**study(data, len(FIT_SLICES) * data["sq"].shape[1] // len(SLICES)), "machine": machine(torch.device("cpu")), "load_average": load_average()}
-    text = report(r)
-    print(text)
-    RESULT.write_text(json.dumps(r, indent=2))
-    if not args.no_doc:
-        replace_section("study_error_map_ceiling", text, DOC)
+    publish(report(r), r, RESULT, None if args.no_doc else "study_error_map_ceiling", DOC)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,13 @@ ratio of input noise that set it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import REPO, machine, replace_section  # noqa: E402
+from _timing import REPO, machine, publish  # noqa: E402
 from bench_suite import FIBSEM, ISBI, NOISE  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks-calibration.md"
@@ -134,11 +133,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {name: {cond: measure(name, *pair) for cond, pair in conds.items()} for name, conds in cases().items()}
     r = {"cases": results, "machine": machine(torch.device("cpu"))}
-    text = report(r)
-    print(text)
-    RESULT.write_text(json.dumps(r, indent=2))
-    if not args.no_doc:
-        replace_section("study_noise_widening", text, DOC)
+    publish(report(r), r, RESULT, None if args.no_doc else "study_noise_widening", DOC)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -179,3 +180,15 @@ def test_the_calibration_page_keeps_the_studies_sections(tmp_path):
     text = page.read_text()
     assert "old table" not in text and "| t | 90.0 % |" in text
     assert text.count("<!-- study_a -->\n## A\nfigures\n<!-- /study_a -->") == 1 and text.count("<!-- /study_b -->") == 1
+
+
+def test_a_study_publishes_its_figures_and_its_section_only_when_asked(tmp_path):
+    """A study stores its figures as JSON; its report goes into the page only without --no-doc."""
+    from _timing import publish
+
+    doc, result = tmp_path / "page.md", tmp_path / "r.json"
+    doc.write_text("# page\n")
+    publish("## Study\nfigures", {"x": 1}, result, None, doc)
+    assert json.loads(result.read_text()) == {"x": 1} and doc.read_text() == "# page\n"
+    publish("## Study\nfigures", {"x": 2}, result, "study_x", doc)
+    assert "<!-- study_x -->\n## Study\nfigures\n<!-- /study_x -->" in doc.read_text()

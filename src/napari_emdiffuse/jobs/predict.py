@@ -26,6 +26,7 @@ from ..engine.device import cpu_has_native_bf16, select_device, uses_bf16
 from ..errors import Cancelled, InputError
 from ..model_file import Model
 from ..variants import get_variant, model_options
+from ..variants.base import Variant
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
 from .predict_output import PredictionOutput, describe_compute, describe_region, finish_in_memory, in_memory
@@ -224,7 +225,7 @@ def predict(
 
 
 def _widened_for_noise(
-    error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Any
+    error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Variant
 ) -> tuple[uncertainty.ErrorModel, str | None]:
     """The error model with its bounds widened for input planes noisier than the calibration
     data (a volume variant: by the median plane, as its slices are generated together), and the
