@@ -25,7 +25,10 @@ times the multiply-adds), trained by its recipe for 2500 steps (about an hour on
 2026-12-06), validated at 22.94-22.96 dB from step 500 on and ended at 22.96 dB, as the bundled
 network does. EMDiffuse-n, trained 4 times longer (6000 steps, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
 up to 24.79 dB by step 4250, where it stayed: +0.06 dB on the validation patches for four times
-the training, so the bundled recipe stays. A regression UNet of the bundled size and budget also
+the training, so the bundled recipe stays. Nor is the noise of its training data a limit: it
+trains on one fixed noise draw, but it has not learnt that draw (on its training slices it scores
+22.68 dB on that draw and 22.67 dB on a fresh one, 2026-12-07), so drawing fresh noise at every
+step would not help at this size. A regression UNet of the bundled size and budget also
 lands within 0.14 dB of each
 model's best estimate (docs/benchmarks.md), so at these patch sizes and this data the margins are
 not bought with a few CPU-hours more of either.

@@ -192,3 +192,24 @@ def test_a_study_publishes_its_figures_and_its_section_only_when_asked(tmp_path)
     assert json.loads(result.read_text()) == {"x": 1} and doc.read_text() == "# page\n"
     publish("## Study\nfigures", {"x": 2}, result, "study_x", doc)
     assert "<!-- study_x -->\n## Study\nfigures\n<!-- /study_x -->" in doc.read_text()
+
+
+def test_exact_posterior_samples_have_the_squared_frc_of_the_posterior_mean():
+    """The sample-FRC study's bound, on images whose posterior is known: a smooth truth plus
+    white detail the input cannot show. The posterior mean is the smooth part; an exact sample
+    adds an independent draw of the detail."""
+    frc = pytest.importorskip("napari_emdiffuse.metrics").frc
+    study = pytest.importorskip("study_sample_frc")
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    mean = np.stack([gaussian_filter(rng.normal(size=(128, 128)), 2.0) * 5 for _ in range(6)])
+    truth = mean + 0.3 * rng.normal(size=mean.shape)
+    samples = mean[None] + 0.3 * rng.normal(size=(4, *mean.shape))
+    f_mean = frc(mean, truth).value[1:]
+    f_single = np.mean([frc(s, truth).value for s in samples], axis=0)[1:]
+    f_mean4 = frc(samples.mean(axis=0), truth).value[1:]
+    rho = np.clip(f_mean, 0, None) ** 2
+    assert np.abs(f_single - rho).mean() < 0.03
+    assert np.abs(f_mean4 - study.exact_mean_of(rho, 4)).mean() < 0.03
+    assert f_single.mean() < f_mean4.mean() < f_mean.mean()  # below the posterior mean, and the mean of 4 between
