@@ -107,6 +107,7 @@ RECIPES = {
         "degradation": "Simulated low dose: Poisson noise at 20 counts for a full-scale pixel plus Gaussian read noise of 3 % of the range (`data.degrade.poisson_gaussian`).",
         "terms": ISBI_TERMS,
         "preset": "emdiffuse-n-cpu",
+        "pixel_size_um": 0.004,
         "iterations": 1500,
         "minutes": 90,
         "run": "runs/default_emdiffuse-n",
@@ -120,6 +121,7 @@ RECIPES = {
         "terms": EPFL_TERMS,
         "preset": "emdiffuse-r-cpu",
         "options": {"factor": 2},
+        "pixel_size_um": 0.010,  # its input: the 5 nm FIB-SEM binned 2x
         "iterations": 3000,
         "minutes": 60,
         "run": "runs/default_emdiffuse-r",
@@ -133,6 +135,7 @@ RECIPES = {
         "terms": EPFL_TERMS,
         "preset": "vemdiffuse-i-cpu",
         "options": {"factor": 4},
+        "pixel_size_um": 0.005,
         "iterations": 3000,
         "minutes": 60,
         "run": "runs/default_vemdiffuse-i",
@@ -146,6 +149,7 @@ RECIPES = {
         "terms": EPFL_TERMS,
         "preset": "vemdiffuse-a-cpu",
         "options": {"factor": 4.0},
+        "pixel_size_um": 0.005,
         "iterations": 3000,
         "minutes": 60,
         "run": "runs/default_vemdiffuse-a",
@@ -234,6 +238,7 @@ def bundle(name: str, run: Path, results: Path) -> Path:
         limits=FINE_TUNE.format(name=name),
     )
     model.info.training["data"] = recipe["data"].split(", from ")[0]
+    model.info.training["pixel_size_um"] = recipe["pixel_size_um"]  # runs trained before the model recorded it
     dest = DEST / name
     model.save(dest, state=state)
     (dest / "MODEL_CARD.md").write_text(model.info.card)
@@ -274,7 +279,8 @@ def train_default(name: str, run: Path, finish: bool = False) -> None:
     preset = load_preset(recipe["preset"], over)
     resume = (run / CHECKPOINT).is_file()
     start = time.monotonic()
-    for ev in train(preset, training_arrays(preset), run, device="cpu", resume=resume, data_note=recipe["data"].split(", from ")[0]):
+    note = recipe["data"].split(", from ")[0]
+    for ev in train(preset, training_arrays(preset), run, device="cpu", resume=resume, data_note=note, pixel_size_um=recipe["pixel_size_um"]):
         kind = ev.kind.value
         if kind == "validation":
             print(f"[{time.monotonic() - start:6.0f} s] step {ev.step}: validation {ev.psnr:.2f} dB (baseline {ev.input_psnr:.2f} dB)", flush=True)

@@ -54,6 +54,30 @@ def test_predict_says_when_a_model_is_worse_than_its_baseline(tmp_path, stack, c
     assert "worse than noisy input" in capsys.readouterr().out
 
 
+def test_a_model_records_its_pixel_size_and_predict_warns_on_a_very_different_one(tmp_path, stack, capsys):
+    """Trained on 4 nm pixels (the clean file's), the model warns on a 10 nm input and on none of
+    4 nm or of unknown pixel size (a TIFF without a resolution)."""
+    noisy, clean = stack
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(run), "--iterations", "2", "-q"]) == 0
+    assert json.loads((run / "model.json").read_text())["training"]["pixel_size_um"] == pytest.approx(0.004)
+    data = tifffile.imread(noisy)
+    coarse, bare = tmp_path / "coarse.tif", tmp_path / "bare.tif"
+    tifffile.imwrite(coarse, data, imagej=True, resolution=(100, 100), metadata={"spacing": 0.05, "unit": "um"})
+    tifffile.imwrite(bare, data)
+    said = {}
+    for name, path in (("same", noisy), ("coarse", coarse), ("unknown", bare)):
+        capsys.readouterr()
+        out = tmp_path / f"{name}_out.tif"
+        assert main(["predict", "--model", str(run), "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 0
+        captured = capsys.readouterr()
+        said[name] = captured.out + captured.err
+    assert "learnt from inputs with 4 nm pixels, and the input's are 10 nm (2.5 times larger)" in said["coarse"]
+    line = next(t for t in said["coarse"].splitlines() if "nm pixels" in t)  # one line, with what to do
+    assert "Resample the input to about 4 nm pixels, or fine-tune" in line
+    assert "nm pixels" not in said["same"] and "nm pixels" not in said["unknown"]
+
+
 def test_presets_command(capsys):
     assert main(["presets"]) == 0
     assert "emdiffuse-n" in capsys.readouterr().out

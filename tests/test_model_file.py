@@ -169,3 +169,26 @@ def test_a_preset_without_its_options_is_not_saved_to_change_meaning(tmp_path):
     assert not (tmp_path / "m").exists()
     done = Model(complete(given.preset), ModelInfo(), network=given.network)
     assert model_options(Model.load(done.save(tmp_path / "m"))) == model_options(given)
+
+
+def test_the_pixel_warning_speaks_only_for_known_and_very_different_pixel_sizes():
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.data.image import known_pixel_um
+    from napari_emdiffuse.model_file import PIXEL_TOLERANCE, Model, ModelInfo
+
+    model = Model(load_preset("tiny"), ModelInfo(training={"pixel_size_um": 0.005}))
+    assert model.pixel_warning(None) is None
+    assert model.pixel_warning(0.005 * PIXEL_TOLERANCE) is None and model.pixel_warning(0.005 / PIXEL_TOLERANCE) is None
+    assert "10 nm" in model.pixel_warning(0.010) and "2 times larger" in model.pixel_warning(0.010)
+    assert "2.5 times smaller" in model.pixel_warning(0.002)
+    assert Model(model.preset, ModelInfo()).pixel_warning(0.5) is None  # a model that does not record it
+    # a pixel of exactly 1 µm is what a file without a pixel size reads as: unknown
+    assert known_pixel_um((0.05, 1.0, 1.0)) is None and known_pixel_um((1.0, 1.0)) is None
+    assert known_pixel_um((0.05, 0.004, 0.004)) == 0.004 and known_pixel_um((0.0, 0.0)) is None
+
+
+def test_the_bundled_models_record_the_pixel_size_of_their_inputs():
+    from napari_emdiffuse.models import resolve_model
+
+    sizes = {name: resolve_model(name).info.training.get("pixel_size_um") for name in ("emdiffuse-n", "emdiffuse-r", "vemdiffuse-i", "vemdiffuse-a")}
+    assert sizes == {"emdiffuse-n": 0.004, "emdiffuse-r": 0.010, "vemdiffuse-i": 0.005, "vemdiffuse-a": 0.005}

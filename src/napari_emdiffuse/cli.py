@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
     variant, _ = resolve(preset, args.config or None)  # a bad variant or option named before any file is read
-    arrays, notes = training_arrays(
+    arrays, notes, pixel = training_arrays(
         preset.variant, preset.variant_options, {name: getattr(args, name) for name in FILE_INPUTS},
         clean=args.clean, data=args.data, dose=args.dose, read_noise=args.read_noise, seed=preset.train.seed,
     )  # fmt: skip
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with ctrl_c_cancels(token) as stop:
         events = train(
             preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
-            roi=_roi(args.roi), data_note="; ".join(notes), cancel=token,
+            roi=_roi(args.roi), data_note="; ".join(notes), cancel=token, pixel_size_um=pixel,
         )
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing

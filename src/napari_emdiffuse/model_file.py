@@ -74,6 +74,12 @@ def build_network(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> 
     return UNet(cfg, out_channels, cond_channels)
 
 
+#: how far (as a factor either way) an input's pixel size may be from the training data's before
+#: prediction warns (:meth:`Model.pixel_warning`): EM acquired "at the same magnification" varies
+#: by some tens of percent, a factor of 1.5 is a different scale of structure
+PIXEL_TOLERANCE = 1.5
+
+
 @dataclass
 class ModelInfo:
     """Everything in ``model.json`` beside the preset."""
@@ -116,6 +122,24 @@ class Model:
         return (
             f"this model is worse than {m.get('val_baseline', 'its baseline')} on its validation patches "
             f"({value:.2f} dB against {base:.2f} dB): train longer"
+        )
+
+    def pixel_warning(self, pixel_um: float | None) -> str | None:
+        """A warning when the input's pixels (µm; None: unknown) differ from those of the inputs
+        the model learnt from by more than :data:`PIXEL_TOLERANCE` either way (None otherwise):
+        a network learns structures at the size they had in pixels, and its error bounds were
+        calibrated at that size. Models that do not record their training pixel size stay silent."""
+        trained = self.info.training.get("pixel_size_um")
+        if not trained or not pixel_um:
+            return None
+        ratio = pixel_um / trained
+        if 1 / PIXEL_TOLERANCE <= ratio <= PIXEL_TOLERANCE:
+            return None
+        size = f"{ratio:.2g} times larger" if ratio > 1 else f"{1 / ratio:.2g} times smaller"
+        return (
+            f"this model learnt from inputs with {1000 * trained:.3g} nm pixels, and the input's are {1000 * pixel_um:.3g} nm "
+            f"({size}): it meets structures at a size it did not learn, and its error bounds may not hold. Resample the "
+            f"input to about {1000 * trained:.3g} nm pixels, or fine-tune the model on your own data (--from-model)"
         )
 
     @property

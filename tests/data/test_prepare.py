@@ -194,3 +194,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path / "x.zarr")]) == 2
     assert "--input with --target" in capsys.readouterr().err
     assert main(["info", str(tmp_path)]) == 2
+
+
+def test_training_data_give_the_pixel_size_of_the_networks_inputs(tmp_path):
+    """What the model records: the simulated input's pixel (coarser by the factor for
+    super-resolution), the input file's and not the target's, and None for a file without one."""
+    rng = np.random.default_rng(0)
+    img = (rng.random((2, 64, 64)) * 255).astype(np.uint8)
+    fine, coarse, bare = tmp_path / "fine.tif", tmp_path / "coarse.tif", tmp_path / "bare.tif"
+    tifffile.imwrite(fine, img, imagej=True, resolution=(250, 250), metadata={"spacing": 0.05, "unit": "um"})  # 4 nm
+    tifffile.imwrite(coarse, img, imagej=True, resolution=(125, 125), metadata={"spacing": 0.05, "unit": "um"})  # 8 nm
+    tifffile.imwrite(bare, img)
+    assert training_arrays("denoise", None, clean=fine, dose=20)[2] == pytest.approx(0.004)
+    assert training_arrays("superres", {"factor": 2}, clean=fine)[2] == pytest.approx(0.008)
+    assert training_arrays("denoise", None, {"input": coarse, "target": fine})[2] == pytest.approx(0.008)
+    assert training_arrays("denoise", None, clean=bare, dose=20)[2] is None

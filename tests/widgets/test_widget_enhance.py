@@ -217,3 +217,33 @@ def test_the_uncertainty_layer_is_a_calibrated_error_bound_with_a_colour_bar(mak
     marked = np.asarray(regions.data).astype(bool)
     assert marked.any() and not marked.all()
     assert np.all(np.asarray(smoothed(np.asarray(bound.data)))[marked] > w.unsure_above.value())
+
+
+def test_a_layer_in_nanometres_is_measured_in_micrometres_for_the_pixel_size_check(make_napari_viewer, isbi, tiny_model, tmp_path, notes):
+    """Layers from other readers may be in nm: the job gets µm (its unit), so a model trained on
+    4 nm pixels stays silent on a 4 nm layer and warns on a 10 nm one, and the result layers keep
+    the layer's own units."""
+    import json
+    import shutil
+
+    model = tmp_path / "four_nm"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["training"]["pixel_size_um"] = 0.004
+    (model / "model.json").write_text(json.dumps(meta))
+    MODELS.add(model, "trained")
+    warned = []
+    for pixel in (4.0, 10.0):
+        viewer = make_napari_viewer()
+        viewer.add_image(isbi[:2, :64, :64], name="em", scale=(50.0, pixel, pixel), units=("nanometer",) * 3)
+        w = _open(viewer)
+        w.model.setCurrentIndex(next(i for i in range(w.model.count()) if w.model.itemData(i).path == model.resolve()))
+        w.samples.setValue(2)
+        w.steps.setValue(1)
+        before = len(notes.messages("warning"))
+        w.run()
+        assert len(w.result_layers) == 2, w.controls.status.text()
+        assert tuple(w.result_layers[0].scale) == pytest.approx((50.0, pixel, pixel))
+        assert [str(u) for u in w.result_layers[0].units] == ["nanometer"] * 3
+        warned.append([m for m in notes.messages("warning")[before:] if "nm pixels" in m])
+    assert warned[0] == [] and len(warned[1]) == 1 and "the input's are 10 nm" in warned[1][0]

@@ -4,6 +4,8 @@ contrasted as the napari reader places them, and bad paths refused in one plain 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -167,7 +169,9 @@ def test_train_from_a_clean_file_with_simulated_noise(make_napari_viewer, em_tif
     w.run()
     assert w.last_model is not None, w.controls.status.text()
     assert "Model" in w.controls.status.text() and len(MODELS.entries("denoise")) == 1
-    assert str(em_tiff) in (w.last_model / "model.json").read_text()  # the model says what it learnt from
+    meta = json.loads((w.last_model / "model.json").read_text())
+    assert str(em_tiff) in meta["training"]["data"]  # the model says what it learnt from
+    assert meta["training"]["pixel_size_um"] == pytest.approx(0.004)  # and at which pixel size
 
 
 def test_train_from_paired_files_and_bad_paths(make_napari_viewer, isbi, voxel, tmp_path, notes, open_dock):

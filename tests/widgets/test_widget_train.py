@@ -40,6 +40,7 @@ def test_train_plots_previews_saves_and_offers_the_model_to_enhance(make_napari_
     from napari_emdiffuse.model_file import Model
 
     assert Model.load(saved).variant == "denoise"
+    assert Model.load(saved).info.training["pixel_size_um"] == pytest.approx(voxel[-1])  # the layer's, in µm
     assert any(e.path == saved.resolve() for e in MODELS.entries())
     # Load model: a saved folder becomes the starting point for fine-tuning
     w.load_model(saved)

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 from ..errors import InputError
 from ..jobs.events import Event, PredictResult
 from . import _common
-from .layers import Placement, current_plane, image_array, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
+from .layers import Placement, current_plane, image_array, in_um, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
 from .options_form import OptionsForm
 from .pickers import LayerPicker
 from .qt_helpers import Collapsible, DockWidget, PathField, combo, disconnect, image_type, narrow, row, shapes_type, spin
@@ -105,7 +105,7 @@ class _Plan:
     entry: ModelEntry
     model: Any
     array: Any
-    voxel: tuple[float, ...]
+    voxel: tuple[float, ...]  # in µm where the layer's units say how (the jobs' unit)
     placement: Placement
     add_axis: bool
     sample: Any
@@ -469,7 +469,7 @@ class EnhanceWidget(DockWidget):
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(
-            name, contrast, entry, model, array, voxel, placement, add_axis, sample, self.device.currentText(),
+            name, contrast, entry, model, array, in_um(voxel, source.units[-array.ndim :]), placement, add_axis, sample, self.device.currentText(),
             output, paths, overwrite, resume, info,
         )  # fmt: skip
 
@@ -528,7 +528,7 @@ class EnhanceWidget(DockWidget):
                 input_paths=plan.input_paths,
                 cancel=cancel,
                 overwrite=plan.overwrite,
-                origin=plan.placement.translate[-plan.array.ndim :],
+                origin=in_um(plan.placement.translate[-plan.array.ndim :], plan.placement.units[-plan.array.ndim :]),
                 resume=plan.resume,
             )
 

@@ -123,6 +123,15 @@ def output_placement(
     return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units)
 
 
+def in_um(values: Sequence[float], units: Sequence[str]) -> tuple[float, ...]:
+    """Lengths along a layer's axes (its scale or translate) in µm, the jobs' unit, where the axis
+    unit is a length; napari's "pixel" and unknown units pass as they are (a scale of 1 then
+    stays "pixel size unknown")."""
+    from ..data.image import unit_to_um
+
+    return tuple(float(v) * f if (f := unit_to_um(u)) else float(v) for v, u in zip(values, units))
+
+
 def sample_values(data: Any, max_pixels: int = 2_000_000) -> np.ndarray:
     """The finite values of a (possibly lazy, large) array, or of whole planes spread through it."""
     if data.size <= max_pixels or data.ndim < 3:

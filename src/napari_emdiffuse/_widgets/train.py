@@ -31,10 +31,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
+from ..data.image import known_pixel_um
 from ..errors import InputError
 from ..jobs.events import CheckpointSaved, Event, Loss, Preview, TrainResult, Validation
 from . import _common
-from .layers import image_array, rectangle_roi, unwrap
+from .layers import image_array, in_um, rectangle_roi, unwrap
 from .loss_plot import LossPlot
 from .options_form import OptionsForm
 from .pickers import LayerPicker
@@ -82,6 +83,7 @@ class _Run:
     device: str
     note: str
     preview_geometry: dict[str, Any]
+    pixel_um: float | None = None  # of the network's inputs, where known (the model records it)
 
 
 class TrainWidget(DockWidget):
@@ -343,8 +345,9 @@ class TrainWidget(DockWidget):
             preset = start.with_overrides(over)
         options = variant.options(preset.variant_options)
         if self.source.currentData() in FILE_SOURCES:
-            arrays, note = self._file_arrays(variant, preset)
-            return _Run(preset, arrays, None, init, Path(tempfile.mkdtemp(prefix=f"emdiffuse-{variant.name}-")), self.device.currentText(), note, {})
+            arrays, note, pixel = self._file_arrays(variant, preset)
+            run_dir = Path(tempfile.mkdtemp(prefix=f"emdiffuse-{variant.name}-"))
+            return _Run(preset, arrays, None, init, run_dir, self.device.currentText(), note, {}, pixel)
         if self.source.currentData() == "simulate":
             layer = self.clean.layer()
             clean = np.asarray(image_array(layer))
@@ -353,6 +356,7 @@ class TrainWidget(DockWidget):
             )
             note = f"layer {layer.name!r} with simulated noise (dose {self.dose.value():g}, read noise {self.read_noise.value():g})"
             grid_shape = clean.shape
+            pixel = known_pixel_um(variant.calibration_voxel(in_um(layer.scale, layer.units), options))
         else:
             arrays, names, chosen = {}, [], {}
             for name in variant.training_inputs:
@@ -371,6 +375,7 @@ class TrainWidget(DockWidget):
                 names.append(f"{name} {layer.name!r}")
             layer = self.pickers[variant.training_inputs[0]].layer()
             note = "layers " + ", ".join(names)
+            pixel = known_pixel_um(in_um(layer.scale, layer.units))
             grid_shape = arrays[variant.training_inputs[0]].shape
         roi = None
         if self.region.layer() is not None:
@@ -385,10 +390,11 @@ class TrainWidget(DockWidget):
         scale = tuple(layer.scale[-2:])
         right = float(layer.translate[-1] + layer.scale[-1] * (layer.data.shape[-1] if not layer.multiscale else layer.data[0].shape[-1]))
         geometry = {"scale": scale, "translate": (float(layer.translate[-2]), right + 8 * scale[-1]), "units": tuple(layer.units[-2:])}
-        return _Run(preset, arrays, roi, init, run_dir, self.device.currentText(), note, geometry)
+        return _Run(preset, arrays, roi, init, run_dir, self.device.currentText(), note, geometry, pixel)
 
-    def _file_arrays(self, variant: Any, preset: Any) -> tuple[dict[str, Any], str]:
-        """The training arrays from the files chosen, as ``emdiffuse train`` reads them."""
+    def _file_arrays(self, variant: Any, preset: Any) -> tuple[dict[str, Any], str, float | None]:
+        """The training arrays from the files chosen, as ``emdiffuse train`` reads them, their
+        note and the pixel size of the network's inputs (µm; None: unknown)."""
         from ..jobs.inputs import training_arrays
 
         source = self.source.currentData()
@@ -413,11 +419,11 @@ class TrainWidget(DockWidget):
             data = self.set_path.path()
             if data is None:
                 raise InputError("choose the prepared training set (a zarr folder made by 'emdiffuse prepare')")
-        arrays, notes = training_arrays(
+        arrays, notes, pixel = training_arrays(
             variant.name, preset.variant_options, files, clean=clean, data=data,
             dose=self.dose.value(), read_noise=self.read_noise.value(), seed=preset.train.seed,
         )  # fmt: skip
-        return arrays, "; ".join(notes)
+        return arrays, "; ".join(notes), pixel
 
     def run(self) -> None:
         """Start training (the Train button); problems are shown as notifications."""
@@ -445,6 +451,7 @@ class TrainWidget(DockWidget):
                 preview_every=max(1, plan.preset.train.iterations // PREVIEWS),
                 data_note=plan.note,
                 cancel=cancel,
+                pixel_size_um=plan.pixel_um,
             )
 
         self.controls.start(job, f"Training in {plan.run_dir}…")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -43,6 +43,15 @@ def unit_to_um(unit: str | None) -> float | None:
     if unit is None:
         return None
     return UNITS_UM.get(str(unit).strip().lower().replace("\u00b5", "µ"))
+
+
+def known_pixel_um(voxel: Sequence[float]) -> float | None:
+    """The x pixel size in µm of a voxel size in µm, or None where it is unknown: a file without
+    a pixel size reads as 1 µm per pixel and napari's default scale is 1, and no EM image has
+    pixels of exactly 1 µm."""
+    if not voxel or not np.isfinite(voxel[-1]) or voxel[-1] <= 0 or float(voxel[-1]) == 1.0:
+        return None
+    return float(voxel[-1])
 
 
 class _Guarded:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..data.image import known_pixel_um
 from ..data.io import read_image
 from ..errors import naming
 from ..variants import get_variant
@@ -34,8 +35,10 @@ def training_arrays(
     dose: float | None = None,
     read_noise: float = 0.0,
     seed: int = 0,
-) -> tuple[dict[str, Any], list[str]]:
-    """The arrays a run trains on and a note per source (for the model's record).
+) -> tuple[dict[str, Any], list[str], float | None]:
+    """The arrays a run trains on, a note per source (for the model's record), and the pixel size
+    in µm of the network's inputs where a file records it (None: unknown; prediction compares
+    it with its input's: :meth:`..model_file.Model.pixel_warning`).
 
     ``files`` maps training inputs (``input``, ``target``, ``volume``) to files; ``clean`` is
     a file of clean images whose degradation is simulated (``dose``, ``read_noise``, ``seed``);
@@ -46,11 +49,13 @@ def training_arrays(
     options = variant.options(dict(variant_options or {}))
     arrays: dict[str, Any] = {}
     notes: list[str] = []
+    pixels: list[float | None] = []
     if clean:
         img = read_logged(clean, "clean images")
         with naming({"clean images": clean}):
             arrays = variant.from_clean(np.asarray(img.data), options, dose=dose, read_noise=read_noise, seed=seed)
         notes.append(f"clean {clean} with simulated degradation (dose {dose}, read noise {read_noise})")
+        pixels.append(known_pixel_um(variant.calibration_voxel(img.voxel, options)))  # the simulated input's
     if data:
         from ..data.prepare import load_training_set
 
@@ -58,11 +63,14 @@ def training_arrays(
         notes.append(f"prepared set {data}")
     given = {name: path for name, path in (files or {}).items() if path}
     for name, path in given.items():
-        arrays[name] = read_logged(path, name).data
+        img = read_logged(path, name)
+        arrays[name] = img.data
         notes.append(f"{name} {path}")
+        if name != "target":  # the network's input: a degraded image or the volume
+            pixels.append(known_pixel_um(img.voxel))
     if data and (clean or given):
         arrays = {k: v for k, v in arrays.items() if not k.startswith("val_")}
-    return arrays, notes
+    return arrays, notes, next((p for p in pixels if p), None)
 
 
 def read_logged(path: str | Path, what: str) -> Any:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__, uncertainty
 from ..config import SampleConfig
+from ..data.image import known_pixel_um
 from ..data.normalise import Normaliser, fit_normaliser
 from ..data.safe_output import SOFTWARE
 from ..engine.device import cpu_has_native_bf16, select_device, uses_bf16
@@ -103,7 +104,7 @@ def predict(
             out.claim(int(np.prod(geometry.shape)) * (dtype.itemsize * (1 + n_samples) + 4))
         normaliser = normaliser or normaliser_for(model, image)
 
-        for note in (variant.voxel_warning(voxel, options), model.quality_warning()):
+        for note in (variant.voxel_warning(voxel, options), model.quality_warning(), model.pixel_warning(known_pixel_um(voxel))):
             if note:
                 yield Message(note, "warning")
         if out is not None and not calibration:

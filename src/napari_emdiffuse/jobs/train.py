@@ -313,6 +313,7 @@ def train(
     preview_every: int | None = None,
     data_note: str = "",
     cancel: CancelToken | None = None,
+    pixel_size_um: float | None = None,
 ) -> Iterator[Any]:
     """Train (or fine-tune ``init_model``, or ``resume`` a run in ``run_dir``) on ``arrays``.
 
@@ -321,15 +322,17 @@ def train(
     Yields :mod:`.events`; the last is a :class:`TrainResult`. The run folder is locked
     (``train.lock``) for the run, so a second process training into it refuses. Under torchrun
     or srun each process calls this with the same arguments (see the module's docstring).
+    ``pixel_size_um``: the pixel size of the network's inputs, where known; the model records it,
+    and prediction warns on inputs of a very different one.
     """
     run_dir = Path(run_dir)
     world = detect_world()
     dev = rank_device(select_device(device), world)
     with _run_session(run_dir, world, dev) as group:
-        yield from _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel)
+        yield from _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel, pixel_size_um)
 
 
-def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel):  # noqa: ANN001 - train()'s
+def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel, pixel_size_um):  # noqa: ANN001 - train()'s
     world = group.world
     ckpt = run_dir / CHECKPOINT
     if resume:
@@ -389,6 +392,8 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
             "processes": world.size,
         }
     )
+    if pixel_size_um:
+        model.info.training["pixel_size_um"] = float(pixel_size_um)
 
     def validate() -> Validation:
         pred = trainer.best_estimate(val_cond)
