@@ -238,7 +238,7 @@ def bundle(name: str, run: Path, results: Path) -> Path:
         limits=FINE_TUNE.format(name=name),
     )
     model.info.training["data"] = recipe["data"].split(", from ")[0]
-    model.info.training["pixel_size_um"] = recipe["pixel_size_um"]  # runs trained before the model recorded it
+    model.info.training.setdefault("pixel_size_um", recipe["pixel_size_um"])  # runs trained before models recorded it
     dest = DEST / name
     model.save(dest, state=state)
     (dest / "MODEL_CARD.md").write_text(model.info.card)

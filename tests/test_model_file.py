@@ -180,6 +180,7 @@ def test_the_pixel_warning_speaks_only_for_known_and_very_different_pixel_sizes(
     assert model.pixel_warning(None) is None
     assert model.pixel_warning(0.005 * PIXEL_TOLERANCE) is None and model.pixel_warning(0.005 / PIXEL_TOLERANCE) is None
     assert "10 nm" in model.pixel_warning(0.010) and "2 times larger" in model.pixel_warning(0.010)
+    assert "(4000 times larger)" in model.pixel_warning(20.0) and "20000 nm" in model.pixel_warning(20.0)
     assert "2.5 times smaller" in model.pixel_warning(0.002)
     assert Model(model.preset, ModelInfo()).pixel_warning(0.5) is None  # a model that does not record it
     # a pixel of exactly 1 µm is what a file without a pixel size reads as: unknown

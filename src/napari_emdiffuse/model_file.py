@@ -74,6 +74,11 @@ def build_network(cfg: NetworkConfig, out_channels: int, cond_channels: int) -> 
     return UNet(cfg, out_channels, cond_channels)
 
 
+def _figure(x: float) -> str:
+    """A number as a user reads it: three significant figures, whole numbers from 100 up (no exponent)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 #: how far (as a factor either way) an input's pixel size may be from the training data's before
 #: prediction warns (:meth:`Model.pixel_warning`): EM acquired "at the same magnification" varies
 #: by some tens of percent, a factor of 1.5 is a different scale of structure
@@ -130,16 +135,17 @@ class Model:
         a network learns structures at the size they had in pixels, and its error bounds were
         calibrated at that size. Models that do not record their training pixel size stay silent."""
         trained = self.info.training.get("pixel_size_um")
-        if not trained or not pixel_um:
+        if not trained or pixel_um is None:
             return None
         ratio = pixel_um / trained
         if 1 / PIXEL_TOLERANCE <= ratio <= PIXEL_TOLERANCE:
             return None
-        size = f"{ratio:.2g} times larger" if ratio > 1 else f"{1 / ratio:.2g} times smaller"
+        size = f"{_figure(ratio)} times larger" if ratio > 1 else f"{_figure(1 / ratio)} times smaller"
         return (
-            f"this model learnt from inputs with {1000 * trained:.3g} nm pixels, and the input's are {1000 * pixel_um:.3g} nm "
-            f"({size}): it meets structures at a size it did not learn, and its error bounds may not hold. Resample the "
-            f"input to about {1000 * trained:.3g} nm pixels, or fine-tune the model on your own data (--from-model)"
+            f"this model learnt from inputs with {_figure(1000 * trained)} nm pixels, and the input's are "
+            f"{_figure(1000 * pixel_um)} nm ({size}): it meets structures at a size it did not learn, and its error bounds "
+            f"may not hold. Resample the input to about {_figure(1000 * trained)} nm pixels, or fine-tune the model on your "
+            "own data (the Train / fine-tune panel, or emdiffuse train --from-model)"
         )
 
     @property

@@ -54,7 +54,8 @@ def test_pairs_are_registered_filtered_and_split(tmp_path, pair, distort):
     assert json.loads((tmp_path / "set_report.json").read_text())["patches_kept"] == report["patches_kept"]
 
     # every kept target patch shows what the noisy patch shows: the clean slice, registered
-    arrays = training_arrays("denoise", None, data=tmp_path / "set.zarr")[0]
+    arrays, _, pixel = training_arrays("denoise", None, data=tmp_path / "set.zarr")
+    assert pixel == pytest.approx(VOXEL[-1])  # the model trained on it records its inputs' pixel size
     first = np.asarray(arrays["target"][0], np.float32)
     z0 = report["slices"][0]
     assert z0["kept"] > 0

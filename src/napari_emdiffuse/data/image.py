@@ -49,7 +49,7 @@ def known_pixel_um(voxel: Sequence[float]) -> float | None:
     """The x pixel size in µm of a voxel size in µm, or None where it is unknown: a file without
     a pixel size reads as 1 µm per pixel and napari's default scale is 1, and no EM image has
     pixels of exactly 1 µm."""
-    if not voxel or not np.isfinite(voxel[-1]) or voxel[-1] <= 0 or float(voxel[-1]) == 1.0:
+    if len(voxel) == 0 or not np.isfinite(voxel[-1]) or voxel[-1] <= 0 or float(voxel[-1]) == 1.0:
         return None
     return float(voxel[-1])
 

@@ -396,6 +396,14 @@ def write_volume(
         return _finish(group, written, report, panels)
 
 
+def training_set_voxel(path: str | Path) -> tuple[float, ...]:
+    """The voxel size (µm) of a prepared set's inputs as its source recorded it (empty where the
+    set does not say; read after :func:`load_training_set` has checked the set)."""
+    import zarr
+
+    return tuple(float(v) for v in zarr.open_group(str(path), mode="r").attrs.get("voxel_size", ()))
+
+
 def load_training_set(path: str | Path, variant: str, options: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """The arrays ``names`` of a prepared set (lazy), that ``variant`` trains on, after checking
     that the set was prepared for that variant and its validated ``options`` (JSON; e.g. the same

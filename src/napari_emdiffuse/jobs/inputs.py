@@ -57,10 +57,11 @@ def training_arrays(
         notes.append(f"clean {clean} with simulated degradation (dose {dose}, read noise {read_noise})")
         pixels.append(known_pixel_um(variant.calibration_voxel(img.voxel, options)))  # the simulated input's
     if data:
-        from ..data.prepare import load_training_set
+        from ..data.prepare import load_training_set, training_set_voxel
 
         arrays.update(load_training_set(data, variant.name, options.model_dump(mode="json"), variant.training_inputs))
         notes.append(f"prepared set {data}")
+        pixels.append(known_pixel_um(training_set_voxel(data)))
     given = {name: path for name, path in (files or {}).items() if path}
     for name, path in given.items():
         img = read_logged(path, name)
