@@ -102,6 +102,23 @@ def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tm
         run_predict(model, small_stack, sample=fast, output=tmp_path / "o.tif", resume=True)
 
 
+def test_a_resumed_store_lies_where_the_resuming_run_says(small_stack, tmp_path, random_model, fast, cancelled_early):
+    """Started without a voxel size, resumed with one and an origin: the finished store's images
+    and provenance carry the new place (the pixels do not depend on it), not the stale one."""
+    from ome_zarr_models.v05.image import Image
+
+    model = random_model("tiny")
+    cancelled_early(model, small_stack, tmp_path / "o.zarr")
+    voxel, origin = (0.05, 0.004, 0.004), (1.0, 0.5, 0.25)
+    res = run_predict(model, small_stack, sample=fast, voxel=voxel, origin=origin, output=tmp_path / "o.zarr", resume=True)
+    assert res.complete
+    group = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert group.attrs["voxel_size"] == pytest.approx(list(voxel)) and group.attrs["origin"] == pytest.approx(list(origin))
+    for name in ("mean", "uncertainty"):
+        transforms = Image.from_zarr(group[name]).attributes.ome.multiscales[0].datasets[0].coordinateTransformations
+        assert list(transforms[0].scale) == pytest.approx(list(voxel)) and list(transforms[1].translation) == pytest.approx(list(origin))
+
+
 def test_a_store_of_the_old_layout_is_replaced_with_overwrite_but_not_resumed(small_stack, tmp_path, random_model, fast, store_results):
     """Before stores carried created_by, predict wrote a zarr v2 group: arrays mean/std and
     attributes voxel_size, variant, complete. Such a store is ours: --overwrite replaces it,

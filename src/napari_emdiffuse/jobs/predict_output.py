@@ -223,6 +223,7 @@ class PredictionOutput:
             group = zarr.open_group(str(self.staged.path), mode="r+")
             group.attrs.update({"complete": False, "finished": None})
             self._record_compute(group, attrs.get("compute"))
+            _place(group, attrs, geometry)
         else:
             group = _create_store(self.staged.path, shape, dtype, n_samples, attrs, blocks, geometry, self.bounds)
         mean, spread, samples, self.done = open_block_arrays(self.staged.path)
@@ -341,6 +342,20 @@ def _create_store(
     group.create_array(SPREAD, shape=shape, dtype=np.float32, chunks=chunks, fill_value=0)
     group.create_array(DONE, shape=(len(blocks),), dtype=np.uint8, chunks=(1,), fill_value=0)
     return group
+
+
+def _place(group: Any, attrs: dict[str, Any], geometry: Geometry) -> None:
+    """Where a resumed store's images lie, as this run says: the pixels do not depend on the
+    voxel size or the origin, but a run may know them better than the one it continues (the input's
+    metadata mended, or a layer's units read since), and a store must not keep a stale place."""
+    for name in ("mean", "uncertainty", "lower", "upper", "samples"):
+        if name in group:
+            group[name].attrs.update(ome_image_attrs(name, geometry.voxel, geometry.origin, lead="sample" if name == "samples" else None))
+    group.attrs.update({"voxel_size": attrs["voxel_size"]})
+    if "origin" in attrs:
+        group.attrs.update({"origin": attrs["origin"]})
+    elif "origin" in group.attrs:
+        del group.attrs["origin"]
 
 
 def open_block_arrays(path: Path) -> tuple[Any, Any, Any, Any]:
