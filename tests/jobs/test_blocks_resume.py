@@ -119,6 +119,16 @@ def test_a_resumed_store_lies_where_the_resuming_run_says(small_stack, tmp_path,
         assert list(transforms[0].scale) == pytest.approx(list(voxel)) and list(transforms[1].translation) == pytest.approx(list(origin))
 
 
+def test_a_model_that_only_describes_itself_differently_still_resumes(small_stack, tmp_path, random_model, fast, cancelled_early):
+    """A newer release may record more about a bundled model's training (its pixel size, a new
+    card) without changing what it computes: its partial outputs still resume."""
+    model = random_model("tiny")
+    cancelled_early(model, small_stack, tmp_path / "o.zarr")
+    model.info.training["pixel_size_um"] = 0.004
+    model.info.card = "a new card"
+    assert run_predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True).complete
+
+
 def test_a_store_of_the_old_layout_is_replaced_with_overwrite_but_not_resumed(small_stack, tmp_path, random_model, fast, store_results):
     """Before stores carried created_by, predict wrote a zarr v2 group: arrays mean/std and
     attributes voxel_size, variant, complete. Such a store is ours: --overwrite replaces it,

@@ -251,9 +251,16 @@ def _widened_for_noise(
     return replace(error, widen=tuple(float(w) for w in widen)), note
 
 
+#: what model.json says about a model's history, not about what it computes: a store may be
+#: resumed by a newer release whose bundled model only describes itself differently
+DESCRIPTIVE = ("software_version", "training", "card")
+
+
 def model_digest(model: Model) -> str:
-    """A hash of the model's description and weights: a store is resumed only with the same model."""
-    h = hashlib.sha256(json.dumps(model.to_json(), sort_keys=True, default=str).encode())
+    """A hash of what the model computes with (its description but its history, and its
+    weights): a store is resumed only with the same model."""
+    described = {k: v for k, v in model.to_json().items() if k not in DESCRIPTIVE}
+    h = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     return weights_digest(model, h)
 
 
