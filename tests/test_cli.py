@@ -78,6 +78,22 @@ def test_a_model_records_its_pixel_size_and_predict_warns_on_a_very_different_on
     assert "nm pixels" not in said["same"] and "nm pixels" not in said["unknown"]
 
 
+def test_a_reader_that_closes_the_output_early_is_no_error():
+    """`emdiffuse models | head -1`: the pipe closes before everything is written; the command
+    stops quietly (status 141, as the shell's tools do), with nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # a reader gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "napari_emdiffuse.cli", "presets"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
+
+
 def test_presets_command(capsys):
     assert main(["presets"]) == 0
     assert "emdiffuse-n" in capsys.readouterr().out

@@ -45,6 +45,8 @@ def test_models_command_lists_the_defaults(capsys):
     listed = capsys.readouterr().out
     for name in ("emdiffuse-n", "emdiffuse-r", "vemdiffuse-i", "vemdiffuse-a"):
         assert name in listed
+    line = next(t for t in listed.splitlines() if t.startswith("emdiffuse-r "))
+    assert "inputs 10 nm" in line  # the pixel size it learnt from: its inputs are the 5 nm FIB-SEM binned 2x
 
 
 def test_demo_writes_its_outputs(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -320,6 +321,21 @@ def _log_to_stderr(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _stdout_closed() -> bool:
+    """Whether our standard output is a pipe its reader has closed (rather than some other pipe
+    of a job breaking): polling such a pipe reports an error (POSIX; elsewhere: not known, False)."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return False
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (OSError, ValueError):  # no file descriptor behind stdout
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its status: 0 done, 2 a problem the user can fix, 1 an internal error,
     130 interrupted by Ctrl-C, 143 by SIGTERM. Nothing a user can cause ends in a traceback (``-v`` shows one)."""
@@ -332,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, terminate)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that closed our output is met here, not in Python's exit
+        return status
     except KeyboardInterrupt as err:  # a second Ctrl-C, or SIGTERM outside a cancellable job
         print("emdiffuse: interrupted; nothing incomplete is left under the output's name", file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
@@ -341,6 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"emdiffuse {args.command}: error: not enough memory ({_one_line(err)}); write .zarr output, use a smaller region or tile size", file=sys.stderr)
         return 2
+    except BrokenPipeError as err:
+        if not _stdout_closed():
+            print(f"emdiffuse {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        # the reader of our output stopped early (`emdiffuse models | head -1`): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's exit flush fails again
+        return 128 + signal.SIGPIPE
     except (EMDiffuseError, ValueError, OSError) as err:
         if args.verbose:
             traceback.print_exc()

@@ -18,15 +18,17 @@ def bundled_models() -> dict[str, Path]:
 
 
 def describe_model(folder: Path) -> str:
-    """One line about a model folder (variant, options, training steps, card title), from its JSON only."""
+    """One line about a model folder (variant, options, training steps, the pixel size of the
+    inputs it learnt from where recorded, card title), from its JSON only."""
     import json
 
     meta = json.loads((Path(folder) / MODEL_JSON).read_text())
     options = "".join(f" {k}={v}" for k, v in meta["preset"].get("variant_options", {}).items())
-    steps = meta.get("training", {}).get("steps", "?")
+    training = meta.get("training", {})
+    pixel = f"  inputs {1000 * training['pixel_size_um']:g} nm" if training.get("pixel_size_um") else ""
     card = meta.get("card", "")
     title = card.splitlines()[0].split(": ", 1)[-1] if card else meta["preset"].get("name", "")
-    return f"{meta['variant']:<9}{options:<10} {steps:>6} steps  {title}"
+    return f"{meta['variant']:<9}{options:<10} {training.get('steps', '?'):>6} steps{pixel}  {title}"
 
 
 def find_model(name_or_path: str | Path) -> Path:
