@@ -247,3 +247,45 @@ def test_a_layer_in_nanometres_is_measured_in_micrometres_for_the_pixel_size_che
         assert [str(u) for u in w.result_layers[0].units] == ["nanometer"] * 3
         warned.append([m for m in notes.messages("warning")[before:] if "nm pixels" in m])
     assert warned[0] == [] and len(warned[1]) == 1 and "the input's are 10 nm" in warned[1][0]
+
+
+@pytest.mark.parametrize("scope", ["slice", "whole"])
+def test_the_samples_come_back_as_a_hidden_layer_when_asked(make_napari_viewer, isbi, voxel, tiny_model, scope):
+    """The samples (the texture to look at; issue 11's first-class outputs) as one layer over
+    the result, their index a leading axis; their mean is the mean of K the model would give."""
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:3, :64, :64], name="em", scale=voxel, translate=(1.0, 0.5, 0.25), units=("micrometer",) * 3)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.scope.setCurrentIndex(w.scope.findData(scope))
+    w.samples.setValue(2)
+    w.steps.setValue(1)
+    w.run()
+    assert w.samples_layer is None and len(viewer.layers) == 4  # not asked: input, result, uncertainty, regions
+    w.keep_samples.setChecked(True)
+    w.run()
+    enhanced, layer = w.result_layers[0], w.samples_layer
+    assert layer is not None and layer in viewer.layers and not layer.visible
+    assert layer.data.shape == (2, *enhanced.data.shape)
+    assert tuple(layer.scale) == pytest.approx((1.0, *enhanced.scale)) and tuple(layer.translate) == pytest.approx((0.0, *enhanced.translate))
+    assert layer.metadata["emdiffuse"]["role"] == "samples" and "samples are hidden" in w.controls.status.text()
+    assert np.asarray(layer.data).std(axis=0).max() > 0  # two different draws
+
+
+def test_samples_written_to_zarr_come_back_lazily(make_napari_viewer, isbi, voxel, tiny_model, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:2, :64, :64], name="em", scale=voxel, units=("micrometer",) * 3)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.samples.setValue(2)
+    w.steps.setValue(1)
+    w.keep_samples.setChecked(True)
+    w.zarr_path.setText(str(tmp_path / "r.zarr"))
+    w.run()
+    layer = w.samples_layer
+    assert layer is not None and not isinstance(layer.data, np.ndarray), w.controls.status.text()
+    assert layer.data.shape == (2, 2, 64, 64)
+    import zarr
+
+    np.testing.assert_array_equal(np.asarray(layer.data), zarr.open_group(str(tmp_path / "r.zarr"), mode="r")["samples/0"][:])

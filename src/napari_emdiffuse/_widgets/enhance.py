@@ -115,6 +115,7 @@ class _Plan:
     overwrite: bool = False
     resume: bool = False
     source_info: dict[str, str] | None = None  # what the result layers' metadata say the input was
+    keep_samples: bool = False  # the samples come back as a layer too
 
 
 class EnhanceWidget(DockWidget):
@@ -130,6 +131,7 @@ class EnhanceWidget(DockWidget):
         self._plan: _Plan | None = None
         self.result_layers: list[Any] = []  # the enhanced image and its uncertainty map
         self.regions_layer: Any = None  # the regions where the samples disagree most
+        self.samples_layer: Any = None  # the samples themselves, when asked for
         self._bound: Any = None  # the last result's error map, the regions' source
 
         self.source = combo(((label, key, tip) for key, (label, tip) in SOURCES.items()), "What to enhance: a layer, or a file or folder on disk")
@@ -162,6 +164,12 @@ class EnhanceWidget(DockWidget):
         )
         self.steps = spin(1, 2000, "Sampler steps: network evaluations per sample (more is slower and a little sharper)")
         self.samples = spin(1, 64, "Samples averaged per pixel; their spread is the uncertainty map (2 or more)")
+        self.keep_samples = QCheckBox("Add the samples as a layer")
+        self.keep_samples.setToolTip(
+            "Also add the samples themselves (a layer with a leading sample axis, hidden at first). They have the "
+            "texture of an acquired image: look at them for detail, and at an isotropic volume's xz or yz view without "
+            "stripes (docs/benchmarks-samples.md); measure on the result, the best estimate"
+        )
         self.tile_size = spin(32, 4096, "Tile size in pixels: smaller tiles need less GPU memory", step=32)
         self.overlap = spin(0, 1024, "Overlap between tiles in pixels (blended, so no seams)", step=8)
         self.tile_batch = spin(1, 1024, "Tiles x samples evaluated together: lower it if the GPU runs out of memory")
@@ -228,6 +236,7 @@ class EnhanceWidget(DockWidget):
         form.addRow(self.options_box)
         form.addRow("Steps", self.steps)
         form.addRow("Samples", self.samples)
+        form.addRow("", self.keep_samples)
         form.addRow("Device", self.device)
         form.addRow("Scope", self.scope)
         form.addRow("Rectangle", self.shapes)
@@ -465,12 +474,13 @@ class EnhanceWidget(DockWidget):
         lead = (1,) if add_axis else ()
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
         placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
-        output = self._output_path(name, int(np.prod(out.shape)) * 8)
+        keep = self.keep_samples.isChecked()
+        output = self._output_path(name, int(np.prod(out.shape)) * (8 + (4 * sample.samples if keep else 0)))
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(
             name, contrast, entry, model, array, in_um(voxel, source.units[-array.ndim :]), placement, add_axis, sample, self.device.currentText(),
-            output, paths, overwrite, resume, info,
+            output, paths, overwrite, resume, info, keep,
         )  # fmt: skip
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...], bool]:
@@ -529,6 +539,7 @@ class EnhanceWidget(DockWidget):
                 cancel=cancel,
                 overwrite=plan.overwrite,
                 origin=in_um(plan.placement.translate[-plan.array.ndim :], plan.placement.units[-plan.array.ndim :]),
+                keep_samples=plan.keep_samples,
                 resume=plan.resume,
             )
 
@@ -593,14 +604,33 @@ class EnhanceWidget(DockWidget):
         )
         uncertainty.colorbar.visible = True  # shown with the layer: what a colour means, in grey values
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
+        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, f"{name} samples", contrast, info, kwargs))
         self._bound = bound
         self.regions_layer = unwrap(self._add_regions(bound, f"{name} unsure", info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
         where = f", written to {plan.output}" if plan.output else ""
         self.controls.status.setText(
             f"Done in {seconds:.0f} s{where}: '{enhanced.name}'. Outlined in {REGIONS_COLOR}: the regions where the "
-            "samples disagree most (the uncertainty map itself is hidden in the layer list)."
+            "samples disagree most (the uncertainty map"
+            + (" and the samples are" if self.samples_layer is not None else " itself is")
+            + " hidden in the layer list)."
         )
+
+    def _add_samples(self, samples: Any, region: tuple[slice, ...] | None, name: str, contrast: Any, info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+        """The samples as one hidden layer over the result, their index a leading axis."""
+        if not isinstance(samples, np.ndarray):  # written to zarr: open lazily
+            import dask.array as da
+
+            samples = da.from_zarr(samples)
+        if region is not None:
+            samples = samples[(slice(None), *region)]
+        if self._plan.add_axis:
+            samples = samples[:, None]
+        lead = {"scale": (1.0, *kwargs["scale"]), "translate": (0.0, *kwargs["translate"]), "units": ("pixel", *kwargs["units"])}
+        return self.viewer.add_image(
+            samples, name=name, colormap="gray", contrast_limits=contrast, visible=False,
+            metadata={"emdiffuse": {**info, "role": "samples"}}, **lead,
+        )  # fmt: skip
 
     def _add_regions(self, std: Any, name: str, info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
         from napari.utils.colormaps import DirectLabelColormap
