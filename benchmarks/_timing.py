@@ -152,6 +152,21 @@ def section_name(name: str, device: torch.device) -> str:
     return f"{name} {machine_kind(device)}"
 
 
+def study_args(description: str | None, threads: int = 2, argv: list[str] | None = None, add: Callable[[Any], None] | None = None) -> Any:
+    """The options every study takes, parsed: ``--threads`` (torch is set to them) and
+    ``--no-doc``, with those ``add`` declares on the parser."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add is not None:
+        add(ap)
+    ap.add_argument("--threads", type=int, default=threads)
+    ap.add_argument("--no-doc", action="store_true", help="print and store the figures, leave the docs as they are")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def publish(text: str, data: dict[str, Any], result: Path, section: str | None, doc: Path) -> None:
     """A study's end: its report printed, its figures stored as JSON in ``result``, and, with a
     ``section`` name (None: ``--no-doc``), the report put in that section of ``doc``."""

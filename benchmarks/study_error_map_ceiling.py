@@ -39,14 +39,13 @@ are neither training nor test data (ISBI 2012 slices 24, 25, 28 and 29, the test
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import REPO, load_average, machine, publish  # noqa: E402
+from _timing import REPO, load_average, machine, publish, study_args  # noqa: E402
 from bench_suite import ISBI, NOISE, PATCH, auroc  # noqa: E402
 
 SLICES = [24, 25, 28, 29]
@@ -182,14 +181,9 @@ def report(r: dict) -> str:
 def main() -> None:
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--draws", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-doc", action="store_true")
-    args = ap.parse_args()
+    args = study_args(__doc__, add=lambda ap: ap.add_argument("--draws", type=int, default=16))
     if args.draws < 3:
         sys.exit("study_error_map_ceiling.py: --draws must be at least 3")
-    torch.set_num_threads(args.threads)
     data = draws(args.draws)
     r = {**study(data, len(FIT_SLICES) * data["sq"].shape[1] // len(SLICES)), "machine": machine(torch.device("cpu")), "load_average": load_average()}
     publish(report(r), r, RESULT, None if args.no_doc else "study_error_map_ceiling", DOC)

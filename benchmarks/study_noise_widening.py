@@ -27,14 +27,13 @@ ratio of input noise that set it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import REPO, machine, publish  # noqa: E402
+from _timing import REPO, machine, publish, study_args  # noqa: E402
 from bench_suite import FIBSEM, ISBI, NOISE  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks-calibration.md"
@@ -126,11 +125,7 @@ def report(r: dict) -> str:
 def main() -> None:
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-doc", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = study_args(__doc__, threads=1)
     results = {name: {cond: measure(name, *pair) for cond, pair in conds.items()} for name, conds in cases().items()}
     r = {"cases": results, "machine": machine(torch.device("cpu"))}
     publish(report(r), r, RESULT, None if args.no_doc else "study_noise_widening", DOC)

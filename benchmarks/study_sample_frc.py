@@ -27,14 +27,13 @@ which has no such bound, is reported beside it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import REPO, load_average, machine, publish  # noqa: E402
+from _timing import REPO, load_average, machine, publish, study_args  # noqa: E402
 from bench_suite import FIBSEM, ISBI, K_SCORED, NOISE, SCORED_STEPS  # noqa: E402
 
 WINDOW = (slice(128, 384), slice(128, 384))
@@ -172,11 +171,7 @@ def verdict(r: dict) -> str:
 def main() -> None:
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-doc", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = study_args(__doc__)
     models = {}
     for name in CASES:
         c = case(name)

@@ -16,14 +16,13 @@ suite's sampling settings.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import REPO, load_average, machine, publish  # noqa: E402
+from _timing import REPO, load_average, machine, publish, study_args  # noqa: E402
 from bench_suite import FIBSEM, K_SCORED, SCORED_STEPS, interpolate_z  # noqa: E402
 
 REGION = (slice(0, 65), slice(360, 392), slice(128, 384))
@@ -124,11 +123,7 @@ def report(r: dict) -> str:
 def main() -> None:
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-doc", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = study_args(__doc__)
     r = {"ratios": measure(), "machine": machine(torch.device("cpu")), "load_average": load_average()}
     publish(report(r), r, RESULT, None if args.no_doc else "study_vem_texture", DOC)
 

@@ -213,3 +213,17 @@ def test_exact_posterior_samples_have_the_squared_frc_of_the_posterior_mean():
     assert np.abs(f_single - rho).mean() < 0.03
     assert np.abs(f_mean4 - study.exact_mean_of(rho, 4)).mean() < 0.03
     assert f_single.mean() < f_mean4.mean() < f_mean.mean()  # below the posterior mean, and the mean of 4 between
+
+
+def test_every_study_takes_threads_and_no_doc_and_its_own_options():
+    import torch
+
+    study_args = pytest.importorskip("_timing").study_args
+    before = torch.get_num_threads()
+    try:
+        args = study_args("a study", argv=["--threads", "1", "--no-doc", "--draws", "5"], add=lambda ap: ap.add_argument("--draws", type=int, default=16))
+        assert (args.threads, args.no_doc, args.draws) == (1, True, 5) and torch.get_num_threads() == 1
+        args = study_args("a study", threads=2, argv=[])
+        assert (args.threads, args.no_doc) == (2, False)
+    finally:
+        torch.set_num_threads(before)
