@@ -7,7 +7,7 @@ fine detail and noise and the rows between do not, which reads as stripes. A sin
 the texture of an acquired slice. This study measures how much: the fine detail of each xy slice
 (the mean squared Laplacian, on the [0, 1] scale) of the generated slices over that of the kept
 ones, for the truth (what an isotropic acquisition would show), linear interpolation, the best
-estimate and single samples, on EPFL FIB-SEM z 0-64 x y 360-391 x x 128-383 with every 4th slice
+estimate and single samples, on EPFL FIB-SEM z 0-64, y 360-391, x 128-383 with every 4th slice
 kept (held out from vEMDiffuse-i's training; vEMDiffuse-a never sees generated slices), with the
 suite's sampling settings.
 
@@ -60,6 +60,8 @@ def ratio(volume: np.ndarray) -> dict[str, float]:
 
 
 def measure() -> dict:
+    """Generated-over-kept detail (per scale) of the truth, linear interpolation, and each
+    model's best estimate, single samples and mean of K."""
     import tifffile
     import torch
 
@@ -84,6 +86,12 @@ def measure() -> dict:
     return out
 
 
+def region_text() -> str:
+    """The study's region, as the docs name regions."""
+    z, y, x = REGION
+    return f"z {z.start}-{z.stop - 1}, y {y.start}-{y.stop - 1}, x {x.start}-{x.stop - 1}"
+
+
 def report(r: dict) -> str:
     rows = [f"| {name} | {v['pixel']:.2f} | {v['structure']:.2f} |" for name, v in r["ratios"].items()]
     truth = r["ratios"]["truth (an isotropic acquisition)"]["pixel"]
@@ -96,12 +104,12 @@ def report(r: dict) -> str:
         return low if low == high else f"{low}-{high}"
 
     return "\n".join([
-        "## Isotropic reconstructions: stripes in the xz view, and the samples that have none",
+        "## Isotropic reconstructions: stripes in the xz view, and which output to look at",
         "",
         "vEMDiffuse-i and -a keep the input's slices and generate the ones between. The table gives the detail of the "
         "generated xy slices over that of the kept ones, at the pixel scale (mean squared Laplacian: the finest detail "
         "and the acquisition's noise) and at the scale of structures (mean squared difference of Gaussians of 1 and 2 px): "
-        "1 means an xz or yz view shows no stripes. EPFL FIB-SEM z 0-64 x y 360-391 x x 128-383, every 4th slice kept (held out from vEMDiffuse-i's "
+        f"1 means an xz or yz view shows no stripes. EPFL FIB-SEM {region_text()}, every {K}th slice kept (held out from vEMDiffuse-i's "
         f"training), {SCORED_STEPS} DPM-Solver++ steps as in the suite; {r['machine']}.",
         "",
         "| output | pixel-scale detail, generated / kept slices | structure-scale detail, generated / kept |",
@@ -111,7 +119,7 @@ def report(r: dict) -> str:
         f"An isotropic acquisition would show {truth:.2f}. The best estimate's generated slices carry "
         f"{span(best)} of the kept slices' pixel-scale detail (it leaves out the noise no model can "
         f"predict) and {span(best_s)} at the scale of structures, so its xz and yz views alternate "
-        f"one noisy row with three smooth ones: that is the stripes. Single samples carry {span(single)} "
+        f"one noisy row with {K - 1} smooth ones: that is the stripes. Single samples carry {span(single)} "
         "at the pixel scale. Use the best estimate to measure (it is the most accurate, docs/benchmarks.md), and a "
         "sample (`--save-samples`, or the Enhance widget's samples) to look at the volume in xz or yz, or to segment "
         "with a method trained on acquired slices.",

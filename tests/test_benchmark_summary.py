@@ -215,7 +215,7 @@ def test_exact_posterior_samples_have_the_squared_frc_of_the_posterior_mean():
     assert f_single.mean() < f_mean4.mean() < f_mean.mean()  # below the posterior mean, and the mean of 4 between
 
 
-def test_every_study_takes_threads_and_no_doc_and_its_own_options():
+def test_study_args_parse_threads_no_doc_and_a_studys_own_options():
     import torch
 
     study_args = pytest.importorskip("_timing").study_args

@@ -321,9 +321,15 @@ def _log_to_stderr(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+#: the status of a command whose reader closed its output early, as the shell's tools end (128 + SIGPIPE)
+CLOSED_OUTPUT = 141
+
+
 def _stdout_closed() -> bool:
     """Whether our standard output is a pipe its reader has closed (rather than some other pipe
-    of a job breaking): polling such a pipe reports an error (POSIX; elsewhere: not known, False)."""
+    of a job breaking): polling such a pipe reports an error or a hang-up (Linux, macOS; where
+    there is no poll, Windows: not known, False). It cannot tell which pipe raised: a job's own pipe
+    breaking while our output is also closed ends quietly too."""
     import select
 
     if not hasattr(select, "poll"):
@@ -331,14 +337,14 @@ def _stdout_closed() -> bool:
     try:
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(event & select.POLLERR for _, event in poll.poll(0))
-    except (OSError, ValueError):  # no file descriptor behind stdout
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout (None under pythonw)
         return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its status: 0 done, 2 a problem the user can fix, 1 an internal error,
-    130 interrupted by Ctrl-C, 143 by SIGTERM. Nothing a user can cause ends in a traceback (``-v`` shows one)."""
+    130 interrupted by Ctrl-C, 143 by SIGTERM, 141 its output closed early (``| head``). Nothing a user can cause ends in a traceback (``-v`` shows one)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -349,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, terminate)
     try:
         status = int(args.func(args) or 0)
-        sys.stdout.flush()  # a reader that closed our output is met here, not in Python's exit
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a reader that closed our output is met here, not in Python's exit
         return status
     except KeyboardInterrupt as err:  # a second Ctrl-C, or SIGTERM outside a cancellable job
         print("emdiffuse: interrupted; nothing incomplete is left under the output's name", file=sys.stderr)
@@ -364,8 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"emdiffuse {args.command}: error: {_one_line(err)}", file=sys.stderr)
             return 2
         # the reader of our output stopped early (`emdiffuse models | head -1`): nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's exit flush fails again
-        return 128 + signal.SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # or Python's exit flush fails again
+        os.close(devnull)
+        return CLOSED_OUTPUT
     except (EMDiffuseError, ValueError, OSError) as err:
         if args.verbose:
             traceback.print_exc()

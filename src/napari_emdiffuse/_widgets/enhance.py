@@ -168,7 +168,8 @@ class EnhanceWidget(DockWidget):
         self.keep_samples.setToolTip(
             "Also add the samples themselves (a layer with a leading sample axis, hidden at first). They have the "
             "texture of an acquired image: look at them for detail, and at an isotropic volume's xz or yz view without "
-            "stripes (docs/benchmarks-samples.md); measure on the result, the best estimate"
+            "stripes (docs/benchmarks-samples.md); measure on the result, the best estimate. With a .tif under "
+            "'Save to', each sample is also written as NAME_sample1.tif, …"
         )
         self.tile_size = spin(32, 4096, "Tile size in pixels: smaller tiles need less GPU memory", step=32)
         self.overlap = spin(0, 1024, "Overlap between tiles in pixels (blended, so no seams)", step=8)
@@ -604,7 +605,7 @@ class EnhanceWidget(DockWidget):
         )
         uncertainty.colorbar.visible = True  # shown with the layer: what a colour means, in grey values
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
-        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, f"{name} samples", contrast, info, kwargs))
+        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, plan.add_axis, f"{name} samples", contrast, info, kwargs))
         self._bound = bound
         self.regions_layer = unwrap(self._add_regions(bound, f"{name} unsure", info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
@@ -616,15 +617,18 @@ class EnhanceWidget(DockWidget):
             + " hidden in the layer list)."
         )
 
-    def _add_samples(self, samples: Any, region: tuple[slice, ...] | None, name: str, contrast: Any, info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
-        """The samples as one hidden layer over the result, their index a leading axis."""
+    def _add_samples(
+        self, samples: Any, region: tuple[slice, ...] | None, add_axis: bool, name: str, contrast: Any, info: dict[str, Any], kwargs: dict[str, Any]
+    ) -> Any:
+        """The samples as one hidden layer over the result, their index a leading axis; cropped
+        to a cancelled run's finished ``region``, and given the slice's axis (``add_axis``) as the result is."""
         if not isinstance(samples, np.ndarray):  # written to zarr: open lazily
             import dask.array as da
 
             samples = da.from_zarr(samples)
         if region is not None:
             samples = samples[(slice(None), *region)]
-        if self._plan.add_axis:
+        if add_axis:
             samples = samples[:, None]
         lead = {"scale": (1.0, *kwargs["scale"]), "translate": (0.0, *kwargs["translate"]), "units": ("pixel", *kwargs["units"])}
         return self.viewer.add_image(
