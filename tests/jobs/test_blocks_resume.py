@@ -84,13 +84,18 @@ def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tm
     partial = cancelled_early(model, small_stack, tmp_path / "o.zarr")
     before = sorted(p.name for p in partial.rglob("*"))
     other = fast.model_copy(update={"steps": 3})
-    with pytest.raises(InputError, match="cannot resume: it was made with settings"):
+    with pytest.raises(InputError, match=r"cannot resume: this run has other sampling settings \(steps"):
         run_predict(model, small_stack, sample=other, output=tmp_path / "o.zarr", resume=True)
-    with pytest.raises(InputError, match="cannot resume: it was made with normaliser|input_shape"):
+    with pytest.raises(InputError, match="cannot resume: this run has (another input|an input of another shape)"):
         run_predict(model, small_stack[:3], sample=fast, output=tmp_path / "o.zarr", resume=True)
-    with pytest.raises(InputError, match="cannot resume: it was made with model"):
+    with pytest.raises(InputError, match="cannot resume: this run has another model"):
         run_predict(random_model("tiny", {"residual": False}), small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True)
+    with pytest.raises(InputError, match="this run has samples kept or not .*'Add the samples as a layer'"):
+        run_predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True, keep_samples=True)
     assert sorted(p.name for p in partial.rglob("*")) == before  # untouched
+    from napari_emdiffuse.jobs.predict_output import RESUME_KEY_WORDS
+
+    assert set(zarr.open_group(str(partial), mode="r").attrs["resume_key"]) == set(RESUME_KEY_WORDS)  # every refusal in words
 
     user = tmp_path / "mine.partial.zarr"  # a folder of the user's under the name resume would look at
     user.mkdir()

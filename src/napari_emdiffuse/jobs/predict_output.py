@@ -377,6 +377,19 @@ def result_arrays(path: Path) -> tuple[Any, Any, Any, Any, Any]:
     return get("mean"), get("uncertainty"), get("samples"), get("lower"), get("upper")
 
 
+#: the resume key's entries as a user knows them (the command line's option and the Enhance widget's control)
+RESUME_KEY_WORDS = {
+    "model": "another model",
+    "input_shape": "an input of another shape",
+    "normaliser": "another input (its intensity range differs)",
+    "variant_options": "other variant options",
+    "settings": "other sampling settings (steps, samples, sampler, tiles or seed)",
+    "estimate": "another output (--estimate)",
+    "dtype": "another output type (--keep-dtype)",
+    "samples_kept": "samples kept or not (--save-samples; 'Add the samples as a layer' in Enhance)",
+}
+
+
 def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     """Refuse to continue a store that is not ours, or was made with another model, input or
     settings, or cut into other blocks (a version that cut large planes otherwise)."""
@@ -389,8 +402,8 @@ def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     for name in sorted(set(old) | set(key)):
         if old.get(name) != key.get(name):
             raise InputError(
-                f"{path}: cannot resume: it was made with {name} {old.get(name)!r}, this run has {key.get(name)!r}; "
-                "use the same model, input and settings, or --overwrite to start again"
+                f"{path}: cannot resume: this run has {RESUME_KEY_WORDS.get(name, name)} ({name} {old.get(name)!r} "
+                f"then, {key.get(name)!r} now); use the same model, input and settings, or --overwrite to start again"
             )
     if attrs.get("blocks") != n_blocks:
         raise InputError(
