@@ -245,8 +245,8 @@ def write_table(path: Path, results: dict) -> None:
         "",
         "Written by `benchmarks/bench_variants.py` (its docstring has the protocol). Training steps are "
         "listed because the machine was shared: a quieter or faster machine trains further in the same "
-        "time, and these models are far from converged (the `-cpu` presets run 3000 steps, the paper-sized "
-        "ones 100 000).",
+        "time (at the `-cpu` sizes the validation PSNR levels off after about 1000-1500 steps: "
+        "`benchmarks/make_default_models.py`). The bundled models' own figures are in docs/benchmarks.md.",
         "",
     ]
     if results.get("sr"):
