@@ -185,6 +185,11 @@ def load_average() -> str:
         return "?"
 
 
+def study_sections(text: str) -> list[str]:
+    """The sections studies put into a page (:func:`replace_section`), markers included, in order."""
+    return [m.group(0) for m in re.finditer(r"<!-- (\w+) -->.*?<!-- /\1 -->", text, re.S)]
+
+
 def replace_section(name: str, text: str, doc: Path = DOC) -> None:
     """Put ``text`` between the ``<!-- name -->`` and ``<!-- /name -->`` markers of ``doc``
     (appending the section if it is not there yet)."""

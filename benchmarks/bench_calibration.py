@@ -13,7 +13,6 @@ map ranks the worst 10 % of 16 px patches (AUROC; 0.5 is chance).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import study_sections  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def write(path: Path, rows: dict, command: str) -> None:
         "",
     ]
     old = path.read_text() if path.is_file() else ""  # the studies' sections (<!-- name --> ... <!-- /name -->) stay
-    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+) -->.*?<!-- /\1 -->", old, re.S)]
+    kept = study_sections(old)
     path.write_text("\n".join(lines) + "".join(f"\n{block}\n" for block in kept))
 
 

@@ -366,16 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"emdiffuse {args.command}: error: not enough memory ({_one_line(err)}); write .zarr output, use a smaller region or tile size", file=sys.stderr)
         return 2
-    except BrokenPipeError as err:
-        if not _stdout_closed():
-            print(f"emdiffuse {args.command}: error: {_one_line(err)}", file=sys.stderr)
-            return 2
-        # the reader of our output stopped early (`emdiffuse models | head -1`): nothing is wrong
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # or Python's exit flush fails again
-        os.close(devnull)
-        return CLOSED_OUTPUT
     except (EMDiffuseError, ValueError, OSError) as err:
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            # the reader of our output stopped early (`emdiffuse models | head -1`): nothing is wrong
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # or Python's exit flush fails again
+            os.close(devnull)
+            return CLOSED_OUTPUT
         if args.verbose:
             traceback.print_exc()
         print(f"emdiffuse {args.command}: error: {_one_line(err)}", file=sys.stderr)

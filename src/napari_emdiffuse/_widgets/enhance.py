@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from ..jobs.events import Event, PredictResult
+from ..jobs.predict_output import result_bytes
 from . import _common
 from .layers import Placement, current_plane, image_array, in_um, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
 from .options_form import OptionsForm
@@ -476,7 +477,7 @@ class EnhanceWidget(DockWidget):
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
         placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
         keep = self.keep_samples.isChecked()
-        output = self._output_path(name, int(np.prod(out.shape)) * (8 + (4 * sample.samples if keep else 0)))
+        output = self._output_path(name, result_bytes(out.shape, np.float32, sample.samples if keep else 0))
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(

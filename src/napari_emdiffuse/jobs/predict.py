@@ -30,7 +30,7 @@ from ..variants import get_variant, model_options
 from ..variants.base import Variant
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
-from .predict_output import PredictionOutput, describe_compute, describe_region, finish_in_memory, in_memory
+from .predict_output import PredictionOutput, describe_compute, describe_region, finish_in_memory, in_memory, result_bytes
 from .threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def predict(
         raise InputError("--cluster writes its blocks into a zarr store: give --output OUT.zarr")
     try:
         if out is not None:  # before any computation: a refusal now costs nothing
-            out.claim(int(np.prod(geometry.shape)) * (dtype.itemsize * (1 + n_samples) + 4))
+            out.claim(result_bytes(geometry.shape, dtype, n_samples))
         normaliser = normaliser or normaliser_for(model, image)
 
         for note in (variant.voxel_warning(voxel, options), model.quality_warning(), model.pixel_warning(known_pixel_um(voxel))):

@@ -116,6 +116,12 @@ POOL_STRIP_PX = 1 << 24
 POOL_HALO = POOL_PX // 2 + 1
 
 
+def result_bytes(shape: Sequence[int], dtype: np.dtype, n_samples: int) -> int:
+    """What a result of ``shape`` takes: the mean (and each kept sample) in ``dtype``, and the
+    float32 uncertainty."""
+    return int(np.prod(shape)) * (np.dtype(dtype).itemsize * (1 + n_samples) + 4)
+
+
 def pool_uncertainty(
     mean: Any, spread: Any, q: float | None, uncertainty: Any, lower: Any = None, upper: Any = None, error: ErrorModel = ErrorModel()
 ) -> None:
