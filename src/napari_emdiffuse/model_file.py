@@ -79,6 +79,11 @@ def _figure(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
+def in_nm(size_um: float) -> str:
+    """A pixel size given in µm, as every message and listing writes it ("4 nm", "4000 nm")."""
+    return f"{_figure(1000 * size_um)} nm"
+
+
 #: how far (as a factor either way) an input's pixel size may be from the training data's before
 #: prediction warns (:meth:`Model.pixel_warning`): EM acquired "at the same magnification" varies
 #: by some tens of percent, a factor of 1.5 is a different scale of structure
@@ -142,9 +147,9 @@ class Model:
             return None
         size = f"{_figure(ratio)} times larger" if ratio > 1 else f"{_figure(1 / ratio)} times smaller"
         return (
-            f"this model learnt from inputs with {_figure(1000 * trained)} nm pixels, and the input's are "
-            f"{_figure(1000 * pixel_um)} nm ({size}): it meets structures at a size it did not learn, and its error bounds "
-            f"may not hold. Resample the input to about {_figure(1000 * trained)} nm pixels, or fine-tune the model on your "
+            f"this model learnt from inputs with {in_nm(trained)} pixels, and the input's are "
+            f"{in_nm(pixel_um)} ({size}): it meets structures at a size it did not learn, and its error bounds "
+            f"may not hold. Resample the input to about {in_nm(trained)} pixels, or fine-tune the model on your "
             "own data (the Train / fine-tune panel, or emdiffuse train --from-model)"
         )
 

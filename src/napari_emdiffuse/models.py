@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import ModelFileError
-from .model_file import MODEL_JSON, Model
+from .model_file import MODEL_JSON, Model, in_nm
 
 
 def bundled_models() -> dict[str, Path]:
@@ -25,7 +25,7 @@ def describe_model(folder: Path) -> str:
     meta = json.loads((Path(folder) / MODEL_JSON).read_text())
     options = "".join(f" {k}={v}" for k, v in meta["preset"].get("variant_options", {}).items())
     training = meta.get("training", {})
-    pixel = f"  inputs {1000 * training['pixel_size_um']:g} nm" if training.get("pixel_size_um") else ""
+    pixel = f"  inputs {in_nm(training['pixel_size_um'])}" if training.get("pixel_size_um") else ""
     card = meta.get("card", "")
     title = card.splitlines()[0].split(": ", 1)[-1] if card else meta["preset"].get("name", "")
     return f"{meta['variant']:<9}{options:<10} {training.get('steps', '?'):>6} steps{pixel}  {title}"

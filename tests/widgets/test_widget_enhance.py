@@ -252,9 +252,9 @@ def test_a_layer_in_nanometres_is_measured_in_micrometres_for_the_pixel_size_che
 @pytest.mark.parametrize("scope", ["slice", "whole"])
 def test_the_samples_come_back_as_a_hidden_layer_when_asked(make_napari_viewer, isbi, voxel, tiny_model, scope):
     """The samples (the texture to look at; issue 11's first-class outputs) as one layer over
-    the result, their index a leading axis; not an input the pickers offer next."""
+    the result, their index a leading axis named for what it is; not an input the pickers offer next."""
     viewer = make_napari_viewer()
-    viewer.add_image(isbi[:3, :64, :64], name="em", scale=voxel, translate=(1.0, 0.5, 0.25), units=("micrometer",) * 3)
+    viewer.add_image(isbi[:3, :64, :64], name="em", scale=voxel, translate=(1.0, 0.5, 0.25), units=("micrometer",) * 3, axis_labels=("z", "y", "x"))
     MODELS.add(tiny_model, "trained")
     w = _open(viewer)
     w.scope.setCurrentIndex(w.scope.findData(scope))
@@ -269,6 +269,7 @@ def test_the_samples_come_back_as_a_hidden_layer_when_asked(make_napari_viewer, 
     assert layer.data.shape == (2, *enhanced.data.shape)
     assert tuple(layer.scale) == pytest.approx((1.0, *enhanced.scale)) and tuple(layer.translate) == pytest.approx((0.0, *enhanced.translate))
     assert layer.metadata["emdiffuse"]["role"] == "samples" and "samples are hidden" in w.controls.status.text()
+    assert tuple(enhanced.axis_labels) == ("z", "y", "x") and tuple(viewer.dims.axis_labels) == ("sample", "z", "y", "x")
     assert np.asarray(layer.data).std(axis=0).max() > 0  # two different draws
     assert w.image.layer().name == "em"  # the next run enhances the image, not the samples
     w.run()

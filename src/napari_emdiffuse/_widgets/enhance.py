@@ -631,7 +631,10 @@ class EnhanceWidget(DockWidget):
             samples = samples[(slice(None), *region)]
         if add_axis:
             samples = samples[:, None]
-        lead = {"scale": (1.0, *kwargs["scale"]), "translate": (0.0, *kwargs["translate"]), "units": ("pixel", *kwargs["units"])}
+        lead = {
+            "scale": (1.0, *kwargs["scale"]), "translate": (0.0, *kwargs["translate"]), "units": ("pixel", *kwargs["units"]),
+            "axis_labels": ("sample", *kwargs["axis_labels"]),  # the viewer's new slider says what it moves through
+        }  # fmt: skip
         return self.viewer.add_image(
             samples, name=name, colormap="gray", contrast_limits=contrast, visible=False,
             metadata={"emdiffuse": {**info, "role": "samples"}}, **lead,

@@ -87,11 +87,13 @@ def rectangle_roi(shapes: Any, image: Any) -> Roi:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a layer sits in the world: per-axis ``scale``, ``translate`` and ``units``."""
+    """Where a layer sits in the world: per-axis ``scale``, ``translate``, ``units`` and the
+    user's ``axis_labels`` (None: napari's defaults), so that results share the input's sliders."""
 
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     units: tuple[str, ...]
+    axis_labels: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, layer: Any) -> "Placement":
@@ -99,10 +101,15 @@ class Placement:
             tuple(float(s) for s in layer.scale),
             tuple(float(t) for t in layer.translate),
             tuple(str(u) for u in layer.units),
+            tuple(str(a) for a in layer.axis_labels),
         )
 
+    def labels(self) -> tuple[str, ...]:
+        """The axis labels, napari's defaults ("-3", "-2", "-1") where the layer had none."""
+        return self.axis_labels or tuple(str(i) for i in range(-len(self.scale), 0))
+
     def kwargs(self) -> dict[str, Any]:
-        return {"scale": self.scale, "translate": self.translate, "units": self.units}
+        return {"scale": self.scale, "translate": self.translate, "units": self.units, "axis_labels": self.labels()}
 
 
 def output_placement(
@@ -120,7 +127,7 @@ def output_placement(
     for t, o, s, n_in, n_out, vo in zip(source.translate, offset, source.scale, in_shape, out_shape, out_voxel):
         tiles_extent = math.isclose(n_out * vo, n_in * s, rel_tol=1e-6)
         translate.append(t + o * s + ((vo - s) / 2 if tiles_extent else 0.0))
-    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units)
+    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units, source.axis_labels)
 
 
 def in_um(values: Sequence[float], units: Sequence[str]) -> tuple[float, ...]:

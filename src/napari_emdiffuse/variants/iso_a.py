@@ -15,8 +15,7 @@ feature that continues in y is generated alike in both and the xy view does not 
 The network learnt from rows and from columns alike, so the yz planes (slices as rows, y as
 columns) are a second view of the same voxels. With ``both_views`` (the default) the best
 estimate is the mean of the xz and the yz reconstructions, whose errors are partly independent
-(on the held-back FIB-SEM of docs/benchmarks.md, 22.29 dB against 22.06 from the xz planes and
-22.12 from the yz planes alone); this is what CARE's isotropic reconstruction does too. Only the best estimate pass runs on the yz planes (two
+(docs/variants/iso-a.md has the measured gain); this is what CARE's isotropic reconstruction does too. Only the best estimate pass runs on the yz planes (two
 network evaluations per tile, against the samples' ``K x steps``); the samples and their
 spread (the error map) stay the xz planes', so each sample is one coherent draw.
 ``r`` (the factor) may be fractional, e.g. 12.5 for a 4 x 4 x 50 nm stack, so the output's z
