@@ -56,7 +56,7 @@ def test_predict_says_when_a_model_is_worse_than_its_baseline(tmp_path, stack, c
 
 def test_a_model_records_its_pixel_size_and_predict_warns_on_a_very_different_one(tmp_path, stack, capsys):
     """Trained on 4 nm pixels (the clean file's), the model warns on a 10 nm input and on none of
-    4 nm or of unknown pixel size (a TIFF without a resolution)."""
+    4 nm; of an input of unknown pixel size (a TIFF without a resolution) it says what it expects."""
     noisy, clean = stack
     run = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(run), "--iterations", "2", "-q"]) == 0
@@ -69,13 +69,15 @@ def test_a_model_records_its_pixel_size_and_predict_warns_on_a_very_different_on
     for name, path in (("same", noisy), ("coarse", coarse), ("unknown", bare)):
         capsys.readouterr()
         out = tmp_path / f"{name}_out.tif"
-        assert main(["predict", "--model", str(run), "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 0
+        assert main(["predict", "--model", str(run), "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2"]) == 0
         captured = capsys.readouterr()
         said[name] = captured.out + captured.err
     assert "learnt from inputs with 4 nm pixels, and the input's are 10 nm (2.5 times larger)" in said["coarse"]
     line = next(t for t in said["coarse"].splitlines() if "nm pixels" in t)  # one line, with what to do
     assert "Resample the input to about 4 nm pixels, or fine-tune" in line
-    assert "nm pixels" not in said["same"] and "nm pixels" not in said["unknown"]
+    assert "nm pixels" not in said["same"] and "learnt from inputs with" not in said["unknown"]
+    assert "the input has no pixel size, so it cannot be compared with the 4 nm pixels this model learnt from" in said["unknown"]
+    assert "no pixel size" not in said["same"] + said["coarse"]
 
 
 def test_a_reader_that_closes_the_output_early_is_no_error():

@@ -75,3 +75,15 @@ def test_error_model_is_unit_free_and_keeps_exact_slices_exact():
     # a calibration from before the error model: the pooled spread itself
     assert uncertainty.ErrorModel.of({"q": [1.0]})(spread, estimate) is not None
     np.testing.assert_array_equal(uncertainty.ErrorModel.of({"q": [1.0]})(spread, estimate), spread)
+
+
+def test_sampling_settings_are_compared_with_the_calibrated_ones():
+    """Fewer steps of the same sampler narrow the spread (the bounds under-cover: 78 % at 3
+    steps for 90 % at 10, docs/benchmarks-calibration.md); other changes leave them approximate."""
+    cal = {"sampler": "dpmpp_2m", "steps": 10, "samples": 4}
+    assert uncertainty.settings_match(cal, "dpmpp_2m", 10, 4) == "same"
+    assert uncertainty.settings_match(cal, "dpmpp_2m", 3, 4) == "fewer steps"
+    assert uncertainty.settings_match(cal, "dpmpp_2m", 3, 8) == "fewer steps"
+    assert uncertainty.settings_match(cal, "dpmpp_2m", 20, 4) == "other"
+    assert uncertainty.settings_match(cal, "dpmpp_2m", 10, 2) == "other"
+    assert uncertainty.settings_match(cal, "ddim", 3, 4) == "other"

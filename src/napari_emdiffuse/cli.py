@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--read-noise", type=number(0), default=DEFAULT_READ_NOISE, help="simulated read noise, fraction of range (with --clean)")
     t.add_argument("--out", required=True, help="run folder: model.json, weights and checkpoint go here")
     t.add_argument("--iterations", type=int)
-    t.add_argument("--minutes", type=float, help="stop after this many minutes")
+    t.add_argument("--minutes", type=float, help="end within this many minutes: training stops early enough for the final validation and calibration")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -96,7 +96,7 @@ class TrainConfig(_Strict):
     ema_warmup: int = Field(100, ge=0, le=MAX_STEPS, description="steps over which the EMA decay ramps up linearly from 0 to ema_decay (0: constant)")
     grad_clip: float = Field(1.0, gt=0.0, le=1e6)
     iterations: int = Field(10000, ge=1, le=MAX_STEPS)
-    minutes: float | None = Field(None, gt=0.0, le=MAX_MINUTES, description="stop after this wall-clock budget")
+    minutes: float | None = Field(None, gt=0.0, le=MAX_MINUTES, description="wall-clock budget of the whole run, the final validation and calibration included")
     val_every: int = Field(500, ge=1, le=MAX_STEPS)
     val_patches: int = Field(8, ge=1, le=256, description="held-out patches scored in validation")
     cal_patches: int = Field(

@@ -231,6 +231,18 @@ def calibration_table(errors: np.ndarray, spread: np.ndarray, estimate: np.ndarr
     }
 
 
+def settings_match(calibration: dict[str, Any], sampler: str, steps: int, samples: int) -> str:
+    """How sampling settings compare with those the bounds were calibrated at: ``"same"``;
+    ``"fewer steps"`` (the same sampler with fewer steps: its samples spread less, so the bounds
+    come out too narrow; docs/benchmarks-calibration.md measures it); or ``"other"`` (other
+    samples, more steps or another sampler: coverage approximate)."""
+    if (sampler, steps, samples) == (calibration["sampler"], calibration["steps"], calibration["samples"]):
+        return "same"
+    if sampler == calibration["sampler"] and steps < calibration["steps"]:
+        return "fewer steps"
+    return "other"
+
+
 def scale(calibration: dict[str, Any], alpha: float) -> float:
     """``q(alpha)`` from a stored calibration (interpolated between the stored levels)."""
     if not 0 < alpha < 1:

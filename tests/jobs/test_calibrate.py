@@ -79,7 +79,7 @@ def test_bounds_widen_where_the_input_is_noisier_than_the_calibration_data(rando
     q = uncertainty.scale(cal, 0.1)
     np.testing.assert_allclose(np.asarray(out.upper) - np.asarray(out.lower), 2 * q * np.asarray(out.std), rtol=1e-4, atol=1e-6)
     notes = [ev.text for ev in events if isinstance(ev, Message) and "noisier" in ev.text]
-    assert len(notes) == 1 and notes[0].startswith("1 of 2 planes (1): the input is up to") and f"{ratio[1]:.1f}x" in notes[0]
+    assert len(notes) == 1 and notes[0].startswith("1 of 2 input planes (1) are up to") and f"{ratio[1]:.1f}x" in notes[0]
     assert not [ev for ev in predict(calibrated, noisy, device="cpu") if isinstance(ev, Message) and "noisier" in ev.text]
     from napari_emdiffuse.data.io import read_image
 

@@ -87,6 +87,25 @@ def test_time_budget_and_cancel(tmp_path, isbi_pair):
     assert Model.load(tmp_path / "b").info.training["stopped"] == "cancelled"
 
 
+def test_a_time_limit_keeps_room_for_the_final_validation_and_calibration(tmp_path, isbi_pair, monkeypatch):
+    """The limit covers the whole job: the probe that sizes the wrap-up changes no weight, and a
+    wrap-up longer than the limit still trains one step and says so."""
+    noisy, clean = isbi_pair
+    arrays = {"input": noisy, "target": clean}
+    plain = _run(train(_tiny(iterations=3), arrays, tmp_path / "plain"))
+    timed = _run(train(_tiny(iterations=3, minutes=60), arrays, tmp_path / "timed"))
+    note = [e.text for e in timed if e.kind is Kind.MESSAGE and "time limit includes" in e.text]
+    assert len(note) == 1 and "training stops after about" in note[0]
+    assert not any(e.kind is Kind.MESSAGE and "time limit" in e.text for e in plain)
+    a, b = (load_file(str(tmp_path / d / "weights.safetensors")) for d in ("plain", "timed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same weights: the probe is outside training's draws
+
+    monkeypatch.setattr("napari_emdiffuse.jobs.train.wrap_up_seconds", lambda *a: 1e9)
+    short = _run(train(_tiny(iterations=100000, minutes=0.5), arrays, tmp_path / "short"))
+    assert short[-1].reason == "time budget" and short[-1].steps == 1
+    assert any(e.kind is Kind.MESSAGE and e.level == "warning" and "one training step is taken" in e.text for e in short)
+
+
 def test_roi_restricts_training_data(tmp_path, isbi_pair):
     noisy, clean = isbi_pair
     ev = _run(train(_tiny(iterations=2), {"input": noisy, "target": clean}, tmp_path, roi=Roi(100, 200, 300, 420)))

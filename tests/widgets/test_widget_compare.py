@@ -62,7 +62,16 @@ def test_metrics_match_an_independent_computation(layers):
         assert rows[layer.name]["ssim"] == pytest.approx(expected_ssim, rel=1e-9)
     # smoothing removes noise: better on every metric (FRC resolution in µm: smaller is better)
     assert rows["smoothed"]["psnr"] > rows["raw"]["psnr"] and rows["smoothed"]["ssim"] > rows["raw"]["ssim"]
-    assert w.table.item(0, 3).text().endswith("nm")
+    assert "nm" in w.table.item(0, 3).text()
+
+
+def test_an_frc_resolution_at_the_pixel_limit_says_so():
+    """A curve that never falls below the threshold is reported at two pixels: a noisy input
+    and its denoised result must not read as equally sharp."""
+    from napari_emdiffuse._widgets.compare import frc_text
+
+    assert frc_text(0.008, 0.004, "micrometer") == "≤ 8 nm (pixel limit)"
+    assert frc_text(0.0123, 0.004, "micrometer") == "12.3 nm"
 
 
 def test_metrics_on_a_region_result_use_the_matching_part_of_the_reference(layers, voxel):

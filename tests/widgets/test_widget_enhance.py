@@ -208,6 +208,12 @@ def test_the_uncertainty_layer_is_a_calibrated_error_bound_with_a_colour_bar(mak
     (_, plain), (w, bound) = runs[None], runs[3.0]
     assert plain.name.endswith("uncertainty (uncalibrated)") and "uncalibrated" in plain.metadata["emdiffuse"]["tip"]
     assert bound.name.endswith("error bound (90 %)") and "90 %" in bound.metadata["emdiffuse"]["tip"]
+    w.steps.setValue(2)  # not the calibrated settings: the name no longer claims the coverage
+    w.run()
+    assert w.result_layers[1].name.endswith("error bound (about 90 %)") and "approximate" in w.result_layers[1].metadata["emdiffuse"]["tip"]
+    w.steps.setValue(1)
+    w.run()
+    bound = w.result_layers[1]
     np.testing.assert_allclose(np.asarray(bound.data), 3.0 * np.asarray(plain.data), rtol=1e-5)
     assert bound.colorbar.visible and not bound.visible
     level = float(np.percentile(np.asarray(smoothed(np.asarray(bound.data))), 50))

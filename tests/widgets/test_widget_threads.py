@@ -106,3 +106,35 @@ def test_job_controls_show_progress_and_messages_and_hand_on_the_rest(qtbot, not
     assert (controls.progress.value(), controls.progress.maximum()) == (2, 4)
     assert notes.messages("warning")[-1] == "careful"
     assert seen == [result]
+    # an information (the bf16 note of every Enhance run) is shown once a session; warnings every time
+    for _ in range(2):
+        controls._event(Message("runs in bf16", "info"))
+        controls._event(Message("careful", "warning"))
+    assert notes.messages("info").count("runs in bf16") == 1 and notes.messages("warning").count("careful") == 3
+
+
+def test_job_controls_follow_a_later_phase_under_its_name_within_the_time_limit(qtbot, monkeypatch):
+    """Training then calibration: the bar counts the calibration's draws under that name (not
+    "step 2 / 4" after 73 training steps), and the time left never exceeds the job's limit."""
+    from types import SimpleNamespace
+
+    from napari_emdiffuse.jobs.events import Progress
+
+    clock = [100.0]
+    monkeypatch.setattr(_common, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    controls = _common.JobControls("Train", "step %v / %m", "cancelling", lambda: None, lambda e: None)
+    qtbot.addWidget(controls)
+    controls.runner.start = lambda make_job: None  # no job: events are fed by hand
+    controls.start(lambda cancel: iter(()), "training", limit_s=60.0)
+    clock[0] = 110.0
+    controls._event(Progress(10, 1000, "training"))  # at this pace 990 s more, but the limit is 50 s away
+    assert controls.progress.format() == "step %v / %m" and controls.status.text() == "Training… about 50 s left"
+    clock[0] = 130.0
+    controls._event(Progress(0, 4, "calibrating the uncertainty"))
+    clock[0] = 135.0
+    controls._event(Progress(1, 4, "calibrating the uncertainty"))  # its own pace: 5 s a draw
+    assert controls.progress.format() == "calibrating the uncertainty: %v / %m"
+    assert (controls.progress.value(), controls.progress.maximum()) == (1, 4)
+    assert controls.status.text() == "Calibrating the uncertainty… about 15 s left"
+    controls.start(lambda cancel: iter(()), "again")
+    assert controls.progress.format() == "step %v / %m"  # a new job starts with its own name

@@ -209,6 +209,19 @@ def test_fine_tuning_starts_with_a_time_limit_and_a_few_thousand_steps(make_napa
     assert 0 < w.minutes.value() <= 60
 
 
+@pytest.mark.with_bundled_models
+def test_a_new_train_panel_offers_to_fine_tune_the_bundled_model_under_a_time_limit(make_napari_viewer, open_dock):
+    """Pressing Train on a fresh panel must not start hours of training from scratch (the GUI
+    walk of 2026-12-07: the -cpu preset's 3000 steps, no limit)."""
+    viewer = make_napari_viewer()
+    w = open_dock(viewer, "Train / fine-tune")
+    for variant in ("denoise", "superres", "iso_i", "iso_a"):
+        w.variant.setCurrentIndex(w.variant.findData(variant))
+        kind, entry = w.start_from.currentData()
+        assert kind == "model" and entry.source == "bundled", w.start_from.currentText()
+        assert 0 < w.minutes.value() <= 60
+
+
 def test_pickers_choose_distinct_input_and_target_and_skip_results(make_napari_viewer, isbi, voxel, tiny_model, open_dock):
     viewer = make_napari_viewer()
     viewer.add_image(isbi, name="ssTEM clean", scale=voxel)
@@ -235,6 +248,41 @@ def test_pickers_choose_distinct_input_and_target_and_skip_results(make_napari_v
     from napari_emdiffuse._widgets.qt_helpers import image_type
 
     assert LayerPicker(viewer, image_type()).layer().name == "ssTEM noisy"
+
+
+def test_a_picked_layer_that_is_removed_leaves_the_picker_empty(make_napari_viewer, isbi, voxel, open_dock):
+    """The next Enhance must not quietly run on another image (the GUI walk of 2026-12-07: the
+    picker jumped to the clean reference)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi, name="clean", scale=voxel)
+    noisy = viewer.add_image(isbi.astype(np.float32) + 5, name="noisy", scale=voxel)
+    viewer.add_image(isbi, name="other", scale=voxel)
+    w = open_dock(viewer, "Enhance")
+    w.image.select(noisy)
+    viewer.layers.remove(noisy)
+    QApplication.processEvents()
+    assert w.image.layer() is None and w.image.currentIndex() == -1
+    viewer.add_image(isbi, name="new", scale=voxel)  # layers still come and go: no guess replaces the lost choice
+    QApplication.processEvents()
+    assert w.image.layer() is None
+    w.image.select(viewer.layers["new"])
+    assert w.image.layer().name == "new"
+
+
+def test_a_refusal_goes_when_the_layers_it_was_about_change(make_napari_viewer, isbi, voxel, open_dock):
+    """"Choose a layer for 'Input'" must not stay beside pickers that now show layers."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    w = open_dock(viewer, "Train / fine-tune")
+    w.select_start("preset: tiny")
+    w.run()
+    assert "Input" in w.controls.status.text()
+    viewer.add_image(isbi, name="noisy", scale=voxel)
+    QApplication.processEvents()
+    assert w.controls.status.text() == ""
 
 
 def test_identical_input_and_target_are_refused(make_napari_viewer, isbi, notes, open_dock):

@@ -184,11 +184,17 @@ def notify(text: str, level: str = "info") -> None:
     (show_warning if level == "warning" else show_info)(text)
 
 
+#: the jobs' information messages already shown as notifications in this session (warnings repeat)
+_INFO_SHOWN: set[str] = set()
+
+
 class JobControls(QWidget):
     """Run and Cancel buttons, a progress bar and a status line around one :class:`JobRunner`.
 
     Progress and message events are shown here (with an estimate of the time left); every other
-    event goes to ``on_event``. A failure, before or during the job, becomes a notification and
+    event goes to ``on_event``. A job may go through phases (training, then calibrating the
+    uncertainty): the bar follows each phase's own count, named after the first, and the time
+    left is estimated from the phase's own pace, never beyond a time limit the job was given. A failure, before or during the job, becomes a notification and
     the status line; ``tile_size()`` feeds the out-of-memory hint.
     """
 
@@ -207,6 +213,10 @@ class JobControls(QWidget):
         self._on_event, self._on_done, self._tile_size = on_event, on_done, tile_size
         self._cancel_note = cancel_note
         self.started = 0.0  # time.monotonic() when the job started
+        self._format = progress_format
+        self._phase, self._phase_started = "", 0.0  # the job's current phase (its Progress ``what``) and its start
+        self._limit: float | None = None  # seconds the job was given, if any
+        self._failure = ""  # the status line of the last refusal before a job, while it is shown
         self._cancelled = False
         self.closed = False  # the dock was closed: the job is cancelled and its results dropped
         self.runner = JobRunner(self._event, self._done)
@@ -232,8 +242,11 @@ class JobControls(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
 
-    def start(self, make_job: Callable[[Any], Iterator[Any]], status: str) -> None:
+    def start(self, make_job: Callable[[Any], Iterator[Any]], status: str, limit_s: float | None = None) -> None:
+        """Run ``make_job``; ``limit_s``: the job ends within that many seconds (a training's time limit)."""
         self.started = time.monotonic()
+        self._phase, self._phase_started, self._limit = "", self.started, limit_s
+        self.progress.setFormat(self._format)
         self._cancelled = False
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -244,6 +257,14 @@ class JobControls(QWidget):
     def fail(self, err: BaseException) -> None:
         """A problem found before the job could start."""
         self.status.setText(notify_error(err, self._tile_size()))
+        self._failure = self.status.text()
+
+    def choices_changed(self, *_: Any) -> None:
+        """A choice the last refusal was about may have changed: its message goes, so that it
+        does not stand beside settings it no longer describes."""
+        if self._failure and self.status.text() == self._failure:
+            self.status.setText("")
+        self._failure = ""
 
     def cancel(self) -> None:
         self.runner.cancel()
@@ -260,12 +281,24 @@ class JobControls(QWidget):
             return
         match event:
             case Progress(done=done, total=total, what=what):
+                now = time.monotonic()
+                if what != self._phase:
+                    if self._phase:  # a later phase: the bar counts its own units, under its name
+                        self.progress.setFormat(f"{what}: %v / %m")
+                        self._phase_started = now
+                    self._phase = what
                 self.progress.setMaximum(max(total, 1))
                 self.progress.setValue(done)
                 if 0 < done < total and not self._cancelled:
-                    left = (time.monotonic() - self.started) * (total - done) / done
+                    left = (now - self._phase_started) * (total - done) / done
+                    if self._limit is not None:
+                        left = min(left, max(self._limit - (now - self.started), 0.0))
                     self.status.setText(f"{what.capitalize() or 'Working'}… about {left:.0f} s left")
             case Message(text=text, level=level):
+                if level == "info" and text in _INFO_SHOWN:
+                    return  # an information said once a session is enough
+                if level == "info":
+                    _INFO_SHOWN.add(text)
                 notify(text, level)
             case _:
                 self._on_event(event)

@@ -10,6 +10,7 @@ worker thread on the slice shown, or on the whole volume. No user layer is ever 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,14 @@ from .regions import MIN_AREA, SIGMA, default_threshold, uncertain_regions
 
 COLUMNS = ("layer", "PSNR (dB)", "SSIM", "FRC resolution")
 HIGHLIGHT_COLOR = "magenta"
+
+
+def frc_text(resolution: float, pixel: float, unit: str) -> str:
+    """The FRC resolution as the table shows it. Two pixels is the finest a grid can hold, and
+    an FRC that never falls below its threshold is reported there: say so, or a noisy input
+    and its denoised result read as equally sharp."""
+    text = length_text(resolution, unit)
+    return f"≤ {text} (pixel limit)" if math.isclose(resolution, 2 * pixel, rel_tol=1e-6) else text
 
 
 def _grid_region(layer: Any, reference: Any, axes: int) -> tuple[slice, ...]:
@@ -312,7 +321,7 @@ class CompareWidget(DockWidget):
                 if cancel.is_set():
                     return
                 try:
-                    yield {"layer": name, **metrics.compare(np.asarray(a), np.asarray(b), pixel), "unit": unit}
+                    yield {"layer": name, **metrics.compare(np.asarray(a), np.asarray(b), pixel), "unit": unit, "pixel": pixel}
                 except InputError as err:
                     yield {"layer": name, "error": str(err)}
 
@@ -336,7 +345,7 @@ class CompareWidget(DockWidget):
         if "error" in row:
             cells = [row["layer"], row["error"], "", ""]
         else:
-            cells = [row["layer"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", length_text(row["frc_resolution"], row["unit"])]
+            cells = [row["layer"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", frc_text(row["frc_resolution"], row["pixel"], row["unit"])]
         for j, text in enumerate(cells):
             self.table.setItem(i, j, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()

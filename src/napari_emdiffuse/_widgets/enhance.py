@@ -207,7 +207,7 @@ class EnhanceWidget(DockWidget):
         )
         self.controls = _common.JobControls(
             "Enhance",
-            "%v / %m sampler steps",
+            "%p %",  # of the network passes over every tile, sample and block
             "Cancelling after the current sampler step…",
             on_run=self.run,
             on_event=self._on_event,
@@ -256,6 +256,7 @@ class EnhanceWidget(DockWidget):
         self.variant.currentIndexChanged.connect(self.refresh_models)
         self.model.currentIndexChanged.connect(self._model_changed)
         self.image.currentIndexChanged.connect(self._update_output_info)
+        self.image.currentIndexChanged.connect(self.controls.choices_changed)
         self.source.currentIndexChanged.connect(self._source_changed)
         self.input_path.changed.connect(self._input_path_changed)
         self.scope.currentIndexChanged.connect(self._scope_changed)
@@ -339,7 +340,20 @@ class EnhanceWidget(DockWidget):
             self.options.set_read_only(True)
             self.options.setToolTip("Set when the model was trained; train another model for other values")
             self.options_box.addWidget(self.options)
+        self._fit_scopes(variant)
         self._update_output_info()
+
+    def _fit_scopes(self, variant: Any) -> None:
+        """Offer the scopes of one plane only to variants that work on planes: a vEM variant
+        needs the slices on both sides of each gap, so its scope falls back to the whole volume."""
+        planes = 2 in variant.input_ndims
+        items = self.scope.model()
+        for key in ("slice", "rectangle"):
+            item = items.item(self.scope.findData(key))
+            item.setEnabled(planes)
+            item.setToolTip(SCOPES[key][1] if planes else f"{variant.title} works on volumes: it needs the slices on both sides of each gap")
+        if not planes and self.scope.currentData() in ("slice", "rectangle"):
+            self.scope.setCurrentIndex(self.scope.findData("whole"))
 
     def from_file(self) -> bool:
         """Whether the input is a file or folder on disk (else a layer)."""
@@ -378,15 +392,17 @@ class EnhanceWidget(DockWidget):
         try:
             if file:
                 data, source = read_input_file(self.input_path.path())[:2]
+                what = "The file"
             else:
-                data, source = image_array(self.image.layer()), Placement.of(self.image.layer())
+                layer = self.image.layer()
+                data, source = self._crop(layer, image_array(layer))[0], Placement.of(layer)
+                what = SCOPES[self.scope.currentData()][0]
             variant = get_variant(entry.variant)
             options = variant.options(self.options.values() if self.options else {})
             out = variant.output_geometry(data.shape, source.scale[-data.ndim :], options)
         except Exception as err:  # noqa: BLE001 - an informative line only; Enhance reports it properly
             self.output_info.setText(_common.user_message(err))
             return
-        what = "The file" if file else "Whole layer"
         self.output_info.setText(f"{what} → {' × '.join(map(str, out.shape))} px, voxel {voxel_text(out.voxel, source.units[-1])}")
         self.output_info.setToolTip(
             f"{what} ({' × '.join(map(str, data.shape))} px) gives a result of {' × '.join(map(str, out.shape))} px"
@@ -593,13 +609,13 @@ class EnhanceWidget(DockWidget):
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
             **kwargs,
         )
-        bound, label, tip = _error_bound(std, plan.model)
-        low, top = sample_percentile(bound, 1.0), sample_percentile(bound, 99.5)
+        bound, label, tip = _error_bound(std, plan.model, plan.sample)
+        top = sample_percentile(bound, 99.5)
         uncertainty = self.viewer.add_image(
             bound,
             name=f"{name} {label}",
             colormap=UNCERTAINTY_COLORMAP,
-            contrast_limits=(low, max(top, low + 1e-6)),
+            contrast_limits=(0.0, max(top, 1e-6)),  # from zero: the colours show how large the bound is, not only where it is larger
             visible=False,
             metadata={"emdiffuse": {**info, "role": "uncertainty", "tip": tip}},
             **kwargs,
@@ -664,10 +680,11 @@ class EnhanceWidget(DockWidget):
         self.regions_layer.metadata["emdiffuse"]["threshold"] = threshold
 
 
-def _error_bound(error_map: Any, model: Any) -> tuple[Any, str, str]:
+def _error_bound(error_map: Any, model: Any, sample: Any) -> tuple[Any, str, str]:
     """The uncertainty layer's data, name and tooltip: for a calibrated model the error bound
     ``q u`` in the image's grey values (``q`` at the model's alpha, as the predict job's
-    ``lower``/``upper`` use it), else the pooled spread, named as uncalibrated."""
+    ``lower``/``upper`` use it), else the pooled spread, named as uncalibrated. The name claims
+    the coverage only at the sampling settings it was calibrated at (``sample``: this run's)."""
     from .. import uncertainty
 
     calibration = model.calibration
@@ -676,7 +693,15 @@ def _error_bound(error_map: Any, model: Any) -> tuple[Any, str, str]:
     alpha = float(calibration["alpha"])
     cover = round(100 * (1 - alpha))
     q = uncertainty.scale(calibration, alpha)
-    return error_map * np.float32(q), f"error bound ({cover} %)", CALIBRATED_TIP.format(cover=cover)
+    match = uncertainty.settings_match(calibration, sample.sampler, sample.steps, sample.samples)
+    label = {"same": f"{cover} %", "fewer steps": f"below {cover} %: fewer steps", "other": f"about {cover} %"}[match]
+    tip = CALIBRATED_TIP.format(cover=cover)
+    if match != "same":
+        tip += (
+            f". Calibrated for {calibration['samples']} samples of {calibration['steps']} steps: with "
+            + ("fewer steps the samples spread less and the bound is too narrow" if match == "fewer steps" else "these settings the coverage is approximate")
+        )
+    return error_map * np.float32(q), f"error bound ({label})", tip
 
 
 def isotropic_note(name: str, source: Placement, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:

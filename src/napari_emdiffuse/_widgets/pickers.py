@@ -20,7 +20,9 @@ class LayerPicker(QComboBox):
     ``optional`` adds a "(none)" entry first. Until the user picks a layer, the picker offers the
     best guess and updates it as layers come and go: the newest layer that is not one of the
     plugin's own results, whose name matches ``prefer`` (a regular expression) if one does, and
-    that is not ``avoid()`` (the layer another picker shows, so input and target differ).
+    that is not ``avoid()`` (the layer another picker shows, so input and target differ). A layer
+    the user picked that is then removed leaves the picker empty until the user picks again: the
+    next run must not quietly take another image.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class LayerPicker(QComboBox):
         self.prefer, self.avoid = prefer, avoid
         self.chosen_by_user = False
         narrow(self, tip)
+        self.setPlaceholderText("(choose a layer)")
         self.activated.connect(self._user_choice)
         events = viewer.layers.events
         for ev in (events.inserted, events.removed, events.moved, events.reordered):
@@ -92,9 +95,9 @@ class LayerPicker(QComboBox):
             self.addItem(layer.name, unwrap(layer))
             layer.events.name.connect(self._renamed)
         index = self.index_of(current) if current is not None else -1
-        if index < 0 and not self.optional and self.count():
+        if index < 0 and not self.optional and self.count() and not self.chosen_by_user:
             index = self.index_of(self.best_guess())
-        self.setCurrentIndex(max(index, 0))
+        self.setCurrentIndex(index if index >= 0 or not self.optional else 0)
         self.blockSignals(False)
         self.currentIndexChanged.emit(self.currentIndex())
 

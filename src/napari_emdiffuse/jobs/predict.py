@@ -104,9 +104,12 @@ def predict(
             out.claim(result_bytes(geometry.shape, dtype, n_samples))
         normaliser = normaliser or normaliser_for(model, image)
 
-        for note in (variant.voxel_warning(voxel, options), model.quality_warning(), model.pixel_warning(known_pixel_um(voxel))):
+        pixel_um = known_pixel_um(voxel)
+        for note in (variant.voxel_warning(voxel, options), model.quality_warning(), model.pixel_warning(pixel_um)):
             if note:
                 yield Message(note, "warning")
+        if pixel_um is None and (note := model.unknown_pixel_note()):
+            yield Message(note, "info")
         if out is not None and not calibration:
             yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
         q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
@@ -115,12 +118,16 @@ def predict(
             error, note = _widened_for_noise(error, image, calibration["input_noise"], variant)
             if note:
                 yield Message(note, "warning")
-        if calibration and (cfg.samples, cfg.steps, cfg.sampler) != (calibration["samples"], calibration["steps"], calibration["sampler"]):
+        match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
+        if match != "same":
             yield Message(
                 f"the intervals were calibrated for {calibration['samples']} samples of {calibration['steps']} "
-                f"{calibration['sampler']} steps; with other sampling settings their coverage is approximate",
+                f"{calibration['sampler']} steps; "
+                + ("with fewer steps the samples spread less, and the intervals are likely too narrow (use "
+                   f"{calibration['steps']} steps to measure)" if match == "fewer steps" else
+                   "with other sampling settings their coverage is approximate"),
                 "warning",
-            )
+            )  # fmt: skip
         dev = select_device(device)
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
@@ -239,13 +246,13 @@ def _widened_for_noise(
     if not (widen > 1).any():
         return error, None
     if volume:
-        where = "the volume"
+        where = "the input volume is"
     elif widen.size == 1:
-        where = "the image"
+        where = "the input is"
     else:
-        where = f"{int((widen > 1).sum())} of {widen.size} planes ({', '.join(str(z) for z in np.flatnonzero(widen > 1)[:8])}{', ...' if (widen > 1).sum() > 8 else ''})"
+        where = f"{int((widen > 1).sum())} of {widen.size} input planes ({', '.join(str(z) for z in np.flatnonzero(widen > 1)[:8])}{', ...' if (widen > 1).sum() > 8 else ''}) are"
     note = (
-        f"{where}: the input is up to {(noise / calibrated).max():.1f}x noisier than the data the error bounds were calibrated "
+        f"{where} up to {(noise / calibrated).max():.1f}x noisier than the data the error bounds were calibrated "
         f"on; its error bounds are widened (up to {widen.max():.2f}x), and the result there is likely less accurate than on that data"
     )
     return replace(error, widen=tuple(float(w) for w in widen)), note

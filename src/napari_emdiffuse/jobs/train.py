@@ -190,6 +190,33 @@ class _Trainer:
         return self.sample(cond, get_sampler("ddim" if name == "ddpm" else name), self.preset.train.val_steps, 1)
 
 
+def wrap_up_seconds(trainer: _Trainer, val_cond: np.ndarray, cal_cond: np.ndarray, cfg: Any) -> float:
+    """How long the final validation and calibration will take, from a probe of both on two
+    patches (the probe's draws change no training state: every draw of training is keyed by its step)."""
+    probe = cal_cond[:2]
+    t0 = time.monotonic()
+    trainer.best_estimate(probe)
+    t1 = time.monotonic()
+    if cfg.samples >= 2:
+        trainer.sample(probe, get_sampler(cfg.sampler, cfg.eta), cfg.steps, 100)
+    t2 = time.monotonic()
+    per_estimate, per_draw = (t1 - t0) / len(probe), (t2 - t1) / len(probe)
+    return per_estimate * (len(val_cond) + len(cal_cond)) + per_draw * len(cal_cond) * (cfg.samples if cfg.samples >= 2 else 0)
+
+
+def wrap_up_note(budget: float, reserve: float) -> str:
+    """What a time limit leaves for training once the final validation and calibration are paid for."""
+    if reserve >= budget:
+        return (
+            f"the time limit ({budget:.0f} s) is shorter than the final validation and calibration of the uncertainty "
+            f"(about {reserve:.0f} s): one training step is taken, and the job ends after the limit"
+        )
+    return (
+        f"the time limit includes the final validation and calibration of the uncertainty (about {reserve:.0f} s): "
+        f"training stops after about {budget - reserve:.0f} s"
+    )
+
+
 def rank_keys(rank: int) -> tuple[int, ...]:
     """The extra key of a rank's random streams (none for rank 0, so that one process trains as before)."""
     return (rank,) if rank else ()
@@ -469,13 +496,22 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     # the time budget is this session's (a resumed run gets its minutes again); elapsed is the total
     start, elapsed_before = time.monotonic(), trainer.elapsed
     budget = tc.minutes * 60 if tc.minutes else None
+    # the budget covers the whole job: training stops early enough for the final validation and
+    # calibration (rank 0's work) to end within it
+    reserve = wrap_up_seconds(trainer, val_cond, cal_cond, preset.sample) if budget is not None and world.is_main else 0.0
+    if budget is not None and world.is_main:
+        yield Message(wrap_up_note(budget, reserve), "warning" if reserve >= budget else "info")
+    first_step = trainer.step
     reason = "finished"
     last_validation = time.monotonic()
     with group.peers_watched():  # a peer process that is gone ends the run with a LaunchError, not a traceback
         try:
             while trainer.step < tc.iterations:
                 # every decision by the clock or a signal is taken by all processes together
-                cancelled, out_of_time = group.any([cancel is not None and cancel.is_set(), budget is not None and time.monotonic() - start >= budget])
+                cancelled, out_of_time = group.any([
+                    cancel is not None and cancel.is_set(),
+                    budget is not None and trainer.step > first_step and time.monotonic() - start >= budget - reserve,
+                ])  # fmt: skip
                 if cancelled:
                     raise Cancelled("training cancelled")
                 if out_of_time:
