@@ -299,3 +299,25 @@ def test_samples_written_to_zarr_come_back_lazily(make_napari_viewer, isbi, voxe
     import zarr
 
     np.testing.assert_array_equal(np.asarray(layer.data), zarr.open_group(str(tmp_path / "r.zarr"), mode="r")["samples/0"][:])
+
+
+def test_volume_variants_offer_only_volume_scopes_and_the_info_line_names_the_scope(make_napari_viewer, isbi, voxel, untrained_model):
+    """A vEM model on the default "Current slice" was refused with "a single 2D image" (the GUI
+    walk of 2026-12-07): the scopes of one plane are not offered to it, and the line under the
+    settings describes what the chosen scope gives."""
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:4, :64, :64], name="em", scale=voxel, units=("micrometer",) * 3)
+    MODELS.add(untrained_model("denoise"), "disk")
+    MODELS.add(untrained_model("iso_i"), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData("denoise"))
+    w.scope.setCurrentIndex(w.scope.findData("slice"))
+    assert w.output_info.text().startswith("Current slice → 64 × 64 px")
+    items = w.scope.model()
+    w.variant.setCurrentIndex(w.variant.findData("iso_i"))
+    assert w.scope.currentData() == "whole"
+    assert not items.item(w.scope.findData("slice")).isEnabled() and not items.item(w.scope.findData("rectangle")).isEnabled()
+    assert items.item(w.scope.findData("rectangle_stack")).isEnabled()
+    assert w.output_info.text().startswith("Whole volume → ")
+    w.variant.setCurrentIndex(w.variant.findData("denoise"))
+    assert items.item(w.scope.findData("slice")).isEnabled()
