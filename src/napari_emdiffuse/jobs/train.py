@@ -194,6 +194,7 @@ def wrap_up_seconds(trainer: _Trainer, val_cond: np.ndarray, cal_cond: np.ndarra
     """How long the final validation and calibration will take, from a probe of both on two
     patches (the probe's draws change no training state: every draw of training is keyed by its step)."""
     probe = cal_cond[:2]
+    trainer.best_estimate(probe)  # the first evaluation of a shape also sets the network up for it: not timed
     t0 = time.monotonic()
     trainer.best_estimate(probe)
     t1 = time.monotonic()
@@ -204,16 +205,18 @@ def wrap_up_seconds(trainer: _Trainer, val_cond: np.ndarray, cal_cond: np.ndarra
     return per_estimate * (len(val_cond) + len(cal_cond)) + per_draw * len(cal_cond) * (cfg.samples if cfg.samples >= 2 else 0)
 
 
-def wrap_up_note(budget: float, reserve: float) -> str:
-    """What a time limit leaves for training once the final validation and calibration are paid for."""
-    if reserve >= budget:
+def wrap_up_note(budget: float, wrap_up: float) -> str:
+    """What a time limit leaves for training once the final validation and calibration (about
+    ``wrap_up`` seconds) are paid for; training keeps at least half the limit."""
+    if wrap_up > budget / 2:
         return (
-            f"the time limit ({budget:.0f} s) is shorter than the final validation and calibration of the uncertainty "
-            f"(about {reserve:.0f} s): one training step is taken, and the job ends after the limit"
+            f"the final validation and calibration of the uncertainty take about {wrap_up:.0f} s, more than half the "
+            f"time limit ({budget:.0f} s): training stops after {budget / 2:.0f} s, and the job ends about "
+            f"{budget / 2 + wrap_up:.0f} s after it started"
         )
     return (
-        f"the time limit includes the final validation and calibration of the uncertainty (about {reserve:.0f} s): "
-        f"training stops after about {budget - reserve:.0f} s"
+        f"the time limit includes the final validation and calibration of the uncertainty (about {wrap_up:.0f} s): "
+        f"training stops after about {budget - wrap_up:.0f} s"
     )
 
 
@@ -498,9 +501,10 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     budget = tc.minutes * 60 if tc.minutes else None
     # the budget covers the whole job: training stops early enough for the final validation and
     # calibration (rank 0's work) to end within it
-    reserve = wrap_up_seconds(trainer, val_cond, cal_cond, preset.sample) if budget is not None and world.is_main else 0.0
+    wrap_up = wrap_up_seconds(trainer, val_cond, cal_cond, preset.sample) if budget is not None and world.is_main else 0.0
+    reserve = min(wrap_up, budget / 2) if budget is not None else 0.0  # training keeps at least half the limit
     if budget is not None and world.is_main:
-        yield Message(wrap_up_note(budget, reserve), "warning" if reserve >= budget else "info")
+        yield Message(wrap_up_note(budget, wrap_up), "warning" if wrap_up > budget / 2 else "info")
     first_step = trainer.step
     reason = "finished"
     last_validation = time.monotonic()
