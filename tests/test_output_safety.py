@@ -209,6 +209,52 @@ def test_a_full_disk_fails_the_predict_cleanly(tmp_path, model_dir, stack, capsy
     assert checksums(tmp_path) == before
 
 
+def test_a_set_of_results_is_all_under_its_final_names_or_none_of_it(tmp_path, model_dir, stack, capsys, monkeypatch):
+    """The disk filling up at the last file of a calibrated result left the result, its
+    uncertainty and its lower bound under their final names, each marked complete, and no upper
+    bound (the CLI walk of 2026-12-07). Also with --overwrite: the old set stays whole."""
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(model_dir, calibrated)
+    meta = json.loads((calibrated / "model.json").read_text())
+    from napari_emdiffuse.uncertainty import ALPHAS
+
+    meta.setdefault("metrics", {})["calibration"] = {"alpha": 0.1, "alphas": list(ALPHAS), "q": [2.0] * len(ALPHAS), "samples": 2, "steps": 2, "sampler": "dpmpp_2m"}
+    (calibrated / "model.json").write_text(json.dumps(meta))
+    real, calls = tifffile.imwrite, []
+
+    def full_at_the_fourth(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) % 4 == 0:
+            Path(path).write_bytes(b"II*\x00 half a TIFF")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    out = tmp_path / "res" / "o.tif"
+    assert main(predict_args(calibrated, stack, out)) == 0  # the old set: result, uncertainty, lower, upper
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.tif", "o_lower.tif", "o_uncertainty.tif", "o_upper.tif"]
+    before = checksums(out.parent)
+    monkeypatch.setattr(tifffile, "imwrite", full_at_the_fourth)
+    for argv in (predict_args(calibrated, stack, tmp_path / "new" / "o.tif"), predict_args(calibrated, stack, out, "--overwrite")):
+        calls.clear()
+        err = error_of(capsys, argv)
+        assert "No space left" in err and "none of its 4 files" in err and "o.tif" in err
+    assert checksums(out.parent) == before  # the old set whole, no temporary beside it
+    assert not (tmp_path / "new").exists() or list((tmp_path / "new").iterdir()) == []
+
+
+def test_an_overwritten_result_keeps_no_companion_of_the_old_one(tmp_path, model_dir, stack, capsys):
+    """Samples 0-1 of an earlier result stayed beside a new result that kept none (the CLI walk
+    of 2026-12-07); without --overwrite a companion alone is enough to refuse."""
+    out = tmp_path / "o.tif"
+    assert main(predict_args(model_dir, stack, out, "--save-samples")) == 0
+    assert {p.name for p in tmp_path.glob("o_sample*.tif")} == {"o_sample0.tif", "o_sample1.tif"}
+    (tmp_path / "o.tif").unlink()
+    (tmp_path / "o_uncertainty.tif").unlink()
+    assert "o_sample0.tif already exists" in error_of(capsys, predict_args(model_dir, stack, out))
+    assert main(predict_args(model_dir, stack, out, "--overwrite")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) == ["o.tif", "o_uncertainty.tif"]
+
+
 @pytest.fixture()
 def tiny_disk(tmp_path):
     """A 1 MiB tmpfs (root only; skipped where mounting is not permitted)."""

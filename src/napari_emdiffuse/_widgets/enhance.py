@@ -493,7 +493,7 @@ class EnhanceWidget(DockWidget):
         out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
         placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
         keep = self.keep_samples.isChecked()
-        output = self._output_path(name, result_bytes(out.shape, np.float32, sample.samples if keep else 0))
+        output = self._output_path(name, result_bytes(out.shape, np.float32, sample.samples if keep else 0, bool(model.calibration)))
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(

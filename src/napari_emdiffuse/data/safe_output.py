@@ -93,6 +93,35 @@ def replacing_file(final: str | Path, keep_existing: bool = False) -> Iterator[P
         raise
 
 
+@contextlib.contextmanager
+def replacing_set(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside each of ``finals`` to write (each atomically, e.g. with
+    :func:`replacing_file`); when all are written they are renamed into place together, and a
+    failure on any of them (a full disk at the last file, Ctrl-C) removes them all. So a set of
+    results (the result, its uncertainty, its bounds) is never left short under its final names:
+    renaming needs no space. A failed write is reported in one line naming the set's first file."""
+    finals = [Path(f) for f in finals]
+    temps = [f.parent / f"{_temp_prefix(f)}set{''.join(f.suffixes[-2:])}" for f in finals]
+    try:
+        for f in finals:
+            f.parent.mkdir(parents=True, exist_ok=True)
+        yield temps
+        for tmp, final in zip(temps, finals):
+            os.replace(tmp, final)
+        for folder in {f.parent for f in finals}:
+            _fsync_dir(folder)
+    except OSError as err:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"{finals[0]}: the result could not be written ({err.strerror or err}); none of its {len(finals)} files was put under its final name"
+        ) from None
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` so that a kill at any moment leaves the old file or the new one."""
     with replacing_file(path) as tmp:

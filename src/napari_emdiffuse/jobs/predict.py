@@ -101,7 +101,7 @@ def predict(
         raise InputError("--cluster writes its blocks into a zarr store: give --output OUT.zarr")
     try:
         if out is not None:  # before any computation: a refusal now costs nothing
-            out.claim(result_bytes(geometry.shape, dtype, n_samples))
+            out.claim(result_bytes(geometry.shape, dtype, n_samples, bool(calibration)))
         normaliser = normaliser or normaliser_for(model, image)
 
         pixel_um = known_pixel_um(voxel)

@@ -17,14 +17,16 @@ the blocks not marked done, and refuses a store made with another model, input o
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs
+from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, replacing_set
 from ..errors import InputError
 from ..data.containers import CHUNK_PX
 from ..uncertainty import POOL_PX, ErrorModel
@@ -68,6 +70,16 @@ class OutputNames:
 
     def finals(self) -> list[Path]:
         return [p for p in (self.mean, self.std, *self.bounds, *self.samples) if p is not None]
+
+    def companions(self) -> list[Path]:
+        """The files beside a TIFF result that an earlier prediction under its name may have
+        written (its uncertainty, bounds and samples), whichever this one writes."""
+        if self.store:
+            return []
+        stem, suffix = split_suffix(self.mean)
+        named = [self.mean.with_name(f"{stem}{tail}{suffix}") for tail in ("_uncertainty", "_lower", "_upper")]
+        pattern = re.compile(re.escape(stem) + r"_sample\d+" + re.escape(suffix) + "$")
+        return named + sorted(p for p in self.mean.parent.glob(f"{glob.escape(stem)}_sample*{suffix}") if pattern.fullmatch(p.name))
 
     @staticmethod
     def partial(path: Path) -> Path:
@@ -116,10 +128,10 @@ POOL_STRIP_PX = 1 << 24
 POOL_HALO = POOL_PX // 2 + 1
 
 
-def result_bytes(shape: Sequence[int], dtype: np.dtype, n_samples: int) -> int:
+def result_bytes(shape: Sequence[int], dtype: np.dtype, n_samples: int, bounds: bool) -> int:
     """What a result of ``shape`` takes: the mean (and each kept sample) in ``dtype``, and the
-    float32 uncertainty."""
-    return int(np.prod(shape)) * (np.dtype(dtype).itemsize * (1 + n_samples) + 4)
+    float32 uncertainty (and, for a calibrated model, the float32 lower and upper bounds)."""
+    return int(np.prod(shape)) * (np.dtype(dtype).itemsize * (1 + n_samples) + 4 * (3 if bounds else 1))
 
 
 def pool_uncertainty(
@@ -185,6 +197,9 @@ class PredictionOutput:
         self.names = OutputNames.for_path(path, n_samples, bounds)
         self.inputs, self.overwrite, self.bounds, self.resume = list(inputs), overwrite, bounds, resume
         self.lock: Lock | None = None
+        #: companions of an earlier result under this name that this one will not write (its
+        #: other samples, its bounds): replaced with it under --overwrite, so none is left stale
+        self.stale: list[Path] = []
         self.staged: StagedStore | None = None
         self.resumable: Path | None = None
         self.done: Any = None
@@ -199,7 +214,8 @@ class PredictionOutput:
         names = self.names.finals()
         every = names + [OutputNames.partial(p) for p in names]
         partial = OutputNames.partial(self.names.mean)
-        for p in every:
+        self.stale = [p for p in self.names.companions() if p not in names]
+        for p in every + self.stale:
             if not (self.resume and p == partial):
                 check_new_output(p, self.inputs, self.overwrite)
         # taking over a dead run's lock removes its temporaries, except the store a resume continues
@@ -290,17 +306,17 @@ class PredictionOutput:
 
         first = [float(o) + a * float(v) for o, (a, _), v in zip(origin or (0.0,) * len(shape), bounds, voxel)]
         about = {**provenance, **status, "origin": first}
-
-        def write(path: Path, data: Any, role: str | None = None) -> Path:
-            tagged = {**about, "role": role} if role else about
-            return write_tiff(where(path), data[region], voxel, self.inputs, origin=first, provenance=tagged)
-
-        written = [write(self.names.mean, mean), write(self.names.std, uncertainty, "uncertainty")]
+        parts: list[tuple[Path, Any, str | None]] = [(self.names.mean, mean, None), (self.names.std, uncertainty, "uncertainty")]
         if lower is not None and self.names.bounds:
-            for role, p, a in zip(("lower", "upper"), self.names.bounds, (lower, upper)):
-                written.append(write(p, a, f"{role} bound"))
-        for k, p in enumerate(self.names.samples):
-            written.append(write(p, samples[k], f"sample {k}"))
+            parts += [(p, a, f"{role} bound") for role, p, a in zip(("lower", "upper"), self.names.bounds, (lower, upper))]
+        parts += [(p, samples[k], f"sample {k}") for k, p in enumerate(self.names.samples)]
+        written = [where(p) for p, _, _ in parts]
+        with replacing_set(written) as temps:  # all of the set or none of it under the final names
+            for tmp, (_, data, role) in zip(temps, parts):
+                write_tiff(tmp, data[region], voxel, self.inputs, origin=first, provenance={**about, "role": role} if role else about)
+        if complete:
+            for old in self.stale:  # an overwritten result's companions that this one does not have
+                old.unlink(missing_ok=True)
         return written, arrays
 
     def _finish_store(
