@@ -18,12 +18,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .jobs.events import new_cancel_token
     from .jobs.inputs import read_logged
     from .model_file import check_model_folder
-    from .models import resolve_model
+    from .models import find_model, resolve_model
     from .variants import get_variant, model_options
 
     if bool(args.clean) == bool(args.input or args.truth) or bool(args.input) != bool(args.truth):
         raise InputError("give either --clean (the degradation is simulated) or both --input and --truth")
     out = Path(args.out)
+    if out.exists() and out.resolve() == find_model(args.model).resolve():
+        raise InputError(
+            f"{out}: is the model being calibrated; calibrate writes a calibrated copy, so give --out another folder "
+            "(replacing the model's own folder would drop what else it holds, such as the training checkpoint)"
+        )
     check_model_folder(out, args.overwrite)  # before any computation: a refusal now costs nothing
     model = resolve_model(args.model)
     variant, options = get_variant(model.variant), model_options(model)

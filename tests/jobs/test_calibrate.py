@@ -147,6 +147,13 @@ def test_cli_writes_a_calibrated_copy_and_refuses_to_replace_what_exists(tiny_mo
     assert main([*args, "--overwrite", "--samples", "3"]) == 0
     again = json.loads((out / "model.json").read_text())["metrics"]["calibration"]
     assert again["samples"] == 3 and isinstance(stamp, float)
+    # the model's own folder is never the copy: it may hold the training checkpoint (the CLI
+    # walk of 2026-12-07: --out = --model with --overwrite deleted checkpoint.safetensors)
+    (out / "checkpoint.safetensors").write_bytes(b"training state")
+    assert main(["calibrate", "--model", str(out), "--clean", str(clean), "--out", str(out), "--overwrite", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is the model being calibrated" in err and len(err.strip().splitlines()) == 1
+    assert (out / "checkpoint.safetensors").read_bytes() == b"training state"
 
 
 def test_cli_asks_for_clean_data_or_a_pair(tiny_model_dir, tmp_path, capsys):
