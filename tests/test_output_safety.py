@@ -547,3 +547,20 @@ def test_a_store_is_replaced_only_once_the_new_one_is_in_place(tmp_path, monkeyp
     safe_output.swap_in(new, dest)
     assert [p.name for p in dest.iterdir()] == ["fresh"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_no_output_is_written_inside_the_store_an_input_array_belongs_to(tmp_path, model_dir, stack, capsys):
+    """Enhancing ``result.zarr/mean`` from the Enhance widget wrote its default output inside
+    ``result.zarr``, which napari could then no longer open (the GUI walk of 2026-12-07)."""
+    from napari_emdiffuse._widgets.enhance import default_file_output
+
+    store = tmp_path / "result.zarr"
+    assert main(predict_args(model_dir, stack, store)) == 0
+    before = checksums(store)
+    array = store / "mean"
+    assert default_file_output(array) == tmp_path / "result_mean_enhanced.zarr"
+    said = [error_of(capsys, ["predict", "--model", str(model_dir), "--input", str(array), "--output", str(inside), *FAST])
+            for inside in (store / "mean_enhanced.zarr", store / "mean" / "x.tif")]  # fmt: skip
+    assert "lies inside" in said[0] and "the store the input" in said[0] and "refusing to overwrite the input" in said[1]
+    assert checksums(store) == before
+    assert main(["predict", "--model", str(model_dir), "--input", str(array), "--output", str(default_file_output(array)), *FAST]) == 0

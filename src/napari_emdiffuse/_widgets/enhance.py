@@ -743,12 +743,16 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
 
 
 def default_file_output(path: Path | None) -> Path | None:
-    """Where a run from ``path`` writes by default: ``NAME_enhanced.zarr`` beside it."""
+    """Where a run from ``path`` writes by default: ``NAME_enhanced.zarr`` beside it (beside
+    the whole store, for an array inside one: ``result.zarr/mean`` gives ``result_mean_enhanced.zarr``)."""
     if path is None:
         return None
-    from ..data.formats import split_dataset
+    from ..data.formats import split_dataset, store_root
 
     file, dataset = split_dataset(path)
+    root = store_root(file)
+    if root != file:
+        file, dataset = root, "/".join([*file.relative_to(root).parts, *([dataset] if dataset else [])])
     stem = file.name.split(".")[0] or "image"
     if dataset:
         stem += "_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.strip("/"))

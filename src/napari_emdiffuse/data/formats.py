@@ -51,6 +51,22 @@ def split_dataset(path: str | Path) -> tuple[Path, str | None]:
     return p, None
 
 
+#: files that make a folder part of a zarr (v2, v3) or N5 store
+STORE_MARKERS = (".zarray", ".zgroup", "zarr.json", "attributes.json")
+
+
+def store_root(path: str | Path) -> Path:
+    """The outermost zarr or N5 store that ``path`` lies in (``path`` itself when its parent is
+    none): an array of a store (``result.zarr/mean``) belongs to the whole store, which a write
+    anywhere inside would change."""
+    root = Path(path)
+    for parent in root.parents:
+        if not any((parent / name).is_file() for name in STORE_MARKERS):
+            break
+        root = parent
+    return root
+
+
 def special_file(path: Path) -> str | None:
     """What ``path`` is when it exists but is neither a regular file nor a folder ("a named
     pipe (FIFO)", "a character device", ...), else None: opening one would block or read

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import InputError
+from .formats import store_root
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,9 @@ def refuse_overwrite(path: Path, protect: Sequence[Path | None]) -> None:
         same = src_id is not None and (src_id in target_chain or (target_id is not None and target_id in _file_ids(src)))
         if same or target == src or src in target.parents or target in src.parents:
             raise InputError(f"{path}: refusing to overwrite the input {p}; choose another output name")
+        store = store_root(src)  # an input array of a store: the whole store is the input's
+        if store != src and (store in target.parents or target == store):
+            raise InputError(f"{path}: lies inside {store}, the store the input {p} belongs to; write the result beside it instead")
 
 
 def check_new_output(path: str | Path, protect: Sequence[Path | None] = (), overwrite: bool = False) -> None:
