@@ -80,6 +80,57 @@ def test_an_imported_package_predicts_what_the_model_did(package, tiny, tmp_path
     np.testing.assert_allclose(np.load(zipfile.ZipFile(package).open("test_mean.npy"))[0, 0], a.mean, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_the_bundled_models_export_with_tolerances_the_spec_accepts(tmp_path):
+    """A fixed absolute tolerance of 1e-3 broke emdiffuse-n (its uncertainty peaks at 0.08; the
+    spec allows 1 % of a test tensor's maximum). The export validates as it writes; bioimageio.core's
+    test runs on emdiffuse-n only, whose uncertainty tolerance is the tightest."""
+    from bioimageio.spec import ValidationContext, load_model_description
+
+    from napari_emdiffuse.models import find_model
+
+    for name in ("emdiffuse-n", "emdiffuse-r"):
+        out = tmp_path / f"{name}.zip"
+        out.write_bytes(b"an older package")
+        assert bx.export_bioimageio(find_model(name), out, overwrite=True) == out
+        with ValidationContext(perform_io_checks=False):
+            descr = load_model_description(out)
+        for tolerance in descr.config.bioimageio.reproducibility_tolerance:
+            [tensor] = tolerance.output_ids
+            test = np.load(zipfile.ZipFile(out).open(f"test_{tensor}.npy"))
+            assert 0 < tolerance.absolute_tolerance <= 0.01 * test.max(), (name, tensor)
+    summary = bx.check_package(tmp_path / "emdiffuse-n.zip")
+    assert summary.status == "passed", [(d.name, [str(e.msg)[:200] for e in d.errors]) for d in summary.details if d.status != "passed"]
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite_and_an_input_never(tiny, tmp_path, capsys):
+    from napari_emdiffuse.cli import main
+
+    out = tmp_path / "data.zip"
+    out.write_bytes(b"a user's archive")
+    assert main(["export-bioimageio", str(tiny), str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"emdiffuse export-bioimageio: error: {out} already exists; add --overwrite to replace it (or choose another name)"
+    link = tmp_path / "weights.zip"
+    link.symlink_to(tiny / "weights.safetensors")
+    weights = (tiny / "weights.safetensors").read_bytes()
+    assert main(["export-bioimageio", str(tiny), str(link), "--overwrite"]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert out.read_bytes() == b"a user's archive" and (tiny / "weights.safetensors").read_bytes() == weights
+
+
+@pytest.mark.slow
+def test_a_package_the_spec_refuses_is_one_line_and_leaves_the_old_file(tiny, tmp_path, capsys, monkeypatch):
+    from napari_emdiffuse.cli import main
+
+    monkeypatch.setattr(bx, "ABSOLUTE_FRACTION", 0.02)  # twice what the spec allows
+    out = tmp_path / "old.zip"
+    out.write_bytes(b"the previous package")
+    assert main(["export-bioimageio", str(tiny), str(out), "--overwrite"]) == 1  # our bug, not the user's input
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"{out}: the bioimage.io package could not be validated (" in line and "absolute_tolerance" in line, line
+    assert out.read_bytes() == b"the previous package" and sorted(tmp_path.iterdir()) == [out]
+
+
 def test_variants_without_a_2d_prediction_are_refused_in_words(tmp_path):
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.errors import InputError
