@@ -133,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
     if world.is_main:
         print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
-    return stop.exit_status() if result.reason == "cancelled" else 0
+    return stop.exit_status() if stop.signum is not None else 0  # a signal during the wrap-up is one too
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

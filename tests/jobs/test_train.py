@@ -106,6 +106,24 @@ def test_a_time_limit_keeps_room_for_the_final_validation_and_calibration(tmp_pa
     assert any(e.kind is Kind.MESSAGE and e.level == "warning" and "training stops after 0 s" in e.text for e in short)
 
 
+def test_a_stopped_run_saves_its_state_before_the_wrap_up(tmp_path, isbi_pair):
+    """A second Ctrl-C or a kill during the final validation and calibration (a minute; a
+    cluster's grace period after SIGTERM is often 30 s) lost the run: the checkpoint came after
+    them (the CLI walk of 2026-12-07). It now comes first, and the model is saved again with
+    its validation."""
+    noisy, clean = isbi_pair
+    token = new_cancel_token()
+    events = []
+    for e in train(_tiny(iterations=100000, checkpoint_every=100000, val_every=100000), {"input": noisy, "target": clean}, tmp_path, cancel=token):
+        if e.kind is Kind.LOSS and e.step == 3:
+            token.set()
+        events.append(e)
+    kinds = [e.kind for e in events]
+    assert kinds.index(Kind.CHECKPOINT) < kinds.index(Kind.VALIDATION)
+    assert load_file(str(tmp_path / CHECKPOINT))  # on disk before the wrap-up began
+    assert Model.load(tmp_path).info.metrics["val_step"] == 3  # and the model carries its validation
+
+
 def test_roi_restricts_training_data(tmp_path, isbi_pair):
     noisy, clean = isbi_pair
     ev = _run(train(_tiny(iterations=2), {"input": noisy, "target": clean}, tmp_path, roi=Roi(100, 200, 300, 420)))

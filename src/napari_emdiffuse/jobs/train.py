@@ -545,9 +545,12 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
                     last_validation = time.monotonic() if due else last_validation
         except Cancelled:
             reason = "cancelled"
-            yield Message("training cancelled; validating and saving the last state", "warning")
+            yield Message("training cancelled; the last state is saved first, then validated", "warning")
         with group.together():
             if world.is_main:
-                yield from final_validation()
+                # the state first: a kill or a second Ctrl-C during the minute of wrap-up (a
+                # cluster's grace period after SIGTERM is often 30 s) then loses no step
                 yield checkpoint(reason)
+                yield from final_validation()
+                model.save(run_dir, state=trainer.ema.state_dict())  # now with its validation and calibration
         yield TrainResult(run_dir, trainer.step, reason, trainer.val_psnr, baseline_psnr)
