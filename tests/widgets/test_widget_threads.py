@@ -136,5 +136,8 @@ def test_job_controls_follow_a_later_phase_under_its_name_within_the_time_limit(
     assert controls.progress.format() == "calibrating the uncertainty: %v / %m"
     assert (controls.progress.value(), controls.progress.maximum()) == (1, 4)
     assert controls.status.text() == "Calibrating the uncertainty… about 15 s left"
+    clock[0] = 170.0  # past the limit (a wrap-up longer than planned): the pace, not "0 s left"
+    controls._event(Progress(2, 4, "calibrating the uncertainty"))
+    assert controls.status.text() == "Calibrating the uncertainty… about 40 s left"
     controls.start(lambda cancel: iter(()), "again")
     assert controls.progress.format() == "step %v / %m"  # a new job starts with its own name

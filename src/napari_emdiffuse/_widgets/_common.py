@@ -291,8 +291,8 @@ class JobControls(QWidget):
                 self.progress.setValue(done)
                 if 0 < done < total and not self._cancelled:
                     left = (now - self._phase_started) * (total - done) / done
-                    if self._limit is not None:
-                        left = min(left, max(self._limit - (now - self.started), 0.0))
+                    if self._limit is not None and now - self.started < self._limit:  # past it, the pace alone says
+                        left = min(left, self._limit - (now - self.started))
                     self.status.setText(f"{what.capitalize() or 'Working'}… about {left:.0f} s left")
             case Message(text=text, level=level):
                 if level == "info" and text in _INFO_SHOWN:

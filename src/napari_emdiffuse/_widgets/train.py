@@ -572,11 +572,12 @@ class TrainWidget(DockWidget):
             return self.last_model
         raise InputError("choose a model in 'Start from' (fine-tune: …) or train one, then export it")
 
-    def export_bioimageio(self, path: str | Path) -> Path:
-        """Write :meth:`model_to_export` as a bioimage.io model package."""
+    def export_bioimageio(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write :meth:`model_to_export` as a bioimage.io model package (an existing file is
+        replaced only with ``overwrite``)."""
         from ..bioimageio_export import export_bioimageio
 
-        return export_bioimageio(self.model_to_export(), path)
+        return export_bioimageio(self.model_to_export(), path, overwrite)
 
     def _export_dialog(self) -> None:
         try:
@@ -587,7 +588,9 @@ class TrainWidget(DockWidget):
         path, _ = QFileDialog.getSaveFileName(self, "bioimage.io model package", f"{folder.name}.zip", "zip (*.zip)")
         if path:
             try:
-                out = self.export_bioimageio(path if path.endswith(".zip") else path + ".zip")
+                out = path if path.endswith(".zip") else path + ".zip"
+                # the save dialog asked before replacing the name it returned, not one with .zip added
+                out = self.export_bioimageio(out, overwrite=out == path)
                 self.controls.status.setText(f"bioimage.io package written to {out}")
             except Exception as err:  # noqa: BLE001 - shown to the user
                 self.controls.status.setText(_common.notify_error(err))
