@@ -115,6 +115,8 @@ def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewe
     enhanced = w.result_layers[0]
     assert "(partial)" in enhanced.name and hasattr(enhanced.data, "dask") and 1 <= enhanced.data.shape[0] < 3
     assert tuple(enhanced.translate) == pytest.approx(ORIGIN)
+    assert "em_enhanced.partial.zarr" in w.controls.status.text() and "Resume" in w.controls.status.text()
+    partial_layers = list(w.result_layers)
     w.controls.runner._on_event = forward
     w.run()  # neither Resume nor Overwrite: the partial result is kept, and the user told how to go on
     assert "tick 'Resume'" in w.controls.status.text() and partial.is_dir()
@@ -126,6 +128,8 @@ def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewe
     w.run()
     assert not partial.exists() and zarr.open_group(str(em_tiff.with_name("em_enhanced.zarr")), mode="r").attrs["complete"] is True
     assert w.result_layers[0].data.shape == (3, 64, 64) and "(partial)" not in w.result_layers[0].name
+    # the cancelled run's layers read the partial store this run moved: they are gone, not zeros
+    assert not any(layer in viewer.layers for layer in partial_layers)
 
 
 def _bad_paths(tmp_path, isbi):
