@@ -564,3 +564,6 @@ def test_no_output_is_written_inside_the_store_an_input_array_belongs_to(tmp_pat
     assert "lies inside" in said[0] and "the store the input" in said[0] and "refusing to overwrite the input" in said[1]
     assert checksums(store) == before
     assert main(["predict", "--model", str(model_dir), "--input", str(array), "--output", str(default_file_output(array)), *FAST]) == 0
+    # the store itself names its images to pick, not its bookkeeping
+    err = error_of(capsys, ["predict", "--model", str(model_dir), "--input", str(store), "--output", str(tmp_path / "x.tif"), *FAST])
+    assert f"{store}/mean" in err and ".blocks_done" not in err

@@ -121,8 +121,9 @@ def read_zarr(folder: Path, dataset: str | None = None, level: int = 0) -> Image
     if isinstance(node, zarr.Group):
         if _multiscales(dict(node.attrs)):
             return _ome_image(node, path, level)
-        names = sorted(name for name, _ in node.arrays())
-        groups = sorted(name for name, _ in node.groups())
+        # hidden names (".blocks_done" of our results) are bookkeeping, never an image to offer
+        names = sorted(name for name, _ in node.arrays() if not name.startswith("."))
+        groups = sorted(name for name, _ in node.groups() if not name.startswith("."))
         raise InputError(
             f"{path}: a zarr group, not an image; name one of its arrays or images: "
             + ", ".join(f"{path}/{n}" for n in (names + groups)[:8])
