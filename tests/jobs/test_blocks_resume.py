@@ -84,8 +84,9 @@ def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tm
     partial = cancelled_early(model, small_stack, tmp_path / "o.zarr")
     before = sorted(p.name for p in partial.rglob("*"))
     other = fast.model_copy(update={"steps": 3})
-    with pytest.raises(InputError, match=r"cannot resume: this run has other sampling settings \(steps"):
+    with pytest.raises(InputError, match=r"cannot resume: this run has other sampling settings \(steps") as refused:
         run_predict(model, small_stack, sample=other, output=tmp_path / "o.zarr", resume=True)
+    assert f"(steps {fast.steps} then, 3 now)" in str(refused.value) and "tile_size" not in str(refused.value)  # what changed, not two dicts
     with pytest.raises(InputError, match="cannot resume: this run has (another input|an input of another shape)"):
         run_predict(model, small_stack[:3], sample=fast, output=tmp_path / "o.zarr", resume=True)
     with pytest.raises(InputError, match="cannot resume: this run has another model"):

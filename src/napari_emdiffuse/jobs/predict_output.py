@@ -412,6 +412,15 @@ RESUME_KEY_WORDS = {
 }
 
 
+def _difference(name: str, then: Any, now: Any) -> str:
+    """What differs between two values of a resume-key entry: for settings, only the settings
+    that changed ("steps 2 then, 3 now"), not the two whole dictionaries."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        return ", ".join(f"{k} {then.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+    return f"{name} {then!r} then, {now!r} now"
+
+
 def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     """Refuse to continue a store that is not ours, or was made with another model, input or
     settings, or cut into other blocks (a version that cut large planes otherwise)."""
@@ -424,8 +433,8 @@ def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     for name in sorted(set(old) | set(key)):
         if old.get(name) != key.get(name):
             raise InputError(
-                f"{path}: cannot resume: this run has {RESUME_KEY_WORDS.get(name, name)} ({name} {old.get(name)!r} "
-                f"then, {key.get(name)!r} now); use the same model, input and settings, or --overwrite to start again"
+                f"{path}: cannot resume: this run has {RESUME_KEY_WORDS.get(name, name)} ({_difference(name, old.get(name), key.get(name))}); "
+                "use the same model, input and settings, or --overwrite to start again"
             )
     if attrs.get("blocks") != n_blocks:
         raise InputError(
