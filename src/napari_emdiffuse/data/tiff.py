@@ -1,5 +1,8 @@
 """TIFF and OME-TIFF: read lazily page by page, written plane by plane with the voxel size.
 
+Pages written one at a time read as one stack, as Fiji reads them; a file of several images of
+different sizes is refused rather than read as its first.
+
 A truncated file, or one whose header declares more than the file holds, is refused before
 any pixel is read; written files carry our provenance in a private tag.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,14 +114,34 @@ def _check_tiff_pages(pages: Any, path: Path, size: int) -> None:
         pages.useframes = useframes
 
 
+def _open_stack(path: Path) -> Any:
+    """The open TIFF, its first series the whole image. Pages written one by one are a series
+    each to tifffile (one 'shaped' series per write), but one stack to Fiji: opened again without
+    the shaped metadata, tifffile joins the pages of one shape and type into one series. A file
+    of several images that do not join is refused rather than read as its first alone."""
+    import tifffile
+
+    tf = tifffile.TiffFile(path)
+    series = tf.series
+    if len(series) > 1 and tf.is_shaped:
+        tf.close()
+        tf = tifffile.TiffFile(path, is_shaped=False)
+    if len(tf.series) > 1:
+        tf.close()
+        sizes = Counter(f"{'x'.join(map(str, s.shape))} {s.dtype}" for s in series)
+        held = ", ".join(f"{n} of {size}" if n > 1 else size for size, n in sizes.items())
+        what = "images of different sizes" if len(sizes) > 1 else "separate images"
+        raise InputError(f"{path}: the TIFF file holds {len(series)} {what} ({held}), not one stack; save the one to enhance as a file of its own")
+    return tf
+
+
 def read_tiff(path: Path) -> Image:
     """A TIFF or OME-TIFF stack, lazily (one chunk per page or tile)."""
-    import tifffile
     import zarr
 
     path = Path(path)
     try:
-        tf = tifffile.TiffFile(path)
+        tf = _open_stack(path)
         check_tiff_complete(tf, path)
         series = tf.series[0]
         arr = zarr.open(series.aszarr(), mode="r")

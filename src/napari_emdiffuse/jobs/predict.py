@@ -27,7 +27,7 @@ from ..engine.device import cpu_has_native_bf16, select_device, uses_bf16
 from ..errors import Cancelled, InputError
 from ..model_file import Model
 from ..variants import get_variant, model_options
-from ..variants.base import Variant
+from ..variants.base import Geometry, Variant
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
 from .predict_output import PredictionOutput, describe_compute, describe_region, finish_in_memory, in_memory, result_bytes
@@ -44,6 +44,20 @@ def normaliser_for(model: Model, image: Any) -> Normaliser:
     if norm.get("uint8") == "full range" and np.dtype(image.dtype) == np.uint8:
         return Normaliser(0.0, 255.0)
     return fit_normaliser(image, norm["low"], norm["high"], name="image")
+
+
+def output_geometry(variant: Variant, options: Any, shape: Sequence[int], voxel: Sequence[float], origin: Sequence[float] | None = None) -> Geometry:
+    """The output's shape, voxel size (µm) and first pixel's position (``origin``: where the
+    caller knows it lies, a part of an image). An input without a pixel size (1 per pixel, see
+    :func:`known_pixel_um`) gives an output without one, positioned in its own pixels: a size
+    derived from the placeholder (500 nm from "1 µm") would be written and read as measured."""
+    geometry = variant.output_geometry(shape, voxel, options)
+    if origin is not None:
+        geometry = replace(geometry, translation=tuple(float(o) for o in origin))
+    if known_pixel_um(voxel) is not None:
+        return geometry
+    position = None if geometry.translation is None else tuple(t / v for t, v in zip(geometry.translation, geometry.voxel))
+    return Geometry(geometry.shape, (1.0,) * len(geometry.shape), position)
 
 
 def predict(
@@ -90,9 +104,7 @@ def predict(
     variant, options = get_variant(model.variant), model_options(model)
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
-    geometry = variant.output_geometry(image.shape, voxel, options)
-    if origin is not None:  # the caller knows where the first output pixel lies (a part of an image)
-        geometry = replace(geometry, translation=tuple(float(o) for o in origin))
+    geometry = output_geometry(variant, options, image.shape, voxel, origin)
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
     n_samples = cfg.samples if keep_samples else 0
     calibration = model.calibration
