@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
 UNCERTAINTY_NAMES = ("std", "uncertainty")
+#: the role (as the Enhance widget marks its layers) of each array of a prediction's store
+RESULT_ROLES = {"mean": "enhanced", "std": "uncertainty", "uncertainty": "uncertainty", "lower": "bounds", "upper": "bounds", "samples": "samples"}
 #: Suffixes the core reads that napari reads as well and better (ordinary pictures): not claimed.
 LEFT_TO_NAPARI = (".png",)
 #: Percentiles of the data that set the contrast of a layer with no saved display window.
@@ -209,9 +211,12 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
     as the predict job writes them) place arrays that carry no geometry of their own."""
     import zarr
 
+    from .data.safe_output import own_attrs
+
     group = zarr.open_group(str(path), mode="r")
     group_voxel, origin = group.attrs.get("voxel_size"), group.attrs.get("origin")
     stem = path.name.split(".")[0]
+    ours = own_attrs(path) is not None
     layers = []
     names = [n for n, _ in group.arrays()] + [n for n, _ in group.groups()]
     for name in sorted(n for n in names if not n.startswith(".")):  # hidden: a prediction's bookkeeping
@@ -225,6 +230,8 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
             kwargs["translate"] = (0.0,) * (ndim - len(origin)) + tuple(float(o) for o in origin)
         if name in UNCERTAINTY_NAMES:
             kwargs.update(name=f"{stem} uncertainty", colormap="inferno")
+        if ours:  # a result reopened: the layer pickers do not guess it (its bounds least) as the next input
+            kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": RESULT_ROLES.get(name, "enhanced"), "reopened": str(path)}}
         layers.append((data, kwargs, kind))
     if not layers:
         raise InputError(f"{path}: the zarr group holds no images")

@@ -492,3 +492,25 @@ def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model
     shown = [str(n.message) for n in notes]
     bad = [m for m in shown if PLAIN.search(m)]
     assert not bad, bad
+
+
+def test_a_reopened_result_is_not_guessed_as_the_next_input(make_napari_viewer, isbi, voxel, tiny_model, tmp_path):
+    """Opening a saved result made the Enhance picker guess its upper bound as the next input
+    (the GUI walk of 2026-12-07): a reopened prediction store's layers count as results."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_emdiffuse import _reader
+    from napari_emdiffuse._widgets.pickers import LayerPicker
+    from napari_emdiffuse._widgets.qt_helpers import image_type
+    from napari_emdiffuse.jobs.predict import run_predict
+    from napari_emdiffuse.model_file import Model
+
+    run_predict(Model.load(tiny_model), isbi[:2, :32, :32], device="cpu", output=tmp_path / "lay.zarr", keep_samples=True)
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:2, :32, :32], name="em", scale=voxel)
+    for data, kwargs, _ in _reader.read_paths(str(tmp_path / "lay.zarr")):
+        viewer.add_image(data, **kwargs)
+    QApplication.processEvents()
+    roles = {layer.name: layer.metadata.get("emdiffuse", {}).get("role") for layer in viewer.layers}
+    assert roles["lay mean"] == "enhanced" and roles["lay uncertainty"] == "uncertainty" and roles["lay samples"] == "samples"
+    assert LayerPicker(viewer, image_type()).layer().name == "em"

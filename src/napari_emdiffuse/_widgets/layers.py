@@ -27,7 +27,7 @@ def unwrap(layer: Any) -> Any:
 
 
 #: ``metadata["emdiffuse"]["role"]`` of the layers the plugin makes (results, overlays, previews).
-PLUGIN_ROLES = ("enhanced", "uncertainty", "regions", "samples", "preview", "swipe")
+PLUGIN_ROLES = ("enhanced", "uncertainty", "bounds", "regions", "samples", "preview", "swipe")
 
 
 def is_plugin_output(layer: Any) -> bool:
