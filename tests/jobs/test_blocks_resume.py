@@ -89,6 +89,8 @@ def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tm
     assert f"(steps {fast.steps} then, 3 now)" in str(refused.value) and "tile_size" not in str(refused.value)  # what changed, not two dicts
     with pytest.raises(InputError, match="cannot resume: this run has (another input|an input of another shape)"):
         run_predict(model, small_stack[:3], sample=fast, output=tmp_path / "o.zarr", resume=True)
+    with pytest.raises(InputError, match=r"cannot resume: this run has another input \(its content differs"):
+        run_predict(model, np.ascontiguousarray(small_stack[:, :, ::-1]), sample=fast, output=tmp_path / "o.zarr", resume=True)  # same range: a flipped copy
     with pytest.raises(InputError, match="cannot resume: this run has another model"):
         run_predict(random_model("tiny", {"residual": False}), small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True)
     with pytest.raises(InputError, match="this run has samples kept or not .*'Add the samples as a layer'"):

@@ -170,6 +170,7 @@ def predict(
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),
+                "input_content": input_digest(image),
                 "normaliser": normaliser.to_dict(),
                 "variant_options": options.model_dump(mode="json"),
                 "settings": cfg.model_dump(mode="json"),
@@ -281,6 +282,25 @@ def model_digest(model: Model) -> str:
     described = {k: v for k, v in model.to_json().items() if k not in DESCRIPTIVE}
     h = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     return weights_digest(model, h)
+
+
+#: planes, and pixels a side of each plane's centre, that :func:`input_digest` reads
+DIGEST_PLANES, DIGEST_PX = 8, 128
+
+
+def input_digest(image: Any) -> str:
+    """A hash of samples of the input's content (the central ``DIGEST_PX`` square of up to
+    ``DIGEST_PLANES`` planes spread through it; cheap for a lazy volume of any size): a store is
+    resumed only from the same input. Its shape and intensity range alone let another image of
+    the same range (a flipped copy) finish a store begun on the first one."""
+    h = hashlib.sha256(str(np.dtype(image.dtype)).encode())
+    planes = [()] if image.ndim == 2 else [(int(z),) for z in np.unique(np.linspace(0, image.shape[0] - 1, DIGEST_PLANES).round())]
+    hh, ww = (int(n) for n in image.shape[-2:])
+    y0, x0 = max(0, (hh - DIGEST_PX) // 2), max(0, (ww - DIGEST_PX) // 2)
+    for z in planes:
+        crop = np.asarray(image[(*z, slice(y0, y0 + DIGEST_PX), slice(x0, x0 + DIGEST_PX))])
+        h.update(np.ascontiguousarray(crop).tobytes())
+    return h.hexdigest()
 
 
 def weights_digest(model: Model, h: Any = None) -> str:

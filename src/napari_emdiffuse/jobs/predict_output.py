@@ -403,6 +403,7 @@ def result_arrays(path: Path) -> tuple[Any, Any, Any, Any, Any]:
 RESUME_KEY_WORDS = {
     "model": "another model",
     "input_shape": "an input of another shape",
+    "input_content": "another input (its content differs)",
     "normaliser": "another input (its intensity range differs)",
     "variant_options": "other variant options",
     "settings": "other sampling settings (steps, samples, sampler, tiles or seed)",
