@@ -567,3 +567,20 @@ def test_no_output_is_written_inside_the_store_an_input_array_belongs_to(tmp_pat
     # the store itself names its images to pick, not its bookkeeping
     err = error_of(capsys, ["predict", "--model", str(model_dir), "--input", str(store), "--output", str(tmp_path / "x.tif"), *FAST])
     assert f"{store}/mean" in err and ".blocks_done" not in err
+
+
+def test_one_sample_writes_no_bounds_and_says_why(tmp_path, model_dir, stack, capsys):
+    """``--samples 1`` wrote lower and upper bounds equal to the result (zero spread: a 0-width
+    "90 %" interval; the CLI walk of 2026-12-07)."""
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(model_dir, calibrated)
+    meta = json.loads((calibrated / "model.json").read_text())
+    from napari_emdiffuse.uncertainty import ALPHAS
+
+    meta.setdefault("metrics", {})["calibration"] = {"alpha": 0.1, "alphas": list(ALPHAS), "q": [2.0] * len(ALPHAS), "samples": 2, "steps": 2, "sampler": "dpmpp_2m"}
+    (calibrated / "model.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(calibrated), "--input", str(stack), "--output", str(tmp_path / "o.tif"), "--steps", "2", "--samples", "1"]) == 0
+    said = capsys.readouterr()
+    assert "one sample has no spread" in said.out + said.err
+    assert sorted(p.name for p in tmp_path.glob("o*.tif")) == ["o.tif", "o_uncertainty.tif"]

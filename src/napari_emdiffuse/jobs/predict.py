@@ -107,7 +107,8 @@ def predict(
     geometry = output_geometry(variant, options, image.shape, voxel, origin)
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
     n_samples = cfg.samples if keep_samples else 0
-    calibration = model.calibration
+    # one sample has no spread: its error map is zero, and bounds from it would claim a certainty it has not
+    calibration = model.calibration if cfg.samples >= 2 else None
     out = PredictionOutput(output, input_paths, overwrite, n_samples, bool(calibration), resume) if output is not None else None
     if cluster is not None and (out is None or not out.names.store):
         raise InputError("--cluster writes its blocks into a zarr store: give --output OUT.zarr")
@@ -122,7 +123,9 @@ def predict(
                 yield Message(note, "warning")
         if pixel_um is None and (note := model.unknown_pixel_note()):
             yield Message(note, "info")
-        if out is not None and not calibration:
+        if cfg.samples < 2:
+            yield Message("one sample has no spread: the uncertainty map is zero and no error bounds are written; use 2 or more samples for them", "warning")
+        elif out is not None and not calibration:
             yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
         q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
         error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
@@ -170,7 +173,7 @@ def predict(
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),
-                "input_content": input_digest(image),
+                **({"input_content": input_digest(image)} if out is not None and out.names.store else {}),  # only a store resumes
                 "normaliser": normaliser.to_dict(),
                 "variant_options": options.model_dump(mode="json"),
                 "settings": cfg.model_dump(mode="json"),
