@@ -389,6 +389,13 @@ def test_train_refuses_a_folder_holding_a_model_and_a_locked_one(tmp_path, model
     with safe_output.Lock(run / "train.lock", f"run folder {run}"):
         assert f"in use by process {os.getpid()}" in error_of(capsys, [*argv, "--overwrite"])
     assert checksums(run) == before
+    # a user's folder (no model in it) is never written into, as the README promises (it was)
+    mine = user_folder(tmp_path, "mine")
+    mine_before = checksums(mine)
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        argv = ["train", "--preset", "tiny", "--clean", str(stack), "--out", str(mine), "--iterations", "2", "-q", *extra]
+        assert "not a training run" in error_of(capsys, argv)
+    assert checksums(mine) == mine_before
 
 
 # --- 3. cancel keeps only finished planes; info says what a file is -----------------------------
@@ -567,6 +574,13 @@ def test_no_output_is_written_inside_the_store_an_input_array_belongs_to(tmp_pat
     # the store itself names its images to pick, not its bookkeeping
     err = error_of(capsys, ["predict", "--model", str(model_dir), "--input", str(store), "--output", str(tmp_path / "x.tif"), *FAST])
     assert f"{store}/mean" in err and ".blocks_done" not in err
+
+
+def test_a_tiff_output_that_is_a_folder_is_refused_before_computing(tmp_path, model_dir, stack, capsys, monkeypatch):
+    (tmp_path / "isdir.tif").mkdir()
+    monkeypatch.setattr("napari_emdiffuse.jobs.blocks.BlockRunner.run", lambda *a, **k: pytest.fail("computed first"))
+    for extra in ((), ("--overwrite",)):
+        assert "is a folder; a TIFF result needs a file name" in error_of(capsys, predict_args(model_dir, stack, tmp_path / "isdir.tif", *extra))
 
 
 def test_one_sample_writes_no_bounds_and_says_why(tmp_path, model_dir, stack, capsys):

@@ -275,7 +275,9 @@ def check_space(folder: str | Path, nbytes: int) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < nbytes + SPACE_MARGIN:
-        raise InputError(f"{folder}: not enough free space (the output needs about {_size(nbytes)}, {_size(free)} free)")
+        raise InputError(
+            f"{folder}: not enough free space (the output needs about {_size(nbytes)}, and {_size(SPACE_MARGIN)} are kept free; {_size(free)} free)"
+        )
 
 
 def _size(n: int) -> str:

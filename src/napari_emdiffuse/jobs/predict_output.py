@@ -214,6 +214,9 @@ class PredictionOutput:
         names = self.names.finals()
         every = names + [OutputNames.partial(p) for p in names]
         partial = OutputNames.partial(self.names.mean)
+        folder = next((p for p in names if not self.names.store and p.is_dir()), None)
+        if folder is not None:  # found now, not at the rename after all the computing
+            raise InputError(f"{folder}: is a folder; a TIFF result needs a file name there (or write OUT.zarr)")
         self.stale = [p for p in self.names.companions() if p not in names]
         for p in every + self.stale:
             if not (self.resume and p == partial):

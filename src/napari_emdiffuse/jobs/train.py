@@ -43,6 +43,8 @@ from .events import CancelToken, CheckpointSaved, Loss, Message, Preview, Progre
 
 CHECKPOINT = "checkpoint.safetensors"
 LOCK = "train.lock"
+#: what a run folder holds (and nothing else: a folder with other files is a user's)
+RUN_FILES = (MODEL_JSON, WEIGHTS, CHECKPOINT, LOCK, "MODEL_CARD.md")
 WARMUP_STEPS = 100
 #: wall-clock seconds after which a validation is due, however few steps that was
 VALIDATE_SECONDS = 180.0
@@ -291,6 +293,8 @@ def check_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None
     held = [name for name in (MODEL_JSON, WEIGHTS, CHECKPOINT) if (run_dir / name).exists()]
     if held and not resume and not overwrite:
         raise InputError(f"{run_dir} holds a trained model ({', '.join(held)}); add --resume to continue it, or --overwrite to start afresh and replace it")
+    if not held and run_dir.is_dir() and any(p.name not in RUN_FILES and not p.name.startswith(".") for p in run_dir.iterdir()):  # (hidden: a killed write's temporaries)
+        raise InputError(f"{run_dir}: an existing folder that is not a training run; refusing to write into it, choose a new --out")
 
 
 def continues_run(run_dir: str | Path, resume: bool, overwrite: bool, world: World | None = None) -> bool:
