@@ -48,6 +48,7 @@ def test_a_validation_below_the_baseline_shows_as_such_and_a_new_run_starts_clea
     plot.add(2, 0.4)
     plot.add_validation(2, 8.6, 16.3, "noisy input")
     assert plot.caption()[1] == "validation 8.60 dB, noisy input 16.30 dB (-7.70)"
+    assert plot.caption(width=120)[1] == "validation 8.60 dB (-7.70 dB over the baseline)"  # a narrow dock: the margin stays
     plot.clear()
     assert plot.caption() == ["loss: waiting for the first step"] and plot.baseline_psnr is None
     plot.grab()  # paints with nothing to draw

@@ -99,9 +99,12 @@ def test_an_existing_result_is_refused_without_overwrite(make_napari_viewer, em_
     assert len(viewer.layers) == n and (out / "zarr.json").stat().st_mtime_ns == stamp  # refused, kept
     message = w.controls.status.text()
     assert "already exists" in message and "tick 'Overwrite'" in message and "--" not in message
+    first = list(w.result_layers)
     w.overwrite.setChecked(True)
     w.run()
-    assert len(viewer.layers) == n + 3 and w.controls.status.text().startswith("Done")
+    # the replaced store's layers go with it; the new result's come (not "[1]" copies beside stale ones)
+    assert len(viewer.layers) == n and w.controls.status.text().startswith("Done")
+    assert not any(layer in viewer.layers for layer in first) and all(layer in viewer.layers for layer in w.result_layers)
 
 
 def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewer, em_tiff, tiny_model, open_dock, cancel_part_way):

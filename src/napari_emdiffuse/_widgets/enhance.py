@@ -133,7 +133,7 @@ class EnhanceWidget(DockWidget):
         self.result_layers: list[Any] = []  # the enhanced image and its uncertainty map
         self.regions_layer: Any = None  # the regions where the samples disagree most
         self.samples_layer: Any = None  # the samples themselves, when asked for
-        self._partial_layers: dict[str, list[Any]] = {}  # output path: the layers a cancelled run into it left
+        self._store_layers: dict[str, list[Any]] = {}  # output path: the layers that read the store written there
         self._bound: Any = None  # the last result's error map, the regions' source
 
         self.source = combo(((label, key, tip) for key, (label, tip) in SOURCES.items()), "What to enhance: a layer, or a file or folder on disk")
@@ -545,7 +545,7 @@ class EnhanceWidget(DockWidget):
         from ..jobs.predict import predict
 
         self._plan = plan
-        self._drop_partial_layers(plan.output)
+        self._drop_store_layers(plan.output)
 
         def job(cancel: Any):
             return predict(
@@ -570,23 +570,29 @@ class EnhanceWidget(DockWidget):
         match event:
             case PredictResult(complete=True):
                 self._add_results(event)
+                self._remember_store_layers()
             case PredictResult(finished=None):
                 self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
             case PredictResult(finished=region):
                 self._add_results(event, region)
-                output = self._plan.output
-                if output is not None:  # the layers read the partial store: remembered, to go when it moves
-                    self._partial_layers[str(output)] = [*self.result_layers, *(x for x in (self.samples_layer, self.regions_layer) if x is not None)]
+                self._remember_store_layers()
                 where = f" (also in {event.written[0]}; run again with Resume ticked to finish it)" if event.written else ""
                 self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
 
-    def _drop_partial_layers(self, output: Path | None) -> None:
-        """Remove the '(partial)' layers of an earlier cancelled run into ``output``: they read
-        its partial store, which this run continues and moves (or replaces), so they would show
-        zeros where they showed the finished part."""
+    def _remember_store_layers(self) -> None:
+        """The layers just added read the store this run wrote (if it wrote one): remembered, to
+        go when a later run continues, moves or replaces that store."""
+        output = self._plan.output
+        if output is not None:
+            self._store_layers[str(output)] = [*self.result_layers, *(x for x in (self.samples_layer, self.regions_layer) if x is not None)]
+
+    def _drop_store_layers(self, output: Path | None) -> None:
+        """Remove the layers of an earlier run into ``output``: they read its store, which this
+        run continues and moves (a cancelled run's '(partial)' layers) or replaces (Overwrite),
+        so they would show zeros or another result under their old names."""
         from qtpy.QtWidgets import QApplication
 
-        stale = [layer for layer in self._partial_layers.pop(str(output), []) if layer in self.viewer.layers] if output else []
+        stale = [layer for layer in self._store_layers.pop(str(output), []) if layer in self.viewer.layers] if output else []
         for layer in stale:
             self.viewer.layers.remove(layer)
         if stale:

@@ -64,16 +64,21 @@ class LossPlot(QWidget):
             self.baseline_psnr, self.baseline = baseline_psnr, baseline
         self.update()
 
-    def caption(self) -> list[str]:
-        """The plot's text lines: the loss now, then the latest validation against the baseline."""
+    def caption(self, width: float | None = None) -> list[str]:
+        """The plot's text lines: the loss now, then the latest validation against the baseline;
+        within ``width`` pixels the baseline's name and figure give way first (the dashed line
+        is labelled with the name), the margin over it stays."""
         if not self.steps:
             return ["loss: waiting for the first step"]
         lines = [f"step {self.steps[-1]}   loss {self.smoothed[-1]:.4f}"]
         if self.validation:
-            text = f"validation {self.validation[-1][1]:.2f} dB"
+            psnr = self.validation[-1][1]
+            text = f"validation {psnr:.2f} dB"
             if self.baseline_psnr is not None:
-                margin = self.validation[-1][1] - self.baseline_psnr
-                text += f", {self.baseline} {self.baseline_psnr:.2f} dB ({margin:+.2f})"
+                margin = psnr - self.baseline_psnr
+                full = f"{text}, {self.baseline} {self.baseline_psnr:.2f} dB ({margin:+.2f})"
+                fits = width is None or self.fontMetrics().horizontalAdvance(full) <= width
+                text = full if fits else f"{text} ({margin:+.2f} dB over the baseline)"
             lines.append(text)
         return lines
 
@@ -102,7 +107,7 @@ class LossPlot(QWidget):
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         fg = self.palette().color(self.foregroundRole())
         frame = QColor(fg.red(), fg.green(), fg.blue(), 90)
-        for i, line in enumerate(self.caption()):
+        for i, line in enumerate(self.caption(self.width() - 8)):
             p.setPen(fg)
             p.drawText(QRectF(4, 2 + i * LINE_HEIGHT, self.width() - 8, LINE_HEIGHT), Qt.AlignmentFlag.AlignLeft, line)
         loss_area, val_area = self.panels()
