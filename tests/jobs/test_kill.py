@@ -146,17 +146,26 @@ def test_a_second_ctrl_c_aborts_with_130_and_leaves_nothing_half_written(setting
     assert sha(list(before)) == before and leftovers(results) == []
 
 
-def test_sigkill_leaves_only_a_temporary_marked_incomplete(setting, caplog):
+def test_sigkill_leaves_only_a_temporary_marked_incomplete(setting, caplog, capsys):
     model, stack, results, before = setting
     out = results / "out.zarr"
     child = Child(predict_args(model, stack, out))
-    child.wait_for(STEPS + 1)
+    child.wait_for(2 * STEPS + 4)  # into the second plane: the first is written and marked done
     assert child.finish(signal.SIGKILL) == -signal.SIGKILL
     assert not out.exists() and not (results / "out.partial.zarr").exists()
     temps = [p for p in results.iterdir() if p.name.startswith(f".out.zarr.tmp-{child.proc.pid}-")]
     assert len(temps) == 1 and zarr.open_group(str(temps[0]), mode="r").attrs["complete"] is False
     assert (results / "out.zarr.lock").exists()
-    assert main(predict_args(model, stack, out)) == 0  # the dead process's lock and temporary are cleared
+    done = int(np.count_nonzero(zarr.open_array(str(temps[0] / ".blocks_done"), mode="r")[:]))
+    assert done >= 1  # the first plane was finished: work a plain rerun must not throw away unasked
+    capsys.readouterr()
+    assert main(predict_args(model, stack, out)) == 2
+    err = capsys.readouterr().err
+    assert f"left {done} finished blocks beside it" in err and "add --resume to continue it" in err
+    assert main(["info", str(temps[0])]) == 0
+    assert f"complete: NO: {done} of {PLANES} blocks are finished" in capsys.readouterr().out  # as resume sees it
+    assert temps[0].is_dir() and not out.exists()
+    assert main([*predict_args(model, stack, out), "--overwrite"]) == 0  # asked: the dead process's lock and temporary are cleared
     assert "no longer running" in caplog.text and zarr.open_group(str(out), mode="r").attrs["complete"] is True
     assert sha(list(before)) == before and leftovers(results) == []
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -179,6 +180,16 @@ def ome_image_attrs(name: str, voxel: Sequence[float], origin: Sequence[float], 
     return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
 
 
+def _blocks_done(store: Path) -> int:
+    """How many blocks a (killed run's) store finished; 0 for one without block markers."""
+    import zarr
+
+    try:
+        return int(np.count_nonzero(zarr.open_array(str(store / DONE), mode="r")[:]))
+    except Exception:  # noqa: BLE001 - no markers, or broken ones: nothing to resume
+        return 0
+
+
 def _dead_temps(final: Path) -> list[Path]:
     """Stores a killed run left under a hidden temporary name beside ``final``."""
     return [p for p in final.parent.glob(f".{final.name}.tmp-*") if p.is_dir()]
@@ -221,12 +232,22 @@ class PredictionOutput:
         for p in every + self.stale:
             if not (self.resume and p == partial):
                 check_new_output(p, self.inputs, self.overwrite)
-        # taking over a dead run's lock removes its temporaries, except the store a resume continues
-        cleared = [p for p in every if not (self.resume and p == self.names.mean)]
+        # taking over a dead run's lock removes its temporaries, except a store it was writing:
+        # its finished blocks are work a user may want to resume, decided below
+        cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
         self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
-        if self.resume:  # with the lock held, a temporary store beside is a killed run's
-            found = [p for p in (partial, *_dead_temps(self.names.mean)) if p.is_dir()]
+        killed = [p for p in _dead_temps(self.names.mean) if _blocks_done(p)]  # with the lock held: a killed run's work
+        if self.resume:
+            found = [p for p in (partial, *killed) if p.is_dir()]
             self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
+        elif killed and not self.overwrite:
+            self.close()
+            raise InputError(
+                f"{self.names.mean}: a run that was killed left {_blocks_done(killed[0])} finished blocks beside it ({killed[0].name}); "
+                "add --resume to continue it, or --overwrite to start again"
+            )
+        for store in _dead_temps(self.names.mean) if not self.resume else ():
+            shutil.rmtree(store, ignore_errors=True)  # asked to start again (or no block of it was finished)
         check_space(self.names.mean.parent, nbytes)
 
     def allocate(
