@@ -64,6 +64,19 @@ def test_pairs_are_registered_filtered_and_split(tmp_path, pair, distort):
     assert max(scores) > 0.97  # registered to within a fraction of a pixel
 
 
+def test_aligned_pairs_keep_their_edge_patches_and_a_shifted_target_loses_only_those_it_misses(tmp_path, isbi_path, distort):
+    """The user walk of an aligned noisy/clean pair: every edge patch used to be "not covered"."""
+    clean = tifffile.imread(isbi_path, key=range(4))[:, :256, :296].copy()
+    noisy = np.stack([np.clip(distort.heavy_noise(c / 255.0, seed=z, peak=20) * 255, 0, 255).astype(np.uint8) for z, c in enumerate(clean)])
+    aligned = run_prepare(prepare_pairs(Image(noisy[..., :256], VOXEL), Image(clean[..., :256], VOXEL), tmp_path / "a.zarr", opts=OPTS))
+    assert aligned["patches_rejected"] == {"misaligned": 0, "not covered": 0, "flat": 0}
+    # the input starts 40 px right of the target: the last column of patches is not in the target
+    shifted = run_prepare(prepare_pairs(Image(noisy[..., 40:], VOXEL), Image(clean[..., :256], VOXEL), tmp_path / "s.zarr", opts=OPTS))
+    cut = sum("kept" in s for s in shifted["slices"])
+    assert shifted["patches_rejected"] == {"misaligned": 0, "not covered": 4 * cut, "flat": 0}
+    assert sum(shifted["patches_kept"].values()) == 12 * cut
+
+
 def test_unrelated_pairs_yield_no_training_set(tmp_path, pair, fibsem_path):
     noisy, _, _ = pair
     other = tifffile.imread(fibsem_path, key=range(5))[:, :256, :256]

@@ -41,6 +41,16 @@ def test_super_resolution_pair_registered_at_the_fine_grid(isbi_slice, distort):
     assert _median_error(reg.coords, qy, qx) < 1.0  # fine pixels: half a coarse pixel
 
 
+def test_only_pixels_the_target_does_not_reach_count_as_not_covered(isbi_slice, distort):
+    """Registration is accurate to a fraction of a pixel, not exactly: an aligned pair must cover
+    its edges; a target 24 px to the left leaves the input's last 24 columns uncovered."""
+    aligned = register_pair(distort.heavy_noise(isbi_slice, peak=20), isbi_slice)
+    assert aligned.valid.all() and aligned.kept.all()
+    shifted = register_pair(distort.heavy_noise(isbi_slice[:, 24:], peak=20), isbi_slice[:, :-24])
+    assert shifted.valid[:, :462].all() and not shifted.valid[:, 466:].any()
+    assert shifted.warped[:, 466:].max() == 0  # nothing made up where the target is missing
+
+
 def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path, distort):
     import tifffile
 

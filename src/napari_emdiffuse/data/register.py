@@ -184,12 +184,19 @@ def _coords_from_affine(matrix: np.ndarray, shape: tuple[int, int], flow: np.nda
 
 
 def warp_to(image: np.ndarray, coords: np.ndarray, order: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` sampled at ``coords`` (2, H, W), and where those lie inside it."""
+    """``image`` sampled at ``coords`` (2, H, W), and where those lie on it (0 where they do not).
+
+    A pixel covers the unit square around its centre, so positions up to half a pixel beyond the
+    outermost centres are on the image: registration is only accurate to a fraction of a pixel,
+    and an aligned pair must not lose its edges to that. There the edge pixels are repeated
+    rather than mixed with a black border.
+    """
     interp = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}[order]
     a = np.asarray(image, np.float32)
-    out = cv2.remap(a, coords[1], coords[0], interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    out = cv2.remap(a, coords[1], coords[0], interp, borderMode=cv2.BORDER_REPLICATE)
     h, w = a.shape
-    valid = (coords[0] >= 0) & (coords[0] <= h - 1) & (coords[1] >= 0) & (coords[1] <= w - 1)
+    valid = (coords[0] >= -0.5) & (coords[0] <= h - 0.5) & (coords[1] >= -0.5) & (coords[1] <= w - 0.5)
+    out[~valid] = 0.0
     return out, valid
 
 
