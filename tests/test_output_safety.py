@@ -334,7 +334,7 @@ def test_two_processes_taking_over_one_stale_lock_at_once_only_one_wins(tmp_path
     lock_path = tmp_path / "out.zarr.lock"
     lock_path.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "yesterday"}))
     both_saw_it = threading.Barrier(2)
-    real_alive = safe_output._alive
+    real_alive = safe_output.pid_alive
 
     def alive(pid: int) -> bool:
         if pid != dead.pid:
@@ -344,7 +344,7 @@ def test_two_processes_taking_over_one_stale_lock_at_once_only_one_wins(tmp_path
             time.sleep(0.3)
         return False
 
-    monkeypatch.setattr(safe_output, "_alive", alive)
+    monkeypatch.setattr(safe_output, "pid_alive", alive)
     outcome: dict[str, str] = {}
 
     def contend() -> None:
@@ -598,3 +598,66 @@ def test_one_sample_writes_no_bounds_and_says_why(tmp_path, model_dir, stack, ca
     said = capsys.readouterr()
     assert "one sample has no spread" in said.out + said.err
     assert sorted(p.name for p in tmp_path.glob("o*.tif")) == ["o.tif", "o_uncertainty.tif"]
+
+
+def test_a_users_file_named_like_a_companion_is_never_removed(tmp_path, model_dir, stack, capsys):
+    """``o_sample12.tif`` of the user's was taken for an earlier result's sample and deleted
+    under --overwrite (the review of 2026-12-07): only files carrying our provenance go."""
+    out = tmp_path / "o.tif"
+    mine = tmp_path / "o_sample12.tif"
+    tifffile.imwrite(mine, np.zeros((4, 4), np.uint8))
+    before = checksums(tmp_path)
+    for extra in ((), ("--overwrite",)):
+        assert "not written by" in error_of(capsys, predict_args(model_dir, stack, out, *extra))
+    assert checksums(tmp_path) == before
+
+
+def test_a_set_whose_rename_fails_half_way_keeps_the_old_set_whole(tmp_path, monkeypatch):
+    """A rename that fails after the first (a file open in Fiji on Windows) left a new result
+    beside the old uncertainty (the review of 2026-12-07)."""
+    finals = [tmp_path / "o.tif", tmp_path / "o_uncertainty.tif"]
+    for f in finals:
+        f.write_bytes(b"old " + f.name.encode())
+    before = checksums(tmp_path)
+    real, calls = os.replace, []
+
+    def second_fails(a, b):
+        calls.append((a, b))
+        if Path(b) == finals[1] and Path(a).name.endswith("set.tif"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(a, b)
+
+    monkeypatch.setattr(safe_output.os, "replace", second_fails)
+    with pytest.raises(InputError, match="none of its 2 files"):
+        with safe_output.replacing_set(finals) as temps:
+            for t in temps:
+                t.write_bytes(b"new")
+    assert checksums(tmp_path) == before  # both old files back, no temporary or moved-aside file left
+
+
+def test_a_name_with_glob_characters_touches_no_other_outputs_store(tmp_path, model_dir, stack):
+    """Writing ``a[1].zarr`` removed the killed-run store of ``a1.zarr`` (a glob pattern, not a name)."""
+    other = tmp_path / ".a1.zarr.tmp-999999-x"
+    (other / ".blocks_done").mkdir(parents=True)
+    assert main(predict_args(model_dir, stack, tmp_path / "a[1].zarr", "--overwrite")) == 0
+    assert other.is_dir()
+
+
+def test_the_store_an_input_belongs_to_is_found_without_climbing_into_a_users_folder(tmp_path):
+    """A folder that happens to hold an ``attributes.json`` is no N5 store (the review of 2026-12-07)."""
+    from napari_emdiffuse.data.formats import store_root
+
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "attributes.json").write_text("{}")
+    assert store_root(mine / "x.tif") == mine / "x.tif"
+    n5 = tmp_path / "v.n5"
+    (n5 / "g" / "s0").mkdir(parents=True)
+    for folder in (n5, n5 / "g", n5 / "g" / "s0"):
+        (folder / "attributes.json").write_text("{}")
+    assert store_root(n5 / "g" / "s0") == n5
+    z = tmp_path / "r.zarr"
+    (z / "mean").mkdir(parents=True)
+    (z / "zarr.json").write_text("{}")
+    (z / "mean" / "zarr.json").write_text("{}")
+    assert store_root(z / "mean") == z

@@ -216,7 +216,7 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
     group = zarr.open_group(str(path), mode="r")
     group_voxel, origin = group.attrs.get("voxel_size"), group.attrs.get("origin")
     stem = path.name.split(".")[0]
-    ours = own_attrs(path) is not None
+    ours = "finished" in (own_attrs(path) or {})  # a prediction's store (a training set is an input)
     layers = []
     names = [n for n, _ in group.arrays()] + [n for n, _ in group.groups()]
     for name in sorted(n for n in names if not n.startswith(".")):  # hidden: a prediction's bookkeeping

@@ -165,7 +165,7 @@ class EnhanceWidget(DockWidget):
             "How the diffusion model is sampled",
         )
         self.steps = spin(1, 2000, "Sampler steps: network evaluations per sample (more is slower and a little sharper)")
-        self.samples = spin(1, 64, "Samples averaged per pixel; their spread is the uncertainty map (2 or more)")
+        self.samples = spin(2, 64, "Samples drawn per pixel (2 or more): their spread is the uncertainty map")
         self.keep_samples = QCheckBox("Add the samples as a layer")
         self.keep_samples.setToolTip(
             "Also add the samples themselves (a layer with a leading sample axis, hidden at first). They have the "
@@ -545,7 +545,6 @@ class EnhanceWidget(DockWidget):
         from ..jobs.predict import predict
 
         self._plan = plan
-        self._drop_store_layers(plan.output)
 
         def job(cancel: Any):
             return predict(
@@ -569,11 +568,13 @@ class EnhanceWidget(DockWidget):
         """The result (progress and messages are shown by the job controls)."""
         match event:
             case PredictResult(complete=True):
+                self._drop_store_layers(self._plan.output)
                 self._add_results(event)
                 self._remember_store_layers()
             case PredictResult(finished=None):
                 self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
             case PredictResult(finished=region):
+                self._drop_store_layers(self._plan.output)
                 self._add_results(event, region)
                 self._remember_store_layers()
                 where = f" (also in {event.written[0]}; run again with Resume ticked to finish it)" if event.written else ""
@@ -587,9 +588,10 @@ class EnhanceWidget(DockWidget):
             self._store_layers[str(output)] = [*self.result_layers, *(x for x in (self.samples_layer, self.regions_layer) if x is not None)]
 
     def _drop_store_layers(self, output: Path | None) -> None:
-        """Remove the layers of an earlier run into ``output``: they read its store, which this
-        run continues and moves (a cancelled run's '(partial)' layers) or replaces (Overwrite),
-        so they would show zeros or another result under their old names."""
+        """Remove the layers of an earlier run into ``output`` once this run's result is there:
+        they read the store it continued and moved (a cancelled run's '(partial)' layers) or
+        replaced (Overwrite), so they would show zeros or another result under their old names.
+        A run refused or cancelled before it finished a plane leaves them (and their store) be."""
         from qtpy.QtWidgets import QApplication
 
         stale = [layer for layer in self._store_layers.pop(str(output), []) if layer in self.viewer.layers] if output else []

@@ -91,6 +91,7 @@ class LossPlot(QWidget):
         return QRectF(LEFT, top, width, loss_h - 4), QRectF(LEFT, top + loss_h + 4, width, height - loss_h - 4)
 
     def step_range(self) -> tuple[int, int]:
+        """The step axis both panels share: the losses' steps and the validations'."""
         steps = self.steps + [s for s, _ in self.validation]
         s0 = min(steps) if steps else 0
         return s0, max(max(steps) if steps else 1, s0 + 1)

@@ -61,10 +61,18 @@ def store_root(path: str | Path) -> Path:
     anywhere inside would change."""
     root = Path(path)
     for parent in root.parents:
-        if not any((parent / name).is_file() for name in STORE_MARKERS):
+        if not _store_folder(parent):
             break
         root = parent
     return root
+
+
+def _store_folder(folder: Path) -> bool:
+    """Whether ``folder`` is part of a zarr store (its own marker files), or of an N5 store
+    (``attributes.json``, a name common enough that it counts only inside a ``.n5`` folder)."""
+    if any((folder / name).is_file() for name in STORE_MARKERS[:3]):
+        return True
+    return (folder / "attributes.json").is_file() and any(p.suffix.lower() == ".n5" for p in (folder, *folder.parents))
 
 
 def special_file(path: Path) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import ctypes.util
 import json
 import logging
@@ -100,15 +101,17 @@ def replacing_set(finals: Sequence[Path]) -> Iterator[list[Path]]:
     :func:`replacing_file`); when all are written they are renamed into place together, and a
     failure on any of them (a full disk at the last file, Ctrl-C) removes them all. So a set of
     results (the result, its uncertainty, its bounds) is never left short under its final names:
-    renaming needs no space. A failed write is reported in one line naming the set's first file."""
+    renaming needs no space. The files a set replaces are first moved aside and put back if a
+    rename fails (a file open in another program on Windows, one a colleague owns in a shared
+    folder), so the set under the final names is the whole old one or the whole new one. A
+    failed write is reported in one line naming the set's first file."""
     finals = [Path(f) for f in finals]
     temps = [f.parent / f"{_temp_prefix(f)}set{''.join(f.suffixes[-2:])}" for f in finals]
     try:
         for f in finals:
             f.parent.mkdir(parents=True, exist_ok=True)
         yield temps
-        for tmp, final in zip(temps, finals):
-            os.replace(tmp, final)
+        _rename_all(temps, finals)
         for folder in {f.parent for f in finals}:
             _fsync_dir(folder)
     except OSError as err:
@@ -121,6 +124,31 @@ def replacing_set(finals: Sequence[Path]) -> Iterator[list[Path]]:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _rename_all(temps: Sequence[Path], finals: Sequence[Path]) -> None:
+    """Rename each of ``temps`` to its final name, the old files moved aside first; if any step
+    fails, every final name gets its old file back (or none, where there was none)."""
+    moved: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, final in zip(temps, finals):
+            aside = None
+            if final.exists() or final.is_symlink():
+                aside = final.parent / f"{_temp_prefix(final)}old"
+                os.replace(final, aside)
+            moved.append((final, aside))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, aside in reversed(moved):
+            with contextlib.suppress(OSError):
+                if aside is not None:
+                    os.replace(aside, final)
+                else:
+                    final.unlink(missing_ok=True)
+        raise
+    for _, aside in moved:
+        if aside is not None:
+            aside.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -287,7 +315,8 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -355,7 +384,7 @@ class Lock:
         if other is None:
             return  # released meanwhile: try again
         pid, host = int(other["pid"]), str(other["host"])
-        if host != self.info["host"] or _alive(pid):
+        if host != self.info["host"] or pid_alive(pid):
             raise InputError(
                 f"{self.what} is in use by process {pid} on {host} (started {other.get('started', '?')}); "
                 f"wait for it to finish, or delete {self.path} if that process is gone"
@@ -374,7 +403,7 @@ class Lock:
                 return  # someone else took it over before we held the guard: try again
             log.warning("%s: taking over the lock of process %d, which is no longer running", self.what, pid)
             for out in self.outputs:
-                for left in out.parent.glob(f".{out.name}.tmp-{pid}-*"):
+                for left in out.parent.glob(f"{glob.escape(f'.{out.name}.tmp-{pid}-')}*"):
                     _remove(left)
             self.path.unlink(missing_ok=True)
         finally:

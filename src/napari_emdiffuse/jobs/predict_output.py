@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, replacing_set
+from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, pid_alive, replacing_set
 from ..errors import InputError
 from ..data.containers import CHUNK_PX
 from ..uncertainty import POOL_PX, ErrorModel
@@ -180,6 +180,19 @@ def ome_image_attrs(name: str, voxel: Sequence[float], origin: Sequence[float], 
     return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
 
 
+def _made_by_us(path: Path) -> bool:
+    """Whether a TIFF carries our provenance tag (a file we wrote, not one a user named alike)."""
+    import tifffile
+
+    from ..data.tiff import tiff_provenance
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return bool(tiff_provenance(tf))
+    except Exception:  # noqa: BLE001 - not a readable TIFF: not ours
+        return False
+
+
 def _blocks_done(store: Path) -> int:
     """How many blocks a (killed run's) store finished; 0 for one without block markers."""
     import zarr
@@ -191,8 +204,14 @@ def _blocks_done(store: Path) -> int:
 
 
 def _dead_temps(final: Path) -> list[Path]:
-    """Stores a killed run left under a hidden temporary name beside ``final``."""
-    return [p for p in final.parent.glob(f".{final.name}.tmp-*") if p.is_dir()]
+    """Stores a killed run left under a hidden temporary name beside ``final`` (``.NAME.tmp-PID-...``,
+    the name taken literally, whatever characters it holds; a process still running is not dead)."""
+    found = []
+    for p in final.parent.glob(f"{glob.escape('.' + final.name)}.tmp-*"):
+        pid = p.name[len(final.name) + 6 :].split("-", 1)[0]
+        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
+            found.append(p)
+    return found
 
 
 class PredictionOutput:
@@ -229,6 +248,9 @@ class PredictionOutput:
         if folder is not None:  # found now, not at the rename after all the computing
             raise InputError(f"{folder}: is a folder; a TIFF result needs a file name there (or write OUT.zarr)")
         self.stale = [p for p in self.names.companions() if p not in names]
+        for p in self.stale:  # removed with --overwrite only when we made it: a name alone says nothing
+            if p.is_file() and not _made_by_us(p):
+                raise InputError(f"{p}: named like a part of this result but not written by {SOFTWARE}; move or rename it, or choose another output name")
         for p in every + self.stale:
             if not (self.resume and p == partial):
                 check_new_output(p, self.inputs, self.overwrite)
@@ -455,6 +477,8 @@ def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     old = attrs.get("resume_key")
     if not isinstance(old, dict) or not (path / DONE).is_dir():
         raise InputError(f"{path}: made by an older version of {SOFTWARE} without block markers; it cannot be resumed (add --overwrite to start again)")
+    if "input_content" in key and "input_content" not in old:
+        raise InputError(f"{path}: made by a version of {SOFTWARE} that did not record its input's content, so it cannot be resumed safely; use --overwrite to start again")
     for name in sorted(set(old) | set(key)):
         if old.get(name) != key.get(name):
             raise InputError(
