@@ -661,3 +661,17 @@ def test_the_store_an_input_belongs_to_is_found_without_climbing_into_a_users_fo
     (z / "zarr.json").write_text("{}")
     (z / "mean" / "zarr.json").write_text("{}")
     assert store_root(z / "mean") == z
+
+
+def test_the_precision_note_is_given_once_a_session(model_dir, stack, monkeypatch):
+    """The bf16 note popped up on every Enhance run (the GUI walk of 2026-12-07): it is a fact
+    about the machine, said once; a note about the run itself (nothing to resume) is said each time."""
+    from napari_emdiffuse.jobs import predict as predict_module
+    from napari_emdiffuse.model_file import Model
+
+    monkeypatch.setattr(predict_module, "uses_bf16", lambda dev, inference=False: True)
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(predict_module, "_PRECISION_SAID", [])
+    image = tifffile.imread(stack)
+    said = [[e.text for e in predict(Model.load(model_dir), image, device="cpu") if e.kind is Kind.MESSAGE] for _ in range(2)]
+    assert sum("bf16" in t for t in said[0]) == 1 and not any("bf16" in t for t in said[1])

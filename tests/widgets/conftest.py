@@ -78,9 +78,6 @@ class Notes(list):
 def notes():
     from napari.utils.notifications import notification_manager
 
-    from napari_emdiffuse._widgets import _common
-
-    _common._INFO_SHOWN.clear()  # each test sees the information its own jobs give
     seen = Notes()
     notification_manager.notification_ready.connect(seen.append)
     yield seen

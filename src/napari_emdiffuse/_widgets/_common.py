@@ -184,10 +184,6 @@ def notify(text: str, level: str = "info") -> None:
     (show_warning if level == "warning" else show_info)(text)
 
 
-#: the jobs' information messages already shown as notifications in this session (warnings repeat)
-_INFO_SHOWN: set[str] = set()
-
-
 class JobControls(QWidget):
     """Run and Cancel buttons, a progress bar and a status line around one :class:`JobRunner`.
 
@@ -295,10 +291,6 @@ class JobControls(QWidget):
                         left = min(left, self._limit - (now - self.started))
                     self.status.setText(f"{what.capitalize() or 'Working'}… about {left:.0f} s left")
             case Message(text=text, level=level):
-                if level == "info" and text in _INFO_SHOWN:
-                    return  # an information said once a session is enough
-                if level == "info":
-                    _INFO_SHOWN.add(text)
                 notify(text, level)
             case _:
                 self._on_event(event)

@@ -147,7 +147,8 @@ def predict(
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
         bf16 = uses_bf16(dev, inference=True)
-        if bf16 and dev.type == "cpu" and cluster is None:
+        if bf16 and dev.type == "cpu" and cluster is None and not _PRECISION_SAID:
+            _PRECISION_SAID.append(True)  # a fact about the machine: once a session (the Enhance widget runs often)
             yield Message("this CPU multiplies bf16 natively: the network runs in bf16 (about twice as fast, the same "
                           "result to 0.001 dB); EMDIFFUSE_BF16=0 runs it in float32" if cpu_has_native_bf16() else
                           "EMDIFFUSE_BF16=1: the network runs in bf16, emulated on this CPU (several times slower)", "info")
@@ -273,6 +274,9 @@ def _widened_for_noise(
     )
     return replace(error, widen=tuple(float(w) for w in widen)), note
 
+
+#: whether this process has said in what precision the CPU runs the network
+_PRECISION_SAID: list[bool] = []
 
 #: what model.json says about a model's history, not about what it computes: a store may be
 #: resumed by a newer release whose bundled model only describes itself differently
