@@ -493,6 +493,7 @@ def test_an_output_says_in_what_precision_the_network_ran(tmp_path, model_dir, s
     """bf16 and float32 results differ in their last digits: the provenance says which ran, and
     on a CPU the run says so when it takes bf16."""
     monkeypatch.setenv("EMDIFFUSE_BF16", bf16)  # 1: bf16 on any CPU (emulated where not native)
+    monkeypatch.setattr("napari_emdiffuse.jobs.predict._PRECISION_SAID", [])  # said once a session: not yet in this one
     assert main(predict_args(model_dir, stack, tmp_path / "o.tif")) == 0
     said = capsys.readouterr().out
     assert ("runs in bf16" in said) == (bf16 == "1")
