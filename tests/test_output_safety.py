@@ -96,6 +96,14 @@ def test_predict_and_prepare_never_write_into_a_users_folder(tmp_path, model_dir
     assert checksums(tmp_path) == before
 
 
+def test_prepare_writes_only_zarr_sets_and_a_file_is_no_model(tmp_path, model_dir, stack, capsys):
+    """``prepare --out x.tif`` wrote a zarr folder named x.tif; ``--model image.tif`` said "no such
+    model folder" about a file that exists (the CLI walk of 2026-12-07)."""
+    assert "give --out a name ending in .zarr" in error_of(capsys, ["prepare", "--clean", str(stack), "--out", str(tmp_path / "x.tif"), "-q"])
+    assert not (tmp_path / "x.tif").exists()
+    assert "a file, not a model folder" in error_of(capsys, predict_args(stack, stack, tmp_path / "o.tif"))
+
+
 def test_zarr_output_is_replaced_only_with_overwrite_and_swapped_in(tmp_path, model_dir, stack, capsys):
     out = tmp_path / "pred.zarr"
     assert main(predict_args(model_dir, stack, out)) == 0

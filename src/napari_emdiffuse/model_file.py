@@ -285,7 +285,7 @@ def stored_preset(data: Any) -> Any:
 def read_model_json(folder: Path) -> dict[str, Any]:
     path = folder / MODEL_JSON
     if not folder.is_dir():
-        raise ModelFileError(f"{folder}: no such model folder")
+        raise ModelFileError(f"{folder}: " + ("a file, not a model folder (a model is a folder with model.json and its weights)" if folder.exists() else "no such model folder"))
     if not path.is_file():
         raise ModelFileError(f"{folder}: not a model folder ({MODEL_JSON} is missing)")
     try:

@@ -81,6 +81,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     )
     voxel = _parse_voxel(args.voxel)
     out = Path(args.out)
+    if out.suffix.lower() != ".zarr":  # a training set is a zarr store: "x.tif" would name a folder as a file
+        raise InputError(f"{out}: a training set is written as zarr; give --out a name ending in .zarr")
     token = new_cancel_token()
     with naming({"input": args.input, "target": args.target, "clean images": args.clean, "volume": args.volume}), ctrl_c_cancels(token) as stop:
         if args.input:
