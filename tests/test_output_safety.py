@@ -486,6 +486,9 @@ def test_cancelled_zarr_output_is_a_valid_store_marked_incomplete(tmp_path, mode
     assert main(["info", str(tmp_path / "out.partial.zarr")]) == 0
     text = capsys.readouterr().out
     assert "complete: NO: only z 0:1 of 4 is finished" in text and "voxel:" in text and "made by:" in text and "denoise" in text
+    # enhanced again as an input, its unfinished planes (zeros) are named as such
+    assert main(["predict", "--model", str(model_dir), "--input", str(tmp_path / "out.partial.zarr" / "mean"), "--output", str(tmp_path / "again.tif"), *FAST]) == 0
+    assert "an unfinished result (only z 0:1 of 4 is finished)" in capsys.readouterr().err
 
 
 def test_info_on_a_complete_output(tmp_path, model_dir, stack, capsys):

@@ -78,4 +78,19 @@ def read_logged(path: str | Path, what: str) -> Any:
     """:func:`..data.io.read_image`, noting what was read (shown with ``-v``)."""
     img = read_image(path)
     log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
+    _warn_if_unfinished(path)
     return img
+
+
+def _warn_if_unfinished(path: str | Path) -> None:
+    """Warn when ``path`` is an array of a result whose run was stopped: its unfinished planes
+    hold zeros, which would be enhanced as if they were images."""
+    from ..data.formats import split_dataset, store_root
+    from ..data.safe_output import own_attrs
+    from .predict_output import describe_bounds
+
+    store = store_root(split_dataset(path)[0])
+    attrs = own_attrs(store) if store.is_dir() else None
+    if attrs and attrs.get("complete") is False and "shape" in attrs:
+        done = describe_bounds(attrs["finished"], attrs["shape"]) if attrs.get("finished") else "nothing"
+        log.warning("%s: an unfinished result (only %s is finished): the rest holds zeros, not an image", path, done)
