@@ -123,9 +123,7 @@ def main() -> None:
     enhance.image.select(noisy)
     enhance.select_model(train.last_model)
     enhance.scope.setCurrentIndex(enhance.scope.findData("slice"))
-    enhance.samples.setValue(8)
-    enhance.steps.setValue(10)
-    enhance.device.setCurrentText("cpu")
+    enhance.device.setCurrentText("cpu")  # steps and samples: the model's own, at which its bounds are calibrated
     enhance.run()
     result, uncertainty = enhance.result_layers
     clean.visible = False

@@ -135,7 +135,7 @@ class LossPlot(QWidget):
                 p.drawPath(path)
             p.setPen(fg)
             p.drawText(QRectF(0, loss_area.top() - 6, LEFT - 2, 12), Qt.AlignmentFlag.AlignRight, f"{10**hi:.2g}")
-            p.drawText(QRectF(0, loss_area.bottom() - 6, LEFT - 2, 12), Qt.AlignmentFlag.AlignRight, f"{10**lo:.2g}")
+            p.drawText(QRectF(0, loss_area.bottom() - 12, LEFT - 2, 12), Qt.AlignmentFlag.AlignRight, f"{10**lo:.2g}")  # above the panel's edge
         p.setPen(fg)
         p.drawText(loss_area.adjusted(4, 2, -4, -2), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, "loss")
         if self.validation:
@@ -170,6 +170,6 @@ class LossPlot(QWidget):
             p.drawEllipse(q, 3, 3)
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.setPen(fg)
-        p.drawText(QRectF(0, area.top() - 6, LEFT - 2, 12), Qt.AlignmentFlag.AlignRight, f"{hi:.1f}")
+        p.drawText(QRectF(0, area.top(), LEFT - 2, 12), Qt.AlignmentFlag.AlignRight, f"{hi:.1f}")  # below it: the two panels' figures never meet
         p.drawText(QRectF(0, area.bottom() - 6, LEFT - 2, 12), Qt.AlignmentFlag.AlignRight, f"{lo:.1f}")
         p.drawText(area.adjusted(4, 2, -4, -2), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, "validation PSNR (dB)")
