@@ -143,3 +143,14 @@ def test_fine_tune_a_bundled_model_by_name(tmp_path, stack, capsys):
 
     bundled = resolve_model("emdiffuse-n").info.training["steps"]
     assert json.loads((run / "model.json").read_text())["training"]["fine_tuned_from"]["steps"] == bundled
+
+
+def test_a_bad_option_value_is_named_by_its_option_not_its_preset_key(tmp_path, stack, capsys):
+    """``--tile-size 7`` said "preset: invalid preset: sample.tile_size" (the CLI walk of 2026-12-07)."""
+    noisy, clean = stack
+    capsys.readouterr()
+    assert main(["predict", "--model", "emdiffuse-n", "--input", str(noisy), "--output", str(tmp_path / "o.tif"), "--tile-size", "7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "emdiffuse predict: error: --tile-size: Input should be greater than or equal to 32"
+    assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(tmp_path / "r"), "--batch-size", "0"]) == 2
+    assert "error: --batch-size: " in capsys.readouterr().err and not (tmp_path / "r").exists()

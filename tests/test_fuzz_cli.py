@@ -760,7 +760,7 @@ def train_iterations_not_a_number(tmp):
 
 @case
 def train_batch_size_huge(tmp):
-    return Case(_train(tmp, "--batch-size", "100000", "--clean", _tif(tmp / "c.tif", _ramp())), "batch_size")
+    return Case(_train(tmp, "--batch-size", "100000", "--clean", _tif(tmp / "c.tif", _ramp())), "--batch-size")  # the option, not the preset key
 
 
 @case

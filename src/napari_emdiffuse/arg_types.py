@@ -4,11 +4,13 @@ names the option (``argument --dose: ...``), before any file is opened."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Iterator
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
@@ -55,3 +57,20 @@ def variant_option(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+@contextlib.contextmanager
+def as_flags(section: str, keys: Any) -> Iterator[None]:
+    """Name the command-line options, not the preset keys, in a refusal of values given on the
+    command line (``--tile-size 7``: "--tile-size: ..." rather than "preset: invalid preset:
+    sample.tile_size: ..."); ``keys`` are the ``section``'s keys the options set."""
+    try:
+        yield
+    except ConfigError as err:
+        named = [key for key in keys if f"{section}.{key}" in str(err)]
+        if not named:
+            raise  # a value from a preset file: its message names the file and the key
+        text = re.sub(r"^[\w .-]*: invalid preset: ", "", str(err))
+        for key in named:
+            text = text.replace(f"{section}.{key}", "--" + key.replace("_", "-"))
+        raise ConfigError(text) from None

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Sequence, get_args
 
 import numpy as np
 
+from .arg_types import as_flags
 from .cli_jobs import ctrl_c_cancels, drive, terminate
 from .errors import EMDiffuseError, InputError, naming
 
@@ -108,12 +109,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     init = resolve_model(args.from_model) if args.from_model else None
     if init is not None:
         model_options(init)  # a broken model folder is refused before any data is read
-    if resume:  # the run's own settings, so that simulated data is made the same way again
-        preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
-    elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
-        preset = init.preset.with_overrides(overrides)
-    else:
-        preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
+    with as_flags("train", overrides["train"]):
+        if resume:  # the run's own settings, so that simulated data is made the same way again
+            preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
+        elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
+            preset = init.preset.with_overrides(overrides)
+        else:
+            preset = load_preset(args.config or args.preset or "emdiffuse-n-cpu", overrides)
     variant, _ = resolve(preset, args.config or None)  # a bad variant or option named before any file is read
     arrays, notes, pixel = training_arrays(
         preset.variant, preset.variant_options, {name: getattr(args, name) for name in FILE_INPUTS},
@@ -153,7 +155,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
-    sample = model.preset.with_overrides({"sample": over}).sample
+    with as_flags("sample", over):
+        sample = model.preset.with_overrides({"sample": over}).sample
     if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
     with naming({"image": args.input}):

@@ -9,6 +9,7 @@ from typing import Any, get_args
 import numpy as np
 
 from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
+from .arg_types import as_flags
 from .cli_jobs import ctrl_c_cancels, drive
 from .errors import InputError, naming
 
@@ -42,7 +43,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         image, truth, voxel = np.asarray(inp.data), np.asarray(tru.data), inp.voxel
         source = f"{Path(args.input).name} against {Path(args.truth).name}"
     over: dict[str, Any] = {k: getattr(args, k) for k in ("sampler", "steps", "samples") if getattr(args, k) is not None}
-    sample = model.preset.with_overrides({"sample": over}).sample
+    with as_flags("sample", over):
+        sample = model.preset.with_overrides({"sample": over}).sample
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         with naming({"image": args.clean or args.input}):
