@@ -504,7 +504,7 @@ def test_an_output_says_in_what_precision_the_network_ran(tmp_path, model_dir, s
     """bf16 and float32 results differ in their last digits: the provenance says which ran, and
     on a CPU the run says so when it takes bf16."""
     monkeypatch.setenv("EMDIFFUSE_BF16", bf16)  # 1: bf16 on any CPU (emulated where not native)
-    monkeypatch.setattr("napari_emdiffuse.jobs.predict._PRECISION_SAID", [])  # said once a session: not yet in this one
+    monkeypatch.setattr("napari_emdiffuse.jobs.predict._PRECISION_SAID", False)  # said once a session: not yet in this one
     assert main(predict_args(model_dir, stack, tmp_path / "o.tif")) == 0
     said = capsys.readouterr().out
     assert ("runs in bf16" in said) == (bf16 == "1")
@@ -683,7 +683,7 @@ def test_the_precision_note_is_given_once_a_session(model_dir, stack, monkeypatc
 
     monkeypatch.setattr(predict_module, "uses_bf16", lambda dev, inference=False: True)
     monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(predict_module, "_PRECISION_SAID", [])
+    monkeypatch.setattr(predict_module, "_PRECISION_SAID", False)
     image = tifffile.imread(stack)
     said = [[e.text for e in predict(Model.load(model_dir), image, device="cpu") if e.kind is Kind.MESSAGE] for _ in range(2)]
     assert sum("bf16" in t for t in said[0]) == 1 and not any("bf16" in t for t in said[1])

@@ -243,6 +243,15 @@ def settings_match(calibration: dict[str, Any], sampler: str, steps: int, sample
     return "other"
 
 
+def settings_note(calibration: dict[str, Any], match: str) -> str:
+    """What a user is told when the sampling settings are not the calibrated ones (``match``
+    from :func:`settings_match`, not "same"): by predict's warning and the Enhance layer's tip."""
+    said = f"calibrated for {calibration['samples']} samples of {calibration['steps']} {calibration['sampler']} steps; "
+    if match == "fewer steps":
+        return said + f"with fewer steps the samples spread less, and the bounds are likely too narrow (use {calibration['steps']} steps to measure)"
+    return said + "with other sampling settings their coverage is approximate"
+
+
 def scale(calibration: dict[str, Any], alpha: float) -> float:
     """``q(alpha)`` from a stored calibration (interpolated between the stored levels)."""
     if not 0 < alpha < 1:

@@ -722,10 +722,7 @@ def _error_bound(error_map: Any, model: Any, sample: Any) -> tuple[Any, str, str
     label = {"same": f"{cover} %", "fewer steps": f"below {cover} %: fewer steps", "other": f"about {cover} %"}[match]
     tip = CALIBRATED_TIP.format(cover=cover)
     if match != "same":
-        tip += (
-            f". Calibrated for {calibration['samples']} samples of {calibration['steps']} steps: with "
-            + ("fewer steps the samples spread less and the bound is too narrow" if match == "fewer steps" else "these settings the coverage is approximate")
-        )
+        tip += ". The bound was " + uncertainty.settings_note(calibration, match)
     return error_map * np.float32(q), f"error bound ({label})", tip
 
 

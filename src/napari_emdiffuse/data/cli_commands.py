@@ -145,7 +145,7 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
         print("warning:  incomplete (preparation was interrupted)")
 
 
-def _provenance_lines(attrs: dict[str, Any], blocks_done: int = 0) -> list[str]:
+def _provenance_lines(attrs: dict[str, Any], finished_blocks: int = 0) -> list[str]:
     """What made one of our outputs and whether it is complete, from its provenance (and, for a
     store whose run was killed before it could say what it finished, its block markers)."""
     from ..jobs.predict_output import describe_bounds, describe_compute
@@ -161,8 +161,8 @@ def _provenance_lines(attrs: dict[str, Any], blocks_done: int = 0) -> list[str]:
         status = "yes"
     elif attrs.get("finished"):
         status = f"NO: only {describe_bounds(attrs['finished'], attrs['shape'])} is finished (the run was stopped)"
-    elif blocks_done:
-        status = f"NO: {blocks_done} of {attrs.get('blocks', '?')} blocks are finished (the run was stopped; --resume continues it)"
+    elif finished_blocks:
+        status = f"NO: {finished_blocks} of {attrs.get('blocks', '?')} blocks are finished (the run was stopped; --resume continues it)"
     else:
         status = "NO: nothing is finished (the run was stopped)"
     lines = [f"complete: {status}", f"made by:  {made}"]
@@ -181,7 +181,7 @@ def _prediction_info(path: Path) -> bool:
     """Describe a prediction store written by ``predict``; False when ``path`` is not one."""
     import zarr
 
-    from ..jobs.predict_output import DONE
+    from ..jobs.predict_output import blocks_done
     from .safe_output import own_attrs
 
     attrs = own_attrs(path)
@@ -193,8 +193,7 @@ def _prediction_info(path: Path) -> bool:
     for name, arr in sorted(arrays):  # an image's level is NAME/0
         print(f"  {name.removesuffix('/0'):<11} {tuple(arr.shape)} {arr.dtype}  chunks {tuple(arr.chunks)}")
     print(f"voxel:    {_voxel_text(tuple(attrs['voxel_size']))}" if attrs.get("voxel_size") else "voxel:    unknown")
-    done = int(np.count_nonzero(group[DONE][:])) if DONE in group else 0
-    print("\n".join(_provenance_lines(attrs, done)))
+    print("\n".join(_provenance_lines(attrs, blocks_done(path))))
     return True
 
 

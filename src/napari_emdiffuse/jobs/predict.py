@@ -135,20 +135,14 @@ def predict(
                 yield Message(note, "warning")
         match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
         if match != "same":
-            yield Message(
-                f"the intervals were calibrated for {calibration['samples']} samples of {calibration['steps']} "
-                f"{calibration['sampler']} steps; "
-                + ("with fewer steps the samples spread less, and the intervals are likely too narrow (use "
-                   f"{calibration['steps']} steps to measure)" if match == "fewer steps" else
-                   "with other sampling settings their coverage is approximate"),
-                "warning",
-            )  # fmt: skip
+            yield Message("the intervals were " + uncertainty.settings_note(calibration, match), "warning")
         dev = select_device(device)
         if device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
         bf16 = uses_bf16(dev, inference=True)
+        global _PRECISION_SAID
         if bf16 and dev.type == "cpu" and cluster is None and not _PRECISION_SAID:
-            _PRECISION_SAID.append(True)  # a fact about the machine: once a session (the Enhance widget runs often)
+            _PRECISION_SAID = True  # a fact about the machine: once a session (the Enhance widget runs often)
             yield Message("this CPU multiplies bf16 natively: the network runs in bf16 (about twice as fast, the same "
                           "result to 0.001 dB); EMDIFFUSE_BF16=0 runs it in float32" if cpu_has_native_bf16() else
                           "EMDIFFUSE_BF16=1: the network runs in bf16, emulated on this CPU (several times slower)", "info")
@@ -276,7 +270,7 @@ def _widened_for_noise(
 
 
 #: whether this process has said in what precision the CPU runs the network
-_PRECISION_SAID: list[bool] = []
+_PRECISION_SAID = False
 
 #: what model.json says about a model's history, not about what it computes: a store may be
 #: resumed by a newer release whose bundled model only describes itself differently

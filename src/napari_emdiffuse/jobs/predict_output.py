@@ -193,7 +193,7 @@ def _made_by_us(path: Path) -> bool:
         return False
 
 
-def _blocks_done(store: Path) -> int:
+def blocks_done(store: Path) -> int:
     """How many blocks a (killed run's) store finished; 0 for one without block markers."""
     import zarr
 
@@ -258,18 +258,19 @@ class PredictionOutput:
         # its finished blocks are work a user may want to resume, decided below
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
         self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
-        killed = [p for p in _dead_temps(self.names.mean) if _blocks_done(p)]  # with the lock held: a killed run's work
+        killed = [p for p in _dead_temps(self.names.mean) if blocks_done(p)]  # with the lock held: a killed run's work
         if self.resume:
             found = [p for p in (partial, *killed) if p.is_dir()]
             self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
         elif killed and not self.overwrite:
             self.close()
             raise InputError(
-                f"{self.names.mean}: a run that was killed left {_blocks_done(killed[0])} finished blocks beside it ({killed[0].name}); "
+                f"{self.names.mean}: a run that was killed left {blocks_done(killed[0])} finished blocks beside it ({killed[0].name}); "
                 "add --resume to continue it, or --overwrite to start again"
             )
         for store in _dead_temps(self.names.mean) if not self.resume else ():
-            shutil.rmtree(store, ignore_errors=True)  # asked to start again (or no block of it was finished)
+            if own_attrs(store) is not None or not any(store.iterdir()):  # a folder of ours only, whatever its name
+                shutil.rmtree(store, ignore_errors=True)  # asked to start again (or no block of it was finished)
         check_space(self.names.mean.parent, nbytes)
 
     def allocate(
