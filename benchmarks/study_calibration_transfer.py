@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import REPO, study_args  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "calibration_transfer.json"
 ROWS = (slice(0, 128), slice(384, 512))  # ISBI rows outside the bundled sample's crop (128-383)
 
@@ -103,19 +103,19 @@ def write(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(STUDY))
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", default=",".join(STUDY), help="models to study, comma-separated; the others keep their rows")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks-calibration-transfer.md"))
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = study_args(__doc__, threads=1, argv=argv, add=_options)
     names = args.only.split(",")
     rows = [row for name in names for row in study(name)]
     rows = merged(json.loads(RESULTS.read_text()) if RESULTS.is_file() else [], rows)
     RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
-    write(Path(args.out), rows)
+    if not args.no_doc:
+        write(Path(args.out), rows)
     return 0
 
 

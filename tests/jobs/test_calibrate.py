@@ -98,9 +98,9 @@ def test_noise_level_reads_the_noise_not_the_structure():
     structure = 0.5 * (x > 150) + 0.3 * np.sin(y / 9.0) + y / 512
     for sigma in (0.02, 0.1):
         assert uncertainty.noise_level(structure + rng.normal(0, sigma, structure.shape)) == pytest.approx(sigma, rel=0.06)
-    widen = uncertainty.widening(np.array([0.1, 0.12, 0.2]), 0.1)
+    widen = uncertainty.widening(np.array([0.1, 0.12, 0.2]), 0.1, 1.0, uncertainty.NOISE_TOLERANCE)
     np.testing.assert_allclose(widen, [1.0, 1.0, 2.0])  # within the tolerance: unchanged
-    np.testing.assert_allclose(uncertainty.widening(np.array([0.12, 0.4]), 0.1, 0.5), [1.0, 2.0])
+    np.testing.assert_allclose(uncertainty.widening(np.array([0.12, 0.4]), 0.1, 0.5, 1.25), [1.0, 2.0])
 
 
 def test_a_volume_variant_calibrates_only_the_slices_it_predicts(random_model, small_stack):

@@ -149,6 +149,14 @@ def predict(
         runner = BlockRunner(model, options, cfg, normaliser, dev, estimate, keep_samples, compile)
         blocks = runner.blocks(image.shape)
         shape = geometry.shape
+        content: dict[str, str] = {}
+        if out is not None and out.names.store:  # only a store resumes: the whole input read once, before the first block
+            try:
+                content["input_content"] = input_digest(image, cancel)
+            except Cancelled:
+                yield Message("cancelled while reading the input, before the first block: nothing is written", "warning")
+                yield PredictResult(None, None, None, geometry.voxel, False, None)
+                return
 
         provenance = {
             "software": f"{SOFTWARE} {__version__}",
@@ -168,7 +176,7 @@ def predict(
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),
-                **({"input_content": input_digest(image)} if out is not None and out.names.store else {}),  # only a store resumes
+                **content,
                 "normaliser": normaliser.to_dict(),
                 "variant_options": options.model_dump(mode="json"),
                 "settings": cfg.model_dump(mode="json"),
@@ -253,7 +261,7 @@ def _widened_for_noise(
     volume = 2 not in variant.input_ndims
     if volume:
         noise = np.array([np.median(noise)])
-    widen = uncertainty.widening(noise, calibrated, variant.noise_exponent)
+    widen = uncertainty.widening(noise, calibrated, variant.noise_exponent, uncertainty.noise_tolerance(image.shape))
     if not (widen > 1).any():
         return error, None
     if volume:
@@ -285,23 +293,52 @@ def model_digest(model: Model) -> str:
     return weights_digest(model, h)
 
 
-#: planes, and pixels a side of each plane's centre, that :func:`input_digest` reads
-DIGEST_PLANES, DIGEST_PX = 8, 128
+#: how :func:`input_digest` hashes, written before the hash: a store whose key holds a hash
+#: without it was made by a version that hashed only the central squares of a few planes
+DIGEST_SCHEME = "sha256-planes"
+#: bytes of the input :func:`input_digest` reads at once (whole chunks, at least one)
+DIGEST_READ_BYTES = 64 * 2**20
 
 
-def input_digest(image: Any) -> str:
-    """A hash of samples of the input's content (the central ``DIGEST_PX`` square of up to
-    ``DIGEST_PLANES`` planes spread through it; cheap for a lazy volume of any size): a store is
-    resumed only from the same input. Its shape and intensity range alone let another image of
-    the same range (a flipped copy) finish a store begun on the first one."""
-    h = hashlib.sha256(str(np.dtype(image.dtype)).encode())
-    planes = [()] if image.ndim == 2 else [(int(z),) for z in np.unique(np.linspace(0, image.shape[0] - 1, DIGEST_PLANES).round())]
-    hh, ww = (int(n) for n in image.shape[-2:])
-    y0, x0 = max(0, (hh - DIGEST_PX) // 2), max(0, (ww - DIGEST_PX) // 2)
-    for z in planes:
-        crop = np.asarray(image[(*z, slice(y0, y0 + DIGEST_PX), slice(x0, x0 + DIGEST_PX))])
-        h.update(np.ascontiguousarray(crop).tobytes())
-    return h.hexdigest()
+def input_digest(image: Any, cancel: CancelToken | None = None) -> str:
+    """A hash of the input's whole content (its dtype and every pixel): a store is resumed only
+    from the same input, and an edit anywhere (a corner of one plane) makes another input.
+    Shape and intensity range alone would let another image of the same range (a flipped copy)
+    finish a store begun on the first one. The input (numpy, dask or zarr) is read in pieces of
+    about :data:`DIGEST_READ_BYTES`, one chunk deep and whole chunks high where it is chunked, so
+    that each chunk is read once and a volume larger than memory is never held; each plane is
+    hashed on its own and the planes' hashes in order, so the hash does not depend on the
+    chunking. ``cancel`` is looked at after every piece (a large volume takes a while)."""
+    shape = tuple(int(n) for n in image.shape)
+    height, width = shape[-2:]
+    depth = shape[0] if len(shape) == 3 else 1
+    chunk_z = _chunk(image, -3) if len(shape) == 3 else 1
+    chunk_y = _chunk(image, -2)
+    row_bytes = max(1, width * np.dtype(image.dtype).itemsize)
+    slab = min(depth, chunk_z)
+    rows = max(chunk_y, DIGEST_READ_BYTES // (slab * row_bytes) // chunk_y * chunk_y)
+    whole = hashlib.sha256(f"{DIGEST_SCHEME} {np.dtype(image.dtype)}".encode())
+    for z0 in range(0, depth, slab):
+        planes = [hashlib.sha256() for _ in range(min(slab, depth - z0))]
+        lead = (slice(z0, z0 + len(planes)),) if len(shape) == 3 else ()
+        for y0 in range(0, height, rows):
+            piece = np.asarray(image[(*lead, slice(y0, y0 + rows))]).reshape(len(planes), -1)
+            for plane, part in zip(planes, piece):
+                plane.update(np.ascontiguousarray(part))
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("prediction cancelled")
+        for plane in planes:
+            whole.update(plane.digest())
+    return f"{DIGEST_SCHEME}:{whole.hexdigest()}"
+
+
+def _chunk(image: Any, axis: int) -> int:
+    """The input's chunk size along ``axis`` (its first chunk's, for dask; 1 for numpy)."""
+    chunks = getattr(image, "chunks", None)
+    if not chunks:
+        return 1
+    size = chunks[axis]
+    return max(1, int(size[0] if isinstance(size, tuple) else size))
 
 
 def weights_digest(model: Model, h: Any = None) -> str:
