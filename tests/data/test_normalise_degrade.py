@@ -51,6 +51,19 @@ def test_unusable_images_are_refused(isbi_slice):
         check_image(np.stack([isbi_slice] * 3, axis=-1))
 
 
+@pytest.mark.parametrize(
+    "shape, message",
+    [((1, 128), "input is 1 x 128 pixels"), ((128, 1), "input is 128 x 1 pixels"), ((4, 1, 64), "input has planes of 1 x 64 pixels")],
+)
+def test_an_image_one_pixel_high_or_wide_is_refused_with_the_smallest_size(shape, message):
+    """Its noise (measured in 2 x 2 blocks) was the median of nothing: a numpy RuntimeWarning
+    and NaN bounds, instead of a message."""
+    with pytest.raises(InputError) as err:
+        check_image(np.arange(np.prod(shape), dtype=np.uint8).reshape(shape), "input")
+    assert str(err.value) == f"{message}; the smallest image this tool takes is 2 x 2 pixels"
+    check_image(np.arange(2 * 128, dtype=np.uint8).reshape(2, 128), "input")  # two rows are enough
+
+
 def test_poisson_gaussian_noise_follows_the_dose(isbi_slice):
     flat = np.full((256, 256), 0.5, np.float32)
     for peak in (5.0, 50.0):

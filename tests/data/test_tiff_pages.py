@@ -74,3 +74,68 @@ def test_an_imagej_stack_reads_as_before(tmp_path, planes):
     single = tmp_path / "one.tif"
     tifffile.imwrite(single, planes)  # one write of the whole stack: one series, as before
     assert read_image(single).shape == (3, 128, 128)
+
+
+@pytest.mark.parametrize(
+    "write, pages",
+    [
+        (lambda path, planes: _pagewise(path, planes), 3),  # pages written one by one: read as their first before
+        (lambda path, planes: tifffile.imwrite(path, planes[:2], imagej=True, metadata={"axes": "ZYX"}), 2),
+        (lambda path, planes: tifffile.imwrite(path, planes, photometric="minisblack"), 3),
+    ],
+    ids=["pagewise", "imagej", "one-write"],
+)
+def test_a_slice_of_several_pages_in_a_slice_folder_is_refused_naming_it(tmp_path, planes, write, pages):
+    """A slice folder is one 2D image per file: a file of several pages among them lost all but
+    its first page without a word (or stacked up as a fourth axis)."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(4):
+        tifffile.imwrite(folder / f"z{z:03d}.tif", planes[z % 3])
+    write(folder / "z002.tif", planes)
+    with pytest.raises(InputError) as err:
+        read_image(folder)
+    assert str(err.value) == f"{folder / 'z002.tif'}: {pages} pages (shape ({pages}, 128, 128)); a slice folder holds one 2D image per file"
+
+
+def test_slice_folder_refuses_an_rgb_slice_and_reads_ome_slices_with_a_length_one_z(tmp_path, planes):
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    for z in range(3):
+        tifffile.imwrite(rgb / f"s{z}.tif", planes)  # a (3, y, x) uint8 array: tifffile writes planar RGB
+    with pytest.raises(InputError, match=r"s0.tif: an RGB or multi-channel image \(shape \(3, 128, 128\)\)"):
+        read_image(rgb)
+    ome = tmp_path / "ome"
+    ome.mkdir()
+    for z in range(3):
+        tifffile.imwrite(ome / f"s{z}.ome.tif", planes[z][None], ome=True, metadata={"axes": "ZYX"})
+    img = read_image(ome)
+    assert img.shape == (3, 128, 128)
+    np.testing.assert_array_equal(np.asarray(img.data), planes)
+
+
+def test_a_1_bit_tiff_reads_as_its_0_and_1_values_and_is_refused_as_input_by_name(tmp_path):
+    """A bilevel TIFF packs 8 pixels a byte: its pages were called corrupt because they hold an
+    eighth of the bytes of the decoded (bool) array. Read, it is a mask, which no variant enhances."""
+    from PIL import Image as PILImage
+
+    from napari_emdiffuse.data.normalise import check_image
+
+    mask = np.random.default_rng(0).random((3, 37, 70)) > 0.5  # 70 columns: rows padded to whole bytes
+    tifffile.imwrite(tmp_path / "mask.tif", mask)
+    PILImage.fromarray(mask[0]).convert("1").save(tmp_path / "pil.tif")
+    for path, want in ((tmp_path / "mask.tif", mask), (tmp_path / "pil.tif", mask[0])):
+        img = read_image(path)
+        assert img.data.dtype == bool
+        np.testing.assert_array_equal(np.asarray(img.data), want)
+        with pytest.raises(InputError, match="1-bit"):
+            check_image(img.data, "input")
+    with tifffile.TiffFile(tmp_path / "pil.tif") as tf:  # a bilevel page declaring too few bytes is still refused
+        tag = tf.pages[0].tags["StripByteCounts"]
+        assert tag.value == (9 * 37,)  # one strip; 70 pixels a row: 9 bytes
+        at, dtype = tag.valueoffset, np.dtype(tf.byteorder + ("u2" if tag.dtype == 3 else "u4"))  # SHORT or LONG
+    raw = bytearray((tmp_path / "pil.tif").read_bytes())
+    raw[at : at + dtype.itemsize] = np.array(9 * 36, dtype).tobytes()
+    (tmp_path / "short.tif").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"short.tif: corrupt TIFF header \(page 1 declares \(37, 70\) bool, 333 bytes, but holds 324"):
+        read_image(tmp_path / "short.tif")

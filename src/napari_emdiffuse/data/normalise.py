@@ -154,14 +154,20 @@ def fit_normaliser(
     return Normaliser(float(lo), float(hi))
 
 
+#: the fewest pixels a plane may have along y and x: an input's noise is measured from its
+#: 2 x 2 pixel blocks (:func:`..uncertainty.noise_level`), of which a plane one pixel high has none
+MIN_PLANE_PX = 2
+
+
 def check_image(image, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> None:
-    """Refuse what no variant can use: wrong dimensionality, empty, RGB, complex or non-numeric data."""
+    """Refuse what no variant can use: wrong dimensionality, empty or smaller than
+    :data:`MIN_PLANE_PX`, RGB, 1-bit, complex or non-numeric data."""
     shape = tuple(image.shape)
     dtype = np.dtype(image.dtype)
     if dtype.kind not in "uifb":
         raise InputError(f"{name} has data type {dtype}, expected integer or floating-point grey values")
     if dtype.kind == "b":
-        raise InputError(f"{name} is a boolean mask, not an image")
+        raise InputError(f"{name} is a 1-bit (black and white) mask, not a grey-value image: 1-bit images are not supported")
     if len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[:-1]) > 4:
         raise InputError(f"{name} looks like an RGB image (shape {shape}); convert it to grey values first")
     if len(shape) not in ndims:
@@ -169,3 +175,6 @@ def check_image(image, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> 
         raise InputError(f"{name} has {len(shape)} dimensions (shape {shape}); expected {want}")
     if 0 in shape:
         raise InputError(f"{name} is empty (shape {shape})")
+    if min(shape[-2:]) < MIN_PLANE_PX:
+        size = f"is {shape[-2]} x {shape[-1]} pixels" if len(shape) == 2 else f"has planes of {shape[-2]} x {shape[-1]} pixels"
+        raise InputError(f"{name} {size}; the smallest image this tool takes is {MIN_PLANE_PX} x {MIN_PLANE_PX} pixels")

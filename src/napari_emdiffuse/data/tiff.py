@@ -69,16 +69,18 @@ def _ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
     return tuple(out)
 
 
-def _squeeze_axes(data: Any, axes: str) -> tuple[Any, str]:
-    """Drop length-one channel/time axes; keep everything else for :func:`check_image` to judge."""
-    index, kept = [], ""
-    for ax, n in zip(axes, data.shape):
+def _squeeze_index(shape: Sequence[int], axes: str) -> tuple[tuple[Any, ...], str]:
+    """The index that drops length-one channel/time axes, and the axes kept; everything else is
+    kept for :func:`check_image` to judge."""
+    index: list[Any] = []
+    kept = ""
+    for ax, n in zip(axes, shape):
         if ax in "CTQIS" and n == 1 and len(axes) > 2:
             index.append(0)
         else:
             index.append(slice(None))
             kept += ax
-    return data[tuple(index)], kept
+    return tuple(index), kept
 
 
 def check_tiff_complete(tf: Any, path: Path) -> None:
@@ -108,10 +110,17 @@ def _check_tiff_pages(pages: Any, path: Path, size: int) -> None:
             if offsets and counts and max(o + c for o, c in zip(offsets, counts)) > size:
                 raise InputError(f"{path}: the TIFF file is truncated or corrupt (page {idx + 1} of {len(pages)} ends past the end of the file)")
             key = page.keyframe
-            if key.compression == 1 and counts and sum(counts) < key.nbytes:
-                raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {key.shape} {key.dtype}, {key.nbytes} bytes, but holds {sum(counts)} bytes of pixels)")
+            if key.compression == 1 and counts and sum(counts) < (need := _stored_bytes(key)):
+                raise InputError(f"{path}: corrupt TIFF header (page {idx + 1} declares {key.shape} {key.dtype}, {need} bytes, but holds {sum(counts)} bytes of pixels)")
     finally:
         pages.useframes = useframes
+
+
+def _stored_bytes(key: Any) -> int:
+    """The fewest bytes an uncompressed page of this shape holds: its rows packed to whole
+    bytes, not its decoded array's size, which is 8 times larger for a 1-bit (bilevel) page."""
+    row_bits = int(key.imagewidth) * int(key.samplesperpixel) * int(key.bitspersample)
+    return -(-row_bits // 8) * int(key.imagelength) * int(key.imagedepth)
 
 
 def _open_stack(path: Path) -> Any:
@@ -135,6 +144,18 @@ def _open_stack(path: Path) -> Any:
     return tf
 
 
+def tiff_header(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:
+    """The shape, type and axes (tifffile's letters) :func:`read_tiff` gives ``path``, from the
+    header alone, the file checked complete: a folder of slices is listed file by file."""
+    path = Path(path)
+    with _open_stack(path) as tf:
+        check_tiff_complete(tf, path)
+        series = tf.series[0]
+        index, axes = _squeeze_index(series.shape, series.axes)
+        shape = tuple(int(n) for n, i in zip(series.shape, index) if isinstance(i, slice))
+        return shape, np.dtype(series.dtype), axes
+
+
 def read_tiff(path: Path) -> Image:
     """A TIFF or OME-TIFF stack, lazily (one chunk per page or tile)."""
     import zarr
@@ -147,7 +168,8 @@ def read_tiff(path: Path) -> Image:
         arr = zarr.open(series.aszarr(), mode="r")
         if isinstance(arr, zarr.Group):
             arr = arr["0"]
-        data, axes = _squeeze_axes(lazy(arr, path), series.axes)
+        index, axes = _squeeze_index(series.shape, series.axes)
+        data = lazy(arr, path)[index]
         voxel = None
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")

@@ -18,7 +18,7 @@ from ..errors import InputError
 from .containers import default_chunks
 from .formats import sniff
 from .image import Image, iter_planes, lazy
-from .tiff import check_tiff_complete, read_tiff
+from .tiff import read_tiff, tiff_header
 from .safe_output import refuse_overwrite, replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
@@ -258,15 +258,19 @@ def natural_key(name: str) -> list[Any]:
 
 def _plane_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and type of one slice; a TIFF slice is checked complete (every page inside the
-    file) as it is listed, so a cut slice deep in a long run is refused before the run starts."""
+    file) as it is listed, so a cut slice deep in a long run is refused before the run starts,
+    and refused when it holds several planes: each file is one z-slice, and a stack among them
+    would lose all but one plane or stack up as a fourth axis."""
     try:
         if sniff(path) == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                check_tiff_complete(tf, path)
-                s = tf.series[0]
-                return tuple(s.shape), np.dtype(s.dtype)
+            shape, dtype, axes = tiff_header(path)
+            kept = [(ax, n) for ax, n in zip(axes, shape) if n > 1 or ax in "YX"]  # a length-one z is still one plane
+            planes = int(np.prod([n for ax, n in kept if ax not in "YXS"]))  # S: the samples of a pixel (RGB)
+            if planes > 1:
+                raise InputError(f"{path}: {planes} pages (shape {shape}); a slice folder holds one 2D image per file")
+            if len(kept) > 2:
+                raise InputError(f"{path}: an RGB or multi-channel image (shape {shape}); a slice folder holds one grey-value 2D image per file")
+            return tuple(n for _, n in kept), dtype
         a = read_png(path).data
         return a.shape, a.dtype
     except InputError:
@@ -278,8 +282,9 @@ def _plane_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 def read_slices(folder: Path) -> Image:
     """A folder of TIFF/PNG slices as a (z, y, x) stack in natural order, read slice by slice.
 
-    Every slice must have the first one's shape and type; the voxel size in y and x comes from
-    the first slice's TIFF metadata (z is unknown and set to 1).
+    Every file is one 2D slice (a file of several pages is refused, naming it) with the first
+    one's shape and type; the voxel size in y and x comes from the first slice's TIFF metadata
+    (z is unknown and set to 1).
     """
     import dask
     import dask.array as da
@@ -296,9 +301,7 @@ def read_slices(folder: Path) -> Image:
     def load(p: Path) -> np.ndarray:
         try:
             if sniff(p) == "tiff":
-                import tifffile
-
-                return tifffile.imread(p)
+                return np.asarray(read_tiff(p).data).reshape(first[0])  # without a length-one z
             return read_png(p).data
         except InputError:
             raise
