@@ -38,14 +38,14 @@ def test_overrides_in_code():
         ({"train": {"iteratons": 5}}, r"train\.iteratons: unknown key"),
         ({"train": {"batch_size": 0}}, r"train\.batch_size: Input should be greater than or equal to 1"),
         ({"sample": {"sampler": "euler"}}, r"sample\.sampler: .*'ddpm', 'ddim' or 'dpmpp_2m'"),
-        ({"sample": {"tile_size": 64, "overlap": 40}}, r"sample: .*overlap \(40\) must be less than half"),
-        ({"network": {"attention_levels": [7]}}, r"network: .*attention_levels \[7\] do not exist"),
-        ({"train": {"patch_size": 100}}, r"multiple of 16"),
-        ({"diffusion": {"beta_start": 0.1, "beta_end": 0.01}}, r"beta_end must be larger"),
+        ({"sample": {"tile_size": 64, "overlap": 40}}, r"sample\.overlap: 40 must be less than half the tile size \(64\)"),
+        ({"network": {"attention_levels": [7]}}, r"network\.attention_levels: \[7\] do not exist"),
+        ({"train": {"patch_size": 100}}, r"train\.patch_size: 100 is not a multiple of 16"),
+        ({"diffusion": {"beta_start": 0.1, "beta_end": 0.01}}, r"diffusion\.beta_end: 0\.01 must be larger than beta_start \(0\.1\)"),
         ({"format_version": 99}, r"format_version 99 is not supported"),
         (
             {"network": {"channel_mults": [1, 1, 1, 1, 1, 1]}, "train": {"patch_size": 48}},
-            r"invalid preset: train\.patch_size 48 does not suit network\.channel_mults \(6 levels.*multiple of 32",
+            r"bad\.json: train\.patch_size: 48 does not suit network\.channel_mults \(6 levels.*multiple of 32",
         ),
     ],
 )
@@ -54,6 +54,25 @@ def test_bad_values_name_the_key(tmp_path, data, match):
     f.write_text(json.dumps({"base": "tiny", **data}))
     with pytest.raises(ConfigError, match=match):
         load_preset(f)
+
+
+def test_a_bad_value_is_one_sentence_naming_the_key_as_the_file_spells_it(tmp_path, capsys):
+    """The Presets panel said "Train.patch_size: patch_size must ..." after a stripped
+    "preset: invalid preset:" (the GUI walk): the message is the file, the key and the problem,
+    the same on the command line, and without a file (an edit) just the key and the problem."""
+    from napari_emdiffuse.cli import main
+
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps({"base": "tiny", "train": {"patch_size": 50}}))
+    with pytest.raises(ConfigError) as err:
+        load_preset(f)
+    assert str(err.value) == f"{f}: train.patch_size: 50 is not a multiple of 16"
+    capsys.readouterr()
+    assert main(["presets", "--show", str(f)]) == 2
+    assert capsys.readouterr().err.strip() == f"emdiffuse presets: error: {f}: train.patch_size: 50 is not a multiple of 16"
+    with pytest.raises(ConfigError) as err:
+        load_preset("tiny").with_overrides({"train": {"patch_size": 50}})
+    assert str(err.value) == "train.patch_size: 50 is not a multiple of 16"
 
 
 def test_broken_and_missing_files(tmp_path):

@@ -2,7 +2,7 @@
 
 A preset is a complete :class:`Preset`; a user's JSON file may override any subset of keys
 (``load_preset(path_or_name, overrides)``). Unknown keys are rejected (``extra="forbid"``) and
-every error names the dotted key and what is allowed. The variant and its options are checked
+every error names the dotted key as a preset file spells it and what is wrong. The variant and its options are checked
 by the variant registry (``variants.resolve``), not here: configuration is the ground floor and
 imports no variant.
 """
@@ -10,6 +10,7 @@ imports no variant.
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -50,14 +51,14 @@ class NetworkConfig(_Strict):
     def _levels_exist(self) -> "NetworkConfig":
         bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mults)]
         if bad:
-            raise ValueError(f"attention_levels {bad} do not exist; levels are 0..{len(self.channel_mults) - 1}")
+            raise ValueError(f"attention_levels: {bad} do not exist (the levels are 0 to {len(self.channel_mults) - 1})")
         if self.architecture == "unet" and self.slice_index:
-            raise ValueError("slice_index is a setting of the emdiffuse-original architecture")
+            raise ValueError("slice_index: only the emdiffuse-original architecture has a slice-index embedding")
         if self.architecture == "emdiffuse-original":
             groups = 16 if self.base_channels == 16 else 32
             if any(self.base_channels * m % groups for m in self.channel_mults) or not self.bottleneck_attention:
                 raise ValueError(
-                    f"emdiffuse-original needs widths that are multiples of {groups} and bottleneck_attention true"
+                    f"architecture: emdiffuse-original needs widths that are multiples of {groups} and bottleneck_attention true"
                 )
         return self
 
@@ -80,7 +81,7 @@ class DiffusionConfig(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> "DiffusionConfig":
         if self.beta_end <= self.beta_start:
-            raise ValueError("beta_end must be larger than beta_start")
+            raise ValueError(f"beta_end: {self.beta_end:g} must be larger than beta_start ({self.beta_start:g})")
         return self
 
 
@@ -112,7 +113,7 @@ class TrainConfig(_Strict):
     @classmethod
     def _even(cls, v: int) -> int:
         if v % 16:
-            raise ValueError("patch_size must be a multiple of 16")
+            raise ValueError(f"{v} is not a multiple of 16")
         return v
 
 
@@ -134,7 +135,7 @@ class SampleConfig(_Strict):
     @model_validator(mode="after")
     def _overlap_fits(self) -> "SampleConfig":
         if self.overlap * 2 >= self.tile_size:
-            raise ValueError(f"overlap ({self.overlap}) must be less than half the tile size ({self.tile_size})")
+            raise ValueError(f"overlap: {self.overlap} must be less than half the tile size ({self.tile_size})")
         return self
 
 
@@ -156,7 +157,7 @@ class Preset(_Strict):
         multiple = 2 ** (len(self.network.channel_mults) - 1)
         if self.train.patch_size % multiple:
             raise ValueError(
-                f"train.patch_size {self.train.patch_size} does not suit network.channel_mults "
+                f"train.patch_size: {self.train.patch_size} does not suit network.channel_mults "
                 f"({len(self.network.channel_mults)} levels halve it {len(self.network.channel_mults) - 1} times): "
                 f"use a multiple of {multiple}, or fewer levels"
             )
@@ -180,24 +181,35 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str | None) -> str:
+    """The problems as "KEY: what is wrong", KEY spelt as in a preset file (``train.patch_size``),
+    after the file's name where there is one. A section's own check (its loc is the section)
+    starts its message with the field it blames ("overlap: ..."), which is joined to the section."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `emdiffuse presets --show NAME` lists the keys)"
-        lines.append(f"{key}: {msg}" if key else msg)  # a check across keys names them itself
-    return f"{source}: invalid preset: " + "; ".join(lines)
+        if not key:  # a check across sections names its keys itself
+            lines.append(msg)
+        elif e["type"] == "value_error" and re.match(r"\w+: ", msg):
+            lines.append(f"{key}.{msg}")
+        else:
+            lines.append(f"{key}: {msg}")
+    text = "; ".join(lines)
+    return f"{source}: {text}" if source else text
 
 
-def parse_preset(data: dict[str, Any], source: str = "preset") -> Preset:
-    """Validate a dict as a :class:`Preset`, raising :class:`ConfigError` with readable messages."""
+def parse_preset(data: dict[str, Any], source: str | None = None) -> Preset:
+    """Validate a dict as a :class:`Preset`, raising :class:`ConfigError` with readable messages
+    (naming ``source``, the file it came from, where there is one)."""
+    named = f"{source}: " if source else ""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a preset must be a JSON object, not {type(data).__name__}")
+        raise ConfigError(f"{named}a preset must be a JSON object, not {type(data).__name__}")
     version = data.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise ConfigError(f"{source}: format_version {version} is not supported (this version reads {FORMAT_VERSION})")
+        raise ConfigError(f"{named}format_version {version} is not supported (this version reads {FORMAT_VERSION})")
     try:
         return Preset.model_validate(data)
     except ValidationError as err:

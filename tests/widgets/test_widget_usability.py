@@ -460,7 +460,7 @@ def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model
     w.tile_size.setValue(64)
     w.overlap.setValue(48)
     w.run()  # a bad pair of tile settings
-    assert notes.messages("error")[-1].startswith("Sampling settings: overlap (48) must be less than half")
+    assert notes.messages("error")[-1] == "Overlap: 48 must be less than half the tile size (64)"
     # an empty stack
     viewer.add_image(np.zeros((0, 32, 32), np.float32), name="empty", contrast_limits=(0, 1))
     w.image.select(viewer.layers["empty"])

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
@@ -113,10 +113,11 @@ def is_out_of_memory(err: BaseException) -> bool:
     return device_oom(err)
 
 
-def user_message(err: BaseException, tile_size: int | None = None) -> str:
-    """What went wrong, for a biologist: the message of a user error, a hint for memory trouble."""
+def user_message(err: BaseException, tile_size: int | None = None, names: Mapping[str, str] | None = None) -> str:
+    """What went wrong, for a biologist: the message of a user error, a hint for memory trouble
+    (``names``: the panel's labels of the preset keys it names, see :func:`plain_words`)."""
     if isinstance(err, EMDiffuseError):
-        return plain_words(str(err))
+        return plain_words(str(err), names)
     if is_out_of_memory(err):
         now = f" (now {tile_size} px)" if tile_size else ""
         return (
@@ -129,11 +130,11 @@ def user_message(err: BaseException, tile_size: int | None = None) -> str:
             "choose a zarr file for the result so it is written tile by tile."
         )
     if isinstance(err, ValueError):  # the jobs and pydantic raise ValueError with readable messages
-        return plain_words(str(err).splitlines()[0])
+        return plain_words(str(err).splitlines()[0], names)
     return "Something went wrong that napari-emdiffuse did not expect. Details are in the terminal; please report them."
 
 
-#: The settings' keys as the widgets label them, for messages about a bad setting.
+#: The settings' keys as the Enhance and Train panels label them, for messages about a bad setting.
 SETTING_NAMES = {
     "sample.sampler": "Sampler",
     "sample.steps": "Steps",
@@ -144,33 +145,32 @@ SETTING_NAMES = {
     "sample.seed": "Seed",
     "train.iterations": "Steps",
     "train.minutes": "Time limit",
-    "sample": "Sampling settings",
-    "train": "Training settings",
 }
 
 
-def plain_words(message: str) -> str:
+def plain_words(message: str, names: Mapping[str, str] | None = None) -> str:
     """A message from the core, as the widgets say it: a setting by its label, not its preset key.
 
     The core's messages name preset keys and flags (the command line and JSON files use them);
-    in a widget the user sees labels and tick boxes, so "preset: invalid preset:
-    sample.overlap: ..." reads "Overlap: ..." and "add --overwrite" "tick 'Overwrite'".
+    in a widget the user sees labels and tick boxes, so "sample.overlap: ..." reads
+    "Overlap: ..." and "add --overwrite" "tick 'Overwrite'". ``names`` maps keys to the panel's
+    labels (default :data:`SETTING_NAMES`; the Presets panel, which shows the JSON, keeps the
+    keys). A message is capitalised only where it starts with a word, never a key or a name.
     """
-    message = re.sub(r"^[\w .-]*: invalid preset: ", "", message)
     for flag, box in (("overwrite", "Overwrite"), ("resume", "Resume")):  # the command's flags are the widgets' tick boxes
         message = re.sub(rf"\b(add |or )?--{flag}\b", lambda m, box=box: f"{'or ' if m.group(1) == 'or ' else ''}tick '{box}'", message)
-    for key, label in SETTING_NAMES.items():
+    for key, label in (SETTING_NAMES if names is None else names).items():
         message = re.sub(rf"(^|; ){re.escape(key)}: ", rf"\g<1>{label}: ", message)
-    if message[1:2].isupper():  # a name that starts in lower case (vEMDiffuse-i) keeps it
-        return message
-    return message[:1].upper() + message[1:]
+    if re.match(r"[a-z]+([ ,]|$)", message):
+        return message[:1].upper() + message[1:]
+    return message
 
 
-def notify_error(err: BaseException, tile_size: int | None = None) -> str:
+def notify_error(err: BaseException, tile_size: int | None = None, names: Mapping[str, str] | None = None) -> str:
     """Show :func:`user_message` as a napari error notification (and log unexpected errors)."""
     from napari.utils.notifications import show_error
 
-    message = user_message(err, tile_size)
+    message = user_message(err, tile_size, names)
     if not isinstance(err, (EMDiffuseError, ValueError, MemoryError)) and not is_out_of_memory(err):
         log.error("unexpected error in a napari-emdiffuse job", exc_info=err)
     show_error(message)

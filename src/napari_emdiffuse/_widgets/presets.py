@@ -50,6 +50,9 @@ LABELS = {
     "sample.tile_size": "tile size (px)",
     "sample.overlap": "tile overlap (px)",
 }
+#: Labels that messages give the preset keys here: none, since this panel shows the JSON, and a
+#: key as the file spells it ("train.patch_size") is what the user looks for there.
+MESSAGE_NAMES: dict[str, str] = {}
 
 
 class PresetsWidget(DockWidget):
@@ -116,7 +119,7 @@ class PresetsWidget(DockWidget):
             self.base = load_preset(name_or_path)
             resolve(self.base, str(name_or_path))
         except Exception as err:  # noqa: BLE001 - shown to the user
-            self.status.setText(_common.notify_error(err))
+            self.status.setText(_common.notify_error(err, names=MESSAGE_NAMES))
             return
         data = self.base.model_dump(mode="json")
         self.form.blockSignals(True)
@@ -147,7 +150,7 @@ class PresetsWidget(DockWidget):
             self.json_view.setPlainText(self.preset().to_json())
             self.status.setText("")
         except Exception as err:  # noqa: BLE001 - the message says which key is wrong
-            self.status.setText(_common.user_message(err))
+            self.status.setText(_common.user_message(err, names=MESSAGE_NAMES))
 
     def save(self, path: str | Path) -> Path:
         """Write the edited preset as JSON (refusing an invalid one)."""
@@ -164,7 +167,7 @@ class PresetsWidget(DockWidget):
         try:
             preset = self.preset()
         except Exception as err:  # noqa: BLE001 - shown to the user
-            self.status.setText(_common.notify_error(err))
+            self.status.setText(_common.notify_error(err, names=MESSAGE_NAMES))
             return
         PRESETS.add(preset)
         self.status.setText(f"'{preset.name}' is offered in Train / fine-tune.")
@@ -180,4 +183,4 @@ class PresetsWidget(DockWidget):
             try:
                 self.save(path)
             except Exception as err:  # noqa: BLE001 - shown to the user
-                self.status.setText(_common.notify_error(err))
+                self.status.setText(_common.notify_error(err, names=MESSAGE_NAMES))
