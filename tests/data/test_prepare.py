@@ -152,6 +152,26 @@ def test_prepare_is_a_job_of_typed_events_and_a_cancel_leaves_the_set_as_it_was(
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # and no temporary is left
 
 
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_cancel_says_what_is_at_out_afterwards(tmp_path, pair, exists):
+    """"<out> is unchanged" was said of a set that never existed too: a new one is not created."""
+    from napari_emdiffuse.jobs.events import new_cancel_token
+
+    _, clean, _ = pair
+    out = tmp_path / "n.zarr"
+    if exists:
+        run_prepare(prepare_clean(Image(clean[:2], VOXEL), out, opts=OPTS))
+    token = new_cancel_token()
+    messages = []
+    for ev in prepare_clean(Image(clean, VOXEL), out, opts=OPTS, overwrite=exists, cancel=token):
+        if isinstance(ev, Progress):
+            token.set()
+        elif isinstance(ev, Message):
+            messages.append(ev.text)
+    assert messages == [f"cancelled: {out} is unchanged" if exists else f"cancelled: nothing was written ({out} was not created)"]
+    assert out.exists() == exists
+
+
 def test_cli_prepare_shows_its_progress_through_the_jobs_driver(tmp_path, pair, capsys, monkeypatch):
     """``emdiffuse prepare`` runs the job through cli_jobs.drive, as train and predict do: a bar
     counting slices and saying what it does, then the same report as before."""

@@ -5,7 +5,7 @@ factor between input and target pixels); :mod:`..data.prepare` writes the set kn
 ``prepare_pairs``, ``prepare_clean`` and ``prepare_volume`` are generators of the events train
 and predict yield (:mod:`.events`: progress per slice, then a :class:`~.events.PrepareResult`),
 so the CLI and a widget show them the same way. The writing runs in a helper thread; a cancel
-stops it at the next slice and leaves what was at ``out`` unchanged.
+stops it at the next slice and leaves what was at ``out`` (if anything) unchanged.
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ def _variant(name: str, raw_options: dict[str, Any] | None) -> tuple[Variant, Ba
 
 
 def _run(write: Writer, out: str | Path, cancel: CancelToken | None) -> Iterator[Event]:
-    """``write`` in a helper thread: its progress as events, then the result."""
+    """``write`` in a helper thread: its progress as events, then the result. A cancel says
+    what is at ``out`` afterwards: the set that was there, or nothing."""
     cancel = cancel or new_cancel_token()
+    out = Path(out)
+    existed = out.exists() or out.is_symlink()
     events: queue.Queue = queue.Queue()
     report: dict[str, Any] = {}
 
@@ -52,10 +55,10 @@ def _run(write: Writer, out: str | Path, cancel: CancelToken | None) -> Iterator
     try:
         yield from in_thread(lambda: report.update(write(progress)), events, cancel)
     except Cancelled:
-        yield Message(f"cancelled: {out} is unchanged", "warning")
-        yield PrepareResult(Path(out), {}, complete=False)
+        yield Message(f"cancelled: {out} is unchanged" if existed else f"cancelled: nothing was written ({out} was not created)", "warning")
+        yield PrepareResult(out, {}, complete=False)
         return
-    yield PrepareResult(Path(out), report)
+    yield PrepareResult(out, report)
 
 
 def prepare_pairs(
