@@ -469,6 +469,14 @@ def _difference(name: str, then: Any, now: Any) -> str:
     return f"{name} {then!r} then, {now!r} now"
 
 
+def _scheme(digest: Any) -> str | None:
+    """How an input's content was hashed (``SCHEME:HEX``; a bare hash: the central squares of a
+    few planes, before the whole input was hashed; None: not recorded)."""
+    if digest is None:
+        return None
+    return digest.partition(":")[0] if isinstance(digest, str) and ":" in digest else "samples"
+
+
 def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     """Refuse to continue a store that is not ours, or was made with another model, input or
     settings, or cut into other blocks (a version that cut large planes otherwise)."""
@@ -478,8 +486,9 @@ def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
     old = attrs.get("resume_key")
     if not isinstance(old, dict) or not (path / DONE).is_dir():
         raise InputError(f"{path}: made by an older version of {SOFTWARE} without block markers; it cannot be resumed (add --overwrite to start again)")
-    if "input_content" in key and "input_content" not in old:
-        raise InputError(f"{path}: made by a version of {SOFTWARE} that did not record its input's content, so it cannot be resumed safely; use --overwrite to start again")
+    if "input_content" in key and _scheme(old.get("input_content")) != _scheme(key["input_content"]):
+        what = "did not record its input's content" if "input_content" not in old else "hashed only samples of its input's content"
+        raise InputError(f"{path}: made by a version of {SOFTWARE} that {what}, so it cannot be resumed safely; use --overwrite to start again")
     for name in sorted(set(old) | set(key)):
         if old.get(name) != key.get(name):
             raise InputError(
