@@ -44,6 +44,24 @@ def test_weights_of_another_network_are_refused(tmp_path):
         Model.load(tmp_path)
 
 
+def test_a_top_level_variant_that_disagrees_with_the_preset_is_refused_naming_both(tmp_path):
+    """Listings (``emdiffuse models``, the widgets' model list) read the top-level copy, prediction
+    the preset's: an edited model.json whose two disagree loaded as the preset's without a word."""
+    _model().save(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["variant"] == meta["preset"]["variant"] == "denoise"
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "variant": "superres"}))
+    with pytest.raises(ModelFileError) as err:
+        Model.load(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path}: model.json says variant 'superres' at its top level but 'denoise' in its preset; one of them was edited: make them agree"
+    )
+    with pytest.raises(ModelFileError, match="'superres' at its top level"):
+        Model.from_json({**meta, "variant": "superres"})
+    (tmp_path / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "variant"}))
+    assert Model.load(tmp_path).variant == "denoise"  # without the copy, the preset alone says it
+
+
 def test_bad_model_json(tmp_path):
     _model().save(tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text())

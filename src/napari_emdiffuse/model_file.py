@@ -258,6 +258,12 @@ class Model:
             if isinstance(err, ConfigError):
                 raise ModelFileError(str(err)) from None
             raise ModelFileError(f"{source}: {MODEL_JSON} is incomplete or malformed ({err!r})") from None
+        stated = meta.get("variant", preset.variant)  # the copy at the top, which listings read without parsing the preset
+        if stated != preset.variant:
+            raise ModelFileError(
+                f"{source}: {MODEL_JSON} says variant {stated!r} at its top level but {preset.variant!r} in its preset; "
+                "one of them was edited: make them agree"
+            )
         for key in ("out_channels", "cond_channels"):
             if not 1 <= getattr(info, key) <= MAX_CHANNELS:
                 raise ModelFileError(f"{source}: {MODEL_JSON} key {key!r} is {getattr(info, key)}; expected 1 to {MAX_CHANNELS}")
