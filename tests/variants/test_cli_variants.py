@@ -86,13 +86,20 @@ def test_bad_factor_on_the_command_line(tmp_path, fib_small, capsys, args, messa
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_volume_variants_refuse_2d_and_short_inputs(tmp_path, fib_small, capsys):
+def test_volume_variants_refuse_2d_and_short_inputs_naming_the_file_and_its_shape(tmp_path, fib_small, capsys):
+    """The refusals named neither the file nor, for a short volume, its shape ("the isotropic
+    training volume has 4 slice(s)", "but the image is a single 2D image")."""
     vol = write_tiff(tmp_path / "v.tif", fib_small[:4], (0.005, 0.005, 0.005))
     assert run(*train_args("vemdiffuse-i-tiny", tmp_path / "m", "--volume", str(vol))) == 2
-    assert "has 4 slice(s)" in capsys.readouterr().err
+    h, w = fib_small.shape[1:]
+    assert f"error: volume {vol} has 4 slice(s) (shape (4, {h}, {w})); vEMDiffuse-i" in capsys.readouterr().err
     image = write_tiff(tmp_path / "2d.tif", fib_small[0], (0.005, 0.005))
     assert run(*train_args("vemdiffuse-a-tiny", tmp_path / "m", "--volume", str(image))) == 2
-    assert "works on volumes" in capsys.readouterr().err
+    assert f"error: volume {image} is a single 2D image ({h}, {w}), but vEMDiffuse-a" in capsys.readouterr().err
+    for model in ("vemdiffuse-i", "vemdiffuse-a"):
+        assert run("predict", "--model", model, "--input", str(image), "--output", str(tmp_path / "o.tif"), "-q") == 2
+        err = capsys.readouterr().err
+        assert f"error: image {image} is a single 2D image ({h}, {w}), but vEMDiffuse-" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -228,7 +228,7 @@ class IsoA(Variant):
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         r = options.factor
         volume = arrays["volume"]
-        check_volume(volume, self.title, "training volume", 1)
+        check_volume(volume, self.title, "volume", 1)
         vol, rows, cols = volume_region(volume, split)
         need = min_patch(r)
         fitted = fit_patch(split.patch, rows, cols)

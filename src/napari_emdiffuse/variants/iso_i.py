@@ -134,7 +134,7 @@ class IsoI(Variant):
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         k = options.factor
         volume = arrays["volume"]
-        check_volume(volume, self.title, "isotropic training volume", k + 1, f"at factor {k} (two slices {k} apart)")
+        check_volume(volume, self.title, "volume", k + 1, f"at factor {k} (two slices {k} apart)")
         vol, rows, cols = volume_region(volume, split)
         norm = fit_normaliser(vol, name="volume")
         pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, split.min_std)

@@ -18,16 +18,17 @@ COPY_ROWS = 1024
 
 
 def check_volume(image: Any, title: str, name: str = "image", min_slices: int = 2, why: str = "") -> None:
-    """Refuse anything but a volume ``(z, y, x)`` with at least ``min_slices`` slices."""
+    """Refuse anything but a volume ``(z, y, x)`` with at least ``min_slices`` slices. The
+    messages start with ``name``, which :func:`..errors.naming` turns into the file's."""
     if len(image.shape) == 2:
         raise InputError(
-            f"{title} works on volumes (z, y, x), but the {name} is a single 2D image {tuple(image.shape)}; "
+            f"{name} is a single 2D image {tuple(image.shape)}, but {title} works on volumes (z, y, x); "
             "open the whole stack, or use EMDiffuse-n / EMDiffuse-r for single images"
         )
     check_image(image, name, (3,))
     if image.shape[0] < min_slices:
         raise InputError(
-            f"the {name} has {image.shape[0]} slice(s); {title} needs at least {min_slices}{' ' + why if why else ''}"
+            f"{name} has {image.shape[0]} slice(s) (shape {tuple(image.shape)}); {title} needs at least {min_slices}{' ' + why if why else ''}"
         )
 
 
