@@ -31,6 +31,11 @@ class DeviceError(EMDiffuseError):
     """A requested device that is not available."""
 
 
+class StaleRunError(EMDiffuseError):
+    """A cluster worker's block of a prediction whose store is no longer its run's (the run ended,
+    was resumed or started again): the block is not written."""
+
+
 class LaunchError(EMDiffuseError):
     """A distributed launch (torchrun, srun) that cannot run: bad launcher variables, a peer
     process that failed, a process group that cannot form."""

@@ -8,8 +8,11 @@ Workers get plain data, never pickled models or arrays: the model folder (saved 
 output for the run), the input's path and the settings. Each worker loads the model and opens the
 input lazily once (:func:`_worker_state`), then for every block computes it with the same
 :class:`~.blocks.BlockRunner` the in-process loop uses, writes it into the store (each block
-owns whole chunks) and sets its done-marker. Failed blocks are retried; a cancel (Ctrl-C)
-cancels what is pending and leaves a store that ``--resume`` continues.
+owns whole chunks) and sets its done-marker, but only while the store at its path is still
+this run's (the run's id, :func:`.predict_output.check_run`): a worker of a run that has ended
+(its client killed, then the output resumed or started again) writes into no later run's store.
+Failed blocks are retried; a cancel (Ctrl-C) cancels what is pending and leaves a store that
+``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..variants import model_options
 from ..variants.base import Block
 from .blocks import BlockRunner, write_block
 from .events import CancelToken, Message, Progress
-from .predict_output import PredictionOutput, open_block_arrays
+from .predict_output import PredictionOutput, check_run, open_block_arrays
 
 #: how often a failed block is tried again (a worker lost, a transient error)
 RETRIES = 3
@@ -187,7 +190,7 @@ def run_on_cluster(
         }, sort_keys=True)  # fmt: skip
         store = str(out.store_path)
         yield Message(f"dask: {len(todo)} blocks on {address}; dashboard {client.dashboard_link}", "info")
-        futures = [client.submit(run_block, plain, b, store, pure=False, retries=RETRIES) for b in todo]
+        futures = [client.submit(run_block, plain, b, store, out.run, pure=False, retries=RETRIES) for b in todo]
         pending, finished = set(futures), 0
         yield Progress(0, len(todo), "blocks")
         while pending:
@@ -240,15 +243,21 @@ def _pinned_device() -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-def run_block(plain: str, block: Block, store: str) -> int:
-    """On a worker: compute ``block``, write it into ``store`` and mark it done; its index."""
+def run_block(plain: str, block: Block, store: str, run: str) -> int:
+    """On a worker: compute ``block``, write it into ``store`` and mark it done; its index. Only
+    while ``store`` is still run ``run``'s (looked at before each of the three): otherwise
+    :class:`~..errors.StaleRunError`, and nothing is written."""
     import dask
 
+    path = Path(store)
+    check_run(path, run)  # an ended run's block is not even computed
     runner, image = _worker_state(plain)
     with dask.config.set(scheduler="synchronous"):  # read the lazy input here, not as tasks of the cluster
         result = runner.run(image, block)
-    mean, spread, samples, markers = open_block_arrays(Path(store))
+    check_run(path, run)
+    mean, spread, samples, markers = open_block_arrays(path)
     write_block(result, mean, spread, samples)
+    check_run(path, run)  # a block written while its store changed is not marked done there
     markers[block.index] = 1
     return block.index
 

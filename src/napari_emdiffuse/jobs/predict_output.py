@@ -13,6 +13,13 @@ A cancelled run keeps only finished blocks: TIFFs named ``OUT.partial.tif`` ...,
 renamed ``OUT.partial.zarr`` with ``complete: false``; a killed run leaves its store under a
 hidden temporary name (``.OUT.zarr.tmp-PID-...``). ``resume`` continues either, computing only
 the blocks not marked done, and refuses a store made with another model, input or settings.
+
+Every run names itself in its store (the root attribute ``run``, new for each run, a resumed
+store's rewritten): cluster workers write a block only while the store at their path is still
+their run's (:func:`check_run`), so a worker of a run that has ended (its client killed, the run
+resumed or started again) never writes into another run's store. A dead run's store that a new run
+discards is first renamed (``...removing``, in one step) and then removed, so that it vanishes
+from its path at once rather than file by file under its workers.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import glob
 import os
 import re
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, pid_alive, replacing_set
-from ..errors import InputError
+from ..errors import InputError, StaleRunError
 from ..data.containers import CHUNK_PX
 from ..uncertainty import POOL_PX, ErrorModel
 from ..variants.base import Block, Geometry
@@ -122,6 +130,10 @@ def describe_region(region: tuple[slice, ...], shape: Sequence[int]) -> str:
 
 #: the arrays of a store that are not results: block done-markers, the samples' raw spread
 DONE, SPREAD = ".blocks_done", ".spread"
+#: the root attribute naming the run that writes a store (see the module docstring)
+RUN = "run"
+#: the name a dead run's store is given while it is removed (after its own)
+REMOVING = ".removing"
 #: pixels of a plane pooled at once (about): a strip of rows, so that no plane need fit in memory
 POOL_STRIP_PX = 1 << 24
 #: rows a strip reads beyond its own so that it pools as the whole plane does: the pooling
@@ -214,6 +226,18 @@ def _dead_temps(final: Path) -> list[Path]:
     return found
 
 
+def _discard(store: Path) -> None:
+    """Remove a dead run's store: renamed first, in one step, so that a worker of that run still
+    running finds no store at its path (:func:`check_run`) instead of one half removed; the new name
+    keeps the dead run's temporary one in front, so a removal cut short is finished by the next run."""
+    trash = store if store.name.endswith(REMOVING) else store.with_name(store.name + REMOVING)
+    try:
+        os.replace(store, trash)
+    except OSError:  # gone meanwhile (another run took it over), or the folder cannot be moved: removed in place
+        trash = store
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 class PredictionOutput:
     """One prediction's output, from the checks before the run to the files after it.
 
@@ -233,6 +257,8 @@ class PredictionOutput:
         self.staged: StagedStore | None = None
         self.resumable: Path | None = None
         self.done: Any = None
+        #: this run's name in its store (:func:`check_run`)
+        self.run = uuid.uuid4().hex
         #: on a resume whose earlier runs computed in another way (device, precision): those ways
         self.computed_before: list[dict[str, Any]] = []
 
@@ -258,7 +284,8 @@ class PredictionOutput:
         # its finished blocks are work a user may want to resume, decided below
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
         self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
-        killed = [p for p in _dead_temps(self.names.mean) if blocks_done(p)]  # with the lock held: a killed run's work
+        dead = _dead_temps(self.names.mean)  # with the lock held
+        killed = [p for p in dead if not p.name.endswith(REMOVING) and blocks_done(p)]  # a killed run's work
         if self.resume:
             found = [p for p in (partial, *killed) if p.is_dir()]
             self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
@@ -268,9 +295,10 @@ class PredictionOutput:
                 f"{self.names.mean}: a run that was killed left {blocks_done(killed[0])} finished blocks beside it ({killed[0].name}); "
                 "add --resume to continue it, or --overwrite to start again"
             )
-        for store in _dead_temps(self.names.mean) if not self.resume else ():
-            if own_attrs(store) is not None or not any(store.iterdir()):  # a folder of ours only, whatever its name
-                shutil.rmtree(store, ignore_errors=True)  # asked to start again (or no block of it was finished)
+        for store in dead if not self.resume else ():
+            # a folder of ours only, whatever its name (a removal cut short is ours): asked to start again, or no block of it was finished
+            if store.name.endswith(REMOVING) or own_attrs(store) is not None or not any(store.iterdir()):
+                _discard(store)
         check_space(self.names.mean.parent, nbytes)
 
     def allocate(
@@ -290,11 +318,11 @@ class PredictionOutput:
             os.rmdir(self.staged.path)
             os.rename(self.resumable, self.staged.path)
             group = zarr.open_group(str(self.staged.path), mode="r+")
-            group.attrs.update({"complete": False, "finished": None})
+            group.attrs.update({"complete": False, "finished": None, RUN: self.run})  # the earlier run's workers no longer write here
             self._record_compute(group, attrs.get("compute"))
             _place(group, attrs, geometry)
         else:
-            group = _create_store(self.staged.path, shape, dtype, n_samples, attrs, blocks, geometry, self.bounds)
+            group = _create_store(self.staged.path, shape, dtype, n_samples, {**attrs, RUN: self.run}, blocks, geometry, self.bounds)
         mean, spread, samples, self.done = open_block_arrays(self.staged.path)
         return mean, spread, samples, [bool(v) for v in self.done[:]]
 
@@ -425,6 +453,18 @@ def _place(group: Any, attrs: dict[str, Any], geometry: Geometry) -> None:
         group.attrs.update({"origin": attrs["origin"]})
     elif "origin" in group.attrs:
         del group.attrs["origin"]
+
+
+def check_run(path: Path, run: str) -> None:
+    """Refuse (:class:`StaleRunError`) unless the store at ``path`` is the one run ``run`` writes:
+    a cluster worker looks before computing a block, before writing it and before marking it done,
+    so a block of a run that has ended is written into no other run's store. What this leaves is a
+    worker that passed its look just before its store was moved or removed: its writes land in
+    the moved store, or recreate folders at the old path that are no store (never resumed)."""
+    attrs = own_attrs(path)
+    if attrs is None or attrs.get(RUN) != run:
+        there = "no store of ours is there now" if attrs is None else f"the store there is now run {attrs.get(RUN)}'s"
+        raise StaleRunError(f"{path}: a block of run {run}, but {there} (the run ended, was resumed or started again): the block is not written")
 
 
 def open_block_arrays(path: Path) -> tuple[Any, Any, Any, Any]:
