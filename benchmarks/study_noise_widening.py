@@ -135,7 +135,8 @@ def report(r: dict) -> str:
     lines = [
         "## Inputs noisier than the calibration data",
         "",
-        "A plane whose input is more than 1.25 times noisier than the calibration input (`uncertainty.input_noise`: "
+        "A plane whose input is more than 1.25 times noisier than the calibration input (more for planes under 256 px: "
+        "the second table) (`uncertainty.input_noise`: "
         "the median absolute finest diagonal wavelet detail over the plane's contrast) gets its bounds widened by that "
         "ratio to the power of the variant's `noise_exponent` (1; 0.25 for denoising, chosen on the runs below), "
         "and `predict` warns. "
