@@ -154,3 +154,23 @@ def test_a_bad_option_value_is_named_by_its_option_not_its_preset_key(tmp_path, 
     assert err == "emdiffuse predict: error: --tile-size: Input should be greater than or equal to 32"
     assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(tmp_path / "r"), "--batch-size", "0"]) == 2
     assert "error: --batch-size: " in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_roi_outside_the_image_or_empty_is_refused_before_training(tmp_path, stack, capsys):
+    """``--roi`` was clipped to the image without a word (training on another region than the one
+    asked for); now a region not wholly inside the image, or an empty one, is one line naming the
+    option, the image's size and its file, and nothing is trained or written."""
+    noisy, clean = stack
+    target = tmp_path / "target.tif"
+    tifffile.imwrite(target, tifffile.imread(clean)[:2, :96, :96])
+    run = tmp_path / "r"
+    pair = ["train", "--preset", "tiny", "--input", str(noisy), "--target", str(target), "--out", str(run), "--iterations", "1", "-q"]
+    for roi in ("0:900,0:64", "-8:40,0:64", "0:64,90:97", "200:300,200:300"):
+        err = _error(capsys, [*pair, f"--roi={roi}"]).strip()
+        assert err == f"emdiffuse train: error: --roi {roi}: lies outside the image {noisy} (96 x 96 px)"
+    err = _error(capsys, ["train", "--preset", "tiny", "--clean", str(clean), "--out", str(run), "--roi", "0:64,100:129"]).strip()
+    assert err == f"emdiffuse train: error: --roi 0:64,100:129: lies outside the image simulated from {clean} (128 x 128 px)"
+    for roi in ("40:40,0:64", "0:64,64:10"):
+        assert f"--roi {roi}: empty; Y0 must be less than Y1" in _error(capsys, [*pair, "--roi", roi])
+    assert not run.exists()
+    assert main([*pair, "--roi", "0:96,32:96"]) == 0  # the whole height: inside, trained

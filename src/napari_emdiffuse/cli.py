@@ -25,7 +25,8 @@ from .errors import EMDiffuseError, InputError, naming
 
 
 
-def _roi(text: str | None):
+def _roi(text: str | None) -> Any:
+    """``--roi Y0:Y1,X0:X1`` as a :class:`~.variants.base.Roi` (None without it); an empty one is refused."""
     if not text:
         return None
     from .variants.base import Roi
@@ -36,7 +37,17 @@ def _roi(text: str | None):
         x0, x1 = (int(v) for v in xs.split(":"))
     except ValueError:
         raise InputError(f"--roi {text!r}: expected Y0:Y1,X0:X1 in pixels, e.g. 0:256,128:512") from None
+    if y0 >= y1 or x0 >= x1:
+        raise InputError(f"--roi {text}: empty; Y0 must be less than Y1 and X0 less than X1, e.g. 0:256,128:512")
     return Roi(y0, y1, x0, x1)
+
+
+def _check_roi(roi: Any, text: str, shape: Sequence[int], source: str) -> None:
+    """Refuse a ``--roi`` not wholly inside the image it applies to (the training jobs would clip
+    it, silently training on another region than the one asked for); ``source`` names the image."""
+    height, width = (int(n) for n in shape[-2:])
+    if roi.y0 < 0 or roi.x0 < 0 or roi.y1 > height or roi.x1 > width:
+        raise InputError(f"--roi {text}: lies outside the image {source} ({height} x {width} px)")
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -93,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models import resolve_model
     from .variants import model_options, resolve
 
+    roi = _roi(args.roi)  # a malformed or empty region is refused before any file is read
     world = detect_world()
     resume = continues_run(args.out, args.resume, args.overwrite, world)
     overrides: dict[str, Any] = {"train": {}}
@@ -124,11 +136,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not arrays:
         needs = " and ".join(f"--{n}" for n in variant.training_inputs)
         raise InputError(f"no training data: give {needs} (or --clean with simulated degradation); a resumed run needs its data again")
+    if roi is not None:  # in the pixels of the network's input, the variant's first training input, where it came from
+        first = variant.training_inputs[0]
+        given = getattr(args, first, None)
+        source = given or (f"of the training set {args.data}" if args.data else f"simulated from {args.clean}")
+        _check_roi(roi, args.roi, arrays[first].shape, str(source))
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         events = train(
             preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
-            roi=_roi(args.roi), data_note="; ".join(notes), cancel=token, pixel_size_um=pixel,
+            roi=roi, data_note="; ".join(notes), cancel=token, pixel_size_um=pixel,
         )
         with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing
@@ -234,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a model or checkpoint, replacing it")
     t.add_argument("--from-model", help="fine-tune this model (a folder, or the name of a bundled model)")
-    t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels)")
+    t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels of --input or --volume; it must lie inside the image)")
     t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("-q", "--quiet", action="store_true")
