@@ -38,17 +38,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         with naming({"clean images": args.clean, "clean volume": args.clean}):
             image, truth = variant.calibration_pair(np.asarray(clean.data), options, dose=args.dose, read_noise=args.read_noise, seed=args.seed)
         voxel, source = variant.calibration_voxel(clean.voxel, options), f"{Path(args.clean).name} (its degradation simulated{_noise_note(model.variant, args)})"
+        names = (f"the input simulated from {args.clean}", f"the truth from {args.clean}")
     else:
         inp, tru = read_logged(args.input, "input"), read_logged(args.truth, "truth")
         image, truth, voxel = np.asarray(inp.data), np.asarray(tru.data), inp.voxel
         source = f"{Path(args.input).name} against {Path(args.truth).name}"
+        names = (f"the input {args.input}", f"the truth {args.truth}")
     over: dict[str, Any] = {k: getattr(args, k) for k in ("sampler", "steps", "samples") if getattr(args, k) is not None}
     with as_flags("sample", over):
         sample = model.preset.with_overrides({"sample": over}).sample
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         with naming({"image": args.clean or args.input}):
-            result = drive(calibrate(model, image, truth, sample=sample, voxel=voxel, device=args.device, cancel=token, source=source), args.quiet)
+            result = drive(calibrate(model, image, truth, sample=sample, voxel=voxel, device=args.device, cancel=token, source=source, names=names), args.quiet)
     if not result.complete:
         return stop.exit_status()
     folder = result.model.save_new(out, overwrite=args.overwrite)

@@ -20,7 +20,7 @@ from .. import metrics, uncertainty
 from ..config import SampleConfig
 from ..errors import InputError
 from ..model_file import Model
-from ..variants import complete
+from ..variants import complete, get_variant, model_options
 from .events import CancelToken, Kind, Message, PredictResult
 from .predict import normaliser_for, predict
 
@@ -48,14 +48,17 @@ def calibrate(
     device: str = "auto",
     cancel: CancelToken | None = None,
     source: str = "",
+    names: tuple[str, str] = ("the input", "the truth"),
 ) -> Iterator[Any]:
     """Predict ``image`` with ``model`` (its best estimate and error map at the sampling settings
     ``sample``, by default the model's), compare with ``truth`` and store the conformal scales in
     a copy of the model; yields predict's events, then a :class:`CalibrationResult`. ``source``
-    describes the data for the model card."""
+    describes the data for the model card; ``names`` are what messages call the input and the
+    truth (the command line: their files)."""
     cfg = sample or model.preset.sample
     if cfg.samples < 2:
         raise InputError("calibration needs at least 2 samples per prediction (their spread is the error map)")
+    _check_truth(model, image, truth, voxel, names)
     result: PredictResult | None = None
     normaliser = normaliser_for(model, image)
     # without its calibration the model's prediction gives the pooled spread itself, which the error model reads
@@ -73,8 +76,6 @@ def calibrate(
         return
     best, spread = np.asarray(result.mean, np.float32), np.asarray(result.std, np.float32)
     truth = np.asarray(truth, np.float32)
-    if truth.shape != best.shape:
-        raise InputError(f"the truth is {tuple(truth.shape)}, but the model's output for the input is {tuple(best.shape)}: they must match pixel for pixel")
     err = best - truth
     used = spread > 0  # slices copied from the input: exact, nothing to calibrate
     left = np.zeros(best.shape, bool)
@@ -104,6 +105,19 @@ def calibrate(
         f"of the other {calibration['check_pixels']} (best estimate {psnr_best:.2f} dB)"
     )
     yield CalibrationResult(calibrated)
+
+
+def _check_truth(model: Model, image: Any, truth: Any, voxel: Sequence[float] | None, names: tuple[str, str]) -> None:
+    """Refuse a truth that is not the shape of the model's output for the image before anything
+    is predicted (a prediction takes minutes), naming both and their shapes."""
+    variant, options = get_variant(model.variant), model_options(model)
+    variant.check_input(image, options)
+    shape = tuple(int(n) for n in image.shape)
+    want = variant.output_geometry(shape, voxel or (1.0,) * len(shape), options).shape
+    if tuple(truth.shape) != tuple(want):
+        raise InputError(
+            f"{names[1]} is {tuple(truth.shape)}, but the model's output for {names[0]} {shape} is {tuple(want)}: they must match pixel for pixel"
+        )
 
 
 CARD_HEADING = "**Calibration.**"
