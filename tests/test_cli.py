@@ -174,3 +174,37 @@ def test_a_roi_outside_the_image_or_empty_is_refused_before_training(tmp_path, s
         assert f"--roi {roi}: empty; Y0 must be less than Y1" in _error(capsys, [*pair, "--roi", roi])
     assert not run.exists()
     assert main([*pair, "--roi", "0:96,32:96"]) == 0  # the whole height: inside, trained
+
+
+def test_a_device_named_but_not_here_is_an_error_for_every_command_that_takes_one(tmp_path, stack, capsys, tiny_model_dir):
+    """``--device cuda`` on a machine without CUDA ran on the CPU with a warning and status 0 (an
+    overnight job taking weeks); a device named on the command line must be there. ``auto`` and
+    ``cpu`` stay as they were."""
+    import argparse
+    import subprocess
+    import sys
+
+    import torch
+
+    from napari_emdiffuse.cli import build_parser
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("a GPU is here: cuda or mps is usable")
+    noisy, clean = stack
+    commands = {
+        "predict": ["predict", "--model", str(tiny_model_dir), "--input", str(noisy), "--output", str(tmp_path / "o.tif")],
+        "train": ["train", "--preset", "tiny", "--clean", str(clean), "--out", str(tmp_path / "r"), "--iterations", "1"],
+        "calibrate": ["calibrate", "--model", str(tiny_model_dir), "--clean", str(clean), "--out", str(tmp_path / "cal")],
+    }
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {name for name, p in sub.choices.items() if "--device" in p._option_string_actions} == set(commands)  # every one
+    reasons = {"cuda": "CUDA is not available", "cuda:1": "CUDA is not available", "mps": "Apple MPS is not available on this machine"}
+    for name, argv in commands.items():
+        for device, reason in reasons.items():
+            err = _error(capsys, [*argv, "--device", device]).strip()
+            assert err.startswith(f"emdiffuse {name}: error: --device {device}: {reason}"), err
+    assert sorted(tmp_path.iterdir()) == []  # nothing started, nothing written
+    done = subprocess.run([sys.executable, "-m", "napari_emdiffuse.cli", *commands["predict"], "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("emdiffuse predict: error: --device cuda: CUDA is not available")
+    assert main([*commands["predict"], "--device", "cpu", "--steps", "1", "--samples", "2", "-q"]) == 0  # a device that is here

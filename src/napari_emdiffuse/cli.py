@@ -21,7 +21,7 @@ import numpy as np
 
 from .arg_types import as_flags
 from .cli_jobs import ctrl_c_cancels, drive, terminate
-from .errors import EMDiffuseError, InputError, naming
+from .errors import DeviceError, EMDiffuseError, InputError, naming
 
 
 
@@ -48,6 +48,22 @@ def _check_roi(roi: Any, text: str, shape: Sequence[int], source: str) -> None:
     height, width = (int(n) for n in shape[-2:])
     if roi.y0 < 0 or roi.x0 < 0 or roi.y1 > height or roi.x1 > width:
         raise InputError(f"--roi {text}: lies outside the image {source} ({height} x {width} px)")
+
+
+def _require_device(args: argparse.Namespace) -> None:
+    """A device named with ``--device`` (cuda, cuda:N, mps) must be usable here, or the command
+    stops before any work: a run meant for a GPU must not creep along on the CPU. (The jobs fall
+    back to the CPU with a warning, for the widgets, whose menus offer only the devices found.)
+    With ``--cluster`` the workers choose theirs, and refuse one they do not have."""
+    name = getattr(args, "device", None)
+    if name is None or name.strip().lower() in ("auto", "cpu") or getattr(args, "cluster", None):
+        return
+    from .engine.device import select_device
+
+    try:
+        select_device(name, strict=True)
+    except DeviceError as err:
+        raise DeviceError(f"--device {name}: {err}") from None
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -253,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from-model", help="fine-tune this model (a folder, or the name of a bundled model)")
     t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels of --input or --volume; it must lie inside the image)")
     t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; a device named here that is not usable is an error")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -280,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (written beside them and swapped in when complete)")
     r.add_argument("--resume", action="store_true", help="continue a zarr output left by a cancelled or killed run: only the missing blocks are computed")
     r.add_argument("--cluster", help="run the blocks on dask workers: local:N, tcp://host:port (a running scheduler) or a cluster file (JSON, SLURM/PBS/LSF); see docs/whole-volume.md")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; a device named here that is not usable is an error")
     r.add_argument("--compile", action="store_true", help="torch.compile the network first (about a minute of compiling; on a CPU it ran 1.1-1.4x slower than without, docs/benchmarks-throughput.md)")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_predict)
@@ -374,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, terminate)
     try:
+        _require_device(args)
         status = int(args.func(args) or 0)
         if sys.stdout is not None:
             sys.stdout.flush()  # a reader that closed our output is met here, not in Python's exit

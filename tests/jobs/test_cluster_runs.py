@@ -106,3 +106,22 @@ def test_a_dead_runs_store_leaves_its_path_in_one_step_before_it_is_removed(smal
     out.close()
     assert sorted(removed) == sorted([(killed.name + REMOVING, False), (cut_short.name, False)])
     assert not list(tmp_path.glob(".o.zarr.tmp-*"))
+
+
+def test_a_worker_refuses_a_device_it_does_not_have(small_stack, tmp_path, random_model, fast):
+    """``--cluster ... --device cuda``: the client does not check (the workers may have GPUs it
+    has not); a worker without the device fails its blocks rather than run them on its CPU."""
+    import torch
+
+    from napari_emdiffuse.errors import DeviceError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    tifffile.imwrite(tmp_path / "in.tif", small_stack[:1])
+    random_model("tiny").save(tmp_path / "m")
+    plain = json.dumps({
+        "model": str(tmp_path / "m"), "input": str(tmp_path / "in.tif"), "cfg": fast.model_dump(mode="json"), "normaliser": {"low": 0.0, "high": 255.0},
+        "device": "cuda:1", "estimate": "best", "keep_samples": False,
+    }, sort_keys=True)  # fmt: skip
+    with pytest.raises(DeviceError, match=r"device 'cuda:1' on a dask worker: CUDA is not available"):
+        _worker_state(plain)

@@ -1,8 +1,10 @@
 """Device choice, mixed precision and the network's memory layout.
 
-``auto`` takes CUDA, then Apple MPS, then the CPU. A device the user names explicitly but that
-is missing or unusable falls back to the CPU with a warning that says why (a job is never lost
-because a GPU is busy), unless ``strict=True``.
+``auto`` takes CUDA, then Apple MPS, then the CPU. A device named explicitly but missing or
+unusable falls back to the CPU with a warning that says why (the jobs, for the widgets, whose
+menus offer only the devices found: a job is never lost because a GPU is busy), unless
+``strict=True``: the command line's ``--device`` and the cluster workers ask so, and a device
+named there that is not usable is an error (:class:`~..errors.DeviceError`).
 
 Per device, :func:`prepare_network` and :func:`autocast` decide how the network runs: channels
 last on CPUs and CUDA GPUs (oneDNN and cuDNN convolutions skip their layout reorders), bf16 on

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SampleConfig
 from ..data.normalise import Normaliser
-from ..errors import Cancelled, ConfigError, InputError
+from ..errors import Cancelled, ConfigError, DeviceError, InputError
 from ..model_file import Model
 from ..variants import model_options
 from ..variants.base import Block
@@ -224,8 +224,12 @@ def _worker_state(plain: str) -> tuple[BlockRunner, Any]:
     device = spec["device"]
     if device == "auto":
         device = _pinned_device()
+    try:  # a device named but missing here fails the worker's blocks: they must not creep along on its CPU
+        dev = select_device(device, strict=True)
+    except DeviceError as err:
+        raise DeviceError(f"device {device!r} on a dask worker: {err}") from None
     runner = BlockRunner(
-        model, model_options(model), SampleConfig(**spec["cfg"]), Normaliser.from_dict(spec["normaliser"]), select_device(device), spec["estimate"], spec["keep_samples"]
+        model, model_options(model), SampleConfig(**spec["cfg"]), Normaliser.from_dict(spec["normaliser"]), dev, spec["estimate"], spec["keep_samples"]
     )
     return runner, read_image(spec["input"]).data
 

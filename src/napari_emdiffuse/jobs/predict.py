@@ -136,8 +136,8 @@ def predict(
         match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
         if match != "same":
             yield Message("the intervals were " + uncertainty.settings_note(calibration, match), "warning")
-        dev = select_device(device)
-        if device not in ("auto", "cpu") and dev.type == "cpu":
+        dev = select_device(device if cluster is None else "cpu")  # on a cluster the workers choose theirs (and check it): here blocks are only cut
+        if cluster is None and device not in ("auto", "cpu") and dev.type == "cpu":
             yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
         bf16 = uses_bf16(dev, inference=True)
         global _PRECISION_SAID
