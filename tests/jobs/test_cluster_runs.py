@@ -97,7 +97,7 @@ def test_a_dead_runs_store_leaves_its_path_in_one_step_before_it_is_removed(smal
     rmtree = shutil.rmtree
 
     def watching(path, *args, **kwargs):
-        removed.append((path.name, killed.exists()))
+        removed.append((path.name, (path.parent / path.name.removesuffix(REMOVING)).exists()))  # its own name still there?
         return rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(predict_output.shutil, "rmtree", watching)
