@@ -84,3 +84,22 @@ def test_prepare_network_compiles_only_when_asked(monkeypatch):
     prepare_network(net, torch.device("cpu"))
     assert compiled == []
     assert prepare_network(net, torch.device("cpu"), compile=True) is net and compiled == [net]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_requested_gpu_that_gives_way_to_the_cpu_is_said_where_the_widgets_show_it(tmp_path):
+    """The widgets show a job's messages, not the log: a training or prediction asked for a GPU
+    that is not usable says so, with the reason, as its first message."""
+    import numpy as np
+
+    from napari_emdiffuse.config import load_preset
+    from napari_emdiffuse.jobs.events import Message
+    from napari_emdiffuse.jobs.train import train
+
+    assert device_mod.fallback_note("auto", torch.device("cpu")) is None
+    assert device_mod.fallback_note("cpu", torch.device("cpu")) is None
+    note = device_mod.fallback_note("cuda", torch.device("cpu"))
+    assert "CUDA is not available" in note and note.endswith("running on the CPU (slower)")
+    image = np.zeros((64, 64), np.float32)
+    first = next(iter(train(load_preset("tiny"), {"input": image, "target": image}, tmp_path / "run", device="cuda")))
+    assert isinstance(first, Message) and first.level == "warning" and first.text == note

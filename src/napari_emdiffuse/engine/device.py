@@ -79,6 +79,15 @@ def select_device(name: str = "auto", strict: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
+def fallback_note(name: str, dev: torch.device) -> str | None:
+    """What to tell a user whose requested device ``name`` gave way to the CPU ``dev`` in
+    :func:`select_device` (None: it did not): the widgets show messages, not the log."""
+    name = (name or "auto").strip().lower()
+    if name in ("auto", "cpu") or dev.type != "cpu":
+        return None
+    return f"device {name!r} is not usable ({_usable(torch.device(name))}); running on the CPU (slower)"
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""

@@ -23,7 +23,7 @@ from ..config import SampleConfig
 from ..data.image import known_pixel_um
 from ..data.normalise import Normaliser, fit_normaliser
 from ..data.safe_output import SOFTWARE
-from ..engine.device import cpu_has_native_bf16, select_device, uses_bf16
+from ..engine.device import cpu_has_native_bf16, fallback_note, select_device, uses_bf16
 from ..errors import Cancelled, InputError
 from ..model_file import Model
 from ..variants import get_variant, model_options
@@ -137,8 +137,9 @@ def predict(
         if match != "same":
             yield Message("the intervals were " + uncertainty.settings_note(calibration, match), "warning")
         dev = select_device(device if cluster is None else "cpu")  # on a cluster the workers choose theirs (and check it): here blocks are only cut
-        if cluster is None and device not in ("auto", "cpu") and dev.type == "cpu":
-            yield Message(f"device {device!r} is not usable; running on the CPU", "warning")
+        fallback = fallback_note(device, dev) if cluster is None else None
+        if fallback:
+            yield Message(fallback, "warning")
         bf16 = uses_bf16(dev, inference=True)
         global _PRECISION_SAID
         if bf16 and dev.type == "cpu" and cluster is None and not _PRECISION_SAID:

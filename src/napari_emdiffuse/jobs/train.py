@@ -29,7 +29,7 @@ import torch
 
 from .. import metrics, uncertainty
 from ..config import Preset, parse_preset
-from ..engine.device import autocast, configure_backends, prepare_network, select_device
+from ..engine.device import autocast, configure_backends, fallback_note, prepare_network, select_device
 from ..engine.diffusion import Denoiser, DiffusionProcess
 from ..engine.samplers import get_sampler, posterior_mean
 from ..engine.distributed import Group, World, detect_world, rank_device
@@ -362,6 +362,9 @@ def train(
     run_dir = Path(run_dir)
     world = detect_world()
     dev = rank_device(select_device(device), world)
+    fallback = fallback_note(device, dev)
+    if fallback:  # the Train widget asked for a GPU that is busy or gone: say so where it shows
+        yield Message(fallback, "warning")
     with _run_session(run_dir, world, dev) as group:
         yield from _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview_every, data_note, cancel, pixel_size_um)
 
