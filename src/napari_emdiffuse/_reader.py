@@ -176,7 +176,8 @@ def _imagej_extras(path: Path, data: Any, voxel: tuple[float, ...]) -> tuple[Any
 
 
 def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:
-    """The first dataset's translation (µm) of an OME-Zarr image, when it has one."""
+    """The first dataset's translation (µm) of an OME-Zarr image, when it has one; an axis that
+    is not in space (the sample axis of a prediction's ``samples``) is not moved."""
     import zarr
 
     from .data.image import unit_to_um
@@ -184,11 +185,12 @@ def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:
     attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
     ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]
     axes = ms[0].get("axes") or []
+    space = [isinstance(a, dict) and a.get("type") == "space" for a in axes]
+    if len(axes) != ndim or not any(space):
+        return None
     for t in (ms[0].get("datasets") or [{}])[0].get("coordinateTransformations", []):
-        if t.get("type") == "translation" and len(t["translation"]) == len(axes):
-            spatial = [(v, a) for v, a in zip(t["translation"], axes) if isinstance(a, dict) and a.get("type") == "space"]
-            if len(spatial) == ndim:
-                return tuple(float(v) * (unit_to_um(a.get("unit")) or 1.0) for v, a in spatial)
+        if t.get("type") == "translation" and len(t["translation"]) == ndim:
+            return tuple(float(v) * (unit_to_um(a.get("unit")) or 1.0) if s else 0.0 for v, a, s in zip(t["translation"], axes, space))
     return None
 
 
@@ -204,6 +206,23 @@ def _is_plain_group(path: Path) -> bool:
         return False
     attrs = dict(node.attrs)
     return isinstance(node, zarr.Group) and not (attrs.get("ome") or attrs).get("multiscales")
+
+
+def _group_geometry(kwargs: dict[str, Any], ndim: int, voxel: Sequence[float] | None, origin: Sequence[float] | None) -> dict[str, Any]:
+    """Where an array of a group lies: its own scale and translation, else the group's
+    ``voxel_size`` and ``origin`` (µm; a voxel of 1, a pixel size never known, stays in pixels
+    as any file's does). An array with an axis more than those (``samples``) has the sample
+    axis in front, as the Enhance widget adds it, so that the two never mix units."""
+    from ._widgets.layers import Placement, samples_kwargs
+
+    spatial = len(voxel or origin or ())
+    if spatial > ndim:  # not an array of this group's geometry
+        return {}
+    lead = ndim - spatial
+    own = {key: tuple(kwargs[key])[lead:] for key in ("scale", "translate", "units") if key in kwargs}
+    group = geometry_kwargs(voxel or (1.0,) * (ndim - lead), origin if origin and len(origin) == ndim - lead else None)
+    placement = Placement.from_kwargs({**group, **own}, ndim - lead)
+    return samples_kwargs(placement) if lead else {**group, **own}
 
 
 def _zarr_group_layers(path: Path) -> list[LayerData]:
@@ -222,12 +241,8 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
     for name in sorted(n for n in names if not n.startswith(".")):  # hidden: a prediction's bookkeeping
         data, kwargs, kind = _image_layer(path, name, name=f"{stem} {name}")
         ndim = data[0].ndim if isinstance(data, list) else data.ndim
-        if "scale" not in kwargs and group_voxel and len(group_voxel) <= ndim:
-            lead = ndim - len(group_voxel)  # e.g. the sample axis of ``samples``
-            kwargs["scale"] = (1.0,) * lead + tuple(float(v) for v in group_voxel)
-            kwargs["units"] = ("pixel",) * lead + ("micrometer",) * len(group_voxel)
-        if "translate" not in kwargs and origin and len(origin) <= ndim and any(origin):
-            kwargs["translate"] = (0.0,) * (ndim - len(origin)) + tuple(float(o) for o in origin)
+        if group_voxel or origin:
+            kwargs.update(_group_geometry(kwargs, ndim, group_voxel, origin))
         if name in UNCERTAINTY_NAMES:
             kwargs.update(name=f"{stem} uncertainty", colormap="inferno")
         if ours:  # a result reopened: the layer pickers do not guess it (its bounds least) as the next input

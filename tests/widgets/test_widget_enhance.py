@@ -102,7 +102,7 @@ def test_enhance_reads_dask_and_multiscale_layers_at_full_resolution(make_napari
         w.run()
         enhanced, _ = w.result_layers
         assert enhanced.data.shape == (2, 128, 128), name
-        assert enhanced.name == f"{name} denoise"
+        assert enhanced.name == f"{name}: estimate"
 
 
 def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, monkeypatch):
@@ -206,16 +206,18 @@ def test_the_uncertainty_layer_is_a_calibrated_error_bound_with_a_colour_bar(mak
         w.run()
         runs[q] = (w, w.result_layers[1])
     (_, plain), (w, bound) = runs[None], runs[3.0]
-    assert plain.name.endswith("uncertainty (uncalibrated)") and "uncalibrated" in plain.metadata["emdiffuse"]["tip"]
-    assert bound.name.endswith("error bound (90 %)") and "90 %" in bound.metadata["emdiffuse"]["tip"]
+    assert plain.name == "em: uncertainty (uncalibrated) [grey values]" and "uncalibrated" in plain.metadata["emdiffuse"]["tip"]
+    assert bound.name == "em: error bound (90 %) [grey values]" and "90 %" in bound.metadata["emdiffuse"]["tip"]
     w.steps.setValue(2)  # not the calibrated settings: the name no longer claims the coverage
     w.run()
-    assert w.result_layers[1].name.endswith("error bound (about 90 %)") and "approximate" in w.result_layers[1].metadata["emdiffuse"]["tip"]
+    assert w.result_layers[1].name == "em: error bound (about 90 %) [grey values]" and "approximate" in w.result_layers[1].metadata["emdiffuse"]["tip"]
     w.steps.setValue(1)
     w.run()
     bound = w.result_layers[1]
     np.testing.assert_allclose(np.asarray(bound.data), 3.0 * np.asarray(plain.data), rtol=1e-5)
     assert bound.colorbar.visible and not bound.visible
+    # napari's colour bar has no label: the layer's name, which says the unit, is shown beside it
+    assert bound.name_overlay.visible and bound.name_overlay.position == bound.colorbar.position
     level = float(np.percentile(np.asarray(smoothed(np.asarray(bound.data))), 50))
     w.unsure_above.setValue(level)
     regions = w.regions_layer
@@ -321,3 +323,71 @@ def test_volume_variants_offer_only_volume_scopes_and_the_info_line_names_the_sc
     assert w.output_info.text().startswith("Whole volume → ")
     w.variant.setCurrentIndex(w.variant.findData("denoise"))
     assert items.item(w.scope.findData("slice")).isEnabled()
+
+
+def _edges(layer) -> np.ndarray:
+    """The first and last pixel edges of a layer along each axis, in world coordinates."""
+    scale, translate, shape = np.asarray(layer.scale), np.asarray(layer.translate), np.asarray(layer.data.shape)
+    return np.stack([translate - scale / 2, translate + (shape - 0.5) * scale])
+
+
+@pytest.mark.parametrize("variant_name,units", [("denoise", None), ("superres", None), ("superres", "micrometer")])
+def test_an_input_without_a_pixel_size_gives_results_without_one(make_napari_viewer, isbi, untrained_model, tmp_path, variant_name, units):
+    """The GUI walk: the result of an input with no pixel size kept a scale made from the
+    placeholder (0.5 µm from another reader's "1 µm") while the file it wrote records no pixel
+    size. Its layers are in napari's pixel unit, overlaying the input, and so is the store reopened."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(isbi[:2, :32, :32], name="em", **({"units": (units,) * 3} if units else {}))
+    MODELS.add(untrained_model(variant_name), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData(variant_name))
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    assert w.output_info.text().endswith("pixel") and "nm" not in w.output_info.text()
+    w.zarr_path.setText(str(tmp_path / "r.zarr"))
+    w.run()
+    assert len(w.result_layers) == 2, w.controls.status.text()
+    factor = 2 if variant_name == "superres" else 1
+    for out in (*w.result_layers, w.regions_layer):
+        assert [str(u) for u in out.units] == ["pixel"] * 3
+        assert tuple(out.scale) == pytest.approx((1.0, 1 / factor, 1 / factor))
+        np.testing.assert_allclose(_edges(out), _edges(layer))  # exactly over the input
+    reopened = viewer.open(str(tmp_path / "r.zarr"), plugin="napari-emdiffuse")
+    assert all(str(u) == "pixel" for lyr in reopened for u in lyr.units)  # no 1 µm made up on reading either
+    if factor == 1:  # a finer grid of unknown size is stored in its own pixels (jobs.predict.output_geometry)
+        assert all(tuple(lyr.scale) == tuple(w.result_layers[0].scale) for lyr in reopened)
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes, calibrated):
+    """The GUI walk: dragging a prediction store into napari beside the result made napari warn
+    "Inconsistent units across layers" (the reopened samples' sample axis was in µm, the shown
+    samples' in pixels; an unknown pixel size came back as 1 µm). napari says so in a notification,
+    not a Python warning. The reopened layers lie where the shown ones do, in the same units."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    geometry = {"scale": voxel, "translate": (1.0, 0.5, 0.25), "units": ("micrometer",) * 3} if calibrated else {}
+    viewer.add_image(isbi[:2, :32, :32], name="em", **geometry)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    w.keep_samples.setChecked(True)
+    w.zarr_path.setText(str(tmp_path / "r.zarr"))
+    w.run()
+    QApplication.processEvents()
+    shown = {"enhanced": w.result_layers[0], "uncertainty": w.result_layers[1], "samples": w.samples_layer}
+    shown["bounds"] = shown["enhanced"]  # the calibrated interval's lower and upper images, on the result's grid
+    reopened = viewer.open(str(tmp_path / "r.zarr"), plugin="napari-emdiffuse")
+    QApplication.processEvents()  # napari checks the units when it next draws
+    assert not [m for m in notes.messages("warning") if "units" in m]
+    assert viewer.layers.extent.units is not None
+    assert {"enhanced", "uncertainty", "samples"} <= {lyr.metadata["emdiffuse"]["role"] for lyr in reopened}
+    for lyr in reopened:
+        twin = shown[lyr.metadata["emdiffuse"]["role"]]
+        assert [str(u) for u in lyr.units] == [str(u) for u in twin.units]
+        assert tuple(lyr.scale) == pytest.approx(tuple(twin.scale)) and tuple(lyr.translate) == pytest.approx(tuple(twin.translate))
+    assert tuple(shown["samples"].axis_labels)[0] == "sample" == tuple(next(lyr for lyr in reopened if lyr.name == "r samples").axis_labels)[0]

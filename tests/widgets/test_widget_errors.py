@@ -89,7 +89,7 @@ def test_bad_tile_settings_are_refused_before_a_run(make_napari_viewer, notes, i
     w.tile_size.setValue(64)
     w.overlap.setValue(48)
     w.run()
-    assert "overlap" in notes.messages("error")[-1] and not w.controls.runner.running
+    assert notes.messages("error")[-1].startswith("Overlap: 48") and not w.controls.runner.running  # named by its label
 
 
 def test_a_model_with_a_bad_variant_option_is_refused_when_loaded(make_napari_viewer, notes, tiny_model, tmp_path, monkeypatch, open_dock):

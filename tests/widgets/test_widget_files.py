@@ -49,7 +49,7 @@ def test_enhance_a_tiff_file_into_zarr_beside_it_opened_lazily_where_the_reader_
     w.run()
     assert len(w.result_layers) == 2, w.controls.status.text()
     enhanced, uncertainty = w.result_layers
-    assert [lyr.name for lyr in viewer.layers][::2] == ["em denoise", "em denoise unsure"]
+    assert [lyr.name for lyr in viewer.layers][::2] == ["em: estimate", "em: unsure regions"]
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is True
     source = _reader_kwargs(em_tiff, "em")
     stored = _reader_kwargs(out, "em_enhanced mean")
@@ -145,7 +145,7 @@ def _bad_paths(tmp_path, isbi):
         (str(tmp_path / "missing.tif"), "denoise", "no such file or folder"),
         (str(broken), "denoise", "not a valid TIFF"),
         (str(tmp_path / "notes.txt"), "denoise", "unsupported file type '.txt'"),
-        (str(flat), "iso_i", "works on volumes (z, y, x), but the file"),
+        (str(flat), "iso_i", f"{flat} is a single 2D image (32, 32), but vEMDiffuse-i"),
     ]
 
 

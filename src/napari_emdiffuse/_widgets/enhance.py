@@ -40,7 +40,18 @@ from ..errors import InputError
 from ..jobs.events import Event, PredictResult
 from ..jobs.predict_output import result_bytes
 from . import _common
-from .layers import Placement, current_plane, image_array, in_um, output_placement, rectangle_roi, sample_percentile, unwrap, voxel_text
+from .layers import (
+    Placement,
+    current_plane,
+    image_array,
+    in_um,
+    output_placement,
+    rectangle_roi,
+    sample_percentile,
+    samples_kwargs,
+    unwrap,
+    voxel_text,
+)
 from .options_form import OptionsForm
 from .pickers import LayerPicker
 from .qt_helpers import Collapsible, DockWidget, PathField, combo, disconnect, image_type, narrow, row, shapes_type, spin
@@ -83,6 +94,8 @@ UNCALIBRATED_TIP = (
 #: quarter of the memory available when the job starts.
 IN_MEMORY_LIMIT: int | None = None
 UNCERTAINTY_COLORMAP = "inferno"
+#: the unit of the error bound (as of the result): the input's own intensities
+INTENSITY_UNIT = "grey values"
 REGIONS_COLOR = "magenta"
 
 
@@ -398,6 +411,7 @@ class EnhanceWidget(DockWidget):
                 layer = self.image.layer()
                 data, source = self._crop(layer, image_array(layer))[0], Placement.of(layer)
                 what = SCOPES[self.scope.currentData()][0]
+            source = source.measured()
             variant = get_variant(entry.variant)
             options = variant.options(self.options.values() if self.options else {})
             out = variant.output_geometry(data.shape, source.scale[-data.ndim :], options)
@@ -465,6 +479,7 @@ class EnhanceWidget(DockWidget):
             paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
             name, contrast = layer.name, tuple(layer.contrast_limits)
             info, described = {"source_layer": layer.name}, f"layer {layer.name!r}"
+        source = source.measured()
         entry: ModelEntry | None = self.model.currentData()
         if entry is None:
             raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
@@ -617,7 +632,7 @@ class EnhanceWidget(DockWidget):
             mean, std = mean[region], std[region]
         if plan.add_axis:
             mean, std = mean[None], std[None]
-        name = f"{plan.name} {plan.model.variant}" + (" (partial)" if region is not None else "")
+        source = plan.name + (" (partial)" if region is not None else "")
         info = {"model": str(plan.entry.path), **(plan.source_info or {}), "samples": plan.sample.samples}
         kwargs = plan.placement.kwargs()
         if plan.contrast is None:  # a file's result: the contrast the reader gives it
@@ -628,7 +643,7 @@ class EnhanceWidget(DockWidget):
             contrast = plan.contrast
         enhanced = self.viewer.add_image(
             mean,
-            name=name,
+            name=result_name(source, "estimate"),
             colormap="gray",
             contrast_limits=contrast,
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
@@ -638,18 +653,21 @@ class EnhanceWidget(DockWidget):
         top = sample_percentile(bound, 99.5)
         uncertainty = self.viewer.add_image(
             bound,
-            name=f"{name} {label}",
+            name=result_name(source, f"{label} [{INTENSITY_UNIT}]"),
             colormap=UNCERTAINTY_COLORMAP,
             contrast_limits=(0.0, max(top, 1e-6)),  # from zero: the colours show how large the bound is, not only where it is larger
             visible=False,
             metadata={"emdiffuse": {**info, "role": "uncertainty", "tip": tip}},
             **kwargs,
         )
-        uncertainty.colorbar.visible = True  # shown with the layer: what a colour means, in grey values
+        uncertainty.colorbar.visible = True  # shown with the layer: what a colour means
+        # napari 0.9's colour bar has no label: the layer's name, with its unit, is put beside it as one
+        uncertainty.name_overlay.position = uncertainty.colorbar.position
+        uncertainty.name_overlay.visible = True
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
-        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, plan.add_axis, f"{name} samples", contrast, info, kwargs))
+        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, plan.add_axis, result_name(source, "samples"), contrast, info, plan.placement))
         self._bound = bound
-        self.regions_layer = unwrap(self._add_regions(bound, f"{name} unsure", info, kwargs)) if plan.sample.samples >= 2 else None
+        self.regions_layer = unwrap(self._add_regions(bound, result_name(source, "unsure regions"), info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
         where = f", written to {plan.output}" if plan.output else ""
         self.controls.status.setText(
@@ -660,7 +678,7 @@ class EnhanceWidget(DockWidget):
         )
 
     def _add_samples(
-        self, samples: Any, region: tuple[slice, ...] | None, add_axis: bool, name: str, contrast: Any, info: dict[str, Any], kwargs: dict[str, Any]
+        self, samples: Any, region: tuple[slice, ...] | None, add_axis: bool, name: str, contrast: Any, info: dict[str, Any], placement: Placement
     ) -> Any:
         """The samples as one hidden layer over the result, their index a leading axis; cropped
         to a cancelled run's finished ``region``, and given the slice's axis (``add_axis``) as the result is."""
@@ -672,13 +690,9 @@ class EnhanceWidget(DockWidget):
             samples = samples[(slice(None), *region)]
         if add_axis:
             samples = samples[:, None]
-        lead = {
-            "scale": (1.0, *kwargs["scale"]), "translate": (0.0, *kwargs["translate"]), "units": ("pixel", *kwargs["units"]),
-            "axis_labels": ("sample", *kwargs["axis_labels"]),  # the viewer's new slider says what it moves through
-        }  # fmt: skip
         return self.viewer.add_image(
             samples, name=name, colormap="gray", contrast_limits=contrast, visible=False,
-            metadata={"emdiffuse": {**info, "role": "samples"}}, **lead,
+            metadata={"emdiffuse": {**info, "role": "samples"}}, **samples_kwargs(placement),
         )  # fmt: skip
 
     def _add_regions(self, std: Any, name: str, info: dict[str, Any], kwargs: dict[str, Any]) -> Any:
@@ -705,6 +719,12 @@ class EnhanceWidget(DockWidget):
         self.regions_layer.metadata["emdiffuse"]["threshold"] = threshold
 
 
+def result_name(source: str, what: str) -> str:
+    """A result layer's name: its input's and what it shows ("em: estimate"), short enough for
+    napari's layer list; the role, model and settings are in its metadata."""
+    return f"{source}: {what}"
+
+
 def _error_bound(error_map: Any, model: Any, sample: Any) -> tuple[Any, str, str]:
     """The uncertainty layer's data, name and tooltip: for a calibrated model the error bound
     ``q u`` in the image's grey values (``q`` at the model's alpha, as the predict job's
@@ -719,7 +739,7 @@ def _error_bound(error_map: Any, model: Any, sample: Any) -> tuple[Any, str, str
     cover = round(100 * (1 - alpha))
     q = uncertainty.scale(calibration, alpha)
     match = uncertainty.settings_match(calibration, sample.sampler, sample.steps, sample.samples)
-    label = {"same": f"{cover} %", "fewer steps": f"below {cover} %: fewer steps", "other": f"about {cover} %"}[match]
+    label = {"same": f"{cover} %", "fewer steps": f"below {cover} %", "other": f"about {cover} %"}[match]
     tip = CALIBRATED_TIP.format(cover=cover)
     if match != "same":
         tip += ". The bound was " + uncertainty.settings_note(calibration, match)
@@ -755,13 +775,7 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
     data = image.data
     if data.ndim not in (2, 3):
         raise InputError(f"{file}: holds {data.ndim}-dimensional data (shape {tuple(data.shape)}); EMDiffuse works on 2D images and 3D stacks (z, y, x)")
-    kwargs = geometry_kwargs(image.voxel, data_translation(path, image))
-    source = Placement(
-        tuple(kwargs.get("scale", (1.0,) * data.ndim)),
-        tuple(kwargs.get("translate", (0.0,) * data.ndim)),
-        tuple(kwargs.get("units", ("pixel",) * data.ndim)),
-    )
-    return data, source, [file]
+    return data, Placement.from_kwargs(geometry_kwargs(image.voxel, data_translation(path, image)), data.ndim), [file]
 
 
 def default_file_output(path: Path | None) -> Path | None:

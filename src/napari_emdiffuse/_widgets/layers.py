@@ -26,6 +26,13 @@ def unwrap(layer: Any) -> Any:
     return getattr(layer, "__wrapped__", layer)
 
 
+#: napari's unit of an axis without a physical size
+PIXEL = "pixel"
+#: The leading axis of a samples layer: which draw, not a place. It has napari's default unit, as
+#: an axis without a physical size has, in the layer Enhance adds and in the one a reopened
+#: store gives alike (a length there made napari warn of mixed units).
+SAMPLE_AXIS = {"scale": 1.0, "translate": 0.0, "units": PIXEL, "axis_labels": "sample"}
+
 #: ``metadata["emdiffuse"]["role"]`` of the layers the plugin makes (results, overlays, previews).
 PLUGIN_ROLES = ("enhanced", "uncertainty", "bounds", "regions", "samples", "preview", "swipe")
 
@@ -104,12 +111,38 @@ class Placement:
             tuple(str(a) for a in layer.axis_labels),
         )
 
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any], ndim: int) -> "Placement":
+        """The placement that layer keyword arguments give (napari's defaults where one is missing)."""
+        return cls(
+            tuple(kwargs.get("scale", (1.0,) * ndim)),
+            tuple(kwargs.get("translate", (0.0,) * ndim)),
+            tuple(kwargs.get("units", (PIXEL,) * ndim)),
+        )
+
+    def measured(self) -> "Placement":
+        """This placement with its lengths only where the pixel size is known: a scale of 1 (napari's
+        default, or a reader's 1 µm placeholder) is in napari's pixel unit, so that nothing derived
+        from it (a super-resolution result's 0.5 µm) reads as a measured size; the jobs write no
+        pixel size for such an input either (:func:`..data.image.known_pixel_um`)."""
+        from ..data.image import known_pixel_um
+
+        if known_pixel_um(in_um(self.scale, self.units)) is not None:
+            return self
+        return Placement(self.scale, self.translate, (PIXEL,) * len(self.scale), self.axis_labels)
+
     def labels(self) -> tuple[str, ...]:
         """The axis labels, napari's defaults ("-3", "-2", "-1") where the layer had none."""
         return self.axis_labels or tuple(str(i) for i in range(-len(self.scale), 0))
 
     def kwargs(self) -> dict[str, Any]:
         return {"scale": self.scale, "translate": self.translate, "units": self.units, "axis_labels": self.labels()}
+
+
+def samples_kwargs(placement: Placement) -> dict[str, Any]:
+    """Layer keyword arguments for the samples of a result placed at ``placement``: the sample
+    axis in front of its axes, whose slider says what it moves through."""
+    return {key: (SAMPLE_AXIS[key], *value) for key, value in placement.kwargs().items()}
 
 
 def output_placement(
