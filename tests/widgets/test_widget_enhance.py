@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,25 @@ def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewe
         assert [str(u) for u in lyr.units] == [str(u) for u in twin.units]
         assert tuple(lyr.scale) == pytest.approx(tuple(twin.scale)) and tuple(lyr.translate) == pytest.approx(tuple(twin.translate))
     assert tuple(shown["samples"].axis_labels)[0] == "sample" == tuple(next(lyr for lyr in reopened if lyr.name == "r samples").axis_labels)[0]
+
+
+def test_result_names_are_short_and_say_what_each_layer_is(make_napari_viewer, isbi, voxel, tiny_model):
+    """The GUI walk: names such as "em denoise error bound (below 90 %: fewer steps)" were cut
+    off in napari's layer list. A name is the input's and what the layer shows; a second run
+    gets napari's "[1]" and nothing longer; the roles stay in the metadata."""
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:1, :32, :32], name="em", scale=voxel)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.steps.setValue(1)
+    w.keep_samples.setChecked(True)
+    names = []
+    for _ in range(2):
+        w.run()
+        layers = [*w.result_layers, w.regions_layer, w.samples_layer]
+        names.append([lyr.name for lyr in layers])
+        assert [lyr.metadata["emdiffuse"]["role"] for lyr in layers] == ["enhanced", "uncertainty", "regions", "samples"]
+    first, second = names
+    assert first[0] == "em: estimate" and first[2:] == ["em: unsure regions", "em: samples"]
+    assert re.fullmatch(r"em: error bound \((below |about )?90 %\) \[grey values\]", first[1]), first[1]
+    assert second == [f"{name} [1]" for name in first]
