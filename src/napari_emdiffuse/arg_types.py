@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import math
-import re
 from typing import Any, Callable, Iterator
 
 from .errors import ConfigError, InputError
@@ -62,15 +61,15 @@ def variant_option(text: str) -> tuple[str, Any]:
 @contextlib.contextmanager
 def as_flags(section: str, keys: Any) -> Iterator[None]:
     """Name the command-line options, not the preset keys, in a refusal of values given on the
-    command line (``--tile-size 7``: "--tile-size: ..." rather than "preset: invalid preset:
-    sample.tile_size: ..."); ``keys`` are the ``section``'s keys the options set."""
+    command line (``--tile-size 7``: "--tile-size: ..." rather than "sample.tile_size: ...");
+    ``keys`` are the ``section``'s keys the options set."""
     try:
         yield
     except ConfigError as err:
         named = [key for key in keys if f"{section}.{key}" in str(err)]
         if not named:
             raise  # a value from a preset file: its message names the file and the key
-        text = re.sub(r"^[\w .-]*: invalid preset: ", "", str(err))
+        text = str(err)
         for key in named:
             text = text.replace(f"{section}.{key}", "--" + key.replace("_", "-"))
         raise ConfigError(text) from None
