@@ -72,7 +72,7 @@ def test_an_imagej_stack_reads_as_before(tmp_path, planes):
     np.testing.assert_array_equal(np.asarray(img.data), planes)
     np.testing.assert_allclose(img.voxel, VOXEL, rtol=1e-5)
     single = tmp_path / "one.tif"
-    tifffile.imwrite(single, planes)  # one write of the whole stack: one series, as before
+    tifffile.imwrite(single, planes, photometric="minisblack")  # one write of the whole stack: one series, as before
     assert read_image(single).shape == (3, 128, 128)
 
 
@@ -103,7 +103,7 @@ def test_slice_folder_refuses_an_rgb_slice_and_reads_ome_slices_with_a_length_on
     rgb.mkdir()
     for z in range(3):
         tifffile.imwrite(rgb / f"s{z}.tif", planes)  # a (3, y, x) uint8 array: tifffile writes planar RGB
-    with pytest.raises(InputError, match=r"s0.tif: an RGB or multi-channel image \(shape \(3, 128, 128\)\)"):
+    with pytest.raises(InputError, match=r"s0.tif: an RGB or multi-channel image \(shape \(128, 128, 3\)\)"):
         read_image(rgb)
     ome = tmp_path / "ome"
     ome.mkdir()
@@ -139,3 +139,53 @@ def test_a_1_bit_tiff_reads_as_its_0_and_1_values_and_is_refused_as_input_by_nam
     (tmp_path / "short.tif").write_bytes(bytes(raw))
     with pytest.raises(InputError, match=r"short.tif: corrupt TIFF header \(page 1 declares \(37, 70\) bool, 333 bytes, but holds 324"):
         read_image(tmp_path / "short.tif")
+
+
+def _colour_cases(rgb):
+    """Colour TIFFs as tifffile writes them (data, keywords), and the array each reads as."""
+    rgba = np.concatenate([rgb, rgb[..., :1]], -1)
+    planar = {"photometric": "rgb", "planarconfig": "separate"}
+    return {
+        "contiguous": (rgb, {"photometric": "rgb"}, rgb),
+        "planar": (np.moveaxis(rgb, -1, 0), planar, rgb),
+        "planar-by-default": (np.moveaxis(rgb, -1, 0), {}, rgb),
+        "rgba-planar": (np.moveaxis(rgba, -1, 0), {**planar, "extrasamples": ["unassalpha"]}, rgba),
+        "stack-planar": (np.stack([np.moveaxis(rgb, -1, 0), np.moveaxis(rgb[::-1], -1, 0)]), planar, np.stack([rgb, rgb[::-1]])),
+        "ome-planar": (np.moveaxis(rgb, -1, 0), {**planar, "ome": True}, rgb),
+    }
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "planar", "planar-by-default", "rgba-planar", "stack-planar", "ome-planar"])
+def test_a_colour_tiff_reads_with_its_samples_last_and_is_refused_as_colour(tmp_path, planes, kind):
+    """A planar RGB file stores its samples first: read as stored it passed for a volume of three
+    grey slices. Its photometric interpretation says it is colour, however the samples lie."""
+    from napari_emdiffuse.data.normalise import check_image
+    from napari_emdiffuse.data.tiff import tiff_header
+
+    data, kwargs, want = _colour_cases(np.moveaxis(planes, 0, -1))[kind]
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(data), **kwargs)
+    img = read_image(path)
+    model = "RGBA" if want.shape[-1] == 4 else "RGB"
+    assert img.shape == want.shape and img.meta["colour"] == model and img.meta["axes"].endswith("YXS")
+    np.testing.assert_array_equal(np.asarray(img.data), want)
+    assert tiff_header(path) == (want.shape, np.dtype(np.uint8), img.meta["axes"])  # a slice folder lists what read_tiff gives
+    assert len(img.voxel) == img.data.ndim and img.voxel[-1] == 1.0  # a sample is no distance
+    with pytest.raises(InputError) as err:
+        check_image(img.data, "image")
+    assert str(err.value) == f"image is an {model} colour image (shape {want.shape}); EM images are grey values: convert it to greyscale first"
+
+
+@pytest.mark.parametrize("pages", [3, 4])
+def test_grey_pages_as_many_as_colour_samples_stay_a_volume(tmp_path, planes, pages):
+    from napari_emdiffuse.data.normalise import check_image
+    from napari_emdiffuse.data.tiff import tiff_header
+
+    stack = np.concatenate([planes, planes[:1]])[:pages]
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack")
+    img = read_image(path)
+    assert img.shape == (pages, 128, 128) and "colour" not in img.meta
+    assert tiff_header(path) == ((pages, 128, 128), np.dtype(np.uint8), img.meta["axes"])
+    np.testing.assert_array_equal(np.asarray(img.data), stack)
+    check_image(img.data, "image")  # a grey volume: accepted

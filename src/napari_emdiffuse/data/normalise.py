@@ -161,15 +161,17 @@ MIN_PLANE_PX = 2
 
 def check_image(image, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> None:
     """Refuse what no variant can use: wrong dimensionality, empty or smaller than
-    :data:`MIN_PLANE_PX`, RGB, 1-bit, complex or non-numeric data."""
+    :data:`MIN_PLANE_PX`, colour (RGB or RGBA: samples last, as the readers give a colour
+    image and napari holds one; a stack of colour images too), 1-bit, complex or non-numeric data."""
     shape = tuple(image.shape)
     dtype = np.dtype(image.dtype)
     if dtype.kind not in "uifb":
         raise InputError(f"{name} has data type {dtype}, expected integer or floating-point grey values")
     if dtype.kind == "b":
         raise InputError(f"{name} is a 1-bit (black and white) mask, not a grey-value image: 1-bit images are not supported")
-    if len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[:-1]) > 4:
-        raise InputError(f"{name} looks like an RGB image (shape {shape}); convert it to grey values first")
+    if len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:  # readers put colour samples last
+        model = "RGB" if shape[-1] == 3 else "RGBA"
+        raise InputError(f"{name} is an {model} colour image (shape {shape}); EM images are grey values: convert it to greyscale first")
     if len(shape) not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
         raise InputError(f"{name} has {len(shape)} dimensions (shape {shape}); expected {want}")

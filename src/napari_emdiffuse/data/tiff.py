@@ -5,6 +5,12 @@ different sizes is refused rather than read as its first.
 
 A truncated file, or one whose header declares more than the file holds, is refused before
 any pixel is read; written files carry our provenance in a private tag.
+
+A colour image (RGB, RGBA, ...: its pages' photometric interpretation says so) reads with its
+samples last, ``(y, x, 3)`` or ``(z, y, x, 3)``, whether the file stores them per pixel
+(contiguous) or as planes (planar, which tifffile gives samples first): a planar RGB image read
+as stored would pass for a volume of three grey slices. ``meta["colour"]`` names its colour
+model, and :func:`.normalise.check_image` refuses it where grey values are needed.
 """
 
 from __future__ import annotations
@@ -83,6 +89,35 @@ def _squeeze_index(shape: Sequence[int], axes: str) -> tuple[tuple[Any, ...], st
     return tuple(index), kept
 
 
+#: the photometric interpretations (tifffile's names) whose samples are a pixel's colour
+#: components, and the colour model each is; grey values are MINISBLACK or MINISWHITE
+COLOUR_MODELS = {"RGB": "RGB", "YCBCR": "YCbCr", "SEPARATED": "CMYK", "CIELAB": "CIELab", "ICCLAB": "CIELab", "ITULAB": "CIELab"}
+#: TIFF extra-sample kinds that are an alpha (opacity) channel: associated, unassociated
+ALPHA_SAMPLES = (1, 2)
+
+
+def tiff_colour(page: Any) -> str | None:
+    """The colour model of a page ("RGB", "RGBA", "CMYK", ...) from its photometric
+    interpretation and extra samples, or None for grey values: the page's metadata, not its
+    shape, says whether three values per pixel are colours or three slices."""
+    model = COLOUR_MODELS.get(getattr(page.photometric, "name", ""))
+    if model is None:
+        return None
+    return model + "A" if any(int(e) in ALPHA_SAMPLES for e in page.extrasamples) else model
+
+
+def _layout(series: Any) -> tuple[tuple[Any, ...], tuple[int, ...], str, str | None]:
+    """How :func:`read_tiff` gives a series: the index dropping length-one channel/time axes,
+    the order of the axes kept (a colour image's samples, 'S', last), their letters in that
+    order, and the colour model (None for grey)."""
+    index, kept = _squeeze_index(series.shape, series.axes)
+    colour = tiff_colour(series.keyframe)
+    order = list(range(len(kept)))
+    if colour is not None and "S" in kept:
+        order.append(order.pop(kept.index("S")))
+    return index, tuple(order), "".join(kept[i] for i in order), colour
+
+
 def check_tiff_complete(tf: Any, path: Path) -> None:
     """Refuse a truncated TIFF, or one whose header declares more than the file or memory can
     hold, now, rather than failing half-way through a lazy read (or allocating terabytes)."""
@@ -151,9 +186,9 @@ def tiff_header(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:
     with _open_stack(path) as tf:
         check_tiff_complete(tf, path)
         series = tf.series[0]
-        index, axes = _squeeze_index(series.shape, series.axes)
-        shape = tuple(int(n) for n, i in zip(series.shape, index) if isinstance(i, slice))
-        return shape, np.dtype(series.dtype), axes
+        index, order, axes, _ = _layout(series)
+        kept = [int(n) for n, i in zip(series.shape, index) if isinstance(i, slice)]
+        return tuple(kept[i] for i in order), np.dtype(series.dtype), axes
 
 
 def read_tiff(path: Path) -> Image:
@@ -168,19 +203,23 @@ def read_tiff(path: Path) -> Image:
         arr = zarr.open(series.aszarr(), mode="r")
         if isinstance(arr, zarr.Group):
             arr = arr["0"]
-        index, axes = _squeeze_index(series.shape, series.axes)
-        data = lazy(arr, path)[index]
+        index, order, axes, colour = _layout(series)
+        data = lazy(arr, path)[index].transpose(order)
+        grey = data.ndim - (colour is not None)  # the axes before a colour image's samples
         voxel = None
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
-            voxel = _ome_voxel(tf.ome_metadata, spatial) if len(spatial) == data.ndim else None
+            voxel = _ome_voxel(tf.ome_metadata, spatial) if len(spatial) == grey else None
         if voxel is None:
-            voxel = _tiff_voxel(tf, data.ndim) if data.ndim in (2, 3) else (1.0,) * data.ndim
+            voxel = _tiff_voxel(tf, grey) if grey in (2, 3) else (1.0,) * grey
+        voxel = (*voxel, *(1.0,) * (data.ndim - grey))  # a sample is no distance
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - tifffile raises many types on a corrupt file
         raise InputError(f"{path}: not a readable TIFF file ({' '.join(str(err).split()) or type(err).__name__})") from None
     meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
+    if colour is not None:
+        meta["colour"] = colour
     return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
 
 

@@ -1,0 +1,98 @@
+"""Colour TIFFs on the command line: recognised by their pages' photometric interpretation, stored
+per pixel or as planes (tifffile writes a (3, y, x) array as planar RGB), RGB or RGBA, one image
+or a stack, and refused for prediction, training and preparation in one line naming the file,
+never read as a volume of grey slices; ``info`` still describes them. A stack of three grey
+pages stays a volume of three slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdiffuse.cli import main
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"emdiffuse {command}: error: "), err
+    return err.removeprefix(f"emdiffuse {command}: error: ")
+
+
+def _pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+RGB, RGBA = _pixels((64, 64, 3)), _pixels((64, 64, 4))
+#: how each colour file is written, and the colour model and shape it reads as
+COLOUR = {
+    "contiguous-rgb": (RGB, {"photometric": "rgb"}, "RGB", (64, 64, 3)),
+    "planar-rgb": (np.moveaxis(RGB, -1, 0), {"photometric": "rgb", "planarconfig": "separate"}, "RGB", (64, 64, 3)),
+    "planar-by-default": (np.moveaxis(RGB, -1, 0), {}, "RGB", (64, 64, 3)),  # tifffile's default for (3, y, x)
+    "contiguous-rgba": (RGBA, {"photometric": "rgb"}, "RGBA", (64, 64, 4)),
+    "planar-rgba": (np.moveaxis(RGBA, -1, 0), {"photometric": "rgb", "planarconfig": "separate", "extrasamples": ["unassalpha"]}, "RGBA", (64, 64, 4)),
+    "stack-contiguous": (np.stack([RGB, RGB[::-1]]), {"photometric": "rgb"}, "RGB", (2, 64, 64, 3)),
+    "stack-planar": (np.stack([np.moveaxis(RGB, -1, 0)] * 2), {"photometric": "rgb", "planarconfig": "separate"}, "RGB", (2, 64, 64, 3)),
+}
+
+
+def _colour_file(tmp_path, kind: str):
+    data, kwargs, model, shape = COLOUR[kind]
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(data), **kwargs)
+    return path, model, shape
+
+
+def _refused(path, role: str, model: str, shape: tuple[int, ...]) -> str:
+    return f"{role} {path} is an {model} colour image (shape {shape}); EM images are grey values: convert it to greyscale first"
+
+
+@pytest.mark.parametrize("kind", sorted(COLOUR))
+def test_predict_refuses_every_colour_tiff_naming_it(tmp_path, capsys, kind):
+    path, model, shape = _colour_file(tmp_path, kind)
+    before = path.read_bytes()
+    out = tmp_path / "out.tif"
+    assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 2
+    assert _one_error_line(capsys, "predict") == _refused(path, "image", model, shape)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cells.tif"]
+
+
+@pytest.mark.parametrize(
+    "kind, preset, role",
+    [("planar-rgb", "tiny", "input"), ("planar-rgb", "tiny", "clean images"), ("stack-planar", "vemdiffuse-i-tiny", "volume"), ("planar-rgba", "tiny", "input")],
+)
+def test_train_refuses_a_planar_colour_tiff_by_its_role(tmp_path, capsys, kind, preset, role):
+    path, model, shape = _colour_file(tmp_path, kind)
+    before = path.read_bytes()
+    given = {"input": ["--input", str(path), "--target", str(path)], "clean images": ["--clean", str(path)], "volume": ["--volume", str(path)]}[role]
+    assert main(["train", "--preset", preset, *given, "--out", str(tmp_path / "run"), "--iterations", "1", "--device", "cpu", "-q"]) == 2
+    assert _one_error_line(capsys, "train") == _refused(path, role, model, shape)
+    assert path.read_bytes() == before and not (tmp_path / "run").exists()
+
+
+def test_prepare_refuses_a_planar_colour_tiff(tmp_path, capsys):
+    path, model, shape = _colour_file(tmp_path, "planar-rgb")
+    assert main(["prepare", "--input", str(path), "--target", str(path), "--out", str(tmp_path / "set.zarr"), "--patch", "32", "-q"]) == 2
+    assert _one_error_line(capsys, "prepare") == _refused(path, "input", model, shape)
+    assert not (tmp_path / "set.zarr").exists()
+
+
+@pytest.mark.parametrize("kind", ["planar-rgb", "stack-planar", "planar-rgba"])
+def test_info_describes_a_colour_tiff(tmp_path, capsys, kind):
+    path, model, shape = _colour_file(tmp_path, kind)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"shape:    {shape}  axes {'QYXS' if len(shape) == 4 else 'YXS'}" in out
+    assert f"colour:   {model}, not grey values" in out
+
+
+def test_three_grey_pages_stay_a_volume_of_three_slices(tmp_path, capsys):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, _pixels((3, 64, 64)), photometric="minisblack")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "shape:    (3, 64, 64)  axes QYX" in out and "colour" not in out
+    out_path = tmp_path / "out.tif"
+    assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out_path), "--steps", "1", "--samples", "2", "-q"]) == 0
+    assert tifffile.imread(out_path).shape == (3, 64, 64)
