@@ -243,3 +243,16 @@ def test_training_data_give_the_pixel_size_of_the_networks_inputs(tmp_path):
     assert training_arrays("superres", {"factor": 2}, clean=fine)[2] == pytest.approx(0.008)
     assert training_arrays("denoise", None, {"input": coarse, "target": fine})[2] == pytest.approx(0.008)
     assert training_arrays("denoise", None, clean=bare, dose=20)[2] is None
+
+
+@pytest.mark.parametrize("given, role", [("--clean", "clean images"), ("--input", "target")], ids=["clean", "pairs"])
+def test_images_smaller_than_a_patch_are_refused_naming_the_file_and_patch(tmp_path, capsys, given, role):
+    """The refusal named neither the file nor whose planes were small ("a plane of ..."): it
+    names the images whose pixels --patch counts (the target's, or the clean images')."""
+    image = tmp_path / "small.tif"
+    tifffile.imwrite(image, (np.random.default_rng(0).random((2, 40, 48)) * 255).astype(np.uint8))
+    files = ["--clean", str(image)] if given == "--clean" else ["--input", str(image), "--target", str(image)]
+    assert main(["prepare", *files, "--out", str(tmp_path / "set.zarr"), "--patch", "64", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"emdiffuse prepare: error: {role} {image} has planes of 40 x 48 px, smaller than a 64 px patch; set a smaller --patch"
+    assert not (tmp_path / "set.zarr").exists()

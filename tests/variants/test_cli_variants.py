@@ -128,3 +128,24 @@ def test_blocks_tile_the_output_once_and_own_whole_chunks(name, options, shape):
         assert all(s.stop % c == 0 or s.stop == n for s, c, n in zip(b.region, chunks, out))
     if name == "iso_a" and not options.get("emdiffuse_original"):
         assert len(blocks) > 1
+
+
+@pytest.mark.parametrize(
+    "preset, role, shape, extra, said",
+    [
+        ("tiny", "input", (20, 20), [], "the 14 x 20 px it trains on (the bottom rows are held out for validation) is too small for a 16 px patch (train.patch_size 32"),
+        ("tiny", "input", (40, 40), [], "the 13 x 40 px held out for validation (the bottom rows) is too small for a 16 px patch (train.patch_size 32"),
+        ("tiny", "input", (200, 200), ["--roi", "0:10,0:10"], "the 7 x 10 px of the region y 0:10, x 0:10 it trains on (the bottom rows are held out"),
+        ("vemdiffuse-i-tiny", "volume", (5, 20, 20), ["--option", "factor=2"], "the 14 x 20 px it trains on (the bottom rows are held out for validation) is too small for a 16 px patch"),
+    ],
+    ids=["training-rows", "validation-rows", "region", "volume"],
+)
+def test_train_on_images_too_small_for_a_patch_names_the_file_its_planes_and_the_patch_size(tmp_path, capsys, preset, role, shape, extra, said):
+    image = tmp_path / "small.tif"
+    write_tiff(image, np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), (1.0,) * len(shape))
+    given = ["--volume", str(image)] if role == "volume" else ["--input", str(image), "--target", str(image)]
+    assert run(*train_args(preset, tmp_path / "run", *given, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"emdiffuse train: error: {role} {image} has planes of {shape[-2]} x {shape[-1]} px; {said}"), err
+    assert "train.patch_size" in err and not (tmp_path / "run").exists()

@@ -38,13 +38,17 @@ class PatchGeometry:
         return cls(size, factor)
 
 
-def grid(height: int, width: int, patch: int) -> list[tuple[int, int]]:
+def grid(height: int, width: int, patch: int, name: str = "image", scale: int = 1) -> list[tuple[int, int]]:
     """Top-left corners of the non-overlapping ``patch`` squares that fit a plane, centred so
     that the leftover margin (where a registered target often does not reach) is split between
-    both sides. :func:`~.register.patch_ncc` scores the same squares."""
+    both sides. :func:`~.register.patch_ncc` scores the same squares.
+
+    A plane smaller than a patch is refused naming the image by its role ``name`` (which
+    :func:`..errors.naming` turns into its file), in its own pixels, ``scale`` times finer than
+    the plane's (a super-resolution target, whose pixels ``--patch`` counts)."""
     rows, cols = height // patch, width // patch
     if rows == 0 or cols == 0:
-        raise InputError(f"a plane of {height} x {width} px is smaller than the patch size {patch}; use a smaller --patch")
+        raise InputError(f"{name} has planes of {height * scale} x {width * scale} px, smaller than a {patch * scale} px patch; set a smaller --patch")
     y0, x0 = (height - rows * patch) // 2, (width - cols * patch) // 2
     return [(y0 + i * patch, x0 + j * patch) for i in range(rows) for j in range(cols)]
 

@@ -134,8 +134,10 @@ def _pairs_to_set(
     voxel: tuple[float, ...],
     sources: dict[str, Any],
     progress: Progress | None,
+    name: str,
 ) -> dict[str, Any]:
-    """The shared path of :func:`write_pairs` and :func:`write_clean`."""
+    """The shared path of :func:`write_pairs` and :func:`write_clean`; ``name`` is the role of
+    the images the target comes from ("target", "clean images"), named when they are too small."""
     register = opts.register
     geom = PatchGeometry.fit(opts.patch, spec.factor, spec.title)
     f = geom.factor
@@ -148,7 +150,7 @@ def _pairs_to_set(
             f"the target should be {want}{f' (factor {f})' if f > 1 else ''}; crop or resample them first"
         )
     n_tg = fit_normaliser(target, name="target")  # what "flat" means for a target patch
-    corners = grid(h, w, geom.input)
+    corners = grid(h, w, geom.input, name, f)
     if depth >= 3:
         train_z, val_z = split_slices(depth, opts.val_fraction)
         plan = {z: (corners if z in train_z else [], corners if z in val_z else []) for z in range(depth)}
@@ -287,7 +289,7 @@ def write_pairs(
         "target": {"path": str(target.path), "shape": list(target.shape), "dtype": str(target.data.dtype), "voxel_um": list(target.voxel)},
     }
     with _SetOutput(out, [input.path, target.path], overwrite, 2 * _nbytes(input.data, target.data)) as written:
-        return _pairs_to_set(input.data, target.data, written, spec, opts, tuple(input.voxel), sources, progress)
+        return _pairs_to_set(input.data, target.data, written, spec, opts, tuple(input.voxel), sources, progress, "target")
 
 
 def write_clean(
@@ -324,7 +326,7 @@ def write_clean(
             "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},
         }
         opts = replace(opts, register=False, local=False)  # aligned by construction
-        return _pairs_to_set(cond, arrays["target"], written, spec, opts, voxel, sources, progress)
+        return _pairs_to_set(cond, arrays["target"], written, spec, opts, voxel, sources, progress, "clean images")
 
 
 def write_volume(

@@ -320,6 +320,28 @@ class Split:
         train, val = split_rows(height, self.val_fraction, self.patch // scale)
         return train if self.name == "train" else val
 
+    def fit_patch(self, name: str, plane: Sequence[int], rows: tuple[int, int], cols: tuple[int, int], scale: int = 1, least: int = 16) -> int:
+        """The largest multiple of 16 not above the patch size asked for that fits the region
+        ``rows`` x ``cols`` (input pixels; the patch in target pixels, ``scale`` per input
+        pixel). A region without room for ``least`` is refused naming the image by its role
+        ``name`` (which :func:`..errors.naming` turns into its file), its ``plane`` size, the
+        region and ``train.patch_size``: a small image must not fail as an anonymous region."""
+        height, width = rows[1] - rows[0], cols[1] - cols[0]
+        fitted = min(self.patch, min(height, width) * scale // 16 * 16)
+        if fitted >= least:
+            return fitted
+        region = f" of the region {self.roi}" if self.roi else ""
+        part = {
+            "train": "it trains on (the bottom rows are held out for validation)",
+            "val": "held out for validation (the bottom rows)",
+            "all": "it trains on",
+        }[self.name]
+        patch = f"a {least} px patch" if scale == 1 else f"a {least} px target patch, {least // scale} px of the input at factor {scale}"
+        raise InputError(
+            f"{name} has planes of {plane[-2]} x {plane[-1]} px; the {height} x {width} px{region} {part} is too small for {patch} "
+            f"(train.patch_size {self.patch} shrinks to fit, but not below {least} px): give larger images{' or a larger region' if self.roi else ''}"
+        )
+
 
 class Variant(ABC):
     """One EMDiffuse variant; subclasses are small and stateless."""

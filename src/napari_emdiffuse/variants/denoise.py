@@ -77,15 +77,6 @@ class AlignedPairs(PatchPairs):
         return augment(c[None], t[None], rng)
 
 
-def fit_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], scale: int = 1) -> int:
-    """The largest multiple of 16 not above ``patch`` that fits the region (in target pixels)."""
-    room = min(rows[1] - rows[0], cols[1] - cols[0]) * scale
-    fitted = min(patch, room // 16 * 16)
-    if fitted < 16:
-        raise InputError(f"the training region ({rows[1] - rows[0]} x {cols[1] - cols[0]} px) is too small for 16 px patches")
-    return fitted
-
-
 def paired_region(cond: Any, target: Any, split: Split, scale: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
     """Load a pair (in memory), crop it to the split's ROI, and give the split's rows and columns."""
     cond, target = as_stack(cond), as_stack(target)
@@ -131,11 +122,12 @@ class Denoise(Variant):
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         cond, target = arrays["input"], arrays["target"]
         self.check_pair(cond, target)
+        plane = cond.shape
         cond, target, rows, cols = paired_region(cond, target, split)
         nc = fit_normaliser(cond, name="input")
         a, b = match_intensity(target, cond)  # the target on the input's scale: outputs map back to it
         src = AlignedPairs(nc.forward(cond), nc.forward(a * target.astype(np.float32) + b), rows, cols, split.min_std)
-        src.patch = fit_patch(split.patch, rows, cols)
+        src.patch = split.fit_patch("input", plane, rows, cols)
         src.summary.update(input_normaliser=nc.to_dict(), target_to_input=[a, b])
         return ResidualPairs(src, lambda c: c) if options.residual else src  # the condition is the noisy input
 

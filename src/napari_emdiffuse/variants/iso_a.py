@@ -39,7 +39,6 @@ from ..data.normalise import Normaliser, fit_normaliser
 from ..engine.grid import TileGrid
 from ..errors import InputError
 from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant
-from .denoise import fit_patch
 from .factor import RatioFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_original_gap, volume_region
 
@@ -228,15 +227,15 @@ class IsoA(Variant):
     def training_pairs(self, arrays: dict[str, Any], options: BaseModel, split: Split) -> PairSource:
         r = options.factor
         volume = arrays["volume"]
-        check_volume(volume, self.title, "volume", 1)
-        vol, rows, cols = volume_region(volume, split)
+        if options.emdiffuse_original:  # its patches are xz: a patch is as high as there are slices
+            check_volume(volume, self.title, "volume", 16, "(the original network trains on xz patches, at least 16 px high)")
+        else:
+            check_volume(volume, self.title, "volume", 1)
         need = min_patch(r)
-        fitted = fit_patch(split.patch, rows, cols)
-        if fitted < need:
-            raise InputError(
-                f"factor {r:g} needs training patches of at least {need} px (two gaps of {r:g} rows); "
-                f"{'the patch size is ' + str(split.patch) if split.patch < need else 'the training region is too small'}"
-            )
+        if split.patch < need:
+            raise InputError(f"factor {r:g} needs training patches of at least {need} px (two gaps of {r:g} rows); set train.patch_size to {need} or more")
+        vol, rows, cols = volume_region(volume, split)
+        fitted = split.fit_patch("volume", volume.shape, rows, cols, least=need)
         norm = fit_normaliser(vol, name="volume")
         if options.emdiffuse_original:  # as the original: y stands in for z, gaps between xz planes
             k = int(r)
@@ -244,7 +243,7 @@ class IsoA(Variant):
             if planes.shape[0] <= k:
                 raise InputError(f"the training region has {planes.shape[0]} rows; factor {k} needs more than {k}")
             pairs = OriginalGapPairs(planes, norm, k, (0, planes.shape[1]), cols, split.min_std)
-            pairs.patch = fit_patch(split.patch, (0, planes.shape[1]), cols)
+            pairs.patch = split.fit_patch("volume", volume.shape, (0, planes.shape[1]), cols)
             pairs.summary["normaliser"] = norm.to_dict()
             return pairs
         pairs = LateralPairs(vol, norm, r, rows, cols, split.min_std)

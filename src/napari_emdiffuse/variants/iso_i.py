@@ -26,7 +26,6 @@ from ..data.normalise import Normaliser, fit_normaliser
 from ..engine.grid import TileGrid
 from ..errors import InputError
 from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant, augment
-from .denoise import fit_patch
 from .factor import WholeFactor
 from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_gap, predict_original_gap, volume_region
 
@@ -138,7 +137,7 @@ class IsoI(Variant):
         vol, rows, cols = volume_region(volume, split)
         norm = fit_normaliser(vol, name="volume")
         pairs = (OriginalGapPairs if options.emdiffuse_original else GapPairs)(vol, norm, k, rows, cols, split.min_std)
-        pairs.patch = fit_patch(split.patch, rows, cols)
+        pairs.patch = split.fit_patch("volume", volume.shape, rows, cols)
         pairs.summary["normaliser"] = norm.to_dict()
         return pairs if options.emdiffuse_original else ResidualPairs(pairs, lambda c: linear_gap(c, k))
 

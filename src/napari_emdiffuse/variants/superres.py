@@ -25,7 +25,7 @@ from ..data.normalise import check_image, fit_normaliser, match_intensity
 from ..engine.grid import Rect, TileGrid
 from ..errors import InputError
 from .base import Block, BlockJob, Geometry, PairSource, ResidualPairs, Split, Variant, plane_blocks, plane_of
-from .denoise import AlignedPairs, as_stack, fit_patch, paired_region
+from .denoise import AlignedPairs, as_stack, paired_region
 from .factor import WholeFactor
 
 #: low-resolution rows read beyond a band, so a band upsamples exactly as the whole image does
@@ -101,22 +101,16 @@ def upsampled_window(
     return up[y0 - a * factor : y1 - a * factor, x0 - c * factor : x1 - c * factor]
 
 
-def sr_patch(patch: int, rows: tuple[int, int], cols: tuple[int, int], factor: int) -> int:
-    """The largest patch (output pixels) not above ``patch`` that fits the region and is a
-    multiple of both 16 (the networks' size multiple) and the factor."""
+def sr_patch(split: Split, plane: Sequence[int], rows: tuple[int, int], cols: tuple[int, int], factor: int) -> int:
+    """The largest patch (output pixels) not above the split's that fits the region (of the
+    input's ``plane``) and is a multiple of both 16 (the networks' size multiple) and the factor."""
     step = 16 * factor // math.gcd(16, factor)
-    if patch < step:
+    if split.patch < step:
         raise InputError(
-            f"patch size {patch} px is too small at factor {factor}: super-resolution patches must be a "
+            f"patch size {split.patch} px is too small at factor {factor}: super-resolution patches must be a "
             f"multiple of {step} px; set train.patch_size to {step} or more"
         )
-    fitted = fit_patch(patch, rows, cols, factor) // step * step
-    if fitted < step:
-        raise InputError(
-            f"the training region ({rows[1] - rows[0]} x {cols[1] - cols[0]} px) is too small for "
-            f"{step} px patches at factor {factor}"
-        )
-    return fitted
+    return split.fit_patch("input", plane, rows, cols, factor, least=step) // step * step
 
 
 class SuperRes(Variant):
@@ -172,8 +166,9 @@ class SuperRes(Variant):
         f = options.factor
         cond, target = arrays["input"], arrays["target"]
         self.check_pair(cond, target, f)
+        plane = cond.shape
         cond, target, rows, cols = paired_region(cond, target, split, scale=f)
-        fitted = sr_patch(split.patch, rows, cols, f)
+        fitted = sr_patch(split, plane, rows, cols, f)
         # The target on the input's intensity scale (two acquisitions may differ in gain and
         # offset): compared after the coarse scan's own blur and binning, so that blur does not
         # bias the gain (simulated pairs come out at exactly 1 and 0); then one mapping for both,
