@@ -1,8 +1,8 @@
 """Colour TIFFs on the command line: recognised by their pages' photometric interpretation, stored
-per pixel or as planes (tifffile writes a (3, y, x) array as planar RGB), RGB or RGBA, one image
-or a stack, and refused for prediction, training and preparation in one line naming the file,
-never read as a volume of grey slices; ``info`` still describes them. A stack of three grey
-pages stays a volume of three slices."""
+per pixel or as a stack of planar images, RGB or RGBA, and refused for prediction, training and
+preparation in one line naming the file; ``info`` still describes them. A stack of three grey
+pages stays a volume of three slices, and so does a single image of three or four RGB planes:
+it is how tifffile (and napari's "Save layer") writes a stack of three or four grey slices."""
 
 from __future__ import annotations
 
@@ -28,10 +28,7 @@ RGB, RGBA = _pixels((64, 64, 3)), _pixels((64, 64, 4))
 #: how each colour file is written, and the colour model and shape it reads as
 COLOUR = {
     "contiguous-rgb": (RGB, {"photometric": "rgb"}, "RGB", (64, 64, 3)),
-    "planar-rgb": (np.moveaxis(RGB, -1, 0), {"photometric": "rgb", "planarconfig": "separate"}, "RGB", (64, 64, 3)),
-    "planar-by-default": (np.moveaxis(RGB, -1, 0), {}, "RGB", (64, 64, 3)),  # tifffile's default for (3, y, x)
     "contiguous-rgba": (RGBA, {"photometric": "rgb"}, "RGBA", (64, 64, 4)),
-    "planar-rgba": (np.moveaxis(RGBA, -1, 0), {"photometric": "rgb", "planarconfig": "separate", "extrasamples": ["unassalpha"]}, "RGBA", (64, 64, 4)),
     "stack-contiguous": (np.stack([RGB, RGB[::-1]]), {"photometric": "rgb"}, "RGB", (2, 64, 64, 3)),
     "stack-planar": (np.stack([np.moveaxis(RGB, -1, 0)] * 2), {"photometric": "rgb", "planarconfig": "separate"}, "RGB", (2, 64, 64, 3)),
 }
@@ -60,9 +57,9 @@ def test_predict_refuses_every_colour_tiff_naming_it(tmp_path, capsys, kind):
 
 @pytest.mark.parametrize(
     "kind, preset, role",
-    [("planar-rgb", "tiny", "input"), ("planar-rgb", "tiny", "clean images"), ("stack-planar", "vemdiffuse-i-tiny", "volume"), ("planar-rgba", "tiny", "input")],
+    [("contiguous-rgb", "tiny", "input"), ("contiguous-rgb", "tiny", "clean images"), ("stack-planar", "vemdiffuse-i-tiny", "volume"), ("contiguous-rgba", "tiny", "input")],
 )
-def test_train_refuses_a_planar_colour_tiff_by_its_role(tmp_path, capsys, kind, preset, role):
+def test_train_refuses_a_colour_tiff_by_its_role(tmp_path, capsys, kind, preset, role):
     path, model, shape = _colour_file(tmp_path, kind)
     before = path.read_bytes()
     given = {"input": ["--input", str(path), "--target", str(path)], "clean images": ["--clean", str(path)], "volume": ["--volume", str(path)]}[role]
@@ -71,14 +68,14 @@ def test_train_refuses_a_planar_colour_tiff_by_its_role(tmp_path, capsys, kind, 
     assert path.read_bytes() == before and not (tmp_path / "run").exists()
 
 
-def test_prepare_refuses_a_planar_colour_tiff(tmp_path, capsys):
-    path, model, shape = _colour_file(tmp_path, "planar-rgb")
+def test_prepare_refuses_a_colour_tiff(tmp_path, capsys):
+    path, model, shape = _colour_file(tmp_path, "contiguous-rgb")
     assert main(["prepare", "--input", str(path), "--target", str(path), "--out", str(tmp_path / "set.zarr"), "--patch", "32", "-q"]) == 2
     assert _one_error_line(capsys, "prepare") == _refused(path, "input", model, shape)
     assert not (tmp_path / "set.zarr").exists()
 
 
-@pytest.mark.parametrize("kind", ["planar-rgb", "stack-planar", "planar-rgba"])
+@pytest.mark.parametrize("kind", ["contiguous-rgb", "stack-planar", "contiguous-rgba"])
 def test_info_describes_a_colour_tiff(tmp_path, capsys, kind):
     path, model, shape = _colour_file(tmp_path, kind)
     assert main(["info", str(path)]) == 0
@@ -96,3 +93,25 @@ def test_three_grey_pages_stay_a_volume_of_three_slices(tmp_path, capsys):
     out_path = tmp_path / "out.tif"
     assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out_path), "--steps", "1", "--samples", "2", "-q"]) == 0
     assert tifffile.imread(out_path).shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("pages", [3, 4])
+def test_three_or_four_grey_slices_saved_as_tifffile_writes_them_stay_a_volume(tmp_path, capsys, pages):
+    """``tifffile.imwrite(path, stack)`` of a (3, y, x) or (4, y, x) stack, as napari's "Save layer"
+    calls it, stores one planar RGB(A) image: an EM user's stack of slices, read as such."""
+    import warnings
+
+    path = tmp_path / "crop.tif"
+    stack = _pixels((pages, 64, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # tifffile announces that it will write such stacks as grey
+        tifffile.imwrite(path, stack)
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages[0].photometric.name == "RGB" and len(tf.pages) == 1
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"shape:    ({pages}, 64, 64)" in out and "colour:" not in out
+    assert f"planes:   stored as {'RGBA' if pages == 4 else 'RGB'} colour planes; read as {pages} grey slices" in out
+    out_path = tmp_path / "out.tif"
+    assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out_path), "--steps", "1", "--samples", "2", "-q"]) == 0
+    assert tifffile.imread(out_path).shape == (pages, 64, 64)

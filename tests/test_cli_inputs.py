@@ -100,3 +100,12 @@ def test_calibrate_refuses_a_truth_of_another_shape_naming_both_files_before_pre
         f"the truth {truth} is (64, 80), but the model's output for the input {image} (64, 64) is {output}: they must match pixel for pixel"
     )
     assert not (tmp_path / "cal").exists()
+
+
+def test_a_simulated_input_too_small_to_train_on_names_the_clean_file(tmp_path, capsys):
+    """With --clean the input is simulated: a refusal of it names the file it was simulated from."""
+    clean = tmp_path / "small.tif"
+    tifffile.imwrite(clean, (np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8))
+    assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(tmp_path / "run"), "--iterations", "1", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"emdiffuse train: error: input (simulated from {clean}) has planes of 20 x 20 px")

@@ -163,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, arrays, args.out, device=args.device, init_model=init, resume=resume,
             roi=roi, data_note="; ".join(notes), cancel=token, pixel_size_um=pixel,
         )
-        with naming({"input": args.input, "target": args.target, "volume": args.volume, "clean images": args.clean}):
+        simulated = f"(simulated from {args.clean})" if args.clean and not args.input else None
+        with naming({"input": args.input or simulated, "target": args.target or args.clean, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing
             result = drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
     if world.is_main:

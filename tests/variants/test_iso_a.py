@@ -220,8 +220,8 @@ def test_cancel_keeps_the_finished_blocks_of_rows(oracle_model, monkeypatch):
 
     model = oracle_model("vemdiffuse-a-tiny", {"factor": 3}, answer, 1, 2)
     vol = (np.random.default_rng(7).random((4, 6, 40)) * 200 + 20).astype(np.uint8)
-    run_predict(model, vol[:, :1], voxel=(0.015, 0.005, 0.005), device="cpu")
-    per_plane, calls["n"] = calls["n"], 0
+    run_predict(model, vol[:, :2], voxel=(0.015, 0.005, 0.005), device="cpu")  # two rows: an image is at least 2 x 2
+    per_plane, calls["n"] = calls["n"] // 2, 0
     calls["cancel_at"] = 2 * per_plane + 1
     res = list(predict(model, vol, voxel=(0.015, 0.005, 0.005), device="cpu", cancel=token))[-1]
     assert not res.complete

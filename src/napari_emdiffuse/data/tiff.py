@@ -8,9 +8,13 @@ any pixel is read; written files carry our provenance in a private tag.
 
 A colour image (RGB, RGBA, ...: its pages' photometric interpretation says so) reads with its
 samples last, ``(y, x, 3)`` or ``(z, y, x, 3)``, whether the file stores them per pixel
-(contiguous) or as planes (planar, which tifffile gives samples first): a planar RGB image read
-as stored would pass for a volume of three grey slices. ``meta["colour"]`` names its colour
-model, and :func:`.normalise.check_image` refuses it where grey values are needed.
+(contiguous) or as planes (planar, which tifffile gives samples first): a stack of planar RGB
+images read as stored would pass for a 4D volume. ``meta["colour"]`` names its colour model, and
+:func:`.normalise.check_image` refuses it where grey values are needed. One exception: a single
+image of three or four RGB planes is what ``tifffile.imwrite`` (and so napari's "Save layer")
+writes for a stack of three or four grey slices, indistinguishable from a planar colour image;
+in an EM tool the stack is the likely meaning, so it reads as slices (``meta["planes_as"]`` says
+so, and ``emdiffuse info`` shows it).
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ def _layout(series: Any) -> tuple[tuple[Any, ...], tuple[int, ...], str, str | N
     order, and the colour model (None for grey)."""
     index, kept = _squeeze_index(series.shape, series.axes)
     colour = tiff_colour(series.keyframe)
+    if colour in ("RGB", "RGBA") and kept == "SYX" and series.shape[series.axes.index("S")] in (3, 4):
+        colour = None  # tifffile's way of writing three or four grey slices (see the module docstring)
     order = list(range(len(kept)))
     if colour is not None and "S" in kept:
         order.append(order.pop(kept.index("S")))
@@ -220,6 +226,8 @@ def read_tiff(path: Path) -> Image:
     meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
     if colour is not None:
         meta["colour"] = colour
+    elif "S" in axes:
+        meta["planes_as"] = f"stored as {tiff_colour(series.keyframe)} colour planes; read as {data.shape[0]} grey slices"
     return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
 
 
