@@ -91,7 +91,10 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
         data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
     data, voxel, translate, window = placement(path, image, data, dataset)
-    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(voxel, translate)}
+    colour = image.meta.get("colour") in ("RGB", "RGBA")  # its samples last: napari's RGB layer, placed by the other axes
+    if colour:
+        voxel, translate = voxel[:-1], None if translate is None else translate[:-1]
+    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(voxel, translate), **({"rgb": True} if colour else {})}
     kwargs["contrast_limits"] = window or contrast_limits(data[-1] if levels > 1 else image.data)
     if levels > 1:
         kwargs["multiscale"] = True

@@ -232,3 +232,20 @@ def test_enhance_results_written_to_zarr_reopen_with_a_visible_contrast(tmp_path
     assert 60 < lo < 110 and 130 < hi < 180
     lo, hi = layers["pred uncertainty"]["contrast_limits"]
     assert 0 <= lo < 0.5 and 3.5 < hi <= 4.0
+
+
+def test_a_colour_tiff_opens_as_an_rgb_layer_placed_by_its_pixel_size(tmp_path):
+    """The core reads a colour image with its samples last (and refuses to enhance it); opened in
+    napari it is an RGB layer whose scale has no entry for the samples (napari refused three)."""
+    import napari.layers
+    import tifffile
+
+    from napari_emdiffuse._reader import read_paths
+
+    rgb = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "stained.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", imagej=True, resolution=(250, 250), metadata={"spacing": 0.05, "unit": "um"})
+    data, kwargs, kind = read_paths(str(path))[0]
+    layer = napari.layers.Image(data, **kwargs)
+    assert kind == "image" and layer.rgb and layer.ndim == 3
+    np.testing.assert_allclose(layer.scale, (0.05, 0.004, 0.004))
