@@ -103,6 +103,21 @@ def test_presets_command(capsys):
     assert json.loads(capsys.readouterr().out)["name"] == "tiny"
 
 
+def test_models_command_says_what_each_model_does_in_words(capsys):
+    """The listing printed raw options (" residual=True", "factor=4.0 emdiffuse_original=False
+    both_views=True"); it says what they make each model do, and --show keeps the raw values."""
+    assert main(["models"]) == 0
+    lines = {t.split()[0]: t for t in capsys.readouterr().out.splitlines() if t.startswith(("emdiffuse-", "vemdiffuse-"))}
+    z4 = "4x finer in z (k = 4): 3 new slices between each two input slices"
+    assert "  2x super-resolution (pixels 2 times finer in x and y)  EMDiffuse-r" in lines["emdiffuse-r"]
+    assert f"  {z4}  vEMDiffuse-i" in lines["vemdiffuse-i"]
+    assert f"  {z4}; averages its xz and yz views  vEMDiffuse-a" in lines["vemdiffuse-a"]
+    assert "inputs 4 nm  EMDiffuse-n" in lines["emdiffuse-n"]  # a residual denoiser, as every new one: nothing to add
+    assert not any(raw in line for line in lines.values() for raw in ("=True", "=False", "residual", "emdiffuse_original", "both_views", "factor"))
+    assert main(["models", "--show", "vemdiffuse-a"]) == 0
+    assert "factor 4.0, emdiffuse_original False" in capsys.readouterr().out  # the card keeps the raw values
+
+
 def _error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err

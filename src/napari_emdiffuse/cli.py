@@ -94,7 +94,7 @@ def printable(text: str) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import bundled_models, describe_model, resolve_model
-    from .variants import model_options
+    from .variants import model_options, plain_options
 
     if args.show:
         model = resolve_model(args.show)
@@ -105,7 +105,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"warning: {warning}")
         return 0
     for name, folder in sorted(bundled_models().items()):
-        print(printable(f"{name:<15} {describe_model(folder)}"))
+        print(printable(f"{name:<15} {describe_model(folder, plain_options)}"))
     print("(`emdiffuse models --show NAME` prints a model's card; `emdiffuse predict --model NAME` uses it)")
     return 0
 

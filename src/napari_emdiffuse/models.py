@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any, Callable
 
 from .errors import ModelFileError
 from .model_file import MODEL_JSON, Model, in_nm
@@ -17,18 +18,21 @@ def bundled_models() -> dict[str, Path]:
     return {p.name: Path(str(p)) for p in root.iterdir() if (Path(str(p)) / MODEL_JSON).is_file()}
 
 
-def describe_model(folder: Path) -> str:
-    """One line about a model folder (variant, options, training steps, the pixel size of the
-    inputs it learnt from where recorded, card title), from its JSON only."""
+def describe_model(folder: Path, plain_options: Callable[[dict[str, Any]], list[str]]) -> str:
+    """One line about a model folder (variant, training steps, the pixel size of the inputs it
+    learnt from where recorded, what its options make it do, card title), from its JSON only.
+    ``plain_options`` words the options from the stored preset (``variants.plain_options``,
+    which this layer below the variants cannot import)."""
     import json
 
     meta = json.loads((Path(folder) / MODEL_JSON).read_text())
-    options = "".join(f" {k}={v}" for k, v in meta["preset"].get("variant_options", {}).items())
     training = meta.get("training", {})
     pixel = f"  inputs {in_nm(training['pixel_size_um'])}" if training.get("pixel_size_um") else ""
+    phrases = plain_options(meta["preset"])
+    does = f"{'; '.join(phrases)}  " if phrases else ""
     card = meta.get("card", "")
     title = card.splitlines()[0].split(": ", 1)[-1] if card else meta["preset"].get("name", "")
-    return f"{meta['variant']:<9}{options:<10} {training.get('steps', '?'):>6} steps{pixel}  {title}"
+    return f"{meta['variant']:<9}{training.get('steps', '?'):>6} steps{pixel}  {does}{title}"
 
 
 def find_model(name_or_path: str | Path) -> Path:

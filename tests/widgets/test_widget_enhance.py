@@ -143,6 +143,47 @@ def test_the_bundled_default_models_are_offered_per_variant(make_napari_viewer):
         assert all(other not in offered for other in defaults.values() if other != name)
 
 
+BUNDLED_SAY = {  # what each bundled model's options make it do, as the Enhance widget says it
+    "emdiffuse-n": [],
+    "emdiffuse-r": ["2x super-resolution (pixels 2 times finer in x and y)"],
+    "vemdiffuse-i": ["4x finer in z (k = 4): 3 new slices between each two input slices"],
+    "vemdiffuse-a": ["4x finer in z (k = 4): 3 new slices between each two input slices", "averages its xz and yz views"],
+}
+
+
+@pytest.mark.with_bundled_models
+def test_the_model_line_says_in_words_what_each_bundled_model_does(make_napari_viewer):
+    """The options fixed at training were a greyed-out form of option names ("residual ☑",
+    "emdiffuse original", "both views"); the model line now says what they make the model do."""
+    from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QSpinBox
+
+    from napari_emdiffuse._widgets.options_form import OptionsForm
+    from napari_emdiffuse.models import bundled_models
+
+    viewer = make_napari_viewer()
+    w = _open(viewer)
+    for name, say in BUNDLED_SAY.items():
+        w.select_model(bundled_models()[name])  # switches to its variant
+        line = w.model_info.text()
+        assert line.startswith("; ".join([*say, ""])), (name, line)
+        assert re.search(r"\d+ training steps; validation PSNR \d+\.\d dB$", line), line
+        for raw in ("residual", "emdiffuse", "both views", "factor", "True", "False"):
+            assert raw not in line, (name, line)
+        assert not w.findChildren(OptionsForm)
+        assert not [e for e in w.findChildren((QCheckBox, QSpinBox, QDoubleSpinBox)) if not e.isEnabled()]  # nothing greyed out
+
+
+def test_the_result_size_follows_the_chosen_models_options(make_napari_viewer, isbi, voxel, untrained_model):
+    """The output line reads the model's own factor (the form it read before is gone)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:4, :64, :64], name="em", scale=voxel, units=("micrometer",) * 3)
+    MODELS.add(untrained_model("superres"), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData("superres"))
+    w.scope.setCurrentIndex(w.scope.findData("slice"))
+    assert w.output_info.text().startswith("Current slice → 128 × 128 px"), w.output_info.text()
+
+
 def test_a_zarr_result_keeps_its_place_and_is_replaced_only_when_asked(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes):
     """The store reopens where the result was shown (its translation was lost); a second run
     onto the same store is refused in plain words unless 'Overwrite' is ticked."""

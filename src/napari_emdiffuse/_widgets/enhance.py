@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -52,7 +53,6 @@ from .layers import (
     unwrap,
     voxel_text,
 )
-from .options_form import OptionsForm
 from .pickers import LayerPicker
 from .qt_helpers import Collapsible, DockWidget, PathField, combo, disconnect, image_type, narrow, row, shapes_type, spin
 from .regions import uncertain_regions
@@ -171,8 +171,8 @@ class EnhanceWidget(DockWidget):
         self.remove_model.setToolTip("Take the chosen model off this list (its folder stays on disk; bundled models stay)")
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
-        self.options_box = QVBoxLayout()
-        self.options: OptionsForm | None = None
+        self.model_info.setToolTip("What the model does was fixed when it was trained; train another model to change it")
+        self.model_options: BaseModel | None = None  # the chosen model's variant options, for the result's size
         self.sampler = combo(
             ((SAMPLERS.get(n, (n, n))[0], n, SAMPLERS.get(n, (n, n))[1]) for n in typing.get_args(SamplerName)),
             "How the diffusion model is sampled",
@@ -249,7 +249,6 @@ class EnhanceWidget(DockWidget):
         form.addRow("Model", self.model)
         form.addRow("", row(self.load_model, self.import_model, self.remove_model))
         form.addRow("", self.model_info)
-        form.addRow(self.options_box)
         form.addRow("Steps", self.steps)
         form.addRow("Samples", self.samples)
         form.addRow("", self.keep_samples)
@@ -322,7 +321,7 @@ class EnhanceWidget(DockWidget):
     def _model_changed(self, *_: Any) -> None:
         from ..config import load_preset
         from ..model_file import read_model_json
-        from ..variants import get_variant
+        from ..variants import get_variant, stored_options
 
         entry = self.model.currentData()
         variant = get_variant(self.variant_name())
@@ -331,12 +330,12 @@ class EnhanceWidget(DockWidget):
                 f"No {variant.title} model yet: train one in 'Train / fine-tune', or Load… a model folder."
             )
             preset_sample = load_preset("tiny").sample.model_dump()
-            options: dict[str, Any] = {}
+            self.model_options = None
         else:
             meta = read_model_json(entry.path)
             self.model_info.setText(entry.description or variant.description)
             preset_sample = meta["preset"]["sample"]
-            options = meta["preset"].get("variant_options") or {}
+            self.model_options = stored_options(meta["preset"])[1]
         self.sampler.setCurrentIndex(max(self.sampler.findData(preset_sample["sampler"]), 0))
         self.steps.setValue(preset_sample["steps"])
         self.samples.setValue(max(2, preset_sample["samples"]))
@@ -345,15 +344,6 @@ class EnhanceWidget(DockWidget):
         self.tile_batch.setValue(preset_sample.get("tile_batch", 8))
         self.seed.setValue(preset_sample.get("seed", 0))
         self.remove_model.setEnabled(entry is not None and entry.source != "bundled")
-        if self.options is not None:
-            self.options.setParent(None)
-            self.options.deleteLater()
-            self.options = None
-        if variant.options_model.model_fields:
-            self.options = OptionsForm(variant.options_model, values=options)
-            self.options.set_read_only(True)
-            self.options.setToolTip("Set when the model was trained; train another model for other values")
-            self.options_box.addWidget(self.options)
         self._fit_scopes(variant)
         self._update_output_info()
 
@@ -412,9 +402,7 @@ class EnhanceWidget(DockWidget):
                 data, source = self._crop(layer, image_array(layer))[0], Placement.of(layer)
                 what = SCOPES[self.scope.currentData()][0]
             source = source.measured()
-            variant = get_variant(entry.variant)
-            options = variant.options(self.options.values() if self.options else {})
-            out = variant.output_geometry(data.shape, source.scale[-data.ndim :], options)
+            out = get_variant(entry.variant).output_geometry(data.shape, source.scale[-data.ndim :], self.model_options)
         except Exception as err:  # noqa: BLE001 - an informative line only; Enhance reports it properly
             self.output_info.setText(_common.user_message(err))
             return

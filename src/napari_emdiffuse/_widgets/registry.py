@@ -30,12 +30,11 @@ class ModelEntry:
 
 
 def describe(meta: dict[str, Any]) -> str:
-    """One line about a model for the widgets: variant options, training length, validation PSNR."""
-    preset = meta.get("preset", {})
-    parts = []
-    options = preset.get("variant_options") or {}
-    if options:
-        parts.append(", ".join(f"{k} {v}" for k, v in options.items()))
+    """One line about a model for the widgets: what its options make it do (in words, not option
+    names), training length, validation PSNR."""
+    from ..variants import plain_options
+
+    parts = plain_options(meta["preset"])
     training = meta.get("training") or {}
     if training.get("steps") is not None:
         parts.append(f"{training['steps']} training steps")

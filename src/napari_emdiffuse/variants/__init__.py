@@ -9,7 +9,7 @@ preset imports none of them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -50,6 +50,23 @@ def complete(preset: "Preset") -> "Preset":
     default cannot change what a stored model means."""
     _, options = resolve(preset)
     return preset.with_overrides({"variant_options": options.model_dump()})
+
+
+def stored_options(preset: dict[str, Any]) -> tuple[Variant, BaseModel]:
+    """The variant and validated options of a preset as a model.json stores it, read as the model
+    reads it (:func:`..model_file.stored_preset`: an option added since then has the value it
+    had before it existed), for showing a model without loading its weights."""
+    from ..model_file import stored_preset  # torch: only where a model is read
+
+    data = stored_preset(preset)
+    variant = get_variant(data.get("variant"))
+    return variant, variant.options(data.get("variant_options"))
+
+
+def plain_options(preset: dict[str, Any]) -> list[str]:
+    """What a stored model's variant options make it do, in words (:meth:`Variant.option_phrases`)."""
+    variant, options = stored_options(preset)
+    return variant.option_phrases(options)
 
 
 def model_options(model: "Model") -> BaseModel:

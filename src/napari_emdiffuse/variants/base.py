@@ -400,6 +400,18 @@ class Variant(ABC):
         planes through the job (:meth:`BlockJob.run`) from ``source``: the input's
         ``block.source``, already read (indices relative to its start)."""
 
+    def option_phrases(self, options: BaseModel) -> list[str]:
+        """What a model's options (fixed when it was trained) make it do, as short phrases for
+        a user who does not know the option names: the widgets' model line and ``emdiffuse
+        models`` show them. A variant words its own, leaving out what every model of it does;
+        this fallback names each option and its value, so a variant added later shows them too."""
+        return [f"{key.replace('_', ' ')} {value}" for key, value in options.model_dump().items()]
+
+    def original_phrase(self) -> str:
+        """The phrase for an ``emdiffuse_original`` option: the network is driven as the original
+        code drives it, which is what imported published weights need."""
+        return f"run as the original {self.title.split(' (')[0]} code runs it (imported weights)"
+
     def pixel_factor(self, options: BaseModel) -> int:
         """How many times finer the target's pixels are than the input's in y and x (1: the same
         grid); a prepared set cuts its patches and records its target voxel size by it."""

@@ -105,6 +105,11 @@ class Denoise(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         return Geometry(tuple(shape), tuple(voxel))
 
+    def option_phrases(self, options: BaseModel) -> list[str]:
+        """Nothing for a residual model (every new one learns only the noise to remove); an
+        imported one, or one trained before the option, generates the whole image instead."""
+        return [] if options.residual else ["generates the clean image itself, not only the noise to remove"]
+
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         """Poisson-Gaussian noise (``dose`` counts at full scale, ``read_noise``) on the clean images."""
         check_image(clean, "clean images", self.input_ndims)

@@ -40,7 +40,7 @@ from ..engine.grid import TileGrid
 from ..errors import InputError
 from .base import Base, Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant
 from .factor import RatioFactor
-from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_original_gap, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_original_gap, volume_region, z_factor_phrase
 
 MAX_FACTOR = 16.0
 #: memory for the output planes of one block of rows (y) during prediction
@@ -206,6 +206,13 @@ class IsoA(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         r = options.factor
         return Geometry((output_slices(shape[0], r), *shape[1:]), (voxel[0] / r, *voxel[1:]))
+
+    def option_phrases(self, options: BaseModel) -> list[str]:
+        """The factor, and how the result is made: the original's gap filling (both views unused
+        there), or the xz view alone or averaged with the yz view."""
+        if options.emdiffuse_original:
+            return [z_factor_phrase(options.factor), self.original_phrase()]
+        return [z_factor_phrase(options.factor), "averages its xz and yz views" if options.both_views else "from its xz view only"]
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])

@@ -27,7 +27,7 @@ from ..engine.grid import TileGrid
 from ..errors import InputError
 from .base import Block, BlockJob, Geometry, PairSource, PatchPairs, ResidualPairs, Split, Variant, augment
 from .factor import WholeFactor
-from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_gap, predict_original_gap, volume_region
+from .volume import ORIGINAL_HELP, OriginalGapPairs, anisotropy_warning, check_volume, decimated_pair, gap_blocks, predict_gap, predict_original_gap, volume_region, z_factor_phrase
 
 MAX_FACTOR = 12
 #: chance, in training, that an outer context slice is replaced by the bounding one, as happens
@@ -112,6 +112,9 @@ class IsoI(Variant):
     def output_geometry(self, shape: Sequence[int], voxel: Sequence[float], options: BaseModel) -> Geometry:
         k = options.factor
         return Geometry(((shape[0] - 1) * k + 1, *shape[1:]), (voxel[0] / k, *voxel[1:]))
+
+    def option_phrases(self, options: BaseModel) -> list[str]:
+        return [z_factor_phrase(options.factor)] + ([self.original_phrase()] if options.emdiffuse_original else [])
 
     def voxel_warning(self, voxel: Sequence[float], options: BaseModel) -> str | None:
         return anisotropy_warning(voxel, options.factor, self.title.split(" (")[0])

@@ -136,6 +136,10 @@ class SuperRes(Variant):
     def pixel_factor(self, options: BaseModel) -> int:
         return int(options.factor)
 
+    def option_phrases(self, options: BaseModel) -> list[str]:
+        f = options.factor
+        return [f"{f}x super-resolution (pixels {f} times finer in x and y)"] + ([self.original_phrase()] if options.emdiffuse_original else [])
+
     def from_clean(self, clean: np.ndarray, options: BaseModel, **degradation: Any) -> dict[str, Any]:
         """Low-resolution images simulated from high-resolution ones: PSF blur and binning
         (``psf_sigma`` in fine pixels; default FWHM of one coarse pixel), then shot and read

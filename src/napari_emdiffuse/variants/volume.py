@@ -101,6 +101,16 @@ def copy_slice(stack: Any, z_in: int, z_out: int, out_mean: Any, out_samples: An
             out_samples[:, z_out, r0 : r0 + rows.shape[0]] = np.broadcast_to(rows, (k, *rows.shape))
 
 
+def z_factor_phrase(factor: float) -> str:
+    """The vEM variants' factor in words: how much finer z becomes and, for a whole factor, how
+    many slices each gap between two input slices gets (a fractional one gives gaps of varying
+    length)."""
+    if factor != int(factor):
+        return f"{factor:g}x finer in z (k = {factor:g}): new slices between the input slices"
+    k = int(factor)
+    return f"{k}x finer in z (k = {k}): {k - 1} new slice{'s' if k > 2 else ''} between each two input slices"
+
+
 #: what the ``emdiffuse_original`` option of the vEM variants means (imported original weights)
 ORIGINAL_HELP = (
     "drive the network as the original vEMDiffuse code does (imported weights): each of the factor - 1 "
