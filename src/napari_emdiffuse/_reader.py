@@ -179,8 +179,10 @@ def _imagej_extras(path: Path, data: Any, voxel: tuple[float, ...]) -> tuple[Any
 
 
 def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:
-    """The first dataset's translation (µm) of an OME-Zarr image, when it has one; an axis that
-    is not in space (the sample axis of a prediction's ``samples``) is not moved."""
+    """The first dataset's translation (µm) of an OME-Zarr image of ``ndim`` dimensions as read,
+    when it has one. Where the data keeps every axis, one that is not in space (the sample axis
+    of a prediction's ``samples``) is not moved; where the reader dropped axes (the length-one t
+    and c of a 5D TCZYX store), only the spatial axes' translation is given."""
     import zarr
 
     from .data.image import unit_to_um
@@ -189,11 +191,15 @@ def _ngff_translation(folder: Path, ndim: int) -> tuple[float, ...] | None:
     ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]
     axes = ms[0].get("axes") or []
     space = [isinstance(a, dict) and a.get("type") == "space" for a in axes]
-    if len(axes) != ndim or not any(space):
+    if not any(space):
         return None
     for t in (ms[0].get("datasets") or [{}])[0].get("coordinateTransformations", []):
-        if t.get("type") == "translation" and len(t["translation"]) == ndim:
-            return tuple(float(v) * (unit_to_um(a.get("unit")) or 1.0) if s else 0.0 for v, a, s in zip(t["translation"], axes, space))
+        if t.get("type") != "translation" or len(t["translation"]) != len(axes):
+            continue
+        um = [float(v) * (unit_to_um(a.get("unit")) or 1.0) if s else 0.0 for v, a, s in zip(t["translation"], axes, space)]
+        if len(axes) != ndim:
+            um = [v for v, s in zip(um, space) if s]
+        return tuple(um) if len(um) == ndim else None
     return None
 
 

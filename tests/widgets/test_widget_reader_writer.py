@@ -249,3 +249,25 @@ def test_a_colour_tiff_opens_as_an_rgb_layer_placed_by_its_pixel_size(tmp_path):
     layer = napari.layers.Image(data, **kwargs)
     assert kind == "image" and layer.rgb and layer.ndim == 3
     np.testing.assert_allclose(layer.scale, (0.05, 0.004, 0.004))
+
+
+def test_a_5d_ome_zarr_with_length_one_t_and_c_keeps_its_position(tmp_path):
+    """bioformats2raw and ome-zarr-py write TCZYX; the reader drops t and c of length 1 and the
+    translation's spatial part must still place the layer (and a result's origin)."""
+    import zarr
+
+    from napari_emdiffuse.data.io import read_image
+
+    folder = tmp_path / "tczyx.ome.zarr"
+    group = zarr.open_group(str(folder), mode="w", zarr_format=2)
+    group.create_array(name="0", shape=(1, 1, 4, 64, 64), dtype="uint8", chunks=(1, 1, 1, 64, 64))
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    transforms = [{"type": "scale", "scale": [1, 1, 0.05, 0.004, 0.004]}, {"type": "translation", "translation": [0, 0, 1, 2, 3]}]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": transforms}]}]
+    image = read_image(folder)
+    assert image.data.shape == (4, 64, 64)
+    assert _reader._ngff_translation(folder, 3) == (1.0, 2.0, 3.0)
+    assert _reader.data_translation(folder, image) == (1.0, 2.0, 3.0)
+    [(_, kwargs, _)] = _reader.read_paths(str(folder))
+    assert kwargs["translate"] == (1.0, 2.0, 3.0)
+    assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))
