@@ -44,9 +44,9 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   against the plane's contrast, so content of much lower contrast than the calibration data also
   reads as noisier and widens the bounds (the safe side). A small crop holds less contrast and a
   rougher measure: at the calibration dose, ISBI crops of 64 px read a median 1.1 and a 95th
-  percentile 1.4 times the calibration noise, so the tolerance grows as the measured side
-  shrinks (:func:`noise_tolerance`; ``benchmarks/study_noise_widening.py`` measures its false
-  alarms and what it still detects).
+  percentile 1.4 times the calibration noise. Its bounds still widen (the safe side), but only a
+  ratio beyond what the measure varies at that size (:func:`noise_tolerance`) is warned about as
+  a noisier input (``benchmarks/study_noise_widening.py`` counts both on random crops).
 """
 
 from __future__ import annotations
@@ -78,11 +78,12 @@ _DARK = 0.02
 #: a plane whose input noise exceeds the calibration data's by more than this factor gets its
 #: bounds widened (:func:`widening`; below it, the measure's spread over content and quantisation)
 NOISE_TOLERANCE = 1.25
-#: how the noise measure's spread grows on small planes: the tolerance for a plane of side ``s``
-#: pixels is ``1 + SMALL_PLANE_SPREAD / sqrt(s)`` (never below :data:`NOISE_TOLERANCE`, which it
-#: meets at 256 px). Set so that crops of 48 px or more at the calibration dose of the bundled
-#: EMDiffuse-n and -r (ISBI slices 24-25, EPFL slices 120-135: neither training, calibration nor
-#: test data) are flagged at most 5 % of the time, where the constant tolerance flagged 10-32 %
+#: how the noise measure's spread grows on small planes: a plane of ``s`` pixels a side (the
+#: root of its area) reads as clearly noisier beyond ``1 + SMALL_PLANE_SPREAD / sqrt(s)`` (never
+#: below :data:`NOISE_TOLERANCE`, which it meets at 256 px). Set so that crops of 48 px or more at
+#: the calibration dose of the bundled EMDiffuse-n and -r (ISBI slices 24-25, EPFL slices 120-135:
+#: neither training, calibration nor test data) pass it at most 5 % of the time, where the
+#: constant tolerance was passed 10-32 % of the time
 SMALL_PLANE_SPREAD = 4.0
 #: side of the central crop of each plane whose noise is measured: noise belongs to the
 #: acquisition, not to one region, and a montage need not be read whole for it
@@ -147,20 +148,21 @@ def input_noise(image: Any) -> np.ndarray:
 
 
 def noise_tolerance(shape: tuple[int, ...]) -> float:
-    """The noise ratio above which an input of ``shape`` (its last two axes are a plane) counts
-    as noisier than the calibration data: :data:`NOISE_TOLERANCE`, more for planes under 256 px,
-    whose measure spreads more (:data:`SMALL_PLANE_SPREAD`)."""
-    side = min(NOISE_CROP_PX, *(int(n) for n in shape[-2:]))
-    return max(NOISE_TOLERANCE, 1.0 + SMALL_PLANE_SPREAD / float(np.sqrt(max(side, 1))))
+    """The noise ratio above which an input of ``shape`` (its last two axes are a plane) is
+    clearly noisier than the calibration data, beyond the measure's own spread:
+    :data:`NOISE_TOLERANCE`, more for planes under 256 x 256 px (:data:`SMALL_PLANE_SPREAD`)."""
+    h, w = (min(NOISE_CROP_PX, int(n)) for n in shape[-2:])  # the crop input_noise measures
+    side = float(np.sqrt(max(h * w, 1)))
+    return max(NOISE_TOLERANCE, 1.0 + SMALL_PLANE_SPREAD / float(np.sqrt(side)))
 
 
-def widening(noise: np.ndarray, calibrated: float, exponent: float, tolerance: float) -> np.ndarray:
+def widening(noise: np.ndarray, calibrated: float, exponent: float = 1.0) -> np.ndarray:
     """The factor by which each plane's bounds widen for its input ``noise``
     (:func:`input_noise`), the calibration input's being ``calibrated``: where their ratio
-    exceeds ``tolerance`` (:func:`noise_tolerance` of the input), the ratio to the power
-    ``exponent`` (how the variant's error grows with noise: ``Variant.noise_exponent``)."""
+    exceeds :data:`NOISE_TOLERANCE` (on an image of any size: the safe side), the ratio to the
+    power ``exponent`` (how the variant's error grows with noise: ``Variant.noise_exponent``)."""
     ratio = np.asarray(noise, np.float64) / calibrated
-    return np.where(ratio > tolerance, ratio**exponent, 1.0)
+    return np.where(ratio > NOISE_TOLERANCE, ratio**exponent, 1.0)
 
 
 @dataclass(frozen=True)

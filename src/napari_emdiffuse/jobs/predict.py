@@ -131,8 +131,8 @@ def predict(
         error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
         if calibration and calibration.get("input_noise"):
             error, note = _widened_for_noise(error, image, calibration["input_noise"], variant)
-            if note:
-                yield Message(note, "warning")
+            if note is not None:
+                yield note
         match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
         if match != "same":
             yield Message("the intervals were " + uncertainty.settings_note(calibration, match), "warning")
@@ -254,28 +254,40 @@ def predict(
 
 def _widened_for_noise(
     error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Variant
-) -> tuple[uncertainty.ErrorModel, str | None]:
+) -> tuple[uncertainty.ErrorModel, Message | None]:
     """The error model with its bounds widened for input planes noisier than the calibration
     data (a volume variant: by the median plane, as its slices are generated together), and the
-    warning that says so (None: nothing widened)."""
+    message that says so (None: nothing widened). Bounds widen from :data:`.uncertainty.NOISE_TOLERANCE`
+    on, whatever the image's size (the safe side); a ratio within what the measure varies on an
+    image that small (:func:`.uncertainty.noise_tolerance`) is said as such, not as a warning."""
     noise = uncertainty.input_noise(image)
     volume = 2 not in variant.input_ndims
     if volume:
         noise = np.array([np.median(noise)])
-    widen = uncertainty.widening(noise, calibrated, variant.noise_exponent, uncertainty.noise_tolerance(image.shape))
+    widen = uncertainty.widening(noise, calibrated, variant.noise_exponent)
     if not (widen > 1).any():
         return error, None
+    widened = replace(error, widen=tuple(float(w) for w in widen))
+    ratio = noise / calibrated
+    clear = ratio > uncertainty.noise_tolerance(image.shape)
+    if not clear.any():
+        return widened, Message(
+            f"the input reads up to {ratio.max():.1f}x noisier than the data the error bounds were calibrated on, within "
+            f"what the measure varies on an image this small ({' x '.join(str(n) for n in image.shape[-2:])} px); "
+            f"its error bounds are widened (up to {widen.max():.2f}x) to be safe",
+            "info",
+        )
     if volume:
         where = "the input volume is"
     elif widen.size == 1:
         where = "the input is"
     else:
-        where = f"{int((widen > 1).sum())} of {widen.size} input planes ({', '.join(str(z) for z in np.flatnonzero(widen > 1)[:8])}{', ...' if (widen > 1).sum() > 8 else ''}) are"
-    note = (
-        f"{where} up to {(noise / calibrated).max():.1f}x noisier than the data the error bounds were calibrated "
-        f"on; its error bounds are widened (up to {widen.max():.2f}x), and the result there is likely less accurate than on that data"
+        where = f"{int(clear.sum())} of {widen.size} input planes ({', '.join(str(z) for z in np.flatnonzero(clear)[:8])}{', ...' if clear.sum() > 8 else ''}) are"
+    return widened, Message(
+        f"{where} up to {ratio.max():.1f}x noisier than the data the error bounds were calibrated "
+        f"on; its error bounds are widened (up to {widen.max():.2f}x), and the result there is likely less accurate than on that data",
+        "warning",
     )
-    return replace(error, widen=tuple(float(w) for w in widen)), note
 
 
 #: whether this process has said in what precision the CPU runs the network
