@@ -69,6 +69,8 @@ def select_device(name: str = "auto", strict: bool = False) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):  # torch knows more (xpu, hpu, ...), which this tool has never run on
         raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     reason = _usable(dev) if dev.type != "cpu" else None
     if reason is None:
