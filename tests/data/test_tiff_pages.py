@@ -167,15 +167,57 @@ def test_a_colour_tiff_reads_with_its_samples_last_and_is_refused_as_colour(tmp_
     np.testing.assert_array_equal(np.asarray(img.data), want)
     assert tiff_header(path) == (want.shape, np.dtype(np.uint8), img.meta["axes"])  # a slice folder lists what read_tiff gives
     assert len(img.voxel) == img.data.ndim and img.voxel[-1] == 1.0  # a sample is no distance
+    for given in (img, img.data):  # by the file's record, and by the shape of a bare array (a napari layer's)
+        with pytest.raises(InputError) as err:
+            check_image(given, "image")
+        assert str(err.value) == f"image has {want.shape[-1]} samples per pixel ({model}; shape {want.shape}), not one grey value: convert it to greyscale first"
+
+
+def _multi_sample(path, kind, pixels):
+    """A TIFF of several samples per pixel that are not RGB(A), written as ``kind`` says."""
+    from PIL import Image as PILImage
+
+    if kind == "pillow-grey+alpha":
+        PILImage.fromarray(pixels[..., :2], mode="LA").save(path)
+        return
+    data, kwargs = {
+        "grey+alpha": (pixels[..., :2], {"photometric": "minisblack", "extrasamples": ["unassalpha"]}),
+        "grey+1 extra sample": (pixels[..., :2], {"photometric": "minisblack", "planarconfig": "contig"}),
+        "CMYK": (pixels[..., :4], {"photometric": "separated"}),
+        "CMYKA": (pixels, {"photometric": "separated", "extrasamples": ["assocalpha"]}),
+        "RGB+2 extra samples": (pixels, {"photometric": "rgb"}),
+        "CIELab": (pixels[..., :3], {"photometric": "cielab"}),
+    }[kind]
+    tifffile.imwrite(path, np.ascontiguousarray(data), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["pillow-grey+alpha", "grey+alpha", "grey+1 extra sample", "CMYK", "CMYKA", "RGB+2 extra samples", "CIELab"])
+def test_a_tiff_of_several_samples_per_pixel_reads_samples_last_and_is_refused_by_what_they_are(tmp_path, planes, kind):
+    """Grey+alpha read as (y, x, 2) was enhanced as y slices of x by 2 pixels; CMYK was refused
+    as 'RGBA' and CIELab as 'RGB'. The page's samples per pixel, not its shape, say it."""
+    from napari_emdiffuse.data.normalise import check_image
+    from napari_emdiffuse.data.tiff import tiff_header
+
+    pixels = np.ascontiguousarray(np.moveaxis(np.concatenate([planes, planes[:2]]), 0, -1))  # (128, 128, 5)
+    path = tmp_path / "cells.tif"
+    _multi_sample(path, kind, pixels)
+    img = read_image(path)
+    n = {"CMYK": 4, "CMYKA": 5, "RGB+2 extra samples": 5, "CIELab": 3}.get(kind, 2)
+    model = kind.removeprefix("pillow-")
+    assert img.shape == (128, 128, n) and img.meta["axes"] == "YXS"
+    assert img.meta["colour"] == model and "planes_as" not in img.meta
+    np.testing.assert_array_equal(np.asarray(img.data), pixels[..., :n])
+    assert tiff_header(path) == ((128, 128, n), np.dtype(np.uint8), "YXS")
     with pytest.raises(InputError) as err:
-        check_image(img.data, "image")
-    assert str(err.value) == f"image is an {model} colour image (shape {want.shape}); EM images are grey values: convert it to greyscale first"
+        check_image(img, "image")
+    assert str(err.value) == f"image has {n} samples per pixel ({model}; shape (128, 128, {n})), not one grey value: convert it to greyscale first"
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"photometric": "rgb", "planarconfig": "separate"}, {"photometric": "rgb", "planarconfig": "separate", "ome": True}])
+@pytest.mark.parametrize("kwargs", [{}, {"photometric": "rgb", "planarconfig": "separate"}])
 def test_one_image_of_three_rgb_planes_reads_as_three_grey_slices(tmp_path, planes, kwargs):
     """What tifffile writes for a (3, y, x) array unless told otherwise (napari's "Save layer"
-    too): a planar colour image that is, for an EM user, a stack of three slices."""
+    too), with its shape description: a planar colour image that is, for an EM user, a stack of
+    three slices."""
     import warnings
 
     from napari_emdiffuse.data.normalise import check_image
@@ -190,6 +232,23 @@ def test_one_image_of_three_rgb_planes_reads_as_three_grey_slices(tmp_path, plan
     np.testing.assert_array_equal(np.asarray(img.data), planes)
     assert tiff_header(path) == (planes.shape, np.dtype(np.uint8), img.meta["axes"])
     check_image(img.data, "image")  # a grey volume: accepted
+
+
+@pytest.mark.parametrize("kwargs", [{"metadata": None}, {"ome": True}])
+def test_planar_rgb_not_written_with_tifffiles_shape_description_stays_colour(tmp_path, planes, kwargs):
+    """Only tifffile's shaped (3, y, x) write is read as slices; planar RGB from other software
+    (here: no shape description, or OME-XML declaring three samples) is a colour image."""
+    from napari_emdiffuse.data.normalise import check_image
+
+    path = tmp_path / "photo.tif"
+    tifffile.imwrite(path, planes, photometric="rgb", planarconfig="separate", **kwargs)
+    with tifffile.TiffFile(path) as tf:
+        assert not tf.is_shaped and tf.pages[0].photometric.name == "RGB"
+    img = read_image(path)
+    assert img.shape == (128, 128, 3) and img.meta["colour"] == "RGB" and "planes_as" not in img.meta
+    np.testing.assert_array_equal(np.asarray(img.data), np.moveaxis(planes, 0, -1))
+    with pytest.raises(InputError, match=r"has 3 samples per pixel \(RGB; shape \(128, 128, 3\)\)"):
+        check_image(img, "image")
 
 
 @pytest.mark.parametrize("pages", [3, 4])

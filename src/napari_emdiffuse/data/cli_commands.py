@@ -212,7 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"format:   {img.meta.get('format', '?')}" + (f" (level {img.meta['level']} of {img.meta['levels']})" if "levels" in img.meta else ""),
         f"shape:    {tuple(data.shape)}" + (f"  axes {img.meta['axes']}" if img.meta.get("axes") else ""),
         f"dtype:    {data.dtype}",
-        *([f"colour:   {img.meta['colour']}, not grey values: convert it to greyscale to enhance it"] if img.meta.get("colour") else []),
+        *([f"colour:   {img.meta['colour']} ({data.shape[-1]} samples per pixel), not one grey value: convert it to greyscale to enhance it"] if img.meta.get("colour") else []),
         *([f"planes:   {img.meta['planes_as']} (tifffile writes a stack of 3 or 4 slices so)"] if img.meta.get("planes_as") else []),
         f"voxel:    {_voxel_text(tuple(img.voxel))}" + ("  (not recorded in the file: 1 per pixel)" if all(v == 1.0 for v in img.voxel) else ""),
         f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",

@@ -8,10 +8,12 @@ jump appears between them. The same statistics map the output back to the input'
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from .image import Image
 
 MAX_SAMPLE_PIXELS = 4_000_000
 #: the percentiles that map to -1 and 1 (a model records the ones it was trained with)
@@ -159,19 +161,24 @@ def fit_normaliser(
 MIN_PLANE_PX = 2
 
 
-def check_image(image, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> None:
+def check_image(image: Any, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> None:
     """Refuse what no variant can use: wrong dimensionality, empty or smaller than
-    :data:`MIN_PLANE_PX`, colour (RGB or RGBA: samples last, as the readers give a colour
-    image and napari holds one; a stack of colour images too), 1-bit, complex or non-numeric data."""
-    shape = tuple(image.shape)
-    dtype = np.dtype(image.dtype)
+    :data:`MIN_PLANE_PX`, several samples per pixel (colour, grey+alpha, ...), 1-bit, complex or
+    non-numeric data. ``image`` is an :class:`.Image`, whose file recorded what its samples are
+    (``meta["colour"]``), or a bare array (a napari layer's), where only the shape can tell: 3
+    or 4 values last on planes larger than 4 pixels are RGB or RGBA, as napari holds colour."""
+    colour = image.meta.get("colour") if isinstance(image, Image) else None
+    data = image.data if isinstance(image, Image) else image
+    shape = tuple(data.shape)
+    dtype = np.dtype(data.dtype)
     if dtype.kind not in "uifb":
         raise InputError(f"{name} has data type {dtype}, expected integer or floating-point grey values")
     if dtype.kind == "b":
         raise InputError(f"{name} is a 1-bit (black and white) mask, not a grey-value image: 1-bit images are not supported")
-    if len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:  # readers put colour samples last
-        model = "RGB" if shape[-1] == 3 else "RGBA"
-        raise InputError(f"{name} is an {model} colour image (shape {shape}); EM images are grey values: convert it to greyscale first")
+    if colour is None and len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
+        colour = "RGB" if shape[-1] == 3 else "RGBA"
+    if colour is not None:
+        raise InputError(f"{name} has {shape[-1]} samples per pixel ({colour}; shape {shape}), not one grey value: convert it to greyscale first")
     if len(shape) not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
         raise InputError(f"{name} has {len(shape)} dimensions (shape {shape}); expected {want}")

@@ -6,15 +6,16 @@ different sizes is refused rather than read as its first.
 A truncated file, or one whose header declares more than the file holds, is refused before
 any pixel is read; written files carry our provenance in a private tag.
 
-A colour image (RGB, RGBA, ...: its pages' photometric interpretation says so) reads with its
-samples last, ``(y, x, 3)`` or ``(z, y, x, 3)``, whether the file stores them per pixel
-(contiguous) or as planes (planar, which tifffile gives samples first): a stack of planar RGB
-images read as stored would pass for a 4D volume. ``meta["colour"]`` names its colour model, and
-:func:`.normalise.check_image` refuses it where grey values are needed. One exception: a single
-image of three or four RGB planes is what ``tifffile.imwrite`` (and so napari's "Save layer")
-writes for a stack of three or four grey slices, indistinguishable from a planar colour image;
-in an EM tool the stack is the likely meaning, so it reads as slices (``meta["planes_as"]`` says
-so, and ``emdiffuse info`` shows it).
+An image of several samples per pixel (RGB, RGBA, CMYK, grey+alpha, ...: its pages say so)
+reads with its samples last, ``(y, x, 3)`` or ``(z, y, x, 3)``, whether the file stores them per
+pixel (contiguous) or as planes (planar, which tifffile gives samples first): a stack of planar
+RGB images read as stored would pass for a 4D volume. ``meta["colour"]`` names what its samples
+are, and :func:`.normalise.check_image` refuses it by that name where grey values are needed.
+One exception: a single image of three or four RGB planes that tifffile wrote with its shape
+description is what ``tifffile.imwrite`` (and so napari's "Save layer") writes for a stack of
+three or four grey slices; in an EM tool the stack is the likely meaning, so it reads as slices
+(``meta["planes_as"]`` says so, and ``emdiffuse info`` shows it). Planar RGB written otherwise
+stays colour.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import json
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -93,35 +94,57 @@ def _squeeze_index(shape: Sequence[int], axes: str) -> tuple[tuple[Any, ...], st
     return tuple(index), kept
 
 
-#: the photometric interpretations (tifffile's names) whose samples are a pixel's colour
-#: components, and the colour model each is; grey values are MINISBLACK or MINISWHITE
-COLOUR_MODELS = {"RGB": "RGB", "YCBCR": "YCbCr", "SEPARATED": "CMYK", "CIELAB": "CIELab", "ICCLAB": "CIELab", "ITULAB": "CIELab"}
+#: the photometric interpretations (tifffile's names) of grey values, one sample per pixel
+#: unless extra samples follow
+GREY = ("MINISBLACK", "MINISWHITE")
+#: the other photometric interpretations whose samples are a pixel's colour components: the
+#: colour model each is, and its number of components
+COLOUR_MODELS = {
+    "RGB": ("RGB", 3), "YCBCR": ("YCbCr", 3), "SEPARATED": ("CMYK", 4), "CIELAB": ("CIELab", 3), "ICCLAB": ("CIELab", 3), "ITULAB": ("CIELab", 3),
+}  # fmt: skip
 #: TIFF extra-sample kinds that are an alpha (opacity) channel: associated, unassociated
 ALPHA_SAMPLES = (1, 2)
 
 
 def tiff_colour(page: Any) -> str | None:
-    """The colour model of a page ("RGB", "RGBA", "CMYK", ...) from its photometric
-    interpretation and extra samples, or None for grey values: the page's metadata, not its
-    shape, says whether three values per pixel are colours or three slices."""
-    model = COLOUR_MODELS.get(getattr(page.photometric, "name", ""))
-    if model is None:
+    """What the samples of a page of several samples per pixel are ("RGB", "RGBA", "CMYK",
+    "grey+alpha", "RGB+2 extra samples", ...), from its photometric interpretation and extra
+    samples; None for one grey value per pixel: the page's metadata, not its shape, says whether
+    three values per pixel are colours or three slices."""
+    samples = int(page.samplesperpixel)
+    if samples == 1:  # grey values, or a palette's indices
         return None
-    return model + "A" if any(int(e) in ALPHA_SAMPLES for e in page.extrasamples) else model
+    photometric = getattr(page.photometric, "name", str(page.photometric))
+    model, components = ("grey", 1) if photometric in GREY else COLOUR_MODELS.get(photometric, (photometric.lower(), 1))
+    extra = list(page.extrasamples)
+    alpha = samples > components and bool(extra) and int(extra[0]) in ALPHA_SAMPLES
+    name = (model + ("+alpha" if model == "grey" else "A")) if alpha else model
+    rest = samples - components - alpha
+    return name + (f"+{rest} extra sample{'s' * (rest > 1)}" if rest > 0 else "")
 
 
-def _layout(series: Any) -> tuple[tuple[Any, ...], tuple[int, ...], str, str | None]:
-    """How :func:`read_tiff` gives a series: the index dropping length-one channel/time axes,
-    the order of the axes kept (a colour image's samples, 'S', last), their letters in that
-    order, and the colour model (None for grey)."""
+class Layout(NamedTuple):
+    """How :func:`read_tiff` gives a series."""
+
+    index: tuple[Any, ...]  # drops length-one channel/time axes
+    order: tuple[int, ...]  # of the axes kept: the samples ('S') of a multi-sample image last
+    axes: str  # the kept axes' letters, in that order
+    colour: str | None  # what a multi-sample image's samples are (:func:`tiff_colour`); None: grey
+    planes_as: str | None  # three or four RGB(A) planes read as grey slices: what they were stored as
+
+
+def _layout(series: Any, shaped: bool) -> Layout:
+    """How :func:`read_tiff` gives ``series`` of a file (``shaped``: tifffile wrote it with its
+    shape description)."""
     index, kept = _squeeze_index(series.shape, series.axes)
     colour = tiff_colour(series.keyframe)
-    if colour in ("RGB", "RGBA") and kept == "SYX" and series.shape[series.axes.index("S")] in (3, 4):
-        colour = None  # tifffile's way of writing three or four grey slices (see the module docstring)
+    if shaped and colour in ("RGB", "RGBA") and kept == "SYX":
+        # tifffile's way of writing three or four grey slices (see the module docstring)
+        return Layout(index, (0, 1, 2), kept, None, f"stored as {colour} colour planes; read as {series.shape[series.axes.index('S')]} grey slices")
     order = list(range(len(kept)))
     if colour is not None and "S" in kept:
         order.append(order.pop(kept.index("S")))
-    return index, tuple(order), "".join(kept[i] for i in order), colour
+    return Layout(index, tuple(order), "".join(kept[i] for i in order), colour, None)
 
 
 def check_tiff_complete(tf: Any, path: Path) -> None:
@@ -192,9 +215,9 @@ def tiff_header(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:
     with _open_stack(path) as tf:
         check_tiff_complete(tf, path)
         series = tf.series[0]
-        index, order, axes, _ = _layout(series)
-        kept = [int(n) for n, i in zip(series.shape, index) if isinstance(i, slice)]
-        return tuple(kept[i] for i in order), np.dtype(series.dtype), axes
+        layout = _layout(series, tf.is_shaped)
+        kept = [int(n) for n, i in zip(series.shape, layout.index) if isinstance(i, slice)]
+        return tuple(kept[i] for i in layout.order), np.dtype(series.dtype), layout.axes
 
 
 def read_tiff(path: Path) -> Image:
@@ -209,9 +232,10 @@ def read_tiff(path: Path) -> Image:
         arr = zarr.open(series.aszarr(), mode="r")
         if isinstance(arr, zarr.Group):
             arr = arr["0"]
-        index, order, axes, colour = _layout(series)
-        data = lazy(arr, path)[index].transpose(order)
-        grey = data.ndim - (colour is not None)  # the axes before a colour image's samples
+        layout = _layout(series, tf.is_shaped)
+        axes, colour = layout.axes, layout.colour
+        data = lazy(arr, path)[layout.index].transpose(layout.order)
+        grey = data.ndim - (colour is not None)  # the axes before a multi-sample image's samples
         voxel = None
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
@@ -226,8 +250,8 @@ def read_tiff(path: Path) -> Image:
     meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
     if colour is not None:
         meta["colour"] = colour
-    elif "S" in axes:
-        meta["planes_as"] = f"stored as {tiff_colour(series.keyframe)} colour planes; read as {data.shape[0]} grey slices"
+    if layout.planes_as is not None:
+        meta["planes_as"] = layout.planes_as
     return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
 
 
