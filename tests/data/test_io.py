@@ -190,6 +190,30 @@ def test_folder_of_slices_in_natural_order(tmp_path):
         read_image(tif_dir)
 
 
+def test_a_folder_of_many_tiff_slices_reads_every_slice_with_no_file_left_open(tmp_path):
+    """Each slice was read through a lazy reader that kept its file open: about 126 descriptors
+    open after one read, 'Too many open files' on 1500 slices under a limit of 64."""
+    import os
+
+    def open_here() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
+        return [link for link in links if link.startswith(str(tmp_path))]
+
+    a = _stack(np.uint16, (200, 16, 24))
+    for z in range(len(a)):  # OME slices keep a length-one z that the folder drops
+        tifffile.imwrite(tmp_path / f"s{z}.ome.tif", a[z][None], ome=True, metadata={"axes": "ZYX"})
+    before = open_here()
+    img = read_image(tmp_path)
+    np.testing.assert_array_equal(np.asarray(img.data), a)
+    np.testing.assert_array_equal(np.asarray(img.data[::50]), a[::50])
+    assert open_here() == before == []
+
+
 def test_bad_files_are_refused_with_the_file_and_the_reason(tmp_path):
     a = _stack(np.uint8)
     good = write_tiff(tmp_path / "good.tif", a, VOXEL)

@@ -220,6 +220,27 @@ def tiff_header(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:
         return tuple(kept[i] for i in layout.order), np.dtype(series.dtype), layout.axes
 
 
+def _unreadable(path: Path, err: Exception) -> InputError:
+    """The one-line refusal of a file tifffile cannot read."""
+    return InputError(f"{path}: not a readable TIFF file ({' '.join(str(err).split()) or type(err).__name__})")
+
+
+def read_tiff_pixels(path: Path) -> np.ndarray:
+    """All pixels of a TIFF as :func:`read_tiff` gives them, read now and the file closed: a
+    folder of thousands of slices must not hold a file open per slice (nor pay a lazy
+    reader's set-up, 35 times the read itself, for each)."""
+    path = Path(path)
+    try:
+        with _open_stack(path) as tf:
+            series = tf.series[0]
+            layout = _layout(series, tf.is_shaped)
+            return series.asarray()[layout.index].transpose(layout.order)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types on a corrupt file
+        raise _unreadable(path, err) from None
+
+
 def read_tiff(path: Path) -> Image:
     """A TIFF or OME-TIFF stack, lazily (one chunk per page or tile)."""
     import zarr
@@ -246,7 +267,7 @@ def read_tiff(path: Path) -> Image:
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - tifffile raises many types on a corrupt file
-        raise InputError(f"{path}: not a readable TIFF file ({' '.join(str(err).split()) or type(err).__name__})") from None
+        raise _unreadable(path, err) from None
     meta = {"format": "ome-tiff" if tf.is_ome else "tiff", "axes": axes, "provenance": tiff_provenance(tf)}
     if colour is not None:
         meta["colour"] = colour

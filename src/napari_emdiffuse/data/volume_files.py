@@ -18,7 +18,7 @@ from ..errors import InputError
 from .containers import default_chunks
 from .formats import sniff
 from .image import Image, iter_planes, lazy
-from .tiff import read_tiff, tiff_header
+from .tiff import read_tiff, read_tiff_pixels, tiff_header
 from .safe_output import refuse_overwrite, replacing_file
 
 IMOD_STAMP = 1146047817  # IMOD marks its MRC files; flag bit 0 clear means mode 0 is unsigned bytes
@@ -301,7 +301,7 @@ def read_slices(folder: Path) -> Image:
     def load(p: Path) -> np.ndarray:
         try:
             if sniff(p) == "tiff":
-                return np.asarray(read_tiff(p).data).reshape(first[0])  # without a length-one z
+                return read_tiff_pixels(p).reshape(first[0])  # without a length-one z
             return read_png(p).data
         except InputError:
             raise
