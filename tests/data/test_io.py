@@ -214,6 +214,24 @@ def test_a_folder_of_many_tiff_slices_reads_every_slice_with_no_file_left_open(t
     assert open_here() == before == []
 
 
+@pytest.mark.parametrize("unit", ["CENTIMETER", "INCH"])
+@pytest.mark.parametrize("imagej", [False, True])
+def test_a_tiff_stack_without_imagej_spacing_keeps_its_z_unknown(tmp_path, unit, imagej):
+    """A stack with centimetre resolution tags and no ImageJ spacing read with a z voxel of
+    10000 µm: the unknown z (1) was scaled by the unit. Inch tags are ignored (screenshots)."""
+    a = _stack(np.uint8, (3, 20, 30))
+    path = tmp_path / "stack.tif"
+    if imagej:  # ImageJ's unit and spacing decide, whatever the TIFF unit tag says
+        tifffile.imwrite(path, a, imagej=True, resolution=(250, 250), resolutionunit=unit, metadata={"spacing": 0.05, "unit": "um"})
+        want = (0.05, 0.004, 0.004)
+    else:
+        tifffile.imwrite(path, a, resolution=(2.5e6, 2.5e6), resolutionunit=unit)  # 0.004 µm pixels if centimetres
+        want = (1.0, 0.004, 0.004) if unit == "CENTIMETER" else (1.0, 1.0, 1.0)
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages[0].resolutionunit.name == unit and bool(tf.imagej_metadata) == imagej
+    np.testing.assert_allclose(read_image(path).voxel, want)
+
+
 def test_bad_files_are_refused_with_the_file_and_the_reason(tmp_path):
     a = _stack(np.uint8)
     good = write_tiff(tmp_path / "good.tif", a, VOXEL)

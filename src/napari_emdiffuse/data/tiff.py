@@ -59,8 +59,9 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     yx = tuple(v * unit_scale for v in xy)
     if ndim == 2:
         return yx
-    z = float(ij.get("spacing", 1.0)) * unit_scale
-    return (z,) + yx
+    if "spacing" not in ij:  # z unknown: 1, as every reader gives a size it does not know, never scaled into a size
+        return (1.0,) + yx
+    return (float(ij["spacing"]) * unit_scale,) + yx
 
 
 def _ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
