@@ -106,7 +106,6 @@ def test_info_names_what_the_samples_of_a_multi_sample_tiff_are(tmp_path, capsys
     assert f"colour:   {model} ({data.shape[-1]} samples per pixel), not one grey value" in out
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py passes predict the bare array (img.data); check_image refuses by the file's record only given the Image")
 @pytest.mark.parametrize("model", sorted(MULTI_SAMPLE))
 def test_predict_refuses_a_multi_sample_tiff_by_what_its_samples_are(tmp_path, capsys, model):
     data, kwargs = MULTI_SAMPLE[model]

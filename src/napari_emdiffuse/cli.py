@@ -184,7 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
     options = model_options(model)  # a broken model folder is refused before the input is read
-    img = read_logged(args.input, "input")
+    img = read_logged(args.input, "image")
     over: dict[str, Any] = {}
     for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
         if getattr(args, key) is not None:
@@ -236,7 +236,7 @@ def _output_origin(model: Any, options: Any, img: Any, path: str) -> tuple[float
     if translate is None:
         return None
     variant = get_variant(model.variant)
-    variant.check_input(img.data, options)
+    variant.check_input(img, options)
     shift = variant.output_geometry(img.shape, img.voxel, options).origin
     return tuple(t + s for t, s in zip(translate, shift))
 

@@ -54,6 +54,6 @@ def naming(files: dict[str, object]) -> Iterator[None]:
     except InputError as err:
         text = str(err)
         for role, path in files.items():
-            if path and text.startswith(f"{role} "):
+            if path and text.startswith(f"{role} ") and not text.startswith(f"{role} {path}"):  # named once
                 raise InputError(f"{role} {path}{text[len(role):]}") from None
         raise

@@ -11,6 +11,7 @@ import numpy as np
 from ..arg_types import number, variant_option, whole
 from ..errors import InputError, naming
 from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
+from .normalise import check_grey
 
 
 def _voxel_text(voxel: tuple[float, ...]) -> str:
@@ -36,6 +37,8 @@ def _open(path: str, voxel: tuple[float, ...] | None, what: str):
     from .io import read_image
 
     img = read_image(path)
+    with naming({what: path}):
+        check_grey(img, what)
     if voxel is not None:
         if len(voxel) != img.data.ndim:
             raise InputError(f"--voxel has {len(voxel)} values but the {what} has {img.data.ndim} axes {img.shape}")

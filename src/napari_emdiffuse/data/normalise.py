@@ -161,6 +161,19 @@ def fit_normaliser(
 MIN_PLANE_PX = 2
 
 
+def _several_samples(name: str, shape: tuple[int, ...], colour: str) -> InputError:
+    return InputError(f"{name} has {shape[-1]} samples per pixel ({colour}; shape {shape}), not one grey value: convert it to greyscale first")
+
+
+def check_grey(image: Image, name: str = "image") -> None:
+    """Refuse, where a file is read, an image whose file recorded several samples per pixel
+    (``meta["colour"]``: colour, grey+alpha, ...): the jobs then see its bare array, whose
+    shape alone would pass for a volume of thin slices."""
+    colour = image.meta.get("colour")
+    if colour:
+        raise _several_samples(name, tuple(image.data.shape), colour)
+
+
 def check_image(image: Any, name: str = "image", ndims: tuple[int, ...] = (2, 3)) -> None:
     """Refuse what no variant can use: wrong dimensionality, empty or smaller than
     :data:`MIN_PLANE_PX`, several samples per pixel (colour, grey+alpha, ...), 1-bit, complex or
@@ -178,7 +191,7 @@ def check_image(image: Any, name: str = "image", ndims: tuple[int, ...] = (2, 3)
     if colour is None and len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
         colour = "RGB" if shape[-1] == 3 else "RGBA"
     if colour is not None:
-        raise InputError(f"{name} has {shape[-1]} samples per pixel ({colour}; shape {shape}), not one grey value: convert it to greyscale first")
+        raise _several_samples(name, shape, colour)
     if len(shape) not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
         raise InputError(f"{name} has {len(shape)} dimensions (shape {shape}); expected {want}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data.image import known_pixel_um
 from ..data.io import read_image
+from ..data.normalise import check_grey
 from ..errors import naming
 from ..variants import get_variant
 
@@ -75,8 +76,11 @@ def training_arrays(
 
 
 def read_logged(path: str | Path, what: str) -> Any:
-    """:func:`..data.io.read_image`, noting what was read (shown with ``-v``)."""
+    """:func:`..data.io.read_image`, noting what was read (shown with ``-v``); an image of several
+    samples per pixel is refused here, naming ``what`` and the file, while its record is at hand."""
     img = read_image(path)
+    with naming({what: path}):
+        check_grey(img, what)
     log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
     _warn_if_unfinished(path)
     return img
