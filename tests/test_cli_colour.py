@@ -162,3 +162,20 @@ def test_planar_rgb_without_tifffiles_shape_description_is_refused(tmp_path, cap
     assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 2
     assert _one_error_line(capsys, "predict") == _refused(path, "image", "RGB", (64, 64, 3))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_training_and_preparation_refuse_a_grey_and_alpha_tiff_by_its_role(tmp_path, capsys, command):
+    """Refused where the file is read, by what the file says its samples are (the jobs see only
+    a (64, 64, 2) array, which its shape would let pass as 64 slices of 64 x 2 px)."""
+    data, kwargs = MULTI_SAMPLE["grey+alpha"]
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    out = tmp_path / ("run" if command == "train" else "set.zarr")
+    args = {
+        "train": ["train", "--preset", "tiny", "--input", str(path), "--target", str(path), "--out", str(out), "--iterations", "1", "--device", "cpu", "-q"],
+        "prepare": ["prepare", "--input", str(path), "--target", str(path), "--out", str(out), "--patch", "32", "-q"],
+    }[command]
+    assert main(args) == 2
+    assert _one_error_line(capsys, command) == _refused(path, "input", "grey+alpha", data.shape)
+    assert not out.exists()
