@@ -142,8 +142,9 @@ def test_three_or_four_grey_slices_saved_as_tifffile_writes_them_stay_a_volume(t
         assert tf.pages[0].photometric.name == "RGB" and len(tf.pages) == 1
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"shape:    ({pages}, 64, 64)" in out and "colour:" not in out
-    assert f"planes:   stored as {'RGBA' if pages == 4 else 'RGB'} colour planes; read as {pages} grey slices" in out
+    assert f"shape:    ({pages}, 64, 64)  axes QYX" in out and "colour:" not in out  # lettered as a larger stack tifffile writes
+    assert f"planes:   {pages} grey slices, stored as one {'RGBA' if pages == 4 else 'RGB'} image (as tifffile writes small stacks)\n" in out
+    assert "voxel:    unknown (not recorded in the file: 1 per pixel)\n" in out  # it quoted "1 x 1 x 1 µm"
     out_path = tmp_path / "out.tif"
     assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out_path), "--steps", "1", "--samples", "2", "-q"]) == 0
     assert tifffile.imread(out_path).shape == (pages, 64, 64)

@@ -15,7 +15,10 @@ from .normalise import check_grey
 
 
 def _voxel_text(voxel: tuple[float, ...]) -> str:
-    """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``."""
+    """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``; a voxel of 1 on every axis is the
+    readers' placeholder for a size the file does not record, not 1 µm, and is said to be unknown."""
+    if all(v == 1.0 for v in voxel):
+        return "unknown (not recorded in the file: 1 per pixel)"
     if all(v < 1.0 for v in voxel):
         return " x ".join(f"{v * 1e3:g}" for v in voxel) + " nm"
     return " x ".join(f"{v:g}" for v in voxel) + " µm"
@@ -216,8 +219,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"shape:    {tuple(data.shape)}" + (f"  axes {img.meta['axes']}" if img.meta.get("axes") else ""),
         f"dtype:    {data.dtype}",
         *([f"colour:   {img.meta['colour']} ({data.shape[-1]} samples per pixel), not one grey value: convert it to greyscale to enhance it"] if img.meta.get("colour") else []),
-        *([f"planes:   {img.meta['planes_as']} (tifffile writes a stack of 3 or 4 slices so)"] if img.meta.get("planes_as") else []),
-        f"voxel:    {_voxel_text(tuple(img.voxel))}" + ("  (not recorded in the file: 1 per pixel)" if all(v == 1.0 for v in img.voxel) else ""),
+        *([f"planes:   {img.meta['planes_as']}"] if img.meta.get("planes_as") else []),
+        f"voxel:    {_voxel_text(tuple(img.voxel))}",
         f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",
         f"size:     {nbytes / 2**20:.1f} MiB uncompressed",
         *_provenance_lines(img.meta.get("provenance") or {}),

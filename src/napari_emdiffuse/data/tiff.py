@@ -131,7 +131,7 @@ class Layout(NamedTuple):
     order: tuple[int, ...]  # of the axes kept: the samples ('S') of a multi-sample image last
     axes: str  # the kept axes' letters, in that order
     colour: str | None  # what a multi-sample image's samples are (:func:`tiff_colour`); None: grey
-    planes_as: str | None  # three or four RGB(A) planes read as grey slices: what they were stored as
+    planes_as: str | None  # three or four RGB(A) planes read as grey slices: what they are and were stored as
 
 
 def _layout(series: Any, shaped: bool) -> Layout:
@@ -140,8 +140,10 @@ def _layout(series: Any, shaped: bool) -> Layout:
     index, kept = _squeeze_index(series.shape, series.axes)
     colour = tiff_colour(series.keyframe)
     if shaped and colour in ("RGB", "RGBA") and kept == "SYX":
-        # tifffile's way of writing three or four grey slices (see the module docstring)
-        return Layout(index, (0, 1, 2), kept, None, f"stored as {colour} colour planes; read as {series.shape[series.axes.index('S')]} grey slices")
+        # tifffile's way of writing three or four grey slices (see the module docstring): lettered
+        # Q, as tifffile letters the pages of a larger stack it writes, since they are slices
+        slices = series.shape[series.axes.index("S")]
+        return Layout(index, (0, 1, 2), "QYX", None, f"{slices} grey slices, stored as one {colour} image (as tifffile writes small stacks)")
     order = list(range(len(kept)))
     if colour is not None and "S" in kept:
         order.append(order.pop(kept.index("S")))
