@@ -82,20 +82,25 @@ def test_an_imagej_stack_reads_as_before(tmp_path, planes):
         (lambda path, planes: _pagewise(path, planes), 3),  # pages written one by one: read as their first before
         (lambda path, planes: tifffile.imwrite(path, planes[:2], imagej=True, metadata={"axes": "ZYX"}), 2),
         (lambda path, planes: tifffile.imwrite(path, planes, photometric="minisblack"), 3),
+        (lambda path, planes: tifffile.imwrite(path, planes), 3),  # one RGB image of 3 planes: refused as RGB before
     ],
-    ids=["pagewise", "imagej", "one-write"],
+    ids=["pagewise", "imagej", "one-write", "tifffile-default"],
 )
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # tifffile announces it will write (3, y, x) as grey
 def test_a_slice_of_several_pages_in_a_slice_folder_is_refused_naming_it(tmp_path, planes, write, pages):
     """A slice folder is one 2D image per file: a file of several pages among them lost all but
-    its first page without a word (or stacked up as a fourth axis)."""
+    its first page without a word (or stacked up as a fourth axis). It is refused as the stack
+    it reads as on its own, saying what to do."""
     folder = tmp_path / "slices"
     folder.mkdir()
     for z in range(4):
         tifffile.imwrite(folder / f"z{z:03d}.tif", planes[z % 3])
     write(folder / "z002.tif", planes)
+    assert read_image(folder / "z002.tif").shape == (pages, 128, 128)
     with pytest.raises(InputError) as err:
         read_image(folder)
-    assert str(err.value) == f"{folder / 'z002.tif'}: {pages} pages (shape ({pages}, 128, 128)); a slice folder holds one 2D image per file"
+    want = f"{folder / 'z002.tif'} holds {pages} slices (shape ({pages}, 128, 128)); a slice folder holds one 2D image per file: split it, or open it on its own as a stack"
+    assert str(err.value) == want
 
 
 def test_slice_folder_refuses_an_rgb_slice_and_reads_ome_slices_with_a_length_one_z(tmp_path, planes):

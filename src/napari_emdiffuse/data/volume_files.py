@@ -265,9 +265,11 @@ def _plane_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         if sniff(path) == "tiff":
             shape, dtype, axes = tiff_header(path)
             kept = [(ax, n) for ax, n in zip(axes, shape) if n > 1 or ax in "YX"]  # a length-one z is still one plane
-            planes = int(np.prod([n for ax, n in kept if ax not in "YXS"]))  # S: the samples of a pixel (RGB)
-            if planes > 1:
-                raise InputError(f"{path}: {planes} pages (shape {shape}); a slice folder holds one 2D image per file")
+            stacked = [(ax, n) for ax, n in kept if ax not in "YXS"]  # S: the samples of a pixel (RGB)
+            planes = int(np.prod([n for _, n in stacked]))
+            if planes > 1:  # named as it reads on its own: slices of a stack (Z; Q, I: tifffile's unnamed pages), else planes
+                what = "slices (" if all(ax in "ZQI" for ax, _ in stacked) else f"planes (axes {axes}, "
+                raise InputError(f"{path} holds {planes} {what}shape {shape}); a slice folder holds one 2D image per file: split it, or open it on its own as a stack")
             if len(kept) > 2:
                 raise InputError(f"{path}: an RGB or multi-channel image (shape {shape}); a slice folder holds one grey-value 2D image per file")
             return tuple(n for _, n in kept), dtype
