@@ -7,6 +7,14 @@ ImageJ TIFF's origin) into ``translate``, the saved display window (OME-Zarr ``o
 ``min``/``max``) or else percentiles of the data into ``contrast_limits``, and a zarr group of
 several arrays (such as a prediction written by ``emdiffuse predict``: ``mean``, ``std``) into one
 layer each, the standard deviation shown as an uncertainty map.
+
+An image of several samples per pixel (``meta["colour"]``) never opens as its bare array, whose
+samples napari would show as the last spatial axis (a grey+alpha picture as y slices of x by 2
+pixels, which Enhance then enhanced): RGB and RGBA open as napari's colour layers; grey+alpha
+opens as its grey channel, named so, because its alpha (where the picture is opaque) is no image
+content: the grey values are the picture, and Enhance takes them; any other kind (CMYK, CIELab,
+extra samples) has no one grey channel to choose, so the file is refused with the core reader's
+one-line message, which napari shows, rather than converted by a guess.
 """
 
 from __future__ import annotations
@@ -84,6 +92,8 @@ def geometry_kwargs(voxel: Sequence[float], translate: Sequence[float] | None = 
 
 def _image_layer(path: Path, dataset: str | None = None, name: str | None = None) -> LayerData:
     from .data.io import read_image
+    from .data.normalise import check_grey
+    from .data.tiff import GREY_ALPHA
 
     image = read_image(path, dataset)
     levels = int(image.meta.get("levels", 1))
@@ -91,11 +101,17 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
         data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
     data, voxel, translate, window = placement(path, image, data, dataset)
-    colour = image.meta.get("colour") in ("RGB", "RGBA")  # its samples last: napari's RGB layer, placed by the other axes
-    if colour:
+    name = name or path.name.split(".")[0]
+    samples = image.meta.get("colour")  # several samples per pixel, last (see the module docstring)
+    colour = samples in ("RGB", "RGBA")
+    if samples == GREY_ALPHA:
+        data, name = data[..., 0], f"{name} (grey; alpha dropped)"
+    elif samples and not colour:
+        check_grey(image, str(path))
+    if samples:  # placed by the axes before its samples
         voxel, translate = voxel[:-1], None if translate is None else translate[:-1]
-    kwargs = {"name": name or path.name.split(".")[0], **geometry_kwargs(voxel, translate), **({"rgb": True} if colour else {})}
-    kwargs["contrast_limits"] = window or contrast_limits(data[-1] if levels > 1 else image.data)
+    kwargs = {"name": name, **geometry_kwargs(voxel, translate), **({"rgb": True} if colour else {})}
+    kwargs["contrast_limits"] = window or contrast_limits(data[-1] if levels > 1 else data)
     if levels > 1:
         kwargs["multiscale"] = True
     return data, kwargs, "image"

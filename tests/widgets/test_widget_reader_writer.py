@@ -271,3 +271,49 @@ def test_a_5d_ome_zarr_with_length_one_t_and_c_keeps_its_position(tmp_path):
     [(_, kwargs, _)] = _reader.read_paths(str(folder))
     assert kwargs["translate"] == (1.0, 2.0, 3.0)
     assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))
+
+
+def _multi_sample_tiff(path: Path, kind: str, pixels: np.ndarray) -> None:
+    """A TIFF of several samples per pixel as other software writes it."""
+    import tifffile
+    from PIL import Image as PILImage
+
+    if kind == "pillow-la":
+        PILImage.fromarray(pixels[..., :2], mode="LA").save(path)
+    elif kind == "grey+alpha":
+        tifffile.imwrite(path, pixels[..., :2], photometric="minisblack", extrasamples=["unassalpha"])
+    else:
+        tifffile.imwrite(path, pixels[..., :4], photometric="separated")
+
+
+@pytest.mark.parametrize("kind", ["pillow-la", "grey+alpha"])
+def test_a_grey_and_alpha_tiff_opens_as_its_grey_channel(tmp_path, kind):
+    """It opened as (128, 128, 2): 128 slices of 128 x 2 px, which Enhance then enhanced."""
+    from napari_emdiffuse.data.normalise import check_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (128, 128, 4), dtype=np.uint8)
+    path = tmp_path / "la.tif"
+    _multi_sample_tiff(path, kind, pixels)
+    [(data, kwargs, kind_)] = _reader.read_paths(str(path))
+    assert kind_ == "image" and data.shape == (128, 128) and kwargs["name"] == "la (grey; alpha dropped)"
+    np.testing.assert_array_equal(np.asarray(data), pixels[..., 0])
+    assert "rgb" not in kwargs and "scale" not in kwargs  # a 2D grey image, in pixels
+    check_image(np.asarray(data), "image")  # what Enhance checks: a grey image
+
+
+def test_a_cmyk_tiff_is_refused_with_one_line_saying_what_it_is(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (128, 128, 4), dtype=np.uint8)
+    path = tmp_path / "print.tif"
+    _multi_sample_tiff(path, "CMYK", pixels)
+    with pytest.raises(InputError) as err:
+        _reader.read_paths(str(path))
+    assert str(err.value) == f"{path} has 4 samples per pixel (CMYK; shape (128, 128, 4)), not one grey value: convert it to greyscale first"
+
+
+def test_enhance_refuses_a_grey_and_alpha_array_another_reader_gives():
+    """napari's own reader gives a grey+alpha picture as (y, x, 2): refused, not enhanced as y
+    slices of x by 2 px."""
+    from napari_emdiffuse.data.normalise import check_image
+
+    with pytest.raises(InputError, match=r"^layer has 2 samples per pixel \(grey\+alpha; shape \(128, 128, 2\)\)"):
+        check_image(np.zeros((128, 128, 2), np.uint8), "layer")

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from .image import Image
+from .tiff import GREY_ALPHA
 
 MAX_SAMPLE_PIXELS = 4_000_000
 #: the percentiles that map to -1 and 1 (a model records the ones it was trained with)
@@ -161,6 +162,10 @@ def fit_normaliser(
 MIN_PLANE_PX = 2
 
 
+#: what a bare array's few values last are taken for (:func:`check_image`)
+SAMPLES_BY_SHAPE = {2: GREY_ALPHA, 3: "RGB", 4: "RGBA"}
+
+
 def _several_samples(name: str, shape: tuple[int, ...], colour: str) -> InputError:
     return InputError(f"{name} has {shape[-1]} samples per pixel ({colour}; shape {shape}), not one grey value: convert it to greyscale first")
 
@@ -178,8 +183,9 @@ def check_image(image: Any, name: str = "image", ndims: tuple[int, ...] = (2, 3)
     """Refuse what no variant can use: wrong dimensionality, empty or smaller than
     :data:`MIN_PLANE_PX`, several samples per pixel (colour, grey+alpha, ...), 1-bit, complex or
     non-numeric data. ``image`` is an :class:`.Image`, whose file recorded what its samples are
-    (``meta["colour"]``), or a bare array (a napari layer's), where only the shape can tell: 3
-    or 4 values last on planes larger than 4 pixels are RGB or RGBA, as napari holds colour."""
+    (``meta["colour"]``), or a bare array (a napari layer's), where only the shape can tell: 2,
+    3 or 4 values last on planes larger than 4 pixels are grey+alpha, RGB or RGBA, as napari and
+    imageio hold such pictures (an image 2 pixels wide is none an EM user enhances)."""
     colour = image.meta.get("colour") if isinstance(image, Image) else None
     data = image.data if isinstance(image, Image) else image
     shape = tuple(data.shape)
@@ -188,8 +194,8 @@ def check_image(image: Any, name: str = "image", ndims: tuple[int, ...] = (2, 3)
         raise InputError(f"{name} has data type {dtype}, expected integer or floating-point grey values")
     if dtype.kind == "b":
         raise InputError(f"{name} is a 1-bit (black and white) mask, not a grey-value image: 1-bit images are not supported")
-    if colour is None and len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
-        colour = "RGB" if shape[-1] == 3 else "RGBA"
+    if colour is None and len(shape) in (3, 4) and shape[-1] in SAMPLES_BY_SHAPE and min(shape[-3:-1]) > 4:
+        colour = SAMPLES_BY_SHAPE[shape[-1]]
     if colour is not None:
         raise _several_samples(name, shape, colour)
     if len(shape) not in ndims:

@@ -105,6 +105,8 @@ COLOUR_MODELS = {
 }  # fmt: skip
 #: TIFF extra-sample kinds that are an alpha (opacity) channel: associated, unassociated
 ALPHA_SAMPLES = (1, 2)
+#: what :func:`tiff_colour` calls grey values with an alpha channel (the napari reader keeps the grey)
+GREY_ALPHA = "grey+alpha"
 
 
 def tiff_colour(page: Any) -> str | None:
@@ -119,7 +121,7 @@ def tiff_colour(page: Any) -> str | None:
     model, components = ("grey", 1) if photometric in GREY else COLOUR_MODELS.get(photometric, (photometric.lower(), 1))
     extra = list(page.extrasamples)
     alpha = samples > components and bool(extra) and int(extra[0]) in ALPHA_SAMPLES
-    name = (model + ("+alpha" if model == "grey" else "A")) if alpha else model
+    name = (GREY_ALPHA if model == "grey" else model + "A") if alpha else model
     rest = samples - components - alpha
     return name + (f"+{rest} extra sample{'s' * (rest > 1)}" if rest > 0 else "")
 
