@@ -59,7 +59,9 @@ def test_a_multi_page_file_in_a_slice_folder_is_refused_naming_it(tmp_path, caps
         for seed in range(3):
             w.write(_grey((64, 64), seed))
     assert _predict(tmp_path, folder) == 2
-    assert _one_error_line(capsys, "predict") == f"{folder / 'z002.tif'}: 3 pages (shape (3, 64, 64)); a slice folder holds one 2D image per file"
+    assert _one_error_line(capsys, "predict") == (
+        f"{folder / 'z002.tif'} holds 3 slices (shape (3, 64, 64)); a slice folder holds one 2D image per file: split it, or open it on its own as a stack"
+    )
 
 
 @pytest.mark.parametrize("model", ["vemdiffuse-i", "vemdiffuse-a"])

@@ -402,20 +402,23 @@ def test_an_input_without_a_pixel_size_gives_results_without_one(make_napari_vie
         assert all(tuple(lyr.scale) == tuple(w.result_layers[0].scale) for lyr in reopened)
 
 
+@pytest.mark.parametrize("scope", ["whole", "slice"])
 @pytest.mark.parametrize("calibrated", [True, False])
-def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes, calibrated):
+def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes, calibrated, scope):
     """The GUI walk: dragging a prediction store into napari beside the result made napari warn
     "Inconsistent units across layers" (the reopened samples' sample axis was in µm, the shown
     samples' in pixels; an unknown pixel size came back as 1 µm). napari says so in a notification,
-    not a Python warning. The reopened layers lie where the shown ones do, in the same units."""
+    not a Python warning. The reopened layers lie where the shown ones do, in the same units; a
+    slice of a stack too (its store was 2D, without its z: it reopened on every slice)."""
     from qtpy.QtWidgets import QApplication
 
     viewer = make_napari_viewer()
     geometry = {"scale": voxel, "translate": (1.0, 0.5, 0.25), "units": ("micrometer",) * 3} if calibrated else {}
-    viewer.add_image(isbi[:2, :32, :32], name="em", **geometry)
+    layer = viewer.add_image(isbi[:2, :32, :32], name="em", **geometry)
+    viewer.dims.set_point(0, layer.translate[0] + layer.scale[0])  # the second slice
     MODELS.add(tiny_model, "trained")
     w = _open(viewer)
-    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.scope.setCurrentIndex(w.scope.findData(scope))
     w.steps.setValue(1)
     w.keep_samples.setChecked(True)
     w.zarr_path.setText(str(tmp_path / "r.zarr"))
@@ -433,6 +436,9 @@ def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewe
         assert [str(u) for u in lyr.units] == [str(u) for u in twin.units]
         assert tuple(lyr.scale) == pytest.approx(tuple(twin.scale)) and tuple(lyr.translate) == pytest.approx(tuple(twin.translate))
     assert tuple(shown["samples"].axis_labels)[0] == "sample" == tuple(next(lyr for lyr in reopened if lyr.name == "r samples").axis_labels)[0]
+    if scope == "slice":
+        assert all(lyr.ndim == 3 + (lyr.metadata["emdiffuse"]["role"] == "samples") for lyr in reopened)
+        assert shown["enhanced"].translate[0] == pytest.approx(layer.translate[0] + layer.scale[0])  # on the slice it came from
 
 
 def test_result_names_are_short_and_say_what_each_layer_is(make_napari_viewer, isbi, voxel, tiny_model):

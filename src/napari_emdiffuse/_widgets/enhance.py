@@ -121,7 +121,6 @@ class _Plan:
     array: Any
     voxel: tuple[float, ...]  # in µm where the layer's units say how (the jobs' unit)
     placement: Placement
-    add_axis: bool
     sample: Any
     device: str
     output: Path | None
@@ -406,10 +405,10 @@ class EnhanceWidget(DockWidget):
         except Exception as err:  # noqa: BLE001 - an informative line only; Enhance reports it properly
             self.output_info.setText(_common.user_message(err))
             return
-        self.output_info.setText(f"{what} → {' × '.join(map(str, out.shape))} px, voxel {voxel_text(out.voxel, source.units[-1])}")
-        self.output_info.setToolTip(
-            f"{what} ({' × '.join(map(str, data.shape))} px) gives a result of {' × '.join(map(str, out.shape))} px"
-        )
+        one = not file and self.scope.currentData() in ("slice", "rectangle")  # a plane, whether or not a stack holds it
+        shape, voxel, size = (out.shape[-2:], out.voxel[-2:], data.shape[-2:]) if one else (out.shape, out.voxel, data.shape)
+        self.output_info.setText(f"{what} → {' × '.join(map(str, shape))} px, voxel {voxel_text(voxel, source.units[-1])}")
+        self.output_info.setToolTip(f"{what} ({' × '.join(map(str, size))} px) gives a result of {' × '.join(map(str, shape))} px")
 
     def _load_model_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder (with model.json)")
@@ -486,42 +485,41 @@ class EnhanceWidget(DockWidget):
                 }
             }
         ).sample
-        array, offset, add_axis = (data, (0,) * data.ndim, False) if self.from_file() else self._crop(layer, data)
+        array, offset = (data, (0,) * data.ndim) if self.from_file() else self._crop(layer, data)
         variant.check_input(array, options, name=described)
         voxel = source.scale[-array.ndim :]
         already = isotropic_note(name, source, variant, options, tuple(array.shape))
         if already:
             _common.notify(already, "warning")
         out = variant.output_geometry(array.shape, voxel, options)
-        lead = (1,) if add_axis else ()
-        out_voxel = (source.scale[0], *out.voxel) if add_axis else out.voxel
-        placement = output_placement(source, offset, lead + tuple(array.shape), lead + tuple(out.shape), out_voxel)
+        placement = output_placement(source, offset, tuple(array.shape), tuple(out.shape), out.voxel)
         keep = self.keep_samples.isChecked()
         output = self._output_path(name, result_bytes(out.shape, np.float32, sample.samples if keep else 0, bool(model.calibration)))
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(
-            name, contrast, entry, model, array, in_um(voxel, source.units[-array.ndim :]), placement, add_axis, sample, self.device.currentText(),
+            name, contrast, entry, model, array, in_um(voxel, source.units[-array.ndim :]), placement, sample, self.device.currentText(),
             output, paths, overwrite, resume, info, keep,
         )  # fmt: skip
 
-    def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...], bool]:
-        """The part of the data the scope asks for, its offset in the layer, and whether a
-        z axis must be put back on the result (a single slice taken from a stack)."""
+    def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...]]:
+        """The part of the data the scope asks for, and its offset in the layer. A slice of a
+        stack stays a stack of one slice, so that the result (and a store written of it) keeps
+        its z position and reopens on that slice."""
         scope = self.scope.currentData()
         if scope == "whole" or (data.ndim == 2 and scope == "slice"):
-            return data, (0,) * data.ndim, False
+            return data, (0,) * data.ndim
         if scope in ("rectangle", "rectangle_stack"):
             h, w = data.shape[-2:]
             r = rectangle_roi(self.shapes.layer(), layer).clip(h, w)
             if data.ndim == 2:
-                return data[r.y0 : r.y1, r.x0 : r.x1], (r.y0, r.x0), False
+                return data[r.y0 : r.y1, r.x0 : r.x1], (r.y0, r.x0)
             if scope == "rectangle_stack":
-                return data[:, r.y0 : r.y1, r.x0 : r.x1], (0, r.y0, r.x0), False
+                return data[:, r.y0 : r.y1, r.x0 : r.x1], (0, r.y0, r.x0)
             z = current_plane(self.viewer, layer)
-            return data[z, r.y0 : r.y1, r.x0 : r.x1], (z, r.y0, r.x0), True
+            return data[z : z + 1, r.y0 : r.y1, r.x0 : r.x1], (z, r.y0, r.x0)
         z = current_plane(self.viewer, layer)
-        return data[z], (z, 0, 0), True
+        return data[z : z + 1], (z, 0, 0)
 
     def _output_path(self, name: str, nbytes: int) -> Path | None:
         text = self.zarr_path.text().strip()
@@ -618,8 +616,6 @@ class EnhanceWidget(DockWidget):
             mean, std = da.from_zarr(mean), da.from_zarr(std)
         if region is not None:
             mean, std = mean[region], std[region]
-        if plan.add_axis:
-            mean, std = mean[None], std[None]
         source = plan.name + (" (partial)" if region is not None else "")
         info = {"model": str(plan.entry.path), **(plan.source_info or {}), "samples": plan.sample.samples}
         kwargs = plan.placement.kwargs()
@@ -653,7 +649,7 @@ class EnhanceWidget(DockWidget):
         uncertainty.name_overlay.position = uncertainty.colorbar.position
         uncertainty.name_overlay.visible = True
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
-        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, plan.add_axis, result_name(source, "samples"), contrast, info, plan.placement))
+        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, result_name(source, "samples"), contrast, info, plan.placement))
         self._bound = bound
         self.regions_layer = unwrap(self._add_regions(bound, result_name(source, "unsure regions"), info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
@@ -666,18 +662,16 @@ class EnhanceWidget(DockWidget):
         )
 
     def _add_samples(
-        self, samples: Any, region: tuple[slice, ...] | None, add_axis: bool, name: str, contrast: Any, info: dict[str, Any], placement: Placement
+        self, samples: Any, region: tuple[slice, ...] | None, name: str, contrast: Any, info: dict[str, Any], placement: Placement
     ) -> Any:
         """The samples as one hidden layer over the result, their index a leading axis; cropped
-        to a cancelled run's finished ``region``, and given the slice's axis (``add_axis``) as the result is."""
+        to a cancelled run's finished ``region``."""
         if not isinstance(samples, np.ndarray):  # written to zarr: open lazily
             import dask.array as da
 
             samples = da.from_zarr(samples)
         if region is not None:
             samples = samples[(slice(None), *region)]
-        if add_axis:
-            samples = samples[:, None]
         return self.viewer.add_image(
             samples, name=name, colormap="gray", contrast_limits=contrast, visible=False,
             metadata={"emdiffuse": {**info, "role": "samples"}}, **samples_kwargs(placement),
