@@ -47,7 +47,9 @@ def _check_roi(roi: Any, text: str, shape: Sequence[int], source: str) -> None:
     it, silently training on another region than the one asked for); ``source`` names the image."""
     height, width = (int(n) for n in shape[-2:])
     if roi.y0 < 0 or roi.x0 < 0 or roi.y1 > height or roi.x1 > width:
-        raise InputError(f"--roi {text}: lies outside the image {source} ({height} x {width} px)")
+        apart = roi.y0 >= height or roi.x0 >= width or roi.y1 <= 0 or roi.x1 <= 0
+        where = "lies outside" if apart else "reaches past the edge of"
+        raise InputError(f"--roi {text}: {where} the image {source} ({height} x {width} px); give Y0:Y1,X0:X1 within it")
 
 
 def _require_device(args: argparse.Namespace) -> None:

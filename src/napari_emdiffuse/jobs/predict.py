@@ -271,10 +271,11 @@ def _widened_for_noise(
     ratio = noise / calibrated
     clear = ratio > uncertainty.noise_tolerance(image.shape)
     if not clear.any():
+        reads = f"{'up to ' if ratio.size > 1 else ''}{ratio.max():.1f}x"
         return widened, Message(
-            f"the input reads up to {ratio.max():.1f}x noisier than the data the error bounds were calibrated on, within "
-            f"what the measure varies on an image this small ({' x '.join(str(n) for n in image.shape[-2:])} px); "
-            f"its error bounds are widened (up to {widen.max():.2f}x) to be safe",
+            f"the noise of an image this small ({' x '.join(str(n) for n in image.shape[-2:])} px) cannot be measured "
+            f"precisely: it reads {reads} that of the calibration data, within the measure's spread; the error bounds "
+            f"are widened by {100 * (widen.max() - 1):.0f} % to be safe",
             "info",
         )
     if volume:
