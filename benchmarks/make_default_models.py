@@ -37,6 +37,7 @@ not bought with a few CPU-hours more of either.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ CARD = """# {name}: {title}
 
 **Degradation.** {degradation}
 
-**Settings.** Preset `{preset}` ({params:.2f} M parameters{options}), {steps} training steps
+**Settings.** Preset `{preset}` ({params:.2f} M parameters){options}, {steps} training steps
 ({seconds} s on {device}), batch {batch}, {patch} px patches, AdamW lr {lr}, EMA {ema}.
 Sampling defaults: {sampler}, {sample_steps} steps, {samples} samples.
 
@@ -200,6 +201,14 @@ def validation(metrics: dict) -> str:
     return text
 
 
+def options_words(model: Model) -> str:
+    """The card's words for what the model's options make it do (``Variant.option_phrases``, as
+    the widgets and ``emdiffuse models`` say it), each after a comma; empty where it says nothing."""
+    from napari_emdiffuse.variants import get_variant, model_options
+
+    return "".join(f", {p}" for p in get_variant(model.variant).option_phrases(model_options(model)))
+
+
 def bundle(name: str, run: Path, results: Path) -> Path:
     """Write ``run``'s EMA weights as float16 with the model card into the package."""
     recipe = RECIPES[name]
@@ -207,7 +216,6 @@ def bundle(name: str, run: Path, results: Path) -> Path:
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.network.state_dict().items()}
     t = model.info.training
     tr, sa = model.preset.train, model.preset.sample
-    opts = model.preset.variant_options
     model.info.card = CARD.format(
         name=name,
         title=recipe["title"],
@@ -216,7 +224,7 @@ def bundle(name: str, run: Path, results: Path) -> Path:
         degradation=recipe["degradation"],
         preset=model.preset.name,
         params=sum(p.numel() for p in model.network.parameters()) / 1e6,
-        options="".join(f", {k} {v}" for k, v in opts.items()),
+        options=options_words(model),
         steps=t.get("steps"),
         seconds=round(t.get("seconds", 0)),
         device=t.get("device"),
@@ -249,7 +257,8 @@ def bundle(name: str, run: Path, results: Path) -> Path:
 
 def refresh_card(name: str, results: Path) -> None:
     """Rewrite the bundled model's "Measured" paragraph from its own metrics and ``results`` (after a
-    ``bench_suite.py`` run), keeping its weights and everything else as they are."""
+    ``bench_suite.py`` run), and its options' words, keeping its weights and everything else as
+    they are."""
     from dataclasses import replace
 
     from napari_emdiffuse.model_file import WEIGHTS, load_tensors
@@ -259,6 +268,9 @@ def refresh_card(name: str, results: Path) -> None:
     held_back = f" {HELD_BACK}: {measured(RECIPES[name]['bench'], results)}"
     parts = model.info.card.strip().split("\n\n")  # the training's own validation, before HELD_BACK, stays
     card = "\n\n".join(p.split(f" {HELD_BACK}")[0] + held_back if p.startswith(MEASURED) else p for p in parts)
+    # the options in words, as bundle() writes them now (cards bundled before said "residual True")
+    card = re.sub(r"(\*\*Settings\.\*\* Preset `[^`]+` \([\d.]+ M parameters)[^)]*\)[^\n]*?, (\d+ training steps)",
+                  lambda m: f"{m.group(1)}){options_words(model)}, {m.group(2)}", card)
     Model(model.preset, replace(model.info, card=card), model.network).save_new(dest, overwrite=True, state=load_tensors(dest / WEIGHTS))
     print(f"{name}: card refreshed from {results}")
 
