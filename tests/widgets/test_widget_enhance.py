@@ -166,7 +166,7 @@ def test_the_model_line_says_in_words_what_each_bundled_model_does(make_napari_v
         w.select_model(bundled_models()[name])  # switches to its variant
         line = w.model_info.text()
         assert line.startswith("; ".join([*say, ""])), (name, line)
-        assert re.search(r"\d+ training steps; validation PSNR \d+\.\d dB$", line), line
+        assert re.search(r"\d+ training steps; validation PSNR \d+\.\d dB( \((noisy input|bicubic|linear interpolation) \d+\.\d dB\))?$", line), line
         for raw in ("residual", "emdiffuse", "both views", "factor", "True", "False"):
             assert raw not in line, (name, line)
         assert not w.findChildren(OptionsForm)

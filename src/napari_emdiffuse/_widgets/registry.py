@@ -31,16 +31,18 @@ class ModelEntry:
 
 def describe(meta: dict[str, Any]) -> str:
     """One line about a model for the widgets: what its options make it do (in words, not option
-    names), training length, validation PSNR."""
+    names), training length, validation PSNR and its baseline's on the same patches."""
     from ..variants import plain_options
 
     parts = plain_options(meta["preset"])
     training = meta.get("training") or {}
     if training.get("steps") is not None:
         parts.append(f"{training['steps']} training steps")
-    psnr = (meta.get("metrics") or {}).get("val_psnr")
-    if psnr is not None:
-        parts.append(f"validation PSNR {psnr:.1f} dB")
+    metrics = meta.get("metrics") or {}
+    psnr, base = metrics.get("val_psnr"), metrics.get("val_baseline_psnr")
+    if psnr is not None:  # beside its baseline on the same patches: a figure alone says little
+        against = f" ({metrics.get('val_baseline', 'baseline')} {base:.1f} dB)" if base is not None else ""
+        parts.append(f"validation PSNR {psnr:.1f} dB{against}")
     return "; ".join(parts)
 
 
