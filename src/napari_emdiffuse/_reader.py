@@ -268,10 +268,12 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
         ndim = data[0].ndim if isinstance(data, list) else data.ndim
         if group_voxel or origin:
             kwargs.update(_group_geometry(kwargs, ndim, group_voxel, origin))
-        if name in UNCERTAINTY_NAMES:
-            kwargs.update(name=f"{stem} uncertainty", colormap="inferno")
+        if name in UNCERTAINTY_NAMES:  # as Enhance shows it: the colours say how large, from zero
+            kwargs.update(name=f"{stem} uncertainty", colormap="inferno", contrast_limits=(0.0, max(kwargs["contrast_limits"][1], 1e-6)))
         if ours:  # a result reopened: the layer pickers do not guess it (its bounds least) as the next input
-            kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": RESULT_ROLES.get(name, "enhanced"), "reopened": str(path)}}
+            role = RESULT_ROLES.get(name, "enhanced")
+            kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": role, "reopened": str(path)}}
+            kwargs["visible"] = role == "enhanced"  # as Enhance adds them: the result shown, the rest in the layer list
         layers.append((data, kwargs, kind))
     if not layers:
         raise InputError(f"{path}: the zarr group holds no images")

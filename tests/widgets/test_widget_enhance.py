@@ -436,6 +436,9 @@ def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewe
         assert [str(u) for u in lyr.units] == [str(u) for u in twin.units]
         assert tuple(lyr.scale) == pytest.approx(tuple(twin.scale)) and tuple(lyr.translate) == pytest.approx(tuple(twin.translate))
     assert tuple(shown["samples"].axis_labels)[0] == "sample" == tuple(next(lyr for lyr in reopened if lyr.name == "r samples").axis_labels)[0]
+    assert [lyr.metadata["emdiffuse"]["role"] for lyr in reopened if lyr.visible] == ["enhanced"]  # the rest hidden, as Enhance adds them
+    reopened_bound = next(lyr for lyr in reopened if lyr.metadata["emdiffuse"]["role"] == "uncertainty")
+    assert reopened_bound.contrast_limits[0] == 0.0
     if scope == "slice":
         assert all(lyr.ndim == 3 + (lyr.metadata["emdiffuse"]["role"] == "samples") for lyr in reopened)
         assert shown["enhanced"].translate[0] == pytest.approx(layer.translate[0] + layer.scale[0])  # on the slice it came from
