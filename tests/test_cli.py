@@ -219,6 +219,7 @@ def test_a_device_named_but_not_here_is_an_error_for_every_command_that_takes_on
         for device, reason in reasons.items():
             err = _error(capsys, [*argv, "--device", device]).strip()
             assert err.startswith(f"emdiffuse {name}: error: --device {device}: {reason}"), err
+            assert err.endswith("; use --device auto (the best found here) or cpu"), err
     assert sorted(tmp_path.iterdir()) == []  # nothing started, nothing written
     done = subprocess.run([sys.executable, "-m", "napari_emdiffuse.cli", *commands["predict"], "--device", "cuda"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -65,7 +65,8 @@ def _require_device(args: argparse.Namespace) -> None:
     try:
         select_device(name, strict=True)
     except DeviceError as err:
-        raise DeviceError(f"--device {name}: {err}") from None
+        hint = "" if str(err).startswith("unknown device") else "; use --device auto (the best found here) or cpu"  # an unknown name lists the choices itself
+        raise DeviceError(f"--device {name}: {err}{hint}") from None
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
