@@ -190,8 +190,8 @@ def run_on_cluster(
         }, sort_keys=True)  # fmt: skip
         store = str(out.store_path)
         yield Message(f"dask: {len(todo)} blocks on {address}; dashboard {client.dashboard_link}", "info")
-        futures = [client.submit(run_block, plain, b, store, out.run, pure=False, retries=RETRIES) for b in todo]
-        pending, finished = set(futures), 0
+        index = {client.submit(run_block, plain, b, store, out.run, pure=False, retries=RETRIES): b.index for b in todo}
+        pending, finished = set(index), 0
         yield Progress(0, len(todo), "blocks")
         while pending:
             if cancel.is_set():
@@ -201,9 +201,17 @@ def run_on_cluster(
                 ready, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished meanwhile: look at the cancel token again
                 continue
+            pending = set(pending)
             for fut in ready:
-                done[fut.result()] = True  # re-raises a block's error after its retries
-                finished += 1
+                # a finished block is written and marked in the store by its worker: its result (its
+                # index) is not fetched, which a worker lost meanwhile would make dask compute again
+                if fut.status == "finished":
+                    done[index[fut]] = True
+                    finished += 1
+                elif fut.status in ("lost", "pending"):  # lost with its worker since: dask computes it again
+                    pending.add(fut)
+                else:
+                    fut.result()  # re-raises the block's error after its retries (or its cancel)
             if ready:
                 yield Progress(finished, len(todo), "blocks")
     finally:
