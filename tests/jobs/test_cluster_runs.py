@@ -125,3 +125,14 @@ def test_a_worker_refuses_a_device_it_does_not_have(small_stack, tmp_path, rando
     }, sort_keys=True)  # fmt: skip
     with pytest.raises(DeviceError, match=r"device 'cuda:1' on a dask worker: CUDA is not available"):
         _worker_state(plain)
+
+
+def test_a_folder_named_like_a_temporary_but_without_a_process_number_is_not_ours(tmp_path):
+    """Only names of our form (``.NAME.tmp-PID-...``) count as a killed run's leftovers: a user's
+    ``.o.zarr.tmp-mine.removing`` is neither resumed nor removed."""
+    from napari_emdiffuse.jobs.predict_output import _dead_temps
+
+    mine = tmp_path / f".o.zarr.tmp-mine{REMOVING}"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert _dead_temps(tmp_path / "o.zarr") == []

@@ -217,11 +217,13 @@ def blocks_done(store: Path) -> int:
 
 def _dead_temps(final: Path) -> list[Path]:
     """Stores a killed run left under a hidden temporary name beside ``final`` (``.NAME.tmp-PID-...``,
-    the name taken literally, whatever characters it holds; a process still running is not dead)."""
+    the name taken literally, whatever characters it holds; a process still running is not dead).
+    Our temporaries always carry a process number: a folder named otherwise is not one of them
+    (its ``...removing`` copy is removed without a look inside, see :func:`_discard`)."""
     found = []
     for p in final.parent.glob(f"{glob.escape('.' + final.name)}.tmp-*"):
         pid = p.name[len(final.name) + 6 :].split("-", 1)[0]
-        if p.is_dir() and not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
+        if p.is_dir() and pid.isdigit() and not (int(pid) != os.getpid() and pid_alive(int(pid))):
             found.append(p)
     return found
 
