@@ -9,13 +9,15 @@
 - vEMDiffuse-a on the ISBI ssTEM stack (4 x 4 x 50 nm), factor 12.5: the output's voxel size,
   and an xz plane next to linear interpolation (no ground truth exists).
 
-Every model trains for a fixed wall-clock budget on the CPU (``--minutes``) with its ``-cpu``
-preset; the table, the command line and the images go to docs/. Run from the repository root:
+Every model trains with its ``-cpu`` preset on the CPU, for a number of steps (``--steps``: the
+figures then do not depend on how busy the machine was) or for a wall-clock budget (``--minutes``).
+The table, the command line and the images go to docs/, the figures to
+benchmarks/results/variants.json. Run from the repository root:
 
-    python benchmarks/bench_variants.py --minutes 15
+    python benchmarks/bench_variants.py --steps 2000
 
 ``--only sr`` (or ``iso``, ``sstem``) reruns one part and keeps the others' results;
-``--reuse`` scores models that an earlier run with the same ``--minutes`` finished training in
+``--reuse`` scores models that an earlier run with the same budget finished training in
 ``--work`` instead of training them again (a run killed half-way is trained afresh).
 """
 
@@ -49,25 +51,37 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-#: run options that the helpers read: samples averaged per prediction (--samples), and whether
+#: run options that the helpers read: samples drawn per prediction (--samples; they make the
+#: uncertainty, the best estimate is scored), and whether
 #: models that finished training in the work folder are reused instead of retrained (--reuse)
-RUN = {"samples": 8, "reuse": False}
+RUN = {"samples": 2, "reuse": False}
+
+#: where the figures of every section are kept between runs (``--only`` reruns one section)
+RESULTS = REPO / "benchmarks" / "results" / "variants.json"
 
 
-def train_model(preset_name: str, options: dict, arrays: dict, out: Path, minutes: float, seed: int) -> dict:
+def budget(minutes: float | None, steps: int | None) -> dict:
+    """The preset's train overrides for a step count or a wall-clock budget (one of them)."""
+    if steps:
+        return {"iterations": steps, "minutes": None}
+    return {"iterations": 1_000_000, "minutes": minutes}
+
+
+def train_model(preset_name: str, options: dict, arrays: dict, out: Path, limit: dict, seed: int) -> dict:
     from napari_emdiffuse.config import load_preset
     from napari_emdiffuse.jobs.events import Kind
     from napari_emdiffuse.jobs.train import train
 
     if RUN["reuse"] and (out / "model.json").is_file():
         done = json.loads((out / "model.json").read_text())["training"]
-        if done.get("stopped") in ("time budget", "finished"):  # not a run killed half-way
+        finished = done.get("stopped") == ("finished" if limit["minutes"] is None else "time budget")
+        if finished and (limit["minutes"] is not None or done["steps"] == limit["iterations"]):  # not a run killed half-way
             log(f"  reusing {out.name}: {done['steps']} steps in {done['seconds']:.0f} s")
             return {"steps": done["steps"], "seconds": round(done["seconds"])}
 
     preset = load_preset(
         preset_name,
-        {"variant_options": options, "train": {"iterations": 1_000_000, "minutes": minutes, "seed": seed, "val_every": 1000}},
+        {"variant_options": options, "train": {**limit, "seed": seed, "val_every": 1000}},
     )
     start = time.monotonic()
     result = None
@@ -117,7 +131,7 @@ def iso_scores(recon: np.ndarray, truth: np.ndarray, k: int, pixel_nm: float) ->
     }
 
 
-def bench_sr(fib: np.ndarray, factor: int, work: Path, minutes: float, seed: int) -> dict:
+def bench_sr(fib: np.ndarray, factor: int, work: Path, limit: dict, seed: int) -> dict:
     from napari_emdiffuse import metrics
     from napari_emdiffuse.data.degrade import psf_bin, to_unit
     from napari_emdiffuse.variants import get_variant
@@ -126,7 +140,7 @@ def bench_sr(fib: np.ndarray, factor: int, work: Path, minutes: float, seed: int
     variant = get_variant("superres")
     options = variant.options({"factor": factor})
     arrays = variant.from_clean(fib[SR_TRAIN_Z], options)
-    info = train_model("emdiffuse-r-cpu", {"factor": factor}, arrays, work / f"sr{factor}", minutes, seed)
+    info = train_model("emdiffuse-r-cpu", {"factor": factor}, arrays, work / f"sr{factor}", limit, seed)
     truth = to_unit(fib[SR_TEST_Z][(slice(None),) + SR_CROP])
     low = psf_bin(truth, factor)
     model, voxel = predict(work / f"sr{factor}", low, (0.005, 0.005 * factor, 0.005 * factor))
@@ -138,14 +152,14 @@ def bench_sr(fib: np.ndarray, factor: int, work: Path, minutes: float, seed: int
     return row
 
 
-def bench_iso(fib: np.ndarray, k: int, work: Path, minutes: float, seed: int) -> tuple[dict, dict]:
+def bench_iso(fib: np.ndarray, k: int, work: Path, limit: dict, seed: int) -> tuple[dict, dict]:
     from napari_emdiffuse.data.degrade import decimate_z
 
     truth = fib[ISO_TEST].astype(np.float32)
     anisotropic = decimate_z(fib[ISO_TEST], k)
     voxel = (0.005 * k, 0.005, 0.005)
-    info_i = train_model("vemdiffuse-i-cpu", {"factor": k}, {"volume": fib[ISO_TRAIN_Z]}, work / f"iso_i{k}", minutes, seed)
-    info_a = train_model("vemdiffuse-a-cpu", {"factor": k}, {"volume": decimate_z(fib, k)}, work / f"iso_a{k}", minutes, seed)
+    info_i = train_model("vemdiffuse-i-cpu", {"factor": k}, {"volume": fib[ISO_TRAIN_Z]}, work / f"iso_i{k}", limit, seed)
+    info_a = train_model("vemdiffuse-a-cpu", {"factor": k}, {"volume": decimate_z(fib, k)}, work / f"iso_a{k}", limit, seed)
     recon_i, vox_i = predict(work / f"iso_i{k}", anisotropic, voxel)
     recon_a, vox_a = predict(work / f"iso_a{k}", anisotropic, voxel)
     linear = linear_z(anisotropic, k)
@@ -157,7 +171,7 @@ def bench_iso(fib: np.ndarray, k: int, work: Path, minutes: float, seed: int) ->
     return row, planes
 
 
-def bench_sstem(work: Path, minutes: float, seed: int) -> tuple[dict, dict]:
+def bench_sstem(work: Path, limit: dict, seed: int) -> tuple[dict, dict]:
     import tifffile
 
     from napari_emdiffuse.data.io import read_image
@@ -165,7 +179,7 @@ def bench_sstem(work: Path, minutes: float, seed: int) -> tuple[dict, dict]:
     img = read_image(ISBI)
     vol = np.asarray(img.data)
     factor = img.voxel[0] / img.voxel[1]
-    info = train_model("vemdiffuse-a-cpu", {"factor": factor}, {"volume": vol}, work / "iso_a_sstem", minutes, seed)
+    info = train_model("vemdiffuse-a-cpu", {"factor": factor}, {"volume": vol}, work / "iso_a_sstem", limit, seed)
     crop = vol[SSTEM_CROP]
     recon, voxel = predict(work / "iso_a_sstem", crop, img.voxel)
     linear = linear_z(crop, factor)
@@ -231,11 +245,16 @@ def verdict(model: dict, base: dict, base_name: str) -> str:
 
 
 def settings_line(st: dict) -> str:
+    trained = f"{st['steps']} steps" if st.get("steps") else f"{st['minutes']:g} minutes of wall-clock time"
     return (
-        f"Command: `{st['command']}` ({st['date']}). Each model trained for {st['minutes']:g} minutes of wall-clock "
-        f"time with its `-cpu` preset (about 700 thousand parameters), seed {st['seed']}, torch on the CPU with "
-        f"{st['threads']} thread(s) of a {st['cores']}-core machine shared with other work; sampling with "
-        f"DPM-Solver++(2M), 10 steps, mean of {st['samples']} samples."
+        f"Command: `{st['command']}` ({st['date']}). Each model trained for {trained} "
+        f"with its `-cpu` preset (about 700 thousand parameters), seed {st['seed']}, torch on the CPU with "
+        f"{st['threads']} thread(s) of a {st['cores']}-core machine shared with other work. Scored: "
+        + (
+            "the best estimate (`predict`'s default output)."
+            if st.get("estimate") == "best"
+            else f"the mean of {st['samples']} samples, DPM-Solver++(2M), 10 steps."
+        )
     )
 
 
@@ -243,10 +262,11 @@ def write_table(path: Path, results: dict) -> None:
     lines = [
         "# Benchmark: super-resolution and isotropic reconstruction on real EM",
         "",
-        "Written by `benchmarks/bench_variants.py` (its docstring has the protocol). Training steps are "
-        "listed because the machine was shared: a quieter or faster machine trains further in the same "
-        "time (at the `-cpu` sizes the validation PSNR levels off after about 1000-1500 steps: "
-        "`benchmarks/make_default_models.py`). The bundled models' own figures are in docs/benchmarks.md.",
+        "Written by `benchmarks/bench_variants.py` (its docstring has the protocol; the figures are kept in "
+        "benchmarks/results/variants.json). Training steps are listed: a run with a wall-clock budget trains "
+        "further on a quieter or faster machine (at the `-cpu` sizes the validation PSNR levels off after about "
+        "1000-1500 steps: `benchmarks/make_default_models.py`). The bundled models' own figures are in "
+        "docs/benchmarks.md.",
         "",
     ]
     if results.get("sr"):
@@ -338,15 +358,17 @@ def write_table(path: Path, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
+    budget_args = p.add_mutually_exclusive_group()
+    budget_args.add_argument("--minutes", type=float, default=12.0, help="wall-clock training budget per model")
+    budget_args.add_argument("--steps", type=int, help="training steps per model instead (figures independent of the machine's load)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a machine shared with other jobs)")
-    p.add_argument("--samples", type=int, default=8, help="samples averaged per prediction")
-    p.add_argument("--reuse", action="store_true", help="reuse models in --work that finished training (same --minutes); train the rest")
+    p.add_argument("--samples", type=int, default=2, help="samples per prediction (the uncertainty's; the best estimate is scored)")
+    p.add_argument("--reuse", action="store_true", help="reuse models in --work that finished training (same budget); train the rest")
     p.add_argument("--only", default="sr,iso,sstem", help="comma-separated subset of sr, iso, sstem (the others keep earlier results)")
     p.add_argument("--sr-factors", default="2,4")
     p.add_argument("--iso-factors", default="4,8")
-    p.add_argument("--work", default="/tmp/emdiffuse-bench-variants", help="models, volumes and results.json go here")
+    p.add_argument("--work", default="/tmp/emdiffuse-bench-variants", help="trained models go here")
     p.add_argument("--out", default=str(REPO / "docs" / "benchmarks-variants.md"))
     args = p.parse_args(argv)
     import tifffile
@@ -360,31 +382,33 @@ def main(argv: list[str] | None = None) -> int:
     RUN.update(samples=args.samples, reuse=args.reuse)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    store = work / "results.json"
+    store = RESULTS
     results: dict = json.loads(store.read_text()) if store.is_file() else {}
     command = ("python benchmarks/bench_variants.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     settings = {
         "command": command,
         "date": time.strftime("%Y-%m-%d"),
-        "minutes": args.minutes,
+        "minutes": None if args.steps else args.minutes,
+        "steps": args.steps,
         "seed": args.seed,
         "threads": args.threads,
         "samples": args.samples,
+        "estimate": "best",
         "cores": os.cpu_count(),
         "machine": platform.machine(),
     }
     only = set(args.only.split(","))
-
+    limit = budget(args.minutes, args.steps)
 
     fib = tifffile.imread(FIBSEM)
     images = Path(args.out).parent / "images"
     if "sr" in only:
-        rows = [bench_sr(fib, int(f), work, args.minutes, args.seed) for f in args.sr_factors.split(",")]
+        rows = [bench_sr(fib, int(f), work, limit, args.seed) for f in args.sr_factors.split(",")]
         results["sr"] = {"settings": settings, "rows": rows}
     if "iso" in only:
         rows = []
         for k in (int(f) for f in args.iso_factors.split(",")):
-            row, planes = bench_iso(fib, k, work, args.minutes, args.seed)
+            row, planes = bench_iso(fib, k, work, limit, args.seed)
             rows.append(row)
             if k == 8:
                 y = 16  # y = 240 + 16 = 256 in the full volume
@@ -392,12 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         results["iso"] = {"settings": settings, "rows": rows}
         plot_frc(images / "variants-fibsem-frc.png", rows)
     if "sstem" in only:
-        row, planes = bench_sstem(work, args.minutes, args.seed)
+        row, planes = bench_sstem(work, limit, args.seed)
         results["sstem"] = {"settings": settings, "rows": [row]}
         save_panel(images / "variants-sstem-xz.png", [planes["linear"][:, 1], planes["iso_a"][:, 1]])
     # another run may have finished a section meanwhile: merge into what is stored now
     merged = json.loads(store.read_text()) if store.is_file() else {}
     merged.update({name: results[name] for name in ("sr", "iso", "sstem") if name in only and name in results})
+    store.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(merged, indent=2, default=str))
     write_table(Path(args.out), merged)
     log(f"wrote {args.out}")
