@@ -70,7 +70,7 @@ def test_an_frc_resolution_at_the_pixel_limit_says_so():
     and its denoised result must not read as equally sharp."""
     from napari_emdiffuse._widgets.compare import frc_text
 
-    assert frc_text(0.008, 0.004, "micrometer") == "≤ 8 nm (pixel limit)"
+    assert frc_text(0.008, 0.004, "micrometer") == "≤ 8 nm\n(pixel limit)"
     assert frc_text(0.0123, 0.004, "micrometer") == "12.3 nm"
 
 
@@ -116,3 +116,117 @@ def test_uncertain_regions_above_threshold_are_outlined_and_specks_left_out(make
     assert not mask[:, 50, 50].any() and not mask[:, 40, 10].any()  # not the specks
     assert 0.5 * 256 / 4096 < share < 2 * 256 / 4096
     assert tuple(w.highlight_layer.scale) == pytest.approx(voxel) and w.highlight_layer.contour > 0
+
+
+LONG = "2024-03-11_mouse_cortex_FIBSEM_stack_aligned_8bit"
+
+
+def test_result_names_cut_a_long_input_name_in_the_middle():
+    """The GUI walk at 1366 px: 'LONG: error bound (90 %) [grey values]' was cut off in the layer
+    list and the grid, so a user could not tell the results apart. The input's name keeps its
+    start and end; what the layer shows and '(partial)' are kept whole."""
+    from napari_emdiffuse._widgets.layers import SOURCE_CHARS, result_name
+
+    assert result_name("em", "estimate") == "em: estimate"
+    assert result_name("ssTEM noisy (simulated)", "estimate") == "ssTEM noisy (simulated): estimate"
+    short = result_name(LONG, "estimate")
+    assert short == "2024-03-11_…aligned_8bit: estimate" and len(short.split(": ")[0]) == SOURCE_CHARS
+    assert result_name(LONG, "samples", partial=True) == "2024-03-11_…aligned_8bit (partial): samples"
+
+
+def _laptop(make_napari_viewer):
+    """A viewer shown at 1366 x 768 with the Compare dock, as in the walk-through."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    w = _open(viewer)
+    for _ in range(5):
+        QApplication.processEvents()
+    return viewer, w
+
+
+def _caption_extent(viewer, layer):
+    """Where napari draws a layer's caption in its grid cell: (left, right) in screen pixels."""
+    visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer].values()
+    caption = next(v for v in visuals if type(v).__name__ == "VispyLayerNameOverlay")
+    left = float(caption.node.transform.translate[0])
+    return left, left + caption.x_size
+
+
+def test_grid_captions_fit_their_cells_at_1366_px(make_napari_viewer, isbi, voxel):
+    """The error bound's caption (beside its colour bar) and a long result name were cut off in
+    the 2 x 2 grid; each now fits its cell, and "One view" puts the captions back as they were."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, w = _laptop(make_napari_viewer)
+    data = isbi[:2].astype(np.float32)
+    layers = [
+        viewer.add_image(data, name="em", scale=voxel),
+        viewer.add_image(data, name=f"{LONG[:24]}: estimate", scale=voxel),
+        viewer.add_image(data, name="em: error bound (90 %) [grey]", scale=voxel, colormap="inferno"),
+        viewer.add_image(data, name="reference", scale=voxel),
+    ]
+    bound = layers[2]
+    bound.colorbar.visible = True
+    bound.name_overlay.position = bound.colorbar.position  # as Enhance shows an error bound
+    w.choose(layers)
+    w.side_by_side()
+    for _ in range(5):
+        QApplication.processEvents()
+    cell = viewer.canvas.size[1] / viewer.grid.shape[1]
+    for layer in layers:
+        left, right = _caption_extent(viewer, layer)
+        assert 0 <= left and right <= cell, (layer.name, left, right, cell)
+    assert bound.name_overlay.font_size < 10 and layers[0].name_overlay.font_size == 10
+    w.restore_view()
+    assert [lyr.name_overlay.font_size for lyr in layers] == [10] * 4 and bound.name_overlay.position == bound.colorbar.position
+
+
+def test_metric_table_fits_its_width_at_1366_px(make_napari_viewer, isbi, voxel):
+    """The table needed a horizontal scroll bar in the dock at 1366 px: every metric is now in
+    view, a long layer name cut in its middle (its full name in the tooltip)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, w = _laptop(make_napari_viewer)
+    clean = isbi[:1].astype(np.float32)
+    ref = viewer.add_image(clean, name=f"{LONG}_reference", scale=voxel)
+    noisy = viewer.add_image(clean + np.random.default_rng(0).normal(0, 25, clean.shape).astype(np.float32), name=LONG, scale=voxel)
+    result = viewer.add_image(clean + 1, name=f"{LONG[:24]}: estimate", scale=voxel)
+    w.choose([noisy, result])
+    w.reference.select(ref)
+    w.compute_metrics()
+    for _ in range(5):
+        QApplication.processEvents()
+    table = w.table
+    assert table.rowCount() == 2
+    assert table.horizontalHeader().length() <= table.viewport().width()  # no horizontal scrolling
+    metrics = table.fontMetrics()
+    for i in range(table.rowCount()):
+        for j in range(1, table.columnCount()):
+            widest = max(metrics.horizontalAdvance(line) for line in table.item(i, j).text().splitlines())
+            assert widest <= table.columnWidth(j), (table.item(i, j).text(), table.columnWidth(j))
+    assert table.item(0, 0).toolTip() == LONG
+
+
+def test_status_follows_the_view_mode(layers):
+    """After "One view" the status still said "Side by side: ..."."""
+    viewer, raw, smooth, _, _ = layers
+    w = _open(viewer)
+    w.choose([raw, smooth])
+    w.side_by_side()
+    assert w.status.text().startswith("Side by side")
+    w.restore_view()
+    assert w.status.text().startswith("One view") and "Side by side:" not in w.status.text()
+
+
+def test_the_layer_list_shows_both_ends_of_a_long_name(make_napari_viewer, isbi):
+    """A long name in Compare's list is cut in its middle, keeping what tells results apart (the
+    end), with the full name and what it was made from in its tooltip."""
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:1], name=f"{LONG[:24]}: estimate", metadata={"emdiffuse": {"role": "enhanced", "source_layer": LONG}})
+    w = _open(viewer)
+    from qtpy.QtCore import Qt
+
+    assert w.layer_list.textElideMode() == Qt.TextElideMode.ElideMiddle
+    assert w.layer_list.item(0).toolTip() == f"{LONG[:24]}: estimate\nmade from {LONG}"

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -34,13 +35,25 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import Placement, current_plane, image_array, length_text, sample_values, unwrap
+from .layers import SOURCE_CHARS, Placement, current_plane, elide_middle, image_array, length_text, sample_values, unwrap
 from .pickers import LayerPicker
 from .qt_helpers import DockWidget, disconnect, image_type, row_layout
 from .regions import MIN_AREA, SIGMA, default_threshold, uncertain_regions
 
-COLUMNS = ("layer", "PSNR (dB)", "SSIM", "FRC resolution")
+#: The metric table's columns: (header, its tooltip). Headers are short so that the table fits a
+#: dock on a 1366 px screen; the layer column takes the rest, its names cut in the middle.
+COLUMNS = (
+    ("layer", "The layer compared (its full name in each cell's tooltip)"),
+    ("PSNR", "Peak signal-to-noise ratio against the reference in dB, data range = the reference's max − min (higher is better)"),
+    ("SSIM", "Structural similarity with the reference, 0 to 1 (higher is better)"),
+    ("FRC", "FRC resolution: where the Fourier ring correlation with the reference falls below 1/7 (smaller is finer)"),
+)
 HIGHLIGHT_COLOR = "magenta"
+#: Font sizes (points) of a grid cell's caption: napari's, and the smallest it is shrunk to so
+#: that a long layer name fits its cell.
+CAPTION_PT, MIN_CAPTION_PT = 10.0, 7.0
+#: napari draws canvas text 4/3 the size Qt gives the same point size (vispy counts 72 dpi, Qt 96)
+CANVAS_TEXT_SCALE = 4 / 3
 
 
 def frc_text(resolution: float, pixel: float, unit: str) -> str:
@@ -48,7 +61,31 @@ def frc_text(resolution: float, pixel: float, unit: str) -> str:
     an FRC that never falls below its threshold is reported there: say so, or a noisy input
     and its denoised result read as equally sharp."""
     text = length_text(resolution, unit)
-    return f"≤ {text} (pixel limit)" if math.isclose(resolution, 2 * pixel, rel_tol=1e-6) else text
+    return f"≤ {text}\n(pixel limit)" if math.isclose(resolution, 2 * pixel, rel_tol=1e-6) else text
+
+
+def _canvas_text_width(text: str, points: float) -> float:
+    """Width in screen pixels of ``text`` as napari draws it on the canvas (in the app's font)."""
+    from qtpy.QtGui import QFont, QFontMetricsF, QGuiApplication
+
+    font = QFont(QGuiApplication.font().family())
+    font.setPointSizeF(points)
+    return QFontMetricsF(font).horizontalAdvance(text) * CANVAS_TEXT_SCALE
+
+
+def _colorbar_width(layer: Any) -> float:
+    """Room a layer's colour bar takes beside its caption: the bar, its ticks and their labels."""
+    bar = layer.colorbar
+    return float(bar.size[0] + bar.tick_length) + _canvas_text_width("0000", bar.font_size)
+
+
+def caption_points(text: str, room: float) -> float:
+    """The largest caption size, from :data:`CAPTION_PT` down to :data:`MIN_CAPTION_PT` in half
+    points, at which ``text`` fits ``room`` pixels (:data:`MIN_CAPTION_PT` if none does)."""
+    points = CAPTION_PT
+    while points > MIN_CAPTION_PT and _canvas_text_width(text, points) > room:
+        points -= 0.5
+    return points
 
 
 def _grid_region(layer: Any, reference: Any, axes: int) -> tuple[slice, ...]:
@@ -65,6 +102,15 @@ def _grid_region(layer: Any, reference: Any, axes: int) -> tuple[slice, ...]:
     return tuple(slice(int(round(o)), int(round(o)) + n) for o, n in zip(shift, image_array(layer).shape[-axes:]))
 
 
+def _full_name(layer: Any) -> str:
+    """A layer's name, and for a result the full name of what it was made from (a result's name
+    shortens it)."""
+    meta = getattr(layer, "metadata", None) or {}
+    info = meta.get("emdiffuse") if isinstance(meta.get("emdiffuse"), dict) else {}
+    source = info.get("source_layer") or info.get("source_file")
+    return f"{layer.name}\nmade from {source}" if source else layer.name
+
+
 class CompareWidget(DockWidget):
     """Two to four layers: side by side, swipe, metrics, uncertainty above a threshold."""
 
@@ -76,11 +122,14 @@ class CompareWidget(DockWidget):
         self.swipe_layer: Any = None
         self.highlight_layer: Any = None
         self.rows: list[dict[str, Any]] = []
+        self._in_grid: list[Any] = []  # the layers side by side
 
         self.layer_list = QListWidget()
         self.layer_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.layer_list.setToolTip("Tick two to four layers, e.g. raw, enhanced, uncertainty and reference")
         self.layer_list.setMaximumHeight(120)
+        self.layer_list.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long names keep their ends: what each shows
+        self.layer_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.side_button = QPushButton("Side by side")
         self.side_button.setToolTip("The ticked layers in a grid, one per cell, named, with one linked camera")
         self.restore_button = QPushButton("One view")
@@ -102,9 +151,17 @@ class CompareWidget(DockWidget):
         self.metrics_button = QPushButton("Compute metrics")
         self.metrics_button.setToolTip("PSNR, SSIM and FRC resolution of each ticked layer against the reference")
         self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setHorizontalHeaderLabels([header for header, _ in COLUMNS])
+        for j, (_, tip) in enumerate(COLUMNS):
+            self.table.horizontalHeaderItem(j).setToolTip(tip)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setToolTip("FRC resolution: where the Fourier ring correlation with the reference falls below 1/7")
+        self.table.verticalHeader().setVisible(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)  # a long name is cut in its middle, not broken over lines
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for j in range(1, len(COLUMNS)):
+            header.setSectionResizeMode(j, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMinimumHeight(90)
         self.uncertainty = LayerPicker(napari_viewer, image_type(), optional=True, tip="The uncertainty map made by Enhance")
         self.threshold = QDoubleSpinBox()
@@ -148,6 +205,7 @@ class CompareWidget(DockWidget):
             ev.connect(self.refresh_layers)
             self.destroyed.connect(lambda *_, e=ev: disconnect(e, self.refresh_layers))
         self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
+        self.destroyed.connect(lambda *_, e=napari_viewer.canvas.events.size: disconnect(e, self._fit_captions))
         self.side_button.clicked.connect(lambda: self._guard(self.side_by_side))
         self.restore_button.clicked.connect(self.restore_view)
         self.swipe_button.clicked.connect(lambda: self._guard(self.start_swipe))
@@ -179,6 +237,7 @@ class CompareWidget(DockWidget):
         for layer in self.viewer.layers:
             if isinstance(layer, image_type()) and layer not in own:
                 item = QListWidgetItem(layer.name)
+                item.setToolTip(_full_name(layer))
                 item.setData(Qt.ItemDataRole.UserRole, unwrap(layer))
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(Qt.CheckState.Checked if id(layer) in ticked else Qt.CheckState.Unchecked)
@@ -219,8 +278,12 @@ class CompareWidget(DockWidget):
             grid = self.viewer.grid
             self._saved_view = {
                 "visible": [(layer, layer.visible, layer.name_overlay.visible) for layer in self.viewer.layers],
+                "captions": {},  # id of a layer side by side: its caption's position and size before
                 "grid": (grid.enabled, tuple(grid.shape), grid.stride),
             }
+            self.viewer.canvas.events.size.connect(self._fit_captions)  # a resized window fits them again
+        for layer in chosen:
+            self._saved_view["captions"].setdefault(id(layer), (layer.name_overlay.position, layer.name_overlay.font_size))
         for layer in self.viewer.layers:
             layer.visible = any(unwrap(layer) is c for c in chosen)
             layer.name_overlay.visible = layer.visible  # each cell says what it shows
@@ -228,9 +291,27 @@ class CompareWidget(DockWidget):
         grid.stride = 1
         grid.shape = (1, len(chosen)) if len(chosen) < 4 else (2, 2)
         grid.enabled = True
+        self._in_grid = chosen
+        self._fit_captions()
         self.viewer.reset_view()
         self.restore_button.setEnabled(True)
         self.status.setText("Side by side: pan and zoom move all views together.")
+
+    def _fit_captions(self, *_: Any) -> None:
+        """Each cell's caption (its layer's name) in a font small enough to fit the cell, beside
+        the layer's colour bar where they share a corner. A name too long even at
+        :data:`MIN_CAPTION_PT` is put in the right-hand corner, so that its end shows: results of
+        one input share their start and differ by their end ("…: estimate")."""
+        pad = float(self.viewer.canvas.overlay_tiling.padding[0])
+        cell = self.viewer.canvas.size[1] / self.viewer.grid.shape[1]
+        for layer in self._in_grid:
+            caption, bar = layer.name_overlay, layer.colorbar
+            caption.position = self._saved_view["captions"][id(layer)][0]
+            beside_bar = bar.visible and caption.position == bar.position
+            room = cell - 2 * pad - (_colorbar_width(layer) + pad if beside_bar else 0.0)
+            caption.font_size = caption_points(layer.name, room)
+            if _canvas_text_width(layer.name, caption.font_size) > room and not bar.visible:
+                caption.position = "top_right"
 
     def restore_view(self) -> None:
         """Layer visibility and grid settings as they were before "Side by side"."""
@@ -239,12 +320,17 @@ class CompareWidget(DockWidget):
         for layer, visible, named in self._saved_view["visible"]:
             if layer in self.viewer.layers:
                 layer.visible, layer.name_overlay.visible = visible, named
+        disconnect(self.viewer.canvas.events.size, self._fit_captions)
+        for layer in map(unwrap, self.viewer.layers):
+            if id(layer) in self._saved_view["captions"]:
+                layer.name_overlay.position, layer.name_overlay.font_size = self._saved_view["captions"][id(layer)]
         enabled, shape, stride = self._saved_view["grid"]
         grid = self.viewer.grid
         grid.shape, grid.stride, grid.enabled = shape, stride, enabled
         self._saved_view = None
         self.restore_button.setEnabled(False)
         self.viewer.reset_view()
+        self.status.setText("One view: the layers' visibility and the grid are as they were before 'Side by side'.")
 
     def start_swipe(self) -> None:
         """A layer showing the first chosen layer left of the split and the second right of it.
@@ -262,7 +348,7 @@ class CompareWidget(DockWidget):
         if tuple(part.shape) != tuple(image_array(small).shape):
             raise InputError(f"{small.name!r} is not inside {large.name!r}: swipe needs layers that overlap on the same pixel grid")
         self._swipe_pair = (left, right, small, region)
-        name = f"swipe: {left.name} | {right.name}"
+        name = f"swipe: {elide_middle(left.name, SOURCE_CHARS)} | {elide_middle(right.name, SOURCE_CHARS)}"
         if self.swipe_layer is None or self.swipe_layer not in self.viewer.layers:
             self.swipe_layer = unwrap(
                 self.viewer.add_image(
@@ -347,8 +433,10 @@ class CompareWidget(DockWidget):
         else:
             cells = [row["layer"], f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", frc_text(row["frc_resolution"], row["pixel"], row["unit"])]
         for j, text in enumerate(cells):
-            self.table.setItem(i, j, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
+            item = QTableWidgetItem(text)
+            item.setToolTip(row["layer"] if j == 0 else text)
+            self.table.setItem(i, j, item)
+        self.table.resizeRowsToContents()  # an FRC at the pixel limit takes two lines
 
     def _on_done(self, error: BaseException | None) -> None:
         self.metrics_button.setEnabled(True)
@@ -375,7 +463,7 @@ class CompareWidget(DockWidget):
         threshold = self.threshold.value()
         mask, _ = uncertain_regions(image_array(layer), threshold)
         share = float(sample_values(mask).mean())
-        name = f"{layer.name} above {threshold:g}"
+        name = f"{elide_middle(layer.name, SOURCE_CHARS)} above {threshold:g}"
         if self.highlight_layer is None or self.highlight_layer not in self.viewer.layers:
             self.highlight_layer = unwrap(
                 self.viewer.add_labels(

@@ -37,6 +37,29 @@ SAMPLE_AXIS = {"scale": 1.0, "translate": 0.0, "units": PIXEL, "axis_labels": "s
 PLUGIN_ROLES = ("enhanced", "uncertainty", "bounds", "regions", "samples", "preview", "swipe")
 
 
+#: Characters of an input's name kept in its results' names: napari's layer list shows about 28
+#: of a name and a grid cell's caption about 40, so a long file name is cut in its middle there.
+SOURCE_CHARS = 24
+
+
+def elide_middle(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters in its middle ("2024-03-11_…aligned_8bit"): the start
+    and the end of a file name are what tell images apart (date and sample; step and bit depth)."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
+
+
+def result_name(source: str, what: str, partial: bool = False) -> str:
+    """A result layer's name: its input's, cut in the middle when long, and what it shows
+    ("em: estimate", "em (partial): estimate" for a cancelled run's finished part), so the layer
+    list and a grid caption still say which layer is which. The input's full name stays in the
+    layer's metadata (``source_layer`` / ``source_file``), and nothing finds a layer by this
+    name (outputs on disk are named from the full one)."""
+    return f"{elide_middle(source, SOURCE_CHARS)}{' (partial)' if partial else ''}: {what}"
+
+
 def is_plugin_output(layer: Any) -> bool:
     """Whether the plugin made this layer (a result or an overlay), not the user."""
     meta = getattr(layer, "metadata", None) or {}
