@@ -15,6 +15,10 @@ quality of the result is the normalised cross-correlation (NCC) of the smoothed 
 patch; patches below a threshold are rejected. A pair whose global alignment correlates no
 better than unrelated images raises :class:`RegistrationError` instead of returning garbage.
 
+Where the target reaches (the patches it covers) is decided by the global transform alone: it
+pools the whole image and placed the edges of aligned ISBI pairs within half a pixel down to
+0.25 counts per pixel, where the local flow wandered by up to two pixels and cut edges off.
+
 Coordinates: for every input pixel ``p = (y, x)`` the registration gives the target position
 ``coords[:, y, x]`` (in target pixels) whose value lands there; ``warped = target(coords)``.
 """
@@ -37,7 +41,7 @@ class PairRegistration:
     """The target warped onto the input's grid, how it was done, and how well it fits."""
 
     warped: np.ndarray  # float32, input's shape, the target's intensity units
-    valid: np.ndarray  # bool, input pixels that the target covers
+    valid: np.ndarray  # bool, input pixels that the target covers (placed by the global transform)
     coords: np.ndarray  # (2, H, W) float32: target (y, x) for every input pixel
     matrix: np.ndarray  # (2, 3) global affine, input (x, y, 1) -> target (x, y), at the input's resolution
     factor: int  # target pixels per input pixel (1, or the super-resolution factor)
@@ -183,19 +187,21 @@ def _coords_from_affine(matrix: np.ndarray, shape: tuple[int, int], flow: np.nda
     return np.stack([ty, tx]).astype(np.float32)
 
 
-def warp_to(image: np.ndarray, coords: np.ndarray, order: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` sampled at ``coords`` (2, H, W), and where those lie on it (0 where they do not).
+def warp_to(image: np.ndarray, coords: np.ndarray, order: int = 3, placed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` sampled at ``coords`` (2, H, W), and where it covers (0 where it does not): where
+    ``placed`` (default ``coords``), a placement less noisy than ``coords``, lies on it.
 
     A pixel covers the unit square around its centre, so positions up to half a pixel beyond the
     outermost centres are on the image: registration is only accurate to a fraction of a pixel,
-    and an aligned pair must not lose its edges to that. There the edge pixels are repeated
-    rather than mixed with a black border.
+    and an aligned pair must not lose its edges to that. Positions off the image that still count
+    as covered take the edge pixels, repeated, rather than a black border.
     """
     interp = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}[order]
     a = np.asarray(image, np.float32)
     out = cv2.remap(a, coords[1], coords[0], interp, borderMode=cv2.BORDER_REPLICATE)
     h, w = a.shape
-    valid = (coords[0] >= -0.5) & (coords[0] <= h - 0.5) & (coords[1] >= -0.5) & (coords[1] <= w - 0.5)
+    py, px = coords if placed is None else placed
+    valid = (py >= -0.5) & (py <= h - 0.5) & (px >= -0.5) & (px <= w - 0.5)
     out[~valid] = 0.0
     return out, valid
 
@@ -271,7 +277,8 @@ def register_pair(
             "the global alignment failed (ECC did not converge and too few image features matched): "
             "the input and the target look unrelated or too flat. Are they images of the same place?"
         )
-    coords = _coords_from_affine(matrix, (h, w))
+    placed = _coords_from_affine(matrix, (h, w))  # decides coverage (see the module's docstring)
+    coords = placed
     warped_s, valid = warp_to(ms, coords, order=1)
     ncc_global = ncc(fs, warped_s, valid)
     if prominence < min_prominence and not ncc_global >= 0.5:
@@ -288,13 +295,13 @@ def register_pair(
         flow = dense_flow(fixed, warped_raw, flow_window)
         flow = np.stack([ndi.gaussian_filter(f, flow_smooth) for f in flow])
         coords = _coords_from_affine(matrix, (h, w), flow)  # target(A (p + flow(p)))
-        warped_s, valid = warp_to(ms, coords, order=1)
+        warped_s, valid = warp_to(ms, coords, order=1, placed=placed)
     ncc_local = ncc(fs, warped_s, valid)
     scores = patch_ncc(fs, warped_s, valid, patch)
 
     if factor > 1:
-        coords = _upsample_coords(coords, factor)
-    warped, valid = warp_to(np.asarray(target, np.float32), coords)
+        coords, placed = _upsample_coords(coords, factor), _upsample_coords(placed, factor)
+    warped, valid = warp_to(np.asarray(target, np.float32), coords, placed=placed)
     return PairRegistration(
         warped=warped,
         valid=valid,
