@@ -385,23 +385,23 @@ def kept_rows(earlier: dict | None, result: dict) -> list[dict]:
     return [{**r, "measured": r.get("measured", date)} for r in earlier["rows"] if same and r["method"] not in measured]
 
 
-def estimate_share(model, cfg, normaliser, shape: tuple[int, ...]) -> float:
+def estimate_share(model, cfg, shape: tuple[int, ...]) -> float:
     """The best estimate's share of a prediction's network work: tile pixels times evaluations
     (two per tile for the best estimate, its second view included (vEMDiffuse-a's yz planes,
-    often narrower tiles); ``samples x steps`` for the sampling pass), to share the run's time."""
-    import torch
+    often narrower tiles); ``samples x steps`` for the sampling pass), to share the run's time.
+    The blocks and tiles are those of the suite's runs (samples kept, which sizes vEMDiffuse-a's
+    blocks), from the variant and the sampler's tile grid: no network is built."""
+    from napari_emdiffuse.engine.tiling import tile_grid
+    from napari_emdiffuse.variants import get_variant, model_options
 
-    from napari_emdiffuse.jobs.blocks import BlockRunner
-    from napari_emdiffuse.variants import model_options
-
-    runner = BlockRunner(model, model_options(model), cfg, normaliser, torch.device("cpu"))
-    grid = runner.sampling.grid
+    grid = tile_grid(cfg.tile_size, cfg.overlap, model.network.size_multiple)
+    blocks = get_variant(model.variant).blocks(shape, model_options(model), cfg.samples, grid)
 
     def area(h: int, w: int, region) -> int:
         return sum(t.h * t.w for t in grid.tiles(h, w, region))
 
     best = sampled = 0
-    for b in runner.blocks(shape):
+    for b in blocks:
         region = b.window.region if b.window is not None else None
         plane = sum(area(h, w, region) for h, w in b.planes)
         best += 2 * plane + 2 * sum(area(h, w, r) for h, w, r in b.estimate_planes)
@@ -441,7 +441,7 @@ def run_task(task: Task, work: Path, care: bool, step_counts: tuple[int, ...] = 
     spmp = (time.monotonic() - start) / (pixels / 1e6)
     best, u = np.asarray(res.mean, np.float32), np.asarray(res.std, np.float32)
     samples = np.asarray(res.samples, np.float32)
-    best_share = estimate_share(model, cfg, normaliser, task.image.shape)  # the rest is the sampling pass
+    best_share = estimate_share(model, cfg, task.image.shape)  # the rest is the sampling pass
     rows.append({"method": "diffusion, best estimate (default output)", "kind": "best", **task.score(best), "s_per_mp": spmp * best_share})
     sampling = spmp * (1 - best_share)
     singles = [task.score(x) for x in samples[:2]]

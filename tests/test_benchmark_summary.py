@@ -125,17 +125,15 @@ def test_the_best_estimates_share_of_a_run_counts_the_second_view():
     work: two evaluations per tile against samples x steps, and for vEMDiffuse-a's second view
     (yz planes, as many voxels as the xz planes) two more."""
     from napari_emdiffuse.config import SampleConfig
-    from napari_emdiffuse.data.normalise import fit_normaliser
     from napari_emdiffuse.models import resolve_model
 
     cfg = SampleConfig(steps=10, samples=4, tile_size=256, overlap=32)
-    norm = fit_normaliser(np.random.default_rng(0).random((4, 8, 8), dtype=np.float32))
-    assert bench_suite.estimate_share(resolve_model("emdiffuse-n"), cfg, norm, (2, 256, 256)) == pytest.approx(2 / 42)
+    assert bench_suite.estimate_share(resolve_model("emdiffuse-n"), cfg, (2, 256, 256)) == pytest.approx(2 / 42)
     model = resolve_model("vemdiffuse-a")
-    assert bench_suite.estimate_share(model, cfg, norm, (17, 32, 256)) == pytest.approx(4 / 44)
+    assert bench_suite.estimate_share(model, cfg, (17, 32, 256)) == pytest.approx(4 / 44)
     xz_only = model.preset.with_overrides({"variant_options": {"both_views": False}})
     model.preset = xz_only
-    assert bench_suite.estimate_share(model, cfg, norm, (17, 32, 256)) == pytest.approx(2 / 42)
+    assert bench_suite.estimate_share(model, cfg, (17, 32, 256)) == pytest.approx(2 / 42)
 
 
 def test_the_noise_widening_study_undoes_the_widening_for_its_plain_figures():

@@ -7,7 +7,7 @@ from napari_emdiffuse.engine.diffusion import Schedule
 from napari_emdiffuse.engine.samplers import get_sampler
 from napari_emdiffuse.engine.grid import TileGrid
 from napari_emdiffuse.engine.grid import make_tiles, tile_starts
-from napari_emdiffuse.engine.tiling import TiledSampler, keyed_noise, ramp
+from napari_emdiffuse.engine.tiling import TiledSampler, keyed_noise, ramp, tile_grid
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(10, 64, 16), (64, 64, 16), (65, 64, 16), (1000, 128, 32), (131, 64, 8)])
@@ -111,6 +111,18 @@ def test_oom_halves_the_batch(monkeypatch):
 def test_tile_grid_counts():
     assert len(make_tiles(100, 100, 64, 16)) == 4
     assert len(make_tiles(10, 10, 64, 16)) == 1
+
+
+@pytest.mark.parametrize(
+    "tile_size,overlap,multiple,grid",
+    [(256, 32, 16, (256, 32)), (250, 32, 16, (240, 32)), (8, 4, 16, (16, 4)), (64, 1, 16, (64, 2)), (64, 100, 16, (64, 31)), (64, 0, 16, (64, 0))],
+)
+def test_tile_grid_is_the_grid_the_sampler_lays(tile_size, overlap, multiple, grid):
+    """What cuts a prediction into blocks, known without building a sampler: the tile rounded to
+    the network's size multiple, the overlap at least 2 px and under half a tile."""
+    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(2)
+    sampler = TiledSampler(lambda x, s, c: c, get_sampler("ddim"), sig, 1, multiple, tile_size, overlap, 1, 1, torch.device("cpu"))
+    assert tile_grid(tile_size, overlap, multiple) == sampler.grid == TileGrid(*grid)
 
 
 def test_one_pixel_overlap_gives_no_holes():

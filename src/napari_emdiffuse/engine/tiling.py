@@ -56,6 +56,15 @@ def ramp(n: int, overlap: int, start: bool = True, end: bool = True) -> np.ndarr
     return w
 
 
+def tile_grid(tile_size: int, overlap: int, size_multiple: int) -> TileGrid:
+    """The tiles a :class:`TiledSampler` lays over a plane, without building one (what cuts a
+    prediction into blocks): ``tile_size`` rounded down to the network's ``size_multiple`` (at
+    least one multiple), ``overlap`` under half a tile and at least 2 px (a 1 px ramp would weigh
+    its pixel 0 in both tiles), or none."""
+    tile = max(size_multiple, tile_size // size_multiple * size_multiple)
+    return TileGrid(tile, max(2, min(overlap, tile // 2 - 1)) if overlap else 0)
+
+
 def keyed_noise(seed: int, sample: int, step: int, channels: int, y0: int, x0: int, h: int, w: int) -> torch.Tensor:
     """Gaussian noise for the image region ``[y0:y0+h, x0:x0+w]``, the same whichever tile asks."""
     b = NOISE_BLOCK
@@ -110,9 +119,8 @@ class TiledSampler:
         self.sigmas = sigmas.to(device)
         self.out_channels = out_channels
         self.m = size_multiple
-        self.tile = max(self.m, tile_size // self.m * self.m)
-        # a 1 px ramp would weigh its pixel 0 in both tiles: blend over at least 2 px
-        self.overlap = max(2, min(overlap, self.tile // 2 - 1)) if overlap else 0
+        grid = tile_grid(tile_size, overlap, size_multiple)
+        self.tile, self.overlap = grid.tile, grid.overlap
         self.samples = samples
         self.batch = max(1, tile_batch)
         self.device = device
