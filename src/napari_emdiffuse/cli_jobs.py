@@ -7,6 +7,13 @@ import signal
 import sys
 from typing import Any, Iterator
 
+
+def say(text: str, level: str) -> tuple[str, Any]:
+    """A job's message as a terminal shows it, and where: a warning on stderr marked
+    ``warning: `` (in a terminal both streams read alike), information plain on stdout."""
+    return (f"warning: {text}", sys.stderr) if level == "warning" else (text, sys.stdout)
+
+
 def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True, unit: str = "step", describe: bool = False) -> Any:
     """Show a job's events as a tqdm bar counting ``unit`` and messages (``echo=False``: no
     messages; ``describe``: what the job is doing before the bar); return its result event."""
@@ -34,7 +41,8 @@ def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bo
                 case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline) if echo:
                     bar.write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")
                 case Message(text=text, level=level) if echo:
-                    bar.write(text, file=sys.stderr if level == "warning" else sys.stdout)
+                    line, stream = say(text, level)
+                    bar.write(line, file=stream)
     finally:
         if bar is not None:
             bar.close()
