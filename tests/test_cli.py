@@ -184,6 +184,11 @@ def test_a_roi_outside_the_image_or_empty_is_refused_before_training(tmp_path, s
     for roi, where in (("0:900,0:64", "reaches past the edge of"), ("-8:40,0:64", "reaches past the edge of"), ("0:64,90:97", "reaches past the edge of"), ("200:300,200:300", "lies outside")):
         err = _error(capsys, [*pair, f"--roi={roi}"]).strip()
         assert err == f"emdiffuse train: error: --roi {roi}: {where} the image {noisy} (96 x 96 px); give Y0:Y1,X0:X1 within it"
+    for roi in ("-10:64,0:64", "-8:-2,0:64"):  # as "--roi VALUE": argparse took the value for an option ("expected one argument")
+        where = "reaches past the edge of" if roi.startswith("-10") else "lies outside"
+        err = _error(capsys, [*pair, "--roi", roi]).strip()
+        assert err == f"emdiffuse train: error: --roi {roi}: {where} the image {noisy} (96 x 96 px); give Y0:Y1,X0:X1 within it"
+    assert "expected one argument" in _error(capsys, [*pair, "--roi", "--device", "cpu"])  # a missing value is still missing
     err = _error(capsys, ["train", "--preset", "tiny", "--clean", str(clean), "--out", str(run), "--roi", "0:64,100:129"]).strip()
     assert err == f"emdiffuse train: error: --roi 0:64,100:129: reaches past the edge of the image simulated from {clean} (128 x 128 px); give Y0:Y1,X0:X1 within it"
     for roi in ("40:40,0:64", "0:64,64:10"):

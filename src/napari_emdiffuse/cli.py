@@ -324,8 +324,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: options whose value may begin with "-": a region reaching past the top or left edge
+#: (``--roi -10:64,0:64``), which argparse would take for an option ("expected one argument")
+DASHED_VALUES = ("--roi",)
+
+
+def attach_dashed_values(argv: Sequence[str]) -> list[str]:
+    """``--roi -10:64,0:64`` as ``--roi=-10:64,0:64``, so that such a value reaches our own check,
+    which says what is wrong with it (a value of ``-`` and a digit only: ``--roi --device cpu``
+    still lacks its value)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DASHED_VALUES and re.match(r"-\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line, like every other error (argparse prints the usage first)."""
+    """Usage mistakes as one line, like every other error (argparse prints the usage first);
+    an option's value that begins with "-" taken as its value (:func:`attach_dashed_values`)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        return super().parse_known_args(attach_dashed_values(sys.argv[1:] if args is None else args), namespace)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
