@@ -1,4 +1,5 @@
-"""What the command line tells a user: warnings marked as such."""
+"""What the command line tells a user: warnings marked as such, and a voxel size that is only
+partly known."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import tifffile
 
 from napari_emdiffuse.cli import main
+from napari_emdiffuse.data.io import read_image
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +51,12 @@ def test_a_job_message_is_shown_by_its_level():
 
     assert say("the input is noisier", "warning") == ("warning: the input is noisier", sys.stderr)
     assert say("resuming", "info") == ("resuming", sys.stdout)
+
+
+def test_info_says_when_only_the_slice_spacing_is_unknown(tmp_path, capsys):
+    """A stack whose pixels are 4 nm but whose slice spacing is not recorded read '1 x 0.004 x 0.004 µm'."""
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint8), imagej=True, resolution=(250, 250), metadata={"unit": "um"})
+    assert read_image(path).voxel == pytest.approx((1.0, 0.004, 0.004))
+    assert main(["info", str(path)]) == 0
+    assert "voxel:    ? x 4 x 4 nm (z unknown)\n" in capsys.readouterr().out

@@ -15,13 +15,17 @@ from .normalise import check_grey
 
 
 def _voxel_text(voxel: tuple[float, ...]) -> str:
-    """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``; a voxel of 1 on every axis is the
-    readers' placeholder for a size the file does not record, not 1 µm, and is said to be unknown."""
+    """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``. A size of 1 is the readers'
+    placeholder for one the file does not record, not 1 µm: said to be unknown, on every axis
+    or on those it holds (``? x 4 x 4 nm (z unknown)``, a stack whose slice spacing is not recorded)."""
     if all(v == 1.0 for v in voxel):
         return "unknown (not recorded in the file: 1 per pixel)"
-    if all(v < 1.0 for v in voxel):
-        return " x ".join(f"{v * 1e3:g}" for v in voxel) + " nm"
-    return " x ".join(f"{v:g}" for v in voxel) + " µm"
+    known = [v for v in voxel if v != 1.0]
+    nm = all(v < 1.0 for v in known)
+    text = " x ".join("?" if v == 1.0 else f"{v * 1e3:g}" if nm else f"{v:g}" for v in voxel) + (" nm" if nm else " µm")
+    axes = "zyx"[-len(voxel) :] if len(voxel) <= 3 else [f"axis {k}" for k in range(len(voxel))]
+    unknown = [axis for axis, v in zip(axes, voxel) if v == 1.0]
+    return text + (f" ({', '.join(unknown)} unknown)" if unknown else "")
 
 
 def _parse_voxel(text: str | None) -> tuple[float, ...] | None:
@@ -220,7 +224,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"dtype:    {data.dtype}",
         *([f"colour:   {img.meta['colour']} ({data.shape[-1]} samples per pixel), not one grey value: convert it to greyscale to enhance it"] if img.meta.get("colour") else []),
         *([f"planes:   {img.meta['planes_as']}"] if img.meta.get("planes_as") else []),
-        f"voxel:    {_voxel_text(tuple(img.voxel))}",
+        f"voxel:    {_voxel_text(tuple(img.voxel[:-1] if img.meta.get('colour') else img.voxel))}",  # a sample is no distance
         f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",
         f"size:     {nbytes / 2**20:.1f} MiB uncompressed",
         *_provenance_lines(img.meta.get("provenance") or {}),
