@@ -164,6 +164,33 @@ def test_bad_paths_give_one_plain_line(make_napari_viewer, isbi, tiny_model, unt
     assert len(notes.messages("error")) == 5
 
 
+def test_a_grey_and_alpha_file_is_enhanced_as_its_grey_channel_as_the_reader_opens_it(make_napari_viewer, isbi, tiny_model, tmp_path, notes, open_dock):
+    """The file source refused a grey+alpha TIFF that the napari reader opens as its grey
+    channel; it now enhances the grey channel too, and says that the alpha was dropped. A CMYK
+    file, which has no one grey channel, is refused as before."""
+    import tifffile
+
+    grey = isbi[0, :64, :64]
+    path = tmp_path / "la.tif"
+    tifffile.imwrite(path, np.stack([grey, np.full_like(grey, 255)], axis=-1), photometric="minisblack", extrasamples=["unassalpha"])
+    [(opened, _, _)] = read_paths(str(path))
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, path, tiny_model)
+    w.run()
+    assert len(w.result_layers) == 2, w.controls.status.text()
+    assert w.result_layers[0].data.shape == opened.shape == (64, 64)
+    assert [m for m in notes.messages("info") if "alpha" in m] == [
+        f"{path} is grey with an alpha channel: its grey values are enhanced, its alpha (where the picture is opaque) is dropped"
+    ]
+    cmyk = tmp_path / "print.tif"
+    tifffile.imwrite(cmyk, np.stack([grey] * 4, axis=-1), photometric="separated")
+    w.input_path.set_path(cmyk)
+    w.zarr_path.setText(str(tmp_path / "print_enhanced.zarr"))
+    w.run()
+    assert w.controls.status.text() == f"Input {cmyk} has 4 samples per pixel (CMYK; shape (64, 64, 4)), not one grey value: convert it to greyscale first"
+    assert not (tmp_path / "print_enhanced.zarr").exists()
+
+
 def test_train_from_a_clean_file_with_simulated_noise(make_napari_viewer, em_tiff, open_dock):
     viewer = make_napari_viewer()
     w = open_dock(viewer, "Train / fine-tune")

@@ -457,7 +457,9 @@ class EnhanceWidget(DockWidget):
             file = self.input_path.path()
             if file is None:
                 raise InputError("choose the file or folder to enhance (File… or Folder…), or enhance a layer")
-            data, source, paths = read_input_file(file)
+            data, source, paths, note = read_input_file(file)
+            if note:
+                _common.notify(note)
             name = paths[0].name.split(".")[0] or paths[0].name  # as the reader names the file's layer
             contrast, info, described = None, {"source_file": str(file)}, f"file {file}"
         else:
@@ -744,20 +746,23 @@ def isotropic_note(name: str, source: Placement, variant: Any, options: Any, sha
     )
 
 
-def read_input_file(path: Path) -> tuple[Any, Placement, list[Path]]:
+def read_input_file(path: Path) -> tuple[Any, Placement, list[Path], str | None]:
     """A file or folder to enhance: its data, lazily, as ``emdiffuse predict`` reads it
     (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (voxel size, first
-    pixel's position, units), and the files the result must not overwrite."""
+    pixel's position, units), the files the result must not overwrite, and a note for the user
+    (None: nothing to say). A grey+alpha picture gives its grey channel, as the napari reader
+    opens it, and the note says so; other images of several samples per pixel are refused."""
     from .._reader import data_translation, geometry_kwargs
     from ..data.formats import split_dataset
     from ..jobs.inputs import read_logged
 
-    image = read_logged(path, "input")
+    image = read_logged(path, "input", grey_of_alpha=True)
     file = split_dataset(path)[0]
     data = image.data
     if data.ndim not in (2, 3):
         raise InputError(f"{file}: holds {data.ndim}-dimensional data (shape {tuple(data.shape)}); EMDiffuse works on 2D images and 3D stacks (z, y, x)")
-    return data, Placement.from_kwargs(geometry_kwargs(image.voxel, data_translation(path, image)), data.ndim), [file]
+    note = f"{file} is grey with an alpha channel: its grey values are enhanced, its alpha (where the picture is opaque) is dropped" if image.meta.get("alpha_dropped") else None
+    return data, Placement.from_kwargs(geometry_kwargs(image.voxel, data_translation(path, image)), data.ndim), [file], note
 
 
 def default_file_output(path: Path | None) -> Path | None:

@@ -10,6 +10,7 @@ them once), and a prepared set (``emdiffuse prepare``) brings its held-out patch
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +19,7 @@ import numpy as np
 from ..data.image import known_pixel_um
 from ..data.io import read_image
 from ..data.normalise import check_grey
+from ..data.tiff import GREY_ALPHA
 from ..errors import naming
 from ..variants import get_variant
 
@@ -75,10 +77,14 @@ def training_arrays(
     return arrays, notes, next((p for p in pixels if p), None)
 
 
-def read_logged(path: str | Path, what: str) -> Any:
+def read_logged(path: str | Path, what: str, grey_of_alpha: bool = False) -> Any:
     """:func:`..data.io.read_image`, noting what was read (shown with ``-v``); an image of several
-    samples per pixel is refused here, naming ``what`` and the file, while its record is at hand."""
+    samples per pixel is refused here, naming ``what`` and the file, while its record is at hand.
+    ``grey_of_alpha``: a grey+alpha image gives its grey channel instead, as the napari reader
+    opens it (its alpha says only where the picture is opaque); its ``meta["alpha_dropped"]`` says so."""
     img = read_image(path)
+    if grey_of_alpha and img.meta.get("colour") == GREY_ALPHA:
+        img = replace(img, data=img.data[..., 0], voxel=tuple(img.voxel[:-1]), meta={**img.meta, "colour": None, "alpha_dropped": True})
     with naming({what: path}):
         check_grey(img, what)
     log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
