@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -124,6 +125,31 @@ def test_a_killed_worker_does_not_stop_the_run(scheduler, small_stack, tmp_path,
     a, b = store_results(tmp_path / "one.zarr"), store_results(tmp_path / "two.zarr")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def _blocks_held(dask_scheduler) -> int:
+    return sum(1 for key in dask_scheduler.tasks if str(key).startswith("run_block"))
+
+
+def test_finished_blocks_are_not_held_by_the_scheduler_until_the_run_ends(scheduler, small_stack, tmp_path, random_model, fast):
+    """On a volume of thousands of blocks the client must not keep every finished one: once the
+    last block is reported done, the scheduler holds none of the run's blocks (the run's client
+    is still open, the result not yet written)."""
+    model = random_model("tiny")
+    tifffile.imwrite(tmp_path / "in.tif", small_stack)
+    with distributed.Client(scheduler.scheduler_address) as client:
+        events = predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address)
+        held = None
+        for ev in events:
+            if ev.kind.value == "progress" and ev.what == "blocks" and ev.done == ev.total and ev.total > 1:
+                for _ in range(50):  # releases reach the scheduler a moment later
+                    held = client.run_on_scheduler(_blocks_held)
+                    if held == 0:
+                        break
+                    time.sleep(0.1)
+            if ev.kind.value == "result":
+                assert ev.complete
+    assert held == 0
 
 
 def test_cluster_needs_a_store_and_an_input_file(small_stack, tmp_path, random_model, fast, store_results):

@@ -136,3 +136,102 @@ def test_a_folder_named_like_a_temporary_but_without_a_process_number_is_not_our
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     assert _dead_temps(tmp_path / "o.zarr") == []
+
+
+def _worker_spec(tmp_path, model, image, fast, normaliser) -> str:
+    model.save(tmp_path / "m")
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    return json.dumps({
+        "model": str(tmp_path / "m"), "input": str(tmp_path / "in.tif"), "cfg": fast.model_dump(mode="json"), "normaliser": normaliser,
+        "device": "cpu", "estimate": "best", "keep_samples": False,
+    }, sort_keys=True)  # fmt: skip
+
+
+def test_a_worker_whose_store_moves_away_while_it_writes_leaves_nothing_at_the_old_path(small_stack, tmp_path, random_model, fast, dead_pid, monkeypatch):
+    """A killed run's store is resumed (moved to the new run's name) while a worker of the killed
+    run writes a block into it: the writes land at the old path, making folders of chunk files
+    there again that no run would resume or remove. The worker removes them (renamed first, as
+    every discard) and marks nothing; the moved store is untouched."""
+    from napari_emdiffuse.jobs import cluster
+
+    model, image = random_model("tiny"), small_stack[:3]
+    partial, first = cancelled(model, image, tmp_path / "o.zarr", fast)
+    killed, resumed = tmp_path / f".o.zarr.tmp-{dead_pid}-abc", tmp_path / ".o.zarr.tmp-1-new"
+    partial.rename(killed)
+    plain = _worker_spec(tmp_path, model, image, fast, zarr.open_group(str(killed), mode="r").attrs["resume_key"]["normaliser"])
+    markers = zarr.open_array(str(killed / predict_output.DONE), mode="r")
+    todo = next(b for b in _worker_state(plain)[0].blocks(image.shape) if not markers[b.index])
+    before = files(killed)
+    write_block = cluster.write_block
+
+    def moved_meanwhile(result, *arrays):
+        killed.rename(resumed)  # the new run takes the store over, after this worker's last look
+        write_block(result, *arrays)
+        assert (killed / "mean" / "0" / "c").is_dir()  # the writes made the old path again
+
+    monkeypatch.setattr(cluster, "write_block", moved_meanwhile)
+    removed = _watch_removals(monkeypatch)
+    with pytest.raises(StaleRunError, match="no store of ours is there now"):
+        run_block(plain, todo, str(killed), first)
+    assert not killed.exists() and removed == [killed.name + REMOVING]
+    assert files(resumed) == before  # no part of the block, no marker
+    assert sorted(p.name for p in tmp_path.glob(".o.zarr.*")) == [resumed.name]
+
+
+def _watch_removals(monkeypatch) -> list[str]:
+    """The names of the folders predict_output removes."""
+    removed: list[str] = []
+    rmtree = shutil.rmtree
+
+    def watching(path, *args, **kwargs):
+        removed.append(path.name)
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(predict_output.shutil, "rmtree", watching)
+    return removed
+
+
+def test_the_next_run_removes_a_killed_workers_writes_at_a_stores_old_path_and_nothing_else(small_stack, tmp_path, random_model, fast, dead_pid, monkeypatch):
+    """A worker killed after writing at its store's old path (the store moved away meanwhile)
+    could not remove what it made there. The next run of the output removes it, resuming or
+    starting again, and only that: not the killed run's store that ``--resume`` continues, not a
+    folder of the same name form holding anything else (a user's), not one of a live process."""
+    import os
+
+    from napari_emdiffuse.jobs.predict_output import open_block_arrays
+
+    partial, _ = cancelled(random_model("tiny"), small_stack[:3], tmp_path / "o.zarr", fast)
+    store = tmp_path / f".o.zarr.tmp-{dead_pid}-def"
+    partial.rename(store)  # a killed run's store: its finished blocks are work to resume
+    zarr.open_array(str(store / predict_output.DONE), mode="r+")[0] = 1
+
+    def stale_writes(name: str):
+        """A worker of an ended run writing a block after its store left ``name``."""
+        path = tmp_path / name
+        shutil.copytree(store, path)
+        mean, spread, _, markers = open_block_arrays(path)
+        shutil.rmtree(path)
+        mean[:], spread[:], markers[1] = 7, 1.0, 1
+        return path
+
+    mine = stale_writes(f".o.zarr.tmp-{dead_pid}-mine")
+    (mine / "notes.txt").write_text("keep")
+    alive = stale_writes(f".o.zarr.tmp-{os.getppid()}-abc")
+    kept = {p: files(p) for p in (mine, alive)}
+    removed = _watch_removals(monkeypatch)
+
+    stale = stale_writes(f".o.zarr.tmp-{dead_pid}-abc")
+    removed.clear()
+    resuming = PredictionOutput(tmp_path / "o.zarr", [], overwrite=False, resume=True)
+    resuming.claim(0)
+    resuming.close()
+    assert resuming.resumable == store and store.is_dir()
+    assert not stale.exists() and removed == [stale.name + REMOVING]
+
+    stale = stale_writes(f".o.zarr.tmp-{dead_pid}-ghi")
+    removed.clear()
+    again = PredictionOutput(tmp_path / "o.zarr", [], overwrite=True)
+    again.claim(0)
+    again.close()
+    assert not stale.exists() and not store.exists()
+    assert {p: files(p) for p in (mine, alive)} == kept

@@ -36,7 +36,7 @@ from ..variants import model_options
 from ..variants.base import Block
 from .blocks import BlockRunner, write_block
 from .events import CancelToken, Message, Progress
-from .predict_output import PredictionOutput, check_run, open_block_arrays
+from .predict_output import PredictionOutput, check_run, clear_stale_writes, open_block_arrays
 
 #: how often a failed block is tried again (a worker lost, a transient error)
 RETRIES = 3
@@ -204,9 +204,12 @@ def run_on_cluster(
             pending = set(pending)
             for fut in ready:
                 # a finished block is written and marked in the store by its worker: its result (its
-                # index) is not fetched, which a worker lost meanwhile would make dask compute again
+                # index) is not fetched, and its future is released at once, so that the scheduler
+                # forgets it (on thousands of blocks it would hold them all, and compute again one
+                # whose result was lost with its worker)
                 if fut.status == "finished":
-                    done[index[fut]] = True
+                    done[index.pop(fut)] = True
+                    fut.release()
                     finished += 1
                 elif fut.status in ("lost", "pending"):  # lost with its worker since: dask computes it again
                     pending.add(fut)
@@ -258,7 +261,8 @@ def _pinned_device() -> str:
 def run_block(plain: str, block: Block, store: str, run: str) -> int:
     """On a worker: compute ``block``, write it into ``store`` and mark it done; its index. Only
     while ``store`` is still run ``run``'s (looked at before each of the three): otherwise
-    :class:`~..errors.StaleRunError`, and nothing is written."""
+    :class:`~..errors.StaleRunError`, and nothing is written. A store moved away while the block
+    was written gets no marker, and the writes that landed at its old path are removed there."""
     import dask
 
     path = Path(store)
@@ -267,9 +271,12 @@ def run_block(plain: str, block: Block, store: str, run: str) -> int:
     with dask.config.set(scheduler="synchronous"):  # read the lazy input here, not as tasks of the cluster
         result = runner.run(image, block)
     check_run(path, run)
-    mean, spread, samples, markers = open_block_arrays(path)
-    write_block(result, mean, spread, samples)
-    check_run(path, run)  # a block written while its store changed is not marked done there
-    markers[block.index] = 1
+    try:
+        mean, spread, samples, markers = open_block_arrays(path)
+        write_block(result, mean, spread, samples)
+        check_run(path, run)  # a block written while its store changed is not marked done there
+        markers[block.index] = 1
+    finally:  # the store moved away while this block was written: the folders the writes made again at its path go
+        clear_stale_writes(path)
     return block.index
 

@@ -19,7 +19,10 @@ store's rewritten): cluster workers write a block only while the store at their 
 their run's (:func:`check_run`), so a worker of a run that has ended (its client killed, the run
 resumed or started again) never writes into another run's store. A dead run's store that a new run
 discards is first renamed (``...removing``, in one step) and then removed, so that it vanishes
-from its path at once rather than file by file under its workers.
+from its path at once rather than file by file under its workers. A worker whose store left while
+it wrote may have made folders of chunk files again at the old path: the worker removes them,
+and the next run of the output removes any a killed worker left (a folder of our temporary name
+form, of a process no longer running, holding nothing but chunk files: no store's metadata).
 """
 
 from __future__ import annotations
@@ -228,6 +231,32 @@ def _dead_temps(final: Path) -> list[Path]:
     return found
 
 
+#: the arrays blocks are written into (:func:`open_block_arrays`), and what writing a block makes
+#: below them: chunk files (``NAME.HEX.partial`` while zarr writes one) and the folders on their way
+_ARRAYS = "|".join(re.escape(a) for a in ("mean/0", "samples/0", SPREAD, DONE))
+_CHUNK_FILE = re.compile(rf"({_ARRAYS})/c(/\d+)+(\.[0-9a-f]{{32}}\.partial)?")
+_CHUNK_FOLDER = re.compile(rf"mean|samples|({_ARRAYS})(/c(/\d+)*)?")
+
+
+def _only_block_writes(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but what block writes make (no store's metadata, so no
+    run's id: no run can resume it), as a cluster worker of an ended run leaves at its store's old
+    path when the store was moved away while it wrote (see :func:`check_run`). A folder holding
+    anything else, a link included, is not one of these."""
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_symlink() or not (_CHUNK_FOLDER if p.is_dir() else _CHUNK_FILE).fullmatch(rel):
+            return False
+    return True
+
+
+def clear_stale_writes(path: Path) -> None:
+    """On a cluster worker, after its block: if the store it wrote into has left ``path`` (the run
+    ended, was resumed or started again) and its writes made folders there again, remove them."""
+    if path.is_dir() and own_attrs(path) is None and _only_block_writes(path):
+        _discard(path)
+
+
 def _discard(store: Path) -> None:
     """Remove a dead run's store: renamed first, in one step, so that a worker of that run still
     running finds no store at its path (:func:`check_run`) instead of one half removed; the new name
@@ -297,9 +326,11 @@ class PredictionOutput:
                 f"{self.names.mean}: a run that was killed left {blocks_done(killed[0])} finished blocks beside it ({killed[0].name}); "
                 "add --resume to continue it, or --overwrite to start again"
             )
-        for store in dead if not self.resume else ():
-            # a folder of ours only, whatever its name (a removal cut short is ours): asked to start again, or no block of it was finished
-            if store.name.endswith(REMOVING) or own_attrs(store) is not None or not any(store.iterdir()):
+        for store in dead:
+            # a folder of ours only, whatever its name (a removal cut short is ours): asked to start again, or no block of it was
+            # finished; and, resuming too, the writes an ended run's worker left at its store's old path, which no run resumes
+            ours = store.name.endswith(REMOVING) or own_attrs(store) is not None or not any(store.iterdir())
+            if (ours and not self.resume) or (store != self.resumable and _only_block_writes(store)):
                 _discard(store)
         check_space(self.names.mean.parent, nbytes)
 
@@ -461,8 +492,10 @@ def check_run(path: Path, run: str) -> None:
     """Refuse (:class:`StaleRunError`) unless the store at ``path`` is the one run ``run`` writes:
     a cluster worker looks before computing a block, before writing it and before marking it done,
     so a block of a run that has ended is written into no other run's store. What this leaves is a
-    worker that passed its look just before its store was moved or removed: its writes land in
-    the moved store, or recreate folders at the old path that are no store (never resumed)."""
+    worker that passed its look just before its store was moved or removed: its writes recreate
+    folders at the old path that are no store (chunk files only) and its block is not marked done
+    anywhere; the worker removes them after the block (:func:`clear_stale_writes`), and one killed
+    before it could leaves them to the next run of the output (:meth:`PredictionOutput.claim`)."""
     attrs = own_attrs(path)
     if attrs is None or attrs.get(RUN) != run:
         there = "no store of ours is there now" if attrs is None else f"the store there is now run {attrs.get(RUN)}'s"
