@@ -269,6 +269,39 @@ def test_the_uncertainty_layer_is_a_calibrated_error_bound_with_a_colour_bar(mak
     assert np.all(np.asarray(smoothed(np.asarray(bound.data)))[marked] > w.unsure_above.value())
 
 
+def test_a_bound_widened_past_what_calibration_covers_is_named_a_rough_error_bound(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes):
+    """An input 20 times noisier than the calibration data: the bound, widened 2.1x, was shown as
+    an 'error bound (90 %)'; it is a rough error bound, and its tip says why. An input like the
+    calibration data keeps the calibrated name."""
+    import json
+
+    from napari_emdiffuse import uncertainty
+
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:1], name="em", scale=voxel)
+    measured = float(np.median(uncertainty.input_noise(isbi[:1])))
+    names = {}
+    for ratio in (20.0, 1.0):
+        model = _with_calibration(tiny_model, tmp_path / f"model-{ratio}", 3.0)
+        meta = json.loads((model / "model.json").read_text())
+        meta["metrics"]["calibration"]["input_noise"] = measured / ratio
+        (model / "model.json").write_text(json.dumps(meta))
+        MODELS.clear()
+        MODELS.add(model, "trained")
+        w = _open(viewer)
+        w.steps.setValue(1)
+        w.samples.setValue(2)
+        w.run()
+        bound = w.result_layers[1]
+        names[ratio] = (bound.name, bound.metadata["emdiffuse"]["tip"])
+    name, tip = names[20.0]
+    assert name == "em: rough error bound [grey values]"
+    assert tip.startswith("A rough guide to the error in the image's grey values, not a calibrated 90 % bound: the error bounds of the input are")
+    assert "much noisier than the calibration data" in tip
+    assert any("rough guide" in m for m in notes.messages("warning"))
+    assert names[1.0][0] == "em: error bound (90 %) [grey values]" and "rough" not in names[1.0][1]
+
+
 def test_a_layer_in_nanometres_is_measured_in_micrometres_for_the_pixel_size_check(make_napari_viewer, isbi, tiny_model, tmp_path, notes):
     """Layers from other readers may be in nm: the job gets µm (its unit), so a model trained on
     4 nm pixels stays silent on a 4 nm layer and warns on a 10 nm one, and the result layers keep

@@ -86,6 +86,10 @@ CALIBRATED_TIP = (
     "Error bound in the image's grey values: the true value lies within the result ± this at {cover} % "
     "of pixels, on data like the model's calibration patches. Hidden at first: tick it in the layer list"
 )
+ROUGH_TIP = (
+    "A rough guide to the error in the image's grey values, not a calibrated {cover} % bound: {note}. "
+    "Hidden at first: tick it in the layer list"
+)
 UNCALIBRATED_TIP = (
     "Spread of the samples, pooled over regions (uncalibrated: this model has no calibration, so the "
     "values are not an error bound; models trained with this version have one). Hidden at first"
@@ -635,7 +639,7 @@ class EnhanceWidget(DockWidget):
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
             **kwargs,
         )
-        bound, label, tip = _error_bound(std, plan.model, plan.sample)
+        bound, label, tip = _error_bound(std, plan.model, plan.sample, result.rough_bounds)
         top = sample_percentile(bound, 99.5)
         uncertainty = self.viewer.add_image(
             bound,
@@ -709,11 +713,13 @@ def result_name(source: str, what: str) -> str:
     return f"{source}: {what}"
 
 
-def _error_bound(error_map: Any, model: Any, sample: Any) -> tuple[Any, str, str]:
+def _error_bound(error_map: Any, model: Any, sample: Any, rough: str | None = None) -> tuple[Any, str, str]:
     """The uncertainty layer's data, name and tooltip: for a calibrated model the error bound
     ``q u`` in the image's grey values (``q`` at the model's alpha, as the predict job's
     ``lower``/``upper`` use it), else the pooled spread, named as uncalibrated. The name claims
-    the coverage only at the sampling settings it was calibrated at (``sample``: this run's)."""
+    the coverage only at the sampling settings it was calibrated at (``sample``: this run's), and
+    none where the run widened the bound past what calibration covers (``rough``: the job's
+    :attr:`..jobs.events.PredictResult.rough_bounds`): a "rough error bound", its tip saying why."""
     from .. import uncertainty
 
     calibration = model.calibration
@@ -724,10 +730,12 @@ def _error_bound(error_map: Any, model: Any, sample: Any) -> tuple[Any, str, str
     q = uncertainty.scale(calibration, alpha)
     match = uncertainty.settings_match(calibration, sample.sampler, sample.steps, sample.samples)
     label = {"same": f"{cover} %", "fewer steps": f"below {cover} %", "other": f"about {cover} %"}[match]
-    tip = CALIBRATED_TIP.format(cover=cover)
+    name, tip = f"error bound ({label})", CALIBRATED_TIP.format(cover=cover)
+    if rough:
+        name, tip = "rough error bound", ROUGH_TIP.format(cover=cover, note=rough)
     if match != "same":
         tip += ". The bound was " + uncertainty.settings_note(calibration, match)
-    return error_map * np.float32(q), f"error bound ({label})", tip
+    return error_map * np.float32(q), name, tip
 
 
 def isotropic_note(name: str, source: Placement, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:

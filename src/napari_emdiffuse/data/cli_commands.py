@@ -184,6 +184,8 @@ def _provenance_lines(attrs: dict[str, Any], finished_blocks: int = 0) -> list[s
     if any(w > 1 for w in widened):
         where = "all planes" if len(widened) == 1 else ", ".join(f"plane {z} {w:.2f}x" for z, w in enumerate(widened) if w > 1)
         lines.append(f"bounds:   widened for an input noisier than the calibration data: {where}")
+    if (attrs.get("bounds_rough") or {}).get("note"):
+        lines.append(f"bounds:   {attrs['bounds_rough']['note']}")
     return lines
 
 

@@ -102,7 +102,9 @@ class PredictResult:
     or zarr arrays when the job wrote to a store. ``complete`` is False after a cancel (blocks
     not reached are zero); ``finished`` is the part of the output that is complete (``()``: all
     of it, None: nothing).
-    ``written``: the files or store the job wrote (partial names after a cancel)."""
+    ``written``: the files or store the job wrote (partial names after a cancel). ``rough_bounds``:
+    why the bounds are only a rough guide, not the calibrated interval (an input much noisier than
+    the calibration data; :func:`..uncertainty.rough_note`), None where they are not."""
 
     mean: Any
     std: Any | None
@@ -113,6 +115,7 @@ class PredictResult:
     lower: Any | None = None
     upper: Any | None = None
     written: tuple[Path, ...] = ()
+    rough_bounds: str | None = None
     kind: Kind = field(default=Kind.RESULT, init=False)
 
 

@@ -127,10 +127,12 @@ def predict(
             yield Message("one sample has no spread: the uncertainty map is zero and no error bounds are written; use 2 or more samples for them", "warning")
         elif out is not None and not calibration:
             yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
-        q = uncertainty.scale(calibration, alpha if alpha is not None else calibration["alpha"]) if calibration else None
+        alpha = alpha if alpha is not None else calibration["alpha"] if calibration else None
+        q = uncertainty.scale(calibration, alpha) if calibration else None
         error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
+        rough: dict[str, Any] | None = None  # bounds widened beyond what calibration covers: which planes, and what it means
         if calibration and calibration.get("input_noise"):
-            error, note = _widened_for_noise(error, image, calibration["input_noise"], variant)
+            error, note, rough = _widened_for_noise(error, image, calibration["input_noise"], variant, round(100 * (1 - alpha)))
             if note is not None:
                 yield note
         match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
@@ -174,6 +176,8 @@ def predict(
             **({"origin": [float(o) for o in origin]} if origin is not None else {}),
             # bounds widened for an input noisier than the calibration data, per output plane
             **({"bounds_widened": list(error.widen)} if any(w > 1 for w in error.widen) else {}),
+            # and where that widening is past what keeps them a calibrated interval
+            **({"bounds_rough": rough} if rough is not None else {}),
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),
@@ -246,27 +250,30 @@ def predict(
             else:
                 kept = "the finished part " + describe_region(region, shape) + (f" is in {', '.join(map(str, written))}" if written else "")
             yield Message(f"cancelled: {kept}", "warning")
-        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, region, lower, upper, tuple(written))
+        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, region, lower, upper, tuple(written), rough["note"] if rough else None)
     finally:
         if out is not None:
             out.close()
 
 
 def _widened_for_noise(
-    error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Variant
-) -> tuple[uncertainty.ErrorModel, Message | None]:
+    error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Variant, cover: int
+) -> tuple[uncertainty.ErrorModel, Message | None, dict[str, Any] | None]:
     """The error model with its bounds widened for input planes noisier than the calibration
-    data (a volume variant: by the median plane, as its slices are generated together), and the
-    message that says so (None: nothing widened). Bounds widen from :data:`.uncertainty.NOISE_TOLERANCE`
-    on, whatever the image's size (the safe side); a ratio within what the measure varies on an
-    image that small (:func:`.uncertainty.noise_tolerance`) is said as such, not as a warning."""
+    data (a volume variant: by the median plane, as its slices are generated together), the
+    message that says so (None: nothing widened), and, where a plane clearly noisier is widened
+    beyond :data:`.uncertainty.CALIBRATED_WIDENING`, the provenance's record of it (``planes``: a
+    flag per widening, ``note``: what it means for the ``cover`` % interval; None: no such plane).
+    Bounds widen from :data:`.uncertainty.NOISE_TOLERANCE` on, whatever the image's size (the safe
+    side); a ratio within what the measure varies on an image that small
+    (:func:`.uncertainty.noise_tolerance`) is said as such, not as a warning."""
     noise = uncertainty.input_noise(image)
     volume = 2 not in variant.input_ndims
     if volume:
         noise = np.array([np.median(noise)])
     widen = uncertainty.widening(noise, calibrated, variant.noise_exponent)
     if not (widen > 1).any():
-        return error, None
+        return error, None, None
     widened = replace(error, widen=tuple(float(w) for w in widen))
     ratio = noise / calibrated
     clear = ratio > uncertainty.noise_tolerance(image.shape)
@@ -277,18 +284,29 @@ def _widened_for_noise(
             f"precisely: it reads {reads} that of the calibration data, within the measure's spread; the error bounds "
             f"are widened by {100 * (widen.max() - 1):.0f} % to be safe",
             "info",
-        )
-    if volume:
-        where = "the input volume is"
-    elif widen.size == 1:
-        where = "the input is"
-    else:
-        where = f"{int(clear.sum())} of {widen.size} input planes ({', '.join(str(z) for z in np.flatnonzero(clear)[:8])}{', ...' if clear.sum() > 8 else ''}) are"
-    return widened, Message(
-        f"{where} up to {ratio.max():.1f}x noisier than the data the error bounds were calibrated "
-        f"on; its error bounds are widened (up to {widen.max():.2f}x), and the result there is likely less accurate than on that data",
-        "warning",
+        ), None
+    text = (
+        f"{_planes(clear, volume, 'is', 'are')} up to {ratio.max():.1f}x noisier than the data the error bounds were calibrated "
+        f"on; its error bounds are widened (up to {widen.max():.2f}x), and the result there is likely less accurate than on that data"
     )
+    rough = clear & (widen > uncertainty.CALIBRATED_WIDENING)
+    if not rough.any():
+        return widened, Message(text, "warning"), None
+    note = uncertainty.rough_note(_planes(rough, volume), cover)
+    return widened, Message(f"{text}. {note[0].upper()}{note[1:]}", "warning"), {"planes": [bool(r) for r in rough], "note": note}
+
+
+def _planes(which: np.ndarray, volume: bool, *verb: str) -> str:
+    """The input planes flagged in ``which`` (one flag: the whole input), in words; ``verb``: its
+    singular and plural forms, added after them."""
+    if volume:
+        said, plural = "the input volume", False
+    elif which.size == 1:
+        said, plural = "the input", False
+    else:
+        listed = ", ".join(str(z) for z in np.flatnonzero(which)[:8]) + (", ..." if which.sum() > 8 else "")
+        said, plural = f"{int(which.sum())} of {which.size} input planes ({listed})", True
+    return f"{said} {verb[plural]}" if verb else said
 
 
 #: whether this process has said in what precision the CPU runs the network
