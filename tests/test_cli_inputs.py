@@ -200,7 +200,7 @@ def test_info_names_what_the_samples_of_a_multi_sample_tiff_are(tmp_path, capsys
     assert f"colour:   {model} ({data.shape[-1]} samples per pixel), not one grey value" in out
 
 
-@pytest.mark.parametrize("model", sorted(MULTI_SAMPLE))
+@pytest.mark.parametrize("model", sorted(set(MULTI_SAMPLE) - {"grey+alpha"}))
 def test_predict_refuses_a_multi_sample_tiff_by_what_its_samples_are(tmp_path, capsys, model):
     data, kwargs = MULTI_SAMPLE[model]
     path = tmp_path / "cells.tif"
@@ -208,6 +208,19 @@ def test_predict_refuses_a_multi_sample_tiff_by_what_its_samples_are(tmp_path, c
     out = tmp_path / "out.tif"
     assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 2
     assert _one_error_line(capsys, "predict") == _refused(path, "image", model, data.shape)
+
+
+def test_predict_enhances_a_grey_and_alpha_tiff_as_its_grey_channel_and_says_so(tmp_path, capsys):
+    """The review: Enhance's file source took a grey+alpha file's grey channel (as the napari
+    reader opens it) while ``emdiffuse predict`` refused it, so a zarr result started in the GUI
+    could not be resumed from the command line."""
+    data, kwargs = MULTI_SAMPLE["grey+alpha"]
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    out = tmp_path / "out.tif"
+    assert main(["predict", "--model", "emdiffuse-n", "--input", str(path), "--output", str(out), "--steps", "1", "--samples", "2", "-q"]) == 0
+    assert f"warning: {path} is grey with an alpha channel: its grey values are enhanced" in capsys.readouterr().err
+    assert tifffile.imread(out).shape == data.shape[:2]
 
 
 def test_three_grey_pages_stay_a_volume_of_three_slices(tmp_path, capsys):

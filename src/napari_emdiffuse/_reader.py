@@ -144,7 +144,7 @@ def data_translation(path: str | Path, image: Any) -> tuple[float, ...] | None:
     try:
         translate = placement(file, image, dataset=dataset)[2]
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:  # malformed metadata: no position
-        log.warning("%s: warning: its recorded position is unreadable (%s); placing it at 0", file, err)
+        log.warning("%s: its recorded position is unreadable (%s); placing it at 0", file, err)
         return None
     return tuple(translate[-image.data.ndim :]) if translate else None
 
@@ -250,17 +250,40 @@ def _group_geometry(kwargs: dict[str, Any], ndim: int, voxel: Sequence[float] | 
     return samples_kwargs(placement) if lead else {**group, **own}
 
 
+def _reopened_result(name: str, attrs: dict[str, Any]) -> tuple[str, float]:
+    """What an array of a prediction's store shows, named as the Enhance widget names it, and the
+    factor its values take for that: the store keeps the error map ``u``, whose bound ``q u``
+    (the widget's layer) its ``bounds`` attribute gives the scale of (stores written before it
+    existed show the map itself). Bounds widened past calibration (``bounds_rough``) are rough."""
+    from ._widgets.layers import INTENSITY_UNIT
+    from .uncertainty import coverage_label
+
+    bounds, rough = attrs.get("bounds"), attrs.get("bounds_rough")
+    cover = coverage_label(bounds["coverage"], bounds["settings"]) if bounds else ""
+    if name == "mean":
+        return "estimate", 1.0
+    if name in UNCERTAINTY_NAMES:
+        if not bounds:
+            return f"error map [{INTENSITY_UNIT}]", 1.0
+        return f"{'rough error bound' if rough else f'error bound ({cover})'} [{INTENSITY_UNIT}]", float(bounds["scale"])
+    if name in ("lower", "upper"):
+        return f"{'rough ' if rough else ''}{name} bound{f' ({cover})' if cover and not rough else ''}", 1.0
+    return name, 1.0
+
+
 def _zarr_group_layers(path: Path) -> list[LayerData]:
     """One layer per array or image in the group; the group's ``voxel_size`` and ``origin`` (µm,
     as the predict job writes them) place arrays that carry no geometry of their own."""
     import zarr
 
+    from ._widgets.layers import UNCERTAINTY_COLORMAP, result_name
     from .data.safe_output import own_attrs
 
     group = zarr.open_group(str(path), mode="r")
     group_voxel, origin = group.attrs.get("voxel_size"), group.attrs.get("origin")
     stem = path.name.split(".")[0]
-    ours = "finished" in (own_attrs(path) or {})  # a prediction's store (a training set is an input)
+    attrs = own_attrs(path) or {}
+    ours = "finished" in attrs  # a prediction's store (a training set is an input)
     layers = []
     names = [n for n, _ in group.arrays()] + [n for n, _ in group.groups()]
     for name in sorted(n for n in names if not n.startswith(".")):  # hidden: a prediction's bookkeeping
@@ -268,8 +291,17 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
         ndim = data[0].ndim if isinstance(data, list) else data.ndim
         if group_voxel or origin:
             kwargs.update(_group_geometry(kwargs, ndim, group_voxel, origin))
+        scale = 1.0
+        if ours:
+            what, scale = _reopened_result(name, attrs)
+            kwargs["name"] = result_name(stem, what)
+        if scale != 1.0:
+            data = [level * np.float32(scale) for level in data] if isinstance(data, list) else data * np.float32(scale)
         if name in UNCERTAINTY_NAMES:  # as Enhance shows it: the colours say how large, from zero
-            kwargs.update(name=f"{stem} uncertainty", colormap="inferno", contrast_limits=(0.0, max(kwargs["contrast_limits"][1], 1e-6)))
+            top = max(kwargs["contrast_limits"][1] * scale, 1e-6)
+            kwargs.update(colormap=UNCERTAINTY_COLORMAP, contrast_limits=(0.0, top))
+            if not ours:
+                kwargs["name"] = f"{stem} uncertainty"
         if ours:  # a result reopened: the layer pickers do not guess it (its bounds least) as the next input
             role = RESULT_ROLES.get(name, "enhanced")
             kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": role, "reopened": str(path)}}

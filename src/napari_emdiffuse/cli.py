@@ -187,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads
     model = resolve_model(args.model)
     options = model_options(model)  # a broken model folder is refused before the input is read
-    img = read_logged(args.input, "image")
+    img = read_logged(args.input, "image", grey_of_alpha=True)  # as the napari reader and Enhance take it
     over: dict[str, Any] = {}
     for key in ("sampler", "steps", "spacing", "samples", "tile_size", "overlap", "tile_batch", "seed"):
         if getattr(args, key) is not None:
@@ -370,6 +370,15 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+class _Marked(logging.Formatter):
+    """A warning starts with "warning: ", as a job's warnings do (:func:`.cli_jobs.drive`): in a
+    terminal it reads apart from the progress notes that ``-v`` adds."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
+
+
 def _log_to_stderr(verbose: bool) -> None:
     """Our warnings always, our progress notes with ``-v``; other libraries' log messages only
     with ``-v`` (their failures reach the user as our one-line errors)."""
@@ -377,7 +386,7 @@ def _log_to_stderr(verbose: bool) -> None:
     for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
         root.removeHandler(old)
     handler = _Stderr()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_Marked("%(message)s"))
     handler.addFilter(lambda r: verbose or r.name.split(".")[0] == "napari_emdiffuse")
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)

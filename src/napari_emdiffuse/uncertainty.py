@@ -283,6 +283,14 @@ def settings_match(calibration: dict[str, Any], sampler: str, steps: int, sample
     return "other"
 
 
+def coverage_label(coverage: float, match: str) -> str:
+    """An interval's coverage as a user reads it ("90 %"), qualified by how the sampling settings
+    compare with the calibrated ones (``match`` from :func:`settings_match`): "below 90 %" with
+    fewer steps, "about 90 %" with others. The Enhance layer and a reopened store say the same."""
+    cover = f"{round(100 * coverage)} %"
+    return {"same": cover, "fewer steps": f"below {cover}", "other": f"about {cover}"}[match]
+
+
 def settings_note(calibration: dict[str, Any], match: str) -> str:
     """What a user is told when the sampling settings are not the calibrated ones (``match``
     from :func:`settings_match`, not "same"): by predict's warning and the Enhance layer's tip."""

@@ -230,3 +230,24 @@ def test_the_layer_list_shows_both_ends_of_a_long_name(make_napari_viewer, isbi)
 
     assert w.layer_list.textElideMode() == Qt.TextElideMode.ElideMiddle
     assert w.layer_list.item(0).toolTip() == f"{LONG[:24]}: estimate\nmade from {LONG}"
+
+
+def test_one_view_after_a_layer_was_deleted_side_by_side_touches_only_the_layers_it_saved(layers):
+    """The review: captions were saved by the layer's id(), which a new layer may reuse after
+    one side by side was deleted; "One view" would then move and resize the new layer's caption."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, raw, smooth, ref, _ = layers
+    w = _open(viewer)
+    w.choose([raw, smooth, ref])
+    w.side_by_side()
+    viewer.layers.remove(smooth)
+    QApplication.processEvents()
+    new = viewer.add_image(np.zeros((8, 8), np.float32), name="new")
+    new.name_overlay.position, new.name_overlay.font_size = "bottom_left", 13.0
+    viewer.window._qt_window.resize(1000, 700)  # the captions are fitted again: the deleted layer is skipped
+    QApplication.processEvents()
+    w.restore_view()
+    assert (new.name_overlay.position, new.name_overlay.font_size) == ("bottom_left", 13.0)
+    assert raw.name_overlay.font_size == ref.name_overlay.font_size != 13.0
+    assert w.status.text().startswith("One view")

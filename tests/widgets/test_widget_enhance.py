@@ -126,8 +126,12 @@ def test_results_too_large_for_memory_go_to_zarr_and_open_lazily(make_napari_vie
     layers = viewer.open(str(tmp_path / "out.zarr"), plugin="napari-emdiffuse")
     from napari_emdiffuse.model_file import Model
 
-    bounds = {"out lower", "out upper"} if Model.load(tiny_model).calibration else set()  # a calibrated model: its interval too
-    assert {lyr.name for lyr in layers} == {"out mean", "out uncertainty"} | bounds
+    calibrated = bool(Model.load(tiny_model).calibration)
+    cover = "below 90 %"  # 1 step, fewer than the calibration's
+    bounds = {f"out: lower bound ({cover})", f"out: upper bound ({cover})"} if calibrated else set()  # a calibrated model: its interval too
+    error = f"out: error bound ({cover}) [grey values]" if calibrated else "out: error map [grey values]"
+    assert {lyr.name for lyr in layers} == {"out: estimate", error} | bounds
+    assert w.result_layers[1].name == error.replace("out: ", "em: ") + " [1]"  # as Enhance named it (its second run)
     assert all(tuple(lyr.scale) == pytest.approx(voxel) for lyr in layers)
 
 
@@ -468,10 +472,15 @@ def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewe
         twin = shown[lyr.metadata["emdiffuse"]["role"]]
         assert [str(u) for u in lyr.units] == [str(u) for u in twin.units]
         assert tuple(lyr.scale) == pytest.approx(tuple(twin.scale)) and tuple(lyr.translate) == pytest.approx(tuple(twin.translate))
-    assert tuple(shown["samples"].axis_labels)[0] == "sample" == tuple(next(lyr for lyr in reopened if lyr.name == "r samples").axis_labels)[0]
+    assert tuple(shown["samples"].axis_labels)[0] == "sample" == tuple(next(lyr for lyr in reopened if lyr.name == "r: samples").axis_labels)[0]
     assert [lyr.metadata["emdiffuse"]["role"] for lyr in reopened if lyr.visible] == ["enhanced"]  # the rest hidden, as Enhance adds them
     reopened_bound = next(lyr for lyr in reopened if lyr.metadata["emdiffuse"]["role"] == "uncertainty")
     assert reopened_bound.contrast_limits[0] == 0.0
+    # named, and valued, as Enhance showed them: the store's error map becomes the same error bound
+    for role in ("enhanced", "uncertainty"):
+        again = next(lyr for lyr in reopened if lyr.metadata["emdiffuse"]["role"] == role)
+        assert again.name == shown[role].name.replace("em: ", "r: ")
+        np.testing.assert_allclose(np.asarray(again.data), np.asarray(shown[role].data), rtol=1e-5, atol=1e-6)
     if scope == "slice":
         assert all(lyr.ndim == 3 + (lyr.metadata["emdiffuse"]["role"] == "samples") for lyr in reopened)
         assert shown["enhanced"].translate[0] == pytest.approx(layer.translate[0] + layer.scale[0])  # on the slice it came from
@@ -497,3 +506,20 @@ def test_result_names_are_short_and_say_what_each_layer_is(make_napari_viewer, i
     assert first[0] == "em: estimate" and first[2:] == ["em: unsure regions", "em: samples"]
     assert re.fullmatch(r"em: error bound \((below |about )?90 %\) \[grey values\]", first[1]), first[1]
     assert second == [f"{name} [1]" for name in first]
+
+
+def test_a_long_input_name_is_cut_in_the_middle_of_its_results_names(make_napari_viewer, isbi, voxel, tiny_model):
+    """The GUI walk at 1366 px: "2024-03-11_mouse_cortex_FIBSEM_stack_aligned_8bit: error bound ..."
+    showed only its start in the layer list, the same for every result. The results keep the
+    name's start and end; the full name stays in their metadata."""
+    long_name = "2024-03-11_mouse_cortex_FIBSEM_stack_aligned_8bit"
+    viewer = make_napari_viewer()
+    viewer.add_image(isbi[:1, :32, :32], name=long_name, scale=voxel)
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.steps.setValue(1)
+    w.run()
+    enhanced, bound = w.result_layers
+    assert enhanced.name == "2024-03-11_…aligned_8bit: estimate"
+    assert bound.name.startswith("2024-03-11_…aligned_8bit: ") and "error bound" in bound.name
+    assert enhanced.metadata["emdiffuse"]["source_layer"] == long_name

@@ -52,7 +52,7 @@ def test_enhance_a_tiff_file_into_zarr_beside_it_opened_lazily_where_the_reader_
     assert [lyr.name for lyr in viewer.layers][::2] == ["em: estimate", "em: unsure regions"]
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is True
     source = _reader_kwargs(em_tiff, "em")
-    stored = _reader_kwargs(out, "em_enhanced mean")
+    stored = _reader_kwargs(out, "em_enhanced: estimate")
     for layer in (enhanced, uncertainty):
         assert hasattr(layer.data, "dask") and layer.data.shape == (3, 64, 64)  # lazy, never loaded
         assert tuple(layer.scale) == pytest.approx(source["scale"]) and source["scale"] == pytest.approx(voxel)
@@ -180,7 +180,7 @@ def test_a_grey_and_alpha_file_is_enhanced_as_its_grey_channel_as_the_reader_ope
     assert len(w.result_layers) == 2, w.controls.status.text()
     assert w.result_layers[0].data.shape == opened.shape == (64, 64)
     assert [m for m in notes.messages("info") if "alpha" in m] == [
-        f"{path} is grey with an alpha channel: its grey values are enhanced, its alpha (where the picture is opaque) is dropped"
+        f"{path} is grey with an alpha channel: its grey values are enhanced, its alpha (where the picture is opaque) is left out"
     ]
     cmyk = tmp_path / "print.tif"
     tifffile.imwrite(cmyk, np.stack([grey] * 4, axis=-1), photometric="separated")

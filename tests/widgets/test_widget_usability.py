@@ -512,5 +512,6 @@ def test_a_reopened_result_is_not_guessed_as_the_next_input(make_napari_viewer, 
         viewer.add_image(data, **kwargs)
     QApplication.processEvents()
     roles = {layer.name: layer.metadata.get("emdiffuse", {}).get("role") for layer in viewer.layers}
-    assert roles["lay mean"] == "enhanced" and roles["lay uncertainty"] == "uncertainty" and roles["lay samples"] == "samples"
+    assert roles["lay: estimate"] == "enhanced" and roles["lay: samples"] == "samples"
+    assert [name for name, role in roles.items() if role == "uncertainty"] == [next(n for n in roles if n.startswith("lay: error "))]
     assert LayerPicker(viewer, image_type()).layer().name == "em"

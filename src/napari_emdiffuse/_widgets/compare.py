@@ -154,6 +154,7 @@ class CompareWidget(DockWidget):
         self.table.setHorizontalHeaderLabels([header for header, _ in COLUMNS])
         for j, (_, tip) in enumerate(COLUMNS):
             self.table.horizontalHeaderItem(j).setToolTip(tip)
+        self.table.setToolTip("Each ticked layer against the reference; point at a column's header for what it measures")
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
@@ -278,12 +279,13 @@ class CompareWidget(DockWidget):
             grid = self.viewer.grid
             self._saved_view = {
                 "visible": [(layer, layer.visible, layer.name_overlay.visible) for layer in self.viewer.layers],
-                "captions": {},  # id of a layer side by side: its caption's position and size before
+                "captions": [],  # each layer shown side by side, its caption's position and size before
                 "grid": (grid.enabled, tuple(grid.shape), grid.stride),
             }
             self.viewer.canvas.events.size.connect(self._fit_captions)  # a resized window fits them again
-        for layer in chosen:
-            self._saved_view["captions"].setdefault(id(layer), (layer.name_overlay.position, layer.name_overlay.font_size))
+        for layer in chosen:  # the layers themselves, not their ids: a deleted layer's id can be reused
+            if self._saved_caption(layer) is None:
+                self._saved_view["captions"].append((layer, layer.name_overlay.position, layer.name_overlay.font_size))
         for layer in self.viewer.layers:
             layer.visible = any(unwrap(layer) is c for c in chosen)
             layer.name_overlay.visible = layer.visible  # each cell says what it shows
@@ -305,13 +307,23 @@ class CompareWidget(DockWidget):
         pad = float(self.viewer.canvas.overlay_tiling.padding[0])
         cell = self.viewer.canvas.size[1] / self.viewer.grid.shape[1]
         for layer in self._in_grid:
+            if not self._still_there(layer):
+                continue  # deleted while side by side
             caption, bar = layer.name_overlay, layer.colorbar
-            caption.position = self._saved_view["captions"][id(layer)][0]
+            caption.position = self._saved_caption(layer)[0]
             beside_bar = bar.visible and caption.position == bar.position
             room = cell - 2 * pad - (_colorbar_width(layer) + pad if beside_bar else 0.0)
             caption.font_size = caption_points(layer.name, room)
             if _canvas_text_width(layer.name, caption.font_size) > room and not bar.visible:
                 caption.position = "top_right"
+
+    def _still_there(self, layer: Any) -> bool:
+        """Whether ``layer`` (unwrapped) is still in the viewer's layer list."""
+        return any(unwrap(other) is layer for other in self.viewer.layers)
+
+    def _saved_caption(self, layer: Any) -> tuple[Any, float] | None:
+        """A layer's caption position and size from before "Side by side" (None: not saved)."""
+        return next(((pos, size) for saved, pos, size in self._saved_view["captions"] if saved is layer), None)
 
     def restore_view(self) -> None:
         """Layer visibility and grid settings as they were before "Side by side"."""
@@ -321,9 +333,9 @@ class CompareWidget(DockWidget):
             if layer in self.viewer.layers:
                 layer.visible, layer.name_overlay.visible = visible, named
         disconnect(self.viewer.canvas.events.size, self._fit_captions)
-        for layer in map(unwrap, self.viewer.layers):
-            if id(layer) in self._saved_view["captions"]:
-                layer.name_overlay.position, layer.name_overlay.font_size = self._saved_view["captions"][id(layer)]
+        for layer, position, size in self._saved_view["captions"]:
+            if self._still_there(layer):
+                layer.name_overlay.position, layer.name_overlay.font_size = position, size
         enabled, shape, stride = self._saved_view["grid"]
         grid = self.viewer.grid
         grid.shape, grid.stride, grid.enabled = shape, stride, enabled

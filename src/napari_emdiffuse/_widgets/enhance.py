@@ -42,12 +42,15 @@ from ..jobs.events import Event, PredictResult
 from ..jobs.predict_output import result_bytes
 from . import _common
 from .layers import (
+    INTENSITY_UNIT,
+    UNCERTAINTY_COLORMAP,
     Placement,
     current_plane,
     image_array,
     in_um,
     output_placement,
     rectangle_roi,
+    result_name,
     sample_percentile,
     samples_kwargs,
     unwrap,
@@ -97,9 +100,6 @@ UNCALIBRATED_TIP = (
 #: Results larger than this (bytes of enhanced + uncertainty) go to a zarr file; None means a
 #: quarter of the memory available when the job starts.
 IN_MEMORY_LIMIT: int | None = None
-UNCERTAINTY_COLORMAP = "inferno"
-#: the unit of the error bound (as of the result): the input's own intensities
-INTENSITY_UNIT = "grey values"
 REGIONS_COLOR = "magenta"
 
 
@@ -622,7 +622,7 @@ class EnhanceWidget(DockWidget):
             mean, std = da.from_zarr(mean), da.from_zarr(std)
         if region is not None:
             mean, std = mean[region], std[region]
-        source = plan.name + (" (partial)" if region is not None else "")
+        partial = region is not None
         info = {"model": str(plan.entry.path), **(plan.source_info or {}), "samples": plan.sample.samples}
         kwargs = plan.placement.kwargs()
         if plan.contrast is None:  # a file's result: the contrast the reader gives it
@@ -633,7 +633,7 @@ class EnhanceWidget(DockWidget):
             contrast = plan.contrast
         enhanced = self.viewer.add_image(
             mean,
-            name=result_name(source, "estimate"),
+            name=result_name(plan.name, "estimate", partial),
             colormap="gray",
             contrast_limits=contrast,
             metadata={"emdiffuse": {**info, "role": "enhanced"}},
@@ -643,7 +643,7 @@ class EnhanceWidget(DockWidget):
         top = sample_percentile(bound, 99.5)
         uncertainty = self.viewer.add_image(
             bound,
-            name=result_name(source, f"{label} [{INTENSITY_UNIT}]"),
+            name=result_name(plan.name, f"{label} [{INTENSITY_UNIT}]", partial),
             colormap=UNCERTAINTY_COLORMAP,
             contrast_limits=(0.0, max(top, 1e-6)),  # from zero: the colours show how large the bound is, not only where it is larger
             visible=False,
@@ -655,9 +655,9 @@ class EnhanceWidget(DockWidget):
         uncertainty.name_overlay.position = uncertainty.colorbar.position
         uncertainty.name_overlay.visible = True
         self.result_layers = [unwrap(enhanced), unwrap(uncertainty)]
-        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, result_name(source, "samples"), contrast, info, plan.placement))
+        self.samples_layer = None if result.samples is None else unwrap(self._add_samples(result.samples, region, result_name(plan.name, "samples", partial), contrast, info, plan.placement))
         self._bound = bound
-        self.regions_layer = unwrap(self._add_regions(bound, result_name(source, "unsure regions"), info, kwargs)) if plan.sample.samples >= 2 else None
+        self.regions_layer = unwrap(self._add_regions(bound, result_name(plan.name, "unsure regions", partial), info, kwargs)) if plan.sample.samples >= 2 else None
         seconds = time.monotonic() - self.controls.started
         where = f", written to {plan.output}" if plan.output else ""
         self.controls.status.setText(
@@ -707,12 +707,6 @@ class EnhanceWidget(DockWidget):
         self.regions_layer.metadata["emdiffuse"]["threshold"] = threshold
 
 
-def result_name(source: str, what: str) -> str:
-    """A result layer's name: its input's and what it shows ("em: estimate"), short enough for
-    napari's layer list; the role, model and settings are in its metadata."""
-    return f"{source}: {what}"
-
-
 def _error_bound(error_map: Any, model: Any, sample: Any, rough: str | None = None) -> tuple[Any, str, str]:
     """The uncertainty layer's data, name and tooltip: for a calibrated model the error bound
     ``q u`` in the image's grey values (``q`` at the model's alpha, as the predict job's
@@ -729,8 +723,7 @@ def _error_bound(error_map: Any, model: Any, sample: Any, rough: str | None = No
     cover = round(100 * (1 - alpha))
     q = uncertainty.scale(calibration, alpha)
     match = uncertainty.settings_match(calibration, sample.sampler, sample.steps, sample.samples)
-    label = {"same": f"{cover} %", "fewer steps": f"below {cover} %", "other": f"about {cover} %"}[match]
-    name, tip = f"error bound ({label})", CALIBRATED_TIP.format(cover=cover)
+    name, tip = f"error bound ({uncertainty.coverage_label(1 - alpha, match)})", CALIBRATED_TIP.format(cover=cover)
     if rough:
         name, tip = "rough error bound", ROUGH_TIP.format(cover=cover, note=rough)
     if match != "same":
@@ -762,14 +755,14 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path], str | None]
     opens it, and the note says so; other images of several samples per pixel are refused."""
     from .._reader import data_translation, geometry_kwargs
     from ..data.formats import split_dataset
-    from ..jobs.inputs import read_logged
+    from ..jobs.inputs import alpha_note, read_logged
 
     image = read_logged(path, "input", grey_of_alpha=True)
     file = split_dataset(path)[0]
     data = image.data
     if data.ndim not in (2, 3):
         raise InputError(f"{file}: holds {data.ndim}-dimensional data (shape {tuple(data.shape)}); EMDiffuse works on 2D images and 3D stacks (z, y, x)")
-    note = f"{file} is grey with an alpha channel: its grey values are enhanced, its alpha (where the picture is opaque) is dropped" if image.meta.get("alpha_dropped") else None
+    note = alpha_note(path) if image.meta.get("alpha_dropped") else None
     return data, Placement.from_kwargs(geometry_kwargs(image.voxel, data_translation(path, image)), data.ndim), [file], note
 
 

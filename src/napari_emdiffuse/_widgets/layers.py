@@ -37,6 +37,11 @@ SAMPLE_AXIS = {"scale": 1.0, "translate": 0.0, "units": PIXEL, "axis_labels": "s
 PLUGIN_ROLES = ("enhanced", "uncertainty", "bounds", "regions", "samples", "preview", "swipe")
 
 
+#: the unit of an error bound (as of the result): the input's own intensities
+INTENSITY_UNIT = "grey values"
+#: the colours of an error bound or map, from zero: they say how large it is, not only where larger
+UNCERTAINTY_COLORMAP = "inferno"
+
 #: Characters of an input's name kept in its results' names: napari's layer list shows about 28
 #: of a name and a grid cell's caption about 40, so a long file name is cut in its middle there.
 SOURCE_CHARS = 24

@@ -77,7 +77,7 @@ def _checked_voxel(voxel: Sequence[float], file: Path) -> tuple[float, ...]:
     """Voxel sizes that are positive numbers; anything else (0, negative, NaN) becomes 1 per pixel."""
     out = tuple(float(v) if np.isfinite(v) and v > 0 else 1.0 for v in voxel)
     if out != tuple(voxel):
-        log.warning("%s: warning: the voxel size %s in its metadata is not positive; using 1 per pixel along those axes", file, tuple(voxel))
+        log.warning("%s: the voxel size %s in its metadata is not positive; using 1 per pixel along those axes", file, tuple(voxel))
     return out
 
 

@@ -85,11 +85,19 @@ def read_logged(path: str | Path, what: str, grey_of_alpha: bool = False) -> Any
     img = read_image(path)
     if grey_of_alpha and img.meta.get("colour") == GREY_ALPHA:
         img = replace(img, data=img.data[..., 0], voxel=tuple(img.voxel[:-1]), meta={**img.meta, "colour": None, "alpha_dropped": True})
+        log.warning("%s", alpha_note(path))
     with naming({what: path}):
         check_grey(img, what)
     log.info("%s: %s %s, voxel %s µm", what, img.shape, img.data.dtype, img.voxel)
     _warn_if_unfinished(path)
     return img
+
+
+def alpha_note(path: str | Path) -> str:
+    """What a user is told when a grey+alpha image is enhanced as its grey channel."""
+    from ..data.formats import split_dataset
+
+    return f"{split_dataset(path)[0]} is grey with an alpha channel: its grey values are enhanced, its alpha (where the picture is opaque) is left out"
 
 
 def _warn_if_unfinished(path: str | Path) -> None:

@@ -174,6 +174,9 @@ def predict(
             "compute": {"cluster": cluster, "device": device} if cluster is not None
             else {"device": str(dev), "network": "bfloat16" if bf16 else "float32"},
             **({"origin": [float(o) for o in origin]} if origin is not None else {}),
+            # what lower/upper are: the interval's coverage on the calibration data, its scale (bound
+            # = scale x uncertainty), and whether this run sampled as calibrated (uncertainty.settings_match)
+            **({"bounds": {"coverage": round(1 - alpha, 6), "scale": float(q), "settings": match}} if calibration else {}),
             # bounds widened for an input noisier than the calibration data, per output plane
             **({"bounds_widened": list(error.widen)} if any(w > 1 for w in error.widen) else {}),
             # and where that widening is past what keeps them a calibrated interval
