@@ -36,6 +36,11 @@ class StaleRunError(EMDiffuseError):
     was resumed or started again): the block is not written."""
 
 
+class BlockError(EMDiffuseError):
+    """A prediction stopped by a block that failed for good (out of memory, a disk error, a lost
+    worker): its finished blocks are kept, and the message says where and how to continue."""
+
+
 class LaunchError(EMDiffuseError):
     """A distributed launch (torchrun, srun) that cannot run: bad launcher variables, a peer
     process that failed, a process group that cannot form."""

@@ -30,7 +30,7 @@ from ..variants import get_variant, model_options
 from ..variants.base import Geometry, Variant
 from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
-from .predict_output import PredictionOutput, describe_compute, describe_region, finish_in_memory, in_memory, result_bytes
+from .predict_output import PredictionOutput, block_failure, describe_compute, describe_region, finish_in_memory, in_memory, result_bytes
 from .threads import in_thread
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def predict(
                 done[block.index] = True
                 offset += runner.steps(block)
 
-        complete = True
+        complete, failed = True, None
         try:
             if cluster is not None:
                 from .cluster import WorkerSpec, run_on_cluster
@@ -239,8 +239,21 @@ def predict(
                 yield from in_thread(work, events, cancel)
         except Cancelled:
             complete = False
+        except Exception as err:  # a block failed for good: a store keeps the finished ones, as after a cancel
+            if out is None or not out.names.store or not any(done):
+                raise
+            complete, failed = False, err
         complete = complete and all(done)
         region = () if complete else finished_region(blocks, done)
+        if failed is not None:
+            assert out is not None and out.store_path is not None
+            what = "a block on the cluster" if cluster is not None else _block_words(next(b for b in todo if not done[b.index]), len(blocks), shape)
+            kept = out.store_path  # where it stays if even finishing it fails (the same full disk): PredictionOutput.close keeps it
+            try:
+                kept = out.finish(out_mean, out_std, out_samples, False, region, geometry.voxel, provenance, q, geometry.origin, error)[0][0]
+            except Exception as second:  # noqa: BLE001 - the block's error is the one to report
+                log.info("the store of the failed run could not be finished (%s); it stays at %s", second, kept)
+            raise block_failure(failed, what, kept, len(blocks)) from failed
         if out is not None:
             written, (out_mean, out_std, out_samples, lower, upper) = out.finish(
                 out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q, geometry.origin, error
@@ -257,6 +270,11 @@ def predict(
     finally:
         if out is not None:
             out.close()
+
+
+def _block_words(block: Any, blocks: int, shape: Sequence[int]) -> str:
+    """A block as a user knows it: ``block 3 of 12 (z 8:12 of 48)``."""
+    return f"block {block.index + 1} of {blocks} {describe_region(block.region, shape)}"
 
 
 def _widened_for_noise(

@@ -10,9 +10,12 @@ name is checked (inputs, existing files, ``overwrite``), locked and the free spa
 (:mod:`..data.safe_output`).
 
 A cancelled run keeps only finished blocks: TIFFs named ``OUT.partial.tif`` ..., or the store
-renamed ``OUT.partial.zarr`` with ``complete: false``; a killed run leaves its store under a
-hidden temporary name (``.OUT.zarr.tmp-PID-...``). ``resume`` continues either, computing only
-the blocks not marked done, and refuses a store made with another model, input or settings.
+renamed ``OUT.partial.zarr`` with ``complete: false``; so does a run stopped by a block that
+failed for good, which then ends in a :class:`..errors.BlockError` saying so
+(:func:`block_failure`; a TIFF, written at the end, has nothing to keep); a killed run, or one
+whose store could not even be finished, leaves its store under a hidden temporary name
+(``.OUT.zarr.tmp-PID-...``). ``resume`` continues either, computing only the blocks not marked
+done, and refuses a store made with another model, input or settings.
 
 Every run names itself in its store (the root attribute ``run``, new for each run, a resumed
 store's rewritten): cluster workers write a block only while the store at their path is still
@@ -39,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, pid_alive, replacing_set
-from ..errors import InputError, StaleRunError
+from ..errors import BlockError, InputError, StaleRunError
 from ..data.containers import CHUNK_PX
 from ..uncertainty import POOL_PX, ErrorModel
 from ..variants.base import Block, Geometry
@@ -444,13 +447,28 @@ class PredictionOutput:
         return [path], result_arrays(path)
 
     def close(self) -> None:
-        """Remove an unfinished temporary store and release the lock (also after an error)."""
+        """Release the lock and, after an error, the temporary store: kept under its name where it
+        holds finished blocks (work a plain rerun refuses to discard, ``resume`` continues, as a
+        killed run's), else removed."""
         if self.staged is not None:
-            self.staged.discard()
+            if not blocks_done(self.staged.path):
+                _discard(self.staged.path)
             self.staged = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def block_failure(err: BaseException, what: str, store: Path, blocks: int) -> BlockError:
+    """The error a run of ``blocks`` blocks stopped by a failed one (``what``: which, in words)
+    ends with: first how many ``store`` keeps (its done-markers: on a cluster others may have
+    finished meanwhile) and how to continue them, as a long cause (a CUDA out-of-memory report)
+    must not hide that, then the cause."""
+    cause = " ".join(str(err).split())
+    return BlockError(
+        f"{what} failed: {blocks_done(store)} of {blocks} blocks are kept in {store}; run it again and add --resume "
+        f"to continue. The error: {type(err).__name__}{': ' + cause if cause else ''}"
+    )
 
 
 def _create_store(

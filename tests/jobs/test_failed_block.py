@@ -1,0 +1,114 @@
+"""A block that fails for good (a CUDA out-of-memory, a disk error in one chunk) during
+``emdiffuse predict --output OUT.zarr``: the finished blocks are kept, marked, for ``--resume``,
+the exit status is not 0 and one line says what failed, what is kept and how to continue. A
+TIFF output, written at the end, has nothing finished to keep: nothing is left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_emdiffuse.cli import main
+from napari_emdiffuse.jobs import blocks as blocks_module
+from napari_emdiffuse.jobs import predict_output
+
+OOM = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB")
+
+
+def fail_after(monkeypatch: pytest.MonkeyPatch, finished: int, error: BaseException = OOM) -> None:
+    """Blocks compute as usual until ``finished`` of them are done in this run; the next raises ``error``."""
+    original = blocks_module.BlockRunner.run
+    ran: list[int] = []
+
+    def run(self, image, block, *args, **kwargs):
+        if len(ran) == finished:
+            raise error
+        out = original(self, image, block, *args, **kwargs)
+        ran.append(block.index)
+        return out
+
+    monkeypatch.setattr(blocks_module.BlockRunner, "run", run)
+
+
+@pytest.fixture
+def cli_args(small_stack, tmp_path, random_model) -> list[str]:
+    model = random_model("tiny")
+    model.save(tmp_path / "m")
+    tifffile.imwrite(tmp_path / "in.tif", small_stack)
+    return ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu", "-q"]
+
+
+def error_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def markers(store: Path) -> list[int]:
+    return [int(v) for v in zarr.open_array(str(store / ".blocks_done"), mode="r")[:]]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".lock")
+
+
+def test_a_failed_block_keeps_the_finished_ones_and_resume_completes_them(cli_args, tmp_path, monkeypatch, capsys, store_results, ran_blocks):
+    out, partial = tmp_path / "o.zarr", tmp_path / "o.partial.zarr"
+    assert main([*cli_args, "--output", str(tmp_path / "whole.zarr")]) == 0
+    with monkeypatch.context() as m:
+        fail_after(m, 2)
+        capsys.readouterr()
+        assert main([*cli_args, "--output", str(out)]) == 2
+    err = error_line(capsys)
+    assert f"block 3 of 4 (z 2:3 of 4) failed: 2 of 4 blocks are kept in {partial}; run it again and add --resume to continue" in err
+    assert err.endswith("The error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB")
+    assert not out.exists() and markers(partial) == [1, 1, 0, 0] and leftovers(tmp_path) == []
+    assert zarr.open_group(str(partial), mode="r").attrs["complete"] is False
+
+    with monkeypatch.context() as m:  # resumed, and failing again before a block is finished: still kept
+        fail_after(m, 0, OSError(5, "Input/output error"))
+        assert main([*cli_args, "--output", str(out), "--resume"]) == 2
+    assert "block 3 of 4 (z 2:3 of 4) failed: 2 of 4 blocks are kept" in error_line(capsys)
+    assert markers(partial) == [1, 1, 0, 0] and leftovers(tmp_path) == []
+
+    ran_blocks.clear()
+    assert main([*cli_args, "--output", str(out), "--resume"]) == 0
+    assert sorted(ran_blocks) == [2, 3] and not partial.exists() and leftovers(tmp_path) == []
+    a, b = store_results(tmp_path / "whole.zarr"), store_results(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_a_store_that_cannot_be_finished_after_a_failed_block_stays_under_its_temporary_name(cli_args, tmp_path, monkeypatch, capsys):
+    """The same full disk that failed the block fails pooling the uncertainty: the finished blocks
+    stay, under the hidden temporary name a killed run's do, and the message names it."""
+    out = tmp_path / "o.zarr"
+    with monkeypatch.context() as m:
+        fail_after(m, 1, OSError(28, "No space left on device"))
+        m.setattr(predict_output, "pool_uncertainty", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        assert main([*cli_args, "--output", str(out)]) == 2
+    err = error_line(capsys)
+    temps = list(tmp_path.glob(".o.zarr.tmp-*"))
+    assert len(temps) == 1 and markers(temps[0]) == [1, 0, 0, 0]
+    assert f"block 2 of 4 (z 1:2 of 4) failed: 1 of 4 blocks are kept in {temps[0]}; run it again and add --resume" in err
+    assert main([*cli_args, "--output", str(out)]) == 2  # a plain rerun does not throw them away unasked
+    assert "left 1 finished blocks beside it" in error_line(capsys)
+    assert main([*cli_args, "--output", str(out), "--resume"]) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["complete"] is True and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, finished", [("o.zarr", 0), ("o.tif", 2)])
+def test_with_nothing_finished_to_keep_nothing_is_left_behind(cli_args, tmp_path, monkeypatch, capsys, name, finished):
+    """A store whose first block fails, and a TIFF (written at the end) whatever failed: the error
+    as it is, and no file, temporary or partial result beside the input."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fail_after(monkeypatch, finished)
+    assert main([*cli_args, "--output", str(tmp_path / name)]) != 0
+    assert "CUDA out of memory" in error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
