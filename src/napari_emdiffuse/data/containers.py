@@ -205,6 +205,17 @@ def _ngff_attrs(voxel: Sequence[float], ndim: int, name: str, levels: int = 1, f
 CHUNK_PX = 512
 
 
+def chunk_size(array: Any, axis: int) -> int:
+    """Pixels along ``axis`` in one chunk of ``array`` (zarr, h5py; dask: its first chunk's; 1 for
+    an array without chunks, numpy or a memory-mapped TIFF): a reader that takes a chunked input
+    whole chunks at a time along it reads each chunk once."""
+    chunks = getattr(array, "chunks", None)
+    if not chunks:
+        return 1
+    size = chunks[axis]
+    return max(1, int(size[0] if isinstance(size, tuple) else size))
+
+
 def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     """One plane deep, up to 512 x 512: tiles that predict and napari read quickly."""
     return (1,) * (len(shape) - 2) + tuple(min(int(s), CHUNK_PX) for s in shape[-2:])

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__, uncertainty
 from ..config import SampleConfig
+from ..data.containers import chunk_size
 from ..data.image import known_pixel_um
 from ..data.normalise import Normaliser, fit_normaliser
 from ..data.safe_output import SOFTWARE
@@ -281,15 +282,16 @@ def _widened_for_noise(
     error: uncertainty.ErrorModel, image: Any, calibrated: float, variant: Variant, cover: int
 ) -> tuple[uncertainty.ErrorModel, Message | None, dict[str, Any] | None]:
     """The error model with its bounds widened for input planes noisier than the calibration
-    data (a volume variant: by the median plane, as its slices are generated together), the
+    data (a volume variant: by the median plane, as its slices are generated together, of at most
+    :data:`.uncertainty.NOISE_PLANES` evenly spaced), the
     message that says so (None: nothing widened), and, where a plane clearly noisier is widened
     beyond :data:`.uncertainty.CALIBRATED_WIDENING`, the provenance's record of it (``planes``: a
     flag per widening, ``note``: what it means for the ``cover`` % interval; None: no such plane).
     Bounds widen from :data:`.uncertainty.NOISE_TOLERANCE` on, whatever the image's size (the safe
     side); a ratio within what the measure varies on an image that small
     (:func:`.uncertainty.noise_tolerance`) is said as such, not as a warning."""
-    noise = uncertainty.input_noise(image)
     volume = 2 not in variant.input_ndims
+    noise = uncertainty.input_noise(image, uncertainty.NOISE_PLANES if volume else None)
     if volume:
         noise = np.array([np.median(noise)])
     widen = uncertainty.widening(noise, calibrated, variant.noise_exponent)
@@ -368,8 +370,8 @@ def input_digest(image: Any, cancel: CancelToken | None = None) -> str:
     shape = tuple(int(n) for n in image.shape)
     height, width = shape[-2:]
     depth = shape[0] if len(shape) == 3 else 1
-    chunk_z = _chunk(image, -3) if len(shape) == 3 else 1
-    chunk_y = _chunk(image, -2)
+    chunk_z = chunk_size(image, -3) if len(shape) == 3 else 1
+    chunk_y = chunk_size(image, -2)
     row_bytes = max(1, width * np.dtype(image.dtype).itemsize)
     slab = min(depth, chunk_z)
     rows = max(chunk_y, DIGEST_READ_BYTES // (slab * row_bytes) // chunk_y * chunk_y)
@@ -386,15 +388,6 @@ def input_digest(image: Any, cancel: CancelToken | None = None) -> str:
         for plane in planes:
             whole.update(plane.digest())
     return f"{DIGEST_SCHEME}:{whole.hexdigest()}"
-
-
-def _chunk(image: Any, axis: int) -> int:
-    """The input's chunk size along ``axis`` (its first chunk's, for dask; 1 for numpy)."""
-    chunks = getattr(image, "chunks", None)
-    if not chunks:
-        return 1
-    size = chunks[axis]
-    return max(1, int(size[0] if isinstance(size, tuple) else size))
 
 
 def weights_digest(model: Model, h: Any = None) -> str:
