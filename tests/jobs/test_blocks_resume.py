@@ -38,9 +38,9 @@ def test_store_is_ome_zarr_0_5_with_scale_and_translation(small_stack, tmp_path,
     from napari_emdiffuse._reader import read_paths
 
     layers = {kw["name"]: kw for _, kw, _ in read_paths(str(tmp_path / "sr.zarr"))}
-    assert layers["sr mean"]["scale"] == pytest.approx((0.05, 0.004, 0.004))
-    assert layers["sr mean"]["translate"] == pytest.approx((0.0, -0.002, -0.002))
-    assert "sr uncertainty" in layers and not any(n.startswith("sr .") for n in layers)
+    assert layers["sr: estimate"]["scale"] == pytest.approx((0.05, 0.004, 0.004))
+    assert layers["sr: estimate"]["translate"] == pytest.approx((0.0, -0.002, -0.002))
+    assert any(n.startswith("sr: error ") for n in layers) and not any(n.startswith("sr: .") for n in layers)
 
 
 def test_an_independent_reader_opens_the_store(small_stack, tmp_path, random_model, fast, store_results):

@@ -25,7 +25,7 @@ def test_superres_tiff_reopens_where_its_zarr_does(random_model, small_stack, tm
     res = run_predict(model, stack, voxel=VOXEL, output=tmp_path / "sr.tif")
     run_predict(model, stack, voxel=VOXEL, output=tmp_path / "sr.zarr")
     tif, tif_u = _layers(tmp_path / "sr.tif")["sr"], _layers(tmp_path / "sr_uncertainty.tif")["sr_uncertainty"]
-    zarr_mean = _layers(tmp_path / "sr.zarr")["sr mean"]
+    zarr_mean = _layers(tmp_path / "sr.zarr")["sr: estimate"]
     assert res.voxel == pytest.approx((0.05, 0.002, 0.002)) and tif[0] == pytest.approx(res.voxel)
     assert zarr_mean[1] == pytest.approx((0.0, -0.001, -0.001)) and tif[1] == pytest.approx(zarr_mean[1])
     assert tif_u[0] == pytest.approx(tif[0]) and tif_u[1] == pytest.approx(tif[1])
@@ -54,6 +54,6 @@ def test_the_command_line_result_lies_where_its_input_does(random_model, small_s
     args = ["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / output), "--device", "cpu", "-q"]
     assert main(args) == 0
     layers = _layers(tmp_path / output)
-    scale, translate = layers["out"] if "out" in layers else layers["out mean"]
+    scale, translate = layers["out"] if "out" in layers else layers["out: estimate"]
     assert scale == pytest.approx((0.05, 0.002, 0.002))
     assert translate == pytest.approx((2.0, 0.4 - 0.001, 0.8 - 0.001))  # half a fine pixel before the coarse centre
