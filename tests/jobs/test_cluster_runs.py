@@ -235,3 +235,21 @@ def test_the_next_run_removes_a_killed_workers_writes_at_a_stores_old_path_and_n
     again.close()
     assert not stale.exists() and not store.exists()
     assert {p: files(p) for p in (mine, alive)} == kept
+
+
+def test_a_worker_cleaning_up_never_hides_its_blocks_own_outcome(tmp_path, monkeypatch):
+    """The review: the worker's cleanup runs in a ``finally``; a folder that vanished while it was
+    looked through (another stale worker removing it) raised FileNotFoundError there, which
+    replaced the block's StaleRunError and made dask retry the block three times."""
+    from napari_emdiffuse.jobs import predict_output
+
+    old = tmp_path / ".o.zarr.tmp-123-abc"
+    (old / "mean" / "0" / "c").mkdir(parents=True)
+
+    def vanishing(self, pattern):
+        yield self / "mean"
+        raise FileNotFoundError(self / "mean" / "0")
+
+    monkeypatch.setattr(type(old), "rglob", vanishing)
+    predict_output.clear_stale_writes(old)  # no error: left for the next run
+    assert old.is_dir()

@@ -31,6 +31,7 @@ form, of a process no longer running, holding nothing but chunk files: no store'
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -47,6 +48,8 @@ from ..data.containers import CHUNK_PX
 from ..uncertainty import POOL_PX, ErrorModel
 from ..variants.base import Block, Geometry
 from .blocks import block_chunks
+
+log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 STORE_SUFFIXES = (".zarr",)
@@ -245,19 +248,28 @@ def _only_block_writes(folder: Path) -> bool:
     """Whether ``folder`` holds nothing but what block writes make (no store's metadata, so no
     run's id: no run can resume it), as a cluster worker of an ended run leaves at its store's old
     path when the store was moved away while it wrote (see :func:`check_run`). A folder holding
-    anything else, a link included, is not one of these."""
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_symlink() or not (_CHUNK_FOLDER if p.is_dir() else _CHUNK_FILE).fullmatch(rel):
-            return False
+    anything else, a link included, is not one of these; nor is one that changes while it is looked
+    through (another worker removing it): left to the next run's look (:meth:`PredictionOutput.claim`)."""
+    try:
+        for p in folder.rglob("*"):
+            rel = p.relative_to(folder).as_posix()
+            if p.is_symlink() or not (_CHUNK_FOLDER if p.is_dir() else _CHUNK_FILE).fullmatch(rel):
+                return False
+    except OSError:
+        return False
     return True
 
 
 def clear_stale_writes(path: Path) -> None:
     """On a cluster worker, after its block: if the store it wrote into has left ``path`` (the run
-    ended, was resumed or started again) and its writes made folders there again, remove them."""
-    if path.is_dir() and own_attrs(path) is None and _only_block_writes(path):
-        _discard(path)
+    ended, was resumed or started again) and its writes made folders there again, remove them.
+    Never raises: it runs after the block's own outcome (a :class:`StaleRunError` or an error of
+    the block), which is what the client must see; what it cannot remove the next run does."""
+    try:
+        if path.is_dir() and own_attrs(path) is None and _only_block_writes(path):
+            _discard(path)
+    except OSError as err:
+        log.info("%s: left for the next run to remove (%s)", path, err)
 
 
 def _discard(store: Path) -> None:
@@ -357,6 +369,7 @@ class PredictionOutput:
             group.attrs.update({"complete": False, "finished": None, RUN: self.run})  # the earlier run's workers no longer write here
             self._record_compute(group, attrs.get("compute"))
             _place(group, attrs, geometry)
+            _record_interval(group, attrs)
         else:
             group = _create_store(self.staged.path, shape, dtype, n_samples, {**attrs, RUN: self.run}, blocks, geometry, self.bounds)
         mean, spread, samples, self.done = open_block_arrays(self.staged.path)
@@ -504,6 +517,22 @@ def _place(group: Any, attrs: dict[str, Any], geometry: Geometry) -> None:
         group.attrs.update({"origin": attrs["origin"]})
     elif "origin" in group.attrs:
         del group.attrs["origin"]
+
+
+#: what a store says of its interval (``lower``/``upper``): its coverage and scale, and the planes
+#: whose bounds were widened, or widened past calibration; the run that finishes it computes them
+INTERVAL_ATTRS = ("bounds", "bounds_widened", "bounds_rough")
+
+
+def _record_interval(group: Any, attrs: dict[str, Any]) -> None:
+    """A resumed store's interval as this run will compute it: the interval is pooled when the
+    run finishes, at this run's ``--alpha`` (not in the resume key: it changes no block), so the
+    store must not keep the coverage the run it continues said."""
+    for key in INTERVAL_ATTRS:
+        if key in attrs:
+            group.attrs[key] = attrs[key]
+        elif key in group.attrs:
+            del group.attrs[key]
 
 
 def check_run(path: Path, run: str) -> None:
