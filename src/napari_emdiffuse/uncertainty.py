@@ -80,12 +80,10 @@ _DARK = 0.02
 #: a plane whose input noise exceeds the calibration data's by more than this factor gets its
 #: bounds widened (:func:`widening`; below it, the measure's spread over content and quantisation)
 NOISE_TOLERANCE = 1.25
-#: the largest widening (:func:`widening`) after which the bounds are still measured to hold as
-#: calibrated: EMDiffuse-n's 90 % bounds widened 1.15-1.24x (an eighth of its calibration dose,
-#: 1.8-2.4 times the noise) covered 90.6 %, EMDiffuse-r's widened 1.47-1.64x (twice the noise)
-#: 83.5 % (docs/benchmarks-calibration.md, ``benchmarks/study_noise_widening.py``). Beyond it a
-#: plane clearly noisier than the calibration data has bounds that are only a rough guide
-#: (:func:`rough_note`)
+#: the widening (:func:`widening`) up to which widened bounds were measured to keep their
+#: coverage (the largest measured that held was 1.24x, the next, 1.47x, did not:
+#: docs/benchmarks-calibration.md, ``benchmarks/study_noise_widening.py``). Beyond it a plane
+#: clearly noisier than the calibration data has bounds that are only a rough guide (:func:`rough_note`)
 CALIBRATED_WIDENING = 1.25
 #: how the noise measure's spread grows on small planes: a plane of ``s`` pixels a side (the
 #: root of its area) reads as clearly noisier beyond ``1 + SMALL_PLANE_SPREAD / sqrt(s)`` (never

@@ -300,7 +300,7 @@ def test_a_bound_widened_past_what_calibration_covers_is_named_a_rough_error_bou
         names[ratio] = (bound.name, bound.metadata["emdiffuse"]["tip"])
     name, tip = names[20.0]
     assert name == "em: rough error bound [grey values]"
-    assert tip.startswith("A rough guide to the error in the image's grey values, not a calibrated 90 % bound: the error bounds of the input are")
+    assert tip.startswith("Error bound in the image's grey values: the error bounds of the input are a rough guide, not a calibrated 90 % interval")
     assert "much noisier than the calibration data" in tip
     assert any("rough guide" in m for m in notes.messages("warning"))
     assert names[1.0][0] == "em: error bound (90 %) [grey values]" and "rough" not in names[1.0][1]

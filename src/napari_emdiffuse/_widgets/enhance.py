@@ -90,7 +90,7 @@ CALIBRATED_TIP = (
     "of pixels, on data like the model's calibration patches. Hidden at first: tick it in the layer list"
 )
 ROUGH_TIP = (
-    "A rough guide to the error in the image's grey values, not a calibrated {cover} % bound: {note}. "
+    "Error bound in the image's grey values: {note}. "
     "Hidden at first: tick it in the layer list"
 )
 UNCALIBRATED_TIP = (
@@ -725,7 +725,7 @@ def _error_bound(error_map: Any, model: Any, sample: Any, rough: str | None = No
     match = uncertainty.settings_match(calibration, sample.sampler, sample.steps, sample.samples)
     name, tip = f"error bound ({uncertainty.coverage_label(1 - alpha, match)})", CALIBRATED_TIP.format(cover=cover)
     if rough:
-        name, tip = "rough error bound", ROUGH_TIP.format(cover=cover, note=rough)
+        name, tip = "rough error bound", ROUGH_TIP.format(note=rough)
     if match != "same":
         tip += ". The bound was " + uncertainty.settings_note(calibration, match)
     return error_map * np.float32(q), name, tip
