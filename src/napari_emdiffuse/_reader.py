@@ -294,7 +294,7 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
         scale = 1.0
         if ours:
             what, scale = _reopened_result(name, attrs)
-            kwargs["name"] = result_name(stem, what)
+            kwargs["name"] = result_name(stem, what, partial=attrs.get("complete") is False)  # as Enhance names a cancelled run's part
         if scale != 1.0:
             data = [level * np.float32(scale) for level in data] if isinstance(data, list) else data * np.float32(scale)
         if name in UNCERTAINTY_NAMES:  # as Enhance shows it: the colours say how large, from zero

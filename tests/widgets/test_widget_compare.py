@@ -233,8 +233,10 @@ def test_the_layer_list_shows_both_ends_of_a_long_name(make_napari_viewer, isbi)
 
 
 def test_one_view_after_a_layer_was_deleted_side_by_side_touches_only_the_layers_it_saved(layers):
-    """The review: captions were saved by the layer's id(), which a new layer may reuse after
-    one side by side was deleted; "One view" would then move and resize the new layer's caption."""
+    """A layer deleted while side by side: a resize fits the others' captions, and "One view"
+    restores theirs and leaves a layer added since as it is. (Captions are kept by layer, not by
+    id(), which a new layer may reuse; a test cannot force that reuse, so this one checks the
+    deletion path around it.)"""
     from qtpy.QtWidgets import QApplication
 
     viewer, raw, smooth, ref, _ = layers

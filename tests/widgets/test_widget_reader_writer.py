@@ -317,3 +317,23 @@ def test_enhance_refuses_a_grey_and_alpha_array_another_reader_gives():
 
     with pytest.raises(InputError, match=r"^layer has 2 samples per pixel \(grey\+alpha; shape \(128, 128, 2\)\)"):
         check_image(np.zeros((128, 128, 2), np.uint8), "layer")
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_reopened_prediction_store_is_named_and_valued_as_enhance_shows_it(tmp_path, complete):
+    """A store of ours reopens with Enhance's names (an unfinished one's as '(partial)', as Enhance
+    names a cancelled run's part: the review found 'o.partial.zarr' named like a finished result)
+    and its error map u shown as the bound q u its record states."""
+    import zarr
+
+    from napari_emdiffuse.data.safe_output import CREATED_BY, SOFTWARE
+
+    group = zarr.open_group(str(tmp_path / f"o{'' if complete else '.partial'}.zarr"), mode="w")
+    for name, value in (("mean", 100.0), ("uncertainty", 2.0), ("lower", 94.0), ("upper", 106.0)):
+        group.full(name=name, shape=(2, 8, 8), fill_value=value, dtype="float32", chunks=(1, 8, 8))
+    group.attrs.update({CREATED_BY: SOFTWARE, "complete": complete, "finished": None, "voxel_size": [0.05, 0.004, 0.004],
+                        "bounds": {"coverage": 0.9, "scale": 3.0, "settings": "fewer steps"}})
+    layers = {kw["name"]: data for data, kw, _ in _reader.read_paths(str(group.store.root))}
+    stem = "o" if complete else "o (partial)"
+    assert set(layers) == {f"{stem}: estimate", f"{stem}: error bound (below 90 %) [grey values]", f"{stem}: lower bound (below 90 %)", f"{stem}: upper bound (below 90 %)"}
+    np.testing.assert_allclose(np.asarray(layers[f"{stem}: error bound (below 90 %) [grey values]"]), 6.0)  # upper - mean

@@ -4,6 +4,7 @@ does, guess the right layers, keep safe defaults, and speak in plain words."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -515,3 +516,23 @@ def test_a_reopened_result_is_not_guessed_as_the_next_input(make_napari_viewer, 
     assert roles["lay: estimate"] == "enhanced" and roles["lay: samples"] == "samples"
     assert [name for name, role in roles.items() if role == "uncertainty"] == [next(n for n in roles if n.startswith("lay: error "))]
     assert LayerPicker(viewer, image_type()).layer().name == "em"
+
+
+def test_a_block_that_ran_out_of_gpu_memory_says_how_to_finish_what_was_kept():
+    """Review: Enhance showed a failed block's message without the out-of-memory advice, and the
+    advice it gave elsewhere (a smaller tile) would start the result afresh: resume needs the
+    same settings, on a device with more memory."""
+    import torch
+
+    from napari_emdiffuse._widgets._common import user_message
+    from napari_emdiffuse.jobs.predict_output import block_failure
+
+    try:
+        raise block_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "block 3 of 4", Path("/nowhere/o.zarr"), 4)
+    except Exception as err:  # noqa: BLE001 - as the job raises it: from its cause
+        failed = err
+    failed.__cause__ = torch.OutOfMemoryError("CUDA out of memory")
+    text = user_message(failed, 512)
+    assert text.startswith("Block 3 of 4 failed:") and "tick 'Resume'" in text
+    assert "The GPU ran out of memory: resume on the CPU (slower) or on a GPU with more memory" in text
+    assert "start the result afresh" in user_message(failed) and "ran out" not in user_message(block_failure(ValueError("x"), "block 1 of 2", Path("/nowhere/o.zarr"), 2))

@@ -117,7 +117,13 @@ def user_message(err: BaseException, tile_size: int | None = None, names: Mappin
     """What went wrong, for a biologist: the message of a user error, a hint for memory trouble
     (``names``: the panel's labels of the preset keys it names, see :func:`plain_words`)."""
     if isinstance(err, EMDiffuseError):
-        return plain_words(str(err), names)
+        text = plain_words(str(err), names)
+        if err.__cause__ is not None and is_out_of_memory(err.__cause__):  # a block failed for want of GPU memory, others kept
+            text += (
+                " The GPU ran out of memory: resume on the CPU (slower) or on a GPU with more memory; a smaller "
+                "tile size, fewer samples or a smaller tile batch start the result afresh."
+            )
+        return text
     if is_out_of_memory(err):
         now = f" (now {tile_size} px)" if tile_size else ""
         return (
