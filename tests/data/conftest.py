@@ -30,6 +30,17 @@ def apply_warp(image, qy, qx):
     return cv2.remap(np.asarray(image, np.float32), qx, qy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
+def edge_warp(image, width, amp):
+    """A section warp at an edge: ``image`` (wider than ``width``) seen over its first ``width``
+    columns, its lower right carried ``amp`` px further right (a smooth bump, ramping up over the
+    last 100 columns), so the right edge shows up to ``amp`` px of what lies past ``width``.
+    Returns the warped image and, for every pixel, how far right of its position the content comes from."""
+    h = image.shape[0]
+    yy, xx = np.mgrid[0:h, 0:width].astype(np.float32)
+    d = amp * np.exp(-(((yy - 0.7 * h) / (0.15 * h)) ** 2)) * np.clip((xx - (width - 100)) / 100, 0, 1)
+    return cv2.remap(np.asarray(image, np.float32), xx + d, yy, cv2.INTER_CUBIC), d
+
+
 def heavy_noise(image01, seed=0, peak=5.0, read=0.05):
     """5 counts at full scale (SNR about 1.5 at mid grey) plus read noise: a very low dose."""
     rng = np.random.default_rng(seed)
@@ -69,4 +80,4 @@ def fibsem_crop(fibsem_path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def distort() -> SimpleNamespace:
     """The distortion helpers above (test modules cannot import this file under importlib mode)."""
-    return SimpleNamespace(known_warp=known_warp, apply_warp=apply_warp, heavy_noise=heavy_noise, drifted=drifted)
+    return SimpleNamespace(known_warp=known_warp, apply_warp=apply_warp, edge_warp=edge_warp, heavy_noise=heavy_noise, drifted=drifted)

@@ -84,6 +84,20 @@ def test_aligned_pairs_keep_their_edge_patches_and_a_shifted_target_loses_only_t
         assert sum(shifted["patches_kept"].values()) == 2 * cut
 
 
+def test_patches_a_warp_carries_past_the_targets_edge_are_not_covered(tmp_path, isbi_path, distort):
+    """Noisy inputs whose lower right is warped 4 px past the clean target's edge (dose 20): the
+    two right-hand patches holding pixels more than 2.5 px past the edge (the flow's own wander,
+    2 px, beyond the half pixel an edge pixel covers) used to be kept with the target's edge
+    repeated into them; every other patch lies within half a pixel of its target and is kept."""
+    opts = replace(OPTS, patch=128)
+    clean = tifffile.imread(isbi_path, key=range(4))[:, :384].astype(np.float32) / 255
+    noisy = np.stack([poisson_gaussian(np.clip(distort.edge_warp(c, 384, 4.0)[0], 0, 1), 20, 0.03, seed=z) for z, c in enumerate(clean)])
+    report = run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(clean[..., :384], VOXEL), tmp_path / "w.zarr", opts=opts))
+    cut = sum("kept" in s for s in report["slices"])
+    assert report["patches_rejected"] == {"misaligned": 0, "not covered": 2 * cut, "flat": 0}
+    assert sum(report["patches_kept"].values()) == 7 * cut
+
+
 def test_unrelated_pairs_yield_no_training_set(tmp_path, pair, fibsem_path):
     noisy, _, _ = pair
     other = tifffile.imread(fibsem_path, key=range(5))[:, :256, :256]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_emdiffuse.data.degrade import poisson_gaussian
-from napari_emdiffuse.data.register import RegistrationError, correct_drift, estimate_drift, register_pair
+from napari_emdiffuse.data.register import FLOW_SLACK, RegistrationError, correct_drift, estimate_drift, register_pair
 from napari_emdiffuse.errors import InputError
 
 
@@ -54,6 +54,22 @@ def test_only_pixels_the_target_does_not_reach_count_as_not_covered(isbi_slice, 
     assert shifted.warped[:, 464:].max() == 0  # nothing made up where the target is missing
     nudged = register_pair(poisson_gaussian(isbi_slice[:, 2:], peak, 0.03), isbi_slice[:, :-2])
     assert nudged.valid[:, :508].all() and not nudged.valid[:, 508:].any()
+
+
+@pytest.mark.parametrize("amp", [4.0, 8.0])
+def test_a_warp_that_carries_the_input_past_the_targets_edge_leaves_it_uncovered_there(isbi_slice, distort, amp):
+    """A section warped by 4 or 8 px at the input's edge shows there what lies past the target's
+    edge. The global transform still places it on the target; the flow sees the warp, and where it
+    carries pixels further past the edge than it wanders by itself they are not covered: not
+    counted, and not filled with the target's edge repeated (0.08 of the range wrong there). The
+    review's case (noise seed 1), where the global transform alone covered all of the 4 px warp."""
+    w = isbi_slice.shape[1] - 40
+    shown, _ = distort.edge_warp(isbi_slice, w, amp)
+    reg = register_pair(poisson_gaussian(np.clip(shown, 0, 1), 20, 0.03, seed=1), isbi_slice[:, :w])
+    past = reg.coords[1] - (w - 0.5)  # how far past the target's edge the flow places each pixel
+    assert past.max() > FLOW_SLACK + 0.5  # the flow sees the warp
+    assert not reg.valid[past > FLOW_SLACK].any()
+    assert reg.warped[past > FLOW_SLACK].max() == 0
 
 
 def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path, distort):
