@@ -119,16 +119,20 @@ def ran_blocks(monkeypatch) -> list[int]:
 
 @pytest.fixture
 def cancelled_early(fast) -> Callable[..., Path]:
-    """``cancelled_early(model, image, output)``: a prediction into ``output`` cancelled at its first
-    progress past zero; returns the partial store it leaves (asserted to be there)."""
+    """``cancelled_early(model, image, output)``: a prediction into ``output`` cancelled as soon as
+    its first block is finished (a run stopped before leaves nothing); returns the partial store
+    it leaves (asserted to be there)."""
+    from unittest import mock
+
     from napari_emdiffuse.jobs.events import new_cancel_token
     from napari_emdiffuse.jobs.predict import predict
+    from napari_emdiffuse.jobs.predict_output import PredictionOutput
 
     def run(model: Model, image: np.ndarray, output: Path) -> Path:
-        token = new_cancel_token()
-        for ev in predict(model, image, sample=fast, output=output, cancel=token):
-            if ev.kind.value == "progress" and ev.done > 0:
-                token.set()
+        token, mark = new_cancel_token(), PredictionOutput.mark_done
+        with mock.patch.object(PredictionOutput, "mark_done", lambda self, block: (mark(self, block), token.set())):
+            for _ in predict(model, image, sample=fast, output=output, cancel=token):
+                pass
         partial = output.with_name(f"{output.stem}.partial.zarr")
         assert partial.is_dir()
         return partial

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import tifffile
@@ -28,10 +29,10 @@ def files(folder):
 def cancelled(model, image, output, fast, resume=False):
     """A prediction into ``output`` cancelled after its first block (resuming: after its first
     further block); the partial store and the run id it carries."""
-    token = new_cancel_token()
-    for ev in predict(model, image, sample=fast, output=output, cancel=token, resume=resume):
-        if ev.kind.value == "progress" and ev.done > 0:
-            token.set()
+    token, mark = new_cancel_token(), PredictionOutput.mark_done
+    with mock.patch.object(PredictionOutput, "mark_done", lambda self, block: (mark(self, block), token.set())):
+        for _ in predict(model, image, sample=fast, output=output, cancel=token, resume=resume):
+            pass
     partial = output.with_name(f"{output.stem}.partial.zarr")
     return partial, zarr.open_group(str(partial), mode="r").attrs[RUN]
 

@@ -5,6 +5,7 @@ TIFF output, written at the end, has nothing finished to keep: nothing is left b
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 import zarr
 
 from napari_emdiffuse.cli import main
+from napari_emdiffuse.cli_jobs import Interrupted
 from napari_emdiffuse.jobs import blocks as blocks_module
 from napari_emdiffuse.jobs import predict_output
 
@@ -106,9 +108,90 @@ def test_a_store_that_cannot_be_finished_after_a_failed_block_stays_under_its_te
 @pytest.mark.parametrize("name, finished", [("o.zarr", 0), ("o.tif", 2)])
 def test_with_nothing_finished_to_keep_nothing_is_left_behind(cli_args, tmp_path, monkeypatch, capsys, name, finished):
     """A store whose first block fails, and a TIFF (written at the end) whatever failed: the error
-    as it is, and no file, temporary or partial result beside the input."""
+    as it is (an unexpected one: exit status 1, as README says), and no file, temporary or
+    partial result beside the input."""
     before = sorted(p.name for p in tmp_path.iterdir())
     fail_after(monkeypatch, finished)
-    assert main([*cli_args, "--output", str(tmp_path / name)]) != 0
-    assert "CUDA out of memory" in error_line(capsys)
+    assert main([*cli_args, "--output", str(tmp_path / name)]) == 1
+    assert error_line(capsys).startswith("emdiffuse predict: internal error: OutOfMemoryError: CUDA out of memory")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_cancel_before_the_first_block_leaves_nothing(small_stack, tmp_path, random_model, fast):
+    """'nothing is written' is what the run says, and what it leaves."""
+    from napari_emdiffuse.jobs.events import new_cancel_token
+    from napari_emdiffuse.jobs.predict import predict
+
+    token, said = new_cancel_token(), []
+    for ev in predict(random_model("tiny"), small_stack, sample=fast, output=tmp_path / "o.zarr", cancel=token):
+        if ev.kind.value == "progress":
+            token.set()
+        elif ev.kind.value == "message":
+            said.append(ev.text)
+    assert said[-1] == "cancelled: no block was finished, nothing is written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_markers_never_remove_a_store(cli_args, tmp_path, monkeypatch, capsys):
+    """The disk error that fails a block, and finishing the store, makes its done-markers
+    unreadable too: the resumed store is kept (its count unknown, said without a number), a plain
+    rerun does not take it for an empty one, and --resume continues it once the disk is back."""
+    out, partial = tmp_path / "o.zarr", tmp_path / "o.partial.zarr"
+    with monkeypatch.context() as m:
+        fail_after(m, 2, OSError(5, "Input/output error"))
+        assert main([*cli_args, "--output", str(out)]) == 2
+    assert markers(partial) == [1, 1, 0, 0]
+    capsys.readouterr()
+    real_open, broken = zarr.open_array, []
+
+    def open_array(store, *args, **kwargs):
+        if broken and str(store).endswith(".blocks_done"):
+            raise OSError(5, "Input/output error")
+        return real_open(store, *args, **kwargs)
+
+    def run(*args, **kwargs):
+        broken.append(True)
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(blocks_module.BlockRunner, "run", run)
+        m.setattr(zarr, "open_array", open_array)
+        m.setattr(predict_output, "pool_uncertainty", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+        assert main([*cli_args, "--output", str(out), "--resume"]) == 2
+        (temp,) = tmp_path.glob(".o.zarr.tmp-*")
+        assert f"block 3 of 4 (z 2:3 of 4) failed: its finished blocks are kept in {temp}; run it again and add --resume" in error_line(capsys)
+        assert main([*cli_args, "--output", str(out)]) == 2
+        assert f"left its finished blocks beside it ({temp.name}); add --resume" in error_line(capsys)
+    assert markers(temp) == [1, 1, 0, 0]
+    assert main([*cli_args, "--output", str(out), "--resume"]) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["complete"] is True and leftovers(tmp_path) == []
+
+
+def test_a_setup_error_on_resume_is_said_as_it_is(cli_args, tmp_path, monkeypatch, capsys):
+    """A misnamed cluster file on --resume is the user's own error, not a failed block: said as
+    it is, the store back where it was, and its provenance claims no cluster part (this run
+    computed nothing)."""
+    out, partial = tmp_path / "o.zarr", tmp_path / "o.partial.zarr"
+    with monkeypatch.context() as m:
+        fail_after(m, 2, OSError(5, "Input/output error"))
+        assert main([*cli_args, "--output", str(out)]) == 2
+    compute = zarr.open_group(str(partial), mode="r").attrs["compute"]
+    capsys.readouterr()
+    nosuch = tmp_path / "nosuch.yaml"
+    assert main([*cli_args, "--output", str(out), "--resume", "--cluster", str(nosuch)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"emdiffuse predict: error: --cluster {nosuch}: not local:N") and "failed" not in last
+    assert markers(partial) == [1, 1, 0, 0] and leftovers(tmp_path) == []
+    assert zarr.open_group(str(partial), mode="r").attrs["compute"] == compute
+
+
+def test_a_second_ctrl_c_says_where_the_finished_blocks_are(cli_args, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C mid-block aborts at once: the store stays under its hidden temporary name,
+    and a warning names it and how to continue."""
+    with monkeypatch.context() as m:
+        fail_after(m, 2, Interrupted(signal.SIGINT))
+        capsys.readouterr()
+        assert main([*cli_args, "--output", str(tmp_path / "o.zarr")]) == 130
+    (temp,) = tmp_path.glob(".o.zarr.tmp-*")
+    assert f"warning: 2 finished blocks are kept in {temp}; run the same command again with --resume to continue them" in capsys.readouterr().err
+    assert markers(temp) == [1, 1, 0, 0]

@@ -14,7 +14,7 @@ import logging
 import queue
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from ..data.image import known_pixel_um
 from ..data.normalise import Normaliser, fit_normaliser
 from ..data.safe_output import SOFTWARE
 from ..engine.device import cpu_has_native_bf16, fallback_note, select_device, uses_bf16
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, ConfigError, DeviceError, InputError
 from ..model_file import Model
 from ..variants import get_variant, model_options
 from ..variants.base import Geometry, Variant
@@ -113,6 +113,7 @@ def predict(
     out = PredictionOutput(output, input_paths, overwrite, n_samples, bool(calibration), resume) if output is not None else None
     if cluster is not None and (out is None or not out.names.store):
         raise InputError("--cluster writes its blocks into a zarr store: give --output OUT.zarr")
+    said = False  # an error raised below says where a kept store is
     try:
         if out is not None:  # before any computation: a refusal now costs nothing
             out.claim(result_bytes(geometry.shape, dtype, n_samples, bool(calibration)))
@@ -228,33 +229,38 @@ def predict(
                 done[block.index] = True
                 offset += runner.steps(block)
 
-        complete, failed = True, None
+        complete, failed, before = True, None, sum(done)
         try:
             if cluster is not None:
                 from .cluster import WorkerSpec, run_on_cluster
 
                 spec = WorkerSpec(model, options, image, cfg, normaliser, device, estimate, keep_samples)
-                yield from run_on_cluster(cluster, spec, todo, out, done, cancel)
+                yield from _recording(run_on_cluster(cluster, spec, todo, out, done, cancel), out, done, before)
             else:
                 yield Progress(0, total, "sampling")
-                yield from in_thread(work, events, cancel)
+                yield from _recording(in_thread(work, events, cancel), out, done, before)
         except Cancelled:
             complete = False
         except Exception as err:  # a block failed for good: a store keeps the finished ones, as after a cancel
             if out is None or not out.names.store or not any(done):
                 raise
             complete, failed = False, err
+        if out is not None and sum(done) > before:
+            out.record_compute()
         complete = complete and all(done)
         region = () if complete else finished_region(blocks, done)
         if failed is not None:
             assert out is not None and out.store_path is not None
-            what = "a block on the cluster" if cluster is not None else _block_words(next(b for b in todo if not done[b.index]), len(blocks), shape)
-            kept = out.store_path  # where it stays if even finishing it fails (the same full disk): PredictionOutput.close keeps it
+            store = out.store_path  # where it stays if even finishing it fails (the same full disk): PredictionOutput.close keeps it
             try:
-                kept = out.finish(out_mean, out_std, out_samples, False, region, geometry.voxel, provenance, q, geometry.origin, error)[0][0]
-            except Exception as second:  # noqa: BLE001 - the block's error is the one to report
-                log.info("the store of the failed run could not be finished (%s); it stays at %s", second, kept)
-            raise block_failure(failed, what, kept, len(blocks)) from failed
+                store = out.finish(out_mean, out_std, out_samples, False, region, geometry.voxel, provenance, q, geometry.origin, error)[0][0]
+            except Exception as second:  # noqa: BLE001 - the first error is the one to report
+                log.info("the store of the failed run could not be finished (%s); it stays at %s", second, store)
+            if isinstance(failed, USER_ERRORS) and sum(done) == before:  # the setup's one-line error, the store back where it was
+                raise failed
+            said = True  # the error names where the store is
+            what = "a block on the cluster" if cluster is not None else _block_words(next(b for b in todo if not done[b.index]), len(blocks), shape)
+            raise block_failure(failed, what, store, len(blocks)) from failed
         if out is not None:
             written, (out_mean, out_std, out_samples, lower, upper) = out.finish(
                 out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q, geometry.origin, error
@@ -270,7 +276,25 @@ def predict(
         yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, region, lower, upper, tuple(written), rough["note"] if rough else None)
     finally:
         if out is not None:
-            out.close()
+            out.close(quiet=said)
+
+
+#: errors of the run's setup (a misnamed cluster file, a device that is not there): raised before
+#: this run finished a block, they are reported as they are, not as a failed block
+USER_ERRORS = (InputError, ConfigError, DeviceError)
+
+
+def _recording(events: Generator[Any, None, None], out: PredictionOutput | None, done: list[bool], before: int) -> Iterator[Any]:
+    """The blocks' ``events``, recording this run's way of computing in a resumed store
+    (:meth:`.PredictionOutput.record_compute`) as soon as one of its blocks is done, so that a
+    run killed later still says it."""
+    try:
+        for event in events:
+            if out is not None and sum(done) > before:
+                out.record_compute()
+            yield event
+    finally:
+        events.close()
 
 
 def _block_words(block: Any, blocks: int, shape: Sequence[int]) -> str:

@@ -5,7 +5,8 @@
 ends. ``OUT.zarr`` is an OME-Zarr 0.5 store filled block by block: one image per result
 (``mean``, ``uncertainty``, ``lower``, ``upper``, ``samples``, each with its scale, units and
 translation), a done-marker per block (``.blocks_done``) and, until it ends, the samples'
-raw spread (``.spread``) from which the uncertainty is pooled. Before anything is computed every
+raw spread (``.spread``) from which the uncertainty is pooled (removed only once the complete
+store is in place: a store under any other name keeps all of it). Before anything is computed every
 name is checked (inputs, existing files, ``overwrite``), locked and the free space measured
 (:mod:`..data.safe_output`).
 
@@ -14,8 +15,10 @@ renamed ``OUT.partial.zarr`` with ``complete: false``; so does a run stopped by 
 failed for good, which then ends in a :class:`..errors.BlockError` saying so
 (:func:`block_failure`; a TIFF, written at the end, has nothing to keep); a killed run, or one
 whose store could not even be finished, leaves its store under a hidden temporary name
-(``.OUT.zarr.tmp-PID-...``). ``resume`` continues either, computing only the blocks not marked
-done, and refuses a store made with another model, input or settings.
+(``.OUT.zarr.tmp-PID-...``), as does one whose rename into place failed after it was pooled
+(``complete: true``). ``resume`` continues either, computing only the blocks not marked done (a
+pooled store is renamed into place as it is), and refuses a store made with another model, input
+or settings.
 
 Every run names itself in its store (the root attribute ``run``, new for each run, a resumed
 store's rewritten): cluster workers write a block only while the store at their path is still
@@ -214,14 +217,23 @@ def _made_by_us(path: Path) -> bool:
         return False
 
 
-def blocks_done(store: Path) -> int:
-    """How many blocks a (killed run's) store finished; 0 for one without block markers."""
+def blocks_done(store: Path) -> int | None:
+    """How many blocks a store finished: 0 for one without block markers (nothing to resume),
+    None where its markers are there but cannot be read (a disk error). Whether a store may be
+    deleted is decided by this count, so only a known 0 means nothing is lost: a caller keeps a
+    store whose count is None."""
     import zarr
 
     try:
-        return int(np.count_nonzero(zarr.open_array(str(store / DONE), mode="r")[:]))
-    except Exception:  # noqa: BLE001 - no markers, or broken ones: nothing to resume
+        os.stat(store / DONE)
+    except (FileNotFoundError, NotADirectoryError):
         return 0
+    except OSError:
+        return None
+    try:
+        return int(np.count_nonzero(zarr.open_array(str(store / DONE), mode="r")[:]))
+    except Exception:  # noqa: BLE001 - broken markers: unknown, not none
+        return None
 
 
 def _dead_temps(final: Path) -> list[Path]:
@@ -307,6 +319,13 @@ class PredictionOutput:
         self.run = uuid.uuid4().hex
         #: on a resume whose earlier runs computed in another way (device, precision): those ways
         self.computed_before: list[dict[str, Any]] = []
+        #: how this run computes, still to be added to a resumed store's ``compute`` (:meth:`record_compute`)
+        self._compute: dict[str, Any] | None = None
+        #: the store held a finished block at some time in this run: never removed by :meth:`close`
+        self.held = False
+        #: the resumed store was finished and pooled already (``complete: true`` under a temporary
+        #: name: its rename failed, or the run was killed after pooling): committed as it is
+        self.pooled = False
 
     def claim(self, nbytes: int) -> None:
         """Refuse now, before computing, whatever would fail or destroy something at the end;
@@ -331,14 +350,16 @@ class PredictionOutput:
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
         self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
         dead = _dead_temps(self.names.mean)  # with the lock held
-        killed = [p for p in dead if not p.name.endswith(REMOVING) and blocks_done(p)]  # a killed run's work
+        # a killed run's work: a store of ours whose markers say it finished blocks, or cannot be read (kept, not guessed empty)
+        killed = [p for p in dead if not p.name.endswith(REMOVING) and own_attrs(p) is not None and blocks_done(p) != 0]
         if self.resume:
             found = [p for p in (partial, *killed) if p.is_dir()]
             self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
         elif killed and not self.overwrite:
             self.close()
+            n = blocks_done(killed[0])
             raise InputError(
-                f"{self.names.mean}: a run that was killed left {blocks_done(killed[0])} finished blocks beside it ({killed[0].name}); "
+                f"{self.names.mean}: a run that was killed left {'its' if n is None else n} finished blocks beside it ({killed[0].name}); "
                 "add --resume to continue it, or --overwrite to start again"
             )
         for store in dead:
@@ -366,30 +387,52 @@ class PredictionOutput:
             os.rmdir(self.staged.path)
             os.rename(self.resumable, self.staged.path)
             group = zarr.open_group(str(self.staged.path), mode="r+")
-            group.attrs.update({"complete": False, "finished": None, RUN: self.run})  # the earlier run's workers no longer write here
-            self._record_compute(group, attrs.get("compute"))
+            # pooled, its raw spread may be removed in part: pooling it again would read the missing chunks as 0
+            self.pooled = group.attrs.get("complete") is True
+            group.attrs.update({RUN: self.run} if self.pooled else {"complete": False, "finished": None, RUN: self.run})  # the earlier run's workers no longer write here
+            self._note_compute(group.attrs.get("compute"), attrs.get("compute"))
             _place(group, attrs, geometry)
-            _record_interval(group, attrs)
+            if not self.pooled:  # a pooled store's interval is the one it says
+                _record_interval(group, attrs)
         else:
             group = _create_store(self.staged.path, shape, dtype, n_samples, {**attrs, RUN: self.run}, blocks, geometry, self.bounds)
         mean, spread, samples, self.done = open_block_arrays(self.staged.path)
-        return mean, spread, samples, [bool(v) for v in self.done[:]]
+        done = [bool(v) for v in self.done[:]]
+        if self.pooled and not all(done):
+            raise InputError(f"{self.resumable}: says it is complete but {len(done) - sum(done)} blocks are not marked done; use --overwrite to start again")
+        self.held = any(done)
+        return mean, spread, samples, done
 
-    def _record_compute(self, group: Any, now: dict[str, Any] | None) -> None:
-        """A resumed store computed partly one way and partly another (bf16 and float32 differ in
-        the last digits) says so in its provenance: ``compute`` becomes ``{"parts": [...]}``."""
-        before = group.attrs.get("compute")
+    def _note_compute(self, before: dict[str, Any] | None, now: dict[str, Any] | None) -> None:
+        """On a resumed store computed another way (bf16 and float32 differ in the last digits),
+        the ways it was computed before (:attr:`computed_before`) and this run's, for
+        :meth:`record_compute` to add."""
         if before is None or now is None:
             return
         runs = list(before["parts"]) if "parts" in before else [before]
         if now not in runs:
-            self.computed_before = runs
-            group.attrs["compute"] = {"parts": [*runs, now]}
+            self.computed_before, self._compute = runs, now
+
+    def record_compute(self) -> None:
+        """This run has finished a block: a resumed store computed partly one way and partly
+        another says so in its provenance (``compute`` becomes ``{"parts": [...]}``). Only then,
+        so that a run stopped before its first block claims no part it did not compute. A disk
+        error here is the block's or the finish's to report: logged, not raised."""
+        if self._compute is None or self.staged is None:
+            return
+        import zarr
+
+        try:
+            zarr.open_group(str(self.staged.path), mode="r+").attrs["compute"] = {"parts": [*self.computed_before, self._compute]}
+            self._compute = None
+        except OSError as err:
+            log.info("%s: this run's way of computing is not recorded yet (%s)", self.staged.path, err)
 
     def mark_done(self, block: Block) -> None:
         """Record a finished block in the store (nothing to record in memory)."""
         if self.done is not None:
             self.done[block.index] = 1
+            self.held = True
 
     @property
     def store_path(self) -> Path | None:
@@ -420,6 +463,8 @@ class PredictionOutput:
         bounds = region_bounds(region, shape) if region is not None else None
         status = {"complete": complete, "finished": bounds, "shape": list(shape)}
         if self.names.store:
+            if region is None:  # nothing finished: the store is removed by close(), as the run says
+                return [], (None,) * 5
             return self._finish_store(mean, spread, q, complete, status, error)
         arrays = finish_in_memory(mean, spread, samples, q, error)
         uncertainty, lower, upper = arrays[1], *arrays[3:]
@@ -449,23 +494,29 @@ class PredictionOutput:
         import zarr
 
         assert self.staged is not None
-        group = zarr.open_group(str(self.staged.path), mode="r+")
-        bounds = (group["lower/0"], group["upper/0"]) if q is not None and "lower" in group else (None, None)
-        pool_uncertainty(mean, spread, q if bounds[0] is not None else None, group["uncertainty/0"], *bounds, error)
-        group.attrs.update(status)
-        if complete:  # the raw spread is needed only to resume
-            del group[SPREAD]
+        if not self.pooled:
+            group = zarr.open_group(str(self.staged.path), mode="r+")
+            bounds = (group["lower/0"], group["upper/0"]) if q is not None and "lower" in group else (None, None)
+            pool_uncertainty(mean, spread, q if bounds[0] is not None else None, group["uncertainty/0"], *bounds, error)
+            group.attrs.update(status)  # "complete": true now also says it is pooled (see allocate)
         path = self.staged.commit(None if complete else OutputNames.partial(self.names.mean))
         self.staged = None
+        if complete:  # the raw spread is needed only to resume: removed once the result is in place, never before
+            _drop_spread(path)
         return [path], result_arrays(path)
 
-    def close(self) -> None:
-        """Release the lock and, after an error, the temporary store: kept under its name where it
-        holds finished blocks (work a plain rerun refuses to discard, ``resume`` continues, as a
-        killed run's), else removed."""
+    def close(self, quiet: bool = False) -> None:
+        """Release the lock and, after an error, the temporary store: removed only where it is
+        known to hold no finished block (none marked, none held in this run); else kept under its
+        name (work a plain rerun refuses to discard, ``resume`` continues, as a killed run's) and,
+        unless ``quiet`` (the caller's error says so), a warning says where."""
         if self.staged is not None:
-            if not blocks_done(self.staged.path):
-                _discard(self.staged.path)
+            path, n = self.staged.path, blocks_done(self.staged.path)
+            if n == 0 and not self.held:
+                _discard(path)
+            elif not quiet:
+                what = "its finished blocks are" if n is None else f"{n} finished blocks are"
+                log.warning("%s kept in %s; run the same command again with --resume to continue them", what, path)
             self.staged = None
         if self.lock is not None:
             self.lock.release()
@@ -478,10 +529,21 @@ def block_failure(err: BaseException, what: str, store: Path, blocks: int) -> Bl
     finished meanwhile) and how to continue them, as a long cause (a CUDA out-of-memory report)
     must not hide that, then the cause."""
     cause = " ".join(str(err).split())
+    n = blocks_done(store)
+    kept = "its finished blocks are" if n is None else f"{n} of {blocks} blocks are"
     return BlockError(
-        f"{what} failed: {blocks_done(store)} of {blocks} blocks are kept in {store}; run it again and add --resume "
+        f"{what} failed: {kept} kept in {store}; run it again and add --resume "
         f"to continue. The error: {type(err).__name__}{': ' + cause if cause else ''}"
     )
+
+
+def _drop_spread(store: Path) -> None:
+    """Remove the raw spread from a store in place, complete and pooled: what is left of it, if
+    the removal stops, is a hidden array that nothing reads (a complete store is never resumed)."""
+    try:
+        shutil.rmtree(store / SPREAD)
+    except OSError as err:
+        log.warning("%s: the samples' raw spread, needed only to resume, could not be removed (%s); the result is complete, and it can be deleted", store / SPREAD, err)
 
 
 def _create_store(
@@ -556,7 +618,8 @@ def open_block_arrays(path: Path) -> tuple[Any, Any, Any, Any]:
 
     group = zarr.open_group(str(path), mode="r+")
     samples = group["samples/0"] if "samples" in group else None
-    return group["mean/0"], group[SPREAD], samples, group[DONE]
+    spread = group[SPREAD] if SPREAD in group else None  # a pooled store's may be gone (PredictionOutput.pooled)
+    return group["mean/0"], spread, samples, group[DONE]
 
 
 def result_arrays(path: Path) -> tuple[Any, Any, Any, Any, Any]:
