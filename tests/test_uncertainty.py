@@ -157,6 +157,25 @@ def test_input_noise_reads_each_chunk_once_and_measures_every_plane_as_before(is
     np.testing.assert_array_equal(uncertainty.input_noise(volume[4]), noise[4:5])  # a 2D plane: one value
 
 
+def test_input_noise_of_deep_chunks_holds_at_most_its_slab(isbi_path, monkeypatch):
+    """Chunks deeper than :data:`uncertainty.NOISE_SLAB_BYTES` of the crop (512-deep float32
+    chunks would be 2 GiB) are read in slabs of at most that, each plane measured as before."""
+    volume = _noisy_volume(isbi_path)
+    every = uncertainty.input_noise(volume)
+    plane = 1024 * 1024 * volume.itemsize  # the crop of one plane
+    monkeypatch.setattr(uncertainty, "NOISE_SLAB_BYTES", 3 * plane)
+    read: list[int] = []
+
+    class Counted(Chunked):
+        def __getitem__(self, key):
+            data = super().__getitem__(key)
+            read.append(data.nbytes)
+            return data
+
+    np.testing.assert_array_equal(uncertainty.input_noise(Counted(volume, (10, 256, 256))), every)  # one chunk deep: 10 planes
+    assert max(read) == 3 * plane and sum(read) == 10 * plane
+
+
 def test_input_noise_of_evenly_spaced_planes_reads_only_their_chunks(isbi_path):
     volume = _noisy_volume(isbi_path)
     chunked = Chunked(volume, (1, 512, 512))

@@ -95,6 +95,8 @@ SMALL_PLANE_SPREAD = 4.0
 #: side of the central crop of each plane whose noise is measured: noise belongs to the
 #: acquisition, not to one region, and a montage need not be read whole for it
 NOISE_CROP_PX = 1024
+#: the most :func:`input_noise` reads at once: 64 float32 planes of its crop (512-deep chunks would be 2 GiB)
+NOISE_SLAB_BYTES = 256 * 2**20
 #: the box over which a plane is averaged to measure its contrast without its noise
 CONTRAST_PX = 9
 #: planes of a volume whose noise is measured for a volume variant, evenly spaced: it uses only
@@ -144,8 +146,10 @@ def input_noise(image: Any, planes: int | None = None) -> np.ndarray:
     :data:`CONTRAST_PX` box means, which noise hardly widens (a percentile range of the raw
     plane grows with its noise and would hide it). On a central crop of at most
     :data:`NOISE_CROP_PX` (only that is read), whole chunks deep, so that a volume chunked in
-    depth has each chunk read once, not once per plane. ``planes``: at most that many planes,
-    evenly spaced (:data:`NOISE_PLANES`), for a caller that uses only their median."""
+    depth has each chunk read once, not once per plane; a slab holds at most
+    :data:`NOISE_SLAB_BYTES` (chunks deeper than that are read a few times over instead).
+    ``planes``: at most that many planes, evenly spaced (:data:`NOISE_PLANES`), for a caller
+    that uses only their median."""
     from .data.containers import chunk_size
 
     h, w = (int(n) for n in image.shape[-2:])
@@ -157,12 +161,15 @@ def input_noise(image: Any, planes: int | None = None) -> np.ndarray:
     some = planes is not None and depth > planes
     chosen = np.unique(np.linspace(0, depth - 1, planes).round().astype(int)) if some else np.arange(depth)
     deep = chunk_size(image, 0)
+    most = max(1, NOISE_SLAB_BYTES // (min(h, NOISE_CROP_PX) * min(w, NOISE_CROP_PX) * np.dtype(image.dtype).itemsize))
     out = []
-    for start in range(0, depth, deep):  # a slab of the chosen planes in one chunk's depth: in memory at most a chunk deep
+    for start in range(0, depth, deep):  # a slab of the chosen planes in one chunk's depth, at most `most` planes
         here = chosen[(chosen >= start) & (chosen < start + deep)]
-        if here.size:
-            slab = np.asarray(image[(slice(int(here[0]), int(here[-1]) + 1), *crop)])
-            out += [_contrast_noise(slab[z - here[0]]) for z in here]
+        while here.size:
+            part = here[here < here[0] + most]
+            slab = np.asarray(image[(slice(int(part[0]), int(part[-1]) + 1), *crop)])
+            out += [_contrast_noise(slab[z - part[0]]) for z in part]
+            here = here[part.size :]
     return np.array(out)
 
 
