@@ -687,3 +687,14 @@ def test_the_precision_note_is_given_once_a_session(model_dir, stack, monkeypatc
     image = tifffile.imread(stack)
     said = [[e.text for e in predict(Model.load(model_dir), image, device="cpu") if e.kind is Kind.MESSAGE] for _ in range(2)]
     assert sum("bf16" in t for t in said[0]) == 1 and not any("bf16" in t for t in said[1])
+
+
+def test_info_on_a_stopped_store_whose_markers_cannot_be_read_says_it_does_not_know():
+    """It said "nothing is finished" for markers it could not read (blocks_done gives None then),
+    the very store a plain rerun now refuses to remove for that reason."""
+    from napari_emdiffuse.data.cli_commands import _provenance_lines
+
+    stopped = {"shape": [2, 8, 8], "finished": None, "complete": False, "blocks": 4}
+    assert any("what is finished is unknown" in line for line in _provenance_lines(stopped, None))
+    assert any("2 of 4 blocks are finished" in line for line in _provenance_lines(stopped, 2))
+    assert any("nothing is finished" in line for line in _provenance_lines(stopped, 0))

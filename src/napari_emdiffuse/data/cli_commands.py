@@ -155,7 +155,7 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
         print("warning:  incomplete (preparation was interrupted)")
 
 
-def _provenance_lines(attrs: dict[str, Any], finished_blocks: int = 0) -> list[str]:
+def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0) -> list[str]:
     """What made one of our outputs and whether it is complete, from its provenance (and, for a
     store whose run was killed before it could say what it finished, its block markers)."""
     from ..jobs.predict_output import describe_bounds, describe_compute
@@ -171,6 +171,8 @@ def _provenance_lines(attrs: dict[str, Any], finished_blocks: int = 0) -> list[s
         status = "yes"
     elif attrs.get("finished"):
         status = f"NO: only {describe_bounds(attrs['finished'], attrs['shape'])} is finished (the run was stopped)"
+    elif finished_blocks is None:
+        status = "NO: its block markers cannot be read, so what is finished is unknown (the run was stopped; --resume continues it)"
     elif finished_blocks:
         status = f"NO: {finished_blocks} of {attrs.get('blocks', '?')} blocks are finished (the run was stopped; --resume continues it)"
     else:
