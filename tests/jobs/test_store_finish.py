@@ -101,3 +101,25 @@ def test_a_pooled_store_whose_rename_failed_resumes_as_it_is(cli_args, tmp_path,
     assert ran_blocks == [] and not temp.exists() and not (out / ".spread").exists()
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is True
     assert_same(whole, store_results(out))
+
+
+def test_a_pooled_store_resumed_at_another_alpha_says_it_keeps_its_interval(small_stack, tmp_path, monkeypatch, capsys, random_model, fast):
+    """A finished (pooled) store is put in place as it is: its lower/upper stay at the coverage
+    it was pooled at, and a resume asking for another --alpha is told so, not silently ignored."""
+    from napari_emdiffuse import uncertainty
+
+    model = random_model("tiny")
+    model.info.metrics["calibration"] = {
+        "alpha": 0.1, "alphas": list(uncertainty.ALPHAS), "q": [1.0 + i for i in range(len(uncertainty.ALPHAS))],
+        "samples": fast.samples, "steps": fast.steps, "sampler": fast.sampler,
+    }
+    model.save(tmp_path / "m")
+    tifffile.imwrite(tmp_path / "in.tif", small_stack)
+    args = ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu", "--output", str(tmp_path / "o.zarr")]
+    with monkeypatch.context() as m:
+        m.setattr(safe_output.StagedStore, "commit", lambda self, to=None: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        assert main([*args, "-q"]) == 2
+    capsys.readouterr()
+    assert main([*args, "--resume", "--alpha", "0.3"]) == 0
+    assert "was finished already, its lower/upper at 90 % coverage: it is put in place as it is, not at this run's 70 %" in capsys.readouterr().err
+    assert zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["bounds"]["coverage"] == pytest.approx(0.9)

@@ -201,6 +201,11 @@ def predict(
             out_mean, out_std, out_samples, done = out.allocate(shape, dtype, n_samples, provenance, blocks, geometry)
             if any(done):
                 yield Message(f"resuming {out.resumable}: {sum(done)} of {len(blocks)} blocks are done", "info")
+            if out.pooled and out.pooled_bounds and provenance.get("bounds") and out.pooled_bounds["coverage"] != provenance["bounds"]["coverage"]:
+                yield Message(
+                    f"{out.resumable} was finished already, its lower/upper at {round(100 * out.pooled_bounds['coverage'])} % coverage: "
+                    f"it is put in place as it is, not at this run's {round(100 * provenance['bounds']['coverage'])} % "
+                    "(--overwrite computes it again)", "warning")
             if out.computed_before:
                 yield Message(
                     f"{out.resumable}: its finished blocks were computed {' and '.join(map(describe_compute, out.computed_before))}, "

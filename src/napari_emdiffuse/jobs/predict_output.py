@@ -326,6 +326,8 @@ class PredictionOutput:
         #: the resumed store was finished and pooled already (``complete: true`` under a temporary
         #: name: its rename failed, or the run was killed after pooling): committed as it is
         self.pooled = False
+        #: such a store's interval record (``bounds``): the one it keeps, whatever this run's alpha
+        self.pooled_bounds: dict[str, Any] | None = None
 
     def claim(self, nbytes: int) -> None:
         """Refuse now, before computing, whatever would fail or destroy something at the end;
@@ -389,6 +391,7 @@ class PredictionOutput:
             group = zarr.open_group(str(self.staged.path), mode="r+")
             # pooled, its raw spread may be removed in part: pooling it again would read the missing chunks as 0
             self.pooled = group.attrs.get("complete") is True
+            self.pooled_bounds = group.attrs.get("bounds") if self.pooled else None
             group.attrs.update({RUN: self.run} if self.pooled else {"complete": False, "finished": None, RUN: self.run})  # the earlier run's workers no longer write here
             self._note_compute(group.attrs.get("compute"), attrs.get("compute"))
             _place(group, attrs, geometry)
