@@ -37,6 +37,39 @@ def random_model(fast) -> Callable[..., Model]:
     return make
 
 
+@pytest.fixture
+def calibrated_model(random_model, fast) -> Model:
+    """A "tiny" random model calibrated at alpha 0.1 for ``fast``'s sampling settings (scale
+    1 + i at the i-th level of :data:`..uncertainty.ALPHAS`): its runs write lower/upper."""
+    from napari_emdiffuse import uncertainty
+
+    model = random_model("tiny")
+    model.info.metrics["calibration"] = {
+        "alpha": 0.1, "alphas": list(uncertainty.ALPHAS), "q": [1.0 + i for i in range(len(uncertainty.ALPHAS))],
+        "samples": fast.samples, "steps": fast.steps, "sampler": fast.sampler,
+    }
+    return model
+
+
+@pytest.fixture
+def predict_cli(small_stack, tmp_path) -> Callable[[Model], list[str]]:
+    """``predict_cli(model)``: the ``emdiffuse predict`` arguments (without ``--output``) for
+    ``model``, saved, on ``small_stack`` written as a TIFF, on the CPU."""
+
+    def args(model: Model) -> list[str]:
+        model.save(tmp_path / "m")
+        tifffile.imwrite(tmp_path / "in.tif", small_stack)
+        return ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu"]
+
+    return args
+
+
+@pytest.fixture
+def cli_args(predict_cli, random_model) -> list[str]:
+    """Quiet ``emdiffuse predict`` arguments for an untrained "tiny" model (see :func:`predict_cli`)."""
+    return [*predict_cli(random_model("tiny")), "-q"]
+
+
 @pytest.fixture(scope="session")
 def store_results() -> Callable[[Path], dict[str, np.ndarray]]:
     """The images of a prediction store (``mean``, ``uncertainty``, ``samples``) as numpy."""

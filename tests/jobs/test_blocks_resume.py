@@ -202,17 +202,13 @@ def test_sigkill_mid_run_then_resume_computes_only_missing_blocks(small_stack, t
     assert os.listdir(tmp_path / "m")  # the model folder untouched
 
 
-def test_a_store_resumed_at_another_alpha_says_the_interval_it_holds(small_stack, tmp_path, random_model, fast, cancelled_early):
+def test_a_store_resumed_at_another_alpha_says_the_interval_it_holds(small_stack, tmp_path, calibrated_model, fast, cancelled_early):
     """The review: a run cancelled at alpha 0.1 and resumed at 0.3 wrote lower/upper at q(0.3) (a
     70 % interval) while its store still said 90 %: the interval is pooled when the run finishes,
     at that run's alpha, and the store now says what it holds."""
     from napari_emdiffuse import uncertainty
 
-    model = random_model("tiny")
-    model.info.metrics["calibration"] = {
-        "alpha": 0.1, "alphas": list(uncertainty.ALPHAS), "q": [1.0 + i for i in range(len(uncertainty.ALPHAS))],
-        "samples": fast.samples, "steps": fast.steps, "sampler": fast.sampler,
-    }
+    model = calibrated_model
     cancelled_early(model, small_stack, tmp_path / "o.zarr")
     before = zarr.open_group(str(tmp_path / "o.partial.zarr"), mode="r").attrs["bounds"]
     assert before["coverage"] == pytest.approx(0.9)

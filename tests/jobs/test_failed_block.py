@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 import zarr
 
@@ -35,14 +34,6 @@ def fail_after(monkeypatch: pytest.MonkeyPatch, finished: int, error: BaseExcept
         return out
 
     monkeypatch.setattr(blocks_module.BlockRunner, "run", run)
-
-
-@pytest.fixture
-def cli_args(small_stack, tmp_path, random_model) -> list[str]:
-    model = random_model("tiny")
-    model.save(tmp_path / "m")
-    tifffile.imwrite(tmp_path / "in.tif", small_stack)
-    return ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu", "-q"]
 
 
 def error_line(capsys: pytest.CaptureFixture) -> str:

@@ -10,21 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import zarr
 
 from napari_emdiffuse._reader import read_paths
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.data import safe_output
 from napari_emdiffuse.jobs import predict_output
-
-
-@pytest.fixture
-def cli_args(small_stack, tmp_path, random_model) -> list[str]:
-    model = random_model("tiny")
-    model.save(tmp_path / "m")
-    tifffile.imwrite(tmp_path / "in.tif", small_stack)
-    return ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu", "-q"]
 
 
 @pytest.fixture
@@ -103,19 +94,10 @@ def test_a_pooled_store_whose_rename_failed_resumes_as_it_is(cli_args, tmp_path,
     assert_same(whole, store_results(out))
 
 
-def test_a_pooled_store_resumed_at_another_alpha_says_it_keeps_its_interval(small_stack, tmp_path, monkeypatch, capsys, random_model, fast):
+def test_a_pooled_store_resumed_at_another_alpha_says_it_keeps_its_interval(tmp_path, monkeypatch, capsys, predict_cli, calibrated_model):
     """A finished (pooled) store is put in place as it is: its lower/upper stay at the coverage
     it was pooled at, and a resume asking for another --alpha is told so, not silently ignored."""
-    from napari_emdiffuse import uncertainty
-
-    model = random_model("tiny")
-    model.info.metrics["calibration"] = {
-        "alpha": 0.1, "alphas": list(uncertainty.ALPHAS), "q": [1.0 + i for i in range(len(uncertainty.ALPHAS))],
-        "samples": fast.samples, "steps": fast.steps, "sampler": fast.sampler,
-    }
-    model.save(tmp_path / "m")
-    tifffile.imwrite(tmp_path / "in.tif", small_stack)
-    args = ["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tif"), "--device", "cpu", "--output", str(tmp_path / "o.zarr")]
+    args = [*predict_cli(calibrated_model), "--output", str(tmp_path / "o.zarr")]
     with monkeypatch.context() as m:
         m.setattr(safe_output.StagedStore, "commit", lambda self, to=None: (_ for _ in ()).throw(OSError(28, "No space left on device")))
         assert main([*args, "-q"]) == 2
