@@ -99,9 +99,10 @@ NOISE_CROP_PX = 1024
 NOISE_SLAB_BYTES = 256 * 2**20
 #: the box over which a plane is averaged to measure its contrast without its noise
 CONTRAST_PX = 9
-#: planes of a volume whose noise is measured for a volume variant, evenly spaced: it uses only
-#: their median, which 64 of the EPFL FIB-SEM volume's 165 planes gave within 0.2 % of all planes'
-#: (tests/test_uncertainty.py), at a fraction of the reading and computing on a deep volume
+#: planes of a stack whose noise is measured, evenly spaced, where only their median is used (a
+#: volume variant's prediction, calibration): 64 of the EPFL FIB-SEM volume's 165 planes gave it
+#: within 0.2 % of all planes' (tests/test_uncertainty.py), at a fraction of the reading and
+#: computing on a deep volume
 NOISE_PLANES = 64
 
 

@@ -96,7 +96,7 @@ def calibrate(
         "psnr_best": psnr_best,
         "data": source,
         # the input's noise relative to its contrast (median plane): prediction widens the bounds of noisier inputs
-        "input_noise": float(np.median(uncertainty.input_noise(image))),
+        "input_noise": float(np.median(uncertainty.input_noise(image, uncertainty.NOISE_PLANES))),
     }
     metrics_ = {**model.info.metrics, "calibration": calibration}
     calibrated = Model(complete(model.preset), replace(model.info, metrics=metrics_, card=card_with_calibration(model.info.card, calibration)), model.network)
