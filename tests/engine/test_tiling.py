@@ -119,10 +119,27 @@ def test_tile_grid_counts():
 )
 def test_tile_grid_is_the_grid_the_sampler_lays(tile_size, overlap, multiple, grid):
     """What cuts a prediction into blocks, known without building a sampler: the tile rounded to
-    the network's size multiple, the overlap at least 2 px and under half a tile."""
-    sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(2)
-    sampler = TiledSampler(lambda x, s, c: c, get_sampler("ddim"), sig, 1, multiple, tile_size, overlap, 1, 1, torch.device("cpu"))
-    assert tile_grid(tile_size, overlap, multiple) == sampler.grid == TileGrid(*grid)
+    the network's size multiple, the overlap at least 2 px and under half a tile. The sampler's
+    network sees tiles of exactly that size, as many as that grid lays on the plane."""
+    assert tile_grid(tile_size, overlap, multiple) == TileGrid(*grid)
+    seen = []
+
+    def denoise(x, sigma, cond):
+        seen.append(tuple(x.shape[-2:]))
+        return cond
+
+    def run(h: int, w: int) -> int:
+        seen.clear()
+        sig = Schedule.from_config(DiffusionConfig()).sampling_sigmas(2)
+        sampler = TiledSampler(denoise, get_sampler("ddim"), sig, 1, multiple, tile_size, overlap, 1, 1, torch.device("cpu"))
+        img = np.zeros((1, h, w), np.float32)
+        sampler.run(lambda y0, y1: img[:, y0:y1], h, w, np.zeros_like(img), np.zeros_like(img))
+        return len(seen)
+
+    per_tile = run(grid[0], grid[0])  # one tile: the network evaluations of one
+    h, w = 3 * grid[0] + 5, 2 * grid[0] + 1
+    assert run(h, w) == per_tile * len(make_tiles(h, w, *grid))
+    assert set(seen) == {(grid[0], grid[0])}
 
 
 def test_one_pixel_overlap_gives_no_holes():
