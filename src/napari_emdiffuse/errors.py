@@ -4,6 +4,7 @@ one line, the widgets notify it. Kept at the ground floor, so that any module ma
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 
@@ -38,7 +39,12 @@ class StaleRunError(EMDiffuseError):
 
 class BlockError(EMDiffuseError):
     """A prediction stopped by a block that failed for good (out of memory, a disk error, a lost
-    worker): its finished blocks are kept, and the message says where and how to continue."""
+    worker): its finished blocks are kept, and the message says where and how to continue.
+    ``store`` is where they are, for a caller that shows them (the Enhance widget)."""
+
+    def __init__(self, message: str, store: Path | None = None) -> None:
+        super().__init__(message)
+        self.store = store
 
 
 class LaunchError(EMDiffuseError):

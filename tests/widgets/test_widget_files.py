@@ -135,6 +135,66 @@ def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewe
     assert not any(layer in viewer.layers for layer in partial_layers)
 
 
+def test_a_failed_block_shows_the_finished_part_as_a_cancel_does_and_keeps_the_error(
+    make_napari_viewer, em_tiff, tiny_model, open_dock, monkeypatch
+):
+    """Review: after a block that ran out of GPU memory Enhance showed only the error, though the
+    finished blocks were kept in OUT.partial.zarr; they are now added as '(partial)' layers, as
+    after a cancel, beside the error, and go when Resume finishes the result."""
+    import torch
+
+    from napari_emdiffuse.jobs import blocks
+
+    original, ran = blocks.BlockRunner.run, []
+
+    def fail_second(self, image, block, *args, **kwargs):  # as tests/jobs/test_failed_block.py forces a failure
+        if ran:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        ran.append(block.index)
+        return original(self, image, block, *args, **kwargs)
+
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    with monkeypatch.context() as m:
+        m.setattr(blocks.BlockRunner, "run", fail_second)
+        w.run()
+    partial = em_tiff.with_name("em_enhanced.partial.zarr")
+    message = w.controls.status.text()
+    assert f"Block 2 of 3 (z 1:2 of 3) failed: 1 of 3 blocks are kept in {partial}; run it again and tick 'Resume'" in message
+    assert "The GPU ran out of memory" in message and message.endswith("The finished part was added as '(partial)' layers.")
+    enhanced, uncertainty = w.result_layers
+    assert [lyr.name for lyr in viewer.layers][::2] == ["em (partial): estimate", "em (partial): unsure regions"]
+    assert uncertainty.name.startswith("em (partial): ") and uncertainty.name.endswith("[grey values]")
+    assert hasattr(enhanced.data, "dask") and enhanced.data.shape == uncertainty.data.shape == (1, 64, 64)
+    assert float(np.asarray(enhanced.data).std()) > 0 and tuple(enhanced.translate) == pytest.approx(ORIGIN)
+    kept = list(viewer.layers)
+    w.resume.setChecked(True)
+    w.run()  # the finished part is continued; its layers make way for the whole result's
+    assert not partial.exists() and w.result_layers[0].data.shape == (3, 64, 64), w.controls.status.text()
+    assert not any(layer in viewer.layers for layer in kept) and len(viewer.layers) == 3
+
+
+def test_a_kept_part_that_cannot_be_opened_leaves_the_block_error_said(make_napari_viewer, em_tiff, tiny_model, open_dock, monkeypatch, tmp_path):
+    """The disk error that failed a block may make its kept store unreadable too: the status
+    keeps the block's error and says the finished part could not be opened, in one line."""
+    from napari_emdiffuse._widgets import enhance
+    from napari_emdiffuse.errors import BlockError
+
+    def unreadable(store):
+        raise OSError(5, "Input/output error", str(store))
+
+    monkeypatch.setattr(enhance, "kept_result", unreadable)
+    w = _enhance(make_napari_viewer(), open_dock, em_tiff, tiny_model)
+    w._plan = w.plan()
+    w.controls.status.setText("Block 2 of 3 failed: 1 of 3 blocks are kept in o.partial.zarr.")
+    w._on_done(BlockError("block 2 of 3 failed", tmp_path / "o.partial.zarr"))
+    assert w.controls.status.text() == (
+        f"Block 2 of 3 failed: 1 of 3 blocks are kept in o.partial.zarr. The finished part could not be opened: "
+        f"[Errno 5] Input/output error: '{tmp_path / 'o.partial.zarr'}'"
+    )
+    assert w.result_layers == [] and w._plan is None
+
+
 def _bad_paths(tmp_path, isbi):
     broken = tmp_path / "broken.tif"
     broken.write_text("not an image")

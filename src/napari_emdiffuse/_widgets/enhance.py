@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import InputError
+from ..errors import BlockError, InputError
 from ..jobs.events import Event, PredictResult
 from ..jobs.predict_output import result_bytes
 from . import _common
@@ -575,17 +575,20 @@ class EnhanceWidget(DockWidget):
         """The result (progress and messages are shown by the job controls)."""
         match event:
             case PredictResult(complete=True):
-                self._drop_store_layers(self._plan.output)
-                self._add_results(event)
-                self._remember_store_layers()
+                self._show(event)
             case PredictResult(finished=None):
                 self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
             case PredictResult(finished=region):
-                self._drop_store_layers(self._plan.output)
-                self._add_results(event, region)
-                self._remember_store_layers()
+                self._show(event, region)
                 where = f" (also in {event.written[0]}; run again with Resume ticked to finish it)" if event.written else ""
                 self.controls.status.setText(f"Cancelled: the part finished so far was added as '(partial)' layers{where}.")
+
+    def _show(self, result: PredictResult, region: tuple[slice, ...] | None = None) -> None:
+        """Add a run's result as layers (``region``: a stopped run's finished part, as '(partial)'
+        layers), in place of the layers of an earlier run into the same store."""
+        self._drop_store_layers(self._plan.output)
+        self._add_results(result, region)
+        self._remember_store_layers()
 
     def _remember_store_layers(self) -> None:
         """The layers just added read the store this run wrote (if it wrote one): remembered, to
@@ -607,9 +610,24 @@ class EnhanceWidget(DockWidget):
         if stale:
             QApplication.processEvents()  # napari 0.9 under Xvfb needs the removal drawn before new layers come
 
-
     def _on_done(self, error: BaseException | None) -> None:
+        if isinstance(error, BlockError) and self._plan is not None:
+            self._show_kept(error)
         self._plan = None
+
+    def _show_kept(self, error: BlockError) -> None:
+        """A run stopped by a failed block kept its finished blocks in a store: they are added as
+        a cancelled run's are, and the error (already in the status line) stays there."""
+        message = self.controls.status.text()
+        try:
+            kept = kept_result(error.store) if error.store is not None else None
+            if kept is None:
+                return
+            self._show(kept, kept.finished)
+        except Exception as err:  # noqa: BLE001 - the failed block stays the error reported
+            self.controls.status.setText(f"{message} The finished part could not be opened: {' '.join(str(err).split())}")
+            return
+        self.controls.status.setText(f"{message} The finished part was added as '(partial)' layers.")
 
     def _add_results(self, result: Any, region: tuple[slice, ...] | None = None) -> None:
         """The enhanced image over the input, its uncertainty (hidden) and the regions where the
@@ -729,6 +747,22 @@ def _error_bound(error_map: Any, model: Any, sample: Any, rough: str | None = No
     if match != "same":
         tip += ". The bound was " + uncertainty.settings_note(calibration, match)
     return error_map * np.float32(q), name, tip
+
+
+def kept_result(store: Path) -> PredictResult | None:
+    """What a stopped run kept in ``store`` (an ``OUT.partial.zarr``), as the run returns it after
+    a cancel; None where it is not a stopped prediction of ours or says nothing is finished (as
+    one does whose finishing failed before its uncertainty was pooled)."""
+    from ..data.safe_output import own_attrs
+    from ..jobs.predict_output import result_arrays
+
+    attrs = own_attrs(store) or {}
+    if attrs.get("complete") is not False or not attrs.get("finished"):
+        return None
+    mean, std, samples, lower, upper = result_arrays(store)
+    region = tuple(slice(a, b) for a, b in attrs["finished"])
+    rough = (attrs.get("bounds_rough") or {}).get("note")
+    return PredictResult(mean, std, samples, tuple(attrs["voxel_size"]), False, region, lower, upper, (store,), rough)
 
 
 def isotropic_note(name: str, source: Placement, variant: Any, options: Any, shape: tuple[int, ...]) -> str | None:

@@ -536,7 +536,8 @@ def block_failure(err: BaseException, what: str, store: Path, blocks: int) -> Bl
     kept = "its finished blocks are" if n is None else f"{n} of {blocks} blocks are"
     return BlockError(
         f"{what} failed: {kept} kept in {store}; run it again and add --resume "
-        f"to continue. The error: {type(err).__name__}{': ' + cause if cause else ''}"
+        f"to continue. The error: {type(err).__name__}{': ' + cause if cause else ''}",
+        store,
     )
 
 
