@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_emdiffuse.data.degrade import poisson_gaussian
-from napari_emdiffuse.data.register import FLOW_SLACK, RegistrationError, correct_drift, estimate_drift, register_pair
+from napari_emdiffuse.data.register import FLOW_SLACK, RegistrationError, correct_drift, estimate_drift, ncc, ncc_ceiling, patch_ceiling, patch_ncc, register_pair, smoothed
 from napari_emdiffuse.errors import InputError
 
 
@@ -72,12 +72,41 @@ def test_a_warp_that_carries_the_input_past_the_targets_edge_leaves_it_uncovered
     assert reg.warped[past > FLOW_SLACK].max() == 0
 
 
+@pytest.mark.parametrize("read", [0.0, 0.05])
+def test_the_ceiling_is_the_ncc_a_perfectly_aligned_pair_reaches_through_its_noise(isbi_slice, read):
+    """Shot noise at 0.5 counts per pixel (plus read noise) on the input and white noise on the
+    target: the ceiling, from each image's own noise, predicts what they correlate."""
+    noisy = poisson_gaussian(isbi_slice, 0.5, read, seed=3)
+    target = isbi_slice + np.random.default_rng(4).normal(0, 0.2, isbi_slice.shape).astype(np.float32)
+    (a, na), (b, nb) = smoothed(noisy, 2.0), smoothed(target, 2.0)
+    measured, ceiling = ncc(a, b), ncc_ceiling(a, b, na, nb)
+    assert 0.4 < ceiling < 0.8 and ceiling == pytest.approx(measured, abs=0.03)
+    assert ncc_ceiling(a, a, np.zeros_like(a), np.zeros_like(a)) == 1.0
+
+
+def test_an_aligned_pair_at_a_quarter_count_keeps_its_patches_and_one_patch_off_does_not(isbi_slice):
+    """At 0.25 counts per pixel noise holds the NCC of aligned 128 px patches near 0.5: a fixed
+    --min-ncc of 0.6 refused almost all of them (and some such pairs as unrelated). Judged against
+    their noise's ceiling they are kept; a target one patch off, as noisy, still is not."""
+    noisy = poisson_gaussian(isbi_slice, 0.25, 0.03, seed=7)
+    reg = register_pair(noisy, isbi_slice)
+    assert np.nanmedian(reg.patch_ncc) < 0.6  # the old rule refuses them
+    assert reg.kept.mean() >= 0.95 and reg.summary()["ncc_ceiling"] < 0.7
+    (a, na) = smoothed(noisy, 2.0)
+    full = np.ones(noisy.shape, bool)
+    for axis in (0, 1):
+        b, nb = smoothed(np.roll(isbi_slice, 128, axis), 2.0)
+        assert np.nanmax(patch_ncc(a, b, full, 128) / patch_ceiling(a, b, full, 128, na, nb)) < 0.6
+
+
 def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path, distort):
     import tifffile
 
     other = tifffile.imread(fibsem_path, key=100).astype(np.float32)
     with pytest.raises(RegistrationError, match="same place"):
         register_pair(distort.heavy_noise(isbi_slice), other)
+    with pytest.raises(RegistrationError, match="same place"):  # however noisy: not the same place
+        register_pair(poisson_gaussian(isbi_slice, 0.25, 0.03), other)
     with pytest.raises(RegistrationError):
         register_pair(isbi_slice, np.random.default_rng(0).random(isbi_slice.shape).astype(np.float32))
 

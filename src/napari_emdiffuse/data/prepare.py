@@ -53,7 +53,7 @@ class PrepareOptions:
     """How pairs are turned into patches (the command line's ``emdiffuse prepare`` flags)."""
 
     patch: int = 256  # stored patch size in target pixels: at least 1.5 x the training patch
-    min_ncc: float = 0.6  # patches that correlate less after registration are rejected
+    min_ncc: float = 0.6  # patches that correlate less after registration, relative to what their noise allows, are rejected
     min_std: float = 0.05  # ... and those with less contrast (normalised units, -1..1)
     val_fraction: float = 0.1
     register: bool = True
@@ -202,10 +202,10 @@ def _pairs_to_set(
                 slices.append(entry)
                 rejected["misaligned"] += len(train_c) + len(val_c)
                 continue
-            warped, scores, covered = reg.warped, reg.patch_ncc, reg.valid
+            warped, aligned, covered = reg.warped, reg.kept, reg.valid
             entry.update(reg.summary())
         else:
-            warped, scores, covered = t_plane.astype(np.float32), None, None
+            warped, aligned, covered = t_plane.astype(np.float32), None, None
         bad: list[tuple[int, int]] = []
         index = {c: divmod(k, w // geom.input) for k, c in enumerate(corners)}  # corner -> score cell
         for split, chosen in (("train", train_c), ("val", val_c)):
@@ -215,7 +215,7 @@ def _pairs_to_set(
                 tpatch = warped[tsl]
                 if covered is not None and not covered[tsl].all():  # the target does not reach here
                     reason = "not covered"
-                elif scores is not None and not scores[index[(y, x)]] >= opts.min_ncc:
+                elif aligned is not None and not aligned[index[(y, x)]]:
                     reason = "misaligned"
                 elif not has_structure(tpatch, n_tg, opts.min_std):
                     reason = "flat"

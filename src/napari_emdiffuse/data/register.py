@@ -12,8 +12,11 @@ pairs teaches a network to blur, so the target is warped onto the input in two s
 
 Both steps work on Gaussian-smoothed copies, so heavy shot noise does not steer them. The
 quality of the result is the normalised cross-correlation (NCC) of the smoothed images in every
-patch; patches below a threshold are rejected. A pair whose global alignment correlates no
-better than unrelated images raises :class:`RegistrationError` instead of returning garbage.
+patch, judged against the NCC their noise allows a perfectly aligned pair (:func:`ncc_ceiling`):
+at a count per pixel or less noise alone holds an aligned patch's NCC well below any fixed
+threshold. Patches below a share of their ceiling are rejected; a pair whose global alignment
+correlates no better than unrelated images raises :class:`RegistrationError` instead of
+returning garbage.
 
 Where the target reaches (the patches it covers) is decided by both steps. The global transform
 pools the whole image and placed the edges of aligned 512 px pairs within half a pixel at 2-5
@@ -29,7 +32,7 @@ Coordinates: for every input pixel ``p = (y, x)`` the registration gives the tar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -41,9 +44,11 @@ from .normalise import to_dtype
 FLOW_SLACK = 2.0
 """How far (input pixels) past the half pixel the target's edge pixels cover the local flow may
 place a pixel that still counts as covered: the flow's own wander. On aligned pairs (ISBI slices
-10-29 and EPFL FIB-SEM, 256 and 512 px, read noise 0.03, 90 pairs per dose) its departure from
-the global placement normal to the edge, in the outermost 16 px, has a 99th percentile of
-2.0-2.6 px at 0.25 counts per pixel, 1.5-1.6 at 0.5, 1.1-1.3 at 1 and 0.7 at 5."""
+20-29 and EPFL FIB-SEM 60-87, 512 px and their central 256 px, read noise 0.03) the flow places
+the outermost 16 px beyond the global placement, normal to the edge, by 1.9-2.1 px at 0.25
+counts per pixel (99th percentile), 1.2-1.4 at 0.5 and 1, 0.8-0.9 at 2, 0.7 at 5 and 0.4 at 20
+(``benchmarks/study_prepare_ncc.py``; a first, one-off measure on 90 pairs per dose gave
+2.0-2.6 px at 0.25 counts)."""
 
 
 @dataclass
@@ -62,26 +67,32 @@ class PairRegistration:
     ncc_local: float  # after the local step
     patch: int
     patch_ncc: np.ndarray  # (rows, cols): NCC in each patch after registration (NaN: not covered)
+    patch_ceiling: np.ndarray  # (rows, cols): the NCC each patch's noise allows (ncc_ceiling; NaN: none)
+    ncc_ceiling: float  # the NCC the whole pair's noise allows (covered area, after the local step)
     min_ncc: float
 
     @property
     def kept(self) -> np.ndarray:
-        """Patches good enough to train on (the squares of :func:`~.patches.grid`)."""
-        return np.nan_to_num(self.patch_ncc, nan=-1.0) >= self.min_ncc
+        """Patches good enough to train on (the squares of :func:`~.patches.grid`): NCC at least
+        ``min_ncc`` of what their noise allows."""
+        return np.nan_to_num(self.patch_ncc / self.patch_ceiling, nan=-1.0) >= self.min_ncc
 
     def summary(self) -> dict[str, Any]:
         good = self.patch_ncc[np.isfinite(self.patch_ncc)]
+        ceilings = self.patch_ceiling[np.isfinite(self.patch_ceiling)]
         return {
             "method": self.method,
             "prominence": round(self.prominence, 2),
             "ncc_before": round(self.ncc_before, 4),
             "ncc_global": round(self.ncc_global, 4),
             "ncc_local": round(self.ncc_local, 4),
+            "ncc_ceiling": round(self.ncc_ceiling, 4),
             "matrix": np.round(self.matrix, 5).tolist(),
             "patch": self.patch,
             "patches": int(good.size),
             "patches_kept": int(self.kept.sum()),
             "patch_ncc_median": round(float(np.median(good)), 4) if good.size else None,
+            "patch_ceiling_median": round(float(np.median(ceilings)), 4) if ceilings.size else None,
             "min_ncc": self.min_ncc,
         }
 
@@ -118,17 +129,74 @@ def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _noise_map(image: np.ndarray) -> np.ndarray:
+    """Every pixel's noise variance, as the square of its 2 x 2 block's diagonal detail (Haar):
+    its mean over an area estimates the white noise's variance there, shot noise that varies with
+    the grey value included. Not :func:`..uncertainty.noise_level`'s median: below about one count
+    per pixel most blocks hold no electron, and their median sees only the read noise."""
+    a = np.asarray(image, np.float32)
+    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+    d = (a[0:h:2, 0:w:2] - a[0:h:2, 1:w:2] - a[1:h:2, 0:w:2] + a[1:h:2, 1:w:2]) / 2
+    full = np.repeat(np.repeat(d * d, 2, 0), 2, 1)
+    return np.pad(full, ((0, a.shape[0] - h), (0, a.shape[1] - w)), mode="edge")
+
+
+def _smoothing_gain(sigma: float) -> float:
+    """What :func:`scipy.ndimage.gaussian_filter` of ``sigma`` leaves of white noise's variance
+    (the sum of its 2D kernel's squared weights)."""
+    if sigma <= 0:
+        return 1.0
+    impulse = np.zeros(8 * int(np.ceil(sigma)) + 1)
+    impulse[impulse.size // 2] = 1.0
+    return float((ndi.gaussian_filter1d(impulse, sigma) ** 2).sum()) ** 2
+
+
+def smoothed(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` as registration compares it (Gaussian of ``sigma``), and the variance its noise
+    leaves in each pixel of that: what :func:`ncc_ceiling` needs."""
+    a = np.asarray(image, np.float32)
+    return ndi.gaussian_filter(a, sigma), _noise_map(a) * _smoothing_gain(sigma)
+
+
+def ncc_ceiling(a: np.ndarray, b: np.ndarray, noise_a: np.ndarray, noise_b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The NCC that ``a`` and ``b`` would reach if perfectly aligned, as far as their noise (per-pixel
+    variances ``noise_a``, ``noise_b``) allows: ``sqrt(signal / total variance)`` of each,
+    multiplied (NaN where no signal is left). A fixed threshold on the NCC refuses aligned
+    low-dose pairs for their noise alone (``benchmarks/study_prepare_ncc.py``)."""
+    if mask is not None:
+        a, b, noise_a, noise_b = a[mask], b[mask], noise_a[mask], noise_b[mask]
+    if a.size < 16:
+        return float("nan")
+    shares = [1.0 - float(np.mean(n)) / max(float(np.var(x, dtype=np.float64)), 1e-30) for x, n in ((a, noise_a), (b, noise_b))]
+    product = max(shares[0], 0.0) * max(shares[1], 0.0)
+    return float(np.sqrt(product)) if product > 0 else float("nan")
+
+
+def _squares(valid: np.ndarray, patch: int) -> Iterator[tuple[tuple[int, int], tuple[slice, slice]]]:
+    """The squares of :func:`~.patches.grid` that are at least 90 % covered: ((row, col), slices)."""
+    from .patches import grid
+
+    cols = valid.shape[1] // patch
+    for k, (y, x) in enumerate(grid(valid.shape[0], valid.shape[1], patch)):
+        sl = (slice(y, y + patch), slice(x, x + patch))
+        if valid[sl].mean() >= 0.9:
+            yield (k // cols, k % cols), sl
+
+
 def patch_ncc(a: np.ndarray, b: np.ndarray, valid: np.ndarray, patch: int) -> np.ndarray:
     """NCC in every square of :func:`~.patches.grid`, as a (rows, cols) array (NaN where less
     than 90 % of the square is covered)."""
-    from .patches import grid
+    out = np.full((a.shape[0] // patch, a.shape[1] // patch), np.nan, np.float32)
+    for cell, sl in _squares(valid, patch):
+        out[cell] = ncc(a[sl], b[sl], valid[sl])
+    return out
 
-    rows, cols = a.shape[0] // patch, a.shape[1] // patch
-    out = np.full((rows, cols), np.nan, np.float32)
-    for k, (y, x) in enumerate(grid(a.shape[0], a.shape[1], patch)):
-        sl = (slice(y, y + patch), slice(x, x + patch))
-        if valid[sl].mean() >= 0.9:
-            out[k // cols, k % cols] = ncc(a[sl], b[sl], valid[sl])
+
+def patch_ceiling(a: np.ndarray, b: np.ndarray, valid: np.ndarray, patch: int, noise_a: np.ndarray, noise_b: np.ndarray) -> np.ndarray:
+    """:func:`ncc_ceiling` in the squares :func:`patch_ncc` scores."""
+    out = np.full((a.shape[0] // patch, a.shape[1] // patch), np.nan, np.float32)
+    for cell, sl in _squares(valid, patch):
+        out[cell] = ncc_ceiling(a[sl], b[sl], noise_a[sl], noise_b[sl], valid[sl])
     return out
 
 
@@ -260,9 +328,10 @@ def register_pair(
     raise it for very noisy inputs. ``local``: add the non-rigid optical-flow step over
     ``flow_window`` pixels, its field smoothed over ``flow_smooth`` pixels (the scale of real
     section warping). ``min_ncc``: patches whose smoothed NCC after registration is below this
-    are rejected. A pair is refused as unrelated when its phase-correlation peak stands less
-    than ``min_prominence`` standard deviations out (unrelated EM images give 4-5, pairs of the
-    same place 10-17 even at 1 electron per pixel) and the global alignment correlates below 0.5.
+    share of their :func:`ncc_ceiling` are rejected. A pair is refused as unrelated when its
+    phase-correlation peak stands less than ``min_prominence`` standard deviations out
+    (unrelated EM images give 4-5, pairs of the same place 10-17 even at 1 electron per pixel)
+    and the global alignment correlates below half its ceiling.
     """
     if factor < 1 or int(factor) != factor:
         raise InputError(f"factor must be a positive integer, got {factor}")
@@ -278,8 +347,8 @@ def register_pair(
     if min(h, w) < 64:
         raise RegistrationError(f"input is {h} x {w}: registration needs at least 64 x 64 pixels")
     moving = cv2.resize(moving_full, (w, h), interpolation=cv2.INTER_AREA) if factor > 1 else moving_full
-    fs = ndi.gaussian_filter(fixed, smooth)
-    ms = ndi.gaussian_filter(moving, smooth)
+    fs, noise_f = smoothed(fixed, smooth)
+    ms, noise_m = smoothed(moving, smooth)
     ncc_before = ncc(fs, ms)
 
     shift, prominence = phase_shift(fs, ms)
@@ -299,11 +368,12 @@ def register_pair(
     coords = placed
     warped_s, valid = warp_to(ms, coords, order=1)
     ncc_global = ncc(fs, warped_s, valid)
-    if prominence < min_prominence and not ncc_global >= 0.5:
+    ceiling = ncc_ceiling(fs, warped_s, noise_f, warp_to(noise_m, coords, order=0)[0], valid)
+    if prominence < min_prominence and not ncc_global >= 0.5 * ceiling:
         raise RegistrationError(
             f"the input and the target do not match: their correlation peak stands {prominence:.1f} standard "
-            f"deviations out ({min_prominence:g} needed) and after alignment they correlate {ncc_global:.2f}. "
-            "Are they images of the same place?"
+            f"deviations out ({min_prominence:g} needed) and after alignment they correlate {ncc_global:.2f}, "
+            f"of the {ceiling:.2f} their noise allows. Are they images of the same place?"
         )
     if valid.mean() < 0.25:
         raise RegistrationError(f"after alignment the target covers only {valid.mean():.0%} of the input")
@@ -315,7 +385,9 @@ def register_pair(
         coords = _coords_from_affine(matrix, (h, w), flow)  # target(A (p + flow(p)))
         warped_s, valid = warp_to(ms, coords, order=1, placed=placed, slack=FLOW_SLACK)
     ncc_local = ncc(fs, warped_s, valid)
-    scores = patch_ncc(fs, warped_s, valid, patch)
+    noise_w = warp_to(noise_m, coords, order=0)[0]
+    ceiling = ncc_ceiling(fs, warped_s, noise_f, noise_w, valid)
+    scores, ceilings = patch_ncc(fs, warped_s, valid, patch), patch_ceiling(fs, warped_s, valid, patch, noise_f, noise_w)
 
     if factor > 1:
         coords, placed = _upsample_coords(coords, factor), _upsample_coords(placed, factor)
@@ -333,6 +405,8 @@ def register_pair(
         ncc_local=ncc_local,
         patch=patch,
         patch_ncc=scores,
+        patch_ceiling=ceilings,
+        ncc_ceiling=ceiling,
         min_ncc=min_ncc,
     )
 
