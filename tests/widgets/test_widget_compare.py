@@ -146,41 +146,56 @@ def _laptop(make_napari_viewer):
     return viewer, w
 
 
-def _caption_extent(viewer, layer):
-    """Where napari draws a layer's caption in its grid cell: (left, right) in screen pixels."""
+def _caption(viewer, layer):
+    """What napari draws as a layer's caption in its grid cell, and where: (text, left, right) in screen pixels."""
     visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer].values()
     caption = next(v for v in visuals if type(v).__name__ == "VispyLayerNameOverlay")
     left = float(caption.node.transform.translate[0])
-    return left, left + caption.x_size
+    return caption.node.text, left, left + caption.x_size
 
 
 def test_grid_captions_fit_their_cells_at_1366_px(make_napari_viewer, isbi, voxel):
     """The error bound's caption (beside its colour bar) and a long result name were cut off in
-    the 2 x 2 grid; each now fits its cell, and "One view" puts the captions back as they were."""
+    the 2 x 2 grid, the bound's at its start (docs/screenshots/04_compare.png); each now fits its
+    cell, a name too long even at 7 pt shortened in its input's part, what it shows kept whole.
+    "One view" puts the captions and the names back as they were."""
     from qtpy.QtWidgets import QApplication
+
+    from napari_emdiffuse._widgets.layers import INTENSITY_UNIT, result_name
 
     viewer, w = _laptop(make_napari_viewer)
     data = isbi[:2].astype(np.float32)
-    layers = [
-        viewer.add_image(data, name="em", scale=voxel),
-        viewer.add_image(data, name=f"{LONG[:24]}: estimate", scale=voxel),
-        viewer.add_image(data, name="em: error bound (90 %) [grey]", scale=voxel, colormap="inferno"),
-        viewer.add_image(data, name="reference", scale=voxel),
-    ]
+    names = ["em", result_name(LONG, "estimate"), result_name(LONG, f"error bound (90 %) [{INTENSITY_UNIT}]"), f"{LONG}_reference"]
+    layers = [viewer.add_image(data, name=name, scale=voxel) for name in names]
     bound = layers[2]
+    bound.colormap = "inferno"
     bound.colorbar.visible = True
     bound.name_overlay.position = bound.colorbar.position  # as Enhance shows an error bound
     w.choose(layers)
     w.side_by_side()
     for _ in range(5):
         QApplication.processEvents()
+    assert viewer.grid.shape == (2, 2)
     cell = viewer.canvas.size[1] / viewer.grid.shape[1]
     for layer in layers:
-        left, right = _caption_extent(viewer, layer)
-        assert 0 <= left and right <= cell, (layer.name, left, right, cell)
-    assert bound.name_overlay.font_size < 10 and layers[0].name_overlay.font_size == 10
+        text, left, right = _caption(viewer, layer)
+        assert text == layer.name and 0 <= left and right <= cell, (text, left, right, cell)
+    assert bound.name_overlay.font_size == 7 and bound.name.endswith(": error bound (90 %) [grey values]")
+    assert bound.name.startswith("2") and "…" in bound.name  # the input's name cut in its middle
+    assert layers[0].name_overlay.font_size == 10 and layers[0].name == "em"
     w.restore_view()
+    assert [lyr.name for lyr in layers] == names
     assert [lyr.name_overlay.font_size for lyr in layers] == [10] * 4 and bound.name_overlay.position == bound.colorbar.position
+
+
+def test_fit_name_keeps_what_a_layer_shows_and_cuts_its_input_in_the_middle():
+    from napari_emdiffuse._widgets.layers import fit_name
+
+    name = "2024-03-11_…aligned_8bit (partial): error bound (90 %) [grey values]"
+    assert fit_name(name, lambda text: True) == name
+    assert fit_name(name, lambda text: len(text) <= 55) == "2024-…_8bit (partial): error bound (90 %) [grey values]"
+    assert fit_name(name, lambda text: False) == "… (partial): error bound (90 %) [grey values]"
+    assert fit_name(LONG, lambda text: len(text) <= 20) == "2024-03-1…igned_8bit"
 
 
 def test_metric_table_fits_its_width_at_1366_px(make_napari_viewer, isbi, voxel):
@@ -253,3 +268,43 @@ def test_one_view_after_a_layer_was_deleted_side_by_side_touches_only_the_layers
     assert (new.name_overlay.position, new.name_overlay.font_size) == ("bottom_left", 13.0)
     assert raw.name_overlay.font_size == ref.name_overlay.font_size != 13.0
     assert w.status.text().startswith("One view")
+
+
+def test_a_layer_removed_side_by_side_is_let_go_at_once_and_the_grid_closes_up(make_napari_viewer, isbi, voxel):
+    """Review: Compare's saved captions (and the swipe) kept a layer removed from the viewer, and
+    its data, alive until "One view". A removed layer now gets its own name and look back and is
+    let go at once; the grid closes up around the others, and closing the panel gives the rest
+    theirs back."""
+    import gc
+    import weakref
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_emdiffuse._widgets.layers import result_name
+
+    viewer, w = _laptop(make_napari_viewer)
+    data = isbi[:2].astype(np.float32)
+    raw, smooth, ref = (viewer.add_image(data + k, name=name, scale=voxel) for k, name in enumerate(("raw", "smoothed", "reference")))
+    bound = viewer.add_image(data, name=result_name(LONG, "error bound (90 %) [grey values]"), scale=voxel)
+    full = bound.name
+    w.choose([raw, smooth])
+    w.start_swipe()
+    w.choose([raw, smooth, ref, bound])
+    w.side_by_side()
+    QApplication.processEvents()
+    assert bound.name != full and viewer.grid.shape == (2, 2)
+    viewer.layers.remove(bound)
+    QApplication.processEvents()
+    assert bound.name == full and bound.visible and not bound.name_overlay.visible  # as it was before
+    gone = weakref.ref(smooth)
+    viewer.layers.remove(smooth)
+    del smooth
+    QApplication.processEvents()
+    gc.collect()
+    assert gone() is None  # nothing keeps it, nor its data
+    assert viewer.grid.shape == (1, 2) and not w.swipe.isEnabled()
+    w.swipe.setValue(10)  # the swipe's other layer is gone: nothing to redraw, no error
+    assert [lyr.visible for lyr in (raw, ref)] == [True, True]
+    viewer.window.remove_dock_widget(w)
+    QApplication.processEvents()
+    assert not viewer.grid.enabled and all(lyr.visible for lyr in viewer.layers)

@@ -2,15 +2,18 @@
 regions where the model is unsure.
 
 Side by side uses napari's grid mode (one camera for all cells, so pan and zoom stay linked);
-the layers' visibility and the grid settings are saved first and restored by "Back to one
-view". The swipe is a new, lazy layer that shows one image left of a split and the other right
-of it. Metrics (PSNR, SSIM, FRC resolution; :mod:`napari_emdiffuse.metrics`) are computed in a
-worker thread on the slice shown, or on the whole volume. No user layer is ever modified.
+the layers' visibility, captions and the grid settings are saved first and restored by "One
+view" (napari's caption is the layer's name, so a name too long for its cell is shortened
+meanwhile), or by closing the panel; a layer removed meanwhile gets its own back at once. The
+swipe is a new, lazy layer that shows one image left of a split and the other right of it.
+Metrics (PSNR, SSIM, FRC resolution; :mod:`napari_emdiffuse.metrics`) are computed in a worker
+thread on the slice shown, or on the whole volume. No user layer's data is ever modified.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .layers import SOURCE_CHARS, Placement, current_plane, elide_middle, image_array, length_text, sample_values, unwrap
+from .layers import SOURCE_CHARS, Placement, current_plane, elide_middle, fit_name, image_array, length_text, sample_values, unwrap
 from .pickers import LayerPicker
 from .qt_helpers import DockWidget, disconnect, image_type, row_layout
 from .regions import MIN_AREA, SIGMA, default_threshold, uncertain_regions
@@ -111,6 +114,37 @@ def _full_name(layer: Any) -> str:
     return f"{layer.name}\nmade from {source}" if source else layer.name
 
 
+@dataclass
+class _Look:
+    """What "Side by side" changes of one layer, as it was before: given back by "One view", or
+    at once when the layer is removed from the viewer."""
+
+    layer: Any  # unwrapped
+    visible: tuple[bool, bool] | None  # the layer's and its caption's visibility (None: added since)
+    caption: tuple[Any, float] | None = None  # its caption's position and size, once shown side by side
+    name: str | None = None  # its own name, while its caption shows a shorter one:
+    shown: str = ""  # this one
+
+    def own(self) -> str:
+        """The layer's own name: the one it had, or one the user gave it while side by side."""
+        return self.name if self.name is not None and self.layer.name == self.shown else self.layer.name
+
+    def name_as(self, text: str) -> None:
+        """Name the layer ``text`` (its own name, or a shorter one for its caption)."""
+        own = self.own()
+        if self.layer.name != text:
+            self.layer.name = text
+        self.name, self.shown = (None, "") if text == own else (own, self.layer.name)  # napari may add " [1]"
+
+    def give_back(self) -> None:
+        """The layer as it was before "Side by side"."""
+        self.name_as(self.own())
+        if self.visible is not None:
+            self.layer.visible, self.layer.name_overlay.visible = self.visible
+        if self.caption is not None:
+            self.layer.name_overlay.position, self.layer.name_overlay.font_size = self.caption
+
+
 class CompareWidget(DockWidget):
     """Two to four layers: side by side, swipe, metrics, uncertainty above a threshold."""
 
@@ -123,6 +157,7 @@ class CompareWidget(DockWidget):
         self.highlight_layer: Any = None
         self.rows: list[dict[str, Any]] = []
         self._in_grid: list[Any] = []  # the layers side by side
+        self._swipe_pair: tuple[Any, Any, Any, tuple[slice, ...]] | None = None  # left, right, the smaller, its region in the larger
 
         self.layer_list = QListWidget()
         self.layer_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
@@ -205,6 +240,8 @@ class CompareWidget(DockWidget):
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self.refresh_layers)
             self.destroyed.connect(lambda *_, e=ev: disconnect(e, self.refresh_layers))
+        events.removed.connect(self._layer_removed)
+        self.destroyed.connect(lambda *_, e=events.removed: disconnect(e, self._layer_removed))
         self.destroyed.connect(lambda *_, r=self.runner: r.cancel())
         self.destroyed.connect(lambda *_, e=napari_viewer.canvas.events.size: disconnect(e, self._fit_captions))
         self.side_button.clicked.connect(lambda: self._guard(self.side_by_side))
@@ -218,6 +255,7 @@ class CompareWidget(DockWidget):
 
     def dock_closed(self) -> None:
         self.runner.cancel()
+        self.restore_view()  # its button goes with the panel, and the layers' names must come back
 
     def _guard(self, action: Any) -> None:
         """Run a button's action; a problem becomes a notification and the status line."""
@@ -278,71 +316,94 @@ class CompareWidget(DockWidget):
         if self._saved_view is None:
             grid = self.viewer.grid
             self._saved_view = {
-                "visible": [(layer, layer.visible, layer.name_overlay.visible) for layer in self.viewer.layers],
-                "captions": [],  # each layer shown side by side, its caption's position and size before
+                "looks": [_Look(unwrap(layer), (layer.visible, layer.name_overlay.visible)) for layer in self.viewer.layers],
                 "grid": (grid.enabled, tuple(grid.shape), grid.stride),
             }
             self.viewer.canvas.events.size.connect(self._fit_captions)  # a resized window fits them again
         for layer in chosen:  # the layers themselves, not their ids: a deleted layer's id can be reused
-            if self._saved_caption(layer) is None:
-                self._saved_view["captions"].append((layer, layer.name_overlay.position, layer.name_overlay.font_size))
+            look = self._look(layer)
+            if look is None:  # added since the first "Side by side"
+                look = _Look(layer, None)
+                self._saved_view["looks"].append(look)
+            if look.caption is None:
+                look.caption = (layer.name_overlay.position, layer.name_overlay.font_size)
         for layer in self.viewer.layers:
             layer.visible = any(unwrap(layer) is c for c in chosen)
             layer.name_overlay.visible = layer.visible  # each cell says what it shows
-        grid = self.viewer.grid
-        grid.stride = 1
-        grid.shape = (1, len(chosen)) if len(chosen) < 4 else (2, 2)
-        grid.enabled = True
         self._in_grid = chosen
-        self._fit_captions()
+        self._lay_out()
         self.viewer.reset_view()
         self.restore_button.setEnabled(True)
         self.status.setText("Side by side: pan and zoom move all views together.")
 
+    def _lay_out(self) -> None:
+        """One cell per layer side by side (2 x 2 for four), each captioned to fit it."""
+        grid = self.viewer.grid
+        grid.stride = 1
+        n = len(self._in_grid)
+        grid.shape = (1, max(n, 1)) if n < 4 else (2, 2)
+        grid.enabled = True
+        self._fit_captions()
+
     def _fit_captions(self, *_: Any) -> None:
         """Each cell's caption (its layer's name) in a font small enough to fit the cell, beside
         the layer's colour bar where they share a corner. A name too long even at
-        :data:`MIN_CAPTION_PT` is put in the right-hand corner, so that its end shows: results of
-        one input share their start and differ by their end ("…: estimate")."""
+        :data:`MIN_CAPTION_PT` is shortened while side by side (:func:`.layers.fit_name`: what
+        the layer shows is kept whole, the input's name cut in its middle), for napari's caption
+        is the layer's name; a layer out of the grid has its own name back."""
         pad = float(self.viewer.canvas.overlay_tiling.padding[0])
         cell = self.viewer.canvas.size[1] / self.viewer.grid.shape[1]
-        for layer in self._in_grid:
-            if not self._still_there(layer):
-                continue  # deleted while side by side
+        for look in self._saved_view["looks"]:
+            layer = look.layer
+            if look.caption is None or not any(layer is c for c in self._in_grid):
+                look.name_as(look.own())
+                continue
             caption, bar = layer.name_overlay, layer.colorbar
-            caption.position = self._saved_caption(layer)[0]
+            caption.position = look.caption[0]
             beside_bar = bar.visible and caption.position == bar.position
             room = cell - 2 * pad - (_colorbar_width(layer) + pad if beside_bar else 0.0)
-            caption.font_size = caption_points(layer.name, room)
-            if _canvas_text_width(layer.name, caption.font_size) > room and not bar.visible:
-                caption.position = "top_right"
+            own = look.own()
+            caption.font_size = points = caption_points(own, room)
+            look.name_as(fit_name(own, lambda text: _canvas_text_width(text, points) <= room))
 
-    def _still_there(self, layer: Any) -> bool:
-        """Whether ``layer`` (unwrapped) is still in the viewer's layer list."""
-        return any(unwrap(other) is layer for other in self.viewer.layers)
+    def _look(self, layer: Any) -> _Look | None:
+        """What "Side by side" saved of ``layer`` (unwrapped; None: nothing)."""
+        return next((look for look in self._saved_view["looks"] if look.layer is layer), None)
 
-    def _saved_caption(self, layer: Any) -> tuple[Any, float] | None:
-        """A layer's caption position and size from before "Side by side" (None: not saved)."""
-        return next(((pos, size) for saved, pos, size in self._saved_view["captions"] if saved is layer), None)
+    def _layer_removed(self, event: Any) -> None:
+        """A layer removed from the viewer gets back what Compare changed of it and is forgotten,
+        so that nothing here keeps it (and its data) alive; the grid closes up."""
+        layer = unwrap(event.value)
+        if self._saved_view is not None and (look := self._look(layer)) is not None:
+            look.give_back()
+            self._saved_view["looks"].remove(look)
+        if any(layer is c for c in self._in_grid):
+            self._in_grid = [c for c in self._in_grid if c is not layer]
+            self._lay_out()
+        if layer is self.swipe_layer or (self._swipe_pair is not None and any(layer is unwrap(x) for x in self._swipe_pair[:3])):
+            self._swipe_pair = None
+            self.swipe.setEnabled(False)
+        if layer is self.swipe_layer:
+            self.swipe_layer = None
+        if layer is self.highlight_layer:
+            self.highlight_layer = None
 
     def restore_view(self) -> None:
-        """Layer visibility and grid settings as they were before "Side by side"."""
+        """Layer visibility, captions, names and grid settings as they were before "Side by side"."""
         if self._saved_view is None:
             return
-        for layer, visible, named in self._saved_view["visible"]:
-            if layer in self.viewer.layers:
-                layer.visible, layer.name_overlay.visible = visible, named
         disconnect(self.viewer.canvas.events.size, self._fit_captions)
-        for layer, position, size in self._saved_view["captions"]:
-            if self._still_there(layer):
-                layer.name_overlay.position, layer.name_overlay.font_size = position, size
+        for look in self._saved_view["looks"]:
+            look.give_back()
         enabled, shape, stride = self._saved_view["grid"]
         grid = self.viewer.grid
         grid.shape, grid.stride, grid.enabled = shape, stride, enabled
         self._saved_view = None
+        self._in_grid = []
+        self.refresh_layers()  # the list as the names are again
         self.restore_button.setEnabled(False)
         self.viewer.reset_view()
-        self.status.setText("One view: the layers' visibility and the grid are as they were before 'Side by side'.")
+        self.status.setText("One view: the layers' visibility, names and the grid are as they were before 'Side by side'.")
 
     def start_swipe(self) -> None:
         """A layer showing the first chosen layer left of the split and the second right of it.
@@ -392,7 +453,7 @@ class CompareWidget(DockWidget):
         return da.where(columns, a, b.rechunk(a.chunks))
 
     def _update_swipe(self, *_: Any) -> None:
-        if self.swipe_layer is not None and self.swipe_layer in self.viewer.layers:
+        if self._swipe_pair is not None and self.swipe_layer is not None and self.swipe_layer in self.viewer.layers:
             self.swipe_layer.data = self._composite()
 
     # ---- metrics -------------------------------------------------------------------------

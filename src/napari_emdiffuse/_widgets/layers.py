@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -56,13 +56,35 @@ def elide_middle(text: str, limit: int) -> str:
     return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
 
 
+#: in a result's name: between its input's name and what it shows; after the input's name of a
+#: stopped run's finished part
+SHOWS, PARTIAL = ": ", " (partial)"
+
+
 def result_name(source: str, what: str, partial: bool = False) -> str:
     """A result layer's name: its input's, cut in the middle when long, and what it shows
     ("em: estimate", "em (partial): estimate" for a cancelled run's finished part), so the layer
     list and a grid caption still say which layer is which. The input's full name stays in the
     layer's metadata (``source_layer`` / ``source_file``), and nothing finds a layer by this
     name (outputs on disk are named from the full one)."""
-    return f"{elide_middle(source, SOURCE_CHARS)}{' (partial)' if partial else ''}: {what}"
+    return f"{elide_middle(source, SOURCE_CHARS)}{PARTIAL if partial else ''}{SHOWS}{what}"
+
+
+def fit_name(name: str, fits: Callable[[str], bool]) -> str:
+    """``name`` as short as ``fits`` (a caption's width) needs: a result's input part cut in its
+    middle, what the layer shows (after the last ": ") and "(partial)" kept whole, for they tell
+    the results of one input apart; a name of another form cut in its middle. At its shortest
+    "…: what it shows", whether or not that fits."""
+    head, sep, what = name.rpartition(SHOWS)
+    if not sep:
+        head, what = name, ""
+    tail = PARTIAL if head.endswith(PARTIAL) else ""
+    head = head.removesuffix(tail)
+    for n in range(len(head), 0, -1):
+        text = f"{elide_middle(head, n)}{tail}{sep}{what}"
+        if fits(text):
+            return text
+    return f"…{tail}{sep}{what}"
 
 
 def is_plugin_output(layer: Any) -> bool:
