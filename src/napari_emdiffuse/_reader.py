@@ -6,7 +6,8 @@ pyramid into a multiscale layer, the position of the first pixel (an OME-Zarr tr
 ImageJ TIFF's origin) into ``translate``, the saved display window (OME-Zarr ``omero``, ImageJ
 ``min``/``max``) or else percentiles of the data into ``contrast_limits``, and a zarr group of
 several arrays (such as a prediction written by ``emdiffuse predict``: ``mean``, ``std``) into one
-layer each, the standard deviation shown as an uncertainty map.
+layer each, the standard deviation shown as an uncertainty map. A prediction's TIFFs (known by
+their provenance) reopen as the store of the same run does: named, valued and placed alike.
 
 An image of several samples per pixel (``meta["colour"]``) never opens as its bare array, whose
 samples napari would show as the last spatial axis (a grey+alpha picture as y slices of x by 2
@@ -31,8 +32,11 @@ log = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
 UNCERTAINTY_NAMES = ("std", "uncertainty")
-#: the role (as the Enhance widget marks its layers) of each array of a prediction's store
-RESULT_ROLES = {"mean": "enhanced", "std": "uncertainty", "uncertainty": "uncertainty", "lower": "bounds", "upper": "bounds", "samples": "samples"}
+#: the role (as the Enhance widget marks its layers) of each array of a prediction's store (and
+#: of a TIFF result's ``sample k``, one of them)
+RESULT_ROLES = {
+    "mean": "enhanced", "std": "uncertainty", "uncertainty": "uncertainty", "lower": "bounds", "upper": "bounds", "samples": "samples", "sample": "samples",
+}  # fmt: skip
 #: Suffixes the core reads that napari reads as well and better (ordinary pictures): not claimed.
 LEFT_TO_NAPARI = (".png",)
 #: Percentiles of the data that set the contrast of a layer with no saved display window.
@@ -114,6 +118,13 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     kwargs["contrast_limits"] = window or contrast_limits(data[-1] if levels > 1 else data)
     if levels > 1:
         kwargs["multiscale"] = True
+    provenance = image.meta.get("provenance") or {}
+    if "finished" in provenance:  # a TIFF emdiffuse predict wrote: as the store of the same run reopens
+        from .jobs.predict_output import tiff_result_stem
+
+        role = provenance.get("role")
+        key = "mean" if role is None else str(role).removesuffix(" bound")
+        data = _as_result(data, kwargs, key, provenance, tiff_result_stem(path, role), path)
     return data, kwargs, "image"
 
 
@@ -271,12 +282,56 @@ def _reopened_result(name: str, attrs: dict[str, Any]) -> tuple[str, float]:
     return name, 1.0
 
 
+def _as_uncertainty(kwargs: dict[str, Any], scale: float) -> None:
+    """As Enhance shows an error map or bound: the colours say how large, from zero."""
+    from ._widgets.layers import UNCERTAINTY_COLORMAP
+
+    top = max(kwargs["contrast_limits"][1] * scale, 1e-6)
+    kwargs.update(colormap=UNCERTAINTY_COLORMAP, contrast_limits=(0.0, top))
+
+
+def _sampled(kwargs: dict[str, Any], ndim: int, sampling: Any, path: Path) -> None:
+    """Place a result without a pixel size by its ``sampling`` (its pixel in its input's pixels,
+    as predict records it; its own scale and translation are in its own pixels): over its input,
+    which napari shows in its pixels, pixel centres where a known pixel size puts them."""
+    try:
+        factors = [float(f) for f in sampling]
+    except (TypeError, ValueError):
+        factors = []
+    if not factors or len(factors) > ndim or not all(np.isfinite(f) and f > 0 for f in factors):
+        log.warning("%s: its recorded sampling %r is unreadable; shown in its own pixels", path, sampling)
+        return
+    factors = [1.0] * (ndim - len(factors)) + factors  # a leading sample axis is not resampled
+    scale, translate = kwargs.get("scale", (1.0,) * ndim), kwargs.get("translate", (0.0,) * ndim)
+    kwargs["scale"] = tuple(float(s) * f for s, f in zip(scale, factors))
+    kwargs["translate"] = tuple(float(t) * f for t, f in zip(translate, factors))
+
+
+def _as_result(data: Any, kwargs: dict[str, Any], key: str, attrs: dict[str, Any], stem: str, path: Path) -> Any:
+    """A part of a prediction (``key``: its array in the store; a TIFF's ``sample k``), from a store
+    or a TIFF alike, as Enhance showed it: named so, the error map as the bound its record states
+    (the data returned scaled), placed by its ``sampling`` where no pixel size is known, and marked
+    as a result, so that the layer pickers do not guess it (its bounds least) as the next input."""
+    from ._widgets.layers import result_name
+
+    what, scale = _reopened_result(key, attrs)
+    kwargs["name"] = result_name(stem, what, partial=attrs.get("complete") is False)  # as Enhance names a cancelled run's part
+    if scale != 1.0:
+        data = [level * np.float32(scale) for level in data] if isinstance(data, list) else data * np.float32(scale)
+    if key in UNCERTAINTY_NAMES:
+        _as_uncertainty(kwargs, scale)
+    if "sampling" in attrs:
+        _sampled(kwargs, (data[0] if isinstance(data, list) else data).ndim, attrs["sampling"], path)
+    role = RESULT_ROLES.get(key.split(" ")[0], "enhanced")
+    kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": role, "reopened": str(path)}}
+    return data
+
+
 def _zarr_group_layers(path: Path) -> list[LayerData]:
     """One layer per array or image in the group; the group's ``voxel_size`` and ``origin`` (µm,
     as the predict job writes them) place arrays that carry no geometry of their own."""
     import zarr
 
-    from ._widgets.layers import UNCERTAINTY_COLORMAP, result_name
     from .data.safe_output import own_attrs
 
     group = zarr.open_group(str(path), mode="r")
@@ -291,21 +346,12 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
         ndim = data[0].ndim if isinstance(data, list) else data.ndim
         if group_voxel or origin:
             kwargs.update(_group_geometry(kwargs, ndim, group_voxel, origin))
-        scale = 1.0
         if ours:
-            what, scale = _reopened_result(name, attrs)
-            kwargs["name"] = result_name(stem, what, partial=attrs.get("complete") is False)  # as Enhance names a cancelled run's part
-        if scale != 1.0:
-            data = [level * np.float32(scale) for level in data] if isinstance(data, list) else data * np.float32(scale)
-        if name in UNCERTAINTY_NAMES:  # as Enhance shows it: the colours say how large, from zero
-            top = max(kwargs["contrast_limits"][1] * scale, 1e-6)
-            kwargs.update(colormap=UNCERTAINTY_COLORMAP, contrast_limits=(0.0, top))
-            if not ours:
-                kwargs["name"] = f"{stem} uncertainty"
-        if ours:  # a result reopened: the layer pickers do not guess it (its bounds least) as the next input
-            role = RESULT_ROLES.get(name, "enhanced")
-            kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": role, "reopened": str(path)}}
-            kwargs["visible"] = role == "enhanced"  # as Enhance adds them: the result shown, the rest in the layer list
+            data = _as_result(data, kwargs, name, attrs, stem, path)
+            kwargs["visible"] = kwargs["metadata"]["emdiffuse"]["role"] == "enhanced"  # as Enhance adds them: the result shown, the rest in the layer list
+        elif name in UNCERTAINTY_NAMES:
+            _as_uncertainty(kwargs, 1.0)
+            kwargs["name"] = f"{stem} uncertainty"
         layers.append((data, kwargs, kind))
     if not layers:
         raise InputError(f"{path}: the zarr group holds no images")

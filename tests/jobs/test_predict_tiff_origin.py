@@ -24,7 +24,7 @@ def test_superres_tiff_reopens_where_its_zarr_does(random_model, small_stack, tm
     stack = small_stack[:2, :24, :28]
     res = run_predict(model, stack, voxel=VOXEL, output=tmp_path / "sr.tif")
     run_predict(model, stack, voxel=VOXEL, output=tmp_path / "sr.zarr")
-    tif, tif_u = _layers(tmp_path / "sr.tif")["sr"], _layers(tmp_path / "sr_uncertainty.tif")["sr_uncertainty"]
+    tif, tif_u = _layers(tmp_path / "sr.tif")["sr: estimate"], _layers(tmp_path / "sr_uncertainty.tif")["sr: error map [grey values]"]
     zarr_mean = _layers(tmp_path / "sr.zarr")["sr: estimate"]
     assert res.voxel == pytest.approx((0.05, 0.002, 0.002)) and tif[0] == pytest.approx(res.voxel)
     assert zarr_mean[1] == pytest.approx((0.0, -0.001, -0.001)) and tif[1] == pytest.approx(zarr_mean[1])
@@ -37,7 +37,7 @@ def test_tiff_keeps_the_origin_of_the_region_predicted(random_model, small_stack
     stack = small_stack[:2, :24, :28].astype(dtype)
     origin = (0.1, 0.012, 0.02)  # where this part of a larger volume lies
     run_predict(model, stack, voxel=VOXEL, output=tmp_path / "part.tif", origin=origin, out_dtype="input")
-    scale, translate = _layers(tmp_path / "part.tif")["part"]
+    scale, translate = _layers(tmp_path / "part.tif")["part: estimate"]
     assert scale == pytest.approx(VOXEL) and translate == pytest.approx(origin)
 
 
@@ -53,7 +53,6 @@ def test_the_command_line_result_lies_where_its_input_does(random_model, small_s
     model = random_model("emdiffuse-r-tiny", {"factor": 2}).save(tmp_path / "model")
     args = ["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / output), "--device", "cpu", "-q"]
     assert main(args) == 0
-    layers = _layers(tmp_path / output)
-    scale, translate = layers["out"] if "out" in layers else layers["out: estimate"]
+    scale, translate = _layers(tmp_path / output)["out: estimate"]
     assert scale == pytest.approx((0.05, 0.002, 0.002))
     assert translate == pytest.approx((2.0, 0.4 - 0.001, 0.8 - 0.001))  # half a fine pixel before the coarse centre

@@ -10,6 +10,8 @@ from napari_emdiffuse.cli import main
 from napari_emdiffuse.data.io import read_image
 from napari_emdiffuse.jobs.predict import run_predict
 
+VOXEL = (0.05, 0.004, 0.004)
+
 
 @pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
 def test_superres_of_an_input_without_pixel_size_is_not_recorded_either(random_model, small_stack, tmp_path, capsys, output):
@@ -33,3 +35,61 @@ def test_isotropic_volume_without_voxel_size_keeps_the_placeholder_in_z(random_m
     stack = small_stack[:2, :24, :28]
     assert run_predict(model, stack, voxel=(1.0, 1.0, 1.0)).voxel == (1.0, 1.0, 1.0)
     assert run_predict(model, stack, voxel=(0.05, 0.004, 0.004)).voxel == pytest.approx((0.025, 0.004, 0.004))
+
+
+def _placement(path):
+    """name -> (scale, translate) of each layer the napari reader makes of ``path`` (napari's defaults where none is given)."""
+    from napari_emdiffuse._reader import read_paths
+
+    return {kw["name"]: (tuple(kw.get("scale", (1.0,) * d.ndim)), tuple(kw.get("translate", (0.0,) * d.ndim))) for d, kw, _ in read_paths(str(path))}
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_superres_of_an_input_without_pixel_size_reopens_over_it(random_model, small_stack, tmp_path, output):
+    """The result is placed by its pixel in the input's pixels (``sampling``), pixel centres as a
+    known pixel size places them; it was shown in its own pixels, twice the input's size."""
+    model = random_model("emdiffuse-r-tiny", {"factor": 2}).save(tmp_path / "model")
+    bare, sized = tmp_path / "bare.tif", tmp_path / "sized.tif"
+    tifffile.imwrite(bare, small_stack[0, :24, :28])
+    tifffile.imwrite(sized, small_stack[0, :24, :28], imagej=True, resolution=(250, 250), metadata={"unit": "um"})
+    for src in (bare, sized):
+        (tmp_path / src.stem).mkdir()
+        args = ["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / src.stem / output), "--device", "cpu", "-q"]
+        assert main(args) == 0
+    files = ["out.tif", "out_uncertainty.tif"] if output.endswith(".tif") else [output]
+    unsized = {n: p for f in files for n, p in _placement(tmp_path / "bare" / f).items()}
+    known = {n: p for f in files for n, p in _placement(tmp_path / "sized" / f).items()}
+    assert _placement(bare) == {"bare": ((1.0, 1.0), (0.0, 0.0))}  # the input layer, in its pixels
+    assert len(unsized) >= 2 and set(unsized) == set(known)
+    for name, (scale, translate) in unsized.items():
+        assert scale == pytest.approx((0.5, 0.5)) and translate == pytest.approx((-0.25, -0.25))
+        assert scale == pytest.approx(tuple(s / 0.004 for s in known[name][0]))  # as the sized result lies over its input
+        assert translate == pytest.approx(tuple(t / 0.004 for t in known[name][1]))
+
+
+def test_isotropic_store_without_voxel_size_reopens_over_its_volume(random_model, small_stack, tmp_path):
+    """vEMDiffuse-i's slices lie 1/k input slices apart, the first on the input's first; the
+    samples' leading axis is not resampled. A store written before ``sampling`` reads as before."""
+    import zarr
+
+    run_predict(random_model("vemdiffuse-i-tiny", {"factor": 2}), small_stack[:2, :24, :28], output=tmp_path / "iso.zarr", keep_samples=True)
+    layers = _placement(tmp_path / "iso.zarr")
+    assert {n: p[0][-3:] for n, p in layers.items()} == {n: pytest.approx((0.5, 1.0, 1.0)) for n in layers}
+    assert {n: p[1][-3:] for n, p in layers.items()} == {n: pytest.approx((0.0, 0.0, 0.0)) for n in layers}
+    assert layers["iso: samples"][0][0] == 1.0 and len(layers) == 3
+    del zarr.open_group(str(tmp_path / "iso.zarr"), mode="r+").attrs["sampling"]
+    assert {n: p[0][-3:] for n, p in _placement(tmp_path / "iso.zarr").items()} == {n: (1.0, 1.0, 1.0) for n in layers}
+
+
+def test_a_store_resumed_with_its_pixel_size_known_is_placed_by_it(random_model, small_stack, tmp_path, cancelled_early, fast):
+    """The run that finishes a store says where it lies: a ``sampling`` kept from a run that did
+    not know the pixel size would place it in pixels again."""
+    import zarr
+
+    model, stack = random_model("emdiffuse-r-tiny", {"factor": 2}), small_stack[:2, :24, :28]
+    partial = cancelled_early(model, stack, tmp_path / "o.zarr")
+    assert zarr.open_group(str(partial), mode="r").attrs["sampling"] == [1.0, 0.5, 0.5]
+    run_predict(model, stack, sample=fast, voxel=VOXEL, output=tmp_path / "o.zarr", resume=True)
+    assert "sampling" not in zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs
+    scale, translate = _placement(tmp_path / "o.zarr")["o: estimate"]
+    assert scale == pytest.approx((0.05, 0.002, 0.002)) and translate == pytest.approx((0.0, -0.001, -0.001))

@@ -61,6 +61,13 @@ def output_geometry(variant: Variant, options: Any, shape: Sequence[int], voxel:
     return Geometry(geometry.shape, (1.0,) * len(geometry.shape), position)
 
 
+def output_sampling(variant: Variant, options: Any, shape: Sequence[int]) -> tuple[float, ...]:
+    """The output's pixel in the input's pixels, per axis (0.5 in y and x for 2x super-resolution,
+    1/k in z for an isotropic factor k): what an output without a pixel size records (``sampling``)
+    so that the reader lays it over its input, which napari shows in its own pixels."""
+    return tuple(float(v) for v in variant.output_geometry(shape, (1.0,) * len(shape), options).voxel)
+
+
 def predict(
     model: Model,
     image: Any,
@@ -176,6 +183,8 @@ def predict(
             "compute": {"cluster": cluster, "device": device} if cluster is not None
             else {"device": str(dev), "network": "bfloat16" if bf16 else "float32"},
             **({"origin": [float(o) for o in origin]} if origin is not None else {}),
+            # no pixel size (voxel_size 1: the output's own pixels): how large those are in the input's pixels
+            **({"sampling": list(output_sampling(variant, options, image.shape))} if pixel_um is None else {}),
             # what lower/upper are: the interval's coverage on the calibration data, its scale (bound
             # = scale x uncertainty), and whether this run sampled as calibrated (uncertainty.settings_match)
             **({"bounds": {"coverage": round(1 - alpha, 6), "scale": float(q), "settings": match}} if calibration else {}),

@@ -69,6 +69,19 @@ def split_suffix(path: Path) -> tuple[str, str]:
     raise InputError(f"{path}: cannot write results as {got}; use one of {', '.join(sorted(TIFF_SUFFIXES + STORE_SUFFIXES, key=len))}")
 
 
+def tiff_tail(role: str | None) -> str:
+    """What a part of a TIFF result adds to ``OUT`` in its name, by the role its provenance records:
+    None (the estimate) nothing, "uncertainty" ``_uncertainty``, "lower bound" ``_lower``,
+    "sample 2" ``_sample2``."""
+    return "" if role is None else "_" + role.removesuffix(" bound").replace(" ", "")
+
+
+def tiff_result_stem(path: Path, role: str | None) -> str:
+    """``OUT`` of a part of a TIFF result (``OUT_uncertainty.partial.tif``: ``OUT``), by its role."""
+    stem = split_suffix(path)[0].removesuffix(PARTIAL)
+    return stem.removesuffix(tiff_tail(role)) or stem
+
+
 @dataclass(frozen=True)
 class OutputNames:
     """The files (or the store) one prediction writes."""
@@ -85,9 +98,9 @@ class OutputNames:
         stem, suffix = split_suffix(path)
         if suffix in STORE_SUFFIXES:
             return cls(True, path, None, ())
-        named = lambda tail: path.with_name(f"{stem}{tail}{suffix}")  # noqa: E731
-        samples = tuple(named(f"_sample{k}") for k in range(n_samples))
-        return cls(False, path, named("_uncertainty"), samples, (named("_lower"), named("_upper")) if bounds else ())
+        named = lambda role: path.with_name(f"{stem}{tiff_tail(role)}{suffix}")  # noqa: E731
+        samples = tuple(named(f"sample {k}") for k in range(n_samples))
+        return cls(False, path, named("uncertainty"), samples, (named("lower bound"), named("upper bound")) if bounds else ())
 
     def finals(self) -> list[Path]:
         return [p for p in (self.mean, self.std, *self.bounds, *self.samples) if p is not None]
@@ -98,7 +111,7 @@ class OutputNames:
         if self.store:
             return []
         stem, suffix = split_suffix(self.mean)
-        named = [self.mean.with_name(f"{stem}{tail}{suffix}") for tail in ("_uncertainty", "_lower", "_upper")]
+        named = [self.mean.with_name(f"{stem}{tiff_tail(role)}{suffix}") for role in ("uncertainty", "lower bound", "upper bound")]
         pattern = re.compile(re.escape(stem) + r"_sample\d+" + re.escape(suffix) + "$")
         return named + sorted(p for p in self.mean.parent.glob(f"{glob.escape(stem)}_sample*{suffix}") if pattern.fullmatch(p.name))
 
@@ -574,15 +587,17 @@ def _create_store(
 def _place(group: Any, attrs: dict[str, Any], geometry: Geometry) -> None:
     """Where a resumed store's images lie, as this run says: the pixels do not depend on the
     voxel size or the origin, but a run may know them better than the one it continues (the input's
-    metadata mended, or a layer's units read since), and a store must not keep a stale place."""
+    metadata mended, or a layer's units read since), and a store must not keep a stale place (nor
+    a ``sampling`` once a pixel size is known)."""
     for name in ("mean", "uncertainty", "lower", "upper", "samples"):
         if name in group:
             group[name].attrs.update(ome_image_attrs(name, geometry.voxel, geometry.origin, lead="sample" if name == "samples" else None))
     group.attrs.update({"voxel_size": attrs["voxel_size"]})
-    if "origin" in attrs:
-        group.attrs.update({"origin": attrs["origin"]})
-    elif "origin" in group.attrs:
-        del group.attrs["origin"]
+    for key in ("origin", "sampling"):
+        if key in attrs:
+            group.attrs[key] = attrs[key]
+        elif key in group.attrs:
+            del group.attrs[key]
 
 
 #: what a store says of its interval (``lower``/``upper``): its coverage and scale, and the planes
