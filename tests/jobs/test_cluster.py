@@ -185,3 +185,104 @@ def test_cluster_files_are_checked_and_make_a_job_script(tmp_path, random_model,
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_cluster_file(path)
+
+
+#: seconds a forced block other than the first computes: long enough that none of them is done
+#: when the run stops, short enough to wait for those already running to end
+SLOW_S = 4.0
+
+
+@pytest.fixture
+def forced_blocks(scheduler, tmp_path):
+    """``forced_blocks(fail)``: on the workers every block records when it starts (in
+    ``tmp_path / "started"``), blocks after the first take :data:`SLOW_S` longer, and block ``fail``
+    (None: none) raises once block 0 is marked done in the run's store, so that the run has a
+    finished block to keep. Returns a function giving the recorded (block index, start time)s.
+    The workers get their own ``BlockRunner.run`` back afterwards."""
+    record, marker = tmp_path / "started", str(tmp_path / ".o.zarr.tmp-*" / ".blocks_done" / "c" / "0")
+
+    def install(fail, record, marker, slow):  # defined here, so that it reaches the workers by value
+        import glob
+        import time
+
+        from napari_emdiffuse.jobs import blocks
+
+        original = blocks.BlockRunner.run
+
+        def run(self, image, block, *args, **kwargs):
+            with open(record, "a") as f:
+                f.write(f"{block.index} {time.time()}\n")
+            if block.index == fail:
+                deadline = time.time() + 60
+                while not glob.glob(marker) and time.time() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)  # the client sees block 0 done first
+                raise RuntimeError(f"forced failure of block {block.index}")
+            if block.index > 0:
+                time.sleep(slow)
+            return original(self, image, block, *args, **kwargs)
+
+        blocks.BlockRunner.unforced, blocks.BlockRunner.run = original, run
+
+    def restore():
+        from napari_emdiffuse.jobs import blocks
+
+        if hasattr(blocks.BlockRunner, "unforced"):
+            blocks.BlockRunner.run = blocks.BlockRunner.unforced
+            del blocks.BlockRunner.unforced
+
+    def started():
+        return [(int(i), float(t)) for i, t in (line.split() for line in record.read_text().splitlines())] if record.exists() else []
+
+    with distributed.Client(scheduler.scheduler_address) as client:
+
+        def force(fail):
+            client.run(install, fail, str(record), marker, SLOW_S)
+            return started
+
+        yield force
+        client.run(restore)
+
+
+@pytest.mark.parametrize("stop", ["failed block", "cancel"])
+def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_ones(scheduler, small_stack, tmp_path, random_model, fast, forced_blocks, stop):
+    """A block failing for good (named as the run in this process names it: which block, where)
+    or a cancel stops the run: the blocks not yet started never start (they are cancelled, not
+    left to the workers), and those already running, which end after the store has moved to its
+    partial name, write nothing at its old path and mark nothing done. The partial store's
+    markers are the blocks the run says it kept."""
+    import re
+
+    import zarr
+
+    from napari_emdiffuse.errors import BlockError
+    from napari_emdiffuse.jobs.events import new_cancel_token
+
+    image = np.concatenate([small_stack] * 2)  # 8 blocks, one a plane, on 2 workers
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    started = forced_blocks(1 if stop == "failed block" else None)
+    partial, token = tmp_path / "o.partial.zarr", new_cancel_token()
+    events = predict(
+        random_model("tiny"), image, sample=fast, output=tmp_path / "o.zarr", input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address,
+        cancel=token,
+    )  # fmt: skip
+    if stop == "failed block":
+        kept = re.escape(f"of 8 blocks are kept in {partial}; run it again and add --resume to continue")
+        with pytest.raises(BlockError, match=rf"^block 2 of 8 \(z 1:2 of 8\) failed: \d {kept}. The error: RuntimeError: forced failure of block 1$") as err:
+            for _ in events:
+                pass
+        said = int(str(err.value).split(" failed: ")[1].split()[0])
+    else:
+        for ev in events:
+            if ev.kind.value == "progress" and ev.what == "blocks" and ev.done >= 1:
+                token.set()
+            if ev.kind.value == "result":
+                assert not ev.complete and ev.finished is not None
+        said = None
+    ended = time.time()
+    time.sleep(SLOW_S + 2)  # those running end; any block left to the workers would have started
+    assert all(t < ended for _, t in started()), (started(), ended)
+    assert len({i for i, _ in started()}) < 8
+    markers = [int(v) for v in zarr.open_array(str(partial / ".blocks_done"), mode="r")[:]]
+    assert markers[0] == 1 and (said is None or sum(markers) == said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.partial.zarr", "started"]  # nothing at the store's old path

@@ -143,6 +143,24 @@ class BlockRunner:
         return BlockResult(block, mean, spread, samples)
 
 
+@dataclass
+class BlockRun:
+    """Which of a prediction's blocks are done (by index) and the one that failed for good
+    (None while none has), kept by whatever runs them, in this process or through :mod:`.cluster`:
+    the job says from it what it keeps and which block stopped it."""
+
+    done: list[bool]
+    failed: Block | None = None
+
+    def __post_init__(self) -> None:
+        self.before = sum(self.done)  # done by an earlier run (a resumed store)
+
+    @property
+    def ran(self) -> int:
+        """Blocks this run finished."""
+        return sum(self.done) - self.before
+
+
 def write_block(result: BlockResult, mean: Any, spread: Any, samples: Any | None) -> None:
     """Put a block's arrays into the whole output's (numpy or zarr), converting the estimate and
     the samples to the output's dtype (clipped and rounded for integers)."""

@@ -11,14 +11,15 @@ input lazily once (:func:`_worker_state`), then for every block computes it with
 owns whole chunks) and sets its done-marker, but only while the store at its path is still
 this run's (the run's id, :func:`.predict_output.check_run`): a worker of a run that has ended
 (its client killed, then the output resumed or started again) writes into no later run's store.
-Failed blocks are retried; a cancel (Ctrl-C) cancels what is pending and leaves a store that
-``--resume`` continues.
+Failed blocks are retried; a run that stops (a cancel, Ctrl-C, a block that failed for good)
+cancels the blocks not finished and leaves a store that ``--resume`` continues.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -34,9 +35,11 @@ from ..errors import Cancelled, ConfigError, DeviceError, InputError
 from ..model_file import Model
 from ..variants import model_options
 from ..variants.base import Block
-from .blocks import BlockRunner, write_block
+from .blocks import BlockRun, BlockRunner, write_block
 from .events import CancelToken, Message, Progress
 from .predict_output import PredictionOutput, check_run, clear_stale_writes, open_block_arrays
+
+log = logging.getLogger(__name__)
 
 #: how often a failed block is tried again (a worker lost, a transient error)
 RETRIES = 3
@@ -166,11 +169,13 @@ class WorkerSpec:
     keep_samples: bool
 
 
-def run_on_cluster(
-    address: str, spec: WorkerSpec, todo: Sequence[Block], out: PredictionOutput, done: list[bool], cancel: CancelToken
-) -> Iterator[Any]:
-    """Run the blocks ``todo`` on the workers of ``address``; ``done`` is set as they finish.
-    Raises :class:`Cancelled` (pending blocks cancelled) when ``cancel`` is set."""
+def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: PredictionOutput, run: BlockRun, cancel: CancelToken) -> Iterator[Any]:
+    """Run the blocks ``todo`` on the workers of ``address``, recording in ``run`` those that
+    finish and the one that fails for good (its error is raised). Raises :class:`Cancelled` when
+    ``cancel`` is set. However the run stops (a cancel, a failed block, Ctrl-C), the blocks not
+    finished are cancelled before the client closes: no worker starts one whose result would be
+    dropped. One already running goes on, but marks its block done only once the block is written
+    and only while the store is still this run's (:func:`run_block`)."""
     from distributed import wait
 
     inputs = [p for p in out.inputs if p is not None]
@@ -179,6 +184,7 @@ def run_on_cluster(
     assert out.store_path is not None
     client, cluster = connect(address)
     model_dir = Path(tempfile.mkdtemp(prefix=f".{out.names.mean.name}.model-", dir=out.names.mean.parent))
+    unfinished: dict[Any, Block] = {}  # future -> its block, until the block is done
     try:
         # the options as the client resolved them, written out: a model built in memory from a preset
         # without a key would otherwise read back as a model from before that key existed
@@ -190,38 +196,51 @@ def run_on_cluster(
         }, sort_keys=True)  # fmt: skip
         store = str(out.store_path)
         yield Message(f"dask: {len(todo)} blocks on {address}; dashboard {client.dashboard_link}", "info")
-        index = {client.submit(run_block, plain, b, store, out.run, pure=False, retries=RETRIES): b.index for b in todo}
-        pending, finished = set(index), 0
+        unfinished.update((client.submit(run_block, plain, b, store, out.run, pure=False, retries=RETRIES), b) for b in todo)
+        pending, finished = set(unfinished), 0
         yield Progress(0, len(todo), "blocks")
         while pending:
             if cancel.is_set():
-                client.cancel(list(pending))
                 raise Cancelled("prediction cancelled")
             try:
                 ready, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished meanwhile: look at the cancel token again
                 continue
             pending = set(pending)
-            for fut in ready:
+            for fut in sorted(ready, key=lambda f: f.status != "finished"):  # a failure is raised once the blocks done with it are counted
                 # a finished block is written and marked in the store by its worker: its result (its
                 # index) is not fetched, and its future is released at once, so that the scheduler
                 # forgets it (on thousands of blocks it would hold them all, and compute again one
                 # whose result was lost with its worker)
                 if fut.status == "finished":
-                    done[index.pop(fut)] = True
+                    run.done[unfinished.pop(fut).index] = True
                     fut.release()
                     finished += 1
                 elif fut.status in ("lost", "pending"):  # lost with its worker since: dask computes it again
                     pending.add(fut)
                 else:
+                    run.failed = unfinished[fut]
                     fut.result()  # re-raises the block's error after its retries (or its cancel)
             if ready:
                 yield Progress(finished, len(todo), "blocks")
     finally:
+        _cancel(client, list(unfinished))
         client.close()
         if cluster is not None:
             cluster.close()
         shutil.rmtree(model_dir, ignore_errors=True)
+
+
+def _cancel(client: Any, futures: list[Any]) -> None:
+    """Cancel a stopped run's unfinished blocks. Never raises: it runs on the way out of the
+    run's own outcome, which is what the user must see; a client that has lost its scheduler
+    has nothing left to cancel there (the scheduler forgets a lost client's tasks)."""
+    if not futures:
+        return
+    try:
+        client.cancel(futures)
+    except Exception as err:  # noqa: BLE001 - see above
+        log.info("the unfinished blocks could not be cancelled (%s); closing the client releases them", err)
 
 
 @functools.lru_cache(maxsize=2)

@@ -28,8 +28,8 @@ from ..engine.device import cpu_has_native_bf16, fallback_note, select_device, u
 from ..errors import Cancelled, ConfigError, DeviceError, InputError
 from ..model_file import Model
 from ..variants import get_variant, model_options
-from ..variants.base import Geometry, Variant
-from .blocks import ESTIMATES, BlockRunner, finished_region, write_block
+from ..variants.base import Block, Geometry, Variant
+from .blocks import ESTIMATES, BlockRun, BlockRunner, finished_region, write_block
 from .events import CancelToken, Message, PredictResult, Progress, new_cancel_token
 from .predict_output import PredictionOutput, block_failure, describe_compute, describe_region, finish_in_memory, in_memory, result_bytes
 from .threads import in_thread
@@ -205,89 +205,27 @@ def predict(
             },
         }
         if out is not None:
-            if resume and out.resumable is None:
-                yield Message(f"nothing to resume for {out.names.mean}: starting from the first block", "info")
-            out_mean, out_std, out_samples, done = out.allocate(shape, dtype, n_samples, provenance, blocks, geometry)
-            if any(done):
-                yield Message(f"resuming {out.resumable}: {sum(done)} of {len(blocks)} blocks are done", "info")
-            if out.pooled and out.pooled_bounds and provenance.get("bounds") and out.pooled_bounds["coverage"] != provenance["bounds"]["coverage"]:
-                yield Message(
-                    f"{out.resumable} was finished already, its lower/upper at {round(100 * out.pooled_bounds['coverage'])} % coverage: "
-                    f"it is put in place as it is, not at this run's {round(100 * provenance['bounds']['coverage'])} % "
-                    "(--overwrite computes it again)", "warning")
-            if out.computed_before:
-                yield Message(
-                    f"{out.resumable}: its finished blocks were computed {' and '.join(map(describe_compute, out.computed_before))}, "
-                    f"this run computes {describe_compute(provenance['compute'])}: the two differ in the last digits "
-                    "(EMDIFFUSE_BF16=0 or 1 chooses the precision); the provenance records both", "warning")
+            arrays, done = yield from _open_store(out, resume, geometry, dtype, n_samples, provenance, blocks)
         else:
-            out_mean, out_std, out_samples = in_memory(shape, dtype, n_samples)
-            done = [False] * len(blocks)
-
-        events: queue.Queue = queue.Queue()
+            arrays, done = in_memory(shape, dtype, n_samples), [False] * len(blocks)
+        run = BlockRun(done)
         todo = [b for b in blocks if not done[b.index]]
-        total = sum(runner.steps(b) for b in todo)
+        if cluster is not None:
+            from .cluster import WorkerSpec, run_on_cluster
 
-        def on_step(step: int, of: int) -> None:
-            if cancel.is_set():
-                raise Cancelled("prediction cancelled")
-            events.put(Progress(step, of, "sampling"))
-
-        def work() -> None:
-            offset = 0
-            for block in todo:
-                result = runner.run(image, block, on_step, offset, total)
-                write_block(result, out_mean, out_std, out_samples)
-                if out is not None:
-                    out.mark_done(block)
-                done[block.index] = True
-                offset += runner.steps(block)
-
-        complete, failed, before = True, None, sum(done)
-        try:
-            if cluster is not None:
-                from .cluster import WorkerSpec, run_on_cluster
-
-                spec = WorkerSpec(model, options, image, cfg, normaliser, device, estimate, keep_samples)
-                yield from _recording(run_on_cluster(cluster, spec, todo, out, done, cancel), out, done, before)
-            else:
-                yield Progress(0, total, "sampling")
-                yield from _recording(in_thread(work, events, cancel), out, done, before)
-        except Cancelled:
-            complete = False
-        except Exception as err:  # a block failed for good: a store keeps the finished ones, as after a cancel
-            if out is None or not out.names.store or not any(done):
-                raise
-            complete, failed = False, err
-        if out is not None and sum(done) > before:
-            out.record_compute()
-        complete = complete and all(done)
+            spec = WorkerSpec(model, options, image, cfg, normaliser, device, estimate, keep_samples)
+            complete, failed = yield from _run_blocks(run_on_cluster(cluster, spec, todo, out, run, cancel), out, run)
+        else:
+            complete, failed = yield from _run_blocks(_in_process(runner, image, todo, arrays, out, run, cancel), out, run)
         region = () if complete else finished_region(blocks, done)
         if failed is not None:
-            assert out is not None and out.store_path is not None
-            store = out.store_path  # where it stays if even finishing it fails (the same full disk): PredictionOutput.close keeps it
-            try:
-                store = out.finish(out_mean, out_std, out_samples, False, region, geometry.voxel, provenance, q, geometry.origin, error)[0][0]
-            except Exception as second:  # noqa: BLE001 - the first error is the one to report
-                log.info("the store of the failed run could not be finished (%s); it stays at %s", second, store)
-            if isinstance(failed, USER_ERRORS) and sum(done) == before:  # the setup's one-line error, the store back where it was
+            assert out is not None
+            store = _keep_finished(out, arrays, region, geometry, provenance, q, error)
+            if isinstance(failed, USER_ERRORS) and not run.ran:  # the setup's one-line error, the store back where it was
                 raise failed
             said = True  # the error names where the store is
-            what = "a block on the cluster" if cluster is not None else _block_words(next(b for b in todo if not done[b.index]), len(blocks), shape)
-            raise block_failure(failed, what, store, len(blocks)) from failed
-        if out is not None:
-            written, (out_mean, out_std, out_samples, lower, upper) = out.finish(
-                out_mean, out_std, out_samples, complete, region, geometry.voxel, provenance, q, geometry.origin, error
-            )
-        else:
-            written, (out_mean, out_std, out_samples, lower, upper) = [], finish_in_memory(out_mean, out_std, out_samples, q, error)
-        if not complete:
-            if region is None:
-                kept = "no block was finished, nothing is written" if out is not None else "no block was finished"
-            else:
-                kept = "the finished part " + describe_region(region, shape) + (f" is in {', '.join(map(str, written))}" if written else "")
-            yield Message(f"cancelled: {kept}", "warning")
-        yield PredictResult(out_mean, out_std, out_samples, geometry.voxel, complete, region, lower, upper, tuple(written), rough["note"] if rough else None)
+            raise block_failure(failed, _what_failed(run, len(blocks), shape), store, len(blocks)) from failed
+        yield from _finish(out, arrays, complete, region, geometry, provenance, q, error, rough["note"] if rough else None)
     finally:
         if out is not None:
             out.close(quiet=said)
@@ -297,23 +235,131 @@ def predict(
 #: this run finished a block, they are reported as they are, not as a failed block
 USER_ERRORS = (InputError, ConfigError, DeviceError)
 
+#: an output's three block-wise arrays (mean, raw spread, samples or None), in memory or in a store
+Arrays = tuple[Any, Any, Any]
 
-def _recording(events: Generator[Any, None, None], out: PredictionOutput | None, done: list[bool], before: int) -> Iterator[Any]:
-    """The blocks' ``events``, recording this run's way of computing in a resumed store
-    (:meth:`.PredictionOutput.record_compute`) as soon as one of its blocks is done, so that a
-    run killed later still says it."""
+
+def _open_store(
+    out: PredictionOutput, resume: bool, geometry: Geometry, dtype: np.dtype, n_samples: int, provenance: dict[str, Any], blocks: Sequence[Block]
+) -> Generator[Message, None, tuple[Arrays, list[bool]]]:
+    """The output's arrays and which blocks are done (:meth:`.PredictionOutput.allocate`), with
+    what the store this run continues means for it said first."""
+    if resume and out.resumable is None:
+        yield Message(f"nothing to resume for {out.names.mean}: starting from the first block", "info")
+    mean, spread, samples, done = out.allocate(geometry.shape, dtype, n_samples, provenance, blocks, geometry)
+    if any(done):
+        yield Message(f"resuming {out.resumable}: {sum(done)} of {len(blocks)} blocks are done", "info")
+    if out.pooled and out.pooled_bounds and provenance.get("bounds") and out.pooled_bounds["coverage"] != provenance["bounds"]["coverage"]:
+        yield Message(
+            f"{out.resumable} was finished already, its lower/upper at {round(100 * out.pooled_bounds['coverage'])} % coverage: "
+            f"it is put in place as it is, not at this run's {round(100 * provenance['bounds']['coverage'])} % "
+            "(--overwrite computes it again)", "warning")
+    if out.computed_before and not all(done):  # a finished store gets no block of this run: nothing is mixed
+        yield Message(
+            f"{out.resumable}: its finished blocks were computed {' and '.join(map(describe_compute, out.computed_before))}, "
+            f"this run computes {describe_compute(provenance['compute'])}: the two differ in the last digits "
+            "(EMDIFFUSE_BF16=0 or 1 chooses the precision); once a block of this run is done, the provenance records both", "warning")
+    return (mean, spread, samples), done
+
+
+def _in_process(
+    runner: BlockRunner, image: Any, todo: Sequence[Block], arrays: Arrays, out: PredictionOutput | None, run: BlockRun, cancel: CancelToken
+) -> Iterator[Any]:
+    """Run the blocks ``todo`` here, one after the other in a helper thread (so that every sampler
+    step is reported), recording in ``run`` those that finish and the one that fails (its error is
+    raised). Raises :class:`Cancelled` at the first sampler step after ``cancel`` is set."""
+    events: queue.Queue = queue.Queue()
+    total = sum(runner.steps(b) for b in todo)
+
+    def on_step(step: int, of: int) -> None:
+        if cancel.is_set():
+            raise Cancelled("prediction cancelled")
+        events.put(Progress(step, of, "sampling"))
+
+    def work() -> None:
+        offset = 0
+        for block in todo:
+            try:
+                write_block(runner.run(image, block, on_step, offset, total), *arrays)
+                if out is not None:
+                    out.mark_done(block)
+            except Cancelled:
+                raise
+            except Exception:
+                run.failed = block
+                raise
+            run.done[block.index] = True
+            offset += runner.steps(block)
+
+    yield Progress(0, total, "sampling")
+    yield from in_thread(work, events, cancel)
+
+
+def _run_blocks(events: Generator[Any, None, None], out: PredictionOutput | None, run: BlockRun) -> Generator[Any, None, tuple[bool, Exception | None]]:
+    """The blocks' ``events``, to their end; whether every block is done, and the error of a block
+    that failed for good where a store keeps finished ones, as after a cancel (otherwise it is
+    raised). A resumed store records this run's way of computing
+    (:meth:`.PredictionOutput.record_compute`) as soon as one of its blocks is done, so that a run
+    killed later still says it."""
+    complete, failed = True, None
     try:
         for event in events:
-            if out is not None and sum(done) > before:
+            if out is not None and run.ran:
                 out.record_compute()
             yield event
+    except Cancelled:
+        complete = False
+    except Exception as err:
+        if out is None or not out.names.store or not any(run.done):
+            raise
+        complete, failed = False, err
     finally:
         events.close()
+    if out is not None and run.ran:
+        out.record_compute()
+    return complete and all(run.done), failed
 
 
-def _block_words(block: Any, blocks: int, shape: Sequence[int]) -> str:
-    """A block as a user knows it: ``block 3 of 12 (z 8:12 of 48)``."""
-    return f"block {block.index + 1} of {blocks} {describe_region(block.region, shape)}"
+def _keep_finished(
+    out: PredictionOutput, arrays: Arrays, region: tuple[slice, ...] | None, geometry: Geometry, provenance: dict[str, Any], q: float | None, error: uncertainty.ErrorModel
+) -> Path:
+    """After a failed block, the store finished as far as its finished blocks go, as after a
+    cancel; where it now is. Where even that fails (the same full disk) it stays where it was
+    written, which :meth:`.PredictionOutput.close` keeps: the failed block is the error to report."""
+    assert out.store_path is not None
+    store = out.store_path
+    try:
+        store = out.finish(*arrays, False, region, geometry.voxel, provenance, q, geometry.origin, error)[0][0]
+    except Exception as second:  # noqa: BLE001 - the first error is the one to report
+        log.info("the store of the failed run could not be finished (%s); it stays at %s", second, store)
+    return store
+
+
+def _finish(
+    out: PredictionOutput | None, arrays: Arrays, complete: bool, region: tuple[slice, ...] | None, geometry: Geometry,
+    provenance: dict[str, Any], q: float | None, error: uncertainty.ErrorModel, rough: str | None,
+) -> Iterator[Any]:
+    """Pool the uncertainty and write what is complete (:meth:`.PredictionOutput.finish`; only
+    in memory without an output), say what a cancelled run keeps, and give the result."""
+    if out is not None:
+        written, (mean, std, samples, lower, upper) = out.finish(*arrays, complete, region, geometry.voxel, provenance, q, geometry.origin, error)
+    else:
+        written, (mean, std, samples, lower, upper) = [], finish_in_memory(*arrays, q, error)
+    if not complete:
+        if region is None:
+            kept = "no block was finished, nothing is written" if out is not None else "no block was finished"
+        else:
+            kept = "the finished part " + describe_region(region, geometry.shape) + (f" is in {', '.join(map(str, written))}" if written else "")
+        yield Message(f"cancelled: {kept}", "warning")
+    yield PredictResult(mean, std, samples, geometry.voxel, complete, region, lower, upper, tuple(written), rough)
+
+
+def _what_failed(run: BlockRun, blocks: int, shape: Sequence[int]) -> str:
+    """The block that stopped ``run``, as a user knows it: ``block 3 of 12 (z 8:12 of 48)``; the
+    run itself where no block's own error stopped it (a cluster's scheduler lost, say)."""
+    if run.failed is None:
+        return "the run"
+    return f"block {run.failed.index + 1} of {blocks} {describe_region(run.failed.region, shape)}"
 
 
 def _widened_for_noise(
