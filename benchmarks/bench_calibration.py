@@ -84,7 +84,9 @@ def write(path: Path, rows: dict, command: str) -> None:
         "for it) finds the stack's worst patches without ranking those of one image.",
         "",
     ]
-    old = path.read_text() if path.is_file() else ""  # the studies' sections (<!-- name --> ... <!-- /name -->) stay
+    # marked sections (<!-- name --> ... <!-- /name -->: the studies', and notes on them such as rough_bounds)
+    # stay; text outside them is this table's and is rewritten
+    old = path.read_text() if path.is_file() else ""
     kept = study_sections(old)
     path.write_text("\n".join(lines) + "".join(f"\n{block}\n" for block in kept))
 
