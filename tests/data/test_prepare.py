@@ -75,12 +75,12 @@ def test_aligned_pairs_keep_their_edge_patches_and_a_shifted_target_loses_only_t
     clean = tifffile.imread(isbi_path, key=range(4))[:, :256, :296].copy()
     noisy = np.stack([poisson_gaussian(c / 255.0, peak, 0.03, seed=z) for z, c in enumerate(clean)])
     aligned = run_prepare(prepare_pairs(Image(noisy[..., :256], VOXEL), Image(clean[..., :256], VOXEL), tmp_path / "a.zarr", opts=opts))
-    assert aligned["patches_rejected"] == {"misaligned": 0, "not covered": 0, "flat": 0}
+    assert aligned["patches_rejected"] == {"not covered": 0, "no signal": 0, "misaligned": 0, "flat": 0}
     # the input starts 40 px (or 2 px) right of the target: the last column of patches is not all in the target
     for name, start in (("s", 40), ("n", 2)):
         shifted = run_prepare(prepare_pairs(Image(noisy[..., start : start + 256], VOXEL), Image(clean[..., :256], VOXEL), tmp_path / f"{name}.zarr", opts=opts))
         cut = sum("kept" in s for s in shifted["slices"])
-        assert shifted["patches_rejected"] == {"misaligned": 0, "not covered": 2 * cut, "flat": 0}
+        assert shifted["patches_rejected"] == {"not covered": 2 * cut, "no signal": 0, "misaligned": 0, "flat": 0}
         assert sum(shifted["patches_kept"].values()) == 2 * cut
 
 
@@ -93,7 +93,7 @@ def test_aligned_pairs_below_a_count_per_pixel_are_not_rejected_as_misaligned(tm
     clean = tifffile.imread(isbi_path, key=range(4))[:, :256, :256].copy()
     noisy = np.stack([poisson_gaussian(c / 255.0, peak, 0.03, seed=z) for z, c in enumerate(clean)])
     report = run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(clean, VOXEL), tmp_path / "low.zarr", opts=opts))
-    assert report["patches_rejected"]["misaligned"] == 0
+    assert report["patches_rejected"]["misaligned"] == report["patches_rejected"]["no signal"] == 0
     assert all(s["ncc_ceiling"] < 0.75 for s in report["slices"] if "ncc_ceiling" in s)
 
 
@@ -107,7 +107,7 @@ def test_patches_a_warp_carries_past_the_targets_edge_are_not_covered(tmp_path, 
     noisy = np.stack([poisson_gaussian(np.clip(distort.edge_warp(c, 384, 4.0)[0], 0, 1), 20, 0.03, seed=z) for z, c in enumerate(clean)])
     report = run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(clean[..., :384], VOXEL), tmp_path / "w.zarr", opts=opts))
     cut = sum("kept" in s for s in report["slices"])
-    assert report["patches_rejected"] == {"misaligned": 0, "not covered": 2 * cut, "flat": 0}
+    assert report["patches_rejected"] == {"not covered": 2 * cut, "no signal": 0, "misaligned": 0, "flat": 0}
     assert sum(report["patches_kept"].values()) == 7 * cut
 
 
@@ -116,6 +116,18 @@ def test_unrelated_pairs_yield_no_training_set(tmp_path, pair, fibsem_path):
     other = tifffile.imread(fibsem_path, key=range(5))[:, :256, :256]
     with pytest.raises(InputError, match="no usable training patches"):
         run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(other, VOXEL), tmp_path / "bad.zarr", opts=OPTS))
+
+
+def test_a_pair_with_no_signal_yields_no_training_set(tmp_path):
+    """Flat noisy inputs against a flat target (mid-grey, noise of 1 % of the range): nothing to
+    learn and nothing to judge their alignment by. The ceiling alone let chance keep some such
+    patches; now none is kept, and the report says why."""
+    rng = np.random.default_rng(0)
+    noisy = np.stack([poisson_gaussian(np.full((256, 256), 0.5, np.float32), 5, 0.03, seed=z) for z in range(5)])
+    flat = (0.5 + rng.normal(0, 0.01, noisy.shape)).astype(np.float32)
+    with pytest.raises(InputError, match="no usable training patches") as err:
+        run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(flat, VOXEL), tmp_path / "flat.zarr", opts=OPTS))
+    assert "no signal" in str(err.value) or "misaligned" in str(err.value)
 
 
 def test_mismatched_and_unsuitable_inputs(tmp_path, pair):

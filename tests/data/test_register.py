@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_emdiffuse.data.degrade import poisson_gaussian
-from napari_emdiffuse.data.register import FLOW_SLACK, RegistrationError, correct_drift, estimate_drift, ncc, ncc_ceiling, patch_ceiling, patch_ncc, register_pair, smoothed
+from napari_emdiffuse.data.register import FLOW_SLACK, RegistrationError, correct_drift, estimate_drift, keep, ncc, ncc_ceiling, null_sd, patch_ceiling, patch_ncc, patch_null, register_pair, smoothed
 from napari_emdiffuse.errors import InputError
 
 
@@ -97,6 +97,53 @@ def test_an_aligned_pair_at_a_quarter_count_keeps_its_patches_and_one_patch_off_
     for axis in (0, 1):
         b, nb = smoothed(np.roll(isbi_slice, 128, axis), 2.0)
         assert np.nanmax(patch_ncc(a, b, full, 128) / patch_ceiling(a, b, full, 128, na, nb)) < 0.6
+
+
+def _flat(seed, dose=None):
+    """A 512 px image at mid-grey holding no signal: at ``dose`` counts per pixel (read noise
+    0.03), or with noise 0.01 of the range as a target."""
+    flat = np.full((512, 512), 0.5, np.float32)
+    if dose is not None:
+        return poisson_gaussian(flat, dose, 0.03, seed=seed)
+    return flat + np.random.default_rng(seed).normal(0, 0.01, flat.shape).astype(np.float32)
+
+
+def test_chance_is_the_spread_of_the_ncc_of_unrelated_noise():
+    """null_sd: the NCC of unrelated smoothed noise spreads as predicted (128 px, sigma 2: 0.039)."""
+    rng = np.random.default_rng(0)
+    scores = [ncc(smoothed(rng.normal(size=(128, 128)), 2.0)[0], smoothed(rng.normal(size=(128, 128)), 2.0)[0]) for _ in range(300)]
+    assert null_sd(128 * 128, 2.0) == pytest.approx(np.sqrt(2 * np.pi * 4 / 128**2), rel=0.02)
+    assert np.std(scores) == pytest.approx(null_sd(128 * 128, 2.0), rel=0.15)
+    assert null_sd(100, 0.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("dose", [0.25, 5, 1000])
+def test_a_flat_misaligned_patch_is_not_kept(dose):
+    """In a patch with no signal the ceiling is tiny (about 0.05), so chance cleared 0.6 of it:
+    the ceiling alone kept 12-16 % of such misaligned 128 px patches at any dose (the review's
+    simulation). Judged against chance too, none is kept, and they hold no signal."""
+    full = np.ones((512, 512), bool)
+    by_ceiling = kept = no_signal = 0
+    for seed in range(8):
+        (a, na), (b, nb) = smoothed(_flat(seed, dose), 2.0), smoothed(_flat(100 + seed), 2.0)
+        scores, ceilings = patch_ncc(a, b, full, 128), patch_ceiling(a, b, full, 128, na, nb)
+        by_ceiling += int((np.nan_to_num(scores / ceilings, nan=-1) >= 0.6).sum())
+        k, n = keep(scores, ceilings, patch_null(full, 128, 2.0), 0.6)
+        kept, no_signal = kept + int(k.sum()), no_signal + int(n.sum())
+    assert by_ceiling >= 5  # what the ceiling alone let through (of 128 patches)
+    assert kept == 0 and no_signal == 128
+
+
+@pytest.mark.parametrize("dose", [1, 20])
+def test_a_pair_with_no_signal_keeps_no_patch(dose):
+    """Pure noise on both sides, unrelated or of the same flat scene: refused, or not a patch kept."""
+    for target in (np.random.default_rng(1).random((512, 512)).astype(np.float32), _flat(2)):
+        try:
+            reg = register_pair(_flat(3, dose), target)
+        except RegistrationError as err:
+            assert "same place" in str(err)
+            continue
+        assert not reg.kept.any() and reg.no_signal.all()
 
 
 def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path, distort):

@@ -147,18 +147,31 @@ def _laptop(make_napari_viewer):
 
 
 def _caption(viewer, layer):
-    """What napari draws as a layer's caption in its grid cell, and where: (text, left, right) in screen pixels."""
-    visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer].values()
-    caption = next(v for v in visuals if type(v).__name__ == "VispyLayerNameOverlay")
+    """What napari draws as a layer's caption in its grid cell, and where: (text, left, right) in
+    screen pixels, and its size in points. Compare's own caption, and no other: napari's is hidden."""
+    from napari_emdiffuse._widgets.captions import KEY
+
+    overlay = layer._overlays[KEY]
+    visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer]
+    caption = visuals[overlay]
+    assert caption.node.visible and caption.node.parent is not None
+    assert not layer.name_overlay.visible and not any(v.node.visible for o, v in visuals.items() if o is layer.name_overlay)
     left = float(caption.node.transform.translate[0])
-    return caption.node.text, left, left + caption.x_size
+    return caption.node.text, left, left + caption.x_size, overlay.font_size
+
+
+def _uncaptioned(layer):
+    from napari_emdiffuse._widgets.captions import KEY
+
+    return KEY not in layer._overlays
 
 
 def test_grid_captions_fit_their_cells_at_1366_px(make_napari_viewer, isbi, voxel):
     """The error bound's caption (beside its colour bar) and a long result name were cut off in
     the 2 x 2 grid, the bound's at its start (docs/screenshots/04_compare.png); each now fits its
     cell, a name too long even at 7 pt shortened in its input's part, what it shows kept whole.
-    "One view" puts the captions and the names back as they were."""
+    The layers keep their names (the caption is Compare's own); "One view" puts napari's captions
+    back as they were."""
     from qtpy.QtWidgets import QApplication
 
     from napari_emdiffuse._widgets.layers import INTENSITY_UNIT, result_name
@@ -177,15 +190,19 @@ def test_grid_captions_fit_their_cells_at_1366_px(make_napari_viewer, isbi, voxe
         QApplication.processEvents()
     assert viewer.grid.shape == (2, 2)
     cell = viewer.canvas.size[1] / viewer.grid.shape[1]
+    captions = {}
     for layer in layers:
-        text, left, right = _caption(viewer, layer)
-        assert text == layer.name and 0 <= left and right <= cell, (text, left, right, cell)
-    assert bound.name_overlay.font_size == 7 and bound.name.endswith(": error bound (90 %) [grey values]")
-    assert bound.name.startswith("2") and "…" in bound.name  # the input's name cut in its middle
-    assert layers[0].name_overlay.font_size == 10 and layers[0].name == "em"
+        text, left, right, points = captions[layer.name] = _caption(viewer, layer)
+        assert 0 <= left and right <= cell, (text, left, right, cell)
+    assert [lyr.name for lyr in layers] == names  # never renamed
+    text, *_, points = captions[names[2]]
+    assert points == 7 and text.endswith(": error bound (90 %) [grey values]") and text != names[2]
+    assert text.startswith("2") and "…" in text  # the input's name cut in its middle
+    assert captions["em"][0] == "em" and captions["em"][3] == 10
     w.restore_view()
-    assert [lyr.name for lyr in layers] == names
+    assert [lyr.name for lyr in layers] == names and all(_uncaptioned(lyr) for lyr in layers)
     assert [lyr.name_overlay.font_size for lyr in layers] == [10] * 4 and bound.name_overlay.position == bound.colorbar.position
+    assert not any(lyr.name_overlay.visible for lyr in layers)  # as before "Side by side"
 
 
 def test_fit_name_keeps_what_a_layer_shows_and_cuts_its_input_in_the_middle():
@@ -272,8 +289,8 @@ def test_one_view_after_a_layer_was_deleted_side_by_side_touches_only_the_layers
 
 def test_a_layer_removed_side_by_side_is_let_go_at_once_and_the_grid_closes_up(make_napari_viewer, isbi, voxel):
     """Review: Compare's saved captions (and the swipe) kept a layer removed from the viewer, and
-    its data, alive until "One view". A removed layer now gets its own name and look back and is
-    let go at once; the grid closes up around the others, and closing the panel gives the rest
+    its data, alive until "One view". A removed layer now gets its own look back and is let go
+    at once; the grid closes up around the others, and closing the panel gives the rest
     theirs back."""
     import gc
     import weakref
@@ -292,10 +309,10 @@ def test_a_layer_removed_side_by_side_is_let_go_at_once_and_the_grid_closes_up(m
     w.choose([raw, smooth, ref, bound])
     w.side_by_side()
     QApplication.processEvents()
-    assert bound.name != full and viewer.grid.shape == (2, 2)
+    assert bound.name == full and _caption(viewer, bound)[0] != full and viewer.grid.shape == (2, 2)
     viewer.layers.remove(bound)
     QApplication.processEvents()
-    assert bound.name == full and bound.visible and not bound.name_overlay.visible  # as it was before
+    assert bound.name == full and bound.visible and not bound.name_overlay.visible and _uncaptioned(bound)  # as it was before
     gone = weakref.ref(smooth)
     viewer.layers.remove(smooth)
     del smooth
@@ -308,3 +325,108 @@ def test_a_layer_removed_side_by_side_is_let_go_at_once_and_the_grid_closes_up(m
     viewer.window.remove_dock_widget(w)
     QApplication.processEvents()
     assert not viewer.grid.enabled and all(lyr.visible for lyr in viewer.layers)
+
+
+def _settle():
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()
+
+
+def test_side_by_side_leaves_every_name_to_enhance_outlines_and_metrics(make_napari_viewer, isbi, voxel, tiny_model):
+    """Review (B1): Compare renamed a layer to fit its caption, and whatever read the name then
+    kept the short one: Enhance named its results after it and recorded it as their source (and
+    a large result's store), Compare's outlines and metric rows kept it after "One view". The
+    caption is now Compare's own: every layer keeps its full name while side by side."""
+    from napari_emdiffuse._widgets.layers import SOURCE_CHARS, elide_middle, result_name
+    from napari_emdiffuse._widgets.registry import MODELS
+
+    viewer, w = _laptop(make_napari_viewer)
+    full = "_".join([LONG] * 3)
+    clean = isbi[:1, :32, :32].astype(np.float32)
+    em = viewer.add_image(clean + np.random.default_rng(0).normal(0, 25, clean.shape).astype(np.float32), name=full, scale=voxel)
+    ref = viewer.add_image(clean, name="reference", scale=voxel)
+    w.choose([em, ref])
+    w.side_by_side()
+    _settle()
+    assert em.name == full and _caption(viewer, em)[0] != full  # shown shortened, named in full
+
+    MODELS.add(tiny_model, "trained")
+    _, enhance = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
+    enhance.image.select(em)
+    enhance.steps.setValue(1)
+    plan = enhance.plan()
+    assert plan.name == full and plan.source_info == {"source_layer": full}  # the store is named from plan.name
+    enhance.run()
+    enhanced, bound = enhance.result_layers
+    assert enhanced.name == result_name(full, "estimate") and bound.name.startswith(result_name(full, "error bound"))
+    assert enhanced.metadata["emdiffuse"]["source_layer"] == bound.metadata["emdiffuse"]["source_layer"] == full
+    _settle()
+
+    names = {id(lyr): lyr.name for lyr in (em, enhanced, bound)}
+    w.choose([em, enhanced, bound])
+    w.side_by_side()
+    _settle()
+    assert {id(lyr): lyr.name for lyr in (em, enhanced, bound)} == names and _caption(viewer, em)[0] != full
+    w.reference.select(ref)
+    w.compute_metrics()
+    w.uncertainty.select(bound)
+    w.threshold.setValue(0.0)
+    w.highlight()
+    outline = f"{elide_middle(bound.name, SOURCE_CHARS)} above 0"
+    assert w.highlight_layer.name == outline
+    w.restore_view()
+    _settle()
+    assert {id(lyr): lyr.name for lyr in (em, enhanced, bound)} == names and ref.name == "reference"
+    assert [r["layer"] for r in w.rows] == [full, enhanced.name, bound.name]
+    assert w.table.item(0, 0).toolTip() == full and w.highlight_layer.name == outline
+
+
+def test_a_name_given_side_by_side_is_fitted_and_a_new_layer_of_the_same_name_is_suffixed(make_napari_viewer, isbi, voxel):
+    """Review (D, B2): a long name the user typed while side by side overflowed its cell until the
+    window was resized, and a layer added meanwhile under a layer's full name took it (the
+    original became "name [1]" on "One view"). The caption now follows the name as it is given,
+    and napari's "[1]" goes to the newer layer, as it does outside Compare."""
+    viewer, w = _laptop(make_napari_viewer)
+    data = isbi[:1].astype(np.float32)
+    em, ref = (viewer.add_image(data, name=name, scale=voxel) for name in ("em", "reference"))
+    w.choose([em, ref])
+    w.side_by_side()
+    _settle()
+    assert _caption(viewer, em)[0] == "em"
+    full = "_".join([LONG] * 3)
+    em.name = full
+    _settle()
+    text, left, right, points = _caption(viewer, em)
+    cell = viewer.canvas.size[1] / viewer.grid.shape[1]
+    assert points == 7 and "…" in text and text != full and 0 <= left and right <= cell, (text, right, cell)
+    assert em.name == full
+    em.name = "em 2"  # and back to a short one: shown whole, in napari's size
+    _settle()
+    assert _caption(viewer, em)[0::3] == ("em 2", 10)
+    em.name = full
+    newer = viewer.add_image(data, name=full, scale=voxel)
+    assert newer.name == f"{full} [1]"
+    w.restore_view()
+    assert (em.name, ref.name, newer.name) == (full, "reference", f"{full} [1]")
+    assert _uncaptioned(em) and _uncaptioned(ref)
+
+
+def test_where_napari_cannot_show_compares_caption_its_own_shows_the_full_name(make_napari_viewer, isbi, voxel, monkeypatch):
+    """A napari without the parts Compare's caption needs (:mod:`.captions`): napari's own caption
+    shows the full name in the smallest size, overflowing its cell, and nothing is renamed."""
+    from napari_emdiffuse._widgets import captions
+
+    monkeypatch.setattr(captions, "_caption_class", False)
+    viewer, w = _laptop(make_napari_viewer)
+    data = isbi[:1].astype(np.float32)
+    full = "_".join([LONG] * 3)
+    em, ref = (viewer.add_image(data, name=name, scale=voxel) for name in (full, "reference"))
+    w.choose([em, ref])
+    w.side_by_side()
+    _settle()
+    assert em.name == full and _uncaptioned(em) and em.name_overlay.visible and em.name_overlay.font_size == 7
+    assert ref.name_overlay.visible and ref.name_overlay.font_size == 10
+    w.restore_view()
+    assert em.name == full and not em.name_overlay.visible and em.name_overlay.font_size == 10

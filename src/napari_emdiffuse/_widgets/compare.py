@@ -3,9 +3,10 @@ regions where the model is unsure.
 
 Side by side uses napari's grid mode (one camera for all cells, so pan and zoom stay linked);
 the layers' visibility, captions and the grid settings are saved first and restored by "One
-view" (napari's caption is the layer's name, so a name too long for its cell is shortened
-meanwhile), or by closing the panel; a layer removed meanwhile gets its own back at once. The
-swipe is a new, lazy layer that shows one image left of a split and the other right of it.
+view", or by closing the panel; a layer removed meanwhile gets its own back at once. Each cell
+is captioned by an overlay of Compare's own (:mod:`.captions`), so that a name too long for its
+cell is shown shortened while the layer keeps its name. The swipe is a new, lazy layer that
+shows one image left of a split and the other right of it.
 Metrics (PSNR, SSIM, FRC resolution; :mod:`napari_emdiffuse.metrics`) are computed in a worker
 thread on the slice shown, or on the whole volume. No user layer's data is ever modified.
 """
@@ -38,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
+from .captions import hide_caption, show_caption
 from .layers import SOURCE_CHARS, Placement, current_plane, elide_middle, fit_name, image_array, length_text, sample_values, unwrap
 from .pickers import LayerPicker
 from .qt_helpers import DockWidget, disconnect, image_type, row_layout
@@ -117,28 +119,20 @@ def _full_name(layer: Any) -> str:
 @dataclass
 class _Look:
     """What "Side by side" changes of one layer, as it was before: given back by "One view", or
-    at once when the layer is removed from the viewer."""
+    at once when the layer is removed from the viewer. Its name is never changed."""
 
     layer: Any  # unwrapped
-    visible: tuple[bool, bool] | None  # the layer's and its caption's visibility (None: added since)
-    caption: tuple[Any, float] | None = None  # its caption's position and size, once shown side by side
-    name: str | None = None  # its own name, while its caption shows a shorter one:
-    shown: str = ""  # this one
+    visible: tuple[bool, bool] | None  # the layer's and napari's caption's visibility (None: added since)
+    caption: tuple[Any, float] | None = None  # napari's caption's position and size, once shown side by side
 
-    def own(self) -> str:
-        """The layer's own name: the one it had, or one the user gave it while side by side."""
-        return self.name if self.name is not None and self.layer.name == self.shown else self.layer.name
+    def uncaption(self, refit: Any) -> None:
+        """Take Compare's caption off the layer, and stop refitting it when it is renamed."""
+        hide_caption(self.layer)
+        disconnect(self.layer.events.name, refit)
 
-    def name_as(self, text: str) -> None:
-        """Name the layer ``text`` (its own name, or a shorter one for its caption)."""
-        own = self.own()
-        if self.layer.name != text:
-            self.layer.name = text
-        self.name, self.shown = (None, "") if text == own else (own, self.layer.name)  # napari may add " [1]"
-
-    def give_back(self) -> None:
+    def give_back(self, refit: Any) -> None:
         """The layer as it was before "Side by side"."""
-        self.name_as(self.own())
+        self.uncaption(refit)
         if self.visible is not None:
             self.layer.visible, self.layer.name_overlay.visible = self.visible
         if self.caption is not None:
@@ -329,7 +323,7 @@ class CompareWidget(DockWidget):
                 look.caption = (layer.name_overlay.position, layer.name_overlay.font_size)
         for layer in self.viewer.layers:
             layer.visible = any(unwrap(layer) is c for c in chosen)
-            layer.name_overlay.visible = layer.visible  # each cell says what it shows
+            layer.name_overlay.visible = False  # each cell says what it shows: _fit_captions captions it
         self._in_grid = chosen
         self._lay_out()
         self.viewer.reset_view()
@@ -347,24 +341,30 @@ class CompareWidget(DockWidget):
 
     def _fit_captions(self, *_: Any) -> None:
         """Each cell's caption (its layer's name) in a font small enough to fit the cell, beside
-        the layer's colour bar where they share a corner. A name too long even at
-        :data:`MIN_CAPTION_PT` is shortened while side by side (:func:`.layers.fit_name`: what
-        the layer shows is kept whole, the input's name cut in its middle), for napari's caption
-        is the layer's name; a layer out of the grid has its own name back."""
+        the layer's colour bar where they share a corner, where napari puts the layer's own. A
+        name too long even at :data:`MIN_CAPTION_PT` is shown shortened (:func:`.layers.fit_name`:
+        what the layer shows kept whole, the input's name cut in its middle) by Compare's own
+        caption (:mod:`.captions`); the layer keeps its name. Fitted again when the window is
+        resized or a layer in the grid is renamed. Where this napari cannot show Compare's
+        caption, napari's shows the full name in the fitted size."""
         pad = float(self.viewer.canvas.overlay_tiling.padding[0])
         cell = self.viewer.canvas.size[1] / self.viewer.grid.shape[1]
         for look in self._saved_view["looks"]:
             layer = look.layer
             if look.caption is None or not any(layer is c for c in self._in_grid):
-                look.name_as(look.own())
+                look.uncaption(self._fit_captions)
                 continue
-            caption, bar = layer.name_overlay, layer.colorbar
-            caption.position = look.caption[0]
-            beside_bar = bar.visible and caption.position == bar.position
+            position, bar = look.caption[0], layer.colorbar
+            beside_bar = bar.visible and position == bar.position
             room = cell - 2 * pad - (_colorbar_width(layer) + pad if beside_bar else 0.0)
-            own = look.own()
-            caption.font_size = points = caption_points(own, room)
-            look.name_as(fit_name(own, lambda text: _canvas_text_width(text, points) <= room))
+            points = caption_points(layer.name, room)
+            text = fit_name(layer.name, lambda text: _canvas_text_width(text, points) <= room)
+            layer.events.name.connect(self._fit_captions)  # a name the user gives it is fitted too
+            if show_caption(layer, text, position, points):
+                layer.name_overlay.visible = False
+            else:
+                layer.name_overlay.position, layer.name_overlay.font_size = position, points
+                layer.name_overlay.visible = layer.visible
 
     def _look(self, layer: Any) -> _Look | None:
         """What "Side by side" saved of ``layer`` (unwrapped; None: nothing)."""
@@ -375,7 +375,7 @@ class CompareWidget(DockWidget):
         so that nothing here keeps it (and its data) alive; the grid closes up."""
         layer = unwrap(event.value)
         if self._saved_view is not None and (look := self._look(layer)) is not None:
-            look.give_back()
+            look.give_back(self._fit_captions)
             self._saved_view["looks"].remove(look)
         if any(layer is c for c in self._in_grid):
             self._in_grid = [c for c in self._in_grid if c is not layer]
@@ -389,21 +389,21 @@ class CompareWidget(DockWidget):
             self.highlight_layer = None
 
     def restore_view(self) -> None:
-        """Layer visibility, captions, names and grid settings as they were before "Side by side"."""
+        """Layer visibility, captions and grid settings as they were before "Side by side"."""
         if self._saved_view is None:
             return
         disconnect(self.viewer.canvas.events.size, self._fit_captions)
         for look in self._saved_view["looks"]:
-            look.give_back()
+            look.give_back(self._fit_captions)
         enabled, shape, stride = self._saved_view["grid"]
         grid = self.viewer.grid
         grid.shape, grid.stride, grid.enabled = shape, stride, enabled
         self._saved_view = None
         self._in_grid = []
-        self.refresh_layers()  # the list as the names are again
+        self.refresh_layers()
         self.restore_button.setEnabled(False)
         self.viewer.reset_view()
-        self.status.setText("One view: the layers' visibility, names and the grid are as they were before 'Side by side'.")
+        self.status.setText("One view: the layers' visibility, captions and the grid are as they were before 'Side by side'.")
 
     def start_swipe(self) -> None:
         """A layer showing the first chosen layer left of the split and the second right of it.

@@ -109,7 +109,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     report_json, overlay = report_paths(out)
     if "patches_kept" in report:
         k, r = report["patches_kept"], report["patches_rejected"]
-        print(f"kept {k['train']} training and {k['val']} validation patches; rejected {r['misaligned']} misaligned, {r['not covered']} not covered, {r['flat']} flat")
+        print(f"kept {k['train']} training and {k['val']} validation patches; rejected " + ", ".join(f"{n} {why}" for why, n in r.items()))
         reg = report.get("registration")
         if reg:
             print(f"registration: {reg['slices_registered']} slice(s) aligned, {reg['slices_failed']} failed; median NCC {reg['median_ncc_before']} -> {reg['median_ncc_after']}")
@@ -252,7 +252,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
     p.add_argument("--voxel", help="voxel size in µm, z,y,x (or y,x), when the files do not record it")
     p.add_argument("--patch", type=whole(16, 4096), help="patch size stored (target pixels); default 1.5 x the preset's, or 256")
-    p.add_argument("--min-ncc", type=number(-1, 1), default=0.6, help="reject patches that correlate less after registration than this share of the correlation their noise allows (default 0.6)")
+    p.add_argument("--min-ncc", type=number(-1, 1), default=0.6, help="reject patches that correlate less after registration than this share of the correlation their noise allows (default 0.6); patches with too little signal to stand out of chance are rejected as 'no signal' whatever this is")
     p.add_argument("--min-std", type=number(0), default=0.05, help="reject patches with less contrast, in units of the 0.1-99.9 %% range / 2 (default 0.05)")
     p.add_argument("--val-fraction", type=number(0, 0.5, low_open=True, high_open=True), default=0.1, help="share of slices (or rows) held out for validation")
     p.add_argument("--no-register", action="store_true", help="the pairs are already aligned")

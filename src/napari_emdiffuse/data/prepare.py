@@ -63,6 +63,24 @@ class PrepareOptions:
     seed: int = 0
 
 
+REJECTED = ("not covered", "no signal", "misaligned", "flat")
+"""Why a patch of a pair is not kept, in the order they are checked (docs/data-preparation.md)."""
+
+
+def reject_reason(covered: bool, kept: bool, no_signal: bool, target_patch: np.ndarray, normaliser: Any, min_std: float) -> str | None:
+    """Why a patch is not kept (one of :data:`REJECTED`), or None to keep it: the one place that
+    decides. ``covered``: the target reaches all of it; ``kept``, ``no_signal``: its verdict by
+    :func:`.register.keep` (True, False where nothing was registered); ``target_patch`` (the
+    registered target's) must have contrast (:func:`.patches.has_structure`)."""
+    if not covered:
+        return "not covered"
+    if not kept:
+        return "no signal" if no_signal else "misaligned"
+    if not has_structure(target_patch, normaliser, min_std):
+        return "flat"
+    return None
+
+
 def _stack(a: Any) -> Any:
     return a[None] if a.ndim == 2 else a
 
@@ -182,7 +200,7 @@ def _pairs_to_set(
     shown = set(np.linspace(0, depth - 1, min(opts.overlay, depth)).round().astype(int).tolist()) if opts.overlay else set()
     panels: list[np.ndarray] = []
     slices: list[dict[str, Any]] = []
-    rejected = {"misaligned": 0, "not covered": 0, "flat": 0}
+    rejected = dict.fromkeys(REJECTED, 0)
     kept = {"train": 0, "val": 0}
     for z in range(depth):
         if progress is not None:
@@ -202,24 +220,26 @@ def _pairs_to_set(
                 slices.append(entry)
                 rejected["misaligned"] += len(train_c) + len(val_c)
                 continue
-            warped, aligned, covered = reg.warped, reg.kept, reg.valid
+            warped, aligned, no_signal, covered = reg.warped, reg.kept, reg.no_signal, reg.valid
             entry.update(reg.summary())
         else:
-            warped, aligned, covered = t_plane.astype(np.float32), None, None
+            warped, aligned, no_signal, covered = t_plane.astype(np.float32), None, None, None
         bad: list[tuple[int, int]] = []
         index = {c: divmod(k, w // geom.input) for k, c in enumerate(corners)}  # corner -> score cell
         for split, chosen in (("train", train_c), ("val", val_c)):
             ins, tgs = [], []
             for y, x in chosen:
                 tsl = (slice(y * f, y * f + geom.target), slice(x * f, x * f + geom.target))
-                tpatch = warped[tsl]
-                if covered is not None and not covered[tsl].all():  # the target does not reach here
-                    reason = "not covered"
-                elif aligned is not None and not aligned[index[(y, x)]]:
-                    reason = "misaligned"
-                elif not has_structure(tpatch, n_tg, opts.min_std):
-                    reason = "flat"
-                else:
+                tpatch, cell = warped[tsl], index[(y, x)]
+                reason = reject_reason(
+                    covered is None or bool(covered[tsl].all()),
+                    aligned is None or bool(aligned[cell]),
+                    no_signal is not None and bool(no_signal[cell]),
+                    tpatch,
+                    n_tg,
+                    opts.min_std,
+                )
+                if reason is None:
                     ins.append(c_plane[y : y + geom.input, x : x + geom.input].astype(dt_in))
                     tgs.append(to_dtype(tpatch, dt_tg))
                     continue

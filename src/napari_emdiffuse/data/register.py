@@ -14,9 +14,12 @@ Both steps work on Gaussian-smoothed copies, so heavy shot noise does not steer 
 quality of the result is the normalised cross-correlation (NCC) of the smoothed images in every
 patch, judged against the NCC their noise allows a perfectly aligned pair (:func:`ncc_ceiling`):
 at a count per pixel or less noise alone holds an aligned patch's NCC well below any fixed
-threshold. Patches below a share of their ceiling are rejected; a pair whose global alignment
-correlates no better than unrelated images raises :class:`RegistrationError` instead of
-returning garbage.
+threshold. A patch is kept when its NCC reaches a share of its ceiling *and* stands
+:data:`NULL_SIGMAS` standard deviations above what patches with no signal reach by chance
+(:func:`null_sd`): where a patch holds little signal (resin, a flat or faintly textured area)
+its ceiling is tiny and chance alone would clear a share of it.
+A pair whose global alignment correlates no better than unrelated images raises
+:class:`RegistrationError` instead of returning garbage.
 
 Where the target reaches (the patches it covers) is decided by both steps. The global transform
 pools the whole image and placed the edges of aligned 512 px pairs within half a pixel at 2-5
@@ -51,6 +54,16 @@ counts per pixel (99th percentile), 1.2-1.4 at 0.5 and 1, 0.8-0.9 at 2, 0.7 at 5
 2.0-2.6 px at 0.25 counts)."""
 
 
+NULL_SIGMAS = 5.0
+"""How many of :func:`null_sd` (chance's spread with no signal) a patch's ceiling and NCC must
+reach to be kept, and a pair's global NCC to count as related (:func:`keep`). Chosen on design
+data only (``benchmarks/study_prepare_ncc.py --design``: ISBI 10-19, flat and low-contrast
+images of other seeds; ``benchmarks/results/prepare_ncc_design.json``), in these units: aligned
+128 / 256 px patches reach 9.3 / 23.5 at 0.25 counts per pixel (the fewest), 64 px ones 3.0
+(1st percentile 3.3, median 6.2; 6.3 from 1 count on); misaligned flat or faint patches up to
+3.4 at 0.25-1 count, and up to 5.1 once the local flow has made the best of an unrelated pair."""
+
+
 @dataclass
 class PairRegistration:
     """The target warped onto the input's grid, how it was done, and how well it fits."""
@@ -68,14 +81,20 @@ class PairRegistration:
     patch: int
     patch_ncc: np.ndarray  # (rows, cols): NCC in each patch after registration (NaN: not covered)
     patch_ceiling: np.ndarray  # (rows, cols): the NCC each patch's noise allows (ncc_ceiling; NaN: none)
+    patch_null: np.ndarray  # (rows, cols): the NCC's spread by chance in a patch with no signal (null_sd; NaN: not covered)
     ncc_ceiling: float  # the NCC the whole pair's noise allows (covered area, after the local step)
+    ncc_null: float  # the NCC's spread by chance over that area with no signal (null_sd)
     min_ncc: float
 
     @property
     def kept(self) -> np.ndarray:
-        """Patches good enough to train on (the squares of :func:`~.patches.grid`): NCC at least
-        ``min_ncc`` of what their noise allows."""
-        return np.nan_to_num(self.patch_ncc / self.patch_ceiling, nan=-1.0) >= self.min_ncc
+        """Patches good enough to train on (the squares of :func:`~.patches.grid`): see :func:`keep`."""
+        return keep(self.patch_ncc, self.patch_ceiling, self.patch_null, self.min_ncc)[0]
+
+    @property
+    def no_signal(self) -> np.ndarray:
+        """Patches too poor in signal to judge (:func:`keep`): not kept, but not shown misaligned either."""
+        return keep(self.patch_ncc, self.patch_ceiling, self.patch_null, self.min_ncc)[1]
 
     def summary(self) -> dict[str, Any]:
         good = self.patch_ncc[np.isfinite(self.patch_ncc)]
@@ -87,10 +106,12 @@ class PairRegistration:
             "ncc_global": round(self.ncc_global, 4),
             "ncc_local": round(self.ncc_local, 4),
             "ncc_ceiling": round(self.ncc_ceiling, 4),
+            "ncc_chance": round(NULL_SIGMAS * self.ncc_null, 4),
             "matrix": np.round(self.matrix, 5).tolist(),
             "patch": self.patch,
             "patches": int(good.size),
             "patches_kept": int(self.kept.sum()),
+            "patches_no_signal": int((self.no_signal & np.isfinite(self.patch_ncc)).sum()),
             "patch_ncc_median": round(float(np.median(good)), 4) if good.size else None,
             "patch_ceiling_median": round(float(np.median(ceilings)), 4) if ceilings.size else None,
             "min_ncc": self.min_ncc,
@@ -172,6 +193,41 @@ def ncc_ceiling(a: np.ndarray, b: np.ndarray, noise_a: np.ndarray, noise_b: np.n
     return float(np.sqrt(product)) if product > 0 else float("nan")
 
 
+def null_sd(n: Any, sigma: float) -> Any:
+    """The standard deviation of :func:`ncc` over ``n`` pixels (a number or an array) of two
+    unrelated images that hold nothing but white noise, each smoothed by a Gaussian of ``sigma``
+    as registration compares them: ``sqrt(sum_d rho(d)^2 / n)``, ``rho`` the autocorrelation the
+    smoothing gives the noise (``1/sqrt(n)`` unsmoothed, about ``sqrt(2 pi sigma^2 / n)``
+    smoothed). What chance alone gives a patch with no signal; a texture of its own spreads the
+    NCC of unrelated patches wider (the ceiling's share, :func:`keep`, answers those)."""
+    if sigma > 0:
+        impulse = np.zeros(8 * int(np.ceil(sigma)) + 1)
+        impulse[impulse.size // 2] = 1.0
+        g = ndi.gaussian_filter1d(impulse, sigma)
+        rho = np.correlate(g, g, "full")
+        gain = float(((rho / rho.max()) ** 2).sum()) ** 2
+    else:
+        gain = 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(gain / np.asarray(n, np.float64))
+
+
+def keep(ncc: Any, ceiling: Any, null: Any, min_ncc: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which of these scores (arrays, or numbers) keep their patch, and which patches hold no
+    signal: the one place that says so.
+
+    No signal: the ``ceiling`` its noise allows is below :data:`NULL_SIGMAS` times ``null``
+    (:func:`null_sd`), or unknown, so even perfectly aligned the patch would not stand out of
+    chance. Kept: signal, and an NCC of at least ``min_ncc`` of the ceiling and at least that
+    floor. A patch with signal that is not kept is misaligned."""
+    ncc, ceiling, null = (np.asarray(v, np.float64) for v in (ncc, ceiling, null))
+    floor = NULL_SIGMAS * null
+    with np.errstate(invalid="ignore"):
+        signal = ceiling >= floor
+        kept = signal & (ncc >= np.maximum(min_ncc * ceiling, floor))
+    return kept, ~signal
+
+
 def _squares(valid: np.ndarray, patch: int) -> Iterator[tuple[tuple[int, int], tuple[slice, slice]]]:
     """The squares of :func:`~.patches.grid` that are at least 90 % covered: ((row, col), slices)."""
     from .patches import grid
@@ -197,6 +253,14 @@ def patch_ceiling(a: np.ndarray, b: np.ndarray, valid: np.ndarray, patch: int, n
     out = np.full((a.shape[0] // patch, a.shape[1] // patch), np.nan, np.float32)
     for cell, sl in _squares(valid, patch):
         out[cell] = ncc_ceiling(a[sl], b[sl], noise_a[sl], noise_b[sl], valid[sl])
+    return out
+
+
+def patch_null(valid: np.ndarray, patch: int, sigma: float) -> np.ndarray:
+    """:func:`null_sd` in the squares :func:`patch_ncc` scores (NaN where it scores none)."""
+    out = np.full((valid.shape[0] // patch, valid.shape[1] // patch), np.nan, np.float32)
+    for cell, sl in _squares(valid, patch):
+        out[cell] = null_sd(int(valid[sl].sum()), sigma)
     return out
 
 
@@ -328,10 +392,11 @@ def register_pair(
     raise it for very noisy inputs. ``local``: add the non-rigid optical-flow step over
     ``flow_window`` pixels, its field smoothed over ``flow_smooth`` pixels (the scale of real
     section warping). ``min_ncc``: patches whose smoothed NCC after registration is below this
-    share of their :func:`ncc_ceiling` are rejected. A pair is refused as unrelated when its
-    phase-correlation peak stands less than ``min_prominence`` standard deviations out
-    (unrelated EM images give 4-5, pairs of the same place 10-17 even at 1 electron per pixel)
-    and the global alignment correlates below half its ceiling.
+    share of their :func:`ncc_ceiling`, or below what chance reaches (:func:`keep`), are
+    rejected. A pair is refused as unrelated when its phase-correlation peak stands less than
+    ``min_prominence`` standard deviations out (unrelated EM images give 4-5, pairs of the same
+    place 10-17 even at 1 electron per pixel) and the global alignment correlates below half its
+    ceiling or below :data:`NULL_SIGMAS` times chance's spread (:func:`null_sd`).
     """
     if factor < 1 or int(factor) != factor:
         raise InputError(f"factor must be a positive integer, got {factor}")
@@ -369,11 +434,13 @@ def register_pair(
     warped_s, valid = warp_to(ms, coords, order=1)
     ncc_global = ncc(fs, warped_s, valid)
     ceiling = ncc_ceiling(fs, warped_s, noise_f, warp_to(noise_m, coords, order=0)[0], valid)
-    if prominence < min_prominence and not ncc_global >= 0.5 * ceiling:
+    null = null_sd(int(valid.sum()), smooth)
+    if prominence < min_prominence and not keep(ncc_global, ceiling, null, 0.5)[0]:
         raise RegistrationError(
             f"the input and the target do not match: their correlation peak stands {prominence:.1f} standard "
             f"deviations out ({min_prominence:g} needed) and after alignment they correlate {ncc_global:.2f}, "
-            f"of the {ceiling:.2f} their noise allows. Are they images of the same place?"
+            f"of the {ceiling:.2f} their noise allows ({NULL_SIGMAS * null:.2f} stands out of chance). "
+            "Are they images of the same place?"
         )
     if valid.mean() < 0.25:
         raise RegistrationError(f"after alignment the target covers only {valid.mean():.0%} of the input")
@@ -388,6 +455,7 @@ def register_pair(
     noise_w = warp_to(noise_m, coords, order=0)[0]
     ceiling = ncc_ceiling(fs, warped_s, noise_f, noise_w, valid)
     scores, ceilings = patch_ncc(fs, warped_s, valid, patch), patch_ceiling(fs, warped_s, valid, patch, noise_f, noise_w)
+    nulls = patch_null(valid, patch, smooth)
 
     if factor > 1:
         coords, placed = _upsample_coords(coords, factor), _upsample_coords(placed, factor)
@@ -406,7 +474,9 @@ def register_pair(
         patch=patch,
         patch_ncc=scores,
         patch_ceiling=ceilings,
+        patch_null=nulls,
         ncc_ceiling=ceiling,
+        ncc_null=float(null_sd(int(valid.sum()), smooth)),
         min_ncc=min_ncc,
     )
 
