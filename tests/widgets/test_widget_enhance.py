@@ -439,6 +439,50 @@ def test_an_input_without_a_pixel_size_gives_results_without_one(make_napari_vie
         assert all(tuple(lyr.scale) == tuple(w.result_layers[0].scale) for lyr in reopened)
 
 
+def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_one(make_napari_viewer, isbi, voxel, untrained_model, tmp_path, notes):
+    """A 2x super-resolution TIFF of an input without a pixel size reopens over its input at a
+    scale of 0.5 of napari's pixels. Enhanced again, that 0.5 was taken as 0.5 µm: the new
+    result recorded a made-up pixel size (voxel_size 0.5 µm) and no ``sampling``. It records
+    none, its position in the reopened image's own pixels, and lies over it; a layer in µm, or
+    with a scale given without units, still has its pixel size."""
+    import zarr
+
+    from napari_emdiffuse.data.io import read_image
+    from napari_emdiffuse.jobs.predict import run_predict
+    from napari_emdiffuse.model_file import Model
+
+    sr = Model.load(untrained_model("superres"))
+    sample = sr.preset.with_overrides({"sample": {"steps": 1, "samples": 2}}).sample
+    run_predict(sr, isbi[:2, :24, :28].astype(np.float32), sample=sample, device="cpu", output=tmp_path / "sr.tif")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "sr.tif"), plugin="napari-emdiffuse")
+    assert tuple(layer.scale) == pytest.approx((1.0, 0.5, 0.5)) and [str(u) for u in layer.units] == ["pixel"] * 3
+    MODELS.add(untrained_model("denoise"), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData("denoise"))
+    w.image.select(layer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.zarr_path.setText(str(tmp_path / "again.zarr"))
+    assert w.plan().voxel == (1.0, 1.0, 1.0)
+    w.run()
+    assert len(w.result_layers) == 2, w.controls.status.text()
+    attrs = dict(zarr.open_group(str(tmp_path / "again.zarr"), mode="r").attrs)
+    assert attrs["voxel_size"] == [1.0, 1.0, 1.0] and attrs["sampling"] == [1.0, 1.0, 1.0]
+    own = read_image(tmp_path / "sr.tif").meta["provenance"]["origin"]  # the SR result's first pixel, in its own pixels
+    assert attrs["origin"] == pytest.approx(own) and any(own)
+    assert not [m for m in notes.messages("warning") if "pixel" in m]
+    for out in w.result_layers:
+        np.testing.assert_allclose(_edges(out), _edges(layer))
+        assert [str(u) for u in out.units] == ["pixel"] * 3
+    for kwargs in ({"units": ("micrometer",) * 3}, {}):  # a real pixel size: kept
+        w.image.select(viewer.add_image(isbi[:2, :24, :28], name="em", scale=voxel, **kwargs))
+        w.zarr_path.setText("")
+        assert w.plan().voxel == pytest.approx(voxel)
+
+
 @pytest.mark.parametrize("scope", ["whole", "slice"])
 @pytest.mark.parametrize("calibrated", [True, False])
 def test_a_reopened_store_mixes_no_units_with_the_result_shown(make_napari_viewer, isbi, voxel, tiny_model, tmp_path, notes, calibrated, scope):

@@ -47,7 +47,6 @@ from .layers import (
     Placement,
     current_plane,
     image_array,
-    in_um,
     output_placement,
     rectangle_roi,
     result_name,
@@ -123,7 +122,7 @@ class _Plan:
     entry: ModelEntry
     model: Any
     array: Any
-    voxel: tuple[float, ...]  # in µm where the layer's units say how (the jobs' unit)
+    voxel: tuple[float, ...]  # in µm where the layer's units say how (the jobs' unit); 1 where no size is known
     placement: Placement
     sample: Any
     device: str
@@ -133,6 +132,7 @@ class _Plan:
     resume: bool = False
     source_info: dict[str, str] | None = None  # what the result layers' metadata say the input was
     keep_samples: bool = False  # the samples come back as a layer too
+    origin: tuple[float, ...] | None = None  # the result's first pixel, in the jobs' unit (Placement.position_um)
 
 
 class EnhanceWidget(DockWidget):
@@ -504,8 +504,8 @@ class EnhanceWidget(DockWidget):
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(
-            name, contrast, entry, model, array, in_um(voxel, source.units[-array.ndim :]), placement, sample, self.device.currentText(),
-            output, paths, overwrite, resume, info, keep,
+            name, contrast, entry, model, array, source.voxel_um()[-array.ndim :], placement, sample, self.device.currentText(),
+            output, paths, overwrite, resume, info, keep, source.position_um(placement.translate)[-array.ndim :],
         )  # fmt: skip
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...]]:
@@ -564,7 +564,7 @@ class EnhanceWidget(DockWidget):
                 input_paths=plan.input_paths,
                 cancel=cancel,
                 overwrite=plan.overwrite,
-                origin=in_um(plan.placement.translate[-plan.array.ndim :], plan.placement.units[-plan.array.ndim :]),
+                origin=plan.origin,
                 keep_samples=plan.keep_samples,
                 resume=plan.resume,
             )

@@ -145,12 +145,18 @@ def rectangle_roi(shapes: Any, image: Any) -> Roi:
 @dataclass(frozen=True)
 class Placement:
     """Where a layer sits in the world: per-axis ``scale``, ``translate``, ``units`` and the
-    user's ``axis_labels`` (None: napari's defaults), so that results share the input's sliders."""
+    user's ``axis_labels`` (None: napari's defaults), so that results share the input's sliders.
+
+    ``pixels_unsized``: a scale in napari's pixel unit is in pixels of no known size, as in the
+    layers the plugin makes (a result of an input without a pixel size has 0.5 of its input's
+    pixels, not 0.5 µm), rather than a size in µm given without units, as another layer's
+    (napari's default unit) is taken to be."""
 
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     units: tuple[str, ...]
     axis_labels: tuple[str, ...] | None = None
+    pixels_unsized: bool = False
 
     @classmethod
     def of(cls, layer: Any) -> "Placement":
@@ -159,27 +165,48 @@ class Placement:
             tuple(float(t) for t in layer.translate),
             tuple(str(u) for u in layer.units),
             tuple(str(a) for a in layer.axis_labels),
+            is_plugin_output(layer),
         )
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], ndim: int) -> "Placement":
-        """The placement that layer keyword arguments give (napari's defaults where one is missing)."""
+        """The placement that layer keyword arguments of this plugin's reader give (napari's
+        defaults where one is missing)."""
         return cls(
             tuple(kwargs.get("scale", (1.0,) * ndim)),
             tuple(kwargs.get("translate", (0.0,) * ndim)),
             tuple(kwargs.get("units", (PIXEL,) * ndim)),
+            pixels_unsized=True,
         )
+
+    def _um_per_unit(self) -> tuple[float | None, ...]:
+        """Micrometres per world unit along each axis; None where the axis has no known size:
+        in pixels of no known size, or in a unit that is no length, whatever its scale."""
+        from ..data.image import unit_to_um
+
+        return tuple(f if (f := unit_to_um(u)) else 1.0 if str(u) == PIXEL and not self.pixels_unsized else None for u in self.units)
+
+    def voxel_um(self) -> tuple[float, ...]:
+        """The voxel size in µm, the jobs' unit, per axis: 1 (unknown, as a file without a pixel
+        size reads: :func:`..data.image.known_pixel_um`) on an axis of no known size."""
+        return tuple(float(s) * f if f else 1.0 for s, f in zip(self.scale, self._um_per_unit()))
+
+    def position_um(self, values: Sequence[float]) -> tuple[float, ...]:
+        """A position in this placement's world (a result's first pixel) in the jobs' unit: µm on
+        an axis of known size, else in this image's own pixels (the world position over the
+        scale), which a job given no pixel size counts in."""
+        return tuple(float(v) * f if f else float(v) / float(s) for v, s, f in zip(values, self.scale, self._um_per_unit()))
 
     def measured(self) -> "Placement":
         """This placement with its lengths only where the pixel size is known: a scale of 1 (napari's
-        default, or a reader's 1 µm placeholder) is in napari's pixel unit, so that nothing derived
-        from it (a super-resolution result's 0.5 µm) reads as a measured size; the jobs write no
-        pixel size for such an input either (:func:`..data.image.known_pixel_um`)."""
+        default, or a reader's 1 µm placeholder) or of no known size (:meth:`voxel_um`) is in
+        napari's pixel unit, so that nothing derived from it (a super-resolution result's 0.5 µm)
+        reads as a measured size; the jobs write no pixel size for such an input either."""
         from ..data.image import known_pixel_um
 
-        if known_pixel_um(in_um(self.scale, self.units)) is not None:
+        if known_pixel_um(self.voxel_um()) is not None:
             return self
-        return Placement(self.scale, self.translate, (PIXEL,) * len(self.scale), self.axis_labels)
+        return Placement(self.scale, self.translate, (PIXEL,) * len(self.scale), self.axis_labels, True)
 
     def labels(self) -> tuple[str, ...]:
         """The axis labels, napari's defaults ("-3", "-2", "-1") where the layer had none."""
@@ -210,16 +237,7 @@ def output_placement(
     for t, o, s, n_in, n_out, vo in zip(source.translate, offset, source.scale, in_shape, out_shape, out_voxel):
         tiles_extent = math.isclose(n_out * vo, n_in * s, rel_tol=1e-6)
         translate.append(t + o * s + ((vo - s) / 2 if tiles_extent else 0.0))
-    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units, source.axis_labels)
-
-
-def in_um(values: Sequence[float], units: Sequence[str]) -> tuple[float, ...]:
-    """Lengths along a layer's axes (its scale or translate) in µm, the jobs' unit, where the axis
-    unit is a length; napari's "pixel" and unknown units pass as they are (a scale of 1 then
-    stays "pixel size unknown")."""
-    from ..data.image import unit_to_um
-
-    return tuple(float(v) * f if (f := unit_to_um(u)) else float(v) for v, u in zip(values, units))
+    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units, source.axis_labels, source.pixels_unsized)
 
 
 def sample_values(data: Any, max_pixels: int = 2_000_000) -> np.ndarray:

@@ -35,7 +35,7 @@ from ..data.image import known_pixel_um
 from ..errors import InputError
 from ..jobs.events import CheckpointSaved, Event, Loss, Preview, TrainResult, Validation
 from . import _common
-from .layers import image_array, in_um, rectangle_roi, unwrap
+from .layers import Placement, image_array, rectangle_roi, unwrap
 from .loss_plot import LossPlot
 from .options_form import OptionsForm
 from .pickers import LayerPicker
@@ -374,7 +374,7 @@ class TrainWidget(DockWidget):
             )
             note = f"layer {layer.name!r} with simulated noise (dose {self.dose.value():g}, read noise {self.read_noise.value():g})"
             grid_shape = clean.shape
-            pixel = known_pixel_um(variant.calibration_voxel(in_um(layer.scale, layer.units), options))
+            pixel = known_pixel_um(variant.calibration_voxel(Placement.of(layer).voxel_um(), options))
         else:
             arrays, names, chosen = {}, [], {}
             for name in variant.training_inputs:
@@ -393,7 +393,7 @@ class TrainWidget(DockWidget):
                 names.append(f"{name} {layer.name!r}")
             layer = self.pickers[variant.training_inputs[0]].layer()
             note = "layers " + ", ".join(names)
-            pixel = known_pixel_um(in_um(layer.scale, layer.units))
+            pixel = known_pixel_um(Placement.of(layer).voxel_um())
             grid_shape = arrays[variant.training_inputs[0]].shape
         roi = None
         if self.region.layer() is not None:
