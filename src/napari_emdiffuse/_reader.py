@@ -95,6 +95,7 @@ def geometry_kwargs(voxel: Sequence[float], translate: Sequence[float] | None = 
 
 
 def _image_layer(path: Path, dataset: str | None = None, name: str | None = None) -> LayerData:
+    from .data.formats import file_stem
     from .data.io import read_image
     from .data.normalise import check_grey
     from .data.tiff import GREY_ALPHA
@@ -105,7 +106,7 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
         data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
     data, voxel, translate, window = placement(path, image, data, dataset)
-    name = name or path.name.split(".")[0]
+    name = name or file_stem(path)
     samples = image.meta.get("colour")  # several samples per pixel, last (see the module docstring)
     colour = samples in ("RGB", "RGBA")
     if samples == GREY_ALPHA:
@@ -120,12 +121,59 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
         kwargs["multiscale"] = True
     provenance = image.meta.get("provenance") or {}
     if "finished" in provenance:  # a TIFF emdiffuse predict wrote: as the store of the same run reopens
-        from .jobs.predict_output import tiff_result_stem
-
-        role = provenance.get("role")
-        key = "mean" if role is None else str(role).removesuffix(" bound")
-        data = _as_result(data, kwargs, key, provenance, tiff_result_stem(path, role), path)
+        data = _tiff_result(data, kwargs, provenance, path)
     return data, kwargs, "image"
+
+
+def _tiff_result(data: Any, kwargs: dict[str, Any], provenance: dict[str, Any], path: Path) -> Any:
+    """A TIFF part of a prediction as :func:`_as_result` shows it (``kwargs`` updated), or, where
+    its record is malformed, as the plain image it also is, with one warning."""
+    from .jobs.predict_output import result_stem, role_key
+
+    shown = dict(kwargs)
+    try:
+        role = _tiff_role(provenance, path)
+        data = _as_result(data, shown, role_key(role), provenance, result_stem(path, role), path)
+    except UNREADABLE as err:
+        log.warning("%s: its recorded result metadata is unreadable (%s); shown as a plain image", path, _said(err))
+        return data
+    kwargs.update(shown)
+    return data
+
+
+def _tiff_role(provenance: dict[str, Any], path: Path) -> str | None:
+    """What part of a prediction a TIFF is (None: the estimate), as its provenance records it;
+    TIFFs that record none (the estimate, and the other parts of some written in December 2026)
+    are known by the tail of their name, where the estimate of the same run lies beside them."""
+    from .data.formats import file_stem
+    from .jobs.predict_output import PARTIAL, role_of_tail, tiff_tail
+
+    role = provenance.get("role")
+    if role is not None:
+        if not isinstance(role, str):
+            raise ValueError(f"'role' is {role!r}, not a name")
+        return role
+    stem = file_stem(path)
+    partial = stem.endswith(PARTIAL)
+    role = role_of_tail(stem.removesuffix(PARTIAL))
+    if role is None:
+        return None
+    estimate = path.with_name(stem.removesuffix(PARTIAL).removesuffix(tiff_tail(role)) + (PARTIAL if partial else "") + path.name[len(stem) :])
+    return role if _same_run(estimate, provenance) else None
+
+
+def _same_run(path: Path, provenance: dict[str, Any]) -> bool:
+    """Whether ``path`` is a TIFF of the same prediction as a part that records ``provenance``."""
+    import tifffile
+
+    from .data.tiff import tiff_provenance
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            other = tiff_provenance(tf) or {}
+    except Exception:  # noqa: BLE001 - not there, or no TIFF: no estimate of this run
+        return False
+    return other.get("role") is None and all(other.get(k) == provenance.get(k) for k in ("finished", "model", "settings", "input"))
 
 
 def placement(path: Path, image: Any, data: Any = None, dataset: str | None = None) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None, tuple[float, float] | None]:
@@ -261,6 +309,15 @@ def _group_geometry(kwargs: dict[str, Any], ndim: int, voxel: Sequence[float] | 
     return samples_kwargs(placement) if lead else {**group, **own}
 
 
+#: what malformed metadata raises where it is read (a string where a record should be, a missing key)
+UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def _said(err: Exception) -> str:
+    """An error read from malformed metadata, in one line (a KeyError's own text is only the key)."""
+    return f"no {err}" if isinstance(err, KeyError) else str(err) or type(err).__name__
+
+
 def _reopened_result(name: str, attrs: dict[str, Any]) -> tuple[str, float]:
     """What an array of a prediction's store shows, named as the Enhance widget names it, and the
     factor its values take for that: the store keeps the error map ``u``, whose bound ``q u``
@@ -270,6 +327,8 @@ def _reopened_result(name: str, attrs: dict[str, Any]) -> tuple[str, float]:
     from .uncertainty import coverage_label
 
     bounds, rough = attrs.get("bounds"), attrs.get("bounds_rough")
+    if bounds and not (isinstance(bounds, dict) and {"coverage", "scale", "settings"} <= bounds.keys()):
+        raise ValueError(f"'bounds' is {bounds!r}, not a record of coverage, scale and settings")
     cover = coverage_label(bounds["coverage"], bounds["settings"]) if bounds else ""
     if name == "mean":
         return "estimate", 1.0
@@ -294,8 +353,8 @@ def _sampled(kwargs: dict[str, Any], ndim: int, sampling: Any, path: Path) -> No
     """Place a result without a pixel size by its ``sampling`` (its pixel in its input's pixels,
     as predict records it; its own scale and translation are in its own pixels): over its input,
     which napari shows in its pixels, pixel centres where a known pixel size puts them."""
-    try:
-        factors = [float(f) for f in sampling]
+    try:  # a list of numbers (a string's digits are none)
+        factors = [float(f) for f in sampling] if isinstance(sampling, (list, tuple)) else []
     except (TypeError, ValueError):
         factors = []
     if not factors or len(factors) > ndim or not all(np.isfinite(f) and f > 0 for f in factors):
@@ -329,16 +388,30 @@ def _as_result(data: Any, kwargs: dict[str, Any], key: str, attrs: dict[str, Any
 
 def _zarr_group_layers(path: Path) -> list[LayerData]:
     """One layer per array or image in the group; the group's ``voxel_size`` and ``origin`` (µm,
-    as the predict job writes them) place arrays that carry no geometry of their own."""
+    as the predict job writes them) place arrays that carry no geometry of their own. A
+    prediction's store whose record is malformed opens as a plain group, with one warning."""
+    from .data.safe_output import own_attrs
+
+    attrs = own_attrs(path) or {}
+    if "finished" in attrs:  # a prediction's store (a training set is an input)
+        try:
+            return _group_layers(path, attrs)
+        except UNREADABLE as err:
+            log.warning("%s: its recorded result metadata is unreadable (%s); shown as plain images", path, _said(err))
+    return _group_layers(path, None)
+
+
+def _group_layers(path: Path, result: dict[str, Any] | None) -> list[LayerData]:
+    """The layers of :func:`_zarr_group_layers`, as the parts of a prediction whose record is
+    ``result``, or (None) as plain images."""
     import zarr
 
-    from .data.safe_output import own_attrs
+    from .data.formats import file_stem
+    from .jobs.predict_output import result_stem
 
     group = zarr.open_group(str(path), mode="r")
     group_voxel, origin = group.attrs.get("voxel_size"), group.attrs.get("origin")
-    stem = path.name.split(".")[0]
-    attrs = own_attrs(path) or {}
-    ours = "finished" in attrs  # a prediction's store (a training set is an input)
+    stem = file_stem(path) if result is None else result_stem(path)
     layers = []
     names = [n for n, _ in group.arrays()] + [n for n, _ in group.groups()]
     for name in sorted(n for n in names if not n.startswith(".")):  # hidden: a prediction's bookkeeping
@@ -346,8 +419,8 @@ def _zarr_group_layers(path: Path) -> list[LayerData]:
         ndim = data[0].ndim if isinstance(data, list) else data.ndim
         if group_voxel or origin:
             kwargs.update(_group_geometry(kwargs, ndim, group_voxel, origin))
-        if ours:
-            data = _as_result(data, kwargs, name, attrs, stem, path)
+        if result is not None:
+            data = _as_result(data, kwargs, name, result, stem, path)
             kwargs["visible"] = kwargs["metadata"]["emdiffuse"]["role"] == "enhanced"  # as Enhance adds them: the result shown, the rest in the layer list
         elif name in UNCERTAINTY_NAMES:
             _as_uncertainty(kwargs, 1.0)

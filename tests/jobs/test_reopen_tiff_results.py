@@ -73,3 +73,89 @@ def test_tiff_and_store_with_the_same_record_reopen_alike(tmp_path, record, comp
     assert f"{stem}: {error} [grey values]" in tiffs
     np.testing.assert_array_equal(tiffs[f"{stem}: {error} [grey values]"][0], 2.0 if record == "before bounds" else 6.0)
     assert (f"{stem}: rough lower bound" in tiffs) == (record == "rough")
+
+
+RESULT = {"complete": True, "finished": [[0, 8], [0, 8]], "voxel_size": [1.0, 1.0], "model": "m", "settings": {"steps": 1}, "input": ["in.tif"]}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"role": 3}, {"role": ["x"]}, {"role": "uncertainty", "bounds": "90%"}, {"role": "uncertainty", "bounds": {"coverage": 0.9}}, {"role": "lower bound", "bounds": {"scale": 2.0}}],
+    ids=["role int", "role list", "bounds text", "bounds without scale", "bounds without coverage"],
+)
+def test_a_tiff_result_with_a_malformed_record_opens_as_a_plain_image(tmp_path, caplog, record):
+    """It raised (AttributeError, TypeError, KeyError) in napari: the file could not be opened."""
+    path = write_tiff(tmp_path / "o_part.tif", np.full((8, 8), 2.0, np.float32), (1.0, 1.0), provenance={**RESULT, **record})
+    ((data, kw, _),) = read_paths(str(path))
+    assert kw["name"] == "o_part" and "metadata" not in kw and "colormap" not in kw
+    np.testing.assert_array_equal(np.asarray(data), 2.0)
+    (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(path) in said and "unreadable" in said and "\n" not in said
+
+
+def test_a_store_with_a_malformed_record_opens_as_plain_images(tmp_path, caplog):
+    import zarr
+
+    from napari_emdiffuse.data.safe_output import CREATED_BY, SOFTWARE
+
+    group = zarr.open_group(str(tmp_path / "o.zarr"), mode="w")
+    group.attrs.update({CREATED_BY: SOFTWARE, **RESULT, "bounds": {"coverage": 0.9}})
+    for name in ("mean", "uncertainty"):
+        group.create_array(name, data=np.full((8, 8), 2.0, np.float32))
+    layers = _layers([tmp_path / "o.zarr"])
+    assert set(layers) == {"o mean", "o uncertainty"} and not any("metadata" in kw for _, kw in layers.values())
+    (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(tmp_path / "o.zarr") in said and "unreadable" in said
+
+
+@pytest.mark.parametrize("sampling", ["12", "0.5", {"y": 0.5}])
+def test_a_sampling_that_is_no_list_of_numbers_is_unreadable(tmp_path, caplog, sampling):
+    """A string of digits was read digit by digit: "12" placed the result at 1 and 2 pixels."""
+    path = write_tiff(tmp_path / "o.tif", np.zeros((8, 8), np.float32), (1.0, 1.0), provenance={**RESULT, "sampling": sampling})
+    ((_, kw, _),) = read_paths(str(path))
+    assert kw["name"] == "o: estimate" and "scale" not in kw
+    assert any(str(path) in r.getMessage() and "sampling" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+@pytest.mark.parametrize("suffix", [".btf", ".tiff", ".ome.tif"])
+def test_a_tiff_result_under_any_tiff_suffix_the_reader_takes_reopens(tmp_path, suffix):
+    """A result renamed to .btf (a suffix the reader claims) failed with "cannot write results as '.btf'"."""
+    write_tiff(tmp_path / "o.tif", np.zeros((8, 8), np.float32), (1.0, 1.0), provenance={**RESULT, "role": "uncertainty"})
+    (tmp_path / "o.tif").rename(tmp_path / f"o_uncertainty{suffix}")
+    assert set(_layers([tmp_path / f"o_uncertainty{suffix}"])) == {"o: error map [grey values]"}
+
+
+def test_a_dotted_name_is_kept_whole_by_tiff_and_store_alike(tmp_path):
+    """``my.run.tif`` reopened as ``my.run: estimate``, ``my.run.zarr`` as ``my: estimate``."""
+    import zarr
+
+    from napari_emdiffuse.data.safe_output import CREATED_BY, SOFTWARE
+
+    write_tiff(tmp_path / "my.run.tif", np.zeros((8, 8), np.float32), (1.0, 1.0), provenance=RESULT)
+    group = zarr.open_group(str(tmp_path / "my.run.zarr"), mode="w")
+    group.attrs.update({CREATED_BY: SOFTWARE, **RESULT})
+    group.create_array("mean", data=np.zeros((8, 8), np.float32))
+    assert set(_layers([tmp_path / "my.run.tif"])) == set(_layers([tmp_path / "my.run.zarr"])) == {"my.run: estimate"}
+    write_tiff(tmp_path / "plain.v2.tif", np.zeros((8, 8), np.float32), (1.0, 1.0))
+    assert set(_layers([tmp_path / "plain.v2.tif"])) == {"plain.v2"}  # any file: its name less its format's suffix
+    from napari_emdiffuse._widgets.enhance import default_file_output
+
+    assert default_file_output(tmp_path / "my.run.tif") == tmp_path / "my.run_enhanced.zarr"  # Enhance from the file names alike
+
+
+@pytest.mark.parametrize("partial", ["", ".partial"])
+def test_a_part_that_records_no_role_is_known_by_its_name_beside_its_estimate(tmp_path, partial):
+    """An error map without ``role`` reopened as ``OUT: estimate``, grey, marked as the result.
+    Its name says what it is where the estimate of the same run lies beside it; an estimate
+    whose own name ends so (``cells_lower.tif``) stays the estimate."""
+    record = {**RESULT, "complete": not partial}
+    data = np.ones((8, 8), np.float32)
+    for tail in ("", "_uncertainty", "_lower", "_sample2"):
+        write_tiff(tmp_path / f"o{tail}{partial}.tif", data, (1.0, 1.0), provenance=record)
+    layers = {kw["name"]: kw["metadata"]["emdiffuse"]["role"] for _, kw, _ in read_paths([str(tmp_path / f"o{t}{partial}.tif") for t in ("", "_uncertainty", "_lower", "_sample2")])}
+    stem = "o (partial)" if partial else "o"
+    assert layers == {f"{stem}: estimate": "enhanced", f"{stem}: error map [grey values]": "uncertainty", f"{stem}: lower bound": "bounds", f"{stem}: sample 2": "samples"}
+    write_tiff(tmp_path / "cells_lower.tif", data, (1.0, 1.0), provenance=RESULT)
+    write_tiff(tmp_path / "other_lower.tif", data, (1.0, 1.0), provenance=RESULT)
+    write_tiff(tmp_path / "other.tif", data, (1.0, 1.0), provenance={**RESULT, "model": "another"})  # not of the same run
+    assert set(_layers([tmp_path / "cells_lower.tif", tmp_path / "other_lower.tif"])) == {"cells_lower: estimate", "other_lower: estimate"}

@@ -454,6 +454,7 @@ class EnhanceWidget(DockWidget):
 
     def plan(self) -> _Plan:
         """Check every choice and build the run; raises a user error with what to change."""
+        from ..data.formats import file_stem
         from ..model_file import Model
         from ..variants import get_variant, model_options
 
@@ -464,7 +465,7 @@ class EnhanceWidget(DockWidget):
             data, source, paths, note = read_input_file(file)
             if note:
                 _common.notify(note)
-            name = paths[0].name.split(".")[0] or paths[0].name  # as the reader names the file's layer
+            name = file_stem(paths[0])  # as the reader names the file's layer
             contrast, info, described = None, {"source_file": str(file)}, f"file {file}"
         else:
             layer = self.image.layer()
@@ -805,13 +806,13 @@ def default_file_output(path: Path | None) -> Path | None:
     the whole store, for an array inside one: ``result.zarr/mean`` gives ``result_mean_enhanced.zarr``)."""
     if path is None:
         return None
-    from ..data.formats import split_dataset, store_root
+    from ..data.formats import file_stem, split_dataset, store_root
 
     file, dataset = split_dataset(path)
     root = store_root(file)
     if root != file:
         file, dataset = root, "/".join([*file.relative_to(root).parts, *([dataset] if dataset else [])])
-    stem = file.name.split(".")[0] or "image"
+    stem = file_stem(file) or "image"
     if dataset:
         stem += "_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.strip("/"))
     return file.parent / f"{stem}{FILE_RESULT_SUFFIX}"

@@ -37,6 +37,20 @@ BY_SUFFIX = {
 }  # fmt: skip
 #: The file suffixes :func:`read_image` reads (folders aside: zarr, N5, slice folders).
 FILE_SUFFIXES: tuple[str, ...] = tuple(BY_SUFFIX)
+#: what a name ends in that says what the file or folder is, not what it holds (longest first)
+NAME_SUFFIXES = tuple(sorted({*FILE_SUFFIXES, ".ome.tif", ".ome.tiff", ".ome.zarr", ".zarr", ".n5"}, key=len, reverse=True))
+
+
+def file_stem(path: str | Path) -> str:
+    """A file's or folder's name less the suffix that says its format (``my.run.ome.tif`` and
+    ``my.run.zarr``: ``my.run``), the user's name kept whole, dots and all; a name without such
+    a suffix (a folder of slices) whole. What the napari reader names layers by."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in NAME_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def split_dataset(path: str | Path) -> tuple[Path, str | None]:

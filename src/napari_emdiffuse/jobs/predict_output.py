@@ -48,6 +48,7 @@ import numpy as np
 from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, pid_alive, replacing_set
 from ..errors import BlockError, InputError, StaleRunError
 from ..data.containers import CHUNK_PX
+from ..data.formats import file_stem
 from ..uncertainty import POOL_PX, ErrorModel
 from ..variants.base import Block, Geometry
 from .blocks import block_chunks
@@ -69,16 +70,34 @@ def split_suffix(path: Path) -> tuple[str, str]:
     raise InputError(f"{path}: cannot write results as {got}; use one of {', '.join(sorted(TIFF_SUFFIXES + STORE_SUFFIXES, key=len))}")
 
 
+def role_key(role: str | None) -> str:
+    """The array of a store that holds what a TIFF part of the role ``role`` (as its provenance
+    records it) holds: None (the estimate) ``mean``, "lower bound" ``lower``, "sample 2" itself."""
+    return "mean" if role is None else role.removesuffix(" bound")
+
+
 def tiff_tail(role: str | None) -> str:
     """What a part of a TIFF result adds to ``OUT`` in its name, by the role its provenance records:
     None (the estimate) nothing, "uncertainty" ``_uncertainty``, "lower bound" ``_lower``,
     "sample 2" ``_sample2``."""
-    return "" if role is None else "_" + role.removesuffix(" bound").replace(" ", "")
+    return "" if role is None else "_" + role_key(role).replace(" ", "")
 
 
-def tiff_result_stem(path: Path, role: str | None) -> str:
-    """``OUT`` of a part of a TIFF result (``OUT_uncertainty.partial.tif``: ``OUT``), by its role."""
-    stem = split_suffix(path)[0].removesuffix(PARTIAL)
+def role_of_tail(stem: str) -> str | None:
+    """The role whose :func:`tiff_tail` ends ``stem`` (``OUT_lower``: "lower bound"; ``OUT_sample2``:
+    "sample 2"); None where it ends in none."""
+    for role in ("uncertainty", "lower bound", "upper bound"):
+        if stem.endswith(tiff_tail(role)) and len(stem) > len(tiff_tail(role)):
+            return role
+    sample = re.fullmatch(r"(.+)_sample(\d+)", stem)
+    return f"sample {int(sample[2])}" if sample else None
+
+
+def result_stem(path: Path, role: str | None = None) -> str:
+    """``OUT`` of a result as the reader names its layers: a store's name, or a TIFF part's by its
+    ``role`` (``OUT_uncertainty.partial.tif``: ``OUT``), less the suffix of its format, whichever
+    the reader takes (:func:`..data.formats.file_stem`; ``.btf`` too, which predict does not write)."""
+    stem = file_stem(path).removesuffix(PARTIAL)
     return stem.removesuffix(tiff_tail(role)) or stem
 
 
