@@ -295,7 +295,7 @@ def report(results: dict[str, Any]) -> str:
         f"kept %, for {' / '.join(str(p) for p in PATCHES)} px patches; `--min-ncc {MIN_NCC}`, `--smooth {SMOOTH:g}`, "
         f"`--min-std {MIN_STD}`, NCC at least {NULL_SIGMAS:g} x chance's spread.",
         "",
-        "| counts per pixel | aligned pairs refused | aligned, NCC >= 0.6 (old) | aligned, kept by `register.keep` | of those not: no signal | aligned, kept by prepare | one patch off | another slice | unrelated pairs refused (kept patches of the rest) | flow wander p99, 256 / 512 px |",
+        "| counts per pixel | aligned pairs refused | aligned, NCC >= 0.6 (old) | aligned, kept by `register.keep` | aligned, no signal | aligned, kept by prepare | one patch off | another slice | unrelated pairs refused (kept patches of the rest) | flow wander p99, 256 / 512 px |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dose, r in results.items():
