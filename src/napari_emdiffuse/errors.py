@@ -17,7 +17,14 @@ class InputError(EMDiffuseError, ValueError):
 
 
 class RegistrationError(InputError):
-    """An input/target pair that could not be aligned (unrelated content, too little overlap, flat images)."""
+    """An input/target pair that could not be aligned (unrelated content, too little overlap, flat images).
+
+    ``no_signal``: refused because the pair holds too little signal to align by (flat, or too
+    few counts), not because it looks unrelated: prepare counts its patches as "no signal"."""
+
+    def __init__(self, message: str, *, no_signal: bool = False) -> None:
+        super().__init__(message)
+        self.no_signal = no_signal
 
 
 class ConfigError(EMDiffuseError, ValueError):

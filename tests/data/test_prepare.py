@@ -121,13 +121,15 @@ def test_unrelated_pairs_yield_no_training_set(tmp_path, pair, fibsem_path):
 def test_a_pair_with_no_signal_yields_no_training_set(tmp_path):
     """Flat noisy inputs against a flat target (mid-grey, noise of 1 % of the range): nothing to
     learn and nothing to judge their alignment by. The ceiling alone let chance keep some such
-    patches; now none is kept, and the report says why."""
+    patches; now none is kept, and the report says why: no signal, not misaligned, with the
+    advice that helps (a larger patch or a higher dose, not a smaller patch)."""
     rng = np.random.default_rng(0)
     noisy = np.stack([poisson_gaussian(np.full((256, 256), 0.5, np.float32), 5, 0.03, seed=z) for z in range(5)])
     flat = (0.5 + rng.normal(0, 0.01, noisy.shape)).astype(np.float32)
     with pytest.raises(InputError, match="no usable training patches") as err:
         run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(flat, VOXEL), tmp_path / "flat.zarr", opts=OPTS))
-    assert "no signal" in str(err.value) or "misaligned" in str(err.value)
+    assert "no signal" in str(err.value) and "misaligned" not in str(err.value)
+    assert "larger --patch or a higher dose" in str(err.value) and "same place" not in str(err.value)
 
 
 def test_mismatched_and_unsuitable_inputs(tmp_path, pair):

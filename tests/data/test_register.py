@@ -136,14 +136,21 @@ def test_a_flat_misaligned_patch_is_not_kept(dose):
 
 @pytest.mark.parametrize("dose", [1, 20])
 def test_a_pair_with_no_signal_keeps_no_patch(dose):
-    """Pure noise on both sides, unrelated or of the same flat scene: refused, or not a patch kept."""
+    """Pure noise on both sides, unrelated or of the same flat scene: refused as holding no
+    signal (not as unrelated: prepare counts it so), or not a patch kept."""
     for target in (np.random.default_rng(1).random((512, 512)).astype(np.float32), _flat(2)):
         try:
             reg = register_pair(_flat(3, dose), target)
         except RegistrationError as err:
-            assert "same place" in str(err)
+            assert err.no_signal and "no signal" in str(err) and "same place" not in str(err)
             continue
         assert not reg.kept.any() and reg.no_signal.all()
+
+
+def test_a_constant_image_is_refused_as_holding_no_signal():
+    with pytest.raises(RegistrationError, match="constant") as err:
+        register_pair(_flat(3, 5), np.full((512, 512), 0.5, np.float32))
+    assert err.value.no_signal
 
 
 def test_unrelated_pairs_are_refused(isbi_slice, fibsem_path, distort):

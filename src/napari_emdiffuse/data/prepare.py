@@ -218,7 +218,7 @@ def _pairs_to_set(
             except RegistrationError as err:
                 entry["failed"] = str(err)
                 slices.append(entry)
-                rejected["misaligned"] += len(train_c) + len(val_c)
+                rejected["no signal" if err.no_signal else "misaligned"] += len(train_c) + len(val_c)
                 continue
             warped, aligned, no_signal, covered = reg.warped, reg.kept, reg.no_signal, reg.valid
             entry.update(reg.summary())
@@ -262,10 +262,12 @@ def _pairs_to_set(
         progress(depth, depth, "done")
     if kept["train"] == 0 or kept["val"] == 0:
         reasons = ", ".join(f"{n} {k}" for k, n in rejected.items() if n)
-        raise InputError(
-            f"no usable {'training' if kept['train'] == 0 else 'validation'} patches ({reasons or 'none to cut'}); "
-            "check that input and target show the same place, or lower --min-ncc / --min-std / --patch"
+        advice = (
+            "they hold too little signal to align by: use a larger --patch or a higher dose"
+            if rejected["no signal"] > rejected["misaligned"]
+            else "check that input and target show the same place, or lower --min-ncc / --min-std / --patch"
         )
+        raise InputError(f"no usable {'training' if kept['train'] == 0 else 'validation'} patches ({reasons or 'none to cut'}); {advice}")
     ok = [s for s in slices if "ncc_local" in s]
     report = {
         "kind": "pairs" if register else "simulated pairs",

@@ -132,7 +132,7 @@ def _unit(image: Any, name: str) -> np.ndarray:
     if not hi > lo:
         lo, hi = float(a.min()), float(a.max())
     if not hi > lo:
-        raise RegistrationError(f"{name} is constant: there is nothing to register")
+        raise RegistrationError(f"{name} is constant: there is nothing to register", no_signal=True)
     return (a - lo) / (hi - lo)
 
 
@@ -226,6 +226,16 @@ def keep(ncc: Any, ceiling: Any, null: Any, min_ncc: float) -> tuple[np.ndarray,
         signal = ceiling >= floor
         kept = signal & (ncc >= np.maximum(min_ncc * ceiling, floor))
     return kept, ~signal
+
+
+def _no_signal(ceiling: float, null: float) -> RegistrationError:
+    """The refusal of a pair that holds too little signal to align by (:func:`keep`)."""
+    allows = "no correlation at all" if not np.isfinite(ceiling) else f"a correlation of {ceiling:.2f} at best"
+    return RegistrationError(
+        f"no signal to align by (flat, or too few counts): their noise allows {allows}, and "
+        f"{NULL_SIGMAS * null:.2f} is needed to stand out of chance. A larger patch or a higher dose helps",
+        no_signal=True,
+    )
 
 
 def _squares(valid: np.ndarray, patch: int) -> Iterator[tuple[tuple[int, int], tuple[slice, slice]]]:
@@ -396,7 +406,8 @@ def register_pair(
     rejected. A pair is refused as unrelated when its phase-correlation peak stands less than
     ``min_prominence`` standard deviations out (unrelated EM images give 4-5, pairs of the same
     place 10-17 even at 1 electron per pixel) and the global alignment correlates below half its
-    ceiling or below :data:`NULL_SIGMAS` times chance's spread (:func:`null_sd`).
+    ceiling or below :data:`NULL_SIGMAS` times chance's spread (:func:`null_sd`); as holding no
+    signal (``RegistrationError.no_signal``) when even its ceiling is below that.
     """
     if factor < 1 or int(factor) != factor:
         raise InputError(f"factor must be a positive integer, got {factor}")
@@ -425,6 +436,9 @@ def register_pair(
     except cv2.error:
         method, matrix = "orb", _orb_affine(fs, ms)
     if matrix is None:
+        ceiling, null = ncc_ceiling(fs, ms, noise_f, noise_m), null_sd(h * w, smooth)  # the ceiling needs no alignment
+        if keep(0.0, ceiling, null, 0.5)[1]:
+            raise _no_signal(ceiling, null)
         raise RegistrationError(
             "the global alignment failed (ECC did not converge and too few image features matched): "
             "the input and the target look unrelated or too flat. Are they images of the same place?"
@@ -435,7 +449,10 @@ def register_pair(
     ncc_global = ncc(fs, warped_s, valid)
     ceiling = ncc_ceiling(fs, warped_s, noise_f, warp_to(noise_m, coords, order=0)[0], valid)
     null = null_sd(int(valid.sum()), smooth)
-    if prominence < min_prominence and not keep(ncc_global, ceiling, null, 0.5)[0]:
+    whole_kept, whole_no_signal = keep(ncc_global, ceiling, null, 0.5)
+    if prominence < min_prominence and whole_no_signal:
+        raise _no_signal(ceiling, null)
+    if prominence < min_prominence and not whole_kept:
         raise RegistrationError(
             f"the input and the target do not match: their correlation peak stands {prominence:.1f} standard "
             f"deviations out ({min_prominence:g} needed) and after alignment they correlate {ncc_global:.2f}, "
