@@ -13,7 +13,7 @@ import zarr
 from napari_emdiffuse.cli import main
 from napari_emdiffuse.data.degrade import poisson_gaussian
 from napari_emdiffuse.data.io import Image, read_image
-from napari_emdiffuse.data.prepare import PrepareOptions
+from napari_emdiffuse.data.prepare import PrepareOptions, no_signal_warning
 from napari_emdiffuse.jobs.inputs import training_arrays
 from napari_emdiffuse.jobs.events import Message, PrepareResult, Progress
 from napari_emdiffuse.jobs.prepare import prepare_clean, prepare_pairs, prepare_volume, run_prepare
@@ -130,6 +130,32 @@ def test_a_pair_with_no_signal_yields_no_training_set(tmp_path):
         run_prepare(prepare_pairs(Image(noisy, VOXEL), Image(flat, VOXEL), tmp_path / "flat.zarr", opts=OPTS))
     assert "no signal" in str(err.value) and "misaligned" not in str(err.value)
     assert "larger --patch or a higher dose" in str(err.value) and "same place" not in str(err.value)
+
+
+def test_prepare_warns_when_most_patches_hold_no_signal(tmp_path, isbi_path, capsys):
+    """Aligned pairs at 5 counts per pixel whose right three quarters are blank: most patches
+    are rejected as "no signal", and the summary line says so and what keeps more (review s16 N3)."""
+    clean = tifffile.imread(isbi_path, key=range(5))[:, 128:384, 128:384].astype(np.float32) / 255
+    clean[:, :, 64:] = 0.5 + np.random.default_rng(0).normal(0, 0.01, clean[:, :, 64:].shape)
+    noisy = np.stack([poisson_gaussian(c, 5, 0.03, seed=z) for z, c in enumerate(clean)]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy)
+    tifffile.imwrite(tmp_path / "clean.tif", clean)
+    s = str(tmp_path / "set.zarr")
+    assert main(["prepare", "--input", str(tmp_path / "noisy.tif"), "--target", str(tmp_path / "clean.tif"), "--out", s, "--patch", "64", "--voxel", "50,4,4", "-q"]) == 0
+    summary = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("kept "))
+    assert 'were rejected as "no signal" (registration judged patches of 64 input px)' in summary
+    assert "a larger --patch" in summary and "a higher dose" in summary
+
+
+def test_the_no_signal_warning_is_for_most_patches_only():
+    def report(no_signal, kept):
+        return {"patch": {"input": 32, "target": 64}, "patches_kept": {"train": kept, "val": 0},
+                "patches_rejected": {"not covered": 0, "no signal": no_signal, "misaligned": 0, "flat": 0}}
+
+    assert no_signal_warning(report(10, 10)) is None  # half: no warning
+    assert no_signal_warning(report(0, 0)) is None
+    warning = no_signal_warning(report(11, 9))
+    assert warning and "11 of 20 patches (55%)" in warning and "32 input px" in warning and "--patch / factor" in warning
 
 
 def test_mismatched_and_unsuitable_inputs(tmp_path, pair):

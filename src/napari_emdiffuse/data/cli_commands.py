@@ -71,7 +71,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from ..cli_jobs import ctrl_c_cancels, drive
     from ..jobs.events import new_cancel_token
     from ..jobs.prepare import prepare_clean, prepare_pairs, prepare_volume
-    from .prepare import PrepareOptions, report_paths
+    from .prepare import PrepareOptions, no_signal_warning, report_paths
 
     given = [n for n in ("input", "clean", "volume") if getattr(args, n)]
     if len(given) != 1 or (args.input is None) != (args.target is None):
@@ -109,7 +109,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     report_json, overlay = report_paths(out)
     if "patches_kept" in report:
         k, r = report["patches_kept"], report["patches_rejected"]
-        print(f"kept {k['train']} training and {k['val']} validation patches; rejected " + ", ".join(f"{n} {why}" for why, n in r.items()))
+        warning = no_signal_warning(report)
+        print(
+            f"kept {k['train']} training and {k['val']} validation patches; rejected "
+            + ", ".join(f"{n} {why}" for why, n in r.items())
+            + (f"; {warning}" if warning else "")
+        )
         reg = report.get("registration")
         if reg:
             print(f"registration: {reg['slices_registered']} slice(s) aligned, {reg['slices_failed']} failed; median NCC {reg['median_ncc_before']} -> {reg['median_ncc_after']}")

@@ -67,6 +67,28 @@ REJECTED = ("not covered", "no signal", "misaligned", "flat")
 """Why a patch of a pair is not kept, in the order they are checked (docs/data-preparation.md)."""
 
 
+NO_SIGNAL_WARN = 0.5  # share of all patches rejected as "no signal" above which prepare warns (review s16 N3)
+
+
+def no_signal_warning(report: dict[str, Any]) -> str | None:
+    """A warning when more than :data:`NO_SIGNAL_WARN` of a pair set's patches were rejected as
+    "no signal" (None otherwise): registration judged patches of ``report["patch"]["input"]``
+    input pixels (``--patch`` divided by the factor for super-resolution), too small for the
+    noise of these images; a larger ``--patch`` or a higher dose keeps them."""
+    rejected, kept = report.get("patches_rejected") or {}, report.get("patches_kept") or {}
+    total = sum(rejected.values()) + sum(kept.values())
+    n = rejected.get("no signal", 0)
+    if not total or n <= NO_SIGNAL_WARN * total:
+        return None
+    size = report.get("patch", {}).get("input")
+    judged = f" of {size} input px" if size else ""
+    return (
+        f"warning: {n} of {total} patches ({n / total:.0%}) were rejected as \"no signal\" (registration judged patches{judged}): "
+        "where the images hold structure, a larger --patch (super-resolution judges --patch / factor) or a higher dose "
+        "keeps more; blank areas (resin, borders) stay rejected"
+    )
+
+
 def reject_reason(covered: bool, kept: bool, no_signal: bool, target_patch: np.ndarray, normaliser: Any, min_std: float) -> str | None:
     """Why a patch is not kept (one of :data:`REJECTED`), or None to keep it: the one place that
     decides. ``covered``: the target reaches all of it; ``kept``, ``no_signal``: its verdict by
