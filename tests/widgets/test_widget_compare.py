@@ -413,6 +413,46 @@ def test_a_name_given_side_by_side_is_fitted_and_a_new_layer_of_the_same_name_is
     assert _uncaptioned(em) and _uncaptioned(ref)
 
 
+def test_when_adding_a_caption_fails_mid_session_no_layer_shows_two(make_napari_viewer, isbi, voxel, monkeypatch):
+    """Drawing Compare's caption fails for a layer added to the grid later (review s16 N4): the
+    layers captioned before keep no stale caption of Compare's beside napari's, then or when
+    fitted again; napari's caption shows the full name, alone, in every cell."""
+    from napari._vispy.utils.visual import overlay_to_visual
+
+    from napari_emdiffuse._widgets import captions
+
+    monkeypatch.setattr(captions, "_caption_class", captions._caption_class)  # restored after the test
+    cls = captions.caption_overlay()
+    assert cls is not None
+    viewer, w = _laptop(make_napari_viewer)
+    data = isbi[:1].astype(np.float32)
+    full = "_".join([LONG] * 3)
+    em, ref = (viewer.add_image(data, name=name, scale=voxel) for name in (full, "reference"))
+    w.choose([em, ref])
+    w.side_by_side()
+    _settle()
+    assert not _uncaptioned(em) and not em.name_overlay.visible
+
+    class Failing(overlay_to_visual[cls]):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("drawing failed")
+
+    monkeypatch.setitem(overlay_to_visual, cls, Failing)
+    third = viewer.add_image(data, name="third", scale=voxel)
+    w.choose([em, ref, third])
+    w.side_by_side()
+    _settle()
+    for refit in (False, True):
+        if refit:
+            w._fit_captions()  # a resize or a rename
+            _settle()
+        for layer in (em, ref, third):
+            assert _uncaptioned(layer) and layer.name_overlay.visible, (layer.name, refit)
+        assert em.name == full and em.name_overlay.font_size == 7
+    w.restore_view()
+    assert all(_uncaptioned(layer) for layer in (em, ref, third)) and em.name == full
+
+
 def test_where_napari_cannot_show_compares_caption_its_own_shows_the_full_name(make_napari_viewer, isbi, voxel, monkeypatch):
     """A napari without the parts Compare's caption needs (:mod:`.captions`): napari's own caption
     shows the full name in the smallest size, overflowing its cell, and nothing is renamed."""

@@ -72,10 +72,12 @@ def _register() -> Any:
 
 def show_caption(layer: Any, text: str, position: Any, points: float) -> bool:
     """Caption ``layer``'s cell ``text`` at ``position`` in ``points``; False where this napari
-    cannot (nothing is left added then)."""
+    cannot (nothing is left added then: a caption of Compare's added to ``layer`` before adding
+    one failed, for this or another layer, is taken off, so that napari's shows alone)."""
     global _caption_class
     cls, overlays = caption_overlay(), getattr(layer, "_overlays", None)
     if cls is None or not isinstance(overlays, MutableMapping):
+        hide_caption(layer)
         return False
     caption = overlays.get(KEY)
     try:

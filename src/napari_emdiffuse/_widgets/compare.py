@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from . import _common
-from .captions import hide_caption, show_caption
+from .captions import caption_overlay, hide_caption, show_caption
 from .layers import SOURCE_CHARS, Placement, current_plane, elide_middle, fit_name, image_array, length_text, sample_values, unwrap
 from .pickers import LayerPicker
 from .qt_helpers import DockWidget, disconnect, image_type, row_layout
@@ -346,7 +346,9 @@ class CompareWidget(DockWidget):
         what the layer shows kept whole, the input's name cut in its middle) by Compare's own
         caption (:mod:`.captions`); the layer keeps its name. Fitted again when the window is
         resized or a layer in the grid is renamed. Where this napari cannot show Compare's
-        caption, napari's shows the full name in the fitted size."""
+        caption, napari's shows the full name in the fitted size; where adding one fails for a
+        layer, the layers captioned before it in the same fit are fitted again, to napari's."""
+        shown = False
         pad = float(self.viewer.canvas.overlay_tiling.padding[0])
         cell = self.viewer.canvas.size[1] / self.viewer.grid.shape[1]
         for look in self._saved_view["looks"]:
@@ -362,9 +364,12 @@ class CompareWidget(DockWidget):
             layer.events.name.connect(self._fit_captions)  # a name the user gives it is fitted too
             if show_caption(layer, text, position, points):
                 layer.name_overlay.visible = False
+                shown = True
             else:
                 layer.name_overlay.position, layer.name_overlay.font_size = position, points
                 layer.name_overlay.visible = layer.visible
+        if shown and caption_overlay() is None:  # adding a caption failed after others were added
+            self._fit_captions()  # once more: none is added now, so this does not recur
 
     def _look(self, layer: Any) -> _Look | None:
         """What "Side by side" saved of ``layer`` (unwrapped; None: nothing)."""
