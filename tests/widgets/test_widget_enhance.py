@@ -443,8 +443,9 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
     """A 2x super-resolution TIFF of an input without a pixel size reopens over its input at a
     scale of 0.5 of napari's pixels. Enhanced again, that 0.5 was taken as 0.5 µm: the new
     result recorded a made-up pixel size (voxel_size 0.5 µm) and no ``sampling``. It records
-    none, its position in the reopened image's own pixels, and lies over it; a layer in µm, or
-    with a scale given without units, still has its pixel size."""
+    none, its ``sampling`` and position in the pixels of the image the reopened one was made from
+    (napari's world: review s16 N1), and lies over it; a layer in µm, or with a scale given
+    without units, still has its pixel size."""
     import zarr
 
     from napari_emdiffuse.data.io import read_image
@@ -470,9 +471,11 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
     w.run()
     assert len(w.result_layers) == 2, w.controls.status.text()
     attrs = dict(zarr.open_group(str(tmp_path / "again.zarr"), mode="r").attrs)
-    assert attrs["voxel_size"] == [1.0, 1.0, 1.0] and attrs["sampling"] == [1.0, 1.0, 1.0]
+    assert attrs["voxel_size"] == [1.0, 1.0, 1.0] and attrs["sampling"] == [1.0, 0.5, 0.5]
     own = read_image(tmp_path / "sr.tif").meta["provenance"]["origin"]  # the SR result's first pixel, in its own pixels
-    assert attrs["origin"] == pytest.approx(own) and any(own)
+    assert attrs["origin"] == pytest.approx([o * f for o, f in zip(own, (1.0, 0.5, 0.5))])
+    assert attrs["origin"] == pytest.approx(list(layer.translate))  # the world's, where the layer lies
+    assert any(own)
     assert not [m for m in notes.messages("warning") if "pixel" in m]
     for out in w.result_layers:
         np.testing.assert_allclose(_edges(out), _edges(layer))
@@ -481,6 +484,68 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
         w.image.select(viewer.add_image(isbi[:2, :24, :28], name="em", scale=voxel, **kwargs))
         w.zarr_path.setText("")
         assert w.plan().voxel == pytest.approx(voxel)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+@pytest.mark.parametrize("again", ["denoise", "superres"])
+def test_a_result_of_a_reopened_result_without_a_pixel_size_reopens_where_it_is_shown(make_napari_viewer, isbi, untrained_model, tmp_path, notes, again, suffix):
+    """Review s16 N1: a result made from a reopened 2x super-resolution TIFF of an input without a
+    pixel size (shown at 0.5 of napari's pixels) lay over it in the session, but recorded its
+    ``sampling`` and origin in that TIFF's own pixels, which the reader takes as shown at 1:
+    reopened, it was twice as large and moved. Reopened from a store or a TIFF, it lies where its
+    layer lay, after a denoising and after a second super-resolution (0.25 of the first pixels)."""
+    from napari_emdiffuse.jobs.predict import run_predict
+    from napari_emdiffuse.model_file import Model
+
+    sr = Model.load(untrained_model("superres"))
+    sample = sr.preset.with_overrides({"sample": {"steps": 1, "samples": 2}}).sample
+    run_predict(sr, isbi[:2, :12, :14].astype(np.float32), sample=sample, device="cpu", output=tmp_path / "sr.tif")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "sr.tif"), plugin="napari-emdiffuse")
+    MODELS.add(untrained_model(again), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData(again))
+    w.image.select(layer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.zarr_path.setText(str(tmp_path / f"again{suffix}"))
+    w.run()
+    assert len(w.result_layers) == 2, w.controls.status.text()
+    shown = {out.name.rpartition(": ")[2]: out for out in w.result_layers}  # by what it shows: the file names the reopened
+    factor = 0.25 if again == "superres" else 0.5
+    estimate = next(out for out in w.result_layers if out.name.endswith("estimate"))
+    assert tuple(estimate.scale) == pytest.approx((1.0, factor, factor))
+    reopened = viewer.open(str(tmp_path / f"again{suffix}"), plugin="napari-emdiffuse")
+    assert "estimate" in {r.name.rpartition(": ")[2] for r in reopened}
+    for r in reopened:
+        if (what := r.name.rpartition(": ")[2]) in shown:
+            assert tuple(r.scale) == pytest.approx(tuple(shown[what].scale)), r.name
+            assert tuple(r.translate) == pytest.approx(tuple(shown[what].translate)), r.name
+            np.testing.assert_allclose(_edges(r), _edges(layer))  # over the layer it was made from
+
+
+def test_a_z_spacing_set_without_units_is_still_checked_against_an_isotropic_model(make_napari_viewer, isbi, untrained_model, notes):
+    """Review s16 N5: a user's layer scaled (5, 1, 1) without units (napari's default unit) gave
+    the jobs a voxel of (1, 1, 1), so an isotropic model of factor 4 no longer warned that the
+    z spacing is not its factor. The scale is given as before ba2bb3d, and the warning is back;
+    the result stays in napari's pixel unit (no pixel size is known)."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(isbi[:3, :16, :16], name="em", scale=(5.0, 1.0, 1.0))
+    MODELS.add(untrained_model("iso_i"), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData("iso_i"))
+    w.image.select(layer)
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    plan = w.plan()
+    assert plan.voxel == (5.0, 1.0, 1.0) and plan.sampling == (1.0, 1.0, 1.0)
+    assert [str(u) for u in plan.placement.units] == ["pixel"] * 3
+    w.run()
+    assert w.result_layers, w.controls.status.text()
+    assert any("z voxel is 5 times its xy voxel" in m for m in notes.messages("warning")), notes.messages("warning")
 
 
 @pytest.mark.parametrize("scope", ["whole", "slice"])

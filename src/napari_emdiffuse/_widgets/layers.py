@@ -197,11 +197,20 @@ class Placement:
         scale), which a job given no pixel size counts in."""
         return tuple(float(v) * f if f else float(v) / float(s) for v, s, f in zip(values, self.scale, self._um_per_unit()))
 
+    def sampling(self) -> tuple[float, ...]:
+        """This layer's pixel in its world's units, per axis, on an axis of no known size (in the
+        pixels of the image without a pixel size a plugin's layer was made from: 0.5 for a 2x
+        super-resolution result of it), else 1: predict's ``sampling``, so that a result of this
+        layer, reopened, lies where the result layer does (:meth:`position_um` is in its pixels)."""
+        return tuple(1.0 if f else float(s) for s, f in zip(self.scale, self._um_per_unit()))
+
     def measured(self) -> "Placement":
         """This placement with its lengths only where the pixel size is known: a scale of 1 (napari's
         default, or a reader's 1 µm placeholder) or of no known size (:meth:`voxel_um`) is in
         napari's pixel unit, so that nothing derived from it (a super-resolution result's 0.5 µm)
-        reads as a measured size; the jobs write no pixel size for such an input either."""
+        reads as a measured size; the jobs write no pixel size for such an input either. What the
+        jobs are given comes from the placement before this (:meth:`voxel_um`, :meth:`position_um`,
+        :meth:`sampling`): a z scale set without units stays a z spacing there."""
         from ..data.image import known_pixel_um
 
         if known_pixel_um(self.voxel_um()) is not None:

@@ -61,11 +61,14 @@ def output_geometry(variant: Variant, options: Any, shape: Sequence[int], voxel:
     return Geometry(geometry.shape, (1.0,) * len(geometry.shape), position)
 
 
-def output_sampling(variant: Variant, options: Any, shape: Sequence[int]) -> tuple[float, ...]:
+def output_sampling(variant: Variant, options: Any, shape: Sequence[int], sampling: Sequence[float] | None = None) -> tuple[float, ...]:
     """The output's pixel in the input's pixels, per axis (0.5 in y and x for 2x super-resolution,
     1/k in z for an isotropic factor k): what an output without a pixel size records (``sampling``)
-    so that the reader lays it over its input, which napari shows in its own pixels."""
-    return tuple(float(v) for v in variant.output_geometry(shape, (1.0,) * len(shape), options).voxel)
+    so that the reader lays it over its input, which napari shows in its own pixels. ``sampling``:
+    the input's own pixel in the pixels of the image without a pixel size it was made from (a
+    result of one: 0.5 for 2x super-resolution), which the output's is then counted in."""
+    voxel = variant.output_geometry(shape, (1.0,) * len(shape), options).voxel
+    return tuple(float(v) * float(s) for v, s in zip(voxel, sampling or (1.0,) * len(voxel)))
 
 
 def predict(
@@ -88,6 +91,7 @@ def predict(
     origin: Sequence[float] | None = None,
     resume: bool = False,
     cluster: str | None = None,
+    sampling: Sequence[float] | None = None,
 ) -> Iterator[Any]:
     """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``, block by block (see :mod:`.blocks`).
 
@@ -103,7 +107,10 @@ def predict(
     ``normaliser`` fixes the intensity statistics (otherwise they are measured on the whole
     input). ``model_name`` and ``origin`` (the first output pixel's position in µm, per axis:
     where a result of part of an image lies) are recorded in the output's provenance. ``compile`` runs the network
-    through ``torch.compile``.
+    through ``torch.compile``. ``sampling``, for an input without a pixel size made from another
+    (an earlier result of it, whose pixel is 0.5 of that image's for 2x super-resolution): its pixel
+    in that image's pixels, per axis, in which the output's ``sampling`` and ``origin`` (given in
+    the input's own pixels) are then recorded, so that the reader lays it where its input lies.
     """
     if estimate not in ESTIMATES:
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
@@ -113,6 +120,10 @@ def predict(
     variant.check_input(image, options)
     voxel = tuple(voxel) if voxel is not None else (1.0,) * image.ndim
     geometry = output_geometry(variant, options, image.shape, voxel, origin)
+    # the input's pixel in the pixels the output's place is recorded in: its own where its size is known
+    within = tuple(float(f) for f in sampling) if sampling is not None and known_pixel_um(voxel) is None else (1.0,) * image.ndim
+    if len(within) != image.ndim or not all(np.isfinite(f) and f > 0 for f in within):
+        raise ValueError(f"sampling {sampling!r}: one positive number per axis of the {image.ndim}D input")
     dtype = np.dtype(image.dtype) if str(out_dtype) == "input" else np.dtype(out_dtype)
     n_samples = cfg.samples if keep_samples else 0
     # one sample has no spread: its error map is zero, and bounds from it would claim a certainty it has not
@@ -182,9 +193,10 @@ def predict(
             # the last digits; on a cluster each worker decides by its own hardware
             "compute": {"cluster": cluster, "device": device} if cluster is not None
             else {"device": str(dev), "network": "bfloat16" if bf16 else "float32"},
-            **({"origin": [float(o) for o in origin]} if origin is not None else {}),
+            **({"origin": [float(o) * f for o, f in zip(origin, within)]} if origin is not None else {}),
             # no pixel size (voxel_size 1: the output's own pixels): how large those are in the input's pixels
-            **({"sampling": list(output_sampling(variant, options, image.shape))} if pixel_um is None else {}),
+            # (in those of the image the input was made from: ``sampling``)
+            **({"sampling": list(output_sampling(variant, options, image.shape, within))} if pixel_um is None else {}),
             # what lower/upper are: the interval's coverage on the calibration data, its scale (bound
             # = scale x uncertainty), and whether this run sampled as calibrated (uncertainty.settings_match)
             **({"bounds": {"coverage": round(1 - alpha, 6), "scale": float(q), "settings": match}} if calibration else {}),
