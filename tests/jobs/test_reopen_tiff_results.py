@@ -159,3 +159,25 @@ def test_a_part_that_records_no_role_is_known_by_its_name_beside_its_estimate(tm
     write_tiff(tmp_path / "other_lower.tif", data, (1.0, 1.0), provenance=RESULT)
     write_tiff(tmp_path / "other.tif", data, (1.0, 1.0), provenance={**RESULT, "model": "another"})  # not of the same run
     assert set(_layers([tmp_path / "cells_lower.tif", tmp_path / "other_lower.tif"])) == {"cells_lower: estimate", "other_lower: estimate"}
+
+
+@pytest.mark.parametrize("partial", ["", ".partial"])
+def test_an_estimate_named_like_a_zero_padded_sample_stays_the_estimate(tmp_path, partial):
+    """``scan_sample03.tif``, an estimate: predict writes ``_sample3``, never ``_sample03``, so
+    its name is no sample's tail, and the estimate "beside it" was the file itself, of the same
+    run as itself: it reopened as "scan_sample03: sample 3" (review s16 N6). A part is never
+    matched with itself; a real ``_sample3`` beside its estimate is still known."""
+    record = {**RESULT, "complete": not partial}
+    data = np.ones((8, 8), np.float32)
+    stem = "scan_sample03 (partial)" if partial else "scan_sample03"
+    for name in ("scan_sample03", "scan_sample003"):
+        write_tiff(tmp_path / f"{name}{partial}.tif", data, (1.0, 1.0), provenance=record)
+    assert set(_layers([tmp_path / f"{n}{partial}.tif" for n in ("scan_sample03", "scan_sample003")])) == {
+        f"{stem}: estimate",
+        stem.replace("03", "003") + ": estimate",
+    }
+    write_tiff(tmp_path / f"scan_sample03_sample3{partial}.tif", data, (1.0, 1.0), provenance=record)
+    assert set(_layers([tmp_path / f"scan_sample03_sample3{partial}.tif"])) == {f"{stem}: sample 3"}
+    # a zero-padded tail beside an estimate of the same run is not predict's either
+    write_tiff(tmp_path / f"scan{partial}.tif", data, (1.0, 1.0), provenance=record)
+    assert set(_layers([tmp_path / f"scan_sample03{partial}.tif"])) == {f"{stem}: estimate"}
