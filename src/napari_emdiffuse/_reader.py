@@ -156,8 +156,8 @@ def _tiff_role(provenance: dict[str, Any], path: Path) -> str | None:
     stem = file_stem(path)
     partial = stem.endswith(PARTIAL)
     role = role_of_tail(stem.removesuffix(PARTIAL))
-    if role is None or not stem.removesuffix(PARTIAL).endswith(tiff_tail(role)):
-        return None  # as predict never writes it: ``_sample03`` is no sample's tail
+    if role is None:
+        return None
     estimate = path.with_name(stem.removesuffix(PARTIAL).removesuffix(tiff_tail(role)) + (PARTIAL if partial else "") + path.name[len(stem) :])
     return role if estimate != path and _same_run(estimate, provenance) else None  # never the estimate beside itself
 

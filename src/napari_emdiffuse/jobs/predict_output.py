@@ -85,11 +85,11 @@ def tiff_tail(role: str | None) -> str:
 
 def role_of_tail(stem: str) -> str | None:
     """The role whose :func:`tiff_tail` ends ``stem`` (``OUT_lower``: "lower bound"; ``OUT_sample2``:
-    "sample 2"); None where it ends in none."""
+    "sample 2"); None where it ends in none (``_sample03`` is no tail predict writes)."""
     for role in ("uncertainty", "lower bound", "upper bound"):
         if stem.endswith(tiff_tail(role)) and len(stem) > len(tiff_tail(role)):
             return role
-    sample = re.fullmatch(r"(.+)_sample(\d+)", stem)
+    sample = re.fullmatch(r"(.+)_sample(0|[1-9]\d*)", stem)
     return f"sample {int(sample[2])}" if sample else None
 
 
