@@ -413,6 +413,19 @@ def test_a_name_given_side_by_side_is_fitted_and_a_new_layer_of_the_same_name_is
     assert _uncaptioned(em) and _uncaptioned(ref)
 
 
+def _long_name_beside_a_short_one(make_napari_viewer, isbi, voxel):
+    """Compare side by side at 1366 px: a layer with a name too long for its cell beside one with
+    a short name. Returns the viewer, the widget, their data, the long name and the two layers."""
+    viewer, w = _laptop(make_napari_viewer)
+    data = isbi[:1].astype(np.float32)
+    full = "_".join([LONG] * 3)
+    em, ref = (viewer.add_image(data, name=name, scale=voxel) for name in (full, "reference"))
+    w.choose([em, ref])
+    w.side_by_side()
+    _settle()
+    return viewer, w, data, full, em, ref
+
+
 def test_when_adding_a_caption_fails_mid_session_no_layer_shows_two(make_napari_viewer, isbi, voxel, monkeypatch):
     """Drawing Compare's caption fails for a layer added to the grid later (review s16 N4): the
     layers captioned before keep no stale caption of Compare's beside napari's, then or when
@@ -424,13 +437,7 @@ def test_when_adding_a_caption_fails_mid_session_no_layer_shows_two(make_napari_
     monkeypatch.setattr(captions, "_caption_class", captions._caption_class)  # restored after the test
     cls = captions.caption_overlay()
     assert cls is not None
-    viewer, w = _laptop(make_napari_viewer)
-    data = isbi[:1].astype(np.float32)
-    full = "_".join([LONG] * 3)
-    em, ref = (viewer.add_image(data, name=name, scale=voxel) for name in (full, "reference"))
-    w.choose([em, ref])
-    w.side_by_side()
-    _settle()
+    viewer, w, data, full, em, ref = _long_name_beside_a_short_one(make_napari_viewer, isbi, voxel)
     assert not _uncaptioned(em) and not em.name_overlay.visible
 
     class Failing(overlay_to_visual[cls]):
@@ -459,13 +466,7 @@ def test_where_napari_cannot_show_compares_caption_its_own_shows_the_full_name(m
     from napari_emdiffuse._widgets import captions
 
     monkeypatch.setattr(captions, "_caption_class", False)
-    viewer, w = _laptop(make_napari_viewer)
-    data = isbi[:1].astype(np.float32)
-    full = "_".join([LONG] * 3)
-    em, ref = (viewer.add_image(data, name=name, scale=voxel) for name in (full, "reference"))
-    w.choose([em, ref])
-    w.side_by_side()
-    _settle()
+    viewer, w, data, full, em, ref = _long_name_beside_a_short_one(make_napari_viewer, isbi, voxel)
     assert em.name == full and _uncaptioned(em) and em.name_overlay.visible and em.name_overlay.font_size == 7
     assert ref.name_overlay.visible and ref.name_overlay.font_size == 10
     w.restore_view()

@@ -162,14 +162,18 @@ def _noise_map(image: np.ndarray) -> np.ndarray:
     return np.pad(full, ((0, a.shape[0] - h), (0, a.shape[1] - w)), mode="edge")
 
 
+def _kernel(sigma: float) -> np.ndarray:
+    """The 1D weights of the Gaussian of ``sigma`` that registration smooths with (its 2D kernel is
+    their outer product)."""
+    impulse = np.zeros(8 * int(np.ceil(sigma)) + 1)
+    impulse[impulse.size // 2] = 1.0
+    return ndi.gaussian_filter1d(impulse, sigma)
+
+
 def _smoothing_gain(sigma: float) -> float:
     """What :func:`scipy.ndimage.gaussian_filter` of ``sigma`` leaves of white noise's variance
     (the sum of its 2D kernel's squared weights)."""
-    if sigma <= 0:
-        return 1.0
-    impulse = np.zeros(8 * int(np.ceil(sigma)) + 1)
-    impulse[impulse.size // 2] = 1.0
-    return float((ndi.gaussian_filter1d(impulse, sigma) ** 2).sum()) ** 2
+    return float((_kernel(sigma) ** 2).sum()) ** 2 if sigma > 0 else 1.0
 
 
 def smoothed(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -201,9 +205,7 @@ def null_sd(n: Any, sigma: float) -> Any:
     smoothed). What chance alone gives a patch with no signal; a texture of its own spreads the
     NCC of unrelated patches wider (the ceiling's share, :func:`keep`, answers those)."""
     if sigma > 0:
-        impulse = np.zeros(8 * int(np.ceil(sigma)) + 1)
-        impulse[impulse.size // 2] = 1.0
-        g = ndi.gaussian_filter1d(impulse, sigma)
+        g = _kernel(sigma)
         rho = np.correlate(g, g, "full")
         gain = float(((rho / rho.max()) ** 2).sum()) ** 2
     else:
