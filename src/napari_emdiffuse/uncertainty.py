@@ -22,7 +22,12 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   patches at AUROC 0.89, where the error map reaches 0.67-0.69, with the bundled calibration
   (fitted on other rows of some of those slices) or refitted on two of them
   (``benchmarks/study_error_map_ceiling.py``): a better estimator of each patch's error, not
-  more calibration, is what the 0.8 target needs.
+  more calibration, is what the 0.8 target needs. Tried for the isotropic variants and not
+  adopted: where the two kept slices around a gap differ (their difference, pooled) and the
+  plane's place in the gap (``w (1 - w)``, largest midway), fitted on one half of the bundled
+  models' calibration region (FIB-SEM slices 65-129, rows 448-511) and checked on the other:
+  0.75 against 0.75 for vEMDiffuse-i and 0.75 against 0.71 for vEMDiffuse-a (worst 10 % of 16 px
+  patches; within each plane 0.745 against 0.738 and 0.722 against 0.719), short of 0.8 either way.
 - **Calibration (split conformal; Angelopoulos et al., ICML 2022).** At the end of training the
   ratios ``|estimate - truth| / u`` over held-out calibration pixels give, for every miscoverage
   ``alpha``, the scale ``q(alpha)`` such that ``estimate +- q u`` holds the truth at ``1 - alpha``
