@@ -7,7 +7,9 @@ ImageJ TIFF's origin) into ``translate``, the saved display window (OME-Zarr ``o
 ``min``/``max``) or else percentiles of the data into ``contrast_limits``, and a zarr group of
 several arrays (such as a prediction written by ``emdiffuse predict``: ``mean``, ``std``) into one
 layer each, the standard deviation shown as an uncertainty map. A prediction's TIFFs (known by
-their provenance) reopen as the store of the same run does: named, valued and placed alike.
+their provenance) reopen as the store of the same run does: named, valued and placed alike. An
+image without a pixel size that records its ``sampling`` (a prediction's, a layer napari's writer
+saved) lies where that places it, as its layer did, in napari's pixel unit.
 
 An image of several samples per pixel (``meta["colour"]``) never opens as its bare array, whose
 samples napari would show as the last spatial axis (a grey+alpha picture as y slices of x by 2
@@ -122,6 +124,8 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     provenance = image.meta.get("provenance") or {}
     if "finished" in provenance:  # a TIFF emdiffuse predict wrote: as the store of the same run reopens
         data = _tiff_result(data, kwargs, provenance, path)
+    elif "sampling" in provenance:  # napari's writer's layer without a pixel size: where the layer lay
+        _sampled(kwargs, (data[0] if levels > 1 else data).ndim, provenance["sampling"], path)
     return data, kwargs, "image"
 
 
@@ -350,17 +354,18 @@ def _as_uncertainty(kwargs: dict[str, Any], scale: float) -> None:
 
 
 def _sampled(kwargs: dict[str, Any], ndim: int, sampling: Any, path: Path) -> None:
-    """Place a result without a pixel size by its ``sampling`` (its pixel in its input's pixels,
-    as predict records it; its own scale and translation are in its own pixels): over its input,
-    which napari shows in its pixels, pixel centres where a known pixel size puts them."""
-    try:  # a list of numbers (a string's digits are none)
-        factors = [float(f) for f in sampling] if isinstance(sampling, (list, tuple)) else []
-    except (TypeError, ValueError):
-        factors = []
-    if not factors or len(factors) > ndim or not all(np.isfinite(f) and f > 0 for f in factors):
+    """Place an image without a pixel size by its ``sampling`` (its pixel in the pixels of the
+    world it lies in, as predict records it for a result, its input's pixels, and napari's writer
+    for a layer; its own scale and translation are in its own pixels): a result over its input,
+    which napari shows in its pixels, pixel centres where a known pixel size puts them; a saved
+    layer where it lay."""
+    from .data.image import recorded_sampling
+
+    factors = recorded_sampling(sampling)
+    if factors is None or len(factors) > ndim:
         log.warning("%s: its recorded sampling %r is unreadable; shown in its own pixels", path, sampling)
         return
-    factors = [1.0] * (ndim - len(factors)) + factors  # a leading sample axis is not resampled
+    factors = (1.0,) * (ndim - len(factors)) + factors  # a leading sample axis is not resampled
     scale, translate = kwargs.get("scale", (1.0,) * ndim), kwargs.get("translate", (0.0,) * ndim)
     kwargs["scale"] = tuple(float(s) * f for s, f in zip(scale, factors))
     kwargs["translate"] = tuple(float(t) * f for t, f in zip(translate, factors))

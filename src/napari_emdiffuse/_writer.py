@@ -1,9 +1,10 @@
 """napari writers: an image layer to OME-Zarr or to a TIFF, with its voxel size.
 
 The files are written by :mod:`napari_emdiffuse.data` (plane by plane or chunk by chunk, so
-large lazy layers are never loaded whole); this module converts the layer's ``scale`` and
-``units`` to a voxel size in µm, keeps its ``translate`` in the OME-Zarr metadata, and refuses
-to replace a folder that is not a zarr store.
+large lazy layers are never loaded whole); this module records the layer's ``scale``,
+``units`` and ``translate`` as Enhance records a layer's (a voxel size in µm where the units say
+how, else none and the ``sampling`` that places the file where the layer lay), and refuses to
+replace a folder that is not a zarr store.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-
+from .data.containers import PROVENANCE
+from .data.image import known_pixel_um
 from .errors import InputError
 
 #: OME-Zarr pyramid levels are added (each half the size in y and x) while the smaller side of
@@ -25,17 +27,16 @@ def _full_resolution(data: Any) -> Any:
     return data[0] if isinstance(data, (list, tuple)) else data
 
 
-def _voxel_um(meta: dict[str, Any], ndim: int) -> tuple[float, ...] | None:
-    """The layer's voxel size in µm, or None when an axis has no length unit (e.g. pixels)."""
-    import pint
+def _recorded(meta: dict[str, Any], ndim: int) -> tuple[tuple[float, ...], tuple[float, ...], dict[str, Any]]:
+    """What a file of the layer records, by the rule Enhance follows too (:class:`._widgets.layers.Placement`):
+    its voxel size in µm (1 where it is not known), its first pixel's position (µm; else in its own
+    pixels) and a record for our reader: where no pixel size is known, the ``sampling`` that lays
+    the layer where it lay (a z spacing set without units, a result at 0.5 of its input's pixels)."""
+    from ._widgets.layers import Placement
 
-    scale = meta.get("scale") or [1.0] * ndim
-    units = meta.get("units") or ["pixel"] * ndim
-    ureg = pint.get_application_registry()
-    try:
-        return tuple(float((s * ureg(str(u))).to("micrometer").magnitude) for s, u in zip(scale, units))
-    except (pint.errors.DimensionalityError, pint.errors.UndefinedUnitError, AttributeError):
-        return None
+    where = Placement.from_kwargs(meta, ndim)
+    sampling = where.sampling()
+    return where.voxel_um(), where.position_um(where.translate), ({"sampling": list(sampling)} if any(f != 1.0 for f in sampling) else {})
 
 
 def _check(data: Any, meta: dict[str, Any], what: str) -> Any:
@@ -47,27 +48,22 @@ def _check(data: Any, meta: dict[str, Any], what: str) -> Any:
     return arr
 
 
-def _origin_um(meta: dict[str, Any], voxel: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
-    """The layer's ``translate`` (the first pixel's position) in µm, or in pixels for a layer in pixels."""
-    translate = [float(t) for t in (meta.get("translate") or [0.0] * ndim)]
-    if voxel is None:
-        return tuple(translate)
-    return tuple(t * v / s for t, v, s in zip(translate, voxel, meta.get("scale") or [1.0] * ndim))
-
-
 def _window(meta: dict[str, Any]) -> tuple[float, float] | None:
     limits = meta.get("contrast_limits")
     return (float(limits[0]), float(limits[1])) if limits is not None and len(limits) == 2 else None
 
 
 def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """An image layer as a TIFF with the voxel size in µm (pixels for pixel-unit layers), the
-    position of its first pixel and its contrast limits (ImageJ origin and display range)."""
+    """An image layer as a TIFF with the voxel size in µm (none for a layer without one, whose
+    ``sampling`` the provenance keeps), the position of its first pixel and its contrast limits
+    (ImageJ origin and display range)."""
     from .data.io import write_tiff as write_calibrated
 
     arr = _check(data, meta, "TIFF")
-    voxel = _voxel_um(meta, arr.ndim)
-    write_calibrated(path, arr, voxel or (1.0,) * arr.ndim, origin=_origin_um(meta, voxel, arr.ndim), display_range=_window(meta))
+    voxel, origin, record = _recorded(meta, arr.ndim)
+    if any(origin):  # the OME-TIFF form (other dtypes, or over 4 GB) has no ImageJ origin: the reader takes it from here
+        record["origin"] = list(origin)
+    write_calibrated(path, arr, voxel, origin=origin, display_range=_window(meta), provenance=record or None)
     return [str(path)]
 
 
@@ -80,7 +76,8 @@ def _pyramid_levels(shape: Sequence[int]) -> int:
 
 
 def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """An image layer as OME-Zarr (NGFF 0.4) with scale, translation and units."""
+    """An image layer as OME-Zarr (NGFF 0.4) with scale, translation and units (none for a layer
+    without a pixel size, whose ``sampling`` the ``provenance`` attribute keeps)."""
     import zarr
 
     from .data.containers import write_ome_zarr as write_container
@@ -97,14 +94,15 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         if target.is_symlink() or not target.is_dir() or (any(target.iterdir()) and own_attrs(target) is None):
             raise InputError(f"{target} exists and is not an unfinished store of ours; move it away and save again")
         shutil.rmtree(target)
-    voxel = _voxel_um(meta, arr.ndim)
-    write_container(target, arr, voxel or (1.0,) * arr.ndim, levels=_pyramid_levels(arr.shape))
+    voxel, origin, record = _recorded(meta, arr.ndim)
+    write_container(target, arr, voxel, levels=_pyramid_levels(arr.shape))
     group = zarr.open_group(str(target), mode="r+")
     multiscales = group.attrs["multiscales"]
-    if voxel is None:  # a layer in pixels: say so, rather than claim micrometres
+    if known_pixel_um(voxel) is None:  # a layer in pixels: say so, rather than claim micrometres
         for axis in multiscales[0]["axes"]:
             axis.pop("unit", None)
-    origin = _origin_um(meta, voxel, arr.ndim)
+    if record:
+        group.attrs[PROVENANCE] = record
     if any(origin):
         for ds in multiscales[0]["datasets"]:
             ds["coordinateTransformations"].append({"type": "translation", "translation": list(origin)})

@@ -136,7 +136,7 @@ class Model:
 
     def unknown_pixel_note(self) -> str | None:
         """What to say when the input has no pixel size (a TIFF without resolution tags, a layer
-        at napari's default scale) but the model records the one it learnt from: the check of
+        whose scale is in napari's default "pixel" unit) but the model records the one it learnt from: the check of
         :meth:`pixel_warning` cannot run, and the user should know what the model expects."""
         trained = self.info.training.get("pixel_size_um")
         if not trained:
@@ -144,7 +144,7 @@ class Model:
         return (
             f"the input has no pixel size, so it cannot be compared with the {in_nm(trained)} pixels this model learnt "
             f"from: if your pixels are more than {PIXEL_TOLERANCE:g} times larger or smaller, resample the input or "
-            "fine-tune the model (set the pixel size in the file or the layer's scale to have it checked)"
+            "fine-tune the model (set the pixel size in the file, or the layer's scale in a length unit, to have it checked)"
         )
 
     def pixel_warning(self, pixel_um: float | None) -> str | None:

@@ -444,8 +444,8 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
     scale of 0.5 of napari's pixels. Enhanced again, that 0.5 was taken as 0.5 µm: the new
     result recorded a made-up pixel size (voxel_size 0.5 µm) and no ``sampling``. It records
     none, its ``sampling`` and position in the pixels of the image the reopened one was made from
-    (napari's world: review s16 N1), and lies over it; a layer in µm, or with a scale given
-    without units, still has its pixel size."""
+    (napari's world: review s16 N1), and lies over it; a layer in µm still has its pixel size,
+    one scaled without units (napari's "pixel") none, but its scale as its ``sampling``."""
     import zarr
 
     from napari_emdiffuse.data.io import read_image
@@ -480,10 +480,11 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
     for out in w.result_layers:
         np.testing.assert_allclose(_edges(out), _edges(layer))
         assert [str(u) for u in out.units] == ["pixel"] * 3
-    for kwargs in ({"units": ("micrometer",) * 3}, {}):  # a real pixel size: kept
-        w.image.select(viewer.add_image(isbi[:2, :24, :28], name="em", scale=voxel, **kwargs))
-        w.zarr_path.setText("")
-        assert w.plan().voxel == pytest.approx(voxel)
+    w.zarr_path.setText("")
+    w.image.select(viewer.add_image(isbi[:2, :24, :28], name="em", scale=voxel, units=("micrometer",) * 3))
+    assert w.plan().voxel == pytest.approx(voxel) and w.plan().sampling == (1.0, 1.0, 1.0)  # a real pixel size: kept
+    w.image.select(viewer.add_image(isbi[:2, :24, :28], name="em", scale=voxel))
+    assert w.plan().voxel == (1.0, 1.0, 1.0) and w.plan().sampling == pytest.approx(voxel)  # "pixel": no size, where it lies
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])
@@ -529,8 +530,9 @@ def test_a_result_of_a_reopened_result_without_a_pixel_size_reopens_where_it_is_
 def test_a_z_spacing_set_without_units_is_still_checked_against_an_isotropic_model(make_napari_viewer, isbi, untrained_model, notes):
     """Review s16 N5: a user's layer scaled (5, 1, 1) without units (napari's default unit) gave
     the jobs a voxel of (1, 1, 1), so an isotropic model of factor 4 no longer warned that the
-    z spacing is not its factor. The scale is given as before ba2bb3d, and the warning is back;
-    the result stays in napari's pixel unit (no pixel size is known)."""
+    z spacing is not its factor. No pixel size is known, but the scale is given as the input's
+    ``sampling``, by which predict judges the z spacing: the warning is back; the result stays
+    in napari's pixel unit."""
     viewer = make_napari_viewer()
     layer = viewer.add_image(isbi[:3, :16, :16], name="em", scale=(5.0, 1.0, 1.0))
     MODELS.add(untrained_model("iso_i"), "disk")
@@ -541,7 +543,7 @@ def test_a_z_spacing_set_without_units_is_still_checked_against_an_isotropic_mod
     w.samples.setValue(2)
     w.device.setCurrentText("cpu")
     plan = w.plan()
-    assert plan.voxel == (5.0, 1.0, 1.0) and plan.sampling == (1.0, 1.0, 1.0)
+    assert plan.voxel == (1.0, 1.0, 1.0) and plan.sampling == (5.0, 1.0, 1.0)
     assert [str(u) for u in plan.placement.units] == ["pixel"] * 3
     w.run()
     assert w.result_layers, w.controls.status.text()

@@ -208,6 +208,104 @@ def test_saved_results_reopen_with_the_same_geometry_and_contrast(make_napari_vi
     del layer
 
 
+#: a layer's geometry as napari holds it, and its pixel size in µm by the one rule that napari's
+#: writer and Enhance follow (_widgets.layers.Placement; None: not known): a length unit says it,
+#: napari's "pixel" unit never does, whoever set the scale
+LAYERS = {
+    "napari's default": ({}, None),
+    "z spacing without units": ({"scale": (5.0, 1.0, 1.0), "translate": (10.0, 2.0, 3.0)}, None),
+    "scale without units": ({"scale": (1.0, 0.5, 0.5), "translate": (1.0, 0.25, 0.75)}, None),
+    "result in pixels": ({"scale": (1.0, 0.5, 0.5), "translate": (0.0, -0.25, -0.25), "metadata": {"emdiffuse": {"role": "enhanced"}}}, None),
+    "nanometres": ({"scale": (50.0, 4.0, 4.0), "translate": (100.0, 8.0, 4.0), "units": ("nanometer",) * 3}, (0.05, 0.004, 0.004)),
+    "micrometres": ({"scale": (0.05, 0.004, 0.004), "translate": (0.1, 0.008, 0.004), "units": ("micrometer",) * 3}, (0.05, 0.004, 0.004)),
+}
+#: the files napari's writer makes: suffix and a dtype that gives that form
+FORMS = {"OME-Zarr": (".ome.zarr", np.float32), "ImageJ TIFF": (".tif", np.uint8), "OME-TIFF": (".tif", np.int16)}
+
+
+def _placed(layer) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Where a layer lies: its scale and translate in µm on axes in a length unit (as they are
+    on others), and each axis's unit kind ("length" or the unit)."""
+    from napari_emdiffuse.data.image import unit_to_um
+
+    per_unit = [unit_to_um(str(u)) for u in layer.units]
+    factors = np.array([f or 1.0 for f in per_unit])
+    return np.asarray(layer.scale) * factors, np.asarray(layer.translate) * factors, ["length" if f else str(u) for f, u in zip(per_unit, layer.units)]
+
+
+def _same_place(layer, other) -> None:
+    (scale, translate, kinds), (scale2, translate2, kinds2) = _placed(layer), _placed(other)
+    np.testing.assert_allclose(scale, scale2, rtol=1e-6)
+    np.testing.assert_allclose(translate, translate2, rtol=1e-6, atol=1e-9)
+    assert kinds == kinds2
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_a_saved_layer_reopens_where_it_lay_with_the_pixel_size_its_units_give(make_napari_viewer, tmp_path, form, case):
+    """napari's writer wrote a layer scaled without units (napari's "pixel") at scale 1: a z
+    spacing of 5 reopened 5 times thinner, a 2x super-resolution result twice as large and moved;
+    an OME-TIFF (int16) lost its position. Now the file records a pixel size only where the units
+    give one (no µm made up from a scale in pixels), else the layer's ``sampling``, and reopens
+    where the layer lay."""
+    from napari_emdiffuse.data.io import read_image
+
+    geometry, pixel_um = LAYERS[case]
+    suffix, dtype = FORMS[form]
+    data = np.random.default_rng(7).integers(0, 200, (2, 12, 10)).astype(dtype)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, name="em", **geometry)
+    path = tmp_path / f"em{suffix}"
+    viewer.layers.save(str(path), selected=False, plugin="napari-emdiffuse")
+    saved = read_image(path)
+    assert saved.meta["format"] == {"OME-Zarr": "ome-zarr", "ImageJ TIFF": "tiff", "OME-TIFF": "ome-tiff"}[form]
+    assert saved.voxel == pytest.approx(pixel_um or (1.0, 1.0, 1.0))
+    [back] = viewer.open(str(path), plugin="napari-emdiffuse")
+    np.testing.assert_array_equal(np.asarray(back.data), data)
+    _same_place(back, layer)
+
+
+#: Enhance runs of the layers above: every layer denoised (its result on its grid), and the finer
+#: grids of a layer without a pixel size (isotropic in z, super-resolution in y and x)
+RUNS = [*((case, "denoise") for case in sorted(LAYERS)), ("z spacing without units", "iso_i"), ("scale without units", "superres")]
+
+
+@pytest.mark.parametrize("case,variant_name", RUNS)
+def test_enhance_records_what_the_writer_records_and_its_result_reopens_where_it_lay(make_napari_viewer, isbi, untrained_model, tmp_path, case, variant_name):
+    """Enhance took a scale set without units as µm (a made-up pixel size its files recorded, the
+    writer none) and recorded no ``sampling`` for a user's layer: a result of a layer scaled
+    (5, 1, 1) reopened at z 1, at the wrong place. It gives the jobs the voxel size, ``sampling``
+    and position the writer records for the layer, and its result reopens where it lay."""
+    from napari_emdiffuse._widgets.registry import MODELS
+    from napari_emdiffuse.data.io import read_image
+
+    geometry, _ = LAYERS[case]
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(isbi[:3, :16, :16], name="em", **geometry)
+    viewer.layers.save(str(tmp_path / "em.tif"), selected=False, plugin="napari-emdiffuse")
+    saved = read_image(tmp_path / "em.tif")
+    record = saved.meta.get("provenance") or {}
+    MODELS.add(untrained_model(variant_name), "disk")
+    _, w = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
+    w.variant.setCurrentIndex(w.variant.findData(variant_name))
+    w.image.select(layer)
+    w.scope.setCurrentIndex(w.scope.findData("whole"))
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.zarr_path.setText(str(tmp_path / "r.zarr"))
+    plan = w.plan()
+    assert plan.voxel == pytest.approx(saved.voxel)
+    assert plan.sampling == pytest.approx(record.get("sampling", (1.0, 1.0, 1.0)))
+    if variant_name == "denoise":  # the result's first pixel is the layer's, which the file records
+        assert plan.origin == pytest.approx(_reader.data_translation(tmp_path / "em.tif", saved) or (0.0, 0.0, 0.0))
+    w.run()
+    estimate = w.result_layers[0]
+    assert estimate.name == "em: estimate", w.controls.status.text()
+    reopened = {lyr.name: lyr for lyr in viewer.open(str(tmp_path / "r.zarr"), plugin="napari-emdiffuse")}
+    _same_place(reopened["r: estimate"], estimate)
+
+
 def test_a_float_ome_zarr_without_a_saved_window_gets_the_contrast_of_its_data(tmp_path):
     from napari_emdiffuse.data.containers import write_ome_zarr
 

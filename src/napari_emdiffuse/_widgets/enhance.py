@@ -133,7 +133,7 @@ class _Plan:
     source_info: dict[str, str] | None = None  # what the result layers' metadata say the input was
     keep_samples: bool = False  # the samples come back as a layer too
     origin: tuple[float, ...] | None = None  # the result's first pixel, in the jobs' unit (Placement.position_um)
-    sampling: tuple[float, ...] | None = None  # the input's pixel in the pixels of the image it was made from (Placement.sampling)
+    sampling: tuple[float, ...] | None = None  # the input's pixel in its world's pixels where no pixel size is known (Placement.sampling)
 
 
 class EnhanceWidget(DockWidget):
@@ -474,7 +474,7 @@ class EnhanceWidget(DockWidget):
             paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
             name, contrast = layer.name, tuple(layer.contrast_limits)
             info, described = {"source_layer": layer.name}, f"layer {layer.name!r}"
-        given, source = source, source.measured()  # the jobs' geometry from the one given (a z spacing set without units stays)
+        source = source.measured()
         entry: ModelEntry | None = self.model.currentData()
         if entry is None:
             raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
@@ -506,9 +506,9 @@ class EnhanceWidget(DockWidget):
         overwrite, resume = self.overwrite.isChecked(), self.resume.isChecked()
         check_output(output, paths, overwrite, resume, self.from_file())
         return _Plan(
-            name, contrast, entry, model, array, given.voxel_um()[-array.ndim :], placement, sample, self.device.currentText(),
-            output, paths, overwrite, resume, info, keep, given.position_um(placement.translate)[-array.ndim :],
-            given.sampling()[-array.ndim :],
+            name, contrast, entry, model, array, source.voxel_um()[-array.ndim :], placement, sample, self.device.currentText(),
+            output, paths, overwrite, resume, info, keep, source.position_um(placement.translate)[-array.ndim :],
+            source.sampling()[-array.ndim :],
         )  # fmt: skip
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...]]:

@@ -147,16 +147,19 @@ class Placement:
     """Where a layer sits in the world: per-axis ``scale``, ``translate``, ``units`` and the
     user's ``axis_labels`` (None: napari's defaults), so that results share the input's sliders.
 
-    ``pixels_unsized``: a scale in napari's pixel unit is in pixels of no known size, as in the
-    layers the plugin makes (a result of an input without a pixel size has 0.5 of its input's
-    pixels, not 0.5 µm), rather than a size in µm given without units, as another layer's
-    (napari's default unit) is taken to be."""
+    The one rule for a layer's pixel size, which Enhance, Train and napari's writer follow (so that
+    a job and a saved file record the same): it is known, in µm, where every axis is in a length
+    unit and the pixels are not 1 µm (the placeholder of a file without a pixel size,
+    :func:`..data.image.known_pixel_um`). A scale in napari's default "pixel" unit, or in any unit
+    that is no length, says where the layer lies, not how large its pixels are: its pixel is that
+    many pixels of the world (``sampling``), whether the plugin made the layer (a 2x
+    super-resolution result of an image without a pixel size: 0.5) or the user set it (a z
+    spacing of 5)."""
 
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     units: tuple[str, ...]
     axis_labels: tuple[str, ...] | None = None
-    pixels_unsized: bool = False
 
     @classmethod
     def of(cls, layer: Any) -> "Placement":
@@ -165,57 +168,60 @@ class Placement:
             tuple(float(t) for t in layer.translate),
             tuple(str(u) for u in layer.units),
             tuple(str(a) for a in layer.axis_labels),
-            is_plugin_output(layer),
         )
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], ndim: int) -> "Placement":
-        """The placement that layer keyword arguments of this plugin's reader give (napari's
-        defaults where one is missing)."""
+        """The placement that layer keyword arguments (a reader's) or a layer's state (what napari
+        gives a writer) give, napari's defaults where one is missing."""
+        given = {key: kwargs[key] for key in ("scale", "translate", "units") if kwargs.get(key) is not None}
         return cls(
-            tuple(kwargs.get("scale", (1.0,) * ndim)),
-            tuple(kwargs.get("translate", (0.0,) * ndim)),
-            tuple(kwargs.get("units", (PIXEL,) * ndim)),
-            pixels_unsized=True,
+            tuple(float(s) for s in given.get("scale", (1.0,) * ndim)),
+            tuple(float(t) for t in given.get("translate", (0.0,) * ndim)),
+            tuple(str(u) for u in given.get("units", (PIXEL,) * ndim)),
         )
 
-    def _um_per_unit(self) -> tuple[float | None, ...]:
-        """Micrometres per world unit along each axis; None where the axis has no known size:
-        in pixels of no known size, or in a unit that is no length, whatever its scale."""
-        from ..data.image import unit_to_um
+    def _um_per_unit(self) -> tuple[float, ...] | None:
+        """Micrometres per world unit along each axis, or None where the pixel size is not known
+        (the rule in the class docstring)."""
+        from ..data.image import known_pixel_um, unit_to_um
 
-        return tuple(f if (f := unit_to_um(u)) else 1.0 if str(u) == PIXEL and not self.pixels_unsized else None for u in self.units)
+        per_unit = [unit_to_um(u) for u in self.units]
+        lengths = [f for f in per_unit if f is not None]
+        if len(lengths) < len(per_unit) or known_pixel_um([float(s) * f for s, f in zip(self.scale, lengths)]) is None:
+            return None
+        return tuple(lengths)
 
     def voxel_um(self) -> tuple[float, ...]:
-        """The voxel size in µm, the jobs' unit, per axis: 1 (unknown, as a file without a pixel
-        size reads: :func:`..data.image.known_pixel_um`) on an axis of no known size."""
-        return tuple(float(s) * f if f else 1.0 for s, f in zip(self.scale, self._um_per_unit()))
+        """The voxel size in µm, the jobs' unit, per axis; 1 (unknown, as a file without a pixel
+        size reads) where the pixel size is not known."""
+        per_unit = self._um_per_unit()
+        return tuple(float(s) * f for s, f in zip(self.scale, per_unit)) if per_unit else (1.0,) * len(self.scale)
 
     def position_um(self, values: Sequence[float]) -> tuple[float, ...]:
-        """A position in this placement's world (a result's first pixel) in the jobs' unit: µm on
-        an axis of known size, else in this image's own pixels (the world position over the
-        scale), which a job given no pixel size counts in."""
-        return tuple(float(v) * f if f else float(v) / float(s) for v, s, f in zip(values, self.scale, self._um_per_unit()))
+        """A position in this placement's world (a result's first pixel) in the jobs' unit: µm
+        where the pixel size is known, else in this image's own pixels (the world position over
+        the scale), which a job given no pixel size counts in."""
+        per_unit = self._um_per_unit()
+        if per_unit:
+            return tuple(float(v) * f for v, f in zip(values, per_unit))
+        return tuple(float(v) / float(s) for v, s in zip(values, self.scale))
 
     def sampling(self) -> tuple[float, ...]:
-        """This layer's pixel in its world's units, per axis, on an axis of no known size (in the
-        pixels of the image without a pixel size a plugin's layer was made from: 0.5 for a 2x
-        super-resolution result of it), else 1: predict's ``sampling``, so that a result of this
-        layer, reopened, lies where the result layer does (:meth:`position_um` is in its pixels)."""
-        return tuple(1.0 if f else float(s) for s, f in zip(self.scale, self._um_per_unit()))
+        """This layer's pixel in its world's pixels, per axis, where the pixel size is not known
+        (its scale: 0.5 for a 2x super-resolution result of an image without a pixel size, 5 in z
+        for a z spacing set without units), else 1: what a file of it records (predict's and the
+        writer's ``sampling``), so that it reopens where the layer lies (:meth:`position_um` is
+        in its own pixels)."""
+        return (1.0,) * len(self.scale) if self._um_per_unit() else self.scale
 
     def measured(self) -> "Placement":
-        """This placement with its lengths only where the pixel size is known: a scale of 1 (napari's
-        default, or a reader's 1 µm placeholder) or of no known size (:meth:`voxel_um`) is in
-        napari's pixel unit, so that nothing derived from it (a super-resolution result's 0.5 µm)
-        reads as a measured size; the jobs write no pixel size for such an input either. What the
-        jobs are given comes from the placement before this (:meth:`voxel_um`, :meth:`position_um`,
-        :meth:`sampling`): a z scale set without units stays a z spacing there."""
-        from ..data.image import known_pixel_um
-
-        if known_pixel_um(self.voxel_um()) is not None:
+        """This placement in its units where the pixel size is known, else in napari's pixel
+        unit (its place unchanged), so that nothing derived from it (0.5 µm for a super-resolution
+        result of a layer at a reader's 1 µm placeholder) reads as a measured size."""
+        if self._um_per_unit():
             return self
-        return Placement(self.scale, self.translate, (PIXEL,) * len(self.scale), self.axis_labels, True)
+        return Placement(self.scale, self.translate, (PIXEL,) * len(self.scale), self.axis_labels)
 
     def labels(self) -> tuple[str, ...]:
         """The axis labels, napari's defaults ("-3", "-2", "-1") where the layer had none."""
@@ -246,7 +252,7 @@ def output_placement(
     for t, o, s, n_in, n_out, vo in zip(source.translate, offset, source.scale, in_shape, out_shape, out_voxel):
         tiles_extent = math.isclose(n_out * vo, n_in * s, rel_tol=1e-6)
         translate.append(t + o * s + ((vo - s) / 2 if tiles_extent else 0.0))
-    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units, source.axis_labels, source.pixels_unsized)
+    return Placement(tuple(float(v) for v in out_voxel), tuple(translate), source.units, source.axis_labels)
 
 
 def sample_values(data: Any, max_pixels: int = 2_000_000) -> np.ndarray:

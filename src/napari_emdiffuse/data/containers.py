@@ -19,6 +19,10 @@ from .image import Image, lazy, unit_to_um
 from .safe_output import CREATED_BY, SOFTWARE, StagedStore, check_new_output, refuse_overwrite
 
 NGFF_VERSION = "0.4"
+#: an OME-Zarr image's attribute holding our record beside its pixels (what a TIFF's provenance
+#: tag holds: napari's writer's ``sampling`` of a layer without a pixel size), read into
+#: ``Image.meta["provenance"]`` for an image we wrote
+PROVENANCE = "provenance"
 
 
 def container_kind(folder: Path) -> str | None:
@@ -106,6 +110,9 @@ def _ome_image(group: Any, folder: Path, level: int) -> Image:
             voxel.append(1.0)
             names += ax["name"]
     meta = {"format": "ome-zarr", "level": level, "levels": len(datasets), "axes": names, "chunks": arr.chunks}
+    attrs = dict(group.attrs)
+    if attrs.get(CREATED_BY) == SOFTWARE and isinstance(attrs.get(PROVENANCE), dict):
+        meta["provenance"] = attrs[PROVENANCE]
     return Image(data[tuple(index)], tuple(voxel), folder, meta=meta)
 
 

@@ -54,6 +54,18 @@ def known_pixel_um(voxel: Sequence[float]) -> float | None:
     return float(voxel[-1])
 
 
+def recorded_sampling(value: Any) -> tuple[float, ...] | None:
+    """A file's recorded ``sampling`` as numbers, or None where it is no list of positive numbers
+    (a string's digits are none). Where no pixel size is known, a prediction records each output
+    pixel's size in its input's pixels (0.5 for 2x super-resolution) and napari's writer a layer's
+    pixel in the pixels of the world it lay in (a z spacing of 5 set without units), per axis."""
+    try:
+        factors = tuple(float(f) for f in value) if isinstance(value, (list, tuple)) else ()
+    except (TypeError, ValueError):
+        return None
+    return factors if factors and all(np.isfinite(f) and f > 0 for f in factors) else None
+
+
 class _Guarded:
     """An array whose reads fail with an :class:`InputError` naming its file: a corrupt chunk
     deep inside a large file is found only when the computation reaches it."""

@@ -65,8 +65,9 @@ def output_sampling(variant: Variant, options: Any, shape: Sequence[int], sampli
     """The output's pixel in the input's pixels, per axis (0.5 in y and x for 2x super-resolution,
     1/k in z for an isotropic factor k): what an output without a pixel size records (``sampling``)
     so that the reader lays it over its input, which napari shows in its own pixels. ``sampling``:
-    the input's own pixel in the pixels of the image without a pixel size it was made from (a
-    result of one: 0.5 for 2x super-resolution), which the output's is then counted in."""
+    the input's own pixel in the pixels of the world it lies in (a result of an image without a
+    pixel size: 0.5 for 2x super-resolution; a z spacing set without units: 5), which the output's
+    is then counted in."""
     voxel = variant.output_geometry(shape, (1.0,) * len(shape), options).voxel
     return tuple(float(v) * float(s) for v, s in zip(voxel, sampling or (1.0,) * len(voxel)))
 
@@ -107,10 +108,12 @@ def predict(
     ``normaliser`` fixes the intensity statistics (otherwise they are measured on the whole
     input). ``model_name`` and ``origin`` (the first output pixel's position in µm, per axis:
     where a result of part of an image lies) are recorded in the output's provenance. ``compile`` runs the network
-    through ``torch.compile``. ``sampling``, for an input without a pixel size made from another
-    (an earlier result of it, whose pixel is 0.5 of that image's for 2x super-resolution): its pixel
-    in that image's pixels, per axis, in which the output's ``sampling`` and ``origin`` (given in
-    the input's own pixels) are then recorded, so that the reader lays it where its input lies.
+    through ``torch.compile``. ``sampling``, for an input without a pixel size that lies at a scale
+    (:meth:`.._widgets.layers.Placement.sampling`: an earlier result of an image without one, whose
+    pixel is 0.5 of that image's for 2x super-resolution; a z spacing of 5 set without units): its
+    pixel in its world's pixels, per axis, in which the output's ``sampling`` and ``origin`` (given
+    in the input's own pixels) are then recorded, so that the reader lays it where its input lies,
+    and in which the isotropic variants judge its z spacing.
     """
     if estimate not in ESTIMATES:
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
@@ -138,7 +141,8 @@ def predict(
         normaliser = normaliser or normaliser_for(model, image)
 
         pixel_um = known_pixel_um(voxel)
-        for note in (variant.voxel_warning(voxel, options), model.quality_warning(), model.pixel_warning(pixel_um)):
+        spacing = tuple(v * f for v, f in zip(voxel, within))  # the voxel's shape, in its world's pixels where no size is known
+        for note in (variant.voxel_warning(spacing, options), model.quality_warning(), model.pixel_warning(pixel_um)):
             if note:
                 yield Message(note, "warning")
         if pixel_um is None and (note := model.unknown_pixel_note()):
