@@ -122,3 +122,23 @@ def test_info_says_when_only_the_slice_spacing_is_unknown(tmp_path, capsys):
     assert read_image(path).voxel == pytest.approx((1.0, 0.004, 0.004))
     assert main(["info", str(path)]) == 0
     assert "voxel:    ? x 4 x 4 nm (z unknown)\n" in capsys.readouterr().out
+
+
+def test_info_shows_the_sampling_the_napari_writer_records_and_an_unreadable_one_in_a_line(tmp_path, capsys):
+    """A layer scaled (5, 1, 1) without units, saved by napari's writer, records no pixel size but
+    its ``sampling``, which ``emdiffuse info`` shows; a malformed one is said in a line, not a traceback."""
+    from napari_emdiffuse import _writer
+    from napari_emdiffuse.data.tiff import write_tiff
+
+    data = np.zeros((3, 8, 8), np.uint8)
+    _writer.write_tiff(str(tmp_path / "layer.tif"), data, {"scale": [5.0, 1.0, 1.0]})
+    _writer.write_ome_zarr(str(tmp_path / "layer.ome.zarr"), data, {"scale": [5.0, 1.0, 1.0]})
+    for name in ("layer.tif", "layer.ome.zarr"):
+        capsys.readouterr()
+        assert main(["info", str(tmp_path / name)]) == 0
+        said = capsys.readouterr().out
+        assert "voxel:    unknown (not recorded in the file: 1 per pixel)\n" in said, name
+        assert "\nsampling: 5 x 1 x 1 of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)\n" in said, name
+    write_tiff(tmp_path / "odd.tif", data, (1.0, 1.0, 1.0), provenance={"sampling": "12"})
+    assert main(["info", str(tmp_path / "odd.tif")]) == 0
+    assert "\nsampling: '12', unreadable: napari shows it in its own pixels\n" in capsys.readouterr().out

@@ -30,6 +30,29 @@ def test_superres_of_an_input_without_pixel_size_is_not_recorded_either(random_m
     assert "not recorded in the file: 1 per pixel" in capsys.readouterr().out
 
 
+#: what ``emdiffuse info`` says of a 2x super-resolution result of an input without a pixel size
+SAMPLING_LINE = "\nsampling: 0.5 x 0.5 of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)\n"
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_info_says_how_large_the_pixels_of_a_result_without_a_pixel_size_are(random_model, small_stack, tmp_path, capsys, output):
+    """``emdiffuse info`` did not show the ``sampling`` a result without a pixel size records
+    (its pixel in its input's pixels), by which napari lays it over its input: it does, for a
+    TIFF and a store, and a result with a pixel size has none."""
+    model = random_model("emdiffuse-r-tiny", {"factor": 2}).save(tmp_path / "model")
+    bare, sized = tmp_path / "bare.tif", tmp_path / "sized.tif"
+    tifffile.imwrite(bare, small_stack[0, :24, :28])
+    tifffile.imwrite(sized, small_stack[0, :24, :28], imagej=True, resolution=(250, 250), metadata={"unit": "um"})
+    for src in (bare, sized):
+        assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / f"{src.stem}_{output}"), "--device", "cpu", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / f"bare_{output}")]) == 0
+    said = capsys.readouterr().out
+    assert SAMPLING_LINE in said and said.index("input:") < said.index("sampling:")  # with the other lines of what made it
+    assert main(["info", str(tmp_path / f"sized_{output}")]) == 0
+    assert "sampling:" not in capsys.readouterr().out
+
+
 def test_isotropic_volume_without_voxel_size_keeps_the_placeholder_in_z(random_model, small_stack):
     model = random_model("vemdiffuse-i-tiny", {"factor": 2})
     stack = small_stack[:2, :24, :28]

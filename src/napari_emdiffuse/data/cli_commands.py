@@ -160,13 +160,28 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
         print("warning:  incomplete (preparation was interrupted)")
 
 
+def _sampling_lines(attrs: dict[str, Any]) -> list[str]:
+    """How large the pixels of one of our files without a pixel size are in those of the image it
+    lies over (its ``sampling``: a prediction's input, the world napari's writer saved a layer
+    from), by which the napari reader places it."""
+    from .image import recorded_sampling
+
+    if "sampling" not in attrs:
+        return []
+    factors = recorded_sampling(attrs["sampling"])
+    if factors is None:
+        return [f"sampling: {attrs['sampling']!r}, unreadable: napari shows it in its own pixels"]
+    return [f"sampling: {' x '.join(f'{f:g}' for f in factors)} of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)"]
+
+
 def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0) -> list[str]:
-    """What made one of our outputs and whether it is complete, from its provenance (and, for a
-    store whose run was killed before it could say what it finished, its block markers)."""
+    """What made one of our outputs, whether it is complete and, without a pixel size, how large
+    its pixels are, from its provenance (and, for a store whose run was killed before it could
+    say what it finished, its block markers)."""
     from ..jobs.predict_output import describe_bounds, describe_compute
 
     if "shape" not in attrs or "finished" not in attrs:
-        return []
+        return _sampling_lines(attrs)
     settings = attrs.get("settings") or {}
     made = f"{attrs.get('software', '?')}, model {attrs.get('model', '?')} ({attrs.get('variant', '?')}"
     made += "".join(f" {k}={v}" for k, v in (attrs.get("variant_options") or {}).items()) + ")"
@@ -187,6 +202,7 @@ def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0) ->
         lines.append(f"computed: {describe_compute(attrs['compute'])}")
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
+    lines += _sampling_lines(attrs)
     widened = attrs.get("bounds_widened") or []
     if any(w > 1 for w in widened):
         where = "all planes" if len(widened) == 1 else ", ".join(f"plane {z} {w:.2f}x" for z, w in enumerate(widened) if w > 1)
