@@ -317,6 +317,7 @@ def test_training_data_give_the_pixel_size_of_the_networks_inputs(tmp_path):
     assert training_arrays("superres", {"factor": 2}, clean=fine)[2] == pytest.approx(0.008)
     assert training_arrays("denoise", None, {"input": coarse, "target": fine})[2] == pytest.approx(0.008)
     assert training_arrays("denoise", None, clean=bare, dose=20)[2] is None
+    assert training_arrays("superres", {"factor": 2}, clean=bare)[2] is None  # not 2 µm from the 1 per pixel placeholder
 
 
 @pytest.mark.parametrize("given, role", [("--clean", "clean images"), ("--input", "target")], ids=["clean", "pairs"])

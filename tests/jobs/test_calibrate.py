@@ -196,3 +196,4 @@ def test_the_simulated_input_has_the_voxel_size_of_what_it_simulates():
     assert sr.calibration_voxel(voxel, sr.options({"factor": 2})) == (0.05, 0.008, 0.008)
     assert iso.calibration_voxel((0.005, 0.005, 0.005), iso.options({"factor": 4})) == (0.02, 0.005, 0.005)
     assert get_variant("denoise").calibration_voxel(voxel, get_variant("denoise").options({})) == voxel
+    assert sr.calibration_voxel((1.0, 1.0), sr.options({"factor": 2})) == (1.0, 1.0)  # no pixel size: none made up

@@ -434,7 +434,12 @@ class Variant(ABC):
 
     def calibration_voxel(self, voxel: Sequence[float], options: BaseModel) -> tuple[float, ...]:
         """The voxel size of :meth:`calibration_pair`'s input, from the clean data's: coarser
-        in y and x by :meth:`pixel_factor`."""
+        in y and x by :meth:`pixel_factor`. Clean data without a pixel size (1 per pixel) give
+        an input without one, never a size scaled from the placeholder (2 µm for 2x)."""
+        from ..data.image import known_pixel_um
+
+        if known_pixel_um(voxel) is None:
+            return tuple(voxel)
         f = self.pixel_factor(options)
         return (*voxel[:-2], *(v * f for v in voxel[-2:]))
 
