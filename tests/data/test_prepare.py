@@ -320,6 +320,20 @@ def test_training_data_give_the_pixel_size_of_the_networks_inputs(tmp_path):
     assert training_arrays("superres", {"factor": 2}, clean=bare)[2] is None  # not 2 µm from the 1 per pixel placeholder
 
 
+@pytest.mark.parametrize("resolution, pixel", [(None, None), ((250, 250), 0.008)], ids=["bare", "4nm"])
+def test_a_superres_set_prepared_from_clean_images_makes_up_no_pixel_size(tmp_path, resolution, pixel):
+    """``prepare --clean`` scaled the readers' 1-per-pixel placeholder by the factor: a set made
+    from clean images without a pixel size recorded 2 µm pixels for its input, which a model
+    trained on it (``train --data``) recorded as measured. Now none, as ``train --clean`` gives;
+    clean images of 4 nm still give an 8 nm input."""
+    clean = tmp_path / "clean.tif"
+    img = (np.random.default_rng(0).random((2, 128, 128)) * 255).astype(np.uint8)
+    tifffile.imwrite(clean, img, **({"imagej": True, "resolution": resolution, "metadata": {"unit": "um"}} if resolution else {}))
+    out = tmp_path / "set.zarr"
+    assert main(["prepare", "--clean", str(clean), "--variant", "superres", "--option", "factor=2", "--patch", "64", "--out", str(out), "-q"]) == 0
+    assert training_arrays("superres", {"factor": 2}, data=out)[2] == (pytest.approx(pixel) if pixel else None)
+
+
 @pytest.mark.parametrize("given, role", [("--clean", "clean images"), ("--input", "target")], ids=["clean", "pairs"])
 def test_images_smaller_than_a_patch_are_refused_naming_the_file_and_patch(tmp_path, capsys, given, role):
     """The refusal named neither the file nor whose planes were small ("a plane of ..."): it

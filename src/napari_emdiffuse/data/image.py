@@ -54,6 +54,15 @@ def known_pixel_um(voxel: Sequence[float]) -> float | None:
     return float(voxel[-1])
 
 
+def coarsened(voxel: Sequence[float], factor: float) -> tuple[float, ...]:
+    """A voxel size coarser in y and x by ``factor``: a super-resolution input's, simulated from
+    clean images of ``voxel``. One without a pixel size (1 per pixel) stays without one, never a
+    size scaled from the placeholder (2 µm for 2x), which :func:`known_pixel_um` would take as measured."""
+    if known_pixel_um(voxel) is None:
+        return tuple(voxel)
+    return (*voxel[:-2], *(float(v) * factor for v in voxel[-2:]))
+
+
 def recorded_sampling(value: Any) -> tuple[float, ...] | None:
     """A file's recorded ``sampling`` as numbers, or None where it is no list of positive numbers
     (a string's digits are none). Where no pixel size is known, a prediction records each output

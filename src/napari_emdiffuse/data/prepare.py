@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
-from .image import Image, lazy
+from .image import Image, coarsened, lazy
 from .normalise import fit_normaliser, to_dtype
 from .overlay import green_magenta, grey_rgb, pair_panel, save_png, stack_panels
 from .patches import PatchGeometry, grid, has_structure, split_rows_of_grid, split_slices
@@ -363,8 +363,7 @@ def write_clean(
         cond = arrays["input"]
         if jitter:
             cond = scan_line_jitter(cond, jitter, correlation, seed=opts.seed + 1)
-        f = spec.factor
-        voxel = tuple(clean.voxel[:-2]) + (clean.voxel[-2] * f, clean.voxel[-1] * f)
+        voxel = coarsened(clean.voxel, spec.factor)  # the simulated input's: none made up where the clean images have none
         sources = {
             "clean": {"path": str(clean.path), "shape": list(clean.shape), "dtype": str(clean.data.dtype), "voxel_um": list(clean.voxel)},
             "degradation": {**deg, "jitter": jitter, "jitter_correlation": correlation},

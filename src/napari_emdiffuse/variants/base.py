@@ -434,14 +434,10 @@ class Variant(ABC):
 
     def calibration_voxel(self, voxel: Sequence[float], options: BaseModel) -> tuple[float, ...]:
         """The voxel size of :meth:`calibration_pair`'s input, from the clean data's: coarser
-        in y and x by :meth:`pixel_factor`. Clean data without a pixel size (1 per pixel) give
-        an input without one, never a size scaled from the placeholder (2 µm for 2x)."""
-        from ..data.image import known_pixel_um
+        in y and x by :meth:`pixel_factor`, none made up (:func:`..data.image.coarsened`)."""
+        from ..data.image import coarsened
 
-        if known_pixel_um(voxel) is None:
-            return tuple(voxel)
-        f = self.pixel_factor(options)
-        return (*voxel[:-2], *(v * f for v in voxel[-2:]))
+        return coarsened(voxel, self.pixel_factor(options))
 
     def check_input(self, image: Any, options: BaseModel, name: str = "image") -> None:
         from ..data.normalise import check_image
