@@ -1,5 +1,7 @@
 """``predict --cluster``: blocks on dask workers give the in-process result bit for bit, the model
-is loaded once per worker, a lost worker's blocks are redone, and cluster files are checked."""
+is loaded once per worker, a lost worker's blocks are redone, a stopped run keeps only finished
+blocks, and cluster files are checked. Where the order of events matters, blocks wait for the
+test on distributed events (:func:`gated`), never on the clock."""
 
 from __future__ import annotations
 
@@ -139,17 +141,14 @@ def test_finished_blocks_are_not_held_by_the_scheduler_until_the_run_ends(schedu
     tifffile.imwrite(tmp_path / "in.tif", small_stack)
     with distributed.Client(scheduler.scheduler_address) as client:
         events = predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address)
-        held = None
+        looked = False
         for ev in events:
             if ev.kind.value == "progress" and ev.what == "blocks" and ev.done == ev.total and ev.total > 1:
-                for _ in range(50):  # releases reach the scheduler a moment later
-                    held = client.run_on_scheduler(_blocks_held)
-                    if held == 0:
-                        break
-                    time.sleep(0.1)
+                _eventually(lambda: client.run_on_scheduler(_blocks_held) == 0, "the finished blocks released")  # releases reach the scheduler a moment later
+                looked = True
             if ev.kind.value == "result":
                 assert ev.complete
-    assert held == 0
+    assert looked
 
 
 def test_cluster_needs_a_store_and_an_input_file(small_stack, tmp_path, random_model, fast, store_results):
@@ -187,39 +186,86 @@ def test_cluster_files_are_checked_and_make_a_job_script(tmp_path, random_model,
         load_cluster_file(path)
 
 
-#: seconds a forced block other than the first computes: long enough that none of them is done
-#: when the run stops, short enough to wait for those already running to end
-SLOW_S = 4.0
+#: seconds after which a wait for the workers or for the test gives up: it only bounds a failure
+#: (a block that never ends, a gate never opened), a passing run never waits nearly that long
+WAIT_S = 300
+
+
+def _eventually(probe, what: str) -> None:
+    """Look at ``probe()`` until it holds; a test failure naming ``what`` after :data:`WAIT_S`."""
+    deadline = time.monotonic() + WAIT_S
+    while not probe():
+        assert time.monotonic() < deadline, f"not within {WAIT_S} s: {what}"
+        time.sleep(0.05)
+
+
+def _blocks_on_workers(dask_worker) -> list[str]:
+    """The states of the run blocks a worker holds (``cancelled``: executing, its result unwanted)."""
+    return [ts.state for key, ts in dask_worker.state.tasks.items() if str(key).startswith("run_block")]
+
+
+class Gate:
+    """Blocks on the workers that wait for the test, made by the fixture :func:`gated`."""
+
+    def __init__(self, client, record, tag: str) -> None:
+        self.client, self.record = client, record
+        self.names = {name: f"{name}-{tag}" for name in ("running", "seen", "open")}
+
+    def event(self, name: str):
+        return distributed.Event(self.names[name], client=self.client)
+
+    def started(self) -> list[tuple[int, str]]:
+        """The held blocks that started, in order: index and task key."""
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [(int(i), key) for i, key in (line.split() for line in lines)]
+
+    def wait_running(self) -> None:
+        """Until a held block is running on a worker."""
+        assert self.event("running").wait(WAIT_S), "no held block started"
+
+    def cancel(self, key: str) -> None:
+        """Cancel a block from this client, not the run's: as another user of the cluster could."""
+        self.client.cancel([distributed.Future(key, self.client)], force=True)
+
+    def drop(self) -> None:
+        """Wait until the stopped run's blocks are gone from the scheduler and from the workers'
+        queues, so that none of them can start any more (a block left to the workers would stay
+        there: this fails), then let those running end, and wait for them."""
+        dropped = lambda: self.client.run_on_scheduler(_blocks_held) == 0 and all(  # noqa: E731
+            set(states) <= {"cancelled"} for states in self.client.run(_blocks_on_workers).values()
+        )
+        _eventually(dropped, "the stopped run's blocks dropped by the scheduler and the workers")
+        self.event("open").set()
+        _eventually(lambda: not any(self.client.run(_blocks_on_workers).values()), "the blocks running when the run stopped ended")
 
 
 @pytest.fixture
-def forced_blocks(scheduler, tmp_path):
-    """``forced_blocks(fail)``: on the workers every block records when it starts (in
-    ``tmp_path / "started"``), blocks after the first take :data:`SLOW_S` longer, and block ``fail``
-    (None: none) raises once block 0 is marked done in the run's store, so that the run has a
-    finished block to keep. Returns a function giving the recorded (block index, start time)s.
-    The workers get their own ``BlockRunner.run`` back afterwards."""
-    record, marker = tmp_path / "started", str(tmp_path / ".o.zarr.tmp-*" / ".blocks_done" / "c" / "0")
+def gated(scheduler, tmp_path):
+    """``gated(free=(0,), fail=None)``: on the workers every block not in ``free`` records its
+    start (index and task key) in ``tmp_path / "started"``, then waits for the test: block
+    ``fail`` until the ``seen`` event (the test saw a block finish), then raises; any other sets
+    ``running`` and waits for ``open`` before it computes. Returns a :class:`Gate`. Afterwards the
+    gate is opened and the workers get ``BlockRunner.run`` back."""
+    import uuid
 
-    def install(fail, record, marker, slow):  # defined here, so that it reaches the workers by value
-        import glob
-        import time
+    def install(free, fail, record, names, wait_s):  # defined here, so that it reaches the workers by value
+        import distributed
 
         from napari_emdiffuse.jobs import blocks
 
         original = blocks.BlockRunner.run
 
         def run(self, image, block, *args, **kwargs):
-            with open(record, "a") as f:
-                f.write(f"{block.index} {time.time()}\n")
-            if block.index == fail:
-                deadline = time.time() + 60
-                while not glob.glob(marker) and time.time() < deadline:
-                    time.sleep(0.05)
-                time.sleep(0.2)  # the client sees block 0 done first
-                raise RuntimeError(f"forced failure of block {block.index}")
-            if block.index > 0:
-                time.sleep(slow)
+            if block.index not in free:
+                with open(record, "a") as f:
+                    f.write(f"{block.index} {distributed.get_worker().get_current_task()}\n")
+                if block.index != fail:
+                    distributed.Event(names["running"]).set()
+                awaited = names["seen" if block.index == fail else "open"]
+                if not distributed.Event(awaited).wait(wait_s):  # bounds a failure of the test only
+                    raise RuntimeError(f"block {block.index}: {awaited} never came")
+                if block.index == fail:
+                    raise RuntimeError(f"forced failure of block {block.index}")
             return original(self, image, block, *args, **kwargs)
 
         blocks.BlockRunner.unforced, blocks.BlockRunner.run = original, run
@@ -231,21 +277,27 @@ def forced_blocks(scheduler, tmp_path):
             blocks.BlockRunner.run = blocks.BlockRunner.unforced
             del blocks.BlockRunner.unforced
 
-    def started():
-        return [(int(i), float(t)) for i, t in (line.split() for line in record.read_text().splitlines())] if record.exists() else []
+    with distributed.Client(scheduler.scheduler_address, set_as_default=False) as client:  # the run's dask arrays stay in the run's process
+        gate = Gate(client, tmp_path / "started", uuid.uuid4().hex)
 
-    with distributed.Client(scheduler.scheduler_address) as client:
+        def hold(free=(0,), fail=None):
+            client.run(install, tuple(free), fail, str(gate.record), gate.names, WAIT_S)
+            return gate
 
-        def force(fail):
-            client.run(install, fail, str(record), marker, SLOW_S)
-            return started
-
-        yield force
+        yield hold
+        gate.event("open").set()
+        _eventually(lambda: not any(client.run(_blocks_on_workers).values()), "the held blocks ended")
         client.run(restore)
 
 
+def _markers(store) -> list[int]:
+    import zarr
+
+    return [int(v) for v in zarr.open_array(str(store / ".blocks_done"), mode="r")[:]]
+
+
 @pytest.mark.parametrize("stop", ["failed block", "cancel"])
-def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_ones(scheduler, small_stack, tmp_path, random_model, fast, forced_blocks, stop):
+def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_ones(scheduler, small_stack, tmp_path, random_model, fast, gated, monkeypatch, stop):
     """A block failing for good (named as the run in this process names it: which block, where)
     or a cancel stops the run: the blocks not yet started never start (they are cancelled, not
     left to the workers), and those already running, which end after the store has moved to its
@@ -253,36 +305,43 @@ def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_o
     markers are the blocks the run says it kept."""
     import re
 
-    import zarr
-
     from napari_emdiffuse.errors import BlockError
+    from napari_emdiffuse.jobs import cluster
     from napari_emdiffuse.jobs.events import new_cancel_token
 
     image = np.concatenate([small_stack] * 2)  # 8 blocks, one a plane, on 2 workers
     tifffile.imwrite(tmp_path / "in.tif", image)
-    started = forced_blocks(1 if stop == "failed block" else None)
+    fail = 1 if stop == "failed block" else None
+    gate = gated(fail=fail)
     partial, token = tmp_path / "o.partial.zarr", new_cancel_token()
     events = predict(
         random_model("tiny"), image, sample=fast, output=tmp_path / "o.zarr", input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address,
         cancel=token,
     )  # fmt: skip
+
+    if fail is not None:
+        monkeypatch.setattr(cluster, "RETRIES", 0)  # failed for good at once: a retry could wait behind a held block
+    stopping = []
+
+    def stop_after_block_0(ev) -> None:  # once a held block runs: the stop finds one running
+        if ev.kind.value == "progress" and ev.what == "blocks" and ev.done >= 1 and not stopping:
+            gate.wait_running()
+            stopping.append(True)
+            if fail is not None:
+                gate.event("seen").set()
+            else:
+                token.set()
+
     if stop == "failed block":
-        kept = re.escape(f"of 8 blocks are kept in {partial}; run it again and add --resume to continue")
-        with pytest.raises(BlockError, match=rf"^block 2 of 8 \(z 1:2 of 8\) failed: \d {kept}. The error: RuntimeError: forced failure of block 1$") as err:
-            for _ in events:
-                pass
-        said = int(str(err.value).split(" failed: ")[1].split()[0])
+        kept = re.escape(f"1 of 8 blocks are kept in {partial}; run it again and add --resume to continue")
+        with pytest.raises(BlockError, match=rf"^block 2 of 8 \(z 1:2 of 8\) failed: {kept}. The error: RuntimeError: forced failure of block 1$"):
+            for ev in events:
+                stop_after_block_0(ev)
     else:
         for ev in events:
-            if ev.kind.value == "progress" and ev.what == "blocks" and ev.done >= 1:
-                token.set()
+            stop_after_block_0(ev)
             if ev.kind.value == "result":
                 assert not ev.complete and ev.finished is not None
-        said = None
-    ended = time.time()
-    time.sleep(SLOW_S + 2)  # those running end; any block left to the workers would have started
-    assert all(t < ended for _, t in started()), (started(), ended)
-    assert len({i for i, _ in started()}) < 8
-    markers = [int(v) for v in zarr.open_array(str(partial / ".blocks_done"), mode="r")[:]]
-    assert markers[0] == 1 and (said is None or sum(markers) == said)
+    gate.drop()  # the blocks not started are dropped; those running end after the store has moved
+    assert _markers(partial) == [1] + [0] * 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.partial.zarr", "started"]  # nothing at the store's old path
