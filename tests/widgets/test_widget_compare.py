@@ -264,6 +264,20 @@ def test_the_layer_list_shows_both_ends_of_a_long_name(make_napari_viewer, isbi)
     assert w.layer_list.item(0).toolTip() == f"{LONG[:24]}: estimate\nmade from {LONG}"
 
 
+def test_the_layer_list_follows_a_rename(layers):
+    """A layer the user renames shows its new name in Compare's list (it kept the old one), and
+    stays ticked."""
+    viewer, raw, smooth, _, _ = layers
+    w = _open(viewer)
+    w.choose([raw, smooth])
+    smooth.name = "smoothed, sigma 2"
+    names = [w.layer_list.item(i).text() for i in range(w.layer_list.count())]
+    assert "smoothed, sigma 2" in names and smooth.name == "smoothed, sigma 2"
+    item = w.layer_list.item(names.index("smoothed, sigma 2"))
+    assert item.toolTip() == "smoothed, sigma 2"
+    assert w.chosen_layers() == [raw, smooth]
+
+
 def test_one_view_after_a_layer_was_deleted_side_by_side_touches_only_the_layers_it_saved(layers):
     """A layer deleted while side by side: a resize fits the others' captions, and "One view"
     restores theirs and leaves a layer added since as it is. (Captions are kept by layer, not by

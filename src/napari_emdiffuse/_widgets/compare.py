@@ -275,10 +275,21 @@ class CompareWidget(DockWidget):
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(Qt.CheckState.Checked if id(layer) in ticked else Qt.CheckState.Unchecked)
                 self.layer_list.addItem(item)
+                layer.events.name.connect(self._renamed)  # the list shows the names the user gives
         if self.uncertainty.layer() is None:  # offer the newest uncertainty map
             maps = [lyr for lyr in self.uncertainty.layers() if lyr.metadata.get("emdiffuse", {}).get("role") == "uncertainty"]
             if maps:
                 self.uncertainty.select(maps[-1])
+
+    def _renamed(self, event: Any) -> None:
+        try:
+            for i in range(self.layer_list.count()):
+                item = self.layer_list.item(i)
+                if item.data(Qt.ItemDataRole.UserRole) is event.source:
+                    item.setText(event.source.name)
+                    item.setToolTip(_full_name(event.source))
+        except RuntimeError:  # deleted with its panel
+            pass
 
     def choose(self, layers: list[Any]) -> None:
         """Tick exactly ``layers`` (in the list of layers to compare)."""
