@@ -169,7 +169,8 @@ def _uncaptioned(layer):
 def test_grid_captions_fit_their_cells_at_1366_px(make_napari_viewer, isbi, voxel):
     """The error bound's caption (beside its colour bar) and a long result name were cut off in
     the 2 x 2 grid, the bound's at its start (docs/screenshots/04_compare.png); each now fits its
-    cell, a name too long even at 7 pt shortened in its input's part, what it shows kept whole.
+    cell, a name too long even at 7 pt shortened in its input's part, what it shows kept (its
+    units in brackets give way rather than the whole input name).
     The layers keep their names (the caption is Compare's own); "One view" puts napari's captions
     back as they were."""
     from qtpy.QtWidgets import QApplication
@@ -196,8 +197,9 @@ def test_grid_captions_fit_their_cells_at_1366_px(make_napari_viewer, isbi, voxe
         assert 0 <= left and right <= cell, (text, left, right, cell)
     assert [lyr.name for lyr in layers] == names  # never renamed
     text, *_, points = captions[names[2]]
-    assert points == 7 and text.endswith(": error bound (90 %) [grey values]") and text != names[2]
-    assert text.startswith("2") and "…" in text  # the input's name cut in its middle
+    # too narrow for both: the input's name (cut in its middle) before the units in brackets
+    assert points == 7 and text.endswith(": error bound (90 %)") and text != names[2]
+    assert text.startswith("2024-0") and "…" in text
     assert captions["em"][0] == "em" and captions["em"][3] == 10
     w.restore_view()
     assert [lyr.name for lyr in layers] == names and all(_uncaptioned(lyr) for lyr in layers)
@@ -213,6 +215,10 @@ def test_fit_name_keeps_what_a_layer_shows_and_cuts_its_input_in_the_middle():
     assert fit_name(name, lambda text: len(text) <= 55) == "2024-…_8bit (partial): error bound (90 %) [grey values]"
     assert fit_name(name, lambda text: False) == "… (partial): error bound (90 %) [grey values]"
     assert fit_name(LONG, lambda text: len(text) <= 20) == "2024-03-1…igned_8bit"
+    # a 2 x 2 grid at 1366 px: the input's name, not the units the colour bar shows, where only one fits
+    assert fit_name(name, lambda text: len(text) <= 40) == "2024…_8bit (partial): error bound (90 %)"
+    assert fit_name("em: error bound (90 %) [grey values]", lambda text: len(text) <= 30) == "em: error bound (90 %)"
+    assert fit_name(name, lambda text: len(text) <= 30) == "… (partial): error bound (90 %) [grey values]"
 
 
 def test_metric_table_fits_its_width_at_1366_px(make_napari_viewer, isbi, voxel):

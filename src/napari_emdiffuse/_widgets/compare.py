@@ -354,7 +354,7 @@ class CompareWidget(DockWidget):
         """Each cell's caption (its layer's name) in a font small enough to fit the cell, beside
         the layer's colour bar where they share a corner, where napari puts the layer's own. A
         name too long even at :data:`MIN_CAPTION_PT` is shown shortened (:func:`.layers.fit_name`:
-        what the layer shows kept whole, the input's name cut in its middle) by Compare's own
+        what the layer shows kept, the input's name cut in its middle) by Compare's own
         caption (:mod:`.captions`); the layer keeps its name. Fitted again when the window is
         resized or a layer in the grid is renamed. Where this napari cannot show Compare's
         caption, napari's shows the full name in the fitted size; where adding one fails for a

@@ -8,6 +8,7 @@ and rectangles drawn in a Shapes layer, and they build new layers from what the 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -70,20 +71,30 @@ def result_name(source: str, what: str, partial: bool = False) -> str:
     return f"{elide_middle(source, SOURCE_CHARS)}{PARTIAL if partial else ''}{SHOWS}{what}"
 
 
+#: the fewest characters of a result's input name worth showing in a caption, for which the
+#: units of what it shows (" [grey values]") give way: side by side, which input a cell shows
+#: matters more, and the layer list keeps the whole name
+MIN_SOURCE_CHARS = 8
+
+
 def fit_name(name: str, fits: Callable[[str], bool]) -> str:
     """``name`` as short as ``fits`` (a caption's width) needs: a result's input part cut in its
     middle, what the layer shows (after the last ": ") and "(partial)" kept whole, for they tell
-    the results of one input apart; a name of another form cut in its middle. At its shortest
-    "…: what it shows", whether or not that fits."""
+    the results of one input apart; a name of another form cut in its middle. Where not even
+    :data:`MIN_SOURCE_CHARS` of the input's name would fit, the units in brackets at the end of
+    what it shows give way first. At its
+    shortest "…: what it shows", whether or not that fits."""
     head, sep, what = name.rpartition(SHOWS)
     if not sep:
         head, what = name, ""
     tail = PARTIAL if head.endswith(PARTIAL) else ""
     head = head.removesuffix(tail)
-    for n in range(len(head), 0, -1):
-        text = f"{elide_middle(head, n)}{tail}{sep}{what}"
-        if fits(text):
-            return text
+    unitless = re.sub(r" \[[^\[\]]*\]$", "", what)
+    for shows, shortest in ((what, min(len(head), MIN_SOURCE_CHARS)), (unitless, min(len(head), MIN_SOURCE_CHARS)), (what, 1)):
+        for n in range(len(head), shortest - 1, -1):
+            text = f"{elide_middle(head, n)}{tail}{sep}{shows}"
+            if fits(text):
+                return text
     return f"…{tail}{sep}{what}"
 
 
