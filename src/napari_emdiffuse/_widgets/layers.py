@@ -82,8 +82,7 @@ def fit_name(name: str, fits: Callable[[str], bool]) -> str:
     middle, what the layer shows (after the last ": ") and "(partial)" kept whole, for they tell
     the results of one input apart; a name of another form cut in its middle. Where not even
     :data:`MIN_SOURCE_CHARS` of the input's name would fit, the units in brackets at the end of
-    what it shows give way first. At its
-    shortest "…: what it shows", whether or not that fits."""
+    what it shows give way first. At its shortest "…: what it shows", whether or not that fits."""
     head, sep, what = name.rpartition(SHOWS)
     if not sep:
         head, what = name, ""
