@@ -142,3 +142,19 @@ def test_info_shows_the_sampling_the_napari_writer_records_and_an_unreadable_one
     write_tiff(tmp_path / "odd.tif", data, (1.0, 1.0, 1.0), provenance={"sampling": "12"})
     assert main(["info", str(tmp_path / "odd.tif")]) == 0
     assert "\nsampling: '12', unreadable: napari shows it in its own pixels\n" in capsys.readouterr().out
+
+
+def test_info_judges_a_sampling_by_the_axes_the_napari_reader_shows(tmp_path, capsys):
+    """``emdiffuse info`` showed a sampling of 4 numbers for a 3D file, which the reader refuses
+    (napari shows it in its own pixels); a single slice saved as a stack (3 numbers for its 2D
+    pixels) is one the reader keeps as a stack of one, and reads."""
+    from napari_emdiffuse import _writer
+    from napari_emdiffuse.data.tiff import write_tiff
+
+    write_tiff(tmp_path / "long.tif", np.zeros((3, 8, 8), np.uint8), (1.0, 1.0, 1.0), provenance={"sampling": [1, 1, 1, 1]})
+    assert main(["info", str(tmp_path / "long.tif")]) == 0
+    assert "\nsampling: [1, 1, 1, 1], unreadable: napari shows it in its own pixels\n" in capsys.readouterr().out
+    for name, dtype in (("slice.tif", np.uint8), ("slice_int16.tif", np.int16)):  # ImageJ, OME-TIFF
+        _writer.write_tiff(str(tmp_path / name), np.zeros((1, 8, 8), dtype), {"scale": [1.0, 0.5, 0.5]})
+        assert main(["info", str(tmp_path / name)]) == 0
+        assert "\nsampling: 1 x 0.5 x 0.5 " in capsys.readouterr().out, name

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -107,25 +107,21 @@ def _image_layer(path: Path, dataset: str | None = None, name: str | None = None
     data: Any = image.data
     if levels > 1:  # an OME-Zarr pyramid: napari shows the level that fits the screen
         data = [image.data] + [read_image(path, dataset, level=k).data for k in range(1, levels)]
-    data, voxel, translate, window = placement(path, image, data, dataset)
-    name = name or file_stem(path)
+    where = placed(path, image, data, dataset)
+    data, name = where.data, name or file_stem(path)
     samples = image.meta.get("colour")  # several samples per pixel, last (see the module docstring)
     colour = samples in ("RGB", "RGBA")
     if samples == GREY_ALPHA:
         data, name = data[..., 0], f"{name} (grey; alpha dropped)"
     elif samples and not colour:
         check_grey(image, str(path))
-    if samples:  # placed by the axes before its samples
-        voxel, translate = voxel[:-1], None if translate is None else translate[:-1]
-    kwargs = {"name": name, **geometry_kwargs(voxel, translate), **({"rgb": True} if colour else {})}
-    kwargs["contrast_limits"] = window or contrast_limits(data[-1] if levels > 1 else data)
+    kwargs = {"name": name, **where.kwargs, **({"rgb": True} if colour else {})}
+    kwargs["contrast_limits"] = where.window or contrast_limits(data[-1] if levels > 1 else data)
     if levels > 1:
         kwargs["multiscale"] = True
     provenance = image.meta.get("provenance") or {}
     if "finished" in provenance:  # a TIFF emdiffuse predict wrote: as the store of the same run reopens
         data = _tiff_result(data, kwargs, provenance, path)
-    elif "sampling" in provenance:  # napari's writer's layer without a pixel size: where the layer lay
-        _sampled(kwargs, (data[0] if levels > 1 else data).ndim, provenance["sampling"], path)
     return data, kwargs, "image"
 
 
@@ -180,36 +176,98 @@ def _same_run(path: Path, provenance: dict[str, Any]) -> bool:
     return other.get("role") is None and all(other.get(k) == provenance.get(k) for k in ("finished", "model", "settings", "input"))
 
 
-def placement(path: Path, image: Any, data: Any = None, dataset: str | None = None) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None, tuple[float, float] | None]:
-    """Where the image ``read_image(path, dataset)`` gave lies, as this reader places it: its
-    data (``data``, default ``image.data``; an ImageJ single slice saved as a stack gains its z
-    axis), voxel size (µm), first pixel's position (µm, None: at 0) and saved display window."""
+class Placed(NamedTuple):
+    """Where this reader lays an image (:func:`placed`)."""
+
+    data: Any  # its data (or pyramid levels); a single slice saved as a stack stays a stack of one
+    kwargs: dict[str, Any]  # layer keyword arguments: scale, units, translate (where not napari's defaults)
+    window: tuple[float, float] | None  # the saved display window
+    position: tuple[float, ...] | None  # its first pixel, as recorded (µm; in its own pixels without a pixel size); None: at 0
+    sampling: tuple[float, ...] | None  # the sampling it records and is placed by, per axis; None: none
+    ndim: int  # the axes it is placed on (a one-slice stack's z counted, samples per pixel not)
+
+
+def placed(path: str | Path, image: Any, data: Any = None, dataset: str | None = None, quiet: bool = False) -> Placed:
+    """Where this reader lays the image ``read_image(path, dataset)`` gave (``data``: its data or
+    pyramid levels, default ``image.data``): the one place the napari reader, Enhance's file input
+    and ``emdiffuse predict`` take it from, so that a file is placed and judged alike by each. Its
+    voxel size and first pixel's position, and, without a pixel size, the ``sampling`` it records
+    (a writer's layer, a prediction: its own or, for an array of a prediction's store, the
+    store's). A malformed record is left out, and said in one warning unless ``quiet`` (``emdiffuse
+    info`` says it in its own words)."""
+    from .data.formats import split_dataset
+
+    file, inner = split_dataset(path)
+    dataset = dataset or inner
     data = image.data if data is None else data
+    try:
+        data, voxel, position, window = _placement(file, image, data, dataset)
+    except UNREADABLE as err:
+        if not quiet:
+            log.warning("%s: its recorded position is unreadable (%s); placing it at 0", file, _said(err))
+        voxel, position, window = image.voxel, None, None
+    if image.meta.get("colour"):  # placed by the axes before its samples
+        voxel, position = voxel[:-1], None if position is None else position[:-1]
+    kwargs = geometry_kwargs(voxel, position)
+    sampling = _recorded_sampling(file, image, len(voxel), quiet)
+    if sampling is not None:  # its own scale and position are in its own pixels: in its world's
+        kwargs["scale"] = tuple(float(s) * f for s, f in zip(kwargs.get("scale", (1.0,) * len(voxel)), sampling))
+        if "translate" in kwargs:
+            kwargs["translate"] = tuple(float(t) * f for t, f in zip(kwargs["translate"], sampling))
+    return Placed(data, kwargs, window, position, sampling, len(voxel))
+
+
+def _recorded_sampling(path: Path, image: Any, ndim: int, quiet: bool) -> tuple[float, ...] | None:
+    """The ``sampling`` an image without a pixel size records (:func:`.data.image.recorded_sampling`:
+    its pixel in the pixels of the world it lies in), in its provenance or, an array of a
+    prediction's store, in the store's; None where it records none or one that is unreadable."""
+    from .data.formats import store_root
+    from .data.image import recorded_sampling
+    from .data.safe_output import own_attrs
+
+    record = image.meta.get("provenance") or {}
+    if "sampling" not in record and image.path is not None and store_root(image.path) != Path(image.path):
+        record = own_attrs(store_root(image.path)) or {}
+    if "sampling" not in record:
+        return None
+    factors = recorded_sampling(record["sampling"], ndim)
+    if factors is None and not quiet:
+        log.warning("%s: its recorded sampling %r is unreadable; placed in its own pixels", path, record["sampling"])
+    return factors
+
+
+def _placement(path: Path, image: Any, data: Any, dataset: str | None) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None, tuple[float, float] | None]:
+    """The image's data (a single slice saved as a stack gains its z axis), voxel size (µm),
+    first pixel's position (None: at 0) and saved display window, as its format records them."""
     translate, window, voxel = None, None, image.voxel
     if image.meta.get("format") == "ome-zarr":
         folder = path / dataset if dataset else path
         translate, window = _ngff_translation(folder, image.data.ndim), _omero_window(folder)
     elif image.meta.get("format") == "tiff":
         data, voxel, translate, window = _imagej_extras(path, data, voxel)
-    elif image.meta.get("format") == "ome-tiff":  # our OME-TIFFs keep their origin in their provenance
-        origin = (image.meta.get("provenance") or {}).get("origin")
-        if isinstance(origin, list) and len(origin) == image.data.ndim and any(origin):
-            translate = tuple(float(o) for o in origin)
+    elif image.meta.get("format") == "ome-tiff":
+        data, voxel, translate = _ome_tiff_extras(path, data, voxel, image.meta.get("provenance") or {})
     return data, voxel, translate, window
 
 
-def data_translation(path: str | Path, image: Any) -> tuple[float, ...] | None:
-    """Where the first pixel of ``read_image(path)``'s data lies (µm), as this reader places
-    its layer; None where the file records no position."""
-    from .data.formats import split_dataset
+def _ome_tiff_extras(path: Path, data: Any, voxel: tuple[float, ...], record: dict[str, Any]) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None]:
+    """What our OME-TIFFs (other dtypes than ImageJ's, or over 4 GB) keep in their provenance,
+    as an ImageJ TIFF keeps it in its own metadata: a single slice saved as a stack (its
+    ``origin`` or ``sampling`` recorded for one axis more than the file holds) stays a stack of
+    one, its z size the OME metadata's, so its z position survives; the ``origin``."""
+    recorded = [record.get(key) for key in ("origin", "sampling")]
+    if data.ndim == 2 and any(isinstance(v, list) and len(v) == 3 for v in recorded):
+        import tifffile
 
-    file, dataset = split_dataset(path)
-    try:
-        translate = placement(file, image, dataset=dataset)[2]
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:  # malformed metadata: no position
-        log.warning("%s: its recorded position is unreadable (%s); placing it at 0", file, err)
-        return None
-    return tuple(translate[-image.data.ndim :]) if translate else None
+        from .data.tiff import ome_voxel
+
+        with tifffile.TiffFile(path) as tf:
+            z = ome_voxel(tf.ome_metadata or "", "Z")
+        data, voxel = data[None], ((z or (1.0,))[0], *voxel)
+    origin = record.get("origin")
+    if isinstance(origin, list) and len(origin) == data.ndim and any(origin):
+        return data, voxel, tuple(float(o) for o in origin)
+    return data, voxel, None
 
 
 def contrast_limits(data: Any) -> tuple[float, float]:
@@ -353,29 +411,11 @@ def _as_uncertainty(kwargs: dict[str, Any], scale: float) -> None:
     kwargs.update(colormap=UNCERTAINTY_COLORMAP, contrast_limits=(0.0, top))
 
 
-def _sampled(kwargs: dict[str, Any], ndim: int, sampling: Any, path: Path) -> None:
-    """Place an image without a pixel size by its ``sampling`` (its pixel in the pixels of the
-    world it lies in, as predict records it for a result, its input's pixels, and napari's writer
-    for a layer; its own scale and translation are in its own pixels): a result over its input,
-    which napari shows in its pixels, pixel centres where a known pixel size puts them; a saved
-    layer where it lay."""
-    from .data.image import recorded_sampling
-
-    factors = recorded_sampling(sampling)
-    if factors is None or len(factors) > ndim:
-        log.warning("%s: its recorded sampling %r is unreadable; shown in its own pixels", path, sampling)
-        return
-    factors = (1.0,) * (ndim - len(factors)) + factors  # a leading sample axis is not resampled
-    scale, translate = kwargs.get("scale", (1.0,) * ndim), kwargs.get("translate", (0.0,) * ndim)
-    kwargs["scale"] = tuple(float(s) * f for s, f in zip(scale, factors))
-    kwargs["translate"] = tuple(float(t) * f for t, f in zip(translate, factors))
-
-
 def _as_result(data: Any, kwargs: dict[str, Any], key: str, attrs: dict[str, Any], stem: str, path: Path) -> Any:
     """A part of a prediction (``key``: its array in the store; a TIFF's ``sample k``), from a store
     or a TIFF alike, as Enhance showed it: named so, the error map as the bound its record states
-    (the data returned scaled), placed by its ``sampling`` where no pixel size is known, and marked
-    as a result, so that the layer pickers do not guess it (its bounds least) as the next input."""
+    (the data returned scaled), and marked as a result, so that the layer pickers do not guess it
+    (its bounds least) as the next input; it is placed (by its ``sampling`` too) by :func:`placed`."""
     from ._widgets.layers import result_name
 
     what, scale = _reopened_result(key, attrs)
@@ -384,8 +424,6 @@ def _as_result(data: Any, kwargs: dict[str, Any], key: str, attrs: dict[str, Any
         data = [level * np.float32(scale) for level in data] if isinstance(data, list) else data * np.float32(scale)
     if key in UNCERTAINTY_NAMES:
         _as_uncertainty(kwargs, scale)
-    if "sampling" in attrs:
-        _sampled(kwargs, (data[0] if isinstance(data, list) else data).ndim, attrs["sampling"], path)
     role = RESULT_ROLES.get(key.split(" ")[0], "enhanced")
     kwargs["metadata"] = {**kwargs.get("metadata", {}), "emdiffuse": {"role": role, "reopened": str(path)}}
     return data

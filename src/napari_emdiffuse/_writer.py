@@ -61,7 +61,9 @@ def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
     arr = _check(data, meta, "TIFF")
     voxel, origin, record = _recorded(meta, arr.ndim)
-    if any(origin):  # the OME-TIFF form (other dtypes, or over 4 GB) has no ImageJ origin: the reader takes it from here
+    # the OME-TIFF form (other dtypes, or over 4 GB) has no ImageJ origin, and reads a stack of one
+    # slice as an image: the reader takes both from here (a z axis where the origin has one)
+    if any(origin) or arr.shape[:-2] == (1,):
         record["origin"] = list(origin)
     write_calibrated(path, arr, voxel, origin=origin, display_range=_window(meta), provenance=record or None)
     return [str(path)]

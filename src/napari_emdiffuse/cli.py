@@ -176,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ._reader import placed
     from .data.tiff import TIFF_DTYPES
     from .jobs.events import new_cancel_token
     from .jobs.predict import predict
@@ -197,7 +198,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
     with naming({"image": args.input}):
-        origin = _output_origin(model, options, img, args.input)
+        where = placed(args.input, img)  # as the napari reader and Enhance place it
+        origin = _output_origin(model, options, img, where.position)
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         events = predict(
@@ -219,6 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             resume=args.resume,
             cluster=args.cluster,
             origin=origin,
+            sampling=where.sampling[-img.data.ndim :] if where.sampling else None,
         )
         with naming({"image": args.input}):
             result = drive(events, args.quiet)
@@ -228,16 +231,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_origin(model: Any, options: Any, img: Any, path: str) -> tuple[float, ...] | None:
-    """Where the result's first pixel lies (µm) when the input records its own position (an
-    OME-Zarr translation, an ImageJ origin): there, moved as the variant moves it, so the result
-    reopens over the input in napari; None leaves the variant's own geometry."""
-    from ._reader import data_translation
+def _output_origin(model: Any, options: Any, img: Any, position: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """Where the result's first pixel lies (µm; without a pixel size, in the input's pixels) when
+    the input records its own ``position`` (:attr:`._reader.Placed.position`: an OME-Zarr
+    translation, an ImageJ origin): there, moved as the variant moves it, so the result reopens
+    over the input in napari; None leaves the variant's own geometry."""
     from .variants import get_variant
 
-    translate = data_translation(path, img)
-    if translate is None:
+    if position is None:
         return None
+    translate = position[-img.data.ndim :]  # a single slice saved as a stack is read as its plane
     variant = get_variant(model.variant)
     variant.check_input(img, options)
     shift = variant.output_geometry(img.shape, img.voxel, options).origin

@@ -116,3 +116,23 @@ def test_a_store_resumed_with_its_pixel_size_known_is_placed_by_it(random_model,
     assert "sampling" not in zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs
     scale, translate = _placement(tmp_path / "o.zarr")["o: estimate"]
     assert scale == pytest.approx((0.05, 0.002, 0.002)) and translate == pytest.approx((0.0, -0.001, -0.001))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".ome.zarr"])
+def test_predict_places_and_judges_a_saved_layer_without_a_pixel_size_by_its_sampling(random_model, small_stack, tmp_path, capsys, suffix):
+    """A layer scaled (5, 1, 1) without units, saved by napari's writer, records no pixel size
+    but its ``sampling``, by which the reader places it: predict ignored it, so the isotropic
+    variants' z-spacing warning was lost and the result reopened at z 1 (0.5 apart), away from
+    the layer. Now predict is given the file's sampling, as Enhance gives a layer's."""
+    from napari_emdiffuse import _writer
+
+    model = random_model("vemdiffuse-i-tiny", {"factor": 2}).save(tmp_path / "model")
+    src = tmp_path / f"em{suffix}"
+    write = _writer.write_tiff if suffix == ".tif" else _writer.write_ome_zarr
+    write(str(src), small_stack[:3, :24, :28], {"scale": [5.0, 1.0, 1.0], "translate": [10.0, 2.0, 3.0], "units": ["pixel"] * 3})
+    assert _placement(src) == {"em": ((5.0, 1.0, 1.0), (10.0, 2.0, 3.0))}  # as the layer lay
+    assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.zarr"), "--device", "cpu"]) == 0
+    said = capsys.readouterr()
+    assert "the input's z voxel is 5 times its xy voxel" in said.out + said.err
+    scale, translate = _placement(tmp_path / "out.zarr")["out: estimate"]
+    assert scale == pytest.approx((2.5, 1.0, 1.0)) and translate == pytest.approx((10.0, 2.0, 3.0))  # its slices between the layer's

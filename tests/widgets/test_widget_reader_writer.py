@@ -265,6 +265,63 @@ def test_a_saved_layer_reopens_where_it_lay_with_the_pixel_size_its_units_give(m
     _same_place(back, layer)
 
 
+def _written(layer, path: Path) -> None:
+    """Save ``layer`` as napari's writer is given it (its data and state), by the suffix of ``path``."""
+    data, meta, _ = layer.as_layer_data_tuple()
+    (_writer.write_ome_zarr if path.name.endswith(".zarr") else _writer.write_tiff)(str(path), data, meta)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_a_saved_single_slice_reopens_as_a_stack_of_one_where_it_lay(tmp_path, caplog, form, case):
+    """A one-slice stack written as OME-TIFF (int16 and the other dtypes ImageJ cannot hold)
+    reopened 2D and unplaced, with a warning that its own recorded sampling was unreadable (one
+    axis too many); one in µm lost its position. It keeps its z axis, as an ImageJ TIFF's does."""
+    import napari.layers
+
+    geometry, _ = LAYERS[case]
+    suffix, dtype = FORMS[form]
+    layer = napari.layers.Image(np.random.default_rng(7).integers(0, 200, (1, 12, 10)).astype(dtype), **geometry)
+    _written(layer, tmp_path / f"em{suffix}")
+    [(data, kwargs, _)] = _reader.read_paths(str(tmp_path / f"em{suffix}"))
+    assert data.shape == (1, 12, 10)
+    _same_place(napari.layers.Image(data, **kwargs), layer)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("origin", [["a", 0, 0], [None, 1, 1]], ids=["text", "null"])
+def test_a_malformed_origin_of_an_ome_tiff_is_one_warning(tmp_path, caplog, origin):
+    """It raised (ValueError, TypeError) in napari: the file could not be opened."""
+    from napari_emdiffuse.data.io import write_tiff
+
+    path = write_tiff(tmp_path / "em.tif", np.zeros((2, 8, 8), np.int16), (1.0, 1.0, 1.0), provenance={"origin": origin})
+    [(data, kwargs, _)] = _reader.read_paths(str(path))
+    assert data.shape == (2, 8, 8) and "translate" not in kwargs
+    (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(path) in said and "position is unreadable" in said and "\n" not in said
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_enhance_takes_a_file_placed_as_the_reader_places_it(tmp_path, form, case):
+    """Enhance's file input placed a file by its voxel size and position alone: one without a pixel
+    size that records its ``sampling`` (a layer scaled without units, saved) lay at scale 1, so
+    its result lay beside the reopened layer and the isotropic variants' z spacing went unchecked."""
+    import napari.layers
+
+    from napari_emdiffuse._widgets.enhance import read_input_file
+    from napari_emdiffuse._widgets.layers import Placement
+
+    geometry, _ = LAYERS[case]
+    suffix, dtype = FORMS[form]
+    layer = napari.layers.Image(np.random.default_rng(7).integers(0, 200, (2, 12, 10)).astype(dtype), **geometry)
+    _written(layer, tmp_path / f"em{suffix}")
+    [(data, kwargs, _)] = _reader.read_paths(str(tmp_path / f"em{suffix}"))
+    _, source, _, _ = read_input_file(tmp_path / f"em{suffix}")
+    assert source == Placement.from_kwargs(kwargs, data.ndim)
+    assert source.sampling() == pytest.approx(Placement.of(layer).sampling())
+
+
 #: Enhance runs of the layers above: every layer denoised (its result on its grid), and the finer
 #: grids of a layer without a pixel size (isotropic in z, super-resolution in y and x)
 RUNS = [*((case, "denoise") for case in sorted(LAYERS)), ("z spacing without units", "iso_i"), ("scale without units", "superres")]
@@ -298,7 +355,7 @@ def test_enhance_records_what_the_writer_records_and_its_result_reopens_where_it
     assert plan.voxel == pytest.approx(saved.voxel)
     assert plan.sampling == pytest.approx(record.get("sampling", (1.0, 1.0, 1.0)))
     if variant_name == "denoise":  # the result's first pixel is the layer's, which the file records
-        assert plan.origin == pytest.approx(_reader.data_translation(tmp_path / "em.tif", saved) or (0.0, 0.0, 0.0))
+        assert plan.origin == pytest.approx(_reader.placed(tmp_path / "em.tif", saved).position or (0.0, 0.0, 0.0))
     w.run()
     estimate = w.result_layers[0]
     assert estimate.name == "em: estimate", w.controls.status.text()
@@ -365,7 +422,7 @@ def test_a_5d_ome_zarr_with_length_one_t_and_c_keeps_its_position(tmp_path):
     image = read_image(folder)
     assert image.data.shape == (4, 64, 64)
     assert _reader._ngff_translation(folder, 3) == (1.0, 2.0, 3.0)
-    assert _reader.data_translation(folder, image) == (1.0, 2.0, 3.0)
+    assert _reader.placed(folder, image).position == (1.0, 2.0, 3.0)
     [(_, kwargs, _)] = _reader.read_paths(str(folder))
     assert kwargs["translate"] == (1.0, 2.0, 3.0)
     assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))

@@ -787,11 +787,12 @@ def isotropic_note(name: str, source: Placement, variant: Any, options: Any, sha
 
 def read_input_file(path: Path) -> tuple[Any, Placement, list[Path], str | None]:
     """A file or folder to enhance: its data, lazily, as ``emdiffuse predict`` reads it
-    (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (voxel size, first
-    pixel's position, units), the files the result must not overwrite, and a note for the user
+    (:func:`..jobs.inputs.read_logged`), placed as the napari reader places it (:func:`.._reader.placed`:
+    voxel size, first pixel's position, units, a recorded ``sampling``), the files the result
+    must not overwrite, and a note for the user
     (None: nothing to say). A grey+alpha picture gives its grey channel, as the napari reader
     opens it, and the note says so; other images of several samples per pixel are refused."""
-    from .._reader import data_translation, geometry_kwargs
+    from .._reader import placed
     from ..data.formats import split_dataset
     from ..jobs.inputs import alpha_note, read_logged
 
@@ -801,7 +802,9 @@ def read_input_file(path: Path) -> tuple[Any, Placement, list[Path], str | None]
     if data.ndim not in (2, 3):
         raise InputError(f"{file}: holds {data.ndim}-dimensional data (shape {tuple(data.shape)}); EMDiffuse works on 2D images and 3D stacks (z, y, x)")
     note = alpha_note(path) if image.meta.get("alpha_dropped") else None
-    return data, Placement.from_kwargs(geometry_kwargs(image.voxel, data_translation(path, image)), data.ndim), [file], note
+    # the data as predict reads it: a single slice saved as a stack, which the reader shows as one, is its plane
+    kwargs = {key: value[-data.ndim :] for key, value in placed(path, image).kwargs.items()}
+    return data, Placement.from_kwargs(kwargs, data.ndim), [file], note
 
 
 def default_file_output(path: Path | None) -> Path | None:

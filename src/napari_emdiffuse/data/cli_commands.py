@@ -160,28 +160,31 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
         print("warning:  incomplete (preparation was interrupted)")
 
 
-def _sampling_lines(attrs: dict[str, Any]) -> list[str]:
+def _sampling_lines(attrs: dict[str, Any], ndim: int) -> list[str]:
     """How large the pixels of one of our files without a pixel size are in those of the image it
     lies over (its ``sampling``: a prediction's input, the world napari's writer saved a layer
-    from), by which the napari reader places it."""
+    from), by which the napari reader places it, judged as it judges it for an image of ``ndim``
+    axes (as it shows the image: a single slice saved as a stack has its z)."""
     from .image import recorded_sampling
 
     if "sampling" not in attrs:
         return []
-    factors = recorded_sampling(attrs["sampling"])
+    factors = recorded_sampling(attrs["sampling"], ndim)
     if factors is None:
         return [f"sampling: {attrs['sampling']!r}, unreadable: napari shows it in its own pixels"]
     return [f"sampling: {' x '.join(f'{f:g}' for f in factors)} of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)"]
 
 
-def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0) -> list[str]:
+def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0, ndim: int | None = None) -> list[str]:
     """What made one of our outputs, whether it is complete and, without a pixel size, how large
-    its pixels are, from its provenance (and, for a store whose run was killed before it could
-    say what it finished, its block markers)."""
+    its pixels are (``ndim``: its axes as the napari reader shows it; None: its recorded shape's),
+    from its provenance (and, for a store whose run was killed before it could say what it
+    finished, its block markers)."""
     from ..jobs.predict_output import describe_bounds, describe_compute
 
+    ndim = len(attrs.get("shape") or ()) if ndim is None else ndim
     if "shape" not in attrs or "finished" not in attrs:
-        return _sampling_lines(attrs)
+        return _sampling_lines(attrs, ndim)
     settings = attrs.get("settings") or {}
     made = f"{attrs.get('software', '?')}, model {attrs.get('model', '?')} ({attrs.get('variant', '?')}"
     made += "".join(f" {k}={v}" for k, v in (attrs.get("variant_options") or {}).items()) + ")"
@@ -202,7 +205,7 @@ def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0) ->
         lines.append(f"computed: {describe_compute(attrs['compute'])}")
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
-    lines += _sampling_lines(attrs)
+    lines += _sampling_lines(attrs, ndim)
     widened = attrs.get("bounds_widened") or []
     if any(w > 1 for w in widened):
         where = "all planes" if len(widened) == 1 else ", ".join(f"plane {z} {w:.2f}x" for z, w in enumerate(widened) if w > 1)
@@ -233,6 +236,7 @@ def _prediction_info(path: Path) -> bool:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .._reader import placed
     from .io import read_image
 
     path = Path(args.file)
@@ -252,7 +256,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"voxel:    {_voxel_text(tuple(img.voxel[:-1] if img.meta.get('colour') else img.voxel))}",  # a sample is no distance
         f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",
         f"size:     {nbytes / 2**20:.1f} MiB uncompressed",
-        *_provenance_lines(img.meta.get("provenance") or {}),
+        *_provenance_lines(img.meta.get("provenance") or {}, ndim=placed(args.file, img, dataset=args.dataset, quiet=True).ndim),
     ]
     print("\n".join(lines))
     return 0

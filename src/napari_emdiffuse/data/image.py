@@ -63,16 +63,20 @@ def coarsened(voxel: Sequence[float], factor: float) -> tuple[float, ...]:
     return (*voxel[:-2], *(float(v) * factor for v in voxel[-2:]))
 
 
-def recorded_sampling(value: Any) -> tuple[float, ...] | None:
-    """A file's recorded ``sampling`` as numbers, or None where it is no list of positive numbers
-    (a string's digits are none). Where no pixel size is known, a prediction records each output
-    pixel's size in its input's pixels (0.5 for 2x super-resolution) and napari's writer a layer's
-    pixel in the pixels of the world it lay in (a z spacing of 5 set without units), per axis."""
+def recorded_sampling(value: Any, ndim: int) -> tuple[float, ...] | None:
+    """A file's recorded ``sampling`` as one number per axis of its ``ndim`` axes (1 on leading
+    axes it leaves out: a result's samples), or None where it is no list of at most ``ndim``
+    positive numbers (a string's digits are none). Where no pixel size is known, a prediction
+    records each output pixel's size in its input's pixels (0.5 for 2x super-resolution) and
+    napari's writer a layer's pixel in the pixels of the world it lay in (a z spacing of 5 set
+    without units), per axis. The one reading of it, the napari reader's and ``emdiffuse info``'s."""
     try:
         factors = tuple(float(f) for f in value) if isinstance(value, (list, tuple)) else ()
     except (TypeError, ValueError):
         return None
-    return factors if factors and all(np.isfinite(f) and f > 0 for f in factors) else None
+    if not factors or len(factors) > ndim or not all(np.isfinite(f) and f > 0 for f in factors):
+        return None
+    return (1.0,) * (ndim - len(factors)) + factors
 
 
 class _Guarded:

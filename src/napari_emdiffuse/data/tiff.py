@@ -64,7 +64,7 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     return (float(ij["spacing"]) * unit_scale,) + yx
 
 
-def _ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
+def ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
     """Physical sizes of the spatial axes from OME-XML (first image), in micrometres."""
     try:
         root = ET.fromstring(xml)
@@ -265,7 +265,7 @@ def read_tiff(path: Path) -> Image:
         voxel = None
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
-            voxel = _ome_voxel(tf.ome_metadata, spatial) if len(spatial) == grey else None
+            voxel = ome_voxel(tf.ome_metadata, spatial) if len(spatial) == grey else None
         if voxel is None:
             voxel = _tiff_voxel(tf, grey) if grey in (2, 3) else (1.0,) * grey
         voxel = (*voxel, *(1.0,) * (data.ndim - grey))  # a sample is no distance
