@@ -72,6 +72,27 @@ def test_large_or_unusual_tiffs_are_written_as_ome_tiff(tmp_path, monkeypatch):
     np.testing.assert_allclose(signed.voxel, VOXEL, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16], ids=["ImageJ", "OME-TIFF"])
+def test_a_tiff_without_a_pixel_size_claims_no_micrometres(tmp_path, dtype):
+    """A voxel of 1 (no pixel size known: a layer in napari's pixels, a result of an input
+    without one) was written as ImageJ's unit "um" at resolution 1 and as OME PhysicalSize 1 µm,
+    which Fiji showed as 1 x 1 x 1 µm. It is in pixels now, a z spacing kept in pixels; this
+    reader reads either as before, and a known pixel size is written as it was."""
+    import re
+
+    def written(name: str, voxel: tuple[float, ...]) -> tuple[set[str], tuple[float, ...]]:
+        """The units the file claims (ImageJ's, or the OME physical sizes'), and the voxel it reads as."""
+        path = write_tiff(tmp_path / name, _stack(dtype, (2, 8, 8)), voxel)
+        with tifffile.TiffFile(path) as tf:
+            units = {tf.imagej_metadata["unit"]} if tf.imagej_metadata else set(re.findall(r'PhysicalSize\wUnit="([^"]*)"', tf.ome_metadata))
+        return units, read_image(path).voxel
+
+    assert written("bare.tif", (1.0, 1.0, 1.0)) in [({"pixel"}, (1.0, 1.0, 1.0)), (set(), (1.0, 1.0, 1.0))]
+    assert written("spaced.tif", (5.0, 1.0, 1.0)) == ({"pixel"}, (5.0, 1.0, 1.0))
+    units, voxel = written("sized.tif", VOXEL)
+    assert units == ({"um"} if dtype == np.uint8 else {"µm"}) and voxel == pytest.approx(VOXEL)
+
+
 def test_ome_tiff_with_singleton_channel_and_nanometres(tmp_path):
     a = _stack(np.uint8, (3, 1, 40, 50))
     meta = {"axes": "ZCYX", "PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 4.0, "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 30.0, "PhysicalSizeZUnit": "nm"}

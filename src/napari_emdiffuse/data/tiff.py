@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .image import Image, iter_planes, lazy, unit_to_um
+from .image import Image, iter_planes, known_pixel_um, lazy, unit_to_um
 from .safe_output import refuse_overwrite, replacing_file
 
 #: what write_tiff can store (ImageJ or OME-TIFF); float64 is written as float32
@@ -76,7 +76,8 @@ def ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
     out = []
     for ax in axes:
         size = pixels.get(f"PhysicalSize{ax}")
-        scale = unit_to_um(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+        unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
+        scale = unit_to_um(unit) or (1.0 if unit == "pixel" else None)  # a spacing in pixels, as ImageJ's unit "pixel" reads
         out.append(float(size) * scale if size and scale else 1.0)
     return tuple(out)
 
@@ -306,7 +307,9 @@ def write_tiff(
     display_range: tuple[float, float] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm).
+    """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm);
+    one without a pixel size (:func:`.image.known_pixel_um`) is written in pixels (ImageJ's unit
+    "pixel", no OME physical size but a spacing other than 1, in pixels), claiming no µm.
 
     ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
     OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
@@ -334,9 +337,10 @@ def write_tiff(
     big = nbytes > BIGTIFF_BYTES
     planes = (p.astype(dtype, copy=False) for p in iter_planes(data))
     extratags = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance), True)] if provenance else []
+    sized = known_pixel_um(voxel) is not None  # else in pixels: Fiji must not read the placeholder's 1 as 1 µm
     with replacing_file(path) as tmp:
         if not big and dtype in (np.uint8, np.uint16, np.float32):
-            meta: dict[str, Any] = {"unit": "um"}
+            meta: dict[str, Any] = {"unit": "um" if sized else "pixel"}
             if len(shape) == 3:
                 meta.update(spacing=voxel[0], axes="ZYX")
             if origin is not None and any(origin):  # ImageJ: position = (index - origin) * spacing
@@ -352,11 +356,13 @@ def write_tiff(
             return path
         axes = "ZYX"[-len(shape) :]
         meta = {"axes": axes}
-        for ax, v in zip(axes, voxel):
-            meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm"})
-        resolution = (1e4 / voxel[-1], 1e4 / voxel[-2])  # pixels per centimetre, for readers without OME
+        for ax, v in zip(axes, voxel):  # without a pixel size: only a spacing other than 1, in pixels
+            if sized or v != 1.0:
+                meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm" if sized else "pixel"})
+        # pixels per centimetre, for readers without OME
+        resolution = {"resolution": (1e4 / voxel[-1], 1e4 / voxel[-2]), "resolutionunit": "CENTIMETER"} if sized else {}
         tifffile.imwrite(
-            tmp, planes, shape=shape, dtype=dtype, ome=True, bigtiff=big, metadata=meta, resolution=resolution,
-            resolutionunit="CENTIMETER", compression=None if big else "zlib", extratags=extratags,
+            tmp, planes, shape=shape, dtype=dtype, ome=True, bigtiff=big, metadata=meta, compression=None if big else "zlib",
+            extratags=extratags, **resolution,
         )  # fmt: skip
     return path
