@@ -138,7 +138,7 @@ def test_info_shows_the_sampling_the_napari_writer_records_and_an_unreadable_one
         assert main(["info", str(tmp_path / name)]) == 0
         said = capsys.readouterr().out
         assert "voxel:    unknown (not recorded in the file: 1 per pixel)\n" in said, name
-        assert "\nsampling: 5 x 1 x 1 of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)\n" in said, name
+        assert "\nsampling: 5 x 1 x 1 of napari's world pixels per pixel (no pixel size is recorded; napari places it by this)\n" in said, name
     write_tiff(tmp_path / "odd.tif", data, (1.0, 1.0, 1.0), provenance={"sampling": "12"})
     assert main(["info", str(tmp_path / "odd.tif")]) == 0
     assert "\nsampling: '12', unreadable: napari shows it in its own pixels\n" in capsys.readouterr().out

@@ -31,7 +31,7 @@ def test_superres_of_an_input_without_pixel_size_is_not_recorded_either(random_m
 
 
 #: what ``emdiffuse info`` says of a 2x super-resolution result of an input without a pixel size
-SAMPLING_LINE = "\nsampling: 0.5 x 0.5 of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)\n"
+SAMPLING_LINE = "\nsampling: 0.5 x 0.5 of napari's world pixels per pixel (no pixel size is recorded; napari places it by this)\n"
 
 
 @pytest.mark.parametrize("output", ["out.tif", "out.zarr"])

@@ -161,10 +161,10 @@ def _print_set(path: Path, group: Any, attrs: dict[str, Any]) -> None:
 
 
 def _sampling_lines(attrs: dict[str, Any], ndim: int) -> list[str]:
-    """How large the pixels of one of our files without a pixel size are in those of the image it
-    lies over (its ``sampling``: a prediction's input, the world napari's writer saved a layer
-    from), by which the napari reader places it, judged as it judges it for an image of ``ndim``
-    axes (as it shows the image: a single slice saved as a stack has its z)."""
+    """How large the pixels of one of our files without a pixel size are in napari's world pixels
+    (its ``sampling``: a prediction's in its input's, which the reader shows in its own pixels; a
+    layer napari's writer saved, in the world it lay in), by which the napari reader places it,
+    judged as it judges it for an image of ``ndim`` axes (a single slice saved as a stack has its z)."""
     from .image import recorded_sampling
 
     if "sampling" not in attrs:
@@ -172,7 +172,7 @@ def _sampling_lines(attrs: dict[str, Any], ndim: int) -> list[str]:
     factors = recorded_sampling(attrs["sampling"], ndim)
     if factors is None:
         return [f"sampling: {attrs['sampling']!r}, unreadable: napari shows it in its own pixels"]
-    return [f"sampling: {' x '.join(f'{f:g}' for f in factors)} of the pixels of the image it lies over, per pixel (no pixel size is recorded; napari places it by this)"]
+    return [f"sampling: {' x '.join(f'{f:g}' for f in factors)} of napari's world pixels per pixel (no pixel size is recorded; napari places it by this)"]
 
 
 def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0, ndim: int | None = None) -> list[str]:
