@@ -265,6 +265,17 @@ def test_a_saved_layer_reopens_where_it_lay_with_the_pixel_size_its_units_give(m
     _same_place(back, layer)
 
 
+def test_a_layer_in_centimetres_has_a_pixel_size():
+    """napari spells "cm" as "centimeter", which the table of lengths lacked (mm and m it had):
+    a layer in cm had no pixel size, and its file recorded none."""
+    import napari.layers
+
+    from napari_emdiffuse._widgets.layers import Placement
+
+    layer = napari.layers.Image(np.zeros((2, 4, 4)), scale=(5e-6, 4e-7, 4e-7), units="cm")
+    assert Placement.of(layer).voxel_um() == pytest.approx((0.05, 0.004, 0.004))
+
+
 def _written(layer, path: Path) -> None:
     """Save ``layer`` as napari's writer is given it (its data and state), by the suffix of ``path``."""
     data, meta, _ = layer.as_layer_data_tuple()
