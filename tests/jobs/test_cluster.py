@@ -1,7 +1,8 @@
 """``predict --cluster``: blocks on dask workers give the in-process result bit for bit, the model
-is loaded once per worker, a lost worker's blocks are redone, a stopped run keeps only finished
-blocks, and cluster files are checked. Where the order of events matters, blocks wait for the
-test on distributed events (:func:`gated`), never on the clock."""
+is loaded once per worker, a lost worker's blocks are redone, a stopped run (a cancel, a block
+failed for good or cancelled on the cluster) keeps exactly what it counts, and cluster files are
+checked. Where the order of events matters, blocks wait for the test on distributed events
+(:func:`gated`), never on the clock."""
 
 from __future__ import annotations
 
@@ -244,8 +245,8 @@ def gated(scheduler, tmp_path):
     """``gated(free=(0,), fail=None)``: on the workers every block not in ``free`` records its
     start (index and task key) in ``tmp_path / "started"``, then waits for the test: block
     ``fail`` until the ``seen`` event (the test saw a block finish), then raises; any other sets
-    ``running`` and waits for ``open`` before it computes. Returns a :class:`Gate`. Afterwards the
-    gate is opened and the workers get ``BlockRunner.run`` back."""
+    ``running`` and waits for ``open`` before it computes. Returns a :class:`Gate`. Afterwards
+    every held block is let go and the workers get ``BlockRunner.run`` back."""
     import uuid
 
     def install(free, fail, record, names, wait_s):  # defined here, so that it reaches the workers by value
@@ -285,7 +286,8 @@ def gated(scheduler, tmp_path):
             return gate
 
         yield hold
-        gate.event("open").set()
+        for name in ("open", "seen"):
+            gate.event(name).set()
         _eventually(lambda: not any(client.run(_blocks_on_workers).values()), "the held blocks ended")
         client.run(restore)
 
@@ -345,3 +347,91 @@ def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_o
     gate.drop()  # the blocks not started are dropped; those running end after the store has moved
     assert _markers(partial) == [1] + [0] * 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.partial.zarr", "started"]  # nothing at the store's old path
+
+
+def test_a_block_cancelled_on_the_cluster_stops_the_run_as_a_failed_block_does(scheduler, small_stack, tmp_path, random_model, fast, gated):
+    """A block's task cancelled by someone else (another client, the scheduler) is a block that
+    failed for good: named, the finished blocks kept for ``--resume``, which completes them."""
+    import re
+
+    from napari_emdiffuse.errors import BlockError
+
+    model, image = random_model("tiny"), np.concatenate([small_stack] * 2)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    gate, out, partial = gated(), tmp_path / "o.zarr", tmp_path / "o.partial.zarr"
+    events = predict(model, image, sample=fast, output=out, input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address)
+    cancelled = []
+    with pytest.raises(BlockError) as err:
+        for ev in events:
+            if ev.kind.value == "progress" and ev.what == "blocks" and ev.done >= 1 and not cancelled:
+                gate.wait_running()
+                index, key = gate.started()[0]
+                gate.cancel(key)
+                cancelled.append(index)
+    (i,) = cancelled
+    kept = re.escape(f"1 of 8 blocks are kept in {partial}; run it again and add --resume to continue")
+    said = rf"block {i + 1} of 8 was cancelled on the dask cluster, not by this run \(dask's reason: unknown\)"
+    assert re.fullmatch(rf"block {i + 1} of 8 \(z {i}:{i + 1} of 8\) failed: {kept}. The error: BlockError: {said}", str(err.value)), str(err.value)
+    gate.drop()
+    assert _markers(partial) == [1] + [0] * 7
+    assert run_predict(model, image, sample=fast, output=out, resume=True).complete and not partial.exists()
+
+
+def test_the_cli_says_a_block_cancelled_on_the_cluster_in_one_line(scheduler, cli_args, tmp_path, gated, capsys):
+    """Cancelled on the cluster before any block finished: one line naming the block, status 2
+    (not an internal error), nothing left behind."""
+    import re
+    import threading
+
+    from napari_emdiffuse.cli import main
+
+    gate = gated(free=())
+
+    def cancel_one() -> None:  # another user of the cluster, while the command runs
+        gate.wait_running()
+        gate.cancel(gate.started()[0][1])
+
+    canceller = threading.Thread(target=cancel_one, daemon=True)
+    canceller.start()
+    status = main([*cli_args, "--output", str(tmp_path / "o.zarr"), "--cluster", scheduler.scheduler_address])
+    err = capsys.readouterr().err.strip()
+    said = re.fullmatch(r"emdiffuse predict: error: block (\d) of 4 was cancelled on the dask cluster, not by this run \(dask's reason: unknown\)", err)
+    assert status == 2 and said, (status, err)
+    canceller.join()
+    assert int(said[1]) == gate.started()[0][0] + 1
+    gate.drop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "m", "started"]
+
+
+def test_a_stopped_runs_store_keeps_what_it_counted_and_says_how_it_computed_that(scheduler, small_stack, tmp_path, random_model, fast, gated, monkeypatch):
+    """After a stop the store keeps exactly the blocks the run counts, and its provenance is true
+    of them: a block that marked itself done before the stop, which the client had not seen
+    finish, is counted (and the resumed store records that part of it was computed on the
+    cluster); the blocks still running, which end while the client finishes the store (pooling a
+    large volume takes minutes), are refused and mark nothing."""
+    import zarr
+
+    from napari_emdiffuse.jobs import predict_output
+    from napari_emdiffuse.jobs.events import new_cancel_token
+    from napari_emdiffuse.jobs.predict_output import PredictionOutput
+
+    model, image = random_model("tiny"), np.concatenate([small_stack] * 2)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    out, partial = tmp_path / "o.zarr", tmp_path / "o.partial.zarr"
+    token, mark = new_cancel_token(), PredictionOutput.mark_done
+    with monkeypatch.context() as m:  # in this process, cancelled after its first block
+        m.setattr(PredictionOutput, "mark_done", lambda self, block: (mark(self, block), token.set()))
+        run_predict(model, image, sample=fast, output=out, input_paths=[tmp_path / "in.tif"], cancel=token)
+    before = zarr.open_group(str(partial), mode="r").attrs["compute"]
+    gate, token, pool = gated(free=(1,)), new_cancel_token(), predict_output.pool_uncertainty
+    monkeypatch.setattr(predict_output, "pool_uncertainty", lambda *a, **k: (gate.drop(), pool(*a, **k)))  # the held blocks end meanwhile
+    for ev in predict(model, image, sample=fast, output=out, input_paths=[tmp_path / "in.tif"], cluster=scheduler.scheduler_address, resume=True, cancel=token):
+        if ev.kind.value == "progress" and ev.what == "blocks" and not token.is_set():  # the client waits here, before its first look
+            (store,) = tmp_path.glob(".o.zarr.tmp-*")
+            _eventually(lambda: _markers(store)[1] == 1, "block 1 marked done")
+            gate.wait_running()
+            token.set()
+        if ev.kind.value == "result":
+            assert not ev.complete and ev.finished == (slice(0, 2), slice(0, 48), slice(0, 56))
+    assert _markers(partial) == [1, 1] + [0] * 6
+    assert zarr.open_group(str(partial), mode="r").attrs["compute"] == {"parts": [before, {"cluster": scheduler.scheduler_address, "device": "auto"}]}

@@ -11,8 +11,10 @@ input lazily once (:func:`_worker_state`), then for every block computes it with
 owns whole chunks) and sets its done-marker, but only while the store at its path is still
 this run's (the run's id, :func:`.predict_output.check_run`): a worker of a run that has ended
 (its client killed, then the output resumed or started again) writes into no later run's store.
-Failed blocks are retried; a run that stops (a cancel, Ctrl-C, a block that failed for good)
-cancels the blocks not finished and leaves a store that ``--resume`` continues.
+Failed blocks are retried; a block cancelled on the cluster by someone else (another client, the
+scheduler) fails for good at once. A run that stops (a cancel, Ctrl-C, a block that failed for
+good) cancels the blocks not finished, closes the store to those still running (they mark nothing
+done in it after the run counted its blocks) and leaves a store that ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -31,13 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SampleConfig
 from ..data.normalise import Normaliser
-from ..errors import Cancelled, ConfigError, DeviceError, InputError
+from ..errors import BlockError, Cancelled, ConfigError, DeviceError, InputError
 from ..model_file import Model
 from ..variants import model_options
 from ..variants.base import Block
 from .blocks import BlockRun, BlockRunner, write_block
 from .events import CancelToken, Message, Progress
-from .predict_output import PredictionOutput, check_run, clear_stale_writes, open_block_arrays
+from .predict_output import RUN, PredictionOutput, check_run, clear_stale_writes, open_block_arrays
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +177,9 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
     finish and the one that fails for good (its error is raised). Raises :class:`Cancelled` when
     ``cancel`` is set. However the run stops (a cancel, a failed block, Ctrl-C), the blocks not
     finished are cancelled before the client closes: no worker starts one whose result would be
-    dropped. One already running goes on, but marks its block done only once the block is written
-    and only while the store is still this run's (:func:`run_block`)."""
+    dropped. One already running goes on, but the store is closed to it (:func:`_close_store`):
+    ``run`` holds the blocks the store keeps. A block cancelled on the cluster by someone else
+    fails the run as a block that failed for good, a :class:`~..errors.BlockError` naming it."""
     from distributed import wait
 
     inputs = [p for p in out.inputs if p is not None]
@@ -203,10 +207,13 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
             if cancel.is_set():
                 raise Cancelled("prediction cancelled")
             try:
-                ready, pending = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
+                wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished meanwhile: look at the cancel token again
                 continue
-            pending = set(pending)
+            except CancelledError:  # distributed's wait raises where one was cancelled on the cluster: its status says which
+                pass
+            ready = {f for f in pending if f.status != "pending"}
+            pending -= ready
             for fut in sorted(ready, key=lambda f: f.status != "finished"):  # a failure is raised once the blocks done with it are counted
                 # a finished block is written and marked in the store by its worker: its result (its
                 # index) is not fetched, and its future is released at once, so that the scheduler
@@ -220,11 +227,19 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
                     pending.add(fut)
                 else:
                     run.failed = unfinished[fut]
-                    fut.result()  # re-raises the block's error after its retries (or its cancel)
+                    try:
+                        fut.result()  # re-raises the block's error after its retries
+                    except CancelledError as err:  # this run cancels its blocks only once it has stopped: someone else did
+                        reason = getattr(err, "reason", "unknown")
+                        raise BlockError(
+                            f"block {run.failed.index + 1} of {len(run.done)} was cancelled on the dask cluster, not by this run (dask's reason: {reason})"
+                        ) from None
             if ready:
                 yield Progress(finished, len(todo), "blocks")
     finally:
         _cancel(client, list(unfinished))
+        if unfinished:
+            _close_store(out, run)
         client.close()
         if cluster is not None:
             cluster.close()
@@ -241,6 +256,27 @@ def _cancel(client: Any, futures: list[Any]) -> None:
         client.cancel(futures)
     except Exception as err:  # noqa: BLE001 - see above
         log.info("the unfinished blocks could not be cancelled (%s); closing the client releases them", err)
+
+
+def _close_store(out: PredictionOutput, run: BlockRun) -> None:
+    """Close a stopped run's store to its blocks still running on the workers, and add to ``run``
+    those marked done in it by then that the client had not seen finish. A block still running
+    would otherwise mark itself done while the client finishes the store (pooling a large one
+    takes minutes), after the run counted its blocks and recorded how it computed them. The run's
+    id in the store changes, so :func:`run_block` refuses it from now on; left over is only a
+    worker between its last look and its marker at this very moment (a write of one byte). Never
+    raises (see :func:`_cancel`): where the store cannot be closed, ``run`` keeps what the client saw."""
+    import zarr
+
+    assert out.store_path is not None
+    try:
+        zarr.open_group(str(out.store_path), mode="r+").attrs[RUN] = f"{out.run}-stopped"
+        marked = open_block_arrays(out.store_path)[3][:]
+    except Exception as err:  # noqa: BLE001 - see above
+        log.info("%s: not closed to the blocks still running (%s); they may finish after the run counted its blocks", out.store_path, err)
+        return
+    for index, done in enumerate(marked):
+        run.done[index] = run.done[index] or bool(done)
 
 
 @functools.lru_cache(maxsize=2)
