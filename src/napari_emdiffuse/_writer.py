@@ -39,12 +39,19 @@ def _recorded(meta: dict[str, Any], ndim: int) -> tuple[tuple[float, ...], tuple
     return where.voxel_um(), where.position_um(where.translate), ({"sampling": list(sampling)} if any(f != 1.0 for f in sampling) else {})
 
 
-def _check(data: Any, meta: dict[str, Any], what: str) -> Any:
+def _check(data: Any, meta: dict[str, Any], what: str, path: str) -> Any:
+    """The layer's full-resolution array, or a one-line refusal of what a file of it cannot hold:
+    colour, other than 2 or 3 dimensions, a mirror (a negative scale: the pixels would be written
+    unmirrored and reopen elsewhere; a pixel size in it would be lost)."""
     arr = _full_resolution(data)
     if meta.get("rgb"):
         raise InputError(f"{what} export is for grey-scale EM images; this layer is RGB")
     if arr.ndim not in (2, 3):
         raise InputError(f"{what} export takes 2D images and 3D stacks; this layer has {arr.ndim} dimensions")
+    scale = tuple(float(s) for s in meta.get("scale") or ())
+    if any(s <= 0 for s in scale):
+        shown = " x ".join(f"{s:g}" for s in scale)
+        raise InputError(f"{path}: not written: layer {meta.get('name', '')!r} is mirrored (scale {shown}), which a file cannot record; give it a positive scale and save again")
     return arr
 
 
@@ -59,7 +66,7 @@ def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     (ImageJ origin and display range)."""
     from .data.io import write_tiff as write_calibrated
 
-    arr = _check(data, meta, "TIFF")
+    arr = _check(data, meta, "TIFF", path)
     voxel, origin, record = _recorded(meta, arr.ndim)
     # the OME-TIFF form (other dtypes, or over 4 GB) has no ImageJ origin, and reads a stack of one
     # slice as an image: the reader takes both from here (a z axis where the origin has one)
@@ -85,7 +92,7 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     from .data.containers import write_ome_zarr as write_container
     from .data.safe_output import own_attrs, swap_in
 
-    arr = _check(data, meta, "OME-Zarr")
+    arr = _check(data, meta, "OME-Zarr", path)
     final = Path(path)
     if final.exists():  # napari asked the user before overwriting; never delete other folders
         if not final.is_dir() or not any((final / m).exists() for m in (".zgroup", ".zattrs", "zarr.json")):

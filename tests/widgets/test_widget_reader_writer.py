@@ -276,6 +276,21 @@ def test_a_layer_in_centimetres_has_a_pixel_size():
     assert Placement.of(layer).voxel_um() == pytest.approx((0.05, 0.004, 0.004))
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".ome.zarr"])
+def test_a_mirrored_layer_is_refused_in_one_line_and_nothing_is_written(tmp_path, suffix):
+    """napari allows a negative scale (a mirrored view); a file cannot hold one: the writer
+    recorded a sampling of -1 that its reader refused (the layer reopened unmirrored, elsewhere)
+    and a µm layer's pixel size was dropped. It is refused, naming the file and the layer."""
+    import napari.layers
+
+    for units in ("pixel", "nm"):
+        layer = napari.layers.Image(np.zeros((2, 6, 6), np.float32), name="em", scale=(1.0, -4.0, 4.0), translate=(0.0, 10.0, 0.0), units=units)
+        with pytest.raises(InputError) as err:
+            _written(layer, tmp_path / f"em{suffix}")
+        assert str(err.value).startswith(f"{tmp_path / f'em{suffix}'}: not written: layer 'em' is mirrored (scale 1 x -4 x 4)") and "\n" not in str(err.value)
+        assert not list(tmp_path.iterdir())
+
+
 def _written(layer, path: Path) -> None:
     """Save ``layer`` as napari's writer is given it (its data and state), by the suffix of ``path``."""
     data, meta, _ = layer.as_layer_data_tuple()
