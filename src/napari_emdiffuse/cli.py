@@ -361,6 +361,24 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+#: what to change when the GPU runs out of memory, by command (predict and calibrate sample tiles)
+_SMALLER = {"train": "a smaller --batch-size (or a --config with a smaller train.patch_size)"}
+_SMALLER_TILES = "a smaller --tile-size, fewer --samples or a smaller --tile-batch"
+
+
+def _out_of_memory_hint(command: str, err: BaseException) -> str | None:
+    """What a user does about a GPU that ran out of memory (the error itself, or the cause of a
+    failed block whose finished blocks are kept), or None for any other error: a device too small
+    for these settings is the user's to fix, not a bug of ours."""
+    from .engine.device import is_out_of_memory
+
+    if is_out_of_memory(err):
+        return f"the GPU ran out of memory: try {_SMALLER.get(command, _SMALLER_TILES)}, or --device cpu"
+    if err.__cause__ is not None and is_out_of_memory(err.__cause__):
+        return "the GPU ran out of memory: resume with --device cpu (slower) or on a GPU with more memory; " + _SMALLER.get(command, _SMALLER_TILES) + " starts the result afresh"
+    return None
+
+
 class _Stderr(logging.StreamHandler):
     """Messages to whatever ``sys.stderr`` is now (it is replaced under tests and in notebooks)."""
 
@@ -450,11 +468,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return CLOSED_OUTPUT
         if args.verbose:
             traceback.print_exc()
-        print(f"emdiffuse {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        oom = _out_of_memory_hint(args.command, err)
+        print(f"emdiffuse {args.command}: error: {_one_line(err)}{'; ' + oom if oom else ''}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - a bug of ours: still one line, the traceback with -v
         if args.verbose:
             traceback.print_exc()
+        if oom := _out_of_memory_hint(args.command, err):
+            print(f"emdiffuse {args.command}: error: {oom} ({_one_line(err)})", file=sys.stderr)
+            return 2
         hint = "" if args.verbose else " (run with -v for the traceback)"
         print(f"emdiffuse {args.command}: internal error: {type(err).__name__}: {_one_line(err)}{hint}", file=sys.stderr)
         return 1

@@ -59,7 +59,9 @@ def test_a_failed_block_keeps_the_finished_ones_and_resume_completes_them(cli_ar
         assert main([*cli_args, "--output", str(out)]) == 2
     err = error_line(capsys)
     assert f"block 3 of 4 (z 2:3 of 4) failed: 2 of 4 blocks are kept in {partial}; run it again and add --resume to continue" in err
-    assert err.endswith("The error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB")
+    assert "The error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB" in err
+    assert err.endswith("; the GPU ran out of memory: resume with --device cpu (slower) or on a GPU with more memory; "
+                        "a smaller --tile-size, fewer --samples or a smaller --tile-batch starts the result afresh")
     assert not out.exists() and markers(partial) == [1, 1, 0, 0] and leftovers(tmp_path) == []
     assert zarr.open_group(str(partial), mode="r").attrs["complete"] is False
 
@@ -99,12 +101,22 @@ def test_a_store_that_cannot_be_finished_after_a_failed_block_stays_under_its_te
 @pytest.mark.parametrize("name, finished", [("o.zarr", 0), ("o.tif", 2)])
 def test_with_nothing_finished_to_keep_nothing_is_left_behind(cli_args, tmp_path, monkeypatch, capsys, name, finished):
     """A store whose first block fails, and a TIFF (written at the end) whatever failed: the error
-    as it is (an unexpected one: exit status 1, as README says), and no file, temporary or
-    partial result beside the input."""
+    as it is, and no file, temporary or partial result beside the input. A GPU out of memory is
+    the user's to fix (exit status 2, what to lower; it was an "internal error", exit 1); an
+    unexpected error stays one (exit 1)."""
     before = sorted(p.name for p in tmp_path.iterdir())
-    fail_after(monkeypatch, finished)
-    assert main([*cli_args, "--output", str(tmp_path / name)]) == 1
-    assert error_line(capsys).startswith("emdiffuse predict: internal error: OutOfMemoryError: CUDA out of memory")
+    with monkeypatch.context() as m:
+        fail_after(m, finished)
+        assert main([*cli_args, "--output", str(tmp_path / name)]) == 2
+    assert error_line(capsys) == (
+        "emdiffuse predict: error: the GPU ran out of memory: try a smaller --tile-size, fewer --samples or a smaller "
+        "--tile-batch, or --device cpu (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with monkeypatch.context() as m:
+        fail_after(m, finished, RuntimeError("a bug"))
+        assert main([*cli_args, "--output", str(tmp_path / name)]) == 1
+    assert error_line(capsys).startswith("emdiffuse predict: internal error: RuntimeError: a bug")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
