@@ -134,18 +134,23 @@ class Model:
             f"({value:.2f} dB against {base:.2f} dB): train longer"
         )
 
-    def unknown_pixel_note(self) -> str | None:
-        """What to say when the input has no pixel size (a TIFF without resolution tags, a layer
-        whose scale is in napari's default "pixel" unit) but the model records the one it learnt from: the check of
-        :meth:`pixel_warning` cannot run, and the user should know what the model expects."""
+    def unchecked_pixel(self) -> str | None:
+        """What an input without a pixel size costs where the model records the one it learnt from
+        (None: nothing): the check of :meth:`pixel_warning` cannot run, and the user should know
+        what the model expects. A clause: :meth:`unknown_pixel_note` says it of a file, Enhance of a layer."""
         trained = self.info.training.get("pixel_size_um")
         if not trained:
             return None
         return (
-            f"the input has no pixel size, so it cannot be compared with the {in_nm(trained)} pixels this model learnt "
-            f"from: if your pixels are more than {PIXEL_TOLERANCE:g} times larger or smaller, resample the input or "
-            "fine-tune the model (set the pixel size in the file, or the layer's scale in a length unit, to have it checked)"
+            f"it cannot be compared with the {in_nm(trained)} pixels this model learnt from: if your pixels are more "
+            f"than {PIXEL_TOLERANCE:g} times larger or smaller, resample the input or fine-tune the model"
         )
+
+    def unknown_pixel_note(self) -> str | None:
+        """What to say when an input file has no pixel size (a TIFF without resolution tags) but
+        the model records the one it learnt from (:meth:`unchecked_pixel`)."""
+        cost = self.unchecked_pixel()
+        return f"the input has no pixel size, so {cost} (set the pixel size in the file to have it checked)" if cost else None
 
     def pixel_warning(self, pixel_um: float | None) -> str | None:
         """A warning when the input's pixels (µm; None: unknown) differ from those of the inputs

@@ -634,3 +634,59 @@ def test_a_long_input_name_is_cut_in_the_middle_of_its_results_names(make_napari
     assert enhanced.name == "2024-03-11_…aligned_8bit: estimate"
     assert bound.name.startswith("2024-03-11_…aligned_8bit: ") and "error bound" in bound.name
     assert enhanced.metadata["emdiffuse"]["source_layer"] == long_name
+
+
+def _console(message: str, layer, **values) -> None:
+    """Run the napari console command a message quotes (after "napari's console: "), on a viewer
+    holding ``layer``, as a user would paste it."""
+    from types import SimpleNamespace
+
+    from napari.components import LayerList
+
+    command = message.split("napari's console: ", 1)[1].split(" (or ", 1)[0]
+    exec(command, {"viewer": SimpleNamespace(layers=LayerList([layer])), **values})
+
+
+def test_a_layer_without_a_pixel_size_is_said_by_name_with_a_fix_napari_has(make_napari_viewer, isbi, tiny_model, tmp_path, notes):
+    """Enhance said "the input has no pixel size ... (set ... the layer's scale in a length unit)",
+    which napari 0.9's GUI cannot do (it has no units editor), as an info note even for a layer
+    whose scale the user can see. Now the note names the layer and quotes a console command that
+    works; a scale other than 1 (a size given without its unit) is a warning that the scale only
+    places the layer. Predict does not repeat its own note."""
+    import json
+    import shutil
+
+    import napari.layers
+
+    from napari_emdiffuse._widgets.layers import Placement
+
+    model = tmp_path / "four_nm"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["training"]["pixel_size_um"] = 0.004
+    (model / "model.json").write_text(json.dumps(meta))
+    MODELS.add(model, "trained")
+    said = {}
+    for case, scale in (("scaled", (0.05, 0.008, 0.008)), ("default", (1.0, 1.0, 1.0))):
+        viewer = make_napari_viewer()
+        viewer.add_image(isbi[:2, :64, :64], name="em", scale=scale)
+        w = _open(viewer)
+        w.model.setCurrentIndex(next(i for i in range(w.model.count()) if w.model.itemData(i).path == model.resolve()))
+        w.samples.setValue(2)
+        w.steps.setValue(1)
+        before = {level: len(notes.messages(level)) for level in ("info", "warning")}
+        w.run()
+        assert w.result_layers, w.controls.status.text()
+        new = {level: [m for m in notes.messages(level)[before[level] :] if "pixel size" in m] for level in ("info", "warning")}
+        said[case] = new
+    [warning] = said["scaled"]["warning"]
+    assert warning.startswith("layer 'em': its scale 0.05 x 0.008 x 0.008 has no length unit, so it places the layer but is no pixel size")
+    assert "4 nm pixels this model learnt from" in warning and not said["scaled"]["info"]
+    [info] = said["default"]["info"]
+    assert info.startswith("layer 'em' has no pixel size, so it cannot be compared with the 4 nm pixels") and not said["default"]["warning"]
+    layer = napari.layers.Image(np.zeros((2, 4, 4)), name="em", scale=(0.05, 0.008, 0.008))
+    _console(warning, layer)  # the commands quoted work in napari 0.9, and give the layer a pixel size
+    assert Placement.of(layer).voxel_um() == pytest.approx((5e-5, 8e-6, 8e-6))
+    layer = napari.layers.Image(np.zeros((2, 4, 4)), name="em")
+    _console(info, layer, z=50, y=4, x=4)
+    assert Placement.of(layer).voxel_um() == pytest.approx((0.05, 0.004, 0.004))

@@ -94,3 +94,24 @@ def test_the_train_widget_exports_the_chosen_model_to_bioimageio(make_napari_vie
     out = w.export_bioimageio(tmp_path / "tiny.zip")
     names = zipfile.ZipFile(out).namelist()
     assert {"model.json", "weights.pt"} <= set(names) and any(n.endswith(".yaml") for n in names)
+
+
+def test_train_says_when_the_model_will_record_no_pixel_size(make_napari_viewer, isbi, voxel, notes):
+    """Train was silent when the layer it learns from has no pixel size, and the model recorded
+    none (later inputs then go unchecked). It says so, naming the layer and how to give it one; a
+    scale without a length unit is a warning that it only places the layer."""
+    said = {}
+    for case, geometry in (("scaled", {"scale": (0.05, 0.004, 0.004)}), ("default", {}), ("sized", {"scale": voxel, "units": ("micrometer",) * 3})):
+        viewer = make_napari_viewer()
+        viewer.add_image(isbi[:2, :64, :64], name="clean", **geometry)
+        w = _open(viewer)
+        w.source.setCurrentIndex(w.source.findData("simulate"))
+        _tiny(w)
+        before = {level: len(notes.messages(level)) for level in ("info", "warning")}
+        assert (w.plan().pixel_um is None) == (case != "sized")
+        said[case] = {level: notes.messages(level)[before[level] :] for level in ("info", "warning")}
+    [warning] = said["scaled"]["warning"]
+    assert warning.startswith("layer 'clean': its scale 0.05 x 0.004 x 0.004 has no length unit, so it places the layer but is no pixel size, and the model will record none")
+    [info] = said["default"]["info"]
+    assert info.startswith("layer 'clean' has no pixel size, so the model will record none") and "viewer.layers['clean'].units = 'nm'" in info
+    assert said["sized"] == {"info": [], "warning": []}

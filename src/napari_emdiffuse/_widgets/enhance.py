@@ -52,6 +52,7 @@ from .layers import (
     result_name,
     sample_percentile,
     samples_kwargs,
+    unsized_note,
     unwrap,
     voxel_text,
 )
@@ -134,6 +135,7 @@ class _Plan:
     keep_samples: bool = False  # the samples come back as a layer too
     origin: tuple[float, ...] | None = None  # the result's first pixel, in the jobs' unit (Placement.position_um)
     sampling: tuple[float, ...] | None = None  # the input's pixel in its world's pixels where no pixel size is known (Placement.sampling)
+    pixel_said: bool = False  # the layer's missing pixel size is said (unsized_note): predict does not repeat it
 
 
 class EnhanceWidget(DockWidget):
@@ -480,6 +482,12 @@ class EnhanceWidget(DockWidget):
             raise InputError("no model chosen: train one in 'Train / fine-tune' or Load… a model folder")
         model = Model.load(entry.path)
         variant, options = get_variant(model.variant), model_options(model)
+        said = None
+        if not self.from_file():  # a file's missing pixel size predict says
+            cost = model.unchecked_pixel()
+            said = unsized_note(layer, cost or "its results record none", unscaled_too=cost is not None)
+            if said:
+                _common.notify(*said)
         sample = model.preset.with_overrides(
             {
                 "sample": {
@@ -508,7 +516,7 @@ class EnhanceWidget(DockWidget):
         return _Plan(
             name, contrast, entry, model, array, source.voxel_um()[-array.ndim :], placement, sample, self.device.currentText(),
             output, paths, overwrite, resume, info, keep, source.position_um(placement.translate)[-array.ndim :],
-            source.sampling()[-array.ndim :],
+            source.sampling()[-array.ndim :], said is not None,
         )  # fmt: skip
 
     def _crop(self, layer: Any, data: Any) -> tuple[Any, tuple[int, ...]]:
@@ -569,6 +577,7 @@ class EnhanceWidget(DockWidget):
                 overwrite=plan.overwrite,
                 origin=plan.origin,
                 sampling=plan.sampling,
+                pixel_note=not plan.pixel_said,
                 keep_samples=plan.keep_samples,
                 resume=plan.resume,
             )

@@ -241,6 +241,37 @@ class Placement:
         return {"scale": self.scale, "translate": self.translate, "units": self.units, "axis_labels": self.labels()}
 
 
+def unsized_note(layer: Any, cost: str, unscaled_too: bool = True) -> tuple[str, str] | None:
+    """What Enhance and Train say of a layer without a pixel size (the rule of :class:`Placement`),
+    and at what level (None: it has one, or nothing to say): ``cost``, what the missing size costs
+    here, a clause ("it cannot be compared with ..."); ``unscaled_too``: said of a layer at
+    napari's default scale too (in info). A scale other than 1 that the user set (not a plugin's
+    result in pixels) is likely a size given without its unit: a warning that it only places the
+    layer. napari 0.9 has no editor for a layer's units: the fix is this plugin's reader (which
+    gives a file's pixel size its unit) or napari's console."""
+    from ..data.image import known_pixel_um
+
+    where = Placement.of(layer)
+    if known_pixel_um(where.voxel_um()) is not None:
+        return None
+    name, reopen = layer.name, "reopen its file with the napari-emdiffuse reader"
+    if any(s != 1.0 for s in where.scale) and not is_plugin_output(layer):
+        scale = " x ".join(f"{s:g}" for s in where.scale)
+        return (
+            f"layer {name!r}: its scale {scale} has no length unit, so it places the layer but is no pixel size, and {cost}. "
+            f"If it is one, give it its unit: {reopen}, or in napari's console: viewer.layers[{name!r}].units = 'nm' (or the unit it is in)",
+            "warning",
+        )
+    if not unscaled_too:
+        return None
+    axes = ", ".join("zyx"[-len(where.scale) :])
+    return (
+        f"layer {name!r} has no pixel size, so {cost}. To give it one, {reopen}, "
+        f"or in napari's console: viewer.layers[{name!r}].scale = ({axes}); viewer.layers[{name!r}].units = 'nm'",
+        "info",
+    )
+
+
 def samples_kwargs(placement: Placement) -> dict[str, Any]:
     """Layer keyword arguments for the samples of a result placed at ``placement``: the sample
     axis in front of its axes, whose slider says what it moves through."""

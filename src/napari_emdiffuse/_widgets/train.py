@@ -35,7 +35,7 @@ from ..data.image import known_pixel_um
 from ..errors import InputError
 from ..jobs.events import CheckpointSaved, Event, Loss, Preview, TrainResult, Validation
 from . import _common
-from .layers import Placement, image_array, rectangle_roi, unwrap
+from .layers import Placement, image_array, rectangle_roi, unsized_note, unwrap
 from .loss_plot import LossPlot
 from .options_form import OptionsForm
 from .pickers import LayerPicker
@@ -395,6 +395,8 @@ class TrainWidget(DockWidget):
             note = "layers " + ", ".join(names)
             pixel = known_pixel_um(Placement.of(layer).voxel_um())
             grid_shape = arrays[variant.training_inputs[0]].shape
+        if pixel is None and (said := unsized_note(layer, "the model will record none, against which later inputs' pixel sizes are checked")):
+            _common.notify(*said)
         roi = None
         if self.region.layer() is not None:
             roi = rectangle_roi(self.region.layer(), layer)

@@ -93,6 +93,7 @@ def predict(
     resume: bool = False,
     cluster: str | None = None,
     sampling: Sequence[float] | None = None,
+    pixel_note: bool = True,
 ) -> Iterator[Any]:
     """Enhance ``image`` (numpy or dask; 2D or 3D) with ``model``, block by block (see :mod:`.blocks`).
 
@@ -113,7 +114,8 @@ def predict(
     pixel is 0.5 of that image's for 2x super-resolution; a z spacing of 5 set without units): its
     pixel in its world's pixels, per axis, in which the output's ``sampling`` and ``origin`` (given
     in the input's own pixels) are then recorded, so that the reader lays it where its input lies,
-    and in which the isotropic variants judge its z spacing.
+    and in which the isotropic variants judge its z spacing. ``pixel_note``: False where the caller
+    has said in its own words that the input has no pixel size (Enhance, naming the layer).
     """
     if estimate not in ESTIMATES:
         raise ValueError(f"unknown estimate {estimate!r}; choose one of {', '.join(ESTIMATES)}")
@@ -145,7 +147,7 @@ def predict(
         for note in (variant.voxel_warning(spacing, options), model.quality_warning(), model.pixel_warning(pixel_um)):
             if note:
                 yield Message(note, "warning")
-        if pixel_um is None and (note := model.unknown_pixel_note()):
+        if pixel_um is None and pixel_note and (note := model.unknown_pixel_note()):
             yield Message(note, "info")
         if cfg.samples < 2:
             yield Message("one sample has no spread: the uncertainty map is zero and no error bounds are written; use 2 or more samples for them", "warning")
