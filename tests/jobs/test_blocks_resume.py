@@ -219,3 +219,36 @@ def test_a_store_resumed_at_another_alpha_says_the_interval_it_holds(small_stack
     assert group.attrs["bounds"] == {"coverage": pytest.approx(0.7), "scale": pytest.approx(q), "settings": "same"}
     width = np.asarray(group["upper/0"]) - np.asarray(group["mean/0"])
     np.testing.assert_allclose(width, q * np.asarray(group["uncertainty/0"]), rtol=1e-4, atol=1e-5)
+
+
+def test_blocks_finished_out_of_order_are_kept_under_the_partial_name_and_said(small_stack, tmp_path, random_model, fast, store_results, ran_blocks):
+    """A store whose first block is not finished but a later one is (a cluster's blocks finish
+    in any order; a resumed store of such a run), cancelled again before its first block: it said
+    "no block was finished, nothing is written" while it kept the store, moved to a hidden
+    temporary name. Now it is kept as any cancelled store, at OUT.partial.zarr, and said so."""
+    model = random_model("tiny")
+    whole = run_predict(model, small_stack, sample=fast, output=tmp_path / "whole.zarr")
+    token = new_cancel_token()
+    ran_blocks.clear()
+    for ev in predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", cancel=token):
+        if ev.kind.value == "progress" and len(ran_blocks) == 2:
+            token.set()  # during the third block
+    partial = tmp_path / "o.partial.zarr"
+    done = zarr.open_array(str(partial / ".blocks_done"), mode="r+")
+    assert list(done[:2]) == [1, 1]
+    done[0] = 0  # block 1 finished, block 0 not: as a cluster run may leave it
+    token = new_cancel_token()
+    events = []
+    for ev in predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True, cancel=token):
+        events.append(ev)
+        if ev.kind.value == "progress":
+            token.set()  # before block 0 is finished again
+    said = [ev.text for ev in events if ev.kind.value == "message" and ev.text.startswith("cancelled")]
+    assert said == [f"cancelled: no part from the first block on is finished; the finished blocks are kept in {partial}: run it again with --resume to continue them"]
+    assert partial.is_dir() and [int(v) for v in zarr.open_array(str(partial / ".blocks_done"), mode="r")[:2]] == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.partial.zarr", "whole.zarr"]  # nothing under a hidden name
+    res = run_predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True)
+    assert res.complete and whole.complete
+    a, b = store_results(tmp_path / "whole.zarr"), store_results(tmp_path / "o.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

@@ -690,3 +690,19 @@ def test_a_layer_without_a_pixel_size_is_said_by_name_with_a_fix_napari_has(make
     layer = napari.layers.Image(np.zeros((2, 4, 4)), name="em")
     _console(info, layer, z=50, y=4, x=4)
     assert Placement.of(layer).voxel_um() == pytest.approx((0.05, 0.004, 0.004))
+
+
+def test_a_cancel_that_keeps_blocks_but_not_the_first_says_where_they_are(make_napari_viewer, tmp_path):
+    """A resumed store whose first block is not finished (a cluster run's) and is cancelled again
+    keeps its finished blocks: the status said "nothing was added" and nothing of where they are."""
+    from napari_emdiffuse.jobs.events import PredictResult
+
+    w = _open(make_napari_viewer())
+    store = tmp_path / "o.partial.zarr"
+    w._on_event(PredictResult(None, None, None, (1.0, 1.0), False, None, written=(store,)))
+    assert w.controls.status.text() == (
+        f"Cancelled before the first block was finished: nothing was added; the finished blocks are kept in {store}: run again with Resume ticked to finish it."
+    )
+    w._on_event(PredictResult(None, None, None, (1.0, 1.0), False, None))
+    assert w.controls.status.text() == "Cancelled before the first plane was finished: nothing was added."
+    assert w.result_layers == []

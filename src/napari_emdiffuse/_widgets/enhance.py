@@ -589,6 +589,8 @@ class EnhanceWidget(DockWidget):
         match event:
             case PredictResult(complete=True):
                 self._show(event)
+            case PredictResult(finished=None, written=(store, *_)):  # blocks finished, but not the first (a cluster run's)
+                self.controls.status.setText(f"Cancelled before the first block was finished: nothing was added; the finished blocks are kept in {store}: run again with Resume ticked to finish it.")
             case PredictResult(finished=None):
                 self.controls.status.setText("Cancelled before the first plane was finished: nothing was added.")
             case PredictResult(finished=region):

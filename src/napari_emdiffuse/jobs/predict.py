@@ -364,7 +364,9 @@ def _finish(
     else:
         written, (mean, std, samples, lower, upper) = [], finish_in_memory(*arrays, q, error)
     if not complete:
-        if region is None:
+        if region is None and written:  # blocks finished out of order (:meth:`.PredictionOutput.finish`)
+            kept = f"no part from the first block on is finished; the finished blocks are kept in {written[0]}: run it again with --resume to continue them"
+        elif region is None:
             kept = "no block was finished, nothing is written" if out is not None else "no block was finished"
         else:
             kept = "the finished part " + describe_region(region, geometry.shape) + (f" is in {', '.join(map(str, written))}" if written else "")

@@ -463,6 +463,11 @@ class PredictionOutput:
         except OSError as err:
             log.info("%s: this run's way of computing is not recorded yet (%s)", self.staged.path, err)
 
+    def _holds_blocks(self) -> bool:
+        """Whether the store being written holds a finished block (this run's, an earlier run's, a
+        cluster worker's); markers that cannot be read count as holding some."""
+        return self.held or (self.staged is not None and blocks_done(self.staged.path) != 0)
+
     def mark_done(self, block: Block) -> None:
         """Record a finished block in the store (nothing to record in memory)."""
         if self.done is not None:
@@ -498,8 +503,10 @@ class PredictionOutput:
         bounds = region_bounds(region, shape) if region is not None else None
         status = {"complete": complete, "finished": bounds, "shape": list(shape)}
         if self.names.store:
-            if region is None:  # nothing finished: the store is removed by close(), as the run says
+            if region is None and not self._holds_blocks():  # nothing finished: the store is removed by close(), as the run says
                 return [], (None,) * 5
+            # blocks finished out of order (a cluster's, or an earlier run's a resumed store holds)
+            # are kept as any partial store's, though no part from the start is finished
             return self._finish_store(mean, spread, q, complete, status, error)
         arrays = finish_in_memory(mean, spread, samples, q, error)
         uncertainty, lower, upper = arrays[1], *arrays[3:]
