@@ -93,6 +93,20 @@ def test_a_tiff_without_a_pixel_size_claims_no_micrometres(tmp_path, dtype):
     assert units == ({"um"} if dtype == np.uint8 else {"µm"}) and voxel == pytest.approx(VOXEL)
 
 
+def test_a_foreign_ome_tiff_in_pixels_has_no_pixel_size(tmp_path):
+    """OME physical sizes in the unit "pixel" on Y/X are no pixel size (they read as 2 µm after
+    c7db183, a made-up size); on Z, a spacing in pixels (what write_tiff writes without a pixel
+    size), it is kept."""
+    from napari_emdiffuse.data.image import known_pixel_um
+
+    meta = {"axes": "ZYX", "PhysicalSizeX": 2.0, "PhysicalSizeXUnit": "pixel", "PhysicalSizeY": 2.0, "PhysicalSizeYUnit": "pixel"}
+    tifffile.imwrite(tmp_path / "xy.ome.tif", np.zeros((3, 32, 32), np.uint16), ome=True, metadata=meta)
+    img = read_image(tmp_path / "xy.ome.tif")
+    assert img.voxel == (1.0, 1.0, 1.0) and known_pixel_um(img.voxel) is None
+    tifffile.imwrite(tmp_path / "z.ome.tif", np.zeros((3, 32, 32), np.uint16), ome=True, metadata={**meta, "PhysicalSizeZ": 5.0, "PhysicalSizeZUnit": "pixel"})
+    assert read_image(tmp_path / "z.ome.tif").voxel == (5.0, 1.0, 1.0)
+
+
 def test_ome_tiff_with_singleton_channel_and_nanometres(tmp_path):
     a = _stack(np.uint8, (3, 1, 40, 50))
     meta = {"axes": "ZCYX", "PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 4.0, "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 30.0, "PhysicalSizeZUnit": "nm"}

@@ -64,8 +64,14 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     return (float(ij["spacing"]) * unit_scale,) + yx
 
 
+#: the OME unit of a physical size in pixels: read only on Z, as a z spacing (what write_tiff
+#: writes for a voxel without a pixel size); on Y or X it is no size, read as 1, never as µm
+PIXEL_UNIT = "pixel"
+
+
 def ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
-    """Physical sizes of the spatial axes from OME-XML (first image), in micrometres."""
+    """Physical sizes of the spatial axes from OME-XML (first image), in micrometres; a size in
+    pixels only as a z spacing (:data:`PIXEL_UNIT`), so that no foreign file's pixels become µm."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
@@ -77,7 +83,7 @@ def ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
     for ax in axes:
         size = pixels.get(f"PhysicalSize{ax}")
         unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
-        scale = unit_to_um(unit) or (1.0 if unit == "pixel" else None)  # a spacing in pixels, as ImageJ's unit "pixel" reads
+        scale = unit_to_um(unit) or (1.0 if unit == PIXEL_UNIT and ax == "Z" else None)  # see PIXEL_UNIT
         out.append(float(size) * scale if size and scale else 1.0)
     return tuple(out)
 
@@ -309,7 +315,7 @@ def write_tiff(
 ) -> Path:
     """Write a 2D/3D array (numpy or dask, plane by plane) as a TIFF with its voxel size (µm);
     one without a pixel size (:func:`.image.known_pixel_um`) is written in pixels (ImageJ's unit
-    "pixel", no OME physical size but a spacing other than 1, in pixels), claiming no µm.
+    "pixel", no OME physical size but a z spacing other than 1, in pixels), claiming no µm.
 
     ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
     OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
@@ -356,9 +362,9 @@ def write_tiff(
             return path
         axes = "ZYX"[-len(shape) :]
         meta = {"axes": axes}
-        for ax, v in zip(axes, voxel):  # without a pixel size: only a spacing other than 1, in pixels
-            if sized or v != 1.0:
-                meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm" if sized else "pixel"})
+        for ax, v in zip(axes, voxel):  # without a pixel size: only a z spacing other than 1, in pixels (PIXEL_UNIT)
+            if sized or (ax == "Z" and v != 1.0):
+                meta.update({f"PhysicalSize{ax}": v, f"PhysicalSize{ax}Unit": "µm" if sized else PIXEL_UNIT})
         # pixels per centimetre, for readers without OME
         resolution = {"resolution": (1e4 / voxel[-1], 1e4 / voxel[-2]), "resolutionunit": "CENTIMETER"} if sized else {}
         tifffile.imwrite(
