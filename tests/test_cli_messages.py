@@ -160,21 +160,26 @@ def test_info_judges_a_sampling_by_the_axes_the_napari_reader_shows(tmp_path, ca
         assert "\nsampling: 1 x 0.5 x 0.5 " in capsys.readouterr().out, name
 
 
-def test_a_gpu_out_of_memory_is_the_users_to_fix_and_says_what_to_lower(tmp_path, noisy, monkeypatch, capsys):
-    """Training that runs out of GPU memory was an "internal error" (exit 1, as for a bug of ours):
-    now exit 2 and one line naming the setting to lower for this command."""
+def test_a_gpu_out_of_memory_is_the_users_to_fix_and_says_what_to_lower(tmp_path, noisy, tiny_model_dir, monkeypatch, capsys):
+    """Training or calibration that runs out of GPU memory was an "internal error" (exit 1, as for
+    a bug of ours): now exit 2 and one line naming only options the command has (calibrate samples
+    with the model's own tiles: no --tile-size to lower)."""
     import torch
 
+    from napari_emdiffuse.jobs import calibrate as calibrate_job
     from napari_emdiffuse.jobs import train as train_job
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
 
     monkeypatch.setattr(train_job, "train", oom)
+    monkeypatch.setattr(calibrate_job, "calibrate", oom)
     capsys.readouterr()
     assert main(["train", "--preset", "tiny", "--clean", str(noisy), "--out", str(tmp_path / "run"), "--device", "cpu", "-q"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
+    assert capsys.readouterr().err.strip() == (
         "emdiffuse train: error: the GPU ran out of memory: try a smaller --batch-size (or a --config with a smaller "
         "train.patch_size), or --device cpu (CUDA out of memory. Tried to allocate 1.00 GiB)"
     )
+    argv = ["calibrate", "--model", str(tiny_model_dir), "--input", str(noisy), "--truth", str(noisy), "--out", str(tmp_path / "cal"), "--device", "cpu", "-q"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "emdiffuse calibrate: error: the GPU ran out of memory: try --device cpu (CUDA out of memory. Tried to allocate 1.00 GiB)"

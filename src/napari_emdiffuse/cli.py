@@ -361,9 +361,10 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-#: what to change when the GPU runs out of memory, by command (predict and calibrate sample tiles)
-_SMALLER = {"train": "a smaller --batch-size (or a --config with a smaller train.patch_size)"}
-_SMALLER_TILES = "a smaller --tile-size, fewer --samples or a smaller --tile-batch"
+#: what else than --device cpu helps when the GPU runs out of memory, by command: sampling halves
+#: its tile batch by itself down to one tile before it gives up (engine.tiling), so only a smaller
+#: tile helps predict; calibrate samples with the model's own tiles
+_SMALLER = {"train": "a smaller --batch-size (or a --config with a smaller train.patch_size)", "predict": "a smaller --tile-size"}
 
 
 def _out_of_memory_hint(command: str, err: BaseException) -> str | None:
@@ -372,10 +373,11 @@ def _out_of_memory_hint(command: str, err: BaseException) -> str | None:
     for these settings is the user's to fix, not a bug of ours."""
     from .engine.device import is_out_of_memory
 
+    smaller = _SMALLER.get(command)
     if is_out_of_memory(err):
-        return f"the GPU ran out of memory: try {_SMALLER.get(command, _SMALLER_TILES)}, or --device cpu"
+        return f"the GPU ran out of memory: try {smaller + ', or ' if smaller else ''}--device cpu"
     if err.__cause__ is not None and is_out_of_memory(err.__cause__):
-        return "the GPU ran out of memory: resume with --device cpu (slower) or on a GPU with more memory; " + _SMALLER.get(command, _SMALLER_TILES) + " starts the result afresh"
+        return "the GPU ran out of memory: resume with --device cpu (slower) or on a GPU with more memory" + (f"; {smaller} starts the result afresh" if smaller else "")
     return None
 
 

@@ -244,7 +244,7 @@ def test_blocks_finished_out_of_order_are_kept_under_the_partial_name_and_said(s
         if ev.kind.value == "progress":
             token.set()  # before block 0 is finished again
     said = [ev.text for ev in events if ev.kind.value == "message" and ev.text.startswith("cancelled")]
-    assert said == [f"cancelled: no part from the first block on is finished; the finished blocks are kept in {partial}: run it again with --resume to continue them"]
+    assert said == [f"cancelled: the first block is not finished, so no part is shown; the finished blocks are kept in {partial}: run it again with --resume to continue them"]
     assert partial.is_dir() and [int(v) for v in zarr.open_array(str(partial / ".blocks_done"), mode="r")[:2]] == [0, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.partial.zarr", "whole.zarr"]  # nothing under a hidden name
     res = run_predict(model, small_stack, sample=fast, output=tmp_path / "o.zarr", resume=True)

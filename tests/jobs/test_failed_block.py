@@ -60,8 +60,7 @@ def test_a_failed_block_keeps_the_finished_ones_and_resume_completes_them(cli_ar
     err = error_line(capsys)
     assert f"block 3 of 4 (z 2:3 of 4) failed: 2 of 4 blocks are kept in {partial}; run it again and add --resume to continue" in err
     assert "The error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB" in err
-    assert err.endswith("; the GPU ran out of memory: resume with --device cpu (slower) or on a GPU with more memory; "
-                        "a smaller --tile-size, fewer --samples or a smaller --tile-batch starts the result afresh")
+    assert err.endswith("; the GPU ran out of memory: resume with --device cpu (slower) or on a GPU with more memory; a smaller --tile-size starts the result afresh")
     assert not out.exists() and markers(partial) == [1, 1, 0, 0] and leftovers(tmp_path) == []
     assert zarr.open_group(str(partial), mode="r").attrs["complete"] is False
 
@@ -109,8 +108,8 @@ def test_with_nothing_finished_to_keep_nothing_is_left_behind(cli_args, tmp_path
         fail_after(m, finished)
         assert main([*cli_args, "--output", str(tmp_path / name)]) == 2
     assert error_line(capsys) == (
-        "emdiffuse predict: error: the GPU ran out of memory: try a smaller --tile-size, fewer --samples or a smaller "
-        "--tile-batch, or --device cpu (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB)"
+        "emdiffuse predict: error: the GPU ran out of memory: try a smaller --tile-size, or --device cpu "
+        "(CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     with monkeypatch.context() as m:

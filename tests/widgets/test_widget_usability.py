@@ -543,4 +543,4 @@ def test_a_block_that_ran_out_of_gpu_memory_says_how_to_finish_what_was_kept():
     text = user_message(failed, 512)
     assert text.startswith("Block 3 of 4 failed:") and "tick 'Resume'" in text
     assert "The GPU ran out of memory: resume on the CPU (slower) or on a GPU with more memory" in text
-    assert "start the result afresh" in user_message(failed) and "ran out" not in user_message(block_failure(ValueError("x"), "block 1 of 2", Path("/nowhere/o.zarr"), 2))
+    assert "starts the result afresh" in user_message(failed) and "ran out" not in user_message(block_failure(ValueError("x"), "block 1 of 2", Path("/nowhere/o.zarr"), 2))

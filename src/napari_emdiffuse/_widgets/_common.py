@@ -121,15 +121,14 @@ def user_message(err: BaseException, tile_size: int | None = None, names: Mappin
         if err.__cause__ is not None and is_out_of_memory(err.__cause__):  # a block failed for want of GPU memory, others kept
             text += (
                 " The GPU ran out of memory: resume on the CPU (slower) or on a GPU with more memory; a smaller "
-                "tile size, fewer samples or a smaller tile batch start the result afresh."
+                "tile size starts the result afresh."
             )
         return text
     if is_out_of_memory(err):
         now = f" (now {tile_size} px)" if tile_size else ""
-        return (
-            f"The GPU ran out of memory. Reduce the tile size{now}, the number of samples or the "
-            "tile batch, or run on the CPU."
-        )
+        # the tile batch is halved by itself down to one tile before this is raised (engine.tiling):
+        # only a smaller tile, or another device, helps now
+        return f"The GPU ran out of memory even for one tile at a time. Reduce the tile size{now}, or run on the CPU."
     if isinstance(err, MemoryError):
         return (
             "Not enough memory (RAM) for this. Enhance the current slice or a rectangle first, or "

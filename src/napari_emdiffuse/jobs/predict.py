@@ -365,7 +365,7 @@ def _finish(
         written, (mean, std, samples, lower, upper) = [], finish_in_memory(*arrays, q, error)
     if not complete:
         if region is None and written:  # blocks finished out of order (:meth:`.PredictionOutput.finish`)
-            kept = f"no part from the first block on is finished; the finished blocks are kept in {written[0]}: run it again with --resume to continue them"
+            kept = f"the first block is not finished, so no part is shown; the finished blocks are kept in {written[0]}: run it again with --resume to continue them"
         elif region is None:
             kept = "no block was finished, nothing is written" if out is not None else "no block was finished"
         else:
