@@ -67,6 +67,23 @@ def test_a_worker_of_an_ended_run_writes_nothing_into_the_store_now_at_its_path(
     assert not partial.exists()  # no folder made again at the removed store's path
 
 
+def test_closing_a_stopped_runs_store_leaves_another_runs_store_as_it_is(small_stack, tmp_path, random_model, fast):
+    """_close_store changes the run id of the store at the run's path only where the store is the
+    run's own: a store there whose run id is another's keeps its files and ``run`` what it had."""
+    from types import SimpleNamespace
+
+    from napari_emdiffuse.jobs.blocks import BlockRun
+    from napari_emdiffuse.jobs.cluster import _close_store
+
+    partial, first = cancelled(random_model("tiny"), small_stack[:3], tmp_path / "o.zarr", fast)
+    marked = list(zarr.open_array(str(partial / predict_output.DONE), mode="r")[:])
+    before, run = files(partial), BlockRun(done=[False] * len(marked))
+    _close_store(SimpleNamespace(store_path=partial, run=f"not-{first}"), run)
+    assert files(partial) == before and run.done == [False] * len(marked)
+    _close_store(SimpleNamespace(store_path=partial, run=first), run)  # its own: closed, its markers counted
+    assert zarr.open_group(str(partial), mode="r").attrs[RUN] == f"{first}-stopped" and run.done == [bool(m) for m in marked] and any(run.done)
+
+
 @pytest.fixture
 def dead_pid() -> int:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SampleConfig
 from ..data.normalise import Normaliser
-from ..errors import BlockError, Cancelled, ConfigError, DeviceError, InputError
+from ..errors import BlockError, Cancelled, ConfigError, DeviceError, InputError, StaleRunError
 from ..model_file import Model
 from ..variants import model_options
 from ..variants.base import Block
@@ -265,10 +265,16 @@ def _close_store(out: PredictionOutput, run: BlockRun) -> None:
     takes minutes), after the run counted its blocks and recorded how it computed them. The run's
     id in the store changes, so :func:`run_block` refuses it from now on; left over is only a
     worker between its last look and its marker at this very moment (a write of one byte). Never
-    raises (see :func:`_cancel`): where the store cannot be closed, ``run`` keeps what the client saw."""
+    raises (see :func:`_cancel`): where the store cannot be closed, ``run`` keeps what the client saw.
+    A store at that path that is not this run's (:func:`check_run`) is left as it is: never another run's."""
     import zarr
 
     assert out.store_path is not None
+    try:
+        check_run(out.store_path, out.run)
+    except StaleRunError:
+        log.info("%s: left as it is, not closed: it is not the store of this run (%s)", out.store_path, out.run)
+        return
     try:
         zarr.open_group(str(out.store_path), mode="r+").attrs[RUN] = f"{out.run}-stopped"
         marked = open_block_arrays(out.store_path)[3][:]
