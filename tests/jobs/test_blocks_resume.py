@@ -252,3 +252,39 @@ def test_blocks_finished_out_of_order_are_kept_under_the_partial_name_and_said(s
     a, b = store_results(tmp_path / "whole.zarr"), store_results(tmp_path / "o.zarr")
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("newer", ["killed", "partial"])
+def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(small_stack, tmp_path, random_model, fast, cancelled_early, newer):
+    """A cancelled run's o.partial.zarr and a killed run's hidden store (a later run started with
+    --overwrite) both hold finished blocks. --resume took the newer one, and when that run stopped
+    again its store was committed to o.partial.zarr, replacing the other unchecked. Now --resume
+    refuses, names both and says how to choose; nothing is changed, and the advice works."""
+    from napari_emdiffuse.jobs.events import new_cancel_token
+
+    model, image = random_model("tiny"), small_stack[:3]
+    partial = cancelled_early(model, image, tmp_path / "o.zarr")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = tmp_path / f".o.zarr.tmp-{dead.pid}-abc"
+    cancelled_early(model, image, tmp_path / "k.zarr").rename(killed)
+    os.utime(partial if newer == "partial" else killed, (time.time() + 60,) * 2)
+
+    def files(store):
+        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+    before = files(partial), files(killed)
+    token = new_cancel_token()
+    with pytest.raises(InputError) as err:
+        for ev in predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True, cancel=token):
+            if ev.kind.value == "progress":
+                token.set()  # stopped again: the old code committed the resumed store over the other
+    assert str(err.value) == (
+        f"{partial}: --resume continues one unfinished store, and two are here: this one (1 finished block) and {killed} (1 finished block, "
+        f"left by a killed run); to continue the killed run's, move o.partial.zarr away; to continue o.partial.zarr, remove {killed.name}; "
+        "or start again with --overwrite instead of --resume"
+    )
+    assert (files(partial), files(killed)) == before
+    partial.rename(tmp_path / "kept.partial.zarr")  # as advised: the killed run's is continued
+    assert run_predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True).complete
+    assert not killed.exists() and files(tmp_path / "kept.partial.zarr") == before[0]

@@ -386,6 +386,9 @@ class PredictionOutput:
         dead = _dead_temps(self.names.mean)  # with the lock held
         # a killed run's work: a store of ours whose markers say it finished blocks, or cannot be read (kept, not guessed empty)
         killed = [p for p in dead if not p.name.endswith(REMOVING) and own_attrs(p) is not None and blocks_done(p) != 0]
+        if self.resume and killed and partial.is_dir():  # resuming one would replace the other when the run stops
+            self.close()
+            raise InputError(_two_to_resume(partial, max(killed, key=lambda p: p.stat().st_mtime)))
         if self.resume:
             found = [p for p in (partial, *killed) if p.is_dir()]
             self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
@@ -563,6 +566,22 @@ class PredictionOutput:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def _two_to_resume(partial: Path, killed: Path) -> str:
+    """The refusal of ``--resume`` where both a stopped run's ``partial`` store and a killed run's
+    store hold finished blocks: either resumed would be committed to ``partial`` if stopped again,
+    replacing the other, so the user chooses which to keep."""
+
+    def held(store: Path) -> str:
+        n = blocks_done(store)
+        return "finished blocks" if n is None else f"{n} finished block{'s' * (n != 1)}"
+
+    return (
+        f"{partial}: --resume continues one unfinished store, and two are here: this one ({held(partial)}) and {killed} ({held(killed)}, "
+        f"left by a killed run); to continue the killed run's, move {partial.name} away; to continue {partial.name}, remove {killed.name}; "
+        "or start again with --overwrite instead of --resume"
+    )
 
 
 def block_failure(err: BaseException, what: str, store: Path, blocks: int) -> BlockError:
