@@ -200,13 +200,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with naming({"image": args.input}):
         where = placed(args.input, img)  # as the napari reader and Enhance place it
         origin = _output_origin(model, options, img, where.position)
+    voxel, sampling = _as_placed(img.voxel, where)
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         events = predict(
             model,
             img.data,
             sample=sample,
-            voxel=img.voxel,
+            voxel=voxel,
             device=args.device,
             out_dtype="input" if args.keep_dtype else "float32",
             output=Path(args.output),
@@ -221,7 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             resume=args.resume,
             cluster=args.cluster,
             origin=origin,
-            sampling=where.sampling[-img.data.ndim :] if where.sampling else None,
+            sampling=sampling,
         )
         with naming({"image": args.input}):
             result = drive(events, args.quiet)
@@ -229,6 +230,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return stop.exit_status()
     print("wrote " + ", ".join(str(p) for p in result.written))
     return 0
+
+
+def _as_placed(voxel: tuple[float, ...], where: Any) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+    """The voxel and ``sampling`` predict is given for a file placed as ``where``
+    (:func:`._reader.placed`): its recorded sampling, or, for a file whose z spacing alone is known
+    (x at the 1 per pixel placeholder, as an ImageJ stack with a spacing and no resolution), its
+    voxel as the sampling in pixels, as Enhance gives a layer of it (:meth:`.Placement.sampling`):
+    so that the isotropic variants judge its z spacing, and the result, which records no pixel
+    size, reopens over the file where the reader lays it (it lay at z scale 1). Not for a file
+    that records its position too (then in µm, which a result without a pixel size cannot say)."""
+    from .data.image import known_pixel_um
+
+    n = len(voxel)
+    if where.sampling:
+        return voxel, tuple(where.sampling[-n:])
+    if known_pixel_um(voxel) is None and where.position is None and any(float(v) != 1.0 for v in voxel):
+        return (1.0,) * n, tuple(float(v) for v in voxel)
+    return voxel, None
 
 
 def _output_origin(model: Any, options: Any, img: Any, position: tuple[float, ...] | None) -> tuple[float, ...] | None:

@@ -136,3 +136,20 @@ def test_predict_places_and_judges_a_saved_layer_without_a_pixel_size_by_its_sam
     assert "the input's z voxel is 5 times its xy voxel" in said.out + said.err
     scale, translate = _placement(tmp_path / "out.zarr")["out: estimate"]
     assert scale == pytest.approx((2.5, 1.0, 1.0)) and translate == pytest.approx((10.0, 2.0, 3.0))  # its slices between the layer's
+
+
+def test_predict_places_and_judges_a_file_whose_z_spacing_alone_is_known_as_enhance_does(random_model, small_stack, tmp_path, capsys):
+    """An ImageJ stack with a slice spacing (5 µm) and no x/y resolution opens at z scale 5: predict
+    recorded its result at z 1 (it reopened beside the stack) and did not judge the spacing, where
+    Enhance, given the layer, counts that voxel as its sampling in pixels (review F3)."""
+    import tifffile
+
+    model = random_model("vemdiffuse-i-tiny", {"factor": 2}).save(tmp_path / "model")
+    src = tmp_path / "em.tif"
+    tifffile.imwrite(src, small_stack[:3, :24, :28], imagej=True, metadata={"spacing": 5.0, "unit": "um", "axes": "ZYX"})
+    assert _placement(src)["em"][0] == (5.0, 1.0, 1.0)
+    assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.zarr"), "--device", "cpu"]) == 0
+    said = capsys.readouterr()
+    assert "the input's z voxel is 5 times its xy voxel" in said.out + said.err
+    scale, translate = _placement(tmp_path / "out.zarr")["out: estimate"]
+    assert scale == pytest.approx((2.5, 1.0, 1.0)) and translate == pytest.approx((0.0, 0.0, 0.0))  # its slices between the stack's
