@@ -66,6 +66,24 @@ def untrained_model(tmp_path):
     return make
 
 
+@pytest.fixture
+def whole_run():
+    """``whole_run(enhance, variant, layer, store)``: the Enhance panel set for a quick run of
+    ``variant`` over the whole ``layer`` (1 step, 2 samples, CPU) into the zarr ``store``; returns it."""
+
+    def set_up(w, variant: str, layer, store: Path):
+        w.variant.setCurrentIndex(w.variant.findData(variant))
+        w.image.select(layer)
+        w.scope.setCurrentIndex(w.scope.findData("whole"))
+        w.steps.setValue(1)
+        w.samples.setValue(2)
+        w.device.setCurrentText("cpu")
+        w.zarr_path.setText(str(store))
+        return w
+
+    return set_up
+
+
 class Notes(list):
     """The napari notifications shown during a test."""
 

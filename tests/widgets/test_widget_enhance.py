@@ -16,6 +16,20 @@ def _open(viewer):
     return widget
 
 
+def _four_nm_model(tiny_model: Path, folder: Path) -> Path:
+    """A copy of the tiny model that says it learnt from 4 nm pixels, offered in Enhance's list."""
+    import json
+    import shutil
+
+    model = folder / "four_nm"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["training"]["pixel_size_um"] = 0.004
+    (model / "model.json").write_text(json.dumps(meta))
+    MODELS.add(model, "trained")
+    return model
+
+
 def test_enhance_current_slice_of_a_stack(make_napari_viewer, isbi, voxel, tiny_model):
     viewer = make_napari_viewer()
     layer = viewer.add_image(isbi, name="em", scale=voxel, translate=(1.0, 0.5, 0.25), units=("micrometer",) * 3)
@@ -310,15 +324,7 @@ def test_a_layer_in_nanometres_is_measured_in_micrometres_for_the_pixel_size_che
     """Layers from other readers may be in nm: the job gets µm (its unit), so a model trained on
     4 nm pixels stays silent on a 4 nm layer and warns on a 10 nm one, and the result layers keep
     the layer's own units."""
-    import json
-    import shutil
-
-    model = tmp_path / "four_nm"
-    shutil.copytree(tiny_model, model)
-    meta = json.loads((model / "model.json").read_text())
-    meta["training"]["pixel_size_um"] = 0.004
-    (model / "model.json").write_text(json.dumps(meta))
-    MODELS.add(model, "trained")
+    model = _four_nm_model(tiny_model, tmp_path)
     warned = []
     for pixel in (4.0, 10.0):
         viewer = make_napari_viewer()
@@ -439,7 +445,7 @@ def test_an_input_without_a_pixel_size_gives_results_without_one(make_napari_vie
         assert all(tuple(lyr.scale) == tuple(w.result_layers[0].scale) for lyr in reopened)
 
 
-def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_one(make_napari_viewer, isbi, voxel, untrained_model, tmp_path, notes):
+def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_one(make_napari_viewer, isbi, voxel, untrained_model, tmp_path, notes, whole_run):
     """A 2x super-resolution TIFF of an input without a pixel size reopens over its input at a
     scale of 0.5 of napari's pixels. Enhanced again, that 0.5 was taken as 0.5 µm: the new
     result recorded a made-up pixel size (voxel_size 0.5 µm) and no ``sampling``. It records
@@ -459,14 +465,7 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
     (layer,) = viewer.open(str(tmp_path / "sr.tif"), plugin="napari-emdiffuse")
     assert tuple(layer.scale) == pytest.approx((1.0, 0.5, 0.5)) and [str(u) for u in layer.units] == ["pixel"] * 3
     MODELS.add(untrained_model("denoise"), "disk")
-    w = _open(viewer)
-    w.variant.setCurrentIndex(w.variant.findData("denoise"))
-    w.image.select(layer)
-    w.scope.setCurrentIndex(w.scope.findData("whole"))
-    w.steps.setValue(1)
-    w.samples.setValue(2)
-    w.device.setCurrentText("cpu")
-    w.zarr_path.setText(str(tmp_path / "again.zarr"))
+    w = whole_run(_open(viewer), "denoise", layer, tmp_path / "again.zarr")
     assert w.plan().voxel == (1.0, 1.0, 1.0)
     w.run()
     assert len(w.result_layers) == 2, w.controls.status.text()
@@ -653,19 +652,11 @@ def test_a_layer_without_a_pixel_size_is_said_by_name_with_a_fix_napari_has(make
     whose scale the user can see. Now the note names the layer and quotes a console command that
     works; a scale other than 1 (a size given without its unit) is a warning that the scale only
     places the layer. Predict does not repeat its own note."""
-    import json
-    import shutil
-
     import napari.layers
 
     from napari_emdiffuse._widgets.layers import Placement
 
-    model = tmp_path / "four_nm"
-    shutil.copytree(tiny_model, model)
-    meta = json.loads((model / "model.json").read_text())
-    meta["training"]["pixel_size_um"] = 0.004
-    (model / "model.json").write_text(json.dumps(meta))
-    MODELS.add(model, "trained")
+    model = _four_nm_model(tiny_model, tmp_path)
     said = {}
     for case, scale in (("scaled", (0.05, 0.008, 0.008)), ("default", (1.0, 1.0, 1.0))):
         viewer = make_napari_viewer()

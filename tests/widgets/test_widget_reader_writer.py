@@ -354,7 +354,7 @@ RUNS = [*((case, "denoise") for case in sorted(LAYERS)), ("z spacing without uni
 
 
 @pytest.mark.parametrize("case,variant_name", RUNS)
-def test_enhance_records_what_the_writer_records_and_its_result_reopens_where_it_lay(make_napari_viewer, isbi, untrained_model, tmp_path, case, variant_name):
+def test_enhance_records_what_the_writer_records_and_its_result_reopens_where_it_lay(make_napari_viewer, isbi, untrained_model, tmp_path, case, variant_name, whole_run):
     """Enhance took a scale set without units as µm (a made-up pixel size its files recorded, the
     writer none) and recorded no ``sampling`` for a user's layer: a result of a layer scaled
     (5, 1, 1) reopened at z 1, at the wrong place. It gives the jobs the voxel size, ``sampling``
@@ -369,14 +369,7 @@ def test_enhance_records_what_the_writer_records_and_its_result_reopens_where_it
     saved = read_image(tmp_path / "em.tif")
     record = saved.meta.get("provenance") or {}
     MODELS.add(untrained_model(variant_name), "disk")
-    _, w = viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")
-    w.variant.setCurrentIndex(w.variant.findData(variant_name))
-    w.image.select(layer)
-    w.scope.setCurrentIndex(w.scope.findData("whole"))
-    w.steps.setValue(1)
-    w.samples.setValue(2)
-    w.device.setCurrentText("cpu")
-    w.zarr_path.setText(str(tmp_path / "r.zarr"))
+    w = whole_run(viewer.window.add_plugin_dock_widget("napari-emdiffuse", "Enhance")[1], variant_name, layer, tmp_path / "r.zarr")
     plan = w.plan()
     assert plan.voxel == pytest.approx(saved.voxel)
     assert plan.sampling == pytest.approx(record.get("sampling", (1.0, 1.0, 1.0)))
