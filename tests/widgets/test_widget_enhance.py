@@ -697,3 +697,18 @@ def test_a_cancel_that_keeps_blocks_but_not_the_first_says_where_they_are(make_n
     w._on_event(PredictResult(None, None, None, (1.0, 1.0), False, None))
     assert w.controls.status.text() == "Cancelled before the first plane was finished: nothing was added."
     assert w.result_layers == []
+
+
+def test_a_layer_in_micrometres_at_the_placeholder_is_not_said_to_lack_a_unit():
+    """An ImageJ stack with a slice spacing and no x/y resolution opens in µm with 1 µm pixels (a
+    file without a pixel size): Enhance said "its scale 0.05 x 1 x 1 has no length unit", which is
+    untrue. It now says what makes it sizeless, in information, with the console fix."""
+    import napari.layers
+
+    from napari_emdiffuse._widgets.layers import unsized_note
+
+    layer = napari.layers.Image(np.zeros((2, 4, 4)), name="em", scale=(0.05, 1.0, 1.0), units=("micrometer",) * 3)
+    text, level = unsized_note(layer, "its results record none")
+    assert level == "info" and "no length unit" not in text
+    assert text.startswith("layer 'em': its pixels are 1 µm across, the size a file without a pixel size reads as")
+    assert unsized_note(layer, "its results record none", unscaled_too=False) is None

@@ -249,12 +249,19 @@ def unsized_note(layer: Any, cost: str, unscaled_too: bool = True) -> tuple[str,
     result in pixels) is likely a size given without its unit: a warning that it only places the
     layer. napari 0.9 has no editor for a layer's units: the fix is this plugin's reader (which
     gives a file's pixel size its unit) or napari's console."""
-    from ..data.image import known_pixel_um
+    from ..data.image import known_pixel_um, unit_to_um
 
     where = Placement.of(layer)
     if known_pixel_um(where.voxel_um()) is not None:
         return None
     name, reopen = layer.name, "reopen its file with the napari-emdiffuse reader"
+    axes = ", ".join("zyx"[-len(where.scale) :])
+    if all(unit_to_um(u) for u in where.units):  # in lengths, its pixels at the 1 µm of a file without a pixel size
+        return (
+            f"layer {name!r}: its pixels are 1 µm across, the size a file without a pixel size reads as, so it is taken to have "
+            f"none, and {cost}. If its pixels are known, in napari's console: viewer.layers[{name!r}].scale = ({axes}) in its unit",
+            "info",
+        ) if unscaled_too else None
     if any(s != 1.0 for s in where.scale) and not is_plugin_output(layer):
         scale = " x ".join(f"{s:g}" for s in where.scale)
         return (
@@ -264,7 +271,6 @@ def unsized_note(layer: Any, cost: str, unscaled_too: bool = True) -> tuple[str,
         )
     if not unscaled_too:
         return None
-    axes = ", ".join("zyx"[-len(where.scale) :])
     return (
         f"layer {name!r} has no pixel size, so {cost}. To give it one, {reopen}, "
         f"or in napari's console: viewer.layers[{name!r}].scale = ({axes}); viewer.layers[{name!r}].units = 'nm'",
