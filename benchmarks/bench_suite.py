@@ -651,8 +651,10 @@ def budget_note(results: dict) -> list[str]:
         f"The default models are CPU-sized: {params[0]:.1f}-{params[-1]:.1f} M parameters trained for "
         f"{steps[0]}-{steps[-1]} steps ({took}, on a shared machine), so that the recipe reruns anywhere. "
         "EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, 100 000 "
-        "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The margins over the "
-        "classical methods that the targets ask for need that budget" + regression_note(results) + ".",
+        "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The denoising margin "
+        "that the targets ask for may need that budget" + regression_note(results) + ". The super-resolution margin "
+        "is out of reach on these test slices whatever the budget: the truth's own detector noise, which no input "
+        "records, caps what any method can score there ([benchmarks-ceiling.md](benchmarks-ceiling.md)).",
         "",
         "Targets are judged on the default output, the best estimate (chosen on the models' held-out training "
         "patches, not on these test slices: see the model cards), with the samples at the models' default "

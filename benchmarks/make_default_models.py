@@ -23,7 +23,10 @@ validation PSNR as their 3000-step recipes (22.96 and 23.65 dB against 22.96 and
 from about step 1000 on. Nor did width: EMDiffuse-r at base width 32 (2.66 M parameters, four
 times the multiply-adds), trained by its recipe for 2500 steps (about an hour on one core,
 2026-12-06), validated at 22.94-22.96 dB from step 500 on and ended at 22.96 dB, as the bundled
-network does. EMDiffuse-n, trained 4 times longer (6000 steps, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
+network does. For EMDiffuse-r that is the data's limit, not the network's: the FIB-SEM truth's own
+white noise, three quarters of which a 2 x 2 binned input does not record, caps any method on the
+suite's test slices within 0.05 dB of the bundled model (``study_quality_ceiling.py``,
+docs/benchmarks-ceiling.md). EMDiffuse-n, trained 4 times longer (6000 steps, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
 up to 24.79 dB by step 4250, where it stayed: +0.06 dB on the validation patches for four times
 the training, so the bundled recipe stays. Nor is the noise of its training data a limit: it
 trains on one fixed noise draw, but it has not learnt that draw (on its training slices it scores

@@ -225,3 +225,33 @@ def test_study_args_parse_threads_no_doc_and_a_studys_own_options():
         assert (args.threads, args.no_doc) == (2, False)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_ceiling_study_measures_white_noise_beside_a_smooth_signal():
+    """Both noise measures of the ceiling study read the variance of white noise added to a
+    smooth image, and the smaller is the one used (any signal left raises a measure)."""
+    study = pytest.importorskip("study_quality_ceiling")
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    signal = gaussian_filter(rng.normal(size=(256, 256)), 3.0) * 2 + 0.5  # contrast like EM on the unit scale (sd 0.2)
+    measured = study.noise_variance(signal + 0.07 * rng.normal(size=signal.shape))
+    assert measured["spectrum"] == pytest.approx(0.07**2, rel=0.05)
+    assert measured["neighbours"] == pytest.approx(0.07**2, rel=0.05)
+    assert measured["used"] == min(measured["spectrum"], measured["neighbours"])
+    assert study.psnr(0.01) == pytest.approx(20.0)
+
+
+def test_a_2x_binned_input_leaves_three_quarters_of_white_noise_unrecorded():
+    """The ceiling study's bound for 2x super-resolution: the best any estimate can do with the
+    truth's white noise, given the input (the project's own blur and 2 x 2 binning), is its
+    projection onto what the input records, which leaves UNRECORDED_SR2 of its energy."""
+    study = pytest.importorskip("study_quality_ceiling")
+    from napari_emdiffuse.data.degrade import psf_bin
+
+    n = 16
+    basis = np.eye(n * n, dtype=np.float32).reshape(n * n, 1, n, n)
+    a = np.stack([psf_bin(b, 2).ravel() for b in basis], axis=1)  # (coarse pixels, fine pixels)
+    noise = np.random.default_rng(1).normal(size=(n * n, 400))
+    recorded = a.T @ np.linalg.lstsq(a @ a.T, a @ noise, rcond=None)[0]  # projection onto the input's span
+    assert np.mean((noise - recorded) ** 2) == pytest.approx(study.UNRECORDED_SR2, rel=0.03)
