@@ -302,12 +302,13 @@ def _imagej_extras(path: Path, data: Any, voxel: tuple[float, ...]) -> tuple[Any
     µm; the display range (``min``/``max``)."""
     import tifffile
 
+    from .data.tiff import imagej_spacing
+
     with tifffile.TiffFile(path) as tf:
         ij = tf.imagej_metadata or {}
-    if data.ndim == 2 and "spacing" in ij:
-        from .data.image import unit_to_um
-
-        data, voxel = data[None], (float(ij["spacing"]) * (unit_to_um(ij.get("unit", "um")) or 1.0), *voxel)
+    spacing = imagej_spacing(ij)
+    if data.ndim == 2 and spacing is not None:
+        data, voxel = data[None], (spacing, *voxel)
     origin = tuple(-float(ij.get(f"{ax}origin", 0.0)) * v for ax, v in zip("zyx"[-len(voxel) :], voxel))
     window = None
     if "min" in ij and "max" in ij and float(ij["max"]) > float(ij["min"]):

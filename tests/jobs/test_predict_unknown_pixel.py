@@ -153,3 +153,21 @@ def test_predict_places_and_judges_a_file_whose_z_spacing_alone_is_known_as_enha
     assert "the input's z voxel is 5 times its xy voxel" in said.out + said.err
     scale, translate = _placement(tmp_path / "out.zarr")["out: estimate"]
     assert scale == pytest.approx((2.5, 1.0, 1.0)) and translate == pytest.approx((0.0, 0.0, 0.0))  # its slices between the stack's
+
+
+@pytest.mark.parametrize("unit", ["pixel", ""])
+def test_an_imagej_tiff_in_pixels_has_no_pixel_size_whatever_its_resolution(random_model, small_stack, tmp_path, capsys, unit):
+    """An ImageJ TIFF whose unit is "pixel" (Fiji's for an uncalibrated image; ImageJ reads an
+    empty one so) records no physical size: its resolution of 2 pixels per unit read as a
+    0.5 µm pixel for the reader, ``emdiffuse info`` and predict alike. Its spacing stays a z
+    spacing in pixels, as an OME size in pixels."""
+    model = random_model("emdiffuse-r-tiny", {"factor": 2}).save(tmp_path / "model")
+    src = tmp_path / "em.tif"
+    tifffile.imwrite(src, small_stack[:3, :24, :28], imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 5.0, "unit": unit, "axes": "ZYX"})
+    assert read_image(src).voxel == (5.0, 1.0, 1.0)
+    assert _placement(src) == {"em": ((5.0, 1.0, 1.0), (0.0, 0.0, 0.0))}
+    assert main(["info", str(src)]) == 0
+    assert "voxel:    5 x ? x ? µm (y, x unknown)" in capsys.readouterr().out
+    assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.zarr"), "--device", "cpu", "-q"]) == 0
+    assert read_image(f"{tmp_path}/out.zarr/mean").voxel == (1.0, 1.0, 1.0)
+    assert _placement(tmp_path / "out.zarr")["out: estimate"][0] == pytest.approx((5.0, 0.5, 0.5))

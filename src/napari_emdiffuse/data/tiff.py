@@ -38,8 +38,33 @@ TIFF_DTYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "f
 BIGTIFF_BYTES = 3_900_000_000
 
 
+#: ImageJ's units of an image without a physical size: "pixel", which Fiji writes for an
+#: uncalibrated image (ImageJ reads an empty unit as it), and the like. Its resolution is then no
+#: pixel size (read as 1, never as µm) and its ``spacing`` a z spacing in pixels, as an OME size
+#: in :data:`PIXEL_UNIT` is read
+IMAGEJ_PIXEL_UNITS = ("pixel", "pixels", "none", "")
+
+
+def imagej_um_per_unit(ij: dict[str, Any]) -> float | None:
+    """Micrometres per unit of an ImageJ TIFF's resolution and ``spacing``, or None where its unit
+    is a pixel (:data:`IMAGEJ_PIXEL_UNITS`): the one reading of it, ``read_tiff``'s and the napari
+    reader's (a single slice saved as a stack). A unit that is no length we know counts as µm."""
+    unit = str(ij.get("unit", "um")).strip()
+    if unit.lower() in IMAGEJ_PIXEL_UNITS:
+        return None
+    return unit_to_um(unit) or 1.0
+
+
+def imagej_spacing(ij: dict[str, Any]) -> float | None:
+    """An ImageJ TIFF's z spacing: in µm, or in pixels where its unit is a pixel
+    (:func:`imagej_um_per_unit`); None where it records none."""
+    if "spacing" not in ij:
+        return None
+    return float(ij["spacing"]) * (imagej_um_per_unit(ij) or 1.0)
+
+
 def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
-    """Voxel size from ImageJ metadata ('spacing') and the XY resolution tags (pixels per unit)."""
+    """Voxel size from ImageJ metadata ('spacing', 'unit') and the XY resolution tags (pixels per unit)."""
     page = tf.pages[0]
     xy = []
     for tag in ("YResolution", "XResolution"):
@@ -49,7 +74,10 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     unit_scale = 1.0
     ij = tf.imagej_metadata or {}
     if ij:
-        unit_scale = unit_to_um(ij.get("unit", "um")) or 1.0
+        per_unit = imagej_um_per_unit(ij)
+        if per_unit is None:  # in pixels: no pixel size, whatever the resolution tags say
+            xy = [1.0, 1.0]
+        unit_scale = per_unit or 1.0
     else:  # no ImageJ unit: resolution tags in inches/cm give no micrometres we can trust
         res_unit = page.tags.get("ResolutionUnit")
         if res_unit is not None and int(res_unit.value) == 3:  # centimetre
@@ -59,9 +87,8 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     yx = tuple(v * unit_scale for v in xy)
     if ndim == 2:
         return yx
-    if "spacing" not in ij:  # z unknown: 1, as every reader gives a size it does not know, never scaled into a size
-        return (1.0,) + yx
-    return (float(ij["spacing"]) * unit_scale,) + yx
+    spacing = imagej_spacing(ij)  # None: z unknown, 1, as every reader gives a size it does not know, never scaled into a size
+    return (1.0 if spacing is None else spacing,) + yx
 
 
 #: the OME unit of a physical size in pixels: read only on Z, as a z spacing (what write_tiff
