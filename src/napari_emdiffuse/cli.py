@@ -198,9 +198,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.keep_dtype and not names.store and np.dtype(img.data.dtype) not in TIFF_DTYPES:
         raise InputError(f"--keep-dtype: the input {args.input} is {img.data.dtype}, which a TIFF cannot hold; leave out --keep-dtype (float32) or write .zarr")
     with naming({"image": args.input}):
-        where = placed(args.input, img)  # as the napari reader and Enhance place it
-        origin = _output_origin(model, options, img, where.position)
-    voxel, sampling = _as_placed(img.voxel, where)
+        voxel, sampling, position = _as_placed(img.voxel, placed(args.input, img))  # as the napari reader and Enhance place it
+        origin = _output_origin(model, options, img, voxel, position)
     token = new_cancel_token()
     with ctrl_c_cancels(token) as stop:
         events = predict(
@@ -232,38 +231,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_placed(voxel: tuple[float, ...], where: Any) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
-    """The voxel and ``sampling`` predict is given for a file placed as ``where``
-    (:func:`._reader.placed`): its recorded sampling, or, for a file whose z spacing alone is known
-    (x at the 1 per pixel placeholder, as an ImageJ stack with a spacing and no resolution), its
-    voxel as the sampling in pixels, as Enhance gives a layer of it (:meth:`.Placement.sampling`):
+def _as_placed(voxel: tuple[float, ...], where: Any) -> tuple[tuple[float, ...], tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The voxel, ``sampling`` and first pixel's position (None: at 0) predict is given for a file
+    placed as ``where`` (:func:`._reader.placed`): as it records them, or, for a file whose z
+    spacing alone is known (x at the 1 per pixel placeholder, as an ImageJ stack with a spacing
+    and no resolution), its voxel as the sampling in pixels and its position in its own pixels,
+    as Enhance gives a layer of it (:meth:`.Placement.sampling`, :meth:`.Placement.position_um`):
     so that the isotropic variants judge its z spacing, and the result, which records no pixel
-    size, reopens over the file where the reader lays it (it lay at z scale 1). Not for a file
-    that records its position too (then in µm, which a result without a pixel size cannot say)."""
+    size, reopens over the file where the reader lays it (it lay at z scale 1)."""
     from .data.image import known_pixel_um
 
     n = len(voxel)
+    position = None if where.position is None else tuple(float(p) for p in where.position[-n:])  # a single slice saved as a stack is read as its plane
     if where.sampling:
-        return voxel, tuple(where.sampling[-n:])
-    if known_pixel_um(voxel) is None and where.position is None and any(float(v) != 1.0 for v in voxel):
-        return (1.0,) * n, tuple(float(v) for v in voxel)
-    return voxel, None
+        return voxel, tuple(where.sampling[-n:]), position
+    if known_pixel_um(voxel) is None and any(float(v) != 1.0 for v in voxel):
+        pixels = None if position is None else tuple(p / float(v) for p, v in zip(position, voxel))
+        return (1.0,) * n, tuple(float(v) for v in voxel), pixels
+    return voxel, None, position
 
 
-def _output_origin(model: Any, options: Any, img: Any, position: tuple[float, ...] | None) -> tuple[float, ...] | None:
+def _output_origin(model: Any, options: Any, img: Any, voxel: tuple[float, ...], position: tuple[float, ...] | None) -> tuple[float, ...] | None:
     """Where the result's first pixel lies (µm; without a pixel size, in the input's pixels) when
-    the input records its own ``position`` (:attr:`._reader.Placed.position`: an OME-Zarr
-    translation, an ImageJ origin): there, moved as the variant moves it, so the result reopens
-    over the input in napari; None leaves the variant's own geometry."""
+    the input records its own ``position`` (from :func:`_as_placed`: an OME-Zarr translation, an
+    ImageJ origin, in the unit of ``voxel``): there, moved as the variant moves it, so the result
+    reopens over the input in napari; None leaves the variant's own geometry."""
     from .variants import get_variant
 
     if position is None:
         return None
-    translate = position[-img.data.ndim :]  # a single slice saved as a stack is read as its plane
     variant = get_variant(model.variant)
     variant.check_input(img, options)
-    shift = variant.output_geometry(img.shape, img.voxel, options).origin
-    return tuple(t + s for t, s in zip(translate, shift))
+    shift = variant.output_geometry(img.shape, voxel, options).origin
+    return tuple(t + s for t, s in zip(position, shift))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,3 +171,22 @@ def test_an_imagej_tiff_in_pixels_has_no_pixel_size_whatever_its_resolution(rand
     assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.zarr"), "--device", "cpu", "-q"]) == 0
     assert read_image(f"{tmp_path}/out.zarr/mean").voxel == (1.0, 1.0, 1.0)
     assert _placement(tmp_path / "out.zarr")["out: estimate"][0] == pytest.approx((5.0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("preset", ["vemdiffuse-i-tiny", "emdiffuse-r-tiny"])
+def test_predict_places_a_file_whose_z_spacing_alone_is_known_and_its_position_as_enhance_does(random_model, small_stack, tmp_path, preset):
+    """As the test above, with the stack's position recorded too (ImageJ origin: first slice at
+    z 10 µm, y 2, x 3): predict kept the old placement there (its result at z scale 0.5 for the
+    isotropic variant, 1 for super-resolution: off the stack); it now lays it over the stack, as
+    Enhance does."""
+    model = random_model(preset, {"factor": 2}).save(tmp_path / "model")
+    src = tmp_path / "em.tif"
+    meta = {"spacing": 5.0, "unit": "um", "axes": "ZYX", "zorigin": -2.0, "yorigin": -2.0, "xorigin": -3.0}
+    tifffile.imwrite(src, small_stack[:3, :24, :28], imagej=True, metadata=meta)
+    assert _placement(src)["em"] == ((5.0, 1.0, 1.0), (10.0, 2.0, 3.0))
+    assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.zarr"), "--device", "cpu", "-q"]) == 0
+    scale, translate = _placement(tmp_path / "out.zarr")["out: estimate"]
+    if preset.startswith("vemdiffuse-i"):  # its slices between the stack's
+        assert scale == pytest.approx((2.5, 1.0, 1.0)) and translate == pytest.approx((10.0, 2.0, 3.0))
+    else:  # each slice's pixels halved, centred as a known pixel size centres them
+        assert scale == pytest.approx((5.0, 0.5, 0.5)) and translate == pytest.approx((10.0, 1.75, 2.75))
