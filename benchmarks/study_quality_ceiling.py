@@ -172,7 +172,7 @@ def report(r: dict) -> str:
         f"(the issue asks +1.0; the bound is an estimate: on slice {top['slice']} the model lands {abs(top['best'] - top['bound']):.2f} dB "
         f"{'above' if top['best'] > top['bound'] else 'below'} it, so read it as good to about 0.1 dB): the bundled model's {m['best'] - m['bicubic']:+.2f} dB is within {m['bound'] - m['best']:.2f} dB of "
         "the bound" + (f", and so is the regression UNet of the suite ({suite['sr']['regression']:.2f} dB)" if "regression" in suite.get("sr", {}) else "")
-        + ". That is why neither 3.3 times longer training nor a network of four times the multiply-adds moved it "
+        + ". It explains why neither 3.3 times longer training nor a network of four times the multiply-adds moved its validation "
         "(`benchmarks/make_default_models.py`): on this data the +1.0 dB target is out of reach of any method, and "
         "the truth's noise, not the model, sets the margin.",
         "",
