@@ -48,10 +48,11 @@ def _check(data: Any, meta: dict[str, Any], what: str, path: str) -> Any:
         raise InputError(f"{what} export is for grey-scale EM images; this layer is RGB")
     if arr.ndim not in (2, 3):
         raise InputError(f"{what} export takes 2D images and 3D stacks; this layer has {arr.ndim} dimensions")
-    scale = tuple(float(s) for s in meta.get("scale") or ())
-    if any(s <= 0 for s in scale):
-        shown = " x ".join(f"{s:g}" for s in scale)
-        raise InputError(f"{path}: not written: layer {meta.get('name', '')!r} is mirrored (scale {shown}), which a file cannot record; give it a positive scale and save again")
+    from ._widgets.layers import Placement
+
+    refusal = Placement.from_kwargs(meta, arr.ndim).mirror_refusal(meta.get("name", ""), "a file cannot record", "save again")
+    if refusal:
+        raise InputError(f"{path}: not written: {refusal}")
     return arr
 
 

@@ -712,3 +712,27 @@ def test_a_layer_in_micrometres_at_the_placeholder_is_not_said_to_lack_a_unit():
     assert level == "info" and "no length unit" not in text
     assert text.startswith("layer 'em': its pixels are 1 µm across, the size a file without a pixel size reads as")
     assert unsized_note(layer, "its results record none", unscaled_too=False) is None
+
+
+@pytest.mark.parametrize("units", ["pixel", "nm"])
+def test_a_mirrored_layer_is_refused_up_front_in_one_line_naming_it(make_napari_viewer, isbi, untrained_model, notes, units):
+    """napari allows a negative scale (a mirrored view), by which no result can be placed: Enhance
+    started the job and predict refused it as "sampling (1.0, -4.0, 4.0): one positive number per
+    axis", unclear to a user. It is refused before anything runs, naming the layer and what to
+    do, in the words napari's writer refuses it in (one rule, Placement.mirror_refusal)."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(isbi[:2, :16, :16], name="em", scale=(1.0, -4.0, 4.0), units=(units,) * 3)
+    MODELS.add(untrained_model("denoise"), "disk")
+    w = _open(viewer)
+    w.variant.setCurrentIndex(w.variant.findData("denoise"))
+    w.image.select(layer)
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    w.run()
+    [error] = notes.messages("error")
+    assert error == (
+        "Layer 'em' is mirrored (scale 1 x -4 x 4), which its results cannot be placed by; give it a positive scale "
+        "(in napari's console: viewer.layers['em'].scale = (1, 4, 4)) and enhance again"
+    )
+    assert w.controls.status.text() == error and not w.result_layers and len(viewer.layers) == 1

@@ -473,6 +473,9 @@ class EnhanceWidget(DockWidget):
         else:
             layer = self.image.layer()
             data, source = image_array(layer), Placement.of(layer)
+            refusal = source.mirror_refusal(layer.name, "its results cannot be placed by", "enhance again")
+            if refusal:  # before anything runs: a result records a positive voxel and sampling
+                raise InputError(refusal)
             paths = [Path(layer.source.path)] if getattr(layer.source, "path", None) else []
             name, contrast = layer.name, tuple(layer.contrast_limits)
             info, described = {"source_layer": layer.name}, f"layer {layer.name!r}"

@@ -233,6 +233,19 @@ class Placement:
             return self
         return Placement(self.scale, self.translate, (PIXEL,) * len(self.scale), self.axis_labels)
 
+    def mirror_refusal(self, name: str, cannot: str, then: str) -> str | None:
+        """The one-line refusal of layer ``name`` where it is mirrored (a negative scale, which
+        napari allows), which napari's writer and Enhance give (a result is placed by its input's
+        scale, and a file records no mirror): ``cannot``, what the mirror prevents; ``then``, what
+        to do once its scale is positive. None where no axis is mirrored."""
+        if all(s > 0 for s in self.scale):
+            return None
+        shown, positive = " x ".join(f"{s:g}" for s in self.scale), ", ".join(f"{abs(s):g}" for s in self.scale)
+        return (
+            f"layer {name!r} is mirrored (scale {shown}), which {cannot}; give it a positive scale "
+            f"(in napari's console: viewer.layers[{name!r}].scale = ({positive})) and {then}"
+        )
+
     def labels(self) -> tuple[str, ...]:
         """The axis labels, napari's defaults ("-3", "-2", "-1") where the layer had none."""
         return self.axis_labels or tuple(str(i) for i in range(-len(self.scale), 0))
