@@ -588,15 +588,16 @@ def block_failure(err: BaseException, what: str, store: Path, blocks: int) -> Bl
     """The error a run of ``blocks`` blocks stopped by a failed one (``what``: which, in words)
     ends with: first how many ``store`` keeps (its done-markers: on a cluster others may have
     finished meanwhile) and how to continue them, as a long cause (a CUDA out-of-memory report)
-    must not hide that, then the cause."""
+    must not hide that, then the cause. A cause that is a :class:`BlockError` already says in our
+    words what stopped which block (a block cancelled on the cluster): it leads, and the block is
+    not named twice."""
     cause = " ".join(str(err).split())
     n = blocks_done(store)
-    kept = "its finished blocks are" if n is None else f"{n} of {blocks} blocks are"
-    return BlockError(
-        f"{what} failed: {kept} kept in {store}; run it again and add --resume "
-        f"to continue. The error: {type(err).__name__}{': ' + cause if cause else ''}",
-        store,
-    )
+    held = "its finished blocks are" if n is None else f"{n} of {blocks} blocks are"
+    kept = f"{held} kept in {store}; run it again and add --resume to continue"
+    if isinstance(err, BlockError):
+        return BlockError(f"{cause}: {kept}", store)
+    return BlockError(f"{what} failed: {kept}. The error: {type(err).__name__}{': ' + cause if cause else ''}", store)
 
 
 def _drop_spread(store: Path) -> None:
