@@ -304,12 +304,23 @@ def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_o
     or a cancel stops the run: the blocks not yet started never start (they are cancelled, not
     left to the workers), and those already running, which end after the store has moved to its
     partial name, write nothing at its old path and mark nothing done. The partial store's
-    markers are the blocks the run says it kept."""
+    markers are the blocks the run says it kept. The run cancels its 7 unfinished blocks itself
+    before it closes its client: the scheduler's events for that client say so in that order
+    (closing the client would release them too, a moment later, so the stop alone does not show it)."""
     import re
 
     from napari_emdiffuse.errors import BlockError
     from napari_emdiffuse.jobs import cluster
     from napari_emdiffuse.jobs.events import new_cancel_token
+
+    clients, connect = [], cluster.connect
+
+    def connecting(address):  # the run's own client, whose events the scheduler keeps under its id
+        client, started = connect(address)
+        clients.append(client.id)
+        return client, started
+
+    monkeypatch.setattr(cluster, "connect", connecting)
 
     image = np.concatenate([small_stack] * 2)  # 8 blocks, one a plane, on 2 workers
     tifffile.imwrite(tmp_path / "in.tif", image)
@@ -344,6 +355,14 @@ def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_o
             stop_after_block_0(ev)
             if ev.kind.value == "result":
                 assert not ev.complete and ev.finished is not None
+    (run_client,) = clients
+
+    def said() -> list[tuple[str, int | None]]:
+        events = gate.client.get_events(run_client)
+        return [(e["action"], e.get("count")) for _, e in events if e.get("action") in ("cancel", "remove-client")]
+
+    _eventually(lambda: ("remove-client", None) in said(), "the run's client closed")
+    assert said()[: said().index(("remove-client", None))] == [("cancel", 7)]  # its removal may be logged twice
     gate.drop()  # the blocks not started are dropped; those running end after the store has moved
     assert _markers(partial) == [1] + [0] * 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.partial.zarr", "started"]  # nothing at the store's old path
