@@ -288,3 +288,35 @@ def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(smal
     partial.rename(tmp_path / "kept.partial.zarr")  # as advised: the killed run's is continued
     assert run_predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True).complete
     assert not killed.exists() and files(tmp_path / "kept.partial.zarr") == before[0]
+
+
+@pytest.mark.parametrize("n_killed", [2, 3])
+def test_resume_says_which_killed_runs_store_it_continues_and_names_the_others(small_stack, tmp_path, random_model, fast, cancelled_early, n_killed):
+    """Several killed runs' hidden stores, no o.partial.zarr: --resume continued the newest and
+    said nothing of the others. Each is its own folder, which neither the resumed run nor its
+    stop touches (committed to o.zarr or o.partial.zarr), so it continues the newest and says so,
+    naming the others and their finished blocks, which stay byte for byte as they were."""
+    model, image = random_model("tiny"), small_stack[:3]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stores = []
+    for k in range(n_killed):  # oldest first
+        store = tmp_path / f".o.zarr.tmp-{dead.pid}-{k}"
+        cancelled_early(model, image, tmp_path / f"k{k}.zarr").rename(store)
+        os.utime(store, (time.time() + 60 * k,) * 2)
+        stores.append(store)
+    newest, others = stores[-1], stores[-2::-1]
+
+    def files(store):
+        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+    before = [files(p) for p in others]
+    said = [ev.text for ev in predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True) if ev.kind.value == "message"]
+    listed = ", ".join(f"{p} (1 finished block)" for p in others)
+    kept = "the other is kept as it is" if n_killed == 2 else f"the other {n_killed - 1} are kept as they are"
+    assert (
+        f"{newest}: --resume continues this store, the newest of {n_killed} that killed runs left beside {tmp_path / 'o.zarr'}; "
+        f"{kept}, not continued: {listed}; to continue an older one instead, move the newer ones away first"
+    ) in said, said
+    assert (tmp_path / "o.zarr").is_dir() and not newest.exists()
+    assert [files(p) for p in others] == before

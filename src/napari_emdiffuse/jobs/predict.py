@@ -264,6 +264,8 @@ def _open_store(
     what the store this run continues means for it said first."""
     if resume and out.resumable is None:
         yield Message(f"nothing to resume for {out.names.mean}: starting from the first block", "info")
+    if note := out.passed_over_note():  # before the store is looked into: said even where it cannot be resumed
+        yield Message(note, "warning")
     mean, spread, samples, done = out.allocate(geometry.shape, dtype, n_samples, provenance, blocks, geometry)
     if any(done):
         yield Message(f"resuming {out.resumable}: {sum(done)} of {len(blocks)} blocks are done", "info")

@@ -18,7 +18,8 @@ whose store could not even be finished, leaves its store under a hidden temporar
 (``.OUT.zarr.tmp-PID-...``), as does one whose rename into place failed after it was pooled
 (``complete: true``). ``resume`` continues either, computing only the blocks not marked done (a
 pooled store is renamed into place as it is), and refuses a store made with another model, input
-or settings.
+or settings; of several killed runs' stores it continues the newest and names the others, which
+it leaves as they are.
 
 Every run names itself in its store (the root attribute ``run``, new for each run, a resumed
 store's rewritten): cluster workers write a block only while the store at their path is still
@@ -346,6 +347,8 @@ class PredictionOutput:
         self.stale: list[Path] = []
         self.staged: StagedStore | None = None
         self.resumable: Path | None = None
+        #: other killed runs' stores beside the one resumed (older ones): kept as they are, not continued (:meth:`passed_over_note`)
+        self.passed_over: list[Path] = []
         self.done: Any = None
         #: this run's name in its store (:func:`check_run`)
         self.run = uuid.uuid4().hex
@@ -384,14 +387,16 @@ class PredictionOutput:
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
         self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
         dead = _dead_temps(self.names.mean)  # with the lock held
-        # a killed run's work: a store of ours whose markers say it finished blocks, or cannot be read (kept, not guessed empty)
+        # a killed run's work: a store of ours whose markers say it finished blocks, or cannot be read (kept, not guessed empty);
+        # the newest first, the one --resume continues
         killed = [p for p in dead if not p.name.endswith(REMOVING) and own_attrs(p) is not None and blocks_done(p) != 0]
+        killed.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         if self.resume and killed and partial.is_dir():  # resuming one would replace the other when the run stops
             self.close()
-            raise InputError(_two_to_resume(partial, max(killed, key=lambda p: p.stat().st_mtime)))
+            raise InputError(_two_to_resume(partial, killed[0]))
         if self.resume:
-            found = [p for p in (partial, *killed) if p.is_dir()]
-            self.resumable = max(found, key=lambda p: p.stat().st_mtime) if found else None
+            self.resumable = partial if partial.is_dir() else killed[0] if killed else None
+            self.passed_over = killed[1:]
         elif killed and not self.overwrite:
             self.close()
             n = blocks_done(killed[0])
@@ -465,6 +470,21 @@ class PredictionOutput:
             self._compute = None
         except OSError as err:
             log.info("%s: this run's way of computing is not recorded yet (%s)", self.staged.path, err)
+
+    def passed_over_note(self) -> str | None:
+        """What ``--resume`` says where several killed runs left their stores (None: one or none): it
+        continues the newest (:attr:`resumable`), and the others, which no part of the run touches
+        (it moves only its own store, to ``OUT.zarr`` or ``OUT.partial.zarr``), stay as they are;
+        named, so that finished blocks are not left on disk unmentioned."""
+        others = self.passed_over
+        if not others or self.resumable is None:
+            return None
+        kept = "the other is kept as it is" if len(others) == 1 else f"the other {len(others)} are kept as they are"
+        return (
+            f"{self.resumable}: --resume continues this store, the newest of {1 + len(others)} that killed runs left beside {self.names.mean}; "
+            f"{kept}, not continued: {', '.join(f'{p} ({_held(p)})' for p in others)}; "
+            "to continue an older one instead, move the newer ones away first"
+        )
 
     def _holds_blocks(self) -> bool:
         """Whether the store being written holds a finished block (this run's, an earlier run's, a
@@ -568,17 +588,18 @@ class PredictionOutput:
             self.lock = None
 
 
+def _held(store: Path) -> str:
+    """What a store keeps, in words: ``3 finished blocks`` (``finished blocks`` where its markers cannot be read)."""
+    n = blocks_done(store)
+    return "finished blocks" if n is None else f"{n} finished block{'s' * (n != 1)}"
+
+
 def _two_to_resume(partial: Path, killed: Path) -> str:
     """The refusal of ``--resume`` where both a stopped run's ``partial`` store and a killed run's
     store hold finished blocks: either resumed would be committed to ``partial`` if stopped again,
     replacing the other, so the user chooses which to keep."""
-
-    def held(store: Path) -> str:
-        n = blocks_done(store)
-        return "finished blocks" if n is None else f"{n} finished block{'s' * (n != 1)}"
-
     return (
-        f"{partial}: --resume continues one unfinished store, and two are here: this one ({held(partial)}) and {killed} ({held(killed)}, "
+        f"{partial}: --resume continues one unfinished store, and two are here: this one ({_held(partial)}) and {killed} ({_held(killed)}, "
         f"left by a killed run); to continue the killed run's, move {partial.name} away; to continue {partial.name}, remove {killed.name}; "
         "or start again with --overwrite instead of --resume"
     )
