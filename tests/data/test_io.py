@@ -344,3 +344,17 @@ def test_mrc_planes_index_like_an_array(tmp_path):
         np.testing.assert_array_equal(np.asarray(data[key]), a[key])
     np.testing.assert_array_equal(np.asarray(data.rechunk((3, 20, 30))), a)
 
+
+
+
+@pytest.mark.parametrize(
+    ("unit", "per_unit", "spacing", "want"),
+    [("nanometers", 0.25, 50, (0.05, 0.004, 0.004)), ("microns", 250, 0.05, (0.05, 0.004, 0.004)), ("inch", 72, 0.5, (0.5, 1, 1)), ("furlong", 250, 3, (3, 1, 1))],
+)
+def test_an_imagej_unit_is_read_as_the_length_it_names_or_as_none(tmp_path, unit, per_unit, spacing, want):
+    """Plural units are lengths ("nanometers" read as µm: 4 nm pixels became 4 µm); "inch",
+    ImageJ's unit for a file sized only by a screen's dots per inch, and a unit we cannot convert
+    give no pixel size (they read as µm: made-up sizes), their spacing a z spacing in pixels."""
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, _stack(np.uint8, (3, 20, 30)), imagej=True, resolution=(per_unit, per_unit), metadata={"spacing": spacing, "unit": unit})
+    np.testing.assert_allclose(read_image(path).voxel, want)

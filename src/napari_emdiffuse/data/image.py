@@ -21,7 +21,11 @@ UNITS_UM = {
     "um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
     "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "a": 1e-4, "å": 1e-4, "angstrom": 1e-4,
     "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6,
-    "pm": 1e-6, "picometer": 1e-6,
+    "pm": 1e-6, "picometer": 1e-6, "picometre": 1e-6,
+    # the plurals some writers use (ImageJ's "microns")
+    "microns": 1.0, "micrometers": 1.0, "micrometres": 1.0, "nanometers": 1e-3, "nanometres": 1e-3, "angstroms": 1e-4,
+    "millimeters": 1e3, "millimetres": 1e3, "centimeters": 1e4, "centimetres": 1e4, "meters": 1e6, "metres": 1e6,
+    "picometers": 1e-6, "picometres": 1e-6,
 }  # fmt: skip
 
 

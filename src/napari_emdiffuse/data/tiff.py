@@ -46,17 +46,19 @@ IMAGEJ_PIXEL_UNITS = ("pixel", "pixels", "none", "")
 
 
 def imagej_um_per_unit(ij: dict[str, Any]) -> float | None:
-    """Micrometres per unit of an ImageJ TIFF's resolution and ``spacing``, or None where its unit
-    is a pixel (:data:`IMAGEJ_PIXEL_UNITS`): the one reading of it, ``read_tiff``'s and the napari
-    reader's (a single slice saved as a stack). A unit that is no length we know counts as µm."""
+    """Micrometres per unit of an ImageJ TIFF's resolution and ``spacing``: the one reading of
+    it, ``read_tiff``'s and the napari reader's (a single slice saved as a stack). None where the
+    unit is no length we know, read as a pixel (:data:`IMAGEJ_PIXEL_UNITS`): "inch", which
+    ImageJ gives a file whose only size is a screen's dots per inch (a TIFF tag in inches is
+    ignored too), or a unit we cannot convert. A size made up from it would be worse than none."""
     unit = str(ij.get("unit", "um")).strip()
     if unit.lower() in IMAGEJ_PIXEL_UNITS:
         return None
-    return unit_to_um(unit) or 1.0
+    return unit_to_um(unit)
 
 
 def imagej_spacing(ij: dict[str, Any]) -> float | None:
-    """An ImageJ TIFF's z spacing: in µm, or in pixels where its unit is a pixel
+    """An ImageJ TIFF's z spacing: in µm, or in pixels where its unit is no length we know
     (:func:`imagej_um_per_unit`); None where it records none."""
     if "spacing" not in ij:
         return None
@@ -75,7 +77,7 @@ def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
     ij = tf.imagej_metadata or {}
     if ij:
         per_unit = imagej_um_per_unit(ij)
-        if per_unit is None:  # in pixels: no pixel size, whatever the resolution tags say
+        if per_unit is None:  # in pixels or a unit we do not know: no pixel size, whatever the resolution tags say
             xy = [1.0, 1.0]
         unit_scale = per_unit or 1.0
     else:  # no ImageJ unit: resolution tags in inches/cm give no micrometres we can trust
