@@ -302,13 +302,13 @@ def _imagej_extras(path: Path, data: Any, voxel: tuple[float, ...]) -> tuple[Any
     µm; the display range (``min``/``max``)."""
     import tifffile
 
-    from .data.tiff import imagej_spacing
+    from .data.tiff import imagej_stack_voxel
 
     with tifffile.TiffFile(path) as tf:
         ij = tf.imagej_metadata or {}
-    spacing = imagej_spacing(ij)
-    if data.ndim == 2 and spacing is not None:
-        data, voxel = data[None], (spacing, *voxel)
+        stack = imagej_stack_voxel(tf) if data.ndim == 2 else None
+    if stack is not None:
+        data, voxel = data[None], stack
     origin = tuple(-float(ij.get(f"{ax}origin", 0.0)) * v for ax, v in zip("zyx"[-len(voxel) :], voxel))
     window = None
     if "min" in ij and "max" in ij and float(ij["max"]) > float(ij["min"]):

@@ -345,16 +345,31 @@ def test_mrc_planes_index_like_an_array(tmp_path):
     np.testing.assert_array_equal(np.asarray(data.rechunk((3, 20, 30))), a)
 
 
-
-
 @pytest.mark.parametrize(
     ("unit", "per_unit", "spacing", "want"),
-    [("nanometers", 0.25, 50, (0.05, 0.004, 0.004)), ("microns", 250, 0.05, (0.05, 0.004, 0.004)), ("inch", 72, 0.5, (0.5, 1, 1)), ("furlong", 250, 3, (3, 1, 1))],
+    [
+        ("nanometers", 0.25, 50, (0.05, 0.004, 0.004)),
+        ("microns", 250, 0.05, (0.05, 0.004, 0.004)),
+        *[(mu, 250, 0.008, (0.008, 0.004, 0.004)) for mu in ("\\u00B5", "u", "\\u00b5m")],  # ImageJ writes "µ" escaped
+        ("inch", 72, 0.5, (36, 1, 1)),
+        ("furlong", 250, 3, (750, 1, 1)),
+    ],
 )
 def test_an_imagej_unit_is_read_as_the_length_it_names_or_as_none(tmp_path, unit, per_unit, spacing, want):
-    """Plural units are lengths ("nanometers" read as µm: 4 nm pixels became 4 µm); "inch",
-    ImageJ's unit for a file sized only by a screen's dots per inch, and a unit we cannot convert
-    give no pixel size (they read as µm: made-up sizes), their spacing a z spacing in pixels."""
+    """Plural units are lengths ("nanometers" read as µm: 4 nm pixels became 4 µm), and so is
+    every spelling of the micrometre (ImageJ stores a bare "µ" where a user types "u"; the Greek
+    mu). "inch", ImageJ's unit for a file sized only by a screen's dots per inch, and a unit we
+    cannot convert give no pixel size (they read as µm: made-up sizes); the voxel keeps its shape
+    in x pixels, as Fiji shows it (slices 0.5 inch apart at 72 pixels per inch: 36 pixels)."""
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, _stack(np.uint8, (3, 20, 30)), imagej=True, resolution=(per_unit, per_unit), metadata={"spacing": spacing, "unit": unit})
     np.testing.assert_allclose(read_image(path).voxel, want)
+
+
+def test_every_micrometre_spelling_an_imagej_description_may_hold_is_a_micrometre():
+    """Those tifffile cannot write (it writes only ASCII; ImageJ escapes them): the micro sign
+    alone (ImageJ's for a unit typed as "u") or with m, and the Greek mu, either case. They read
+    as µm before "a unit we cannot convert" meant no size; they must still."""
+    from napari_emdiffuse.data.tiff import imagej_um_per_unit
+
+    assert [imagej_um_per_unit({"unit": mu}) for mu in ("\u00b5", "\u00b5m", "\u03bcm", "\u039cM")] == [1.0] * 4

@@ -157,20 +157,20 @@ def test_predict_places_and_judges_a_file_whose_z_spacing_alone_is_known_as_enha
 
 @pytest.mark.parametrize("unit", ["pixel", ""])
 def test_an_imagej_tiff_in_pixels_has_no_pixel_size_whatever_its_resolution(random_model, small_stack, tmp_path, capsys, unit):
-    """An ImageJ TIFF whose unit is "pixel" (Fiji's for an uncalibrated image; ImageJ reads an
-    empty one so) records no physical size: its resolution of 2 pixels per unit read as a
-    0.5 µm pixel for the reader, ``emdiffuse info`` and predict alike. Its spacing stays a z
-    spacing in pixels, as an OME size in pixels."""
+    """An ImageJ TIFF whose unit is "pixel" (ImageJ reads an empty one so) records no physical
+    size: its resolution of 2 pixels per unit read as a 0.5 µm pixel for the reader, ``emdiffuse
+    info`` and predict alike. Its voxel keeps its shape in x pixels, as Fiji shows it: a 0.5-unit
+    pixel and a spacing of 5 put the slices 10 pixels apart."""
     model = random_model("emdiffuse-r-tiny", {"factor": 2}).save(tmp_path / "model")
     src = tmp_path / "em.tif"
     tifffile.imwrite(src, small_stack[:3, :24, :28], imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 5.0, "unit": unit, "axes": "ZYX"})
-    assert read_image(src).voxel == (5.0, 1.0, 1.0)
-    assert _placement(src) == {"em": ((5.0, 1.0, 1.0), (0.0, 0.0, 0.0))}
+    assert read_image(src).voxel == (10.0, 1.0, 1.0)
+    assert _placement(src) == {"em": ((10.0, 1.0, 1.0), (0.0, 0.0, 0.0))}
     assert main(["info", str(src)]) == 0
-    assert "voxel:    5 x ? x ? µm (y, x unknown)" in capsys.readouterr().out
+    assert "voxel:    10 x 1 x 1 pixels (no pixel size recorded: the voxel's shape only)" in capsys.readouterr().out
     assert main(["predict", "--model", str(model), "--input", str(src), "--output", str(tmp_path / "out.zarr"), "--device", "cpu", "-q"]) == 0
     assert read_image(f"{tmp_path}/out.zarr/mean").voxel == (1.0, 1.0, 1.0)
-    assert _placement(tmp_path / "out.zarr")["out: estimate"][0] == pytest.approx((5.0, 0.5, 0.5))
+    assert _placement(tmp_path / "out.zarr")["out: estimate"][0] == pytest.approx((10.0, 0.5, 0.5))
 
 
 @pytest.mark.parametrize("preset", ["vemdiffuse-i-tiny", "emdiffuse-r-tiny"])

@@ -38,59 +38,62 @@ TIFF_DTYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "f
 BIGTIFF_BYTES = 3_900_000_000
 
 
-#: ImageJ's units of an image without a physical size: "pixel", which Fiji writes for an
-#: uncalibrated image (ImageJ reads an empty unit as it), and the like. Its resolution is then no
-#: pixel size (read as 1, never as µm) and its ``spacing`` a z spacing in pixels, as an OME size
-#: in :data:`PIXEL_UNIT` is read
+#: ImageJ's units of an image without a physical size: "pixel" (and the like; ImageJ reads an
+#: empty unit as it), which a file carries where some size is not 1 (usually a z spacing) but no
+#: length is known
 IMAGEJ_PIXEL_UNITS = ("pixel", "pixels", "none", "")
 
 
 def imagej_um_per_unit(ij: dict[str, Any]) -> float | None:
     """Micrometres per unit of an ImageJ TIFF's resolution and ``spacing``: the one reading of
-    it, ``read_tiff``'s and the napari reader's (a single slice saved as a stack). None where the
-    unit is no length we know, read as a pixel (:data:`IMAGEJ_PIXEL_UNITS`): "inch", which
-    ImageJ gives a file whose only size is a screen's dots per inch (a TIFF tag in inches is
-    ignored too), or a unit we cannot convert. A size made up from it would be worse than none."""
+    it. None where the unit is no length we know, read as a pixel (:data:`IMAGEJ_PIXEL_UNITS`):
+    "inch", which ImageJ gives a file whose only size is a screen's dots per inch (a TIFF tag in
+    inches is ignored too), or a unit we cannot convert. A size made up from it would be worse than none."""
     unit = str(ij.get("unit", "um")).strip()
     if unit.lower() in IMAGEJ_PIXEL_UNITS:
         return None
     return unit_to_um(unit)
 
 
-def imagej_spacing(ij: dict[str, Any]) -> float | None:
-    """An ImageJ TIFF's z spacing: in µm, or in pixels where its unit is no length we know
-    (:func:`imagej_um_per_unit`); None where it records none."""
-    if "spacing" not in ij:
-        return None
-    return float(ij["spacing"]) * (imagej_um_per_unit(ij) or 1.0)
-
-
 def _tiff_voxel(tf: Any, ndim: int) -> tuple[float, ...]:
-    """Voxel size from ImageJ metadata ('spacing', 'unit') and the XY resolution tags (pixels per unit)."""
+    """Voxel size (µm) of a TIFF of ``ndim`` (2 or 3) spatial axes."""
+    zyx = _tiff_zyx(tf)
+    return zyx[1:] if ndim == 2 else zyx
+
+
+def imagej_stack_voxel(tf: Any) -> tuple[float, float, float] | None:
+    """The (z, y, x) voxel of an ImageJ TIFF that records a z spacing (a single slice saved as a
+    stack stays a stack of one, so its z position survives); None where it records none."""
+    return _tiff_zyx(tf) if "spacing" in (tf.imagej_metadata or {}) else None
+
+
+def _tiff_zyx(tf: Any) -> tuple[float, float, float]:
+    """Voxel size from ImageJ metadata ('spacing', 'unit') and the XY resolution tags (pixels per
+    unit). In a unit that is no length (:func:`imagej_um_per_unit`) the sizes are the voxel's
+    shape in x pixels, as Fiji shows it (a 0.5-unit pixel and a spacing of 5: slices 10 pixels
+    apart), with no size in µm. An unknown z is 1, as every reader gives a size it does not know,
+    never scaled into a size."""
     page = tf.pages[0]
-    xy = []
+    widths = []  # y, x, in the file's unit
     for tag in ("YResolution", "XResolution"):
         t = page.tags.get(tag)
         num, den = t.value if t is not None else (1, 1)
-        xy.append(den / num if num else 1.0)
-    unit_scale = 1.0
+        widths.append(den / num if num else 1.0)
     ij = tf.imagej_metadata or {}
+    spacing = float(ij["spacing"]) if "spacing" in ij else None
+    scale = 1.0
     if ij:
-        per_unit = imagej_um_per_unit(ij)
-        if per_unit is None:  # in pixels or a unit we do not know: no pixel size, whatever the resolution tags say
-            xy = [1.0, 1.0]
-        unit_scale = per_unit or 1.0
-    else:  # no ImageJ unit: resolution tags in inches/cm give no micrometres we can trust
+        scale = imagej_um_per_unit(ij)
+        if scale is None:
+            y, x = widths
+            return (1.0 if spacing is None else spacing / x, y / x, 1.0)
+    else:  # no ImageJ unit (nor spacing): resolution tags in inches/cm give no micrometres we can trust
         res_unit = page.tags.get("ResolutionUnit")
         if res_unit is not None and int(res_unit.value) == 3:  # centimetre
-            unit_scale = 1e4
+            scale = 1e4
         elif res_unit is not None and int(res_unit.value) == 2:  # inch: typical of screenshots, ignore
-            xy = [1.0, 1.0]
-    yx = tuple(v * unit_scale for v in xy)
-    if ndim == 2:
-        return yx
-    spacing = imagej_spacing(ij)  # None: z unknown, 1, as every reader gives a size it does not know, never scaled into a size
-    return (1.0 if spacing is None else spacing,) + yx
+            widths = [1.0, 1.0]
+    return (1.0 if spacing is None else spacing * scale, widths[0] * scale, widths[1] * scale)
 
 
 #: the OME unit of a physical size in pixels: read only on Z, as a z spacing (what write_tiff
