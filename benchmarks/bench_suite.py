@@ -653,8 +653,9 @@ def budget_note(results: dict) -> list[str]:
         "EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, 100 000 "
         "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The denoising margin "
         "that the targets ask for may need that budget" + regression_note(results) + ". The super-resolution margin "
-        "is out of reach on these test slices whatever the budget: the truth's own detector noise, which no input "
-        "records, caps what any method can score there ([benchmarks-ceiling.md](benchmarks-ceiling.md)).",
+        "is out of reach on these test slices whatever the budget: the truth's own detector noise, three quarters "
+        "of which the 2 x 2 binned input cannot record, caps what any method can score there "
+        "([benchmarks-ceiling.md](benchmarks-ceiling.md)).",
         "",
         "Targets are judged on the default output, the best estimate (chosen on the models' held-out training "
         "patches, not on these test slices: see the model cards), with the samples at the models' default "

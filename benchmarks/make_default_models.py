@@ -23,10 +23,16 @@ validation PSNR as their 3000-step recipes (22.96 and 23.65 dB against 22.96 and
 from about step 1000 on. Nor did width: EMDiffuse-r at base width 32 (2.66 M parameters, four
 times the multiply-adds), trained by its recipe for 2500 steps (about an hour on one core,
 2026-12-06), validated at 22.94-22.96 dB from step 500 on and ended at 22.96 dB, as the bundled
-network does. For EMDiffuse-r that is the data's limit, not the network's: the FIB-SEM truth's own
-white noise, three quarters of which a 2 x 2 binned input does not record, caps any method on the
-suite's test slices within 0.05 dB of the bundled model (``study_quality_ceiling.py``,
-docs/benchmarks-ceiling.md). EMDiffuse-n, trained 4 times longer (6000 steps, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
+network does. That is consistent with a limit of the data rather than of the network: the FIB-SEM
+truth's own white noise, three quarters of which a 2 x 2 binned input does not record, caps any
+method on the suite's test slices within 0.05 dB of the bundled model (``study_quality_ceiling.py``,
+docs/benchmarks-ceiling.md; the validation patches, from the training slices, were not bounded,
+but their margin over bicubic, +0.74 dB, is the test slices' +0.71). Nor does width help
+EMDiffuse-n: at base width 32 (6.27 M parameters, four times the multiply-adds), trained by its
+recipe for 750 steps (57 minutes on one core of a shared machine, 2026-12-07), it validated at
+24.73 dB, where the bundled width reaches 24.69 dB in 750 steps and 24.73 dB in its 1500; on the
+suite's test crops (measured after, nothing chosen by it) its best estimate scored 21.42 dB, the
+bundled model's 21.43 and width 16's at 750 steps 21.43. EMDiffuse-n, trained 4 times longer (6000 steps, 2026-12-07), validated at 24.73 dB at step 1500 as the bundled network does and crept
 up to 24.79 dB by step 4250, where it stayed: +0.06 dB on the validation patches for four times
 the training, so the bundled recipe stays. Nor is the noise of its training data a limit: it
 trains on one fixed noise draw, but it has not learnt that draw (on its training slices it scores
