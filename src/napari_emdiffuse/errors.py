@@ -54,6 +54,20 @@ class BlockError(EMDiffuseError):
         self.store = store
 
 
+class BlockCancelledOnCluster(EMDiffuseError):
+    """A prediction's block whose task someone else cancelled on its dask cluster (another client,
+    the scheduler), with dask's ``reason``: raised by the cluster's loop, which knows the block
+    only by its index; the job names it as it names any failed block (:meth:`said`)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(self.said("a block"))
+
+    def said(self, what: str) -> str:
+        """The cancel in words, for the block ``what`` (``block 3 of 8 (z 2:3 of 8)``)."""
+        return f"{what} was cancelled on the dask cluster, not by this run (dask's reason: {self.reason})"
+
+
 class LaunchError(EMDiffuseError):
     """A distributed launch (torchrun, srun) that cannot run: bad launcher variables, a peer
     process that failed, a process group that cannot form."""

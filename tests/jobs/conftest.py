@@ -152,19 +152,27 @@ def ran_blocks(monkeypatch) -> list[int]:
 
 @pytest.fixture
 def cancelled_early(fast) -> Callable[..., Path]:
-    """``cancelled_early(model, image, output)``: a prediction into ``output`` cancelled as soon as
-    its first block is finished (a run stopped before leaves nothing); returns the partial store
-    it leaves (asserted to be there)."""
+    """``cancelled_early(model, image, output, blocks=1, **options)``: a prediction into ``output``
+    (with ``options``: ``resume=True``) cancelled as soon as it has finished ``blocks`` blocks (a
+    run stopped before its first leaves nothing); returns the partial store it leaves (asserted
+    to be there)."""
     from unittest import mock
 
     from napari_emdiffuse.jobs.events import new_cancel_token
     from napari_emdiffuse.jobs.predict import predict
     from napari_emdiffuse.jobs.predict_output import PredictionOutput
 
-    def run(model: Model, image: np.ndarray, output: Path) -> Path:
-        token, mark = new_cancel_token(), PredictionOutput.mark_done
-        with mock.patch.object(PredictionOutput, "mark_done", lambda self, block: (mark(self, block), token.set())):
-            for _ in predict(model, image, sample=fast, output=output, cancel=token):
+    def run(model: Model, image: np.ndarray, output: Path, blocks: int = 1, **options: Any) -> Path:
+        token, mark, marked = new_cancel_token(), PredictionOutput.mark_done, []
+
+        def mark_done(self: PredictionOutput, block: Any) -> None:
+            mark(self, block)
+            marked.append(block)
+            if len(marked) == blocks:
+                token.set()
+
+        with mock.patch.object(PredictionOutput, "mark_done", mark_done):
+            for _ in predict(model, image, sample=fast, output=output, cancel=token, **options):
                 pass
         partial = output.with_name(f"{output.stem}.partial.zarr")
         assert partial.is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,10 +270,7 @@ def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(smal
     killed = tmp_path / f".o.zarr.tmp-{dead.pid}-abc"
     cancelled_early(model, image, tmp_path / "k.zarr").rename(killed)
     os.utime(partial if newer == "partial" else killed, (time.time() + 60,) * 2)
-
-    def files(store):
-        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
-
+    files = _files
     before = files(partial), files(killed)
     token = new_cancel_token()
     with pytest.raises(InputError) as err:
@@ -282,7 +280,7 @@ def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(smal
     assert str(err.value) == (
         f"{partial}: --resume continues one unfinished store, and two are here: this one (1 finished block) and {killed} (1 finished block, "
         f"left by a killed run); to continue the killed run's, move o.partial.zarr away; to continue o.partial.zarr, remove {killed.name}; "
-        "or start again with --overwrite instead of --resume"
+        "or start again with --overwrite instead of --resume, which discards the killed run's store (and replaces o.partial.zarr if it is stopped too)"
     )
     assert (files(partial), files(killed)) == before
     partial.rename(tmp_path / "kept.partial.zarr")  # as advised: the killed run's is continued
@@ -290,33 +288,121 @@ def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(smal
     assert not killed.exists() and files(tmp_path / "kept.partial.zarr") == before[0]
 
 
-@pytest.mark.parametrize("n_killed", [2, 3])
-def test_resume_says_which_killed_runs_store_it_continues_and_names_the_others(small_stack, tmp_path, random_model, fast, cancelled_early, n_killed):
-    """Several killed runs' hidden stores, no o.partial.zarr: --resume continued the newest and
-    said nothing of the others. Each is its own folder, which neither the resumed run nor its
-    stop touches (committed to o.zarr or o.partial.zarr), so it continues the newest and says so,
-    naming the others and their finished blocks, which stay byte for byte as they were."""
-    model, image = random_model("tiny"), small_stack[:3]
+def _files(store):
+    """A store's files and their bytes: equal before and after, it was not touched."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+#: finished blocks of the killed runs' stores, oldest first: each its own count, none in order of age
+KILLED_BLOCKS = (2, 3, 1)
+
+
+def _killed_stores(cancelled_early, model, image, tmp_path, counts):
+    """Hidden stores beside o.zarr of runs that were killed (their process is gone), holding
+    ``counts`` finished blocks, oldest first (each a minute newer than the one before)."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stores = []
-    for k in range(n_killed):  # oldest first
+    for k, n in enumerate(counts):
         store = tmp_path / f".o.zarr.tmp-{dead.pid}-{k}"
-        cancelled_early(model, image, tmp_path / f"k{k}.zarr").rename(store)
-        os.utime(store, (time.time() + 60 * k,) * 2)
+        cancelled_early(model, image, tmp_path / f"k{k}.zarr", blocks=n).rename(store)
+        os.utime(store, (time.time() + 60 * (k + 1),) * 2)
         stores.append(store)
+    return stores
+
+
+@pytest.fixture
+def six_planes(small_stack):
+    """Six blocks: room for stores that each hold another number of them."""
+    return np.concatenate([small_stack] * 2)[:6]
+
+
+@pytest.mark.parametrize("n_killed", [2, 3])
+def test_resume_says_which_killed_runs_store_it_continues_and_names_the_others(six_planes, tmp_path, random_model, fast, cancelled_early, n_killed):
+    """Several killed runs' hidden stores, no o.partial.zarr: --resume continued the newest and
+    said nothing of the others. Each is its own folder, which neither the resumed run nor its
+    stop touches (committed to o.zarr or o.partial.zarr), so it continues the newest and says so,
+    naming the others and their finished blocks (each its own count: one said of another store
+    would show), which stay byte for byte as they were."""
+    model = random_model("tiny")
+    counts = KILLED_BLOCKS[:n_killed]
+    stores = _killed_stores(cancelled_early, model, six_planes, tmp_path, counts)
     newest, others = stores[-1], stores[-2::-1]
-
-    def files(store):
-        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
-
-    before = [files(p) for p in others]
-    said = [ev.text for ev in predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True) if ev.kind.value == "message"]
-    listed = ", ".join(f"{p} (1 finished block)" for p in others)
+    before = [_files(p) for p in others]
+    said = [ev.text for ev in predict(model, six_planes, sample=fast, output=tmp_path / "o.zarr", resume=True) if ev.kind.value == "message"]
+    listed = ", ".join(f"{p} ({n} finished block{'s' * (n != 1)})" for p, n in zip(others, counts[-2::-1]))
     kept = "the other is kept as it is" if n_killed == 2 else f"the other {n_killed - 1} are kept as they are"
     assert (
         f"{newest}: --resume continues this store, the newest of {n_killed} that killed runs left beside {tmp_path / 'o.zarr'}; "
         f"{kept}, not continued: {listed}; to continue an older one instead, move the newer ones away first"
     ) in said, said
+    assert f"resuming {newest}: {counts[-1]} of 6 blocks are done" in said, said
     assert (tmp_path / "o.zarr").is_dir() and not newest.exists()
-    assert [files(p) for p in others] == before
+    assert [_files(p) for p in others] == before
+
+
+@pytest.mark.parametrize("n_killed", [1, 3])
+def test_a_plain_rerun_names_every_killed_runs_store_and_what_overwrite_discards(six_planes, tmp_path, random_model, fast, cancelled_early, n_killed):
+    """A plain rerun (neither --resume nor --overwrite) refuses to discard what killed runs left.
+    With several, it named only one, and its advice, --overwrite, discards them all: now each
+    is named, newest first, with its finished blocks; it says which one --resume continues and
+    that --overwrite discards all of them. Nothing is changed, and --overwrite does as it says."""
+    model = random_model("tiny")
+    counts = KILLED_BLOCKS[:n_killed]
+    stores = _killed_stores(cancelled_early, model, six_planes, tmp_path, counts)
+    before = [_files(p) for p in stores]
+    with pytest.raises(InputError) as err:
+        run_predict(model, six_planes, sample=fast, output=tmp_path / "o.zarr")
+    if n_killed == 1:
+        expected = (
+            f"{tmp_path / 'o.zarr'}: a run that was killed left its store beside it: {stores[0].name} (2 finished blocks); "
+            "add --resume to continue it, or --overwrite to start again, which discards it"
+        )
+    else:
+        expected = (
+            f"{tmp_path / 'o.zarr'}: 3 runs that were killed left their stores beside it, newest first: "
+            f"{stores[2].name} (1 finished block), {stores[1].name} (3 finished blocks), {stores[0].name} (2 finished blocks); "
+            f"add --resume to continue the newest, {stores[2].name} (it names the others and keeps them as they are), "
+            "or --overwrite to start again, which discards all 3"
+        )
+    assert str(err.value) == expected
+    assert [_files(p) for p in stores] == before and not (tmp_path / "o.zarr").exists()
+    assert run_predict(model, six_planes, sample=fast, output=tmp_path / "o.zarr", overwrite=True).complete
+    assert not any(p.exists() for p in stores)
+
+
+@pytest.mark.parametrize("advice", ["move o.partial.zarr away", "remove the killed runs' stores"])
+def test_resume_stopped_beside_killed_runs_stores_names_them_all_and_either_advice_works(six_planes, tmp_path, random_model, fast, cancelled_early, advice):
+    """Three killed runs' stores; --resume continues the newest and is stopped: o.partial.zarr and
+    the other two. The next --resume refused naming only the newer of them ('two are here'), and
+    removing it, as advised, led to a second refusal for the other. Now it counts and names every
+    store with its own finished blocks, nothing is changed, and either advice, taken once, lets
+    the next --resume go on."""
+    model = random_model("tiny")
+    k0, k1, k2 = _killed_stores(cancelled_early, model, six_planes, tmp_path, (4, 2, 1))
+    partial = cancelled_early(model, six_planes, tmp_path / "o.zarr", blocks=2, resume=True)  # k2's 1 and 2 more
+    assert not k2.exists()
+    before = [_files(p) for p in (partial, k1, k0)]
+    with pytest.raises(InputError) as err:
+        run_predict(model, six_planes, sample=fast, output=tmp_path / "o.zarr", resume=True)
+    assert str(err.value) == (
+        f"{partial}: --resume continues one unfinished store, and 3 are here: this one (3 finished blocks) and 2 that killed runs left, "
+        f"newest first: {k1} (2 finished blocks), {k0} (4 finished blocks); to continue the newest killed run's ({k1.name}; "
+        "--resume then names the others and keeps them as they are), move o.partial.zarr away; "
+        f"to continue o.partial.zarr, remove {k1.name} and {k0.name}; or start again with --overwrite instead of --resume, "
+        "which discards both killed runs' stores (and replaces o.partial.zarr if it is stopped too)"
+    )
+    assert [_files(p) for p in (partial, k1, k0)] == before
+    if advice == "move o.partial.zarr away":
+        partial.rename(tmp_path / "kept.partial.zarr")
+        said = [ev.text for ev in predict(model, six_planes, sample=fast, output=tmp_path / "o.zarr", resume=True) if ev.kind.value == "message"]
+        assert f"resuming {k1}: 2 of 6 blocks are done" in said, said
+        assert any(f"the other is kept as it is, not continued: {k0} (4 finished blocks)" in m for m in said), said
+        assert _files(k0) == before[2] and _files(tmp_path / "kept.partial.zarr") == before[0]
+    else:
+        shutil.rmtree(k1)
+        shutil.rmtree(k0)
+        said = [ev.text for ev in predict(model, six_planes, sample=fast, output=tmp_path / "o.zarr", resume=True) if ev.kind.value == "message"]
+        assert f"resuming {partial}: 3 of 6 blocks are done" in said, said
+        assert not partial.exists()
+    assert zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["complete"] is True

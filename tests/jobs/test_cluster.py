@@ -370,9 +370,10 @@ def test_a_stopped_cluster_run_starts_no_further_block_and_keeps_only_finished_o
 
 def test_a_block_cancelled_on_the_cluster_stops_the_run_as_a_failed_block_does(scheduler, small_stack, tmp_path, random_model, fast, gated):
     """A block's task cancelled by someone else (another client, the scheduler) is a block that
-    failed for good: named (once: the line said 'block 2 of 8 (...) failed: ... The error:
-    BlockError: block 2 of 8 was cancelled ...'), the finished blocks kept for ``--resume``,
-    which completes them."""
+    failed for good: named once, as a failed block is, with its z range (the line said 'block 2
+    of 8 (...) failed: ... The error: BlockError: block 2 of 8 was cancelled ...', then 'block 2
+    of 8 was cancelled ...' without the range), the finished blocks kept for ``--resume``, which
+    completes them."""
     from napari_emdiffuse.errors import BlockError
 
     model, image = random_model("tiny"), np.concatenate([small_stack] * 2)
@@ -389,7 +390,7 @@ def test_a_block_cancelled_on_the_cluster_stops_the_run_as_a_failed_block_does(s
                 cancelled.append(index)
     (i,) = cancelled
     assert str(err.value) == (
-        f"block {i + 1} of 8 was cancelled on the dask cluster, not by this run (dask's reason: unknown): "
+        f"block {i + 1} of 8 (z {i}:{i + 1} of 8) was cancelled on the dask cluster, not by this run (dask's reason: unknown): "
         f"1 of 8 blocks are kept in {partial}; run it again and add --resume to continue"
     )
     gate.drop()
@@ -398,8 +399,8 @@ def test_a_block_cancelled_on_the_cluster_stops_the_run_as_a_failed_block_does(s
 
 
 def test_the_cli_says_a_block_cancelled_on_the_cluster_in_one_line(scheduler, cli_args, tmp_path, gated, capsys):
-    """Cancelled on the cluster before any block finished: one line naming the block, status 2
-    (not an internal error), nothing left behind."""
+    """Cancelled on the cluster before any block finished: one line naming the block as a failed
+    block is named (with its z range), status 2 (not an internal error), nothing left behind."""
     import re
     import threading
 
@@ -415,10 +416,11 @@ def test_the_cli_says_a_block_cancelled_on_the_cluster_in_one_line(scheduler, cl
     canceller.start()
     status = main([*cli_args, "--output", str(tmp_path / "o.zarr"), "--cluster", scheduler.scheduler_address])
     err = capsys.readouterr().err.strip()
-    said = re.fullmatch(r"emdiffuse predict: error: block (\d) of 4 was cancelled on the dask cluster, not by this run \(dask's reason: unknown\)", err)
+    said = re.fullmatch(r"emdiffuse predict: error: block (\d) of 4 \(z (\d):(\d) of 4\) was cancelled on the dask cluster, not by this run \(dask's reason: unknown\)", err)
     assert status == 2 and said, (status, err)
     canceller.join()
-    assert int(said[1]) == gate.started()[0][0] + 1
+    i = gate.started()[0][0]
+    assert [int(n) for n in said.groups()] == [i + 1, i, i + 1]
     gate.drop()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "m", "started"]
 

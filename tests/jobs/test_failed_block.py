@@ -92,7 +92,7 @@ def test_a_store_that_cannot_be_finished_after_a_failed_block_stays_under_its_te
     assert len(temps) == 1 and markers(temps[0]) == [1, 0, 0, 0]
     assert f"block 2 of 4 (z 1:2 of 4) failed: 1 of 4 blocks are kept in {temps[0]}; run it again and add --resume" in err
     assert main([*cli_args, "--output", str(out)]) == 2  # a plain rerun does not throw them away unasked
-    assert "left 1 finished blocks beside it" in error_line(capsys)
+    assert f"a run that was killed left its store beside it: {temps[0].name} (1 finished block); add --resume" in error_line(capsys)
     assert main([*cli_args, "--output", str(out), "--resume"]) == 0
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is True and leftovers(tmp_path) == []
 
@@ -163,7 +163,7 @@ def test_unreadable_markers_never_remove_a_store(cli_args, tmp_path, monkeypatch
         (temp,) = tmp_path.glob(".o.zarr.tmp-*")
         assert f"block 3 of 4 (z 2:3 of 4) failed: its finished blocks are kept in {temp}; run it again and add --resume" in error_line(capsys)
         assert main([*cli_args, "--output", str(out)]) == 2
-        assert f"left its finished blocks beside it ({temp.name}); add --resume" in error_line(capsys)
+        assert f"left its store beside it: {temp.name} (finished blocks); add --resume" in error_line(capsys)
     assert markers(temp) == [1, 1, 0, 0]
     assert main([*cli_args, "--output", str(out), "--resume"]) == 0
     assert zarr.open_group(str(out), mode="r").attrs["complete"] is True and leftovers(tmp_path) == []
@@ -197,3 +197,19 @@ def test_a_second_ctrl_c_says_where_the_finished_blocks_are(cli_args, tmp_path, 
     (temp,) = tmp_path.glob(".o.zarr.tmp-*")
     assert f"warning: 2 finished blocks are kept in {temp}; run the same command again with --resume to continue them" in capsys.readouterr().err
     assert markers(temp) == [1, 1, 0, 0]
+
+
+def test_only_a_block_cancelled_on_the_cluster_leads_the_failed_blocks_line(tmp_path):
+    """block_failure says a block cancelled on the cluster in one sentence naming the block as any
+    failed block is named (its z range too); any other cause, one of our own errors included, reads
+    'BLOCK failed: ... The error: ...' (every BlockError led, and the block's name was lost)."""
+    from napari_emdiffuse.errors import BlockCancelledOnCluster, BlockError
+
+    store, what = tmp_path / "o.partial.zarr", "block 2 of 4 (z 1:2 of 4)"
+    zarr.open_array(str(store / predict_output.DONE), mode="w", shape=(4,), dtype="u1")[0] = 1
+    kept = f"1 of 4 blocks are kept in {store}; run it again and add --resume to continue"
+    cancelled = predict_output.block_failure(BlockCancelledOnCluster("stimulus-1"), what, store, 4)
+    assert str(cancelled) == f"{what} was cancelled on the dask cluster, not by this run (dask's reason: stimulus-1): {kept}"
+    other = predict_output.block_failure(BlockError("a disk error"), what, store, 4)
+    assert str(other) == f"{what} failed: {kept}. The error: BlockError: a disk error"
+    assert cancelled.store == other.store == store

@@ -161,7 +161,8 @@ def test_sigkill_leaves_only_a_temporary_marked_incomplete(setting, caplog, caps
     capsys.readouterr()
     assert main(predict_args(model, stack, out)) == 2
     err = capsys.readouterr().err
-    assert f"left {done} finished blocks beside it" in err and "add --resume to continue it" in err
+    held = f"{done} finished block{'s' * (done != 1)}"
+    assert f"a run that was killed left its store beside it: {temps[0].name} ({held}); add --resume to continue it" in err, err
     assert main(["info", str(temps[0])]) == 0
     assert f"complete: NO: {done} of {PLANES} blocks are finished" in capsys.readouterr().out  # as resume sees it
     assert temps[0].is_dir() and not out.exists()

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SampleConfig
 from ..data.normalise import Normaliser
-from ..errors import BlockError, Cancelled, ConfigError, DeviceError, InputError, StaleRunError
+from ..errors import BlockCancelledOnCluster, Cancelled, ConfigError, DeviceError, InputError, StaleRunError
 from ..model_file import Model
 from ..variants import model_options
 from ..variants.base import Block
@@ -179,7 +179,8 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
     finished are cancelled before the client closes: no worker starts one whose result would be
     dropped. One already running goes on, but the store is closed to it (:func:`_close_store`):
     ``run`` holds the blocks the store keeps. A block cancelled on the cluster by someone else
-    fails the run as a block that failed for good, a :class:`~..errors.BlockError` naming it."""
+    fails the run as a block that failed for good (:class:`~..errors.BlockCancelledOnCluster`, which the job
+    words as it words any failed block)."""
     from distributed import wait
 
     inputs = [p for p in out.inputs if p is not None]
@@ -230,10 +231,7 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
                     try:
                         fut.result()  # re-raises the block's error after its retries
                     except CancelledError as err:  # this run cancels its blocks only once it has stopped: someone else did
-                        reason = getattr(err, "reason", "unknown")
-                        raise BlockError(
-                            f"block {run.failed.index + 1} of {len(run.done)} was cancelled on the dask cluster, not by this run (dask's reason: {reason})"
-                        ) from None
+                        raise BlockCancelledOnCluster(getattr(err, "reason", "unknown")) from None
             if ready:
                 yield Progress(finished, len(todo), "blocks")
     finally:

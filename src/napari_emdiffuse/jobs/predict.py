@@ -25,7 +25,7 @@ from ..data.image import known_pixel_um
 from ..data.normalise import Normaliser, fit_normaliser
 from ..data.safe_output import SOFTWARE
 from ..engine.device import cpu_has_native_bf16, fallback_note, select_device, uses_bf16
-from ..errors import Cancelled, ConfigError, DeviceError, InputError
+from ..errors import BlockCancelledOnCluster, BlockError, Cancelled, ConfigError, DeviceError, InputError
 from ..model_file import Model
 from ..variants import get_variant, model_options
 from ..variants.base import Block, Geometry, Variant
@@ -232,7 +232,10 @@ def predict(
             from .cluster import WorkerSpec, run_on_cluster
 
             spec = WorkerSpec(model, options, image, cfg, normaliser, device, estimate, keep_samples)
-            complete, failed = yield from _run_blocks(run_on_cluster(cluster, spec, todo, out, run, cancel), out, run)
+            try:
+                complete, failed = yield from _run_blocks(run_on_cluster(cluster, spec, todo, out, run, cancel), out, run)
+            except BlockCancelledOnCluster as err:  # before a block was kept (after one, block_failure words it): named as there
+                raise BlockError(err.said(_what_failed(run, len(blocks), shape))) from None
         else:
             complete, failed = yield from _run_blocks(_in_process(runner, image, todo, arrays, out, run, cancel), out, run)
         region = () if complete else finished_region(blocks, done)

@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.safe_output import CREATED_BY, SOFTWARE, Lock, StagedStore, check_new_output, check_space, lock_beside, own_attrs, pid_alive, replacing_set
-from ..errors import BlockError, InputError, StaleRunError
+from ..errors import BlockCancelledOnCluster, BlockError, InputError, StaleRunError
 from ..data.containers import CHUNK_PX
 from ..data.formats import file_stem
 from ..uncertainty import POOL_PX, ErrorModel
@@ -393,17 +393,13 @@ class PredictionOutput:
         killed.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         if self.resume and killed and partial.is_dir():  # resuming one would replace the other when the run stops
             self.close()
-            raise InputError(_two_to_resume(partial, killed[0]))
+            raise InputError(_which_to_resume(partial, killed))
         if self.resume:
             self.resumable = partial if partial.is_dir() else killed[0] if killed else None
             self.passed_over = killed[1:]
         elif killed and not self.overwrite:
             self.close()
-            n = blocks_done(killed[0])
-            raise InputError(
-                f"{self.names.mean}: a run that was killed left {'its' if n is None else n} finished blocks beside it ({killed[0].name}); "
-                "add --resume to continue it, or --overwrite to start again"
-            )
+            raise InputError(_killed_runs_left(self.names.mean, killed))
         for store in dead:
             # a folder of ours only, whatever its name (a removal cut short is ours): asked to start again, or no block of it was
             # finished; and, resuming too, the writes an ended run's worker left at its store's old path, which no run resumes
@@ -594,30 +590,62 @@ def _held(store: Path) -> str:
     return "finished blocks" if n is None else f"{n} finished block{'s' * (n != 1)}"
 
 
-def _two_to_resume(partial: Path, killed: Path) -> str:
-    """The refusal of ``--resume`` where both a stopped run's ``partial`` store and a killed run's
-    store hold finished blocks: either resumed would be committed to ``partial`` if stopped again,
-    replacing the other, so the user chooses which to keep."""
+def _which_to_resume(partial: Path, killed: Sequence[Path]) -> str:
+    """The refusal of ``--resume`` where both a stopped run's ``partial`` store and killed runs'
+    stores (``killed``, newest first) hold finished blocks: whichever is resumed would be committed
+    to ``partial`` if stopped again, replacing it, so the user chooses; every store is named, so
+    that one step (moving or removing what it names) lets the next ``--resume`` go on."""
+    newest = killed[0]
+    if len(killed) == 1:
+        here, theirs, named = f"two are here: this one ({_held(partial)}) and {newest} ({_held(newest)}, left by a killed run)", "the killed run's", "the killed run's store"
+    else:
+        listed = ", ".join(f"{p} ({_held(p)})" for p in killed)
+        here = f"{1 + len(killed)} are here: this one ({_held(partial)}) and {len(killed)} that killed runs left, newest first: {listed}"
+        theirs, named = f"the newest killed run's ({newest.name}; --resume then names the others and keeps them as they are)", f"{_every(len(killed))} killed runs' stores"
+    names = [p.name for p in killed]
+    remove = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     return (
-        f"{partial}: --resume continues one unfinished store, and two are here: this one ({_held(partial)}) and {killed} ({_held(killed)}, "
-        f"left by a killed run); to continue the killed run's, move {partial.name} away; to continue {partial.name}, remove {killed.name}; "
-        "or start again with --overwrite instead of --resume"
+        f"{partial}: --resume continues one unfinished store, and {here}; to continue {theirs}, move {partial.name} away; "
+        f"to continue {partial.name}, remove {remove}; or start again with --overwrite instead of --resume, which discards {named} "
+        f"(and replaces {partial.name} if it is stopped too)"
     )
+
+
+def _killed_runs_left(final: Path, killed: Sequence[Path]) -> str:
+    """The refusal of a plain rerun (neither ``--resume`` nor ``--overwrite``) where killed runs
+    left stores beside ``final`` (``killed``, newest first): each named with its finished blocks,
+    which one ``--resume`` continues, and that ``--overwrite`` discards them all."""
+    newest = killed[0]
+    if len(killed) == 1:
+        return (
+            f"{final}: a run that was killed left its store beside it: {newest.name} ({_held(newest)}); "
+            "add --resume to continue it, or --overwrite to start again, which discards it"
+        )
+    listed = ", ".join(f"{p.name} ({_held(p)})" for p in killed)
+    return (
+        f"{final}: {len(killed)} runs that were killed left their stores beside it, newest first: {listed}; "
+        f"add --resume to continue the newest, {newest.name} (it names the others and keeps them as they are), "
+        f"or --overwrite to start again, which discards {_every(len(killed))}"
+    )
+
+
+def _every(n: int) -> str:
+    """``both`` or ``all 3``: every one of ``n`` (two or more) stores."""
+    return "both" if n == 2 else f"all {n}"
 
 
 def block_failure(err: BaseException, what: str, store: Path, blocks: int) -> BlockError:
     """The error a run of ``blocks`` blocks stopped by a failed one (``what``: which, in words)
     ends with: first how many ``store`` keeps (its done-markers: on a cluster others may have
     finished meanwhile) and how to continue them, as a long cause (a CUDA out-of-memory report)
-    must not hide that, then the cause. A cause that is a :class:`BlockError` already says in our
-    words what stopped which block (a block cancelled on the cluster): it leads, and the block is
-    not named twice."""
+    must not hide that, then the cause. A block cancelled on the cluster is said in one sentence
+    that names it once (:meth:`.BlockCancelledOnCluster.said`), what is kept after it."""
     cause = " ".join(str(err).split())
     n = blocks_done(store)
     held = "its finished blocks are" if n is None else f"{n} of {blocks} blocks are"
     kept = f"{held} kept in {store}; run it again and add --resume to continue"
-    if isinstance(err, BlockError):
-        return BlockError(f"{cause}: {kept}", store)
+    if isinstance(err, BlockCancelledOnCluster):
+        return BlockError(f"{err.said(what)}: {kept}", store)
     return BlockError(f"{what} failed: {kept}. The error: {type(err).__name__}{': ' + cause if cause else ''}", store)
 
 
