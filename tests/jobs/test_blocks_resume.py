@@ -288,6 +288,34 @@ def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(smal
     assert not killed.exists() and files(tmp_path / "kept.partial.zarr") == before[0]
 
 
+@pytest.mark.parametrize("beside", [0, 1])
+def test_a_plain_rerun_beside_a_stopped_runs_store_says_what_resume_and_overwrite_would_do(small_stack, tmp_path, random_model, fast, cancelled_early, beside):
+    """A plain rerun where a stopped run left o.partial.zarr was refused with 'o.partial.zarr
+    already exists; add --overwrite to replace it': no word of --resume, nor that --overwrite also
+    discards the stores killed runs left beside it. Now both are said; nothing is touched."""
+    model, image = random_model("tiny"), small_stack[:3]
+    partial = cancelled_early(model, image, tmp_path / "o.zarr", blocks=2)
+    killed = []
+    if beside:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        killed = [tmp_path / f".o.zarr.tmp-{dead.pid}-abc"]
+        cancelled_early(model, image, tmp_path / "k.zarr").rename(killed[0])
+    before = [_files(p) for p in [partial, *killed]]
+    with pytest.raises(InputError) as err:
+        run_predict(model, image, sample=fast, output=tmp_path / "o.zarr")
+    said = f"{partial}: a stopped run's unfinished result is here (2 finished blocks)"
+    if beside:
+        said += (
+            f", and the store a killed run left beside it, {killed[0].name} (1 finished block); add --resume (it says how to choose "
+            "which to continue), or --overwrite to start again, which discards both"
+        )
+    else:
+        said += "; add --resume to continue it, or --overwrite to start again, which discards it"
+    assert str(err.value) == said
+    assert [_files(p) for p in [partial, *killed]] == before
+
+
 def _files(store):
     """A store's files and their bytes: equal before and after, it was not touched."""
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}

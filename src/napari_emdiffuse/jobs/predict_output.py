@@ -379,6 +379,9 @@ class PredictionOutput:
         for p in self.stale:  # removed with --overwrite only when we made it: a name alone says nothing
             if p.is_file() and not _made_by_us(p):
                 raise InputError(f"{p}: named like a part of this result but not written by {SOFTWARE}; move or rename it, or choose another output name")
+        if not (self.resume or self.overwrite) and partial.is_dir() and own_attrs(partial) is not None:
+            # a stopped run's store: said so, with what --resume and --overwrite would do to it and beside it
+            raise InputError(_stopped_run_left(partial, _killed_stores(self.names.mean)))
         for p in every + self.stale:
             if not (self.resume and p == partial):
                 check_new_output(p, self.inputs, self.overwrite)
@@ -387,10 +390,7 @@ class PredictionOutput:
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
         self.lock = lock_beside(self.names.mean, cleared).acquire()  # also proves the folder writable
         dead = _dead_temps(self.names.mean)  # with the lock held
-        # a killed run's work: a store of ours whose markers say it finished blocks, or cannot be read (kept, not guessed empty);
-        # the newest first, the one --resume continues
-        killed = [p for p in dead if not p.name.endswith(REMOVING) and own_attrs(p) is not None and blocks_done(p) != 0]
-        killed.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        killed = _killed_stores(self.names.mean, dead)
         if self.resume and killed and partial.is_dir():  # resuming one would replace the other when the run stops
             self.close()
             raise InputError(_which_to_resume(partial, killed))
@@ -609,6 +609,27 @@ def _which_to_resume(partial: Path, killed: Sequence[Path]) -> str:
         f"to continue {partial.name}, remove {remove}; or start again with --overwrite instead of --resume, which discards {named} "
         f"(and replaces {partial.name} if it is stopped too)"
     )
+
+
+def _killed_stores(final: Path, dead: Sequence[Path] | None = None) -> list[Path]:
+    """A killed run's work beside ``final``: its stores of ours (among ``dead``, by default
+    :func:`_dead_temps`) whose markers say they finished blocks, or cannot be read (kept, not
+    guessed empty); the newest first, the one ``--resume`` continues."""
+    dead = _dead_temps(final) if dead is None else dead
+    killed = [p for p in dead if not p.name.endswith(REMOVING) and own_attrs(p) is not None and blocks_done(p) != 0]
+    return sorted(killed, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _stopped_run_left(partial: Path, killed: Sequence[Path]) -> str:
+    """The refusal of a plain rerun (neither ``--resume`` nor ``--overwrite``) where a stopped
+    run's ``partial`` store is here: what it holds, that ``--resume`` continues it, and everything
+    ``--overwrite`` would discard, the stores killed runs left beside it (``killed``) included."""
+    text = f"{partial}: a stopped run's unfinished result is here ({_held(partial)})"
+    if not killed:
+        return text + "; add --resume to continue it, or --overwrite to start again, which discards it"
+    listed = ", ".join(f"{p.name} ({_held(p)})" for p in killed)
+    beside = f"the store a killed run left beside it, {listed}" if len(killed) == 1 else f"the {len(killed)} stores killed runs left beside it, {listed}"
+    return text + f", and {beside}; add --resume (it says how to choose which to continue), or --overwrite to start again, which discards {_every(len(killed) + 1)}"
 
 
 def _killed_runs_left(final: Path, killed: Sequence[Path]) -> str:
