@@ -379,8 +379,9 @@ class PredictionOutput:
         for p in self.stale:  # removed with --overwrite only when we made it: a name alone says nothing
             if p.is_file() and not _made_by_us(p):
                 raise InputError(f"{p}: named like a part of this result but not written by {SOFTWARE}; move or rename it, or choose another output name")
-        if not (self.resume or self.overwrite) and partial.is_dir() and own_attrs(partial) is not None:
-            # a stopped run's store: said so, with what --resume and --overwrite would do to it and beside it
+        if not (self.resume or self.overwrite or any(p.exists() for p in names)) and partial.is_dir() and own_attrs(partial) is not None:
+            # a stopped run's store (and no result it could become, which is refused first, below): said so, with what
+            # --resume and --overwrite would do to it and beside it
             raise InputError(_stopped_run_left(partial, _killed_stores(self.names.mean)))
         for p in every + self.stale:
             if not (self.resume and p == partial):
