@@ -314,6 +314,10 @@ def test_a_plain_rerun_beside_a_stopped_runs_store_says_what_resume_and_overwrit
         said += "; add --resume to continue it, or --overwrite to start again, which discards it"
     assert str(err.value) == said
     assert [_files(p) for p in [partial, *killed]] == before
+    (tmp_path / "o.zarr").mkdir()  # a result of that name exists too: refused first, as --resume would be
+    (tmp_path / "o.zarr" / "mine.txt").write_text("a user's")
+    with pytest.raises(InputError, match=r"o\.zarr already exists; add --overwrite"):
+        run_predict(model, image, sample=fast, output=tmp_path / "o.zarr")
 
 
 def _files(store):
