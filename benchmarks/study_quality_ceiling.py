@@ -151,7 +151,7 @@ def report(r: dict) -> str:
         "## What the truth's own noise allows: ceilings for the FIB-SEM targets",
         "",
         "The EPFL FIB-SEM truth carries white detector noise: its power spectrum is flat at high frequencies, "
-        "from about 0.3 cycles/px to the corners. Measured two ways (the spectrum beyond {FLOOR_FROM} cycles/px; each pixel's "
+        f"from about 0.3 cycles/px to the corners. Measured two ways (the spectrum beyond {FLOOR_FROM} cycles/px; each pixel's "
         "difference from its four neighbours' mean), the smaller taken. No input carries the part of that noise "
         f"it does not record: for 2x super-resolution at least {UNRECORDED_SR2:.0%} of it (a 2 x 2 binned input holds a quarter "
         "as many numbers), for the removed slices of isotropic reconstruction all of it. The PSNR at that error "

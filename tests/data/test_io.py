@@ -350,7 +350,7 @@ def test_mrc_planes_index_like_an_array(tmp_path):
     [
         ("nanometers", 0.25, 50, (0.05, 0.004, 0.004)),
         ("microns", 250, 0.05, (0.05, 0.004, 0.004)),
-        *[(mu, 250, 0.008, (0.008, 0.004, 0.004)) for mu in ("\\u00B5", "u", "\\u00b5m")],  # ImageJ writes "µ" escaped
+        *[(mu, 250, 0.008, (0.008, 0.004, 0.004)) for mu in ("\\u00B5", "u", "\\u00b5m", "\\u03BCm")],  # ImageJ writes "µ" escaped
         ("inch", 72, 0.5, (36, 1, 1)),
         ("furlong", 250, 3, (750, 1, 1)),
     ],

@@ -308,10 +308,10 @@ def test_a_plain_rerun_beside_a_stopped_runs_store_says_what_resume_and_overwrit
     if beside:
         said += (
             f", and the store a killed run left beside it, {killed[0].name} (1 finished block); add --resume (it says how to choose "
-            "which to continue), or --overwrite to start again, which discards both"
+            "which to continue), or --overwrite to start again, which discards it (o.partial.zarr stays, replaced only if that run is stopped too)"
         )
     else:
-        said += "; add --resume to continue it, or --overwrite to start again, which discards it"
+        said += "; add --resume to continue it, or --overwrite to start again (o.partial.zarr stays, replaced only if that run is stopped too)"
     assert str(err.value) == said
     assert [_files(p) for p in [partial, *killed]] == before
     (tmp_path / "o.zarr").mkdir()  # a result of that name exists too: refused first, as --resume would be
@@ -319,6 +319,28 @@ def test_a_plain_rerun_beside_a_stopped_runs_store_says_what_resume_and_overwrit
     with pytest.raises(InputError) as err:
         run_predict(model, image, sample=fast, output=tmp_path / "o.zarr")
     assert str(err.value).startswith(f"{tmp_path / 'o.zarr'}: an existing folder") and "stopped run" not in str(err.value)
+
+
+def test_a_rerun_onto_an_existing_result_names_the_killed_runs_stores_overwrite_would_discard(small_stack, tmp_path, random_model, fast, cancelled_early):
+    """Where OUT.zarr exists, its refusal ('already exists; add --overwrite') came first and named
+    no killed run's store beside it, though --overwrite discards them: now named, with the way to
+    continue the newest instead, which works."""
+    model, image = random_model("tiny"), small_stack[:3]
+    assert run_predict(model, image, sample=fast, output=tmp_path / "o.zarr").complete
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = tmp_path / f".o.zarr.tmp-{dead.pid}-abc"
+    cancelled_early(model, image, tmp_path / "k.zarr", blocks=2).rename(killed)
+    before = _files(killed)
+    with pytest.raises(InputError) as err:
+        run_predict(model, image, sample=fast, output=tmp_path / "o.zarr")
+    assert str(err.value).endswith(
+        f"; --overwrite also discards the store a killed run left beside o.zarr: {killed.name} (2 finished blocks) "
+        "(--resume --overwrite continues it instead)"
+    )
+    assert _files(killed) == before
+    assert run_predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True, overwrite=True).complete  # as advised
+    assert not killed.exists()
 
 
 def _files(store):

@@ -17,13 +17,9 @@ from .normalise import check_grey
 def _voxel_text(voxel: tuple[float, ...]) -> str:
     """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``. A size of 1 is the readers'
     placeholder for one the file does not record, not 1 µm: said to be unknown, on every axis
-    or on those it holds (``? x 4 x 4 nm (z unknown)``, a stack whose slice spacing is not recorded).
-    Without a pixel size (x is 1) the other sizes are in pixels: a z spacing recorded in pixels,
-    which is no length."""
+    or on those it holds (``? x 4 x 4 nm (z unknown)``, a stack whose slice spacing is not recorded)."""
     if all(v == 1.0 for v in voxel):
         return "unknown (not recorded in the file: 1 per pixel)"
-    if voxel[-1] == 1.0:
-        return " x ".join(f"{v:g}" for v in voxel) + " pixels (no pixel size recorded: the voxel's shape only)"
     known = [v for v in voxel if v != 1.0]
     nm = all(v < 1.0 for v in known)
     text = " x ".join("?" if v == 1.0 else f"{v * 1e3:g}" if nm else f"{v:g}" for v in voxel) + (" nm" if nm else " µm")

@@ -7,6 +7,7 @@ chain, not a circle.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,7 +19,7 @@ from ..errors import InputError
 UNIT = "um"
 #: micrometres per unit, for the spellings found in ImageJ, OME and NGFF metadata
 UNITS_UM = {
-    "um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "µ": 1.0, "\\u00b5": 1.0, "u": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+    "um": 1.0, "µm": 1.0, "µ": 1.0, "u": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
     "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "a": 1e-4, "å": 1e-4, "angstrom": 1e-4,
     "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6,
     "pm": 1e-6, "picometer": 1e-6, "picometre": 1e-6,
@@ -46,7 +47,8 @@ def unit_to_um(unit: str | None) -> float | None:
     """Micrometres per ``unit`` (None when the unit is unknown or 'pixel')."""
     if unit is None:
         return None
-    return UNITS_UM.get(str(unit).strip().lower().replace("\u03bc", "\u00b5"))  # the Greek mu as the micro sign
+    text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), str(unit))  # ImageJ writes "\\u00B5m" for "µm"
+    return UNITS_UM.get(text.strip().lower().replace("\u03bc", "\u00b5"))  # the Greek mu as the micro sign
 
 
 def known_pixel_um(voxel: Sequence[float]) -> float | None:

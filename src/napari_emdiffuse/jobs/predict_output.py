@@ -379,13 +379,19 @@ class PredictionOutput:
         for p in self.stale:  # removed with --overwrite only when we made it: a name alone says nothing
             if p.is_file() and not _made_by_us(p):
                 raise InputError(f"{p}: named like a part of this result but not written by {SOFTWARE}; move or rename it, or choose another output name")
-        if not (self.resume or self.overwrite or any(p.exists() for p in names)) and partial.is_dir() and own_attrs(partial) is not None:
+        if not (self.resume or self.overwrite or any(p.exists() for p in names)) and partial.is_dir() and (own_attrs(partial) or {}).get("complete") is False:
             # a stopped run's store (and no result it could become, which is refused first, below): said so, with what
             # --resume and --overwrite would do to it and beside it
             raise InputError(_stopped_run_left(partial, _killed_stores(self.names.mean)))
         for p in every + self.stale:
             if not (self.resume and p == partial):
-                check_new_output(p, self.inputs, self.overwrite)
+                try:
+                    check_new_output(p, self.inputs, self.overwrite)
+                except InputError as err:  # the way out it offers, --overwrite, would discard killed runs' work too: named
+                    left = [] if self.overwrite else _killed_stores(self.names.mean)
+                    if not left:
+                        raise
+                    raise InputError(f"{err}; {_overwrite_discards(self.names.mean, left)}") from None
         # taking over a dead run's lock removes its temporaries, except a store it was writing:
         # its finished blocks are work a user may want to resume, decided below
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
@@ -623,14 +629,27 @@ def _killed_stores(final: Path, dead: Sequence[Path] | None = None) -> list[Path
 
 def _stopped_run_left(partial: Path, killed: Sequence[Path]) -> str:
     """The refusal of a plain rerun (neither ``--resume`` nor ``--overwrite``) where a stopped
-    run's ``partial`` store is here: what it holds, that ``--resume`` continues it, and everything
-    ``--overwrite`` would discard, the stores killed runs left beside it (``killed``) included."""
+    run's ``partial`` store is here: what it holds, that ``--resume`` continues it, and what
+    ``--overwrite`` would do: discard the stores killed runs left beside it (``killed``), and
+    replace ``partial`` only if that run is stopped too (a finished one leaves it)."""
     text = f"{partial}: a stopped run's unfinished result is here ({_held(partial)})"
+    keep = f"{partial.name} stays, replaced only if that run is stopped too"
     if not killed:
-        return text + "; add --resume to continue it, or --overwrite to start again, which discards it"
+        return text + f"; add --resume to continue it, or --overwrite to start again ({keep})"
     listed = ", ".join(f"{p.name} ({_held(p)})" for p in killed)
-    beside = f"the store a killed run left beside it, {listed}" if len(killed) == 1 else f"the {len(killed)} stores killed runs left beside it, {listed}"
-    return text + f", and {beside}; add --resume (it says how to choose which to continue), or --overwrite to start again, which discards {_every(len(killed) + 1)}"
+    beside, named = (
+        (f"the store a killed run left beside it, {listed}", "it") if len(killed) == 1 else (f"the {len(killed)} stores killed runs left beside it, {listed}", _every(len(killed)))
+    )
+    return text + f", and {beside}; add --resume (it says how to choose which to continue), or --overwrite to start again, which discards {named} ({keep})"
+
+
+def _overwrite_discards(final: Path, killed: Sequence[Path]) -> str:
+    """What a refusal that offers ``--overwrite`` adds where killed runs left stores beside
+    ``final`` (``killed``, newest first): that it discards them, each named, and how to continue
+    the newest instead."""
+    listed = ", ".join(f"{p.name} ({_held(p)})" for p in killed)
+    them = f"the store a killed run left beside {final.name}: {listed}" if len(killed) == 1 else f"the {len(killed)} stores killed runs left beside {final.name}, newest first: {listed}"
+    return f"--overwrite also discards {them} (--resume --overwrite continues {'it' if len(killed) == 1 else 'the newest'} instead)"
 
 
 def _killed_runs_left(final: Path, killed: Sequence[Path]) -> str:
