@@ -23,13 +23,17 @@ measures see homoscedastic noise (the neighbour variance changes by less than 20
 bright), and the bound is an estimate: the report gives how far the two noise measures
 disagree, in dB (about 0.1), and where the model comes closest to it.
 
-Not a ceiling for the error map: synthetic truths with the test slices' spectrum (each slice's
-noise floor removed by a Wiener filter, fresh white noise of the measured variance added) were
-tried for that, as ``study_error_map_ceiling.py`` does for EMDiffuse-n, and dropped: the model
-rebuilt their smoothed signal almost exactly (2 % of its error; 2026-12-07), so every patch's
-error there is the draw's noise, which says nothing about the real slices' errors.
+It also asks how well *any* error map could find each model's worst 16 px patches (the issue's
+AUROC >= 0.8), where much of each patch's error is the truth's noise, luck no map can know. On
+synthetic truths made like the test data (each test slice with its noise removed by a Wiener
+filter from its own spectrum, plus fresh noise of its measured variance, varying with intensity
+as the slice's does), ``--draws`` times, the bundled model runs on each draw as the suite runs
+it, and an oracle scores each patch by its expected error, its mean squared error over the other
+draws (as ``study_error_map_ceiling.py`` does for EMDiffuse-n). The synthetic data are as hard
+as the real: their best estimates score within 0.2 dB of the real ones, and EMDiffuse-r's error
+is nearly all unrecorded noise on both (its best estimate lies at the bound above).
 
-    python benchmarks/study_quality_ceiling.py [--no-doc]
+    python benchmarks/study_quality_ceiling.py [--draws 16] [--no-doc]
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import REPO, load_average, machine, publish, study_args  # noqa: E402
-from bench_suite import ISO_TEST, SR_TEST, _fibsem  # noqa: E402
+from bench_suite import ISO_TEST, PATCH, SR_TEST, _fibsem, auroc  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks-ceiling.md"
 RESULT = REPO / "benchmarks" / "results" / "quality_ceiling.json"
@@ -83,8 +88,8 @@ def psnr(mse: float) -> float:
     return float(-10 * np.log10(mse))
 
 
-def best_estimate(low: np.ndarray) -> np.ndarray:
-    """The bundled emdiffuse-r's best estimate of ``low``, as the suite runs it."""
+def best_estimate(image: np.ndarray, model: str = "emdiffuse-r", voxel: tuple[float, ...] = (0.005, 0.01, 0.01)) -> np.ndarray:
+    """A bundled model's best estimate of ``image``, as the suite runs it."""
     import torch
 
     from napari_emdiffuse.config import SampleConfig
@@ -94,8 +99,86 @@ def best_estimate(low: np.ndarray) -> np.ndarray:
 
     cfg = SampleConfig(sampler="dpmpp_2m", steps=2, samples=1, spacing="karras", tile_size=256, overlap=32, tile_batch=4, seed=1)
     with torch.inference_mode():
-        res = run_predict(resolve_model("emdiffuse-r"), low, sample=cfg, normaliser=fit_normaliser(low, name="image"), voxel=(0.005, 0.01, 0.01), device="cpu", estimate="best")
+        res = run_predict(resolve_model(model), image, sample=cfg, normaliser=fit_normaliser(image, name="image"), voxel=voxel, device="cpu", estimate="best")
     return np.asarray(res.mean, np.float32)
+
+
+def wiener_clean(plane: np.ndarray, sigma2: float) -> np.ndarray:
+    """``plane`` without its white noise of variance ``sigma2`` (a Wiener filter from its own
+    radially averaged spectrum): a synthetic truth's signal with the real slice's structure."""
+    p = np.asarray(plane, np.float64)
+    mean = p.mean()
+    f = np.fft.fft2(p - mean)
+    fy, fx = np.meshgrid(np.fft.fftfreq(p.shape[0]), np.fft.fftfreq(p.shape[1]), indexing="ij")
+    ring = np.minimum((np.hypot(fy, fx) * p.shape[0]).astype(int), p.shape[0]).ravel()
+    radial = np.bincount(ring, (np.abs(f) ** 2).ravel() / p.size) / np.maximum(np.bincount(ring), 1)
+    gain = np.clip(1 - sigma2 / np.maximum(radial[ring], 1e-12), 0, 1).reshape(p.shape)
+    return (np.real(np.fft.ifft2(f * gain)) + mean).astype(np.float32)
+
+
+def noise_curve(plane: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The noise variance of ``plane`` against intensity (each pixel's difference from its
+    neighbours' mean, in eight intensity bins of the smoothed plane), scaled so that its mean over
+    the plane is the measured variance (:func:`noise_variance`)."""
+    from scipy.ndimage import gaussian_filter
+
+    p = np.asarray(plane, np.float64)
+    diff = (p[1:-1, 1:-1] - (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) / 4).ravel()
+    level = gaussian_filter(p, 3)
+    inner = level[1:-1, 1:-1].ravel()
+    edges = np.quantile(inner, np.linspace(0, 1, 9))
+    bins = np.clip(np.searchsorted(edges, inner, side="right") - 1, 0, 7)
+    xs = np.array([inner[bins == k].mean() for k in range(8)])
+    vs = np.array([diff[bins == k].var() / 1.25 for k in range(8)])
+    scale = noise_variance(p)["used"] / np.interp(level, xs, vs).mean()
+    return lambda intensity: scale * np.interp(intensity, xs, vs)
+
+
+def patch_errors(sq: np.ndarray) -> np.ndarray:
+    """Mean squared error over the 16 px patches of planes ``(n, h, w)``, as ``(n, patches)``."""
+    n, h, w = sq.shape
+    return sq[:, : h // PATCH * PATCH, : w // PATCH * PATCH].reshape(n, h // PATCH, PATCH, w // PATCH, PATCH).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def oracle_aurocs(sq: np.ndarray) -> dict[str, list[float]]:
+    """Per draw of ``sq`` (draws, planes, patches): the AUROC, pooled and within each plane, of
+    each patch's expected error (its mean over the other draws) for that draw's worst 10 %."""
+    pooled, within = [], []
+    for d in range(len(sq)):
+        expected, err = np.delete(sq, d, axis=0).mean(axis=0), sq[d]
+        pooled.append(auroc(expected.ravel(), err.ravel() >= np.quantile(err, 0.9)))
+        within.append(float(np.mean([auroc(e, x >= np.quantile(x, 0.9)) for e, x in zip(expected, err)])))
+    return {"pooled": pooled, "within": within}
+
+
+def auroc_ceilings(n_draws: int) -> dict[str, dict]:
+    """The oracle's AUROC for EMDiffuse-r and both isotropic models on ``n_draws`` synthetic
+    truths each (:func:`wiener_clean` plus noise by :func:`noise_curve`), and their best
+    estimates' PSNR, scored as the suite scores, to set beside the real one."""
+    from napari_emdiffuse.data.degrade import decimate_z, psf_bin, to_unit
+
+    fib = to_unit(_fibsem())
+    planes = {"sr": fib[SR_TEST], "iso": [fib[(z, *ISO_WINDOW)] for z in range(ISO_TEST[0].start, ISO_TEST[0].stop)]}
+    signal = {"sr": np.stack([wiener_clean(t, noise_variance(t)["used"]) for t in planes["sr"]]),
+              "iso": np.stack([wiener_clean(fib[z], noise_variance(fib[(z, *ISO_WINDOW)])["used"])[ISO_TEST[1:]] for z in range(ISO_TEST[0].start, ISO_TEST[0].stop)])}
+    curves = {k: [noise_curve(t) for t in v] for k, v in planes.items()}
+    removed = [z for z in range(len(signal["iso"])) if z % 4]
+    runs = {"sr": ("emdiffuse-r", lambda t: psf_bin(t, 2), (0.005, 0.01, 0.01), slice(None)),
+            "iso_i": ("vemdiffuse-i", lambda t: decimate_z(t, 4), (0.02, 0.005, 0.005), removed),
+            "iso_a": ("vemdiffuse-a", lambda t: decimate_z(t, 4), (0.02, 0.005, 0.005), removed)}
+    out = {}
+    for key, (model, degrade, voxel, scored) in runs.items():
+        kind = "sr" if key == "sr" else "iso"
+        sq, psnrs = [], []
+        for d in range(n_draws):
+            rng = np.random.default_rng([5000, d])
+            truth = np.stack([s + rng.normal(size=s.shape) * np.sqrt(c(s)) for s, c in zip(signal[kind], curves[kind])]).astype(np.float32)
+            err = ((best_estimate(degrade(truth), model, voxel).astype(np.float64) - truth) ** 2)[scored]
+            sq.append(patch_errors(err))
+            psnrs.append(float(np.mean([psnr(e.mean()) for e in err])) if kind == "sr" else psnr(float(err.mean())))
+            print(f"{model}: draw {d + 1}/{n_draws}, best estimate {psnrs[-1]:.2f} dB", flush=True)
+        out[key] = {"model": model, "psnr": float(np.mean(psnrs)), **oracle_aurocs(np.array(sq))}
+    return out
 
 
 def suite_rows() -> dict[str, dict[str, float]]:
@@ -112,6 +195,8 @@ def suite_rows() -> dict[str, dict[str, float]]:
                 "baseline": next(r["psnr"] for r in rows if r["method"] == base),
                 "best": next(r["psnr"] for r in rows if r["kind"] == "best"),
                 **{"regression": r["psnr"] for r in rows if r["kind"] == "care"},
+                "auroc": data[key]["uncertainty"].get("auroc_patches"),
+                "auroc_within": data[key]["uncertainty"].get("auroc_within_planes"),
             }
     return out
 
@@ -187,9 +272,40 @@ def report(r: dict) -> str:
                          f"{np.sqrt(iso['noise_median']):.3f}), best estimate {s['best']:.2f} dB, linear interpolation {s['baseline']:.2f} dB "
                          f"(the suite's last run): at most {iso['bound'] - s['baseline']:+.2f} dB over linear is possible, "
                          f"{s['best'] - s['baseline']:+.2f} dB is reached.")
+    au = r["auroc"]
     lines += [
         "",
-        "Command: `python benchmarks/study_quality_ceiling.py`",
+        "**How well could any error map find the worst patches?** On synthetic truths made like the test data (each "
+        "test slice with its noise removed by a Wiener filter from its own spectrum, plus fresh noise of its measured "
+        f"variance, varying with intensity as the slice's does; {len(next(iter(au.values()))['pooled'])} draws), the bundled "
+        "models ran on each draw, and an oracle scored each patch by its expected error (its mean squared error over the "
+        "other draws): everything about a patch but the luck of the truth's noise, which no map can know. AUROC for each "
+        "draw's worst 10 % of 16 px patches (the issue asks 0.8):",
+        "",
+        "| model | synthetic best estimate (real) | oracle, pooled | oracle, within planes | bundled map on the real test, pooled / within planes |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, a in au.items():
+        real = suite.get(key, {})
+        shown = f"{real['auroc']:.2f} / {real['auroc_within']:.2f}" if real.get("auroc") is not None else "–"
+        lines.append(f"| `{a['model']}` | {a['psnr']:.2f} dB ({real.get('best', float('nan')):.2f} dB) | {np.mean(a['pooled']):.2f} | "
+                     f"{np.mean(a['within']):.2f} | {shown} |")
+    sr_within = np.mean(au["sr"]["within"])
+    iso = [np.mean(au[k][w]) for k in ("iso_i", "iso_a") for w in ("pooled", "within")]
+    iso_low, iso_high = min(iso), max(iso)
+    iso_map = max((suite[k][w] for k in ("iso_i", "iso_a") if k in suite for w in ("auroc", "auroc_within") if suite[k][w] is not None), default=float("nan"))
+    lines += [
+        "",
+        ("Within a plane, EMDiffuse-r's worst patches are mostly the luck of the noise: even the oracle stays at "
+         f"{sr_within:.2f}, so no error map can meet 0.8 there (pooled over planes, where a noisier slice stands out, the "
+         "bundled map already does). " if sr_within < 0.8 else "")
+        + (f"The isotropic models' errors are set more by content: the oracle reaches {iso_low:.2f}-{iso_high:.2f} pooled and "
+           f"within planes, where the bundled map reaches {iso_map:.2f} at most on the real test: "
+           + ("a better estimator of each patch's error could meet the target there." if iso_low >= 0.8 else
+              "even so, not 0.8 everywhere; a better estimator of each patch's error would gain most there."))
+        + " (The oracle's expected error is itself a mean over the other draws, which lowers its AUROC a little.)",
+        "",
+        f"Command: `python benchmarks/study_quality_ceiling.py --draws {len(next(iter(au.values()))['pooled'])}`",
     ]
     return "\n".join(lines)
 
@@ -197,8 +313,11 @@ def report(r: dict) -> str:
 def main() -> None:
     import torch
 
-    args = study_args(__doc__, threads=1)
-    r = {"sr": sr_ceiling(), "iso": iso_ceiling(), "suite": suite_rows(), "machine": machine(torch.device("cpu")), "load_average": load_average()}
+    args = study_args(__doc__, threads=1, add=lambda ap: ap.add_argument("--draws", type=int, default=16))
+    if args.draws < 3:
+        sys.exit("study_quality_ceiling.py: --draws must be at least 3")
+    r = {"sr": sr_ceiling(), "iso": iso_ceiling(), "suite": suite_rows(), "auroc": auroc_ceilings(args.draws),
+         "machine": machine(torch.device("cpu")), "load_average": load_average()}
     publish(report(r), r, RESULT, None if args.no_doc else "study_quality_ceiling", DOC)
 
 

@@ -255,3 +255,24 @@ def test_a_2x_binned_input_leaves_three_quarters_of_white_noise_unrecorded():
     noise = np.random.default_rng(1).normal(size=(n * n, 400))
     recorded = a.T @ np.linalg.lstsq(a @ a.T, a @ noise, rcond=None)[0]  # projection onto the input's span
     assert np.mean((noise - recorded) ** 2) == pytest.approx(study.UNRECORDED_SR2, rel=0.03)
+
+
+def test_the_ceiling_studys_synthetic_truths_and_oracle():
+    """The Wiener filter takes the white noise off a smooth image (what the synthetic truths are
+    built on); the noise curve keeps the measured variance on average; the oracle finds errors set
+    by content (the same patches every draw) and not those that are luck."""
+    study = pytest.importorskip("study_quality_ceiling")
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    signal = gaussian_filter(rng.normal(size=(256, 256)), 3.0) * 2 + 0.5
+    noisy = signal + 0.07 * rng.normal(size=signal.shape)
+    cleaned = study.wiener_clean(noisy, 0.07**2)
+    assert np.mean((cleaned - signal) ** 2) < 0.2 * 0.07**2
+    curve = study.noise_curve(noisy)
+    assert curve(gaussian_filter(noisy, 3)).mean() == pytest.approx(study.noise_variance(noisy)["used"], rel=1e-6)
+    content = rng.gamma(2.0, size=(2, 50))  # each patch's expected error, the same in every draw
+    by_content = content[None] * rng.uniform(0.95, 1.05, size=(8, 2, 50))
+    luck = rng.gamma(2.0, size=(8, 2, 50))
+    assert min(study.oracle_aurocs(by_content)["within"]) > 0.95
+    assert abs(np.mean(study.oracle_aurocs(luck)["pooled"]) - 0.5) < 0.15

@@ -28,6 +28,11 @@ Three steps, each measured in ``benchmarks/bench_suite.py`` / ``bench_calibratio
   models' calibration region (FIB-SEM slices 65-129, rows 448-511) and checked on the other:
   0.75 against 0.75 for vEMDiffuse-i and 0.75 against 0.71 for vEMDiffuse-a (worst 10 % of 16 px
   patches; within each plane 0.745 against 0.738 and 0.722 against 0.719), short of 0.8 either way.
+  Where there is room: on synthetic truths made like the FIB-SEM test data, an oracle that knows
+  each patch's expected error reaches 0.88-0.89 pooled and 0.83 within planes for the isotropic
+  models (content sets their errors: room for a better estimator), but 0.65 within planes for
+  EMDiffuse-r, whose error is nearly all the truth's unrecorded noise (no map can reach 0.8 there;
+  pooled it does, 0.93; ``benchmarks/study_quality_ceiling.py``, docs/benchmarks-ceiling.md).
 - **Calibration (split conformal; Angelopoulos et al., ICML 2022).** At the end of training the
   ratios ``|estimate - truth| / u`` over held-out calibration pixels give, for every miscoverage
   ``alpha``, the scale ``q(alpha)`` such that ``estimate +- q u`` holds the truth at ``1 - alpha``
