@@ -30,7 +30,7 @@ filter from its own spectrum, plus fresh noise of its measured variance, varying
 as the slice's does), ``--draws`` times, the bundled model runs on each draw as the suite runs
 it, and an oracle scores each patch by its expected error, its mean squared error over the other
 draws (as ``study_error_map_ceiling.py`` does for EMDiffuse-n). The synthetic data are as hard
-as the real: their best estimates score within 0.2 dB of the real ones, and EMDiffuse-r's error
+as the real: their best estimates score within 0.25 dB of the real ones, and EMDiffuse-r's error
 is nearly all unrecorded noise on both (its best estimate lies at the bound above).
 
     python benchmarks/study_quality_ceiling.py [--draws 16] [--no-doc]

@@ -104,7 +104,22 @@ def test_a_foreign_ome_tiff_in_pixels_has_no_pixel_size(tmp_path):
     img = read_image(tmp_path / "xy.ome.tif")
     assert img.voxel == (1.0, 1.0, 1.0) and known_pixel_um(img.voxel) is None
     tifffile.imwrite(tmp_path / "z.ome.tif", np.zeros((3, 32, 32), np.uint16), ome=True, metadata={**meta, "PhysicalSizeZ": 5.0, "PhysicalSizeZUnit": "pixel"})
-    assert read_image(tmp_path / "z.ome.tif").voxel == (5.0, 1.0, 1.0)
+    img = read_image(tmp_path / "z.ome.tif")
+    assert img.voxel == (5.0, 1.0, 1.0) and img.meta["voxel_unit"] == "pixel"  # info says pixels, not 5 µm
+
+
+def test_info_tells_a_z_spacing_in_pixels_from_one_in_micrometres(tmp_path, capsys):
+    """A voxel whose x size is unknown holds its z spacing in µm (an ImageJ stack with a spacing
+    and no x/y resolution) or in x pixels (a file in no length): info printed both as µm."""
+    from napari_emdiffuse.cli import main
+
+    a = _stack(np.uint8, (3, 20, 30))
+    tifffile.imwrite(tmp_path / "um.tif", a, imagej=True, metadata={"spacing": 0.05, "unit": "um"})
+    tifffile.imwrite(tmp_path / "px.tif", a, imagej=True, resolution=(2, 2), metadata={"spacing": 5, "unit": "pixel"})
+    assert main(["info", str(tmp_path / "um.tif")]) == 0
+    assert "voxel:    50 x ? x ? nm (y, x unknown)" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "px.tif")]) == 0
+    assert "voxel:    10 x 1 x 1 pixels (no pixel size recorded: the voxel's shape in x pixels)" in capsys.readouterr().out
 
 
 def test_ome_tiff_with_singleton_channel_and_nanometres(tmp_path):

@@ -14,12 +14,16 @@ from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 from .normalise import check_grey
 
 
-def _voxel_text(voxel: tuple[float, ...]) -> str:
+def _voxel_text(voxel: tuple[float, ...], in_pixels: bool = False) -> str:
     """Micrometres as nm when small, e.g. ``50 x 4 x 4 nm``. A size of 1 is the readers'
     placeholder for one the file does not record, not 1 µm: said to be unknown, on every axis
-    or on those it holds (``? x 4 x 4 nm (z unknown)``, a stack whose slice spacing is not recorded)."""
+    or on those it holds (``? x 4 x 4 nm (z unknown)``, a stack whose slice spacing is not recorded).
+    ``in_pixels``: the file records no length, only the voxel's shape in x pixels (a z spacing in
+    pixels, the reader's ``voxel_unit`` "pixel")."""
     if all(v == 1.0 for v in voxel):
         return "unknown (not recorded in the file: 1 per pixel)"
+    if in_pixels:
+        return " x ".join(f"{v:g}" for v in voxel) + " pixels (no pixel size recorded: the voxel's shape in x pixels)"
     known = [v for v in voxel if v != 1.0]
     nm = all(v < 1.0 for v in known)
     text = " x ".join("?" if v == 1.0 else f"{v * 1e3:g}" if nm else f"{v:g}" for v in voxel) + (" nm" if nm else " µm")
@@ -253,7 +257,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"dtype:    {data.dtype}",
         *([f"colour:   {img.meta['colour']} ({data.shape[-1]} samples per pixel), not one grey value: convert it to greyscale to enhance it"] if img.meta.get("colour") else []),
         *([f"planes:   {img.meta['planes_as']}"] if img.meta.get("planes_as") else []),
-        f"voxel:    {_voxel_text(tuple(img.voxel[:-1] if img.meta.get('colour') else img.voxel))}",  # a sample is no distance
+        f"voxel:    {_voxel_text(tuple(img.voxel[:-1] if img.meta.get('colour') else img.voxel), img.meta.get('voxel_unit') == 'pixel')}",  # a sample is no distance
         f"chunks:   {tuple(int(c) for c in chunks) if chunks else 'none'}",
         f"size:     {nbytes / 2**20:.1f} MiB uncompressed",
         *_provenance_lines(img.meta.get("provenance") or {}, ndim=placed(args.file, img, dataset=args.dataset, quiet=True).ndim),

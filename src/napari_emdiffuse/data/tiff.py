@@ -301,12 +301,15 @@ def read_tiff(path: Path) -> Image:
         axes, colour = layout.axes, layout.colour
         data = lazy(arr, path)[layout.index].transpose(layout.order)
         grey = data.ndim - (colour is not None)  # the axes before a multi-sample image's samples
-        voxel = None
+        voxel, in_pixels = None, False
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
             voxel = ome_voxel(tf.ome_metadata, spatial) if len(spatial) == grey else None
+            in_pixels = voxel is not None and voxel[0] != 1.0 and f'PhysicalSizeZUnit="{PIXEL_UNIT}"' in tf.ome_metadata
         if voxel is None:
             voxel = _tiff_voxel(tf, grey) if grey in (2, 3) else (1.0,) * grey
+            ij = tf.imagej_metadata
+            in_pixels = bool(ij) and imagej_um_per_unit(ij) is None and voxel != (1.0,) * grey
         voxel = (*voxel, *(1.0,) * (data.ndim - grey))  # a sample is no distance
     except InputError:
         raise
@@ -317,6 +320,8 @@ def read_tiff(path: Path) -> Image:
         meta["colour"] = colour
     if layout.planes_as is not None:
         meta["planes_as"] = layout.planes_as
+    if in_pixels:  # no length is known, only the voxel's shape in x pixels (a z spacing in pixels)
+        meta["voxel_unit"] = PIXEL_UNIT
     return Image(data, tuple(float(v) for v in voxel), path, meta=meta)
 
 
