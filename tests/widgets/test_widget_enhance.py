@@ -16,6 +16,16 @@ def _open(viewer):
     return widget
 
 
+def _one_step(w, variant: str, layer):
+    """The Enhance panel set to run ``variant`` on ``layer`` quickly: 1 step, 2 samples, CPU."""
+    w.variant.setCurrentIndex(w.variant.findData(variant))
+    w.image.select(layer)
+    w.steps.setValue(1)
+    w.samples.setValue(2)
+    w.device.setCurrentText("cpu")
+    return w
+
+
 def _four_nm_model(tiny_model: Path, folder: Path) -> Path:
     """A copy of the tiny model that says it learnt from 4 nm pixels, offered in Enhance's list."""
     import json
@@ -488,7 +498,7 @@ def test_a_reopened_result_of_an_input_without_a_pixel_size_is_enhanced_without_
 
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])
 @pytest.mark.parametrize("again", ["denoise", "superres"])
-def test_a_result_of_a_reopened_result_without_a_pixel_size_reopens_where_it_is_shown(make_napari_viewer, isbi, untrained_model, tmp_path, notes, again, suffix):
+def test_a_result_of_a_reopened_result_without_a_pixel_size_reopens_where_it_is_shown(make_napari_viewer, isbi, untrained_model, tmp_path, notes, again, suffix, whole_run):
     """Review s16 N1: a result made from a reopened 2x super-resolution TIFF of an input without a
     pixel size (shown at 0.5 of napari's pixels) lay over it in the session, but recorded its
     ``sampling`` and origin in that TIFF's own pixels, which the reader takes as shown at 1:
@@ -503,14 +513,7 @@ def test_a_result_of_a_reopened_result_without_a_pixel_size_reopens_where_it_is_
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(tmp_path / "sr.tif"), plugin="napari-emdiffuse")
     MODELS.add(untrained_model(again), "disk")
-    w = _open(viewer)
-    w.variant.setCurrentIndex(w.variant.findData(again))
-    w.image.select(layer)
-    w.scope.setCurrentIndex(w.scope.findData("whole"))
-    w.steps.setValue(1)
-    w.samples.setValue(2)
-    w.device.setCurrentText("cpu")
-    w.zarr_path.setText(str(tmp_path / f"again{suffix}"))
+    w = whole_run(_open(viewer), again, layer, tmp_path / f"again{suffix}")
     w.run()
     assert len(w.result_layers) == 2, w.controls.status.text()
     shown = {out.name.rpartition(": ")[2]: out for out in w.result_layers}  # by what it shows: the file names the reopened
@@ -535,12 +538,7 @@ def test_a_z_spacing_set_without_units_is_still_checked_against_an_isotropic_mod
     viewer = make_napari_viewer()
     layer = viewer.add_image(isbi[:3, :16, :16], name="em", scale=(5.0, 1.0, 1.0))
     MODELS.add(untrained_model("iso_i"), "disk")
-    w = _open(viewer)
-    w.variant.setCurrentIndex(w.variant.findData("iso_i"))
-    w.image.select(layer)
-    w.steps.setValue(1)
-    w.samples.setValue(2)
-    w.device.setCurrentText("cpu")
+    w = _one_step(_open(viewer), "iso_i", layer)
     plan = w.plan()
     assert plan.voxel == (1.0, 1.0, 1.0) and plan.sampling == (5.0, 1.0, 1.0)
     assert [str(u) for u in plan.placement.units] == ["pixel"] * 3
@@ -723,12 +721,7 @@ def test_a_mirrored_layer_is_refused_up_front_in_one_line_naming_it(make_napari_
     viewer = make_napari_viewer()
     layer = viewer.add_image(isbi[:2, :16, :16], name="em", scale=(1.0, -4.0, 4.0), units=(units,) * 3)
     MODELS.add(untrained_model("denoise"), "disk")
-    w = _open(viewer)
-    w.variant.setCurrentIndex(w.variant.findData("denoise"))
-    w.image.select(layer)
-    w.steps.setValue(1)
-    w.samples.setValue(2)
-    w.device.setCurrentText("cpu")
+    w = _one_step(_open(viewer), "denoise", layer)
     w.run()
     [error] = notes.messages("error")
     assert error == (
