@@ -158,9 +158,10 @@ def auroc_ceilings(n_draws: int) -> dict[str, dict]:
     from napari_emdiffuse.data.degrade import decimate_z, psf_bin, to_unit
 
     fib = to_unit(_fibsem())
-    planes = {"sr": fib[SR_TEST], "iso": [fib[(z, *ISO_WINDOW)] for z in range(ISO_TEST[0].start, ISO_TEST[0].stop)]}
+    zs = range(ISO_TEST[0].start, ISO_TEST[0].stop)
+    planes = {"sr": fib[SR_TEST], "iso": [fib[(z, *ISO_WINDOW)] for z in zs]}
     signal = {"sr": np.stack([wiener_clean(t, noise_variance(t)["used"]) for t in planes["sr"]]),
-              "iso": np.stack([wiener_clean(fib[z], noise_variance(fib[(z, *ISO_WINDOW)])["used"])[ISO_TEST[1:]] for z in range(ISO_TEST[0].start, ISO_TEST[0].stop)])}
+              "iso": np.stack([wiener_clean(fib[z], noise_variance(w)["used"])[ISO_TEST[1:]] for z, w in zip(zs, planes["iso"])])}
     curves = {k: [noise_curve(t) for t in v] for k, v in planes.items()}
     removed = [z for z in range(len(signal["iso"])) if z % 4]
     runs = {"sr": ("emdiffuse-r", lambda t: psf_bin(t, 2), (0.005, 0.01, 0.01), slice(None)),
