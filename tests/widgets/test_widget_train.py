@@ -99,19 +99,22 @@ def test_the_train_widget_exports_the_chosen_model_to_bioimageio(make_napari_vie
 def test_train_says_when_the_model_will_record_no_pixel_size(make_napari_viewer, isbi, voxel, notes):
     """Train was silent when the layer it learns from has no pixel size, and the model recorded
     none (later inputs then go unchecked). It says so, naming the layer and how to give it one; a
-    scale without a length unit is a warning that it only places the layer."""
-    said = {}
-    for case, geometry in (("scaled", {"scale": (0.05, 0.004, 0.004)}), ("default", {}), ("sized", {"scale": voxel, "units": ("micrometer",) * 3})):
+    scale without a length unit is a warning that it only places the layer. A mirrored layer
+    (negative scale) has pixels of its scale's size: it records them, and says nothing (it said
+    its pixels were 1 µm across and recorded none)."""
+    said, mirrored = {}, (voxel[0], voxel[1], -voxel[2])
+    for case, geometry in (("scaled", {"scale": (0.05, 0.004, 0.004)}), ("default", {}), ("sized", {"scale": voxel, "units": ("micrometer",) * 3}),
+                           ("mirrored", {"scale": mirrored, "units": ("micrometer",) * 3})):
         viewer = make_napari_viewer()
         viewer.add_image(isbi[:2, :64, :64], name="clean", **geometry)
         w = _open(viewer)
         w.source.setCurrentIndex(w.source.findData("simulate"))
         _tiny(w)
         before = {level: len(notes.messages(level)) for level in ("info", "warning")}
-        assert (w.plan().pixel_um is None) == (case != "sized")
+        assert w.plan().pixel_um == (pytest.approx(voxel[-1]) if case in ("sized", "mirrored") else None)
         said[case] = {level: notes.messages(level)[before[level] :] for level in ("info", "warning")}
     [warning] = said["scaled"]["warning"]
     assert warning.startswith("layer 'clean': its scale 0.05 x 0.004 x 0.004 has no length unit, so it places the layer but is no pixel size, and the model will record none")
     [info] = said["default"]["info"]
     assert info.startswith("layer 'clean' has no pixel size, so the model will record none") and "viewer.layers['clean'].units = 'nm'" in info
-    assert said["sized"] == {"info": [], "warning": []}
+    assert said["sized"] == said["mirrored"] == {"info": [], "warning": []}

@@ -198,15 +198,17 @@ class Placement:
 
         per_unit = [unit_to_um(u) for u in self.units]
         lengths = [f for f in per_unit if f is not None]
-        if len(lengths) < len(per_unit) or known_pixel_um([float(s) * f for s, f in zip(self.scale, lengths)]) is None:
+        if len(lengths) < len(per_unit) or known_pixel_um([abs(float(s)) * f for s, f in zip(self.scale, lengths)]) is None:
             return None
         return tuple(lengths)
 
     def voxel_um(self) -> tuple[float, ...]:
         """The voxel size in µm, the jobs' unit, per axis; 1 (unknown, as a file without a pixel
-        size reads) where the pixel size is not known."""
+        size reads) where the pixel size is not known. A mirrored axis (a negative scale) has
+        pixels as large as unmirrored: what Train records (Enhance and the writer refuse such a
+        layer, :meth:`mirror_refusal`, as they must place what they write)."""
         per_unit = self._um_per_unit()
-        return tuple(float(s) * f for s, f in zip(self.scale, per_unit)) if per_unit else (1.0,) * len(self.scale)
+        return tuple(abs(float(s)) * f for s, f in zip(self.scale, per_unit)) if per_unit else (1.0,) * len(self.scale)
 
     def position_um(self, values: Sequence[float]) -> tuple[float, ...]:
         """A position in this placement's world (a result's first pixel) in the jobs' unit: µm
