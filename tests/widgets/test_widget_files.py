@@ -107,6 +107,33 @@ def test_an_existing_result_is_refused_without_overwrite(make_napari_viewer, em_
     assert not any(layer in viewer.layers for layer in first) and all(layer in viewer.layers for layer in w.result_layers)
 
 
+def test_a_plain_rerun_names_the_killed_runs_store_that_overwrite_would_discard(make_napari_viewer, em_tiff, tiny_model, open_dock, cancel_part_way):
+    """Beside a stopped run's em_enhanced.partial.zarr, a killed run left its store. Enhance's own
+    check said only "tick 'Resume' to continue it, or 'Overwrite' to start again", not that
+    Overwrite also discards the killed run's store; it now refuses in prediction's words, each
+    store named, every flag a tick box. Nothing is touched."""
+    import shutil
+    import subprocess
+    import sys
+
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    forward = cancel_part_way(w, 3)
+    w.run()
+    partial = em_tiff.with_name("em_enhanced.partial.zarr")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = em_tiff.with_name(f".em_enhanced.zarr.tmp-{dead.pid}-abc")
+    shutil.copytree(partial, killed)  # as a run killed after its first block leaves it
+    stamps = {p: sorted((q.name, q.stat().st_mtime_ns) for q in p.rglob("*")) for p in (partial, killed)}
+    w.controls.runner._on_event = forward
+    w.run()
+    message = w.controls.status.text()
+    assert message.startswith(f"{partial}: a stopped run's unfinished result is here (1 finished block), and the store a killed run left beside it, {killed.name} (1 finished block)")
+    assert "tick 'Resume'" in message and "tick 'Overwrite' to start again, which discards it" in message and "--" not in message
+    assert {p: sorted((q.name, q.stat().st_mtime_ns) for q in p.rglob("*")) for p in (partial, killed)} == stamps
+
+
 def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewer, em_tiff, tiny_model, open_dock, cancel_part_way):
     viewer = make_napari_viewer()
     w = _enhance(viewer, open_dock, em_tiff, tiny_model)

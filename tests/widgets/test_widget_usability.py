@@ -503,6 +503,23 @@ def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model
     assert not bad, bad
 
 
+@pytest.mark.parametrize(
+    ("core", "shown"),
+    [
+        ("o.zarr: add --resume to continue it, or --overwrite to start again", "o.zarr: tick 'Resume' to continue it, or tick 'Overwrite' to start again"),
+        ("x; --overwrite also discards k (--resume --overwrite continues it instead)", "x; 'Overwrite' also discards k (ticking 'Resume' and 'Overwrite' continues it instead)"),
+        ("p: --resume continues one store; or start again with --overwrite instead of --resume", "p: 'Resume' continues one store; or start again with 'Overwrite' instead of 'Resume'"),
+    ],
+)
+def test_the_commands_flags_read_as_the_widgets_tick_boxes(core, shown):
+    """Prediction's refusals name its flags; in a widget they are tick boxes. Only "add --flag"
+    and "or --flag" became "tick '...'": a flag named in a sentence stayed "--overwrite", and
+    "--resume --overwrite" read "--resume tick 'Overwrite'"."""
+    from napari_emdiffuse._widgets._common import plain_words
+
+    assert plain_words(core) == shown and not PLAIN.search(plain_words(core))
+
+
 def test_a_reopened_result_is_not_guessed_as_the_next_input(make_napari_viewer, isbi, voxel, tiny_model, tmp_path):
     """Opening a saved result made the Enhance picker guess its upper bound as the next input
     (the GUI walk of 2026-12-07): a reopened prediction store's layers count as results."""

@@ -162,8 +162,12 @@ def plain_words(message: str, names: Mapping[str, str] | None = None) -> str:
     labels (default :data:`SETTING_NAMES`; the Presets panel, which shows the JSON, keeps the
     keys). A message is capitalised only where it starts with a word, never a key or a name.
     """
-    for flag, box in (("overwrite", "Overwrite"), ("resume", "Resume")):  # the command's flags are the widgets' tick boxes
-        message = re.sub(rf"\b(add |or )?--{flag}\b", lambda m, box=box: f"{'or ' if m.group(1) == 'or ' else ''}tick '{box}'", message)
+    # the command's flags are the widgets' tick boxes: "add --resume" reads "tick 'Resume'", a flag
+    # named as the subject or object of a sentence ("--overwrite also discards") the box's name
+    message = re.sub(r"(?<![\w-])--resume --overwrite\b", "ticking 'Resume' and 'Overwrite'", message)
+    for flag, box in (("overwrite", "Overwrite"), ("resume", "Resume")):
+        message = re.sub(rf"\b(add|or) --{flag}\b", lambda m, box=box: f"{'or ' if m.group(1) == 'or' else ''}tick '{box}'", message)
+        message = re.sub(rf"(?<![\w-])--{flag}\b", f"'{box}'", message)
     for key, label in (SETTING_NAMES if names is None else names).items():
         message = re.sub(rf"(^|; ){re.escape(key)}: ", rf"\g<1>{label}: ", message)
     if re.match(r"[a-z]+([ ,]|$)", message):

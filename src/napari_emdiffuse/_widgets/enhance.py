@@ -841,9 +841,10 @@ def default_file_output(path: Path | None) -> Path | None:
 def check_output(output: Path | None, inputs: list[Path], overwrite: bool, resume: bool, from_file: bool) -> None:
     """Refuse a result path now, in plain words, rather than after the run: a run from a file
     writes zarr; an existing result is replaced only with Overwrite; a cancelled run's partial
-    result is continued with Resume or replaced with Overwrite, never silently."""
-    from ..data.safe_output import check_new_output
-    from ..jobs.predict_output import OutputNames
+    result is continued with Resume or replaced with Overwrite, never silently. The refusals are
+    prediction's own (they name every store at stake: a stopped run's, killed runs'), which
+    :func:`._common.plain_words` puts in the widget's words."""
+    from ..jobs.predict_output import OutputNames, check_new_output_beside, stopped_run_refusal
 
     if output is None:
         if resume:
@@ -854,9 +855,8 @@ def check_output(output: Path | None, inputs: list[Path], overwrite: bool, resum
         raise InputError(f"{output}: a run from a file writes OME-Zarr; give the result a name ending in .zarr")
     if resume and not store:
         raise InputError(f"{output}: 'Resume' continues a result saved as zarr; give a name ending in .zarr")
-    check_new_output(output, inputs, overwrite)
-    partial = OutputNames.partial(output) if store else None
-    if partial is not None and partial.exists() and not (resume or overwrite):
-        raise InputError(
-            f"{partial} holds a cancelled run's finished part: tick 'Resume' to continue it, or 'Overwrite' to start again"
-        )
+    check_new_output_beside(output, output, inputs, overwrite)
+    if store and not (resume or overwrite):
+        if stopped := stopped_run_refusal(output):
+            raise InputError(stopped)
+        check_new_output_beside(OutputNames.partial(output), output, inputs, overwrite)  # a partial store of no stopped run's

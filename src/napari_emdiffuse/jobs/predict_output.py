@@ -379,19 +379,12 @@ class PredictionOutput:
         for p in self.stale:  # removed with --overwrite only when we made it: a name alone says nothing
             if p.is_file() and not _made_by_us(p):
                 raise InputError(f"{p}: named like a part of this result but not written by {SOFTWARE}; move or rename it, or choose another output name")
-        if not (self.resume or self.overwrite or any(p.exists() for p in names)) and partial.is_dir() and (own_attrs(partial) or {}).get("complete") is False:
-            # a stopped run's store (and no result it could become, which is refused first, below): said so, with what
-            # --resume and --overwrite would do to it and beside it
-            raise InputError(_stopped_run_left(partial, _killed_stores(self.names.mean)))
+        if not (self.resume or self.overwrite or any(p.exists() for p in names)) and (stopped := stopped_run_refusal(self.names.mean)):
+            # a stopped run's store (and no result it could become, which is refused first, below)
+            raise InputError(stopped)
         for p in every + self.stale:
             if not (self.resume and p == partial):
-                try:
-                    check_new_output(p, self.inputs, self.overwrite)
-                except InputError as err:  # the way out it offers, --overwrite, would discard killed runs' work too: named
-                    left = [] if self.overwrite else _killed_stores(self.names.mean)
-                    if not left:
-                        raise
-                    raise InputError(f"{err}; {_overwrite_discards(self.names.mean, left)}") from None
+                check_new_output_beside(p, self.names.mean, self.inputs, self.overwrite)
         # taking over a dead run's lock removes its temporaries, except a store it was writing:
         # its finished blocks are work a user may want to resume, decided below
         cleared = [p for p in every if not (self.names.store and p == self.names.mean)]
@@ -625,6 +618,29 @@ def _killed_stores(final: Path, dead: Sequence[Path] | None = None) -> list[Path
     dead = _dead_temps(final) if dead is None else dead
     killed = [p for p in dead if not p.name.endswith(REMOVING) and own_attrs(p) is not None and blocks_done(p) != 0]
     return sorted(killed, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def stopped_run_refusal(final: Path) -> str | None:
+    """The refusal of a plain rerun (neither ``--resume`` nor ``--overwrite``) writing store
+    ``final`` where a stopped run left ``OUT.partial.zarr`` (:func:`_stopped_run_left`); None where
+    it did not. Prediction's and the Enhance widget's check, before anything is computed."""
+    partial = OutputNames.partial(final)
+    if partial.is_dir() and (own_attrs(partial) or {}).get("complete") is False:
+        return _stopped_run_left(partial, _killed_stores(final))
+    return None
+
+
+def check_new_output_beside(path: Path, final: Path, inputs: Sequence[Path | None], overwrite: bool) -> None:
+    """:func:`..data.safe_output.check_new_output` for ``path``, a file of the result ``final``:
+    where it refuses, and the way out it offers (``--overwrite``) would also discard the stores
+    killed runs left beside ``final``, the refusal names them (:func:`_overwrite_discards`)."""
+    try:
+        check_new_output(path, list(inputs), overwrite)
+    except InputError as err:
+        left = [] if overwrite else _killed_stores(final)
+        if not left:
+            raise
+        raise InputError(f"{err}; {_overwrite_discards(final, left)}") from None
 
 
 def _stopped_run_left(partial: Path, killed: Sequence[Path]) -> str:
