@@ -86,11 +86,13 @@ def read_paths(path: str | Sequence[str]) -> list[LayerData]:
     return layers
 
 
-def geometry_kwargs(voxel: Sequence[float], translate: Sequence[float] | None = None) -> dict[str, Any]:
-    """Layer keyword arguments for a voxel size in µm; an uncalibrated one (all 1) stays in pixels."""
+def geometry_kwargs(voxel: Sequence[float], translate: Sequence[float] | None = None, in_pixels: bool = False) -> dict[str, Any]:
+    """Layer keyword arguments for a voxel size in µm; an uncalibrated one (all 1) stays in pixels.
+    ``in_pixels``: the voxel is a shape in x pixels (a file in no length unit, whose reading
+    records ``voxel_unit`` "pixel"): napari's "pixel" unit, never µm (its 10 px z spacing showed as 10 µm)."""
     out: dict[str, Any] = {}
     if not all(v == 1.0 for v in voxel):
-        out = {"scale": tuple(float(v) for v in voxel), "units": ("micrometer",) * len(voxel)}
+        out = {"scale": tuple(float(v) for v in voxel), "units": ("pixel" if in_pixels else "micrometer",) * len(voxel)}
     if translate is not None and any(translate):
         out["translate"] = tuple(float(t) for t in translate)
     return out
@@ -196,6 +198,7 @@ def placed(path: str | Path, image: Any, data: Any = None, dataset: str | None =
     store's). A malformed record is left out, and said in one warning unless ``quiet`` (``emdiffuse
     info`` says it in its own words)."""
     from .data.formats import split_dataset
+    from .data.tiff import PIXEL_UNIT
 
     file, inner = split_dataset(path)
     dataset = dataset or inner
@@ -208,7 +211,7 @@ def placed(path: str | Path, image: Any, data: Any = None, dataset: str | None =
         voxel, position, window = image.voxel, None, None
     if image.meta.get("colour"):  # placed by the axes before its samples
         voxel, position = voxel[:-1], None if position is None else position[:-1]
-    kwargs = geometry_kwargs(voxel, position)
+    kwargs = geometry_kwargs(voxel, position, in_pixels=image.meta.get("voxel_unit") == PIXEL_UNIT)
     sampling = _recorded_sampling(file, image, len(voxel), quiet)
     if sampling is not None:  # its own scale and position are in its own pixels: in its world's
         kwargs["scale"] = tuple(float(s) * f for s, f in zip(kwargs.get("scale", (1.0,) * len(voxel)), sampling))

@@ -70,6 +70,24 @@ def test_pixel_layers_stay_in_pixels(tmp_path):
     assert "scale" not in kwargs and "units" not in kwargs
 
 
+@pytest.mark.parametrize("resolution", [(1.0, 1.0), (1.0, 0.5)])
+def test_a_file_in_no_length_unit_opens_in_pixels_not_micrometres(tmp_path, resolution):
+    """An ImageJ stack in the unit 'pixel' (z spacing 10, y pixels maybe twice the x) has its
+    voxel's shape in x pixels, and info says so; the reader gave it napari's units of µm (a scale
+    bar of 10 µm per slice). Its pixels are placed as before, in the 'pixel' unit, and Enhance
+    and the writer take it as a layer without a pixel size that records its sampling."""
+    import tifffile
+
+    from napari_emdiffuse._widgets.layers import Placement
+
+    tifffile.imwrite(tmp_path / "px.tif", np.zeros((2, 16, 16), np.uint8), imagej=True, resolution=resolution, metadata={"spacing": 10, "unit": "pixel"})
+    [(_, kwargs, _)] = _reader.read_paths(str(tmp_path / "px.tif"))
+    shape = (10.0, 1.0 / resolution[1], 1.0)
+    assert kwargs["scale"] == pytest.approx(shape) and kwargs["units"] == ("pixel",) * 3
+    where = Placement.from_kwargs(kwargs, 3)
+    assert where.voxel_um() == (1.0, 1.0, 1.0) and where.sampling() == pytest.approx(shape)
+
+
 def test_ome_zarr_writer_refuses_to_replace_a_non_zarr_folder(tmp_path):
     folder = tmp_path / "precious.zarr"
     folder.mkdir()
