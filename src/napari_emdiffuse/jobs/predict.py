@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import queue
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generator, Iterator, Sequence
 
@@ -153,28 +153,8 @@ def predict(
             yield Message("one sample has no spread: the uncertainty map is zero and no error bounds are written; use 2 or more samples for them", "warning")
         elif out is not None and not calibration:
             yield Message("the model has no calibration (trained before it existed): no lower/upper bounds are written", "info")
-        alpha = alpha if alpha is not None else calibration["alpha"] if calibration else None
-        q = uncertainty.scale(calibration, alpha) if calibration else None
-        error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
-        rough: dict[str, Any] | None = None  # bounds widened beyond what calibration covers: which planes, and what it means
-        if calibration and calibration.get("input_noise"):
-            error, note, rough = _widened_for_noise(error, image, calibration["input_noise"], variant, round(100 * (1 - alpha)))
-            if note is not None:
-                yield note
-        match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
-        if match != "same":
-            yield Message("the intervals were " + uncertainty.settings_note(calibration, match), "warning")
-        dev = select_device(device if cluster is None else "cpu")  # on a cluster the workers choose theirs (and check it): here blocks are only cut
-        fallback = fallback_note(device, dev) if cluster is None else None
-        if fallback:
-            yield Message(fallback, "warning")
-        bf16 = uses_bf16(dev, inference=True)
-        global _PRECISION_SAID
-        if bf16 and dev.type == "cpu" and cluster is None and not _PRECISION_SAID:
-            _PRECISION_SAID = True  # a fact about the machine: once a session (the Enhance widget runs often)
-            yield Message("this CPU multiplies bf16 natively: the network runs in bf16 (about twice as fast, the same "
-                          "result to 0.001 dB); EMDIFFUSE_BF16=0 runs it in float32" if cpu_has_native_bf16() else
-                          "EMDIFFUSE_BF16=1: the network runs in bf16, emulated on this CPU (several times slower)", "info")
+        bounds = yield from _bounds_for(calibration, alpha, normaliser, image, variant, cfg)
+        dev, bf16 = yield from _device_for(device, cluster)
         runner = BlockRunner(model, options, cfg, normaliser, dev, estimate, keep_samples, compile)
         blocks = runner.blocks(image.shape)
         shape = geometry.shape
@@ -203,13 +183,8 @@ def predict(
             # no pixel size (voxel_size 1: the output's own pixels): how large those are in the input's pixels
             # (in those of the image the input was made from: ``sampling``)
             **({"sampling": list(output_sampling(variant, options, image.shape, within))} if pixel_um is None else {}),
-            # what lower/upper are: the interval's coverage on the calibration data, its scale (bound
-            # = scale x uncertainty), and whether this run sampled as calibrated (uncertainty.settings_match)
-            **({"bounds": {"coverage": round(1 - alpha, 6), "scale": float(q), "settings": match}} if calibration else {}),
-            # bounds widened for an input noisier than the calibration data, per output plane
-            **({"bounds_widened": list(error.widen)} if any(w > 1 for w in error.widen) else {}),
-            # and where that widening is past what keeps them a calibrated interval
-            **({"bounds_rough": rough} if rough is not None else {}),
+            **bounds.record(),
+            # what a resumed run must share with this one, or its blocks would not fit this store's
             "resume_key": {
                 "model": model_digest(model),
                 "input_shape": list(image.shape),
@@ -241,12 +216,12 @@ def predict(
         region = () if complete else finished_region(blocks, done)
         if failed is not None:
             assert out is not None
-            store = _keep_finished(out, arrays, region, geometry, provenance, q, error)
+            store = _keep_finished(out, arrays, region, geometry, provenance, bounds.scale, bounds.error)
             if isinstance(failed, USER_ERRORS) and not run.ran:  # the setup's one-line error, the store back where it was
                 raise failed
             said = True  # the error names where the store is
             raise block_failure(failed, _what_failed(run, len(blocks), shape), store, len(blocks)) from failed
-        yield from _finish(out, arrays, complete, region, geometry, provenance, q, error, rough["note"] if rough else None)
+        yield from _finish(out, arrays, complete, region, geometry, provenance, bounds.scale, bounds.error, bounds.rough["note"] if bounds.rough else None)
     finally:
         if out is not None:
             out.close(quiet=said)
@@ -385,6 +360,68 @@ def _what_failed(run: BlockRun, blocks: int, shape: Sequence[int]) -> str:
     if run.failed is None:
         return "the run"
     return f"block {run.failed.index + 1} of {blocks} {describe_region(run.failed.region, shape)}"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How this run turns its spread into error bounds: the error model (widened for a noisier
+    input), the calibrated scale ``q`` at the run's ``alpha`` (None: the model is not calibrated,
+    or one sample has no spread), whether it samples as calibration did (``match``) and, where a
+    plane was widened past what stays calibrated, that record (``rough``)."""
+
+    error: uncertainty.ErrorModel
+    alpha: float | None
+    scale: float | None
+    match: str
+    rough: dict[str, Any] | None
+
+    def record(self) -> dict[str, Any]:
+        """What the output's provenance says of its bounds: the interval's coverage on the
+        calibration data, its scale (bound = scale x uncertainty) and whether this run sampled as
+        calibrated (:func:`.uncertainty.settings_match`); the per-plane widening for an input
+        noisier than the calibration data, and where that is past a calibrated interval."""
+        return {
+            **({"bounds": {"coverage": round(1 - self.alpha, 6), "scale": float(self.scale), "settings": self.match}} if self.scale is not None and self.alpha is not None else {}),
+            **({"bounds_widened": list(self.error.widen)} if any(w > 1 for w in self.error.widen) else {}),
+            **({"bounds_rough": self.rough} if self.rough is not None else {}),
+        }
+
+
+def _bounds_for(
+    calibration: dict[str, Any] | None, alpha: float | None, normaliser: Normaliser, image: Any, variant: Variant, cfg: SampleConfig
+) -> Generator[Message, None, Bounds]:
+    """The run's :class:`Bounds` (``calibration``: the model's, None where the run has none), and
+    the messages that say where they are widened or sampled otherwise than calibrated."""
+    alpha = alpha if alpha is not None else calibration["alpha"] if calibration else None
+    q = uncertainty.scale(calibration, alpha) if calibration else None
+    error = uncertainty.ErrorModel.of(calibration, normaliser.low, normaliser.high)
+    rough: dict[str, Any] | None = None
+    if calibration and calibration.get("input_noise"):
+        error, note, rough = _widened_for_noise(error, image, calibration["input_noise"], variant, round(100 * (1 - alpha)))
+        if note is not None:
+            yield note
+    match = uncertainty.settings_match(calibration, cfg.sampler, cfg.steps, cfg.samples) if calibration else "same"
+    if match != "same":
+        yield Message("the intervals were " + uncertainty.settings_note(calibration, match), "warning")
+    return Bounds(error, alpha, q, match, rough)
+
+
+def _device_for(device: str, cluster: str | None) -> Generator[Message, None, tuple[Any, bool]]:
+    """The device the blocks are cut on (and run on, without a cluster: there the workers choose
+    theirs, and check it) and whether the network runs in bf16 there, with the messages that
+    say a fallback and, once a session, the CPU's precision."""
+    global _PRECISION_SAID
+    dev = select_device(device if cluster is None else "cpu")
+    fallback = fallback_note(device, dev) if cluster is None else None
+    if fallback:
+        yield Message(fallback, "warning")
+    bf16 = uses_bf16(dev, inference=True)
+    if bf16 and dev.type == "cpu" and cluster is None and not _PRECISION_SAID:
+        _PRECISION_SAID = True  # a fact about the machine: once a session (the Enhance widget runs often)
+        yield Message("this CPU multiplies bf16 natively: the network runs in bf16 (about twice as fast, the same "
+                      "result to 0.001 dB); EMDIFFUSE_BF16=0 runs it in float32" if cpu_has_native_bf16() else
+                      "EMDIFFUSE_BF16=1: the network runs in bf16, emulated on this CPU (several times slower)", "info")
+    return dev, bf16
 
 
 def _widened_for_noise(
