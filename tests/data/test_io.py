@@ -108,6 +108,21 @@ def test_a_foreign_ome_tiff_in_pixels_has_no_pixel_size(tmp_path):
     assert img.voxel == (5.0, 1.0, 1.0) and img.meta["voxel_unit"] == "pixel"  # info says pixels, not 5 µm
 
 
+def test_a_z_spacing_in_pixels_beside_x_and_y_in_micrometres_is_that_many_x_pixels(tmp_path):
+    """A foreign OME-TIFF with Z in "pixel" and X/Y in µm: its z spacing is 10 x pixels, 0.04 µm.
+    It read as 10 µm beside 0.004 µm pixels, and was then marked as a voxel in pixels, which the
+    napari reader opened without a pixel size where predict kept one. One size for all."""
+    from napari_emdiffuse._reader import read_paths
+
+    meta = {"axes": "ZYX", "PhysicalSizeX": 4.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 4.0, "PhysicalSizeYUnit": "nm",
+            "PhysicalSizeZ": 10.0, "PhysicalSizeZUnit": "pixel"}
+    tifffile.imwrite(tmp_path / "mixed.ome.tif", np.zeros((3, 32, 32), np.uint16), ome=True, metadata=meta)
+    img = read_image(tmp_path / "mixed.ome.tif")
+    assert img.voxel == pytest.approx((0.04, 0.004, 0.004)) and "voxel_unit" not in img.meta
+    [(_, kwargs, _)] = read_paths(str(tmp_path / "mixed.ome.tif"))
+    assert kwargs["scale"] == pytest.approx((0.04, 0.004, 0.004)) and kwargs["units"] == ("micrometer",) * 3
+
+
 def test_info_tells_a_z_spacing_in_pixels_from_one_in_micrometres(tmp_path, capsys):
     """A voxel whose x size is unknown holds its z spacing in µm (an ImageJ stack with a spacing
     and no x/y resolution) or in x pixels (a file in no length): info printed both as µm."""

@@ -117,6 +117,8 @@ def ome_voxel(xml: str, axes: str) -> tuple[float, ...] | None:
         unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
         scale = unit_to_um(unit) or (1.0 if unit == PIXEL_UNIT and ax == "Z" else None)  # see PIXEL_UNIT
         out.append(float(size) * scale if size and scale else 1.0)
+    if "Z" in axes and "X" in axes and pixels.get("PhysicalSizeZUnit") == PIXEL_UNIT and known_pixel_um(out) is not None:
+        out[axes.index("Z")] *= out[-1]  # a z spacing in x pixels beside x pixels of a known size: that many of them, in µm
     return tuple(out)
 
 
@@ -305,7 +307,7 @@ def read_tiff(path: Path) -> Image:
         if tf.is_ome and tf.ome_metadata:
             spatial = "".join(a for a in axes if a in "ZYX")
             voxel = ome_voxel(tf.ome_metadata, spatial) if len(spatial) == grey else None
-            in_pixels = voxel is not None and voxel[0] != 1.0 and f'PhysicalSizeZUnit="{PIXEL_UNIT}"' in tf.ome_metadata
+            in_pixels = voxel is not None and voxel[0] != 1.0 and known_pixel_um(voxel) is None and f'PhysicalSizeZUnit="{PIXEL_UNIT}"' in tf.ome_metadata
         if voxel is None:
             voxel = _tiff_voxel(tf, grey) if grey in (2, 3) else (1.0,) * grey
             ij = tf.imagej_metadata
