@@ -88,6 +88,10 @@ def test_resume_is_refused_into_another_run_or_a_folder_not_ours(small_stack, tm
     with pytest.raises(InputError, match=r"cannot resume: this run has other sampling settings \(steps") as refused:
         run_predict(model, small_stack, sample=other, output=tmp_path / "o.zarr", resume=True)
     assert f"(steps {fast.steps} then, 3 now)" in str(refused.value) and "tile_size" not in str(refused.value)  # what changed, not two dicts
+    # its way out is --overwrite *instead of* --resume: adding --overwrite to --resume (as "use --overwrite" read) resumes, refused again
+    assert str(refused.value).endswith("or --overwrite instead of --resume to start again")
+    with pytest.raises(InputError, match="cannot resume: this run has other sampling settings"):
+        run_predict(model, small_stack, sample=other, output=tmp_path / "o.zarr", resume=True, overwrite=True)
     with pytest.raises(InputError, match="cannot resume: this run has (another input|an input of another shape)"):
         run_predict(model, small_stack[:3], sample=fast, output=tmp_path / "o.zarr", resume=True)
     with pytest.raises(InputError, match=r"cannot resume: this run has another input \(its content differs"):

@@ -134,6 +134,34 @@ def test_a_plain_rerun_names_the_killed_runs_store_that_overwrite_would_discard(
     assert {p: sorted((q.name, q.stat().st_mtime_ns) for q in p.rglob("*")) for p in (partial, killed)} == stamps
 
 
+def test_a_jobs_warnings_name_the_tick_boxes_not_the_commands_flags(make_napari_viewer, em_tiff, tiny_model, open_dock, cancel_part_way, notes):
+    """Two killed runs left their stores; Resume continues the newest and warns that the other is
+    kept. Job warnings reached the widget as the command line says them ('--resume continues
+    this store'); errors were already put in the widget's words. Now both are."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    viewer = make_napari_viewer()
+    w = _enhance(viewer, open_dock, em_tiff, tiny_model)
+    forward = cancel_part_way(w, 3)
+    w.run()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    older, newer = (em_tiff.with_name(f".em_enhanced.zarr.tmp-{dead.pid}-{k}") for k in "ab")
+    shutil.copytree(em_tiff.with_name("em_enhanced.partial.zarr"), older)
+    em_tiff.with_name("em_enhanced.partial.zarr").rename(newer)
+    os.utime(newer, (time.time() + 60,) * 2)
+    w.controls.runner._on_event = forward
+    w.resume.setChecked(True)
+    w.run()
+    [said] = [m for m in notes.messages("warning") if "continues this store" in m]
+    assert said.startswith(f"{newer}: 'Resume' continues this store, the newest of 2") and "--" not in said.replace(newer.name, "").replace(older.name, "")
+    assert older.is_dir()  # kept, as said
+
+
 def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewer, em_tiff, tiny_model, open_dock, cancel_part_way):
     viewer = make_napari_viewer()
     w = _enhance(viewer, open_dock, em_tiff, tiny_model)
@@ -153,7 +181,7 @@ def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewe
     w.resume.setChecked(True)
     w.steps.setValue(2)  # other settings than the run it would continue: refused, in the widget's words
     w.run()
-    assert "cannot resume" in w.controls.status.text() and "tick 'Overwrite'" in w.controls.status.text() and partial.is_dir()
+    assert "cannot resume" in w.controls.status.text() and "'Overwrite' instead of 'Resume' to start again" in w.controls.status.text() and partial.is_dir()
     w.steps.setValue(1)
     w.run()
     assert not partial.exists() and zarr.open_group(str(em_tiff.with_name("em_enhanced.zarr")), mode="r").attrs["complete"] is True

@@ -96,6 +96,24 @@ def test_the_train_widget_exports_the_chosen_model_to_bioimageio(make_napari_vie
     assert {"model.json", "weights.pt"} <= set(names) and any(n.endswith(".yaml") for n in names)
 
 
+def test_export_to_a_name_whose_zip_exists_says_how_to_replace_it(make_napari_viewer, tiny_model, tmp_path, monkeypatch):
+    """A name typed without '.zip' whose .zip exists: the save dialog asked nothing (the name it
+    returned does not exist), so the export refuses; it said "tick 'Overwrite'", a box the Train
+    panel does not have. It now says how, and the file is untouched."""
+    from napari_emdiffuse._widgets import train
+
+    (tmp_path / "mine.zip").write_bytes(b"an earlier package")
+    viewer = make_napari_viewer()
+    MODELS.add(tiny_model, "trained")
+    w = _open(viewer)
+    w.select_start("fine-tune:")
+    monkeypatch.setattr(train.QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "mine"), "")))
+    w._export_dialog()
+    said = w.controls.status.text()
+    assert said == f"{tmp_path / 'mine.zip'} exists: choose it by that name in the dialog (which asks before replacing it), or give another name"
+    assert (tmp_path / "mine.zip").read_bytes() == b"an earlier package"
+
+
 def test_train_says_when_the_model_will_record_no_pixel_size(make_napari_viewer, isbi, voxel, notes):
     """Train was silent when the layer it learns from has no pixel size, and the model recorded
     none (later inputs then go unchecked). It says so, naming the layer and how to give it one; a

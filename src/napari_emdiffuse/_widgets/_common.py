@@ -299,8 +299,8 @@ class JobControls(QWidget):
                     if self._limit is not None and now - self.started < self._limit:  # past it, the pace alone says
                         left = min(left, self._limit - (now - self.started))
                     self.status.setText(f"{what.capitalize() or 'Working'}… about {left:.0f} s left")
-            case Message(text=text, level=level):
-                notify(text, level)
+            case Message(text=text, level=level):  # a job's words, as the widgets say them (its flags are their tick boxes)
+                notify(plain_words(text), level)
             case _:
                 self._on_event(event)
 

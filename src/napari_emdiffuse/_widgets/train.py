@@ -592,6 +592,8 @@ class TrainWidget(DockWidget):
             try:
                 out = path if path.endswith(".zip") else path + ".zip"
                 # the save dialog asked before replacing the name it returned, not one with .zip added
+                if out != path and Path(out).exists():
+                    raise InputError(f"{out} exists: choose it by that name in the dialog (which asks before replacing it), or give another name")
                 out = self.export_bioimageio(out, overwrite=out == path)
                 self.controls.status.setText(f"bioimage.io package written to {out}")
             except Exception as err:  # noqa: BLE001 - shown to the user

@@ -438,7 +438,7 @@ class PredictionOutput:
         mean, spread, samples, self.done = open_block_arrays(self.staged.path)
         done = [bool(v) for v in self.done[:]]
         if self.pooled and not all(done):
-            raise InputError(f"{self.resumable}: says it is complete but {len(done) - sum(done)} blocks are not marked done; use --overwrite to start again")
+            raise InputError(f"{self.resumable}: says it is complete but {len(done) - sum(done)} blocks are not marked done; use --overwrite instead of --resume to start again")
         self.held = any(done)
         return mean, spread, samples, done
 
@@ -841,18 +841,18 @@ def _check_resumable(path: Path, key: dict[str, Any], n_blocks: int) -> None:
         raise InputError(f"{path}: not an output of {SOFTWARE}; refusing to resume into it")
     old = attrs.get("resume_key")
     if not isinstance(old, dict) or not (path / DONE).is_dir():
-        raise InputError(f"{path}: made by an older version of {SOFTWARE} without block markers; it cannot be resumed (add --overwrite to start again)")
+        raise InputError(f"{path}: made by an older version of {SOFTWARE} without block markers; it cannot be resumed (start again with --overwrite instead of --resume)")
     if "input_content" in key and _scheme(old.get("input_content")) != _scheme(key["input_content"]):
         what = "did not record its input's content" if "input_content" not in old else "hashed only samples of its input's content"
-        raise InputError(f"{path}: made by a version of {SOFTWARE} that {what}, so it cannot be resumed safely; use --overwrite to start again")
+        raise InputError(f"{path}: made by a version of {SOFTWARE} that {what}, so it cannot be resumed safely; use --overwrite instead of --resume to start again")
     for name in sorted(set(old) | set(key)):
         if old.get(name) != key.get(name):
             raise InputError(
                 f"{path}: cannot resume: this run has {RESUME_KEY_WORDS.get(name, name)} ({_difference(name, old.get(name), key.get(name))}); "
-                "use the same model, input and settings, or --overwrite to start again"
+                "use the same model, input and settings, or --overwrite instead of --resume to start again"
             )
     if attrs.get("blocks") != n_blocks:
         raise InputError(
             f"{path}: cannot resume: it was cut into {attrs.get('blocks')} blocks, this version cuts the input into "
-            f"{n_blocks}; use --overwrite to start again"
+            f"{n_blocks}; use --overwrite instead of --resume to start again"
         )
