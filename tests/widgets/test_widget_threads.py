@@ -101,10 +101,10 @@ def test_job_controls_show_progress_and_messages_and_hand_on_the_rest(qtbot, not
     controls = _common.JobControls("Run", "%p%", "cancelling", lambda: None, seen.append)
     qtbot.addWidget(controls)
     result = TrainResult(Path("run"), 3, "finished", None)
-    for event in (Progress(2, 4, "training"), Message("careful: add --overwrite", "warning"), result):
+    for event in (Progress(2, 4, "training"), Message("careful, add --overwrite", "warning"), result):
         controls._event(event)
     assert (controls.progress.value(), controls.progress.maximum()) == (2, 4)
-    assert notes.messages("warning")[-1] == "Careful: tick 'Overwrite'"  # in the widgets' words, as errors are
+    assert notes.messages("warning")[-1] == "Careful, tick 'Overwrite'"  # in the widgets' words, as errors are
     assert seen == [result]
 
 
