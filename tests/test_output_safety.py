@@ -187,6 +187,14 @@ def test_uncertainty_and_partial_names_derive_from_the_stem(tmp_path, name, std,
     assert OutputNames.partial(names.mean).name == partial
 
 
+def test_a_store_named_in_capitals_is_a_store(tmp_path):
+    """'o.ZARR' was written as TIFF files named o.ZARR and o_uncertainty.ZARR, which the reader,
+    taking '.ZARR' as a store, could not open; the Enhance widget took it as a store too."""
+    names = OutputNames.for_path(tmp_path / "o.ZARR", n_samples=1, bounds=True)
+    assert names.store and names.finals() == [tmp_path / "o.ZARR"]
+    assert OutputNames.partial(names.mean).name == "o.partial.ZARR"
+
+
 # --- 4. a failed write leaves no file under the final name -------------------------------------
 
 

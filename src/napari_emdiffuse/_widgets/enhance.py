@@ -451,7 +451,7 @@ class EnhanceWidget(DockWidget):
     def _browse_zarr(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Write the result to", "", "zarr (*.zarr)")
         if path:
-            self.zarr_path.setText(path if path.endswith(".zarr") else path + ".zarr")
+            self.zarr_path.setText(path if path.lower().endswith(".zarr") else path + ".zarr")
 
     # ---- running -------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class OutputNames:
     def for_path(cls, path: str | Path, n_samples: int = 0, bounds: bool = False) -> "OutputNames":
         path = Path(path)
         stem, suffix = split_suffix(path)
-        if suffix in STORE_SUFFIXES:
+        if suffix.lower() in STORE_SUFFIXES:  # as the reader and write_image take a name: OUT.ZARR is a store
             return cls(True, path, None, ())
         named = lambda role: path.with_name(f"{stem}{tiff_tail(role)}{suffix}")  # noqa: E731
         samples = tuple(named(f"sample {k}") for k in range(n_samples))
