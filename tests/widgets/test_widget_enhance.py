@@ -722,9 +722,10 @@ def test_a_mirrored_layer_is_refused_up_front_in_one_line_naming_it(make_napari_
     layer = viewer.add_image(isbi[:2, :16, :16], name="em", scale=(1.0, -4.0, 4.0), units=(units,) * 3)
     MODELS.add(untrained_model("denoise"), "disk")
     w = _one_step(_open(viewer), "denoise", layer)
+    said = w.output_info.text()  # the line under 'Save to' says it before Run, where it showed 'voxel 4 x -4 nm'
     w.run()
     [error] = notes.messages("error")
-    assert error == (
+    assert error == said == (
         "Layer 'em' is mirrored (scale 1 x -4 x 4), which its results cannot be placed by; give it a positive scale "
         "(in napari's console: viewer.layers['em'].scale = (1, 4, 4)) and enhance again"
     )

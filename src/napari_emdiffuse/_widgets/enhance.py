@@ -407,6 +407,8 @@ class EnhanceWidget(DockWidget):
                 layer = self.image.layer()
                 data, source = self._crop(layer, image_array(layer))[0], Placement.of(layer)
                 what = SCOPES[self.scope.currentData()][0]
+                if refusal := source.mirror_refusal(layer.name, "its results cannot be placed by", "enhance again"):
+                    raise InputError(refusal)  # what Run will say, not a voxel with a negative size
             source = source.measured()
             out = get_variant(entry.variant).output_geometry(data.shape, source.scale[-data.ndim :], self.model_options)
         except Exception as err:  # noqa: BLE001 - an informative line only; Enhance reports it properly
