@@ -653,9 +653,9 @@ def budget_note(results: dict) -> list[str]:
         "EMDiffuse as published (our `emdiffuse-n` preset: 15.9 M parameters, 256 px patches, batch 16, 100 000 "
         "steps) is about ten times larger and trains some 25-60 times longer, on a GPU. The denoising margin "
         "that the targets ask for may need that budget" + regression_note(results) + "; and the denoising test "
-        "slices' truth carries white noise of its own, four times that of ISBI slices 0-14, which is about a third of "
-        "every method's error there and narrows every margin (it does not rule the target out: "
-        "[benchmarks-ceiling.md](benchmarks-ceiling.md)). The super-resolution margin "
+        "slices' truth has fine detail or noise of its own, four times the power beyond 0.4 cycles/px of ISBI slices "
+        "0-14: were it white noise it would be up to about a third of the leading methods' error there, which narrows "
+        "their margins without ruling the target out ([benchmarks-ceiling.md](benchmarks-ceiling.md)). The super-resolution margin "
         "is out of reach on these test slices whatever the budget: the truth's own detector noise, three quarters "
         "of which the 2 x 2 binned input cannot record, caps what any method can score there "
         "([benchmarks-ceiling.md](benchmarks-ceiling.md)).",
