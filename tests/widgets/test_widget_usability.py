@@ -513,8 +513,8 @@ def test_messages_are_in_plain_words(make_napari_viewer, isbi, voxel, tiny_model
 )
 def test_the_commands_flags_read_as_the_widgets_tick_boxes(core, shown):
     """Prediction's refusals name its flags; in a widget they are tick boxes. Only "add --flag"
-    and "or --flag" became "tick '...'": a flag named in a sentence stayed "--overwrite", and
-    "--resume --overwrite" read "--resume tick 'Overwrite'"."""
+    and "or --flag" became "tick '...'": a flag named in a sentence ("--overwrite also discards",
+    "--resume --overwrite continues it") stayed as the command line says it."""
     from napari_emdiffuse._widgets._common import plain_words
 
     assert plain_words(core) == shown and not PLAIN.search(plain_words(core))
