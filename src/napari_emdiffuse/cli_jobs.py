@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import time
 from typing import Any, Iterator
 
 
@@ -67,16 +68,27 @@ class Stop:
         return 128 + (self.signum or signal.SIGINT)
 
 
+#: seconds within which the same signal again is the first one delivered twice, not a second
+#: request: GNU ``timeout`` (and job schedulers) signal the process and then its process group,
+#: and on a busy machine the handler can run between the two; a person's second Ctrl-C is slower
+REPEAT_S = 0.5
+
+
 @contextlib.contextmanager
 def ctrl_c_cancels(token: Any) -> Iterator[Stop]:
     """The first Ctrl-C or SIGTERM cancels the job at its next step (checkpoint / finished
-    planes kept); a second one stops at once. Exit status: 130 for Ctrl-C, 143 for SIGTERM."""
+    planes kept); a second one stops at once, unless it is the first delivered again
+    (:data:`REPEAT_S`). Exit status: 130 for Ctrl-C, 143 for SIGTERM."""
     stop = Stop()
+    first: list[float] = []  # when the signal that cancelled came
 
     def handler(signum: int, frame: Any) -> None:
         if token.is_set():
+            if signum == stop.signum and first and time.monotonic() - first[0] < REPEAT_S:
+                return
             raise Interrupted(signum)
         stop.signum = signum
+        first.append(time.monotonic())
         token.set()
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(f"\nemdiffuse: {name}: stopping after the current step (again to abort) ...", file=sys.stderr)
