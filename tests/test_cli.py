@@ -1,6 +1,7 @@
 """The command line as a user meets it: end to end on real EM, and one-line errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,7 +99,10 @@ def test_a_reader_that_closes_the_output_early_is_no_error():
 
 def test_presets_command(capsys):
     assert main(["presets"]) == 0
-    assert "emdiffuse-n" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "emdiffuse-n" in listed
+    # each preset's first sentence: a decimal point ends none ("about 1.6 M parameters" read "about 1")
+    assert re.search(r"emdiffuse-n-cpu .*about 1\.\d M parameters", listed), listed
     assert main(["presets", "--show", "tiny"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "tiny"
 

@@ -80,7 +80,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         return 0
     for name in sorted(builtin_presets()):
         p = load_preset(name)
-        print(f"{name:<22} {p.variant:<10} {p.description.split('.')[0]}")
+        first = re.split(r"\.(?:\s|$)", p.description)[0]  # its first sentence: "1.6 M" ends none
+        print(f"{name:<22} {p.variant:<10} {first}")
     return 0
 
 
