@@ -37,6 +37,24 @@ def test_train_then_predict(tmp_path, stack, capsys):
     assert mean.pages[0].tags["XResolution"].value[0] / mean.pages[0].tags["XResolution"].value[1] == pytest.approx(250)
 
 
+def test_resuming_to_more_steps_lifts_the_first_runs_time_limit(tmp_path, stack, capsys):
+    """The README's 'train --resume --iterations 6000' after a '--minutes 10' run kept the 10
+    minutes, unsaid, and stopped by time short of the steps asked for (a user's walk). Asked for
+    steps and no minutes, the resumed run drops the limit and says so; --minutes sets one."""
+    from napari_emdiffuse.jobs.train import checkpoint_state
+
+    _, clean = stack
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--clean", str(clean), "--out", str(run), "--iterations", "2", "--minutes", "30", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--clean", str(clean), "--iterations", "3", "-q"]) == 0
+    assert "resuming to 3 steps without the first run's time limit (30 minutes); give --minutes to set one" in capsys.readouterr().out
+    saved = json.loads((run / "model.json").read_text())
+    assert saved["training"]["steps"] == 3 and checkpoint_state(run)["preset"]["train"]["minutes"] is None  # the rule it ran by
+    assert main(["train", "--out", str(run), "--resume", "--clean", str(clean), "--iterations", "4", "--minutes", "20", "-q"]) == 0
+    assert "first run's time limit" not in capsys.readouterr().out and checkpoint_state(run)["preset"]["train"]["minutes"] == 20
+
+
 def test_predict_says_when_a_model_is_worse_than_its_baseline(tmp_path, stack, capsys, tiny_model_dir):
     import shutil
 

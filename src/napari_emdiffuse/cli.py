@@ -144,6 +144,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     with as_flags("train", overrides["train"]):
         if resume:  # the run's own settings, so that simulated data is made the same way again
             preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
+            if args.iterations is not None and args.minutes is None and preset.train.minutes is not None:
+                # asked for a number of steps: the first run's time limit would stop this one short of them, unsaid
+                print(f"resuming to {args.iterations} steps without the first run's time limit ({preset.train.minutes:g} minutes); "
+                      "give --minutes to set one")
+                preset = preset.with_overrides({"train": {"minutes": None}})
         elif init is not None and not (args.config or args.preset):  # fine-tune with the model's own preset
             preset = init.preset.with_overrides(overrides)
         else:
