@@ -465,3 +465,16 @@ def test_resume_stopped_beside_killed_runs_stores_names_them_all_and_either_advi
         assert f"resuming {partial}: 3 of 6 blocks are done" in said, said
         assert not partial.exists()
     assert zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["complete"] is True
+
+
+def test_resume_onto_a_complete_result_says_it_is_complete(small_stack, tmp_path, random_model, fast):
+    """--resume where o.zarr is finished answered 'already exists; add --overwrite to replace it':
+    advice to throw the finished result away, to a user who asked to continue (a user's walk)."""
+    model, image = random_model("tiny"), small_stack[:2]
+    assert run_predict(model, image, sample=fast, output=tmp_path / "o.zarr").complete
+    before = _files(tmp_path / "o.zarr")
+    with pytest.raises(InputError) as err:
+        run_predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True)
+    assert str(err.value) == f"{tmp_path / 'o.zarr'}: this result is complete, nothing is left to resume (--overwrite instead of --resume computes it again)"
+    assert _files(tmp_path / "o.zarr") == before
+

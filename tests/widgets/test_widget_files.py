@@ -185,6 +185,10 @@ def test_a_cancelled_run_keeps_its_finished_blocks_and_resumes(make_napari_viewe
     w.steps.setValue(1)
     w.run()
     assert not partial.exists() and zarr.open_group(str(em_tiff.with_name("em_enhanced.zarr")), mode="r").attrs["complete"] is True
+    layers = list(w.result_layers)
+    w.run()  # Resume still ticked, the result complete: said so, not "tick 'Overwrite' to replace it"
+    assert w.controls.status.text().endswith("this result is complete, nothing is left to resume ('Overwrite' instead of 'Resume' computes it again)")
+    assert w.result_layers == layers
     assert w.result_layers[0].data.shape == (3, 64, 64) and "(partial)" not in w.result_layers[0].name
     # the cancelled run's layers read the partial store this run moved: they are gone, not zeros
     assert not any(layer in viewer.layers for layer in partial_layers)

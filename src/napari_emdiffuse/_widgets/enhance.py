@@ -846,7 +846,7 @@ def check_output(output: Path | None, inputs: list[Path], overwrite: bool, resum
     result is continued with Resume or replaced with Overwrite, never silently. The refusals are
     prediction's own (they name every store at stake: a stopped run's, killed runs'), which
     :func:`._common.plain_words` puts in the widget's words."""
-    from ..jobs.predict_output import OutputNames, check_new_output_beside, stopped_run_refusal
+    from ..jobs.predict_output import OutputNames, check_new_output_beside, complete_refusal, stopped_run_refusal
 
     if output is None:
         if resume:
@@ -857,6 +857,8 @@ def check_output(output: Path | None, inputs: list[Path], overwrite: bool, resum
         raise InputError(f"{output}: a run from a file writes OME-Zarr; give the result a name ending in .zarr")
     if resume and not store:
         raise InputError(f"{output}: 'Resume' continues a result saved as zarr; give a name ending in .zarr")
+    if store and resume and not overwrite and (done := complete_refusal(output)):
+        raise InputError(done)
     check_new_output_beside(output, output, inputs, overwrite)
     if store and not (resume or overwrite):
         if stopped := stopped_run_refusal(output):

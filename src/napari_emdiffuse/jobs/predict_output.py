@@ -379,6 +379,8 @@ class PredictionOutput:
         for p in self.stale:  # removed with --overwrite only when we made it: a name alone says nothing
             if p.is_file() and not _made_by_us(p):
                 raise InputError(f"{p}: named like a part of this result but not written by {SOFTWARE}; move or rename it, or choose another output name")
+        if self.resume and not self.overwrite and self.names.store and (done := complete_refusal(self.names.mean)):
+            raise InputError(done)
         if not (self.resume or self.overwrite or any(p.exists() for p in names)) and (stopped := stopped_run_refusal(self.names.mean)):
             # a stopped run's store (and no result it could become, which is refused first, below)
             raise InputError(stopped)
@@ -627,6 +629,15 @@ def stopped_run_refusal(final: Path) -> str | None:
     partial = OutputNames.partial(final)
     if partial.is_dir() and (own_attrs(partial) or {}).get("complete") is False:
         return _stopped_run_left(partial, _killed_stores(final))
+    return None
+
+
+def complete_refusal(final: Path) -> str | None:
+    """The refusal of ``--resume`` (without ``--overwrite``) where store ``final`` is a finished
+    result of ours ('already exists; add --overwrite' advised a user who asked to continue to
+    throw it away); None where it is not."""
+    if (own_attrs(final) or {}).get("complete") is True:
+        return f"{final}: this result is complete, nothing is left to resume (--overwrite instead of --resume computes it again)"
     return None
 
 
