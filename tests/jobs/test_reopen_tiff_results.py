@@ -125,6 +125,23 @@ def test_a_tiff_result_under_any_tiff_suffix_the_reader_takes_reopens(tmp_path, 
     assert set(_layers([tmp_path / f"o_uncertainty{suffix}"])) == {"o: error map [grey values]"}
 
 
+def test_a_result_asked_for_as_ome_tif_is_an_ome_tiff_and_reopens_as_the_imagej_one(small_stack, tmp_path, random_model, fast):
+    """predict --output OUT.ome.tif wrote an ImageJ TIFF under that name, without OME-XML: tools that
+    choose their reader by the name (Bio-Formats, OMERO, QuPath) found none (a user's walk)."""
+    import tifffile
+
+    from napari_emdiffuse.jobs.predict import run_predict
+
+    model, image = random_model("tiny"), small_stack[:2]
+    for name in ("o.tif", "o.ome.tif"):
+        run_predict(model, image, sample=fast, output=tmp_path / name, voxel=(0.05, 0.004, 0.004), origin=(0.1, 0.2, 0.3))
+    with tifffile.TiffFile(tmp_path / "o.ome.tif") as tf:
+        assert tf.is_ome and not tf.is_imagej
+    (imagej, kw), (ome, kw_ome) = (next(iter(_layers([tmp_path / n]).values())) for n in ("o.tif", "o.ome.tif"))
+    np.testing.assert_array_equal(imagej, ome)
+    assert kw["scale"] == pytest.approx(kw_ome["scale"]) and kw["translate"] == pytest.approx(kw_ome["translate"]) == (0.1, 0.2, 0.3)
+
+
 def test_a_dotted_name_is_kept_whole_by_tiff_and_store_alike(tmp_path):
     """``my.run.tif`` reopened as ``my.run: estimate``, ``my.run.zarr`` as ``my: estimate``."""
     import zarr

@@ -356,8 +356,9 @@ def write_tiff(
     one without a pixel size (:func:`.image.known_pixel_um`) is written in pixels (ImageJ's unit
     "pixel", no OME physical size but a z spacing other than 1, in pixels), claiming no µm.
 
-    ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF; otherwise an
-    OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
+    ImageJ hyperstack for 8/16-bit and float32 data that fits a classic TIFF, unless the name
+    asks for OME (``.ome.tif``: Bio-Formats, OMERO and QuPath choose their reader by it); otherwise
+    an OME-TIFF (BigTIFF above 4 GB) whose physical sizes Fiji, napari and this reader understand.
     The ImageJ form also keeps ``origin`` (the first pixel's position in µm, z y x, as ImageJ's
     ``xorigin``/``yorigin``/``zorigin``, in pixels) and ``display_range`` (``min``/``max``).
     Written beside ``path`` and renamed into place when complete (:mod:`.safe_output`).
@@ -383,8 +384,9 @@ def write_tiff(
     planes = (p.astype(dtype, copy=False) for p in iter_planes(data))
     extratags = [(PROVENANCE_TAG, "s", 0, json.dumps(provenance), True)] if provenance else []
     sized = known_pixel_um(voxel) is not None  # else in pixels: Fiji must not read the placeholder's 1 as 1 µm
+    ome = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
     with replacing_file(path) as tmp:
-        if not big and dtype in (np.uint8, np.uint16, np.float32):
+        if not (big or ome) and dtype in (np.uint8, np.uint16, np.float32):
             meta: dict[str, Any] = {"unit": "um" if sized else "pixel"}
             if len(shape) == 3:
                 meta.update(spacing=voxel[0], axes="ZYX")
