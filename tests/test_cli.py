@@ -29,6 +29,13 @@ def test_train_then_predict(tmp_path, stack, capsys):
     assert "model saved" in capsys.readouterr().out
     assert main(["train", "--out", str(run), "--resume", "--clean", str(clean), "--iterations", "6", "-q"]) == 0
     assert json.loads((run / "model.json").read_text())["training"]["steps"] == 6
+    capsys.readouterr()
+    # a model one trained has no card: --show said only that; it shows what model.json records (a user's walk)
+    assert main(["models", "--show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"{run}: no model card; what its model.json records:\ndenoise model, preset tiny\ntrained: 6 steps in ")
+    assert re.search(r"\nvalidation \(step 6, \d+ held-out patches\): best -?\d+\.\d\d dB, noisy input -?\d+\.\d\d dB \([+-]\d+\.\d\d dB\)\n", shown), shown
+    assert "\npixel size: 50 nm" not in shown and "\npixel size: " in shown and "\nerror bounds: " in shown
     out = tmp_path / "den.tif"
     assert main(["predict", "--model", str(run), "--input", str(noisy), "--output", str(out), "--steps", "2", "--samples", "2", "-q"]) == 0
     mean, unc = tifffile.TiffFile(out), tifffile.TiffFile(tmp_path / "den_uncertainty.tif")

@@ -103,7 +103,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.show:
         model = resolve_model(args.show)
         model_options(model)  # a broken model folder is refused, however it is used
-        print(printable(model.info.card) or f"{args.show}: this model has no model card")
+        print(printable(model.info.card or f"{args.show}: no model card; what its model.json records:\n{model.summary()}"))
         warning = model.quality_warning()
         if warning:
             print(f"warning: {warning}")

@@ -122,6 +122,39 @@ class Model:
     def variant(self) -> str:
         return self.preset.variant
 
+    def summary(self) -> str:
+        """What ``model.json`` records of how this model was trained and how it scored, in a few
+        lines: what ``emdiffuse models --show`` prints for a model without a card (one a user
+        trained), whose figures are otherwise only in the JSON."""
+        t, m = self.info.training, self.info.metrics
+        lines = [f"{self.variant} model, preset {self.preset.name}"]
+        if "steps" in t:
+            took = f" in {t['seconds']:.0f} s" if isinstance(t.get("seconds"), (int, float)) else ""
+            lines.append(f"trained: {t['steps']} steps{took} on {t.get('device', '?')} ({t.get('stopped', '?')})")
+        if t.get("data"):
+            lines.append(f"data: {t['data']}")
+        if t.get("fine_tuned_from"):
+            lines.append(f"fine-tuned from: {t['fine_tuned_from']}")
+        pixel = t.get("pixel_size_um")
+        lines.append(f"pixel size: {in_nm(pixel)}" if pixel else "pixel size: none recorded (inputs' pixel sizes are not checked)")
+        base = m.get("val_baseline_psnr", m.get("val_input_psnr"))
+        if m.get("val_psnr") is not None and base is not None:
+            lines.append(
+                f"validation (step {m.get('val_step', '?')}, {m.get('val_patches', '?')} held-out patches): {m.get('val_estimate', 'estimate')} "
+                f"{m['val_psnr']:.2f} dB, {m.get('val_baseline', 'baseline')} {base:.2f} dB ({m['val_psnr'] - base:+.2f} dB)"
+            )
+        else:
+            lines.append("validation: none recorded")
+        cal = m.get("calibration")
+        if cal and cal.get("check_coverage") is not None:
+            lines.append(
+                f"error bounds: calibrated for {cal.get('samples', '?')} samples of {cal.get('steps', '?')} {cal.get('sampler', '')} steps; "
+                f"the {1 - cal.get('alpha', 0.1):.0%} interval held {cal['check_coverage']:.1%} of held-out check pixels"
+            )
+        else:
+            lines.append("error bounds: not calibrated (no lower/upper bounds are written)")
+        return "\n".join(lines)
+
     def quality_warning(self) -> str | None:
         """A warning when the model scored below its baseline on its validation patches (None otherwise)."""
         m = self.info.metrics
