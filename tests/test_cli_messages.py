@@ -78,7 +78,8 @@ def test_bounds_widened_past_what_calibration_covers_are_called_a_rough_guide_ev
     assert "noisier" not in said.err + said.out and "rough" not in said.err + said.out
     assert "bounds_rough" not in read_image(tmp_path / "p_upper.tif").meta["provenance"]
     assert main(["info", str(tmp_path / "p_upper.tif")]) == 0
-    assert "bounds:" not in capsys.readouterr().out
+    [bounds] = [t for t in capsys.readouterr().out.splitlines() if t.startswith("bounds:")]  # what interval, nothing rough
+    assert bounds.startswith("bounds:   lower/upper hold the truth at ") and "rough" not in bounds and "widened" not in bounds
 
 
 def test_a_denoiser_widened_within_what_calibration_covers_is_warned_of_but_not_called_rough(tmp_path, noisy, tiny_model_dir, capsys):

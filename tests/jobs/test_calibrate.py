@@ -89,6 +89,10 @@ def test_bounds_widen_where_the_input_is_noisier_than_the_calibration_data(rando
     from napari_emdiffuse.data.cli_commands import _provenance_lines
 
     assert f"bounds:   widened for an input noisier than the calibration data: plane 1 {widen:.2f}x" in _provenance_lines(prov)
+    # what interval the bounds are, and whether it was sampled as calibrated (info did not say: a user's walk)
+    assert "bounds:   lower/upper hold the truth at 90 % of pixels like the calibration data's (sampled as calibrated)" in _provenance_lines(prov)
+    fewer = {**prov, "bounds": {**prov["bounds"], "coverage": 0.8, "settings": "fewer steps"}}
+    assert "bounds:   lower/upper hold the truth at below 80 % of pixels like the calibration data's (sampled with fewer steps than calibrated: likely too narrow)" in _provenance_lines(fewer)
 
 
 def test_a_small_input_a_little_noisier_is_widened_to_be_safe_and_said_so_without_alarm(random_model, isbi_pair):

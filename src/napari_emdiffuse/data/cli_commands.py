@@ -210,6 +210,13 @@ def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0, nd
     if attrs.get("input"):
         lines.append(f"input:    {', '.join(attrs['input'])}")
     lines += _sampling_lines(attrs, ndim)
+    bounds = attrs.get("bounds") or {}
+    if isinstance(bounds.get("coverage"), (int, float)) and bounds.get("settings") in ("same", "fewer steps", "other"):
+        from ..uncertainty import coverage_label
+
+        caveat = {"same": "sampled as calibrated", "fewer steps": "sampled with fewer steps than calibrated: likely too narrow",
+                  "other": "sampled otherwise than calibrated: coverage approximate"}[bounds["settings"]]
+        lines.append(f"bounds:   lower/upper hold the truth at {coverage_label(bounds['coverage'], bounds['settings'])} of pixels like the calibration data's ({caveat})")
     widened = attrs.get("bounds_widened") or []
     if any(w > 1 for w in widened):
         where = "all planes" if len(widened) == 1 else ", ".join(f"plane {z} {w:.2f}x" for z, w in enumerate(widened) if w > 1)
