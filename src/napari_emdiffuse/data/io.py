@@ -89,6 +89,8 @@ def _read_any(file: Path, dataset: str | None, level: int) -> Image:
         if kind == "n5":
             return containers.read_n5(file, dataset)
         return volume_files.read_slices(file)
+    if file.is_file() and file.stat().st_size == 0:  # a copy cut short before its first byte, most likely
+        raise InputError(f"{file}: the file is empty (0 bytes)")
     kind = sniff(file)
     named = BY_SUFFIX.get(file.suffix.lower())
     if kind is None and named is not None:
