@@ -184,3 +184,16 @@ def test_a_gpu_out_of_memory_is_the_users_to_fix_and_says_what_to_lower(tmp_path
     argv = ["calibrate", "--model", str(tiny_model_dir), "--input", str(noisy), "--truth", str(noisy), "--out", str(tmp_path / "cal"), "--device", "cpu", "-q"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == "emdiffuse calibrate: error: the GPU ran out of memory: try --device cpu (CUDA out of memory. Tried to allocate 1.00 GiB)"
+
+
+def test_info_of_a_stopped_runs_store_says_resume_continues_it_and_outputs_name_their_model_in_full(tmp_path, monkeypatch):
+    """A store stopped with a finished range read 'NO: only z 0:2 of 8 is finished (the run was
+    stopped)' where the other unfinished cases add how to go on; and an output recorded its model
+    as typed (a relative folder) beside its input's full path (a user's walk)."""
+    from napari_emdiffuse.cli import model_record
+    from napari_emdiffuse.data.cli_commands import _provenance_lines
+
+    lines = _provenance_lines({"shape": [8, 16, 16], "finished": [[0, 2], [0, 16], [0, 16]], "complete": False})
+    assert lines[0].startswith("complete: NO: only ") and lines[0].endswith("is finished (the run was stopped; --resume continues it)")
+    monkeypatch.chdir(tmp_path)
+    assert model_record("emdiffuse-n") == "emdiffuse-n" and model_record("runs/denoise") == str(tmp_path / "runs" / "denoise")

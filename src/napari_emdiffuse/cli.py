@@ -114,6 +114,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_record(given: str) -> str:
+    """How an output records the model it was made with: a bundled model by its name, a model
+    folder by its full path (as the input is recorded), so that ``info`` names it from anywhere."""
+    from .models import bundled_models
+
+    return given if given in bundled_models() else str(Path(given).resolve())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .arg_types import variant_option
     from .config import load_preset, parse_preset
@@ -221,7 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             compile=args.compile,
             cancel=token,
             overwrite=args.overwrite,
-            model_name=str(args.model),
+            model_name=model_record(args.model),
             estimate=args.estimate,
             alpha=args.alpha,
             resume=args.resume,

@@ -197,7 +197,7 @@ def _provenance_lines(attrs: dict[str, Any], finished_blocks: int | None = 0, nd
     if attrs.get("complete"):
         status = "yes"
     elif attrs.get("finished"):
-        status = f"NO: only {describe_bounds(attrs['finished'], attrs['shape'])} is finished (the run was stopped)"
+        status = f"NO: only {describe_bounds(attrs['finished'], attrs['shape'])} is finished (the run was stopped; --resume continues it)"
     elif finished_blocks is None:
         status = "NO: its block markers cannot be read, so what is finished is unknown (the run was stopped; --resume continues it)"
     elif finished_blocks:
