@@ -190,10 +190,11 @@ def test_info_of_a_stopped_runs_store_says_resume_continues_it_and_outputs_name_
     """A store stopped with a finished range read 'NO: only z 0:2 of 8 is finished (the run was
     stopped)' where the other unfinished cases add how to go on; and an output recorded its model
     as typed (a relative folder) beside its input's full path (a user's walk)."""
-    from napari_emdiffuse.cli import model_record
+    from napari_emdiffuse.models import model_record
     from napari_emdiffuse.data.cli_commands import _provenance_lines
 
     lines = _provenance_lines({"shape": [8, 16, 16], "finished": [[0, 2], [0, 16], [0, 16]], "complete": False})
     assert lines[0].startswith("complete: NO: only ") and lines[0].endswith("is finished (the run was stopped; --resume continues it)")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "denoise").mkdir(parents=True)
     assert model_record("emdiffuse-n") == "emdiffuse-n" and model_record("runs/denoise") == str(tmp_path / "runs" / "denoise")

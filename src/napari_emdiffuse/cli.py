@@ -114,14 +114,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_record(given: str) -> str:
-    """How an output records the model it was made with: a bundled model by its name, a model
-    folder by its full path (as the input is recorded), so that ``info`` names it from anywhere."""
-    from .models import bundled_models
-
-    return given if given in bundled_models() else str(Path(given).resolve())
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .arg_types import variant_option
     from .config import load_preset, parse_preset
@@ -196,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .jobs.predict import predict
     from .jobs.predict_output import OutputNames
     from .jobs.inputs import read_logged
-    from .models import resolve_model
+    from .models import model_record, resolve_model
     from .variants import model_options
 
     names = OutputNames.for_path(args.output)  # an unsupported name is refused before the model loads

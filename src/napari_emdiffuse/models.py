@@ -48,6 +48,13 @@ def find_model(name_or_path: str | Path) -> Path:
     return path
 
 
+def model_record(name_or_path: str | Path) -> str:
+    """How an output records the model it was made with: a bundled model by its name, a model
+    folder by its full path (as the input is recorded), so that ``info`` names it from anywhere."""
+    folder = find_model(name_or_path)
+    return str(name_or_path) if folder == bundled_models().get(str(name_or_path)) else str(folder.resolve())
+
+
 def resolve_model(name_or_path: str | Path) -> Model:
     """Load a bundled model by name, or a model folder by path (:func:`find_model`)."""
     return Model.load(find_model(name_or_path))
