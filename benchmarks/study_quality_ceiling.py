@@ -66,26 +66,28 @@ ISO_WINDOW = (slice(128, 384), slice(128, 384))
 UNRECORDED_SR2 = 0.75
 
 
-def spectrum_floor(plane: np.ndarray) -> float:
-    """Mean power (per pixel, Hann-windowed) of ``plane`` at radial frequencies >= FLOOR_FROM:
-    the variance of its white noise plus whatever signal remains there."""
+def power_spectrum(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The power (per pixel, Hann-windowed) of ``plane`` less its mean, and each frequency's
+    radius (cycles/px)."""
     p = np.asarray(plane, np.float64)
     p = p - p.mean()
     w = np.outer(np.hanning(p.shape[0]), np.hanning(p.shape[1]))
     power = np.abs(np.fft.fft2(p * w)) ** 2 / (w**2).sum()
     fy, fx = np.meshgrid(np.fft.fftfreq(p.shape[0]), np.fft.fftfreq(p.shape[1]), indexing="ij")
-    return float(power[np.hypot(fy, fx) >= FLOOR_FROM].mean())
+    return power, np.hypot(fy, fx)
+
+
+def spectrum_floor(plane: np.ndarray) -> float:
+    """Mean power of ``plane`` at radial frequencies >= FLOOR_FROM: the variance of its white
+    noise plus whatever signal remains there."""
+    power, r = power_spectrum(plane)
+    return float(power[r >= FLOOR_FROM].mean())
 
 
 def band_falloff(plane: np.ndarray, low: tuple[float, float] = (0.40, 0.45), high: tuple[float, float] = (0.60, 0.65)) -> float:
-    """How many times the amplitude of ``plane``'s spectrum (Hann-windowed, radially averaged)
-    falls from the band ``low`` to the band ``high`` (cycles/px): about 1 for white noise."""
-    p = np.asarray(plane, np.float64)
-    p = p - p.mean()
-    w = np.outer(np.hanning(p.shape[0]), np.hanning(p.shape[1]))
-    power = np.abs(np.fft.fft2(p * w)) ** 2 / (w**2).sum()
-    fy, fx = np.meshgrid(np.fft.fftfreq(p.shape[0]), np.fft.fftfreq(p.shape[1]), indexing="ij")
-    r = np.hypot(fy, fx)
+    """How many times the amplitude of ``plane``'s spectrum falls from the band ``low`` to the
+    band ``high`` (cycles/px): about 1 for white noise."""
+    power, r = power_spectrum(plane)
     mean = [power[(r >= a) & (r < b)].mean() for a, b in (low, high)]
     return float(np.sqrt(mean[0] / mean[1]))
 
