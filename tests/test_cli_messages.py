@@ -116,6 +116,30 @@ def test_a_job_message_is_shown_by_its_level():
     assert say("resuming", "info") == ("resuming", sys.stdout)
 
 
+def test_a_job_shows_no_bar_before_its_first_progress_and_a_named_bar_for_a_later_phase(capsys):
+    """The terminal drew an empty "0step" bar before a job's notes, and training's calibration
+    went on in the training bar ("2/4 step", the last loss beside it: the CLI walks)."""
+    from napari_emdiffuse.cli_jobs import drive
+    from napari_emdiffuse.jobs.events import Loss, Message, Progress
+
+    events = [
+        Message("a note before any progress"),
+        Progress(1, 2, "training"),
+        Loss(2, 0.5, 1e-4),
+        Progress(2, 2, "training"),
+        Progress(0, 16, "calibrating the uncertainty", "patch"),
+        Progress(16, 16, "calibrating the uncertainty", "patch"),
+    ]
+    drive(iter(events), quiet=False)
+    out, err = capsys.readouterr()
+    assert out.startswith("a note before any progress\n")
+    bars = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert not any(line.startswith("0step") or line.startswith("0it") for line in bars)
+    assert any("2/2" in line and "step" in line and "loss=0.5000" in line for line in bars)
+    calibration = [line for line in bars if line.startswith("calibrating the uncertainty")]
+    assert calibration and "16/16" in calibration[-1] and "patch" in calibration[-1] and "loss" not in calibration[-1]
+
+
 def test_info_says_when_only_the_slice_spacing_is_unknown(tmp_path, capsys):
     """A stack whose pixels are 4 nm but whose slice spacing is not recorded read '1 x 0.004 x 0.004 µm'."""
     path = tmp_path / "stack.tif"

@@ -175,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         simulated = f"(simulated from {args.clean})" if args.clean and not args.input else None
         with naming({"input": args.input or simulated, "target": args.target or args.clean, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing
-            result = drive(events, args.quiet or not world.is_main, preset.train.iterations, echo=world.is_main)
+            result = drive(events, args.quiet or not world.is_main, echo=world.is_main)
     if world.is_main:
         print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if stop.signum is not None else 0  # a signal during the wrap-up is one too
@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--read-noise", type=number(0), default=DEFAULT_READ_NOISE, help="simulated read noise, fraction of range (with --clean)")
     t.add_argument("--out", required=True, help="run folder: model.json, weights and checkpoint go here")
     t.add_argument("--iterations", type=int)
-    t.add_argument("--minutes", type=float, help="end within this many minutes: training stops early enough for the final validation and calibration")
+    t.add_argument("--minutes", type=float, help="end within this many minutes: training stops early enough for the final validation and calibration "
+                   "(at least half the time is training's; a calibration that does not fit in the rest uses fewer patches)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -15,7 +15,7 @@ def say(text: str, level: str) -> tuple[str, Any]:
     return (f"warning: {text}", sys.stderr) if level == "warning" else (text, sys.stdout)
 
 
-def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bool = True, unit: str = "step", describe: bool = False) -> Any:
+def drive(events: Iterator[Any], quiet: bool, echo: bool = True, unit: str = "step", describe: bool = False) -> Any:
     """Show a job's events as a tqdm bar counting ``unit`` and messages (``echo=False``: no
     messages; ``describe``: what the job is doing before the bar); return its result event."""
     from tqdm import tqdm
@@ -24,26 +24,39 @@ def drive(events: Iterator[Any], quiet: bool, total: int | None = None, echo: bo
     from .jobs.events import Loss, Message, PredictResult, PrepareResult, Progress, TrainResult, Validation
 
     bar = None
+    phase = None
     result = None
+
+    def write(line: str, stream: Any = sys.stdout) -> None:
+        if bar is None:
+            print(line, file=stream, flush=True)
+        else:
+            bar.write(line, file=stream)
+
     try:
         for ev in events:
-            if bar is None:  # after the job has checked its inputs, so an error is not drawn over a bar
-                bar = tqdm(total=total, unit=unit, dynamic_ncols=True, disable=quiet)
             match ev:
-                case Progress(done=done, total=of, what=what):
-                    bar.total, bar.n = of, done
+                case Progress(done=done, total=of, what=what, unit=own_unit):
+                    # the bar appears with the job's first progress (after its checks and notes: no
+                    # empty bar); a later phase gets a bar of its own, named, in its own unit
+                    # (``describe``: one bar that names each phase)
+                    if bar is None or (what != phase and not describe):
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(total=of, initial=done, unit=own_unit or unit, dynamic_ncols=True, disable=quiet, desc=what if phase is not None else None)
+                        phase = what
                     if describe:
                         bar.set_description(what)
+                    bar.total, bar.n = of, done
                     bar.refresh()
-                case Loss(loss=loss):
+                case Loss(loss=loss) if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 case TrainResult() | PredictResult() | CalibrationResult() | PrepareResult():
                     result = ev
                 case Validation(step=step, psnr=psnr, input_psnr=base_psnr, baseline=baseline) if echo:
-                    bar.write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")
+                    write(f"step {step}: validation PSNR {psnr:.2f} dB ({baseline} {base_psnr:.2f} dB)")
                 case Message(text=text, level=level) if echo:
-                    line, stream = say(text, level)
-                    bar.write(line, file=stream)
+                    write(*say(text, level))
     finally:
         if bar is not None:
             bar.close()

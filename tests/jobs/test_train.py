@@ -106,6 +106,30 @@ def test_a_time_limit_keeps_room_for_the_final_validation_and_calibration(tmp_pa
     assert any(e.kind is Kind.MESSAGE and e.level == "warning" and "training stops after 0 s" in e.text for e in short)
 
 
+def test_a_time_limit_shortens_the_calibration_it_has_no_room_for(tmp_path, isbi_pair, monkeypatch):
+    """`train --minutes 2` ran for about 4-8 minutes: the calibration's draws took longer than
+    the limit (the CLI walk of 2026-12-08). Under a limit the calibration now stops after the pass
+    that crosses it, on at least MIN_CAL_PATCHES patches, and says so; without one it uses all."""
+    from napari_emdiffuse.jobs import train as train_job
+
+    noisy, clean = isbi_pair
+    arrays = {"input": noisy, "target": clean}
+    monkeypatch.setattr(train_job, "wrap_up_seconds", lambda *a: 1e9)  # far more than the limit
+    short = _run(train(_tiny(iterations=100000, minutes=0.005, checkpoint_every=100000, val_every=100000, cal_patches=32), arrays, tmp_path / "short"))
+    assert short[-1].reason == "time budget"
+    said = [e.text for e in short if e.kind is Kind.MESSAGE and "limit is reached" in e.text]
+    assert said == [f"the time limit is reached: the uncertainty is calibrated on {train_job.MIN_CAL_PATCHES} of the 32 held-out patches"]
+    cal = Model.load(tmp_path / "short").info.metrics["calibration"]
+    assert cal["patches"] + cal["check_patches"] == train_job.MIN_CAL_PATCHES
+    bars = [(e.done, e.total) for e in short if e.kind is Kind.PROGRESS and e.what == "calibrating the uncertainty"]
+    assert bars == [(0, 32), (train_job.CAL_CHUNK, 32)] and all(e.unit == "patch" for e in short if e.kind is Kind.PROGRESS and e.what.startswith("calib"))
+
+    full = _run(train(_tiny(iterations=2, cal_patches=32), arrays, tmp_path / "full"))
+    assert not any(e.kind is Kind.MESSAGE and "limit is reached" in e.text for e in full)
+    cal = Model.load(tmp_path / "full").info.metrics["calibration"]
+    assert (cal["patches"], cal["check_patches"]) == (16, 16)
+
+
 def test_a_stopped_run_saves_its_state_before_the_wrap_up(tmp_path, isbi_pair):
     """A second Ctrl-C or a kill during the final validation and calibration (a minute; a
     cluster's grace period after SIGTERM is often 30 s) lost the run: the checkpoint came after

@@ -33,9 +33,12 @@ def new_cancel_token() -> threading.Event:
 
 @dataclass(frozen=True)
 class Progress:
+    """``done`` of ``total`` in the phase ``what``, counted in ``unit`` (empty: the job's own)."""
+
     done: int
     total: int
     what: str = ""
+    unit: str = ""
     kind: Kind = field(default=Kind.PROGRESS, init=False)
 
 

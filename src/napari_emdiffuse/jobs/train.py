@@ -48,6 +48,11 @@ RUN_FILES = (MODEL_JSON, WEIGHTS, CHECKPOINT, LOCK, "MODEL_CARD.md")
 WARMUP_STEPS = 100
 #: wall-clock seconds after which a validation is due, however few steps that was
 VALIDATE_SECONDS = 180.0
+#: calibration patches drawn at once: under a time limit the calibration stops after the pass
+#: that crosses it (keeping at least :data:`MIN_CAL_PATCHES`), so a pass is what it can overrun
+CAL_CHUNK = 8
+#: the fewest patches a time limit leaves the calibration (half fit the scale, half check it)
+MIN_CAL_PATCHES = 8
 
 
 def learning_rate(preset: Preset, step: int) -> float:
@@ -169,14 +174,14 @@ class _Trainer:
         return float(loss.detach())
 
     @torch.no_grad()
-    def sample(self, cond: np.ndarray, sampler: Any, steps: int, key: int) -> np.ndarray:
+    def sample(self, cond: np.ndarray, sampler: Any, steps: int, *key: int) -> np.ndarray:
         """What the EMA model makes of ``cond`` (normalised units) with ``sampler`` over
         ``steps`` noise levels; the starting noise is keyed by ``key``."""
         den = Denoiser.from_config(self.ema, self.preset.diffusion)
         sigmas = self.process.schedule.sampling_sigmas(steps).to(self.device)
         c = torch.from_numpy(cond).to(self.device)
         shape = (cond.shape[0], self.model.info.out_channels, *cond.shape[-2:])
-        gen = torch.Generator().manual_seed(splitmix(self.preset.train.seed, 0xBA1, key))
+        gen = torch.Generator().manual_seed(splitmix(self.preset.train.seed, 0xBA1, *key))
         x = torch.randn(shape, generator=gen).to(self.device) * sigmas[0]
         with autocast(self.device):
             out = sampler(lambda xx, s: den(xx, s, c), x, sigmas)
@@ -207,14 +212,16 @@ def wrap_up_seconds(trainer: _Trainer, val_cond: np.ndarray, cal_cond: np.ndarra
     return per_estimate * (len(val_cond) + len(cal_cond)) + per_draw * len(cal_cond) * (cfg.samples if cfg.samples >= 2 else 0)
 
 
-def wrap_up_note(budget: float, wrap_up: float) -> str:
+def wrap_up_note(budget: float, wrap_up: float, patches: int) -> str:
     """What a time limit leaves for training once the final validation and calibration (about
-    ``wrap_up`` seconds) are paid for; training keeps at least half the limit."""
+    ``wrap_up`` seconds on ``patches`` calibration patches) are paid for; training keeps at
+    least half the limit, and a calibration that does not fit in the rest uses fewer patches."""
     if wrap_up > budget / 2:
         return (
-            f"the final validation and calibration of the uncertainty take about {wrap_up:.0f} s, more than half the "
-            f"time limit ({budget:.0f} s): training stops after {budget / 2:.0f} s, and the job ends about "
-            f"{budget / 2 + wrap_up:.0f} s after it started"
+            f"the final validation and calibration of the uncertainty would take about {wrap_up:.0f} s, more than half "
+            f"the time limit ({budget:.0f} s): training stops after {budget / 2:.0f} s, and the uncertainty is calibrated "
+            f"on as many of its {patches} held-out patches as the rest of the limit allows (at least {min(patches, MIN_CAL_PATCHES)}); "
+            "a longer limit calibrates it on all"
         )
     return (
         f"the time limit includes the final validation and calibration of the uncertainty (about {wrap_up:.0f} s): "
@@ -438,7 +445,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         trainer.history.append({"step": trainer.step, "val_psnr": trainer.val_psnr})
         return Validation(trainer.step, trainer.val_psnr, baseline_psnr, variant.baseline_name)
 
-    def final_validation() -> Iterator[Any]:
+    def final_validation(deadline: float | None) -> Iterator[Any]:
         """Score the model that is saved against the baseline, calibrate it, and say how it did."""
         result = validate()
         yield result
@@ -450,7 +457,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
             "val_patches": int(val_cond.shape[0]),
             "val_estimate": "best",
         }
-        calibration = yield from calibrate()
+        calibration = yield from calibrate(deadline)
         if calibration is not None:
             metrics["calibration"] = calibration
         model.info.metrics = metrics
@@ -462,22 +469,31 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         if warning:
             yield Message(warning, "warning")
 
-    def calibrate() -> Iterator[Any]:
-        """Split-conformal scale of the error map (:mod:`..uncertainty`) at the model's sampling settings."""
+    def calibrate(deadline: float | None) -> Iterator[Any]:
+        """Split-conformal scale of the error map (:mod:`..uncertainty`) at the model's sampling
+        settings, on the calibration patches a pass of :data:`CAL_CHUNK` at a time: past the
+        ``deadline`` (a ``time.monotonic()``; the time limit's end) on those drawn so far."""
         cfg = preset.sample
         if cfg.samples < 2:
             yield Message("no calibration: the model's sampling settings draw a single sample, which has no spread", "warning")
             return None
         sampler = get_sampler(cfg.sampler, cfg.eta)  # as predict samples
-        draws = []
-        for i in range(cfg.samples):
-            yield Progress(i, cfg.samples, "calibrating the uncertainty")
-            draws.append(trainer.sample(cal_cond, sampler, cfg.steps, 100 + i))
-        yield Progress(cfg.samples, cfg.samples, "calibrating the uncertainty")
-        draws = np.stack(draws)
-        truth = val_src.as_image(cal_cond, cal_target)
-        best = val_src.as_image(cal_cond, trainer.best_estimate(cal_cond))
-        spread = uncertainty.error_map(draws.std(0, ddof=1))
+        n, spreads, bests, means = len(cal_cond), [], [], []
+        yield Progress(0, n, "calibrating the uncertainty", "patch")
+        for at in range(0, n, CAL_CHUNK):
+            part = cal_cond[at : at + CAL_CHUNK]
+            draws = np.stack([trainer.sample(part, sampler, cfg.steps, 100 + i, at) for i in range(cfg.samples)])
+            spreads.append(uncertainty.error_map(draws.std(0, ddof=1)))
+            means.append(val_src.as_image(part, draws.mean(0)))
+            bests.append(val_src.as_image(part, trainer.best_estimate(part)))
+            done = at + len(part)
+            yield Progress(done, n, "calibrating the uncertainty", "patch")
+            if deadline is not None and done < n and done >= MIN_CAL_PATCHES and time.monotonic() >= deadline:
+                yield Message(f"the time limit is reached: the uncertainty is calibrated on {done} of the {n} held-out patches")
+                break
+        cond, target = cal_cond[:done], cal_target[:done]
+        truth = val_src.as_image(cond, target)
+        best, spread, mean = np.concatenate(bests), np.concatenate(spreads), np.concatenate(means)
         half = len(truth) // 2
         first = np.zeros(truth.shape, bool)
         first[:half] = True
@@ -490,8 +506,8 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
             "patches": half,
             "check_patches": len(truth) - half,
             "psnr_best": psnr(np.clip(best, -1, 1), truth),
-            "psnr_mean": psnr(np.clip(val_src.as_image(cal_cond, draws.mean(0)), -1, 1), truth),
-            "psnr_baseline": psnr(_baseline(val_src, cal_cond, cal_target), truth),
+            "psnr_mean": psnr(np.clip(mean, -1, 1), truth),
+            "psnr_baseline": psnr(_baseline(val_src, cond, target), truth),
         }
 
     def checkpoint(reason: str) -> CheckpointSaved:
@@ -511,7 +527,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     wrap_up = wrap_up_seconds(trainer, val_cond, cal_cond, preset.sample) if budget is not None and world.is_main else 0.0
     reserve = min(wrap_up, budget / 2) if budget is not None else 0.0  # training keeps at least half the limit
     if budget is not None and world.is_main:
-        yield Message(wrap_up_note(budget, wrap_up), "warning" if wrap_up > budget / 2 else "info")
+        yield Message(wrap_up_note(budget, wrap_up, len(cal_cond)), "warning" if wrap_up > budget / 2 else "info")
     first_step = trainer.step
     reason = "finished"
     last_validation = time.monotonic()
@@ -558,6 +574,6 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
                 # the state first: a kill or a second Ctrl-C during the minute of wrap-up (a
                 # cluster's grace period after SIGTERM is often 30 s) then loses no step
                 yield checkpoint(reason)
-                yield from final_validation()
+                yield from final_validation(start + budget if budget is not None else None)
                 model.save(run_dir, state=trainer.ema.state_dict())  # now with its validation and calibration
         yield TrainResult(run_dir, trainer.step, reason, trainer.val_psnr, baseline_psnr)
