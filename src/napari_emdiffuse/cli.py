@@ -176,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with naming({"input": args.input or simulated, "target": args.target or args.clean, "volume": args.volume, "clean images": args.clean}):
             # one voice: the other processes of a torchrun/srun run show nothing
             result = drive(events, args.quiet or not world.is_main, echo=world.is_main)
-    if world.is_main:
+    if world.is_main and result.reason != "nothing left to train":  # the job said why nothing was saved
         print(f"model saved to {result.model_dir} after {result.steps} steps ({result.reason})")
     return stop.exit_status() if stop.signum is not None else 0  # a signal during the wrap-up is one too
 

@@ -130,6 +130,32 @@ def test_a_time_limit_shortens_the_calibration_it_has_no_room_for(tmp_path, isbi
     assert (cal["patches"], cal["check_patches"]) == (16, 16)
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train_and_changes_nothing(tmp_path, isbi_pair):
+    """Resumed at or past its steps, a run validated and calibrated there ran the whole wrap-up
+    again (minutes) and said "model saved ... (finished)" (the CLI walk of 2026-12-08). It now says
+    there is nothing left to train and leaves the run as it is; a run whose wrap-up a kill cut
+    short (the checkpoint comes first) still gets it."""
+    import json
+
+    noisy, clean = isbi_pair
+    arrays = {"input": noisy, "target": clean}
+    _run(train(_tiny(iterations=2), arrays, tmp_path))
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+    for asked in (2, 1):
+        again = _run(train(_tiny(iterations=asked), arrays, tmp_path, resume=True))
+        assert [e.kind for e in again] == [Kind.MESSAGE, Kind.RESULT]
+        assert again[0].text.startswith(f"nothing left to train: the run in {tmp_path} has trained 2 steps (asked: {asked})")
+        assert again[-1].reason == "nothing left to train" and again[-1].steps == 2 and again[-1].best_psnr is not None
+        assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == before
+
+    meta = json.loads((tmp_path / "model.json").read_text())  # as a kill during the wrap-up leaves it
+    del meta["metrics"]["calibration"]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    wrapped = _run(train(_tiny(iterations=2), arrays, tmp_path, resume=True))
+    assert Kind.VALIDATION in [e.kind for e in wrapped] and wrapped[-1].reason == "finished"
+    assert "calibration" in Model.load(tmp_path).info.metrics
+
+
 def test_a_stopped_run_saves_its_state_before_the_wrap_up(tmp_path, isbi_pair):
     """A second Ctrl-C or a kill during the final validation and calibration (a minute; a
     cluster's grace period after SIGTERM is often 30 s) lost the run: the checkpoint came after

@@ -91,7 +91,7 @@ class Message:
 class TrainResult:
     model_dir: Path
     steps: int
-    reason: str  # "finished" | "time budget" | "cancelled"
+    reason: str  # "finished" | "time budget" | "cancelled" | "nothing left to train" (a finished run resumed)
     best_psnr: float | None  # the final validation's PSNR of the best estimate
     baseline_psnr: float | None = None  # and of the baseline, on the same patches
     kind: Kind = field(default=Kind.RESULT, init=False)

@@ -273,6 +273,23 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
     return model
 
 
+def finished_run(run_dir: Path, step: int, preset: Preset) -> TrainResult | None:
+    """The result of a run resumed at or past the steps ``preset`` asks for, whose model was
+    validated (and calibrated, if it samples more than once) at its last step: there is nothing
+    to do, where the wrap-up took minutes to compute it all again. None where something is left
+    (steps, or a wrap-up a kill interrupted: the checkpoint is saved before it)."""
+    if step < preset.train.iterations:
+        return None
+    try:
+        metrics = Model.load(run_dir).info.metrics
+    except Exception:  # noqa: BLE001 - no readable model: the wrap-up makes one
+        return None
+    calibrated = "calibration" in metrics or preset.sample.samples < 2
+    if metrics.get("val_step") != step or not calibrated:
+        return None
+    return TrainResult(run_dir, step, "nothing left to train", metrics.get("val_psnr"), metrics.get("val_baseline_psnr"))
+
+
 def checkpoint_state(run_dir: str | Path) -> dict[str, Any]:
     """The JSON state of a run's checkpoint (step, preset, model description, history)."""
     from safetensors import safe_open
@@ -385,6 +402,14 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         # Only the stopping rule may change on resume; everything else must match to stay exact.
         preset = old.with_overrides({"train": {"iterations": preset.train.iterations, "minutes": preset.train.minutes}})
         model = Model.from_json(saved["model"], source=str(ckpt))
+        finished = finished_run(run_dir, int(saved["step"]), preset)
+        if finished is not None:
+            yield Message(
+                f"nothing left to train: the run in {run_dir} has trained {finished.steps} steps (asked: {preset.train.iterations}) "
+                "and was validated and calibrated then; ask for more steps to train it further"
+            )
+            yield finished
+            return
     else:
         model = _model_for(preset, init_model)
         preset = model.preset
