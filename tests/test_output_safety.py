@@ -476,6 +476,35 @@ def test_cancelled_2d_prediction_writes_nothing_and_says_so(tmp_path, model_dir,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
+def test_a_run_that_writes_nothing_leaves_no_folder_it_made(tmp_path, model_dir, stack):
+    """`--output new/sub/out.tif` made both folders and left them empty when a cancel (or an
+    error) wrote nothing (the CLI walk). The folders a run made and left empty go again; one
+    that holds anything stays, and so does a folder that was there before."""
+    from napari_emdiffuse.model_file import Model
+
+    model = Model.load(model_dir)
+    image = tifffile.imread(stack)[0]
+    for out in (tmp_path / "new" / "sub" / "out.tif", tmp_path / "new" / "sub" / "out.zarr"):
+        token, hook = _cancel_after(model, 1)
+        try:
+            events = list(predict(model, image, output=out, cancel=token))
+        finally:
+            hook.remove()
+        assert not events[-1].complete and events[-1].written == ()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "new").mkdir()
+    (tmp_path / "kept" / "new" / "notes.txt").write_text("mine")
+    token, hook = _cancel_after(model, 1)
+    try:
+        list(predict(model, image, output=tmp_path / "kept" / "new" / "out.tif", cancel=token))
+    finally:
+        hook.remove()
+    assert sorted(p.name for p in (tmp_path / "kept" / "new").iterdir()) == ["notes.txt"]
+    done = list(predict(model, image, output=tmp_path / "made" / "out.tif"))[-1]  # a finished run keeps its folder
+    assert done.complete and (tmp_path / "made" / "out.tif").is_file()
+
+
 def test_cancelled_zarr_output_is_a_valid_store_marked_incomplete(tmp_path, model_dir, stack, capsys):
     from napari_emdiffuse.model_file import Model
 

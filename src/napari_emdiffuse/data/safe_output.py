@@ -340,19 +340,27 @@ class Lock:
     second ``O_EXCL`` file (``NAME.takeover``): of several processes finding one stale lock at
     once, only the guard's holder removes it, and only while it is still that stale lock, so
     exactly one of them ends up holding the lock.
+
+    The lock's folder is created if it is missing (with its missing parents); on release, those
+    the lock created and the job left empty (a cancel or an error before anything was written)
+    are removed again, so a run that wrote nothing leaves nothing.
     """
 
     def __init__(self, lock_path: str | Path, what: str, outputs: Sequence[Path] = ()) -> None:
         self.path, self.what, self.outputs = Path(lock_path), what, list(outputs)
         self.guard = self.path.with_name(self.path.name + ".takeover")
         self.held = False
+        self.made: list[Path] = []  # the folders acquire created, deepest first
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def acquire(self) -> "Lock":
+        folder = self.path.parent.absolute()
+        missing = [f for f in (folder, *folder.parents) if not f.exists()]
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise _cannot_write(self.path.parent, err) from None
+        self.made = missing
         deadline = time.monotonic() + TAKEOVER_WAIT_S
         while time.monotonic() < deadline:
             try:
@@ -423,6 +431,12 @@ class Lock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+        for folder in self.made:  # rmdir removes only an empty folder: anything written stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.made = []
 
     def __enter__(self) -> "Lock":
         return self.acquire()
