@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Sequence, get_args
 import numpy as np
 
 from .arg_types import as_flags
-from .cli_jobs import ctrl_c_cancels, drive, terminate
+from .cli_jobs import add_quiet, ctrl_c_cancels, drive, terminate
 from .errors import DeviceError, EMDiffuseError, InputError, naming
 
 
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--roi", help="train only on Y0:Y1,X0:X1 (pixels of --input or --volume; it must lie inside the image)")
     t.add_argument("--option", dest="variant_option", action="append", help="variant option KEY=VALUE, e.g. factor=2")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; a device named here that is not usable is an error")
-    t.add_argument("-q", "--quiet", action="store_true")
+    add_quiet(t)
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="enhance an image or volume with a model")
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cluster", help="run the blocks on dask workers: local:N, tcp://host:port (a running scheduler) or a cluster file (JSON, SLURM/PBS/LSF); see docs/whole-volume.md")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; a device named here that is not usable is an error")
     r.add_argument("--compile", action="store_true", help="torch.compile the network first (about a minute of compiling; on a CPU it ran 1.1-1.4x slower than without, docs/benchmarks-throughput.md)")
-    r.add_argument("-q", "--quiet", action="store_true")
+    add_quiet(r)
     r.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("presets", help="list the built-in presets, or show one")

@@ -10,7 +10,7 @@ import numpy as np
 
 from .data.degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 from .arg_types import as_flags
-from .cli_jobs import ctrl_c_cancels, drive
+from .cli_jobs import add_quiet, ctrl_c_cancels, drive
 from .errors import InputError, naming
 
 
@@ -90,5 +90,5 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="the calibrated model folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder at --out")
     p.add_argument("--device", default="auto")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_quiet(p)
     p.set_defaults(func=cmd_calibrate)

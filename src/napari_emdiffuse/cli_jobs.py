@@ -15,6 +15,11 @@ def say(text: str, level: str) -> tuple[str, Any]:
     return (f"warning: {text}", sys.stderr) if level == "warning" else (text, sys.stdout)
 
 
+def add_quiet(parser: Any) -> None:
+    """The ``-q`` of every command that runs a job: what it leaves out, said in its help."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar (messages, warnings and what was written are still shown)")
+
+
 def drive(events: Iterator[Any], quiet: bool, echo: bool = True, unit: str = "step", describe: bool = False) -> Any:
     """Show a job's events as a tqdm bar counting ``unit`` and messages (``echo=False``: no
     messages; ``describe``: what the job is doing before the bar); return its result event."""

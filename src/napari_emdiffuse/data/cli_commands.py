@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..arg_types import number, variant_option, whole
+from ..cli_jobs import add_quiet
 from ..errors import InputError, naming
 from .degrade import DEFAULT_DOSE, DEFAULT_READ_NOISE
 from .normalise import check_grey
@@ -303,7 +304,7 @@ def add_parsers(subparsers: Any) -> None:
     sim.add_argument("--jitter-correlation", type=number(0, 1, high_open=True), default=0.0, help="how much neighbouring lines jitter together (0-1)")
     p.add_argument("--overlay", type=whole(0, 64), default=4, help="pairs (slices) shown in NAME_overlay.png")
     p.add_argument("--seed", type=whole(0, 2**32 - 1), default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_quiet(p)
     p.set_defaults(func=cmd_prepare)
 
     i = subparsers.add_parser("info", help="shape, dtype, voxel size and chunking of an image file (and, for our outputs, what made them and whether they are complete)")
