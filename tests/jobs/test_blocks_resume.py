@@ -284,7 +284,7 @@ def test_resume_refuses_to_choose_between_a_partial_store_and_a_killed_runs(smal
     assert str(err.value) == (
         f"{partial}: --resume continues one unfinished store, and two are here: this one (1 finished block) and {killed} (1 finished block, "
         f"left by a killed run); to continue the killed run's, move o.partial.zarr away; to continue o.partial.zarr, remove {killed.name}; "
-        "or start again with --overwrite instead of --resume, which discards the killed run's store (and replaces o.partial.zarr if it is stopped too)"
+        "or start again with --overwrite instead of --resume, which discards the killed run's store (and discards o.partial.zarr once it finishes, or replaces it if it is stopped too)"
     )
     assert (files(partial), files(killed)) == before
     partial.rename(tmp_path / "kept.partial.zarr")  # as advised: the killed run's is continued
@@ -312,10 +312,10 @@ def test_a_plain_rerun_beside_a_stopped_runs_store_says_what_resume_and_overwrit
     if beside:
         said += (
             f", and the store a killed run left beside it, {killed[0].name} (1 finished block); add --resume (it says how to choose "
-            "which to continue), or --overwrite to start again, which discards it (o.partial.zarr stays, replaced only if that run is stopped too)"
+            "which to continue), or --overwrite to start again, which discards it (o.partial.zarr is discarded once that run finishes, or replaced if it is stopped too)"
         )
     else:
-        said += "; add --resume to continue it, or --overwrite to start again (o.partial.zarr stays, replaced only if that run is stopped too)"
+        said += "; add --resume to continue it, or --overwrite to start again (o.partial.zarr is discarded once that run finishes, or replaced if it is stopped too)"
     assert str(err.value) == said
     assert [_files(p) for p in [partial, *killed]] == before
     (tmp_path / "o.zarr").mkdir()  # a result of that name exists too: refused first, as --resume would be
@@ -345,6 +345,39 @@ def test_a_rerun_onto_an_existing_result_names_the_killed_runs_stores_overwrite_
     assert _files(killed) == before
     assert run_predict(model, image, sample=fast, output=tmp_path / "o.zarr", resume=True, overwrite=True).complete  # as advised
     assert not killed.exists()
+
+
+def test_a_finished_overwrite_discards_the_stopped_runs_unfinished_result_and_says_so(small_stack, tmp_path, random_model, fast, cancelled_early):
+    """--overwrite "starts again", but a finished run left the stopped run's o.partial.zarr (or
+    o.partial.tif and its companions) beside the new result, taking room (the CLI walk). Once the
+    new run finishes, they go, and the run says so; a run stopped again replaces them, as before."""
+    model, image = random_model("tiny"), small_stack[:3]
+    partial = cancelled_early(model, image, tmp_path / "o.zarr", blocks=2)
+    events = list(predict(model, image, sample=fast, output=tmp_path / "o.zarr", overwrite=True))
+    assert events[-1].complete and not partial.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]
+    said = [e.text for e in events if e.kind.value == "message" and "discarded" in e.text]
+    assert said == ["discarded the unfinished result a stopped run left (o.partial.zarr): this finished one replaces it (--overwrite)"]
+
+    from unittest import mock
+
+    from napari_emdiffuse.jobs.predict_output import PredictionOutput
+
+    token, mark = new_cancel_token(), PredictionOutput.mark_done
+
+    def mark_done(self, block):
+        mark(self, block)
+        token.set()  # stopped after its first block
+
+    with mock.patch.object(PredictionOutput, "mark_done", mark_done):
+        list(predict(model, image, sample=fast, output=tmp_path / "t.tif", cancel=token))
+    stopped = sorted(p.name for p in tmp_path.iterdir() if ".partial." in p.name)
+    assert stopped == ["t.partial.tif", "t_uncertainty.partial.tif"]
+    (tmp_path / "x.partial.tif").write_bytes((tmp_path / "t.partial.tif").read_bytes())  # another output's: untouched
+    events = list(predict(model, image, sample=fast, output=tmp_path / "t.tif", overwrite=True))
+    assert events[-1].complete
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("t", "x"))) == ["t.tif", "t_uncertainty.tif", "x.partial.tif"]
+    assert any("(t.partial.tif, t_uncertainty.partial.tif)" in e.text for e in events if e.kind.value == "message")
 
 
 def _files(store):

@@ -351,6 +351,9 @@ def _finish(
         else:
             kept = "the finished part " + describe_region(region, geometry.shape) + (f" is in {', '.join(map(str, written))}" if written else "")
         yield Message(f"cancelled: {kept}", "warning")
+    elif out is not None and out.superseded:
+        names = ", ".join(p.name for p in out.superseded)
+        yield Message(f"discarded the unfinished result a stopped run left ({names}): this finished one replaces it (--overwrite)")
     yield PredictResult(mean, std, samples, geometry.voxel, complete, region, lower, upper, tuple(written), rough)
 
 

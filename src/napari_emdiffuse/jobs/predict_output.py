@@ -345,6 +345,8 @@ class PredictionOutput:
         #: companions of an earlier result under this name that this one will not write (its
         #: other samples, its bounds): replaced with it under --overwrite, so none is left stale
         self.stale: list[Path] = []
+        #: a stopped run's unfinished result of this output that a finished ``overwrite`` run removed
+        self.superseded: list[Path] = []
         self.staged: StagedStore | None = None
         self.resumable: Path | None = None
         #: other killed runs' stores beside the one resumed (older ones): kept as they are, not continued (:meth:`passed_over_note`)
@@ -549,7 +551,25 @@ class PredictionOutput:
         if complete:
             for old in self.stale:  # an overwritten result's companions that this one does not have
                 old.unlink(missing_ok=True)
+            self._drop_superseded()
         return written, arrays
+
+    def _drop_superseded(self) -> None:
+        """After a finished run asked to ``overwrite``: remove the unfinished result a stopped run
+        left under this output's partial names (ours only), which the finished one replaces (it
+        was left beside it, taking room). Recorded in :attr:`superseded`, for the run to say."""
+        if not self.overwrite:
+            return
+        if self.names.store:
+            partial = OutputNames.partial(self.names.mean)
+            if partial.is_dir() and (own_attrs(partial) or {}).get("complete") is False:
+                _discard(partial)
+                self.superseded = [partial]
+            return
+        for part in (OutputNames.partial(p) for p in self.names.finals()):
+            if part.is_file() and _made_by_us(part):
+                part.unlink()
+                self.superseded.append(part)
 
     def _finish_store(
         self, mean: Any, spread: Any, q: float | None, complete: bool, status: dict[str, Any], error: ErrorModel
@@ -566,6 +586,7 @@ class PredictionOutput:
         self.staged = None
         if complete:  # the raw spread is needed only to resume: removed once the result is in place, never before
             _drop_spread(path)
+            self._drop_superseded()
         return [path], result_arrays(path)
 
     def close(self, quiet: bool = False) -> None:
@@ -609,7 +630,7 @@ def _which_to_resume(partial: Path, killed: Sequence[Path]) -> str:
     return (
         f"{partial}: --resume continues one unfinished store, and {here}; to continue {theirs}, move {partial.name} away; "
         f"to continue {partial.name}, remove {remove}; or start again with --overwrite instead of --resume, which discards {named} "
-        f"(and replaces {partial.name} if it is stopped too)"
+        f"(and discards {partial.name} once it finishes, or replaces it if it is stopped too)"
     )
 
 
@@ -660,7 +681,7 @@ def _stopped_run_left(partial: Path, killed: Sequence[Path]) -> str:
     ``--overwrite`` would do: discard the stores killed runs left beside it (``killed``), and
     replace ``partial`` only if that run is stopped too (a finished one leaves it)."""
     text = f"{partial}: a stopped run's unfinished result is here ({_held(partial)})"
-    keep = f"{partial.name} stays, replaced only if that run is stopped too"
+    keep = f"{partial.name} is discarded once that run finishes, or replaced if it is stopped too"
     if not killed:
         return text + f"; add --resume to continue it, or --overwrite to start again ({keep})"
     listed = ", ".join(f"{p.name} ({_held(p)})" for p in killed)
