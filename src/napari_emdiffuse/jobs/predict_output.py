@@ -679,7 +679,7 @@ def _stopped_run_left(partial: Path, killed: Sequence[Path]) -> str:
     """The refusal of a plain rerun (neither ``--resume`` nor ``--overwrite``) where a stopped
     run's ``partial`` store is here: what it holds, that ``--resume`` continues it, and what
     ``--overwrite`` would do: discard the stores killed runs left beside it (``killed``), and
-    replace ``partial`` only if that run is stopped too (a finished one leaves it)."""
+    discard ``partial`` once that run finishes, or replace it if that run is stopped too."""
     text = f"{partial}: a stopped run's unfinished result is here ({_held(partial)})"
     keep = f"{partial.name} is discarded once that run finishes, or replaced if it is stopped too"
     if not killed:
