@@ -249,15 +249,18 @@ def _placement(path: Path, image: Any, data: Any, dataset: str | None) -> tuple[
     elif image.meta.get("format") == "tiff":
         data, voxel, translate, window = _imagej_extras(path, data, voxel)
     elif image.meta.get("format") == "ome-tiff":
-        data, voxel, translate = _ome_tiff_extras(path, data, voxel, image.meta.get("provenance") or {})
+        data, voxel, translate, window = _ome_tiff_extras(path, data, voxel, image.meta.get("provenance") or {})
     return data, voxel, translate, window
 
 
-def _ome_tiff_extras(path: Path, data: Any, voxel: tuple[float, ...], record: dict[str, Any]) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None]:
-    """What our OME-TIFFs (other dtypes than ImageJ's, or over 4 GB) keep in their provenance,
-    as an ImageJ TIFF keeps it in its own metadata: a single slice saved as a stack (its
-    ``origin`` or ``sampling`` recorded for one axis more than the file holds) stays a stack of
-    one, its z size the OME metadata's, so its z position survives; the ``origin``."""
+def _ome_tiff_extras(
+    path: Path, data: Any, voxel: tuple[float, ...], record: dict[str, Any]
+) -> tuple[Any, tuple[float, ...], tuple[float, ...] | None, tuple[float, float] | None]:
+    """What our OME-TIFFs (other dtypes than ImageJ's, over 4 GB, or named .ome.tif) keep in
+    their provenance, as an ImageJ TIFF keeps it in its own metadata: a single slice saved as a
+    stack (its ``origin`` or ``sampling`` recorded for one axis more than the file holds) stays a
+    stack of one, its z size the OME metadata's, so its z position survives; the ``origin``; the
+    display range (``display_range``, which the napari writer records)."""
     recorded = [record.get(key) for key in ("origin", "sampling")]
     if data.ndim == 2 and any(isinstance(v, list) and len(v) == 3 for v in recorded):
         import tifffile
@@ -267,10 +270,13 @@ def _ome_tiff_extras(path: Path, data: Any, voxel: tuple[float, ...], record: di
         with tifffile.TiffFile(path) as tf:
             z = ome_voxel(tf.ome_metadata or "", "Z")
         data, voxel = data[None], ((z or (1.0,))[0], *voxel)
+    window = record.get("display_range")
+    if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) for v in window) and window[1] > window[0]):
+        window = None
     origin = record.get("origin")
     if isinstance(origin, list) and len(origin) == data.ndim and any(origin):
-        return data, voxel, tuple(float(o) for o in origin)
-    return data, voxel, None
+        return data, voxel, tuple(float(o) for o in origin), (tuple(float(v) for v in window) if window else None)
+    return data, voxel, None, (tuple(float(v) for v in window) if window else None)
 
 
 def contrast_limits(data: Any) -> tuple[float, float]:

@@ -69,11 +69,15 @@ def write_tiff(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
     arr = _check(data, meta, "TIFF", path)
     voxel, origin, record = _recorded(meta, arr.ndim)
-    # the OME-TIFF form (other dtypes, or over 4 GB) has no ImageJ origin, and reads a stack of one
-    # slice as an image: the reader takes both from here (a z axis where the origin has one)
+    # the OME-TIFF form (other dtypes, over 4 GB, or asked for by the name .ome.tif) has no ImageJ
+    # origin, and reads a stack of one slice as an image: the reader takes both from here (a z axis
+    # where the origin has one)
     if any(origin) or arr.shape[:-2] == (1,):
         record["origin"] = list(origin)
-    write_calibrated(path, arr, voxel, origin=origin, display_range=_window(meta), provenance=record or None)
+    window = _window(meta)
+    if window is not None:  # nor ImageJ's display range
+        record["display_range"] = list(window)
+    write_calibrated(path, arr, voxel, origin=origin, display_range=window, provenance=record or None)
     return [str(path)]
 
 

@@ -204,10 +204,11 @@ ROUND_TRIPS = {
 }
 
 
-@pytest.mark.parametrize("suffix", [".ome.zarr", ".tif"])
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".tif", ".ome.tif"])
 @pytest.mark.parametrize("case", sorted(ROUND_TRIPS))
 def test_saved_results_reopen_with_the_same_geometry_and_contrast(make_napari_viewer, tmp_path, suffix, case):
-    """Through napari itself: save a layer with the plugin's writer, open the file again."""
+    """Through napari itself: save a layer with the plugin's writer, open the file again (an
+    OME-TIFF kept no display range: reopened, its contrast was computed anew)."""
     dtype, shape, scale, translate = ROUND_TRIPS[case]
     rng = np.random.default_rng(3)
     data = (rng.normal(0.5, 0.1, shape) if dtype == np.float32 else rng.integers(1000, 3000, shape)).astype(dtype)
