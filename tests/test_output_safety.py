@@ -480,6 +480,8 @@ def test_a_run_that_writes_nothing_leaves_no_folder_it_made(tmp_path, model_dir,
     """`--output new/sub/out.tif` made both folders and left them empty when a cancel (or an
     error) wrote nothing (the CLI walk). The folders a run made and left empty go again; one
     that holds anything stays, and so does a folder that was there before."""
+    from unittest import mock
+
     from napari_emdiffuse.model_file import Model
 
     model = Model.load(model_dir)
@@ -503,6 +505,19 @@ def test_a_run_that_writes_nothing_leaves_no_folder_it_made(tmp_path, model_dir,
     assert sorted(p.name for p in (tmp_path / "kept" / "new").iterdir()) == ["notes.txt"]
     done = list(predict(model, image, output=tmp_path / "made" / "out.tif"))[-1]  # a finished run keeps its folder
     assert done.complete and (tmp_path / "made" / "out.tif").is_file()
+    # only what it made: through a missing folder and back up ("a/../b") the folder b was there
+    # before, empty, and stays; and a lock that cannot be taken leaves no folder of its own
+    (tmp_path / "b").mkdir()
+    token, hook = _cancel_after(model, 1)
+    try:
+        list(predict(model, image, output=tmp_path / "a" / ".." / "b" / "out.tif", cancel=token))
+    finally:
+        hook.remove()
+    assert (tmp_path / "b").is_dir() and not (tmp_path / "a").exists()
+    with mock.patch.object(safe_output.os, "open", side_effect=OSError(28, "No space left on device")):
+        with pytest.raises(InputError, match="cannot write there"):
+            safe_output.Lock(tmp_path / "x" / "y" / "o.lock", "o").acquire()
+    assert not (tmp_path / "x").exists()
 
 
 def test_cancelled_zarr_output_is_a_valid_store_marked_incomplete(tmp_path, model_dir, stack, capsys):

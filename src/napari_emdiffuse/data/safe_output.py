@@ -331,6 +331,25 @@ def pid_alive(pid: int) -> bool:
 TAKEOVER_WAIT_S, TAKEOVER_STALE_S = 5.0, 30.0
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents, one level at a time; the ones this call made,
+    deepest first (only those: a path through ``..`` or another process's folder made meanwhile
+    is never counted as ours)."""
+    made = []
+    for f in reversed((folder, *folder.parents)):
+        try:
+            os.mkdir(f)
+        except FileExistsError:
+            continue
+        except OSError:
+            for g in reversed(made):
+                with contextlib.suppress(OSError):
+                    g.rmdir()
+            raise
+        made.append(f)
+    return made[::-1]
+
+
 class Lock:
     """An exclusive lock file (created with ``O_EXCL``) holding pid, host and start time.
 
@@ -354,13 +373,17 @@ class Lock:
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     def acquire(self) -> "Lock":
-        folder = self.path.parent.absolute()
-        missing = [f for f in (folder, *folder.parents) if not f.exists()]
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self.made = _make_folders(self.path.parent.absolute())
         except OSError as err:
             raise _cannot_write(self.path.parent, err) from None
-        self.made = missing
+        try:
+            return self._take()
+        except BaseException:
+            self.release()  # the folders it made, left empty
+            raise
+
+    def _take(self) -> "Lock":
         deadline = time.monotonic() + TAKEOVER_WAIT_S
         while time.monotonic() < deadline:
             try:
