@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_preset, parse_preset
     from .engine.distributed import detect_world
     from .jobs.events import new_cancel_token
-    from .jobs.train import checkpoint_state, continues_run, train
+    from .jobs.train import checkpoint_state, continues_run, finished_run, train
     from .jobs.inputs import FILE_INPUTS, training_arrays
     from .models import resolve_model
     from .variants import model_options, resolve
@@ -143,7 +143,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_options(init)  # a broken model folder is refused before any data is read
     with as_flags("train", overrides["train"]):
         if resume:  # the run's own settings, so that simulated data is made the same way again
-            preset = parse_preset(checkpoint_state(args.out)["preset"]).with_overrides(overrides)
+            state = checkpoint_state(args.out)
+            preset = parse_preset(state["preset"]).with_overrides(overrides)
+            finished = finished_run(Path(args.out), int(state["step"]), preset)
+            if finished is not None:  # said before any data is read
+                if world.is_main:
+                    print(finished[1])
+                return 0
             if args.iterations is not None and args.minutes is None and preset.train.minutes is not None:
                 # asked for a number of steps: the first run's time limit would stop this one short of them, unsaid
                 print(f"resuming to {args.iterations} steps without the first run's time limit ({preset.train.minutes:g} minutes); "

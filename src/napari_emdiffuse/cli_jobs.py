@@ -43,15 +43,16 @@ def drive(events: Iterator[Any], quiet: bool, echo: bool = True, unit: str = "st
             match ev:
                 case Progress(done=done, total=of, what=what, unit=own_unit):
                     # the bar appears with the job's first progress (after its checks and notes: no
-                    # empty bar); a later phase gets a bar of its own, named, in its own unit
-                    # (``describe``: one bar that names each phase)
+                    # empty bar); a later phase, or one counted in its own unit, gets a bar of its
+                    # own, named (``describe``: one bar that names each phase)
                     if bar is None or (what != phase and not describe):
                         if bar is not None:
                             bar.close()
-                        bar = tqdm(total=of, initial=done, unit=own_unit or unit, dynamic_ncols=True, disable=quiet, desc=what if phase is not None else None)
+                        named = phase is not None or bool(own_unit)
+                        bar = tqdm(total=of, initial=done, unit=own_unit or unit, dynamic_ncols=True, disable=quiet, desc=what if named else None)
                         phase = what
                     if describe:
-                        bar.set_description(what)
+                        bar.set_description(what, refresh=False)
                     bar.total, bar.n = of, done
                     bar.refresh()
                 case Loss(loss=loss) if bar is not None:

@@ -124,6 +124,13 @@ def test_a_time_limit_shortens_the_calibration_it_has_no_room_for(tmp_path, isbi
     bars = [(e.done, e.total) for e in short if e.kind is Kind.PROGRESS and e.what == "calibrating the uncertainty"]
     assert bars == [(0, 32), (train_job.CAL_CHUNK, 32)] and all(e.unit == "patch" for e in short if e.kind is Kind.PROGRESS and e.what.startswith("calib"))
 
+    # resumed without a limit, a run calibrated on part of its patches is calibrated on all of them
+    steps = short[-1].steps
+    again = _run(train(_tiny(iterations=steps, cal_patches=32), arrays, tmp_path / "short", resume=True))
+    assert again[-1].reason == "finished" and again[-1].steps == steps
+    cal = Model.load(tmp_path / "short").info.metrics["calibration"]
+    assert (cal["patches"], cal["check_patches"]) == (16, 16)
+
     full = _run(train(_tiny(iterations=2, cal_patches=32), arrays, tmp_path / "full"))
     assert not any(e.kind is Kind.MESSAGE and "limit is reached" in e.text for e in full)
     cal = Model.load(tmp_path / "full").info.metrics["calibration"]
@@ -147,6 +154,13 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train_and_changes_noth
         assert again[0].text.startswith(f"nothing left to train: the run in {tmp_path} has trained 2 steps (asked: {asked})")
         assert again[-1].reason == "nothing left to train" and again[-1].steps == 2 and again[-1].best_psnr is not None
         assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == before
+
+    assert again[0].text.endswith("was validated and calibrated then; ask for more steps to train it further")
+    single = tmp_path / "single"  # a model that draws one sample has no calibration to wait for
+    one = load_preset("tiny", {"train": {"iterations": 2}, "sample": {"samples": 1}})
+    _run(train(one, arrays, single))
+    again = _run(train(one, arrays, single, resume=True))
+    assert again[-1].reason == "nothing left to train" and again[0].text.endswith("was validated then; ask for more steps to train it further")
 
     meta = json.loads((tmp_path / "model.json").read_text())  # as a kill during the wrap-up leaves it
     del meta["metrics"]["calibration"]

@@ -143,7 +143,7 @@ class TrainWidget(DockWidget):
         self.minutes.setSpecialValueText("no limit")
         self.minutes.setToolTip(
             "End within this many minutes, even before all steps are done: training stops early enough for the final "
-            "validation and the calibration of the uncertainty"
+            "validation and the calibration of the uncertainty (a short limit calibrates it on fewer patches)"
         )
         self.device = narrow(QComboBox(), "Where to train: auto picks a CUDA GPU, then Apple MPS, then the CPU")
         self.device.addItems(available_devices())

@@ -214,19 +214,18 @@ def wrap_up_seconds(trainer: _Trainer, val_cond: np.ndarray, cal_cond: np.ndarra
 
 def wrap_up_note(budget: float, wrap_up: float, patches: int) -> str:
     """What a time limit leaves for training once the final validation and calibration (about
-    ``wrap_up`` seconds on ``patches`` calibration patches) are paid for; training keeps at
-    least half the limit, and a calibration that does not fit in the rest uses fewer patches."""
+    ``wrap_up`` seconds on ``patches`` calibration patches; none where the model draws a single
+    sample) are paid for; training keeps at least half the limit, and a calibration that does
+    not fit in the rest uses fewer patches, so the job ends about at the limit."""
+    what = "the final validation and calibration of the uncertainty" if patches else "the final validation"
     if wrap_up > budget / 2:
-        return (
-            f"the final validation and calibration of the uncertainty would take about {wrap_up:.0f} s, more than half "
-            f"the time limit ({budget:.0f} s): training stops after {budget / 2:.0f} s, and the uncertainty is calibrated "
-            f"on as many of its {patches} held-out patches as the rest of the limit allows (at least {min(patches, MIN_CAL_PATCHES)}); "
-            "a longer limit calibrates it on all"
+        rest = (
+            f"the uncertainty is calibrated on as many of its {patches} held-out patches as the rest of the limit allows "
+            f"(at least {min(patches, MIN_CAL_PATCHES)}; a longer limit calibrates it on all)"
+            if patches else f"the job ends about {budget / 2 + wrap_up:.0f} s after it started"
         )
-    return (
-        f"the time limit includes the final validation and calibration of the uncertainty (about {wrap_up:.0f} s): "
-        f"training stops after about {budget - wrap_up:.0f} s"
-    )
+        return f"{what} would take about {wrap_up:.0f} s, more than half the time limit ({budget:.0f} s): training stops after {budget / 2:.0f} s, and {rest}"
+    return f"the time limit includes {what} (about {wrap_up:.0f} s): training stops after about {budget - wrap_up:.0f} s"
 
 
 def rank_keys(rank: int) -> tuple[int, ...]:
@@ -273,21 +272,29 @@ def _model_for(preset: Preset, init: Model | None) -> Model:
     return model
 
 
-def finished_run(run_dir: Path, step: int, preset: Preset) -> TrainResult | None:
+def finished_run(run_dir: Path, step: int, preset: Preset) -> tuple[TrainResult, str] | None:
     """The result of a run resumed at or past the steps ``preset`` asks for, whose model was
-    validated (and calibrated, if it samples more than once) at its last step: there is nothing
-    to do, where the wrap-up took minutes to compute it all again. None where something is left
-    (steps, or a wrap-up a kill interrupted: the checkpoint is saved before it)."""
+    validated at its last step (and calibrated on all its patches, if it samples more than once),
+    and what to say: there is nothing to do, where the wrap-up took minutes to compute it all
+    again. None where something is left (steps; a wrap-up a kill interrupted: the checkpoint is
+    saved before it; a calibration a time limit cut short)."""
     if step < preset.train.iterations:
         return None
     try:
         metrics = Model.load(run_dir).info.metrics
     except Exception:  # noqa: BLE001 - no readable model: the wrap-up makes one
         return None
-    calibrated = "calibration" in metrics or preset.sample.samples < 2
-    if metrics.get("val_step") != step or not calibrated:
+    cal = metrics.get("calibration")
+    # all its patches (a model.json from before the count was kept: as it was)
+    calibrated = cal is not None and ("patches" not in cal or cal["patches"] + cal.get("check_patches", 0) >= preset.train.cal_patches)
+    if metrics.get("val_step") != step or not (calibrated or preset.sample.samples < 2):
         return None
-    return TrainResult(run_dir, step, "nothing left to train", metrics.get("val_psnr"), metrics.get("val_baseline_psnr"))
+    done = "validated and calibrated" if cal is not None else "validated"
+    text = (
+        f"nothing left to train: the run in {run_dir} has trained {step} steps (asked: {preset.train.iterations}) and was "
+        f"{done} then; ask for more steps to train it further"
+    )
+    return TrainResult(run_dir, step, "nothing left to train", metrics.get("val_psnr"), metrics.get("val_baseline_psnr")), text
 
 
 def checkpoint_state(run_dir: str | Path) -> dict[str, Any]:
@@ -404,11 +411,8 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
         model = Model.from_json(saved["model"], source=str(ckpt))
         finished = finished_run(run_dir, int(saved["step"]), preset)
         if finished is not None:
-            yield Message(
-                f"nothing left to train: the run in {run_dir} has trained {finished.steps} steps (asked: {preset.train.iterations}) "
-                "and was validated and calibrated then; ask for more steps to train it further"
-            )
-            yield finished
+            yield Message(finished[1])
+            yield finished[0]
             return
     else:
         model = _model_for(preset, init_model)
@@ -514,7 +518,7 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
             done = at + len(part)
             yield Progress(done, n, "calibrating the uncertainty", "patch")
             if deadline is not None and done < n and done >= MIN_CAL_PATCHES and time.monotonic() >= deadline:
-                yield Message(f"the time limit is reached: the uncertainty is calibrated on {done} of the {n} held-out patches")
+                yield Message(f"the time limit is reached: the uncertainty is calibrated on {done} of the {n} held-out patches", "warning")
                 break
         cond, target = cal_cond[:done], cal_target[:done]
         truth = val_src.as_image(cond, target)
@@ -552,7 +556,8 @@ def _train(preset, arrays, run_dir, dev, group, init_model, resume, roi, preview
     wrap_up = wrap_up_seconds(trainer, val_cond, cal_cond, preset.sample) if budget is not None and world.is_main else 0.0
     reserve = min(wrap_up, budget / 2) if budget is not None else 0.0  # training keeps at least half the limit
     if budget is not None and world.is_main:
-        yield Message(wrap_up_note(budget, wrap_up, len(cal_cond)), "warning" if wrap_up > budget / 2 else "info")
+        calibrated = len(cal_cond) if preset.sample.samples >= 2 else 0
+        yield Message(wrap_up_note(budget, wrap_up, calibrated), "warning" if wrap_up > budget / 2 else "info")
     first_step = trainer.step
     reason = "finished"
     last_validation = time.monotonic()
