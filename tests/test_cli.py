@@ -60,6 +60,10 @@ def test_resuming_to_more_steps_lifts_the_first_runs_time_limit(tmp_path, stack,
     assert saved["training"]["steps"] == 3 and checkpoint_state(run)["preset"]["train"]["minutes"] is None  # the rule it ran by
     assert main(["train", "--out", str(run), "--resume", "--clean", str(clean), "--iterations", "4", "--minutes", "20", "-q"]) == 0
     assert "first run's time limit" not in capsys.readouterr().out and checkpoint_state(run)["preset"]["train"]["minutes"] == 20
+    # there already: said at once, before the data is read (a file that is gone is no error), nothing else
+    assert main(["train", "--out", str(run), "--resume", "--clean", str(tmp_path / "gone.tif"), "--iterations", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"nothing left to train: the run in {run} has trained 4 steps (asked: 4)") and out.count("\n") == 1
 
 
 def test_predict_says_when_a_model_is_worse_than_its_baseline(tmp_path, stack, capsys, tiny_model_dir):
