@@ -203,7 +203,7 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
         yield Message(f"dask: {len(todo)} blocks on {address}; dashboard {client.dashboard_link}", "info")
         unfinished.update((client.submit(run_block, plain, b, store, out.run, pure=False, retries=RETRIES), b) for b in todo)
         pending, finished = set(unfinished), 0
-        yield Progress(0, len(todo), "blocks")
+        yield Progress(0, len(todo), "blocks", "block")
         while pending:
             if cancel.is_set():
                 raise Cancelled("prediction cancelled")
@@ -233,7 +233,7 @@ def run_on_cluster(address: str, spec: WorkerSpec, todo: Sequence[Block], out: P
                     except CancelledError as err:  # this run cancels its blocks only once it has stopped: someone else did
                         raise BlockCancelledOnCluster(getattr(err, "reason", "unknown")) from None
             if ready:
-                yield Progress(finished, len(todo), "blocks")
+                yield Progress(finished, len(todo), "blocks", "block")
     finally:
         _cancel(client, list(unfinished))
         if unfinished:
