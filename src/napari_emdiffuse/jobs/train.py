@@ -209,7 +209,9 @@ def wrap_up_seconds(trainer: _Trainer, val_cond: np.ndarray, cal_cond: np.ndarra
         trainer.sample(probe, get_sampler(cfg.sampler, cfg.eta), cfg.steps, 100)
     t2 = time.monotonic()
     per_estimate, per_draw = (t1 - t0) / len(probe), (t2 - t1) / len(probe)
-    return per_estimate * (len(val_cond) + len(cal_cond)) + per_draw * len(cal_cond) * (cfg.samples if cfg.samples >= 2 else 0)
+    if cfg.samples < 2:  # no calibration: the validation alone
+        return per_estimate * len(val_cond)
+    return per_estimate * (len(val_cond) + len(cal_cond)) + per_draw * len(cal_cond) * cfg.samples
 
 
 def wrap_up_note(budget: float, wrap_up: float, patches: int) -> str:
