@@ -482,7 +482,7 @@ def test_resume_stopped_beside_killed_runs_stores_names_them_all_and_either_advi
         f"newest first: {k1} (2 finished blocks), {k0} (4 finished blocks); to continue the newest killed run's ({k1.name}; "
         "--resume then names the others and keeps them as they are), move o.partial.zarr away; "
         f"to continue o.partial.zarr, remove {k1.name} and {k0.name}; or start again with --overwrite instead of --resume, "
-        "which discards both killed runs' stores (and replaces o.partial.zarr if it is stopped too)"
+        "which discards both killed runs' stores (and discards o.partial.zarr once it finishes, or replaces it if it is stopped too)"
     )
     assert [_files(p) for p in (partial, k1, k0)] == before
     if advice == "move o.partial.zarr away":
