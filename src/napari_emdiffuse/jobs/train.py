@@ -218,7 +218,7 @@ def wrap_up_note(budget: float, wrap_up: float, patches: int) -> str:
     """What a time limit leaves for training once the final validation and calibration (about
     ``wrap_up`` seconds on ``patches`` calibration patches; none where the model draws a single
     sample) are paid for; training keeps at least half the limit, and a calibration that does
-    not fit in the rest uses fewer patches, so the job ends about at the limit."""
+    not fit in the rest uses fewer patches, so the job ends at about the limit."""
     what = "the final validation and calibration of the uncertainty" if patches else "the final validation"
     if wrap_up > budget / 2:
         rest = (
