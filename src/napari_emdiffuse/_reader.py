@@ -270,13 +270,13 @@ def _ome_tiff_extras(
         with tifffile.TiffFile(path) as tf:
             z = ome_voxel(tf.ome_metadata or "", "Z")
         data, voxel = data[None], ((z or (1.0,))[0], *voxel)
-    window = record.get("display_range")
-    if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) for v in window) and window[1] > window[0]):
-        window = None
+    kept = record.get("display_range")
+    ok = isinstance(kept, list) and len(kept) == 2 and all(isinstance(v, (int, float)) for v in kept) and kept[1] > kept[0]
+    window = (float(kept[0]), float(kept[1])) if ok else None
     origin = record.get("origin")
     if isinstance(origin, list) and len(origin) == data.ndim and any(origin):
-        return data, voxel, tuple(float(o) for o in origin), (tuple(float(v) for v in window) if window else None)
-    return data, voxel, None, (tuple(float(v) for v in window) if window else None)
+        return data, voxel, tuple(float(o) for o in origin), window
+    return data, voxel, None, window
 
 
 def contrast_limits(data: Any) -> tuple[float, float]:
